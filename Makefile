@@ -1,0 +1,42 @@
+# Two commands do all the set-up:  `make demo`  (offline demo on data/example)  and  `make test`.
+# PYTHON picks the interpreter that creates .venv; VENV=/path reuses another environment.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The lock (constraints.txt) was resolved on CPython 3.11; other versions resolve requirements.txt freely.
+LOCK = $(shell $(PY) -c 'import sys; print("-c constraints.txt" if sys.version_info[:2] == (3, 11) else "")' 2>/dev/null)
+PIP = $(PY) -m pip install -q --disable-pip-version-check $(LOCK)
+DEMO_MODEL := checkpoints/tiny-ernie
+DEMO_OUT := checkpoints/demo
+
+.PHONY: install install-dev demo test bench clean
+
+$(VENV)/.installed: requirements.txt requirements-cpu.txt constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# CPU builds only where no (GPU) build is importable: never replace paddlepaddle-gpu/onnxruntime-gpu.
+	@$(PY) -c 'import paddle' 2>/dev/null || $(PIP) $$(grep '^paddlepaddle' requirements-cpu.txt)
+	@$(PY) -c 'import onnxruntime' 2>/dev/null || $(PIP) $$(grep '^onnxruntime' requirements-cpu.txt)
+	$(PIP) -r requirements.txt
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PIP) -r requirements-dev.txt
+	@touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# The main job, offline: tiny random ERNIE -> P-tuning (LSTM soft prompt) -> eval -> predict.
+demo: install
+	$(PY) -m utils.tiny_ernie --output_dir $(DEMO_MODEL) --data_dir data/example
+	$(PY) train.py --model_name_or_path $(DEMO_MODEL) --data_dir data/example --output_dir $(DEMO_OUT) \
+	  --overwrite_output_dir --prompt "这条新闻的主题是" --max_seq_length 64 \
+	  --learning_rate 1e-3 --ppt_learning_rate 3e-3 --num_train_epochs 20 --eval_steps 10 --logging_steps 10 \
+	  --per_device_train_batch_size 8 --per_device_eval_batch_size 32 \
+	  --do_train --do_eval --do_predict --seed 1000
+
+test: install-dev
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(DEMO_OUT) $(DEMO_MODEL)

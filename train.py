@@ -1,0 +1,29 @@
+"""P-tuning text classification with ERNIE 3.0: train, evaluate, predict, export.
+
+Flags are those of PaddleNLP's few-shot text classification app, e.g.
+
+    python train.py --data_dir ./data/tnews --output_dir ./checkpoints/ --prompt "这条新闻标题的主题是" \
+        --max_seq_length 128 --learning_rate 3e-5 --ppt_learning_rate 3e-4 --do_train --do_eval \
+        --max_steps 1000 --eval_steps 100 --logging_steps 10 \
+        --per_device_eval_batch_size 32 --per_device_train_batch_size 32
+
+`python train.py --help` lists them all; README.md explains them.
+"""
+import sys
+
+from utils.errors import run_cli
+
+
+def main(argv):
+    from utils.args import parse_args
+    from utils.training import run
+
+    model_args, data_args, training_args = parse_args(argv)
+    training_args.print_config(model_args, "Model")
+    training_args.print_config(data_args, "Data")
+    run(model_args, data_args, training_args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

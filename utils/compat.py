@@ -1,0 +1,67 @@
+"""Narrow fixes for paddlenlp 2.8.1 on Paddle 3.x, applied once by `apply()`.
+
+1. `SoftTemplate.process_batch` crashes for soft prompts with an encoder (`lstm`/`mlp`):
+   Paddle 3's `paddle.where(cond)` returns a tuple of 1-D index tensors (Paddle 2.x returned
+   [N, 1] tensors), so its `.squeeze(1)` raises. The replacement below is the upstream method
+   with the flat index computed from `paddle.nonzero` (always [N, 2]); nothing else changes.
+2. `Template.parse_template_string` runs `eval()` on prompt text. It is replaced by
+   `utils.prompt.parse_template_string` (`ast.literal_eval`), so no path can run a prompt.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import paddle
+from paddlenlp.prompt import template as _template
+
+from . import prompt as _prompt
+
+_ORIGINAL = {
+    "process_batch": _template.SoftTemplate.process_batch,
+    "parse_template_string": _template.Template.__dict__["parse_template_string"].__func__,
+}
+_applied = False
+
+
+def soft_template_process_batch(self, input_dict: Dict[str, paddle.Tensor]) -> Dict[str, paddle.Tensor]:
+    """`SoftTemplate.process_batch` from paddlenlp 2.8.1, working on Paddle 2.x and 3.x."""
+    word_embeds = self.word_embeddings(input_dict["input_ids"])
+    if "attention_mask" not in input_dict or input_dict["attention_mask"] is None:
+        pad_token_id = self.tokenizer.pad_token_id
+        attention_mask = paddle.unsqueeze(
+            (input_dict["input_ids"] == pad_token_id).astype("float32") * -1e4, axis=[1, 2]
+        )
+        input_dict["attention_mask"] = attention_mask
+    input_dict["input_ids"] = None
+    soft_embeds = self.soft_embeddings(input_dict["soft_token_ids"])
+    soft_shape = soft_embeds.shape
+    soft_embeds = soft_embeds.reshape([-1, soft_shape[-1]])
+    for encoder_id in range(1, len(self.encoder_list)):
+        # The fix: nonzero() is [N, 2] on every Paddle version; flatten (row, col) to row*len+col.
+        to_encode = paddle.nonzero(input_dict["encoder_ids"] == encoder_id)
+        to_encode = to_encode[:, 0] * soft_shape[1] + to_encode[:, 1]
+        to_encode_embeds = soft_embeds[to_encode]
+        to_encode_embeds = to_encode_embeds.reshape([soft_shape[0], -1, soft_shape[-1]])
+        encoder = self.encoder_list[encoder_id]
+        encoded = encoder(to_encode_embeds)
+        encoded = encoded.reshape([-1, soft_shape[-1]])
+        soft_embeds = paddle.scatter(soft_embeds, to_encode, encoded)
+    soft_embeds = soft_embeds.reshape([soft_shape[0], -1, soft_shape[-1]])
+    soft_token_ids = input_dict["soft_token_ids"].unsqueeze(2)
+    input_dict["inputs_embeds"] = paddle.where(soft_token_ids > 0, soft_embeds, word_embeds)
+    return input_dict
+
+
+def apply() -> None:
+    """Install the fixes (idempotent)."""
+    global _applied
+    if _applied:
+        return
+    _template.SoftTemplate.process_batch = soft_template_process_batch
+    _template.Template.parse_template_string = staticmethod(_prompt.parse_template_string)
+    _applied = True
+
+
+def original(name: str):
+    """The unpatched paddlenlp function, for tests that show the fix is needed."""
+    return _ORIGINAL[name]

@@ -1,0 +1,54 @@
+"""User-facing errors: one paragraph, the file and line where there is one, a nonzero exit.
+
+Bugs in this tool still raise normally; only `UserError` (bad input, bad flags, missing files)
+is turned into a short message. Set `PTUNING_DEBUG=1` or pass `--debug` to see the traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Optional
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """An error the user can fix: bad data, bad flags, missing or corrupt files."""
+
+    def __init__(self, message: str, path: Optional[str] = None, line: Optional[int] = None):
+        self.message = message
+        self.path = path
+        self.line = line
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{self.line}: " if self.line is not None else f"{self.path}: "
+        return where + self.message
+
+
+def debug_enabled(argv=None) -> bool:
+    argv = sys.argv if argv is None else argv
+    return "--debug" in argv or os.environ.get("PTUNING_DEBUG", "") not in ("", "0")
+
+
+def strip_debug_flag(argv):
+    """The argument parsers do not know `--debug`; it only controls tracebacks."""
+    return [a for a in argv if a != "--debug"]
+
+
+def run_cli(main: Callable[[list], Optional[int]], argv=None) -> int:
+    """Run `main(argv)`; print a `UserError` as `error: ...` on stderr and return exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_enabled(argv)
+    try:
+        return main(strip_debug_flag(argv)) or 0
+    except UserError as exc:
+        if debug:
+            raise
+        sys.stderr.write(f"error: {exc}\n(run with --debug or PTUNING_DEBUG=1 for a traceback)\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130

@@ -1,0 +1,37 @@
+"""Classification metrics (sklearn) and softmax, shared by training, evaluation and inference."""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def classification_metrics(predictions: Sequence[int], labels: Sequence[int], num_labels: int) -> Dict[str, float]:
+    """Accuracy and macro-F1 over all `num_labels` classes (absent classes count as F1 0)."""
+    predictions = np.asarray(predictions)
+    labels = np.asarray(labels)
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "macro_f1": float(f1_score(labels, predictions, labels=list(range(num_labels)), average="macro",
+                                   zero_division=0)),
+    }
+
+
+def metrics_fn(num_labels: int):
+    """A `compute_metrics` for paddlenlp's Trainer (logits in `predictions`)."""
+
+    def compute_metrics(eval_preds) -> Dict[str, float]:
+        logits = eval_preds.predictions
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        return classification_metrics(np.argmax(logits, axis=-1), eval_preds.label_ids, num_labels)
+
+    return compute_metrics

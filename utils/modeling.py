@@ -1,0 +1,143 @@
+"""Assembling the prompt model: PLM + template + verbalizer, and rebuilding it from a checkpoint.
+
+Every checkpoint and output directory gets `ptuning_config.json` (the PLM's config, the template
+parts, the labels, max_seq_length), so export.py can rebuild the exact architecture from the
+checkpoint alone, without the pretrained weights.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+import paddle
+
+from . import compat
+from .errors import UserError
+from .files import read_json, write_json_atomic
+from .labels import LabelSet
+from .prompt import copy_parts
+
+compat.apply()
+
+from paddlenlp.prompt import (  # noqa: E402  (after the compat fixes)
+    AutoTemplate,
+    PromptModelForSequenceClassification,
+    SoftVerbalizer,
+)
+
+RUN_CONFIG_FILE = "ptuning_config.json"
+MODEL_STATE_FILE = "model_state.pdparams"
+
+
+class PromptModel(PromptModelForSequenceClassification):
+    """paddlenlp's prompt classifier, with `--freeze_dropout` that survives `model.train()`.
+
+    Upstream puts the PLM in eval mode once, but the Trainer calls `model.train()` every step,
+    which turns the PLM's dropout back on.
+    """
+
+    def train(self):
+        super().train()
+        if self.freeze_dropout:
+            self.plm.eval()
+        return self
+
+
+def create_template(parts: List[Dict[str, Any]], tokenizer, max_seq_length: int, plm):
+    return AutoTemplate.create_from(copy_parts(parts), tokenizer, max_seq_length, model=plm)
+
+
+def prompt_token_count(template) -> int:
+    """Tokens the template adds around the texts (soft, hard, mask, sep, [CLS]/[SEP])."""
+    encoded = template({key: "" for key in template.example_keys})
+    return len(encoded["input_ids"])
+
+
+def check_max_seq_length(template, max_seq_length: int) -> None:
+    fixed = prompt_token_count(template)
+    n_texts = len(template.example_keys)
+    if fixed + n_texts > max_seq_length:
+        raise UserError(
+            f"is {max_seq_length}, but the prompt alone takes {fixed} tokens (with [CLS], [SEP] and the mask), "
+            f"leaving no room for the text; raise --max_seq_length or shorten the prompt", "--max_seq_length")
+
+
+def build_prompt_model(plm, tokenizer, parts: List[Dict[str, Any]], label_set: LabelSet, max_seq_length: int,
+                       freeze_plm: bool = False, freeze_dropout: bool = False) -> PromptModel:
+    """Template from `parts`, a SoftVerbalizer from `label_set`, wrapped around `plm`."""
+    template = create_template(parts, tokenizer, max_seq_length, plm)
+    check_max_seq_length(template, max_seq_length)
+    verbalizer = SoftVerbalizer(label_set.verbalizer_words(), tokenizer, plm)
+    return PromptModel(plm, template, verbalizer, freeze_plm=freeze_plm or freeze_dropout,
+                       freeze_dropout=freeze_dropout)
+
+
+def run_config(plm, parts, label_set: LabelSet, max_seq_length: int, model_name_or_path: str) -> dict:
+    return {
+        "format": 1,
+        "model_name_or_path": model_name_or_path,
+        "model_class": type(plm).__name__,
+        "plm_config": plm.config.to_dict(),
+        "template": parts,
+        "labels": label_set.labels,
+        "label_words": label_set.words_in_order(),
+        "max_seq_length": max_seq_length,
+    }
+
+
+def save_run_config(output_dir: str, config: dict) -> None:
+    write_json_atomic(os.path.join(output_dir, RUN_CONFIG_FILE), config)
+
+
+def load_run_config(checkpoint_dir: str) -> dict:
+    path = os.path.join(checkpoint_dir, RUN_CONFIG_FILE)
+    if not os.path.isdir(checkpoint_dir):
+        raise UserError("checkpoint directory not found", checkpoint_dir)
+    if not os.path.isfile(path):
+        raise UserError(f"is not a checkpoint of this tool: {RUN_CONFIG_FILE} is missing", checkpoint_dir)
+    config = read_json(path, what="checkpoint config")
+    for key in ("plm_config", "template", "labels", "label_words", "max_seq_length"):
+        if key not in config:
+            raise UserError(f"checkpoint config lacks {key!r} (corrupt?)", path)
+    return config
+
+
+def load_state(model: paddle.nn.Layer, checkpoint_dir: str) -> None:
+    """Load `model_state.pdparams` strictly: every parameter present and of the right shape."""
+    path = os.path.join(checkpoint_dir, MODEL_STATE_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{MODEL_STATE_FILE} is missing", checkpoint_dir)
+    try:
+        state = paddle.load(path)
+    except Exception as exc:  # paddle raises many types for truncated/corrupt files
+        raise UserError(f"cannot read the weights (corrupt or truncated?): {type(exc).__name__}: {exc}",
+                        path) from None
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    wrong = [k for k in expected if k in state and list(state[k].shape) != list(expected[k].shape)]
+    if missing or wrong:
+        raise UserError(f"weights do not match the model: {len(missing)} missing (e.g. {missing[:3]}), "
+                        f"{len(wrong)} of another shape (e.g. {wrong[:3]})", path)
+    model.set_state_dict(state)
+
+
+def rebuild_from_checkpoint(checkpoint_dir: str, tokenizer=None) -> tuple:
+    """Rebuild `(prompt_model, tokenizer, run_config)` from a checkpoint alone (no pretrained weights)."""
+    import paddlenlp.transformers as transformers
+
+    config = load_run_config(checkpoint_dir)
+    if tokenizer is None:
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint_dir)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"cannot load the tokenizer saved in the checkpoint: {exc}", checkpoint_dir) from None
+    model_class = getattr(transformers, config.get("model_class", ""), None)
+    if model_class is None:
+        raise UserError(f"unknown model class {config.get('model_class')!r}", os.path.join(checkpoint_dir, RUN_CONFIG_FILE))
+    plm = model_class(model_class.config_class(**config["plm_config"]))
+    label_set = LabelSet(label_words=dict(zip(config["labels"], config["label_words"])),
+                         path=os.path.join(checkpoint_dir, RUN_CONFIG_FILE))
+    model = build_prompt_model(plm, tokenizer, config["template"], label_set, config["max_seq_length"])
+    load_state(model, checkpoint_dir)
+    model.eval()
+    return model, tokenizer, config

@@ -1,0 +1,105 @@
+"""Loading the pretrained language model (PLM) and its tokenizer, failing fast offline.
+
+`--model_name_or_path` is a local directory (config.json + weights + vocab) or a PaddleNLP
+built-in name such as `ernie-3.0-base-zh`. A name is served from PaddleNLP's cache when it is
+there; otherwise the download host is probed for a few seconds first, so an offline machine
+gets a clear message instead of a hang or a traceback.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Tuple
+
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+DOWNLOAD_HOST = ("bj.bcebos.com", 443)
+PROBE_TIMEOUT_S = 3.0
+WEIGHT_FILES = ("model_state.pdparams", "model.safetensors", "model_state.safetensors",
+                "model_state.pdparams.index.json", "model.safetensors.index.json")
+TINY_HINT = ("For an offline dry run build a small randomly initialised ERNIE and pass its folder: "
+             "`python -m utils.tiny_ernie --output_dir checkpoints/tiny-ernie --data_dir DATA_DIR` then "
+             "`--model_name_or_path checkpoints/tiny-ernie`.")
+
+
+def _network_reachable() -> bool:
+    if os.environ.get("PTUNING_OFFLINE", "") not in ("", "0"):
+        return False
+    try:
+        with socket.create_connection(DOWNLOAD_HOST, timeout=PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_dir(name: str) -> str:
+    from paddlenlp.utils.env import MODEL_HOME
+
+    return os.path.join(MODEL_HOME, name)
+
+
+def check_model_dir(path: str) -> None:
+    missing = []
+    if not os.path.isfile(os.path.join(path, "config.json")) and not os.path.isfile(
+            os.path.join(path, "model_config.json")):
+        missing.append("config.json")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES):
+        missing.append("model_state.pdparams (or model.safetensors)")
+    if not os.path.isfile(os.path.join(path, "vocab.txt")) and not os.path.isfile(
+            os.path.join(path, "tokenizer_config.json")):
+        missing.append("vocab.txt")
+    if missing:
+        raise UserError(f"is not a PaddleNLP model directory: missing {', '.join(missing)}. " + TINY_HINT, path)
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Return what to hand `from_pretrained`, or raise a `UserError` saying why it cannot load."""
+    if os.path.isdir(name_or_path):
+        check_model_dir(name_or_path)
+        return name_or_path
+    if os.sep in name_or_path.rstrip(os.sep) and name_or_path.startswith((".", os.sep, "~")):
+        raise UserError("model directory not found. " + TINY_HINT, name_or_path)
+    cached = _cached_dir(name_or_path)
+    if os.path.isdir(cached) and any(os.path.isfile(os.path.join(cached, f)) for f in WEIGHT_FILES):
+        return name_or_path
+    if not _network_reachable():
+        raise UserError(
+            f"cannot load the built-in model {name_or_path!r}: it is not a local directory, not in PaddleNLP's "
+            f"cache ({cached}), and the download host {DOWNLOAD_HOST[0]} is unreachable (offline?). On a machine "
+            "with network access run this once to cache it, or download it there and pass its folder with "
+            "--model_name_or_path. " + TINY_HINT, "--model_name_or_path")
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str):
+    from paddlenlp.transformers import AutoTokenizer
+
+    source = resolve_model(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot load the tokenizer: {exc}", name_or_path) from None
+
+
+def load_plm(name_or_path: str, head: str = "masked_lm", num_labels: int = None) -> Tuple[object, object]:
+    """Return `(model, tokenizer)`: `AutoModelForMaskedLM` (P-tuning) or `...ForSequenceClassification`."""
+    from paddlenlp.transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    from .tiny_ernie import is_not_pretrained
+
+    source = resolve_model(name_or_path)
+    tokenizer = load_tokenizer(name_or_path)
+    try:
+        if head == "masked_lm":
+            model = AutoModelForMaskedLM.from_pretrained(source)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise UserError(f"cannot load the model: {exc}", name_or_path) from None
+    if os.path.isdir(source) and is_not_pretrained(source):
+        logger.warning("%s is a RANDOMLY INITIALISED ERNIE built by utils.tiny_ernie, NOT pretrained: "
+                       "results from it say nothing about ERNIE's accuracy.", source)
+    return model, tokenizer

@@ -1,0 +1,205 @@
+"""The main job behind train.py: train, evaluate, predict (and export) a P-tuning classifier."""
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import paddle
+
+from . import compat
+from .data import DatasetDir, load_dataset_dir
+from .errors import UserError
+from .files import atomic_path
+from .labels import LabelSet
+from .metrics import classification_metrics, metrics_fn, softmax
+from .modeling import build_prompt_model, rebuild_from_checkpoint, run_config, save_run_config
+from .plm import load_plm
+from .prompt import build_template, template_kind, validate_template
+from .visualdl import take_visualdl_from_report_to
+
+compat.apply()
+
+from paddlenlp.datasets import MapDataset  # noqa: E402
+from paddlenlp.prompt import PromptTrainer  # noqa: E402
+from paddlenlp.trainer import EarlyStoppingCallback, set_seed  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+TEST_PREDICTIONS_FILE = "test_predictions.tsv"
+DATA_PREDICTIONS_FILE = "data_predictions.tsv"
+
+
+class PTuningTrainer(PromptTrainer):
+    """PromptTrainer that also writes `ptuning_config.json` into every save (checkpoints included)."""
+
+    def __init__(self, *args, run_config: Dict[str, Any], **kwargs):
+        self.run_config = run_config
+        super().__init__(*args, **kwargs)
+
+    def _save(self, output_dir: Optional[str] = None, state_dict=None, merge_tensor_parallel=True):
+        super()._save(output_dir, state_dict, merge_tensor_parallel)
+        save_run_config(output_dir or self.args.output_dir, self.run_config)
+
+
+def outputs_of_run(training_args) -> List[str]:
+    """Result files this run would write into --output_dir."""
+    names = []
+    if training_args.do_train:
+        names += ["train_results.json", "model_state.pdparams", "checkpoint-*"]
+    if training_args.do_eval:
+        names += ["eval_results.json"]
+    if training_args.do_predict:
+        names += ["test_results.json", TEST_PREDICTIONS_FILE, DATA_PREDICTIONS_FILE]
+    if training_args.do_export:
+        names += ["export"]
+    return names
+
+
+def check_output_dir(training_args) -> None:
+    """Refuse to overwrite earlier results unless --overwrite_output_dir (or resuming into it)."""
+    if training_args.overwrite_output_dir or not os.path.isdir(training_args.output_dir):
+        return
+    existing = sorted({os.path.basename(p) for name in outputs_of_run(training_args)
+                       for p in glob.glob(os.path.join(training_args.output_dir, name))})
+    resume = training_args.resume_from_checkpoint
+    if resume and training_args.do_train:
+        # Continuing a run in its own output dir is what --resume_from_checkpoint is for.
+        existing = [e for e in existing if not e.startswith("checkpoint-") and e != "model_state.pdparams"]
+    if existing:
+        raise UserError(f"already holds results of an earlier run ({', '.join(existing[:6])}); pass "
+                        "--overwrite_output_dir to replace them or choose another --output_dir",
+                        training_args.output_dir)
+
+
+def default_max_steps(training_args, num_examples: int) -> int:
+    """Steps for `--num_train_epochs` (the prompt-only optimizer of --freeze_plm needs max_steps)."""
+    world = max(1, training_args.world_size)
+    per_step = training_args.per_device_train_batch_size * world * training_args.gradient_accumulation_steps
+    return max(1, math.ceil(training_args.num_train_epochs * math.ceil(num_examples / per_step)))
+
+
+def build_model(model_args, data_args, training_args, dataset: DatasetDir):
+    """Return `(model, tokenizer, run_config)`: from a checkpoint when resuming, else from the PLM."""
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint:
+        model, tokenizer, config = rebuild_from_checkpoint(checkpoint)
+        if config["labels"] != dataset.labels.labels:
+            raise UserError(f"the checkpoint was trained on labels {config['labels']}, but label.txt has "
+                            f"{dataset.labels.labels}", dataset.labels.path)
+        if data_args.prompt is not None:
+            wanted = build_template(data_args.prompt, data_args.soft_encoder, data_args.encoder_hidden_size,
+                                    data_args.num_virtual_tokens, dataset.is_pair)
+            if wanted != config["template"]:
+                logger.warning("--prompt differs from the checkpoint's template; using the checkpoint's: %s",
+                               config["template"])
+        if training_args.freeze_plm or training_args.freeze_dropout:
+            model.freeze_plm = True
+            model.freeze_dropout = training_args.freeze_dropout
+            for param in model.plm.parameters():
+                param.stop_gradient = True
+        return model, tokenizer, config
+    plm, tokenizer = load_plm(model_args.model_name_or_path)
+    parts = build_template(data_args.prompt, data_args.soft_encoder, data_args.encoder_hidden_size,
+                           data_args.num_virtual_tokens, dataset.is_pair)
+    validate_template(parts, dataset.is_pair)
+    if template_kind(parts) != "soft":
+        logger.warning("the template has no soft tokens: this is a hard (PET-style) prompt, not P-tuning")
+    model = build_prompt_model(plm, tokenizer, parts, dataset.labels, training_args.max_seq_length,
+                               freeze_plm=training_args.freeze_plm, freeze_dropout=training_args.freeze_dropout)
+    config = run_config(plm, parts, dataset.labels, training_args.max_seq_length, model_args.model_name_or_path)
+    return model, tokenizer, config
+
+
+def write_predictions(path: str, examples: List[dict], logits: np.ndarray, labels: List[str],
+                      with_gold: bool) -> None:
+    """TSV with a header: text(s), [gold], predicted label, its softmax probability."""
+    probs = softmax(logits)
+    pred = probs.argmax(axis=-1)
+    pair = any("text_b" in e for e in examples)
+    header = ["text_a", "text_b"] if pair else ["text"]
+    header += ["gold", "predicted", "probability"] if with_gold else ["label", "probability"]
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fp:
+            fp.write("\t".join(header) + "\n")
+            for example, index, prob in zip(examples, pred, probs):
+                row = [example["text_a"]] + ([example.get("text_b", "")] if pair else [])
+                if with_gold:
+                    row.append(labels[example["labels"]])
+                row += [labels[index], f"{prob[index]:.6f}"]
+                fp.write("\t".join(row) + "\n")
+
+
+def predict_logits(trainer, examples: List[dict]) -> np.ndarray:
+    output = trainer.predict(MapDataset([dict(e) for e in examples]))
+    logits = output.predictions
+    return logits[0] if isinstance(logits, (tuple, list)) else logits
+
+
+def run(model_args, data_args, training_args) -> Dict[str, Any]:
+    """Do what the --do_* flags ask; return the metrics written."""
+    paddle.set_device(training_args.device)
+    check_output_dir(training_args)
+    dataset = load_dataset_dir(data_args.data_dir, need_train=training_args.do_train,
+                               need_dev=training_args.do_train or training_args.do_eval,
+                               need_test=training_args.do_predict)
+    set_seed(training_args.seed)  # model init (soft prompt, encoder) is seeded too
+    model, tokenizer, config = build_model(model_args, data_args, training_args, dataset)
+    label_set: LabelSet = dataset.labels
+    resume = training_args.resume_from_checkpoint
+    training_args.resume_from_checkpoint = None  # the model is already rebuilt from it
+    if training_args.do_train and training_args.freeze_plm and training_args.max_steps <= 0:
+        training_args.max_steps = default_max_steps(training_args, len(dataset.train))
+
+    callbacks = take_visualdl_from_report_to(training_args)
+    evaluating_in_training = training_args.do_train and str(training_args.evaluation_strategy.value) != "no"
+    if evaluating_in_training and training_args.load_best_model_at_end and data_args.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience,
+                                               early_stopping_threshold=data_args.early_stopping_threshold))
+    trainer = PTuningTrainer(
+        model=model, tokenizer=tokenizer, args=training_args, criterion=paddle.nn.CrossEntropyLoss(),
+        train_dataset=MapDataset(dataset.train) if training_args.do_train else None,
+        eval_dataset=MapDataset(dataset.dev) if dataset.dev else None,
+        callbacks=callbacks, compute_metrics=metrics_fn(len(label_set.labels)), run_config=config)
+
+    results: Dict[str, Any] = {}
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+        results["train"] = train_result.metrics
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        results["eval"] = metrics
+    if training_args.do_predict:
+        results.update(predict_and_write(trainer, dataset, label_set, training_args.output_dir))
+    return results
+
+
+def predict_and_write(trainer, dataset: DatasetDir, label_set: LabelSet, output_dir: str) -> Dict[str, Any]:
+    """Test metrics + per-example predictions for test.txt, and predictions for data.txt."""
+    results: Dict[str, Any] = {}
+    labels = label_set.labels
+    if dataset.test:
+        logits = predict_logits(trainer, dataset.test)
+        gold = [e["labels"] for e in dataset.test]
+        metrics = {f"test_{k}": v for k, v in classification_metrics(logits.argmax(-1), gold, len(labels)).items()}
+        metrics["test_samples"] = len(gold)
+        trainer.log_metrics("test", metrics)
+        trainer.save_metrics("test", metrics)
+        write_predictions(os.path.join(output_dir, TEST_PREDICTIONS_FILE), dataset.test, logits, labels, True)
+        results["test"] = metrics
+    else:
+        logger.warning("--do_predict: no test.txt in %s, skipping test metrics", dataset.path)
+    if dataset.data:
+        logits = predict_logits(trainer, dataset.data)
+        write_predictions(os.path.join(output_dir, DATA_PREDICTIONS_FILE), dataset.data, logits, labels, False)
+        results["data_predictions"] = len(dataset.data)
+    return results
