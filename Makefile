@@ -8,6 +8,7 @@ LOCK = $(shell $(PY) -c 'import sys; print("-c constraints.txt" if sys.version_i
 PIP = $(PY) -m pip install -q --disable-pip-version-check $(LOCK)
 DEMO_MODEL := checkpoints/tiny-ernie
 DEMO_OUT := checkpoints/demo
+DEMO_PROMPT := 这条新闻的主题是
 
 .PHONY: install install-dev demo test bench clean
 
@@ -28,9 +29,9 @@ install-dev: $(VENV)/.installed-dev
 
 # The main job, offline: tiny random ERNIE -> P-tuning (LSTM soft prompt) -> eval -> predict.
 demo: install
-	$(PY) -m utils.tiny_ernie --output_dir $(DEMO_MODEL) --data_dir data/example
+	$(PY) -m utils.tiny_ernie --output_dir $(DEMO_MODEL) --data_dir data/example --extra_text "$(DEMO_PROMPT)"
 	$(PY) train.py --model_name_or_path $(DEMO_MODEL) --data_dir data/example --output_dir $(DEMO_OUT) \
-	  --overwrite_output_dir --prompt "这条新闻的主题是" --max_seq_length 64 \
+	  --overwrite_output_dir --prompt "$(DEMO_PROMPT)" --max_seq_length 64 \
 	  --learning_rate 1e-3 --ppt_learning_rate 3e-3 --num_train_epochs 20 --eval_steps 10 --logging_steps 10 \
 	  --per_device_train_batch_size 8 --per_device_eval_batch_size 32 \
 	  --do_train --do_eval --do_predict --seed 1000

@@ -49,7 +49,13 @@ def create_template(parts: List[Dict[str, Any]], tokenizer, max_seq_length: int,
 
 def prompt_token_count(template) -> int:
     """Tokens the template adds around the texts (soft, hard, mask, sep, [CLS]/[SEP])."""
-    encoded = template({key: "" for key in template.example_keys})
+    prompt_tokenizer = template.prompt_tokenizer
+    limit = prompt_tokenizer.max_length
+    prompt_tokenizer.max_length = 1 << 30  # measure without truncation (it asserts when too short)
+    try:
+        encoded = template({key: "" for key in template.example_keys})
+    finally:
+        prompt_tokenizer.max_length = limit
     return len(encoded["input_ids"])
 
 

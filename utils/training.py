@@ -25,7 +25,7 @@ compat.apply()
 
 from paddlenlp.datasets import MapDataset  # noqa: E402
 from paddlenlp.prompt import PromptTrainer  # noqa: E402
-from paddlenlp.trainer import EarlyStoppingCallback, set_seed  # noqa: E402
+from paddlenlp.trainer import EarlyStoppingCallback, Trainer, set_seed  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,12 @@ class PTuningTrainer(PromptTrainer):
     def __init__(self, *args, run_config: Dict[str, Any], **kwargs):
         self.run_config = run_config
         super().__init__(*args, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint=None):
+        # The model (template included) is rebuilt from the checkpoint before the Trainer exists.
+        # PromptTrainer would build the template a second time, with new parameters the saved
+        # optimizer state does not know; load only the weights.
+        Trainer._load_from_checkpoint(self, resume_from_checkpoint)
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None, merge_tensor_parallel=True):
         super()._save(output_dir, state_dict, merge_tensor_parallel)
@@ -139,8 +145,8 @@ def predict_logits(trainer, examples: List[dict]) -> np.ndarray:
     return logits[0] if isinstance(logits, (tuple, list)) else logits
 
 
-def run(model_args, data_args, training_args) -> Dict[str, Any]:
-    """Do what the --do_* flags ask; return the metrics written."""
+def prepare(model_args, data_args, training_args):
+    """Read the data, build the model and the trainer; return `(trainer, dataset, resume_checkpoint)`."""
     paddle.set_device(training_args.device)
     check_output_dir(training_args)
     dataset = load_dataset_dir(data_args.data_dir, need_train=training_args.do_train,
@@ -148,7 +154,6 @@ def run(model_args, data_args, training_args) -> Dict[str, Any]:
                                need_test=training_args.do_predict)
     set_seed(training_args.seed)  # model init (soft prompt, encoder) is seeded too
     model, tokenizer, config = build_model(model_args, data_args, training_args, dataset)
-    label_set: LabelSet = dataset.labels
     resume = training_args.resume_from_checkpoint
     training_args.resume_from_checkpoint = None  # the model is already rebuilt from it
     if training_args.do_train and training_args.freeze_plm and training_args.max_steps <= 0:
@@ -163,8 +168,21 @@ def run(model_args, data_args, training_args) -> Dict[str, Any]:
         model=model, tokenizer=tokenizer, args=training_args, criterion=paddle.nn.CrossEntropyLoss(),
         train_dataset=MapDataset(dataset.train) if training_args.do_train else None,
         eval_dataset=MapDataset(dataset.dev) if dataset.dev else None,
-        callbacks=callbacks, compute_metrics=metrics_fn(len(label_set.labels)), run_config=config)
+        callbacks=callbacks, compute_metrics=metrics_fn(len(dataset.labels.labels)), run_config=config)
+    return trainer, dataset, resume
 
+
+def run(model_args, data_args, training_args) -> Dict[str, Any]:
+    """Do what the --do_* flags ask; return the metrics written."""
+    # Paddle names parameters and optimizer moments from a process-wide counter, and the saved
+    # optimizer state is keyed by those names: a fresh name scope makes them the same in every
+    # run, so --resume_from_checkpoint finds its state (also when runs share one process).
+    with paddle.utils.unique_name.guard():
+        return _run(model_args, data_args, training_args)
+
+
+def _run(model_args, data_args, training_args) -> Dict[str, Any]:
+    trainer, dataset, resume = prepare(model_args, data_args, training_args)
     results: Dict[str, Any] = {}
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=resume)
@@ -179,7 +197,7 @@ def run(model_args, data_args, training_args) -> Dict[str, Any]:
         trainer.save_metrics("eval", metrics)
         results["eval"] = metrics
     if training_args.do_predict:
-        results.update(predict_and_write(trainer, dataset, label_set, training_args.output_dir))
+        results.update(predict_and_write(trainer, dataset, dataset.labels, training_args.output_dir))
     return results
 
 

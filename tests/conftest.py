@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny random ERNIE and the keyword task, built once per session."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+os.environ.setdefault("PTUNING_OFFLINE", "1")  # never probe the network from tests
+
+SHARED = os.environ.get("PTUNING_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
+EXAMPLE_DATA = os.path.join(ROOT, "data", "example")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random ERNIE whose vocab covers the keyword task, the example data and the test prompts."""
+    from utils import synthetic
+    from utils.tiny_ernie import build_ernie, texts_of_data_dirs, vocab_from_texts
+
+    texts = synthetic.vocab_texts() + texts_of_data_dirs([EXAMPLE_DATA]) + ["这条新闻标题的主题是这条新闻的主题是"]
+    path = str(tmp_path_factory.mktemp("models") / "tiny-ernie")
+    return build_ernie(path, vocab_from_texts(texts), seed=0)
+
+
+@pytest.fixture
+def keyword_data(tmp_path):
+    from utils.synthetic import write_keyword_dataset
+
+    return write_keyword_dataset(str(tmp_path / "keyword"))
+
+
+def shared_path(*parts):
+    path = os.path.join(SHARED, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not present (../shared is optional)")
+    return path

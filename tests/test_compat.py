@@ -1,0 +1,65 @@
+"""The Paddle 3 fix for SoftTemplate.process_batch: needed, and numerically what upstream meant."""
+import numpy as np
+import paddle
+import pytest
+
+from utils import compat
+from utils.labels import LabelSet
+from utils.modeling import build_prompt_model
+from utils.plm import load_plm
+from utils.prompt import build_template
+
+LABELS = LabelSet({"a": "红色", "b": "黄色"})
+
+
+def make_batch(model, texts):
+    from paddlenlp.prompt import PromptDataCollatorWithPadding
+
+    collate = PromptDataCollatorWithPadding(model.template.tokenizer, padding=True, return_tensors="pd")
+    batch = collate([model.template({"text_a": t}) for t in texts])
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+@pytest.fixture(params=["lstm", "mlp"])
+def prompt_model(request, tiny_model_dir):
+    paddle.seed(0)
+    plm, tokenizer = load_plm(tiny_model_dir)
+    parts = build_template("这句话说的水果是", soft_encoder=request.param, encoder_hidden_size=16)
+    model = build_prompt_model(plm, tokenizer, parts, LABELS, max_seq_length=32)
+    model.eval()
+    return model
+
+
+def test_upstream_process_batch_crashes_on_this_paddle(prompt_model):
+    batch = make_batch(prompt_model, ["苹果好吃", "香蕉"])
+    with pytest.raises(ValueError, match="squeeze|axis"):
+        compat.original("process_batch")(prompt_model.template, dict(batch))
+
+
+def test_fixed_process_batch_encodes_soft_tokens(prompt_model):
+    template = prompt_model.template
+    batch = make_batch(prompt_model, ["苹果好吃", "香蕉"])
+    out = compat.soft_template_process_batch(template, dict(batch))
+    embeds = out["inputs_embeds"].numpy()
+
+    # Reference: every soft token goes through the encoder as one sequence, the rest are word embeddings.
+    soft_ids = batch["soft_token_ids"].numpy()
+    n_soft = int((soft_ids[0] > 0).sum())
+    soft_seq = template.soft_embeddings(paddle.arange(1, n_soft + 1).unsqueeze(0))
+    encoded = template.encoder_list[1](soft_seq).numpy()[0]
+    words = template.word_embeddings(batch["input_ids"]).numpy()
+    for row in range(soft_ids.shape[0]):
+        positions = np.nonzero(soft_ids[row])[0]
+        np.testing.assert_allclose(embeds[row, positions], encoded, atol=1e-5)
+        others = soft_ids[row] == 0
+        np.testing.assert_allclose(embeds[row, others], words[row, others], atol=1e-6)
+    assert out["input_ids"] is None and out["attention_mask"] is not None
+
+
+def test_apply_installs_the_fix_and_the_model_runs(prompt_model):
+    from paddlenlp.prompt import SoftTemplate
+
+    compat.apply()
+    assert SoftTemplate.process_batch is compat.soft_template_process_batch
+    logits = prompt_model(**make_batch(prompt_model, ["苹果", "葡萄很甜", "香蕉"]))
+    assert logits.shape == [3, 2]

@@ -1,0 +1,77 @@
+import pytest
+
+from utils.data import load_dataset_dir, read_examples
+from utils.errors import UserError
+
+
+def make_dir(tmp_path, files):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    return str(tmp_path)
+
+
+LABELS = "pos==好\nneg==坏\n"
+
+
+def test_single_sentence_dataset(tmp_path):
+    d = make_dir(tmp_path, {"label.txt": LABELS, "train.txt": "很好\tpos\n很差\tneg\n", "dev.txt": "不错\tpos\n",
+                            "test.txt": "糟糕\tneg\n", "data.txt": "还行\n\n一般\n"})
+    ds = load_dataset_dir(d, need_test=True)
+    ids = ds.labels.label_to_id
+    assert ds.train == [{"text_a": "很好", "labels": ids["pos"]}, {"text_a": "很差", "labels": ids["neg"]}]
+    assert ds.test == [{"text_a": "糟糕", "labels": ids["neg"]}]
+    assert ds.data == [{"text_a": "还行"}, {"text_a": "一般"}]
+    assert not ds.is_pair
+
+
+def test_sentence_pairs(tmp_path):
+    d = make_dir(tmp_path, {"label.txt": LABELS, "train.txt": "甲\t乙\tpos\n", "dev.txt": "丙\t丁\tneg\n",
+                            "data.txt": "戊\t己\n"})
+    ds = load_dataset_dir(d)
+    assert ds.is_pair
+    assert ds.train[0] == {"text_a": "甲", "text_b": "乙", "labels": ds.labels.label_to_id["pos"]}
+    assert ds.data == [{"text_a": "戊", "text_b": "己"}]
+    assert ds.test is None
+
+
+@pytest.mark.parametrize("train, line, message", [
+    ("好\tpos\n没有标签\n", 2, "found no tab"),
+    ("好\tpos\n甲\t乙\t丙\tpos\n", 2, "found 3 tabs"),
+    ("好\tpos\n甲\t乙\tpos\n", 2, "expected `text<TAB>label` (as on the first line of train.txt)"),
+    ("好\tpos\n坏\tunknown\n", 2, "label 'unknown' is not in label.txt (known: neg, pos)"),
+    ("好\tpos\n\tneg\n", 2, "empty text"),
+])
+def test_bad_lines(tmp_path, train, line, message):
+    d = make_dir(tmp_path, {"label.txt": LABELS, "train.txt": train, "dev.txt": "好\tpos\n"})
+    with pytest.raises(UserError) as info:
+        load_dataset_dir(d)
+    assert info.value.path.endswith("train.txt") and info.value.line == line
+    assert message in str(info.value)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(UserError, match="data directory not found"):
+        load_dataset_dir(str(tmp_path / "nope"))
+    d = make_dir(tmp_path, {"label.txt": LABELS, "train.txt": "\n\n", "dev.txt": "好\tpos\n"})
+    with pytest.raises(UserError, match="train file has no examples"):
+        load_dataset_dir(d)
+    (tmp_path / "train.txt").write_text("好\tpos\n", encoding="utf-8")
+    with pytest.raises(UserError, match="test file not found"):
+        load_dataset_dir(d, need_test=True)
+
+
+def test_dev_layout_must_match_train(tmp_path):
+    d = make_dir(tmp_path, {"label.txt": LABELS, "train.txt": "甲\t乙\tpos\n", "dev.txt": "好\tpos\n"})
+    with pytest.raises(UserError) as info:
+        load_dataset_dir(d)
+    assert info.value.path.endswith("dev.txt") and "text_a<TAB>text_b<TAB>label" in str(info.value)
+
+
+def test_crlf_bom_and_data_txt_with_tab(tmp_path):
+    (tmp_path / "x.txt").write_bytes("\ufeff好\tpos\r\n坏\tneg\r\n".encode("utf-8"))
+    assert read_examples(str(tmp_path / "x.txt"), labelled=True, label_to_id={"pos": 0, "neg": 1}) == [
+        {"text_a": "好", "labels": 0}, {"text_a": "坏", "labels": 1}]
+    d = make_dir(tmp_path, {"label.txt": LABELS, "train.txt": "好\tpos\n", "dev.txt": "好\tpos\n",
+                            "data.txt": "文本\tpos\n"})
+    with pytest.raises(UserError, match="one text per line"):
+        load_dataset_dir(d)

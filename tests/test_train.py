@@ -1,0 +1,173 @@
+"""End to end: train.py on the tiny model (in-process), resume, predict from a checkpoint, the seed command."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import paddle
+import pytest
+
+import train
+from conftest import EXAMPLE_DATA, ROOT, shared_path
+from utils.errors import run_cli
+from utils.synthetic import PROMPT
+
+FAST = ["--max_seq_length", "40", "--learning_rate", "1e-3", "--ppt_learning_rate", "3e-3",
+        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32", "--seed", "42"]
+
+
+def read_tsv(path):
+    with open(path, encoding="utf-8") as fp:
+        rows = [line.rstrip("\n").split("\t") for line in fp]
+    return rows[0], rows[1:]
+
+
+def losses(output_dir):
+    with open(os.path.join(output_dir, "trainer_state.json"), encoding="utf-8") as fp:
+        return {h["step"]: h["loss"] for h in json.load(fp)["log_history"] if "loss" in h}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """One real training run on the keyword task: train -> eval (every 20 steps) -> predict."""
+    from utils.synthetic import write_keyword_dataset
+
+    base = tmp_path_factory.mktemp("trained")
+    data_dir = write_keyword_dataset(str(base / "data"))
+    out = str(base / "out")
+    argv = ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", out, "--prompt", PROMPT,
+            "--do_train", "--do_eval", "--do_predict", "--max_steps", "160", "--eval_steps", "20",
+            "--logging_steps", "10", "--save_total_limit", "1", *FAST]
+    assert run_cli(train.main, argv) == 0
+    return data_dir, out
+
+
+def test_keyword_task_is_learned(trained):
+    data_dir, out = trained
+    with open(os.path.join(out, "eval_results.json"), encoding="utf-8") as fp:
+        metrics = json.load(fp)
+    assert metrics["eval_accuracy"] >= 0.9
+    assert 0.0 <= metrics["eval_macro_f1"] <= 1.0 and metrics["eval_macro_f1"] >= 0.85
+
+
+def test_outputs_layout(trained):
+    data_dir, out = trained
+    for name in ["train_results.json", "eval_results.json", "test_results.json", "model_state.pdparams",
+                 "template_config.json", "template_state.pdparams", "verbalizer_config.json",
+                 "verbalizer_state.pdparams", "ptuning_config.json", "vocab.txt", "trainer_state.json"]:
+        assert os.path.isfile(os.path.join(out, name)), name
+    checkpoints = [d for d in os.listdir(out) if d.startswith("checkpoint-")]
+    assert checkpoints, "Trainer checkpoints are kept"
+    for ckpt in checkpoints:
+        assert {"model_state.pdparams", "optimizer.pdopt", "ptuning_config.json",
+                "template_config.json"} <= set(os.listdir(os.path.join(out, ckpt)))
+    with open(os.path.join(out, "test_results.json"), encoding="utf-8") as fp:
+        test_metrics = json.load(fp)
+    assert {"test_accuracy", "test_macro_f1"} <= set(test_metrics)
+
+    header, rows = read_tsv(os.path.join(out, "test_predictions.tsv"))
+    assert header == ["text", "gold", "predicted", "probability"]
+    with open(os.path.join(data_dir, "test.txt"), encoding="utf-8") as fp:
+        test_lines = [line.rstrip("\n").split("\t") for line in fp if line.strip()]
+    assert [r[:2] for r in rows] == test_lines
+    accuracy = np.mean([r[1] == r[2] for r in rows])
+    assert accuracy == pytest.approx(test_metrics["test_accuracy"])
+    assert all(1 / 3 <= float(r[3]) <= 1.0 for r in rows)  # softmax prob of the argmax of 3 labels
+
+    header, rows = read_tsv(os.path.join(out, "data_predictions.tsv"))
+    assert header == ["text", "label", "probability"]
+    with open(os.path.join(data_dir, "data.txt"), encoding="utf-8") as fp:
+        assert [r[0] for r in rows] == [line.strip() for line in fp if line.strip()]
+    assert {r[1] for r in rows} <= {"apple", "banana", "grape"}
+
+
+def test_predict_from_checkpoint_needs_no_pretrained_model(trained, tmp_path):
+    """The upstream evaluation command: --do_predict --resume_from_checkpoint (default model name, offline)."""
+    data_dir, out = trained
+    pred_dir = str(tmp_path / "pred")
+    assert run_cli(train.main, ["--do_predict", "--data_dir", data_dir, "--output_dir", pred_dir,
+                                "--resume_from_checkpoint", out, "--max_seq_length", "40"]) == 0
+    _, first = read_tsv(os.path.join(out, "test_predictions.tsv"))
+    _, again = read_tsv(os.path.join(pred_dir, "test_predictions.tsv"))
+    assert [r[2] for r in first] == [r[2] for r in again]
+    np.testing.assert_allclose([float(r[3]) for r in first], [float(r[3]) for r in again], atol=1e-5)
+
+
+def test_existing_results_are_not_overwritten(trained, capsys):
+    data_dir, out = trained
+    before = os.path.getmtime(os.path.join(out, "eval_results.json"))
+    code = run_cli(train.main, ["--do_eval", "--data_dir", data_dir, "--output_dir", out,
+                                "--resume_from_checkpoint", out])
+    assert code == 2
+    assert "--overwrite_output_dir" in capsys.readouterr().err
+    assert os.path.getmtime(os.path.join(out, "eval_results.json")) == before
+
+
+def test_resume_continues_with_the_same_losses(tiny_model_dir, keyword_data, tmp_path):
+    base = ["--model_name_or_path", tiny_model_dir, "--data_dir", keyword_data, "--prompt", PROMPT,
+            "--do_train", "--max_steps", "16", "--save_steps", "8", "--logging_steps", "1", *FAST]
+    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+    assert run_cli(train.main, base + ["--output_dir", full]) == 0
+    assert run_cli(train.main, base + ["--output_dir", resumed, "--resume_from_checkpoint",
+                                       os.path.join(full, "checkpoint-8")]) == 0
+    a, b = losses(full), losses(resumed)
+    assert [b[s] for s in range(9, 17)] == [a[s] for s in range(9, 17)]
+    wa = paddle.load(os.path.join(full, "model_state.pdparams"))
+    wb = paddle.load(os.path.join(resumed, "model_state.pdparams"))
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+
+
+def tiny_tnews_copy(root):
+    """data/tnews for the seed command: a slice of FewCLUE tnews if ../shared has it, else the example data."""
+    target = os.path.join(root, "data", "tnews")
+    os.makedirs(target)
+    try:
+        source = shared_path("data", "fewclue", "tnews")
+    except pytest.skip.Exception:
+        source = EXAMPLE_DATA
+    for name, n in (("train.txt", 48), ("dev.txt", 16), ("label.txt", None)):
+        with open(os.path.join(source, name), encoding="utf-8") as fp:
+            lines = fp.readlines()
+        with open(os.path.join(target, name), "w", encoding="utf-8") as fp:
+            fp.writelines(lines[:n] if n else lines)
+    return target
+
+
+def test_seed_command_runs_unchanged(tmp_path):
+    """The seed document's command, verbatim, plus --model_name_or_path for the offline tiny model."""
+    data_dir = tiny_tnews_copy(str(tmp_path))
+    env = dict(os.environ, PTUNING_OFFLINE="1", PYTHONPATH=ROOT)
+    subprocess.run([sys.executable, "-m", "utils.tiny_ernie", "--output_dir", str(tmp_path / "tiny"),
+                    "--data_dir", data_dir, "--extra_text", "这条新闻标题的主题是"], check=True, env=env,
+                   cwd=str(tmp_path), capture_output=True)
+    seed = ('python train.py --data_dir ./data/tnews --output_dir ./checkpoints/ --prompt "这条新闻标题的主题是" '
+            "--max_seq_length 128 --learning_rate 3e-5 --ppt_learning_rate 3e-4 --do_train --do_eval "
+            "--max_steps 1000 --eval_steps 100 --logging_steps 10 --per_device_eval_batch_size 32 "
+            "--per_device_train_batch_size 32")
+    command = seed.replace("python train.py", f"{sys.executable} {os.path.join(ROOT, 'train.py')}")
+    command += f" --model_name_or_path {tmp_path / 'tiny'}"
+    result = subprocess.run(command, shell=True, cwd=str(tmp_path), env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "checkpoints"
+    with open(out / "eval_results.json", encoding="utf-8") as fp:
+        assert {"eval_accuracy", "eval_macro_f1"} <= set(json.load(fp))
+    assert (out / "train_results.json").is_file()
+    with open(out / "trainer_state.json", encoding="utf-8") as fp:
+        state = json.load(fp)
+    assert state["best_model_checkpoint"]  # evaluated every 100 steps and kept the best
+
+
+def test_builtin_name_offline_fails_fast_with_a_clear_message(tmp_path, keyword_data):
+    env = dict(os.environ, PTUNING_OFFLINE="1")
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--model_name_or_path",
+                             "ernie-3.0-base-zh", "--data_dir", keyword_data, "--output_dir", str(tmp_path / "o"),
+                             "--do_train", "--prompt", PROMPT], env=env, capture_output=True, text=True)
+    assert time.monotonic() - start < 60  # seconds of start-up, no download attempt or hang
+    assert result.returncode == 2
+    assert "ernie-3.0-base-zh" in result.stderr and "utils.tiny_ernie" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "o" / "train_results.json")

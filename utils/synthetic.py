@@ -1,0 +1,56 @@
+"""A learnable synthetic task for tests and benchmarks: the label is decided by a keyword.
+
+Every text is random filler characters with one class keyword somewhere inside, so even a
+randomly initialised ERNIE can learn it; accuracy on it shows the training loop works, not that
+the model understands language.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Dict, List, Optional
+
+FILLER = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与关各重新线内数正心反你明看原又么利比或但质气第向道命此变条只没结解问意建月公无系军很情者最立代想已通并提直题党程展五果料象员革位入常文总次品式活设及管特件长求老头基资边流路级少图山统接知较将组见计别她手角期根论运农指几九区强放决西被干做必战先回则任取据处理府研质"
+KEYWORDS = {"apple": ("苹果", "红色"), "banana": ("香蕉", "黄色"), "grape": ("葡萄", "紫色")}
+PROMPT = "这句话说的水果是"
+
+
+def make_text(rng: random.Random, keyword: str, min_len: int = 3, max_len: int = 10) -> str:
+    left = "".join(rng.choice(FILLER) for _ in range(rng.randint(min_len, max_len)))
+    right = "".join(rng.choice(FILLER) for _ in range(rng.randint(min_len, max_len)))
+    return left + keyword + right
+
+
+def make_split(rng: random.Random, per_class: int, labelled: bool = True, **kwargs) -> List[str]:
+    lines = []
+    for label, (keyword, _) in KEYWORDS.items():
+        for _ in range(per_class):
+            text = make_text(rng, keyword, **kwargs)
+            lines.append(f"{text}\t{label}" if labelled else text)
+    rng.shuffle(lines)
+    return lines
+
+
+def write_keyword_dataset(data_dir: str, train_per_class: int = 32, dev_per_class: int = 8,
+                          test_per_class: int = 8, data_lines: int = 12, seed: int = 0,
+                          label_words: Optional[Dict[str, str]] = None, **text_kwargs) -> str:
+    """Write train/dev/test/data/label .txt files of the keyword task into `data_dir`."""
+    rng = random.Random(seed)
+    os.makedirs(data_dir, exist_ok=True)
+    words = label_words or {label: word for label, (_, word) in KEYWORDS.items()}
+    files = {
+        "label.txt": [f"{label}=={words[label]}" for label in KEYWORDS],
+        "train.txt": make_split(rng, train_per_class, **text_kwargs),
+        "dev.txt": make_split(rng, dev_per_class, **text_kwargs),
+        "test.txt": make_split(rng, test_per_class, **text_kwargs),
+        "data.txt": make_split(rng, max(1, data_lines // len(KEYWORDS)), labelled=False, **text_kwargs),
+    }
+    for name, lines in files.items():
+        with open(os.path.join(data_dir, name), "w", encoding="utf-8") as fp:
+            fp.write("\n".join(lines) + "\n")
+    return data_dir
+
+
+def vocab_texts() -> List[str]:
+    """Every character the keyword task can produce (for building a tiny vocab)."""
+    return [FILLER, PROMPT] + [k + w for k, w in KEYWORDS.values()]
