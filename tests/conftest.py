@@ -25,6 +25,30 @@ def tiny_model_dir(tmp_path_factory):
     return build_ernie(path, vocab_from_texts(texts), seed=0)
 
 
+FAST = ["--max_seq_length", "40", "--learning_rate", "1e-3", "--ppt_learning_rate", "3e-3",
+        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32", "--seed", "42"]
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_model_dir, tmp_path_factory):
+    """One real run on the keyword task: train -> eval (every 20 steps) -> predict -> export.
+
+    Returns `(data_dir, output_dir)`; the export is in output_dir/export.
+    """
+    import train
+    from utils.errors import run_cli
+    from utils.synthetic import PROMPT, write_keyword_dataset
+
+    base = tmp_path_factory.mktemp("trained")
+    data_dir = write_keyword_dataset(str(base / "data"))
+    out = str(base / "out")
+    argv = ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", out, "--prompt", PROMPT,
+            "--do_train", "--do_eval", "--do_predict", "--do_export", "--max_steps", "160", "--eval_steps", "20",
+            "--logging_steps", "10", "--save_total_limit", "1", *FAST]
+    assert run_cli(train.main, argv) == 0
+    return data_dir, out
+
+
 @pytest.fixture
 def keyword_data(tmp_path):
     from utils.synthetic import write_keyword_dataset

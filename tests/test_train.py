@@ -1,7 +1,6 @@
 """End to end: train.py on the tiny model (in-process), resume, predict from a checkpoint, the seed command."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -11,12 +10,9 @@ import paddle
 import pytest
 
 import train
-from conftest import EXAMPLE_DATA, ROOT, shared_path
+from conftest import EXAMPLE_DATA, FAST, ROOT, shared_path
 from utils.errors import run_cli
 from utils.synthetic import PROMPT
-
-FAST = ["--max_seq_length", "40", "--learning_rate", "1e-3", "--ppt_learning_rate", "3e-3",
-        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32", "--seed", "42"]
 
 
 def read_tsv(path):
@@ -30,21 +26,6 @@ def losses(output_dir):
         return {h["step"]: h["loss"] for h in json.load(fp)["log_history"] if "loss" in h}
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_model_dir, tmp_path_factory):
-    """One real training run on the keyword task: train -> eval (every 20 steps) -> predict."""
-    from utils.synthetic import write_keyword_dataset
-
-    base = tmp_path_factory.mktemp("trained")
-    data_dir = write_keyword_dataset(str(base / "data"))
-    out = str(base / "out")
-    argv = ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", out, "--prompt", PROMPT,
-            "--do_train", "--do_eval", "--do_predict", "--max_steps", "160", "--eval_steps", "20",
-            "--logging_steps", "10", "--save_total_limit", "1", *FAST]
-    assert run_cli(train.main, argv) == 0
-    return data_dir, out
-
-
 def test_keyword_task_is_learned(trained):
     data_dir, out = trained
     with open(os.path.join(out, "eval_results.json"), encoding="utf-8") as fp:
@@ -55,6 +36,7 @@ def test_keyword_task_is_learned(trained):
 
 def test_outputs_layout(trained):
     data_dir, out = trained
+    assert os.path.isfile(os.path.join(out, "export", "manifest.json"))  # --do_export
     for name in ["train_results.json", "eval_results.json", "test_results.json", "model_state.pdparams",
                  "template_config.json", "template_state.pdparams", "verbalizer_config.json",
                  "verbalizer_state.pdparams", "ptuning_config.json", "vocab.txt", "trainer_state.json"]:

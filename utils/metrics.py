@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Dict, Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -16,6 +15,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def classification_metrics(predictions: Sequence[int], labels: Sequence[int], num_labels: int) -> Dict[str, float]:
     """Accuracy and macro-F1 over all `num_labels` classes (absent classes count as F1 0)."""
+    from sklearn.metrics import accuracy_score, f1_score  # imported here: infer.py only needs softmax
+
     predictions = np.asarray(predictions)
     labels = np.asarray(labels)
     return {

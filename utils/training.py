@@ -182,8 +182,13 @@ def run(model_args, data_args, training_args) -> Dict[str, Any]:
 
 
 def _run(model_args, data_args, training_args) -> Dict[str, Any]:
-    trainer, dataset, resume = prepare(model_args, data_args, training_args)
     results: Dict[str, Any] = {}
+    if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
+        check_output_dir(training_args)
+        dataset = load_dataset_dir(data_args.data_dir, need_train=False, need_dev=False)
+        results["export"] = export(model_args, training_args, dataset, training_args.resume_from_checkpoint)
+        return results
+    trainer, dataset, resume = prepare(model_args, data_args, training_args)
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
@@ -198,7 +203,23 @@ def _run(model_args, data_args, training_args) -> Dict[str, Any]:
         results["eval"] = metrics
     if training_args.do_predict:
         results.update(predict_and_write(trainer, dataset, dataset.labels, training_args.output_dir))
+    if training_args.do_export:
+        results["export"] = export(model_args, training_args, dataset,
+                                   training_args.output_dir if training_args.do_train else resume)
     return results
+
+
+def export(model_args, training_args, dataset: DatasetDir, checkpoint: Optional[str]) -> dict:
+    """--do_export: the saved model (or --resume_from_checkpoint) -> output_dir/export."""
+    from .export import export_checkpoint
+
+    if not checkpoint:
+        raise UserError("--do_export needs a trained model: add --do_train, or --resume_from_checkpoint DIR",
+                        "train.py")
+    manifest = export_checkpoint(checkpoint, os.path.join(training_args.output_dir, "export"),
+                                 examples=dataset.dev or dataset.test or dataset.train,
+                                 export_type=model_args.export_type, overwrite=True)
+    return manifest["parity"]
 
 
 def predict_and_write(trainer, dataset: DatasetDir, label_set: LabelSet, output_dir: str) -> Dict[str, Any]:

@@ -1,0 +1,51 @@
+"""Export a trained checkpoint for deployment: Paddle static graph + ONNX + everything infer.py needs.
+
+    python export.py --resume_from_checkpoint ./checkpoints/ --output_dir ./checkpoints/export
+
+(`python train.py ... --do_export` writes the same into output_dir/export.) See utils/export.py
+for the directory layout and the parity gate.
+"""
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+from utils.errors import run_cli
+
+
+@dataclass
+class ExportArguments:
+    resume_from_checkpoint: str = field(metadata={"help": "Checkpoint (or train.py output_dir) to export."})
+    output_dir: str = field(default="./checkpoints/export", metadata={"help": "Export directory to write."})
+    data_dir: Optional[str] = field(default=None, metadata={
+        "help": "Dataset folder; dev.txt (else test.txt/train.txt) texts make the parity-check batch."})
+    export_type: str = field(default="paddle", metadata={
+        "help": "paddle: static graph + ONNX; onnx: ONNX only (static graph removed after the parity check)."})
+    export_fp16: bool = field(default=False, metadata={"help": "Also write model_fp16.onnx for onnxruntime-gpu."})
+    opset: int = field(default=13, metadata={"help": "ONNX opset (>= 13)."})
+    tolerance: float = field(default=1e-4, metadata={"help": "Parity gate: max |Δlogits| allowed."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing export directory."})
+
+
+def main(argv):
+    from paddlenlp.trainer import PdArgumentParser
+
+    from utils.data import load_dataset_dir
+    from utils.export import export_checkpoint
+
+    (args,) = PdArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)
+    examples = None
+    if args.data_dir:
+        dataset = load_dataset_dir(args.data_dir, need_train=False, need_dev=False)
+        examples = dataset.dev or dataset.test or dataset.train or dataset.data
+    manifest = export_checkpoint(args.resume_from_checkpoint, args.output_dir, examples=examples,
+                                 export_type=args.export_type, export_fp16=args.export_fp16,
+                                 overwrite=args.overwrite_output_dir, opset=args.opset, tolerance=args.tolerance)
+    for result in manifest["parity"]["results"]:
+        print(f"parity {result['backend']}: max |Δlogits| {result['max_abs_diff']:.2e}, "
+              f"argmax agreement {result['argmax_agreement']:.3f}")
+    print(f"exported to {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

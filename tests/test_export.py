@@ -1,0 +1,130 @@
+"""export.py / train.py --do_export: layout, folding, the parity gate, fp16, atomicity."""
+import json
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+import export as export_cli
+from utils import export as export_mod
+from utils.errors import UserError, run_cli
+from utils.labels import LabelSet
+from utils.modeling import build_prompt_model
+from utils.plm import load_plm
+from utils.prompt import build_template
+
+
+def test_do_export_layout_and_manifest(trained):
+    _, out = trained
+    export_dir = os.path.join(out, "export")
+    names = set(os.listdir(export_dir))
+    assert {"model.json", "model.pdiparams", "model.onnx", "vocab.txt", "tokenizer_config.json",
+            "preprocess.json", "template.json", "labels.json", "manifest.json"} <= names
+    assert not any(n.endswith((".pdparams", ".pdopt", ".pth", ".bin")) for n in names)  # no pickles to serve
+    with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as fp:
+        manifest = json.load(fp)
+    assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "token_type_ids", "position_ids",
+                                                       "soft_token_ids"]
+    assert manifest["prompt_encoder_folded"] is True and manifest["max_seq_length"] == 40
+    assert manifest["onnx"]["opset"] >= 13
+    assert manifest["parity"]["passed"]
+    for result in manifest["parity"]["results"]:
+        assert result["max_abs_diff"] <= 1e-4 and result["argmax_agreement"] == 1.0
+    assert {"paddle", "paddlenlp", "paddle2onnx", "onnxruntime"} <= set(manifest["versions"])
+    with open(os.path.join(export_dir, "labels.json"), encoding="utf-8") as fp:
+        labels = json.load(fp)
+    assert [e["label"] for e in labels] == ["apple", "banana", "grape"]
+    assert [e["word"] for e in labels] == ["红色", "黄色", "紫色"]
+    for name, info in manifest["files"].items():
+        assert os.path.getsize(os.path.join(export_dir, name)) == info["bytes"]
+
+
+def test_onnx_graph_has_no_lstm_and_dynamic_axes(trained):
+    import onnx
+
+    model = onnx.load(os.path.join(trained[1], "export", "model.onnx"))
+    assert not {n.op_type for n in model.graph.node} & {"LSTM", "GRU", "RNN", "Loop", "Scan"}
+    inputs = {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert inputs == {n: ["batch", "sequence"] for n in ("input_ids", "token_type_ids", "position_ids",
+                                                         "soft_token_ids")}
+    assert [o.name for o in model.graph.output] == ["logits"]
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "mlp", "none"])
+def test_folded_model_equals_unfolded(tiny_model_dir, encoder):
+    paddle.seed(3)
+    plm, tokenizer = load_plm(tiny_model_dir)
+    parts = build_template("这句话说的水果是", encoder, 16, num_virtual_tokens=10)
+    model = build_prompt_model(plm, tokenizer, parts, LabelSet({"a": "红色", "b": "黄色", "c": "紫色"}), 32)
+    model.eval()
+    from paddlenlp.prompt import PromptDataCollatorWithPadding
+
+    texts = ["苹果", "香蕉很好吃", "葡萄" * 30, "一"]
+    batch = PromptDataCollatorWithPadding(tokenizer, return_tensors="pd")([model.template({"text_a": t}) for t in texts])
+    batch.pop("labels", None)
+    folded = export_mod.FoldedPromptModel(model)
+    with paddle.no_grad():
+        unfolded = model(**batch).numpy()
+        result = folded(batch["input_ids"], batch["token_type_ids"], batch["position_ids"],
+                        batch["soft_token_ids"]).numpy()
+    np.testing.assert_allclose(result, unfolded, atol=1e-5)
+
+
+def test_export_cli_onnx_type_fp16_and_refusal_to_overwrite(trained, tmp_path, capsys):
+    data_dir, out = trained
+    target = str(tmp_path / "exp")
+    argv = ["--resume_from_checkpoint", out, "--output_dir", target, "--data_dir", data_dir,
+            "--export_type", "onnx", "--export_fp16"]
+    assert run_cli(export_cli.main, argv) == 0
+    names = set(os.listdir(target))
+    assert {"model.onnx", "model_fp16.onnx"} <= names and "model.json" not in names
+    with open(os.path.join(target, "manifest.json"), encoding="utf-8") as fp:
+        manifest = json.load(fp)
+    assert manifest["onnx"]["fp16"] == "model_fp16.onnx" and manifest["paddle"] is None
+    fp16 = manifest["parity"]["fp16"]
+    assert fp16["checked"] is False or fp16["argmax_agreement"] == 1.0
+    assert "parity onnxruntime" in capsys.readouterr().out
+
+    before = os.path.getmtime(os.path.join(target, "model.onnx"))
+    assert run_cli(export_cli.main, argv) == 2
+    assert "--overwrite_output_dir" in capsys.readouterr().err
+    assert os.path.getmtime(os.path.join(target, "model.onnx")) == before
+
+
+def test_parity_gate_catches_a_broken_export(trained, tmp_path, monkeypatch):
+    """Break the ONNX graph after conversion: the gate must refuse and publish nothing."""
+    import onnx
+    from onnx import numpy_helper
+
+    real_convert = export_mod.convert_to_onnx
+
+    def broken_convert(directory, files, opset):
+        path = real_convert(directory, files, opset)
+        model = onnx.load(path)
+        biggest = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+        array = numpy_helper.to_array(biggest).copy()
+        array += np.random.default_rng(0).normal(0, 0.05, array.shape).astype(array.dtype)  # subtly wrong
+        biggest.CopyFrom(numpy_helper.from_array(array, biggest.name))
+        onnx.save(model, path)
+        return path
+
+    monkeypatch.setattr(export_mod, "convert_to_onnx", broken_convert)
+    target = tmp_path / "broken"
+    with pytest.raises(export_mod.ExportError) as info:
+        export_mod.export_checkpoint(trained[1], str(target))
+    message = str(info.value)
+    assert "parity gate failed" in message and "onnxruntime: max |Δ|" in message
+    assert "paddle_inference: max |Δ|" in message
+    assert not target.exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("broken")]  # no temp dir left behind
+
+
+def test_export_errors(tmp_path, trained):
+    with pytest.raises(UserError, match="checkpoint directory not found"):
+        export_mod.export_checkpoint(str(tmp_path / "nope"), str(tmp_path / "out"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="ptuning_config.json is missing"):
+        export_mod.export_checkpoint(str(tmp_path / "empty"), str(tmp_path / "out"))
+    with pytest.raises(UserError, match="--export_type"):
+        export_mod.export_checkpoint(trained[1], str(tmp_path / "out"), export_type="tensorrt")

@@ -1,0 +1,110 @@
+"""infer.py's Paddle-free preprocessing equals the training template + collator, text for text."""
+import os
+import random
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import SHARED
+from utils.labels import LabelSet
+from utils.modeling import build_prompt_model
+from utils.plm import load_plm
+from utils.preprocess import INPUT_NAMES, PromptPreprocessor, describe_template, max_lengths_for_truncation
+from utils.prompt import build_template
+from utils.synthetic import FILLER, KEYWORDS
+
+POOLS = ["abcXYZ hello World", "ÀÉÎõüçñßøØµªºİıǅ", "中文字符测试你好新闻", "，。！？、；：“”‘’（）【】《》…—～·",
+         "!@#$%^&*()_+-=[]{}|;':\",./<>?`~", "0123456789０１２３", "😀🎉👍🏽❤️", "°±×÷€£¥©®™§¶",
+         " \t\u3000\u00a0\u200b\u200d\ufeff", "ｱｲｳアイウあいう", "αβγАБВ", "\x00\x01\x7f\ufffd", "ﬁﬂ㎏㎡①②", FILLER]
+
+
+def fuzz_texts(n, seed=0):
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        length = rng.choice([1, 5, 20, 60, 200])  # some far beyond max_seq_length
+        pieces = [rng.choice(rng.choice(POOLS)) if rng.random() < 0.9 else
+                  rng.choice(["[MASK]", "[UNK]", "[SEP]", " ", "Hello", list(KEYWORDS.values())[0][0]])
+                  for _ in range(length)]
+        text = "".join(pieces).strip()
+        texts.append(text or "空")
+    return texts
+
+
+def real_texts():
+    path = os.path.join(SHARED, "data", "fewclue", "tnews", "test.txt")
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as fp:
+        return [line.split("\t")[0] for line in fp if line.strip()]
+
+
+@pytest.fixture
+def plm_and_tokenizer(tiny_model_dir):
+    return load_plm(tiny_model_dir)  # fresh: the SoftVerbalizer takes over the PLM's MLM head
+
+
+CASES = {
+    "p-tuning lstm, truncating": ("这句话说的水果是", "lstm", None, False, 24),
+    "mlp, padded virtual tokens": ("水果", "mlp", 6, False, 32),
+    "pairs with hard text and sep": ("{'soft': '判断'}{'text': 'text_a'}{'sep'}是否{'text': 'text_b'}{'mask'}",
+                                     "lstm", None, True, 40),
+    "no truncation of text_b": ("{'text': 'text_a'}{'text': 'text_b', 'truncate': False}{'soft': None, 'length': 3}"
+                                "{'mask'}", "none", None, True, 200),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_preprocessing_matches_training_template(case, plm_and_tokenizer, tiny_model_dir, tmp_path):
+    prompt, encoder, virtual, pair, max_len = CASES[case]
+    plm, tokenizer = plm_and_tokenizer
+    parts = build_template(prompt, encoder, 16, virtual, pair)
+    model = build_prompt_model(plm, tokenizer, parts, LabelSet({"a": "红色", "b": "黄色"}), max_len)
+    template = model.template
+    shutil.copy(os.path.join(tiny_model_dir, "vocab.txt"), tmp_path / "vocab.txt")
+    pre = PromptPreprocessor(describe_template(template, max_len), str(tmp_path))
+
+    texts = fuzz_texts(1200) + real_texts()[:800]
+    assert len(texts) >= 1000 and any(len(t) > max_len for t in texts)
+    rng = random.Random(1)
+    examples = [{"text_a": t, **({"text_b": rng.choice(texts)} if pair else {})} for t in texts]
+    mine = pre.encode(examples)
+    for example, feature in zip(examples, mine):
+        expected = template(dict(example))
+        for name in INPUT_NAMES:
+            assert feature[name] == expected[name], (case, name, example)
+        assert len(feature["input_ids"]) <= max_len
+
+    from paddlenlp.prompt import PromptDataCollatorWithPadding
+
+    collate = PromptDataCollatorWithPadding(tokenizer, padding=True, return_tensors="np")
+    for start in range(0, 200, 50):
+        batch = collate([template(dict(e)) for e in examples[start:start + 50]])
+        padded = pre.pad(mine[start:start + 50])
+        for name in INPUT_NAMES:
+            np.testing.assert_array_equal(padded[name], batch[name])
+
+
+def test_truncation_rule_takes_from_the_longest_part_first():
+    # 8 tokens of room: the short part stays whole, the long one gives way, fixed parts never shrink.
+    assert max_lengths_for_truncation([[1] * 3, [9, 9], [1] * 20], [True, False, True], 8) == [3, None, 3]
+    assert max_lengths_for_truncation([[1] * 3, [1] * 2], [True, True], 10) == [None, None]
+
+
+def test_real_vocab_tokenizer_matches_ernie_tokenizer(tmp_path):
+    """With the real 40k ERNIE vocab (optional), on FewCLUE texts and fuzz."""
+    from conftest import shared_path
+    from paddlenlp.transformers import AutoTokenizer, ErnieTokenizer
+
+    from utils.preprocess import load_wordpiece_tokenizer
+
+    vocab = shared_path("vocab", "ernie-3.0-base-zh-vocab.txt")
+    # Loaded the way training loads it (from_pretrained also makes special tokens unsplittable).
+    ErnieTokenizer(vocab).save_pretrained(str(tmp_path))
+    ernie = AutoTokenizer.from_pretrained(str(tmp_path))
+    fast = load_wordpiece_tokenizer(vocab, True, "[UNK]", ernie.all_special_tokens)
+    texts = real_texts() + fuzz_texts(3000, seed=7)
+    for text in texts:
+        expected = ernie.encode(text, add_special_tokens=False, return_token_type_ids=False)["input_ids"]
+        assert fast.encode(text, add_special_tokens=False).ids == expected, text

@@ -1,0 +1,333 @@
+"""Export a checkpoint into a self-contained deployment directory (shared by export.py and train.py).
+
+    model.json + model.pdiparams   Paddle 3 static graph (PIR; `model.pdmodel` where Paddle writes the legacy format)
+    model.onnx                     paddle2onnx conversion, dynamic batch and sequence axes, output `logits`
+    model_fp16.onnx                with --export_fp16: float16 weights, float32 inputs/outputs (onnxruntime-gpu)
+    vocab.txt, tokenizer_config.json, special_tokens_map.json
+    preprocess.json                the template as token-id parts, for infer.py's Paddle-free preprocessing
+    template.json                  the template parts as trained
+    labels.json                    labels in output (logit) order, with their label words
+    manifest.json                  inputs/outputs, max_seq_length, versions, file sizes and hashes, parity results
+
+The prompt encoder is folded: the soft-prompt vectors after the LSTM/MLP do not depend on the
+input, so they are computed once and stored as a constant table (no LSTM in the graph, no
+`encoder_ids` input). The mask position is found in the graph. Inputs: input_ids,
+token_type_ids, position_ids, soft_token_ids (int64, [batch, sequence]).
+
+Before anything is published, a parity gate compares the dynamic-graph model (unfolded), Paddle
+Inference on the static graph and onnxruntime on model.onnx on a sample batch; the export fails
+with the numbers unless max |Δlogits| <= tolerance and every argmax agrees. The directory is
+built beside the target and renamed into place, so a failed export leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import paddle
+
+from .errors import UserError
+from .files import write_json_atomic
+from .modeling import rebuild_from_checkpoint
+from .preprocess import INPUT_NAMES, PREPROCESS_FILE, PromptPreprocessor, describe_template
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+LABELS_FILE = "labels.json"
+TEMPLATE_FILE = "template.json"
+ONNX_FILE = "model.onnx"
+ONNX_FP16_FILE = "model_fp16.onnx"
+MODEL_PREFIX = "model"
+OUTPUT_NAME = "logits"
+DEFAULT_TOLERANCE = 1e-4
+FP16_TOLERANCE = 5e-2
+
+
+class ExportError(UserError):
+    """The exported model does not reproduce the trained one (or could not be produced)."""
+
+
+class FoldedPromptModel(paddle.nn.Layer):
+    """The inference graph: PLM + verbalizer head, the prompt encoder replaced by its output table."""
+
+    def __init__(self, prompt_model):
+        super().__init__()
+        self.prompt_model = prompt_model
+        template = prompt_model.template
+        self.mask_id = template.tokenizer.mask_token_id
+        self.pad_id = template.tokenizer.pad_token_id
+        table = encoded_soft_table(template)
+        self.soft_table = self.create_parameter(table.shape, dtype="float32")
+        self.soft_table.set_value(table)
+
+    def forward(self, input_ids, token_type_ids, position_ids, soft_token_ids):
+        model = self.prompt_model
+        word_embeds = model.template.word_embeddings(input_ids)
+        soft_embeds = paddle.nn.functional.embedding(soft_token_ids, self.soft_table)
+        inputs_embeds = paddle.where((soft_token_ids > 0).unsqueeze(-1), soft_embeds, word_embeds)
+        attention_mask = paddle.unsqueeze((input_ids == self.pad_id).astype("float32") * -1e4, axis=[1, 2])
+        outputs = model.plm(input_ids=None, token_type_ids=token_type_ids, position_ids=position_ids,
+                            attention_mask=attention_mask, inputs_embeds=inputs_embeds, return_dict=True)
+        is_mask = paddle.logical_and(input_ids == self.mask_id, soft_token_ids == 0)
+        index = paddle.nonzero(is_mask)
+        flat = index[:, 0] * paddle.shape(input_ids)[1] + index[:, 1]
+        return model.verbalizer.process_outputs(outputs.logits, flat)
+
+
+def encoded_soft_table(template) -> paddle.Tensor:
+    """Row i: the vector the template feeds the PLM for soft token i (after its encoder); row 0 unused."""
+    num = int(getattr(template, "num_soft_token", 1))
+    hidden = template.word_embeddings.weight.shape[1]
+    table = np.zeros([max(num, 1), hidden], dtype="float32")
+    if num <= 1:
+        return paddle.to_tensor(table)
+    encoded = template({key: "x" for key in template.example_keys})
+    soft = np.array(encoded["soft_token_ids"])
+    ids = soft[soft > 0]
+    if len(set(ids.tolist())) != len(ids):
+        raise ExportError("the template reuses soft tokens (`soft_id`); their encoded vectors depend on the "
+                          "occurrence, so the prompt encoder cannot be folded", "template")
+    batch = {"input_ids": paddle.to_tensor([encoded["input_ids"]], dtype="int64"),
+             "soft_token_ids": paddle.to_tensor([encoded["soft_token_ids"]], dtype="int64"),
+             "encoder_ids": paddle.to_tensor([encoded["encoder_ids"]], dtype="int64"),
+             "attention_mask": paddle.zeros([1])}
+    with paddle.no_grad():
+        embeds = template.process_batch(batch)["inputs_embeds"][0].numpy()
+    table[ids] = embeds[soft > 0]
+    return paddle.to_tensor(table)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fp:
+        for chunk in iter(lambda: fp.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _versions() -> Dict[str, str]:
+    import onnx
+    import onnxruntime
+    import paddle2onnx
+    import paddlenlp
+
+    return {"python": platform.python_version(), "paddle": paddle.__version__, "paddlenlp": paddlenlp.__version__,
+            "paddle2onnx": paddle2onnx.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def save_static_graph(folded: FoldedPromptModel, directory: str) -> Dict[str, str]:
+    """paddle.jit.save; returns the model/params file names Paddle wrote (PIR json or legacy pdmodel)."""
+    from paddle.static import InputSpec
+
+    spec = [InputSpec([None, None], "int64", name=name) for name in INPUT_NAMES]
+    static = paddle.jit.to_static(folded, input_spec=spec, full_graph=True)
+    paddle.jit.save(static, os.path.join(directory, MODEL_PREFIX))
+    for model_file in (MODEL_PREFIX + ".json", MODEL_PREFIX + ".pdmodel"):
+        if os.path.isfile(os.path.join(directory, model_file)):
+            return {"model": model_file, "params": MODEL_PREFIX + ".pdiparams"}
+    raise ExportError("paddle.jit.save wrote no model file", directory)
+
+
+def convert_to_onnx(directory: str, files: Dict[str, str], opset: int) -> str:
+    """paddle2onnx, then name the output `logits` and the dynamic axes `batch`/`sequence`."""
+    import onnx
+    import paddle2onnx
+
+    path = os.path.join(directory, ONNX_FILE)
+    paddle2onnx.export(os.path.join(directory, files["model"]), os.path.join(directory, files["params"]),
+                       path, opset_version=opset, enable_onnx_checker=True)
+    model = onnx.load(path)
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        dims[0].dim_param, dims[1].dim_param = "batch", "sequence"
+    old_name = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [OUTPUT_NAME if o == old_name else o for o in node.output]
+    model.graph.output[0].name = OUTPUT_NAME
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def convert_to_fp16(directory: str) -> str:
+    """float16 weights and compute, float32 inputs/outputs (onnxruntime's own converter)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(os.path.join(directory, ONNX_FILE)), keep_io_types=True)
+    path = os.path.join(directory, ONNX_FP16_FILE)
+    onnx.save(model, path)
+    return path
+
+
+def paddle_inference_logits(directory: str, files: Dict[str, str], feed: Dict[str, np.ndarray]) -> np.ndarray:
+    from paddle import inference
+
+    config = inference.Config(os.path.join(directory, files["model"]), os.path.join(directory, files["params"]))
+    config.disable_gpu()
+    config.disable_glog_info()
+    predictor = inference.create_predictor(config)
+    for name in predictor.get_input_names():
+        predictor.get_input_handle(name).copy_from_cpu(feed[name])
+    predictor.run()
+    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+
+
+def onnxruntime_logits(path: str, feed: Dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], feed)[0]
+
+
+def sample_examples(examples: Optional[List[dict]], keys, max_seq_length: int, limit: int = 31) -> List[dict]:
+    """The parity batch: up to `limit` given examples plus one longer than max_seq_length."""
+    chosen = [dict(e) for e in (examples or [])[:limit]]
+    filler = "长文本截断测试abc"
+    long_text = (filler * (max_seq_length // len(filler) + 2))[: max_seq_length * 2]
+    chosen.append({key: long_text for key in keys})
+    if len(chosen) == 1:
+        chosen.append({key: "短句" for key in keys})
+    return [{k: v for k, v in e.items() if k in keys} for e in chosen]
+
+
+def _compare(name: str, reference: np.ndarray, other: np.ndarray, tolerance: float) -> dict:
+    diff = float(np.abs(reference - other).max())
+    agree = float((reference.argmax(-1) == other.argmax(-1)).mean())
+    return {"backend": name, "max_abs_diff": diff, "argmax_agreement": agree, "tolerance": tolerance,
+            "passed": bool(diff <= tolerance and agree == 1.0)}
+
+
+def parity_gate(model, directory: str, files: Dict[str, str], examples: List[dict],
+                tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """Dynamic graph vs Paddle Inference vs onnxruntime on one batch; raise `ExportError` on mismatch."""
+    from paddlenlp.prompt import PromptDataCollatorWithPadding
+
+    template = model.template
+    collate = PromptDataCollatorWithPadding(template.tokenizer, padding=True, return_tensors="np")
+    batch = collate([template(dict(e)) for e in examples])
+    preprocessor = PromptPreprocessor.from_export(directory)
+    feed = preprocessor.pad(preprocessor.encode(examples))
+    for name in INPUT_NAMES:
+        if not np.array_equal(feed[name], batch[name]):
+            raise ExportError(f"infer.py's preprocessing gives other {name} than the training template "
+                              f"on the sample batch; refusing to export", directory)
+    dynamic_inputs = {k: paddle.to_tensor(v) for k, v in batch.items() if k != "labels"}
+    with paddle.no_grad():
+        reference = model(**dynamic_inputs).numpy()
+    results = [_compare("paddle_inference", reference, paddle_inference_logits(directory, files, feed), tolerance),
+               _compare("onnxruntime", reference, onnxruntime_logits(os.path.join(directory, ONNX_FILE), feed),
+                        tolerance)]
+    report = {"sample_size": len(examples), "reference": "dynamic graph, unfolded prompt encoder",
+              "results": results, "passed": all(r["passed"] for r in results)}
+    if not report["passed"]:
+        numbers = "; ".join(f"{r['backend']}: max |Δ| {r['max_abs_diff']:.3g} (limit {tolerance:g}), "
+                            f"argmax agreement {r['argmax_agreement']:.3f}" for r in results)
+        raise ExportError(f"parity gate failed, the export does not reproduce the trained model: {numbers}",
+                          directory)
+    return report
+
+
+def fp16_check(directory: str, examples: List[dict], reference_path: str) -> dict:
+    preprocessor = PromptPreprocessor.from_export(directory)
+    feed = preprocessor.pad(preprocessor.encode(examples))
+    try:
+        fp16 = onnxruntime_logits(os.path.join(directory, ONNX_FP16_FILE), feed)
+    except Exception as exc:  # some CPU builds lack fp16 kernels; the model targets onnxruntime-gpu
+        return {"backend": "onnxruntime fp16 (CPU)", "checked": False, "reason": f"{type(exc).__name__}: {exc}"}
+    result = _compare("onnxruntime fp16 (CPU)", onnxruntime_logits(reference_path, feed), fp16, FP16_TOLERANCE)
+    result["checked"] = True
+    if not result["passed"]:
+        raise ExportError(f"fp16 model disagrees with fp32: max |Δ| {result['max_abs_diff']:.3g}, "
+                          f"argmax agreement {result['argmax_agreement']:.3f}", directory)
+    return result
+
+
+def _publish(tmp_dir: str, output_dir: str) -> None:
+    """Replace `output_dir` by the finished `tmp_dir` with renames only."""
+    old = None
+    if os.path.exists(output_dir):
+        old = output_dir.rstrip("/") + f".old-{os.getpid()}"
+        os.replace(output_dir, old)
+    os.replace(tmp_dir, output_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_checkpoint(checkpoint_dir: str, output_dir: str, examples: Optional[List[dict]] = None,
+                      export_type: str = "paddle", export_fp16: bool = False, overwrite: bool = False,
+                      opset: int = 13, tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """Export `checkpoint_dir` to `output_dir`; return the manifest."""
+    if export_type not in ("paddle", "onnx"):
+        raise UserError(f"must be paddle or onnx, got {export_type!r}", "--export_type")
+    if opset < 13:
+        raise UserError(f"must be at least 13, got {opset}", "--opset")
+    if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise UserError("already exists and is not empty; pass --overwrite_output_dir to replace it", output_dir)
+    start = time.time()
+    paddle.set_device("cpu")
+    with paddle.utils.unique_name.guard():
+        model, tokenizer, config = rebuild_from_checkpoint(checkpoint_dir)
+        folded = FoldedPromptModel(model)
+        folded.eval()
+    template = model.template
+    max_seq_length = int(config["max_seq_length"])
+    examples = sample_examples(examples, sorted(template.example_keys), max_seq_length)
+
+    tmp_dir = output_dir.rstrip("/") + f".tmp-{os.getpid()}"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    os.makedirs(tmp_dir)
+    try:
+        files = save_static_graph(folded, tmp_dir)
+        convert_to_onnx(tmp_dir, files, opset)
+        tokenizer.save_pretrained(tmp_dir)
+        write_json_atomic(os.path.join(tmp_dir, PREPROCESS_FILE), describe_template(template, max_seq_length))
+        write_json_atomic(os.path.join(tmp_dir, TEMPLATE_FILE), {"template": config["template"],
+                                                                  "processed": template.prompt})
+        write_json_atomic(os.path.join(tmp_dir, LABELS_FILE), [
+            {"id": i, "label": label, "word": word}
+            for i, (label, word) in enumerate(zip(config["labels"], config["label_words"]))])
+        parity = parity_gate(model, tmp_dir, files, examples, tolerance)
+        if export_fp16:
+            convert_to_fp16(tmp_dir)
+            parity["fp16"] = fp16_check(tmp_dir, examples, os.path.join(tmp_dir, ONNX_FILE))
+        if export_type == "onnx":
+            for name in files.values():
+                os.remove(os.path.join(tmp_dir, name))
+            files = {}
+        manifest = {
+            "format": 1,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "source_checkpoint": os.path.abspath(checkpoint_dir),
+            "export_type": export_type,
+            "inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in INPUT_NAMES],
+            "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(config["labels"])]}],
+            "onnx": {"fp32": ONNX_FILE, "fp16": ONNX_FP16_FILE if export_fp16 else None, "opset": opset},
+            "paddle": files or None,
+            "prompt_encoder_folded": True,
+            "max_seq_length": max_seq_length,
+            "template": config["template"],
+            "labels": config["labels"],
+            "model_name_or_path": config.get("model_name_or_path"),
+            "versions": _versions(),
+            "parity": parity,
+            "export_seconds": round(time.time() - start, 2),
+        }
+        manifest["files"] = {name: {"bytes": os.path.getsize(os.path.join(tmp_dir, name)),
+                                    "sha256": _sha256(os.path.join(tmp_dir, name))}
+                             for name in sorted(os.listdir(tmp_dir))}
+        write_json_atomic(os.path.join(tmp_dir, MANIFEST_FILE), manifest)
+        _publish(tmp_dir, output_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    logger.info("exported %s -> %s (parity: %s)", checkpoint_dir, output_dir,
+                ", ".join(f"{r['backend']} max|Δ| {r['max_abs_diff']:.2g}" for r in parity["results"]))
+    return manifest
