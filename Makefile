@@ -27,14 +27,17 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# The main job, offline: tiny random ERNIE -> P-tuning (LSTM soft prompt) -> eval -> predict.
+# The main job, offline: tiny random ERNIE -> P-tuning (LSTM soft prompt) -> eval -> predict
+# -> export (static graph + ONNX, parity-checked) -> infer.py on onnxruntime.
 demo: install
 	$(PY) -m utils.tiny_ernie --output_dir $(DEMO_MODEL) --data_dir data/example --extra_text "$(DEMO_PROMPT)"
 	$(PY) train.py --model_name_or_path $(DEMO_MODEL) --data_dir data/example --output_dir $(DEMO_OUT) \
 	  --overwrite_output_dir --prompt "$(DEMO_PROMPT)" --max_seq_length 64 \
 	  --learning_rate 1e-3 --ppt_learning_rate 3e-3 --num_train_epochs 20 --eval_steps 10 --logging_steps 10 \
 	  --per_device_train_batch_size 8 --per_device_eval_batch_size 32 \
-	  --do_train --do_eval --do_predict --seed 1000
+	  --do_train --do_eval --do_predict --do_export --seed 1000
+	$(PY) infer.py --model_path_prefix $(DEMO_OUT)/export/model --data_dir data/example --device cpu \
+	  --output_file $(DEMO_OUT)/infer_predictions.tsv
 
 test: install-dev
 	$(PY) -m pytest -q tests
