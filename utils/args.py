@@ -46,7 +46,8 @@ class DataArguments:
         "help": "Improvement needed to reset the early-stopping patience."})
 
 
-def _given(argv: Sequence[str], flag: str) -> bool:
+def flag_given(argv: Sequence[str], flag: str) -> bool:
+    """Whether `flag` is on the command line, as `--flag value` or `--flag=value`."""
     return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
@@ -82,27 +83,27 @@ def with_defaults(argv: Sequence[str]) -> List[str]:
     """Append this tool's defaults for the flags the user did not give."""
     argv = list(argv)
     extra: List[str] = []
-    if not _given(argv, "--output_dir"):
+    if not flag_given(argv, "--output_dir"):
         extra += ["--output_dir", "./checkpoints/"]
-    if not _given(argv, "--report_to"):
+    if not flag_given(argv, "--report_to"):
         extra += ["--report_to", "none"]
-    if not _given(argv, "--device"):
+    if not flag_given(argv, "--device"):
         extra += ["--device", default_device()]
     evaluating = _truthy(argv, "--do_train") and (
         _truthy(argv, "--do_eval") or (_value(argv, "--evaluation_strategy") or "no") != "no")
     if evaluating:
         strategy = _value(argv, "--evaluation_strategy")
         if strategy is None:
-            strategy = "steps" if _given(argv, "--eval_steps") else "epoch"
+            strategy = "steps" if flag_given(argv, "--eval_steps") else "epoch"
             extra += ["--evaluation_strategy", strategy]
         if strategy != "no":
-            if not _given(argv, "--save_strategy"):
+            if not flag_given(argv, "--save_strategy"):
                 extra += ["--save_strategy", strategy]
-            if strategy == "steps" and not _given(argv, "--save_steps") and _given(argv, "--eval_steps"):
+            if strategy == "steps" and not flag_given(argv, "--save_steps") and flag_given(argv, "--eval_steps"):
                 extra += ["--save_steps", _value(argv, "--eval_steps")]
-            if not _given(argv, "--metric_for_best_model"):
+            if not flag_given(argv, "--metric_for_best_model"):
                 extra += ["--metric_for_best_model", "accuracy"]
-            if not _given(argv, "--load_best_model_at_end"):
+            if not flag_given(argv, "--load_best_model_at_end"):
                 extra += ["--load_best_model_at_end", "True"]
     return argv + extra
 

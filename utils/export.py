@@ -139,7 +139,11 @@ def convert_to_onnx(directory: str, files: Dict[str, str], opset: int) -> str:
     """paddle2onnx, then name the output `logits` and the dynamic axes `batch`/`sequence`."""
     import onnx
     import paddle2onnx
+    import polygraphy.config
 
+    # paddle2onnx turns on Polygraphy's "pip install missing dependencies" mode, which would
+    # hang offline and could replace onnxruntime-gpu; a deployment tool never installs packages.
+    polygraphy.config.AUTOINSTALL_DEPS = False
     path = os.path.join(directory, ONNX_FILE)
     paddle2onnx.export(os.path.join(directory, files["model"]), os.path.join(directory, files["params"]),
                        path, opset_version=opset, enable_onnx_checker=True)

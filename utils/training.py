@@ -1,10 +1,13 @@
 """The main job behind train.py: train, evaluate, predict (and export) a P-tuning classifier."""
 from __future__ import annotations
 
+import dataclasses
 import glob
+import json
 import logging
 import math
 import os
+import shutil
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -13,12 +16,13 @@ import paddle
 from . import compat
 from .data import DatasetDir, load_dataset_dir
 from .errors import UserError
-from .files import atomic_path
+from .files import atomic_path, read_json, write_json_atomic, write_text_atomic
 from .labels import LabelSet
 from .metrics import classification_metrics, metrics_fn, softmax
 from .modeling import build_prompt_model, rebuild_from_checkpoint, run_config, save_run_config
 from .plm import load_plm
 from .prompt import build_template, template_kind, validate_template
+from .reports import plot_training_curves, write_classification_report
 from .visualdl import take_visualdl_from_report_to
 
 compat.apply()
@@ -31,10 +35,20 @@ logger = logging.getLogger(__name__)
 
 TEST_PREDICTIONS_FILE = "test_predictions.tsv"
 DATA_PREDICTIONS_FILE = "data_predictions.tsv"
+CURVES_FILE = "training_curves.png"
+
+
+STAGING_DIR = ".saving"
+COMPLETE_MARKER = "checkpoint_complete.json"
 
 
 class PTuningTrainer(PromptTrainer):
-    """PromptTrainer that also writes `ptuning_config.json` into every save (checkpoints included)."""
+    """PromptTrainer that writes `ptuning_config.json` into every save, and writes atomically.
+
+    A checkpoint is assembled in `output_dir/.saving/` and renamed to `checkpoint-N` only when
+    complete (with `checkpoint_complete.json` inside), so a run killed while saving leaves no
+    half-written checkpoint; model files and result JSONs replace their old versions by rename.
+    """
 
     def __init__(self, *args, run_config: Dict[str, Any], **kwargs):
         self.run_config = run_config
@@ -47,8 +61,62 @@ class PTuningTrainer(PromptTrainer):
         Trainer._load_from_checkpoint(self, resume_from_checkpoint)
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None, merge_tensor_parallel=True):
-        super()._save(output_dir, state_dict, merge_tensor_parallel)
-        save_run_config(output_dir or self.args.output_dir, self.run_config)
+        output_dir = output_dir or self.args.output_dir
+        stage = os.path.join(output_dir, STAGING_DIR + "-model")
+        shutil.rmtree(stage, ignore_errors=True)
+        super()._save(stage, state_dict, merge_tensor_parallel)
+        save_run_config(stage, self.run_config)
+        for name in os.listdir(stage):
+            os.replace(os.path.join(stage, name), os.path.join(output_dir, name))
+        os.rmdir(stage)
+
+    def _save_checkpoint(self, model, metrics=None):
+        if self.args.world_size > 1:
+            # Every rank takes part in a distributed save; keep the Trainer's own layout there.
+            super()._save_checkpoint(model, metrics)
+            return
+        run_dir = self.args.output_dir
+        name = f"checkpoint-{self.state.global_step}"
+        staging_root = os.path.join(run_dir, STAGING_DIR)
+        staged, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
+        shutil.rmtree(staging_root, ignore_errors=True)
+        limit = self.args.save_total_limit
+        self.args.output_dir, self.args.save_total_limit = staging_root, None  # rotate after the rename
+        try:
+            super()._save_checkpoint(model, metrics)
+        finally:
+            self.args.output_dir, self.args.save_total_limit = run_dir, limit
+        if self.state.best_model_checkpoint == staged:
+            self.state.best_model_checkpoint = final
+        self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
+        write_json_atomic(os.path.join(staged, COMPLETE_MARKER), {
+            "global_step": self.state.global_step, "files": sorted(os.listdir(staged))})
+        if os.path.isdir(final):  # saving the same step again (e.g. right after a resume)
+            shutil.rmtree(final)
+        os.replace(staged, final)
+        shutil.rmtree(staging_root, ignore_errors=True)
+        if self.args.should_save:
+            self._rotate_checkpoints(use_mtime=True, output_dir=run_dir)
+
+    def save_metrics(self, split, metrics, combined=True):
+        if not self.is_world_process_zero():
+            return
+        write_json_atomic(os.path.join(self.args.output_dir, f"{split}_results.json"), metrics)
+        if combined:
+            path = os.path.join(self.args.output_dir, "all_results.json")
+            combined_metrics = {}
+            if os.path.isfile(path):
+                try:
+                    combined_metrics = read_json(path)
+                except UserError:  # unreadable leftovers are replaced, not trusted
+                    combined_metrics = {}
+            combined_metrics.update(metrics)
+            write_json_atomic(path, combined_metrics)
+
+    def save_state(self):
+        if self.is_world_process_zero():
+            write_text_atomic(os.path.join(self.args.output_dir, "trainer_state.json"),
+                              json.dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True) + "\n")
 
 
 def outputs_of_run(training_args) -> List[str]:
@@ -56,10 +124,12 @@ def outputs_of_run(training_args) -> List[str]:
     names = []
     if training_args.do_train:
         names += ["train_results.json", "model_state.pdparams", "checkpoint-*"]
+        names += [CURVES_FILE]
     if training_args.do_eval:
-        names += ["eval_results.json"]
+        names += ["eval_results.json", "eval_report.*", "eval_confusion_matrix.*"]
     if training_args.do_predict:
-        names += ["test_results.json", TEST_PREDICTIONS_FILE, DATA_PREDICTIONS_FILE]
+        names += ["test_results.json", TEST_PREDICTIONS_FILE, DATA_PREDICTIONS_FILE, "test_report.*",
+                  "test_confusion_matrix.*"]
     if training_args.do_export:
         names += ["export"]
     return names
@@ -196,11 +266,20 @@ def _run(model_args, data_args, training_args) -> Dict[str, Any]:
         trainer.save_metrics("train", train_result.metrics)
         trainer.save_state()
         results["train"] = train_result.metrics
+        if trainer.is_world_process_zero():
+            metric = training_args.metric_for_best_model or "accuracy"
+            plot_training_curves(os.path.join(training_args.output_dir, "trainer_state.json"),
+                                 os.path.join(training_args.output_dir, CURVES_FILE),
+                                 metric=metric if metric.startswith("eval_") else f"eval_{metric}")
     if training_args.do_eval:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         results["eval"] = metrics
+        logits = predict_logits(trainer, dataset.dev)
+        if trainer.is_world_process_zero():
+            write_classification_report(training_args.output_dir, "eval", [e["labels"] for e in dataset.dev],
+                                        logits.argmax(-1), dataset.labels.labels)
     if training_args.do_predict:
         results.update(predict_and_write(trainer, dataset, dataset.labels, training_args.output_dir))
     if training_args.do_export:
@@ -234,6 +313,7 @@ def predict_and_write(trainer, dataset: DatasetDir, label_set: LabelSet, output_
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)
         write_predictions(os.path.join(output_dir, TEST_PREDICTIONS_FILE), dataset.test, logits, labels, True)
+        write_classification_report(output_dir, "test", gold, logits.argmax(-1), labels)
         results["test"] = metrics
     else:
         logger.warning("--do_predict: no test.txt in %s, skipping test metrics", dataset.path)

@@ -1,0 +1,189 @@
+"""multirun.py: seeds and splits run train.py in subprocesses; the summary is the runs' own numbers."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import multirun
+from conftest import FAST
+from utils.errors import run_cli
+from utils.multirun import Run, aggregate, markdown_table, train_argv, without_flag
+from utils.synthetic import PROMPT, write_keyword_dataset
+
+FAST_NO_SEED = without_flag(FAST, "--seed")  # multirun sets --seed per run
+
+
+def train_flags(model_dir, data_dir=None, steps=20, predict=True):
+    flags = ["--model_name_or_path", model_dir, "--prompt", PROMPT, "--do_train", "--do_eval",
+             "--max_steps", str(steps), "--eval_steps", "10", "--logging_steps", "5", "--save_total_limit", "1",
+             *FAST_NO_SEED]
+    if predict:
+        flags.append("--do_predict")
+    return flags + (["--data_dir", data_dir] if data_dir else [])
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as fp:
+        return json.load(fp)
+
+
+def losses(run_dir):
+    return [h["loss"] for h in read_json(os.path.join(run_dir, "trainer_state.json"))["log_history"] if "loss" in h]
+
+
+def test_two_seeds(tiny_model_dir, keyword_data, tmp_path, capsys):
+    out = tmp_path / "multi"
+    argv = ["--output_dir", str(out), "--seeds", "1", "2", "--", *train_flags(tiny_model_dir, keyword_data)]
+    assert run_cli(multirun.main, argv) == 0
+    stdout = capsys.readouterr().out
+
+    summary = read_json(out / "summary.json")
+    assert [r["name"] for r in summary["runs"]] == ["seed1", "seed2"]
+    assert [r["seed"] for r in summary["runs"]] == [1, 2]
+    for run in summary["runs"]:
+        run_dir = out / "runs" / run["name"]
+        with open(run_dir / "train.log", encoding="utf-8") as fp:
+            assert f"--seed {run['seed']}" in fp.readline()
+        own = {**read_json(run_dir / "eval_results.json"), **read_json(run_dir / "test_results.json")}
+        assert run["metrics"] == {k: own[k] for k in ("eval_accuracy", "eval_macro_f1", "test_accuracy",
+                                                        "test_macro_f1")}
+    assert losses(out / "runs" / "seed1") != losses(out / "runs" / "seed2")  # the seed reached train.py
+
+    for key, stats in summary["metrics"].items():
+        values = [r["metrics"][key] for r in summary["runs"]]
+        assert stats["values"] == values and stats["n"] == 2
+        assert stats["mean"] == pytest.approx(np.mean(values))
+        assert stats["std"] == pytest.approx(np.std(values, ddof=1))
+    acc = summary["metrics"]["eval_accuracy"]
+    mean_cell = f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}"
+    table = stdout[stdout.index("| run |"):]
+    assert mean_cell in table.splitlines()[-1] and table.splitlines()[-1].startswith("| mean ± std |")
+    assert len(table.splitlines()) == 2 + 2 + 1  # header, rule, two runs, mean
+    assert table in (out / "summary.md").read_text(encoding="utf-8")
+
+
+def make_task_with_splits(root, sizes=((30, 12), (27, 9))):
+    """A keyword task folder with splits/train_<i>.txt, dev_<i>.txt of distinct sizes (+ train_few_all.txt)."""
+    task = write_keyword_dataset(str(root / "task"))
+    with open(os.path.join(task, "train.txt"), encoding="utf-8") as fp:
+        train = fp.read().splitlines()
+    with open(os.path.join(task, "dev.txt"), encoding="utf-8") as fp:
+        dev = fp.read().splitlines()
+    splits = os.path.join(task, "splits")
+    os.makedirs(splits)
+    for i, (n_train, n_dev) in enumerate(sizes):
+        for name, lines, n in (("train", train, n_train), ("dev", dev, n_dev)):
+            with open(os.path.join(splits, f"{name}_{i}.txt"), "w", encoding="utf-8") as fp:
+                fp.write("\n".join(lines[i * 3:i * 3 + n]) + "\n")
+    with open(os.path.join(splits, "train_few_all.txt"), "w", encoding="utf-8") as fp:
+        fp.write("\n".join(train) + "\n")
+    return task, splits
+
+
+def test_splits(tiny_model_dir, tmp_path, capsys):
+    task, splits = make_task_with_splits(tmp_path)
+    out = tmp_path / "multi"
+    argv = ["--output_dir", str(out), "--splits_dir", splits, "--",
+            *train_flags(tiny_model_dir, str(tmp_path / "not-used"), steps=10, predict=False)]
+    assert run_cli(multirun.main, argv) == 0
+    summary = read_json(out / "summary.json")
+    assert [(r["name"], r["split"], r["seed"]) for r in summary["runs"]] == [
+        ("split0_seed42", 0, 42), ("split1_seed42", 1, 42)]  # ids found in the folder; default seed
+    for split, n_train in ((0, 30), (1, 27)):
+        data = out / "data" / f"split_{split}"
+        for name, source in (("train.txt", f"splits/train_{split}.txt"), ("dev.txt", f"splits/dev_{split}.txt"),
+                             ("label.txt", "label.txt"), ("test.txt", "test.txt"), ("data.txt", "data.txt")):
+            assert not os.path.islink(data / name)
+            assert (data / name).read_bytes() == open(os.path.join(task, source), "rb").read(), name
+        log = (out / "runs" / f"split{split}_seed42" / "train.log").read_text(encoding="utf-8")
+        assert f"--data_dir {data}" in log.splitlines()[0] and "not-used" not in log.splitlines()[0]
+        assert f"Num examples = {n_train}" in log  # the run trained on its split
+    assert set(summary["metrics"]) == {"eval_accuracy", "eval_macro_f1"}  # no --do_predict: no test columns
+    table = capsys.readouterr().out
+    assert "| run | split | seed | dev acc | dev macro-F1 |" in table and "test acc" not in table
+
+
+def test_failing_run_stops_and_names_it(tiny_model_dir, keyword_data, tmp_path, capsys):
+    out = tmp_path / "multi"
+    stale = out / "runs" / "seed1"
+    stale.mkdir(parents=True)
+    (stale / "eval_results.json").write_text('{"eval_accuracy": 1.0}', encoding="utf-8")
+    (out / "summary.json").write_text("{}", encoding="utf-8")
+    argv = ["--output_dir", str(out), "--seeds", "1", "2", "--overwrite_output_dir", "--",
+            *train_flags(tiny_model_dir, keyword_data), "--no_such_flag", "1"]
+    assert run_cli(multirun.main, argv) == 2
+    err = capsys.readouterr().err
+    log = stale / "train.log"
+    assert "run seed1 failed" in err and str(log) in err and "--no_such_flag" in err
+    assert "--overwrite_output_dir" in log.read_text(encoding="utf-8").splitlines()[0]
+    assert not (stale / "eval_results.json").exists()  # the stale result was cleared, not summarised
+    assert not (out / "summary.json").exists() and not (out / "runs" / "seed2").exists()
+
+
+@pytest.fixture
+def splits_without_dev_1(tmp_path):
+    task, splits = make_task_with_splits(tmp_path)
+    os.remove(os.path.join(splits, "dev_1.txt"))
+    return task, splits
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("no_separator", "after `--`"),
+    ("nothing_to_repeat", "--seeds and/or --splits_dir"),
+    ("split_ids_without_splits_dir", "--split_ids: needs --splits_dir"),
+    ("missing_split_file", "dev_1.txt: split 1 file not found"),
+    ("unknown_split_id", "train_7.txt: split 7 file not found"),
+    ("missing_label_file", "label.txt: label.txt not found"),
+    ("output_dir_forwarded", "--output_dir: multirun.py sets --output_dir"),
+    ("seed_forwarded", "--seed: multirun.py sets --seed"),
+    ("no_eval_or_predict", "add --do_eval and/or --do_predict"),
+    ("non_empty_output_dir", "is not empty; pass --overwrite_output_dir"),
+])
+def test_user_errors(case, expected, splits_without_dev_1, tmp_path, capsys):
+    task, splits = splits_without_dev_1
+    out = str(tmp_path / "multi")
+    flags = ["--data_dir", task, "--do_train", "--do_eval"]
+    argv = {
+        "no_separator": ["--output_dir", out, "--seeds", "1", *flags],
+        "nothing_to_repeat": ["--output_dir", out, "--", *flags],
+        "split_ids_without_splits_dir": ["--output_dir", out, "--seeds", "1", "--split_ids", "0", "--", *flags],
+        "missing_split_file": ["--output_dir", out, "--splits_dir", splits, "--", *flags],
+        "unknown_split_id": ["--output_dir", out, "--splits_dir", splits, "--split_ids", "0", "7", "--", *flags],
+        "missing_label_file": ["--output_dir", out, "--splits_dir", splits, "--split_ids", "0", "--", *flags],
+        "output_dir_forwarded": ["--output_dir", out, "--seeds", "1", "--", *flags, "--output_dir=x"],
+        "seed_forwarded": ["--output_dir", out, "--seeds", "1", "--", *flags, "--seed", "3"],
+        "no_eval_or_predict": ["--output_dir", out, "--seeds", "1", "--", "--data_dir", task, "--do_train"],
+        "non_empty_output_dir": ["--output_dir", task, "--seeds", "1", "--", *flags],
+    }[case]
+    if case == "missing_label_file":
+        os.remove(os.path.join(task, "label.txt"))
+    assert run_cli(multirun.main, argv) == 2
+    assert expected in capsys.readouterr().err
+    assert not os.path.exists(out)  # nothing ran, nothing was written
+
+
+def test_train_argv_overrides_data_dir_and_sets_run_flags(tmp_path):
+    run = Run("split3_seed7", 7, 3, str(tmp_path / "runs" / "split3_seed7"), str(tmp_path / "data" / "split_3"))
+    command = train_argv(run, ["--data_dir", "a", "--do_train", "--data_dir=b", "--prompt", "x"], overwrite=True)
+    assert command[2:] == ["--do_train", "--prompt", "x", "--data_dir", run.data_dir, "--output_dir",
+                           run.output_dir, "--seed", "7", "--overwrite_output_dir"]
+    plain = train_argv(Run("seed1", 1, None, "o"), ["--data_dir", "a"], overwrite=False)
+    assert plain[2:] == ["--data_dir", "a", "--output_dir", "o", "--seed", "1"]
+
+
+def test_markdown_table_and_single_run_std():
+    values = [0.5, 0.75, 0.8125]
+    summary = {"runs": [{"name": f"seed{i}", "seed": i, "split": None,
+                         "metrics": {"eval_accuracy": v, **({"test_accuracy": 0.375} if i == 1 else {})}}
+                        for i, v in enumerate(values)],
+               "metrics": {"eval_accuracy": aggregate(values), "test_accuracy": aggregate([0.375])}}
+    assert summary["metrics"]["test_accuracy"]["std"] is None  # one value: no sample std
+    lines = markdown_table(summary).splitlines()
+    assert lines[0] == "| run | seed | dev acc | test acc |"
+    assert lines[2] == "| seed0 | 0 | 50.00 | – |"
+    assert lines[3] == "| seed1 | 1 | 75.00 | 37.50 |"
+    assert lines[4] == "| seed2 | 2 | 81.25 | – |"
+    std = np.std(values, ddof=1)
+    assert lines[-1] == f"| mean ± std |  | {100 * np.mean(values):.2f} ± {100 * std:.2f} | 37.50 ± – |"
+    assert f"{100 * std:.2f}" == "16.54"

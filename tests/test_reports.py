@@ -1,0 +1,135 @@
+"""utils.reports: per-class report and confusion matrix against a hand computation; training curves."""
+import csv
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from utils.metrics import classification_metrics
+from utils.reports import curve_series, plot_training_curves, write_classification_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LABELS = ["apple", "banana", "grape", "kiwi"]  # kiwi: in label.txt but never gold nor predicted
+GOLD = [0, 0, 0, 1, 1, 2]
+PRED = [0, 0, 1, 1, 2, 2]
+
+
+def assert_png(path):
+    with open(path, "rb") as fp:
+        assert fp.read(8) == PNG_MAGIC
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert image.std() > 0  # something was drawn
+
+
+def test_report_matches_hand_computation(tmp_path):
+    report = write_classification_report(str(tmp_path), "test", GOLD, PRED, LABELS)
+    # apple: tp 2, fp 0, fn 1; banana: tp 1, fp 1, fn 1; grape: tp 1, fp 1, fn 0; kiwi: absent.
+    expected = {"apple": (1.0, 2 / 3, 0.8, 3), "banana": (0.5, 0.5, 0.5, 2), "grape": (0.5, 1.0, 2 / 3, 1),
+                "kiwi": (0.0, 0.0, 0.0, 0)}
+    for label, (precision, recall, f1, support) in expected.items():
+        assert report[label]["precision"] == pytest.approx(precision)
+        assert report[label]["recall"] == pytest.approx(recall)
+        assert report[label]["f1-score"] == pytest.approx(f1)
+        assert report[label]["support"] == support
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    macro_f1 = (0.8 + 0.5 + 2 / 3 + 0.0) / 4  # the absent class counts, as in training's macro-F1
+    assert report["macro avg"]["f1-score"] == pytest.approx(macro_f1)
+    assert classification_metrics(PRED, GOLD, len(LABELS))["macro_f1"] == pytest.approx(macro_f1)
+
+    with open(tmp_path / "test_report.json", encoding="utf-8") as fp:
+        assert json.load(fp) == report
+    text = (tmp_path / "test_report.txt").read_text(encoding="utf-8")
+    assert all(label in text for label in LABELS) and "0.8000" in text and "macro avg" in text
+
+
+def test_confusion_matrix_csv(tmp_path):
+    write_classification_report(str(tmp_path), "dev", GOLD, PRED, LABELS)
+    with open(tmp_path / "dev_confusion_matrix.csv", encoding="utf-8", newline="") as fp:
+        rows = list(csv.reader(fp))
+    assert rows[0] == ["gold\\predicted"] + LABELS
+    assert [r[0] for r in rows[1:]] == LABELS
+    matrix = np.array([[int(v) for v in r[1:]] for r in rows[1:]])
+    assert matrix.tolist() == [[2, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    assert matrix.sum(axis=1).tolist() == [GOLD.count(i) for i in range(len(LABELS))]  # rows: gold counts
+    assert matrix.sum(axis=0).tolist() == [PRED.count(i) for i in range(len(LABELS))]  # columns: predictions
+    assert_png(tmp_path / "dev_confusion_matrix.png")
+
+
+def test_fifteen_cjk_labels_plot_without_warnings(tmp_path):
+    labels = [f"类别{i}_这是一个很长的中文标签名称用于测试" for i in range(15)]
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 15, 200)
+    predicted = np.where(rng.random(200) < 0.7, gold, rng.integers(0, 15, 200))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = write_classification_report(str(tmp_path), "test", gold, predicted, labels)
+    assert not [w for w in caught if "Glyph" in str(w.message)]
+    assert report["accuracy"] == pytest.approx(np.mean(gold == predicted))
+    with open(tmp_path / "test_confusion_matrix.csv", encoding="utf-8", newline="") as fp:
+        rows = list(csv.reader(fp))
+    assert [r[0] for r in rows[1:]] == labels  # full names in the CSV; only the plot's ticks are shortened
+    assert sum(int(v) for r in rows[1:] for v in r[1:]) == 200
+    assert_png(tmp_path / "test_confusion_matrix.png")
+
+
+@pytest.mark.parametrize("gold, predicted", [([0, 1], [0]), ([], []), ([0, 4], [0, 1]), ([0, 1], [-1, 1])])
+def test_bad_ids_are_rejected(tmp_path, gold, predicted):
+    with pytest.raises(ValueError):
+        write_classification_report(str(tmp_path), "test", gold, predicted, LABELS)
+    assert not os.listdir(tmp_path)
+
+
+LOG_HISTORY = [
+    {"loss": 1.10, "learning_rate": 1e-3, "global_step": 5, "step": 5},
+    {"loss": 0.90, "learning_rate": 8e-4, "global_step": 10, "step": 10},
+    {"eval_loss": 0.95, "eval_accuracy": 0.50, "eval_macro_f1": 0.40, "eval_runtime": 0.1, "step": 10},
+    {"loss": 0.60, "learning_rate": 5e-4, "global_step": 15, "step": 15},
+    {"loss": 0.30, "learning_rate": 2e-4, "global_step": 20, "step": 20},
+    {"eval_loss": 0.40, "eval_accuracy": 0.875, "eval_macro_f1": 0.86, "eval_runtime": 0.1, "step": 20},
+    {"train_loss": 0.725, "train_runtime": 3.0, "step": 20},
+]
+
+
+def write_state(path, log_history):
+    path.write_text(json.dumps({"global_step": 20, "log_history": log_history}), encoding="utf-8")
+    return str(path)
+
+
+def test_curve_series_from_trainer_state():
+    series = curve_series(LOG_HISTORY)
+    assert series == {"loss": ([5, 10, 15, 20], [1.10, 0.90, 0.60, 0.30]),
+                      "eval_loss": ([10, 20], [0.95, 0.40]),
+                      "eval_accuracy": ([10, 20], [0.50, 0.875]),
+                      "eval_macro_f1": ([10, 20], [0.40, 0.86])}
+    assert list(curve_series(LOG_HISTORY, metric="eval_macro_f1")) == ["loss", "eval_loss", "eval_macro_f1"]
+
+
+def test_plot_training_curves(tmp_path):
+    state = write_state(tmp_path / "trainer_state.json", LOG_HISTORY)
+    png = str(tmp_path / "plots" / "curves.png")
+    assert plot_training_curves(state, png) == png
+    assert_png(png)
+    both = matplotlib.image.imread(png)
+
+    only_losses = write_state(tmp_path / "losses.json", [e for e in LOG_HISTORY if "eval_loss" not in e])
+    assert plot_training_curves(only_losses, str(tmp_path / "losses.png")) == str(tmp_path / "losses.png")
+    assert matplotlib.image.imread(str(tmp_path / "losses.png")).shape[0] < both.shape[0]  # one panel, not two
+
+
+@pytest.mark.parametrize("log_history", [[], [{"train_loss": 0.7, "train_runtime": 1.0, "step": 0}]])
+def test_nothing_to_plot_writes_nothing(tmp_path, log_history):
+    state = write_state(tmp_path / "trainer_state.json", log_history)
+    assert plot_training_curves(state, str(tmp_path / "curves.png")) is None
+    assert sorted(os.listdir(tmp_path)) == ["trainer_state.json"]
+
+
+def test_reports_do_not_import_paddle():
+    code = "import sys, utils.reports, utils.multirun; sys.exit(int('paddle' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
