@@ -27,7 +27,15 @@ class ModelArguments:
     model_name_or_path: str = field(default="ernie-3.0-base-zh", metadata={
         "help": "Built-in PaddleNLP model name (needs network or cache) or a local model directory."})
     export_type: str = field(default="paddle", metadata={
-        "help": "With --do_export: `paddle` (static graph + ONNX) or `onnx` (same files; kept for upstream)."})
+        "help": "With --do_export: `paddle` (static graph + ONNX) or `onnx` (ONNX only)."})
+    method: str = field(default="ptuning", metadata={
+        "help": "ptuning (prompt + verbalizer on the MLM head) or finetune ([CLS] classifier baseline)."})
+    verbalizer: str = field(default="soft", metadata={
+        "help": "P-tuning verbalizer: soft (SoftVerbalizer, one [MASK]) or manual (label words predicted "
+                "token by token at as many [MASK]s as they have tokens; equal lengths needed)."})
+    manual_loss: str = field(default="ce", metadata={
+        "help": "With --verbalizer manual: ce (cross-entropy over the labels' word log-probabilities, PET style) "
+                "or mlm (the gold word's token-level MLM loss over the whole vocabulary, transformers_tasks style)."})
 
 
 @dataclass
@@ -129,6 +137,15 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
 
     if model_args.export_type not in ("paddle", "onnx"):
         raise UserError(f"must be paddle or onnx, got {model_args.export_type!r}", "--export_type")
+    if model_args.method not in ("ptuning", "finetune"):
+        raise UserError(f"must be ptuning or finetune, got {model_args.method!r}", "--method")
+    if model_args.verbalizer not in ("soft", "manual"):
+        raise UserError(f"must be soft or manual, got {model_args.verbalizer!r}", "--verbalizer")
+    if model_args.manual_loss not in ("ce", "mlm"):
+        raise UserError(f"must be ce or mlm, got {model_args.manual_loss!r}", "--manual_loss")
+    if model_args.method == "finetune" and (training_args.freeze_plm or training_args.freeze_dropout):
+        raise UserError("--freeze_plm/--freeze_dropout with --method finetune would leave nothing to train "
+                        "but the classifier's input; drop them or use --method ptuning", "--method")
     if data_args.soft_encoder not in ("lstm", "mlp", "none"):
         raise UserError(f"must be lstm, mlp or none, got {data_args.soft_encoder!r}", "--soft_encoder")
     if data_args.encoder_hidden_size is not None and data_args.encoder_hidden_size <= 0:

@@ -34,7 +34,7 @@ import paddle
 
 from .errors import UserError
 from .files import write_json_atomic
-from .modeling import rebuild_from_checkpoint
+from .modeling import MultiMaskVerbalizer, rebuild_from_checkpoint
 from .preprocess import INPUT_NAMES, PREPROCESS_FILE, PromptPreprocessor, describe_template
 
 logger = logging.getLogger(__name__)
@@ -63,30 +63,36 @@ class FoldedPromptModel(paddle.nn.Layer):
         template = prompt_model.template
         self.mask_id = template.tokenizer.mask_token_id
         self.pad_id = template.tokenizer.pad_token_id
-        table = encoded_soft_table(template)
+        table = encoded_soft_table(template, prompt_model.plm.get_input_embeddings().weight.shape[1])
         self.soft_table = self.create_parameter(table.shape, dtype="float32")
         self.soft_table.set_value(table)
 
     def forward(self, input_ids, token_type_ids, position_ids, soft_token_ids):
         model = self.prompt_model
-        word_embeds = model.template.word_embeddings(input_ids)
+        word_embeds = model.plm.get_input_embeddings()(input_ids)
         soft_embeds = paddle.nn.functional.embedding(soft_token_ids, self.soft_table)
         inputs_embeds = paddle.where((soft_token_ids > 0).unsqueeze(-1), soft_embeds, word_embeds)
         attention_mask = paddle.unsqueeze((input_ids == self.pad_id).astype("float32") * -1e4, axis=[1, 2])
-        outputs = model.plm(input_ids=None, token_type_ids=token_type_ids, position_ids=position_ids,
-                            attention_mask=attention_mask, inputs_embeds=inputs_embeds, return_dict=True)
+        inputs = dict(input_ids=None, token_type_ids=token_type_ids, position_ids=position_ids,
+                      attention_mask=attention_mask, inputs_embeds=inputs_embeds, return_dict=True)
+        if model.verbalizer is None:  # fine-tuning baseline: the [CLS] classifier's logits
+            return model.plm(**inputs).logits
         is_mask = paddle.logical_and(input_ids == self.mask_id, soft_token_ids == 0)
         index = paddle.nonzero(is_mask)
         flat = index[:, 0] * paddle.shape(input_ids)[1] + index[:, 1]
-        return model.verbalizer.process_outputs(outputs.logits, flat)
+        if isinstance(model.verbalizer, MultiMaskVerbalizer):
+            # Project only the [MASK] positions onto the vocabulary (training projects every position).
+            scores = model.plm(masked_positions=flat, **inputs).logits
+            scores = scores.reshape([paddle.shape(input_ids)[0], -1, scores.shape[-1]])
+            return model.verbalizer.process_outputs(scores, None)
+        return model.verbalizer.process_outputs(model.plm(**inputs).logits, flat)
 
 
-def encoded_soft_table(template) -> paddle.Tensor:
+def encoded_soft_table(template, hidden: int) -> paddle.Tensor:
     """Row i: the vector the template feeds the PLM for soft token i (after its encoder); row 0 unused."""
     num = int(getattr(template, "num_soft_token", 1))
-    hidden = template.word_embeddings.weight.shape[1]
     table = np.zeros([max(num, 1), hidden], dtype="float32")
-    if num <= 1:
+    if num <= 1:  # no soft tokens (hard template or fine-tuning): the table is never read
         return paddle.to_tensor(table)
     encoded = template({key: "x" for key in template.example_keys})
     soft = np.array(encoded["soft_token_ids"])
@@ -316,6 +322,8 @@ def export_checkpoint(checkpoint_dir: str, output_dir: str, examples: Optional[L
             "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(config["labels"])]}],
             "onnx": {"fp32": ONNX_FILE, "fp16": ONNX_FP16_FILE if export_fp16 else None, "opset": opset},
             "paddle": files or None,
+            "method": config.get("method", "ptuning"),
+            "verbalizer": config.get("verbalizer", "soft"),
             "prompt_encoder_folded": True,
             "max_seq_length": max_seq_length,
             "template": config["template"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import paddle
 
 from . import compat
@@ -19,14 +20,18 @@ from .prompt import copy_parts
 
 compat.apply()
 
+import paddle.nn.functional as F  # noqa: E402
 from paddlenlp.prompt import (  # noqa: E402  (after the compat fixes)
     AutoTemplate,
+    MaskedLMVerbalizer,
     PromptModelForSequenceClassification,
     SoftVerbalizer,
 )
 
 RUN_CONFIG_FILE = "ptuning_config.json"
 MODEL_STATE_FILE = "model_state.pdparams"
+VERBALIZERS = ("soft", "manual")
+METHODS = ("ptuning", "finetune")
 
 
 class PromptModel(PromptModelForSequenceClassification):
@@ -41,6 +46,60 @@ class PromptModel(PromptModelForSequenceClassification):
         if self.freeze_dropout:
             self.plm.eval()
         return self
+
+
+class MultiMaskVerbalizer(MaskedLMVerbalizer):
+    """paddlenlp's MaskedLMVerbalizer giving one score per label: log P(label word) under the MLM head.
+
+    The label word's k-th token is read at the k-th `[MASK]`; the score is the sum over masks of
+    log-softmax over the vocabulary (MaskedLMVerbalizer's "product" aggregation, in log space).
+    Scores are `[batch, num_labels]` like SoftVerbalizer's, so metrics, export and infer.py are shared.
+    """
+
+    def create_parameters(self):
+        # [n_masks, num_labels]: the label words' k-th token ids, a constant of the graph.
+        index = np.ascontiguousarray(self.token_ids.numpy()[:, 0, :].T)
+        self.register_buffer("mask_token_index", paddle.to_tensor(index, dtype="int64"), persistable=False)
+
+    def process_outputs(self, outputs, masked_positions=None):
+        outputs = super().process_outputs(outputs, masked_positions)  # [batch, n_masks, vocab]
+        log_probs = F.log_softmax(outputs, axis=-1)
+        # aggregate_multiple_mask(..., "sum") as one gather: its Python loop over a dynamic mask
+        # count would become a Loop op in the exported graph.
+        index = paddle.expand(self.mask_token_index.unsqueeze(0),
+                              [paddle.shape(log_probs)[0], *self.mask_token_index.shape])
+        return paddle.take_along_axis(log_probs, index, axis=2).sum(axis=1)
+
+
+class LabelWordNLLLoss(paddle.nn.Layer):
+    """The MLM loss of the gold label word at the mask positions (transformers_tasks' p-tuning).
+
+    With `MultiMaskVerbalizer` scores (sum of per-mask log-probabilities over the whole vocabulary)
+    this is the mean over masks of the token-level cross-entropy.
+    """
+
+    def __init__(self, num_masks: int):
+        super().__init__()
+        self.num_masks = num_masks
+
+    def forward(self, scores, labels):
+        gold = paddle.take_along_axis(scores, labels.reshape([-1, 1]).astype("int64"), axis=1)
+        return -gold.mean() / self.num_masks
+
+
+def label_word_token_count(label_set: LabelSet, tokenizer) -> int:
+    """Tokens per label word; a manual verbalizer needs the same count for every label."""
+    counts = {label: len(tokenizer(word, add_special_tokens=False)["input_ids"])
+              for label, word in label_set.label_words.items()}
+    if len(set(counts.values())) > 1:
+        detail = ", ".join(f"{label}=={label_set.label_words[label]}: {n} (line {label_set.lines.get(label, '?')})"
+                           for label, n in counts.items())
+        raise UserError(f"--verbalizer manual predicts one token per [MASK], so every label word needs the same "
+                        f"number of tokens; found {detail}", label_set.path or "label.txt")
+    count = next(iter(counts.values()))
+    if count == 0:
+        raise UserError("a label word tokenizes to nothing", label_set.path or "label.txt")
+    return count
 
 
 def create_template(parts: List[Dict[str, Any]], tokenizer, max_seq_length: int, plm):
@@ -68,19 +127,44 @@ def check_max_seq_length(template, max_seq_length: int) -> None:
             f"leaving no room for the text; raise --max_seq_length or shorten the prompt", "--max_seq_length")
 
 
+def create_verbalizer(kind: Optional[str], label_set: LabelSet, tokenizer, plm):
+    """`soft`: SoftVerbalizer (takes over the MLM head); `manual`: MultiMaskVerbalizer; None: fine-tuning."""
+    if kind is None:
+        return None
+    if kind == "soft":
+        return SoftVerbalizer(label_set.verbalizer_words(), tokenizer, plm)
+    if kind == "manual":
+        label_word_token_count(label_set, tokenizer)
+        return MultiMaskVerbalizer(label_set.verbalizer_words(), tokenizer)
+    raise UserError(f"must be one of {', '.join(VERBALIZERS)}, got {kind!r}", "--verbalizer")
+
+
 def build_prompt_model(plm, tokenizer, parts: List[Dict[str, Any]], label_set: LabelSet, max_seq_length: int,
-                       freeze_plm: bool = False, freeze_dropout: bool = False) -> PromptModel:
-    """Template from `parts`, a SoftVerbalizer from `label_set`, wrapped around `plm`."""
+                       freeze_plm: bool = False, freeze_dropout: bool = False,
+                       verbalizer: Optional[str] = "soft") -> PromptModel:
+    """Template from `parts` and a verbalizer for `label_set` around `plm`.
+
+    `verbalizer=None` is the fine-tuning baseline: `plm` is a sequence classifier over [CLS].
+    """
     template = create_template(parts, tokenizer, max_seq_length, plm)
     check_max_seq_length(template, max_seq_length)
-    verbalizer = SoftVerbalizer(label_set.verbalizer_words(), tokenizer, plm)
-    return PromptModel(plm, template, verbalizer, freeze_plm=freeze_plm or freeze_dropout,
-                       freeze_dropout=freeze_dropout)
+    return PromptModel(plm, template, create_verbalizer(verbalizer, label_set, tokenizer, plm),
+                       freeze_plm=freeze_plm or freeze_dropout, freeze_dropout=freeze_dropout)
 
 
-def run_config(plm, parts, label_set: LabelSet, max_seq_length: int, model_name_or_path: str) -> dict:
+def criterion_for(model: PromptModel, manual_loss: str = "ce") -> paddle.nn.Layer:
+    """Cross-entropy over the label scores; `manual_loss="mlm"`: the label word's MLM loss instead."""
+    if isinstance(model.verbalizer, MultiMaskVerbalizer) and manual_loss == "mlm":
+        return LabelWordNLLLoss(int(model.verbalizer.token_ids.shape[-1]))
+    return paddle.nn.CrossEntropyLoss()
+
+
+def run_config(plm, parts, label_set: LabelSet, max_seq_length: int, model_name_or_path: str,
+               method: str = "ptuning", verbalizer: Optional[str] = "soft") -> dict:
     return {
         "format": 1,
+        "method": method,
+        "verbalizer": verbalizer,
         "model_name_or_path": model_name_or_path,
         "model_class": type(plm).__name__,
         "plm_config": plm.config.to_dict(),
@@ -143,7 +227,8 @@ def rebuild_from_checkpoint(checkpoint_dir: str, tokenizer=None) -> tuple:
     plm = model_class(model_class.config_class(**config["plm_config"]))
     label_set = LabelSet(label_words=dict(zip(config["labels"], config["label_words"])),
                          path=os.path.join(checkpoint_dir, RUN_CONFIG_FILE))
-    model = build_prompt_model(plm, tokenizer, config["template"], label_set, config["max_seq_length"])
+    model = build_prompt_model(plm, tokenizer, config["template"], label_set, config["max_seq_length"],
+                               verbalizer=config.get("verbalizer", "soft"))
     load_state(model, checkpoint_dir)
     model.eval()
     return model, tokenizer, config

@@ -187,6 +187,14 @@ def build_template(prompt: Optional[str], soft_encoder: Optional[str] = "lstm", 
     return parts
 
 
+def classifier_template(is_pair: bool = False) -> List[Dict[str, Any]]:
+    """The fine-tuning baseline's input: `[CLS] text_a [SEP]` (`[CLS] text_a [SEP] text_b [SEP]`)."""
+    parts: List[Dict[str, Any]] = [{"text": "text_a"}]
+    if is_pair:
+        parts += [{"sep": None}, {"text": "text_b", "token_type": 1}]
+    return parts
+
+
 def count_masks(parts: List[Dict[str, Any]]) -> int:
     return sum(part.get("length", 1) for part in parts if "mask" in part)
 

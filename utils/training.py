@@ -19,9 +19,10 @@ from .errors import UserError
 from .files import atomic_path, read_json, write_json_atomic, write_text_atomic
 from .labels import LabelSet
 from .metrics import classification_metrics, metrics_fn, softmax
-from .modeling import build_prompt_model, rebuild_from_checkpoint, run_config, save_run_config
+from .modeling import (build_prompt_model, criterion_for, label_word_token_count, rebuild_from_checkpoint,
+                       run_config, save_run_config)
 from .plm import load_plm
-from .prompt import build_template, template_kind, validate_template
+from .prompt import build_template, classifier_template, count_masks, template_kind, validate_template
 from .reports import plot_training_curves, write_classification_report
 from .visualdl import take_visualdl_from_report_to
 
@@ -166,9 +167,10 @@ def build_model(model_args, data_args, training_args, dataset: DatasetDir):
         if config["labels"] != dataset.labels.labels:
             raise UserError(f"the checkpoint was trained on labels {config['labels']}, but label.txt has "
                             f"{dataset.labels.labels}", dataset.labels.path)
-        if data_args.prompt is not None:
+        if data_args.prompt is not None and config.get("method", "ptuning") == "ptuning":
             wanted = build_template(data_args.prompt, data_args.soft_encoder, data_args.encoder_hidden_size,
-                                    data_args.num_virtual_tokens, dataset.is_pair)
+                                    data_args.num_virtual_tokens, dataset.is_pair,
+                                    mask_length=count_masks(config["template"]))
             if wanted != config["template"]:
                 logger.warning("--prompt differs from the checkpoint's template; using the checkpoint's: %s",
                                config["template"])
@@ -178,15 +180,28 @@ def build_model(model_args, data_args, training_args, dataset: DatasetDir):
             for param in model.plm.parameters():
                 param.stop_gradient = True
         return model, tokenizer, config
-    plm, tokenizer = load_plm(model_args.model_name_or_path)
-    parts = build_template(data_args.prompt, data_args.soft_encoder, data_args.encoder_hidden_size,
-                           data_args.num_virtual_tokens, dataset.is_pair)
-    validate_template(parts, dataset.is_pair)
-    if template_kind(parts) != "soft":
-        logger.warning("the template has no soft tokens: this is a hard (PET-style) prompt, not P-tuning")
-    model = build_prompt_model(plm, tokenizer, parts, dataset.labels, training_args.max_seq_length,
-                               freeze_plm=training_args.freeze_plm, freeze_dropout=training_args.freeze_dropout)
-    config = run_config(plm, parts, dataset.labels, training_args.max_seq_length, model_args.model_name_or_path)
+    labels = dataset.labels
+    if model_args.method == "finetune":
+        if data_args.prompt:
+            logger.warning("--method finetune classifies [CLS]; --prompt is not used")
+        plm, tokenizer = load_plm(model_args.model_name_or_path, head="sequence_classification",
+                                  num_labels=len(labels.labels))
+        parts, verbalizer = classifier_template(dataset.is_pair), None
+    else:
+        plm, tokenizer = load_plm(model_args.model_name_or_path)
+        verbalizer = model_args.verbalizer
+        masks = label_word_token_count(labels, tokenizer) if verbalizer == "manual" else 1
+        parts = build_template(data_args.prompt, data_args.soft_encoder, data_args.encoder_hidden_size,
+                               data_args.num_virtual_tokens, dataset.is_pair, mask_length=masks)
+        validate_template(parts, dataset.is_pair, required_masks=masks,
+                          verbalizer_name="SoftVerbalizer" if verbalizer == "soft" else "--verbalizer manual")
+        if template_kind(parts) != "soft":
+            logger.warning("the template has no soft tokens: this is a hard (PET-style) prompt, not P-tuning")
+    model = build_prompt_model(plm, tokenizer, parts, labels, training_args.max_seq_length,
+                               freeze_plm=training_args.freeze_plm, freeze_dropout=training_args.freeze_dropout,
+                               verbalizer=verbalizer)
+    config = run_config(plm, parts, labels, training_args.max_seq_length, model_args.model_name_or_path,
+                        method=model_args.method, verbalizer=verbalizer)
     return model, tokenizer, config
 
 
@@ -235,7 +250,7 @@ def prepare(model_args, data_args, training_args):
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience,
                                                early_stopping_threshold=data_args.early_stopping_threshold))
     trainer = PTuningTrainer(
-        model=model, tokenizer=tokenizer, args=training_args, criterion=paddle.nn.CrossEntropyLoss(),
+        model=model, tokenizer=tokenizer, args=training_args, criterion=criterion_for(model, model_args.manual_loss),
         train_dataset=MapDataset(dataset.train) if training_args.do_train else None,
         eval_dataset=MapDataset(dataset.dev) if dataset.dev else None,
         callbacks=callbacks, compute_metrics=metrics_fn(len(dataset.labels.labels)), run_config=config)
