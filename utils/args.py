@@ -126,8 +126,11 @@ def parse_args(argv: Sequence[str], training_args_class=None) -> Tuple[ModelArgu
     argv = with_defaults(argv)
     try:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as exc:  # TrainingArguments.__post_init__ rejects inconsistent flags
-        raise UserError(str(exc).replace("\n", " "), "train.py") from None
+    except ValueError as exc:  # unknown flags, or TrainingArguments.__post_init__ rejecting a combination
+        message = str(exc).replace("\n", " ")
+        if "not used by the PdArgumentParser" in message:
+            message = "unknown flag(s) " + message.split(":", 1)[1].strip() + "; `python train.py --help` lists them"
+        raise UserError(message, "train.py") from None
     check_args(model_args, data_args, training_args)
     return model_args, data_args, training_args
 

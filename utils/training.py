@@ -30,6 +30,7 @@ compat.apply()
 
 from paddlenlp.datasets import MapDataset  # noqa: E402
 from paddlenlp.prompt import PromptTrainer  # noqa: E402
+from paddle.io import DistributedBatchSampler  # noqa: E402
 from paddlenlp.trainer import EarlyStoppingCallback, Trainer, set_seed  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,28 @@ logger = logging.getLogger(__name__)
 TEST_PREDICTIONS_FILE = "test_predictions.tsv"
 DATA_PREDICTIONS_FILE = "data_predictions.tsv"
 CURVES_FILE = "training_curves.png"
+
+
+class SeededBatchSampler(DistributedBatchSampler):
+    """Shuffles each epoch with `RandomState(f(seed, epoch))`: the order depends on nothing else.
+
+    The Trainer's default single-process sampler draws its permutation from the global RNG when an
+    epoch starts; after `--resume_from_checkpoint` that RNG is in another state, so the resumed
+    run would see other batches than the uninterrupted one. (The parent class shuffles with
+    `RandomState(self.epoch)`, the same for every seed.)
+    """
+
+    def __init__(self, *args, seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed = seed
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch = (self.seed * 1_000_003 + epoch) % (1 << 32)  # what the parent seeds its shuffle with
+        try:
+            yield from super().__iter__()
+        finally:
+            self.epoch = epoch + 1
 
 
 STAGING_DIR = ".saving"
@@ -54,6 +77,14 @@ class PTuningTrainer(PromptTrainer):
     def __init__(self, *args, run_config: Dict[str, Any], **kwargs):
         self.run_config = run_config
         super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self):
+        if self.train_dataset is None:
+            return None
+        return SeededBatchSampler(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
+                                  shuffle=True, num_replicas=self.args.dataset_world_size,
+                                  rank=self.args.dataset_rank, drop_last=self.args.dataloader_drop_last,
+                                  seed=self.args.seed)
 
     def _load_from_checkpoint(self, resume_from_checkpoint=None):
         # The model (template included) is rebuilt from the checkpoint before the Trainer exists.

@@ -1,0 +1,174 @@
+"""The catalogue of bad inputs: each stops train.py/export.py/infer.py with one paragraph naming the
+file and line (where there is one), exit code 2, no traceback, and nothing written or lost."""
+import os
+import shutil
+
+import pytest
+
+import export as export_cli
+import infer
+import train
+from utils.errors import run_cli
+from utils.synthetic import PROMPT
+
+LABELS = "apple==红色\nbanana==黄色\ngrape==紫色\n"
+GOOD = "苹果很好吃\tapple\n香蕉是黄的\tbanana\n葡萄\tgrape\n"
+
+
+def dataset(root, **files):
+    """A small valid dataset, with `files` (name -> text or bytes) replaced; None deletes a file."""
+    data = root / "data"
+    data.mkdir()
+    contents = {"label.txt": LABELS, "train.txt": GOOD, "dev.txt": GOOD, "test.txt": GOOD, **files}
+    for name, text in contents.items():
+        if text is None:
+            continue
+        if isinstance(text, bytes):
+            (data / name).write_bytes(text)
+        else:
+            (data / name).write_text(text, encoding="utf-8")
+    return str(data)
+
+
+# (case id, files to change, extra flags, expected text in the message, file name + line expected in it)
+TRAIN_CASES = [
+    ("missing data_dir", None, [], "data directory not found", None),
+    ("missing train.txt", {"train.txt": None}, [], "train file not found", "train.txt"),
+    ("missing label.txt", {"label.txt": None}, [], "label file not found", "label.txt"),
+    ("empty train.txt", {"train.txt": "\n\n"}, [], "train file has no examples", "train.txt"),
+    ("line without tab", {"train.txt": GOOD + "没有标签的一行\n"}, [], "found no tab", "train.txt:4"),
+    ("too many tabs", {"train.txt": "甲\t乙\t丙\tapple\n"}, [], "found 3 tabs", "train.txt:1"),
+    ("label not in label.txt", {"dev.txt": GOOD + "西瓜\twatermelon\n"}, [], "'watermelon' is not in label.txt",
+     "dev.txt:4"),
+    ("duplicate label", {"label.txt": LABELS + "apple==苹果\n"}, [], "duplicate label 'apple'", "label.txt:4"),
+    ("empty label word", {"label.txt": LABELS + "melon==\n"}, [], "empty label word", "label.txt:4"),
+    ("non-UTF-8 bytes", {"train.txt": GOOD.encode("utf-8") + "坏编码\tapple\n".encode("gbk")}, [],
+     "not valid UTF-8", "train.txt:4"),
+    ("empty text", {"train.txt": GOOD + "\tapple\n"}, [], "empty text", "train.txt:4"),
+    ("pair layout mismatch", {"dev.txt": "甲\t乙\tapple\n"}, [], "as on the first line of train.txt", "dev.txt:1"),
+    ("prompt syntax error", {}, ["--prompt", "{'text': 'text_a'}{'mask'"], "has no matching", "--prompt"),
+    ("prompt calls a function", {}, ["--prompt", "{'text': __import__('os').getcwd()}{'mask'}"],
+     "no expressions or calls", "--prompt"),
+    ("unknown prompt key", {}, ["--prompt", "{'soft': 'x', 'encoderr': 'lstm'}{'text': 'text_a'}{'mask'}"],
+     "unknown key 'encoderr'", "--prompt"),
+    ("prompt without mask", {}, ["--prompt", "{'soft': '水果'}{'text': 'text_a'}"], "found 0", "--prompt"),
+    ("prompt with two masks", {}, ["--prompt", "{'text': 'text_a'}{'mask'}和{'mask'}"], "found 2", "--prompt"),
+    ("unequal label words, manual verbalizer", {"label.txt": "apple==红\nbanana==黄色\ngrape==紫色\n"},
+     ["--verbalizer", "manual"], "same number of tokens", "label.txt"),
+    ("max_seq_length shorter than the prompt", {}, ["--max_seq_length", "8"], "the prompt alone takes",
+     "--max_seq_length"),
+    ("unknown soft encoder", {}, ["--soft_encoder", "gru"], "must be lstm, mlp or none", "--soft_encoder"),
+    ("gpu on the CPU build", {}, ["--device", "gpu"], "CPU build", "--device"),
+    ("fp16 on CPU", {}, ["--fp16"], "needs --device gpu", "--fp16"),
+    ("built-in model offline", {}, ["--model_name_or_path", "ernie-3.0-base-zh"], "unreachable",
+     "--model_name_or_path"),
+    ("missing checkpoint", {}, ["--resume_from_checkpoint", "/nonexistent/checkpoint-10"],
+     "checkpoint directory not found", "/nonexistent/checkpoint-10"),
+    ("unknown flag", {}, ["--no_such_flag", "1"], "unknown flag(s) ['--no_such_flag', '1']", "train.py"),
+]
+
+
+def run_train(capsys, argv):
+    code = run_cli(train.main, argv)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case, files, extra, message, where", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
+def test_train_bad_input(case, files, extra, message, where, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PTUNING_OFFLINE", "1")
+    if case == "gpu on the CPU build":
+        import paddle
+
+        if paddle.is_compiled_with_cuda():
+            pytest.skip("this Paddle has CUDA")
+    data_dir = str(tmp_path / "missing") if files is None else dataset(tmp_path, **files)
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", str(out),
+            "--prompt", PROMPT, "--do_train", "--do_eval", "--max_steps", "2", "--max_seq_length", "40", *extra]
+    code, err = run_train(capsys, argv)
+    assert code == 2, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert message in err
+    if where:
+        assert where in err
+    if out.exists():
+        assert not (out / "train_results.json").exists() and not list(out.glob("checkpoint-*"))
+
+
+def test_catalogue_is_at_least_twenty():
+    assert len(TRAIN_CASES) + len(INFER_CASES) + 3 >= 20
+
+
+def test_nothing_to_do(tmp_path, capsys):
+    code, err = run_train(capsys, ["--data_dir", str(tmp_path)])
+    assert code == 2 and "nothing to do" in err
+
+
+def test_blank_lines_bom_crlf_are_fine_and_long_texts_keep_the_prompt(tiny_model_dir, tmp_path, capsys):
+    """Not errors: a BOM, CRLF, blank lines; a text far over max_seq_length is cut, the prompt and mask stay."""
+    long_text = "苹果" + "的" * 500
+    data_dir = dataset(tmp_path, **{"train.txt": ("\ufeff" + GOOD.replace("\n", "\r\n") + "\r\n\r\n"
+                                                  + long_text + "\tapple\r\n").encode("utf-8")})
+    out = tmp_path / "out"
+    code, err = run_train(capsys, ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir",
+                                   str(out), "--prompt", PROMPT, "--do_train", "--do_predict", "--max_steps", "2",
+                                   "--max_seq_length", "24", "--logging_steps", "1"])
+    assert code == 0, err
+    from utils.labels import read_label_file
+    from utils.modeling import rebuild_from_checkpoint
+
+    model, tokenizer, _ = rebuild_from_checkpoint(str(out))
+    encoded = model.template({"text_a": long_text})
+    assert len(encoded["input_ids"]) == 24
+    soft = encoded["soft_token_ids"]
+    n_prompt = len(tokenizer(PROMPT, add_special_tokens=False)["input_ids"])
+    assert soft[1:1 + n_prompt] == list(range(1, n_prompt + 1))  # the whole soft prompt survives
+    assert encoded["input_ids"][-2] == tokenizer.mask_token_id  # and the mask, before [SEP]
+    assert read_label_file(os.path.join(data_dir, "label.txt")).labels == ["apple", "banana", "grape"]
+
+
+def test_existing_output_dir_is_never_overwritten(trained, tmp_path, capsys):
+    data_dir, out = trained
+    before = {name: os.path.getmtime(os.path.join(out, name)) for name in os.listdir(out)}
+    code, err = run_train(capsys, ["--data_dir", data_dir, "--output_dir", out, "--do_train", "--do_eval",
+                                   "--model_name_or_path", "unused", "--max_steps", "1"])
+    assert code == 2 and "--overwrite_output_dir" in err
+    assert {name: os.path.getmtime(os.path.join(out, name)) for name in os.listdir(out)} == before
+
+
+def test_corrupt_checkpoint(trained, tmp_path, capsys):
+    data_dir, out = trained
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(out, checkpoint, ignore=shutil.ignore_patterns("checkpoint-*", "export"))
+    with open(checkpoint / "model_state.pdparams", "r+b") as fp:
+        fp.truncate(1000)
+    code, err = run_train(capsys, ["--do_predict", "--data_dir", data_dir, "--output_dir", str(tmp_path / "p"),
+                                   "--resume_from_checkpoint", str(checkpoint)])
+    assert code == 2 and "corrupt or truncated" in err and "model_state.pdparams" in err
+    (checkpoint / "ptuning_config.json").write_text("{not json", encoding="utf-8")
+    code, err = run_train(capsys, ["--do_predict", "--data_dir", data_dir, "--output_dir", str(tmp_path / "p"),
+                                   "--resume_from_checkpoint", str(checkpoint)])
+    assert code == 2 and "ptuning_config.json:1: checkpoint config is corrupt" in err
+    code, err = run_cli(export_cli.main, ["--resume_from_checkpoint", str(checkpoint), "--output_dir",
+                                          str(tmp_path / "e")]), capsys.readouterr().err
+    assert code == 2 and "corrupt" in err and not (tmp_path / "e").exists()
+
+
+INFER_CASES = [
+    ("no manifest", lambda d: os.remove(os.path.join(d, "manifest.json")), "manifest.json missing"),
+    ("no vocab", lambda d: os.remove(os.path.join(d, "vocab.txt")), "vocab.txt is missing"),
+    ("corrupt labels", lambda d: open(os.path.join(d, "labels.json"), "w").write("[1, 2"), "labels.json"),
+    ("corrupt preprocess", lambda d: open(os.path.join(d, "preprocess.json"), "w").write("{"), "preprocess.json"),
+]
+
+
+@pytest.mark.parametrize("case, damage, message", INFER_CASES, ids=[c[0] for c in INFER_CASES])
+def test_infer_bad_export(case, damage, message, trained, tmp_path, capsys):
+    export_dir = tmp_path / "export"
+    shutil.copytree(os.path.join(trained[1], "export"), export_dir)
+    damage(str(export_dir))
+    code = run_cli(infer.main, ["--model_path_prefix", str(export_dir), "--data_dir", trained[0], "--output_file",
+                                str(tmp_path / "o.tsv"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o.tsv").exists()
