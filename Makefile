@@ -24,6 +24,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(PIP) -r requirements-dev.txt
 	@touch $@
 
+$(VENV)/.installed-bench: $(VENV)/.installed requirements-bench.txt
+	$(PIP) -r requirements-bench.txt
+	@touch $@
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
@@ -41,6 +45,10 @@ demo: install
 
 test: install-dev
 	$(PY) -m pytest -q tests
+
+# Speed/memory ratios on this machine (needs ../shared; about 25 minutes on 2 cores). See BENCHMARKS.md.
+bench: $(VENV)/.installed-bench
+	$(PY) benchmarks/bench.py
 
 clean:
 	rm -rf $(DEMO_OUT) $(DEMO_MODEL)

@@ -21,6 +21,8 @@ class ExportArguments:
     export_type: str = field(default="paddle", metadata={
         "help": "paddle: static graph + ONNX; onnx: ONNX only (static graph removed after the parity check)."})
     export_fp16: bool = field(default=False, metadata={"help": "Also write model_fp16.onnx for onnxruntime-gpu."})
+    quantize: Optional[str] = field(default=None, metadata={
+        "help": "int8: also write model_int8.onnx (onnxruntime dynamic quantization; infer.py --use_int8)."})
     opset: int = field(default=13, metadata={"help": "ONNX opset (>= 13)."})
     tolerance: float = field(default=1e-4, metadata={"help": "Parity gate: max |Δlogits| allowed."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing export directory."})
@@ -39,10 +41,13 @@ def main(argv):
         examples = dataset.dev or dataset.test or dataset.train or dataset.data
     manifest = export_checkpoint(args.resume_from_checkpoint, args.output_dir, examples=examples,
                                  export_type=args.export_type, export_fp16=args.export_fp16,
-                                 overwrite=args.overwrite_output_dir, opset=args.opset, tolerance=args.tolerance)
+                                 overwrite=args.overwrite_output_dir, opset=args.opset, tolerance=args.tolerance,
+                                 quantize=args.quantize)
     for result in manifest["parity"]["results"]:
         print(f"parity {result['backend']}: max |Δlogits| {result['max_abs_diff']:.2e}, "
               f"argmax agreement {result['argmax_agreement']:.3f}")
+    if manifest["parity"].get("int8"):
+        print(f"int8 vs fp32 on the sample: argmax agreement {manifest['parity']['int8']['argmax_agreement']:.3f}")
     print(f"exported to {args.output_dir}")
     return 0
 

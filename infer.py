@@ -25,12 +25,16 @@ def build_parser():
                         help="Where to write predictions (.tsv, or .jsonl for JSON lines). Default: %(default)s")
     parser.add_argument("--max_seq_length", "--max_length", dest="max_seq_length", type=int, default=None,
                         help="Tokens per input, prompt included (default and maximum: the exported value).")
-    parser.add_argument("--batch_size", type=int, default=200)
+    parser.add_argument("--batch_size", type=int, default=32,
+                        help="Texts per batch (default %(default)s: with length-sorted batches, larger batches "
+                             "only cost memory on CPU; see BENCHMARKS.md).")
     parser.add_argument("--device", choices=["cpu", "gpu"], default=None,
                         help="Default: gpu when onnxruntime-gpu's CUDA provider is available, else cpu.")
     parser.add_argument("--device_id", type=int, default=0)
     parser.add_argument("--num_threads", type=int, default=None, help="CPU threads (default: physical cores).")
     parser.add_argument("--use_fp16", action="store_true", help="GPU: use the export's model_fp16.onnx.")
+    parser.add_argument("--use_int8", action="store_true",
+                        help="Use the export's model_int8.onnx (export with --quantize int8); fastest on CPU.")
     parser.add_argument("--top_k", type=int, default=1, help="Also write the k best labels with confidences.")
     parser.add_argument("--file_order", action="store_true",
                         help="Batch in file order instead of by length (slower; for comparisons).")
@@ -63,7 +67,7 @@ def main(argv):
     export_dir = resolve_export_dir(args.model_path_prefix)
     classifier = ExportedClassifier(export_dir, device=args.device, device_id=args.device_id,
                                     num_threads=args.num_threads, use_fp16=args.use_fp16,
-                                    max_seq_length=args.max_seq_length)
+                                    max_seq_length=args.max_seq_length, use_int8=args.use_int8)
     summary = classify_file(classifier, input_path, args.output_file, batch_size=args.batch_size,
                             top_k=args.top_k, sort_by_length=not args.file_order)
     summary.update(model=os.path.join(export_dir, classifier.model_file), device=args.device,

@@ -63,3 +63,16 @@ def test_apply_installs_the_fix_and_the_model_runs(prompt_model):
     assert SoftTemplate.process_batch is compat.soft_template_process_batch
     logits = prompt_model(**make_batch(prompt_model, ["苹果", "葡萄很甜", "香蕉"]))
     assert logits.shape == [3, 2]
+
+
+def test_named_parameters_accepts_paddle_arguments(prompt_model):
+    """paddle.DataParallel calls named_parameters(include_sublayers=False) on every sublayer."""
+    template = prompt_model.template
+    with pytest.raises(TypeError):
+        compat.original("named_parameters")(template, include_sublayers=False)
+    assert list(template.named_parameters(include_sublayers=False)) == []
+    params = template.parameters()
+    assert any(p is template.soft_embeddings.weight for p in params)
+    assert all(p is not template.word_embeddings.weight for p in params)  # the PLM's stay out
+    assert len(params) == len(list(template.soft_embeddings.parameters())) + len(
+        list(template.encoder_list.parameters()))

@@ -7,6 +7,7 @@ import paddle
 import pytest
 
 import export as export_cli
+import infer
 from utils import export as export_mod
 from utils.errors import UserError, run_cli
 from utils.labels import LabelSet
@@ -75,16 +76,30 @@ def test_export_cli_onnx_type_fp16_and_refusal_to_overwrite(trained, tmp_path, c
     data_dir, out = trained
     target = str(tmp_path / "exp")
     argv = ["--resume_from_checkpoint", out, "--output_dir", target, "--data_dir", data_dir,
-            "--export_type", "onnx", "--export_fp16"]
+            "--export_type", "onnx", "--export_fp16", "--quantize", "int8"]
     assert run_cli(export_cli.main, argv) == 0
     names = set(os.listdir(target))
-    assert {"model.onnx", "model_fp16.onnx"} <= names and "model.json" not in names
+    assert {"model.onnx", "model_fp16.onnx", "model_int8.onnx"} <= names and "model.json" not in names
+    assert os.path.getsize(os.path.join(target, "model_int8.onnx")) < os.path.getsize(os.path.join(target, "model.onnx"))
     with open(os.path.join(target, "manifest.json"), encoding="utf-8") as fp:
         manifest = json.load(fp)
     assert manifest["onnx"]["fp16"] == "model_fp16.onnx" and manifest["paddle"] is None
     fp16 = manifest["parity"]["fp16"]
     assert fp16["checked"] is False or fp16["argmax_agreement"] == 1.0
-    assert "parity onnxruntime" in capsys.readouterr().out
+    assert manifest["onnx"]["int8"] == "model_int8.onnx"
+    assert 0.0 <= manifest["parity"]["int8"]["argmax_agreement"] <= 1.0
+    printed = capsys.readouterr().out
+    assert "parity onnxruntime" in printed and "int8 vs fp32" in printed
+
+    # infer.py --use_int8 serves it; on the trained keyword model it agrees with fp32
+    fp32, int8 = str(tmp_path / "fp32.tsv"), str(tmp_path / "int8.tsv")
+    test_file = os.path.join(data_dir, "test.txt")
+    for output, extra in ((fp32, []), (int8, ["--use_int8"])):
+        assert run_cli(infer.main, ["--model_path_prefix", target, "--input_file", test_file, "--output_file",
+                                    output, "--device", "cpu", *extra]) == 0
+    capsys.readouterr()
+    labels = [[line.split("\t")[2] for line in open(path, encoding="utf-8")][1:] for path in (fp32, int8)]
+    assert np.mean([a == b for a, b in zip(*labels)]) >= 0.9
 
     before = os.path.getmtime(os.path.join(target, "model.onnx"))
     assert run_cli(export_cli.main, argv) == 2

@@ -126,6 +126,8 @@ def test_errors(export_copy, trained, tmp_path, capsys):
 
     with pytest.raises(UserError, match="export it with --export_fp16"):
         ExportedClassifier(export_copy, device="gpu", use_fp16=True)
+    with pytest.raises(UserError, match="export it with --quantize int8"):
+        ExportedClassifier(export_copy, use_int8=True)
 
     onnx_path = os.path.join(export_copy, "model.onnx")
     size = os.path.getsize(onnx_path)

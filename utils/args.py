@@ -28,6 +28,9 @@ class ModelArguments:
         "help": "Built-in PaddleNLP model name (needs network or cache) or a local model directory."})
     export_type: str = field(default="paddle", metadata={
         "help": "With --do_export: `paddle` (static graph + ONNX) or `onnx` (ONNX only)."})
+    export_fp16: bool = field(default=False, metadata={"help": "With --do_export: also write model_fp16.onnx."})
+    quantize: Optional[str] = field(default=None, metadata={
+        "help": "With --do_export: int8 also writes model_int8.onnx (onnxruntime dynamic quantization)."})
     method: str = field(default="ptuning", metadata={
         "help": "ptuning (prompt + verbalizer on the MLM head) or finetune ([CLS] classifier baseline)."})
     verbalizer: str = field(default="soft", metadata={

@@ -6,6 +6,10 @@
    with the flat index computed from `paddle.nonzero` (always [N, 2]); nothing else changes.
 2. `Template.parse_template_string` runs `eval()` on prompt text. It is replaced by
    `utils.prompt.parse_template_string` (`ast.literal_eval`), so no path can run a prompt.
+3. `SoftTemplate.named_parameters()` / `parameters()` take no arguments, but Paddle 3's
+   `paddle.DataParallel` calls `named_parameters(include_sublayers=False)` on every sublayer, so
+   multi-process training crashed. The replacements accept Paddle's arguments and keep upstream's
+   answer (the prompt parameters, not the PLM's word embeddings the template also holds).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from . import prompt as _prompt
 
 _ORIGINAL = {
     "process_batch": _template.SoftTemplate.process_batch,
+    "named_parameters": _template.SoftTemplate.named_parameters,
     "parse_template_string": _template.Template.__dict__["parse_template_string"].__func__,
 }
 _applied = False
@@ -52,12 +57,27 @@ def soft_template_process_batch(self, input_dict: Dict[str, paddle.Tensor]) -> D
     return input_dict
 
 
+def soft_template_named_parameters(self, prefix: str = "", include_sublayers: bool = True, *args, **kwargs):
+    """Upstream's list of prompt parameters; with `include_sublayers=False`, the layer's own (none)."""
+    if not include_sublayers:
+        return paddle.nn.Layer.named_parameters(self, prefix, include_sublayers=False)
+    named = list(self.soft_embeddings.named_parameters())
+    named.extend(self.encoder_list.named_parameters())
+    return named
+
+
+def soft_template_parameters(self, include_sublayers: bool = True):
+    return [p for _, p in soft_template_named_parameters(self, include_sublayers=include_sublayers)]
+
+
 def apply() -> None:
     """Install the fixes (idempotent)."""
     global _applied
     if _applied:
         return
     _template.SoftTemplate.process_batch = soft_template_process_batch
+    _template.SoftTemplate.named_parameters = soft_template_named_parameters
+    _template.SoftTemplate.parameters = soft_template_parameters
     _template.Template.parse_template_string = staticmethod(_prompt.parse_template_string)
     _applied = True
 

@@ -103,15 +103,13 @@ class PTuningTrainer(PromptTrainer):
         os.rmdir(stage)
 
     def _save_checkpoint(self, model, metrics=None):
-        if self.args.world_size > 1:
-            # Every rank takes part in a distributed save; keep the Trainer's own layout there.
-            super()._save_checkpoint(model, metrics)
-            return
         run_dir = self.args.output_dir
         name = f"checkpoint-{self.state.global_step}"
         staging_root = os.path.join(run_dir, STAGING_DIR)
         staged, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
-        shutil.rmtree(staging_root, ignore_errors=True)
+        writer = self.args.should_save  # under data parallelism only the first process writes
+        if writer:
+            shutil.rmtree(staging_root, ignore_errors=True)
         limit = self.args.save_total_limit
         self.args.output_dir, self.args.save_total_limit = staging_root, None  # rotate after the rename
         try:
@@ -120,6 +118,8 @@ class PTuningTrainer(PromptTrainer):
             self.args.output_dir, self.args.save_total_limit = run_dir, limit
         if self.state.best_model_checkpoint == staged:
             self.state.best_model_checkpoint = final
+        if not writer:
+            return
         self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
         write_json_atomic(os.path.join(staged, COMPLETE_MARKER), {
             "global_step": self.state.global_step, "files": sorted(os.listdir(staged))})
@@ -127,8 +127,7 @@ class PTuningTrainer(PromptTrainer):
             shutil.rmtree(final)
         os.replace(staged, final)
         shutil.rmtree(staging_root, ignore_errors=True)
-        if self.args.should_save:
-            self._rotate_checkpoints(use_mtime=True, output_dir=run_dir)
+        self._rotate_checkpoints(use_mtime=True, output_dir=run_dir)
 
     def save_metrics(self, split, metrics, combined=True):
         if not self.is_world_process_zero():
@@ -328,7 +327,7 @@ def _run(model_args, data_args, training_args) -> Dict[str, Any]:
                                         logits.argmax(-1), dataset.labels.labels)
     if training_args.do_predict:
         results.update(predict_and_write(trainer, dataset, dataset.labels, training_args.output_dir))
-    if training_args.do_export:
+    if training_args.do_export and trainer.is_world_process_zero():
         results["export"] = export(model_args, training_args, dataset,
                                    training_args.output_dir if training_args.do_train else resume)
     return results
@@ -343,14 +342,20 @@ def export(model_args, training_args, dataset: DatasetDir, checkpoint: Optional[
                         "train.py")
     manifest = export_checkpoint(checkpoint, os.path.join(training_args.output_dir, "export"),
                                  examples=dataset.dev or dataset.test or dataset.train,
-                                 export_type=model_args.export_type, overwrite=True)
+                                 export_type=model_args.export_type, overwrite=True,
+                                 export_fp16=model_args.export_fp16, quantize=model_args.quantize)
     return manifest["parity"]
 
 
 def predict_and_write(trainer, dataset: DatasetDir, label_set: LabelSet, output_dir: str) -> Dict[str, Any]:
-    """Test metrics + per-example predictions for test.txt, and predictions for data.txt."""
+    """Test metrics + per-example predictions for test.txt, and predictions for data.txt.
+
+    Under data parallelism every process predicts (the Trainer gathers the logits of all of
+    them); only the first writes files.
+    """
     results: Dict[str, Any] = {}
     labels = label_set.labels
+    writer = trainer.is_world_process_zero()
     if dataset.test:
         logits = predict_logits(trainer, dataset.test)
         gold = [e["labels"] for e in dataset.test]
@@ -358,13 +363,15 @@ def predict_and_write(trainer, dataset: DatasetDir, label_set: LabelSet, output_
         metrics["test_samples"] = len(gold)
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)
-        write_predictions(os.path.join(output_dir, TEST_PREDICTIONS_FILE), dataset.test, logits, labels, True)
-        write_classification_report(output_dir, "test", gold, logits.argmax(-1), labels)
+        if writer:
+            write_predictions(os.path.join(output_dir, TEST_PREDICTIONS_FILE), dataset.test, logits, labels, True)
+            write_classification_report(output_dir, "test", gold, logits.argmax(-1), labels)
         results["test"] = metrics
     else:
         logger.warning("--do_predict: no test.txt in %s, skipping test metrics", dataset.path)
     if dataset.data:
         logits = predict_logits(trainer, dataset.data)
-        write_predictions(os.path.join(output_dir, DATA_PREDICTIONS_FILE), dataset.data, logits, labels, False)
+        if writer:
+            write_predictions(os.path.join(output_dir, DATA_PREDICTIONS_FILE), dataset.data, logits, labels, False)
         results["data_predictions"] = len(dataset.data)
     return results

@@ -1,0 +1,430 @@
+"""`make bench`: speed and memory of the deployment path, as ratios measured side by side in one run.
+
+    python benchmarks/bench.py [--repeats 3] [--reference_repeats 2] [--threads 2]
+
+Builds the full-size ERNIE-3.0-base architecture with random weights and the real 40k vocab
+(../shared/vocab; compute is the real model's), trains it for a handful of steps on FewCLUE tnews
+(train.py), exports it (export.py path, with --quantize int8) and the upstream-style graph, then
+measures on tnews test.txt (2010 texts) with `--threads` threads. Everything is cached in
+benchmarks/work/; results go to benchmarks/results.json and benchmarks/results.md (medians of
+`--repeats`; copy the table into BENCHMARKS.md). Needs ../shared (FewCLUE tnews and the vocab).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED = os.environ.get("PTUNING_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
+TNEWS = os.path.join(SHARED, "data", "fewclue", "tnews")
+VOCAB = os.path.join(SHARED, "vocab", "ernie-3.0-base-zh-vocab.txt")
+PROMPT = "这条新闻标题的主题是"
+PY = sys.executable
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+def run(cmd: List[str], env: Dict[str, str] = None, cwd: str = ROOT) -> dict:
+    """Run a command; return wall seconds and stdout (stderr shown only on failure)."""
+    full_env = dict(os.environ, PTUNING_OFFLINE="1", **(env or {}))
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=cwd)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.decode()[-3000:]}")
+    return {"wall": wall, "stdout": out.decode()}
+
+
+def run_rss(cmd: List[str], env: Dict[str, str] = None) -> dict:
+    """Like `run`, with the child's own peak RSS (os.wait4)."""
+    full_env = dict(os.environ, PTUNING_OFFLINE="1", **(env or {}))
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=full_env, cwd=ROOT)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
+    return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024, "stdout": out.decode()}
+
+
+def median(values: List[float]) -> float:
+    return float(statistics.median(values))
+
+
+def timed(fn: Callable[[], object], repeats: int) -> List[float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+
+def setup(work: str, threads: int) -> dict:
+    """Model, trained checkpoint, our export (fp32 + int8), the upstream-style export. Cached."""
+    paths = {"model": os.path.join(work, "ernie-3.0-base-zh"), "ckpt": os.path.join(work, "ckpt-base"),
+             "ref_export": os.path.join(work, "reference_export")}
+    paths["export"] = os.path.join(paths["ckpt"], "export")
+    if not os.path.isfile(os.path.join(paths["model"], "model_state.pdparams")):
+        log("building ERNIE-3.0-base (random weights, real vocab)")
+        run([PY, "-m", "utils.tiny_ernie", "--preset", "ernie-3.0-base-zh", "--vocab_file", VOCAB,
+             "--output_dir", paths["model"]])
+    manifest = os.path.join(paths["export"], "manifest.json")
+    if not os.path.isfile(manifest) or not json.load(open(manifest))["onnx"].get("int8"):
+        log("training 4 steps on tnews and exporting (fp32 + int8)")
+        run([PY, "train.py", "--model_name_or_path", paths["model"], "--data_dir", TNEWS, "--output_dir",
+             paths["ckpt"], "--overwrite_output_dir", "--prompt", PROMPT, "--max_seq_length", "128",
+             "--learning_rate", "3e-5", "--ppt_learning_rate", "3e-4", "--do_train", "--max_steps", "4",
+             "--per_device_train_batch_size", "8", "--save_steps", "1000", "--logging_steps", "1",
+             "--do_export", "--quantize", "int8"])
+    if not os.path.isfile(os.path.join(paths["ref_export"], "model.pdiparams")):
+        log("exporting the upstream-style graph (LSTM encoder inside, 7 inputs)")
+        run([PY, "-c", REFERENCE_EXPORT, paths["ckpt"], paths["ref_export"]])
+    return paths
+
+
+REFERENCE_EXPORT = """
+import sys, os
+sys.path.insert(0, os.getcwd())
+import paddle
+from paddlenlp.transformers import export_model
+from utils.modeling import rebuild_from_checkpoint
+model, tokenizer, config = rebuild_from_checkpoint(sys.argv[1])
+# PromptTrainer.export_model, as the upstream train.py --do_export runs it
+os.makedirs(sys.argv[2], exist_ok=True)
+model.template.save(sys.argv[2])
+model.verbalizer.save(sys.argv[2])
+export_model(model, model.get_input_spec(), sys.argv[2], "paddle")
+"""
+
+
+# ------------------------------------------------------------------------------------- measurements
+
+def end_to_end(paths: dict, test_file: str, threads: int, repeats: int, reference_repeats: int, out: str) -> dict:
+    """1 + 2 + 6: infer.py (fp32, int8) and the reference path, whole processes."""
+    results = {}
+    ours = [PY, "infer.py", "--model_path_prefix", paths["export"], "--input_file", test_file, "--device", "cpu",
+            "--num_threads", str(threads)]
+    for name, extra in (("infer_fp32", []), ("infer_int8", ["--use_int8"])):
+        runs = []
+        for i in range(repeats):
+            log(f"{name} run {i + 1}/{repeats}")
+            result = run_rss(ours + ["--output_file", os.path.join(out, f"{name}.tsv")] + extra)
+            result["summary"] = json.loads(result.pop("stdout"))
+            runs.append(result)
+        results[name] = runs
+    runs = []
+    reference = [PY, "benchmarks/reference_infer.py", "--model_path_prefix",
+                 os.path.join(paths["ref_export"], "model"), "--model_name", paths["model"], "--data_file", test_file,
+                 "--batch_size", "200", "--num_threads", str(threads),
+                 "--output_file", os.path.join(out, "reference.txt")]
+    for i in range(reference_repeats):
+        log(f"reference run {i + 1}/{reference_repeats}")
+        result = run_rss(reference)
+        result["summary"] = json.loads(result.pop("stdout").strip().splitlines()[-1])
+        runs.append(result)
+    results["reference"] = runs
+    with open(os.path.join(out, "reference.txt"), encoding="utf-8") as fp:
+        reference_labels = [line.strip() for line in fp if line.strip()]
+    with open(os.path.join(out, "infer_fp32.tsv"), encoding="utf-8") as fp:
+        our_labels = [line.rstrip("\n").split("\t")[2] for line in fp][1:]
+    results["agreement_with_reference"] = float(np.mean([a == b for a, b in zip(our_labels, reference_labels)]))
+    return results
+
+
+def in_process(paths: dict, test_file: str, threads: int, repeats: int) -> dict:
+    """3 + 4 + 5 + 6(speed) + ORT transformer optimizer: model compute on the same batches."""
+    from paddle import inference
+
+    from utils.data import read_examples
+    from utils.predictor import ExportedClassifier, create_session
+
+    examples = read_examples(test_file, labelled=True)
+    for example in examples:
+        example.pop("label")
+    fp32 = ExportedClassifier(paths["export"], num_threads=threads)
+    int8 = ExportedClassifier(paths["export"], num_threads=threads, use_int8=True)
+    features = fp32.preprocessor.encode(examples)
+    order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
+    batch_size = 32
+    batches = [fp32.preprocessor.pad([features[i] for i in order[s:s + batch_size]])
+               for s in range(0, len(order), batch_size)]
+    results = {"batch_size": batch_size, "texts": len(examples)}
+
+    def ort_compute(session):
+        names = [i.name for i in session.get_inputs()]
+        return lambda: [session.run(None, {n: b[n] for n in names}) for b in batches]
+
+    log("onnxruntime fp32 / int8 compute")
+    results["ort_fp32_s"] = timed(ort_compute(fp32.session), repeats)
+    results["ort_int8_s"] = timed(ort_compute(int8.session), repeats)
+
+    log("Paddle Inference fp32 compute (best of oneDNN on/off)")
+    manifest = json.load(open(os.path.join(paths["export"], "manifest.json")))
+    paddle_times = {}
+    for onednn in (True, False):
+        config = inference.Config(os.path.join(paths["export"], manifest["paddle"]["model"]),
+                                  os.path.join(paths["export"], manifest["paddle"]["params"]))
+        config.disable_gpu()
+        config.disable_glog_info()
+        config.set_cpu_math_library_num_threads(threads)
+        config.enable_mkldnn() if onednn else config.disable_mkldnn()
+        predictor = inference.create_predictor(config)
+        handles = {n: predictor.get_input_handle(n) for n in predictor.get_input_names()}
+
+        def paddle_run(predictor=predictor, handles=handles):
+            for batch in batches:
+                for name, handle in handles.items():
+                    handle.copy_from_cpu(batch[name])
+                predictor.run()
+        paddle_times["onednn" if onednn else "no_onednn"] = timed(paddle_run, repeats)
+    results["paddle_inference_s"] = paddle_times
+
+    log("length-sorted vs file-order batching (preprocessing included)")
+    results["sorted_s"] = timed(lambda: fp32.logits(examples, batch_size=batch_size, progress=False), repeats)
+    results["file_order_s"] = timed(lambda: fp32.logits(examples, batch_size=batch_size, sort_by_length=False,
+                                                        progress=False), repeats)
+    results["file_order_200_s"] = timed(lambda: fp32.logits(examples, batch_size=200, sort_by_length=False,
+                                                            progress=False), repeats)
+
+    # FLOPs of the work the model must do: real (unpadded) tokens; and of what was computed (padded).
+    config = json.load(open(os.path.join(paths["ckpt"], "ptuning_config.json")))["plm_config"]
+    hidden, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    lengths = np.array([len(f["input_ids"]) for f in features])
+    padded = np.concatenate([np.full(len(b["input_ids"]), b["input_ids"].shape[1]) for b in batches])
+    def flops(seq_lengths):  # per sequence of length L: L * layers * (8H^2 + 4HI + 4LH), + head at the mask
+        return float(sum(L * layers * (8 * hidden ** 2 + 4 * hidden * inter + 4 * L * hidden)
+                         + 2 * hidden * hidden for L in seq_lengths))
+    results["flops_real"] = flops(lengths)
+    results["flops_padded"] = flops(padded)
+    results["mean_tokens"] = float(lengths.mean())
+
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        log("onnxruntime transformer optimizer (attention/LayerNorm/GELU fusion)")
+        # opt_level=0: only the offline fusions (the session applies its own optimizations anyway)
+        optimized = optimize_model(os.path.join(paths["export"], "model.onnx"), model_type="bert",
+                                   num_heads=config["num_attention_heads"], hidden_size=hidden, opt_level=0)
+        fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+        opt_path = os.path.join(os.path.dirname(paths["export"]), "model_ort_optimized.onnx")
+        optimized.save_model_to_file(opt_path)
+        session = create_session(opt_path, "cpu", 0, threads)
+        names = [i.name for i in session.get_inputs()]
+        diff = max(float(np.abs(session.run(None, {n: b[n] for n in names})[0] -
+                                fp32.session.run(None, {n: b[n] for n in names})[0]).max()) for b in batches[:8])
+        results["ort_optimizer"] = {"fused": fused, "max_abs_diff": diff,
+                                    "seconds": timed(ort_compute(session), repeats)}
+    except ImportError as exc:
+        results["ort_optimizer"] = {"skipped": str(exc)}
+    return results
+
+
+def int8_agreement(work: str, threads: int) -> dict:
+    """6 (accuracy): a small ERNIE (nano architecture, real vocab) trained on the keyword task."""
+    from utils.data import read_examples
+    from utils.metrics import softmax
+    from utils.predictor import ExportedClassifier
+    from utils.synthetic import PROMPT as KEYWORD_PROMPT, write_keyword_dataset
+
+    model, data, ckpt = (os.path.join(work, n) for n in ("ernie-nano", "keyword", "ckpt-nano"))
+    if not os.path.isfile(os.path.join(ckpt, "export", "manifest.json")):
+        log("training a small model on the keyword task for the int8 agreement check")
+        run([PY, "-m", "utils.tiny_ernie", "--preset", "ernie-3.0-nano-zh", "--vocab_file", VOCAB,
+             "--output_dir", model])
+        write_keyword_dataset(data, train_per_class=64, dev_per_class=16, test_per_class=700, seed=3)
+        run([PY, "train.py", "--model_name_or_path", model, "--data_dir", data, "--output_dir", ckpt,
+             "--overwrite_output_dir", "--prompt", KEYWORD_PROMPT, "--max_seq_length", "48", "--learning_rate", "1e-4",
+             "--ppt_learning_rate", "1e-3", "--do_train", "--do_eval", "--max_steps", "300", "--eval_steps", "100",
+             "--per_device_train_batch_size", "16", "--do_export", "--quantize", "int8"])
+    examples = read_examples(os.path.join(data, "test.txt"), labelled=True)
+    gold = [e.pop("label") for e in examples]
+    out = {}
+    for name, use_int8 in (("fp32", False), ("int8", True)):
+        classifier = ExportedClassifier(os.path.join(ckpt, "export"), num_threads=threads, use_int8=use_int8)
+        probs = softmax(classifier.logits(examples, progress=False))
+        out[name] = {"pred": probs.argmax(1), "acc": float(np.mean([classifier.labels[p] == g for p, g in
+                                                                     zip(probs.argmax(1), gold)]))}
+    return {"texts": len(examples), "agreement": float(np.mean(out["fp32"]["pred"] == out["int8"]["pred"])),
+            "accuracy_fp32": out["fp32"]["acc"], "accuracy_int8": out["int8"]["acc"]}
+
+
+def train_overhead(paths: dict, work: str, repeats: int, steps: int) -> dict:
+    """7: train.py vs the bare PromptTrainer loop, same model/data/settings, samples/s."""
+    ours, bare = [], []
+    for i in range(repeats):
+        log(f"train.py vs bare PromptTrainer, round {i + 1}/{repeats}")
+        out = os.path.join(work, "train-overhead")
+        run([PY, "train.py", "--model_name_or_path", paths["model"], "--data_dir", TNEWS, "--output_dir", out,
+             "--overwrite_output_dir", "--prompt", PROMPT, "--max_seq_length", "128", "--learning_rate", "3e-5",
+             "--ppt_learning_rate", "3e-4", "--do_train", "--max_steps", str(steps), "--per_device_train_batch_size",
+             "8", "--save_steps", "1000000", "--logging_steps", "1", "--disable_tqdm", "True", "--device", "cpu"])
+        ours.append(json.load(open(os.path.join(out, "train_results.json")))["train_samples_per_second"])
+        result = run([PY, "benchmarks/bare_prompt_trainer.py", "--model_name_or_path", paths["model"], "--data_dir",
+                      TNEWS, "--output_dir", os.path.join(work, "bare-trainer"), "--prompt", PROMPT,
+                      "--max_steps", str(steps), "--batch_size", "8"])
+        bare.append(json.loads(result["stdout"].strip().splitlines()[-1])["train_samples_per_second"])
+    return {"train_py_samples_per_s": ours, "bare_samples_per_s": bare, "steps": steps}
+
+
+# --------------------------------------------------------------------------------------------- report
+
+def cpu_peak() -> dict:
+    mhz = None
+    with open("/proc/cpuinfo") as fp:
+        for line in fp:
+            if line.startswith("cpu MHz"):
+                mhz = float(line.split(":")[1])
+                break
+    flags = open("/proc/cpuinfo").read()
+    lanes = 16 if "avx512f" in flags else 8
+    return {"mhz": mhz, "fp32_flops_per_cycle": 2 * 2 * lanes,
+            "formula": f"cores x GHz x (2 FMA units x {lanes} fp32 lanes x 2 flop)",
+            "vnni": "avx512_vnni" in flags, "amx": "amx_int8" in flags}
+
+
+def sgemm_reference(threads: int) -> float:
+    """numpy (OpenBLAS) sgemm GFLOP/s at 2048^3: what a tuned BLAS reaches here."""
+    import numpy
+
+    a = numpy.random.rand(2048, 2048).astype(numpy.float32)
+    b = numpy.random.rand(2048, 2048).astype(numpy.float32)
+    times = timed(lambda: a @ b, 5)
+    return 2 * 2048 ** 3 / median(times) / 1e9
+
+
+def report(results: dict, threads: int) -> str:
+    e2e = results["end_to_end"]
+    ref_wall = median([r["wall"] for r in e2e["reference"]])
+    fp32_wall = median([r["wall"] for r in e2e["infer_fp32"]])
+    int8_wall = median([r["wall"] for r in e2e["infer_int8"]])
+    ref_first = median([r["summary"]["first_prediction_seconds"] for r in e2e["reference"]])
+    ours_first = median([r["summary"]["first_prediction_seconds"] for r in e2e["infer_fp32"]])
+    ref_rss = median([r["rss_mb"] for r in e2e["reference"]])
+    ours_rss = median([r["rss_mb"] for r in e2e["infer_fp32"]])
+    onnx_mb = results["onnx_mb"]
+    ip = results["in_process"]
+    texts = ip["texts"]
+    ort32, ort8 = median(ip["ort_fp32_s"]), median(ip["ort_int8_s"])
+    paddle_best_name = min(ip["paddle_inference_s"], key=lambda k: median(ip["paddle_inference_s"][k]))
+    paddle_best = median(ip["paddle_inference_s"][paddle_best_name])
+    peak = results["cpu"]
+    peak_flops = threads * peak["mhz"] * 1e6 * peak["fp32_flops_per_cycle"]
+    achieved = ip["flops_real"] / ort32
+    achieved_padded = ip["flops_padded"] / ort32
+    sorted_s, file_s, file200_s = median(ip["sorted_s"]), median(ip["file_order_s"]), median(ip["file_order_200_s"])
+    agree = results["int8_agreement"]
+    tr = results["train_overhead"]
+    ours_train, bare_train = median(tr["train_py_samples_per_s"]), median(tr["bare_samples_per_s"])
+    rows = [
+        ("1", "infer.py fp32 end to end vs reference path (2010 tnews texts)", f"{ref_wall:.1f} s / {fp32_wall:.1f} s",
+         ref_wall / fp32_wall, ">= 2x"),
+        ("1", "infer.py int8 end to end vs reference path", f"{ref_wall:.1f} s / {int8_wall:.1f} s",
+         ref_wall / int8_wall, ">= 4x"),
+        ("2", "cold start to first prediction: infer.py / reference", f"{ours_first:.2f} s / {ref_first:.1f} s",
+         ours_first / ref_first, "<= 0.20"),
+        ("2", "peak RSS infer.py fp32 / (1.5 x model.onnx + 300 MB)",
+         f"{ours_rss:.0f} MB / {1.5 * onnx_mb + 300:.0f} MB (reference: {ref_rss:.0f} MB)",
+         ours_rss / (1.5 * onnx_mb + 300), "<= 1.0"),
+        ("3", f"onnxruntime fp32 vs Paddle Inference fp32 ({paddle_best_name}), same export and batches",
+         f"{texts / ort32:.1f} / {texts / paddle_best:.1f} samples/s", paddle_best / ort32, ">= 1.1x"),
+        ("4", "achieved fp32 FLOP/s (real tokens) / machine fp32 peak",
+         f"{achieved / 1e9:.0f} / {peak_flops / 1e9:.0f} GFLOP/s", achieved / peak_flops, ">= 0.75"),
+        ("5", "length-sorted vs file-order batching (batch 32, preprocessing included)",
+         f"{texts / sorted_s:.1f} / {texts / file_s:.1f} samples/s", file_s / sorted_s, ">= 1.3x"),
+        ("6", "int8 vs fp32 onnxruntime (compute, batch 32)", f"{texts / ort8:.1f} / {texts / ort32:.1f} samples/s",
+         ort32 / ort8, ">= 2x"),
+        ("6", f"int8 argmax agreement with fp32, trained small model ({agree['texts']} texts)",
+         f"acc fp32 {agree['accuracy_fp32']:.4f}, int8 {agree['accuracy_int8']:.4f}", agree["agreement"], ">= 0.99"),
+        ("7", f"train.py vs bare PromptTrainer loop ({tr['steps']} steps, batch 8, ERNIE-base)",
+         f"{ours_train:.3f} / {bare_train:.3f} samples/s", ours_train / bare_train, ">= 0.95"),
+    ]
+    lines = ["| # | measurement | values | ratio | target |", "|---|---|---|---|---|"]
+    for number, what, values, ratio, target in rows:
+        lines.append(f"| {number} | {what} | {values} | {ratio:.2f} | {target} |")
+    notes = [
+        "",
+        f"* Predictions of infer.py fp32 and the reference path agree on "
+        f"{100 * e2e['agreement_with_reference']:.2f}% of the texts.",
+        f"* File order with upstream's batch 200: {texts / file200_s:.1f} samples/s "
+        f"(sorted batch 32 is {file200_s / sorted_s:.2f}x that).",
+        f"* FLOPs counted per sequence of L tokens: L x layers x (8H^2 + 4HI + 4LH) + 2H^2 at the mask; "
+        f"mean {ip['mean_tokens']:.1f} tokens per text; with padding the model computed "
+        f"{achieved_padded / 1e9:.0f} GFLOP/s ({achieved_padded / peak_flops:.2f} of peak). "
+        f"Peak = {peak['formula']} = {threads} x {peak['mhz'] / 1000:.2f} x {peak['fp32_flops_per_cycle']}; "
+        f"numpy/OpenBLAS sgemm 2048^3 reaches {results['sgemm_gflops']:.0f} GFLOP/s here "
+        f"({results['sgemm_gflops'] * 1e9 / peak_flops:.2f} of peak).",
+        f"* Paddle Inference compute: " + ", ".join(f"{k} {texts / median(v):.1f} samples/s"
+                                                    for k, v in ip["paddle_inference_s"].items()) + ".",
+    ]
+    opt = ip["ort_optimizer"]
+    if "seconds" in opt:
+        notes.append(f"* onnxruntime transformer optimizer (offline): fused {opt['fused']}, "
+                     f"{texts / median(opt['seconds']):.1f} vs {texts / ort32:.1f} samples/s "
+                     f"({ort32 / median(opt['seconds']):.3f}x), max |Δlogits| {opt['max_abs_diff']:.1e}.")
+    else:
+        notes.append(f"* onnxruntime transformer optimizer: skipped ({opt['skipped']}).")
+    return "\n".join(lines + notes) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work_dir", default=os.path.join(ROOT, "benchmarks", "work"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--reference_repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train_steps", type=int, default=8)
+    args = parser.parse_args()
+    for path in (TNEWS, VOCAB):
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} not found: the benchmark needs ../shared (FewCLUE tnews, ERNIE vocab)")
+    os.makedirs(args.work_dir, exist_ok=True)
+    out = os.path.join(args.work_dir, "outputs")
+    os.makedirs(out, exist_ok=True)
+    started = time.time()
+    paths = setup(args.work_dir, args.threads)
+    test_file = os.path.join(TNEWS, "test.txt")
+    results = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count(), "threads": args.threads},
+        "cpu": cpu_peak(),
+        "onnx_mb": os.path.getsize(os.path.join(paths["export"], "model.onnx")) / 2 ** 20,
+        "repeats": args.repeats,
+    }
+    results["end_to_end"] = end_to_end(paths, test_file, args.threads, args.repeats, args.reference_repeats, out)
+    results["in_process"] = in_process(paths, test_file, args.threads, args.repeats)
+    results["int8_agreement"] = int8_agreement(args.work_dir, args.threads)
+    results["train_overhead"] = train_overhead(paths, args.work_dir, args.repeats, args.train_steps)
+    results["sgemm_gflops"] = sgemm_reference(args.threads)
+    results["seconds"] = round(time.time() - started)
+    table = report(results, args.threads)
+    with open(os.path.join(ROOT, "benchmarks", "results.json"), "w", encoding="utf-8") as fp:
+        json.dump(results, fp, indent=2, default=float)
+    with open(os.path.join(ROOT, "benchmarks", "results.md"), "w", encoding="utf-8") as fp:
+        fp.write(f"Command: `make bench` ({' '.join(sys.argv[1:]) or 'defaults'}); {results['machine']}; "
+                 f"{results['seconds']} s\n\n" + table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
