@@ -56,6 +56,13 @@ def keyword_data(tmp_path):
     return write_keyword_dataset(str(tmp_path / "keyword"))
 
 
+def read_tsv(path):
+    """`(header, rows)` of a TSV file the tool wrote."""
+    with open(path, encoding="utf-8") as fp:
+        rows = [line.rstrip("\n").split("\t") for line in fp]
+    return rows[0], rows[1:]
+
+
 def shared_path(*parts):
     path = os.path.join(SHARED, *parts)
     if not os.path.exists(path):

@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 
 import infer
-from conftest import ROOT
+from conftest import ROOT, read_tsv
 from utils.errors import UserError, run_cli
 from utils.predictor import ExportedClassifier, write_results
-
-
-def read_tsv(path):
-    with open(path, encoding="utf-8") as fp:
-        rows = [line.rstrip("\n").split("\t") for line in fp]
-    return rows[0], rows[1:]
 
 
 @pytest.fixture

@@ -10,15 +10,9 @@ import paddle
 import pytest
 
 import train
-from conftest import EXAMPLE_DATA, FAST, ROOT, shared_path
+from conftest import EXAMPLE_DATA, FAST, ROOT, read_tsv, shared_path
 from utils.errors import run_cli
 from utils.synthetic import PROMPT
-
-
-def read_tsv(path):
-    with open(path, encoding="utf-8") as fp:
-        rows = [line.rstrip("\n").split("\t") for line in fp]
-    return rows[0], rows[1:]
 
 
 def losses(output_dir):

@@ -7,7 +7,7 @@ import pytest
 
 import infer
 import train
-from conftest import FAST
+from conftest import FAST, read_tsv
 from utils.errors import UserError, run_cli
 from utils.labels import LabelSet
 from utils.plm import load_plm
@@ -27,10 +27,8 @@ def infer_matches_training(data_dir, out, tmp_path):
     pred = str(tmp_path / "pred.tsv")
     assert run_cli(infer.main, ["--model_path_prefix", os.path.join(out, "export"), "--input_file",
                                 os.path.join(data_dir, "test.txt"), "--output_file", pred, "--device", "cpu"]) == 0
-    with open(pred, encoding="utf-8") as fp:
-        served = [line.rstrip("\n").split("\t") for line in fp][1:]
-    with open(os.path.join(out, "test_predictions.tsv"), encoding="utf-8") as fp:
-        trained = [line.rstrip("\n").split("\t") for line in fp][1:]
+    _, served = read_tsv(pred)
+    _, trained = read_tsv(os.path.join(out, "test_predictions.tsv"))
     assert [r[2] for r in served] == [r[2] for r in trained]
     np.testing.assert_allclose([float(r[3]) for r in served], [float(r[3]) for r in trained], atol=1e-4)
 
