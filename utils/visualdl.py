@@ -70,7 +70,7 @@ def take_visualdl_from_report_to(training_args) -> list:
     report_to = list(training_args.report_to or [])
     if "visualdl" not in report_to and "all" not in report_to:
         return []
-    training_args.report_to = [r for r in report_to if r not in ("visualdl", "all")] or ["none"]
+    training_args.report_to = [r for r in report_to if r not in ("visualdl", "all")]
     try:
         return [SafeVisualDLCallback()]
     except RuntimeError as exc:  # visualdl not installed
