@@ -205,6 +205,9 @@ def build_model(model_args, data_args, training_args, dataset: DatasetDir):
                 logger.warning("--prompt differs from the checkpoint's template; using the checkpoint's: %s",
                                config["template"])
         if training_args.freeze_plm or training_args.freeze_dropout:
+            if model.verbalizer is None:
+                raise UserError("is a --method finetune checkpoint: --freeze_plm/--freeze_dropout would leave "
+                                "nothing to train", checkpoint)
             model.freeze_plm = True
             model.freeze_dropout = training_args.freeze_dropout
             for param in model.plm.parameters():
