@@ -373,7 +373,7 @@ def report(results: dict, threads: int) -> str:
         f"Peak = {peak['formula']} = {threads} x {peak['mhz'] / 1000:.2f} x {peak['fp32_flops_per_cycle']}; "
         f"numpy/OpenBLAS sgemm 2048^3 reaches {results['sgemm_gflops']:.0f} GFLOP/s here "
         f"({results['sgemm_gflops'] * 1e9 / peak_flops:.2f} of peak).",
-        f"* Paddle Inference compute: " + ", ".join(f"{k} {texts / median(v):.1f} samples/s"
+        "* Paddle Inference compute: " + ", ".join(f"{k} {texts / median(v):.1f} samples/s"
                                                     for k, v in ip["paddle_inference_s"].items()) + ".",
     ]
     opt = ip["ort_optimizer"]

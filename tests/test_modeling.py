@@ -1,6 +1,5 @@
 """Parameter groups, learning rates, freezing and template construction on the tiny model."""
 import numpy as np
-import paddle
 import pytest
 
 from utils.args import parse_args

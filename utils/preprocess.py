@@ -10,7 +10,6 @@ paddlenlp's rule: the longest part first. tests/test_preprocess.py checks equali
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, List, Optional, Sequence
 
