@@ -190,13 +190,11 @@ def quantize_int8(directory: str) -> str:
     return path
 
 
-def int8_check(directory: str, examples: List[dict]) -> dict:
+def int8_check(directory: str, feed: Dict[str, np.ndarray], fp32_logits: np.ndarray) -> dict:
     """int8 vs fp32 ONNX on the sample batch. Reported, not gated: quantization moves logits by
     design, and on an untrained model near-ties flip; measure agreement on real data."""
-    preprocessor = PromptPreprocessor.from_export(directory)
-    feed = preprocessor.pad(preprocessor.encode(examples))
-    result = _compare("onnxruntime int8", onnxruntime_logits(os.path.join(directory, ONNX_FILE), feed),
-                      onnxruntime_logits(os.path.join(directory, ONNX_INT8_FILE), feed), float("inf"))
+    int8_logits = onnxruntime_logits(os.path.join(directory, ONNX_INT8_FILE), feed)
+    result = _compare("onnxruntime int8", fp32_logits, int8_logits, float("inf"))
     result.pop("tolerance")
     result.pop("passed")
     if result["argmax_agreement"] < 0.99:
@@ -242,16 +240,17 @@ def _compare(name: str, reference: np.ndarray, other: np.ndarray, tolerance: flo
             "passed": bool(diff <= tolerance and agree == 1.0)}
 
 
-def parity_gate(model, directory: str, files: Dict[str, str], examples: List[dict],
-                tolerance: float = DEFAULT_TOLERANCE) -> dict:
-    """Dynamic graph vs Paddle Inference vs onnxruntime on one batch; raise `ExportError` on mismatch."""
+def parity_gate(model, directory: str, files: Dict[str, str], examples: List[dict], feed: Dict[str, np.ndarray],
+                onnx_logits: np.ndarray, tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """Dynamic graph vs Paddle Inference vs onnxruntime on one batch; raise `ExportError` on mismatch.
+
+    `feed` is infer.py's preprocessing of `examples`, `onnx_logits` model.onnx's output on it.
+    """
     from paddlenlp.prompt import PromptDataCollatorWithPadding
 
     template = model.template
     collate = PromptDataCollatorWithPadding(template.tokenizer, padding=True, return_tensors="np")
     batch = collate([template(dict(e)) for e in examples])
-    preprocessor = PromptPreprocessor.from_export(directory)
-    feed = preprocessor.pad(preprocessor.encode(examples))
     for name in INPUT_NAMES:
         if not np.array_equal(feed[name], batch[name]):
             raise ExportError(f"infer.py's preprocessing gives other {name} than the training template "
@@ -260,8 +259,7 @@ def parity_gate(model, directory: str, files: Dict[str, str], examples: List[dic
     with paddle.no_grad():
         reference = model(**dynamic_inputs).numpy()
     results = [_compare("paddle_inference", reference, paddle_inference_logits(directory, files, feed), tolerance),
-               _compare("onnxruntime", reference, onnxruntime_logits(os.path.join(directory, ONNX_FILE), feed),
-                        tolerance)]
+               _compare("onnxruntime", reference, onnx_logits, tolerance)]
     report = {"sample_size": len(examples), "reference": "dynamic graph, unfolded prompt encoder",
               "results": results, "passed": all(r["passed"] for r in results)}
     if not report["passed"]:
@@ -272,14 +270,12 @@ def parity_gate(model, directory: str, files: Dict[str, str], examples: List[dic
     return report
 
 
-def fp16_check(directory: str, examples: List[dict], reference_path: str) -> dict:
-    preprocessor = PromptPreprocessor.from_export(directory)
-    feed = preprocessor.pad(preprocessor.encode(examples))
+def fp16_check(directory: str, feed: Dict[str, np.ndarray], fp32_logits: np.ndarray) -> dict:
     try:
         fp16 = onnxruntime_logits(os.path.join(directory, ONNX_FP16_FILE), feed)
     except Exception as exc:  # some CPU builds lack fp16 kernels; the model targets onnxruntime-gpu
         return {"backend": "onnxruntime fp16 (CPU)", "checked": False, "reason": f"{type(exc).__name__}: {exc}"}
-    result = _compare("onnxruntime fp16 (CPU)", onnxruntime_logits(reference_path, feed), fp16, FP16_TOLERANCE)
+    result = _compare("onnxruntime fp16 (CPU)", fp32_logits, fp16, FP16_TOLERANCE)
     result["checked"] = True
     if not result["passed"]:
         raise ExportError(f"fp16 model disagrees with fp32: max |Δ| {result['max_abs_diff']:.3g}, "
@@ -334,13 +330,17 @@ def export_checkpoint(checkpoint_dir: str, output_dir: str, examples: Optional[L
         write_json_atomic(os.path.join(tmp_dir, LABELS_FILE), [
             {"id": i, "label": label, "word": word}
             for i, (label, word) in enumerate(zip(config["labels"], config["label_words"]))])
-        parity = parity_gate(model, tmp_dir, files, examples, tolerance)
+        # One preprocessing and one fp32 onnxruntime pass serve the gate and the fp16/int8 checks.
+        preprocessor = PromptPreprocessor.from_export(tmp_dir)
+        feed = preprocessor.pad(preprocessor.encode(examples))
+        onnx_logits = onnxruntime_logits(os.path.join(tmp_dir, ONNX_FILE), feed)
+        parity = parity_gate(model, tmp_dir, files, examples, feed, onnx_logits, tolerance)
         if export_fp16:
             convert_to_fp16(tmp_dir)
-            parity["fp16"] = fp16_check(tmp_dir, examples, os.path.join(tmp_dir, ONNX_FILE))
+            parity["fp16"] = fp16_check(tmp_dir, feed, onnx_logits)
         if quantize:
             quantize_int8(tmp_dir)
-            parity["int8"] = int8_check(tmp_dir, examples)
+            parity["int8"] = int8_check(tmp_dir, feed, onnx_logits)
         if export_type == "onnx":
             for name in files.values():
                 os.remove(os.path.join(tmp_dir, name))

@@ -31,7 +31,6 @@ from paddlenlp.prompt import (  # noqa: E402  (after the compat fixes)
 RUN_CONFIG_FILE = "ptuning_config.json"
 MODEL_STATE_FILE = "model_state.pdparams"
 VERBALIZERS = ("soft", "manual")
-METHODS = ("ptuning", "finetune")
 
 
 class PromptModel(PromptModelForSequenceClassification):
