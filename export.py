@@ -9,32 +9,35 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-from utils.errors import run_cli
+from utils.args import ExportArguments
+from utils.errors import UserError, run_cli
 
 
 @dataclass
-class ExportArguments:
-    resume_from_checkpoint: str = field(metadata={"help": "Checkpoint (or train.py output_dir) to export."})
+class ExportCommandArguments(ExportArguments):
+    resume_from_checkpoint: Optional[str] = field(default=None, metadata={
+        "help": "Checkpoint (or train.py output_dir) to export. Required."})
     output_dir: str = field(default="./checkpoints/export", metadata={"help": "Export directory to write."})
     data_dir: Optional[str] = field(default=None, metadata={
-        "help": "Dataset folder; dev.txt (else test.txt/train.txt) texts make the parity-check batch."})
-    export_type: str = field(default="paddle", metadata={
-        "help": "paddle: static graph + ONNX; onnx: ONNX only (static graph removed after the parity check)."})
-    export_fp16: bool = field(default=False, metadata={"help": "Also write model_fp16.onnx for onnxruntime-gpu."})
-    quantize: Optional[str] = field(default=None, metadata={
-        "help": "int8: also write model_int8.onnx (onnxruntime dynamic quantization; infer.py --use_int8)."})
+        "help": "Dataset folder; dev.txt (else test.txt/train.txt/data.txt) texts make the parity-check batch."})
     opset: int = field(default=13, metadata={"help": "ONNX opset (>= 13)."})
     tolerance: float = field(default=1e-4, metadata={"help": "Parity gate: max |Δlogits| allowed."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing export directory."})
 
+    def __post_init__(self):
+        if not self.resume_from_checkpoint:
+            raise UserError("is required: the checkpoint (or train.py --output_dir) to export",
+                            "--resume_from_checkpoint")
+        if not str(self.output_dir).strip():
+            raise UserError("must name a directory, got an empty string", "--output_dir")
+
 
 def main(argv):
-    from paddlenlp.trainer import PdArgumentParser
-
+    from utils.args import _parser_class
     from utils.data import load_dataset_dir
     from utils.export import export_checkpoint
 
-    (args,) = PdArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = _parser_class()(ExportCommandArguments).parse_args_into_dataclasses(args=argv)
     examples = None
     if args.data_dir:
         dataset = load_dataset_dir(args.data_dir, need_train=False, need_dev=False)

@@ -57,7 +57,7 @@ TRAIN_CASES = [
      ["--verbalizer", "manual"], "same number of tokens", "label.txt"),
     ("max_seq_length shorter than the prompt", {}, ["--max_seq_length", "8"], "the prompt alone takes",
      "--max_seq_length"),
-    ("unknown soft encoder", {}, ["--soft_encoder", "gru"], "must be lstm, mlp or none", "--soft_encoder"),
+    ("unknown soft encoder", {}, ["--soft_encoder", "gru"], "must be one of lstm, mlp or none", "--soft_encoder"),
     ("gpu on the CPU build", {}, ["--device", "gpu"], "CPU build", "--device"),
     ("fp16 on CPU", {}, ["--fp16"], "needs --device gpu", "--fp16"),
     ("built-in model offline", {}, ["--model_name_or_path", "ernie-3.0-base-zh"], "unreachable",
@@ -129,11 +129,14 @@ def test_blank_lines_bom_crlf_are_fine_and_long_texts_keep_the_prompt(tiny_model
 
 def test_existing_output_dir_is_never_overwritten(trained, tmp_path, capsys):
     data_dir, out = trained
-    before = {name: os.path.getmtime(os.path.join(out, name)) for name in os.listdir(out)}
+    def state():  # (the lock file is bookkeeping: a refused run may take the lock to look)
+        return {name: os.path.getmtime(os.path.join(out, name)) for name in os.listdir(out) if name != ".ptuning.lock"}
+
+    before = state()
     code, err = run_train(capsys, ["--data_dir", data_dir, "--output_dir", out, "--do_train", "--do_eval",
                                    "--model_name_or_path", "unused", "--max_steps", "1"])
     assert code == 2 and "--overwrite_output_dir" in err
-    assert {name: os.path.getmtime(os.path.join(out, name)) for name in os.listdir(out)} == before
+    assert state() == before
 
 
 def test_corrupt_checkpoint(trained, tmp_path, capsys):
@@ -142,6 +145,10 @@ def test_corrupt_checkpoint(trained, tmp_path, capsys):
     shutil.copytree(out, checkpoint, ignore=shutil.ignore_patterns("checkpoint-*", "export"))
     with open(checkpoint / "model_state.pdparams", "r+b") as fp:
         fp.truncate(1000)
+    code, err = run_train(capsys, ["--do_predict", "--data_dir", data_dir, "--output_dir", str(tmp_path / "p"),
+                                   "--resume_from_checkpoint", str(checkpoint)])
+    assert code == 2 and "truncated or damaged" in err and "model_state.pdparams" in err
+    (checkpoint / "checkpoint_complete.json").unlink()  # without the marker, loading itself must fail clearly
     code, err = run_train(capsys, ["--do_predict", "--data_dir", data_dir, "--output_dir", str(tmp_path / "p"),
                                    "--resume_from_checkpoint", str(checkpoint)])
     assert code == 2 and "corrupt or truncated" in err and "model_state.pdparams" in err

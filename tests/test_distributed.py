@@ -1,13 +1,109 @@
-"""Data parallelism through Paddle's own launcher: 2 CPU processes (gloo)."""
+"""Data parallelism through Paddle's own launcher: 2 CPU processes (gloo) train one model.
+
+The specification: 2 processes x batch B train exactly what 1 process x batch 2B trains (same
+seed, same data order): the same per-step losses and the same final weights, and both processes
+hold bit-identical weights all along. Compared on every state-dict tensor of each process,
+dumped at the end of training, before any best-model reload.
+"""
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from conftest import FAST, ROOT
+from conftest import EXAMPLE_DATA, FAST, ROOT
 from utils.synthetic import PROMPT
+
+WORKER = os.path.join(ROOT, "tests", "dp_worker.py")
+
+
+@pytest.fixture(scope="module")
+def dropout_free_model(tmp_path_factory):
+    """A tiny ERNIE without dropout: the only randomness left would be a difference between processes."""
+    from utils import synthetic
+    from utils.tiny_ernie import build_ernie, texts_of_data_dirs, vocab_from_texts
+
+    texts = synthetic.vocab_texts() + texts_of_data_dirs([EXAMPLE_DATA]) + [PROMPT]
+    path = str(tmp_path_factory.mktemp("models") / "tiny-no-dropout")
+    return build_ernie(path, vocab_from_texts(texts), seed=0, hidden_dropout_prob=0.0,
+                       attention_probs_dropout_prob=0.0)
+
+
+def launch(tmp_path, name, flags, processes):
+    """Run dp_worker.py (train.py + weight dump) in `processes` processes; return (out dir, dump dir)."""
+    out, dump, log = tmp_path / name, tmp_path / f"{name}-dump", tmp_path / f"{name}-log"
+    dump.mkdir()
+    env = dict(os.environ, PTUNING_OFFLINE="1", DUMP_DIR=str(dump))
+    if processes > 1:
+        command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(processes),
+                   "--log_dir", str(log), WORKER]
+    else:
+        command = [sys.executable, WORKER]
+    result = subprocess.run(command + flags + ["--output_dir", str(out)], cwd=str(tmp_path), env=env,
+                            capture_output=True, text=True, timeout=600)
+    logs = "".join((log / f"workerlog.{i}").read_text(errors="replace")[-3000:] for i in range(processes)
+                   if (log / f"workerlog.{i}").exists())
+    assert result.returncode == 0, logs + result.stderr[-3000:]
+    return out, dump
+
+
+def step_losses(out):
+    with open(out / "trainer_state.json", encoding="utf-8") as fp:
+        return {h["step"]: h["loss"] for h in json.load(fp)["log_history"] if "loss" in h}
+
+
+def weights(dump, rank):
+    with np.load(dump / f"rank{rank}.npz") as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+CASES = {
+    "full model": [],
+    "freeze_plm": ["--freeze_plm"],
+    "gradient accumulation": ["--gradient_accumulation_steps", "2"],
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_train_the_model_one_process_trains_with_the_global_batch(case, dropout_free_model,
+                                                                               keyword_data, tmp_path):
+    accumulate = 2 if case == "gradient accumulation" else 1
+    base = ["--model_name_or_path", dropout_free_model, "--data_dir", keyword_data, "--prompt", PROMPT,
+            "--do_train", "--max_steps", "6", "--logging_steps", "1", "--device", "cpu", "--max_seq_length", "40",
+            "--learning_rate", "1e-3", "--ppt_learning_rate", "3e-3", "--seed", "7", *CASES[case]]
+    per_process = 8 // (2 * accumulate)
+    dp_out, dp_dump = launch(tmp_path, "dp", base + ["--per_device_train_batch_size", str(per_process)], 2)
+    one_out, one_dump = launch(tmp_path, "one", base + ["--per_device_train_batch_size", str(8 // accumulate)], 1)
+
+    rank0, rank1, single = weights(dp_dump, 0), weights(dp_dump, 1), weights(one_dump, 0)
+    differing = [name for name in rank0 if not np.array_equal(rank0[name], rank1[name])]
+    assert not differing, f"{len(differing)} of {len(rank0)} tensors differ between the processes: {differing[:8]}"
+    assert set(rank0) == set(single)
+    for name in single:
+        np.testing.assert_allclose(rank0[name], single[name], rtol=1e-4, atol=2e-5, err_msg=name)
+    moved = [name for name in single if "template" in name or "verbalizer" in name]
+    assert moved  # the prompt parameters exist and were compared
+
+    dp_losses, one_losses = step_losses(dp_out), step_losses(one_out)
+    assert sorted(dp_losses) == sorted(one_losses) == list(range(1, 7))
+    np.testing.assert_allclose([dp_losses[s] for s in range(1, 7)], [one_losses[s] for s in range(1, 7)],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_processes_that_diverge_are_stopped_not_saved(tmp_path):
+    """The guard behind the guarantee: a 1e-6 difference on one process is an error on both."""
+    env = dict(os.environ, PTUNING_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+                             "--log_dir", str(tmp_path / "log"),
+                             os.path.join(ROOT, "tests", "dp_diverge_worker.py")],
+                            cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    logs = [(tmp_path / "log" / f"workerlog.{i}").read_text(errors="replace") for i in range(2)]
+    assert result.returncode != 0
+    for log in logs:
+        assert "DIVERGED" in log and "after a change on rank 1" in log and "bias" in log, log[-2000:]
+        assert "after broadcast" not in log.split("DIVERGED")[0]
 
 
 def test_two_process_training_writes_once_and_gathers_metrics(tiny_model_dir, keyword_data, tmp_path):
@@ -27,7 +123,8 @@ def test_two_process_training_writes_once_and_gathers_metrics(tiny_model_dir, ke
         state = json.load(fp)
     assert state["global_step"] == 20
     for checkpoint in out.glob("checkpoint-*"):
-        assert (checkpoint / "checkpoint_complete.json").is_file()
+        marker = json.loads((checkpoint / "checkpoint_complete.json").read_text(encoding="utf-8"))
+        assert marker["world_size"] == 2 and "rng_state_2.pth" in marker["files"]
 
     # Metrics cover the whole dev/test set (gathered from both processes), files are written once.
     with open(out / "eval_results.json", encoding="utf-8") as fp:

@@ -8,7 +8,7 @@ from utils.labels import LabelSet
 from utils.modeling import build_prompt_model
 from utils.plm import load_plm
 from utils.prompt import build_template
-from utils.training import prepare
+from utils.training import Run, prepare
 
 
 def make_trainer(tiny_model_dir, data_dir, out_dir, *extra):
@@ -16,8 +16,7 @@ def make_trainer(tiny_model_dir, data_dir, out_dir, *extra):
             "--prompt", "这句话说的水果是", "--max_seq_length", "32", "--learning_rate", "1e-4",
             "--ppt_learning_rate", "5e-3", "--do_train", "--max_steps", "1", "--lr_scheduler_type", "constant",
             "--per_device_train_batch_size", "8", "--save_steps", "1000", "--logging_steps", "1000", *extra]
-    trainer, _, _ = prepare(*parse_args(argv))
-    return trainer
+    return prepare(Run(*parse_args(argv)).open())
 
 
 def snapshot(params):

@@ -32,9 +32,11 @@ def test_outputs_layout(trained):
     data_dir, out = trained
     assert os.path.isfile(os.path.join(out, "export", "manifest.json"))  # --do_export
     for name in ["train_results.json", "eval_results.json", "test_results.json", "model_state.pdparams",
-                 "template_config.json", "template_state.pdparams", "verbalizer_config.json",
-                 "verbalizer_state.pdparams", "ptuning_config.json", "vocab.txt", "trainer_state.json"]:
+                 "template_config.json", "verbalizer_config.json", "ptuning_config.json", "vocab.txt",
+                 "trainer_state.json", "checkpoint_complete.json"]:
         assert os.path.isfile(os.path.join(out, name)), name
+    # Every tensor is stored once: the template's and verbalizer's weights are in model_state.pdparams.
+    assert not os.path.exists(os.path.join(out, "template_state.pdparams"))
     checkpoints = [d for d in os.listdir(out) if d.startswith("checkpoint-")]
     assert checkpoints, "Trainer checkpoints are kept"
     for ckpt in checkpoints:
@@ -84,7 +86,8 @@ def test_existing_results_are_not_overwritten(trained, capsys):
 
 def test_resume_continues_with_the_same_losses(tiny_model_dir, keyword_data, tmp_path):
     base = ["--model_name_or_path", tiny_model_dir, "--data_dir", keyword_data, "--prompt", PROMPT,
-            "--do_train", "--max_steps", "16", "--save_steps", "8", "--logging_steps", "1", *FAST]
+            "--do_train", "--max_steps", "16", "--save_steps", "8", "--logging_steps", "1", "--save_total_limit", "2",
+            *FAST]
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
     assert run_cli(train.main, base + ["--output_dir", full]) == 0
     assert run_cli(train.main, base + ["--output_dir", resumed, "--resume_from_checkpoint",

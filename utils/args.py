@@ -13,30 +13,124 @@ when the flag is not given, so the upstream commands run unchanged:
   `--eval_steps`), keep the best checkpoint by `--metric_for_best_model accuracy` and reload it at
   the end, early-stop after `--early_stopping_patience` (4) evaluations without improvement.
   (Upstream asserts in EarlyStoppingCallback unless all of these are given by hand.)
+* `--save_total_limit 1`: the latest checkpoint is kept, and the best one besides it when
+  evaluating (the Trainer never rotates the best one away).
+
+Every choice flag is a `Choice` enum below: the parser, the checks and the code that acts on a
+choice all use that one definition. Every flag is checked here, before any data or model is
+loaded. Nothing here imports paddle at module level (multirun.py uses it).
 """
 from __future__ import annotations
 
+import enum
+import math
+import re
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 from .errors import UserError
 
 
+class Choice(str, enum.Enum):
+    """A flag's allowed values. Parsing ignores case and knows upstream's spellings (`None`)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def parse(cls, text):
+        if isinstance(text, cls):
+            return text
+        key = str(text).strip().lower()
+        for member in cls:
+            if key == member.value or key in cls._aliases().get(member.value, ()):
+                return member
+        raise ValueError(f"must be one of {cls.describe()}, got {text!r}")
+
+    @classmethod
+    def from_flag(cls, text, flag: str):
+        """`parse`, with a bad value reported as a user error on `flag`."""
+        try:
+            return cls.parse(text)
+        except ValueError as exc:
+            raise UserError(str(exc), flag) from None
+
+    @classmethod
+    def describe(cls) -> str:
+        values = [m.value for m in cls]
+        return ", ".join(values[:-1]) + " or " + values[-1] if len(values) > 1 else values[0]
+
+    @classmethod
+    def _aliases(cls):
+        return {}
+
+
+class Method(Choice):
+    PTUNING = "ptuning"
+    FINETUNE = "finetune"
+
+
+class VerbalizerKind(Choice):
+    SOFT = "soft"
+    MANUAL = "manual"
+
+
+class ManualLoss(Choice):
+    CE = "ce"
+    MLM = "mlm"
+
+
+class SoftEncoder(Choice):
+    LSTM = "lstm"
+    MLP = "mlp"
+    NONE = "none"
+
+    @classmethod
+    def _aliases(cls):
+        return {"none": ("", "null", "identity")}
+
+
+class ExportType(Choice):
+    PADDLE = "paddle"
+    ONNX = "onnx"
+
+
+class Quantize(Choice):
+    NONE = "none"
+    INT8 = "int8"
+
+    @classmethod
+    def _aliases(cls):
+        return {"none": ("", "null", "false", "no")}
+
+
+DEVICE_PATTERN = re.compile(r"^(cpu|gpu(:\d+)?)$")
+
+
 @dataclass
-class ModelArguments:
+class ExportArguments:
+    """What an export contains; shared by `train.py --do_export` and export.py."""
+
+    export_type: ExportType = field(default=ExportType.PADDLE, metadata={
+        "help": "paddle: static graph + ONNX; onnx: ONNX only (static graph removed after the parity check)."})
+    export_fp16: bool = field(default=False, metadata={"help": "Also write model_fp16.onnx for onnxruntime-gpu."})
+    quantize: Quantize = field(default=Quantize.NONE, metadata={
+        "help": "int8: also write model_int8.onnx (onnxruntime dynamic quantization; infer.py --use_int8)."})
+
+
+@dataclass
+class ModelArguments(ExportArguments):
     model_name_or_path: str = field(default="ernie-3.0-base-zh", metadata={
         "help": "Built-in PaddleNLP model name (needs network or cache) or a local model directory."})
-    export_type: str = field(default="paddle", metadata={
-        "help": "With --do_export: `paddle` (static graph + ONNX) or `onnx` (ONNX only)."})
-    export_fp16: bool = field(default=False, metadata={"help": "With --do_export: also write model_fp16.onnx."})
-    quantize: Optional[str] = field(default=None, metadata={
-        "help": "With --do_export: int8 also writes model_int8.onnx (onnxruntime dynamic quantization)."})
-    method: str = field(default="ptuning", metadata={
+    method: Method = field(default=Method.PTUNING, metadata={
         "help": "ptuning (prompt + verbalizer on the MLM head) or finetune ([CLS] classifier baseline)."})
-    verbalizer: str = field(default="soft", metadata={
+    verbalizer: VerbalizerKind = field(default=VerbalizerKind.SOFT, metadata={
         "help": "P-tuning verbalizer: soft (SoftVerbalizer, one [MASK]) or manual (label words predicted "
                 "token by token at as many [MASK]s as they have tokens; equal lengths needed)."})
-    manual_loss: str = field(default="ce", metadata={
+    manual_loss: ManualLoss = field(default=ManualLoss.CE, metadata={
         "help": "With --verbalizer manual: ce (cross-entropy over the labels' word log-probabilities, PET style) "
                 "or mlm (the gold word's token-level MLM loss over the whole vocabulary, transformers_tasks style)."})
 
@@ -47,14 +141,64 @@ class DataArguments:
         "help": "Folder with train.txt, dev.txt, label.txt and optionally test.txt and data.txt."})
     prompt: Optional[str] = field(default=None, metadata={
         "help": "Prompt text (P-tuning: initialises the soft tokens) or a full template string."})
-    soft_encoder: str = field(default="lstm", metadata={"help": "Soft prompt encoder: lstm, mlp or none."})
-    encoder_hidden_size: int = field(default=200, metadata={"help": "Hidden size of the soft prompt encoder."})
+    soft_encoder: Optional[SoftEncoder] = field(default=None, metadata={
+        "help": "Soft prompt encoder for a plain-text --prompt: lstm (default), mlp or none (upstream's `None` too)."})
+    encoder_hidden_size: Optional[int] = field(default=None, metadata={
+        "help": "Hidden size of the soft prompt encoder (default 200)."})
     num_virtual_tokens: Optional[int] = field(default=None, metadata={
         "help": "Number of soft tokens (peft's num_virtual_tokens). Default: one per token of --prompt."})
     early_stopping_patience: int = field(default=4, metadata={
         "help": "Stop after this many evaluations without improvement (0: never)."})
     early_stopping_threshold: float = field(default=0.0, metadata={
         "help": "Improvement needed to reset the early-stopping patience."})
+    # The prompt-encoder flags given on the command line: a full template string sets these
+    # itself, so giving them too is refused instead of silently ignored.
+    prompt_flags_given: List[str] = field(default_factory=list, init=False)
+
+    def __post_init__(self):
+        self.prompt_flags_given = [name for name in PROMPT_ENCODER_FLAGS if getattr(self, name) is not None]
+        self.soft_encoder = SoftEncoder.LSTM if self.soft_encoder is None else SoftEncoder.parse(self.soft_encoder)
+        if self.encoder_hidden_size is None:
+            self.encoder_hidden_size = DEFAULT_ENCODER_HIDDEN_SIZE
+
+
+PROMPT_ENCODER_FLAGS = ("soft_encoder", "encoder_hidden_size", "num_virtual_tokens")
+DEFAULT_ENCODER_HIDDEN_SIZE = 200
+
+
+def _parser_class():
+    """PdArgumentParser whose errors are `UserError`s and whose `Choice` fields parse leniently."""
+    import dataclasses
+
+    from paddlenlp.trainer import PdArgumentParser
+
+    class Parser(PdArgumentParser):
+        @staticmethod
+        def _parse_dataclass_field(parser, dc_field: dataclasses.Field):
+            choice = dc_field.type
+            if getattr(choice, "__origin__", None) is Union:  # Optional[SomeChoice]
+                choice = next(a for a in choice.__args__ if a is not type(None))
+            if isinstance(choice, type) and issubclass(choice, Choice):
+
+                def parse(text, _choice=choice):
+                    try:
+                        return _choice.parse(text)
+                    except ValueError as exc:
+                        import argparse
+
+                        raise argparse.ArgumentTypeError(str(exc)) from None
+
+                parser.add_argument(f"--{dc_field.name}", type=parse, default=dc_field.default,
+                                    metavar="{" + ",".join(m.value for m in choice) + "}",
+                                    help=dc_field.metadata.get("help"))
+                return
+            PdArgumentParser._parse_dataclass_field(parser, dc_field)
+
+        def error(self, message):
+            flag = re.match(r"argument (--\w+)", message)
+            raise UserError(re.sub(r"^argument --\w+(/--\w+)*: ", "", message), flag.group(1) if flag else "train.py")
+
+    return Parser
 
 
 def flag_given(argv: Sequence[str], flag: str) -> bool:
@@ -100,6 +244,8 @@ def with_defaults(argv: Sequence[str]) -> List[str]:
         extra += ["--report_to", "none"]
     if not flag_given(argv, "--device"):
         extra += ["--device", default_device()]
+    if not flag_given(argv, "--save_total_limit"):
+        extra += ["--save_total_limit", "1"]
     evaluating = _truthy(argv, "--do_train") and (
         _truthy(argv, "--do_eval") or (_value(argv, "--evaluation_strategy") or "no") != "no")
     if evaluating:
@@ -120,13 +266,13 @@ def with_defaults(argv: Sequence[str]) -> List[str]:
 
 
 def parse_args(argv: Sequence[str], training_args_class=None) -> Tuple[ModelArguments, DataArguments, object]:
-    """Parse train.py's flags into `(model_args, data_args, training_args)`."""
+    """Parse and check train.py's flags into `(model_args, data_args, training_args)`."""
     from paddlenlp.prompt import PromptTuningArguments
-    from paddlenlp.trainer import PdArgumentParser
 
     training_args_class = training_args_class or PromptTuningArguments
-    parser = PdArgumentParser((ModelArguments, DataArguments, training_args_class))
+    parser = _parser_class()((ModelArguments, DataArguments, training_args_class))
     argv = with_defaults(argv)
+    check_device_flag(_value(argv, "--device"))  # before paddlenlp acts on it
     try:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as exc:  # unknown flags, or TrainingArguments.__post_init__ rejecting a combination
@@ -138,27 +284,66 @@ def parse_args(argv: Sequence[str], training_args_class=None) -> Tuple[ModelArgu
     return model_args, data_args, training_args
 
 
+def check_device_flag(device: Optional[str]) -> None:
+    if device is not None and not DEVICE_PATTERN.match(device):
+        raise UserError(f"must be cpu, gpu or gpu:N, got {device!r} (this tool trains on CPUs and NVIDIA GPUs)",
+                        "--device")
+
+
+# (flag, test, what it must be): numeric Trainer flags, checked so that no value can reach a traceback.
+_POSITIVE, _NON_NEGATIVE = (lambda v: v > 0, "positive"), (lambda v: v >= 0, "zero or more")
+_NUMERIC_CHECKS = (
+    ("per_device_train_batch_size", *_POSITIVE), ("per_device_eval_batch_size", *_POSITIVE),
+    ("gradient_accumulation_steps", *_POSITIVE), ("learning_rate", *_NON_NEGATIVE),
+    ("ppt_learning_rate", *_NON_NEGATIVE), ("seed", *_NON_NEGATIVE), ("weight_decay", *_NON_NEGATIVE),
+    ("ppt_weight_decay", *_NON_NEGATIVE), ("max_grad_norm", *_NON_NEGATIVE), ("warmup_steps", *_NON_NEGATIVE),
+    ("alpha_rdrop", *_NON_NEGATIVE), ("alpha_rgl", *_NON_NEGATIVE), ("dataloader_num_workers", *_NON_NEGATIVE),
+    ("adam_epsilon", *_NON_NEGATIVE), ("ppt_adam_epsilon", *_NON_NEGATIVE),
+    ("warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("adam_beta1", lambda v: 0 <= v < 1, "in [0, 1)"), ("adam_beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("ppt_adam_beta1", lambda v: 0 <= v < 1, "in [0, 1)"), ("ppt_adam_beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+)
+METRICS_FOR_BEST_MODEL = ("accuracy", "macro_f1", "loss")
+
+
 def check_args(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
+    """Every flag, before any file is read or model loaded: one clear error per bad value."""
     import paddle
 
-    if model_args.export_type not in ("paddle", "onnx"):
-        raise UserError(f"must be paddle or onnx, got {model_args.export_type!r}", "--export_type")
-    if model_args.method not in ("ptuning", "finetune"):
-        raise UserError(f"must be ptuning or finetune, got {model_args.method!r}", "--method")
-    if model_args.verbalizer not in ("soft", "manual"):
-        raise UserError(f"must be soft or manual, got {model_args.verbalizer!r}", "--verbalizer")
-    if model_args.manual_loss not in ("ce", "mlm"):
-        raise UserError(f"must be ce or mlm, got {model_args.manual_loss!r}", "--manual_loss")
-    if model_args.method == "finetune" and (training_args.freeze_plm or training_args.freeze_dropout):
-        raise UserError("--freeze_plm/--freeze_dropout with --method finetune would leave nothing to train "
-                        "but the classifier's input; drop them or use --method ptuning", "--method")
-    if data_args.soft_encoder not in ("lstm", "mlp", "none"):
-        raise UserError(f"must be lstm, mlp or none, got {data_args.soft_encoder!r}", "--soft_encoder")
-    if data_args.encoder_hidden_size is not None and data_args.encoder_hidden_size <= 0:
-        raise UserError(f"must be positive, got {data_args.encoder_hidden_size}", "--encoder_hidden_size")
+    for name, ok, what in _NUMERIC_CHECKS:
+        value = getattr(training_args, name, None)
+        if value is not None and (not ok(value) or (isinstance(value, float) and math.isnan(value))):
+            raise UserError(f"must be {what}, got {value}", f"--{name}")
+    for name in ("logging_steps", "eval_steps", "save_steps"):
+        value = getattr(training_args, name, None)
+        if value is not None and value <= 0:
+            raise UserError(f"must be positive, got {value}", f"--{name}")
+    if training_args.do_train and training_args.max_steps <= 0 and not training_args.num_train_epochs > 0:
+        raise UserError(f"must be positive (or give --max_steps), got {training_args.num_train_epochs}",
+                        "--num_train_epochs")
+    if training_args.save_total_limit is not None and training_args.save_total_limit <= 0:
+        raise UserError(f"must be positive (checkpoints kept), got {training_args.save_total_limit}",
+                        "--save_total_limit")
+    if not str(training_args.output_dir or "").strip():
+        raise UserError("must name a directory, got an empty string", "--output_dir")
     if training_args.max_seq_length < 4:
         raise UserError(f"must be at least 4, got {training_args.max_seq_length}", "--max_seq_length")
+    metric = (training_args.metric_for_best_model or "").replace("eval_", "", 1)
+    if metric and metric not in METRICS_FOR_BEST_MODEL:
+        raise UserError(f"must be one of {', '.join(METRICS_FOR_BEST_MODEL)}, got "
+                        f"{training_args.metric_for_best_model!r}", "--metric_for_best_model")
+    if data_args.encoder_hidden_size is not None and data_args.encoder_hidden_size <= 0:
+        raise UserError(f"must be positive, got {data_args.encoder_hidden_size}", "--encoder_hidden_size")
+    if data_args.num_virtual_tokens is not None and data_args.num_virtual_tokens <= 0:
+        raise UserError(f"must be positive, got {data_args.num_virtual_tokens}", "--num_virtual_tokens")
+    if data_args.early_stopping_patience < 0:
+        raise UserError(f"must be zero (never stop) or more, got {data_args.early_stopping_patience}",
+                        "--early_stopping_patience")
+    if model_args.method == Method.FINETUNE and (training_args.freeze_plm or training_args.freeze_dropout):
+        raise UserError("--freeze_plm/--freeze_dropout with --method finetune would leave nothing to train "
+                        "but the classifier's input; drop them or use --method ptuning", "--method")
     device = str(training_args.device)
+    check_device_flag(device)
     if device.startswith("gpu") and not paddle.is_compiled_with_cuda():
         raise UserError("asks for a GPU but this Paddle is the CPU build; install paddlepaddle-gpu "
                         "(https://www.paddlepaddle.org.cn/install) or use --device cpu", "--device")
@@ -168,3 +353,20 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
                 getattr(training_args, "do_export", False))):
         raise UserError("nothing to do: give at least one of --do_train, --do_eval, --do_predict, --do_export",
                         "train.py")
+    if getattr(training_args, "do_export", False):
+        check_export_dependencies()
+
+
+EXPORT_MODULES = ("onnx", "paddle2onnx", "onnxruntime")
+
+
+def check_export_dependencies() -> None:
+    """--do_export needs onnx, paddle2onnx and onnxruntime: say so before training, not after."""
+    import importlib.util
+
+    missing = [name for name in EXPORT_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"needs {', '.join(missing)}, which this environment lacks; install them first: "
+                        "`pip install onnxruntime` (CPU) or `pip install onnxruntime-gpu` (GPU; not both), and "
+                        "`pip install -r requirements.txt` for onnx and paddle2onnx", "--do_export")
+

@@ -5,11 +5,15 @@ is turned into a short message. Set `PTUNING_DEBUG=1` or pass `--debug` to see t
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Callable, Optional
 
 EXIT_USER_ERROR = 2
+# Failures of the machine, not of this tool: full disk, read-only or forbidden places, size limits.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENOTDIR,
+                      errno.EISDIR, errno.ENAMETOOLONG, errno.EIO}
 
 
 class UserError(Exception):
@@ -48,6 +52,14 @@ def run_cli(main: Callable[[list], Optional[int]], argv=None) -> int:
         if debug:
             raise
         sys.stderr.write(f"error: {exc}\n(run with --debug or PTUNING_DEBUG=1 for a traceback)\n")
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        if debug or exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = exc.filename or "train.py"
+        sys.stderr.write(f"error: {where}: {exc.strerror} [{errno.errorcode.get(exc.errno, exc.errno)}]; stopped, "
+                         "and the partial files of the step that failed were removed (complete checkpoints and "
+                         "results stay)\n")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

@@ -33,10 +33,12 @@ from typing import Dict, List, Optional
 import numpy as np
 import paddle
 
+from .args import ExportType, Quantize
 from .errors import UserError
 from .files import write_json_atomic
 from .modeling import MultiMaskVerbalizer, rebuild_from_checkpoint
 from .preprocess import INPUT_NAMES, PREPROCESS_FILE, PromptPreprocessor, describe_template
+from .rundir import DirLock
 
 logger = logging.getLogger(__name__)
 
@@ -294,17 +296,39 @@ def _publish(tmp_dir: str, output_dir: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def export_lock(output_dir: str) -> DirLock:
+    """The lock of an export directory: a file beside it (the directory itself is replaced by rename)."""
+    parent, name = os.path.split(os.path.abspath(output_dir))
+    return DirLock(parent, lock_name=f".{name}.lock", what="export.py")
+
+
 def export_checkpoint(checkpoint_dir: str, output_dir: str, examples: Optional[List[dict]] = None,
                       export_type: str = "paddle", export_fp16: bool = False, overwrite: bool = False,
-                      opset: int = 13, tolerance: float = DEFAULT_TOLERANCE, quantize: Optional[str] = None) -> dict:
-    """Export `checkpoint_dir` to `output_dir`; return the manifest."""
-    if export_type not in ("paddle", "onnx"):
-        raise UserError(f"must be paddle or onnx, got {export_type!r}", "--export_type")
+                      opset: int = 13, tolerance: float = DEFAULT_TOLERANCE, quantize: Optional[str] = None,
+                      locked: bool = False) -> dict:
+    """Export `checkpoint_dir` to `output_dir`; return the manifest.
+
+    `locked`: the caller already holds a lock on the directory around `output_dir` (train.py).
+    """
+    export_type = ExportType.from_flag(export_type, "--export_type").value
+    quantize = Quantize.from_flag(quantize or "none", "--quantize").value
     if opset < 13:
         raise UserError(f"must be at least 13, got {opset}", "--opset")
-    if quantize not in (None, "", "none", "int8"):
-        raise UserError(f"must be int8 (or none), got {quantize!r}", "--quantize")
-    quantize = "int8" if quantize == "int8" else None
+    if not tolerance > 0:
+        raise UserError(f"must be positive, got {tolerance}", "--tolerance")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UserError("exists and is not a directory", output_dir)
+    lock = None if locked else export_lock(output_dir).acquire()
+    try:
+        return _export(checkpoint_dir, output_dir, examples, export_type, export_fp16, overwrite, opset, tolerance,
+                       quantize == Quantize.INT8.value)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _export(checkpoint_dir, output_dir, examples, export_type, export_fp16, overwrite, opset, tolerance,
+            quantize: bool) -> dict:
     if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
         raise UserError("already exists and is not empty; pass --overwrite_output_dir to replace it", output_dir)
     start = time.time()

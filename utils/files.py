@@ -20,8 +20,11 @@ def read_text_lines(path: str, what: str = "file") -> List[Tuple[int, str]]:
         raise UserError(f"{what} not found", path)
     if not os.path.isfile(path):
         raise UserError(f"{what} is not a regular file", path)
-    with open(path, "rb") as fp:
-        raw = fp.read()
+    try:
+        with open(path, "rb") as fp:
+            raw = fp.read()
+    except OSError as exc:
+        raise UserError(f"cannot read the {what}: {exc.strerror}", path) from None
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     lines = []
@@ -85,3 +88,5 @@ def read_json(path: str, what: str = "JSON file"):
         raise UserError(f"{what} is corrupt: {exc.msg} (column {exc.colno})", path, exc.lineno) from None
     except UnicodeDecodeError:
         raise UserError(f"{what} is not UTF-8 text (corrupt?)", path) from None
+    except OSError as exc:
+        raise UserError(f"cannot read the {what}: {exc.strerror}", path) from None

@@ -162,8 +162,8 @@ def run_config(plm, parts, label_set: LabelSet, max_seq_length: int, model_name_
                method: str = "ptuning", verbalizer: Optional[str] = "soft") -> dict:
     return {
         "format": 1,
-        "method": method,
-        "verbalizer": verbalizer,
+        "method": str(method),
+        "verbalizer": None if verbalizer is None else str(verbalizer),
         "model_name_or_path": model_name_or_path,
         "model_class": type(plm).__name__,
         "plm_config": plm.config.to_dict(),
@@ -178,52 +178,191 @@ def save_run_config(output_dir: str, config: dict) -> None:
     write_json_atomic(os.path.join(output_dir, RUN_CONFIG_FILE), config)
 
 
+RUN_CONFIG_KEYS = ("format", "method", "verbalizer", "model_name_or_path", "model_class", "plm_config", "template",
+                   "labels", "label_words", "max_seq_length")
+MODEL_CLASS_SUFFIXES = ("ForMaskedLM", "ForSequenceClassification")
+
+
+def check_run_config(config, path: str) -> dict:
+    """Validate a loaded `ptuning_config.json` (hand edits included): every key known and well typed."""
+    from .args import Method, VerbalizerKind
+    from .prompt import check_parts, count_masks
+
+    def bad(key: str, message: str) -> UserError:
+        return UserError(f"{key}: {message} (edited or damaged? re-run training to recreate it)", path)
+
+    if not isinstance(config, dict):
+        raise UserError(f"must be a JSON object, found {type(config).__name__}", path)
+    unknown = sorted(set(config) - set(RUN_CONFIG_KEYS))
+    if unknown:
+        raise bad(unknown[0], f"unknown key (known: {', '.join(RUN_CONFIG_KEYS)})")
+    for key in ("plm_config", "template", "labels", "label_words", "max_seq_length", "model_class"):
+        if key not in config:
+            raise bad(key, "missing")
+    if config.get("format", 1) != 1:
+        raise bad("format", f"{config.get('format')!r} is not a format this version reads (1)")
+    try:
+        method = Method.parse(config.get("method", "ptuning"))
+        verbalizer = None if config.get("verbalizer") is None else VerbalizerKind.parse(config["verbalizer"])
+    except ValueError as exc:
+        raise bad("method/verbalizer", str(exc)) from None
+    if (method == Method.FINETUNE) != (verbalizer is None):
+        raise bad("verbalizer", f"{verbalizer!r} does not fit method {method.value!r}")
+    labels, words = config["labels"], config["label_words"]
+    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)):
+        raise bad("labels", "must be a list of at least two non-empty label names")
+    if len(set(labels)) != len(labels):
+        raise bad("labels", "has duplicates")
+    if labels != sorted(labels):
+        raise bad("labels", "must be in output order (sorted by name)")
+    if not (isinstance(words, list) and len(words) == len(labels) and all(isinstance(x, str) and x for x in words)):
+        raise bad("label_words", "must be a list of non-empty strings, one per label")
+    length = config["max_seq_length"]
+    if not (isinstance(length, int) and not isinstance(length, bool) and length >= 4):
+        raise bad("max_seq_length", f"must be an integer of at least 4, got {length!r}")
+    plm_config = config["plm_config"]
+    if not isinstance(plm_config, dict):
+        raise bad("plm_config", "must be an object")
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
+        value = plm_config.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise bad(f"plm_config.{key}", f"must be a positive integer, got {value!r}")
+    if plm_config["hidden_size"] % plm_config["num_attention_heads"]:
+        raise bad("plm_config.hidden_size", "must be a multiple of num_attention_heads")
+    if length > plm_config["max_position_embeddings"]:
+        raise bad("max_seq_length", f"{length} exceeds the model's {plm_config['max_position_embeddings']} positions")
+    model_class = config["model_class"]
+    if not (isinstance(model_class, str) and model_class.endswith(MODEL_CLASS_SUFFIXES)):
+        raise bad("model_class", f"must name a paddlenlp *ForMaskedLM or *ForSequenceClassification, got {model_class!r}")
+    if (method == Method.FINETUNE) != model_class.endswith("ForSequenceClassification"):
+        raise bad("model_class", f"{model_class} does not fit method {method.value!r}")
+    template = config["template"]
+    check_parts(template, f"{path}: template")
+    if method == Method.PTUNING and verbalizer == VerbalizerKind.SOFT and count_masks(template) != 1:
+        raise bad("template", f"the SoftVerbalizer needs exactly one mask, found {count_masks(template)}")
+    return config
+
+
 def load_run_config(checkpoint_dir: str) -> dict:
     path = os.path.join(checkpoint_dir, RUN_CONFIG_FILE)
     if not os.path.isdir(checkpoint_dir):
         raise UserError("checkpoint directory not found", checkpoint_dir)
     if not os.path.isfile(path):
         raise UserError(f"is not a checkpoint of this tool: {RUN_CONFIG_FILE} is missing", checkpoint_dir)
-    config = read_json(path, what="checkpoint config")
-    for key in ("plm_config", "template", "labels", "label_words", "max_seq_length"):
-        if key not in config:
-            raise UserError(f"checkpoint config lacks {key!r} (corrupt?)", path)
-    return config
+    return check_run_config(read_json(path, what="checkpoint config"), path)
 
 
-def load_state(model: paddle.nn.Layer, checkpoint_dir: str) -> None:
-    """Load `model_state.pdparams` strictly: every parameter present and of the right shape."""
-    path = os.path.join(checkpoint_dir, MODEL_STATE_FILE)
-    if not os.path.isfile(path):
-        raise UserError(f"{MODEL_STATE_FILE} is missing", checkpoint_dir)
+def tensor_aliases(model: paddle.nn.Layer) -> Dict[str, str]:
+    """`{alias: name}` for state-dict entries that are the same tensor as an earlier entry.
+
+    The template holds the PLM's word embeddings, and paddle's LSTM lists its weights twice; saving
+    each once makes an ERNIE-base checkpoint ~140 MB (model) + ~140 MB (template) smaller.
+    """
+    first: Dict[int, str] = {}
+    aliases: Dict[str, str] = {}
+    for name, tensor in model.state_dict().items():
+        key = id(tensor)
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
+    return aliases
+
+
+def unique_state_dict(model: paddle.nn.Layer) -> Dict[str, paddle.Tensor]:
+    """The state dict with every tensor once (aliases dropped; `load_state` restores them)."""
+    aliases = tensor_aliases(model)
+    return {name: tensor for name, tensor in model.state_dict().items() if name not in aliases}
+
+
+def read_state_file(path: str) -> Dict[str, Any]:
     try:
-        state = paddle.load(path)
+        return paddle.load(path, return_numpy=True)
     except Exception as exc:  # paddle raises many types for truncated/corrupt files
         raise UserError(f"cannot read the weights (corrupt or truncated?): {type(exc).__name__}: {exc}",
                         path) from None
+
+
+def set_state_strictly(model: paddle.nn.Layer, state: Dict[str, Any], path: str) -> None:
+    """Load `state` into `model`: every tensor present (directly or as an alias) with the right shape."""
+    aliases = tensor_aliases(model)
     expected = model.state_dict()
+    state = dict(state)
+    for alias, name in aliases.items():
+        if alias not in state and name in state:
+            state[alias] = state[name]
     missing = [k for k in expected if k not in state]
-    wrong = [k for k in expected if k in state and list(state[k].shape) != list(expected[k].shape)]
-    if missing or wrong:
+    wrong = [k for k in expected if k in state and list(np.shape(state[k])) != list(expected[k].shape)]
+    unexpected = [k for k in state if k not in expected]
+    if missing or wrong or unexpected:
         raise UserError(f"weights do not match the model: {len(missing)} missing (e.g. {missing[:3]}), "
-                        f"{len(wrong)} of another shape (e.g. {wrong[:3]})", path)
+                        f"{len(wrong)} of another shape (e.g. {wrong[:3]}), {len(unexpected)} unknown "
+                        f"(e.g. {unexpected[:3]})", path)
     model.set_state_dict(state)
 
 
-def rebuild_from_checkpoint(checkpoint_dir: str, tokenizer=None) -> tuple:
-    """Rebuild `(prompt_model, tokenizer, run_config)` from a checkpoint alone (no pretrained weights)."""
+def load_state(model: paddle.nn.Layer, checkpoint_dir: str) -> None:
+    """Load `model_state.pdparams` strictly (see `set_state_strictly`)."""
+    path = os.path.join(checkpoint_dir, MODEL_STATE_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{MODEL_STATE_FILE} is missing", checkpoint_dir)
+    set_state_strictly(model, read_state_file(path), path)
+
+
+WEIGHT_SUFFIXES = (".pdparams", ".pdopt", ".pth", ".bin", ".safetensors", ".pdiparams")
+
+
+def private_tokenizer_copy(checkpoint_dir: str) -> str:
+    """A process-private copy of the checkpoint's tokenizer files to load from.
+
+    paddlenlp tokenizers re-copy their vocab from the directory they were loaded from at every
+    save; a resumed run rotates that very checkpoint away, so its next save would fail.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    copy = tempfile.mkdtemp(prefix="ptuning-tokenizer-")
+    atexit.register(shutil.rmtree, copy, True)
+    for name in os.listdir(checkpoint_dir):
+        path = os.path.join(checkpoint_dir, name)
+        if os.path.isfile(path) and not name.endswith(WEIGHT_SUFFIXES) and name != "checkpoint_complete.json":
+            shutil.copyfile(path, os.path.join(copy, name))
+    return copy
+
+
+def rebuild_from_checkpoint(checkpoint_dir: str, tokenizer=None, verify: bool = True) -> tuple:
+    """Rebuild `(prompt_model, tokenizer, run_config)` from a checkpoint alone (no pretrained weights).
+
+    The checkpoint's files are verified against its marker first (`verify=False` when the caller
+    already did, e.g. for a resume).
+    """
     import paddlenlp.transformers as transformers
 
+    from .checkpoints import verify as verify_checkpoint
+
+    if verify:
+        verify_checkpoint(checkpoint_dir, purpose="model")
     config = load_run_config(checkpoint_dir)
     if tokenizer is None:
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint_dir)
-        except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"cannot load the tokenizer saved in the checkpoint: {exc}", checkpoint_dir) from None
-    model_class = getattr(transformers, config.get("model_class", ""), None)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(private_tokenizer_copy(checkpoint_dir))
+        except Exception as exc:  # a damaged vocab or tokenizer config fails in many ways
+            raise UserError(f"cannot load the tokenizer saved in the checkpoint: {type(exc).__name__}: {exc}",
+                            checkpoint_dir) from None
+        if len(tokenizer) > int(config["plm_config"]["vocab_size"]) or len(tokenizer) < 5:
+            raise UserError(f"the saved tokenizer has {len(tokenizer)} tokens but the model "
+                            f"{config['plm_config']['vocab_size']}: vocab.txt is damaged or from another model",
+                            os.path.join(checkpoint_dir, "vocab.txt"))
+    config_path = os.path.join(checkpoint_dir, RUN_CONFIG_FILE)
+    model_class = getattr(transformers, config["model_class"], None)
     if model_class is None:
-        raise UserError(f"unknown model class {config.get('model_class')!r}", os.path.join(checkpoint_dir, RUN_CONFIG_FILE))
-    plm = model_class(model_class.config_class(**config["plm_config"]))
+        raise UserError(f"model_class: unknown model class {config['model_class']!r}", config_path)
+    try:
+        plm = model_class(model_class.config_class(**config["plm_config"]))
+    except Exception as exc:  # any bad value in a hand-edited config ends here
+        raise UserError(f"plm_config: cannot build {config['model_class']} from it: {type(exc).__name__}: {exc}",
+                        config_path) from None
     label_set = LabelSet(label_words=dict(zip(config["labels"], config["label_words"])),
                          path=os.path.join(checkpoint_dir, RUN_CONFIG_FILE))
     model = build_prompt_model(plm, tokenizer, config["template"], label_set, config["max_seq_length"],

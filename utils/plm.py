@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Tuple
+from typing import Optional, Tuple
 
 from .errors import UserError
 
@@ -103,3 +103,51 @@ def load_plm(name_or_path: str, head: str = "masked_lm", num_labels: int = None)
         logger.warning("%s is a RANDOMLY INITIALISED ERNIE built by utils.tiny_ernie, NOT pretrained: "
                        "results from it say nothing about ERNIE's accuracy.", source)
     return model, tokenizer
+
+
+def position_limit(name_or_path: str) -> Optional[int]:
+    """`max_position_embeddings` of a local model directory or a built-in ERNIE, without loading it."""
+    config_path = os.path.join(name_or_path, "config.json")
+    if os.path.isfile(config_path):
+        from .files import read_json
+
+        value = read_json(config_path, what="model config").get("max_position_embeddings")
+        return int(value) if isinstance(value, int) else None
+    try:
+        from paddlenlp.transformers.ernie.configuration import ERNIE_PRETRAINED_INIT_CONFIGURATION
+    except ImportError:  # another paddlenlp layout: the check after loading still applies
+        return None
+    value = ERNIE_PRETRAINED_INIT_CONFIGURATION.get(name_or_path, {}).get("max_position_embeddings")
+    return int(value) if value else None
+
+
+UNKNOWN_WARN_SHARE = 0.2  # a fitting Chinese vocabulary leaves well under 1% of tokens unknown
+UNKNOWN_SAMPLE = 2000
+
+
+def unknown_share(tokenizer, texts) -> float:
+    """Share of `[UNK]` among the tokens of `texts`."""
+    unk, total = tokenizer.unk_token_id, 0
+    unknown = 0
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        total += len(ids)
+        unknown += sum(1 for i in ids if i == unk)
+    return unknown / total if total else 0.0
+
+
+def warn_unknown_tokens(tokenizer, dataset, model_name: str) -> Optional[float]:
+    """Warn when the vocabulary does not fit the data (most tokens `[UNK]`) or a label word is unknown."""
+    texts = [e[key] for e in (dataset.train or dataset.dev or dataset.test or dataset.data or [])[:UNKNOWN_SAMPLE]
+             for key in ("text_a", "text_b") if key in e]
+    share = unknown_share(tokenizer, texts) if texts else None
+    if share is not None and share >= UNKNOWN_WARN_SHARE:
+        logger.warning("%.0f%% of the text tokens are [UNK] for the vocabulary of %s: the model cannot read this "
+                       "data (wrong --model_name_or_path, or a vocabulary built for other texts?)", 100 * share,
+                       model_name)
+    for label, word in dataset.labels.label_words.items():
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if ids and all(i == tokenizer.unk_token_id for i in ids):
+            logger.warning("label word %r (label %r) is [UNK] for this vocabulary: its classifier row starts "
+                           "from the unknown token's; choose a word the vocabulary knows", word, label)
+    return share

@@ -195,6 +195,38 @@ def classifier_template(is_pair: bool = False) -> List[Dict[str, Any]]:
     return parts
 
 
+def check_parts(parts, source: str = PROMPT_SOURCE) -> None:
+    """Validate template parts read from a file (a saved checkpoint config), as the parser would."""
+    if not isinstance(parts, list) or not parts:
+        raise UserError("must be a non-empty list of template parts", source)
+    for index, part in enumerate(parts):
+        if not isinstance(part, dict) or not all(isinstance(k, str) for k in part):
+            raise UserError(f"part {index + 1} must be an object of named keys, got {part!r}", source)
+        try:
+            _check_block(part, repr(part), 0)
+        except UserError as exc:
+            raise UserError(f"part {index + 1}: {exc.message.replace(' (at column 1)', '')}", source) from None
+    if not any(part.get("text") == "text_a" for part in parts):
+        raise UserError("never uses the input text {'text': 'text_a'}", source)
+
+
+def fixed_token_count(parts: List[Dict[str, Any]], tokenize) -> int:
+    """Tokens the template adds around the texts ([CLS], [SEP], soft, hard, mask, sep), from the
+    parts and a `tokenize(text) -> ids` function: checkable before the model is loaded."""
+    count = 2
+    for part in parts:
+        if "soft" in part or "soft_id" in part:
+            words = len(tokenize(part["soft"])) if isinstance(part.get("soft"), str) else 0
+            count += max(words, part.get("length", 0 if words else 1))
+        elif "hard" in part:
+            count += len(tokenize(part["hard"]))
+        elif "mask" in part:
+            count += part.get("length", 1)
+        elif "sep" in part:
+            count += 1
+    return count
+
+
 def count_masks(parts: List[Dict[str, Any]]) -> int:
     return sum(part.get("length", 1) for part in parts if "mask" in part)
 
@@ -219,6 +251,18 @@ def validate_template(parts: List[Dict[str, Any]], is_pair: bool, required_masks
 def template_kind(parts: List[Dict[str, Any]]) -> str:
     """`soft` when the template has continuous tokens (P-tuning), else `manual`."""
     return "soft" if any("soft" in part or "soft_id" in part for part in parts) else "manual"
+
+
+def template_string(parts: List[Dict[str, Any]]) -> str:
+    """The parts as a template string (what upstream logs as "Using template")."""
+    pieces = []
+    for part in parts:
+        if set(part) <= {"hard", "add_space"}:
+            pieces.append(part.get("add_space", "") + part["hard"])
+        else:
+            items = [f"{key!r}: {value!r}" for key, value in part.items()]
+            pieces.append("{" + ", ".join(items) + "}")
+    return "".join(pieces)
 
 
 def copy_parts(parts: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -14,16 +14,22 @@ import numpy as np
 import paddle
 
 from . import compat
+from .args import Method, VerbalizerKind
+from .checkpoints import COMPLETE_MARKER, remove_tree, rotate, write_marker
+from .checkpoints import verify as verify_checkpoint
 from .data import DatasetDir, load_dataset_dir
+from .distributed import allreduce_gradients, check_in_sync
 from .errors import UserError
 from .files import atomic_path, read_json, write_json_atomic, write_text_atomic
 from .labels import LabelSet
 from .metrics import classification_metrics, metrics_fn, softmax
-from .modeling import (build_prompt_model, criterion_for, label_word_token_count, rebuild_from_checkpoint,
-                       run_config, save_run_config)
-from .plm import load_plm
-from .prompt import build_template, classifier_template, count_masks, template_kind, validate_template
+from .modeling import (build_prompt_model, criterion_for, label_word_token_count, load_run_config, load_state,
+                       rebuild_from_checkpoint, run_config, save_run_config, set_state_strictly, unique_state_dict)
+from .plm import load_plm, load_tokenizer, position_limit, warn_unknown_tokens
+from .prompt import (build_template, classifier_template, fixed_token_count, is_template_string, template_kind,
+                     template_string, validate_template)
 from .reports import plot_training_curves, write_classification_report
+from .rundir import DirLock, apply_plan, plan_output_dir
 from .visualdl import take_visualdl_from_report_to
 
 compat.apply()
@@ -31,7 +37,7 @@ compat.apply()
 from paddlenlp.datasets import MapDataset  # noqa: E402
 from paddlenlp.prompt import PromptTrainer  # noqa: E402
 from paddle.io import DistributedBatchSampler  # noqa: E402
-from paddlenlp.trainer import EarlyStoppingCallback, Trainer, set_seed  # noqa: E402
+from paddlenlp.trainer import EarlyStoppingCallback, Trainer, TrainerCallback, set_seed  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +69,20 @@ class SeededBatchSampler(DistributedBatchSampler):
 
 
 STAGING_DIR = ".saving"
-COMPLETE_MARKER = "checkpoint_complete.json"
+OUTPUT_KIND_FLAGS = (("do_eval", "eval"), ("do_predict", "predict"), ("do_export", "export"))
 
 
 class PTuningTrainer(PromptTrainer):
-    """PromptTrainer that writes `ptuning_config.json` into every save, and writes atomically.
+    """PromptTrainer whose checkpoints are whole, verified, deduplicated and the same on every process.
 
-    A checkpoint is assembled in `output_dir/.saving/` and renamed to `checkpoint-N` only when
-    complete (with `checkpoint_complete.json` inside), so a run killed while saving leaves no
-    half-written checkpoint; model files and result JSONs replace their old versions by rename.
+    * A checkpoint is assembled in `output_dir/.saving/` and renamed to `checkpoint-N` only when
+      complete, with `checkpoint_complete.json` (every file's size and sha256) written last; old
+      ones are rotated away crash-safely (utils/checkpoints.py).
+    * Every tensor is stored once: the template's copy of the word embeddings and paddle's duplicate
+      LSTM names are dropped from `model_state.pdparams`, and the template/verbalizer weights (part
+      of it) are not written again beside it.
+    * Data parallelism: every gradient is averaged explicitly and all processes' weights are
+      compared at every save (utils/distributed.py).
     """
 
     def __init__(self, *args, run_config: Dict[str, Any], **kwargs):
@@ -86,23 +97,62 @@ class PTuningTrainer(PromptTrainer):
                                   rank=self.args.dataset_rank, drop_last=self.args.dataloader_drop_last,
                                   seed=self.args.seed)
 
+    def training_step(self, model, inputs):
+        if not isinstance(model, paddle.DataParallel):
+            return super().training_step(model, inputs)
+        # Paddle's reducer drops strided gradients (see utils/distributed.py): reduce them all here.
+        with model.no_sync():
+            loss = super().training_step(model, inputs)
+        allreduce_gradients(self.model.parameters())
+        return loss
+
     def _load_from_checkpoint(self, resume_from_checkpoint=None):
-        # The model (template included) is rebuilt from the checkpoint before the Trainer exists.
-        # PromptTrainer would build the template a second time, with new parameters the saved
-        # optimizer state does not know; load only the weights.
-        Trainer._load_from_checkpoint(self, resume_from_checkpoint)
+        # The model (template included) is rebuilt from the checkpoint before the Trainer exists;
+        # PromptTrainer would build the template a second time. Load the weights strictly.
+        if resume_from_checkpoint:
+            load_state(self.model, resume_from_checkpoint)
+
+    def _set_state_dict_in_model(self, state_dict):
+        # The best model reloaded at the end of training: strictly, deduplicated names included.
+        set_state_strictly(self.model, state_dict, self.state.best_model_checkpoint or "best checkpoint")
+
+    def _load_rng_state(self, checkpoint):
+        try:
+            super()._load_rng_state(checkpoint)
+        except ValueError as exc:  # e.g. saved on a machine with another number of GPUs
+            logger.warning("random state of %s not restored (%s): the run continues, not bit-exactly", checkpoint, exc)
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None, merge_tensor_parallel=True):
         output_dir = output_dir or self.args.output_dir
         stage = os.path.join(output_dir, STAGING_DIR + "-model")
-        shutil.rmtree(stage, ignore_errors=True)
-        super()._save(stage, state_dict, merge_tensor_parallel)
-        save_run_config(stage, self.run_config)
-        for name in os.listdir(stage):
-            os.replace(os.path.join(stage, name), os.path.join(output_dir, name))
-        os.rmdir(stage)
+        writer = self.args.should_save
+        if writer:
+            shutil.rmtree(stage, ignore_errors=True)
+        try:
+            Trainer._save(self, stage, unique_state_dict(self.model), merge_tensor_parallel)
+            if not writer:
+                return
+            save_template_config(self.template, stage)
+            if self.verbalizer is not None:
+                write_json_atomic(os.path.join(stage, "verbalizer_config.json"), self.verbalizer.label_words)
+            save_run_config(stage, self.run_config)
+            for name in os.listdir(stage):
+                os.replace(os.path.join(stage, name), os.path.join(output_dir, name))
+        finally:
+            if writer:
+                shutil.rmtree(stage, ignore_errors=True)
+
+    def save_model(self, output_dir: Optional[str] = None, merge_tensor_parallel: Optional[bool] = False):
+        final = output_dir is None or os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir)
+        marker = os.path.join(self.args.output_dir, COMPLETE_MARKER)
+        if final and self.args.should_save and os.path.exists(marker):
+            os.remove(marker)  # the final model is being replaced: it is incomplete until the new marker
+        super().save_model(output_dir, merge_tensor_parallel)
+        if final and self.args.should_save:
+            write_marker(self.args.output_dir, self.state.global_step, self.args.world_size)
 
     def _save_checkpoint(self, model, metrics=None):
+        check_in_sync(self.model, f"checkpoint at step {self.state.global_step}")
         run_dir = self.args.output_dir
         name = f"checkpoint-{self.state.global_step}"
         staging_root = os.path.join(run_dir, STAGING_DIR)
@@ -114,35 +164,32 @@ class PTuningTrainer(PromptTrainer):
         self.args.output_dir, self.args.save_total_limit = staging_root, None  # rotate after the rename
         try:
             super()._save_checkpoint(model, metrics)
+        except BaseException:
+            if writer:
+                shutil.rmtree(staging_root, ignore_errors=True)  # never leave a half checkpoint (or a full disk)
+            raise
         finally:
             self.args.output_dir, self.args.save_total_limit = run_dir, limit
         if self.state.best_model_checkpoint == staged:
             self.state.best_model_checkpoint = final
         if not writer:
             return
-        self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
-        write_json_atomic(os.path.join(staged, COMPLETE_MARKER), {
-            "global_step": self.state.global_step, "files": sorted(os.listdir(staged))})
-        if os.path.isdir(final):  # saving the same step again (e.g. right after a resume)
-            shutil.rmtree(final)
-        os.replace(staged, final)
-        shutil.rmtree(staging_root, ignore_errors=True)
-        self._rotate_checkpoints(use_mtime=True, output_dir=run_dir)
+        try:
+            self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
+            write_marker(staged, self.state.global_step, self.args.world_size)
+            if os.path.isdir(final):  # saving the same step again (e.g. right after a resume)
+                remove_tree(final)
+            os.replace(staged, final)
+        finally:
+            shutil.rmtree(staging_root, ignore_errors=True)
+        rotate(run_dir, limit, self.state.best_model_checkpoint)
 
     def save_metrics(self, split, metrics, combined=True):
         if not self.is_world_process_zero():
             return
         write_json_atomic(os.path.join(self.args.output_dir, f"{split}_results.json"), metrics)
         if combined:
-            path = os.path.join(self.args.output_dir, "all_results.json")
-            combined_metrics = {}
-            if os.path.isfile(path):
-                try:
-                    combined_metrics = read_json(path)
-                except UserError:  # unreadable leftovers are replaced, not trusted
-                    combined_metrics = {}
-            combined_metrics.update(metrics)
-            write_json_atomic(path, combined_metrics)
+            write_all_results(self.args.output_dir)
 
     def save_state(self):
         if self.is_world_process_zero():
@@ -150,36 +197,43 @@ class PTuningTrainer(PromptTrainer):
                               json.dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True) + "\n")
 
 
-def outputs_of_run(training_args) -> List[str]:
-    """Result files this run would write into --output_dir."""
-    names = []
-    if training_args.do_train:
-        names += ["train_results.json", "model_state.pdparams", "checkpoint-*"]
-        names += [CURVES_FILE]
-    if training_args.do_eval:
-        names += ["eval_results.json", "eval_report.*", "eval_confusion_matrix.*"]
-    if training_args.do_predict:
-        names += ["test_results.json", TEST_PREDICTIONS_FILE, DATA_PREDICTIONS_FILE, "test_report.*",
-                  "test_confusion_matrix.*"]
-    if training_args.do_export:
-        names += ["export"]
-    return names
+def save_template_config(template, directory: str) -> None:
+    """upstream's `template_config.json` (the template as two JSON lines), without its weights file:
+    they are in model_state.pdparams already."""
+    text = json.dumps(template._prompt, ensure_ascii=False) + "\n" + json.dumps(
+        {"class": type(template).__name__}, ensure_ascii=False) + "\n"
+    write_text_atomic(os.path.join(directory, "template_config.json"), text)
 
 
-def check_output_dir(training_args) -> None:
-    """Refuse to overwrite earlier results unless --overwrite_output_dir (or resuming into it)."""
-    if training_args.overwrite_output_dir or not os.path.isdir(training_args.output_dir):
-        return
-    existing = sorted({os.path.basename(p) for name in outputs_of_run(training_args)
-                       for p in glob.glob(os.path.join(training_args.output_dir, name))})
-    resume = training_args.resume_from_checkpoint
-    if resume and training_args.do_train:
-        # Continuing a run in its own output dir is what --resume_from_checkpoint is for.
-        existing = [e for e in existing if not e.startswith("checkpoint-") and e != "model_state.pdparams"]
-    if existing:
-        raise UserError(f"already holds results of an earlier run ({', '.join(existing[:6])}); pass "
-                        "--overwrite_output_dir to replace them or choose another --output_dir",
-                        training_args.output_dir)
+def write_all_results(output_dir: str) -> None:
+    """`all_results.json`: the union of this directory's train/eval/test results (all of one run)."""
+    combined: Dict[str, Any] = {}
+    for split in ("train", "eval", "test"):
+        path = os.path.join(output_dir, f"{split}_results.json")
+        if os.path.isfile(path):
+            combined.update(read_json(path))
+    write_json_atomic(os.path.join(output_dir, "all_results.json"), combined)
+
+
+class RebaseBestCheckpoint(TrainerCallback):
+    """A resumed run's best checkpoint lives in *this* output_dir, not where the run was first written
+    (a copied run directory used to reload the original's "best" checkpoint)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        best = state.best_model_checkpoint
+        if not best:
+            return
+        here = os.path.join(args.output_dir, os.path.basename(os.path.normpath(best)))
+        if os.path.isdir(here):
+            state.best_model_checkpoint = here
+        else:
+            logger.warning("the best checkpoint so far (%s) is not in %s; the best is tracked from here on", best,
+                           args.output_dir)
+            state.best_model_checkpoint = None
+
+
+def output_kinds(training_args) -> List[str]:
+    return [kind for flag, kind in OUTPUT_KIND_FLAGS if getattr(training_args, flag, False)]
 
 
 def default_max_steps(training_args, num_examples: int) -> int:
@@ -189,52 +243,96 @@ def default_max_steps(training_args, num_examples: int) -> int:
     return max(1, math.ceil(training_args.num_train_epochs * math.ceil(num_examples / per_step)))
 
 
-def build_model(model_args, data_args, training_args, dataset: DatasetDir):
-    """Return `(model, tokenizer, run_config)`: from a checkpoint when resuming, else from the PLM."""
-    checkpoint = training_args.resume_from_checkpoint
+@dataclasses.dataclass
+class ModelPlan:
+    """What will be built, decided with the tokenizer alone (before any weights load)."""
+
+    tokenizer: Any
+    parts: List[Dict[str, Any]]
+    verbalizer: Optional[str]
+    config: Optional[dict] = None  # the checkpoint's run config when starting from one
+
+
+def plan_model(model_args, data_args, training_args, dataset: DatasetDir, checkpoint: Optional[str]) -> ModelPlan:
+    """Every check that needs only the tokenizer and configs: template, lengths, positions, [UNK]s."""
     if checkpoint:
-        model, tokenizer, config = rebuild_from_checkpoint(checkpoint)
+        config = load_run_config(checkpoint)
         if config["labels"] != dataset.labels.labels:
             raise UserError(f"the checkpoint was trained on labels {config['labels']}, but label.txt has "
                             f"{dataset.labels.labels}", dataset.labels.path)
-        if data_args.prompt is not None and config.get("method", "ptuning") == "ptuning":
-            wanted = build_template(data_args.prompt, data_args.soft_encoder, data_args.encoder_hidden_size,
-                                    data_args.num_virtual_tokens, dataset.is_pair,
-                                    mask_length=count_masks(config["template"]))
-            if wanted != config["template"]:
-                logger.warning("--prompt differs from the checkpoint's template; using the checkpoint's: %s",
-                               config["template"])
+        if Method.parse(config.get("method", "ptuning")) == Method.FINETUNE and (
+                training_args.freeze_plm or training_args.freeze_dropout):
+            raise UserError("is a --method finetune checkpoint: --freeze_plm/--freeze_dropout would leave nothing "
+                            "to train", checkpoint)
+        ignored = [f"--{name}" for name in data_args.prompt_flags_given + (["prompt"] if data_args.prompt else [])]
+        if ignored:
+            logger.warning("%s ignored: the model is rebuilt from %s with its own template %s", "/".join(ignored),
+                           checkpoint, template_string(config["template"]))
+        return ModelPlan(tokenizer=None, parts=config["template"], verbalizer=config.get("verbalizer"), config=config)
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    labels = dataset.labels
+    if model_args.method == Method.FINETUNE:
+        if data_args.prompt or data_args.prompt_flags_given:
+            logger.warning("--method finetune classifies [CLS]; --prompt and the prompt encoder flags are not used")
+        parts, verbalizer = classifier_template(dataset.is_pair), None
+    else:
+        verbalizer = model_args.verbalizer.value
+        if is_template_string(data_args.prompt) and data_args.prompt_flags_given:
+            raise UserError(f"{'/'.join('--' + f for f in data_args.prompt_flags_given)} only shape a plain-text "
+                            "--prompt; a full template sets its soft tokens itself (e.g. {'soft': None, 'length': 8, "
+                            "'encoder': 'lstm', 'hidden_size': 200}): write them into the template or drop the flags",
+                            "--prompt")
+        masks = label_word_token_count(labels, tokenizer) if verbalizer == VerbalizerKind.MANUAL else 1
+        parts = build_template(data_args.prompt, data_args.soft_encoder.value, data_args.encoder_hidden_size,
+                               data_args.num_virtual_tokens, dataset.is_pair, mask_length=masks)
+        validate_template(parts, dataset.is_pair, required_masks=masks,
+                          verbalizer_name="SoftVerbalizer" if verbalizer == "soft" else "--verbalizer manual")
+        if template_kind(parts) != "soft":
+            logger.warning("the template has no soft tokens: this is a hard (PET-style) prompt, not P-tuning")
+    check_lengths(parts, tokenizer, training_args.max_seq_length, len(template_text_keys(parts)),
+                  position_limit(model_args.model_name_or_path))
+    warn_unknown_tokens(tokenizer, dataset, model_args.model_name_or_path)
+    return ModelPlan(tokenizer=tokenizer, parts=parts, verbalizer=verbalizer)
+
+
+def template_text_keys(parts) -> List[str]:
+    return [part["text"] for part in parts if "text" in part]
+
+
+def check_lengths(parts, tokenizer, max_seq_length: int, n_texts: int, limit: Optional[int]) -> None:
+    """max_seq_length within the PLM's positions, and room for the text beside the prompt."""
+    if limit is not None and max_seq_length > limit:
+        raise UserError(f"is {max_seq_length}, but the model has only {limit} positions; use at most {limit}",
+                        "--max_seq_length")
+    fixed = fixed_token_count(parts, lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
+    if fixed + n_texts > max_seq_length:
+        raise UserError(f"is {max_seq_length}, but the prompt alone takes {fixed} tokens (with [CLS], [SEP] and the "
+                        "mask), leaving no room for the text; raise --max_seq_length or shorten the prompt",
+                        "--max_seq_length")
+
+
+def build_model(model_args, training_args, dataset: DatasetDir, plan: ModelPlan, checkpoint: Optional[str]):
+    """Return `(model, tokenizer, run_config)`: from a checkpoint when given, else from the PLM."""
+    if checkpoint:
+        model, tokenizer, config = rebuild_from_checkpoint(checkpoint, verify=False)
         if training_args.freeze_plm or training_args.freeze_dropout:
-            if model.verbalizer is None:
-                raise UserError("is a --method finetune checkpoint: --freeze_plm/--freeze_dropout would leave "
-                                "nothing to train", checkpoint)
             model.freeze_plm = True
             model.freeze_dropout = training_args.freeze_dropout
             for param in model.plm.parameters():
                 param.stop_gradient = True
         return model, tokenizer, config
     labels = dataset.labels
-    if model_args.method == "finetune":
-        if data_args.prompt:
-            logger.warning("--method finetune classifies [CLS]; --prompt is not used")
+    if plan.verbalizer is None:
         plm, tokenizer = load_plm(model_args.model_name_or_path, head="sequence_classification",
                                   num_labels=len(labels.labels))
-        parts, verbalizer = classifier_template(dataset.is_pair), None
     else:
         plm, tokenizer = load_plm(model_args.model_name_or_path)
-        verbalizer = model_args.verbalizer
-        masks = label_word_token_count(labels, tokenizer) if verbalizer == "manual" else 1
-        parts = build_template(data_args.prompt, data_args.soft_encoder, data_args.encoder_hidden_size,
-                               data_args.num_virtual_tokens, dataset.is_pair, mask_length=masks)
-        validate_template(parts, dataset.is_pair, required_masks=masks,
-                          verbalizer_name="SoftVerbalizer" if verbalizer == "soft" else "--verbalizer manual")
-        if template_kind(parts) != "soft":
-            logger.warning("the template has no soft tokens: this is a hard (PET-style) prompt, not P-tuning")
-    model = build_prompt_model(plm, tokenizer, parts, labels, training_args.max_seq_length,
+    model = build_prompt_model(plm, tokenizer, plan.parts, labels, training_args.max_seq_length,
                                freeze_plm=training_args.freeze_plm, freeze_dropout=training_args.freeze_dropout,
-                               verbalizer=verbalizer)
-    config = run_config(plm, parts, labels, training_args.max_seq_length, model_args.model_name_or_path,
-                        method=model_args.method, verbalizer=verbalizer)
+                               verbalizer=plan.verbalizer)
+    logger.info("Using template: %s", template_string(plan.parts))
+    config = run_config(plm, plan.parts, labels, training_args.max_seq_length, model_args.model_name_or_path,
+                        method=model_args.method, verbalizer=plan.verbalizer)
     return model, tokenizer, config
 
 
@@ -263,52 +361,98 @@ def predict_logits(trainer, examples: List[dict]) -> np.ndarray:
     return logits[0] if isinstance(logits, (tuple, list)) else logits
 
 
-def prepare(model_args, data_args, training_args):
-    """Read the data, build the model and the trainer; return `(trainer, dataset, resume_checkpoint)`."""
-    paddle.set_device(training_args.device)
-    check_output_dir(training_args)
+def load_data(data_args, training_args) -> DatasetDir:
     dataset = load_dataset_dir(data_args.data_dir, need_train=training_args.do_train,
-                               need_dev=training_args.do_train or training_args.do_eval,
-                               need_test=training_args.do_predict)
+                               need_dev=training_args.do_train or training_args.do_eval)
+    if training_args.do_predict and dataset.test is None and dataset.data is None:
+        raise UserError("--do_predict needs test.txt (labelled: metrics + predictions) or data.txt (texts: "
+                        "predictions), and the data directory has neither", dataset.path)
+    return dataset
+
+
+class Run:
+    """One train.py invocation: its data, its locked output directory, the model to start from."""
+
+    def __init__(self, model_args, data_args, training_args):
+        self.model_args, self.data_args, self.args = model_args, data_args, training_args
+        self.lock: Optional[DirLock] = None
+        self.dataset: Optional[DatasetDir] = None
+        self.resume: Optional[str] = None
+
+    def open(self) -> "Run":
+        """Check everything that can be checked before a model loads, then claim the output directory."""
+        args = self.args
+        self.dataset = load_data(self.data_args, args)
+        if args.should_save:  # the writing process; under data parallelism the others only read
+            self.lock = DirLock(args.output_dir).acquire()
+        model_dir = self.model_args.model_name_or_path
+        plan = plan_output_dir(args.output_dir, args.do_train, output_kinds(args), args.overwrite_output_dir,
+                               args.resume_from_checkpoint, model_dir if os.path.isdir(model_dir) else None)
+        self.resume = plan.resume
+        if self.resume:
+            verify_checkpoint(self.resume, purpose="resume" if args.do_train else "model",
+                              world_size=max(1, args.world_size))
+        self.model_plan = plan_model(self.model_args, self.data_args, args, self.dataset, self.resume)
+        if args.should_save:
+            apply_plan(plan)
+        return self
+
+    def close(self, failed: bool) -> None:
+        if self.lock is not None:
+            self.lock.release(failed=failed)
+            self.lock = None
+
+
+def prepare(run: Run):
+    """Build the model and the trainer; return the trainer."""
+    model_args, data_args, training_args = run.model_args, run.data_args, run.args
+    paddle.set_device(training_args.device)
     set_seed(training_args.seed)  # model init (soft prompt, encoder) is seeded too
-    model, tokenizer, config = build_model(model_args, data_args, training_args, dataset)
-    resume = training_args.resume_from_checkpoint
+    model, tokenizer, config = build_model(model_args, training_args, run.dataset, run.model_plan, run.resume)
     training_args.resume_from_checkpoint = None  # the model is already rebuilt from it
     if training_args.do_train and training_args.freeze_plm and training_args.max_steps <= 0:
-        training_args.max_steps = default_max_steps(training_args, len(dataset.train))
+        training_args.max_steps = default_max_steps(training_args, len(run.dataset.train))
 
-    callbacks = take_visualdl_from_report_to(training_args)
+    callbacks = take_visualdl_from_report_to(training_args) + [RebaseBestCheckpoint()]
     evaluating_in_training = training_args.do_train and str(training_args.evaluation_strategy.value) != "no"
     if evaluating_in_training and training_args.load_best_model_at_end and data_args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience,
                                                early_stopping_threshold=data_args.early_stopping_threshold))
-    trainer = PTuningTrainer(
+    dataset = run.dataset
+    return PTuningTrainer(
         model=model, tokenizer=tokenizer, args=training_args, criterion=criterion_for(model, model_args.manual_loss),
         train_dataset=MapDataset(dataset.train) if training_args.do_train else None,
         eval_dataset=MapDataset(dataset.dev) if dataset.dev else None,
         callbacks=callbacks, compute_metrics=metrics_fn(len(dataset.labels.labels)), run_config=config)
-    return trainer, dataset, resume
 
 
 def run(model_args, data_args, training_args) -> Dict[str, Any]:
     """Do what the --do_* flags ask; return the metrics written."""
-    # Paddle names parameters and optimizer moments from a process-wide counter, and the saved
-    # optimizer state is keyed by those names: a fresh name scope makes them the same in every
-    # run, so --resume_from_checkpoint finds its state (also when runs share one process).
-    with paddle.utils.unique_name.guard():
-        return _run(model_args, data_args, training_args)
+    current = Run(model_args, data_args, training_args)
+    failed = True
+    try:
+        current.open()
+        # Paddle names parameters and optimizer moments from a process-wide counter, and the saved
+        # optimizer state is keyed by those names: a fresh name scope makes them the same in every
+        # run, so --resume_from_checkpoint finds its state (also when runs share one process).
+        with paddle.utils.unique_name.guard():
+            results = _run(current)
+        failed = False
+        return results
+    finally:
+        current.close(failed)
 
 
-def _run(model_args, data_args, training_args) -> Dict[str, Any]:
+def _run(current: Run) -> Dict[str, Any]:
+    model_args, training_args, dataset = current.model_args, current.args, current.dataset
     results: Dict[str, Any] = {}
     if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
-        check_output_dir(training_args)
-        dataset = load_dataset_dir(data_args.data_dir, need_train=False, need_dev=False)
-        results["export"] = export(model_args, training_args, dataset, training_args.resume_from_checkpoint)
+        results["export"] = export(model_args, training_args, dataset, current.resume)
         return results
-    trainer, dataset, resume = prepare(model_args, data_args, training_args)
+    trainer = prepare(current)
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=resume)
+        train_result = trainer.train(resume_from_checkpoint=current.resume)
+        check_in_sync(trainer.model, "end of training")
         trainer.save_model()
         trainer.log_metrics("train", train_result.metrics)
         trainer.save_metrics("train", train_result.metrics)
@@ -332,21 +476,18 @@ def _run(model_args, data_args, training_args) -> Dict[str, Any]:
         results.update(predict_and_write(trainer, dataset, dataset.labels, training_args.output_dir))
     if training_args.do_export and trainer.is_world_process_zero():
         results["export"] = export(model_args, training_args, dataset,
-                                   training_args.output_dir if training_args.do_train else resume)
+                                   training_args.output_dir if training_args.do_train else current.resume)
     return results
 
 
-def export(model_args, training_args, dataset: DatasetDir, checkpoint: Optional[str]) -> dict:
+def export(model_args, training_args, dataset: DatasetDir, checkpoint: str) -> dict:
     """--do_export: the saved model (or --resume_from_checkpoint) -> output_dir/export."""
     from .export import export_checkpoint
 
-    if not checkpoint:
-        raise UserError("--do_export needs a trained model: add --do_train, or --resume_from_checkpoint DIR",
-                        "train.py")
     manifest = export_checkpoint(checkpoint, os.path.join(training_args.output_dir, "export"),
-                                 examples=dataset.dev or dataset.test or dataset.train,
+                                 examples=dataset.dev or dataset.test or dataset.train or dataset.data,
                                  export_type=model_args.export_type, overwrite=True,
-                                 export_fp16=model_args.export_fp16, quantize=model_args.quantize)
+                                 export_fp16=model_args.export_fp16, quantize=model_args.quantize, locked=True)
     return manifest["parity"]
 
 
