@@ -147,7 +147,7 @@ def test_corrupt_checkpoint(trained, tmp_path, capsys):
         fp.truncate(1000)
     code, err = run_train(capsys, ["--do_predict", "--data_dir", data_dir, "--output_dir", str(tmp_path / "p"),
                                    "--resume_from_checkpoint", str(checkpoint)])
-    assert code == 2 and "truncated or damaged" in err and "model_state.pdparams" in err
+    assert code == 2 and "truncated, damaged or edited" in err and "model_state.pdparams" in err
     (checkpoint / "checkpoint_complete.json").unlink()  # without the marker, loading itself must fail clearly
     code, err = run_train(capsys, ["--do_predict", "--data_dir", data_dir, "--output_dir", str(tmp_path / "p"),
                                    "--resume_from_checkpoint", str(checkpoint)])

@@ -207,12 +207,14 @@ def flag_given(argv: Sequence[str], flag: str) -> bool:
 
 
 def _value(argv: Sequence[str], flag: str) -> Optional[str]:
+    """The value of `flag`'s last occurrence (argparse keeps the last)."""
+    found = None
     for index, arg in enumerate(argv):
         if arg == flag and index + 1 < len(argv):
-            return argv[index + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
+            found = argv[index + 1]
+        elif arg.startswith(flag + "="):
+            found = arg.split("=", 1)[1]
+    return found
 
 
 def _truthy(argv: Sequence[str], flag: str) -> bool:
@@ -273,13 +275,14 @@ def parse_args(argv: Sequence[str], training_args_class=None) -> Tuple[ModelArgu
     parser = _parser_class()((ModelArguments, DataArguments, training_args_class))
     argv = with_defaults(argv)
     check_device_flag(_value(argv, "--device"))  # before paddlenlp acts on it
+    check_numbers(lambda name: _number(_value(argv, f"--{name}")))  # before TrainingArguments.__post_init__
     try:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as exc:  # unknown flags, or TrainingArguments.__post_init__ rejecting a combination
         message = str(exc).replace("\n", " ")
         if "not used by the PdArgumentParser" in message:
             message = "unknown flag(s) " + message.split(":", 1)[1].strip() + "; `python train.py --help` lists them"
-        raise UserError(message, "train.py") from None
+        raise UserError(message, _flag_in(message, parser) or "train.py") from None
     check_args(model_args, data_args, training_args)
     return model_args, data_args, training_args
 
@@ -302,22 +305,44 @@ _NUMERIC_CHECKS = (
     ("warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("adam_beta1", lambda v: 0 <= v < 1, "in [0, 1)"), ("adam_beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("ppt_adam_beta1", lambda v: 0 <= v < 1, "in [0, 1)"), ("ppt_adam_beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("logging_steps", *_POSITIVE), ("eval_steps", *_POSITIVE), ("save_steps", *_POSITIVE),
 )
 METRICS_FOR_BEST_MODEL = ("accuracy", "macro_f1", "loss")
+
+
+def _number(text: Optional[str]):
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None  # not a number: the parser reports it
+
+
+def _flag_in(message: str, parser) -> Optional[str]:
+    """The flag a paddlenlp message is about (`--name`, or a bare field name in it)."""
+    named = re.search(r"--\w+", message)
+    if named:
+        return named.group(0)
+    known = {action.dest for action in parser._actions}
+    for word in re.findall(r"[a-z_]+", message):
+        if word in known and "_" in word:
+            return f"--{word}"
+    return None
+
+
+def check_numbers(value_of) -> None:
+    """The numeric table below, on `value_of(name)` (raw command-line values, then parsed ones)."""
+    for name, ok, what in _NUMERIC_CHECKS:
+        value = value_of(name)
+        if value is not None and (not ok(value) or (isinstance(value, float) and math.isnan(value))):
+            shown = int(value) if isinstance(value, float) and value.is_integer() else value
+            raise UserError(f"must be {what}, got {shown}", f"--{name}")
 
 
 def check_args(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
     """Every flag, before any file is read or model loaded: one clear error per bad value."""
     import paddle
 
-    for name, ok, what in _NUMERIC_CHECKS:
-        value = getattr(training_args, name, None)
-        if value is not None and (not ok(value) or (isinstance(value, float) and math.isnan(value))):
-            raise UserError(f"must be {what}, got {value}", f"--{name}")
-    for name in ("logging_steps", "eval_steps", "save_steps"):
-        value = getattr(training_args, name, None)
-        if value is not None and value <= 0:
-            raise UserError(f"must be positive, got {value}", f"--{name}")
+    check_numbers(lambda name: getattr(training_args, name, None))
     if training_args.do_train and training_args.max_steps <= 0 and not training_args.num_train_epochs > 0:
         raise UserError(f"must be positive (or give --max_steps), got {training_args.num_train_epochs}",
                         "--num_train_epochs")

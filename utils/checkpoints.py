@@ -98,10 +98,10 @@ def verify(directory: str, purpose: str = "model", world_size: int = 1) -> Optio
                             path)
         size = os.path.getsize(path)
         if recorded.get("bytes") is not None and size != recorded["bytes"]:
-            raise UserError(f"has {size} bytes, {COMPLETE_MARKER} recorded {recorded['bytes']}: truncated or "
-                            "damaged; use another checkpoint", path)
+            raise UserError(f"differs from what {COMPLETE_MARKER} recorded ({size} bytes, {recorded['bytes']} "
+                            "recorded): truncated, damaged or edited; use another checkpoint", path)
         if recorded.get("sha256") and sha256_file(path) != recorded["sha256"]:
-            raise UserError(f"content differs from what {COMPLETE_MARKER} recorded (sha256): damaged or edited; "
+            raise UserError(f"differs from what {COMPLETE_MARKER} recorded (sha256): damaged or edited; "
                             "use another checkpoint", path)
     if purpose == "resume":
         saved_world = int(marker.get("world_size") or 1)

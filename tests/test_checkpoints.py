@@ -1,0 +1,185 @@
+"""Checkpoints are whole or invisible, verified before use, and rotated without ever being half-deleted."""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import export as export_cli
+import train
+from conftest import FAST, ROOT
+from utils import checkpoints
+from utils.errors import UserError, run_cli
+from utils.synthetic import PROMPT
+
+CHECKPOINT_FILES = ["model_state.pdparams", "optimizer.pdopt", "scheduler.pdparams", "rng_state.pth",
+                    "trainer_state.json", "vocab.txt", "ptuning_config.json", "tokenizer_config.json",
+                    "special_tokens_map.json", "training_args.bin", "template_config.json"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_run(tiny_model_dir, tmp_path_factory):
+    """A short run with one checkpoint (step 4) to damage in copies."""
+    from utils.synthetic import write_keyword_dataset
+
+    base = tmp_path_factory.mktemp("ckpt")
+    data = write_keyword_dataset(str(base / "data"))
+    out = base / "run"
+    argv = ["--model_name_or_path", tiny_model_dir, "--data_dir", data, "--output_dir", str(out), "--prompt", PROMPT,
+            "--do_train", "--max_steps", "4", "--save_steps", "4", "--logging_steps", "1", *FAST]
+    assert run_cli(train.main, argv) == 0
+    return data, out, argv
+
+
+def damage(path, how):
+    if how == "missing":
+        os.remove(path)
+    elif how == "truncated":
+        with open(path, "r+b") as fp:
+            fp.truncate(max(0, os.path.getsize(path) // 2))
+    else:  # same size, one byte changed
+        with open(path, "r+b") as fp:
+            fp.seek(os.path.getsize(path) // 2)
+            byte = fp.read(1)
+            fp.seek(-1, 1)
+            fp.write(bytes([byte[0] ^ 0x01]))
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated", "one byte changed"])
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
+def test_a_damaged_checkpoint_file_is_named_before_resuming(name, how, checkpoint_run, tmp_path, capsys):
+    data, out, argv = checkpoint_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(out / "checkpoint-4", run_dir / "checkpoint-4")
+    damage(run_dir / "checkpoint-4" / name, how)
+    code = run_cli(train.main, [a if a != str(out) else str(run_dir) for a in argv] +
+                   ["--max_steps", "6", "--resume_from_checkpoint", str(run_dir / "checkpoint-4")])
+    err = capsys.readouterr().err
+    assert code == 2 and name in err and "Traceback" not in err, err
+    assert not (run_dir / "checkpoint-6").exists() and not (run_dir / "train_results.json").exists()
+
+
+def test_a_checkpoint_without_its_marker_is_never_resumed(checkpoint_run, tmp_path, capsys):
+    data, out, argv = checkpoint_run
+    copy = tmp_path / "checkpoint-4"
+    shutil.copytree(out / "checkpoint-4", copy)
+    os.remove(copy / checkpoints.COMPLETE_MARKER)
+    code = run_cli(train.main, argv[:argv.index("--output_dir")] + ["--output_dir", str(tmp_path / "o")] +
+                   argv[argv.index("--output_dir") + 2:] + ["--resume_from_checkpoint", str(copy)])
+    assert code == 2 and "never completed" in capsys.readouterr().err
+
+
+def test_a_damaged_marker_is_an_error(checkpoint_run, tmp_path):
+    _, out, _ = checkpoint_run
+    copy = tmp_path / "c"
+    shutil.copytree(out / "checkpoint-4", copy)
+    (copy / checkpoints.COMPLETE_MARKER).write_text('{"files": [1, 2', encoding="utf-8")
+    with pytest.raises(UserError, match="checkpoint_complete.json:1"):
+        checkpoints.verify(str(copy), "resume")
+    (copy / checkpoints.COMPLETE_MARKER).write_text('{"files": "all of them"}', encoding="utf-8")
+    with pytest.raises(UserError, match="is damaged"):
+        checkpoints.verify(str(copy), "model")
+
+
+def test_resuming_an_intact_checkpoint_is_exact(checkpoint_run, tmp_path):
+    _, out, _ = checkpoint_run
+    marker = checkpoints.verify(str(out / "checkpoint-4"), "resume")
+    assert marker["global_step"] == 4 and set(CHECKPOINT_FILES) <= set(marker["files"])
+    assert all(len(entry["sha256"]) == 64 for entry in marker["files"].values())
+
+
+CONFIG_EDITS = [
+    ("unknown key", lambda c: c.update(learning_rate=1), "unknown key"),
+    ("template not a list", lambda c: c.update(template="{'text': 'text_a'}{'mask'}"), "template"),
+    ("template part with an unknown key", lambda c: c["template"].append({"masks": None}), "unknown key 'masks'"),
+    ("template without text", lambda c: c.update(template=[{"mask": None}]), "text_a"),
+    ("two masks for the soft verbalizer", lambda c: c["template"].append({"mask": None}), "exactly one mask"),
+    ("labels not a list", lambda c: c.update(labels="apple"), "labels"),
+    ("labels out of order", lambda c: c["labels"].reverse(), "output order"),
+    ("label words of another length", lambda c: c["label_words"].pop(), "label_words"),
+    ("max_seq_length a string", lambda c: c.update(max_seq_length="40"), "max_seq_length"),
+    ("max_seq_length beyond the positions", lambda c: c.update(max_seq_length=100000), "positions"),
+    ("hidden size not divisible by heads", lambda c: c["plm_config"].update(hidden_size=65), "num_attention_heads"),
+    ("vocab size zero", lambda c: c["plm_config"].update(vocab_size=0), "vocab_size"),
+    ("model class not a model", lambda c: c.update(model_class="os.system"), "model_class"),
+    ("unknown method", lambda c: c.update(method="lora"), "method"),
+    ("not an object", lambda c: c.clear() or c.update(x=1), "unknown key"),
+]
+
+
+@pytest.mark.parametrize("case, edit, message", CONFIG_EDITS, ids=[c[0] for c in CONFIG_EDITS])
+def test_a_hand_edited_run_config_is_refused_with_its_key(case, edit, message, checkpoint_run, tmp_path, capsys):
+    data, out, _ = checkpoint_run
+    model = tmp_path / "model"
+    shutil.copytree(out, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    config_path = model / "ptuning_config.json"
+    with open(config_path, encoding="utf-8") as fp:
+        config = json.load(fp)
+    edit(config)
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    argv = ["--do_predict", "--data_dir", data, "--output_dir", str(tmp_path / "p"), "--resume_from_checkpoint",
+            str(model)]
+    # With the marker, any edit is caught as such; without it, the config itself is validated.
+    code = run_cli(train.main, argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "ptuning_config.json" in err and "differs" in err, err
+    os.remove(model / checkpoints.COMPLETE_MARKER)
+    code = run_cli(train.main, argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "ptuning_config.json" in err and message in err and "Traceback" not in err, err
+    code = run_cli(export_cli.main, ["--resume_from_checkpoint", str(model), "--output_dir", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and not (tmp_path / "e").exists()
+
+
+def test_rotation_never_leaves_a_half_deleted_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    for step in (2, 4, 6):
+        (run_dir / f"checkpoint-{step}").mkdir(parents=True)
+        (run_dir / f"checkpoint-{step}" / "model_state.pdparams").write_bytes(b"w" * step)
+        checkpoints.write_marker(str(run_dir / f"checkpoint-{step}"), step, 1)
+    # What a kill in the middle of a deletion leaves: the directory is already out of sight.
+    os.replace(run_dir / "checkpoint-2", run_dir / ".deleting-checkpoint-2-99")
+    os.remove(run_dir / ".deleting-checkpoint-2-99" / "model_state.pdparams")
+    assert [os.path.basename(p) for p in checkpoints.complete_checkpoints(str(run_dir))] == ["checkpoint-4",
+                                                                                            "checkpoint-6"]
+    assert checkpoints.clean_leftovers(str(run_dir)) == [".deleting-checkpoint-2-99"]
+    deleted = checkpoints.rotate(str(run_dir), keep=1, best=str(run_dir / "checkpoint-4"))
+    assert deleted == [] and sorted(os.listdir(run_dir)) == ["checkpoint-4", "checkpoint-6"]  # the best stays
+    deleted = checkpoints.rotate(str(run_dir), keep=1, best=None)
+    assert [os.path.basename(p) for p in deleted] == ["checkpoint-4"] and os.listdir(run_dir) == ["checkpoint-6"]
+
+
+def test_killed_at_random_moments_every_visible_checkpoint_verifies(tiny_model_dir, keyword_data, tmp_path):
+    """kill -9 while saving and rotating (a checkpoint every step, one kept): what is left always verifies,
+    and the run resumes from it."""
+    out = tmp_path / "run"
+    env = dict(os.environ, PTUNING_OFFLINE="1")
+    argv = [sys.executable, os.path.join(ROOT, "train.py"), "--model_name_or_path", tiny_model_dir, "--data_dir",
+            keyword_data, "--output_dir", str(out), "--prompt", PROMPT, "--do_train", "--max_steps", "400",
+            "--save_steps", "1", "--save_total_limit", "1", "--logging_steps", "1", *FAST]
+    rng = random.Random(0)
+    for attempt in range(4):
+        resume = checkpoints.latest_checkpoint(str(out)) if out.exists() else None
+        command = argv + (["--resume_from_checkpoint", resume] if resume else [])
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while len(checkpoints.complete_checkpoints(str(out))) < 1 or (
+                resume and checkpoints.latest_checkpoint(str(out)) == resume):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        visible = checkpoints.complete_checkpoints(str(out))
+        assert visible, "a kill never leaves the run without a checkpoint"
+        for path in visible:
+            checkpoints.verify(path, "resume")
+        for name in os.listdir(out):  # anything else is either a finished file or a leftover the next start removes
+            assert name.startswith(("checkpoint-", ".saving", ".deleting-", ".ptuning.lock")) or name.endswith(
+                ".tmp"), name
