@@ -19,7 +19,7 @@ from .checkpoints import COMPLETE_MARKER, remove_tree, rotate, write_marker
 from .checkpoints import verify as verify_checkpoint
 from .data import DatasetDir, load_dataset_dir
 from .distributed import allreduce_gradients, check_in_sync
-from .errors import UserError
+from .errors import ENVIRONMENT_ERRNOS, UserError
 from .files import atomic_path, read_json, write_json_atomic, write_text_atomic
 from .labels import LabelSet
 from .metrics import classification_metrics, metrics_fn, softmax
@@ -439,6 +439,10 @@ def run(model_args, data_args, training_args) -> Dict[str, Any]:
             results = _run(current)
         failed = False
         return results
+    except OSError as exc:
+        if exc.errno in ENVIRONMENT_ERRNOS and not exc.filename:  # paddle.save's errors name no file
+            raise OSError(exc.errno, exc.strerror, training_args.output_dir) from exc
+        raise
     finally:
         current.close(failed)
 
