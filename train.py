@@ -16,12 +16,15 @@ from utils.errors import run_cli
 
 def main(argv):
     from utils.args import parse_args
+    from utils.console import run_summary
     from utils.training import run
 
     model_args, data_args, training_args = parse_args(argv)
     training_args.print_config(model_args, "Model")
     training_args.print_config(data_args, "Data")
     run(model_args, data_args, training_args)
+    if training_args.should_save:
+        print(run_summary(training_args.output_dir), file=sys.stderr)
     return 0
 
 

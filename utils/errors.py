@@ -44,8 +44,11 @@ def strip_debug_flag(argv):
 
 def run_cli(main: Callable[[list], Optional[int]], argv=None) -> int:
     """Run `main(argv)`; print a `UserError` as `error: ...` on stderr and return exit code 2."""
+    from . import console
+
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_enabled(argv)
+    console.setup(debug)
     try:
         return main(strip_debug_flag(argv)) or 0
     except UserError as exc:

@@ -34,6 +34,7 @@ import numpy as np
 import paddle
 
 from .args import ExportType, Quantize
+from .console import quiet_native_output
 from .errors import UserError
 from .files import write_json_atomic
 from .modeling import MultiMaskVerbalizer, rebuild_from_checkpoint
@@ -345,8 +346,10 @@ def _export(checkpoint_dir, output_dir, examples, export_type, export_fp16, over
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(tmp_dir)
     try:
-        files = save_static_graph(folded, tmp_dir)
-        convert_to_onnx(tmp_dir, files, opset)
+        with quiet_native_output("paddle.jit.save"):
+            files = save_static_graph(folded, tmp_dir)
+        with quiet_native_output("paddle2onnx"):
+            convert_to_onnx(tmp_dir, files, opset)
         tokenizer.save_pretrained(tmp_dir)
         write_json_atomic(os.path.join(tmp_dir, PREPROCESS_FILE), describe_template(template, max_seq_length))
         write_json_atomic(os.path.join(tmp_dir, TEMPLATE_FILE), {"template": config["template"],
@@ -360,10 +363,12 @@ def _export(checkpoint_dir, output_dir, examples, export_type, export_fp16, over
         onnx_logits = onnxruntime_logits(os.path.join(tmp_dir, ONNX_FILE), feed)
         parity = parity_gate(model, tmp_dir, files, examples, feed, onnx_logits, tolerance)
         if export_fp16:
-            convert_to_fp16(tmp_dir)
+            with quiet_native_output("the fp16 conversion"):
+                convert_to_fp16(tmp_dir)
             parity["fp16"] = fp16_check(tmp_dir, feed, onnx_logits)
         if quantize:
-            quantize_int8(tmp_dir)
+            with quiet_native_output("onnxruntime quantization"):
+                quantize_int8(tmp_dir)
             parity["int8"] = int8_check(tmp_dir, feed, onnx_logits)
         if export_type == "onnx":
             for name in files.values():

@@ -26,6 +26,7 @@ from .metrics import classification_metrics, metrics_fn, softmax
 from .modeling import (build_prompt_model, criterion_for, label_word_token_count, load_run_config, load_state,
                        rebuild_from_checkpoint, run_config, save_run_config, set_state_strictly, unique_state_dict)
 from .plm import load_plm, load_tokenizer, position_limit, warn_unknown_tokens
+from .progress import finish, progress_bar
 from .prompt import (build_template, classifier_template, fixed_token_count, is_template_string, template_kind,
                      template_string, validate_template)
 from .reports import plot_training_curves, write_classification_report
@@ -38,6 +39,8 @@ from paddlenlp.datasets import MapDataset  # noqa: E402
 from paddlenlp.prompt import PromptTrainer  # noqa: E402
 from paddle.io import DistributedBatchSampler  # noqa: E402
 from paddlenlp.trainer import EarlyStoppingCallback, Trainer, TrainerCallback, set_seed  # noqa: E402
+from paddlenlp.trainer.trainer_callback import ProgressCallback  # noqa: E402
+from paddlenlp.trainer.trainer_utils import has_length  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +218,53 @@ def write_all_results(output_dir: str) -> None:
     write_json_atomic(os.path.join(output_dir, "all_results.json"), combined)
 
 
+class Progress(TrainerCallback):
+    """paddlenlp's ProgressCallback with one bar per evaluation or prediction, each ending at its own
+    100% (upstream kept one prediction bar across predictions, so data.txt's continued test.txt's
+    count), shown in logs and notebooks too (utils/progress.py)."""
+
+    def __init__(self):
+        self.training_bar = self.prediction_bar = None
+        self.step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_local_process_zero:
+            self.training_bar = progress_bar(state.max_steps, "train", unit="step")
+            self.training_bar.update(state.global_step)  # a resumed run starts where it left off
+        self.step = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.training_bar is not None:
+            self.training_bar.update(state.global_step - self.step)
+        self.step = state.global_step
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if not state.is_local_process_zero:
+            return
+        if self.prediction_bar is None:
+            total = len(eval_dataloader) if eval_dataloader is not None and has_length(eval_dataloader.dataset) else None
+            self.prediction_bar = progress_bar(total, "evaluate" if self.training_bar else "predict", unit="batch",
+                                               leave=self.training_bar is None)
+        self.prediction_bar.update(1)
+
+    def finish_prediction(self) -> None:
+        finish(self.prediction_bar)
+        self.prediction_bar = None
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.finish_prediction()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_local_process_zero and self.training_bar is not None:
+            logs = dict(logs or {})
+            logs.pop("total_flos", None)
+            logger.info(", ".join(f"{k}: {v}" for k, v in logs.items()))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        finish(self.training_bar, complete=state.global_step >= state.max_steps)  # early stopping ends short
+        self.training_bar = None
+
+
 class RebaseBestCheckpoint(TrainerCallback):
     """A resumed run's best checkpoint lives in *this* output_dir, not where the run was first written
     (a copied run directory used to reload the original's "best" checkpoint)."""
@@ -355,10 +405,18 @@ def write_predictions(path: str, examples: List[dict], logits: np.ndarray, label
                 fp.write("\t".join(row) + "\n")
 
 
-def predict_logits(trainer, examples: List[dict]) -> np.ndarray:
-    output = trainer.predict(MapDataset([dict(e) for e in examples]))
+def predict(trainer, examples: List[dict], metric_key_prefix: str = "test"):
+    """`(logits, metrics)` of `examples` (metrics only when they carry labels); one pass."""
+    output = trainer.predict(MapDataset([dict(e) for e in examples]), metric_key_prefix=metric_key_prefix)
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, Progress):
+            callback.finish_prediction()
     logits = output.predictions
-    return logits[0] if isinstance(logits, (tuple, list)) else logits
+    return (logits[0] if isinstance(logits, (tuple, list)) else logits), dict(output.metrics or {})
+
+
+def predict_logits(trainer, examples: List[dict]) -> np.ndarray:
+    return predict(trainer, examples)[0]
 
 
 def load_data(data_args, training_args) -> DatasetDir:
@@ -419,11 +477,14 @@ def prepare(run: Run):
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience,
                                                early_stopping_threshold=data_args.early_stopping_threshold))
     dataset = run.dataset
-    return PTuningTrainer(
+    trainer = PTuningTrainer(
         model=model, tokenizer=tokenizer, args=training_args, criterion=criterion_for(model, model_args.manual_loss),
         train_dataset=MapDataset(dataset.train) if training_args.do_train else None,
         eval_dataset=MapDataset(dataset.dev) if dataset.dev else None,
         callbacks=callbacks, compute_metrics=metrics_fn(len(dataset.labels.labels)), run_config=config)
+    trainer.pop_callback(ProgressCallback)
+    trainer.add_callback(Progress())
+    return trainer
 
 
 def run(model_args, data_args, training_args) -> Dict[str, Any]:
@@ -468,11 +529,10 @@ def _run(current: Run) -> Dict[str, Any]:
                                  os.path.join(training_args.output_dir, CURVES_FILE),
                                  metric=metric if metric.startswith("eval_") else f"eval_{metric}")
     if training_args.do_eval:
-        metrics = trainer.evaluate()
+        logits, metrics = predict(trainer, dataset.dev, metric_key_prefix="eval")
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         results["eval"] = metrics
-        logits = predict_logits(trainer, dataset.dev)
         if trainer.is_world_process_zero():
             write_classification_report(training_args.output_dir, "eval", [e["labels"] for e in dataset.dev],
                                         logits.argmax(-1), dataset.labels.labels)
