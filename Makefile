@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 # The lock (constraints.txt) was resolved on CPython 3.11; other versions resolve requirements.txt freely.
 LOCK = $(shell $(PY) -c 'import sys; print("-c constraints.txt" if sys.version_info[:2] == (3, 11) else "")' 2>/dev/null)
 PIP = $(PY) -m pip install -q --disable-pip-version-check $(LOCK)
-DEMO_MODEL := checkpoints/tiny-ernie
+# The demo's own model directory: never checkpoints/tiny-ernie, where users keep theirs.
+DEMO_MODEL := checkpoints/demo-tiny-ernie
 DEMO_OUT := checkpoints/demo
 DEMO_PROMPT := 这条新闻的主题是
 

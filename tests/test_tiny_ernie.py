@@ -32,6 +32,26 @@ def test_build_is_idempotent_and_never_clobbers_other_folders(tmp_path):
     assert (other / "notes.txt").read_text() == "keep me"
 
 
+def test_a_different_earlier_build_is_not_replaced_without_asking(tmp_path):
+    """`make demo` once replaced a user's 40k-vocab model at checkpoints/tiny-ernie with a 576-token one."""
+    path = str(tmp_path / "tiny-ernie")
+    build_ernie(path, vocab_from_texts(["苹果香蕉葡萄西瓜"]), seed=1)
+    weights = os.path.join(path, "model_state.pdparams")
+    before = open(weights, "rb").read()
+    with pytest.raises(UserError, match="holds another model built by this command.*--overwrite_output_dir"):
+        build_ernie(path, vocab_from_texts(["苹果"]), seed=1)
+    assert open(weights, "rb").read() == before
+    build_ernie(path, vocab_from_texts(["苹果"]), seed=1, overwrite=True)
+    assert open(weights, "rb").read() != before
+
+
+def test_the_demo_builds_its_own_model_directory():
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Makefile")) as fp:
+        makefile = fp.read()
+    demo_model = [line.split(":=")[1].strip() for line in makefile.splitlines() if line.startswith("DEMO_MODEL")]
+    assert demo_model and demo_model[0] != "checkpoints/tiny-ernie"
+
+
 def test_cli_needs_a_vocab_source(tmp_path):
     with pytest.raises(UserError, match="--vocab_file or --data_dir"):
         main(["--output_dir", str(tmp_path / "m")])

@@ -1,6 +1,7 @@
 """End to end: train.py on the tiny model (in-process), resume, predict from a checkpoint, the seed command."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -207,3 +208,38 @@ def test_data_order_depends_only_on_seed_and_epoch():
     first, second = [list(sampler) for _ in range(2)]  # consecutive epochs without set_epoch
     assert first == [order(1, 0)[i:i + 4] for i in range(0, 20, 4)]
     assert second == [order(1, 1)[i:i + 4] for i in range(0, 20, 4)]
+
+
+def test_predict_needs_test_txt_only_for_metrics(trained, tmp_path, capsys):
+    """test.txt is optional: with data.txt alone --do_predict writes predictions (and no test metrics)."""
+    data_dir, out = trained
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    os.remove(data / "test.txt")
+    pred = tmp_path / "pred"
+    assert run_cli(train.main, ["--do_predict", "--data_dir", str(data), "--output_dir", str(pred),
+                                "--resume_from_checkpoint", out]) == 0
+    assert (pred / "data_predictions.tsv").is_file() and not (pred / "test_results.json").exists()
+    os.remove(data / "data.txt")
+    code = run_cli(train.main, ["--do_predict", "--data_dir", str(data), "--output_dir", str(tmp_path / "p2"),
+                                "--resume_from_checkpoint", out])
+    assert code == 2 and "needs test.txt" in capsys.readouterr().err
+
+
+def test_the_effective_template_is_logged_and_unknown_text_is_warned(tiny_model_dir, tmp_path, caplog):
+    import logging
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "label.txt").write_text("apple\nbanana\n", encoding="utf-8")
+    korean = "안녕하세요 반갑습니다\tapple\n감사합니다 좋은 하루\tbanana\n"  # no Hangul in the tiny vocab
+    for name in ("train.txt", "dev.txt"):
+        (data / name).write_text(korean, encoding="utf-8")
+    with caplog.at_level(logging.INFO):
+        assert run_cli(train.main, ["--model_name_or_path", tiny_model_dir, "--data_dir", str(data), "--output_dir",
+                                    str(tmp_path / "o"), "--prompt", PROMPT, "--do_train", "--max_steps", "1",
+                                    *FAST]) == 0
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"Using template: {{'soft': '{PROMPT}', 'encoder': 'lstm', 'hidden_size': 200}}{{'text': 'text_a'}}" \
+           "{'mask': None}" in messages
+    assert "100% of the text tokens are [UNK]" in messages

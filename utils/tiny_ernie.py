@@ -95,8 +95,12 @@ def model_config(preset: str, vocab_size: int, **overrides) -> dict:
 
 
 def build_ernie(output_dir: str, tokens: List[str], preset: str = "tiny", seed: int = 0,
-                extra_marker: Optional[dict] = None, **overrides) -> str:
-    """Write a random ERNIE (ErnieForMaskedLM weights) + ErnieTokenizer files to `output_dir`."""
+                extra_marker: Optional[dict] = None, overwrite: bool = False, **overrides) -> str:
+    """Write a random ERNIE (ErnieForMaskedLM weights) + ErnieTokenizer files to `output_dir`.
+
+    An identical earlier build is kept as is; any other model there is never replaced unless
+    `overwrite` (a user's own model may live where a demo would build one).
+    """
     import paddle
     from paddlenlp.transformers import ErnieConfig, ErnieForMaskedLM, ErnieTokenizer
 
@@ -115,8 +119,13 @@ def build_ernie(output_dir: str, tokens: List[str], preset: str = "tiny", seed: 
     marker_path = os.path.join(output_dir, MARKER_FILE)
     if os.path.isfile(marker_path):
         with open(marker_path, encoding="utf-8") as fp:
-            if json.load(fp) == marker:
-                return output_dir  # identical build already there
+            previous = json.load(fp)
+        if previous == marker:
+            return output_dir  # identical build already there
+        if not overwrite:
+            raise UserError(f"holds another model built by this command (preset {previous.get('preset')}, vocab "
+                            f"{previous.get('vocab_size')}; this one: {preset}, vocab {len(tokens)}); refusing to replace "
+                            "it: pass --overwrite_output_dir or choose another --output_dir", output_dir)
     elif os.path.isdir(output_dir) and os.listdir(output_dir):
         raise UserError("exists and is not a model built by this command; refusing to overwrite it", output_dir)
 
@@ -156,6 +165,8 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--num_attention_heads", type=int)
     parser.add_argument("--intermediate_size", type=int)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite_output_dir", action="store_true",
+                        help="replace a different model built here earlier by this command (never a foreign one)")
     args = parser.parse_args(argv)
     if args.vocab_file:
         tokens = read_vocab_file(args.vocab_file)
@@ -163,7 +174,7 @@ def main(argv: List[str]) -> int:
         tokens = vocab_from_texts(texts_of_data_dirs(args.data_dir) + args.extra_text)
     else:
         raise UserError("give --vocab_file or --data_dir to make the vocab from", "utils.tiny_ernie")
-    build_ernie(args.output_dir, tokens, preset=args.preset, seed=args.seed,
+    build_ernie(args.output_dir, tokens, preset=args.preset, seed=args.seed, overwrite=args.overwrite_output_dir,
                 hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
                 num_attention_heads=args.num_attention_heads, intermediate_size=args.intermediate_size)
     print(f"{args.output_dir}: random ERNIE ({args.preset}, vocab {len(tokens)}), NOT pretrained")
