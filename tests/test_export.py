@@ -143,3 +143,17 @@ def test_export_errors(tmp_path, trained):
         export_mod.export_checkpoint(str(tmp_path / "empty"), str(tmp_path / "out"))
     with pytest.raises(UserError, match="--export_type"):
         export_mod.export_checkpoint(trained[1], str(tmp_path / "out"), export_type="tensorrt")
+
+
+def test_two_exports_into_one_directory_at_once_are_refused(trained, tmp_path, capsys):
+    from utils.export import export_lock
+
+    target = tmp_path / "export"
+    lock = export_lock(str(target)).acquire()  # another export.py holding the directory
+    try:
+        code = run_cli(export_cli.main, ["--resume_from_checkpoint", trained[1], "--output_dir", str(target)])
+        err = capsys.readouterr().err
+        assert code == 2 and "is in use by export.py (pid" in err and not target.exists()
+    finally:
+        lock.release()
+    assert run_cli(export_cli.main, ["--resume_from_checkpoint", trained[1], "--output_dir", str(target)]) == 0
