@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from utils import fonts
 from utils.metrics import classification_metrics
-from utils.reports import curve_series, plot_training_curves, write_classification_report
+from utils.reports import curve_series, plot_confusion_matrix, plot_training_curves, write_classification_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LABELS = ["apple", "banana", "grape", "kiwi"]  # kiwi: in label.txt but never gold nor predicted
@@ -77,6 +78,36 @@ def test_fifteen_cjk_labels_plot_without_warnings(tmp_path):
     assert [r[0] for r in rows[1:]] == labels  # full names in the CSV; only the plot's ticks are shortened
     assert sum(int(v) for r in rows[1:] for v in r[1:]) == 200
     assert_png(tmp_path / "test_confusion_matrix.png")
+
+
+def test_chinese_labels_render_with_a_font_that_has_their_glyphs(tmp_path):
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+    from matplotlib.text import Text
+
+    labels = ["体育", "财经", "娱乐", "鑫龘"]
+    matrix = np.array([[5, 1, 0, 0], [2, 4, 0, 1], [0, 0, 6, 0], [1, 0, 0, 3]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig = plot_confusion_matrix(matrix, labels, str(tmp_path / "cm.png"))
+    assert not [str(w.message) for w in caught if "Glyph" in str(w.message)]
+    texts = [t for t in fig.findobj(Text) if any(ord(c) >= 0x2E80 for c in t.get_text())]
+    ticks = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels() + ax.get_yticklabels()]
+    assert any("龘" in t for t in ticks)  # the names really are on the axes
+    for text in texts:  # the font each text is drawn with (first of its fallback chain) has every glyph
+        path = font_manager.findfont(text.get_fontproperties(), fallback_to_default=False)
+        charmap = FT2Font(path).get_charmap()
+        missing = [c for c in text.get_text() if not c.isspace() and ord(c) not in charmap]
+        assert not missing, (text.get_text(), path)
+
+
+def test_installed_cjk_fonts_come_before_the_bundled_one(monkeypatch):
+    family, path = fonts.bundled_cjk_font()
+    assert os.path.isfile(path) and family == "Noto Sans SC"
+    # DejaVu Sans stands in for an installed system CJK font (it is installed wherever matplotlib is).
+    monkeypatch.setattr(fonts, "CJK_FONTS", ("DejaVu Sans",) + fonts.CJK_FONTS)
+    families = fonts.cjk_font_families()
+    assert families[0] == "DejaVu Sans" and families[-1] == family
 
 
 @pytest.mark.parametrize("gold, predicted", [([0, 1], [0]), ([], []), ([0, 4], [0, 1]), ([0, 1], [-1, 1])])

@@ -17,12 +17,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .files import atomic_path, read_json, write_json_atomic, write_text_atomic
+from .fonts import cjk_font_context
 
 logger = logging.getLogger(__name__)
 
-# Installed fonts with CJK glyphs, best first; without one, CJK label names render as boxes.
-CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
-             "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC", "Arial Unicode MS")
 MAX_TICK_LABEL_CHARS = 20
 PNG_DPI = 120
 
@@ -75,18 +73,16 @@ def confusion_matrix_csv(matrix: np.ndarray, labels: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def plot_confusion_matrix(matrix: np.ndarray, labels: Sequence[str], png_path: str) -> str:
-    """Draw the confusion matrix (gold rows, predicted columns) with label names on both axes."""
+def plot_confusion_matrix(matrix: np.ndarray, labels: Sequence[str], png_path: str):
+    """Draw the confusion matrix (gold rows, predicted columns) with label names on both axes into
+    `png_path`; return the figure."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
     n = len(labels)
     side = max(5.0, 0.55 * n + 3.0)  # about half an inch per class keeps 15 classes' counts legible
-    fig = _new_figure((side + 1.0, side))
-    ax = fig.subplots()
-    if not _cjk_fonts() and any(ord(char) >= 0x2E80 for label in labels for char in label):
-        logger.warning("no CJK font installed: label names show as boxes in %s (the CSV and JSON reports "
-                       "have them); install e.g. fonts-noto-cjk", png_path)
-    with _plot_context():
+    with _plot_context(labels, png_path):  # text takes its fonts when created: the figure too
+        fig = _new_figure((side + 1.0, side))
+        ax = fig.subplots()
         ConfusionMatrixDisplay(matrix, display_labels=[_shorten(x) for x in labels]).plot(
             ax=ax, cmap="Blues", values_format="d", xticks_rotation=45, colorbar=True)
         for tick in ax.get_xticklabels():
@@ -95,7 +91,7 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: Sequence[str], png_path: s
         ax.set_xlabel("predicted")
         ax.set_ylabel("gold")
         _save_png(fig, png_path)
-    return png_path
+    return fig
 
 
 def curve_series(log_history: Sequence[dict],
@@ -177,19 +173,13 @@ def _shorten(label: str) -> str:
 
 
 @contextlib.contextmanager
-def _plot_context() -> Iterator[None]:
-    """Prefer an installed CJK font; silence the per-glyph warnings when there is none."""
-    import matplotlib
-
-    fonts = list(_cjk_fonts())
-    rc = {"font.sans-serif": fonts + list(matplotlib.rcParams["font.sans-serif"])} if fonts else {}
-    with matplotlib.rc_context(rc), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+def _plot_context(labels: Sequence[str] = (), png_path: str = "") -> Iterator[None]:
+    """CJK-capable fonts (utils.fonts); without any, one warning instead of one per missing glyph."""
+    with cjk_font_context() as families, warnings.catch_warnings():
+        if not families:
+            if any(ord(char) >= 0x2E80 for label in labels for char in label):
+                logger.warning("no CJK font: label names show as boxes in %s (the CSV and JSON reports have "
+                               "them); install pylopdf-fonts-zh-cn (requirements.txt) or e.g. fonts-noto-cjk",
+                               png_path)
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
         yield
-
-
-def _cjk_fonts() -> List[str]:
-    from matplotlib import font_manager
-
-    installed = {font.name for font in font_manager.fontManager.ttflist}
-    return [name for name in CJK_FONTS if name in installed]
