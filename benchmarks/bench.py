@@ -1,6 +1,8 @@
 """`make bench`: speed and memory of the deployment path, as ratios measured side by side in one run.
 
     python benchmarks/bench.py [--repeats 3] [--reference_repeats 2] [--threads 2]
+    python benchmarks/bench.py --only reports             # write_classification_report at 15..1000 labels
+    python benchmarks/bench.py --only manual_verbalizer   # training step, --verbalizer manual vs soft
 
 Builds the full-size ERNIE-3.0-base architecture with random weights and the real 40k vocab
 (../shared/vocab; compute is the real model's), trains it for a handful of steps on FewCLUE tnews
@@ -8,6 +10,7 @@ Builds the full-size ERNIE-3.0-base architecture with random weights and the rea
 measures on tnews test.txt (2010 texts) with `--threads` threads. Everything is cached in
 benchmarks/work/; results go to benchmarks/results.json and benchmarks/results.md (medians of
 `--repeats`; copy the table into BENCHMARKS.md). Needs ../shared (FewCLUE tnews and the vocab).
+The two smaller parts also run alone (`--only`, results in benchmarks/results_<part>.json).
 """
 from __future__ import annotations
 
@@ -286,6 +289,63 @@ def train_overhead(paths: dict, work: str, repeats: int, steps: int) -> dict:
     return {"train_py_samples_per_s": ours, "bare_samples_per_s": bare, "steps": steps}
 
 
+REPORT_LABELS = (15, 30, 119, 500, 1000)
+
+
+def report_scaling(work: str) -> List[dict]:
+    """8: `write_classification_report` time and peak RSS at 15..1000 labels, one process each."""
+    rows = []
+    for labels in REPORT_LABELS:
+        log(f"classification report at {labels} labels")
+        result = run([PY, "benchmarks/report_scaling.py", "--labels", str(labels), "--output_dir",
+                      os.path.join(work, "reports", str(labels))])
+        rows.append(json.loads(result["stdout"].strip().splitlines()[-1]))
+    return rows
+
+
+def manual_verbalizer_steps(work: str, repeats: int, steps: int) -> dict:
+    """9: median training step, --verbalizer manual (ce, mlm) vs soft; tiny ERNIE with the real 40k vocab,
+    tnews, batch 32, max_seq_length 64. The three alternate, `repeats` rounds, one process each."""
+    model = os.path.join(work, "tiny-ernie-40k")
+    if not os.path.isfile(os.path.join(model, "model_state.pdparams")):
+        log("building the tiny ERNIE with the real 40k vocab")
+        run([PY, "-m", "utils.tiny_ernie", "--vocab_file", VOCAB, "--output_dir", model])
+    common = ["--model_name_or_path", model, "--data_dir", TNEWS, "--prompt", PROMPT, "--max_seq_length", "64",
+              "--per_device_train_batch_size", "32", "--dataloader_drop_last", "True", "--do_train",
+              "--max_steps", str(steps), "--save_steps", "1000000", "--logging_steps", "1000000",
+              "--disable_tqdm", "True", "--overwrite_output_dir", "--device", "cpu"]
+    variants = {"soft": [], "manual_ce": ["--verbalizer", "manual"],
+                "manual_mlm": ["--verbalizer", "manual", "--manual_loss", "mlm"]}
+    medians: Dict[str, List[float]] = {name: [] for name in variants}
+    for i in range(repeats):
+        for name, extra in variants.items():
+            log(f"training steps, {name}, round {i + 1}/{repeats}")
+            result = run([PY, "benchmarks/train_step_time.py", "--skip", "2", "--", *common, "--output_dir",
+                          os.path.join(work, f"steps-{name}"), *extra])
+            medians[name].append(json.loads(result["stdout"].strip().splitlines()[-1])["median_seconds"])
+    return {"steps": steps, "skipped": 2, "median_step_seconds": medians}
+
+
+def reports_table(rows: List[dict]) -> str:
+    lines = ["| labels | examples | wall time | peak RSS | extra RSS (peak - before the call) |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['labels']} | {row['examples']} | {row['seconds']:.2f} s | {row['peak_mb']:.0f} MB | "
+                     f"{row['extra_mb']:.0f} MB |")
+    return "\n".join(lines) + "\n"
+
+
+def manual_verbalizer_table(result: dict) -> str:
+    soft = median(result["median_step_seconds"]["soft"])
+    lines = ["| verbalizer | median step | ratio to soft | target |", "|---|---|---|---|"]
+    for name, what in (("soft", "soft"), ("manual_ce", "manual, --manual_loss ce"),
+                       ("manual_mlm", "manual, --manual_loss mlm")):
+        step = median(result["median_step_seconds"][name])
+        target = "<= 1.5x" if name == "manual_ce" else ""
+        lines.append(f"| {what} | {step:.3f} s | {step / soft:.2f} | {target} |")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------- report
 
 def cpu_peak() -> dict:
@@ -393,11 +453,15 @@ def main() -> int:
     parser.add_argument("--reference_repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train_steps", type=int, default=8)
+    parser.add_argument("--manual_steps", type=int, default=12, help="steps per run of part 9 (2 are warm-up)")
+    parser.add_argument("--only", choices=("reports", "manual_verbalizer"), help="run only this part")
     args = parser.parse_args()
     for path in (TNEWS, VOCAB):
-        if not os.path.exists(path):
+        if args.only != "reports" and not os.path.exists(path):
             raise SystemExit(f"{path} not found: the benchmark needs ../shared (FewCLUE tnews, ERNIE vocab)")
     os.makedirs(args.work_dir, exist_ok=True)
+    if args.only:
+        return run_part(args)
     out = os.path.join(args.work_dir, "outputs")
     os.makedirs(out, exist_ok=True)
     started = time.time()
@@ -415,13 +479,32 @@ def main() -> int:
     results["int8_agreement"] = int8_agreement(args.work_dir, args.threads)
     results["train_overhead"] = train_overhead(paths, args.work_dir, args.repeats, args.train_steps)
     results["sgemm_gflops"] = sgemm_reference(args.threads)
+    results["reports"] = report_scaling(args.work_dir)
+    results["manual_verbalizer"] = manual_verbalizer_steps(args.work_dir, args.repeats, args.manual_steps)
     results["seconds"] = round(time.time() - started)
-    table = report(results, args.threads)
+    table = (report(results, args.threads) + "\n8. Classification report vs number of labels\n\n"
+             + reports_table(results["reports"]) + "\n9. Training step, --verbalizer manual vs soft\n\n"
+             + manual_verbalizer_table(results["manual_verbalizer"]))
     with open(os.path.join(ROOT, "benchmarks", "results.json"), "w", encoding="utf-8") as fp:
         json.dump(results, fp, indent=2, default=float)
     with open(os.path.join(ROOT, "benchmarks", "results.md"), "w", encoding="utf-8") as fp:
         fp.write(f"Command: `make bench` ({' '.join(sys.argv[1:]) or 'defaults'}); {results['machine']}; "
                  f"{results['seconds']} s\n\n" + table)
+    print(table)
+    return 0
+
+
+def run_part(args) -> int:
+    """`--only PART`: that measurement alone; benchmarks/results_PART.json and the table on stdout."""
+    if args.only == "reports":
+        results = {"reports": report_scaling(args.work_dir)}
+        table = reports_table(results["reports"])
+    else:
+        results = {"manual_verbalizer": manual_verbalizer_steps(args.work_dir, args.repeats, args.manual_steps)}
+        table = manual_verbalizer_table(results["manual_verbalizer"])
+    results["machine"] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    with open(os.path.join(ROOT, "benchmarks", f"results_{args.only}.json"), "w", encoding="utf-8") as fp:
+        json.dump(results, fp, indent=2, default=float)
     print(table)
     return 0
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from utils import fonts, reports
 from utils.metrics import classification_metrics
-from utils.reports import curve_series, plot_training_curves, write_classification_report
+from utils.reports import curve_series, plot_confusion_matrix, plot_training_curves, write_classification_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LABELS = ["apple", "banana", "grape", "kiwi"]  # kiwi: in label.txt but never gold nor predicted
@@ -77,6 +78,105 @@ def test_fifteen_cjk_labels_plot_without_warnings(tmp_path):
     assert [r[0] for r in rows[1:]] == labels  # full names in the CSV; only the plot's ticks are shortened
     assert sum(int(v) for r in rows[1:] for v in r[1:]) == 200
     assert_png(tmp_path / "test_confusion_matrix.png")
+
+
+def many_class_predictions(num_labels, seed=0):
+    """Zipf-like class sizes, 60% correct, most errors towards three fixed neighbours per class."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, num_labels + 1) ** 0.7
+    gold = rng.choice(num_labels, size=20 * num_labels, p=weights / weights.sum())
+    neighbours = rng.integers(0, num_labels, size=(num_labels, 3))
+    draw = rng.random(len(gold))
+    predicted = np.where(draw < 0.6, gold, np.where(draw < 0.88, neighbours[gold, rng.integers(0, 3, len(gold))],
+                                                    rng.integers(0, num_labels, len(gold))))
+    return gold, predicted
+
+
+def test_thousand_labels_write_every_file_and_a_bounded_figure(tmp_path):
+    labels = [f"类别{i:04d}_名称" for i in range(1000)]
+    gold, predicted = many_class_predictions(len(labels))
+    report = write_classification_report(str(tmp_path), "test", gold, predicted, labels)
+    assert report["accuracy"] == pytest.approx(np.mean(gold == predicted))
+    assert sorted(os.listdir(tmp_path)) == ["test_confusion_matrix.csv", "test_confusion_matrix.png",
+                                            "test_report.json", "test_report.txt", "test_top_confusions.csv"]
+    with open(tmp_path / "test_confusion_matrix.csv", encoding="utf-8", newline="") as fp:
+        rows = list(csv.reader(fp))
+    assert len(rows) == 1001 and all(len(r) == 1001 for r in rows)  # the CSV keeps the whole matrix
+    assert sum(int(v) for r in rows[1:] for v in r[1:]) == len(gold)
+    with open(tmp_path / "test_top_confusions.csv", encoding="utf-8", newline="") as fp:
+        top = list(csv.DictReader(fp))
+    assert sum(int(r["count"]) for r in top) == int(np.sum(gold != predicted))
+    image = matplotlib.image.imread(str(tmp_path / "test_confusion_matrix.png"))
+    width, height = (round(x * reports.PNG_DPI) for x in reports.MANY_LABELS_FIGSIZE)
+    assert image.shape[:2] == (height, width) and max(width, height) <= 2200  # not labels² in size
+    assert image.std() > 0
+
+
+def test_top_confusions_csv_on_a_constructed_case(tmp_path):
+    labels = ["体育", "财经", "娱乐", "科技"]
+    pairs = [(0, 0)] * 5 + [(0, 1)] * 3 + [(0, 2)] * 2 + [(1, 0)] * 3 + [(1, 1)] + [(2, 3)] * 4 + [(3, 3)] * 2
+    gold, predicted = zip(*pairs)
+    write_classification_report(str(tmp_path), "dev", gold, predicted, labels)
+    with open(tmp_path / "dev_top_confusions.csv", encoding="utf-8", newline="") as fp:
+        rows = list(csv.reader(fp))
+    # By count; the tie at 3 by gold id. Shares of the gold class: 体育 10, 财经 4, 娱乐 4 examples.
+    assert rows == [["gold", "predicted", "count", "share_of_gold"],
+                    ["娱乐", "科技", "4", "1.0000"],
+                    ["体育", "财经", "3", "0.3000"],
+                    ["财经", "体育", "3", "0.7500"],
+                    ["体育", "娱乐", "2", "0.2000"]]
+
+
+@pytest.mark.parametrize("num_labels", [4, 40])  # the annotated matrix, and the many-class figure
+def test_chinese_labels_render_with_a_font_that_has_their_glyphs(tmp_path, num_labels):
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+    from matplotlib.text import Text
+
+    names = ["体育", "财经", "娱乐", "鑫龘"]
+    labels = [names[i % 4] + (str(i) if num_labels > 4 else "") for i in range(num_labels)]
+    gold, predicted = many_class_predictions(num_labels, seed=1)
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(gold, predicted, labels=list(range(num_labels)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig = plot_confusion_matrix(matrix, labels, str(tmp_path / "cm.png"))
+    assert not [str(w.message) for w in caught if "Glyph" in str(w.message)]
+    texts = [t for t in fig.findobj(Text) if any(ord(c) >= 0x2E80 for c in t.get_text())]
+    ticks = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels() + ax.get_yticklabels()]
+    assert any("龘" in t for t in ticks)  # the names really are on the axes
+    for text in texts:  # the font each text is drawn with (first of its fallback chain) has every glyph
+        path = font_manager.findfont(text.get_fontproperties(), fallback_to_default=False)
+        charmap = FT2Font(path).get_charmap()
+        missing = [c for c in text.get_text() if not c.isspace() and ord(c) not in charmap]
+        assert not missing, (text.get_text(), path)
+
+
+def test_installed_cjk_fonts_come_before_the_bundled_one(monkeypatch):
+    family, path = fonts.bundled_cjk_font()
+    assert os.path.isfile(path) and family == "Noto Sans SC"
+    # DejaVu Sans stands in for an installed system CJK font (it is installed wherever matplotlib is).
+    monkeypatch.setattr(fonts, "CJK_FONTS", ("DejaVu Sans",) + fonts.CJK_FONTS)
+    families = fonts.cjk_font_families()
+    assert families[0] == "DejaVu Sans" and families[-1] == family
+
+
+def test_a_failing_plot_costs_a_warning_not_the_run(tmp_path, monkeypatch, caplog):
+    def no_memory(*args, **kwargs):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(reports, "_annotated_matrix", no_memory)
+    monkeypatch.setattr(reports, "_curves_figure", no_memory)
+    with caplog.at_level("WARNING", logger="utils.reports"):
+        report = write_classification_report(str(tmp_path), "test", GOLD, PRED, LABELS)
+        state = write_state(tmp_path / "trainer_state.json", LOG_HISTORY)
+        assert plot_training_curves(state, str(tmp_path / "curves.png")) is None
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    assert sorted(os.listdir(tmp_path)) == ["test_confusion_matrix.csv", "test_report.json", "test_report.txt",
+                                            "test_top_confusions.csv", "trainer_state.json"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2 and all("could not draw" in m and "MemoryError" in m for m in warned)
 
 
 @pytest.mark.parametrize("gold, predicted", [([0, 1], [0]), ([], []), ([0, 4], [0, 1]), ([0, 1], [-1, 1])])

@@ -84,6 +84,80 @@ def test_manual_verbalizer_mlm_loss_option(tiny_model_dir):
     np.testing.assert_allclose(loss, token_ce, rtol=1e-5)
 
 
+def full_projection_scores(model, batch):
+    """The pre-speed-up computation: the MLM head on every position, then log-softmax over the vocabulary
+    at the masks, summed over the label word's tokens (numpy, independent of MultiMaskVerbalizer's code)."""
+    from paddlenlp.prompt import PromptModelForSequenceClassification
+
+    _, vocab_logits = PromptModelForSequenceClassification.forward(model, **batch, return_hidden_states=True)
+    logits = vocab_logits.numpy().astype("float64")
+    logits = logits.reshape([-1, logits.shape[-1]])[batch["masked_positions"].numpy()]
+    log_probs = logits - logits.max(-1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+    ids = model.verbalizer.mask_token_index.numpy()  # [n_masks, labels]
+    n_masks = ids.shape[0]
+    log_probs = log_probs.reshape([-1, n_masks, log_probs.shape[-1]])
+    return sum(log_probs[:, k, ids[k]] for k in range(n_masks)), vocab_logits
+
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("manual_loss", ["ce", "mlm"])
+def test_mask_only_scores_equal_full_projection(tiny_model_dir, manual_loss):
+    """Training and evaluation score the masks only (ce: only the label words' decoder rows); the
+    probabilities, the loss and its gradients must be those of the full-vocabulary computation."""
+    import paddle
+    from paddlenlp.prompt import PromptDataCollatorWithPadding
+
+    from utils.modeling import build_prompt_model, criterion_for
+    from utils.prompt import build_template
+
+    paddle.seed(5)
+    plm, tokenizer = load_plm(tiny_model_dir)
+    parts = build_template(PROMPT, "lstm", 16, mask_length=2)
+    labels = LabelSet({"apple": "红色", "banana": "黄色", "grape": "紫色"})
+    model = build_prompt_model(plm, tokenizer, parts, labels, 32, verbalizer="manual")
+    model.train()
+    model.plm.eval()  # no dropout, so both computations see the same network (the LSTM needs train mode for grads)
+    criterion = criterion_for(model, manual_loss)
+    assert model.verbalizer.normalize == (manual_loss == "mlm")
+    texts = ["苹果是红色的", "香蕉很好吃", "葡萄" * 30, "一"]
+    collate = PromptDataCollatorWithPadding(tokenizer, return_tensors="pd")
+    batch = collate([model.template({"text_a": t, "labels": i % 3}) for i, t in enumerate(texts)])
+    gold = batch.pop("labels")
+    watched = {"soft prompt": model.template.soft_embeddings.weight,
+               "head transform": model.plm.cls.predictions.transform.weight,
+               "word embeddings (tied decoder)": model.plm.get_input_embeddings().weight,
+               "decoder bias": model.plm.cls.predictions.decoder.bias}
+
+    def loss_and_grads(scores):
+        model.clear_gradients()
+        loss = criterion(scores, gold)
+        loss.backward()
+        return float(loss), {name: p.grad.numpy().copy() for name, p in watched.items()}
+
+    reference, vocab_logits = full_projection_scores(model, dict(batch))
+    assert vocab_logits.shape[1] == batch["input_ids"].shape[1]  # the old path projected every position
+    old_scores = model.verbalizer.process_outputs(vocab_logits, batch["masked_positions"])
+    old_loss, old_grads = loss_and_grads(old_scores)
+    new_scores = model(**batch)
+    new_loss, new_grads = loss_and_grads(new_scores)
+
+    scores = new_scores.numpy()
+    np.testing.assert_allclose(softmax(scores), softmax(reference), atol=1e-5)
+    assert (scores.argmax(-1) == reference.argmax(-1)).all()
+    if manual_loss == "mlm":  # the MLM loss reads the normalised log-probabilities themselves
+        np.testing.assert_allclose(scores, reference, atol=1e-4)
+    assert new_loss == pytest.approx(old_loss, rel=1e-5, abs=1e-6)
+    for name, grad in old_grads.items():
+        scale = np.abs(grad).max()
+        assert scale > 0, name
+        np.testing.assert_allclose(new_grads[name], grad, atol=1e-4 * scale, err_msg=name)
+
+
 def test_manual_verbalizer_needs_equal_token_counts(tiny_model_dir, tmp_path):
     from utils.modeling import label_word_token_count
 

@@ -79,18 +79,15 @@ class FoldedPromptModel(paddle.nn.Layer):
         inputs_embeds = paddle.where((soft_token_ids > 0).unsqueeze(-1), soft_embeds, word_embeds)
         attention_mask = paddle.unsqueeze((input_ids == self.pad_id).astype("float32") * -1e4, axis=[1, 2])
         inputs = dict(input_ids=None, token_type_ids=token_type_ids, position_ids=position_ids,
-                      attention_mask=attention_mask, inputs_embeds=inputs_embeds, return_dict=True)
+                      attention_mask=attention_mask, inputs_embeds=inputs_embeds)
         if model.verbalizer is None:  # fine-tuning baseline: the [CLS] classifier's logits
-            return model.plm(**inputs).logits
+            return model.plm(**inputs, return_dict=True).logits
         is_mask = paddle.logical_and(input_ids == self.mask_id, soft_token_ids == 0)
         index = paddle.nonzero(is_mask)
         flat = index[:, 0] * paddle.shape(input_ids)[1] + index[:, 1]
-        if isinstance(model.verbalizer, MultiMaskVerbalizer):
-            # Project only the [MASK] positions onto the vocabulary (training projects every position).
-            scores = model.plm(masked_positions=flat, **inputs).logits
-            scores = scores.reshape([paddle.shape(input_ids)[0], -1, scores.shape[-1]])
-            return model.verbalizer.process_outputs(scores, None)
-        return model.verbalizer.process_outputs(model.plm(**inputs).logits, flat)
+        if isinstance(model.verbalizer, MultiMaskVerbalizer):  # as in training: the masks alone
+            return model.verbalizer.label_scores(model.plm, inputs, flat)[0]
+        return model.verbalizer.process_outputs(model.plm(**inputs, return_dict=True).logits, flat)
 
 
 def encoded_soft_table(template, hidden: int) -> paddle.Tensor:

@@ -27,6 +27,8 @@ from paddlenlp.prompt import (  # noqa: E402  (after the compat fixes)
     PromptModelForSequenceClassification,
     SoftVerbalizer,
 )
+from paddlenlp.transformers.ernie.modeling import ErnieLMPredictionHead  # noqa: E402
+from paddlenlp.transformers.model_outputs import SequenceClassifierOutput  # noqa: E402
 
 RUN_CONFIG_FILE = "ptuning_config.json"
 MODEL_STATE_FILE = "model_state.pdparams"
@@ -34,10 +36,14 @@ VERBALIZERS = ("soft", "manual")
 
 
 class PromptModel(PromptModelForSequenceClassification):
-    """paddlenlp's prompt classifier, with `--freeze_dropout` that survives `model.train()`.
+    """paddlenlp's prompt classifier, with `--freeze_dropout` that survives `model.train()`, and the
+    manual verbalizer scoring the [MASK] positions only.
 
     Upstream puts the PLM in eval mode once, but the Trainer calls `model.train()` every step,
-    which turns the PLM's dropout back on.
+    which turns the PLM's dropout back on. Upstream's `forward` also withholds `masked_positions`
+    from the PLM, so its MLM head projects every position onto the vocabulary before the
+    verbalizer keeps the masks; with `MultiMaskVerbalizer` the verbalizer runs the PLM itself
+    (`label_scores`) and projects only the masks. Other verbalizers take upstream's path.
     """
 
     def train(self):
@@ -46,14 +52,45 @@ class PromptModel(PromptModelForSequenceClassification):
             self.plm.eval()
         return self
 
+    def forward(self, input_ids, token_type_ids=None, position_ids=None, attention_mask=None, masked_positions=None,
+                soft_token_ids=None, encoder_ids=None, labels=None, return_dict=None, **kwargs):
+        inputs = {"input_ids": input_ids, "token_type_ids": token_type_ids, "position_ids": position_ids,
+                  "attention_mask": attention_mask, "masked_positions": masked_positions,
+                  "soft_token_ids": soft_token_ids, "encoder_ids": encoder_ids}
+        if not isinstance(self.verbalizer, MultiMaskVerbalizer):
+            return super().forward(**inputs, labels=labels, return_dict=return_dict, **kwargs)
+        inputs = {**self.template.process_batch(inputs), **kwargs}
+        plm_inputs = {k: v for k, v in inputs.items() if k in self.forward_keys and k != "masked_positions"}
+        logits, mask_states = self.verbalizer.label_scores(self.plm, plm_inputs, inputs["masked_positions"])
+        # Loss and outputs as upstream's; the "hidden states" (RGL's sentence embeddings) are the
+        # MLM head's states at the masks, [batch, n_masks, hidden].
+        loss = None if labels is None else F.cross_entropy(logits, labels.reshape([-1]))
+        if return_dict:
+            return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=mask_states)
+        output = (logits, mask_states) if kwargs.get("return_hidden_states", False) else (logits,)
+        if loss is not None:
+            return (loss,) + output
+        return output[0] if len(output) == 1 else output
+
 
 class MultiMaskVerbalizer(MaskedLMVerbalizer):
-    """paddlenlp's MaskedLMVerbalizer giving one score per label: log P(label word) under the MLM head.
+    """paddlenlp's MaskedLMVerbalizer giving one score per label from ERNIE's MLM head at the masks.
 
-    The label word's k-th token is read at the k-th `[MASK]`; the score is the sum over masks of
-    log-softmax over the vocabulary (MaskedLMVerbalizer's "product" aggregation, in log space).
-    Scores are `[batch, num_labels]` like SoftVerbalizer's, so metrics, export and infer.py are shared.
+    The label word's k-th token is read at the k-th `[MASK]`. Scores are `[batch, num_labels]`
+    like SoftVerbalizer's, so metrics, export and infer.py are shared; training, evaluation and
+    the exported graph all compute them with `label_scores`:
+
+    * default: score = sum over masks of the head's logit for the label word's token (PET's
+      unnormalised label score). Only the label tokens' decoder rows are computed, a
+      `[hidden, num_labels]` product per mask instead of `[hidden, vocab]`.
+    * `normalize = True` (`--manual_loss mlm`, whose loss is the label word's MLM loss): score =
+      sum over masks of log P(token) under the softmax over the whole vocabulary.
+
+    The two differ by sum over masks of logsumexp(mask logits), the same for every label, so
+    softmax over labels, cross-entropy (value and gradient), argmax and confidences are identical.
     """
+
+    normalize = False
 
     def create_parameters(self):
         # [n_masks, num_labels]: the label words' k-th token ids, a constant of the graph.
@@ -61,20 +98,48 @@ class MultiMaskVerbalizer(MaskedLMVerbalizer):
         self.register_buffer("mask_token_index", paddle.to_tensor(index, dtype="int64"), persistable=False)
 
     def process_outputs(self, outputs, masked_positions=None):
+        """Normalised scores from vocabulary logits `[batch, n_masks, vocab]` (or `[batch, seq, vocab]`
+        with flat `masked_positions`)."""
         outputs = super().process_outputs(outputs, masked_positions)  # [batch, n_masks, vocab]
-        log_probs = F.log_softmax(outputs, axis=-1)
+        # log_softmax, written out: Paddle 3.3's CPU log_softmax kernel is quadratic in the last
+        # axis (14 s for [32, 2, 40k] against 0.03 s this way; same values and gradient).
+        log_probs = outputs - paddle.logsumexp(outputs, axis=-1, keepdim=True)
         # aggregate_multiple_mask(..., "sum") as one gather: its Python loop over a dynamic mask
         # count would become a Loop op in the exported graph.
         index = paddle.expand(self.mask_token_index.unsqueeze(0),
                               [paddle.shape(log_probs)[0], *self.mask_token_index.shape])
         return paddle.take_along_axis(log_probs, index, axis=2).sum(axis=1)
 
+    def label_scores(self, plm, plm_inputs: Dict[str, Any], masked_positions):
+        """`(scores [batch, num_labels], head states at the masks [batch, n_masks, hidden])`.
+
+        `plm` is an ErnieForMaskedLM, `plm_inputs` its encoder's inputs, `masked_positions` flat
+        indices into batch*sequence, every example's masks in order (as the prompt collator and
+        the exported graph make them). The head (transform, activation, layer norm, decoder)
+        works per position, so gathering the masks first changes no value.
+        """
+        head = plm.cls.predictions
+        sequence = plm.ernie(**plm_inputs, return_dict=True)[0]
+        hidden = sequence.shape[-1]
+        states = paddle.gather(sequence.reshape([-1, hidden]), masked_positions)
+        states = head.layer_norm(head.activation(head.transform(states)))
+        n_masks, num_labels = self.mask_token_index.shape
+        if self.normalize:
+            scores = self.process_outputs(head.decoder(states).reshape([-1, n_masks, head.decoder.weight.shape[0]]))
+        else:
+            ids = self.mask_token_index.reshape([-1])
+            weight = paddle.gather(head.decoder.weight, ids).reshape([n_masks, num_labels, hidden])
+            bias = paddle.gather(head.decoder.bias, ids).reshape([n_masks, 1, num_labels])
+            per_mask = states.reshape([-1, n_masks, hidden]).transpose([1, 0, 2])  # [n_masks, batch, hidden]
+            scores = (paddle.matmul(per_mask, weight, transpose_y=True) + bias).sum(axis=0)
+        return scores, states.reshape([-1, n_masks, hidden])
+
 
 class LabelWordNLLLoss(paddle.nn.Layer):
     """The MLM loss of the gold label word at the mask positions (transformers_tasks' p-tuning).
 
-    With `MultiMaskVerbalizer` scores (sum of per-mask log-probabilities over the whole vocabulary)
-    this is the mean over masks of the token-level cross-entropy.
+    With `MultiMaskVerbalizer.normalize` scores (sum of per-mask log-probabilities over the whole
+    vocabulary; `criterion_for` sets it) this is the mean over masks of the token-level cross-entropy.
     """
 
     def __init__(self, num_masks: int):
@@ -134,6 +199,9 @@ def create_verbalizer(kind: Optional[str], label_set: LabelSet, tokenizer, plm):
         return SoftVerbalizer(label_set.verbalizer_words(), tokenizer, plm)
     if kind == "manual":
         label_word_token_count(label_set, tokenizer)
+        if not isinstance(getattr(getattr(plm, "cls", None), "predictions", None), ErnieLMPredictionHead):
+            raise UserError(f"--verbalizer manual reads ERNIE's masked-LM head (ErnieForMaskedLM); the model is a "
+                            f"{type(plm).__name__}: use --verbalizer soft", "--verbalizer")
         return MultiMaskVerbalizer(label_set.verbalizer_words(), tokenizer)
     raise UserError(f"must be one of {', '.join(VERBALIZERS)}, got {kind!r}", "--verbalizer")
 
@@ -152,9 +220,15 @@ def build_prompt_model(plm, tokenizer, parts: List[Dict[str, Any]], label_set: L
 
 
 def criterion_for(model: PromptModel, manual_loss: str = "ce") -> paddle.nn.Layer:
-    """Cross-entropy over the label scores; `manual_loss="mlm"`: the label word's MLM loss instead."""
-    if isinstance(model.verbalizer, MultiMaskVerbalizer) and manual_loss == "mlm":
-        return LabelWordNLLLoss(int(model.verbalizer.token_ids.shape[-1]))
+    """Cross-entropy over the label scores; `manual_loss="mlm"`: the label word's MLM loss instead.
+
+    The MLM loss needs the manual verbalizer's scores normalised over the vocabulary, so this also
+    sets `MultiMaskVerbalizer.normalize` (predictions are the same either way).
+    """
+    if isinstance(model.verbalizer, MultiMaskVerbalizer):
+        model.verbalizer.normalize = manual_loss == "mlm"
+        if manual_loss == "mlm":
+            return LabelWordNLLLoss(int(model.verbalizer.token_ids.shape[-1]))
     return paddle.nn.CrossEntropyLoss()
 
 
