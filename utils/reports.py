@@ -171,7 +171,7 @@ def _many_labels_figure(matrix: np.ndarray, labels: Sequence[str]):
         ax.set_xlabel("predicted")
         ax.set_ylabel("gold")
     else:
-        ax.set_xlabel("predicted (label id, label.txt order; names in the CSV files)")
+        ax.set_xlabel("predicted (label id = position in the sorted label names; names in the CSV files)")
         ax.set_ylabel("gold (label id)")
     ax.set_title("confusion matrix, rows normalised")
 
