@@ -1,4 +1,6 @@
+import json
 import os
+import shutil
 import time
 
 import pytest
@@ -43,3 +45,35 @@ def test_tiny_model_loads_and_is_marked_not_pretrained(tiny_model_dir, caplog):
     assert tokenizer.pad_token_id == 0 and tokenizer.mask_token_id is not None
     assert os.path.isfile(os.path.join(tiny_model_dir, MARKER_FILE))
     assert "NOT pretrained" in caplog.text
+
+
+MODEL_DAMAGE = {
+    "truncated weights": lambda d: open(os.path.join(d, "model_state.pdparams"), "r+b").truncate(1000),
+    "corrupt config": lambda d: open(os.path.join(d, "config.json"), "w").write("{bad"),
+    "impossible config": lambda d: _edit_json(os.path.join(d, "config.json"), hidden_size=65),
+    "no vocab": lambda d: os.remove(os.path.join(d, "vocab.txt")),
+    "empty vocab": lambda d: open(os.path.join(d, "vocab.txt"), "w").close(),
+    "corrupt tokenizer config": lambda d: open(os.path.join(d, "tokenizer_config.json"), "w").write("[1"),
+}
+
+
+def _edit_json(path, **changes):
+    with open(path, encoding="utf-8") as fp:
+        data = json.load(fp)
+    data.update(changes)
+    with open(path, "w", encoding="utf-8") as fp:
+        json.dump(data, fp)
+
+
+@pytest.mark.parametrize("case", list(MODEL_DAMAGE))
+def test_a_damaged_pretrained_model_dir_is_one_paragraph(case, tiny_model_dir, keyword_data, tmp_path, capsys):
+    import train
+    from utils.errors import run_cli
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    MODEL_DAMAGE[case](str(model))
+    code = run_cli(train.main, ["--model_name_or_path", str(model), "--data_dir", keyword_data, "--output_dir",
+                                str(tmp_path / "out"), "--do_train", "--max_steps", "1", "--max_seq_length", "32"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and str(model) in err and "Traceback" not in err, err

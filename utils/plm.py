@@ -80,8 +80,9 @@ def load_tokenizer(name_or_path: str):
     source = resolve_model(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"cannot load the tokenizer: {exc}", name_or_path) from None
+    except Exception as exc:  # a missing or damaged vocab/tokenizer config fails in many ways inside paddlenlp
+        raise UserError(f"cannot load the tokenizer ({type(exc).__name__}: {exc}); its files (vocab.txt, "
+                        "tokenizer_config.json) are missing or damaged", name_or_path) from None
 
 
 def load_plm(name_or_path: str, head: str = "masked_lm", num_labels: int = None) -> Tuple[object, object]:
@@ -97,8 +98,9 @@ def load_plm(name_or_path: str, head: str = "masked_lm", num_labels: int = None)
             model = AutoModelForMaskedLM.from_pretrained(source)
         else:
             model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise UserError(f"cannot load the model: {exc}", name_or_path) from None
+    except Exception as exc:  # truncated weights, bad config values: paddle raises many types
+        raise UserError(f"cannot load the model ({type(exc).__name__}: {exc}); its config.json or weights are "
+                        "damaged or do not match", name_or_path) from None
     if os.path.isdir(source) and is_not_pretrained(source):
         logger.warning("%s is a RANDOMLY INITIALISED ERNIE built by utils.tiny_ernie, NOT pretrained: "
                        "results from it say nothing about ERNIE's accuracy.", source)
