@@ -46,7 +46,7 @@ class Choice(str, enum.Enum):
             return text
         key = str(text).strip().lower()
         for member in cls:
-            if key == member.value or key in cls._aliases().get(member.value, ()):
+            if key == member.value or (member.value == "none" and key in NONE_SPELLINGS):
                 return member
         raise ValueError(f"must be one of {cls.describe()}, got {text!r}")
 
@@ -63,9 +63,9 @@ class Choice(str, enum.Enum):
         values = [m.value for m in cls]
         return ", ".join(values[:-1]) + " or " + values[-1] if len(values) > 1 else values[0]
 
-    @classmethod
-    def _aliases(cls):
-        return {}
+
+
+NONE_SPELLINGS = ("", "null", "false", "no")  # also mean `none` for choices that have it (upstream's `None`)
 
 
 class Method(Choice):
@@ -88,10 +88,6 @@ class SoftEncoder(Choice):
     MLP = "mlp"
     NONE = "none"
 
-    @classmethod
-    def _aliases(cls):
-        return {"none": ("", "null", "identity")}
-
 
 class ExportType(Choice):
     PADDLE = "paddle"
@@ -101,10 +97,6 @@ class ExportType(Choice):
 class Quantize(Choice):
     NONE = "none"
     INT8 = "int8"
-
-    @classmethod
-    def _aliases(cls):
-        return {"none": ("", "null", "false", "no")}
 
 
 DEVICE_PATTERN = re.compile(r"^(cpu|gpu(:\d+)?)$")

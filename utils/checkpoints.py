@@ -12,7 +12,6 @@ next start.
 from __future__ import annotations
 
 import glob
-import hashlib
 import logging
 import os
 import re
@@ -20,7 +19,7 @@ import shutil
 from typing import Dict, List, Optional
 
 from .errors import UserError
-from .files import read_json, write_json_atomic
+from .files import read_json, sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +31,6 @@ DELETING_PREFIX = ".deleting-"
 LEFTOVER_PATTERNS = (".saving*", DELETING_PREFIX + "*", "export.tmp-*", "export.old-*", ".*.tmp")
 MODEL_FILES = ("model_state.pdparams", "ptuning_config.json")
 RESUME_FILES = ("optimizer.pdopt", "scheduler.pdparams", "trainer_state.json")
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fp:
-        for chunk in iter(lambda: fp.read(8 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def rng_file(world_size: int) -> str:

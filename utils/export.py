@@ -22,7 +22,6 @@ built beside the target and renamed into place, so a failed export leaves nothin
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import platform
@@ -36,7 +35,7 @@ import paddle
 from .args import ExportType, Quantize
 from .console import quiet_native_output
 from .errors import UserError
-from .files import write_json_atomic
+from .files import sha256_file, write_json_atomic
 from .modeling import MultiMaskVerbalizer, rebuild_from_checkpoint
 from .preprocess import INPUT_NAMES, PREPROCESS_FILE, PromptPreprocessor, describe_template
 from .rundir import DirLock
@@ -110,14 +109,6 @@ def encoded_soft_table(template, hidden: int) -> paddle.Tensor:
         embeds = template.process_batch(batch)["inputs_embeds"][0].numpy()
     table[ids] = embeds[soft > 0]
     return paddle.to_tensor(table)
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fp:
-        for chunk in iter(lambda: fp.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _versions() -> Dict[str, str]:
@@ -393,7 +384,7 @@ def _export(checkpoint_dir, output_dir, examples, export_type, export_fp16, over
             "export_seconds": round(time.time() - start, 2),
         }
         manifest["files"] = {name: {"bytes": os.path.getsize(os.path.join(tmp_dir, name)),
-                                    "sha256": _sha256(os.path.join(tmp_dir, name))}
+                                    "sha256": sha256_file(os.path.join(tmp_dir, name))}
                              for name in sorted(os.listdir(tmp_dir))}
         write_json_atomic(os.path.join(tmp_dir, MANIFEST_FILE), manifest)
         _publish(tmp_dir, output_dir)

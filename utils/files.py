@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -90,3 +91,12 @@ def read_json(path: str, what: str = "JSON file"):
         raise UserError(f"{what} is not UTF-8 text (corrupt?)", path) from None
     except OSError as exc:
         raise UserError(f"cannot read the {what}: {exc.strerror}", path) from None
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file, read in 8 MB chunks (hashlib releases the GIL on them)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fp:
+        for chunk in iter(lambda: fp.read(8 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
