@@ -22,7 +22,6 @@ built beside the target and renamed into place, so a failed export leaves nothin
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import platform
@@ -34,14 +33,13 @@ import numpy as np
 import paddle
 
 from .errors import UserError
-from .files import write_json_atomic
+from .export_files import LABELS_FILE, MANIFEST_FILE
+from .files import sha256_file, write_json_atomic
 from .modeling import MultiMaskVerbalizer, rebuild_from_checkpoint
 from .preprocess import INPUT_NAMES, PREPROCESS_FILE, PromptPreprocessor, describe_template
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
-LABELS_FILE = "labels.json"
 TEMPLATE_FILE = "template.json"
 ONNX_FILE = "model.onnx"
 ONNX_FP16_FILE = "model_fp16.onnx"
@@ -110,14 +108,6 @@ def encoded_soft_table(template, hidden: int) -> paddle.Tensor:
         embeds = template.process_batch(batch)["inputs_embeds"][0].numpy()
     table[ids] = embeds[soft > 0]
     return paddle.to_tensor(table)
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fp:
-        for chunk in iter(lambda: fp.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _versions() -> Dict[str, str]:
@@ -367,7 +357,7 @@ def export_checkpoint(checkpoint_dir: str, output_dir: str, examples: Optional[L
             "export_seconds": round(time.time() - start, 2),
         }
         manifest["files"] = {name: {"bytes": os.path.getsize(os.path.join(tmp_dir, name)),
-                                    "sha256": _sha256(os.path.join(tmp_dir, name))}
+                                    "sha256": sha256_file(os.path.join(tmp_dir, name))}
                              for name in sorted(os.listdir(tmp_dir))}
         write_json_atomic(os.path.join(tmp_dir, MANIFEST_FILE), manifest)
         _publish(tmp_dir, output_dir)
