@@ -4,15 +4,20 @@
     python infer.py --model_path_prefix checkpoints/export --input_file texts.txt --output_file out.jsonl --top_k 3
 
 Input: one text per line (`text_a<TAB>text_b` for pair models); a trailing `<TAB>label` column
-(test.txt layout) is accepted and adds accuracy to the summary. Output: TSV with a header
-(text, label, confidence, ...) or JSONL when --output_file ends in .jsonl.
+(test.txt layout) is accepted and adds accuracy and macro-F1 to the summary. Output: TSV with a
+header (text, [gold], label, confidence, ...) or JSONL when --output_file ends in .jsonl, written
+as the input streams through and renamed into place only when complete.
+Upstream's flags are accepted (--model_name_or_path, --max_length, --cpu_threads, ...).
 """
 import argparse
 import json
 import os
+import signal
 import sys
 
 from utils.errors import UserError, run_cli
+
+DEFAULT_OUTPUT = "infer_predictions.tsv"
 
 
 def build_parser():
@@ -21,8 +26,9 @@ def build_parser():
                         help="Export directory, or its model prefix as upstream (checkpoints/export/model).")
     parser.add_argument("--data_dir", help="Dataset folder: classify its data.txt.")
     parser.add_argument("--input_file", help="File of texts to classify (instead of --data_dir/data.txt).")
-    parser.add_argument("--output_file", default="infer_predictions.tsv",
-                        help="Where to write predictions (.tsv, or .jsonl for JSON lines). Default: %(default)s")
+    parser.add_argument("--output_file", default=None,
+                        help=f"Where to write predictions (.tsv, or .jsonl for JSON lines). Default: {DEFAULT_OUTPUT}")
+    parser.add_argument("--output_dir", default=None, help=f"Write {DEFAULT_OUTPUT} in this directory instead.")
     parser.add_argument("--max_seq_length", "--max_length", dest="max_seq_length", type=int, default=None,
                         help="Tokens per input, prompt included (default and maximum: the exported value).")
     parser.add_argument("--batch_size", type=int, default=32,
@@ -31,29 +37,54 @@ def build_parser():
     parser.add_argument("--device", choices=["cpu", "gpu"], default=None,
                         help="Default: gpu when onnxruntime-gpu's CUDA provider is available, else cpu.")
     parser.add_argument("--device_id", type=int, default=0)
-    parser.add_argument("--num_threads", type=int, default=None, help="CPU threads (default: physical cores).")
+    parser.add_argument("--num_threads", "--cpu_threads", dest="num_threads", type=int, default=None,
+                        help="CPU threads (default: physical cores).")
     parser.add_argument("--use_fp16", action="store_true", help="GPU: use the export's model_fp16.onnx.")
     parser.add_argument("--use_int8", action="store_true",
                         help="Use the export's model_int8.onnx (export with --quantize int8); fastest on CPU.")
     parser.add_argument("--top_k", type=int, default=1, help="Also write the k best labels with confidences.")
     parser.add_argument("--file_order", action="store_true",
                         help="Batch in file order instead of by length (slower; for comparisons).")
-    parser.add_argument("--model_name", default=None, help=argparse.SUPPRESS)  # upstream flag: the export has the tokenizer
+    parser.add_argument("--model_name_or_path", "--model_name", dest="model_name_or_path", default=None,
+                        help="Accepted for upstream compatibility and not needed: the export has its own tokenizer.")
+    parser.add_argument("--prompt", default=None, help=argparse.SUPPRESS)  # upstream deploy.py: refused below
     return parser
+
+
+def terminate(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def main(argv):
     args = build_parser().parse_args(argv)
-    from utils.predictor import ExportedClassifier, classify_file, resolve_export_dir
+    from utils.files import check_output_file, open_for_reading
 
-    if args.batch_size <= 0:
-        raise UserError(f"must be positive, got {args.batch_size}", "--batch_size")
+    for flag in ("batch_size", "top_k", "num_threads", "max_seq_length"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise UserError(f"must be positive, got {value}", f"--{flag}")
+    if args.prompt is not None:
+        raise UserError("the export carries the template it was trained with (template.json, preprocess.json); "
+                        "drop --prompt, or train and export a model with the prompt you want", "--prompt")
     if args.input_file:
         input_path = args.input_file
     elif args.data_dir:
         input_path = os.path.join(args.data_dir, "data.txt")
     else:
         raise UserError("give --input_file FILE or --data_dir DIR (which holds data.txt)", "infer.py")
+    if args.output_file and args.output_dir:
+        raise UserError("give --output_file or --output_dir, not both", "--output_dir")
+    output_path = args.output_file or os.path.join(args.output_dir or "", DEFAULT_OUTPUT)
+    # Everything the user gave is checked before the model loads.
+    open_for_reading(input_path, "input file").close()
+    check_output_file(output_path, not_same_as=input_path)
+
+    from utils.predictor import ExportedClassifier, classify_file, resolve_export_dir
+
+    export_dir = resolve_export_dir(args.model_path_prefix)
+    if args.model_name_or_path is not None:
+        print(f"note: --model_name_or_path is not needed: using the export's own tokenizer ({export_dir}/vocab.txt)",
+              file=sys.stderr)
     if args.device is None:
         import onnxruntime
 
@@ -64,14 +95,18 @@ def main(argv):
         args.num_threads = psutil.cpu_count(logical=False) or os.cpu_count()
     if args.use_fp16 and args.device != "gpu":
         print("note: --use_fp16 only applies with --device gpu; running fp32 on CPU", file=sys.stderr)
-    export_dir = resolve_export_dir(args.model_path_prefix)
     classifier = ExportedClassifier(export_dir, device=args.device, device_id=args.device_id,
                                     num_threads=args.num_threads, use_fp16=args.use_fp16,
                                     max_seq_length=args.max_seq_length, use_int8=args.use_int8)
-    summary = classify_file(classifier, input_path, args.output_file, batch_size=args.batch_size,
-                            top_k=args.top_k, sort_by_length=not args.file_order)
+    # A scheduler's SIGTERM unwinds like Ctrl-C, so the partial output is removed on the way out.
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        summary = classify_file(classifier, input_path, output_path, batch_size=args.batch_size,
+                                top_k=args.top_k, sort_by_length=not args.file_order)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     summary.update(model=os.path.join(export_dir, classifier.model_file), device=args.device,
-                   output_file=args.output_file)
+                   output_file=output_path)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     return 0
 

@@ -3,6 +3,8 @@
     python benchmarks/bench.py [--repeats 3] [--reference_repeats 2] [--threads 2]
     python benchmarks/bench.py --only reports             # write_classification_report at 15..1000 labels
     python benchmarks/bench.py --only manual_verbalizer   # training step, --verbalizer manual vs soft
+    python benchmarks/bench.py --memory [--baseline DIR]   # only infer.py's peak RSS, 20k vs 2M lines
+    python benchmarks/bench.py --verification EXPORT_DIR   # only the start-up cost of the sha256 checks
 
 Builds the full-size ERNIE-3.0-base architecture with random weights and the real 40k vocab
 (../shared/vocab; compute is the real model's), trains it for a handful of steps on FewCLUE tnews
@@ -11,6 +13,11 @@ measures on tnews test.txt (2010 texts) with `--threads` threads. Everything is 
 benchmarks/work/; results go to benchmarks/results.json and benchmarks/results.md (medians of
 `--repeats`; copy the table into BENCHMARKS.md). Needs ../shared (FewCLUE tnews and the vocab).
 The two smaller parts also run alone (`--only`, results in benchmarks/results_<part>.json).
+
+`--memory` needs no ../shared: it trains and exports a tiny ERNIE on the keyword task and runs
+infer.py on 20k and 2M lines (benchmarks/memory.json, memory.md); `--baseline DIR` (a checkout
+of an earlier version, e.g. `git archive REV | tar -x -C DIR`) also runs that version's infer.py
+on the same export and inputs, for texts/s before/after.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -52,18 +59,33 @@ def run(cmd: List[str], env: Dict[str, str] = None, cwd: str = ROOT) -> dict:
     return {"wall": wall, "stdout": out.decode()}
 
 
-def run_rss(cmd: List[str], env: Dict[str, str] = None) -> dict:
-    """Like `run`, with the child's own peak RSS (os.wait4)."""
+def run_rss(cmd: List[str], env: Dict[str, str] = None, cwd: str = ROOT) -> dict:
+    """Like `run`, with the child's own peak RSS.
+
+    Linux carries a process's peak RSS across fork and exec, so a child started from this (possibly
+    large) process reports at least this process's peak: the command is started by /usr/bin/time,
+    whose own child starts small. Without /usr/bin/time, os.wait4's figure is a ceiling only.
+    """
+    import tempfile
+
     full_env = dict(os.environ, PTUNING_OFFLINE="1", **(env or {}))
+    report = tempfile.NamedTemporaryFile(suffix=".rss", delete=False)
+    report.close()
+    timed_cmd = (["/usr/bin/time", "-f", "%M", "-o", report.name] + cmd) if os.access("/usr/bin/time", os.X_OK) \
+        else cmd
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=full_env, cwd=ROOT)
+    proc = subprocess.Popen(timed_cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=full_env, cwd=cwd)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
+    with open(report.name) as fp:
+        reported = fp.read().split()
+    os.remove(report.name)
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
-    return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024, "stdout": out.decode()}
+    rss_kb = int(reported[-1]) if timed_cmd is not cmd else usage.ru_maxrss
+    return {"wall": wall, "rss_mb": rss_kb / 1024, "stdout": out.decode()}
 
 
 def median(values: List[float]) -> float:
@@ -346,6 +368,103 @@ def manual_verbalizer_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def streaming_memory(work: str, threads: int, baseline: Optional[str] = None,
+                     sizes=(20_000, 200_000, 2_000_000), baseline_sizes=(20_000, 200_000)) -> dict:
+    """infer.py's peak RSS (os.wait4) and texts/s on inputs of `sizes` lines, with a tiny model: the
+    model is ~constant, so any growth with the input is the pipeline's. Inputs repeat 20k distinct
+    keyword-task lines (test.txt layout, gold labels included)."""
+    import random
+
+    from utils.synthetic import PROMPT as KEYWORD_PROMPT, make_split, write_keyword_dataset
+
+    model, data, ckpt = (os.path.join(work, n) for n in ("memory-tiny-ernie", "memory-keyword", "memory-ckpt"))
+    export = os.path.join(ckpt, "export")
+    if not os.path.isfile(os.path.join(export, "manifest.json")):
+        log("training and exporting a tiny ERNIE on the keyword task")
+        write_keyword_dataset(data)
+        run([PY, "-c", "import sys; from utils.synthetic import vocab_texts; "
+             "from utils.tiny_ernie import build_ernie, vocab_from_texts; "
+             "build_ernie(sys.argv[1], vocab_from_texts(vocab_texts()), seed=0)", model])  # paddle stays out of here
+        run([PY, "train.py", "--model_name_or_path", model, "--data_dir", data, "--output_dir", ckpt,
+             "--overwrite_output_dir", "--prompt", KEYWORD_PROMPT, "--max_seq_length", "64", "--learning_rate", "1e-3",
+             "--ppt_learning_rate", "3e-3", "--do_train", "--max_steps", "60", "--per_device_train_batch_size", "16",
+             "--save_steps", "1000", "--logging_steps", "20", "--do_export", "--device", "cpu"])
+    lines = make_split(random.Random(7), 20_000 // 3 + 1, min_len=1, max_len=40)[:20_000]
+    inputs = {}
+    for size in sorted(set(sizes) | set(baseline_sizes if baseline else ())):
+        inputs[size] = os.path.join(work, f"memory-input-{size}.txt")
+        if not os.path.isfile(inputs[size]):
+            with open(inputs[size], "w", encoding="utf-8") as fp:
+                block = "\n".join(lines) + "\n"
+                for _ in range(size // len(lines)):
+                    fp.write(block)
+
+    def measure(root: str, size: int) -> dict:
+        log(f"infer.py ({'baseline' if root != ROOT else 'this version'}) on {size} lines")
+        result = run_rss([PY, os.path.join(root, "infer.py"), "--model_path_prefix", export, "--input_file",
+                          inputs[size], "--output_file", os.path.join(work, "memory-output.tsv"), "--device", "cpu",
+                          "--num_threads", str(threads)], cwd=root)
+        summary = json.loads(result.pop("stdout"))
+        return {"lines": size, "rss_mb": result["rss_mb"], "wall": result["wall"],
+                "texts_per_second": summary["texts_per_second"], "accuracy": summary.get("accuracy")}
+
+    results = {"threads": threads, "onnx_mb": os.path.getsize(os.path.join(export, "model.onnx")) / 2 ** 20,
+               "runs": [], "baseline": []}
+    for size in sizes:  # the baseline right after on the same input: the machine's load changes slowly
+        results["runs"].append(measure(ROOT, size))
+        if baseline and size in baseline_sizes:
+            results["baseline"].append(measure(os.path.abspath(baseline), size))
+    return results
+
+
+def verification_cost(export_dir: str, threads: int, repeats: int) -> dict:
+    """Start-up added by checking sha256 of the export's files: ExportedClassifier built with and
+    without its background hash of the model file (alternating, page cache warm), and the hash alone."""
+    from utils import export_files, predictor
+    from utils.files import sha256_file
+
+    class NoHash:  # the check as it was before: size only
+        def __init__(self, export_dir, manifest, name):
+            self.path = export_files.check_file(export_dir, manifest, name)
+
+        def check(self):
+            pass
+
+    def seconds(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    model = os.path.join(export_dir, "model.onnx")
+    sha256_file(model)  # warm the page cache for both variants
+    times = {"sha256_s": [], "with_check_s": [], "without_check_s": []}
+    for _ in range(repeats):
+        times["sha256_s"].append(seconds(lambda: sha256_file(model)))
+        for key, hasher in (("with_check_s", export_files.BackgroundSha256), ("without_check_s", NoHash)):
+            predictor.BackgroundSha256 = hasher
+            times[key].append(seconds(lambda: predictor.ExportedClassifier(export_dir, num_threads=threads)))
+    predictor.BackgroundSha256 = export_files.BackgroundSha256
+    return {"model_mb": os.path.getsize(model) / 2 ** 20, **times}
+
+
+def report_memory(results: dict) -> str:
+    runs = {r["lines"]: r for r in results["runs"]}
+    small, large = runs[min(runs)], runs[max(runs)]
+    lines = [f"| lines | peak RSS | texts/s (end to end, {results['threads']} thread(s)) |", "|---|---|---|"]
+    lines += [f"| {r['lines']:,} | {r['rss_mb']:.0f} MB | {r['texts_per_second']:.0f} |" for r in results["runs"]]
+    lines += ["", f"Peak RSS {large['lines']:,} / {small['lines']:,} lines: {large['rss_mb']:.0f} / "
+                  f"{small['rss_mb']:.0f} MB = **{large['rss_mb'] / small['rss_mb']:.2f}x** (target <= 1.2x)."]
+    if results.get("baseline"):
+        lines += ["", "| lines | before: peak RSS | before: texts/s | now: peak RSS | now: texts/s |",
+                  "|---|---|---|---|---|"]
+        for before in results["baseline"]:
+            now = runs.get(before["lines"])
+            if now:
+                lines.append(f"| {before['lines']:,} | {before['rss_mb']:.0f} MB | {before['texts_per_second']:.0f} | "
+                             f"{now['rss_mb']:.0f} MB | {now['texts_per_second']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------- report
 
 def cpu_peak() -> dict:
@@ -455,7 +574,28 @@ def main() -> int:
     parser.add_argument("--train_steps", type=int, default=8)
     parser.add_argument("--manual_steps", type=int, default=12, help="steps per run of part 9 (2 are warm-up)")
     parser.add_argument("--only", choices=("reports", "manual_verbalizer"), help="run only this part")
+    parser.add_argument("--memory", action="store_true", help="Only the streaming memory check (no ../shared).")
+    parser.add_argument("--baseline", help="With --memory: an earlier checkout whose infer.py to compare.")
+    parser.add_argument("--verification", metavar="EXPORT_DIR",
+                        help="Only the start-up cost of the sha256 checks, on this (full-size) export.")
     args = parser.parse_args()
+    if args.verification:
+        cost = verification_cost(args.verification, args.threads, args.repeats)
+        print(json.dumps(cost, indent=2))
+        print(f"sha256 of model.onnx ({cost['model_mb']:.0f} MB) {median(cost['sha256_s']):.2f} s alone; "
+              f"ExportedClassifier {median(cost['with_check_s']):.2f} s with the check, "
+              f"{median(cost['without_check_s']):.2f} s without (medians of {args.repeats})")
+        return 0
+    if args.memory:
+        os.makedirs(args.work_dir, exist_ok=True)
+        results = streaming_memory(args.work_dir, args.threads, args.baseline)
+        table = report_memory(results)
+        with open(os.path.join(ROOT, "benchmarks", "memory.json"), "w", encoding="utf-8") as fp:
+            json.dump(results, fp, indent=2)
+        with open(os.path.join(ROOT, "benchmarks", "memory.md"), "w", encoding="utf-8") as fp:
+            fp.write(f"Command: `python benchmarks/bench.py {' '.join(sys.argv[1:])}`\n\n" + table)
+        print(table)
+        return 0
     for path in (TNEWS, VOCAB):
         if args.only != "reports" and not os.path.exists(path):
             raise SystemExit(f"{path} not found: the benchmark needs ../shared (FewCLUE tnews, ERNIE vocab)")

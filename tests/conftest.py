@@ -68,3 +68,18 @@ def shared_path(*parts):
     if not os.path.exists(path):
         pytest.skip(f"{path} not present (../shared is optional)")
     return path
+
+
+def resign(export_dir, name):
+    """Record `name`'s current size and sha256 in the export's manifest.json (a hand-edited export)."""
+    import json
+
+    from utils.files import sha256_file
+
+    manifest_path = os.path.join(export_dir, "manifest.json")
+    with open(manifest_path, encoding="utf-8") as fp:
+        manifest = json.load(fp)
+    path = os.path.join(export_dir, name)
+    manifest["files"][name] = {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+    with open(manifest_path, "w", encoding="utf-8") as fp:
+        json.dump(manifest, fp)

@@ -1,5 +1,6 @@
 """The catalogue of bad inputs: each stops train.py/export.py/infer.py with one paragraph naming the
 file and line (where there is one), exit code 2, no traceback, and nothing written or lost."""
+import json
 import os
 import shutil
 
@@ -8,6 +9,7 @@ import pytest
 import export as export_cli
 import infer
 import train
+from conftest import resign
 from utils.errors import run_cli
 from utils.synthetic import PROMPT
 
@@ -161,12 +163,94 @@ def test_corrupt_checkpoint(trained, tmp_path, capsys):
     assert code == 2 and "corrupt" in err and not (tmp_path / "e").exists()
 
 
+def edit_json(name, change, sign=False):
+    """Damage an export's JSON file: `change(obj)` returns the new content; `sign` records the
+    result in manifest.json (a hand-edited export), so only the content check can catch it."""
+
+    def damage(export_dir):
+        path = os.path.join(export_dir, name)
+        with open(path, encoding="utf-8") as fp:
+            obj = json.load(fp)
+        with open(path, "w", encoding="utf-8") as fp:
+            json.dump(change(obj), fp)
+        if sign:
+            resign(export_dir, name)
+    return damage
+
+
+def replace(obj, **fields):
+    return {**obj, **fields}
+
+
+def without(obj, key):
+    return {k: v for k, v in obj.items() if k != key}
+
+
+def flip_byte(name, where=0.5):
+    """Same size, one byte changed (in model.onnx: a weight; the model still loads)."""
+
+    def damage(export_dir):
+        path = os.path.join(export_dir, name)
+        with open(path, "r+b") as fp:
+            fp.seek(int(os.path.getsize(path) * where))
+            byte = fp.read(1)
+            fp.seek(-1, os.SEEK_CUR)
+            fp.write(bytes([byte[0] ^ 0x01]))
+    return damage
+
+
+def truncate(name):
+    def damage(export_dir):
+        with open(os.path.join(export_dir, name), "r+b") as fp:
+            fp.truncate(os.path.getsize(os.path.join(export_dir, name)) // 2)
+    return damage
+
+
+SHA_DIFFERS = "sha256 differs from manifest.json (modified or corrupt); export again"
+MANIFEST_CASES = [
+    ("manifest is a list", edit_json("manifest.json", lambda m: []), "manifest.json: is a JSON list, not an object"),
+    ("manifest files is a list", edit_json("manifest.json", lambda m: replace(m, files=[])),
+     "manifest.json: `files` is missing or not an object"),
+    ("manifest lacks files", edit_json("manifest.json", lambda m: without(m, "files")),
+     "manifest.json: `files` is missing"),
+    ("manifest file entry lacks sha256", edit_json("manifest.json", lambda m: replace(
+        m, files={**m["files"], "model.onnx": {"bytes": m["files"]["model.onnx"]["bytes"]}})),
+     "manifest.json: `files` entry 'model.onnx' is not {bytes: int, sha256: 64 hex digits}"),
+    ("manifest onnx is a string", edit_json("manifest.json", lambda m: replace(m, onnx="model.onnx")),
+     "manifest.json: `onnx` is missing or has no `fp32` model file name"),
+    ("manifest points outside the export", edit_json("manifest.json", lambda m: replace(
+        m, onnx={**m["onnx"], "fp32": "../model.onnx"})), "manifest.json: `onnx` is missing or has no `fp32`"),
+    ("manifest max_seq_length is text", edit_json("manifest.json", lambda m: replace(m, max_seq_length="abc")),
+     "manifest.json: `max_seq_length` is 'abc', not a positive integer"),
+    ("manifest lacks max_seq_length", edit_json("manifest.json", lambda m: without(m, "max_seq_length")),
+     "manifest.json: `max_seq_length` is None"),
+    ("manifest does not list vocab.txt", edit_json("manifest.json", lambda m: replace(
+        m, files=without(m["files"], "vocab.txt"))), "vocab.txt is not listed in manifest.json"),
+    ("model.onnx: one byte flipped, same size", flip_byte("model.onnx"), "model.onnx: " + SHA_DIFFERS),
+    ("vocab.txt: one byte changed, same size", flip_byte("vocab.txt", 0.9), "vocab.txt: " + SHA_DIFFERS),
+    ("preprocess.json: edited, same size", flip_byte("preprocess.json", 0.99), "preprocess.json: " + SHA_DIFFERS),
+    ("labels.json truncated", truncate("labels.json"), "labels.json: has"),
+    ("labels.json is an object (signed)", edit_json("labels.json", lambda e: {"labels": e}, sign=True),
+     "labels.json: is not a list of {id, label, word} entries"),
+    ("labels.json ids not 0..n-1 (signed)", edit_json("labels.json", lambda e: [
+        replace(x, id=x["id"] + 1) for x in e], sign=True), "labels.json: is not a list of {id, label, word}"),
+    ("labels.json lists fewer labels than the model (signed)", edit_json("labels.json", lambda e: e[:2], sign=True),
+     "the ONNX model outputs 3 logits, labels.json lists 2 labels"),
+    ("preprocess.json parts is a string (signed)", edit_json("preprocess.json", lambda c: replace(c, parts="x"),
+                                                              sign=True),
+     "preprocess.json: `parts` is missing or not a non-empty list"),
+    ("preprocess.json vocab outside the export (signed)", edit_json("preprocess.json", lambda c: replace(
+        c, tokenizer={**c["tokenizer"], "vocab_file": "/etc/passwd"}), sign=True),
+     "preprocess.json: `tokenizer.vocab_file` is missing or not a file name in the export"),
+    ("preprocess.json max_seq_length is text (signed)", edit_json("preprocess.json", lambda c: replace(
+        c, max_seq_length="40"), sign=True), "preprocess.json: `max_seq_length` is '40', not a positive integer"),
+]
 INFER_CASES = [
     ("no manifest", lambda d: os.remove(os.path.join(d, "manifest.json")), "manifest.json missing"),
     ("no vocab", lambda d: os.remove(os.path.join(d, "vocab.txt")), "vocab.txt is missing"),
     ("corrupt labels", lambda d: open(os.path.join(d, "labels.json"), "w").write("[1, 2"), "labels.json"),
     ("corrupt preprocess", lambda d: open(os.path.join(d, "preprocess.json"), "w").write("{"), "preprocess.json"),
-]
+] + MANIFEST_CASES
 
 
 @pytest.mark.parametrize("case, damage, message", INFER_CASES, ids=[c[0] for c in INFER_CASES])

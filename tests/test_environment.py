@@ -94,7 +94,7 @@ def test_an_unreadable_data_file_is_named(keyword_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(keyword_data, data)
     os.chmod(data / "train.txt", 0)
-    with pytest.raises(UserError, match="train.txt: cannot read the train file: Permission denied"):
+    with pytest.raises(UserError, match="train.txt: train file cannot be read: Permission denied"):
         read_text_lines(str(data / "train.txt"), what="train file")
 
 
@@ -112,5 +112,5 @@ def test_an_unreadable_data_file_is_named_even_as_root(keyword_data, monkeypatch
     monkeypatch.setattr(builtins, "open", deny)
     from utils.data import load_dataset_dir
 
-    with pytest.raises(UserError, match="dev.txt: cannot read the dev file: Permission denied"):
+    with pytest.raises(UserError, match="dev.txt: dev file cannot be read: Permission denied"):
         load_dataset_dir(keyword_data)

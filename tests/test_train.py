@@ -48,7 +48,7 @@ def test_outputs_layout(trained):
     assert {"test_accuracy", "test_macro_f1"} <= set(test_metrics)
 
     header, rows = read_tsv(os.path.join(out, "test_predictions.tsv"))
-    assert header == ["text", "gold", "predicted", "probability"]
+    assert header == ["text", "gold", "label", "confidence"]  # infer.py's vocabulary
     with open(os.path.join(data_dir, "test.txt"), encoding="utf-8") as fp:
         test_lines = [line.rstrip("\n").split("\t") for line in fp if line.strip()]
     assert [r[:2] for r in rows] == test_lines
@@ -57,7 +57,7 @@ def test_outputs_layout(trained):
     assert all(1 / 3 <= float(r[3]) <= 1.0 for r in rows)  # softmax prob of the argmax of 3 labels
 
     header, rows = read_tsv(os.path.join(out, "data_predictions.tsv"))
-    assert header == ["text", "label", "probability"]
+    assert header == ["text", "label", "confidence"]
     with open(os.path.join(data_dir, "data.txt"), encoding="utf-8") as fp:
         assert [r[0] for r in rows] == [line.strip() for line in fp if line.strip()]
     assert {r[1] for r in rows} <= {"apple", "banana", "grape"}

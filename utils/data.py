@@ -30,8 +30,11 @@ def _fields_error(n_fields: int, labelled: bool, pair: Optional[bool]) -> str:
     else:
         expected = {None: "`text` or `text_a<TAB>text_b`", False: "one text per line (no tab)",
                     True: "`text_a<TAB>text_b`"}[pair]
-    found = "no tab" if n_fields == 1 else f"{n_fields - 1} tabs"
-    return f"expected {expected}, found {found}"
+    return f"expected {expected}, found {describe_tabs(n_fields)}"
+
+
+def describe_tabs(n_fields: int) -> str:
+    return {1: "no tab", 2: "1 tab"}.get(n_fields, f"{n_fields - 1} tabs")
 
 
 def parse_line(line: str, path: str, number: int, labelled: bool, pair: Optional[bool],

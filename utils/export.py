@@ -35,6 +35,7 @@ import paddle
 from .args import ExportType, Quantize
 from .console import quiet_native_output
 from .errors import UserError
+from .export_files import LABELS_FILE, MANIFEST_FILE
 from .files import sha256_file, write_json_atomic
 from .modeling import MultiMaskVerbalizer, rebuild_from_checkpoint
 from .preprocess import INPUT_NAMES, PREPROCESS_FILE, PromptPreprocessor, describe_template
@@ -42,8 +43,6 @@ from .rundir import DirLock
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
-LABELS_FILE = "labels.json"
 TEMPLATE_FILE = "template.json"
 ONNX_FILE = "model.onnx"
 ONNX_FP16_FILE = "model_fp16.onnx"

@@ -6,43 +6,119 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from .errors import UserError
 
 
-def read_text_lines(path: str, what: str = "file") -> List[Tuple[int, str]]:
-    """Return `(line_number, line)` pairs of a UTF-8 text file, skipping blank lines.
+BOM = b"\xef\xbb\xbf"
 
-    A UTF-8 BOM and CRLF line ends are accepted; bytes that are not UTF-8 are an error naming the
-    line, so a GBK file is reported instead of being silently mangled.
-    """
+
+def open_for_reading(path: str, what: str = "file"):
+    """Open a regular file in binary mode, or raise a `UserError` saying why it cannot be read."""
     if not os.path.exists(path):
         raise UserError(f"{what} not found", path)
+    if os.path.isdir(path):
+        raise UserError(f"{what} is a directory, not a file", path)
     if not os.path.isfile(path):
         raise UserError(f"{what} is not a regular file", path)
     try:
-        with open(path, "rb") as fp:
-            raw = fp.read()
+        return open(path, "rb")
     except OSError as exc:
-        raise UserError(f"cannot read the {what}: {exc.strerror}", path) from None
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    lines = []
-    for number, chunk in enumerate(raw.split(b"\n"), start=1):
-        try:
-            line = chunk.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise UserError(
-                f"not valid UTF-8 (byte {chunk[exc.start:exc.start + 1]!r} at column {exc.start + 1}); "
-                "save the file as UTF-8, e.g. `iconv -f GBK -t UTF-8`",
-                path,
-                number,
-            ) from None
-        line = line.rstrip("\r")
-        if line.strip():
-            lines.append((number, line))
-    return lines
+        raise UserError(f"{what} cannot be read: {exc.strerror or exc}", path) from None
+
+
+def iter_text_lines(path: str, what: str = "file") -> Iterator[Tuple[int, str]]:
+    """Yield `(line_number, line)` of a UTF-8 text file one line at a time, skipping blank lines.
+
+    A UTF-8 BOM and CRLF line ends are accepted; bytes that are not UTF-8 are an error naming the
+    line, so a GBK file is reported instead of being silently mangled. The file is opened (and
+    missing or unreadable files reported) at the call, not at the first line.
+    """
+    return _decoded_lines(open_for_reading(path, what), path)
+
+
+def _decoded_lines(fp, path: str) -> Iterator[Tuple[int, str]]:
+    with fp:
+        for number, raw in enumerate(fp, start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(
+                    f"not valid UTF-8 (byte {raw[exc.start:exc.start + 1]!r} at column {exc.start + 1}); "
+                    "save the file as UTF-8, e.g. `iconv -f GBK -t UTF-8`",
+                    path,
+                    number,
+                ) from None
+            line = line.rstrip("\n").rstrip("\r")
+            if line.strip():
+                yield number, line
+
+
+def read_text_lines(path: str, what: str = "file") -> List[Tuple[int, str]]:
+    """All `(line_number, line)` pairs of a UTF-8 text file (see `iter_text_lines`)."""
+    return list(iter_text_lines(path, what))
+
+
+def count_lines(path: str, chunk_size: int = 1 << 20) -> int:
+    """Number of lines (blank ones included), counted on raw bytes: cheap even for large files."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as fp:
+        for chunk in iter(lambda: fp.read(chunk_size), b""):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
+
+
+def sha256_file(path: str, chunk_size: int = 4 << 20) -> str:
+    """Hex sha256 of a file, read in `chunk_size` blocks into one buffer (hashlib releases the GIL
+    on large blocks, so this can run in a thread beside other work)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(chunk_size)
+    view = memoryview(buffer)
+    with open(path, "rb") as fp:
+        for size in iter(lambda: fp.readinto(buffer), 0):
+            digest.update(view[:size])
+    return digest.hexdigest()
+
+
+def check_output_file(path: str, what: str = "output file", not_same_as: Optional[str] = None) -> None:
+    """Refuse, before any work, an output path that cannot be written by renaming a finished file
+    over it: a directory, a device or FIFO, a read-only file, a parent that is a file, a directory
+    without write permission (or on a read-only file system), or the input file itself."""
+    if os.path.isdir(path):
+        raise UserError(f"{what} is a directory; give a file name inside it", path)
+    if os.path.exists(path):  # through symlinks: the file that would be replaced
+        target = os.path.realpath(path)
+        if not os.path.isfile(target):
+            raise UserError(f"{what} exists and is not a regular file; give another name", path)
+        if not os.access(target, os.W_OK):
+            raise UserError(f"{what} exists and is read-only; not replacing it", path)
+        if not_same_as and os.path.exists(not_same_as) and os.path.samefile(target, not_same_as):
+            raise UserError(f"{what} is the input file; give another name", path)
+        path = target
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):  # missing directories are created when writing
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"cannot create {what}: {parent} is a file, not a directory", path)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write in {parent} (permission denied or read-only file system)", path)
+
+
+def temp_file_beside(path: str) -> str:
+    """Create an empty temporary file in `path`'s directory (made if missing), with the permissions
+    a new file would get, and return its name: `.NAME.XXXX.tmp`, renamed over `path` when complete."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+    return tmp
 
 
 @contextlib.contextmanager
@@ -51,13 +127,7 @@ def atomic_path(path: str) -> Iterator[str]:
 
     A crash mid-write leaves the old file (or none), never a half-written one.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+    tmp = temp_file_beside(path)
     try:
         yield tmp
         with open(tmp, "rb") as fp:
@@ -90,13 +160,5 @@ def read_json(path: str, what: str = "JSON file"):
     except UnicodeDecodeError:
         raise UserError(f"{what} is not UTF-8 text (corrupt?)", path) from None
     except OSError as exc:
-        raise UserError(f"cannot read the {what}: {exc.strerror}", path) from None
+        raise UserError(f"{what} cannot be read: {exc.strerror or exc}", path) from None
 
-
-def sha256_file(path: str) -> str:
-    """Hex sha256 of a file, read in 8 MB chunks (hashlib releases the GIL on them)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fp:
-        for chunk in iter(lambda: fp.read(8 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -1,4 +1,5 @@
-"""Classification metrics (sklearn) and softmax, shared by training, evaluation and inference."""
+"""Classification metrics (sklearn, or from a confusion matrix) and softmax, shared by training,
+evaluation and inference."""
 from __future__ import annotations
 
 from typing import Dict, Sequence
@@ -36,3 +37,14 @@ def metrics_fn(num_labels: int):
         return classification_metrics(np.argmax(logits, axis=-1), eval_preds.label_ids, num_labels)
 
     return compute_metrics
+
+
+def macro_f1_from_confusion(confusion: np.ndarray) -> float:
+    """Macro-F1 over every class of a `[gold, predicted]` confusion matrix, as sklearn's
+    `f1_score(average="macro", labels=all, zero_division=0)`: F1 = 2TP / (2TP + FP + FN), 0 for a
+    class neither present nor predicted. For streamed predictions (no sklearn, no per-text arrays)."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    true_positives = np.diag(confusion)
+    denominator = confusion.sum(axis=0) + confusion.sum(axis=1)  # = 2TP + FP + FN
+    f1 = np.divide(2 * true_positives, denominator, out=np.zeros_like(true_positives), where=denominator > 0)
+    return float(f1.mean()) if len(f1) else 0.0

@@ -16,6 +16,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .errors import UserError
+from .export_files import AGAIN, is_file_name, is_int
+from .files import read_json
 
 PREPROCESS_FILE = "preprocess.json"
 INPUT_NAMES = ("input_ids", "token_type_ids", "position_ids", "soft_token_ids")
@@ -54,6 +56,52 @@ def describe_template(template, max_seq_length: int) -> dict:
         "pad_token_type_id": int(getattr(tokenizer, "pad_token_type_id", 0)),
         "parts": parts,
     }
+
+
+def read_config(export_dir: str) -> dict:
+    """`preprocess.json` of an export, with every field `PromptPreprocessor` uses checked for type."""
+    path = os.path.join(export_dir, PREPROCESS_FILE)
+    config = read_json(path, what=PREPROCESS_FILE)
+
+    def bad(what: str):
+        raise UserError(f"{what} (corrupt or hand-edited?); {AGAIN}", path)
+
+    if not isinstance(config, dict):
+        bad(f"is a JSON {type(config).__name__}, not an object")
+    parts = config.get("parts")
+    if not isinstance(parts, list) or not parts:
+        bad("`parts` is missing or not a non-empty list")
+    for index, part in enumerate(parts):
+        where = f"`parts[{index}]`"
+        if not isinstance(part, dict):
+            bad(f"{where} is not an object")
+        if "text" in part:
+            if part["text"] not in ("text_a", "text_b"):
+                bad(f"{where} fills text field {part['text']!r}; infer.py reads text_a and text_b only")
+        elif not (isinstance(part.get("ids"), list) and all(is_int(i) and i >= 0 for i in part["ids"])):
+            bad(f"{where} has neither `text` nor a list of token `ids`")
+        if not (isinstance(part.get("truncate"), bool) and is_int(part.get("token_type"))
+                and is_int(part.get("position"))):
+            bad(f"{where} lacks `truncate` (bool), `token_type` or `position` (int)")
+    special = config.get("special_ids")
+    if not isinstance(special, dict) or not all(is_int(special.get(k)) and special[k] >= 0
+                                                for k in ("cls", "sep", "pad")):
+        bad("`special_ids` lacks integer `cls`, `sep` and `pad` ids")
+    if not is_int(config.get("max_seq_length")) or config["max_seq_length"] <= 0:
+        bad(f"`max_seq_length` is {config.get('max_seq_length')!r}, not a positive integer")
+    tokenizer = config.get("tokenizer")
+    if not isinstance(tokenizer, dict) or not is_file_name(tokenizer.get("vocab_file")):
+        bad("`tokenizer.vocab_file` is missing or not a file name in the export")
+    if not (isinstance(tokenizer.get("do_lower_case", True), bool)
+            and isinstance(tokenizer.get("unk_token", ""), str)
+            and isinstance(tokenizer.get("special_tokens", []), list)
+            and all(isinstance(t, str) for t in tokenizer.get("special_tokens", []))):
+        bad("`tokenizer` has a `do_lower_case`, `unk_token` or `special_tokens` of the wrong type")
+    if config.get("truncation_side", "right") not in ("left", "right"):
+        bad(f"`truncation_side` is {config['truncation_side']!r}, not left or right")
+    if not is_int(config.get("pad_token_type_id", 0)):
+        bad("`pad_token_type_id` is not an integer")
+    return config
 
 
 def load_wordpiece_tokenizer(vocab_file: str, do_lower_case: bool = True, unk_token: str = "[UNK]",
@@ -138,10 +186,7 @@ class PromptPreprocessor:
 
     @classmethod
     def from_export(cls, export_dir: str, max_seq_length: Optional[int] = None) -> "PromptPreprocessor":
-        from .files import read_json
-
-        return cls(read_json(os.path.join(export_dir, PREPROCESS_FILE), what=PREPROCESS_FILE), export_dir,
-                   max_seq_length)
+        return cls(read_config(export_dir), export_dir, max_seq_length)
 
     def tokenize(self, examples: List[dict]) -> Dict[str, List[List[int]]]:
         """Token ids of every text field, batched through the Rust tokenizer."""

@@ -19,13 +19,14 @@ from .checkpoints import verify as verify_checkpoint
 from .data import DatasetDir, load_dataset_dir
 from .distributed import allreduce_gradients, check_in_sync
 from .errors import ENVIRONMENT_ERRNOS, UserError
-from .files import atomic_path, read_json, write_json_atomic, write_text_atomic
+from .files import read_json, write_json_atomic, write_text_atomic
 from .labels import LabelSet
 from .metrics import classification_metrics, metrics_fn, softmax
+from .predictions import write_predictions
 from .modeling import (build_prompt_model, criterion_for, label_word_token_count, load_run_config, load_state,
                        rebuild_from_checkpoint, run_config, save_run_config, set_state_strictly, unique_state_dict)
 from .plm import load_plm, load_tokenizer, position_limit, warn_unknown_tokens
-from .progress import finish, progress_bar
+from .progress import Progress as ProgressBar
 from .prompt import (build_template, classifier_template, fixed_token_count, is_template_string, template_kind,
                      template_string, validate_template)
 from .reports import plot_training_curves, write_classification_report
@@ -228,7 +229,7 @@ class Progress(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_local_process_zero:
-            self.training_bar = progress_bar(state.max_steps, "train", unit="step")
+            self.training_bar = ProgressBar(state.max_steps, desc="train", unit="steps")
             self.training_bar.update(state.global_step)  # a resumed run starts where it left off
         self.step = state.global_step
 
@@ -242,12 +243,13 @@ class Progress(TrainerCallback):
             return
         if self.prediction_bar is None:
             total = len(eval_dataloader) if eval_dataloader is not None and has_length(eval_dataloader.dataset) else None
-            self.prediction_bar = progress_bar(total, "evaluate" if self.training_bar else "predict", unit="batch",
-                                               leave=self.training_bar is None)
+            self.prediction_bar = ProgressBar(total, desc="evaluate" if self.training_bar else "predict",
+                                              unit="batches")
         self.prediction_bar.update(1)
 
     def finish_prediction(self) -> None:
-        finish(self.prediction_bar)
+        if self.prediction_bar is not None:
+            self.prediction_bar.close(finished=True)
         self.prediction_bar = None
 
     def on_evaluate(self, args, state, control, **kwargs):
@@ -260,7 +262,8 @@ class Progress(TrainerCallback):
             logger.info(", ".join(f"{k}: {v}" for k, v in logs.items()))
 
     def on_train_end(self, args, state, control, **kwargs):
-        finish(self.training_bar, complete=state.global_step >= state.max_steps)  # early stopping ends short
+        if self.training_bar is not None:  # early stopping ends short of 100%
+            self.training_bar.close(finished=state.global_step >= state.max_steps)
         self.training_bar = None
 
 
@@ -385,23 +388,12 @@ def build_model(model_args, training_args, dataset: DatasetDir, plan: ModelPlan,
     return model, tokenizer, config
 
 
-def write_predictions(path: str, examples: List[dict], logits: np.ndarray, labels: List[str],
-                      with_gold: bool) -> None:
-    """TSV with a header: text(s), [gold], predicted label, its softmax probability."""
-    probs = softmax(logits)
-    pred = probs.argmax(axis=-1)
-    pair = any("text_b" in e for e in examples)
-    header = ["text_a", "text_b"] if pair else ["text"]
-    header += ["gold", "predicted", "probability"] if with_gold else ["label", "probability"]
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fp:
-            fp.write("\t".join(header) + "\n")
-            for example, index, prob in zip(examples, pred, probs):
-                row = [example["text_a"]] + ([example.get("text_b", "")] if pair else [])
-                if with_gold:
-                    row.append(labels[example["labels"]])
-                row += [labels[index], f"{prob[index]:.6f}"]
-                fp.write("\t".join(row) + "\n")
+def write_prediction_file(path: str, examples: List[dict], logits: np.ndarray, labels: List[str],
+                          with_gold: bool) -> None:
+    """train.py's prediction files, through infer.py's writer: one vocabulary (text, [gold], label,
+    confidence), one atomic writer."""
+    gold = [labels[e["labels"]] for e in examples] if with_gold else None
+    write_predictions(path, examples, softmax(logits), labels, gold=gold)
 
 
 def predict(trainer, examples: List[dict], metric_key_prefix: str = "test"):
@@ -571,7 +563,7 @@ def predict_and_write(trainer, dataset: DatasetDir, label_set: LabelSet, output_
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)
         if writer:
-            write_predictions(os.path.join(output_dir, TEST_PREDICTIONS_FILE), dataset.test, logits, labels, True)
+            write_prediction_file(os.path.join(output_dir, TEST_PREDICTIONS_FILE), dataset.test, logits, labels, True)
             write_classification_report(output_dir, "test", gold, logits.argmax(-1), labels)
         results["test"] = metrics
     else:
@@ -579,6 +571,6 @@ def predict_and_write(trainer, dataset: DatasetDir, label_set: LabelSet, output_
     if dataset.data:
         logits = predict_logits(trainer, dataset.data)
         if writer:
-            write_predictions(os.path.join(output_dir, DATA_PREDICTIONS_FILE), dataset.data, logits, labels, False)
+            write_prediction_file(os.path.join(output_dir, DATA_PREDICTIONS_FILE), dataset.data, logits, labels, False)
         results["data_predictions"] = len(dataset.data)
     return results

@@ -1,0 +1,119 @@
+"""Prediction files: one format for train.py and infer.py, published whole or not at all; the
+streamed summary equals sklearn's metrics."""
+import errno
+import json
+import os
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from conftest import read_tsv
+from utils import predictions
+from utils.errors import UserError
+from utils.metrics import macro_f1_from_confusion
+from utils.predictions import PredictionSummary, PredictionWriter, write_predictions
+
+LABELS = ["x", "y", "z"]
+PROBS = np.array([[0.2, 0.7, 0.1], [0.5, 0.2, 0.3]])
+
+
+def temp_files(directory):
+    return [name for name in os.listdir(directory) if name.endswith(".tmp")]
+
+
+def test_tsv_columns_gold_and_top_k(tmp_path):
+    path = str(tmp_path / "o.tsv")
+    summary = write_predictions(path, [{"text_a": "甲"}, {"text_a": "乙"}], PROBS, LABELS, top_k=2, gold=["y", "z"])
+    header, rows = read_tsv(path)
+    assert header == ["text", "gold", "label", "confidence", "label_2", "confidence_2"]
+    assert rows == [["甲", "y", "y", "0.700000", "x", "0.200000"], ["乙", "z", "x", "0.500000", "z", "0.300000"]]
+    assert summary["accuracy"] == 0.5 and summary["predicted_label_counts"] == {"x": 1, "y": 1, "z": 0}
+
+
+def test_pairs_tsv_and_jsonl_share_the_vocabulary(tmp_path):
+    examples = [{"text_a": "甲", "text_b": "乙"}, {"text_a": "丙", "text_b": "丁"}]
+    write_predictions(str(tmp_path / "o.tsv"), examples, PROBS, LABELS)
+    header, rows = read_tsv(str(tmp_path / "o.tsv"))
+    assert header == ["text_a", "text_b", "label", "confidence"]
+    assert rows == [["甲", "乙", "y", "0.700000"], ["丙", "丁", "x", "0.500000"]]
+    write_predictions(str(tmp_path / "o.jsonl"), examples, PROBS, LABELS, top_k=2, gold=["y", "x"])
+    with open(tmp_path / "o.jsonl", encoding="utf-8") as fp:
+        first = json.loads(fp.readline())
+    assert first == {"text_a": "甲", "text_b": "乙", "gold": "y", "label": "y", "confidence": 0.7,
+                     "top_k": [{"label": "y", "confidence": 0.7}, {"label": "x", "confidence": 0.2}]}
+
+
+def test_rows_written_in_chunks_equal_one_write(tmp_path):
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=10)
+    examples = [{"text_a": f"t{i}"} for i in range(10)]
+    write_predictions(str(tmp_path / "whole.tsv"), examples, probs, LABELS, top_k=3)
+    with PredictionWriter(str(tmp_path / "chunks.tsv"), LABELS, top_k=3) as writer:
+        for start in range(0, 10, 4):
+            writer.write(examples[start:start + 4], probs[start:start + 4])
+    assert (tmp_path / "whole.tsv").read_bytes() == (tmp_path / "chunks.tsv").read_bytes()
+
+
+def test_nothing_appears_until_the_writer_finishes_and_a_failure_keeps_the_old_file(tmp_path):
+    path = tmp_path / "o.tsv"
+    path.write_text("old\n", encoding="utf-8")
+    with pytest.raises(KeyboardInterrupt):
+        with PredictionWriter(str(path), LABELS) as writer:
+            writer.write([{"text_a": "甲"}], PROBS[:1])
+            assert path.read_text(encoding="utf-8") == "old\n" and len(temp_files(tmp_path)) == 1
+            raise KeyboardInterrupt
+    assert path.read_text(encoding="utf-8") == "old\n" and temp_files(tmp_path) == []
+
+
+class FullDisk:
+    """A file object whose writes fail with ENOSPC once `room` bytes were written."""
+
+    def __init__(self, real, room):
+        self.real, self.room = real, room
+
+    def write(self, text):
+        self.room -= len(text.encode("utf-8"))
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.real.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_disk_full_is_a_user_error_naming_the_file_and_leaves_no_trace(tmp_path, monkeypatch):
+    path = tmp_path / "o.tsv"
+    path.write_text("old\n", encoding="utf-8")
+    monkeypatch.setattr(predictions, "open", lambda *a, **k: FullDisk(open(*a, **k), room=100), raising=False)
+    with pytest.raises(UserError) as error:
+        with PredictionWriter(str(path), LABELS) as writer:
+            for _ in range(10):
+                writer.write([{"text_a": "甲" * 10}] * 2, PROBS)
+    assert str(error.value).startswith(f"{path}: cannot write: No space left on device")
+    assert path.read_text(encoding="utf-8") == "old\n" and temp_files(tmp_path) == []
+
+
+def test_streamed_macro_f1_and_accuracy_equal_sklearn():
+    rng = np.random.default_rng(1)
+    labels = [f"l{i}" for i in range(6)]
+    gold = rng.choice(5, size=300, p=[0.4, 0.3, 0.2, 0.05, 0.05])  # l5 never gold
+    logits = rng.normal(size=(300, 6)) + 3 * np.eye(6)[gold] * (rng.random(300) < 0.6)[:, None]
+    logits[:, 4] -= 10  # l4 never predicted
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    summary = PredictionSummary(labels)
+    for start in range(0, 300, 64):
+        summary.update(probs[start:start + 64], [labels[g] for g in gold[start:start + 64]])
+    result = summary.as_dict()
+    predicted = probs.argmax(1)
+    expected = f1_score(gold, predicted, labels=list(range(6)), average="macro", zero_division=0)
+    assert macro_f1_from_confusion(summary.confusion) == pytest.approx(expected, abs=1e-12)
+    assert result["macro_f1"] == round(expected, 4) and result["accuracy"] == round(np.mean(gold == predicted), 4)
+    assert result["mean_confidence"] == round(probs.max(1).mean(), 4)
+    assert result["predicted_label_counts"] == {label: int((predicted == i).sum()) for i, label in enumerate(labels)}
+
+
+def test_summary_without_gold_has_no_accuracy():
+    summary = PredictionSummary(LABELS)
+    summary.update(PROBS)
+    assert "accuracy" not in summary.as_dict() and "macro_f1" not in summary.as_dict()

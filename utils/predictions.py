@@ -1,0 +1,175 @@
+"""Prediction files and their summary: one vocabulary and one writer for train.py and infer.py.
+
+    TSV (default)  header, then per text: text (text_a, text_b for pairs), [gold], label, confidence,
+                   and for top_k > 1: label_2, confidence_2, ...
+    JSONL          (`.jsonl` / `.json`) one object per text: text (text_a, text_b), [gold], label,
+                   confidence, and for top_k > 1 `top_k`: [{label, confidence}, ...]
+
+`confidence` is the softmax probability (6 decimals). Rows are written chunk by chunk into a
+temporary file beside the target, which replaces the target only when every row is written: a
+failure (bad input line, Ctrl-C, full disk) leaves no partial file and any earlier file unchanged.
+No Paddle here.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import UserError
+from .files import temp_file_beside
+from .metrics import macro_f1_from_confusion
+
+
+def is_jsonl(path: str) -> bool:
+    return path.endswith((".jsonl", ".json"))
+
+
+class PredictionWriter:
+    """`with PredictionWriter(path, labels, ...) as writer: writer.write(examples, probs, gold)`, once per chunk.
+
+    Any OSError while writing or publishing (disk full, permissions) becomes a `UserError` naming
+    `path`; the temporary file is removed on every failure, and `path` is untouched until success.
+    """
+
+    def __init__(self, path: str, labels: Sequence[str], top_k: int = 1, pair: bool = False,
+                 with_gold: bool = False):
+        self.path = path
+        self.target = os.path.realpath(path)  # replace a symlink's target, not the link
+        self.labels = list(labels)
+        self.top_k = max(1, min(int(top_k), len(self.labels)))
+        self.pair = pair
+        self.with_gold = with_gold
+        self.jsonl = is_jsonl(path)
+        self.tmp: Optional[str] = None
+        self.fp = None
+
+    def header(self) -> List[str]:
+        columns = ["text_a", "text_b"] if self.pair else ["text"]
+        columns += (["gold"] if self.with_gold else []) + ["label", "confidence"]
+        for k in range(2, self.top_k + 1):
+            columns += [f"label_{k}", f"confidence_{k}"]
+        return columns
+
+    def __enter__(self) -> "PredictionWriter":
+        def start():
+            self.tmp = temp_file_beside(self.target)
+            self.fp = open(self.tmp, "w", encoding="utf-8", buffering=1 << 20)
+            if not self.jsonl:
+                self.fp.write("\t".join(self.header()) + "\n")
+        self._guard(start)
+        return self
+
+    def write(self, examples: Sequence[dict], probs: np.ndarray, gold: Optional[Sequence[str]] = None) -> None:
+        """Rows for `examples` (dicts with text_a[, text_b]) and their label probabilities."""
+        if self.with_gold != (gold is not None):
+            raise ValueError("gold labels must be given for every chunk or for none")
+        ranked = np.argsort(-probs, axis=1, kind="stable")[:, :self.top_k]
+        lines = []
+        for row, (example, best) in enumerate(zip(examples, ranked)):
+            if self.jsonl:
+                record = ({"text_a": example["text_a"], "text_b": example.get("text_b", "")} if self.pair
+                          else {"text": example["text_a"]})
+                if gold is not None:
+                    record["gold"] = gold[row]
+                record.update(label=self.labels[best[0]], confidence=round(float(probs[row, best[0]]), 6))
+                if self.top_k > 1:
+                    record["top_k"] = [{"label": self.labels[j], "confidence": round(float(probs[row, j]), 6)}
+                                       for j in best]
+                lines.append(json.dumps(record, ensure_ascii=False))
+            else:
+                cells = [example["text_a"]] + ([example.get("text_b", "")] if self.pair else [])
+                if gold is not None:
+                    cells.append(gold[row])
+                for j in best:
+                    cells += [self.labels[j], f"{probs[row, j]:.6f}"]
+                lines.append("\t".join(cells))
+        self._guard(lambda: self.fp.write("\n".join(lines) + "\n") if lines else None)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self._guard(self._publish)
+        else:
+            self._discard()
+        return False
+
+    def _publish(self) -> None:
+        self.fp.flush()
+        os.fsync(self.fp.fileno())  # the rename must never expose a file the disk does not hold yet
+        self.fp.close()
+        os.replace(self.tmp, self.target)
+        self.tmp = None
+
+    def _discard(self) -> None:
+        if self.fp is not None:
+            try:
+                self.fp.close()
+            except OSError:  # flushing the rest fails too when the disk is full; the file goes anyway
+                pass
+        if self.tmp is not None and os.path.exists(self.tmp):
+            os.remove(self.tmp)
+        self.tmp = None
+
+    def _guard(self, action):
+        try:
+            return action()
+        except OSError as exc:
+            self._discard()
+            raise UserError(f"cannot write: {exc.strerror or exc}; nothing was written "
+                            "(an existing file is unchanged)", self.path) from None
+
+
+class PredictionSummary:
+    """Counts per predicted label, mean confidence and, with gold labels, accuracy and macro-F1,
+    accumulated chunk by chunk in a confusion matrix (no per-text values kept)."""
+
+    def __init__(self, labels: Sequence[str]):
+        self.labels = list(labels)
+        self.label_to_id = {label: i for i, label in enumerate(self.labels)}
+        self.predicted = np.zeros(len(self.labels), dtype=np.int64)
+        self.confusion = np.zeros((len(self.labels), len(self.labels)), dtype=np.int64)  # [gold, predicted]
+        self.confidence_sum = 0.0
+        self.texts = 0
+        self.gold_texts = 0
+
+    def update(self, probs: np.ndarray, gold: Optional[Sequence[str]] = None) -> None:
+        if not len(probs):
+            return
+        predicted = probs.argmax(axis=1)
+        self.predicted += np.bincount(predicted, minlength=len(self.labels))
+        self.confidence_sum += float(probs.max(axis=1).sum())
+        self.texts += len(probs)
+        if gold is not None:
+            gold_ids = np.array([self.label_to_id[g] for g in gold], dtype=np.int64)
+            np.add.at(self.confusion, (gold_ids, predicted), 1)
+            self.gold_texts += len(gold_ids)
+
+    def as_dict(self, seconds: Optional[float] = None) -> Dict:
+        summary = {"texts": self.texts}
+        if seconds is not None:
+            summary.update(seconds=round(seconds, 3),
+                           texts_per_second=round(self.texts / seconds, 1) if seconds > 0 else None)
+        summary["predicted_label_counts"] = {label: int(n) for label, n in zip(self.labels, self.predicted)}
+        summary["mean_confidence"] = round(self.confidence_sum / self.texts, 4) if self.texts else None
+        if self.gold_texts:
+            summary["accuracy"] = round(float(np.trace(self.confusion)) / self.gold_texts, 4)
+            summary["macro_f1"] = round(macro_f1_from_confusion(self.confusion), 4)
+        return summary
+
+
+def write_predictions(path: str, examples: Sequence[dict], probs: np.ndarray, labels: Sequence[str],
+                      top_k: int = 1, gold: Optional[Sequence[str]] = None) -> Dict:
+    """Write one prediction file (format above) for in-memory `examples` and their `probs`
+    (softmax probabilities, `[len(examples), len(labels)]`, columns in `labels` order); `gold`:
+    gold label names or None. Returns the summary (counts, mean confidence, accuracy, macro_f1)."""
+    probs = np.asarray(probs)
+    if len(probs) != len(examples):
+        raise ValueError(f"{len(examples)} examples but {len(probs)} rows of probabilities")
+    summary = PredictionSummary(labels)
+    with PredictionWriter(path, labels, top_k=top_k, pair=any("text_b" in e for e in examples),
+                          with_gold=gold is not None) as writer:
+        writer.write(examples, probs, gold)
+        summary.update(probs, gold)
+    return summary.as_dict()
