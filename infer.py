@@ -15,13 +15,13 @@ import os
 import signal
 import sys
 
-from utils.errors import UserError, run_cli
+from utils.errors import ArgumentParser, UserError, run_cli
 
 DEFAULT_OUTPUT = "infer_predictions.tsv"
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="infer.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path_prefix", required=True,
                         help="Export directory, or its model prefix as upstream (checkpoints/export/model).")
     parser.add_argument("--data_dir", help="Dataset folder: classify its data.txt.")

@@ -263,3 +263,17 @@ def test_infer_bad_export(case, damage, message, trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "o.tsv").exists()
+
+
+@pytest.mark.parametrize("script, argv, flag", [
+    ("infer", ["--model_path_prefix", "x", "--device", "tpu"], "--device"),
+    ("infer", [], "--model_path_prefix"),
+    ("multirun", ["--seeds", "one"], "--seeds"),
+])
+def test_argparse_errors_are_one_paragraph_too(script, argv, flag, capsys):
+    import multirun
+
+    main = {"infer": infer.main, "multirun": multirun.main}[script]
+    code = run_cli(main, argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and flag in err and "usage:" not in err and "Traceback" not in err

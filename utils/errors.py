@@ -5,8 +5,10 @@ is turned into a short message. Set `PTUNING_DEBUG=1` or pass `--debug` to see t
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import os
+import re
 import sys
 from typing import Callable, Optional
 
@@ -30,6 +32,14 @@ class UserError(Exception):
         if self.path is not None:
             where = f"{self.path}:{self.line}: " if self.line is not None else f"{self.path}: "
         return where + self.message
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are `UserError`s: one paragraph naming the flag, like every other error."""
+
+    def error(self, message):
+        match = re.match(r"argument (--[\w-]+)", message)
+        raise UserError(re.sub(r"^argument [^:]+: ", "", message), match.group(1) if match else self.prog)
 
 
 def debug_enabled(argv=None) -> bool:

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .args import flag_given
-from .errors import UserError, debug_enabled
+from .errors import ArgumentParser, UserError, debug_enabled
 from .files import atomic_path, read_json, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Run:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="multirun.py", usage=USAGE,
         description="Run one train.py configuration over several seeds and/or data splits and report "
                     "mean ± sample std of the dev/test metrics. Everything after `--` goes to train.py.")

@@ -18,7 +18,7 @@ import shutil
 import sys
 from typing import Iterable, List, Optional
 
-from .errors import UserError, run_cli
+from .errors import ArgumentParser, UserError, run_cli
 from .files import read_text_lines, write_json_atomic, write_text_atomic
 
 MARKER_FILE = "NOT_PRETRAINED.json"
@@ -152,7 +152,7 @@ def is_not_pretrained(model_dir: str) -> bool:
 
 
 def main(argv: List[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.tiny_ernie", description=__doc__,
+    parser = ArgumentParser(prog="python -m utils.tiny_ernie", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--data_dir", action="append", default=[],
