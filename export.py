@@ -33,11 +33,13 @@ class ExportCommandArguments(ExportArguments):
 
 
 def main(argv):
+    from utils import compat
     from utils.args import _parser_class
     from utils.data import load_dataset_dir
     from utils.export import export_checkpoint
 
     (args,) = _parser_class()(ExportCommandArguments).parse_args_into_dataclasses(args=argv)
+    compat.apply()
     examples = None
     if args.data_dir:
         dataset = load_dataset_dir(args.data_dir, need_train=False, need_dev=False)

@@ -15,11 +15,13 @@ from utils.errors import run_cli
 
 
 def main(argv):
+    from utils import compat
     from utils.args import parse_args
     from utils.console import run_summary
     from utils.training import run
 
     model_args, data_args, training_args = parse_args(argv)
+    compat.apply()
     training_args.print_config(model_args, "Model")
     training_args.print_config(data_args, "Data")
     run(model_args, data_args, training_args)

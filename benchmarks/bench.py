@@ -132,8 +132,10 @@ import sys, os
 sys.path.insert(0, os.getcwd())
 import paddle
 from paddlenlp.transformers import export_model
+from utils import compat
 from utils.modeling import rebuild_from_checkpoint
-model, tokenizer, config = rebuild_from_checkpoint(sys.argv[1])
+compat.apply()
+model, tokenizer, spec = rebuild_from_checkpoint(sys.argv[1])
 # PromptTrainer.export_model, as the upstream train.py --do_export runs it
 os.makedirs(sys.argv[2], exist_ok=True)
 model.template.save(sys.argv[2])

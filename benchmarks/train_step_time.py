@@ -16,8 +16,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from paddlenlp.trainer import TrainerCallback  # noqa: E402
 
+from utils import compat  # noqa: E402
 from utils.args import parse_args  # noqa: E402
-from utils.training import prepare  # noqa: E402
+from utils.training import Run, prepare  # noqa: E402
 
 
 class StepTimer(TrainerCallback):
@@ -38,7 +39,8 @@ def main() -> int:
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="train.py flags, after --")
     args = parser.parse_args()
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    trainer, _, _ = prepare(*parse_args(train_args))
+    compat.apply()
+    trainer = prepare(Run(*parse_args(train_args)).open())
     timer = StepTimer()
     trainer.add_callback(timer)
     trainer.train()

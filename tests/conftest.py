@@ -10,6 +10,10 @@ if ROOT not in sys.path:
 
 os.environ.setdefault("PTUNING_OFFLINE", "1")  # never probe the network from tests
 
+from utils import compat  # noqa: E402
+
+compat.apply()  # what train.py and export.py do first
+
 SHARED = os.environ.get("PTUNING_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
 EXAMPLE_DATA = os.path.join(ROOT, "data", "example")
 

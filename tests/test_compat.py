@@ -56,13 +56,50 @@ def test_fixed_process_batch_encodes_soft_tokens(prompt_model):
     assert out["input_ids"] is None and out["attention_mask"] is not None
 
 
-def test_apply_installs_the_fix_and_the_model_runs(prompt_model):
+def test_a_patched_model_runs_and_an_unpatched_one_would_crash(prompt_model, monkeypatch):
+    """conftest applies the fixes as train.py does; with upstream's method put back the same model crashes."""
     from paddlenlp.prompt import SoftTemplate
 
+    batch = make_batch(prompt_model, ["苹果", "葡萄很甜", "香蕉"])
+    assert prompt_model(**dict(batch)).shape == [3, 2]
+    monkeypatch.setattr(SoftTemplate, "process_batch", compat.original("process_batch"))
+    with pytest.raises(ValueError):
+        prompt_model(**dict(batch))
+
+
+def test_apply_refuses_a_paddlenlp_it_was_not_written_for(monkeypatch):
+    import paddlenlp
+
+    from utils.errors import UserError
+
+    monkeypatch.setattr(compat, "_applied", False)
+    monkeypatch.setattr(paddlenlp, "__version__", "3.0.0")
+    with pytest.raises(UserError, match="written for version 2.8.1, but 3.0.0 is installed"):
+        compat.apply()
+    monkeypatch.setattr(paddlenlp, "__version__", "2.8.1.post")
     compat.apply()
-    assert SoftTemplate.process_batch is compat.soft_template_process_batch
-    logits = prompt_model(**make_batch(prompt_model, ["苹果", "葡萄很甜", "香蕉"]))
-    assert logits.shape == [3, 2]
+
+
+def test_building_a_prompt_model_needs_the_fixes_applied(monkeypatch, tiny_model_dir):
+    monkeypatch.setattr(compat, "_applied", False)
+    plm, tokenizer = load_plm(tiny_model_dir)
+    with pytest.raises(RuntimeError, match="compat.apply"):
+        build_prompt_model(plm, tokenizer, build_template("水果"), LABELS, max_seq_length=32)
+
+
+def test_no_prompt_string_ever_reaches_paddlenlps_eval_parser(tiny_model_dir, monkeypatch):
+    """paddlenlp's Template.parse_template_string runs eval(); this tool parses prompts itself and
+    hands paddlenlp the parts, so that parser is never called (and needs no patch)."""
+    from paddlenlp.prompt.template import Template
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("paddlenlp's eval-based template parser was called")
+
+    monkeypatch.setattr(Template, "parse_template_string", staticmethod(refuse))
+    for prompt in ("这句话说的水果是", "{'soft': None, 'length': 3, 'encoder': 'mlp'}{'text': 'text_a'}是{'mask'}"):
+        plm, tokenizer = load_plm(tiny_model_dir)  # (the SoftVerbalizer takes over each PLM's MLM head)
+        model = build_prompt_model(plm, tokenizer, build_template(prompt), LABELS, max_seq_length=32)
+        assert model(**make_batch(model, ["苹果"])).shape == [1, 2]
 
 
 def test_named_parameters_accepts_paddle_arguments(prompt_model):

@@ -68,7 +68,7 @@ def test_manual_multi_mask_verbalizer(tiny_model_dir, keyword_data, tmp_path):
 def test_manual_verbalizer_mlm_loss_option(tiny_model_dir):
     import paddle
 
-    from utils.modeling import LabelWordNLLLoss, MultiMaskVerbalizer
+    from utils.heads import LabelWordNLLLoss, MultiMaskVerbalizer
 
     _, tokenizer = load_plm(tiny_model_dir)
     verbalizer = MultiMaskVerbalizer({"a": ["红色"], "b": ["黄色"]}, tokenizer)
@@ -119,10 +119,11 @@ def test_mask_only_scores_equal_full_projection(tiny_model_dir, manual_loss):
     plm, tokenizer = load_plm(tiny_model_dir)
     parts = build_template(PROMPT, "lstm", 16, mask_length=2)
     labels = LabelSet({"apple": "红色", "banana": "黄色", "grape": "紫色"})
-    model = build_prompt_model(plm, tokenizer, parts, labels, 32, verbalizer="manual")
+    options = {"loss": manual_loss}
+    model = build_prompt_model(plm, tokenizer, parts, labels, 32, head="manual", head_options=options)
     model.train()
     model.plm.eval()  # no dropout, so both computations see the same network (the LSTM needs train mode for grads)
-    criterion = criterion_for(model, manual_loss)
+    criterion = criterion_for(model, options)
     assert model.verbalizer.normalize == (manual_loss == "mlm")
     texts = ["苹果是红色的", "香蕉很好吃", "葡萄" * 30, "一"]
     collate = PromptDataCollatorWithPadding(tokenizer, return_tensors="pd")
@@ -159,7 +160,7 @@ def test_mask_only_scores_equal_full_projection(tiny_model_dir, manual_loss):
 
 
 def test_manual_verbalizer_needs_equal_token_counts(tiny_model_dir, tmp_path):
-    from utils.modeling import label_word_token_count
+    from utils.heads import label_word_token_count
 
     _, tokenizer = load_plm(tiny_model_dir)
     labels = LabelSet({"apple": "红色", "banana": "黄"}, path="label.txt", lines={"apple": 1, "banana": 2})

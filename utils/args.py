@@ -1,29 +1,16 @@
-"""Command-line arguments of train.py: the PaddleNLP few-shot app's flags, with working defaults.
+"""Command-line arguments of train.py and export.py: the PaddleNLP few-shot app's flags.
 
-`PdArgumentParser` over `ModelArguments`, `DataArguments` and paddlenlp's
-`PromptTuningArguments` (all Trainer flags: --learning_rate, --ppt_learning_rate, --max_steps,
---eval_steps, --save_total_limit, --fp16, ...). Defaults that differ from upstream, applied only
-when the flag is not given, so the upstream commands run unchanged:
-
-* `--report_to none` (VisualDL crashes with current protobuf; `--report_to visualdl` is checked
-  first and dropped with a warning if it cannot write).
-* `--device` gpu when Paddle has CUDA and a GPU is visible, else cpu.
-* `--output_dir ./checkpoints/`.
-* training with `--do_eval`: evaluate and save every `--eval_steps` (or every epoch when no
-  `--eval_steps`), keep the best checkpoint by `--metric_for_best_model accuracy` and reload it at
-  the end, early-stop after `--early_stopping_patience` (4) evaluations without improvement.
-  (Upstream asserts in EarlyStoppingCallback unless all of these are given by hand.)
-* `--save_total_limit 1`: the latest checkpoint is kept, and the best one besides it when
-  evaluating (the Trainer never rotates the best one away).
-
-Every choice flag is a `Choice` enum below: the parser, the checks and the code that acts on a
-choice all use that one definition. Every flag is checked here, before any data or model is
-loaded. Nothing here imports paddle at module level (multirun.py uses it).
+`PdArgumentParser` over `ModelArguments` (with the `ExportArguments` export.py shares),
+`DataArguments` and `utils.training_args.TrainingArguments` (paddlenlp's PromptTuningArguments:
+every Trainer flag, with this tool's defaults resolved in its `__post_init__`). Each dataclass
+checks its own flags in `__post_init__`; `check_args` adds the checks that span several. Every
+choice flag is a `Choice` enum below: the parser, the checks and the code that acts on a choice
+all use that one definition, and a bad value is one `error: --flag: ...` paragraph. Nothing is
+loaded before all of this passes. Paddle-free at import (multirun.py uses `flag_given`).
 """
 from __future__ import annotations
 
 import enum
-import math
 import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
@@ -148,6 +135,13 @@ class DataArguments:
     prompt_flags_given: List[str] = field(default_factory=list, init=False)
 
     def __post_init__(self):
+        for name in ("encoder_hidden_size", "num_virtual_tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UserError(f"must be positive, got {value}", f"--{name}")
+        if self.early_stopping_patience < 0:
+            raise UserError(f"must be zero (never stop) or more, got {self.early_stopping_patience}",
+                            "--early_stopping_patience")
         self.prompt_flags_given = [name for name in PROMPT_ENCODER_FLAGS if getattr(self, name) is not None]
         self.soft_encoder = SoftEncoder.LSTM if self.soft_encoder is None else SoftEncoder.parse(self.soft_encoder)
         if self.encoder_hidden_size is None:
@@ -198,78 +192,17 @@ def flag_given(argv: Sequence[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
-def _value(argv: Sequence[str], flag: str) -> Optional[str]:
-    """The value of `flag`'s last occurrence (argparse keeps the last)."""
-    found = None
-    for index, arg in enumerate(argv):
-        if arg == flag and index + 1 < len(argv):
-            found = argv[index + 1]
-        elif arg.startswith(flag + "="):
-            found = arg.split("=", 1)[1]
-    return found
-
-
-def _truthy(argv: Sequence[str], flag: str) -> bool:
-    """A bool flag is on when given bare (`--do_eval`) or with a true value (`--do_eval True`)."""
-    for index, arg in enumerate(argv):
-        if arg == flag:
-            nxt = argv[index + 1] if index + 1 < len(argv) else ""
-            return nxt.lower() not in ("false", "0", "no", "f", "n")
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1].lower() in ("true", "1", "yes", "t", "y")
-    return False
-
-
-def default_device() -> str:
-    import paddle
-
-    if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
-        return "gpu"
-    return "cpu"
-
-
-def with_defaults(argv: Sequence[str]) -> List[str]:
-    """Append this tool's defaults for the flags the user did not give."""
-    argv = list(argv)
-    extra: List[str] = []
-    if not flag_given(argv, "--output_dir"):
-        extra += ["--output_dir", "./checkpoints/"]
-    if not flag_given(argv, "--report_to"):
-        extra += ["--report_to", "none"]
-    if not flag_given(argv, "--device"):
-        extra += ["--device", default_device()]
-    if not flag_given(argv, "--save_total_limit"):
-        extra += ["--save_total_limit", "1"]
-    evaluating = _truthy(argv, "--do_train") and (
-        _truthy(argv, "--do_eval") or (_value(argv, "--evaluation_strategy") or "no") != "no")
-    if evaluating:
-        strategy = _value(argv, "--evaluation_strategy")
-        if strategy is None:
-            strategy = "steps" if flag_given(argv, "--eval_steps") else "epoch"
-            extra += ["--evaluation_strategy", strategy]
-        if strategy != "no":
-            if not flag_given(argv, "--save_strategy"):
-                extra += ["--save_strategy", strategy]
-            if strategy == "steps" and not flag_given(argv, "--save_steps") and flag_given(argv, "--eval_steps"):
-                extra += ["--save_steps", _value(argv, "--eval_steps")]
-            if not flag_given(argv, "--metric_for_best_model"):
-                extra += ["--metric_for_best_model", "accuracy"]
-            if not flag_given(argv, "--load_best_model_at_end"):
-                extra += ["--load_best_model_at_end", "True"]
-    return argv + extra
-
-
 def parse_args(argv: Sequence[str], training_args_class=None) -> Tuple[ModelArguments, DataArguments, object]:
-    """Parse and check train.py's flags into `(model_args, data_args, training_args)`."""
-    from paddlenlp.prompt import PromptTuningArguments
+    """Parse and check train.py's flags into `(model_args, data_args, training_args)`.
 
-    training_args_class = training_args_class or PromptTuningArguments
-    parser = _parser_class()((ModelArguments, DataArguments, training_args_class))
-    argv = with_defaults(argv)
-    check_device_flag(_value(argv, "--device"))  # before paddlenlp acts on it
-    check_numbers(lambda name: _number(_value(argv, f"--{name}")))  # before TrainingArguments.__post_init__
+    Defaults and per-flag checks live in the dataclasses' `__post_init__`; `check_args` adds the
+    checks that span several of them. Nothing here loads data or a model.
+    """
+    from .training_args import TrainingArguments
+
+    parser = _parser_class()((ModelArguments, DataArguments, training_args_class or TrainingArguments))
     try:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=list(argv))
     except ValueError as exc:  # unknown flags, or TrainingArguments.__post_init__ rejecting a combination
         message = str(exc).replace("\n", " ")
         if "not used by the PdArgumentParser" in message:
@@ -285,30 +218,6 @@ def check_device_flag(device: Optional[str]) -> None:
                         "--device")
 
 
-# (flag, test, what it must be): numeric Trainer flags, checked so that no value can reach a traceback.
-_POSITIVE, _NON_NEGATIVE = (lambda v: v > 0, "positive"), (lambda v: v >= 0, "zero or more")
-_NUMERIC_CHECKS = (
-    ("per_device_train_batch_size", *_POSITIVE), ("per_device_eval_batch_size", *_POSITIVE),
-    ("gradient_accumulation_steps", *_POSITIVE), ("learning_rate", *_NON_NEGATIVE),
-    ("ppt_learning_rate", *_NON_NEGATIVE), ("seed", *_NON_NEGATIVE), ("weight_decay", *_NON_NEGATIVE),
-    ("ppt_weight_decay", *_NON_NEGATIVE), ("max_grad_norm", *_NON_NEGATIVE), ("warmup_steps", *_NON_NEGATIVE),
-    ("alpha_rdrop", *_NON_NEGATIVE), ("alpha_rgl", *_NON_NEGATIVE), ("dataloader_num_workers", *_NON_NEGATIVE),
-    ("adam_epsilon", *_NON_NEGATIVE), ("ppt_adam_epsilon", *_NON_NEGATIVE),
-    ("warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("adam_beta1", lambda v: 0 <= v < 1, "in [0, 1)"), ("adam_beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("ppt_adam_beta1", lambda v: 0 <= v < 1, "in [0, 1)"), ("ppt_adam_beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("logging_steps", *_POSITIVE), ("eval_steps", *_POSITIVE), ("save_steps", *_POSITIVE),
-)
-METRICS_FOR_BEST_MODEL = ("accuracy", "macro_f1", "loss")
-
-
-def _number(text: Optional[str]):
-    try:
-        return None if text is None else float(text)
-    except ValueError:
-        return None  # not a number: the parser reports it
-
-
 def _flag_in(message: str, parser) -> Optional[str]:
     """The flag a paddlenlp message is about (`--name`, or a bare field name in it)."""
     named = re.search(r"--\w+", message)
@@ -321,46 +230,17 @@ def _flag_in(message: str, parser) -> Optional[str]:
     return None
 
 
-def check_numbers(value_of) -> None:
-    """The numeric table below, on `value_of(name)` (raw command-line values, then parsed ones)."""
-    for name, ok, what in _NUMERIC_CHECKS:
-        value = value_of(name)
-        if value is not None and (not ok(value) or (isinstance(value, float) and math.isnan(value))):
-            shown = int(value) if isinstance(value, float) and value.is_integer() else value
-            raise UserError(f"must be {what}, got {shown}", f"--{name}")
-
-
 def check_args(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
-    """Every flag, before any file is read or model loaded: one clear error per bad value."""
+    """The checks that span several argument groups (each group checks its own flags)."""
     import paddle
 
-    check_numbers(lambda name: getattr(training_args, name, None))
-    if training_args.do_train and training_args.max_steps <= 0 and not training_args.num_train_epochs > 0:
-        raise UserError(f"must be positive (or give --max_steps), got {training_args.num_train_epochs}",
-                        "--num_train_epochs")
-    if training_args.save_total_limit is not None and training_args.save_total_limit <= 0:
-        raise UserError(f"must be positive (checkpoints kept), got {training_args.save_total_limit}",
-                        "--save_total_limit")
-    if not str(training_args.output_dir or "").strip():
-        raise UserError("must name a directory, got an empty string", "--output_dir")
-    if training_args.max_seq_length < 4:
-        raise UserError(f"must be at least 4, got {training_args.max_seq_length}", "--max_seq_length")
-    metric = (training_args.metric_for_best_model or "").replace("eval_", "", 1)
-    if metric and metric not in METRICS_FOR_BEST_MODEL:
-        raise UserError(f"must be one of {', '.join(METRICS_FOR_BEST_MODEL)}, got "
-                        f"{training_args.metric_for_best_model!r}", "--metric_for_best_model")
-    if data_args.encoder_hidden_size is not None and data_args.encoder_hidden_size <= 0:
-        raise UserError(f"must be positive, got {data_args.encoder_hidden_size}", "--encoder_hidden_size")
-    if data_args.num_virtual_tokens is not None and data_args.num_virtual_tokens <= 0:
-        raise UserError(f"must be positive, got {data_args.num_virtual_tokens}", "--num_virtual_tokens")
-    if data_args.early_stopping_patience < 0:
-        raise UserError(f"must be zero (never stop) or more, got {data_args.early_stopping_patience}",
-                        "--early_stopping_patience")
-    if model_args.method == Method.FINETUNE and (training_args.freeze_plm or training_args.freeze_dropout):
-        raise UserError("--freeze_plm/--freeze_dropout with --method finetune would leave nothing to train "
-                        "but the classifier's input; drop them or use --method ptuning", "--method")
+    from .heads import get_head, head_name
+
+    if (training_args.freeze_plm or training_args.freeze_dropout) and not get_head(
+            head_name(model_args.method, model_args.verbalizer)).has_prompt_parameters:
+        raise UserError(f"--freeze_plm/--freeze_dropout with --method {model_args.method} would leave nothing to "
+                        "train but the classifier's input; drop them or use --method ptuning", "--method")
     device = str(training_args.device)
-    check_device_flag(device)
     if device.startswith("gpu") and not paddle.is_compiled_with_cuda():
         raise UserError("asks for a GPU but this Paddle is the CPU build; install paddlepaddle-gpu "
                         "(https://www.paddlepaddle.org.cn/install) or use --device cpu", "--device")

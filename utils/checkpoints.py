@@ -1,7 +1,8 @@
-"""Checkpoints that are whole or invisible, and verified before use.
+"""Checkpoints that are whole or ignored, and verified before use.
 
 A checkpoint (or a run's final model) is a directory with `checkpoint_complete.json` listing
-every file with its size and sha256, written last. Before a checkpoint is used, `verify` checks
+every file with its size and sha256, written last: a `checkpoint-N` without it is a save that was
+killed, never resumed from and removed at the next start. Before a checkpoint is used, `verify` checks
 the list against the disk: a missing, truncated or altered file is a clear error naming it, never
 a traceback or a resume that silently differs (a missing `rng_state.pth` used to change the losses).
 
@@ -146,8 +147,14 @@ def _remove_any(path: str) -> None:
 
 
 def clean_leftovers(run_dir: str) -> List[str]:
-    """Remove what killed runs left in `run_dir` (staging and half-deleted directories)."""
+    """Remove what killed runs left in `run_dir`: checkpoints without their marker (a save that
+    never finished), half-deleted directories, staging files."""
     removed = []
+    for path in glob.glob(os.path.join(glob.escape(run_dir), "checkpoint-*")):
+        if checkpoint_step(path) is not None and os.path.isdir(path) and \
+                not os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
+            remove_tree(path)
+            removed.append(os.path.basename(path))
     for pattern in LEFTOVER_PATTERNS:
         for path in glob.glob(os.path.join(glob.escape(run_dir), pattern)):
             if os.path.basename(path) == ".ptuning.lock":

@@ -1,15 +1,21 @@
-"""Narrow fixes for paddlenlp 2.8.1 on Paddle 3.x, applied once by `apply()`.
+"""Narrow fixes for paddlenlp 2.8.1 on Paddle 3.x, installed by `apply()` from the entry points.
+
+train.py and export.py call `apply()` first (the test suite does too); nothing is patched at
+import. `apply()` refuses any other paddlenlp version: the fixes replace method bodies written
+for 2.8.1, and silently patching another version could change what it computes.
 
 1. `SoftTemplate.process_batch` crashes for soft prompts with an encoder (`lstm`/`mlp`):
    Paddle 3's `paddle.where(cond)` returns a tuple of 1-D index tensors (Paddle 2.x returned
    [N, 1] tensors), so its `.squeeze(1)` raises. The replacement below is the upstream method
    with the flat index computed from `paddle.nonzero` (always [N, 2]); nothing else changes.
-2. `Template.parse_template_string` runs `eval()` on prompt text. It is replaced by
-   `utils.prompt.parse_template_string` (`ast.literal_eval`), so no path can run a prompt.
-3. `SoftTemplate.named_parameters()` / `parameters()` take no arguments, but Paddle 3's
+2. `SoftTemplate.named_parameters()` / `parameters()` take no arguments, but Paddle 3's
    `paddle.DataParallel` calls `named_parameters(include_sublayers=False)` on every sublayer, so
    multi-process training crashed. The replacements accept Paddle's arguments and keep upstream's
    answer (the prompt parameters, not the PLM's word embeddings the template also holds).
+
+(paddlenlp's `Template.parse_template_string` runs `eval()` on prompt text, but this tool never
+hands paddlenlp a prompt string: `utils.prompt` parses it without eval and templates are built
+from the parsed parts. tests/test_compat.py checks that, so no patch is needed there.)
 """
 from __future__ import annotations
 
@@ -18,12 +24,12 @@ from typing import Dict
 import paddle
 from paddlenlp.prompt import template as _template
 
-from . import prompt as _prompt
+from .errors import UserError
 
+SUPPORTED_PADDLENLP = ((2, 8, 1),)  # release numbers: 2.8.1 and its post releases (the wheel says 2.8.1.post)
 _ORIGINAL = {
     "process_batch": _template.SoftTemplate.process_batch,
     "named_parameters": _template.SoftTemplate.named_parameters,
-    "parse_template_string": _template.Template.__dict__["parse_template_string"].__func__,
 }
 _applied = False
 
@@ -71,15 +77,33 @@ def soft_template_parameters(self, include_sublayers: bool = True):
 
 
 def apply() -> None:
-    """Install the fixes (idempotent)."""
+    """Install the fixes (idempotent); refuse a paddlenlp version they were not written for."""
     global _applied
     if _applied:
         return
+    import paddlenlp
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        release = Version(paddlenlp.__version__).release[:3]
+    except InvalidVersion:
+        release = None
+    if release not in SUPPORTED_PADDLENLP:
+        supported = ", ".join(".".join(map(str, v)) for v in SUPPORTED_PADDLENLP)
+        raise UserError(f"this tool's fixes to paddlenlp are written for version {supported}, "
+                        f"but {paddlenlp.__version__} is installed; install the pinned stack: "
+                        "`pip install -r requirements.txt -c constraints.txt`", "paddlenlp")
     _template.SoftTemplate.process_batch = soft_template_process_batch
     _template.SoftTemplate.named_parameters = soft_template_named_parameters
     _template.SoftTemplate.parameters = soft_template_parameters
-    _template.Template.parse_template_string = staticmethod(_prompt.parse_template_string)
     _applied = True
+
+
+def require() -> None:
+    """For code that builds prompt models: the entry point must have called `apply()`."""
+    if not _applied:
+        raise RuntimeError("utils.compat.apply() was not called: call it at the entry point before building a "
+                           "prompt model (train.py and export.py do)")
 
 
 def original(name: str):

@@ -37,7 +37,7 @@ from .console import quiet_native_output
 from .errors import UserError
 from .export_files import LABELS_FILE, MANIFEST_FILE
 from .files import sha256_file, write_json_atomic
-from .modeling import MultiMaskVerbalizer, rebuild_from_checkpoint
+from .modeling import rebuild_from_checkpoint
 from .preprocess import INPUT_NAMES, PREPROCESS_FILE, PromptPreprocessor, describe_template
 from .rundir import DirLock
 
@@ -78,14 +78,12 @@ class FoldedPromptModel(paddle.nn.Layer):
         attention_mask = paddle.unsqueeze((input_ids == self.pad_id).astype("float32") * -1e4, axis=[1, 2])
         inputs = dict(input_ids=None, token_type_ids=token_type_ids, position_ids=position_ids,
                       attention_mask=attention_mask, inputs_embeds=inputs_embeds)
-        if model.verbalizer is None:  # fine-tuning baseline: the [CLS] classifier's logits
-            return model.plm(**inputs, return_dict=True).logits
-        is_mask = paddle.logical_and(input_ids == self.mask_id, soft_token_ids == 0)
-        index = paddle.nonzero(is_mask)
-        flat = index[:, 0] * paddle.shape(input_ids)[1] + index[:, 1]
-        if isinstance(model.verbalizer, MultiMaskVerbalizer):  # as in training: the masks alone
-            return model.verbalizer.label_scores(model.plm, inputs, flat)[0]
-        return model.verbalizer.process_outputs(model.plm(**inputs, return_dict=True).logits, flat)
+
+        def mask_positions():  # flat batch*sequence indices of the [MASK]s, for heads that read them
+            index = paddle.nonzero(paddle.logical_and(input_ids == self.mask_id, soft_token_ids == 0))
+            return index[:, 0] * paddle.shape(input_ids)[1] + index[:, 1]
+
+        return model.head.export_scores(model, inputs, mask_positions)
 
 
 def encoded_soft_table(template, hidden: int) -> paddle.Tensor:
@@ -322,11 +320,11 @@ def _export(checkpoint_dir, output_dir, examples, export_type, export_fp16, over
     start = time.time()
     paddle.set_device("cpu")
     with paddle.utils.unique_name.guard():
-        model, tokenizer, config = rebuild_from_checkpoint(checkpoint_dir)
+        model, tokenizer, spec = rebuild_from_checkpoint(checkpoint_dir)
         folded = FoldedPromptModel(model)
         folded.eval()
     template = model.template
-    max_seq_length = int(config["max_seq_length"])
+    max_seq_length = spec.max_seq_length
     examples = sample_examples(examples, sorted(template.example_keys), max_seq_length)
 
     tmp_dir = output_dir.rstrip("/") + f".tmp-{os.getpid()}"
@@ -339,11 +337,11 @@ def _export(checkpoint_dir, output_dir, examples, export_type, export_fp16, over
             convert_to_onnx(tmp_dir, files, opset)
         tokenizer.save_pretrained(tmp_dir)
         write_json_atomic(os.path.join(tmp_dir, PREPROCESS_FILE), describe_template(template, max_seq_length))
-        write_json_atomic(os.path.join(tmp_dir, TEMPLATE_FILE), {"template": config["template"],
+        write_json_atomic(os.path.join(tmp_dir, TEMPLATE_FILE), {"template": spec.template,
                                                                   "processed": template.prompt})
         write_json_atomic(os.path.join(tmp_dir, LABELS_FILE), [
             {"id": i, "label": label, "word": word}
-            for i, (label, word) in enumerate(zip(config["labels"], config["label_words"]))])
+            for i, (label, word) in enumerate(zip(spec.labels, spec.label_words))])
         # One preprocessing and one fp32 onnxruntime pass serve the gate and the fp16/int8 checks.
         preprocessor = PromptPreprocessor.from_export(tmp_dir)
         feed = preprocessor.pad(preprocessor.encode(examples))
@@ -367,17 +365,18 @@ def _export(checkpoint_dir, output_dir, examples, export_type, export_fp16, over
             "source_checkpoint": os.path.abspath(checkpoint_dir),
             "export_type": export_type,
             "inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in INPUT_NAMES],
-            "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(config["labels"])]}],
+            "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(spec.labels)]}],
             "onnx": {"fp32": ONNX_FILE, "fp16": ONNX_FP16_FILE if export_fp16 else None,
                      "int8": ONNX_INT8_FILE if quantize else None, "opset": opset},
             "paddle": files or None,
-            "method": config.get("method", "ptuning"),
-            "verbalizer": config.get("verbalizer", "soft"),
+            "method": spec.method.value,
+            "verbalizer": spec.to_dict()["verbalizer"],
+            "head": spec.head,
             "prompt_encoder_folded": True,
             "max_seq_length": max_seq_length,
-            "template": config["template"],
-            "labels": config["labels"],
-            "model_name_or_path": config.get("model_name_or_path"),
+            "template": spec.template,
+            "labels": spec.labels,
+            "model_name_or_path": spec.model_name_or_path,
             "versions": _versions(),
             "parity": parity,
             "export_seconds": round(time.time() - start, 2),

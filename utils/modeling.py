@@ -1,8 +1,8 @@
-"""Assembling the prompt model: PLM + template + verbalizer, and rebuilding it from a checkpoint.
+"""Assembling the prompt model (PLM + template + head) and its weights on disk.
 
-Every checkpoint and output directory gets `ptuning_config.json` (the PLM's config, the template
-parts, the labels, max_seq_length), so export.py can rebuild the exact architecture from the
-checkpoint alone, without the pretrained weights.
+`build_prompt_model` is the one assembly path: `ModelSpec.build` (utils/spec.py) calls it for
+training, for a resumed or evaluated checkpoint and for export. What differs between kinds of
+head is in the registry (utils/heads.py); here only the template and the state-dict handling.
 """
 from __future__ import annotations
 
@@ -11,40 +11,27 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import paddle
+from paddlenlp.prompt import AutoTemplate, PromptModelForSequenceClassification
 
 from . import compat
 from .errors import UserError
-from .files import read_json, write_json_atomic
+from .heads import get_head
 from .labels import LabelSet
 from .prompt import copy_parts
+from .spec import SPEC_FILE, ModelSpec
 
-compat.apply()
-
-import paddle.nn.functional as F  # noqa: E402
-from paddlenlp.prompt import (  # noqa: E402  (after the compat fixes)
-    AutoTemplate,
-    MaskedLMVerbalizer,
-    PromptModelForSequenceClassification,
-    SoftVerbalizer,
-)
-from paddlenlp.transformers.ernie.modeling import ErnieLMPredictionHead  # noqa: E402
-from paddlenlp.transformers.model_outputs import SequenceClassifierOutput  # noqa: E402
-
-RUN_CONFIG_FILE = "ptuning_config.json"
 MODEL_STATE_FILE = "model_state.pdparams"
-VERBALIZERS = ("soft", "manual")
+RUN_CONFIG_FILE = SPEC_FILE
 
 
 class PromptModel(PromptModelForSequenceClassification):
-    """paddlenlp's prompt classifier, with `--freeze_dropout` that survives `model.train()`, and the
-    manual verbalizer scoring the [MASK] positions only.
+    """paddlenlp's prompt classifier whose forward is its head's (utils/heads.py), with
+    `--freeze_dropout` that survives `model.train()` (upstream puts the PLM in eval mode once, but
+    the Trainer calls `model.train()` every step, which turns the PLM's dropout back on)."""
 
-    Upstream puts the PLM in eval mode once, but the Trainer calls `model.train()` every step,
-    which turns the PLM's dropout back on. Upstream's `forward` also withholds `masked_positions`
-    from the PLM, so its MLM head projects every position onto the vocabulary before the
-    verbalizer keeps the masks; with `MultiMaskVerbalizer` the verbalizer runs the PLM itself
-    (`label_scores`) and projects only the masks. Other verbalizers take upstream's path.
-    """
+    def __init__(self, plm, template, verbalizer, head, freeze_plm: bool = False, freeze_dropout: bool = False):
+        super().__init__(plm, template, verbalizer, freeze_plm=freeze_plm, freeze_dropout=freeze_dropout)
+        self.head = head  # a registry entry (plain object, not a layer)
 
     def train(self):
         super().train()
@@ -57,113 +44,7 @@ class PromptModel(PromptModelForSequenceClassification):
         inputs = {"input_ids": input_ids, "token_type_ids": token_type_ids, "position_ids": position_ids,
                   "attention_mask": attention_mask, "masked_positions": masked_positions,
                   "soft_token_ids": soft_token_ids, "encoder_ids": encoder_ids}
-        if not isinstance(self.verbalizer, MultiMaskVerbalizer):
-            return super().forward(**inputs, labels=labels, return_dict=return_dict, **kwargs)
-        inputs = {**self.template.process_batch(inputs), **kwargs}
-        plm_inputs = {k: v for k, v in inputs.items() if k in self.forward_keys and k != "masked_positions"}
-        logits, mask_states = self.verbalizer.label_scores(self.plm, plm_inputs, inputs["masked_positions"])
-        # Loss and outputs as upstream's; the "hidden states" (RGL's sentence embeddings) are the
-        # MLM head's states at the masks, [batch, n_masks, hidden].
-        loss = None if labels is None else F.cross_entropy(logits, labels.reshape([-1]))
-        if return_dict:
-            return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=mask_states)
-        output = (logits, mask_states) if kwargs.get("return_hidden_states", False) else (logits,)
-        if loss is not None:
-            return (loss,) + output
-        return output[0] if len(output) == 1 else output
-
-
-class MultiMaskVerbalizer(MaskedLMVerbalizer):
-    """paddlenlp's MaskedLMVerbalizer giving one score per label from ERNIE's MLM head at the masks.
-
-    The label word's k-th token is read at the k-th `[MASK]`. Scores are `[batch, num_labels]`
-    like SoftVerbalizer's, so metrics, export and infer.py are shared; training, evaluation and
-    the exported graph all compute them with `label_scores`:
-
-    * default: score = sum over masks of the head's logit for the label word's token (PET's
-      unnormalised label score). Only the label tokens' decoder rows are computed, a
-      `[hidden, num_labels]` product per mask instead of `[hidden, vocab]`.
-    * `normalize = True` (`--manual_loss mlm`, whose loss is the label word's MLM loss): score =
-      sum over masks of log P(token) under the softmax over the whole vocabulary.
-
-    The two differ by sum over masks of logsumexp(mask logits), the same for every label, so
-    softmax over labels, cross-entropy (value and gradient), argmax and confidences are identical.
-    """
-
-    normalize = False
-
-    def create_parameters(self):
-        # [n_masks, num_labels]: the label words' k-th token ids, a constant of the graph.
-        index = np.ascontiguousarray(self.token_ids.numpy()[:, 0, :].T)
-        self.register_buffer("mask_token_index", paddle.to_tensor(index, dtype="int64"), persistable=False)
-
-    def process_outputs(self, outputs, masked_positions=None):
-        """Normalised scores from vocabulary logits `[batch, n_masks, vocab]` (or `[batch, seq, vocab]`
-        with flat `masked_positions`)."""
-        outputs = super().process_outputs(outputs, masked_positions)  # [batch, n_masks, vocab]
-        # log_softmax, written out: Paddle 3.3's CPU log_softmax kernel is quadratic in the last
-        # axis (14 s for [32, 2, 40k] against 0.03 s this way; same values and gradient).
-        log_probs = outputs - paddle.logsumexp(outputs, axis=-1, keepdim=True)
-        # aggregate_multiple_mask(..., "sum") as one gather: its Python loop over a dynamic mask
-        # count would become a Loop op in the exported graph.
-        index = paddle.expand(self.mask_token_index.unsqueeze(0),
-                              [paddle.shape(log_probs)[0], *self.mask_token_index.shape])
-        return paddle.take_along_axis(log_probs, index, axis=2).sum(axis=1)
-
-    def label_scores(self, plm, plm_inputs: Dict[str, Any], masked_positions):
-        """`(scores [batch, num_labels], head states at the masks [batch, n_masks, hidden])`.
-
-        `plm` is an ErnieForMaskedLM, `plm_inputs` its encoder's inputs, `masked_positions` flat
-        indices into batch*sequence, every example's masks in order (as the prompt collator and
-        the exported graph make them). The head (transform, activation, layer norm, decoder)
-        works per position, so gathering the masks first changes no value.
-        """
-        head = plm.cls.predictions
-        sequence = plm.ernie(**plm_inputs, return_dict=True)[0]
-        hidden = sequence.shape[-1]
-        states = paddle.gather(sequence.reshape([-1, hidden]), masked_positions)
-        states = head.layer_norm(head.activation(head.transform(states)))
-        n_masks, num_labels = self.mask_token_index.shape
-        if self.normalize:
-            scores = self.process_outputs(head.decoder(states).reshape([-1, n_masks, head.decoder.weight.shape[0]]))
-        else:
-            ids = self.mask_token_index.reshape([-1])
-            weight = paddle.gather(head.decoder.weight, ids).reshape([n_masks, num_labels, hidden])
-            bias = paddle.gather(head.decoder.bias, ids).reshape([n_masks, 1, num_labels])
-            per_mask = states.reshape([-1, n_masks, hidden]).transpose([1, 0, 2])  # [n_masks, batch, hidden]
-            scores = (paddle.matmul(per_mask, weight, transpose_y=True) + bias).sum(axis=0)
-        return scores, states.reshape([-1, n_masks, hidden])
-
-
-class LabelWordNLLLoss(paddle.nn.Layer):
-    """The MLM loss of the gold label word at the mask positions (transformers_tasks' p-tuning).
-
-    With `MultiMaskVerbalizer.normalize` scores (sum of per-mask log-probabilities over the whole
-    vocabulary; `criterion_for` sets it) this is the mean over masks of the token-level cross-entropy.
-    """
-
-    def __init__(self, num_masks: int):
-        super().__init__()
-        self.num_masks = num_masks
-
-    def forward(self, scores, labels):
-        gold = paddle.take_along_axis(scores, labels.reshape([-1, 1]).astype("int64"), axis=1)
-        return -gold.mean() / self.num_masks
-
-
-def label_word_token_count(label_set: LabelSet, tokenizer) -> int:
-    """Tokens per label word; a manual verbalizer needs the same count for every label."""
-    counts = {label: len(tokenizer(word, add_special_tokens=False)["input_ids"])
-              for label, word in label_set.label_words.items()}
-    if len(set(counts.values())) > 1:
-        detail = ", ".join(f"{label}=={label_set.label_words[label]}: {n} (line {label_set.lines.get(label, '?')})"
-                           for label, n in counts.items())
-        raise UserError(f"--verbalizer manual predicts one token per [MASK], so every label word needs the same "
-                        f"number of tokens; found {detail}", label_set.path or "label.txt")
-    count = next(iter(counts.values()))
-    if count == 0:
-        raise UserError("a label word tokenizes to nothing", label_set.path or "label.txt")
-    return count
+        return self.head.forward(self, inputs, labels, return_dict, kwargs)
 
 
 def create_template(parts: List[Dict[str, Any]], tokenizer, max_seq_length: int, plm):
@@ -191,139 +72,35 @@ def check_max_seq_length(template, max_seq_length: int) -> None:
             f"leaving no room for the text; raise --max_seq_length or shorten the prompt", "--max_seq_length")
 
 
-def create_verbalizer(kind: Optional[str], label_set: LabelSet, tokenizer, plm):
-    """`soft`: SoftVerbalizer (takes over the MLM head); `manual`: MultiMaskVerbalizer; None: fine-tuning."""
-    if kind is None:
-        return None
-    if kind == "soft":
-        return SoftVerbalizer(label_set.verbalizer_words(), tokenizer, plm)
-    if kind == "manual":
-        label_word_token_count(label_set, tokenizer)
-        if not isinstance(getattr(getattr(plm, "cls", None), "predictions", None), ErnieLMPredictionHead):
-            raise UserError(f"--verbalizer manual reads ERNIE's masked-LM head (ErnieForMaskedLM); the model is a "
-                            f"{type(plm).__name__}: use --verbalizer soft", "--verbalizer")
-        return MultiMaskVerbalizer(label_set.verbalizer_words(), tokenizer)
-    raise UserError(f"must be one of {', '.join(VERBALIZERS)}, got {kind!r}", "--verbalizer")
-
-
 def build_prompt_model(plm, tokenizer, parts: List[Dict[str, Any]], label_set: LabelSet, max_seq_length: int,
-                       freeze_plm: bool = False, freeze_dropout: bool = False,
-                       verbalizer: Optional[str] = "soft") -> PromptModel:
-    """Template from `parts` and a verbalizer for `label_set` around `plm`.
-
-    `verbalizer=None` is the fine-tuning baseline: `plm` is a sequence classifier over [CLS].
-    """
+                       freeze_plm: bool = False, freeze_dropout: bool = False, head: str = "soft",
+                       head_options: Optional[Dict[str, Any]] = None) -> PromptModel:
+    """Template from `parts` and the `head` (registry name) for `label_set` around `plm`."""
+    compat.require()
+    kind = get_head(head)
     template = create_template(parts, tokenizer, max_seq_length, plm)
     check_max_seq_length(template, max_seq_length)
-    return PromptModel(plm, template, create_verbalizer(verbalizer, label_set, tokenizer, plm),
+    return PromptModel(plm, template, kind.create(label_set, tokenizer, plm, dict(head_options or {})), kind,
                        freeze_plm=freeze_plm or freeze_dropout, freeze_dropout=freeze_dropout)
 
 
-def criterion_for(model: PromptModel, manual_loss: str = "ce") -> paddle.nn.Layer:
-    """Cross-entropy over the label scores; `manual_loss="mlm"`: the label word's MLM loss instead.
-
-    The MLM loss needs the manual verbalizer's scores normalised over the vocabulary, so this also
-    sets `MultiMaskVerbalizer.normalize` (predictions are the same either way).
-    """
-    if isinstance(model.verbalizer, MultiMaskVerbalizer):
-        model.verbalizer.normalize = manual_loss == "mlm"
-        if manual_loss == "mlm":
-            return LabelWordNLLLoss(int(model.verbalizer.token_ids.shape[-1]))
-    return paddle.nn.CrossEntropyLoss()
+def criterion_for(model: PromptModel, head_options: Optional[Dict[str, Any]] = None) -> paddle.nn.Layer:
+    """The training loss of the model's head."""
+    return model.head.loss(model, dict(head_options or {}))
 
 
-def run_config(plm, parts, label_set: LabelSet, max_seq_length: int, model_name_or_path: str,
-               method: str = "ptuning", verbalizer: Optional[str] = "soft") -> dict:
-    return {
-        "format": 1,
-        "method": str(method),
-        "verbalizer": None if verbalizer is None else str(verbalizer),
-        "model_name_or_path": model_name_or_path,
-        "model_class": type(plm).__name__,
-        "plm_config": plm.config.to_dict(),
-        "template": parts,
-        "labels": label_set.labels,
-        "label_words": label_set.words_in_order(),
-        "max_seq_length": max_seq_length,
-    }
+def plm_from_config(model_class: str, plm_config: Dict[str, Any]):
+    """A randomly initialised PLM of the saved architecture, to receive a checkpoint's weights."""
+    import paddlenlp.transformers as transformers
 
-
-def save_run_config(output_dir: str, config: dict) -> None:
-    write_json_atomic(os.path.join(output_dir, RUN_CONFIG_FILE), config)
-
-
-RUN_CONFIG_KEYS = ("format", "method", "verbalizer", "model_name_or_path", "model_class", "plm_config", "template",
-                   "labels", "label_words", "max_seq_length")
-MODEL_CLASS_SUFFIXES = ("ForMaskedLM", "ForSequenceClassification")
-
-
-def check_run_config(config, path: str) -> dict:
-    """Validate a loaded `ptuning_config.json` (hand edits included): every key known and well typed."""
-    from .args import Method, VerbalizerKind
-    from .prompt import check_parts, count_masks
-
-    def bad(key: str, message: str) -> UserError:
-        return UserError(f"{key}: {message} (edited or damaged? re-run training to recreate it)", path)
-
-    if not isinstance(config, dict):
-        raise UserError(f"must be a JSON object, found {type(config).__name__}", path)
-    unknown = sorted(set(config) - set(RUN_CONFIG_KEYS))
-    if unknown:
-        raise bad(unknown[0], f"unknown key (known: {', '.join(RUN_CONFIG_KEYS)})")
-    for key in ("plm_config", "template", "labels", "label_words", "max_seq_length", "model_class"):
-        if key not in config:
-            raise bad(key, "missing")
-    if config.get("format", 1) != 1:
-        raise bad("format", f"{config.get('format')!r} is not a format this version reads (1)")
+    cls = getattr(transformers, model_class or "", None)
+    if cls is None:
+        raise UserError(f"model_class: unknown model class {model_class!r}", SPEC_FILE)
     try:
-        method = Method.parse(config.get("method", "ptuning"))
-        verbalizer = None if config.get("verbalizer") is None else VerbalizerKind.parse(config["verbalizer"])
-    except ValueError as exc:
-        raise bad("method/verbalizer", str(exc)) from None
-    if (method == Method.FINETUNE) != (verbalizer is None):
-        raise bad("verbalizer", f"{verbalizer!r} does not fit method {method.value!r}")
-    labels, words = config["labels"], config["label_words"]
-    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)):
-        raise bad("labels", "must be a list of at least two non-empty label names")
-    if len(set(labels)) != len(labels):
-        raise bad("labels", "has duplicates")
-    if labels != sorted(labels):
-        raise bad("labels", "must be in output order (sorted by name)")
-    if not (isinstance(words, list) and len(words) == len(labels) and all(isinstance(x, str) and x for x in words)):
-        raise bad("label_words", "must be a list of non-empty strings, one per label")
-    length = config["max_seq_length"]
-    if not (isinstance(length, int) and not isinstance(length, bool) and length >= 4):
-        raise bad("max_seq_length", f"must be an integer of at least 4, got {length!r}")
-    plm_config = config["plm_config"]
-    if not isinstance(plm_config, dict):
-        raise bad("plm_config", "must be an object")
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
-        value = plm_config.get(key)
-        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-            raise bad(f"plm_config.{key}", f"must be a positive integer, got {value!r}")
-    if plm_config["hidden_size"] % plm_config["num_attention_heads"]:
-        raise bad("plm_config.hidden_size", "must be a multiple of num_attention_heads")
-    if length > plm_config["max_position_embeddings"]:
-        raise bad("max_seq_length", f"{length} exceeds the model's {plm_config['max_position_embeddings']} positions")
-    model_class = config["model_class"]
-    if not (isinstance(model_class, str) and model_class.endswith(MODEL_CLASS_SUFFIXES)):
-        raise bad("model_class", f"must name a paddlenlp *ForMaskedLM or *ForSequenceClassification, got {model_class!r}")
-    if (method == Method.FINETUNE) != model_class.endswith("ForSequenceClassification"):
-        raise bad("model_class", f"{model_class} does not fit method {method.value!r}")
-    template = config["template"]
-    check_parts(template, f"{path}: template")
-    if method == Method.PTUNING and verbalizer == VerbalizerKind.SOFT and count_masks(template) != 1:
-        raise bad("template", f"the SoftVerbalizer needs exactly one mask, found {count_masks(template)}")
-    return config
-
-
-def load_run_config(checkpoint_dir: str) -> dict:
-    path = os.path.join(checkpoint_dir, RUN_CONFIG_FILE)
-    if not os.path.isdir(checkpoint_dir):
-        raise UserError("checkpoint directory not found", checkpoint_dir)
-    if not os.path.isfile(path):
-        raise UserError(f"is not a checkpoint of this tool: {RUN_CONFIG_FILE} is missing", checkpoint_dir)
-    return check_run_config(read_json(path, what="checkpoint config"), path)
+        return cls(cls.config_class(**plm_config))
+    except Exception as exc:  # any bad value in a hand-edited config ends here
+        raise UserError(f"plm_config: cannot build {model_class} from it: {type(exc).__name__}: {exc}",
+                        SPEC_FILE) from None
 
 
 def tensor_aliases(model: paddle.nn.Layer) -> Dict[str, str]:
@@ -406,7 +183,7 @@ def private_tokenizer_copy(checkpoint_dir: str) -> str:
 
 
 def rebuild_from_checkpoint(checkpoint_dir: str, tokenizer=None, verify: bool = True) -> tuple:
-    """Rebuild `(prompt_model, tokenizer, run_config)` from a checkpoint alone (no pretrained weights).
+    """`(prompt_model, tokenizer, spec)` from a checkpoint alone (no pretrained weights).
 
     The checkpoint's files are verified against its marker first (`verify=False` when the caller
     already did, e.g. for a resume).
@@ -417,30 +194,23 @@ def rebuild_from_checkpoint(checkpoint_dir: str, tokenizer=None, verify: bool = 
 
     if verify:
         verify_checkpoint(checkpoint_dir, purpose="model")
-    config = load_run_config(checkpoint_dir)
+    spec = ModelSpec.load(checkpoint_dir)
     if tokenizer is None:
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(private_tokenizer_copy(checkpoint_dir))
         except Exception as exc:  # a damaged vocab or tokenizer config fails in many ways
             raise UserError(f"cannot load the tokenizer saved in the checkpoint: {type(exc).__name__}: {exc}",
                             checkpoint_dir) from None
-        if len(tokenizer) > int(config["plm_config"]["vocab_size"]) or len(tokenizer) < 5:
+        if len(tokenizer) > int(spec.plm_config["vocab_size"]) or len(tokenizer) < 5:
             raise UserError(f"the saved tokenizer has {len(tokenizer)} tokens but the model "
-                            f"{config['plm_config']['vocab_size']}: vocab.txt is damaged or from another model",
+                            f"{spec.plm_config['vocab_size']}: vocab.txt is damaged or from another model",
                             os.path.join(checkpoint_dir, "vocab.txt"))
-    config_path = os.path.join(checkpoint_dir, RUN_CONFIG_FILE)
-    model_class = getattr(transformers, config["model_class"], None)
-    if model_class is None:
-        raise UserError(f"model_class: unknown model class {config['model_class']!r}", config_path)
     try:
-        plm = model_class(model_class.config_class(**config["plm_config"]))
-    except Exception as exc:  # any bad value in a hand-edited config ends here
-        raise UserError(f"plm_config: cannot build {config['model_class']} from it: {type(exc).__name__}: {exc}",
-                        config_path) from None
-    label_set = LabelSet(label_words=dict(zip(config["labels"], config["label_words"])),
-                         path=os.path.join(checkpoint_dir, RUN_CONFIG_FILE))
-    model = build_prompt_model(plm, tokenizer, config["template"], label_set, config["max_seq_length"],
-                               verbalizer=config.get("verbalizer", "soft"))
+        model = spec.build(tokenizer)
+    except UserError as exc:
+        if exc.path == SPEC_FILE:  # name the file that holds the bad value
+            exc = UserError(exc.message, os.path.join(checkpoint_dir, SPEC_FILE), exc.line)
+        raise exc from None
     load_state(model, checkpoint_dir)
     model.eval()
-    return model, tokenizer, config
+    return model, tokenizer, spec

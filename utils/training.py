@@ -12,8 +12,6 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import paddle
 
-from . import compat
-from .args import Method, VerbalizerKind
 from .checkpoints import COMPLETE_MARKER, remove_tree, rotate, write_marker
 from .checkpoints import verify as verify_checkpoint
 from .data import DatasetDir, load_dataset_dir
@@ -23,17 +21,15 @@ from .files import read_json, write_json_atomic, write_text_atomic
 from .labels import LabelSet
 from .metrics import classification_metrics, metrics_fn, softmax
 from .predictions import write_predictions
-from .modeling import (build_prompt_model, criterion_for, label_word_token_count, load_run_config, load_state,
-                       rebuild_from_checkpoint, run_config, save_run_config, set_state_strictly, unique_state_dict)
+from .heads import get_head
+from .modeling import criterion_for, load_state, rebuild_from_checkpoint, set_state_strictly, unique_state_dict
 from .plm import load_plm, load_tokenizer, position_limit, warn_unknown_tokens
 from .progress import Progress as ProgressBar
-from .prompt import (build_template, classifier_template, fixed_token_count, is_template_string, template_kind,
-                     template_string, validate_template)
 from .reports import plot_training_curves, write_classification_report
 from .rundir import DirLock, apply_plan, plan_output_dir
+from .spec import ModelSpec
 from .visualdl import take_visualdl_from_report_to
 
-compat.apply()
 
 from paddlenlp.datasets import MapDataset  # noqa: E402
 from paddlenlp.prompt import PromptTrainer  # noqa: E402
@@ -71,16 +67,14 @@ class SeededBatchSampler(DistributedBatchSampler):
             self.epoch = epoch + 1
 
 
-STAGING_DIR = ".saving"
 OUTPUT_KIND_FLAGS = (("do_eval", "eval"), ("do_predict", "predict"), ("do_export", "export"))
 
 
 class PTuningTrainer(PromptTrainer):
     """PromptTrainer whose checkpoints are whole, verified, deduplicated and the same on every process.
 
-    * A checkpoint is assembled in `output_dir/.saving/` and renamed to `checkpoint-N` only when
-      complete, with `checkpoint_complete.json` (every file's size and sha256) written last; old
-      ones are rotated away crash-safely (utils/checkpoints.py).
+    * A checkpoint counts once `checkpoint_complete.json` (every file's size and sha256) is written,
+      last; old ones are rotated away crash-safely (utils/checkpoints.py).
     * Every tensor is stored once: the template's copy of the word embeddings and paddle's duplicate
       LSTM names are dropped from `model_state.pdparams`, and the template/verbalizer weights (part
       of it) are not written again beside it.
@@ -88,8 +82,8 @@ class PTuningTrainer(PromptTrainer):
       compared at every save (utils/distributed.py).
     """
 
-    def __init__(self, *args, run_config: Dict[str, Any], **kwargs):
-        self.run_config = run_config
+    def __init__(self, *args, spec: ModelSpec, **kwargs):
+        self.spec = spec
         super().__init__(*args, **kwargs)
 
     def _get_train_sampler(self):
@@ -127,23 +121,14 @@ class PTuningTrainer(PromptTrainer):
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None, merge_tensor_parallel=True):
         output_dir = output_dir or self.args.output_dir
-        stage = os.path.join(output_dir, STAGING_DIR + "-model")
-        writer = self.args.should_save
-        if writer:
-            shutil.rmtree(stage, ignore_errors=True)
-        try:
-            Trainer._save(self, stage, unique_state_dict(self.model), merge_tensor_parallel)
-            if not writer:
-                return
-            save_template_config(self.template, stage)
+        # Each tensor once; upstream's template/verbalizer configs, without their weights files
+        # (the weights are in model_state.pdparams); the model spec.
+        Trainer._save(self, output_dir, unique_state_dict(self.model), merge_tensor_parallel)
+        if self.args.should_save:
+            save_template_config(self.template, output_dir)
             if self.verbalizer is not None:
-                write_json_atomic(os.path.join(stage, "verbalizer_config.json"), self.verbalizer.label_words)
-            save_run_config(stage, self.run_config)
-            for name in os.listdir(stage):
-                os.replace(os.path.join(stage, name), os.path.join(output_dir, name))
-        finally:
-            if writer:
-                shutil.rmtree(stage, ignore_errors=True)
+                write_json_atomic(os.path.join(output_dir, "verbalizer_config.json"), self.verbalizer.label_words)
+            self.spec.save(output_dir)
 
     def save_model(self, output_dir: Optional[str] = None, merge_tensor_parallel: Optional[bool] = False):
         final = output_dir is None or os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir)
@@ -155,37 +140,28 @@ class PTuningTrainer(PromptTrainer):
             write_marker(self.args.output_dir, self.state.global_step, self.args.world_size)
 
     def _save_checkpoint(self, model, metrics=None):
+        """The Trainer writes `checkpoint-N`; the marker, written last, makes it a checkpoint.
+
+        One without its marker (a save that was killed) is never resumed from (`verify`) and is
+        removed at the next start (`clean_leftovers`); a failed save removes its directory at once.
+        """
         check_in_sync(self.model, f"checkpoint at step {self.state.global_step}")
-        run_dir = self.args.output_dir
-        name = f"checkpoint-{self.state.global_step}"
-        staging_root = os.path.join(run_dir, STAGING_DIR)
-        staged, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
+        path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
         writer = self.args.should_save  # under data parallelism only the first process writes
-        if writer:
-            shutil.rmtree(staging_root, ignore_errors=True)
-        limit = self.args.save_total_limit
-        self.args.output_dir, self.args.save_total_limit = staging_root, None  # rotate after the rename
+        if writer and os.path.lexists(path):  # the same step saved again: the old one goes first
+            remove_tree(path)
         try:
             super()._save_checkpoint(model, metrics)
         except BaseException:
             if writer:
-                shutil.rmtree(staging_root, ignore_errors=True)  # never leave a half checkpoint (or a full disk)
+                shutil.rmtree(path, ignore_errors=True)  # never leave a half checkpoint (or a full disk)
             raise
-        finally:
-            self.args.output_dir, self.args.save_total_limit = run_dir, limit
-        if self.state.best_model_checkpoint == staged:
-            self.state.best_model_checkpoint = final
-        if not writer:
-            return
-        try:
-            self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
-            write_marker(staged, self.state.global_step, self.args.world_size)
-            if os.path.isdir(final):  # saving the same step again (e.g. right after a resume)
-                remove_tree(final)
-            os.replace(staged, final)
-        finally:
-            shutil.rmtree(staging_root, ignore_errors=True)
-        rotate(run_dir, limit, self.state.best_model_checkpoint)
+        if writer:
+            write_marker(path, self.state.global_step, self.args.world_size)
+            rotate(self.args.output_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
+
+    def _rotate_checkpoints(self, use_mtime=False, output_dir=None):
+        """Rotation happens after the marker, by step and crash-safely (`_save_checkpoint`)."""
 
     def save_metrics(self, split, metrics, combined=True):
         if not self.is_world_process_zero():
@@ -295,97 +271,45 @@ def default_max_steps(training_args, num_examples: int) -> int:
     return max(1, math.ceil(training_args.num_train_epochs * math.ceil(num_examples / per_step)))
 
 
-@dataclasses.dataclass
-class ModelPlan:
-    """What will be built, decided with the tokenizer alone (before any weights load)."""
-
-    tokenizer: Any
-    parts: List[Dict[str, Any]]
-    verbalizer: Optional[str]
-    config: Optional[dict] = None  # the checkpoint's run config when starting from one
-
-
-def plan_model(model_args, data_args, training_args, dataset: DatasetDir, checkpoint: Optional[str]) -> ModelPlan:
-    """Every check that needs only the tokenizer and configs: template, lengths, positions, [UNK]s."""
+def plan_model(model_args, data_args, training_args, dataset: DatasetDir, checkpoint: Optional[str]) -> ModelSpec:
+    """The model to build, checked with the tokenizer and configs alone (no weights loaded)."""
     if checkpoint:
-        config = load_run_config(checkpoint)
-        if config["labels"] != dataset.labels.labels:
-            raise UserError(f"the checkpoint was trained on labels {config['labels']}, but label.txt has "
+        spec = ModelSpec.load(checkpoint)
+        if spec.labels != dataset.labels.labels:
+            raise UserError(f"the checkpoint was trained on labels {spec.labels}, but label.txt has "
                             f"{dataset.labels.labels}", dataset.labels.path)
-        if Method.parse(config.get("method", "ptuning")) == Method.FINETUNE and (
-                training_args.freeze_plm or training_args.freeze_dropout):
-            raise UserError("is a --method finetune checkpoint: --freeze_plm/--freeze_dropout would leave nothing "
-                            "to train", checkpoint)
+        if (training_args.freeze_plm or training_args.freeze_dropout) and not get_head(spec.head).has_prompt_parameters:
+            raise UserError(f"is a --method {spec.method.value} checkpoint: --freeze_plm/--freeze_dropout would leave "
+                            "nothing to train", checkpoint)
         ignored = [f"--{name}" for name in data_args.prompt_flags_given + (["prompt"] if data_args.prompt else [])]
         if ignored:
             logger.warning("%s ignored: the model is rebuilt from %s with its own template %s", "/".join(ignored),
-                           checkpoint, template_string(config["template"]))
-        return ModelPlan(tokenizer=None, parts=config["template"], verbalizer=config.get("verbalizer"), config=config)
+                           checkpoint, spec.describe())
+        return spec
     tokenizer = load_tokenizer(model_args.model_name_or_path)
-    labels = dataset.labels
-    if model_args.method == Method.FINETUNE:
-        if data_args.prompt or data_args.prompt_flags_given:
-            logger.warning("--method finetune classifies [CLS]; --prompt and the prompt encoder flags are not used")
-        parts, verbalizer = classifier_template(dataset.is_pair), None
-    else:
-        verbalizer = model_args.verbalizer.value
-        if is_template_string(data_args.prompt) and data_args.prompt_flags_given:
-            raise UserError(f"{'/'.join('--' + f for f in data_args.prompt_flags_given)} only shape a plain-text "
-                            "--prompt; a full template sets its soft tokens itself (e.g. {'soft': None, 'length': 8, "
-                            "'encoder': 'lstm', 'hidden_size': 200}): write them into the template or drop the flags",
-                            "--prompt")
-        masks = label_word_token_count(labels, tokenizer) if verbalizer == VerbalizerKind.MANUAL else 1
-        parts = build_template(data_args.prompt, data_args.soft_encoder.value, data_args.encoder_hidden_size,
-                               data_args.num_virtual_tokens, dataset.is_pair, mask_length=masks)
-        validate_template(parts, dataset.is_pair, required_masks=masks,
-                          verbalizer_name="SoftVerbalizer" if verbalizer == "soft" else "--verbalizer manual")
-        if template_kind(parts) != "soft":
-            logger.warning("the template has no soft tokens: this is a hard (PET-style) prompt, not P-tuning")
-    check_lengths(parts, tokenizer, training_args.max_seq_length, len(template_text_keys(parts)),
-                  position_limit(model_args.model_name_or_path))
+    spec = ModelSpec.from_flags(model_args, data_args, training_args.max_seq_length, dataset.labels, dataset.is_pair,
+                                tokenizer, position_limit(model_args.model_name_or_path))
     warn_unknown_tokens(tokenizer, dataset, model_args.model_name_or_path)
-    return ModelPlan(tokenizer=tokenizer, parts=parts, verbalizer=verbalizer)
+    return spec
 
 
-def template_text_keys(parts) -> List[str]:
-    return [part["text"] for part in parts if "text" in part]
-
-
-def check_lengths(parts, tokenizer, max_seq_length: int, n_texts: int, limit: Optional[int]) -> None:
-    """max_seq_length within the PLM's positions, and room for the text beside the prompt."""
-    if limit is not None and max_seq_length > limit:
-        raise UserError(f"is {max_seq_length}, but the model has only {limit} positions; use at most {limit}",
-                        "--max_seq_length")
-    fixed = fixed_token_count(parts, lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
-    if fixed + n_texts > max_seq_length:
-        raise UserError(f"is {max_seq_length}, but the prompt alone takes {fixed} tokens (with [CLS], [SEP] and the "
-                        "mask), leaving no room for the text; raise --max_seq_length or shorten the prompt",
-                        "--max_seq_length")
-
-
-def build_model(model_args, training_args, dataset: DatasetDir, plan: ModelPlan, checkpoint: Optional[str]):
-    """Return `(model, tokenizer, run_config)`: from a checkpoint when given, else from the PLM."""
+def build_model(model_args, training_args, dataset: DatasetDir, spec: ModelSpec, checkpoint: Optional[str]):
+    """Return `(model, tokenizer, spec)`: from a checkpoint when given, else around the pretrained PLM."""
+    freeze = dict(freeze_plm=training_args.freeze_plm, freeze_dropout=training_args.freeze_dropout)
     if checkpoint:
-        model, tokenizer, config = rebuild_from_checkpoint(checkpoint, verify=False)
-        if training_args.freeze_plm or training_args.freeze_dropout:
+        model, tokenizer, spec = rebuild_from_checkpoint(checkpoint, verify=False)
+        if freeze["freeze_plm"] or freeze["freeze_dropout"]:
             model.freeze_plm = True
-            model.freeze_dropout = training_args.freeze_dropout
+            model.freeze_dropout = freeze["freeze_dropout"]
             for param in model.plm.parameters():
                 param.stop_gradient = True
-        return model, tokenizer, config
-    labels = dataset.labels
-    if plan.verbalizer is None:
-        plm, tokenizer = load_plm(model_args.model_name_or_path, head="sequence_classification",
-                                  num_labels=len(labels.labels))
-    else:
-        plm, tokenizer = load_plm(model_args.model_name_or_path)
-    model = build_prompt_model(plm, tokenizer, plan.parts, labels, training_args.max_seq_length,
-                               freeze_plm=training_args.freeze_plm, freeze_dropout=training_args.freeze_dropout,
-                               verbalizer=plan.verbalizer)
-    logger.info("Using template: %s", template_string(plan.parts))
-    config = run_config(plm, plan.parts, labels, training_args.max_seq_length, model_args.model_name_or_path,
-                        method=model_args.method, verbalizer=plan.verbalizer)
-    return model, tokenizer, config
+        return model, tokenizer, spec
+    plm, tokenizer = load_plm(model_args.model_name_or_path, head=get_head(spec.head).plm_head,
+                              num_labels=len(spec.labels))
+    spec = spec.with_plm(plm)
+    model = spec.build(tokenizer, plm, **freeze)
+    logger.info("Using template: %s", spec.describe())
+    return model, tokenizer, spec
 
 
 def write_prediction_file(path: str, examples: List[dict], logits: np.ndarray, labels: List[str],
@@ -457,7 +381,7 @@ def prepare(run: Run):
     model_args, data_args, training_args = run.model_args, run.data_args, run.args
     paddle.set_device(training_args.device)
     set_seed(training_args.seed)  # model init (soft prompt, encoder) is seeded too
-    model, tokenizer, config = build_model(model_args, training_args, run.dataset, run.model_plan, run.resume)
+    model, tokenizer, spec = build_model(model_args, training_args, run.dataset, run.model_plan, run.resume)
     training_args.resume_from_checkpoint = None  # the model is already rebuilt from it
     if training_args.do_train and training_args.freeze_plm and training_args.max_steps <= 0:
         training_args.max_steps = default_max_steps(training_args, len(run.dataset.train))
@@ -469,10 +393,10 @@ def prepare(run: Run):
                                                early_stopping_threshold=data_args.early_stopping_threshold))
     dataset = run.dataset
     trainer = PTuningTrainer(
-        model=model, tokenizer=tokenizer, args=training_args, criterion=criterion_for(model, model_args.manual_loss),
+        model=model, tokenizer=tokenizer, args=training_args, criterion=criterion_for(model, spec.head_options),
         train_dataset=MapDataset(dataset.train) if training_args.do_train else None,
         eval_dataset=MapDataset(dataset.dev) if dataset.dev else None,
-        callbacks=callbacks, compute_metrics=metrics_fn(len(dataset.labels.labels)), run_config=config)
+        callbacks=callbacks, compute_metrics=metrics_fn(len(dataset.labels.labels)), spec=spec)
     trainer.pop_callback(ProgressCallback)
     trainer.add_callback(Progress())
     return trainer

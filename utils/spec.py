@@ -1,0 +1,216 @@
+"""What a model is, in one typed object: `ModelSpec`, saved as `ptuning_config.json`.
+
+Training builds it from the flags (`from_flags`: the template, the mask count the head needs and
+the length checks live there), every checkpoint and run directory saves it, and a checkpoint,
+export.py and a resumed run read it back with `load` (validated key by key) and assemble the
+model with `build` — one assembly path. Like peft's `PromptEncoderConfig` or SetFit's
+`config_setfit.json`. The file is format 1: keys `method`/`verbalizer` name the head as the
+flags do (`verbalizer` null for `--method finetune`). Paddle-free to read and write.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from .args import Method, VerbalizerKind
+from .errors import UserError
+from .files import read_json, write_json_atomic
+from .labels import LabelSet
+from .prompt import (build_template, check_parts, classifier_template, count_masks, fixed_token_count,
+                     is_template_string, template_kind, template_string, validate_template)
+
+logger = logging.getLogger(__name__)
+
+SPEC_FILE = "ptuning_config.json"
+FORMAT = 1
+KEYS = ("format", "method", "verbalizer", "model_name_or_path", "model_class", "plm_config", "template", "labels",
+        "label_words", "max_seq_length", "head_options")
+MODEL_CLASS_SUFFIXES = {"masked_lm": "ForMaskedLM", "sequence_classification": "ForSequenceClassification"}
+PLM_CONFIG_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A classifier: its head (registry name, utils/heads.py), template, labels, length and PLM."""
+
+    head: str
+    template: List[Dict[str, Any]]
+    labels: List[str]                 # in output (logit) order: sorted names
+    label_words: List[str]            # one per label, same order
+    max_seq_length: int
+    model_name_or_path: str
+    model_class: Optional[str] = None          # the PLM, known once it is loaded (`with_plm`)
+    plm_config: Optional[Dict[str, Any]] = None
+    head_options: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method(self) -> Method:
+        from .heads import get_head
+
+        return Method.parse(get_head(self.head).method)
+
+    @property
+    def label_set(self) -> LabelSet:
+        return LabelSet(label_words=dict(zip(self.labels, self.label_words)), path=SPEC_FILE)
+
+    # -- construction from the flags -----------------------------------------------------------
+
+    @classmethod
+    def from_flags(cls, model_args, data_args, max_seq_length: int, label_set: LabelSet, is_pair: bool, tokenizer,
+                   position_limit: Optional[int] = None) -> "ModelSpec":
+        """The model the flags ask for, checked with the tokenizer alone (no weights loaded)."""
+        from .heads import get_head, head_name
+
+        head = get_head(head_name(model_args.method, model_args.verbalizer))
+        if head.method == Method.FINETUNE.value:
+            if data_args.prompt or data_args.prompt_flags_given:
+                logger.warning("--method finetune classifies [CLS]; --prompt and the prompt encoder flags are not "
+                               "used")
+            parts = classifier_template(is_pair)
+        else:
+            if is_template_string(data_args.prompt) and data_args.prompt_flags_given:
+                raise UserError(f"{'/'.join('--' + f for f in data_args.prompt_flags_given)} only shape a plain-text "
+                                "--prompt; a full template sets its soft tokens itself (e.g. {'soft': None, "
+                                "'length': 8, 'encoder': 'lstm', 'hidden_size': 200}): write them into the template "
+                                "or drop the flags", "--prompt")
+            masks = head.masks(label_set, tokenizer)
+            parts = build_template(data_args.prompt, data_args.soft_encoder.value, data_args.encoder_hidden_size,
+                                   data_args.num_virtual_tokens, is_pair, mask_length=masks)
+            validate_template(parts, is_pair, required_masks=masks,
+                              verbalizer_name="SoftVerbalizer" if head.name == "soft" else f"--verbalizer {head.name}")
+            if template_kind(parts) != "soft":
+                logger.warning("the template has no soft tokens: this is a hard (PET-style) prompt, not P-tuning")
+        options = {"loss": model_args.manual_loss.value} if "loss" in head.options else {}
+        spec = cls(head=head.name, template=parts, labels=label_set.labels, label_words=label_set.words_in_order(),
+                   max_seq_length=max_seq_length, model_name_or_path=model_args.model_name_or_path,
+                   head_options=options)
+        spec.check_lengths(tokenizer, position_limit)
+        return spec
+
+    def check_lengths(self, tokenizer, position_limit: Optional[int]) -> None:
+        """max_seq_length within the PLM's positions, and room for the text beside the prompt."""
+        if position_limit is not None and self.max_seq_length > position_limit:
+            raise UserError(f"is {self.max_seq_length}, but the model has only {position_limit} positions; use at "
+                            f"most {position_limit}", "--max_seq_length")
+        fixed = fixed_token_count(self.template, lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
+        n_texts = sum(1 for part in self.template if "text" in part)
+        if fixed + n_texts > self.max_seq_length:
+            raise UserError(f"is {self.max_seq_length}, but the prompt alone takes {fixed} tokens (with [CLS], [SEP] "
+                            "and the mask), leaving no room for the text; raise --max_seq_length or shorten the prompt",
+                            "--max_seq_length")
+
+    def with_plm(self, plm) -> "ModelSpec":
+        return dataclasses.replace(self, model_class=type(plm).__name__, plm_config=plm.config.to_dict())
+
+    def describe(self) -> str:
+        return template_string(self.template)
+
+    # -- the file --------------------------------------------------------------------------------
+
+    def to_dict(self) -> Dict[str, Any]:
+        method = self.method
+        return {"format": FORMAT, "method": method.value,
+                "verbalizer": None if method == Method.FINETUNE else self.head,
+                "model_name_or_path": self.model_name_or_path, "model_class": self.model_class,
+                "plm_config": self.plm_config, "template": self.template, "labels": list(self.labels),
+                "label_words": list(self.label_words), "max_seq_length": self.max_seq_length,
+                "head_options": dict(self.head_options)}
+
+    def save(self, directory: str) -> str:
+        path = os.path.join(directory, SPEC_FILE)
+        write_json_atomic(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, directory: str) -> "ModelSpec":
+        if not os.path.isdir(directory):
+            raise UserError("checkpoint directory not found", directory)
+        path = os.path.join(directory, SPEC_FILE)
+        if not os.path.isfile(path):
+            raise UserError(f"is not a checkpoint of this tool: {SPEC_FILE} is missing", directory)
+        return cls.from_dict(read_json(path, what="checkpoint config"), path)
+
+    @classmethod
+    def from_dict(cls, data, path: str = SPEC_FILE) -> "ModelSpec":
+        """Validate a loaded file (hand edits included): every key known and well typed."""
+        from .heads import HEADS, get_head
+
+        def bad(key: str, message: str) -> UserError:
+            return UserError(f"{key}: {message} (edited or damaged? re-run training to recreate it)", path)
+
+        if not isinstance(data, dict):
+            raise UserError(f"must be a JSON object, found {type(data).__name__}", path)
+        unknown = sorted(set(data) - set(KEYS))
+        if unknown:
+            raise bad(unknown[0], f"unknown key (known: {', '.join(KEYS)})")
+        for key in ("plm_config", "template", "labels", "label_words", "max_seq_length", "model_class"):
+            if key not in data:
+                raise bad(key, "missing")
+        if data.get("format", FORMAT) != FORMAT:
+            raise bad("format", f"{data.get('format')!r} is not a format this version reads ({FORMAT})")
+        try:
+            method = Method.parse(data.get("method", Method.PTUNING.value))
+            verbalizer = None if data.get("verbalizer") is None else VerbalizerKind.parse(data["verbalizer"]).value
+        except ValueError as exc:
+            raise bad("method/verbalizer", str(exc)) from None
+        name = "cls" if method == Method.FINETUNE else verbalizer
+        if name not in HEADS or get_head(name).method != method.value:
+            raise bad("verbalizer", f"{verbalizer!r} does not fit method {method.value!r}")
+        head = get_head(name)
+        labels, words = data["labels"], data["label_words"]
+        if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)):
+            raise bad("labels", "must be a list of at least two non-empty label names")
+        if len(set(labels)) != len(labels):
+            raise bad("labels", "has duplicates")
+        if labels != sorted(labels):
+            raise bad("labels", "must be in output order (sorted by name)")
+        if not (isinstance(words, list) and len(words) == len(labels) and all(isinstance(x, str) and x for x in words)):
+            raise bad("label_words", "must be a list of non-empty strings, one per label")
+        length = data["max_seq_length"]
+        if not (isinstance(length, int) and not isinstance(length, bool) and length >= 4):
+            raise bad("max_seq_length", f"must be an integer of at least 4, got {length!r}")
+        plm_config = data["plm_config"]
+        if not isinstance(plm_config, dict):
+            raise bad("plm_config", "must be an object")
+        for key in PLM_CONFIG_INTS:
+            value = plm_config.get(key)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                raise bad(f"plm_config.{key}", f"must be a positive integer, got {value!r}")
+        if plm_config["hidden_size"] % plm_config["num_attention_heads"]:
+            raise bad("plm_config.hidden_size", "must be a multiple of num_attention_heads")
+        if length > plm_config["max_position_embeddings"]:
+            raise bad("max_seq_length", f"{length} exceeds the model's {plm_config['max_position_embeddings']} "
+                                        "positions")
+        model_class, suffix = data["model_class"], MODEL_CLASS_SUFFIXES[head.plm_head]
+        if not (isinstance(model_class, str) and model_class.isidentifier() and model_class.endswith(suffix)):
+            raise bad("model_class", f"must name a paddlenlp *{suffix} for method {method.value!r}, got "
+                                     f"{model_class!r}")
+        template = data["template"]
+        check_parts(template, f"{path}: template")
+        if method == Method.PTUNING and head.name == "soft" and count_masks(template) != 1:
+            raise bad("template", f"the SoftVerbalizer needs exactly one mask, found {count_masks(template)}")
+        options = data.get("head_options") or {}
+        if not isinstance(options, dict) or any(k not in head.options or v not in head.options[k]
+                                                for k, v in options.items()):
+            raise bad("head_options", f"{options!r} is not valid for the {head.name} head "
+                                      f"(allowed: {head.options or 'none'})")
+        model_name = data.get("model_name_or_path", "")
+        return cls(head=head.name, template=template, labels=labels, label_words=words, max_seq_length=length,
+                   model_name_or_path=model_name if isinstance(model_name, str) else "", model_class=model_class,
+                   plm_config=plm_config, head_options=options)
+
+    # -- the model -------------------------------------------------------------------------------
+
+    def build(self, tokenizer, plm=None, freeze_plm: bool = False, freeze_dropout: bool = False):
+        """The prompt model: around `plm`, or a PLM built (randomly initialised) from `plm_config`
+        to receive a checkpoint's weights."""
+        from .modeling import build_prompt_model, plm_from_config
+
+        if plm is None:
+            plm = plm_from_config(self.model_class, self.plm_config)
+        return build_prompt_model(plm, tokenizer, self.template, self.label_set, self.max_seq_length,
+                                  freeze_plm=freeze_plm, freeze_dropout=freeze_dropout, head=self.head,
+                                  head_options=self.head_options)
