@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import shutil
 import time
 from typing import Dict, List, Optional
 
@@ -36,7 +35,7 @@ from .args import ExportType, Quantize
 from .console import quiet_native_output
 from .errors import UserError
 from .export_files import LABELS_FILE, MANIFEST_FILE
-from .files import sha256_file, write_json_atomic
+from .files import atomic_directory, sha256_file, write_json_atomic
 from .modeling import rebuild_from_checkpoint
 from .preprocess import INPUT_NAMES, PREPROCESS_FILE, PromptPreprocessor, describe_template
 from .rundir import DirLock
@@ -271,17 +270,6 @@ def fp16_check(directory: str, feed: Dict[str, np.ndarray], fp32_logits: np.ndar
     return result
 
 
-def _publish(tmp_dir: str, output_dir: str) -> None:
-    """Replace `output_dir` by the finished `tmp_dir` with renames only."""
-    old = None
-    if os.path.exists(output_dir):
-        old = output_dir.rstrip("/") + f".old-{os.getpid()}"
-        os.replace(output_dir, old)
-    os.replace(tmp_dir, output_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export_lock(output_dir: str) -> DirLock:
     """The lock of an export directory: a file beside it (the directory itself is replaced by rename)."""
     parent, name = os.path.split(os.path.abspath(output_dir))
@@ -323,71 +311,87 @@ def _export(checkpoint_dir, output_dir, examples, export_type, export_fp16, over
         model, tokenizer, spec = rebuild_from_checkpoint(checkpoint_dir)
         folded = FoldedPromptModel(model)
         folded.eval()
-    template = model.template
-    max_seq_length = spec.max_seq_length
-    examples = sample_examples(examples, sorted(template.example_keys), max_seq_length)
-
-    tmp_dir = output_dir.rstrip("/") + f".tmp-{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    os.makedirs(tmp_dir)
-    try:
-        with quiet_native_output("paddle.jit.save"):
-            files = save_static_graph(folded, tmp_dir)
-        with quiet_native_output("paddle2onnx"):
-            convert_to_onnx(tmp_dir, files, opset)
-        tokenizer.save_pretrained(tmp_dir)
-        write_json_atomic(os.path.join(tmp_dir, PREPROCESS_FILE), describe_template(template, max_seq_length))
-        write_json_atomic(os.path.join(tmp_dir, TEMPLATE_FILE), {"template": spec.template,
-                                                                  "processed": template.prompt})
-        write_json_atomic(os.path.join(tmp_dir, LABELS_FILE), [
-            {"id": i, "label": label, "word": word}
-            for i, (label, word) in enumerate(zip(spec.labels, spec.label_words))])
+    examples = sample_examples(examples, sorted(model.template.example_keys), spec.max_seq_length)
+    with atomic_directory(output_dir) as directory:
+        files = write_graphs(folded, directory, opset)
+        write_preprocessing(model, tokenizer, spec, directory)
         # One preprocessing and one fp32 onnxruntime pass serve the gate and the fp16/int8 checks.
-        preprocessor = PromptPreprocessor.from_export(tmp_dir)
+        preprocessor = PromptPreprocessor.from_export(directory)
         feed = preprocessor.pad(preprocessor.encode(examples))
-        onnx_logits = onnxruntime_logits(os.path.join(tmp_dir, ONNX_FILE), feed)
-        parity = parity_gate(model, tmp_dir, files, examples, feed, onnx_logits, tolerance)
-        if export_fp16:
-            with quiet_native_output("the fp16 conversion"):
-                convert_to_fp16(tmp_dir)
-            parity["fp16"] = fp16_check(tmp_dir, feed, onnx_logits)
-        if quantize:
-            with quiet_native_output("onnxruntime quantization"):
-                quantize_int8(tmp_dir)
-            parity["int8"] = int8_check(tmp_dir, feed, onnx_logits)
-        if export_type == "onnx":
+        onnx_logits = onnxruntime_logits(os.path.join(directory, ONNX_FILE), feed)
+        parity = parity_gate(model, directory, files, examples, feed, onnx_logits, tolerance)
+        parity.update(write_variants(directory, feed, onnx_logits, export_fp16, quantize))
+        if export_type == ExportType.ONNX.value:
             for name in files.values():
-                os.remove(os.path.join(tmp_dir, name))
+                os.remove(os.path.join(directory, name))
             files = {}
-        manifest = {
-            "format": 1,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "source_checkpoint": os.path.abspath(checkpoint_dir),
-            "export_type": export_type,
-            "inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in INPUT_NAMES],
-            "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(spec.labels)]}],
-            "onnx": {"fp32": ONNX_FILE, "fp16": ONNX_FP16_FILE if export_fp16 else None,
-                     "int8": ONNX_INT8_FILE if quantize else None, "opset": opset},
-            "paddle": files or None,
-            "method": spec.method.value,
-            "verbalizer": spec.to_dict()["verbalizer"],
-            "head": spec.head,
-            "prompt_encoder_folded": True,
-            "max_seq_length": max_seq_length,
-            "template": spec.template,
-            "labels": spec.labels,
-            "model_name_or_path": spec.model_name_or_path,
-            "versions": _versions(),
-            "parity": parity,
-            "export_seconds": round(time.time() - start, 2),
-        }
-        manifest["files"] = {name: {"bytes": os.path.getsize(os.path.join(tmp_dir, name)),
-                                    "sha256": sha256_file(os.path.join(tmp_dir, name))}
-                             for name in sorted(os.listdir(tmp_dir))}
-        write_json_atomic(os.path.join(tmp_dir, MANIFEST_FILE), manifest)
-        _publish(tmp_dir, output_dir)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        manifest = write_manifest(directory, spec, checkpoint_dir, export_type, files, opset, parity,
+                                  fp16=export_fp16, int8=quantize, seconds=time.time() - start)
     logger.info("exported %s -> %s (parity: %s)", checkpoint_dir, output_dir,
                 ", ".join(f"{r['backend']} max|Δ| {r['max_abs_diff']:.2g}" for r in parity["results"]))
+    return manifest
+
+
+def write_graphs(folded: FoldedPromptModel, directory: str, opset: int) -> Dict[str, str]:
+    """The Paddle static graph and its ONNX conversion; returns the static graph's file names."""
+    with quiet_native_output("paddle.jit.save"):
+        files = save_static_graph(folded, directory)
+    with quiet_native_output("paddle2onnx"):
+        convert_to_onnx(directory, files, opset)
+    return files
+
+
+def write_preprocessing(model, tokenizer, spec, directory: str) -> None:
+    """What infer.py needs besides the graph: the tokenizer, the template as token ids, the labels."""
+    template = model.template
+    tokenizer.save_pretrained(directory)
+    write_json_atomic(os.path.join(directory, PREPROCESS_FILE), describe_template(template, spec.max_seq_length))
+    write_json_atomic(os.path.join(directory, TEMPLATE_FILE), {"template": spec.template, "processed": template.prompt})
+    write_json_atomic(os.path.join(directory, LABELS_FILE), [
+        {"id": i, "label": label, "word": word} for i, (label, word) in enumerate(zip(spec.labels, spec.label_words))])
+
+
+def write_variants(directory: str, feed, fp32_logits, fp16: bool, int8: bool) -> dict:
+    """model_fp16.onnx / model_int8.onnx, each checked against the fp32 model on the sample batch."""
+    checks = {}
+    if fp16:
+        with quiet_native_output("the fp16 conversion"):
+            convert_to_fp16(directory)
+        checks["fp16"] = fp16_check(directory, feed, fp32_logits)
+    if int8:
+        with quiet_native_output("onnxruntime quantization"):
+            quantize_int8(directory)
+        checks["int8"] = int8_check(directory, feed, fp32_logits)
+    return checks
+
+
+def write_manifest(directory: str, spec, checkpoint_dir: str, export_type: str, files: Dict[str, str], opset: int,
+                   parity: dict, fp16: bool, int8: bool, seconds: float) -> dict:
+    """manifest.json, written last: the export's description and every file's size and sha256."""
+    manifest = {
+        "format": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source_checkpoint": os.path.abspath(checkpoint_dir),
+        "export_type": export_type,
+        "inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in INPUT_NAMES],
+        "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(spec.labels)]}],
+        "onnx": {"fp32": ONNX_FILE, "fp16": ONNX_FP16_FILE if fp16 else None,
+                 "int8": ONNX_INT8_FILE if int8 else None, "opset": opset},
+        "paddle": files or None,
+        "method": spec.method.value,
+        "verbalizer": spec.to_dict()["verbalizer"],
+        "head": spec.head,
+        "prompt_encoder_folded": True,
+        "max_seq_length": spec.max_seq_length,
+        "template": spec.template,
+        "labels": spec.labels,
+        "model_name_or_path": spec.model_name_or_path,
+        "versions": _versions(),
+        "parity": parity,
+        "export_seconds": round(seconds, 2),
+    }
+    manifest["files"] = {name: {"bytes": os.path.getsize(os.path.join(directory, name)),
+                                "sha256": sha256_file(os.path.join(directory, name))}
+                         for name in sorted(os.listdir(directory))}
+    write_json_atomic(os.path.join(directory, MANIFEST_FILE), manifest)
     return manifest

@@ -162,3 +162,27 @@ def read_json(path: str, what: str = "JSON file"):
     except OSError as exc:
         raise UserError(f"{what} cannot be read: {exc.strerror or exc}", path) from None
 
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str) -> Iterator[str]:
+    """Yield an empty directory beside `path`; it replaces `path` (by renames) only if the block
+    succeeds, else it is removed. Readers see the old directory or the new one, never a mixture;
+    a kill leaves `<path>.tmp-PID` (and, between the two renames, `<path>.old-PID`) beside it."""
+    import shutil
+
+    target = path.rstrip("/")
+    tmp = f"{target}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        old = None
+        if os.path.lexists(target):
+            old = f"{target}.old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from typing import Iterable, List, Optional
 
 from .errors import ArgumentParser, UserError, run_cli
-from .files import read_text_lines, write_json_atomic, write_text_atomic
+from .files import atomic_directory, read_text_lines, write_json_atomic, write_text_atomic
 
 MARKER_FILE = "NOT_PRETRAINED.json"
 SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
@@ -129,21 +128,16 @@ def build_ernie(output_dir: str, tokens: List[str], preset: str = "tiny", seed: 
     elif os.path.isdir(output_dir) and os.listdir(output_dir):
         raise UserError("exists and is not a model built by this command; refusing to overwrite it", output_dir)
 
-    tmp_dir = output_dir.rstrip("/") + ".building"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    os.makedirs(tmp_dir)
-    write_text_atomic(os.path.join(tmp_dir, "vocab.txt"), "\n".join(tokens) + "\n")
-    tokenizer = ErnieTokenizer(os.path.join(tmp_dir, "vocab.txt"), do_lower_case=True,
-                               model_max_length=config["max_position_embeddings"])
-    tokenizer.save_pretrained(tmp_dir)
-    paddle.seed(seed)
-    model = ErnieForMaskedLM(ErnieConfig(**config))
-    model.save_pretrained(tmp_dir)
-    write_json_atomic(os.path.join(tmp_dir, MARKER_FILE), marker)
-    # Swap the finished build in at once, so a crash never leaves a half-written model.
-    if os.path.isdir(output_dir):
-        shutil.rmtree(output_dir)
-    os.replace(tmp_dir, output_dir)
+    # Built beside the target and swapped in at once: a crash never leaves a half-written model.
+    with atomic_directory(output_dir) as tmp_dir:
+        write_text_atomic(os.path.join(tmp_dir, "vocab.txt"), "\n".join(tokens) + "\n")
+        tokenizer = ErnieTokenizer(os.path.join(tmp_dir, "vocab.txt"), do_lower_case=True,
+                                   model_max_length=config["max_position_embeddings"])
+        tokenizer.save_pretrained(tmp_dir)
+        paddle.seed(seed)
+        model = ErnieForMaskedLM(ErnieConfig(**config))
+        model.save_pretrained(tmp_dir)
+        write_json_atomic(os.path.join(tmp_dir, MARKER_FILE), marker)
     return output_dir
 
 
