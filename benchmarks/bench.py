@@ -234,7 +234,9 @@ def in_process(paths: dict, test_file: str, threads: int, repeats: int) -> dict:
                                                             progress=False), repeats)
 
     # FLOPs of the work the model must do: real (unpadded) tokens; and of what was computed (padded).
-    config = json.load(open(os.path.join(paths["ckpt"], "ptuning_config.json")))["plm_config"]
+    from utils.spec import ModelSpec
+
+    config = ModelSpec.load(paths["ckpt"]).plm_config
     hidden, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
     lengths = np.array([len(f["input_ids"]) for f in features])
     padded = np.concatenate([np.full(len(b["input_ids"]), b["input_ids"].shape[1]) for b in batches])

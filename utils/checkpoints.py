@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 
 from .errors import UserError
 from .files import read_json, sha256_file, write_json_atomic
+from .spec import SPEC_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 DELETING_PREFIX = ".deleting-"
 # Partial files a killed run can leave behind: checkpoint staging, deletions, export staging.
 LEFTOVER_PATTERNS = (".saving*", DELETING_PREFIX + "*", "export.tmp-*", "export.old-*", ".*.tmp")
-MODEL_FILES = ("model_state.pdparams", "ptuning_config.json")
+MODEL_FILES = ("model_state.pdparams", SPEC_FILE)
 RESUME_FILES = ("optimizer.pdopt", "scheduler.pdparams", "trainer_state.json")
 
 

@@ -21,7 +21,6 @@ from .prompt import copy_parts
 from .spec import SPEC_FILE, ModelSpec
 
 MODEL_STATE_FILE = "model_state.pdparams"
-RUN_CONFIG_FILE = SPEC_FILE
 
 
 class PromptModel(PromptModelForSequenceClassification):

@@ -27,13 +27,14 @@ from typing import List, Optional
 
 from .checkpoints import LEFTOVER_PATTERNS, checkpoint_step, complete_checkpoints, latest_checkpoint, remove_tree
 from .errors import UserError
+from .spec import SPEC_FILE
 
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".ptuning.lock"
 # Outputs by kind; every name train.py can write into --output_dir is in exactly one kind.
 OUTPUT_KINDS = {
-    "train": ("checkpoint-*", "model_state.pdparams", "ptuning_config.json", "template_config.json",
+    "train": ("checkpoint-*", "model_state.pdparams", SPEC_FILE, "template_config.json",
               "template_state.pdparams", "verbalizer_config.json", "verbalizer_state.pdparams", "vocab.txt",
               "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "training_args.bin",
               "trainer_state.json", "train_results.json", "training_curves.png", "checkpoint_complete.json"),
@@ -81,9 +82,9 @@ def plan_output_dir(output_dir: str, do_train: bool, kinds: List[str], overwrite
         raise UserError("is the pretrained model's directory (--model_name_or_path); write runs elsewhere",
                         output_dir)
     existing = owned_outputs(output_dir)
-    if "model_state.pdparams" in existing and "ptuning_config.json" not in existing:
-        raise UserError("holds a model that this tool did not write (model_state.pdparams without "
-                        "ptuning_config.json); choose another --output_dir so it is never overwritten", output_dir)
+    if "model_state.pdparams" in existing and SPEC_FILE not in existing:
+        raise UserError(f"holds a model that this tool did not write (model_state.pdparams without {SPEC_FILE}); "
+                        "choose another --output_dir so it is never overwritten", output_dir)
     refuse = ("already holds results of an earlier run ({names}); pass --overwrite_output_dir to replace them "
               "(everything this tool wrote there is removed first) or choose another --output_dir")
     plan = OutputPlan(output_dir=output_dir, resume=resume)
