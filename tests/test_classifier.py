@@ -206,3 +206,13 @@ def test_import_utils_loads_nothing_and_the_api_runs_without_paddle(classifier, 
     assert [label for label, _ in got] == [label for label, _ in expected]
     np.testing.assert_allclose([c for _, c in got], [c for _, c in expected], atol=1e-6)
 
+
+def test_pyproject_installs_the_utils_package_and_every_cli_module():
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fp:
+        setuptools = tomllib.load(fp)["tool"]["setuptools"]
+    scripts = sorted(name[:-3] for name in os.listdir(ROOT) if name.endswith(".py"))
+    assert sorted(setuptools["py-modules"]) == scripts
+    assert setuptools["packages"] == ["utils"]
+    assert not [d for d in os.listdir(os.path.join(ROOT, "utils"))  # subpackages would need listing
+                if os.path.isfile(os.path.join(ROOT, "utils", d, "__init__.py"))]
