@@ -8,6 +8,7 @@ Input: one text per line (`text_a<TAB>text_b` for pair models); a trailing `<TAB
 header (text, [gold], label, confidence, ...) or JSONL when --output_file ends in .jsonl, written
 as the input streams through and renamed into place only when complete.
 Upstream's flags are accepted (--model_name_or_path, --max_length, --cpu_threads, ...).
+The same from Python: `from utils import Classifier` (utils/classifier.py), which this script runs.
 """
 import argparse
 import json
@@ -79,34 +80,23 @@ def main(argv):
     open_for_reading(input_path, "input file").close()
     check_output_file(output_path, not_same_as=input_path)
 
-    from utils.predictor import ExportedClassifier, classify_file, resolve_export_dir
+    from utils.classifier import Classifier
 
-    export_dir = resolve_export_dir(args.model_path_prefix)
+    classifier = Classifier(args.model_path_prefix, device=args.device, device_id=args.device_id,
+                            num_threads=args.num_threads, use_fp16=args.use_fp16, use_int8=args.use_int8,
+                            max_seq_length=args.max_seq_length, batch_size=args.batch_size)
     if args.model_name_or_path is not None:
-        print(f"note: --model_name_or_path is not needed: using the export's own tokenizer ({export_dir}/vocab.txt)",
-              file=sys.stderr)
-    if args.device is None:
-        import onnxruntime
-
-        args.device = "gpu" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
-    if args.num_threads is None and args.device == "cpu":
-        import psutil
-
-        args.num_threads = psutil.cpu_count(logical=False) or os.cpu_count()
-    if args.use_fp16 and args.device != "gpu":
+        print("note: --model_name_or_path is not needed: using the export's own tokenizer "
+              f"({classifier.export_dir}/vocab.txt)", file=sys.stderr)
+    if args.use_fp16 and classifier.device != "gpu":
         print("note: --use_fp16 only applies with --device gpu; running fp32 on CPU", file=sys.stderr)
-    classifier = ExportedClassifier(export_dir, device=args.device, device_id=args.device_id,
-                                    num_threads=args.num_threads, use_fp16=args.use_fp16,
-                                    max_seq_length=args.max_seq_length, use_int8=args.use_int8)
     # A scheduler's SIGTERM unwinds like Ctrl-C, so the partial output is removed on the way out.
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        summary = classify_file(classifier, input_path, output_path, batch_size=args.batch_size,
-                                top_k=args.top_k, sort_by_length=not args.file_order)
+        summary = classifier.classify_file(input_path, output_path, top_k=args.top_k,
+                                           sort_by_length=not args.file_order)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    summary.update(model=os.path.join(export_dir, classifier.model_file), device=args.device,
-                   output_file=output_path)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     return 0
 

@@ -34,20 +34,15 @@ import paddle
 from .args import ExportType, Quantize
 from .console import quiet_native_output
 from .errors import UserError
-from .export_files import LABELS_FILE, MANIFEST_FILE
 from .files import atomic_directory, sha256_file, write_json_atomic
 from .modeling import rebuild_from_checkpoint
-from .preprocess import INPUT_NAMES, PREPROCESS_FILE, PromptPreprocessor, describe_template
+from .export_format import (FORMAT_VERSION, INPUT_NAMES, LABELS_FILE, MANIFEST_FILE, MODEL_PREFIX, ONNX_FILE,
+                            ONNX_FP16_FILE, ONNX_INT8_FILE, OUTPUT_NAME, PREPROCESS_FILE, TEMPLATE_FILE)
+from .preprocess import PromptPreprocessor, describe_template
 from .rundir import DirLock
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_FILE = "template.json"
-ONNX_FILE = "model.onnx"
-ONNX_FP16_FILE = "model_fp16.onnx"
-ONNX_INT8_FILE = "model_int8.onnx"
-MODEL_PREFIX = "model"
-OUTPUT_NAME = "logits"
 DEFAULT_TOLERANCE = 1e-4
 FP16_TOLERANCE = 5e-2
 
@@ -369,7 +364,7 @@ def write_manifest(directory: str, spec, checkpoint_dir: str, export_type: str, 
                    parity: dict, fp16: bool, int8: bool, seconds: float) -> dict:
     """manifest.json, written last: the export's description and every file's size and sha256."""
     manifest = {
-        "format": 1,
+        "format": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source_checkpoint": os.path.abspath(checkpoint_dir),
         "export_type": export_type,

@@ -12,10 +12,9 @@ import threading
 from typing import List, Optional
 
 from .errors import UserError
+from .export_format import LABELS_FILE, MANIFEST_FILE
 from .files import read_json, sha256_file
 
-MANIFEST_FILE = "manifest.json"
-LABELS_FILE = "labels.json"
 EXPORT_HINT = "make one with `python export.py --resume_from_checkpoint CKPT --output_dir DIR`"
 AGAIN = "export again"
 SHA256 = re.compile("[0-9a-f]{64}")

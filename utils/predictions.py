@@ -27,6 +27,11 @@ def is_jsonl(path: str) -> bool:
     return path.endswith((".jsonl", ".json"))
 
 
+def ranked_labels(probs: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the indices of the `k` most probable labels, best first; ties go to the earlier label."""
+    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+
+
 class PredictionWriter:
     """`with PredictionWriter(path, labels, ...) as writer: writer.write(examples, probs, gold)`, once per chunk.
 
@@ -66,7 +71,7 @@ class PredictionWriter:
         """Rows for `examples` (dicts with text_a[, text_b]) and their label probabilities."""
         if self.with_gold != (gold is not None):
             raise ValueError("gold labels must be given for every chunk or for none")
-        ranked = np.argsort(-probs, axis=1, kind="stable")[:, :self.top_k]
+        ranked = ranked_labels(probs, self.top_k)
         lines = []
         for row, (example, best) in enumerate(zip(examples, ranked)):
             if self.jsonl:

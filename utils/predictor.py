@@ -1,6 +1,6 @@
 """Serving an export directory with onnxruntime: no Paddle, no PLM weights, no conversion at run time.
 
-Reads only JSON, the vocab and the ONNX file from the export directory (see utils/export.py), each
+Reads only JSON, the vocab and the ONNX file from the export directory (utils/export_format.py), each
 checked against the size and sha256 recorded in manifest.json (utils/export_files.py).
 """
 from __future__ import annotations
@@ -11,13 +11,13 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from .errors import UserError
-from .export_files import (LABELS_FILE, BackgroundSha256, check_file, read_labels, read_manifest,
-                           resolve_export_dir, verify_file)
+from .export_files import BackgroundSha256, check_file, read_labels, read_manifest, resolve_export_dir, verify_file
+from .export_format import INPUT_NAMES, LABELS_FILE, PREPROCESS_FILE
 from .files import count_lines
 from .inputs import InputFile
 from .metrics import softmax
 from .predictions import PredictionSummary, PredictionWriter
-from .preprocess import INPUT_NAMES, PREPROCESS_FILE, PromptPreprocessor, read_config
+from .preprocess import PromptPreprocessor, read_config
 from .progress import Progress
 
 __all__ = ["ExportedClassifier", "classify_file", "create_session", "resolve_export_dir"]

@@ -17,10 +17,9 @@ import numpy as np
 
 from .errors import UserError
 from .export_files import AGAIN, is_file_name, is_int
+from .export_format import FORMAT_VERSION, INPUT_NAMES, PREPROCESS_FILE, VOCAB_FILE
 from .files import read_json
 
-PREPROCESS_FILE = "preprocess.json"
-INPUT_NAMES = ("input_ids", "token_type_ids", "position_ids", "soft_token_ids")
 # paddlenlp.transformers.tokenizer_utils._is_symbol
 SYMBOL_PATTERN = "[\\p{S}\u00AD\u00B2\u00BA\u3007\u00B5\u00D8\u014B\u01B1]"
 
@@ -44,13 +43,13 @@ def describe_template(template, max_seq_length: int) -> dict:
             entry.update(ids=[int(i) for i in ids], soft=False)
         parts.append(entry)
     return {
-        "format": 1,
+        "format": FORMAT_VERSION,
         "max_seq_length": int(max_seq_length),
         "truncation_side": getattr(tokenizer, "truncation_side", "right"),
         "special_ids": {"cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id,
                         "pad": tokenizer.pad_token_id, "mask": tokenizer.mask_token_id,
                         "unk": tokenizer.unk_token_id},
-        "tokenizer": {"vocab_file": "vocab.txt", "do_lower_case": bool(getattr(tokenizer, "do_lower_case", True)),
+        "tokenizer": {"vocab_file": VOCAB_FILE, "do_lower_case": bool(getattr(tokenizer, "do_lower_case", True)),
                       "unk_token": tokenizer.unk_token,
                       "special_tokens": list(tokenizer.all_special_tokens)},
         "pad_token_type_id": int(getattr(tokenizer, "pad_token_type_id", 0)),

@@ -1,0 +1,218 @@
+"""The Python API (utils.Classifier): infer.py's results in memory, no Paddle, clear errors."""
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import infer
+from conftest import ROOT, resign
+from utils.errors import UserError, run_cli
+from utils.synthetic import make_split
+
+
+def texts_and_file(tmp_path, n=100, pair=False):
+    """`n` texts of varied lengths (pairs: each with the next), and a file of them in infer.py's layout."""
+    texts = [line.split("\t")[0] for line in make_split(random.Random(3), n // 3 + 1, min_len=1, max_len=30)[:n]]
+    if pair:
+        texts = list(zip(texts, texts[1:] + texts[:1]))
+    path = tmp_path / "texts.txt"
+    path.write_text("".join(("\t".join(t) if pair else t) + "\n" for t in texts), encoding="utf-8")
+    return texts, str(path)
+
+
+def infer_jsonl(capsys, export, input_path, output_path, *flags):
+    assert run_cli(infer.main, ["--model_path_prefix", export, "--input_file", input_path, "--output_file",
+                                output_path, "--device", "cpu", *flags]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    with open(output_path, encoding="utf-8") as fp:
+        return [json.loads(line) for line in fp]
+
+
+def assert_same_as_infer(predictions, records):
+    assert len(predictions) == len(records)
+    for prediction, record in zip(predictions, records):
+        assert prediction.label == record["label"]
+        assert prediction.confidence == pytest.approx(record["confidence"], abs=5e-7)  # infer.py rounds to 6 places
+        assert [label for label, _ in prediction.top_k] == [t["label"] for t in record["top_k"]]
+        np.testing.assert_allclose([c for _, c in prediction.top_k], [t["confidence"] for t in record["top_k"]],
+                                   atol=5e-7)
+
+
+@pytest.fixture(scope="module")
+def classifier(trained):
+    from utils import Classifier
+
+    return Classifier(os.path.join(trained[1], "export", "model"), num_threads=1, batch_size=8)
+
+
+@pytest.fixture
+def pair_export(trained, tmp_path):
+    """The keyword export with a `text_b` part added to its template: a pair model as far as
+    preprocessing goes (the graph finds [MASK] wherever it is), enough to compare API and infer.py."""
+    import shutil
+
+    export = str(tmp_path / "pair-export")
+    shutil.copytree(os.path.join(trained[1], "export"), export)
+    path = os.path.join(export, "preprocess.json")
+    with open(path, encoding="utf-8") as fp:
+        config = json.load(fp)
+    at = next(i for i, part in enumerate(config["parts"]) if part.get("text") == "text_a") + 1
+    sep = config["special_ids"]["sep"]
+    config["parts"][at:at] = [{"truncate": False, "token_type": 0, "position": -1, "ids": [sep], "soft": False},
+                              {"truncate": True, "token_type": 0, "position": -1, "text": "text_b", "add_space": False}]
+    with open(path, "w", encoding="utf-8") as fp:
+        json.dump(config, fp)
+    resign(export, "preprocess.json")
+    return export
+
+
+def test_predict_equals_infer_output_file(classifier, trained, tmp_path, capsys):
+    texts, path = texts_and_file(tmp_path)
+    records = infer_jsonl(capsys, os.path.join(trained[1], "export"), path, str(tmp_path / "out.jsonl"),
+                          "--batch_size", "8", "--top_k", "3")
+    predictions = classifier.predict(texts, top_k=3)
+    assert_same_as_infer(predictions, records)
+    assert {p.label for p in predictions} == set(classifier.labels)  # the model does tell texts apart
+
+    probs = classifier.predict_proba(texts)
+    logits = classifier.logits(texts)
+    assert probs.shape == logits.shape == (len(texts), len(classifier.labels))
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-6)
+    assert [classifier.labels[i] for i in logits.argmax(axis=1)] == [p.label for p in predictions]
+    np.testing.assert_allclose(probs.max(axis=1), [p.confidence for p in predictions], atol=1e-7)
+    with open(os.path.join(trained[1], "export", "labels.json"), encoding="utf-8") as fp:
+        assert classifier.labels == [e["label"] for e in sorted(json.load(fp), key=lambda e: e["id"])]
+
+
+def test_pairs_as_tuples_equal_infer_output_file(pair_export, tmp_path, capsys):
+    from utils import Classifier
+
+    texts, path = texts_and_file(tmp_path, n=40, pair=True)
+    records = infer_jsonl(capsys, pair_export, path, str(tmp_path / "out.jsonl"), "--top_k", "2")
+    assert [(r["text_a"], r["text_b"]) for r in records] == texts
+    classifier = Classifier(pair_export, num_threads=1)
+    assert classifier.pair
+    assert_same_as_infer(classifier.predict(texts, top_k=2), records)
+    assert_same_as_infer(classifier.predict([list(t) for t in texts], top_k=2), records)  # lists work as tuples
+
+
+def test_no_texts_give_no_predictions(classifier):
+    assert classifier.predict([]) == []
+    assert classifier.predict_proba([]).shape == (0, len(classifier.labels))
+
+
+def test_top_k_lists_at_most_every_label_best_first(classifier):
+    [prediction] = classifier.predict(["苹果"], top_k=100)
+    assert sorted(label for label, _ in prediction.top_k) == sorted(classifier.labels)
+    assert prediction.top_k[0] == (prediction.label, prediction.confidence)
+    confidences = [c for _, c in prediction.top_k]
+    assert confidences == sorted(confidences, reverse=True)
+
+
+@pytest.mark.parametrize("texts, top_k, message", [
+    ("苹果", 1, "texts: expected a list of texts, got a str; wrap a single text in a list"),
+    (5, 1, "texts: expected a list of texts, got int"),
+    (["苹果", 3], 1, "texts[1]: text must be a str, got int"),
+    (["苹果", None], 1, "texts[1]: text must be a str, got NoneType"),
+    (["苹果", "香蕉", ("苹果", "香蕉")], 1, "texts[2]: this model classifies single texts, not pairs"),
+    (["苹果", " \t "], 1, "texts[1]: empty text"),
+    (["苹果"], 0, "top_k: must be a positive integer, got 0"),
+], ids=["a str", "not iterable", "an int", "None", "a pair", "blank", "top_k 0"])
+def test_bad_texts_are_user_errors_naming_the_index(classifier, texts, top_k, message):
+    with pytest.raises(UserError) as error:
+        classifier.predict(texts, top_k=top_k)
+    assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize("texts, message", [
+    (["苹果"], "texts[0]: this model classifies text pairs: give a (text_a, text_b) tuple, got a str"),
+    ([("苹果", "香蕉"), ("苹果",)], "texts[1]: this model classifies text pairs: give a (text_a, text_b) tuple, "
+                                  "got a 1-tuple"),
+    ([("苹果", "香蕉"), ("苹果", 2)], "texts[1]: text_b must be a str, got int"),
+    ([("", "香蕉")], "texts[0]: empty text_a"),
+], ids=["a str", "a 1-tuple", "an int text_b", "empty text_a"])
+def test_a_pair_model_refuses_single_texts_naming_the_index(pair_export, texts, message):
+    from utils import Classifier
+
+    with pytest.raises(UserError) as error:
+        Classifier(pair_export, num_threads=1).predict(texts)
+    assert str(error.value) == message
+
+
+def test_bad_arguments_are_user_errors_before_the_model_loads(tmp_path):
+    from utils import Classifier
+
+    for kwargs, message in [({"batch_size": 0}, "batch_size: must be a positive integer, got 0"),
+                            ({"num_threads": -1}, "num_threads: must be a positive integer, got -1"),
+                            ({"max_seq_length": 1.5}, "max_seq_length: must be a positive integer, got 1.5")]:
+        with pytest.raises(UserError, match=message):
+            Classifier(str(tmp_path / "no-export"), **kwargs)  # the export does not exist: not reached
+    with pytest.raises(UserError, match="is not an export directory"):
+        Classifier(str(tmp_path / "no-export"))
+
+
+def test_defaults_gpu_when_cuda_is_available_and_physical_cores(classifier, trained, monkeypatch):
+    import onnxruntime
+    import psutil
+
+    from utils import Classifier
+    from utils.classifier import default_device, default_num_threads
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider",
+                                                                         "CPUExecutionProvider"])
+    assert default_device() == "gpu"
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert default_device() == "cpu"
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 8 if logical else 3)
+    assert default_num_threads() == 3
+    clf = Classifier(os.path.join(trained[1], "export"))
+    assert (clf.device, clf.num_threads) == ("cpu", 3)
+
+
+API_WITHOUT_PADDLE = """
+import json, sys
+class BlockPaddle:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('paddle', 'paddlenlp', 'paddle2onnx'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, BlockPaddle())
+import utils
+heavy = [m for m in ('numpy', 'onnxruntime', 'tokenizers', 'utils.classifier', 'utils.errors') if m in sys.modules]
+assert not heavy, heavy  # `import utils` imports nothing
+assert 'Classifier' in dir(utils)
+try:
+    utils.NoSuchThing
+except AttributeError as exc:
+    assert 'NoSuchThing' in str(exc)
+else:
+    raise AssertionError('utils.NoSuchThing did not raise')
+from utils import Classifier
+clf = Classifier(sys.argv[1], num_threads=1)
+print(json.dumps([[p.label, p.confidence] for p in clf.predict(sys.argv[2:])]))
+"""
+
+
+def test_import_utils_loads_nothing_and_the_api_runs_without_paddle(classifier, trained):
+    texts = ["苹果", "香蕉和橙子", "这是一个很长的句子"]
+    result = subprocess.run([sys.executable, "-c", API_WITHOUT_PADDLE, os.path.join(trained[1], "export"), *texts],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = [[p.label, p.confidence] for p in classifier.predict(texts)]
+    got = json.loads(result.stdout)
+    assert [label for label, _ in got] == [label for label, _ in expected]
+    np.testing.assert_allclose([c for _, c in got], [c for _, c in expected], atol=1e-6)
+
+
+def test_pyproject_installs_the_utils_package_and_every_cli_module():
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fp:
+        setuptools = tomllib.load(fp)["tool"]["setuptools"]
+    scripts = sorted(name[:-3] for name in os.listdir(ROOT) if name.endswith(".py"))
+    assert sorted(setuptools["py-modules"]) == scripts
+    assert setuptools["packages"] == ["utils"]
+    assert not [d for d in os.listdir(os.path.join(ROOT, "utils"))  # subpackages would need listing
+                if os.path.isfile(os.path.join(ROOT, "utils", d, "__init__.py"))]

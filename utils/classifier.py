@@ -1,0 +1,179 @@
+"""The Python API: classify texts with an export directory, in memory. No Paddle.
+
+    from utils import Classifier
+    clf = Classifier("checkpoints/export")             # or the upstream-style prefix checkpoints/export/model
+    clf.predict(["text", ...])                         # [Prediction(label, confidence, top_k), ...]
+    clf.predict([("text_a", "text_b"), ...], top_k=3)  # pair models
+    clf.predict_proba(texts)                           # softmax [len(texts), len(clf.labels)], clf.labels order
+
+Results equal infer.py's on the same texts: same preprocessing, length-sorted batches within the
+same chunks, same ranking. infer.py is the command line over `Classifier.classify_file`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Tuple, Union
+
+import numpy as np
+
+from .errors import UserError
+from .metrics import softmax
+from .predictions import ranked_labels
+from .predictor import CHUNK_SIZE, ExportedClassifier, classify_file, resolve_export_dir
+from .progress import Progress
+
+__all__ = ["Classifier", "Prediction", "default_device", "default_num_threads"]
+
+Text = Union[str, Tuple[str, str]]
+
+
+def default_device() -> str:
+    """gpu when onnxruntime-gpu's CUDA provider is available, else cpu."""
+    import onnxruntime
+
+    return "gpu" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+
+
+def default_num_threads() -> int:
+    """Physical cores: a second hyper-thread per core only competes for the same matrix units."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def check_positive(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UserError(f"must be a positive integer, got {value!r}", name)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One text's prediction: the best label, its softmax probability, and the `top_k` best
+    `(label, probability)` pairs, best first (so `top_k[0] == (label, confidence)`)."""
+
+    label: str
+    confidence: float
+    top_k: List[Tuple[str, float]]
+
+
+class Classifier:
+    """An export directory (or its `dir/model` prefix) loaded for classification on onnxruntime.
+
+    `device`: "cpu" or "gpu" (default: `default_device()`); `num_threads`: CPU threads (default on
+    CPU: `default_num_threads()`); `use_fp16` (GPU) / `use_int8` pick the export's fp16 / int8
+    model; `max_seq_length` may shorten the exported one; `batch_size`: texts per onnxruntime run.
+    Every file is checked against the export's manifest (size, sha256) first; problems with the
+    export or the arguments raise `utils.errors.UserError`.
+    """
+
+    def __init__(self, model_path: str, device: Optional[str] = None, device_id: int = 0,
+                 num_threads: Optional[int] = None, use_fp16: bool = False, use_int8: bool = False,
+                 max_seq_length: Optional[int] = None, batch_size: int = 32):
+        check_positive(batch_size, "batch_size")
+        for name, value in (("num_threads", num_threads), ("max_seq_length", max_seq_length)):
+            if value is not None:
+                check_positive(value, name)
+        self.export_dir = resolve_export_dir(model_path)
+        self.device = device or default_device()
+        if num_threads is None and self.device == "cpu":
+            num_threads = default_num_threads()
+        self.num_threads = num_threads
+        self.batch_size = batch_size
+        self.model = ExportedClassifier(self.export_dir, device=self.device, device_id=device_id,
+                                        num_threads=num_threads, use_fp16=use_fp16,
+                                        max_seq_length=max_seq_length, use_int8=use_int8)
+
+    @property
+    def labels(self) -> List[str]:
+        """Label names in output order: the columns of `logits` and `predict_proba`."""
+        return list(self.model.labels)
+
+    @property
+    def pair(self) -> bool:
+        """True for a model trained on text pairs: `predict` then takes `(text_a, text_b)` tuples."""
+        return "text_b" in self.model.text_keys
+
+    @property
+    def model_path(self) -> str:
+        """The ONNX file in use (model.onnx, or the fp16 / int8 variant)."""
+        return os.path.join(self.export_dir, self.model.model_file)
+
+    def __repr__(self) -> str:
+        return (f"Classifier({self.export_dir!r}, model={self.model.model_file!r}, device={self.device!r}, "
+                f"labels={len(self.model.labels)}{', pair' if self.pair else ''})")
+
+    def logits(self, texts: Iterable[Text], progress: bool = False) -> np.ndarray:
+        """Raw model outputs, float32 `[len(texts), len(labels)]`, rows in input order. `progress`:
+        show progress on stderr."""
+        examples = self._examples(texts)
+        out = np.zeros((len(examples), len(self.model.labels)), dtype=np.float32)
+        # Chunks as infer.py reads files: the same length-sorted batches, so the same numbers,
+        # and tokenized features for at most one chunk at a time.
+        with Progress(len(examples), enabled=progress) as bar:
+            for start in range(0, len(examples), CHUNK_SIZE):
+                out[start:start + CHUNK_SIZE] = self.model.logits(
+                    examples[start:start + CHUNK_SIZE], batch_size=self.batch_size, progress=False,
+                    on_batch=bar.update)
+        return out
+
+    def predict_proba(self, texts: Iterable[Text], progress: bool = False) -> np.ndarray:
+        """Softmax probabilities, `[len(texts), len(labels)]`, columns in `labels` order."""
+        return softmax(self.logits(texts, progress=progress))
+
+    def predict(self, texts: Iterable[Text], top_k: int = 1, progress: bool = False) -> List[Prediction]:
+        """One `Prediction` per text, in input order (`[]` for no texts). `texts`: strings, or
+        `(text_a, text_b)` tuples for a pair model. `top_k`: how many labels each `Prediction.top_k`
+        lists (at most all of them)."""
+        check_positive(top_k, "top_k")
+        probs = self.predict_proba(texts, progress=progress)
+        labels = self.model.labels
+        return [Prediction(labels[best[0]], float(row[best[0]]), [(labels[j], float(row[j])) for j in best])
+                for row, best in zip(probs, ranked_labels(probs, min(top_k, len(labels))))]
+
+    def classify_file(self, input_path: str, output_path: str, top_k: int = 1, sort_by_length: bool = True,
+                      progress: Optional[bool] = None) -> dict:
+        """Classify a file of texts into a prediction file, streaming (what infer.py does; formats in
+        utils/inputs.py and utils/predictions.py). Returns the summary: counts, mean confidence,
+        speed, accuracy and macro-F1 when the input has gold labels, model, device, output file."""
+        check_positive(top_k, "top_k")
+        summary = classify_file(self.model, input_path, output_path, batch_size=self.batch_size, top_k=top_k,
+                                sort_by_length=sort_by_length, progress=progress)
+        summary.update(model=self.model_path, device=self.device, output_file=output_path)
+        return summary
+
+    def _examples(self, texts: Iterable[Text]) -> List[dict]:
+        """`texts` -> example dicts, each checked for this model's layout; errors name the index."""
+        if isinstance(texts, (str, bytes)):
+            raise UserError(f"expected a list of texts, got a {type(texts).__name__}; wrap a single text in a "
+                            "list: predict([text])", "texts")
+        try:
+            texts = list(texts)
+        except TypeError:
+            raise UserError(f"expected a list of texts, got {type(texts).__name__}", "texts") from None
+        pair = self.pair
+        examples = []
+        for index, text in enumerate(texts):
+            where = f"texts[{index}]"
+            if pair:
+                if not (isinstance(text, (tuple, list)) and len(text) == 2):
+                    got = (f"a {len(text)}-{type(text).__name__}" if isinstance(text, (tuple, list))
+                           else f"a {type(text).__name__}")
+                    raise UserError(f"this model classifies text pairs: give a (text_a, text_b) tuple, got {got}",
+                                    where)
+                fields = {"text_a": text[0], "text_b": text[1]}
+            else:
+                if isinstance(text, (tuple, list)):
+                    raise UserError(f"this model classifies single texts, not pairs: give a str, got a "
+                                    f"{type(text).__name__} of {len(text)}", where)
+                fields = {"text_a": text}
+            example = {}
+            for key, value in fields.items():
+                name = key if pair else "text"
+                if not isinstance(value, str):
+                    raise UserError(f"{name} must be a str, got {type(value).__name__}", where)
+                example[key] = value.strip()  # as infer.py reads lines
+                if not example[key]:
+                    raise UserError(f"empty {name}", where)
+            examples.append(example)
+        return examples
