@@ -3,7 +3,7 @@ import numpy as np
 import paddle
 import pytest
 
-from utils import compat
+from utils import compat, prompt
 from utils.labels import LabelSet
 from utils.modeling import build_prompt_model
 from utils.plm import load_plm
@@ -56,13 +56,28 @@ def test_fixed_process_batch_encodes_soft_tokens(prompt_model):
     assert out["input_ids"] is None and out["attention_mask"] is not None
 
 
-def test_apply_installs_the_fix_and_the_model_runs(prompt_model):
-    from paddlenlp.prompt import SoftTemplate
+def test_apply_installs_the_fix_and_the_model_runs(prompt_model, monkeypatch):
+    from paddlenlp.prompt import SoftTemplate, Template
+
+    # Importing utils.modeling already applied the fixes: undo them (monkeypatch restores them after
+    # the test), so that what is checked below is what this call to apply() installs.
+    monkeypatch.setattr(compat, "_applied", False)
+    monkeypatch.setattr(SoftTemplate, "process_batch", compat.original("process_batch"))
+    monkeypatch.setattr(SoftTemplate, "named_parameters", compat.original("named_parameters"))
+    monkeypatch.delattr(SoftTemplate, "parameters")  # upstream's is gone; Layer.parameters shows through
+    monkeypatch.setattr(Template, "parse_template_string", staticmethod(compat.original("parse_template_string")))
+    with pytest.raises(ValueError, match="squeeze|axis"):  # unpatched, the model crashes
+        prompt_model(**make_batch(prompt_model, ["苹果", "葡萄很甜", "香蕉"]))
 
     compat.apply()
     assert SoftTemplate.process_batch is compat.soft_template_process_batch
+    assert SoftTemplate.named_parameters is compat.soft_template_named_parameters
+    assert SoftTemplate.parameters is compat.soft_template_parameters
+    assert Template.parse_template_string is prompt.parse_template_string
     logits = prompt_model(**make_batch(prompt_model, ["苹果", "葡萄很甜", "香蕉"]))
     assert logits.shape == [3, 2]
+    compat.apply()  # idempotent
+    assert SoftTemplate.process_batch is compat.soft_template_process_batch
 
 
 def test_named_parameters_accepts_paddle_arguments(prompt_model):
