@@ -102,28 +102,38 @@ def tiny_tnews_copy(root):
     return target
 
 
+SEED_COMMAND = ('python train.py --data_dir ./data/tnews --output_dir ./checkpoints/ --prompt "这条新闻标题的主题是" '
+                "--max_seq_length 128 --learning_rate 3e-5 --ppt_learning_rate 3e-4 --do_train --do_eval "
+                "--max_steps 1000 --eval_steps 100 --logging_steps 10 --per_device_eval_batch_size 32 "
+                "--per_device_train_batch_size 32")
+
+
+@pytest.mark.slow
 def test_seed_command_runs_unchanged(tmp_path):
-    """The seed document's command, verbatim, plus --model_name_or_path for the offline tiny model."""
+    """The seed document's command verbatim, from a fresh working directory, with 20 steps (evaluating every
+    10) instead of 1000 (every 100), plus --model_name_or_path for the offline tiny model. What the defaults
+    make of these flags is tested flag by flag in test_args.py."""
     data_dir = tiny_tnews_copy(str(tmp_path))
     env = dict(os.environ, PTUNING_OFFLINE="1", PYTHONPATH=ROOT)
     subprocess.run([sys.executable, "-m", "utils.tiny_ernie", "--output_dir", str(tmp_path / "tiny"),
                     "--data_dir", data_dir, "--extra_text", "这条新闻标题的主题是"], check=True, env=env,
                    cwd=str(tmp_path), capture_output=True)
-    seed = ('python train.py --data_dir ./data/tnews --output_dir ./checkpoints/ --prompt "这条新闻标题的主题是" '
-            "--max_seq_length 128 --learning_rate 3e-5 --ppt_learning_rate 3e-4 --do_train --do_eval "
-            "--max_steps 1000 --eval_steps 100 --logging_steps 10 --per_device_eval_batch_size 32 "
-            "--per_device_train_batch_size 32")
+    seed = SEED_COMMAND.replace("--max_steps 1000 --eval_steps 100", "--max_steps 20 --eval_steps 10")
+    assert seed != SEED_COMMAND
     command = seed.replace("python train.py", f"{sys.executable} {os.path.join(ROOT, 'train.py')}")
     command += f" --model_name_or_path {tmp_path / 'tiny'}"
     result = subprocess.run(command, shell=True, cwd=str(tmp_path), env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    out = tmp_path / "checkpoints"
+    out = tmp_path / "checkpoints"  # the default ./checkpoints/ of the working directory
     with open(out / "eval_results.json", encoding="utf-8") as fp:
         assert {"eval_accuracy", "eval_macro_f1"} <= set(json.load(fp))
     assert (out / "train_results.json").is_file()
     with open(out / "trainer_state.json", encoding="utf-8") as fp:
         state = json.load(fp)
-    assert state["best_model_checkpoint"]  # evaluated every 100 steps and kept the best
+    assert state["global_step"] == 20
+    assert [h["step"] for h in state["log_history"] if "eval_accuracy" in h] == [10, 20]  # every --eval_steps
+    best = tmp_path / state["best_model_checkpoint"]  # ... and kept the best checkpoint, in ./checkpoints/
+    assert best.parent == out and (best / "model_state.pdparams").is_file(), state["best_model_checkpoint"]
 
 
 def test_builtin_name_offline_fails_fast_with_a_clear_message(tmp_path, keyword_data):
