@@ -1,9 +1,13 @@
-"""Every flag is checked before any model loads: one paragraph naming the flag, exit 2, nothing written."""
+"""Every flag is checked before any model loads: one paragraph naming the flag, exit 2, nothing written;
+the defaults train.py adds are added only for the flags not given."""
+import os
+
 import pytest
 
 import export as export_cli
 import train
 from utils.args import Method, Quantize, SoftEncoder, parse_args
+from utils.training_args import default_device
 from utils.errors import run_cli
 from utils.synthetic import PROMPT
 
@@ -88,11 +92,59 @@ def test_upstream_spellings_are_accepted(tiny_model_dir, keyword_data, tmp_path)
     assert data_args.prompt_flags_given == []
 
 
-def test_keeping_the_best_and_the_latest_checkpoint_is_the_default(tmp_path):
-    _, _, training_args = parse_args(["--do_train", "--output_dir", str(tmp_path)])
-    assert training_args.save_total_limit == 1  # the Trainer keeps the best beside it
-    _, _, training_args = parse_args(["--do_train", "--output_dir", str(tmp_path), "--save_total_limit", "5"])
-    assert training_args.save_total_limit == 5
+# The defaults TrainingArguments.__post_init__ resolves from the flags given (utils/training_args.py):
+# (case, flags, the TrainingArguments fields parse_args gives)
+PLAIN = dict(output_dir="./checkpoints/", report_to=[], device="cpu", save_total_limit=1,  # the latest checkpoint
+             evaluation_strategy="no", save_strategy="steps", save_steps=500,  # (and the best, when evaluating)
+             metric_for_best_model=None, load_best_model_at_end=False)
+BEST_EVERY_EPOCH = dict(PLAIN, evaluation_strategy="epoch", save_strategy="epoch", metric_for_best_model="accuracy",
+                        load_best_model_at_end=True)
+DEFAULT_CASES = [
+    ("training alone: none of the evaluation defaults", ["--do_train"], PLAIN),
+    ("--do_eval False is no --do_eval", ["--do_train", "--do_eval", "False"], PLAIN),
+    ("evaluating without --eval_steps: every epoch, keep the best", ["--do_train", "--do_eval"], BEST_EVERY_EPOCH),
+    ("--eval_steps: evaluate and save every that many steps", ["--do_train", "--do_eval", "--eval_steps", "10"],
+     dict(BEST_EVERY_EPOCH, evaluation_strategy="steps", save_strategy="steps", eval_steps=10, save_steps=10)),
+    ("--flag=value spellings", ["--do_train=true", "--do_eval=True", "--eval_steps=7"],
+     dict(BEST_EVERY_EPOCH, evaluation_strategy="steps", save_strategy="steps", eval_steps=7, save_steps=7)),
+    ("an evaluation strategy is evaluating too", ["--do_train", "--evaluation_strategy", "steps", "--eval_steps", "5"],
+     dict(BEST_EVERY_EPOCH, evaluation_strategy="steps", save_strategy="steps", eval_steps=5, save_steps=5)),
+    ("--evaluation_strategy no: nothing to keep the best by", ["--do_train", "--do_eval", "--evaluation_strategy", "no"],
+     dict(metric_for_best_model=None, load_best_model_at_end=False, save_strategy="steps")),
+    ("evaluating without training: no checkpoints to choose from", ["--do_eval"],
+     dict(metric_for_best_model=None, load_best_model_at_end=False, save_total_limit=1, report_to=[])),
+    ("given flags win", ["--do_train", "--do_eval", "--eval_steps", "10", "--output_dir", "out", "--report_to",
+                         "visualdl", "--device", "cpu", "--save_total_limit", "5", "--evaluation_strategy", "steps",
+                         "--save_strategy", "steps", "--save_steps", "20", "--metric_for_best_model", "macro_f1",
+                         "--load_best_model_at_end", "False"],
+     dict(output_dir="out", report_to=["visualdl"], device="cpu", save_total_limit=5, evaluation_strategy="steps",
+          save_strategy="steps", eval_steps=10, save_steps=20, metric_for_best_model="macro_f1",
+          load_best_model_at_end=False)),
+    ("an epoch strategy given: saving follows it", ["--do_train", "--do_eval", "--eval_steps", "10",
+                                                   "--evaluation_strategy", "epoch"], BEST_EVERY_EPOCH),
+]
+
+
+@pytest.mark.parametrize("case, flags, fields", DEFAULT_CASES, ids=[c[0] for c in DEFAULT_CASES])
+def test_defaults_apply_only_to_flags_not_given(case, flags, fields, tmp_path, monkeypatch):
+    import paddle
+
+    monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: False)  # the default device is cpu everywhere
+    monkeypatch.chdir(tmp_path)  # nothing may be written, not even into the default ./checkpoints/
+    _, _, training_args = parse_args(flags)
+    for name, value in fields.items():
+        actual = getattr(training_args, name)
+        assert getattr(actual, "value", actual) == value, (name, actual)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("cuda, gpus, device", [(False, 0, "cpu"), (True, 0, "cpu"), (True, 2, "gpu")])
+def test_default_device_is_gpu_only_where_one_can_be_used(cuda, gpus, device, monkeypatch):
+    import paddle
+
+    monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: cuda)
+    monkeypatch.setattr(paddle.device.cuda, "device_count", lambda: gpus)
+    assert default_device() == device
 
 
 def test_do_export_without_onnxruntime_is_refused_before_training(monkeypatch, tiny_model_dir, keyword_data,

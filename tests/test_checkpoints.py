@@ -155,6 +155,7 @@ def test_rotation_never_leaves_a_half_deleted_checkpoint(tmp_path):
     assert [os.path.basename(p) for p in deleted] == ["checkpoint-4"] and os.listdir(run_dir) == ["checkpoint-6"]
 
 
+@pytest.mark.slow
 def test_killed_at_random_moments_every_visible_checkpoint_verifies(tiny_model_dir, keyword_data, tmp_path):
     """kill -9 while saving and rotating (a checkpoint every step, one kept): what is left always verifies,
     and the run resumes from it."""

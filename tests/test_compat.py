@@ -56,15 +56,24 @@ def test_fixed_process_batch_encodes_soft_tokens(prompt_model):
     assert out["input_ids"] is None and out["attention_mask"] is not None
 
 
-def test_a_patched_model_runs_and_an_unpatched_one_would_crash(prompt_model, monkeypatch):
-    """conftest applies the fixes as train.py does; with upstream's method put back the same model crashes."""
+def test_apply_installs_the_fixes_and_an_unpatched_model_crashes(prompt_model, monkeypatch):
     from paddlenlp.prompt import SoftTemplate
 
-    batch = make_batch(prompt_model, ["苹果", "葡萄很甜", "香蕉"])
-    assert prompt_model(**dict(batch)).shape == [3, 2]
+    # conftest applied the fixes as train.py does: undo them (monkeypatch restores them after the
+    # test), so that what is checked below is what this call to apply() installs.
+    monkeypatch.setattr(compat, "_applied", False)
     monkeypatch.setattr(SoftTemplate, "process_batch", compat.original("process_batch"))
-    with pytest.raises(ValueError):
-        prompt_model(**dict(batch))
+    monkeypatch.setattr(SoftTemplate, "named_parameters", compat.original("named_parameters"))
+    monkeypatch.delattr(SoftTemplate, "parameters")  # upstream's is gone; Layer.parameters shows through
+    with pytest.raises(ValueError, match="squeeze|axis"):  # unpatched, the model crashes
+        prompt_model(**make_batch(prompt_model, ["苹果", "葡萄很甜", "香蕉"]))
+    compat.apply()
+    assert SoftTemplate.process_batch is compat.soft_template_process_batch
+    assert SoftTemplate.named_parameters is compat.soft_template_named_parameters
+    assert SoftTemplate.parameters is compat.soft_template_parameters
+    assert prompt_model(**make_batch(prompt_model, ["苹果", "葡萄很甜", "香蕉"])).shape == [3, 2]
+    compat.apply()  # idempotent
+    assert SoftTemplate.process_batch is compat.soft_template_process_batch
 
 
 def test_apply_refuses_a_paddlenlp_it_was_not_written_for(monkeypatch):

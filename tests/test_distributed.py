@@ -18,6 +18,8 @@ from utils.synthetic import PROMPT
 
 WORKER = os.path.join(ROOT, "tests", "dp_worker.py")
 
+pytestmark = pytest.mark.slow  # every test here launches 2 (and 1) training processes
+
 
 @pytest.fixture(scope="module")
 def dropout_free_model(tmp_path_factory):

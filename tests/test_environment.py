@@ -47,6 +47,7 @@ def assert_one_paragraph(stderr, *fragments):
         assert fragment in error[0], error[0]
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_stops_cleanly_and_frees_the_space(tiny_model_dir, keyword_data, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -58,6 +59,7 @@ def test_a_full_disk_while_saving_stops_cleanly_and_frees_the_space(tiny_model_d
     assert ".saving" not in result.stdout and "checkpoint-" not in result.stdout
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_while_saving_stops_cleanly(tiny_model_dir, keyword_data, tmp_path):
     """The same without privileges: RLIMIT_FSIZE makes the optimizer file (13 MB) fail to write."""
     out = tmp_path / "out"
@@ -72,6 +74,7 @@ def test_a_file_size_limit_while_saving_stops_cleanly(tiny_model_dir, keyword_da
     assert not out.exists() or not [p for p in os.listdir(out) if p != ".ptuning.lock"]
 
 
+@pytest.mark.slow
 def test_a_read_only_output_dir_is_refused_before_training(tiny_model_dir, keyword_data, tmp_path):
     disk = tmp_path / "ro"
     disk.mkdir()
@@ -81,6 +84,7 @@ def test_a_read_only_output_dir_is_refused_before_training(tiny_model_dir, keywo
         assert_one_paragraph(result.stderr, str(out), "cannot write here", "Read-only file system")
 
 
+@pytest.mark.slow
 def test_an_output_dir_under_a_file_is_refused(tiny_model_dir, keyword_data, tmp_path):
     (tmp_path / "a-file").write_text("x", encoding="utf-8")
     out = tmp_path / "a-file" / "out"

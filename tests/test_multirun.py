@@ -32,6 +32,7 @@ def losses(run_dir):
     return [h["loss"] for h in read_json(os.path.join(run_dir, "trainer_state.json"))["log_history"] if "loss" in h]
 
 
+@pytest.mark.slow
 def test_two_seeds(tiny_model_dir, keyword_data, tmp_path, capsys):
     out = tmp_path / "multi"
     argv = ["--output_dir", str(out), "--seeds", "1", "2", "--", *train_flags(tiny_model_dir, keyword_data)]
@@ -81,6 +82,7 @@ def make_task_with_splits(root, sizes=((30, 12), (27, 9))):
     return task, splits
 
 
+@pytest.mark.slow
 def test_splits(tiny_model_dir, tmp_path, capsys):
     task, splits = make_task_with_splits(tmp_path)
     out = tmp_path / "multi"
@@ -104,6 +106,7 @@ def test_splits(tiny_model_dir, tmp_path, capsys):
     assert "| run | split | seed | dev acc | dev macro-F1 |" in table and "test acc" not in table
 
 
+@pytest.mark.slow
 def test_failing_run_stops_and_names_it(tiny_model_dir, keyword_data, tmp_path, capsys):
     out = tmp_path / "multi"
     stale = out / "runs" / "seed1"

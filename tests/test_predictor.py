@@ -94,9 +94,12 @@ def run_infer(capsys, *argv):
     return code, capsys.readouterr().err
 
 
-def test_errors(export_copy, trained, tmp_path, capsys):
+def test_errors(export_copy, trained, tmp_path, capsys, monkeypatch):
     data_dir = trained[0]
     common = ["--data_dir", data_dir, "--output_file", str(tmp_path / "o.tsv"), "--device", "cpu"]
+    cwd = tmp_path / "cwd"  # where infer.py's default output would go: it must stay empty
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
 
     code, err = run_infer(capsys, "--model_path_prefix", str(tmp_path), *common)
     assert code == 2 and "is not an export directory (manifest.json missing)" in err and "export.py" in err
@@ -110,8 +113,13 @@ def test_errors(export_copy, trained, tmp_path, capsys):
     code, err = run_infer(capsys, "--model_path_prefix", export_copy, "--max_seq_length", "4096", *common)
     assert code == 2 and "longer than the 40" in err
 
-    code, err = run_infer(capsys, "--model_path_prefix", export_copy, "--device", "gpu", "--data_dir", data_dir)
-    assert code == 2 and "onnxruntime-gpu" in err and "Traceback" not in err
+    import onnxruntime
+
+    with monkeypatch.context() as m:  # an onnxruntime without CUDA, on every machine (GPU or not)
+        m.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+        code, err = run_infer(capsys, "--model_path_prefix", export_copy, *common, "--device", "gpu")
+    assert code == 2 and "error: --device: --device gpu needs onnxruntime-gpu" in err and "Traceback" not in err
+    assert "offers only CPUExecutionProvider" in err
 
     with pytest.raises(UserError, match="export it with --export_fp16"):
         ExportedClassifier(export_copy, device="gpu", use_fp16=True)
@@ -141,7 +149,7 @@ def test_errors(export_copy, trained, tmp_path, capsys):
         fp.write('{"format": 1, "files": ')
     code, err = run_infer(capsys, "--model_path_prefix", export_copy, *common)
     assert code == 2 and "manifest.json is corrupt" in err
-    assert not (tmp_path / "o.tsv").exists()  # nothing written on any error
+    assert not (tmp_path / "o.tsv").exists() and not os.listdir(cwd)  # nothing written on any error
 
 
 # ------------------------------------------------------------------------------------ streaming

@@ -102,6 +102,7 @@ def test_copied_run_resumes_from_its_own_checkpoints(tiny_model_dir, keyword_dat
     assert not original.exists()
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_busy_directory_is_refused(tiny_model_dir, keyword_data, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, PTUNING_OFFLINE="1")

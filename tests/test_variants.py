@@ -33,6 +33,7 @@ def infer_matches_training(data_dir, out, tmp_path):
     np.testing.assert_allclose([float(r[3]) for r in served], [float(r[3]) for r in trained], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_finetune_baseline_same_files_and_deployment(tiny_model_dir, keyword_data, tmp_path):
     out = str(tmp_path / "ft")
     metrics = run_variant(tiny_model_dir, keyword_data, out, "--method", "finetune")
@@ -49,6 +50,7 @@ def test_finetune_baseline_same_files_and_deployment(tiny_model_dir, keyword_dat
     infer_matches_training(keyword_data, out, tmp_path)
 
 
+@pytest.mark.slow
 def test_manual_multi_mask_verbalizer(tiny_model_dir, keyword_data, tmp_path):
     out = str(tmp_path / "manual")
     metrics = run_variant(tiny_model_dir, keyword_data, out, "--verbalizer", "manual")
