@@ -16,7 +16,11 @@ def make_trainer(tiny_model_dir, data_dir, out_dir, *extra):
             "--prompt", "这句话说的水果是", "--max_seq_length", "32", "--learning_rate", "1e-4",
             "--ppt_learning_rate", "5e-3", "--do_train", "--max_steps", "1", "--lr_scheduler_type", "constant",
             "--per_device_train_batch_size", "8", "--save_steps", "1000", "--logging_steps", "1000", *extra]
-    return prepare(Run(*parse_args(argv)).open())
+    run = Run(*parse_args(argv)).open()
+    try:
+        return prepare(run)
+    finally:
+        run.close(failed=False)  # (the output-dir lock: these tests train in memory only)
 
 
 def snapshot(params):

@@ -32,10 +32,14 @@ class InputFile:
         self.labels = list(labels)
         self._label_set = set(self.labels)
         self._lines = iter_text_lines(path, what="input file")
-        self._first = next(self._lines, None)
-        if self._first is None:
-            raise UserError("has no texts", path)
-        self.has_gold = self._has_gold(*self._first)
+        try:
+            self._first = next(self._lines, None)
+            if self._first is None:
+                raise UserError("has no texts", path)
+            self.has_gold = self._has_gold(*self._first)
+        except BaseException:
+            self.close()
+            raise
         self.first_line = self._first[0]
         n_texts = 2 if pair else 1
         self.n_fields = n_texts + self.has_gold
@@ -73,16 +77,23 @@ class InputFile:
                             self.path, number)
         return example, gold
 
+    def close(self) -> None:
+        """Close the file (also done when `chunks` ends, normally or by an error)."""
+        self._lines.close()
+
     def chunks(self, size: int) -> Iterator[Tuple[List[dict], Optional[List[str]]]]:
         examples: List[dict] = []
         gold: List[str] = []
-        for number, line in itertools.chain([self._first], self._lines):
-            example, label = self.parse(number, line)
-            examples.append(example)
-            gold.append(label)
-            if len(examples) == size:
+        try:
+            for number, line in itertools.chain([self._first], self._lines):
+                example, label = self.parse(number, line)
+                examples.append(example)
+                gold.append(label)
+                if len(examples) == size:
+                    yield examples, (gold if self.has_gold else None)
+                    examples, gold = [], []  # drop this generator's references before reading on
+            self._first = None
+            if examples:
                 yield examples, (gold if self.has_gold else None)
-                examples, gold = [], []  # drop this generator's references before reading on
-        self._first = None
-        if examples:
-            yield examples, (gold if self.has_gold else None)
+        finally:
+            self.close()
