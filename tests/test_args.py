@@ -110,7 +110,8 @@ DEFAULT_CASES = [
     ("an evaluation strategy is evaluating too", ["--do_train", "--evaluation_strategy", "steps", "--eval_steps", "5"],
      dict(BEST_EVERY_EPOCH, evaluation_strategy="steps", save_strategy="steps", eval_steps=5, save_steps=5)),
     ("--evaluation_strategy no: nothing to keep the best by", ["--do_train", "--do_eval", "--evaluation_strategy", "no"],
-     dict(metric_for_best_model=None, load_best_model_at_end=False, save_strategy="steps")),
+     dict(evaluation_strategy="no", metric_for_best_model=None, load_best_model_at_end=False, save_strategy="steps",
+          do_eval=True)),  # (paddlenlp alone turns "no" into "steps" when --do_eval is on)
     ("evaluating without training: no checkpoints to choose from", ["--do_eval"],
      dict(metric_for_best_model=None, load_best_model_at_end=False, save_total_limit=1, report_to=[])),
     ("given flags win", ["--do_train", "--do_eval", "--eval_steps", "10", "--output_dir", "out", "--report_to",

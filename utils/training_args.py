@@ -92,7 +92,14 @@ class TrainingArguments(PromptTuningArguments):
             raise UserError(f"must be one of {', '.join(METRICS_FOR_BEST_MODEL)}, got {self.metric_for_best_model!r}",
                             "--metric_for_best_model")
         self.resolve_defaults()
+        # paddlenlp turns an explicit `--evaluation_strategy no` into "steps" whenever --do_eval is
+        # on; here it means what it says: no evaluation during training, one at the end.
+        final_evaluation_only = self.do_eval and IntervalStrategy(self.evaluation_strategy) == IntervalStrategy.NO
+        if final_evaluation_only:
+            self.do_eval = False
         super().__post_init__()
+        if final_evaluation_only:
+            self.do_eval = True
 
     def resolve_defaults(self) -> None:
         """This tool's defaults for whatever the user did not give (see the module docstring)."""
