@@ -40,16 +40,23 @@ def resolve_export_dir(model_path_prefix: str) -> str:
     raise UserError(f"export directory not found; {EXPORT_HINT}", model_path_prefix)
 
 
-def read_manifest(export_dir: str) -> dict:
-    """`manifest.json`, with the fields infer.py relies on checked for type."""
-    path = os.path.join(export_dir, MANIFEST_FILE)
-    manifest = read_json(path, what=MANIFEST_FILE)
+def read_export_json(export_dir: str, name: str, damage: str):
+    """`(object, bad)`: an export's JSON file, which must be an object, and `bad(what)`, which raises
+    one `UserError` naming the file, what is wrong, `damage` (its likely cause) and the remedy."""
+    path = os.path.join(export_dir, name)
+    data = read_json(path, what=name)
 
     def bad(what: str):
-        raise UserError(f"{what} (corrupt, or not written by export.py); {AGAIN}", path)
+        raise UserError(f"{what} ({damage}); {AGAIN}", path)
 
-    if not isinstance(manifest, dict):
-        bad(f"is a JSON {type(manifest).__name__}, not an object")
+    if not isinstance(data, dict):
+        bad(f"is a JSON {type(data).__name__}, not an object")
+    return data, bad
+
+
+def read_manifest(export_dir: str) -> dict:
+    """`manifest.json`, with the fields infer.py relies on checked for type."""
+    manifest, bad = read_export_json(export_dir, MANIFEST_FILE, "corrupt, or not written by export.py")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         bad("`files` is missing or not an object of {name: {bytes, sha256}}")

@@ -16,9 +16,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .errors import UserError
-from .export_files import AGAIN, is_file_name, is_int
+from .export_files import is_file_name, is_int, read_export_json
 from .export_format import FORMAT_VERSION, INPUT_NAMES, PREPROCESS_FILE, VOCAB_FILE
-from .files import read_json
 
 # paddlenlp.transformers.tokenizer_utils._is_symbol
 SYMBOL_PATTERN = "[\\p{S}\u00AD\u00B2\u00BA\u3007\u00B5\u00D8\u014B\u01B1]"
@@ -59,14 +58,7 @@ def describe_template(template, max_seq_length: int) -> dict:
 
 def read_config(export_dir: str) -> dict:
     """`preprocess.json` of an export, with every field `PromptPreprocessor` uses checked for type."""
-    path = os.path.join(export_dir, PREPROCESS_FILE)
-    config = read_json(path, what=PREPROCESS_FILE)
-
-    def bad(what: str):
-        raise UserError(f"{what} (corrupt or hand-edited?); {AGAIN}", path)
-
-    if not isinstance(config, dict):
-        bad(f"is a JSON {type(config).__name__}, not an object")
+    config, bad = read_export_json(export_dir, PREPROCESS_FILE, "corrupt or hand-edited?")
     parts = config.get("parts")
     if not isinstance(parts, list) or not parts:
         bad("`parts` is missing or not a non-empty list")
