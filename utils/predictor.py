@@ -119,6 +119,36 @@ class ExportedClassifier:
     def text_keys(self) -> List[str]:
         return list(dict.fromkeys(self.preprocessor.text_keys))
 
+    def encoder(self, max_seq_length: Optional[int] = None) -> PromptPreprocessor:
+        """The preprocessor for `max_seq_length` (None: this classifier's; at most the exported length)."""
+        if not max_seq_length or max_seq_length == self.preprocessor.max_seq_length:
+            return self.preprocessor
+        exported_max = self.manifest["max_seq_length"]
+        if max_seq_length > exported_max:
+            raise UserError(f"is {max_seq_length}, longer than the {exported_max} the model was exported with",
+                            "max_seq_length")
+        cache = self.__dict__.setdefault("_encoders", {})
+        if max_seq_length not in cache:
+            cache[max_seq_length] = PromptPreprocessor(read_config(self.export_dir), self.export_dir, max_seq_length)
+        return cache[max_seq_length]
+
+    def run(self, features: List[Dict[str, List[int]]], batch_size: int = 32, sort_by_length: bool = True,
+            on_batch: Optional[Callable[[int], None]] = None) -> np.ndarray:
+        """Logits for encoded `features` (from any `encoder()`), in their order, batch by batch."""
+        out = np.zeros((len(features), len(self.labels)), dtype=np.float32)
+        order = np.arange(len(features))
+        if sort_by_length:
+            order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            batch = self.preprocessor.pad([features[i] for i in index])
+            out[index] = self.session.run(None, {name: batch[name] for name in self.input_names})[0]
+            if self.first_prediction_time is None:
+                self.first_prediction_time = time.time()
+            if on_batch is not None:
+                on_batch(len(index))
+        return out
+
     def logits(self, examples: List[dict], batch_size: int = 32, sort_by_length: bool = True,
                progress: Optional[bool] = None, on_batch: Optional[Callable[[int], None]] = None) -> np.ndarray:
         """Logits for in-memory `examples`, in their order. Batches are formed from length-sorted
@@ -128,22 +158,14 @@ class ExportedClassifier:
         if not examples:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         features = self.preprocessor.encode(examples)
-        order = np.arange(len(features))
-        if sort_by_length:
-            order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
-        out = np.zeros((len(features), len(self.labels)), dtype=np.float32)
         show = progress if progress is not None else (on_batch is None and len(examples) > batch_size)
         with Progress(len(examples), enabled=show) as bar:
-            for start in range(0, len(order), batch_size):
-                index = order[start:start + batch_size]
-                batch = self.preprocessor.pad([features[i] for i in index])
-                out[index] = self.session.run(None, {name: batch[name] for name in self.input_names})[0]
-                if self.first_prediction_time is None:
-                    self.first_prediction_time = time.time()
-                bar.update(len(index))
+            def done(n: int) -> None:
+                bar.update(n)
                 if on_batch is not None:
-                    on_batch(len(index))
-        return out
+                    on_batch(n)
+
+            return self.run(features, batch_size, sort_by_length, done)
 
 
 def classify_file(classifier: ExportedClassifier, input_path: str, output_path: str, batch_size: int = 32,

@@ -1,0 +1,87 @@
+"""Serve an export over HTTP: micro-batched, SimpleServing-compatible, Paddle-free.
+
+    python serve.py --model_path_prefix checkpoints/export --host 127.0.0.1 --port 8189
+
+Endpoints, batching, limits and errors: utils/service.py and README ("Serve over HTTP"). Flags
+mirror infer.py's (`--device`, `--device_id`, `--num_threads`, `--use_int8`, `--use_fp16`,
+`--max_seq_length`). SIGTERM or Ctrl-C: stop accepting, finish in-flight requests, exit.
+"""
+import argparse
+import os
+import signal
+import socket
+import sys
+
+from utils.errors import ArgumentParser, UserError, run_cli
+
+
+def build_parser():
+    parser = ArgumentParser(prog="serve.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path_prefix", required=True, help="Export directory (or its prefix dir/model).")
+    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (default %(default)s; 0.0.0.0: all).")
+    parser.add_argument("--port", type=int, default=8189)
+    parser.add_argument("--name", default="cls_default", help="The model's name in POST /models/<name>.")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default=None,
+                        help="Default: gpu when onnxruntime-gpu's CUDA provider is available, else cpu.")
+    parser.add_argument("--device_id", type=int, default=0)
+    parser.add_argument("--num_threads", "--cpu_threads", dest="num_threads", type=int, default=None,
+                        help="CPU threads for the model (default: physical cores).")
+    parser.add_argument("--use_fp16", action="store_true", help="GPU: the export's model_fp16.onnx.")
+    parser.add_argument("--use_int8", action="store_true", help="The export's model_int8.onnx.")
+    parser.add_argument("--max_seq_length", "--max_length", dest="max_seq_length", type=int, default=None,
+                        help="Tokens per input (default and maximum: the exported value).")
+    parser.add_argument("--max_batch_size", type=int, default=32, help="Texts per model run (default %(default)s).")
+    parser.add_argument("--max_wait_ms", type=float, default=5.0,
+                        help="How long the first queued text waits for others to share its batch (default %(default)s).")
+    parser.add_argument("--max_queue", type=int, default=2048,
+                        help="Texts allowed to wait; beyond, requests get 503 + Retry-After (default %(default)s).")
+    parser.add_argument("--max_texts_per_request", type=int, default=256)
+    parser.add_argument("--max_chars_per_text", type=int, default=8192)
+    parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return parser
+
+
+def check_port(host: str, port: int) -> None:
+    """A taken or impossible address is a clear error before the model loads."""
+    if not 0 < port < 65536:
+        raise UserError(f"must be in 1..65535, got {port}", "--port")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot resolve {host!r}: {exc.strerror}", "--host") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}", "--port") from None
+
+
+def main(argv):
+    args = build_parser().parse_args(argv)
+    from utils.export_files import resolve_export_dir
+    from utils.service import ServiceConfig, create_app
+
+    export_dir = resolve_export_dir(args.model_path_prefix)  # a wrong path fails now, not after start-up
+    config = ServiceConfig(model_path_prefix=export_dir, name=args.name, device=args.device, device_id=args.device_id,
+                           num_threads=args.num_threads, use_fp16=args.use_fp16, use_int8=args.use_int8,
+                           max_seq_length=args.max_seq_length, max_batch_size=args.max_batch_size,
+                           max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                           max_texts_per_request=args.max_texts_per_request,
+                           max_chars_per_text=args.max_chars_per_text)
+    check_port(args.host, args.port)
+    import uvicorn
+
+    print(f"serving {os.path.abspath(export_dir)} as {args.name!r} on http://{args.host}:{args.port} "
+          f"(docs: /docs; ready: /ready)", file=sys.stderr)
+    # uvicorn drains on SIGTERM/Ctrl-C, then re-raises the signal through the handler it found:
+    # make that a clean exit, since the drain succeeded.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=30, access_log=args.log_level == "debug")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,275 @@
+"""serve.py: SimpleServing's body works unchanged, answers equal infer.py's, concurrent requests
+share batches yet each gets its own answer, bad requests are 4xx naming the field, overload is 503,
+SIGTERM drains in-flight requests."""
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from test_classifier import infer_jsonl, texts_and_file
+from utils.errors import run_cli
+from utils.service import Batcher, RequestError, ServiceConfig, create_app
+
+
+@pytest.fixture(scope="module")
+def export_dir(trained):
+    return os.path.join(trained[1], "export")
+
+
+@pytest.fixture(scope="module")
+def client(export_dir):
+    from fastapi.testclient import TestClient
+
+    app = create_app(ServiceConfig(export_dir, num_threads=1, max_texts_per_request=50, max_chars_per_text=200))
+    with TestClient(app) as test_client:
+        deadline = time.monotonic() + 60
+        while test_client.get("/ready").status_code != 200:  # the model loads in a thread
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        yield test_client
+
+
+def test_simpleserving_body_answers_label_names_equal_to_infer(client, export_dir, tmp_path, capsys):
+    texts, path = texts_and_file(tmp_path, n=40)
+    records = infer_jsonl(capsys, export_dir, path, str(tmp_path / "out.jsonl"), "--top_k", "2")
+    response = client.post("/models/cls_default", json={
+        "data": {"text": texts}, "parameters": {"max_seq_len": 512, "batch_size": 1, "prob_limit": 0.5, "top_k": 2}})
+    assert response.status_code == 200, response.text
+    result = response.json()["result"]
+    assert [r["label"] for r in result] == [r["label"] for r in records]
+    np.testing.assert_allclose([r["confidence"] for r in result], [r["confidence"] for r in records], atol=2e-6)
+    assert [[t["label"] for t in r["top_k"]] for r in result] == [[t["label"] for t in r["top_k"]] for r in records]
+
+
+def test_predict_endpoint_and_the_read_only_endpoints(client):
+    labels = client.get("/labels").json()
+    assert labels == {"model": "cls_default", "labels": ["apple", "banana", "grape"], "pair": False}
+    body = client.post("/predict", json={"texts": ["我爱吃苹果", "香蕉"], "top_k": 3}).json()
+    assert [len(p["top_k"]) for p in body["predictions"]] == [3, 3]
+    for prediction in body["predictions"]:
+        assert prediction["top_k"][0] == {"label": prediction["label"], "confidence": prediction["confidence"]}
+        assert sorted(t["label"] for t in prediction["top_k"]) == labels["labels"]
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json()["status"] == "ready"
+    metrics = client.get("/metrics").text
+    for name in ("ptuning_requests_total", "ptuning_request_errors_total", "ptuning_request_seconds_bucket",
+                 "ptuning_batch_size_bucket", "ptuning_queue_texts", "ptuning_texts_total"):
+        assert name in metrics, name
+    assert "openapi" in client.get("/openapi.json").json()
+
+
+BAD_REQUESTS = [
+    ("/predict", b"{not json", 400, "body"),
+    ("/predict", [1, 2], 422, "body"),
+    ("/predict", {}, 422, "texts"),
+    ("/predict", {"texts": "one text"}, 422, "texts"),
+    ("/predict", {"texts": []}, 422, "texts"),
+    ("/predict", {"texts": ["ok", 7]}, 422, "texts[1]"),
+    ("/predict", {"texts": ["ok", "   "]}, 422, "texts[1]"),
+    ("/predict", {"texts": [["a", "b"]]}, 422, "texts[0]"),
+    ("/predict", {"texts": ["x"] * 51}, 413, "texts"),
+    ("/predict", {"texts": ["长" * 201]}, 413, "texts[0]"),
+    ("/predict", {"texts": ["ok"], "top_k": 0}, 422, "top_k"),
+    ("/predict", {"texts": ["ok"], "topk": 2}, 422, "topk"),
+    ("/models/cls_default", {"text": ["ok"]}, 422, "data.text"),
+    ("/models/cls_default", {"data": ["ok"]}, 422, "data"),
+    ("/models/cls_default", {"data": {"text": ["ok"], "text_pair": ["a", "b"]}}, 422, "data.text_pair"),
+    ("/models/cls_default", {"data": {"text": ["ok"]}, "parameters": {"max_seq_len": "long"}}, 422,
+     "parameters.max_seq_len"),
+    ("/models/cls_default", {"data": {"text": ["ok"]}, "parameters": {"max_seq_len": 3}}, 422,
+     "parameters.max_seq_len"),
+    ("/models/cls_default", {"data": {"text": ["ok"]}, "parameters": {"prob_limit": 2}}, 422, "parameters.prob_limit"),
+    ("/models/cls_default", {"data": {"text": ["ok"]}, "parameters": {"batch_size": -1}}, 422, "parameters.batch_size"),
+    ("/models/other_model", {"data": {"text": ["ok"]}}, 404, "name"),
+    ("/no/such/endpoint", {}, 404, "path"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, field", BAD_REQUESTS, ids=[f"{b!r}"[:50] for _, b, _, _ in BAD_REQUESTS])
+def test_a_bad_request_is_a_4xx_naming_the_field(path, body, status, field, client):
+    if isinstance(body, bytes):
+        response = client.post(path, content=body, headers={"content-type": "application/json"})
+    else:
+        response = client.post(path, json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and error["status"] == status and error["message"]
+    assert "Traceback" not in response.text
+    assert client.post("/predict", json={"texts": ["苹果"]}).status_code == 200  # and the service goes on
+
+
+class FakeModel:
+    """Stands in for ExportedClassifier: a text's row is one-hot at `int(text) % 3`; records batches."""
+
+    def __init__(self, delay=0.0, fail_on=None):
+        self.batches, self.delay, self.fail_on = [], delay, fail_on
+        self.labels = ["a", "b", "c"]
+
+    def encoder(self, max_seq_length=None):
+        return self
+
+    def encode(self, examples):
+        return [{"input_ids": [int(e["text_a"])]} for e in examples]
+
+    def run(self, features, batch_size=32):
+        time.sleep(self.delay)
+        ids = [f["input_ids"][0] for f in features]
+        if self.fail_on in ids:
+            raise RuntimeError("this text breaks the model")
+        self.batches.append(ids)
+        logits = np.full((len(ids), 3), -10.0, dtype=np.float32)
+        logits[np.arange(len(ids)), np.array(ids) % 3] = 10.0
+        return logits
+
+
+def run_requests(batcher, requests):
+    async def go():
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit([{"text_a": str(t)} for t in r]) for r in requests),
+                                       return_exceptions=True)
+        await batcher.close()
+        return results
+
+    return asyncio.run(go())
+
+
+def test_concurrent_requests_share_one_batch_and_each_gets_its_own_rows():
+    model = FakeModel()
+    requests = [[1, 2], [3], [4, 5, 6], [7], [8, 9, 10, 11]]
+    results = run_requests(Batcher(model, max_batch_size=32, max_wait_ms=200, max_queue=100), requests)
+    assert model.batches == [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]  # one run for all five requests
+    for texts, probs in zip(requests, results):
+        assert probs.shape == (len(texts), 3) and list(probs.argmax(1)) == [t % 3 for t in texts]
+
+
+def test_batches_are_bounded_and_a_large_request_spans_several_in_order():
+    model = FakeModel()
+    results = run_requests(Batcher(model, max_batch_size=4, max_wait_ms=50, max_queue=100), [list(range(10)), [10]])
+    assert [len(b) for b in model.batches] == [4, 4, 3] and sum(model.batches, []) == list(range(11))
+    assert list(results[0].argmax(1)) == [t % 3 for t in range(10)] and list(results[1].argmax(1)) == [1]
+
+
+def test_a_request_that_breaks_the_model_fails_alone():
+    model = FakeModel(fail_on=13)
+    results = run_requests(Batcher(model, max_batch_size=32, max_wait_ms=100, max_queue=100), [[1, 2], [13], [4]])
+    assert isinstance(results[1], RuntimeError)
+    assert list(results[0].argmax(1)) == [1, 2] and list(results[2].argmax(1)) == [1]
+
+
+def test_a_full_queue_answers_503_with_retry_after_instead_of_growing():
+    model = FakeModel(delay=0.3)
+    results = run_requests(Batcher(model, max_batch_size=2, max_wait_ms=0, max_queue=4),
+                           [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10]])
+    refused = [r for r in results if isinstance(r, RequestError)]
+    assert refused and all(r.status == 503 and r.headers == {"Retry-After": "1"} for r in refused)
+    served = [r for r in results if not isinstance(r, Exception)]
+    assert len(served) + len(refused) == 5 and len(served) >= 2
+
+
+def test_the_event_loop_answers_while_the_model_works(export_dir):
+    """/health stays fast while a slow batch runs in the model thread."""
+    from fastapi.testclient import TestClient
+
+    model = FakeModel(delay=1.0)
+
+    class Stub:
+        labels, pair = model.labels, False
+
+        def __init__(self):
+            self.model = model
+
+    app = create_app(ServiceConfig(export_dir, max_wait_ms=0), classifier=Stub())
+    with TestClient(app) as client:
+        import threading
+
+        slow = threading.Thread(target=lambda: client.post("/predict", json={"texts": ["1"]}))
+        slow.start()
+        time.sleep(0.2)
+        start = time.monotonic()
+        assert client.get("/health").status_code == 200
+        assert time.monotonic() - start < 0.5
+        slow.join()
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sigterm_lets_in_flight_requests_finish_then_exits(export_dir, tmp_path):
+    import httpx
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--model_path_prefix", export_dir,
+                               "--port", str(port), "--num_threads", "1", "--max_wait_ms", "20",
+                               "--max_batch_size", "4"], cwd=str(tmp_path), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+            time.sleep(0.1)
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+                async def one(i):
+                    return await http.post("/models/cls_default", json={"data": {"text": ["苹果香蕉葡萄" * 20] * 16}})
+
+                tasks = [asyncio.create_task(one(i)) for i in range(12)]
+                await asyncio.sleep(0.3)
+                server.send_signal(signal.SIGTERM)  # while most of the 192 texts still wait for the model
+                return await asyncio.gather(*tasks)
+
+        responses = asyncio.run(burst())
+        assert [r.status_code for r in responses] == [200] * 12
+        assert all(len(r.json()["result"]) == 16 for r in responses)
+        assert server.wait(timeout=60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+def test_serve_refuses_a_missing_export_and_a_busy_port(tmp_path, export_dir, capsys):
+    import serve
+
+    assert run_cli(serve.main, ["--model_path_prefix", str(tmp_path / "nothing")]) == 2
+    assert "not an export directory" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert run_cli(serve.main, ["--model_path_prefix", export_dir, "--port", str(port)]) == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert run_cli(serve.main, ["--model_path_prefix", export_dir, "--max_batch_size", "0"]) == 2
+    assert "--max_batch_size" in capsys.readouterr().err
+
+
+def test_client_py_sends_simpleserving_requests(client, monkeypatch, capsys):
+    """client.py's body through the app (its HTTP call replaced by the test client)."""
+    import client as client_cli
+
+    def post(url, body, timeout):
+        response = client.post("/models/cls_default", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    monkeypatch.setattr(client_cli, "post", post)
+    assert run_cli(client_cli.main, ["--text", "我爱吃苹果", "--text", "香蕉", "--top_k", "2", "--batch_size", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["text"] for line in lines] == ["我爱吃苹果", "香蕉"] and all(len(line["top_k"]) == 2 for line in lines)

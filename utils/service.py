@@ -1,0 +1,484 @@
+"""The HTTP service: an export directory behind an ASGI app (FastAPI + uvicorn), with dynamic
+micro-batching. No Paddle, no PLM weights: the same `Classifier` as infer.py and the Python API.
+
+    POST /models/{name}   PaddleNLP SimpleServing's body: {"data": {"text": [...], "text_pair": [...]},
+                          "parameters": {"max_seq_len", "batch_size", "prob_limit", "top_k"}}
+                          -> {"result": [{"label", "confidence", "top_k": [{"label", "confidence"}]}]}
+    POST /predict         {"texts": [...] (pairs: [[a, b], ...]), "top_k": k} -> {"predictions": [...]}
+    GET  /health          alive;  GET /ready: the model is loaded and the service is not draining
+    GET  /labels          labels in output order;  GET /metrics: Prometheus
+    GET  /docs, /openapi.json  (FastAPI's)
+
+Batching (Triton's dynamic batcher, in small): requests queue their texts; one worker per
+device takes up to `max_batch_size` texts, waiting at most `max_wait_ms` after the first for
+more, runs them as one length-sorted batch in a thread (the event loop never blocks on the
+model) and hands every request its own rows, in order. A batch that fails is re-run request by
+request, so a failing request never fails its neighbours. The queue is bounded: beyond
+`max_queue` waiting texts a request gets 503 with Retry-After. Bad requests get a 4xx JSON
+error naming the field, never a 500 or a stack trace. SIGTERM (uvicorn) stops accepting, lets
+in-flight requests finish, then drains the queue.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Deque, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from .errors import UserError
+from .metrics import softmax
+from .predictions import ranked_labels
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NAME = "cls_default"
+
+
+@dataclass
+class ServiceConfig:
+    """Everything `serve.py` takes besides host and port (its flags mirror infer.py's)."""
+
+    model_path_prefix: str
+    name: str = DEFAULT_NAME
+    device: Optional[str] = None
+    device_id: int = 0
+    num_threads: Optional[int] = None
+    use_fp16: bool = False
+    use_int8: bool = False
+    max_seq_length: Optional[int] = None
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 2048            # texts waiting, over all requests
+    max_texts_per_request: int = 256
+    max_chars_per_text: int = 8192
+    default_top_k: int = 1
+
+    def __post_init__(self):
+        for name in ("max_batch_size", "max_queue", "max_texts_per_request", "max_chars_per_text", "default_top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UserError(f"must be a positive integer, got {value!r}", f"--{name}")
+        if not self.max_wait_ms >= 0:
+            raise UserError(f"must be zero or more, got {self.max_wait_ms}", "--max_wait_ms")
+        if not self.name or "/" in self.name:
+            raise UserError(f"must be a non-empty name without '/', got {self.name!r}", "--name")
+
+
+class RequestError(Exception):
+    """A request the service refuses: HTTP `status`, the `field` at fault, a message."""
+
+    def __init__(self, status: int, field: str, message: str, headers: Optional[Dict[str, str]] = None):
+        super().__init__(message)
+        self.status, self.field, self.message, self.headers = status, field, message, headers or {}
+
+
+def overloaded(message: str) -> RequestError:
+    return RequestError(503, "service", message, {"Retry-After": "1"})
+
+
+class _Request:
+    """One request's texts in the queue; its future gets all its rows at once."""
+
+    __slots__ = ("examples", "max_seq_length", "future", "rows", "done", "arrived")
+
+    def __init__(self, examples: List[dict], max_seq_length: Optional[int], future: asyncio.Future):
+        self.examples, self.max_seq_length, self.future = examples, max_seq_length, future
+        self.rows: List[Optional[np.ndarray]] = [None] * len(examples)
+        self.done = 0
+        self.arrived = time.monotonic()
+
+
+class Batcher:
+    """Dynamic micro-batching in front of one model worker thread."""
+
+    def __init__(self, model, max_batch_size: int, max_wait_ms: float, max_queue: int, metrics=None):
+        self.model = model  # a utils.predictor.ExportedClassifier
+        self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.pending: Deque[Tuple[_Request, int]] = collections.deque()  # (request, next row to take)
+        self.queued = 0  # texts waiting
+        self.closing = False
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._wakeup: Optional[asyncio.Event] = None
+        self._task: Optional[asyncio.Task] = None
+
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def submit(self, examples: List[dict], max_seq_length: Optional[int] = None) -> np.ndarray:
+        """Probabilities `[len(examples), labels]` for one request, computed in shared batches."""
+        if self.closing:
+            raise overloaded("the service is shutting down")
+        if self.queued + len(examples) > self.max_queue:
+            raise overloaded(f"the queue is full ({self.queued} texts waiting, limit {self.max_queue}); retry shortly")
+        request = _Request(examples, max_seq_length, asyncio.get_running_loop().create_future())
+        self.pending.append((request, 0))
+        self._queued(len(examples))
+        self._wakeup.set()
+        return await request.future
+
+    def _queued(self, delta: int) -> None:
+        self.queued += delta
+        if self.metrics:
+            self.metrics.queue_depth.set(self.queued)
+
+    def _take_batch(self) -> List[Tuple[_Request, int, int]]:
+        """Up to `max_batch_size` texts from the front of the queue: (request, start, end) slices."""
+        batch, size = [], 0
+        while self.pending and size < self.max_batch_size:
+            request, start = self.pending[0]
+            end = min(len(request.examples), start + self.max_batch_size - size)
+            batch.append((request, start, end))
+            size += end - start
+            if end == len(request.examples):
+                self.pending.popleft()
+            else:
+                self.pending[0] = (request, end)
+        self._queued(-size)
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.pending:
+                if self.closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # Wait briefly for more texts to share the batch, unless it is full already.
+            deadline = self.pending[0][0].arrived + self.max_wait
+            while self.queued < self.max_batch_size and not self.closing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            batch = self._take_batch()
+            try:
+                probs = await loop.run_in_executor(self.executor, self._run, batch)
+            except Exception:  # isolate: the failing request(s) fail alone
+                for request, start, end in batch:
+                    try:
+                        self._deliver(request, start, await loop.run_in_executor(
+                            self.executor, self._run, [(request, start, end)]))
+                    except Exception as exc:  # noqa: BLE001 (reported to that request only)
+                        logger.exception("a request failed in the model")
+                        if not request.future.done():
+                            request.future.set_exception(exc)
+                continue
+            offset = 0
+            for request, start, end in batch:
+                self._deliver(request, start, probs[offset:offset + end - start])
+                offset += end - start
+
+    def _run(self, batch: List[Tuple[_Request, int, int]]) -> np.ndarray:
+        """In the model thread: encode every slice with its request's length, run one batch."""
+        features = []
+        for request, start, end in batch:
+            features += self.model.encoder(request.max_seq_length).encode(request.examples[start:end])
+        if self.metrics:
+            self.metrics.batch_size.observe(len(features))
+        return softmax(self.model.run(features, batch_size=max(1, len(features))))
+
+    def _deliver(self, request: _Request, start: int, probs: np.ndarray) -> None:
+        if request.future.done():  # (cancelled: the client went away)
+            return
+        for offset, row in enumerate(probs):
+            request.rows[start + offset] = row
+        request.done += len(probs)
+        if request.done == len(request.examples):
+            request.future.set_result(np.stack(request.rows) if request.rows else np.zeros((0, 0)))
+
+    async def close(self) -> None:
+        """Refuse new requests, finish the queued ones, stop the worker."""
+        self.closing = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self.executor.shutdown(wait=True)
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry, so several apps can live in one process)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("ptuning_requests", "HTTP requests by endpoint and status code",
+                                ["endpoint", "status"], registry=self.registry)
+        self.errors = Counter("ptuning_request_errors", "Requests answered with an error, by endpoint and status",
+                              ["endpoint", "status"], registry=self.registry)
+        self.texts = Counter("ptuning_texts", "Texts classified", registry=self.registry)
+        self.latency = Histogram("ptuning_request_seconds", "Time from request to response", ["endpoint"],
+                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30),
+                                 registry=self.registry)
+        self.batch_size = Histogram("ptuning_batch_size", "Texts per model run",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=self.registry)
+        self.queue_depth = Gauge("ptuning_queue_texts", "Texts waiting for the model", registry=self.registry)
+        self.ready = Gauge("ptuning_ready", "1 when the model is loaded and requests are accepted",
+                           registry=self.registry)
+
+
+Text = Union[str, List[str]]
+
+
+def check_texts(texts: Any, field: str, pair: bool, config: ServiceConfig, pairs: Any = None) -> List[dict]:
+    """Request texts -> example dicts, or a 4xx `RequestError` naming the offending field."""
+    if not isinstance(texts, list):
+        raise RequestError(422, field, f"must be a list of texts, got {type(texts).__name__}")
+    if not texts:
+        raise RequestError(422, field, "is empty: give at least one text")
+    if len(texts) > config.max_texts_per_request:
+        raise RequestError(413, field, f"has {len(texts)} texts; at most {config.max_texts_per_request} per request "
+                                       "(--max_texts_per_request): split the request")
+    if pairs is not None:
+        if not isinstance(pairs, list) or len(pairs) != len(texts):
+            raise RequestError(422, "data.text_pair", f"must be a list as long as data.text ({len(texts)})")
+        texts = [[a, b] for a, b in zip(texts, pairs)]
+    examples = []
+    for index, text in enumerate(texts):
+        where = f"{field}[{index}]"
+        if pair:
+            if not (isinstance(text, list) and len(text) == 2):
+                raise RequestError(422, where, "this model classifies text pairs: give [text_a, text_b] "
+                                               "(or data.text_pair)")
+            fields = {"text_a": text[0], "text_b": text[1]}
+        else:
+            if not isinstance(text, str):
+                raise RequestError(422, where, f"must be a string, got {type(text).__name__}"
+                                   + (" (this model classifies single texts, not pairs)" if isinstance(text, list)
+                                      else ""))
+            fields = {"text_a": text}
+        example = {}
+        for key, value in fields.items():
+            if not isinstance(value, str):
+                raise RequestError(422, where, f"{key} must be a string, got {type(value).__name__}")
+            value = value.strip()
+            if not value:
+                raise RequestError(422, where, "is empty")
+            if len(value) > config.max_chars_per_text:
+                raise RequestError(413, where, f"has {len(value)} characters; at most {config.max_chars_per_text} "
+                                               "(--max_chars_per_text)")
+            example[key] = value
+        examples.append(example)
+    return examples
+
+
+def check_top_k(value: Any, field: str, labels: int, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise RequestError(422, field, f"must be a positive integer, got {value!r}")
+    return min(value, labels)
+
+
+def format_predictions(probs: np.ndarray, labels: List[str], top_k: int) -> List[dict]:
+    """Per text: the best label's name and probability, and the `top_k` best (as infer.py ranks them)."""
+    out = []
+    for row, best in zip(probs, ranked_labels(probs, top_k)):
+        item = {"label": labels[best[0]], "confidence": round(float(row[best[0]]), 6)}
+        item["top_k"] = [{"label": labels[j], "confidence": round(float(row[j]), 6)} for j in best]
+        out.append(item)
+    return out
+
+
+def create_app(config: ServiceConfig, classifier=None):
+    """The FastAPI app. The model loads in a thread at start-up (`/ready` says when), unless a
+    loaded `utils.Classifier` is given."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import Body, FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    metrics = Metrics()
+    state: Dict[str, Any] = {"classifier": classifier, "batcher": None, "error": None}
+
+    def load() -> None:
+        from .classifier import Classifier
+
+        state["classifier"] = Classifier(config.model_path_prefix, device=config.device, device_id=config.device_id,
+                                         num_threads=config.num_threads, use_fp16=config.use_fp16,
+                                         use_int8=config.use_int8, max_seq_length=config.max_seq_length,
+                                         batch_size=config.max_batch_size)
+
+    async def start() -> None:
+        try:
+            if state["classifier"] is None:
+                await asyncio.get_running_loop().run_in_executor(None, load)
+            batcher = Batcher(state["classifier"].model, config.max_batch_size, config.max_wait_ms, config.max_queue,
+                              metrics)
+            batcher.start()
+            state["batcher"] = batcher
+            metrics.ready.set(1)
+            logger.info("serving %s as %r", state["classifier"], config.name)
+        except Exception as exc:  # reported by /ready and to every request; the process stays up
+            state["error"] = f"{type(exc).__name__}: {exc}"
+            logger.error("the model could not be loaded: %s", state["error"])
+
+    @asynccontextmanager
+    async def lifespan(app):
+        loading = asyncio.get_running_loop().create_task(start())
+        yield
+        metrics.ready.set(0)
+        await loading
+        if state["batcher"] is not None:
+            await state["batcher"].close()  # uvicorn has let in-flight requests finish; drain the rest
+
+    app = FastAPI(title="P-tuning text classification", lifespan=lifespan,
+                  description="Serves an export directory (onnxruntime, no Paddle). SimpleServing-compatible.")
+
+    def error_response(status: int, field: str, message: str, headers=None) -> JSONResponse:
+        return JSONResponse({"error": {"status": status, "field": field, "message": message}}, status_code=status,
+                            headers=headers or {})
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, exc: RequestError):
+        return error_response(exc.status, exc.field, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        location = [str(part) for part in first.get("loc", ()) if part != "body"]
+        if first.get("type") == "json_invalid":
+            return error_response(400, "body", f"malformed JSON: {first.get('msg', '')}".rstrip(": "))
+        return error_response(422, ".".join(location) or "body", first.get("msg", "invalid request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, "path" if exc.status_code == 404 else "request", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):  # a bug: logged here, no trace to the client
+        logger.exception("internal error")
+        return error_response(500, "service", "internal error (logged by the service)")
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "other")
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        if response.status_code >= 400:
+            metrics.errors.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        return response
+
+    def ready_batcher() -> Batcher:
+        if state["error"]:
+            raise RequestError(503, "service", f"the model could not be loaded: {state['error']}")
+        batcher = state["batcher"]
+        if batcher is None:
+            raise overloaded("the model is still loading; retry shortly")
+        return batcher
+
+    async def classify(examples: List[dict], top_k: int, max_seq_length: Optional[int] = None) -> List[dict]:
+        probs = await ready_batcher().submit(examples, max_seq_length)
+        metrics.texts.inc(len(examples))
+        return format_predictions(probs, state["classifier"].labels, top_k)
+
+    def body_dict(body: Any, field: str = "body") -> dict:
+        if isinstance(body, (bytes, str)) and field == "body":  # sent without a JSON content type
+            try:
+                body = json.loads(body)
+            except ValueError as exc:
+                raise RequestError(400, "body", f"malformed JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise RequestError(422, field, f"must be a JSON object, got {type(body).__name__}")
+        return body
+
+    @app.get("/health")
+    async def health():
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        """Readiness: the model is loaded and requests are accepted (503 while loading or draining)."""
+        if state["error"]:
+            return error_response(503, "service", f"the model could not be loaded: {state['error']}")
+        if state["batcher"] is None or state["batcher"].closing:
+            return error_response(503, "service", "not ready (loading or shutting down)", {"Retry-After": "1"})
+        return {"status": "ready", "model": config.name}
+
+    @app.get("/labels")
+    async def labels():
+        ready_batcher()
+        return {"model": config.name, "labels": state["classifier"].labels, "pair": state["classifier"].pair}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/predict")
+    async def predict(body: Any = Body(..., examples=[{"texts": ["央行宣布降准"], "top_k": 2}])):
+        """`{"texts": [...], "top_k": k}` -> `{"predictions": [{label, confidence, top_k}]}`."""
+        body = body_dict(body)
+        unknown = sorted(set(body) - {"texts", "top_k"})
+        if unknown:
+            raise RequestError(422, unknown[0], "unknown field (allowed: texts, top_k)")
+        if "texts" not in body:
+            raise RequestError(422, "texts", "is required")
+        ready_batcher()
+        examples = check_texts(body["texts"], "texts", state["classifier"].pair, config)
+        top_k = check_top_k(body.get("top_k"), "top_k", len(state["classifier"].labels), config.default_top_k)
+        return {"model": config.name, "predictions": await classify(examples, top_k)}
+
+    @app.post("/models/{name}")
+    async def simple_serving(name: str, body: Any = Body(..., examples=[{
+            "data": {"text": ["央行宣布降准"]}, "parameters": {"max_seq_len": 128, "batch_size": 32}}])):
+        """PaddleNLP SimpleServing's request body, unchanged; `{"result": [...]}`."""
+        if name != config.name:
+            raise RequestError(404, "name", f"no model {name!r} here; this service serves {config.name!r}")
+        body = body_dict(body)
+        data = body_dict(body.get("data"), "data") if "data" in body else None
+        if data is None or "text" not in data:
+            raise RequestError(422, "data.text", "is required: {\"data\": {\"text\": [...]}}")
+        parameters = body_dict(body.get("parameters") or {}, "parameters")
+        ready_batcher()
+        classifier = state["classifier"]
+        examples = check_texts(data["text"], "data.text", classifier.pair, config, data.get("text_pair"))
+        max_seq_length = parameters.get("max_seq_len")
+        if max_seq_length is not None:
+            exported = classifier.model.manifest["max_seq_length"]
+            if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or max_seq_length <= 0:
+                raise RequestError(422, "parameters.max_seq_len", f"must be a positive integer, got {max_seq_length!r}")
+            max_seq_length = min(max_seq_length, exported)  # longer than exported: the exported length
+            try:
+                classifier.model.encoder(max_seq_length)
+            except UserError as exc:  # e.g. shorter than the prompt itself
+                raise RequestError(422, "parameters.max_seq_len", exc.message) from None
+        batch_size = parameters.get("batch_size")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size <= 0):
+            raise RequestError(422, "parameters.batch_size", f"must be a positive integer, got {batch_size!r}")
+        prob_limit = parameters.get("prob_limit")
+        if prob_limit is not None and (isinstance(prob_limit, bool) or not isinstance(prob_limit, (int, float))
+                                       or not 0 <= prob_limit <= 1):
+            raise RequestError(422, "parameters.prob_limit", f"must be a number in [0, 1], got {prob_limit!r}")
+        top_k = check_top_k(parameters.get("top_k"), "parameters.top_k", len(classifier.labels), config.default_top_k)
+        # batch_size is the service's business (--max_batch_size); prob_limit is the multi-label
+        # threshold: a multi-class model returns its best label whatever its probability.
+        return {"result": await classify(examples, top_k, max_seq_length)}
+
+    app.state.service = state
+    app.state.metrics = metrics
+    app.state.config = config
+    return app
