@@ -46,10 +46,20 @@ def build_parser():
     parser.add_argument("--top_k", type=int, default=1, help="Also write the k best labels with confidences.")
     parser.add_argument("--file_order", action="store_true",
                         help="Batch in file order instead of by length (slower; for comparisons).")
+    parser.add_argument("--chunk_size", type=int, default=None,
+                        help="Lines read, length-sorted and classified at a time (default 8192).")
     parser.add_argument("--model_name_or_path", "--model_name", dest="model_name_or_path", default=None,
                         help="Accepted for upstream compatibility and not needed: the export has its own tokenizer.")
     parser.add_argument("--prompt", default=None, help=argparse.SUPPRESS)  # upstream deploy.py: refused below
     return parser
+
+
+def note_unused_flags(args, export_dir: str, device: str) -> None:
+    if args.model_name_or_path is not None:
+        print("note: --model_name_or_path is not needed: using the export's own tokenizer "
+              f"({export_dir}/vocab.txt)", file=sys.stderr)
+    if args.use_fp16 and device != "gpu":
+        print("note: --use_fp16 only applies with --device gpu; running fp32 on CPU", file=sys.stderr)
 
 
 def terminate(signum, frame):
@@ -60,7 +70,7 @@ def main(argv):
     args = build_parser().parse_args(argv)
     from utils.files import check_output_file, open_for_reading
 
-    for flag in ("batch_size", "top_k", "num_threads", "max_seq_length"):
+    for flag in ("batch_size", "top_k", "num_threads", "max_seq_length", "chunk_size"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise UserError(f"must be positive, got {value}", f"--{flag}")
@@ -80,21 +90,17 @@ def main(argv):
     open_for_reading(input_path, "input file").close()
     check_output_file(output_path, not_same_as=input_path)
 
-    from utils.classifier import Classifier
-
-    classifier = Classifier(args.model_path_prefix, device=args.device, device_id=args.device_id,
-                            num_threads=args.num_threads, use_fp16=args.use_fp16, use_int8=args.use_int8,
-                            max_seq_length=args.max_seq_length, batch_size=args.batch_size)
-    if args.model_name_or_path is not None:
-        print("note: --model_name_or_path is not needed: using the export's own tokenizer "
-              f"({classifier.export_dir}/vocab.txt)", file=sys.stderr)
-    if args.use_fp16 and classifier.device != "gpu":
-        print("note: --use_fp16 only applies with --device gpu; running fp32 on CPU", file=sys.stderr)
+    options = dict(device=args.device, num_threads=args.num_threads, use_fp16=args.use_fp16,
+                   use_int8=args.use_int8, max_seq_length=args.max_seq_length, batch_size=args.batch_size)
     # A scheduler's SIGTERM unwinds like Ctrl-C, so the partial output is removed on the way out.
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
+        from utils.classifier import Classifier
+
+        classifier = Classifier(args.model_path_prefix, device_id=args.device_id, **options)
+        note_unused_flags(args, classifier.export_dir, classifier.device)
         summary = classifier.classify_file(input_path, output_path, top_k=args.top_k,
-                                           sort_by_length=not args.file_order)
+                                           sort_by_length=not args.file_order, chunk_size=args.chunk_size)
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
