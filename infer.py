@@ -2,13 +2,15 @@
 
     python infer.py --model_path_prefix checkpoints/export/model --data_dir ./data --device cpu
     python infer.py --model_path_prefix checkpoints/export --input_file texts.txt --output_file out.jsonl --top_k 3
+    python infer.py --model_path_prefix checkpoints/export --input_file big.txt --ray auto   # on a Ray cluster
 
 Input: one text per line (`text_a<TAB>text_b` for pair models); a trailing `<TAB>label` column
 (test.txt layout) is accepted and adds accuracy and macro-F1 to the summary. Output: TSV with a
 header (text, [gold], label, confidence, ...) or JSONL when --output_file ends in .jsonl, written
 as the input streams through and renamed into place only when complete.
 Upstream's flags are accepted (--model_name_or_path, --max_length, --cpu_threads, ...).
-The same from Python: `from utils import Classifier` (utils/classifier.py), which this script runs.
+The same from Python: `from utils import Classifier` (utils/classifier.py), which this script runs;
+with --ray, utils/ray_infer.py runs it on the cluster's nodes and writes the same file.
 """
 import argparse
 import json
@@ -47,7 +49,13 @@ def build_parser():
     parser.add_argument("--file_order", action="store_true",
                         help="Batch in file order instead of by length (slower; for comparisons).")
     parser.add_argument("--chunk_size", type=int, default=None,
-                        help="Lines read, length-sorted and classified at a time (default 8192).")
+                        help="Lines read, length-sorted and classified at a time (default 8192); with --ray, the "
+                             "unit of work sent to a worker. The same value gives the same output with or without "
+                             "--ray.")
+    parser.add_argument("--ray", metavar="auto|HOST:PORT", default=None,
+                        help="Classify on a Ray cluster (pip install -r requirements-ray.txt): one worker per node, "
+                             "the same output file. `auto`: the cluster this machine is part of; else the head's "
+                             "address (utils/ray_infer.py).")
     parser.add_argument("--model_name_or_path", "--model_name", dest="model_name_or_path", default=None,
                         help="Accepted for upstream compatibility and not needed: the export has its own tokenizer.")
     parser.add_argument("--prompt", default=None, help=argparse.SUPPRESS)  # upstream deploy.py: refused below
@@ -95,12 +103,20 @@ def main(argv):
     # A scheduler's SIGTERM unwinds like Ctrl-C, so the partial output is removed on the way out.
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        from utils.classifier import Classifier
+        if args.ray:
+            from utils.ray_infer import classify_file_on_ray
 
-        classifier = Classifier(args.model_path_prefix, device_id=args.device_id, **options)
-        note_unused_flags(args, classifier.export_dir, classifier.device)
-        summary = classifier.classify_file(input_path, output_path, top_k=args.top_k,
-                                           sort_by_length=not args.file_order, chunk_size=args.chunk_size)
+            summary = classify_file_on_ray(args.ray, args.model_path_prefix, input_path, output_path,
+                                           top_k=args.top_k, sort_by_length=not args.file_order,
+                                           chunk_size=args.chunk_size, **options)
+            note_unused_flags(args, os.path.dirname(summary["model"]), summary["device"])
+        else:
+            from utils.classifier import Classifier
+
+            classifier = Classifier(args.model_path_prefix, device_id=args.device_id, **options)
+            note_unused_flags(args, classifier.export_dir, classifier.device)
+            summary = classifier.classify_file(input_path, output_path, top_k=args.top_k,
+                                               sort_by_length=not args.file_order, chunk_size=args.chunk_size)
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
