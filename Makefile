@@ -11,7 +11,7 @@ DEMO_MODEL := checkpoints/demo-tiny-ernie
 DEMO_OUT := checkpoints/demo
 DEMO_PROMPT := 这条新闻的主题是
 
-.PHONY: install install-dev install-ray demo test bench clean
+.PHONY: install install-dev install-ray demo test bench bench-ray clean
 
 $(VENV)/.installed: requirements.txt requirements-cpu.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ test: install-dev
 # Speed/memory ratios on this machine (needs ../shared; about 25 minutes on 2 cores). See BENCHMARKS.md.
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench.py
+
+# infer.py --ray on a 2-node local Ray cluster vs local infer.py (no ../shared needed). See BENCHMARKS.md.
+bench-ray: $(VENV)/.installed-ray
+	$(PY) benchmarks/bench.py --only ray
 
 clean:
 	rm -rf $(DEMO_OUT) $(DEMO_MODEL)

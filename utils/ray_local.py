@@ -51,7 +51,7 @@ class LocalRayCluster:
         self.object_store_mb = object_store_mb
         self.start_timeout = start_timeout
         self.python = python
-        self.ray = os.path.join(os.path.dirname(python), "ray")
+        self.ray = [python, "-m", "ray.scripts.scripts"]  # the `ray` command, wherever pip put its script
         # Short and in /tmp: Ray's Unix sockets live under it (108-byte path limit).
         self.root = tempfile.mkdtemp(prefix="ptuning-ray-", dir="/tmp")
         # GCS, dashboard (started even when disabled), and one dashboard agent per node: fixed defaults otherwise.
@@ -82,7 +82,7 @@ class LocalRayCluster:
         deadline = time.monotonic() + self.start_timeout
         for index, resource in enumerate(self.resources):
             temp_dir = os.path.join(self.root, f"n{index}")
-            cmd = [self.ray, "start", "--block", "--num-cpus", str(self.cpus), "--resources",
+            cmd = [*self.ray, "start", "--block", "--num-cpus", str(self.cpus), "--resources",
                    json.dumps({resource: 1}), "--temp-dir", temp_dir, "--disable-usage-stats",
                    "--object-store-memory", str(self.object_store_mb << 20),
                    "--dashboard-agent-listen-port", str(self.agent_ports[index])]
