@@ -11,7 +11,7 @@ DEMO_MODEL := checkpoints/demo-tiny-ernie
 DEMO_OUT := checkpoints/demo
 DEMO_PROMPT := 这条新闻的主题是
 
-.PHONY: install install-dev demo test bench clean
+.PHONY: install install-dev install-ray demo test bench bench-ray clean
 
 $(VENV)/.installed: requirements.txt requirements-cpu.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,14 @@ $(VENV)/.installed: requirements.txt requirements-cpu.txt constraints.txt
 	$(PIP) -r requirements.txt
 	@touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+# The test environment includes the optional Ray extra, so that CI runs the Ray tests (tests/test_ray_infer.py).
+$(VENV)/.installed-dev: $(VENV)/.installed $(VENV)/.installed-ray requirements-dev.txt
 	$(PIP) -r requirements-dev.txt
+	@touch $@
+
+# Optional: infer.py --ray (about 80 MB download, 260 MB installed; README "Beyond one machine: Ray").
+$(VENV)/.installed-ray: $(VENV)/.installed requirements-ray.txt
+	$(PIP) -r requirements-ray.txt
 	@touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed requirements-bench.txt
@@ -31,6 +37,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed requirements-bench.txt
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+install-ray: $(VENV)/.installed-ray
 
 # The main job, offline: tiny random ERNIE -> P-tuning (LSTM soft prompt) -> eval -> predict
 # -> export (static graph + ONNX, parity-checked) -> infer.py on onnxruntime.
@@ -50,6 +57,10 @@ test: install-dev
 # Speed/memory ratios on this machine (needs ../shared; about 25 minutes on 2 cores). See BENCHMARKS.md.
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench.py
+
+# infer.py --ray on a 2-node local Ray cluster vs local infer.py (no ../shared needed). See BENCHMARKS.md.
+bench-ray: $(VENV)/.installed-ray
+	$(PY) benchmarks/bench.py --only ray
 
 clean:
 	rm -rf $(DEMO_OUT) $(DEMO_MODEL)

@@ -2,13 +2,15 @@
 
     python infer.py --model_path_prefix checkpoints/export/model --data_dir ./data --device cpu
     python infer.py --model_path_prefix checkpoints/export --input_file texts.txt --output_file out.jsonl --top_k 3
+    python infer.py --model_path_prefix checkpoints/export --input_file big.txt --ray auto   # on a Ray cluster
 
 Input: one text per line (`text_a<TAB>text_b` for pair models); a trailing `<TAB>label` column
 (test.txt layout) is accepted and adds accuracy and macro-F1 to the summary. Output: TSV with a
 header (text, [gold], label, confidence, ...) or JSONL when --output_file ends in .jsonl, written
 as the input streams through and renamed into place only when complete.
 Upstream's flags are accepted (--model_name_or_path, --max_length, --cpu_threads, ...).
-The same from Python: `from utils import Classifier` (utils/classifier.py), which this script runs.
+The same from Python: `from utils import Classifier` (utils/classifier.py), which this script runs;
+with --ray, utils/ray_infer.py runs it on the cluster's nodes and writes the same file.
 """
 import argparse
 import json
@@ -46,10 +48,26 @@ def build_parser():
     parser.add_argument("--top_k", type=int, default=1, help="Also write the k best labels with confidences.")
     parser.add_argument("--file_order", action="store_true",
                         help="Batch in file order instead of by length (slower; for comparisons).")
+    parser.add_argument("--chunk_size", type=int, default=None,
+                        help="Lines read, length-sorted and classified at a time (default 8192); with --ray, the "
+                             "unit of work sent to a worker. The same value gives the same output with or without "
+                             "--ray.")
+    parser.add_argument("--ray", metavar="auto|HOST:PORT", default=None,
+                        help="Classify on a Ray cluster (pip install -r requirements-ray.txt): one worker per node, "
+                             "the same output file. `auto`: the cluster this machine is part of; else the head's "
+                             "address (utils/ray_infer.py).")
     parser.add_argument("--model_name_or_path", "--model_name", dest="model_name_or_path", default=None,
                         help="Accepted for upstream compatibility and not needed: the export has its own tokenizer.")
     parser.add_argument("--prompt", default=None, help=argparse.SUPPRESS)  # upstream deploy.py: refused below
     return parser
+
+
+def note_unused_flags(args, export_dir: str, device: str) -> None:
+    if args.model_name_or_path is not None:
+        print("note: --model_name_or_path is not needed: using the export's own tokenizer "
+              f"({export_dir}/vocab.txt)", file=sys.stderr)
+    if args.use_fp16 and device != "gpu":
+        print("note: --use_fp16 only applies with --device gpu; running fp32 on CPU", file=sys.stderr)
 
 
 def terminate(signum, frame):
@@ -60,7 +78,7 @@ def main(argv):
     args = build_parser().parse_args(argv)
     from utils.files import check_output_file, open_for_reading
 
-    for flag in ("batch_size", "top_k", "num_threads", "max_seq_length"):
+    for flag in ("batch_size", "top_k", "num_threads", "max_seq_length", "chunk_size"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise UserError(f"must be positive, got {value}", f"--{flag}")
@@ -80,21 +98,25 @@ def main(argv):
     open_for_reading(input_path, "input file").close()
     check_output_file(output_path, not_same_as=input_path)
 
-    from utils.classifier import Classifier
-
-    classifier = Classifier(args.model_path_prefix, device=args.device, device_id=args.device_id,
-                            num_threads=args.num_threads, use_fp16=args.use_fp16, use_int8=args.use_int8,
-                            max_seq_length=args.max_seq_length, batch_size=args.batch_size)
-    if args.model_name_or_path is not None:
-        print("note: --model_name_or_path is not needed: using the export's own tokenizer "
-              f"({classifier.export_dir}/vocab.txt)", file=sys.stderr)
-    if args.use_fp16 and classifier.device != "gpu":
-        print("note: --use_fp16 only applies with --device gpu; running fp32 on CPU", file=sys.stderr)
+    options = dict(device=args.device, num_threads=args.num_threads, use_fp16=args.use_fp16,
+                   use_int8=args.use_int8, max_seq_length=args.max_seq_length, batch_size=args.batch_size)
     # A scheduler's SIGTERM unwinds like Ctrl-C, so the partial output is removed on the way out.
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        summary = classifier.classify_file(input_path, output_path, top_k=args.top_k,
-                                           sort_by_length=not args.file_order)
+        if args.ray:
+            from utils.ray_infer import classify_file_on_ray
+
+            summary = classify_file_on_ray(args.ray, args.model_path_prefix, input_path, output_path,
+                                           top_k=args.top_k, sort_by_length=not args.file_order,
+                                           chunk_size=args.chunk_size, **options)
+            note_unused_flags(args, os.path.dirname(summary["model"]), summary["device"])
+        else:
+            from utils.classifier import Classifier
+
+            classifier = Classifier(args.model_path_prefix, device_id=args.device_id, **options)
+            note_unused_flags(args, classifier.export_dir, classifier.device)
+            summary = classifier.classify_file(input_path, output_path, top_k=args.top_k,
+                                               sort_by_length=not args.file_order, chunk_size=args.chunk_size)
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(json.dumps(summary, ensure_ascii=False, indent=2))

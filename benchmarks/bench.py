@@ -3,6 +3,7 @@
     python benchmarks/bench.py [--repeats 3] [--reference_repeats 2] [--threads 2]
     python benchmarks/bench.py --only reports             # write_classification_report at 15..1000 labels
     python benchmarks/bench.py --only manual_verbalizer   # training step, --verbalizer manual vs soft
+    python benchmarks/bench.py --only ray [--repeats 1]   # infer.py --ray on local 1- and 2-node clusters vs local
     python benchmarks/bench.py --memory [--baseline DIR]   # only infer.py's peak RSS, 20k vs 2M lines
     python benchmarks/bench.py --verification EXPORT_DIR   # only the start-up cost of the sha256 checks
 
@@ -12,7 +13,8 @@ Builds the full-size ERNIE-3.0-base architecture with random weights and the rea
 measures on tnews test.txt (2010 texts) with `--threads` threads. Everything is cached in
 benchmarks/work/; results go to benchmarks/results.json and benchmarks/results.md (medians of
 `--repeats`; copy the table into BENCHMARKS.md). Needs ../shared (FewCLUE tnews and the vocab).
-The two smaller parts also run alone (`--only`, results in benchmarks/results_<part>.json).
+The smaller parts also run alone (`--only`, results in benchmarks/results_<part>.json); `--only ray`
+needs requirements-ray.txt and uses ../shared only if present (the ERNIE-base case).
 
 `--memory` needs no ../shared: it trains and exports a tiny ERNIE on the keyword task and runs
 infer.py on 20k and 2M lines (benchmarks/memory.json, memory.md); `--baseline DIR` (a checkout
@@ -22,6 +24,7 @@ on the same export and inputs, for texts/s before/after.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -106,6 +109,15 @@ def timed(fn: Callable[[], object], repeats: int) -> List[float]:
 
 def setup(work: str, threads: int) -> dict:
     """Model, trained checkpoint, our export (fp32 + int8), the upstream-style export. Cached."""
+    paths = base_export(work)
+    if not os.path.isfile(os.path.join(paths["ref_export"], "model.pdiparams")):
+        log("exporting the upstream-style graph (LSTM encoder inside, 7 inputs)")
+        run([PY, "-c", REFERENCE_EXPORT, paths["ckpt"], paths["ref_export"]])
+    return paths
+
+
+def base_export(work: str) -> dict:
+    """ERNIE-3.0-base (random weights, real vocab) trained 4 steps on tnews and exported (fp32 + int8). Cached."""
     paths = {"model": os.path.join(work, "ernie-3.0-base-zh"), "ckpt": os.path.join(work, "ckpt-base"),
              "ref_export": os.path.join(work, "reference_export")}
     paths["export"] = os.path.join(paths["ckpt"], "export")
@@ -121,9 +133,6 @@ def setup(work: str, threads: int) -> dict:
              "--learning_rate", "3e-5", "--ppt_learning_rate", "3e-4", "--do_train", "--max_steps", "4",
              "--per_device_train_batch_size", "8", "--save_steps", "1000", "--logging_steps", "1",
              "--do_export", "--quantize", "int8"])
-    if not os.path.isfile(os.path.join(paths["ref_export"], "model.pdiparams")):
-        log("exporting the upstream-style graph (LSTM encoder inside, 7 inputs)")
-        run([PY, "-c", REFERENCE_EXPORT, paths["ckpt"], paths["ref_export"]])
     return paths
 
 
@@ -372,14 +381,9 @@ def manual_verbalizer_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def streaming_memory(work: str, threads: int, baseline: Optional[str] = None,
-                     sizes=(20_000, 200_000, 2_000_000), baseline_sizes=(20_000, 200_000)) -> dict:
-    """infer.py's peak RSS (os.wait4) and texts/s on inputs of `sizes` lines, with a tiny model: the
-    model is ~constant, so any growth with the input is the pipeline's. Inputs repeat 20k distinct
-    keyword-task lines (test.txt layout, gold labels included)."""
-    import random
-
-    from utils.synthetic import PROMPT as KEYWORD_PROMPT, make_split, write_keyword_dataset
+def keyword_export(work: str) -> str:
+    """A tiny ERNIE (2 layers, hidden 64) trained on the keyword task and exported. Cached."""
+    from utils.synthetic import PROMPT as KEYWORD_PROMPT, write_keyword_dataset
 
     model, data, ckpt = (os.path.join(work, n) for n in ("memory-tiny-ernie", "memory-keyword", "memory-ckpt"))
     export = os.path.join(ckpt, "export")
@@ -393,15 +397,32 @@ def streaming_memory(work: str, threads: int, baseline: Optional[str] = None,
              "--overwrite_output_dir", "--prompt", KEYWORD_PROMPT, "--max_seq_length", "64", "--learning_rate", "1e-3",
              "--ppt_learning_rate", "3e-3", "--do_train", "--max_steps", "60", "--per_device_train_batch_size", "16",
              "--save_steps", "1000", "--logging_steps", "20", "--do_export", "--device", "cpu"])
-    lines = make_split(random.Random(7), 20_000 // 3 + 1, min_len=1, max_len=40)[:20_000]
-    inputs = {}
-    for size in sorted(set(sizes) | set(baseline_sizes if baseline else ())):
-        inputs[size] = os.path.join(work, f"memory-input-{size}.txt")
-        if not os.path.isfile(inputs[size]):
-            with open(inputs[size], "w", encoding="utf-8") as fp:
-                block = "\n".join(lines) + "\n"
-                for _ in range(size // len(lines)):
-                    fp.write(block)
+    return export
+
+
+def keyword_input(work: str, size: int) -> str:
+    """`size` lines (a multiple of 20,000) repeating 20,000 distinct keyword-task lines, test.txt layout. Cached."""
+    import random
+
+    from utils.synthetic import make_split
+
+    path = os.path.join(work, f"memory-input-{size}.txt")
+    if not os.path.isfile(path):
+        lines = make_split(random.Random(7), 20_000 // 3 + 1, min_len=1, max_len=40)[:20_000]
+        with open(path, "w", encoding="utf-8") as fp:
+            block = "\n".join(lines) + "\n"
+            for _ in range(size // len(lines)):
+                fp.write(block)
+    return path
+
+
+def streaming_memory(work: str, threads: int, baseline: Optional[str] = None,
+                     sizes=(20_000, 200_000, 2_000_000), baseline_sizes=(20_000, 200_000)) -> dict:
+    """infer.py's peak RSS (os.wait4) and texts/s on inputs of `sizes` lines, with a tiny model: the
+    model is ~constant, so any growth with the input is the pipeline's. Inputs repeat 20k distinct
+    keyword-task lines (test.txt layout, gold labels included)."""
+    export = keyword_export(work)
+    inputs = {size: keyword_input(work, size) for size in sorted(set(sizes) | set(baseline_sizes if baseline else ()))}
 
     def measure(root: str, size: int) -> dict:
         log(f"infer.py ({'baseline' if root != ROOT else 'this version'}) on {size} lines")
@@ -419,6 +440,83 @@ def streaming_memory(work: str, threads: int, baseline: Optional[str] = None,
         if baseline and size in baseline_sizes:
             results["baseline"].append(measure(os.path.abspath(baseline), size))
     return results
+
+
+def ray_vs_local(work: str, repeats: int, tiny_lines: int = 200_000) -> dict:
+    """infer.py --ray on local Ray clusters of 1 and 2 nodes (1 CPU each) against infer.py without
+    Ray on as many threads, run right after each other (the machine's load drifts), whole processes,
+    same input and chunks; the Ray outputs must equal the local 1-thread output byte for byte.
+    Cases: the tiny keyword model on `tiny_lines` lines (little work per text: what distributing
+    costs) and, with ../shared, ERNIE-3.0-base on tnews test.txt in chunks of 256 (compute-bound)."""
+    from utils.ray_local import LocalRayCluster
+
+    cases = [{"name": "tiny", "export": keyword_export(work), "input": keyword_input(work, tiny_lines),
+              "chunk_size": 8192}]
+    if os.path.exists(TNEWS) and os.path.exists(VOCAB):
+        cases.append({"name": "ernie-base", "export": base_export(work)["export"],
+                      "input": os.path.join(TNEWS, "test.txt"), "chunk_size": 256})
+    out = os.path.join(work, "ray-output.tsv")
+
+    def infer(case: dict, flags: List[str], env: Optional[Dict[str, str]] = None) -> dict:
+        result = run([PY, "infer.py", "--model_path_prefix", case["export"], "--input_file", case["input"],
+                      "--output_file", out, "--device", "cpu", "--chunk_size", str(case["chunk_size"]), *flags],
+                     env=env)
+        summary = json.loads(result["stdout"])
+        with open(out, "rb") as fp:
+            digest = hashlib.sha256(fp.read()).hexdigest()
+        return {"wall": result["wall"], "stream_s": summary["seconds"], "texts": summary["texts"],
+                "first_prediction_s": summary.get("first_prediction_seconds"), "sha256": digest,
+                "nodes": list(summary.get("ray", {}).get("nodes", {}).values())}
+
+    clusters = {}
+    for nodes in (1, 2):
+        start = time.perf_counter()
+        with LocalRayCluster([f"node_{i}" for i in range(nodes)], cpus=1, object_store_mb=1024) as cluster:
+            clusters[nodes] = {"start_s": time.perf_counter() - start}
+            ray_env = {k: v for k, v in cluster.env.items() if k.startswith("RAY_")}  # the cluster's token
+            for _ in range(repeats):
+                for case in cases:
+                    log(f"{case['name']}: infer.py, {nodes} thread(s), then --ray on {nodes} node(s) x 1 CPU")
+                    case.setdefault(f"local_{nodes}", []).append(infer(case, ["--num_threads", str(nodes)]))
+                    case.setdefault(f"ray_{nodes}", []).append(infer(case, ["--ray", cluster.address], env=ray_env))
+            stop = time.perf_counter()
+        clusters[nodes]["stop_s"] = time.perf_counter() - stop
+    for case in cases:
+        reference = case["local_1"][0]["sha256"]
+        case["ray_output_equals_local"] = all(r["sha256"] == reference for key in ("ray_1", "ray_2") for r in case[key])
+        case["local_threads_same_output"] = all(r["sha256"] == reference for r in case["local_2"])
+    return {"cases": cases, "clusters": clusters, "repeats": repeats, "cpus": os.cpu_count(),
+            "machine": {"platform": platform.platform(), "python": platform.python_version()}}
+
+
+def ray_table(results: dict) -> str:
+    lines = ["| model, input | run | wall (process) | streaming texts/s | start-up (wall - streaming) | "
+             "chunks per node | worker memory (private / RSS) |", "|---|---|---|---|---|---|---|"]
+    names = {"local_1": "infer.py, 1 thread", "ray_1": "--ray, 1 node x 1 CPU",
+             "local_2": "infer.py, 2 threads", "ray_2": "--ray, 2 nodes x 1 CPU"}
+    notes = []
+    for case in results["cases"]:
+        med = {}
+        for key, label in names.items():
+            runs = case[key]
+            wall, stream = median([r["wall"] for r in runs]), median([r["stream_s"] for r in runs])
+            med[key] = (wall, stream)
+            nodes = runs[-1]["nodes"]
+            chunks = " + ".join(str(n["blocks"]) for n in nodes)
+            memory = ", ".join(f"{n['worker_uss_mb']} / {n['worker_rss_mb']} MB" for n in nodes)
+            lines.append(f"| {case['name']}, {runs[0]['texts']:,} texts | {label} | {wall:.1f} s | "
+                         f"{runs[0]['texts'] / stream:.0f} | {wall - stream:.1f} s | {chunks} | {memory} |")
+        ratio = {key: (med[key][0] / med[local][0], med[key][1] / med[local][1])
+                 for key, local in (("ray_1", "local_1"), ("ray_2", "local_2"))}
+        notes.append(
+            f"{case['name']}: --ray / local, wall: 1 node {ratio['ray_1'][0]:.2f}x, 2 nodes **{ratio['ray_2'][0]:.2f}x**"
+            f" (streaming only: {ratio['ray_1'][1]:.2f}x, {ratio['ray_2'][1]:.2f}x); streaming throughput 2 nodes"
+            f" / 1 node: **{med['ray_1'][1] / med['ray_2'][1]:.2f}x** (local 2 threads / 1 thread: "
+            f"{med['local_1'][1] / med['local_2'][1]:.2f}x); Ray output = local output byte for byte: "
+            f"{case['ray_output_equals_local']}")
+    notes.append("cluster start / stop: " + "; ".join(f"{n} node(s) {c['start_s']:.1f} s / {c['stop_s']:.1f} s"
+                                                      for n, c in results["clusters"].items()))
+    return "\n".join(lines) + "\n\n" + "\n".join(f"* {n}" for n in notes) + "\n"
 
 
 def verification_cost(export_dir: str, threads: int, repeats: int) -> dict:
@@ -577,7 +675,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train_steps", type=int, default=8)
     parser.add_argument("--manual_steps", type=int, default=12, help="steps per run of part 9 (2 are warm-up)")
-    parser.add_argument("--only", choices=("reports", "manual_verbalizer"), help="run only this part")
+    parser.add_argument("--only", choices=("reports", "manual_verbalizer", "ray"), help="run only this part")
     parser.add_argument("--memory", action="store_true", help="Only the streaming memory check (no ../shared).")
     parser.add_argument("--baseline", help="With --memory: an earlier checkout whose infer.py to compare.")
     parser.add_argument("--verification", metavar="EXPORT_DIR",
@@ -601,7 +699,7 @@ def main() -> int:
         print(table)
         return 0
     for path in (TNEWS, VOCAB):
-        if args.only != "reports" and not os.path.exists(path):
+        if args.only not in ("reports", "ray") and not os.path.exists(path):
             raise SystemExit(f"{path} not found: the benchmark needs ../shared (FewCLUE tnews, ERNIE vocab)")
     os.makedirs(args.work_dir, exist_ok=True)
     if args.only:
@@ -643,6 +741,9 @@ def run_part(args) -> int:
     if args.only == "reports":
         results = {"reports": report_scaling(args.work_dir)}
         table = reports_table(results["reports"])
+    elif args.only == "ray":
+        results = {"ray": ray_vs_local(args.work_dir, args.repeats)}
+        table = ray_table(results["ray"])
     else:
         results = {"manual_verbalizer": manual_verbalizer_steps(args.work_dir, args.repeats, args.manual_steps)}
         table = manual_verbalizer_table(results["manual_verbalizer"])

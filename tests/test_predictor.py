@@ -388,3 +388,5 @@ def test_upstream_flags_are_accepted(trained, tmp_path, capsys):
     assert code == 2 and "give --output_file or --output_dir, not both" in err
     code, err = run_infer(capsys, "--model_path_prefix", out, "--data_dir", data_dir, "--top_k", "0")
     assert code == 2 and "error: --top_k: must be positive, got 0" in err
+    code, err = run_infer(capsys, "--model_path_prefix", out, "--data_dir", data_dir, "--chunk_size", "-1")
+    assert code == 2 and "error: --chunk_size: must be positive, got -1" in err

@@ -132,13 +132,16 @@ class Classifier:
                 for row, best in zip(probs, ranked_labels(probs, min(top_k, len(labels))))]
 
     def classify_file(self, input_path: str, output_path: str, top_k: int = 1, sort_by_length: bool = True,
-                      progress: Optional[bool] = None) -> dict:
+                      progress: Optional[bool] = None, chunk_size: Optional[int] = None) -> dict:
         """Classify a file of texts into a prediction file, streaming (what infer.py does; formats in
         utils/inputs.py and utils/predictions.py). Returns the summary: counts, mean confidence,
-        speed, accuracy and macro-F1 when the input has gold labels, model, device, output file."""
+        speed, accuracy and macro-F1 when the input has gold labels, model, device, output file.
+        `chunk_size`: lines read, length-sorted and classified at a time (default CHUNK_SIZE)."""
         check_positive(top_k, "top_k")
+        if chunk_size is not None:
+            check_positive(chunk_size, "chunk_size")
         summary = classify_file(self.model, input_path, output_path, batch_size=self.batch_size, top_k=top_k,
-                                sort_by_length=sort_by_length, progress=progress)
+                                sort_by_length=sort_by_length, progress=progress, chunk_size=chunk_size)
         summary.update(model=self.model_path, device=self.device, output_file=output_path)
         return summary
 

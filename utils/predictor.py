@@ -6,7 +6,7 @@ checked against the size and sha256 recorded in manifest.json (utils/export_file
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -20,7 +20,8 @@ from .predictions import PredictionSummary, PredictionWriter
 from .preprocess import PromptPreprocessor, read_config
 from .progress import Progress
 
-__all__ = ["ExportedClassifier", "classify_file", "create_session", "resolve_export_dir"]
+__all__ = ["ExportedClassifier", "classify_file", "classify_stream", "create_session", "pick_model_file",
+           "resolve_export_dir"]
 
 # Lines classified at a time by classify_file: memory stays flat however long the file is, and
 # length-sorting within 8192 texts leaves batches of 32 about as little padding as a global sort.
@@ -61,6 +62,20 @@ def create_session(model_path: str, device: str = "cpu", device_id: int = 0, num
     return session
 
 
+def pick_model_file(manifest: dict, export_dir: str, device: str, use_fp16: bool, use_int8: bool) -> str:
+    """The ONNX file of the export to serve: fp16 (GPU, with `use_fp16`), int8 (`use_int8`) or fp32."""
+    onnx_files = manifest["onnx"]
+    if use_fp16 and device == "gpu":
+        if not onnx_files.get("fp16"):
+            raise UserError("--use_fp16: this export has no fp16 model; export it with --export_fp16", export_dir)
+        return onnx_files["fp16"]
+    if use_int8:
+        if not onnx_files.get("int8"):
+            raise UserError("--use_int8: this export has no int8 model; export it with --quantize int8", export_dir)
+        return onnx_files["int8"]
+    return onnx_files["fp32"]
+
+
 class ExportedClassifier:
     """An export directory ready to classify texts. Every file it reads is first checked against
     manifest.json (size, sha256); the model file is hashed in a thread while its session is built."""
@@ -70,7 +85,7 @@ class ExportedClassifier:
                  use_int8: bool = False):
         self.export_dir = export_dir
         self.manifest = read_manifest(export_dir)
-        self.model_file = model_file or self._pick_model(device, use_fp16, use_int8)
+        self.model_file = model_file or pick_model_file(self.manifest, export_dir, device, use_fp16, use_int8)
         for name in (self.model_file, LABELS_FILE, PREPROCESS_FILE):
             check_file(export_dir, self.manifest, name)  # missing or truncated files first, before any hashing
         exported_max = self.manifest["max_seq_length"]
@@ -100,20 +115,6 @@ class ExportedClassifier:
         if len(outputs) == 2 and isinstance(outputs[1], int) and outputs[1] != len(self.labels):
             raise UserError(f"the ONNX model outputs {outputs[1]} logits, {LABELS_FILE} lists {len(self.labels)} "
                             "labels; export again", model_path)
-
-    def _pick_model(self, device: str, use_fp16: bool, use_int8: bool) -> str:
-        onnx_files = self.manifest["onnx"]
-        if use_fp16 and device == "gpu":
-            if not onnx_files.get("fp16"):
-                raise UserError("--use_fp16: this export has no fp16 model; export it with --export_fp16",
-                                self.export_dir)
-            return onnx_files["fp16"]
-        if use_int8:
-            if not onnx_files.get("int8"):
-                raise UserError("--use_int8: this export has no int8 model; export it with --quantize int8",
-                                self.export_dir)
-            return onnx_files["int8"]
-        return onnx_files["fp32"]
 
     @property
     def text_keys(self) -> List[str]:
@@ -168,31 +169,52 @@ class ExportedClassifier:
             return self.run(features, batch_size, sort_by_length, done)
 
 
+def classify_stream(input_path: str, output_path: str, labels: Sequence[str], pair: bool,
+                    classify_chunks: Callable[..., Iterator[Tuple[List[dict], Optional[List[str]], np.ndarray]]],
+                    top_k: int = 1, chunk_size: Optional[int] = None, progress: Optional[bool] = None,
+                    batch_size: int = 32) -> Dict:
+    """The streamed file path, wherever the model runs: read `input_path` in chunks of `chunk_size`
+    lines (default CHUNK_SIZE; utils/inputs.py checks every line), let `classify_chunks(chunks,
+    on_texts)` yield each chunk back as `(examples, gold, probs)` in input order (calling
+    `on_texts(n)` as texts are done), write the prediction file (renamed into place only when
+    complete) and return its summary. Local: `classify_file`; on a Ray cluster: utils/ray_infer.py."""
+    start = time.perf_counter()
+    inputs = InputFile(input_path, pair=pair, labels=labels)
+    summary = PredictionSummary(labels)
+    total = count_lines(input_path)  # blank lines included: an estimate the bar corrects at the end
+    show = progress if progress is not None else total > batch_size
+    with Progress(total, enabled=show) as bar, \
+            PredictionWriter(output_path, labels, top_k=top_k, pair=inputs.pair, with_gold=inputs.has_gold) as writer:
+        for examples, gold, probs in classify_chunks(inputs.chunks(chunk_size or CHUNK_SIZE), bar.update):
+            writer.write(examples, probs, gold)
+            summary.update(probs, gold)
+            del examples, gold, probs  # else they stay alive while the next chunk is read
+    return summary.as_dict(time.perf_counter() - start)
+
+
+def seconds_since_process_start(when: float) -> float:
+    """From this process's start (interpreter and imports included) to the wall-clock time `when`."""
+    import psutil
+
+    return round(when - psutil.Process().create_time(), 3)
+
+
 def classify_file(classifier: ExportedClassifier, input_path: str, output_path: str, batch_size: int = 32,
                   top_k: int = 1, sort_by_length: bool = True, chunk_size: Optional[int] = None,
                   progress: Optional[bool] = None) -> Dict:
     """Classify every line of `input_path` into `output_path` (utils/predictions.py format), chunk by
-    chunk: memory is bounded by `chunk_size` (default CHUNK_SIZE), rows keep the input order, and the output appears (by
-    rename) only when every line was classified. Returns the summary."""
-    start = time.perf_counter()
-    inputs = InputFile(input_path, pair="text_b" in classifier.text_keys, labels=classifier.labels)
-    summary = PredictionSummary(classifier.labels)
-    total = count_lines(input_path)  # blank lines included: an estimate the bar corrects at the end
-    show = progress if progress is not None else total > batch_size
-    with Progress(total, enabled=show) as bar, \
-            PredictionWriter(output_path, classifier.labels, top_k=top_k, pair=inputs.pair,
-                             with_gold=inputs.has_gold) as writer:
-        for examples, gold in inputs.chunks(chunk_size or CHUNK_SIZE):
+    chunk: memory is bounded by `chunk_size` (default CHUNK_SIZE), rows keep the input order, and the
+    output appears (by rename) only when every line was classified. Returns the summary."""
+    def classify_chunks(chunks, on_texts):
+        for examples, gold in chunks:
             probs = softmax(classifier.logits(examples, batch_size=batch_size, sort_by_length=sort_by_length,
-                                              progress=False, on_batch=bar.update))
-            writer.write(examples, probs, gold)
-            summary.update(probs, gold)
-            del examples, gold, probs  # else they stay alive while the next chunk is read
-    result = summary.as_dict(time.perf_counter() - start)
-    if classifier.first_prediction_time is not None:
-        import psutil
+                                              progress=False, on_batch=on_texts))
+            yield examples, gold, probs
+            del examples, gold, probs  # before the next chunk is read
 
-        # From process start (interpreter and imports included) to the first batch's predictions.
-        result["first_prediction_seconds"] = round(classifier.first_prediction_time -
-                                                   psutil.Process().create_time(), 3)
+    result = classify_stream(input_path, output_path, classifier.labels, "text_b" in classifier.text_keys,
+                             classify_chunks, top_k=top_k, chunk_size=chunk_size, progress=progress,
+                             batch_size=batch_size)
+    if classifier.first_prediction_time is not None:
+        result["first_prediction_seconds"] = seconds_since_process_start(classifier.first_prediction_time)
     return result
