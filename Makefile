@@ -21,12 +21,12 @@ $(VENV)/.installed: requirements.txt requirements-cpu.txt constraints.txt
 	$(PIP) -r requirements.txt
 	@touch $@
 
-# The test environment includes the optional Ray extra, so that CI runs the Ray tests (tests/test_ray_infer.py).
+# The test environment includes the optional Ray extra, so that CI runs the Ray tests (test_ray_infer, test_ray_serve).
 $(VENV)/.installed-dev: $(VENV)/.installed $(VENV)/.installed-ray requirements-dev.txt
 	$(PIP) -r requirements-dev.txt
 	@touch $@
 
-# Optional: infer.py --ray (about 80 MB download, 260 MB installed; README "Beyond one machine: Ray").
+# Optional: infer.py --ray and serve.py --ray (Ray core + Serve; README "Beyond one machine: Ray").
 $(VENV)/.installed-ray: $(VENV)/.installed requirements-ray.txt
 	$(PIP) -r requirements-ray.txt
 	@touch $@

@@ -7,10 +7,12 @@ mirror infer.py's (`--device`, `--device_id`, `--num_threads`, `--use_int8`, `--
 `--max_seq_length`). SIGTERM or Ctrl-C: stop accepting, finish in-flight requests, exit.
 """
 import argparse
+import json
 import os
 import signal
 import socket
 import sys
+from urllib.parse import urlsplit
 
 from utils.errors import ArgumentParser, UserError, run_cli
 
@@ -38,6 +40,18 @@ def build_parser():
     parser.add_argument("--max_texts_per_request", type=int, default=256)
     parser.add_argument("--max_chars_per_text", type=int, default=8192)
     parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    ray = parser.add_argument_group("Ray Serve (pip install -r requirements-ray.txt; utils/ray_serve.py)")
+    ray.add_argument("--ray", metavar="auto|HOST:PORT", default=None,
+                     help="Serve as a Ray Serve deployment on this Ray cluster (`auto`: the one on this node); "
+                          "--host/--port are then those of Ray Serve's HTTP proxies.")
+    ray.add_argument("--replicas", default=None, metavar="N|auto",
+                     help="Replicas, each one model and one micro-batcher (default 1; `auto`: Ray's autoscaling).")
+    ray.add_argument("--autoscaling_config", default=None, metavar="JSON",
+                     help="Ray Serve AutoscalingConfig fields, passed through, e.g. "
+                          "'{\"min_replicas\": 1, \"max_replicas\": 8, \"target_ongoing_requests\": 32}'.")
+    ray.add_argument("--max_ongoing_requests", type=int, default=None,
+                     help="Requests one replica holds at once (default: 4 x --max_batch_size, so batches fill).")
+    ray.add_argument("--route_prefix", default="/", help="Where the app's endpoints start on the proxies (default /).")
     return parser
 
 
@@ -70,6 +84,11 @@ def main(argv):
                            max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                            max_texts_per_request=args.max_texts_per_request,
                            max_chars_per_text=args.max_chars_per_text)
+    if args.ray:
+        return serve_on_ray(args, config)
+    for flag in ("replicas", "autoscaling_config", "max_ongoing_requests"):
+        if getattr(args, flag) is not None:
+            raise UserError("only with --ray", f"--{flag}")
     check_port(args.host, args.port)
     import uvicorn
 
@@ -80,6 +99,37 @@ def main(argv):
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=30, access_log=args.log_level == "debug")
+    return 0
+
+
+def serve_on_ray(args, config) -> int:
+    from utils.ray_serve import RayServeOptions, parse_autoscaling, serve_on_ray as deploy
+
+    if args.device_id:
+        raise UserError("does not apply with --ray: Ray assigns each replica its GPU", "--device_id")
+    if not 0 < args.port < 65536:
+        raise UserError(f"must be in 1..65535, got {args.port}", "--port")
+    replicas = args.replicas
+    if replicas not in (None, "auto"):
+        try:
+            replicas = int(replicas)
+        except ValueError:
+            raise UserError(f"must be a positive integer or `auto`, got {replicas!r}", "--replicas") from None
+    autoscaling = parse_autoscaling(args.autoscaling_config) if args.autoscaling_config is not None else None
+    if replicas is None and autoscaling is None:
+        replicas = 1
+    options = RayServeOptions(args.ray, replicas, autoscaling, args.route_prefix, args.max_ongoing_requests)
+
+    def ready(served):
+        if urlsplit(served["url"]).port != args.port:
+            print(f"note: Ray Serve was already running on this cluster: its proxies keep the address they started "
+                  f"with, not --host {args.host} --port {args.port} (`serve shutdown` to change it)", file=sys.stderr)
+        print(f"serving {config.model_path_prefix} as {args.name!r} on {served['url']} with Ray Serve "
+              f"({served['replicas']} replica(s), cluster {served['address']}; docs: /docs; ready: /ready); "
+              "SIGTERM or Ctrl-C deletes the application", file=sys.stderr)
+        print(json.dumps(served), flush=True)
+
+    deploy(config, options, args.host, args.port, on_ready=ready)
     return 0
 
 

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .errors import UserError
-from .export_files import check_file, read_manifest, resolve_export_dir
+from .export_files import read_manifest, resolve_export_dir, verify_file
 from .export_format import LABELS_FILE, MANIFEST_FILE, PREPROCESS_FILE
 from .metrics import softmax
 from .predictor import classify_stream, pick_model_file, seconds_since_process_start
@@ -129,12 +129,32 @@ def connect(ray, address: str, timeout: float, runtime_env: dict) -> str:
 
 def export_files(export_dir: str, manifest: dict, model_file: str) -> Dict[str, np.ndarray]:
     """The files a Classifier reads, as uint8 arrays (zero-copy in Ray's object store), after the
-    same presence and size checks as a local run; the workers verify every sha256."""
+    same checks as a local run (presence, size, sha256): a damaged export is named here, before
+    any worker starts (which verify them again, as every Classifier does)."""
     names = [MANIFEST_FILE, LABELS_FILE, PREPROCESS_FILE, read_config(export_dir)["tokenizer"]["vocab_file"],
              model_file]
     for name in names[1:]:
-        check_file(export_dir, manifest, name)
+        verify_file(export_dir, manifest, name)
     return {name: np.fromfile(os.path.join(export_dir, name), dtype=np.uint8) for name in names}
+
+
+def load_shipped(files: Dict[str, np.ndarray], export_dir: str, options: dict):
+    """`(Classifier, None)` from export files shipped by `export_files`, or `(None, [message, path,
+    line])` of the `UserError` it raised, naming the driver's `export_dir` (an actor's constructor
+    error reaches the driver unreadably: actors return this instead). Verified like a local export."""
+    from .classifier import Classifier
+
+    local_dir = tempfile.mkdtemp(prefix="ptuning-export-")
+    try:
+        for name, data in files.items():
+            with open(os.path.join(local_dir, name), "wb") as fp:
+                fp.write(memoryview(data))
+        return Classifier(local_dir, **options), None
+    except UserError as exc:
+        return None, [exc.message.replace(local_dir, export_dir),
+                      exc.path.replace(local_dir, export_dir) if exc.path else None, exc.line]
+    finally:
+        shutil.rmtree(local_dir, ignore_errors=True)  # everything is in memory once the session exists
 
 
 class BlockWorker:
@@ -143,23 +163,10 @@ class BlockWorker:
     def __init__(self, files: Dict[str, np.ndarray], export_dir: str, options: dict):
         import ray
 
-        from .classifier import Classifier
-
         self.node_id = ray.get_runtime_context().get_node_id()
         self.node_ip = ray.util.get_node_ip_address()
         self.sort_by_length = options.pop("sort_by_length")
-        self.classifier, self.error = None, None
-        local_dir = tempfile.mkdtemp(prefix="ptuning-export-")
-        try:
-            for name, data in files.items():
-                with open(os.path.join(local_dir, name), "wb") as fp:
-                    fp.write(memoryview(data))
-            self.classifier = Classifier(local_dir, **options)
-        except UserError as exc:  # returned by info(): a failed actor constructor reaches the driver unreadably
-            self.error = [exc.message.replace(local_dir, export_dir),
-                          exc.path.replace(local_dir, export_dir) if exc.path else None, exc.line]
-        finally:
-            shutil.rmtree(local_dir, ignore_errors=True)  # everything is in memory once the session exists
+        self.classifier, self.error = load_shipped(files, export_dir, options)
 
     def info(self) -> dict:
         info = {"node_id": self.node_id, "node_ip": self.node_ip, "pid": os.getpid(), "error": self.error}

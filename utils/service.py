@@ -296,9 +296,10 @@ def format_predictions(probs: np.ndarray, labels: List[str], top_k: int) -> List
     return out
 
 
-def create_app(config: ServiceConfig, classifier=None):
+def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] = None):
     """The FastAPI app. The model loads in a thread at start-up (`/ready` says when), unless a
-    loaded `utils.Classifier` is given."""
+    loaded `utils.Classifier` is given. `served_by` (a replica's node/pid under Ray Serve) is sent
+    as the `X-Served-By` header of every response."""
     from contextlib import asynccontextmanager
 
     from fastapi import Body, FastAPI, Request
@@ -379,6 +380,8 @@ def create_app(config: ServiceConfig, classifier=None):
         if response.status_code >= 400:
             metrics.errors.labels(endpoint, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        if served_by:
+            response.headers["X-Served-By"] = served_by
         return response
 
     def ready_batcher() -> Batcher:
