@@ -286,7 +286,8 @@ def serve_on_ray(config: ServiceConfig, options: RayServeOptions, host: str, por
         status = existing_app(serve, config.name)
         if status is not None:
             raise UserError(f"the cluster already serves an application {config.name!r} ({status}); give another "
-                            "--name, or stop the serve.py that deployed it", "--name")
+                            f"--name, or stop the serve.py that deployed it (if it was killed: `serve delete "
+                            f"{config.name}` with RAY_ADDRESS set to this cluster)", "--name")
         run_bounded(lambda: serve.start(http_options={"host": host, "port": port}), options.connect_timeout,
                     "starting Ray Serve")
         shipped = {"files": ray.put(files)}
