@@ -82,6 +82,27 @@ def not_the_sigterm_warning(record: logging.LogRecord) -> bool:
     return "SIGTERM handler is not set" not in record.getMessage()
 
 
+def run_bounded(fn, timeout: float, name: str):
+    """`fn()` in a daemon thread (never blocks the exit), waited for at most `timeout` s: its value,
+    its exception, or TimeoutError. The main thread keeps its signal handlers meanwhile."""
+    outcome: Dict[str, object] = {}
+
+    def target():
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # re-raised in the waiting thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(name)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 def connect(ray, address: str, timeout: float, runtime_env: dict) -> str:
     """`ray.init` on `address` ("auto" or HOST:PORT), bounded by `timeout` seconds; returns the
     address connected to. Every failure is one `UserError` naming `--ray`."""
@@ -103,27 +124,18 @@ def connect(ray, address: str, timeout: float, runtime_env: dict) -> str:
         if resolved:
             probe(resolved)
             address = resolved
-    outcome: Dict[str, BaseException] = {}
-
-    def init():
-        try:
-            # log_to_driver=False: workers' output must not reach stdout, which carries the summary.
-            ray.init(address=address, logging_level="WARNING", log_to_driver=False, runtime_env=runtime_env)
-        except BaseException as exc:  # reported by the waiting thread
-            outcome["error"] = exc
-
     # In a thread, so that the wait is bounded and ray.init leaves infer.py's SIGTERM handler alone
     # (from the main thread it installs its own); it warns about the latter, which is the point.
     logging.getLogger("ray._private.worker").addFilter(not_the_sigterm_warning)
-    thread = threading.Thread(target=init, name="ray-connect", daemon=True)  # daemon: never blocks the exit
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
+    try:
+        # log_to_driver=False: workers' output must not reach stdout, which carries the summary.
+        run_bounded(lambda: ray.init(address=address, logging_level="WARNING", log_to_driver=False,
+                                     runtime_env=runtime_env), timeout, "ray-connect")
+    except TimeoutError:
         raise UserError(f"no Ray cluster answered at {address} within {timeout:.0f} s (is it a Ray head's GCS "
-                        "port, 6379 by default, and the same Ray version as here?)", FLAG)
-    if "error" in outcome:
-        raise UserError(f"cannot connect to the Ray cluster at {address}: {first_line(outcome['error'])}",
-                        FLAG) from None
+                        "port, 6379 by default, and the same Ray version as here?)", FLAG) from None
+    except Exception as exc:
+        raise UserError(f"cannot connect to the Ray cluster at {address}: {first_line(exc)}", FLAG) from None
     return address
 
 

@@ -26,7 +26,8 @@ from typing import Any, Dict, Optional
 from .errors import UserError
 from .export_files import read_manifest, resolve_export_dir
 from .predictor import pick_model_file
-from .ray_infer import CONNECT_TIMEOUT, FLAG, START_TIMEOUT, connect, export_files, first_line, load_shipped
+from .ray_infer import (CONNECT_TIMEOUT, FLAG, START_TIMEOUT, connect, export_files, first_line, load_shipped,
+                        run_bounded)
 from .service import ServiceConfig
 
 __all__ = ["RayServeOptions", "build_app", "parse_autoscaling", "serve_on_ray"]
@@ -221,25 +222,13 @@ def existing_app(serve, name: str) -> Optional[str]:
     return None if app is None else str(getattr(app.status, "value", app.status))
 
 
-def run_bounded(fn, timeout: float, what: str):
-    """`fn()` in a thread, waited for at most `timeout` s (the main thread keeps its signal handlers)."""
-    outcome: Dict[str, Any] = {}
-
-    def target():
-        try:
-            outcome["value"] = fn()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="ray-serve", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
+def bounded(fn, timeout: float, what: str):
+    """`run_bounded`, a timeout reported as what did not finish."""
+    try:
+        return run_bounded(fn, timeout, "ray-serve")
+    except TimeoutError:
         raise UserError(f"{what} did not finish within {timeout:.0f} s (`ray status`: are the replicas' CPUs/GPUs "
-                        "taken by other jobs?)", FLAG)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
+                        "taken by other jobs?)", FLAG) from None
 
 
 def deploy_error(serve, name: str, exc: BaseException) -> str:
@@ -288,14 +277,14 @@ def serve_on_ray(config: ServiceConfig, options: RayServeOptions, host: str, por
             raise UserError(f"the cluster already serves an application {config.name!r} ({status}); give another "
                             f"--name, or stop the serve.py that deployed it (if it was killed: `serve delete "
                             f"{config.name}` with RAY_ADDRESS set to this cluster)", "--name")
-        run_bounded(lambda: serve.start(http_options={"host": host, "port": port}), options.connect_timeout,
+        bounded(lambda: serve.start(http_options={"host": host, "port": port}), options.connect_timeout,
                     "starting Ray Serve")
         shipped = {"files": ray.put(files)}
         del files
         app = deployment_for(serve, config, options, device).bind(shipped, asdict(config))
         try:
             deployed = True
-            run_bounded(lambda: serve.run(app, name=config.name, route_prefix=options.route_prefix),
+            bounded(lambda: serve.run(app, name=config.name, route_prefix=options.route_prefix),
                         options.start_timeout, f"deploying {config.name!r}")
         except UserError:
             raise
