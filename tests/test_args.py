@@ -42,7 +42,7 @@ BAD_FLAGS = [
     (["--verbalizer", "auto"], "--verbalizer", "soft or manual"),
     (["--manual_loss", "kl"], "--manual_loss", "ce or mlm"),
     (["--soft_encoder", "gru"], "--soft_encoder", "lstm, mlp or none"),
-    (["--metric_for_best_model", "f1"], "--metric_for_best_model", "accuracy, macro_f1, loss"),
+    (["--metric_for_best_model", "f1"], "--metric_for_best_model", "accuracy, macro_f1, micro_f1, loss"),
     (["--max_seq_length", "3"], "--max_seq_length", "at least 4"),
     (["--max_seq_length", "100000"], "--max_seq_length", "positions"),
     (["--max_seq_length", "6"], "--max_seq_length", "the prompt alone takes"),
