@@ -41,12 +41,14 @@ def multilabel_metrics(gold: np.ndarray, predicted: np.ndarray, levels: Optional
            "micro_precision": float(precision_score(gold, predicted, average="micro", zero_division=0)),
            "micro_recall": float(recall_score(gold, predicted, average="micro", zero_division=0))}
     if levels is not None:
+        # from counts: sklearn reads a one-column indicator matrix as a binary task, not as one label
+        tp, fp, fn = ((gold & predicted).sum(0), (~gold & predicted).sum(0), (gold & ~predicted).sum(0))
         levels = np.asarray(levels)
         for level in sorted(set(levels.tolist())):
             columns = levels == level
-            for average in ("micro", "macro"):
-                out[f"level_{level}_{average}_f1"] = float(f1_score(gold[:, columns], predicted[:, columns],
-                                                                     average=average, zero_division=0))
+            out[f"level_{level}_micro_f1"] = float(f1_from_counts(tp[columns].sum(), fp[columns].sum(),
+                                                                  fn[columns].sum()))
+            out[f"level_{level}_macro_f1"] = float(f1_from_counts(tp[columns], fp[columns], fn[columns]).mean())
     return out
 
 
