@@ -94,3 +94,10 @@ def test_a_bad_label_column_names_its_file_and_line_for_every_split(tmp_path):
     with pytest.raises(UserError) as info:
         load_dataset_dir(d, task_type="multi-label")
     assert info.value.path.endswith("dev.txt") and info.value.line == 2 and "empty label between commas" in str(info.value)
+
+
+def test_sentence_pairs_with_label_sets(tmp_path):
+    d = make_dir(tmp_path, {"label.txt": "a\nb\n", "train.txt": "甲\t乙\ta,b\n", "dev.txt": "丙\t丁\tb\n",
+                            "data.txt": "戊\t己\n"})
+    ds = load_dataset_dir(d, task_type="multi-label")
+    assert ds.is_pair and ds.train == [{"text_a": "甲", "text_b": "乙", "labels": [1.0, 1.0]}]
