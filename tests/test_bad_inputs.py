@@ -275,6 +275,14 @@ MANIFEST_CASES = [
      "manifest.json: `max_seq_length` is 'abc', not a positive integer"),
     ("manifest lacks max_seq_length", edit_json("manifest.json", lambda m: without(m, "max_seq_length")),
      "manifest.json: `max_seq_length` is None"),
+    ("manifest task_type unknown", edit_json("manifest.json", lambda m: replace(m, task_type="multilabel")),
+     "manifest.json: `task_type` is 'multilabel', not one of multi-class, multi-label, hierarchical"),
+    ("manifest thresholds one short", edit_json("manifest.json", lambda m: replace(
+        m, task_type="multi-label", thresholds=[0.5, 0.5])),
+     "manifest.json: `thresholds` must be a list of 3 numbers in [0, 1] (one per label)"),
+    ("manifest hierarchical decoding unknown", edit_json("manifest.json", lambda m: replace(
+        m, task_type="hierarchical", hierarchical_decoding="top-down")),
+     "manifest.json: `hierarchical_decoding` is 'top-down', not consistent or flat"),
     ("manifest does not list vocab.txt", edit_json("manifest.json", lambda m: replace(
         m, files=without(m["files"], "vocab.txt"))), "vocab.txt is not listed in manifest.json"),
     ("model.onnx: one byte flipped, same size", flip_byte("model.onnx"), "model.onnx: " + SHA_DIFFERS),

@@ -227,7 +227,8 @@ def _compare(name: str, reference: np.ndarray, other: np.ndarray, tolerance: flo
         agree = float((decoder.decide(ref_probs) == decoder.decide(other_probs)).all(axis=1).mean())
         return {"backend": name, "compared": "sigmoid probabilities", "max_abs_diff": diff,
                 "max_abs_logit_diff": float(np.abs(reference - other).max()), "agreement": agree,
-                "label_set_agreement": agree, "tolerance": tolerance, "passed": bool(diff <= tolerance and agree == 1.0)}
+                "label_set_agreement": agree, "tolerance": tolerance,
+                "passed": bool(diff <= tolerance and agree == 1.0)}
     diff = float(np.abs(reference - other).max())
     agree = float((reference.argmax(-1) == other.argmax(-1)).mean())
     return {"backend": name, "compared": "logits", "max_abs_diff": diff, "agreement": agree, "argmax_agreement": agree,
@@ -367,7 +368,8 @@ def write_preprocessing(model, tokenizer, spec, directory: str) -> None:
         {"id": i, "label": label, "word": word} for i, (label, word) in enumerate(zip(spec.labels, spec.label_words))])
 
 
-def write_variants(directory: str, feed, fp32_logits, fp16: bool, int8: bool, decoder: Optional[Decoder] = None) -> dict:
+def write_variants(directory: str, feed, fp32_logits, fp16: bool, int8: bool,
+                   decoder: Optional[Decoder] = None) -> dict:
     """model_fp16.onnx / model_int8.onnx, each checked against the fp32 model on the sample batch."""
     checks = {}
     if fp16:

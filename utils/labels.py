@@ -120,13 +120,15 @@ def parse_label_field(text: str, label_to_id: Dict[str, int], path: str, number:
     tasks the multi-hot vector (floats, `label_to_id` order) of its comma-separated labels; a
     hierarchical line's ancestors count as listed (upstream lists them; consistent decoding needs them)."""
     text = text.strip()
+    def known() -> str:  # only when reporting an error
+        return f"(known: {known_labels(list(label_to_id))})"
+
     if task_type == MULTI_CLASS:
         if text not in label_to_id:
             hint = ""
             if LABEL_SEPARATOR in text and all(part.strip() in label_to_id for part in text.split(LABEL_SEPARATOR)):
                 hint = "; several labels on one line need --task_type multi-label (or hierarchical)"
-            raise UserError(f"label {text!r} is not in {LABEL_FILE} (known: {known_labels(list(label_to_id))}){hint}",
-                            path, number)
+            raise UserError(f"label {text!r} is not in {LABEL_FILE} {known()}{hint}", path, number)
         return label_to_id[text]
     if not text:
         raise UserError(f"no label after the tab (a --task_type {task_type} line lists one or more labels: "
@@ -139,8 +141,7 @@ def parse_label_field(text: str, label_to_id: Dict[str, int], path: str, number:
             raise UserError(f"empty label between commas in {text!r}", path, number)
         if label not in label_to_id:
             hint = "; labels are separated by an ASCII comma `,`, not `，`" if "，" in label else ""
-            raise UserError(f"label {label!r} is not in {LABEL_FILE} (known: {known_labels(list(label_to_id))}){hint}",
-                            path, number)
+            raise UserError(f"label {label!r} is not in {LABEL_FILE} {known()}{hint}", path, number)
         if label in seen:
             raise UserError(f"label {label!r} appears twice in {text!r}", path, number)
         seen.add(label)

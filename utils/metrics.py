@@ -52,25 +52,33 @@ def multilabel_metrics(gold: np.ndarray, predicted: np.ndarray, levels: Optional
     return out
 
 
-def task_metrics(decoder: Decoder, logits: np.ndarray, gold) -> Dict[str, float]:
-    """The task's metrics for `logits` against gold ids (multi-class) or multi-hot vectors."""
+def task_metrics(decoder: Decoder, logits: np.ndarray, gold, search: Optional[str] = None,
+                 default: Optional[float] = None) -> Dict[str, float]:
+    """The task's metrics for `logits` against gold ids (multi-class) or multi-hot vectors.
+    `search` (multi-label: global, per-label): decide with thresholds tuned on these very examples
+    (how --threshold_search evaluates on dev during training; `default` as its --threshold)."""
+    from .decoding import search_thresholds
+
     logits = np.asarray(logits)
     if not decoder.multi_label:
         return classification_metrics(np.argmax(logits, axis=-1), np.asarray(gold).reshape(-1), len(decoder.labels))
-    predicted = decoder.decide(decoder.probabilities(logits))
-    return multilabel_metrics(np.asarray(gold) > 0.5, predicted, decoder.levels if decoder.hierarchical else None)
+    probs, gold = decoder.probabilities(logits), np.asarray(gold) > 0.5
+    if search not in (None, "none"):
+        decoder = decoder.with_thresholds(search_thresholds(decoder, probs, gold, search, default))
+    return multilabel_metrics(gold, decoder.decide(probs), decoder.levels if decoder.hierarchical else None)
 
 
-def metrics_fn(num_labels: int, decoder: Optional[Decoder] = None):
+def metrics_fn(num_labels: int, decoder: Optional[Decoder] = None, search: Optional[str] = None,
+               default: Optional[float] = None):
     """A `compute_metrics` for paddlenlp's Trainer (logits in `predictions`); `decoder` for
-    multi-label tasks (default: multi-class over `num_labels`)."""
+    multi-label tasks (default: multi-class over `num_labels`), `search` as in `task_metrics`."""
 
     def compute_metrics(eval_preds) -> Dict[str, float]:
         logits = eval_preds.predictions
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
         if decoder is not None and decoder.multi_label:
-            return task_metrics(decoder, logits, eval_preds.label_ids)
+            return task_metrics(decoder, logits, eval_preds.label_ids, search, default)
         return classification_metrics(np.argmax(logits, axis=-1), eval_preds.label_ids, num_labels)
 
     return compute_metrics

@@ -97,8 +97,8 @@ class ModelSpec:
             masks = head.masks(label_set, tokenizer)
             parts = build_template(data_args.prompt, data_args.soft_encoder.value, data_args.encoder_hidden_size,
                                    data_args.num_virtual_tokens, is_pair, mask_length=masks)
-            validate_template(parts, is_pair, required_masks=masks,
-                              verbalizer_name="SoftVerbalizer" if head.verbalizer == "soft" else f"--verbalizer {head.name}")
+            validate_template(parts, is_pair, required_masks=masks, verbalizer_name=(
+                "SoftVerbalizer" if head.verbalizer == "soft" else f"--verbalizer {head.name}"))
             if template_kind(parts) != "soft":
                 logger.warning("the template has no soft tokens: this is a hard (PET-style) prompt, not P-tuning")
         options = {"loss": model_args.manual_loss.value} if "loss" in head.options else {}

@@ -442,7 +442,8 @@ def prepare(run: Run):
         model=model, tokenizer=tokenizer, args=training_args, criterion=criterion_for(model, spec.head_options),
         train_dataset=MapDataset(dataset.train) if training_args.do_train else None,
         eval_dataset=MapDataset(dataset.dev) if dataset.dev else None,
-        callbacks=callbacks, compute_metrics=metrics_fn(len(dataset.labels.labels), spec.decoder), spec=spec)
+        callbacks=callbacks, compute_metrics=metrics_fn(len(dataset.labels.labels), spec.decoder,
+                                                         *threshold_search(model_args)), spec=spec)
     trainer.pop_callback(ProgressCallback)
     trainer.add_callback(Progress())
     return trainer
@@ -503,6 +504,14 @@ def _run(current: Run) -> Dict[str, Any]:
         results["export"] = export(model_args, training_args, dataset,
                                    training_args.output_dir if training_args.do_train else current.resume)
     return results
+
+
+def threshold_search(model_args) -> tuple:
+    """`(mode, default)` of --threshold_search: evaluations during training tune their thresholds on
+    dev the same way, so the best checkpoint is the best one at tuned thresholds (at 0.5 an early,
+    sparse-output model can score 0 at every evaluation, and the first would count as best)."""
+    mode = model_args.threshold_search
+    return (None if mode is None else mode.value), model_args.threshold
 
 
 def tune_thresholds(trainer, model_args, dataset: DatasetDir) -> None:
