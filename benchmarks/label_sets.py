@@ -49,7 +49,7 @@ def read(path):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=os.path.join(ROOT, "bench-work", "label_sets"))
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--threshold_search", default="global")
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results_label_sets.json"))
     args = parser.parse_args()

@@ -98,3 +98,17 @@ def test_a_decoder_needs_one_threshold_per_label():
     with pytest.raises(ValueError, match="1 thresholds for 2 labels"):
         Decoder("multi-label", ("a", "b"), (0.5,))
     assert Decoder("multi-class", ("a", "b"), (0.5, 0.5)).thresholds is None
+
+
+def test_evaluation_during_training_with_a_search_scores_the_tuned_thresholds():
+    """At 0.5 a sparse-output model scores 0 at every evaluation (the first would be kept as the best);
+    with --threshold_search each evaluation is scored at thresholds tuned on dev, as the final model is."""
+    from utils.metrics import task_metrics
+
+    decoder = Decoder("multi-label", ("a", "b"))
+    gold = np.array([[1, 0], [0, 1], [0, 0]])
+    logits = np.log(np.array([[0.3, 0.1], [0.1, 0.2], [0.05, 0.05]]) / (1 - np.array([[0.3, 0.1], [0.1, 0.2],
+                                                                                       [0.05, 0.05]])))
+    assert task_metrics(decoder, logits, gold)["micro_f1"] == 0.0
+    assert task_metrics(decoder, logits, gold, search="global")["micro_f1"] == 1.0
+    assert task_metrics(decoder, logits, gold, search="per-label")["macro_f1"] == 1.0

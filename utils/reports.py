@@ -337,13 +337,14 @@ def _bars(ax, names: List[str], values, notes: List[str], title: str, xlabel: st
 
 def curve_series(log_history: Sequence[dict],
                  metric: str = "eval_accuracy") -> Dict[str, Tuple[List[int], List[float]]]:
-    """`{name: (steps, values)}` for `loss`, `eval_loss`, `metric` and `eval_macro_f1`, where logged.
+    """`{name: (steps, values)}` for `loss`, `eval_loss`, `metric`, `eval_macro_f1` and `eval_micro_f1`,
+    where logged.
 
     Training entries carry `loss`; evaluation entries `eval_loss` and the `eval_*` metrics; the
     closing summary entry (`train_loss`) is not a curve point.
     """
     series: Dict[str, Tuple[List[int], List[float]]] = {}
-    names = ["loss", "eval_loss", metric] + (["eval_macro_f1"] if metric != "eval_macro_f1" else [])
+    names = ["loss", "eval_loss", metric, "eval_macro_f1", "eval_micro_f1"]  # micro-F1: label-set runs
     for name in dict.fromkeys(names):
         points = [(int(entry["step"]), float(entry[name])) for entry in log_history
                   if name in entry and "step" in entry and entry[name] is not None]
