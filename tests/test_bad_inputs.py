@@ -66,6 +66,8 @@ TRAIN_CASES = [
     # the unreachable-host probe.
     ("missing checkpoint", {}, ["--resume_from_checkpoint", "/nonexistent/checkpoint-10"],
      "checkpoint directory not found", "/nonexistent/checkpoint-10"),
+    ("missing checkpoint, with a label-set flag", {}, ["--resume_from_checkpoint", "/nonexistent/ckpt", "--threshold",
+                                                      "0.3"], "checkpoint directory not found", "/nonexistent/ckpt"),
     ("unknown flag", {}, ["--no_such_flag", "1"], "unknown flag(s) ['--no_such_flag', '1']", "train.py"),
 ]
 

@@ -305,6 +305,13 @@ def plan_model(model_args, data_args, training_args, dataset: DatasetDir, checkp
         if ignored:
             logger.warning("%s ignored: the model is rebuilt from %s with its own template %s", "/".join(ignored),
                            checkpoint, spec.describe())
+        # Decoding is no weight: training on from a checkpoint takes a new --threshold/--hierarchical_decoding
+        # (check_task_args refuses them without --do_train).
+        if model_args.threshold is not None:
+            spec = dataclasses.replace(spec, thresholds=[float(model_args.threshold)] * len(spec.labels),
+                                       threshold_search="none")
+        if model_args.hierarchical_decoding is not None:
+            spec = dataclasses.replace(spec, consistent_decoding=str(model_args.hierarchical_decoding) == "consistent")
         return spec
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     spec = ModelSpec.from_flags(model_args, data_args, training_args.max_seq_length, dataset.labels, dataset.is_pair,
@@ -316,9 +323,11 @@ def plan_model(model_args, data_args, training_args, dataset: DatasetDir, checkp
 def resolve_task_type(model_args, training_args) -> TaskType:
     """--task_type, else the checkpoint's (--resume_from_checkpoint), else multi-class; then the
     flags that depend on it are checked (utils.args.check_task_args)."""
-    task_type = model_args.task_type
+    task_type, checkpoint = model_args.task_type, training_args.resume_from_checkpoint
     if task_type is None:
-        task_type = TaskType.parse(peek_task_type(training_args.resume_from_checkpoint) or MULTI_CLASS)
+        if checkpoint and not os.path.isdir(checkpoint):  # before a flag is judged by a default task type
+            raise UserError("checkpoint directory not found", checkpoint)
+        task_type = TaskType.parse(peek_task_type(checkpoint) or MULTI_CLASS)
     check_task_args(model_args, training_args, task_type)
     return task_type
 
@@ -327,7 +336,8 @@ def build_model(model_args, training_args, dataset: DatasetDir, spec: ModelSpec,
     """Return `(model, tokenizer, spec)`: from a checkpoint when given, else around the pretrained PLM."""
     freeze = dict(freeze_plm=training_args.freeze_plm, freeze_dropout=training_args.freeze_dropout)
     if checkpoint:
-        model, tokenizer, spec = rebuild_from_checkpoint(checkpoint, verify=False)
+        # The planned spec is the checkpoint's file, with any new decoding flags (plan_model).
+        model, tokenizer, _ = rebuild_from_checkpoint(checkpoint, verify=False)
         if freeze["freeze_plm"] or freeze["freeze_dropout"]:
             model.freeze_plm = True
             model.freeze_dropout = freeze["freeze_dropout"]
@@ -524,8 +534,8 @@ def tune_thresholds(trainer, model_args, dataset: DatasetDir) -> None:
     decoder = trainer.spec.decoder
     logits = predict_logits(trainer, dataset.dev)
     gold = np.array([e["labels"] for e in dataset.dev]) > 0.5
-    default = model_args.threshold if model_args.threshold is not None else None
-    thresholds = search_thresholds(decoder, decoder.probabilities(logits), gold, mode.value, default=default)
+    thresholds = search_thresholds(decoder, decoder.probabilities(logits), gold, mode.value,
+                                   default=model_args.threshold)
     trainer.spec = dataclasses.replace(trainer.spec, thresholds=list(thresholds), threshold_search=mode.value)
     trainer.compute_metrics = metrics_fn(len(trainer.spec.labels), trainer.spec.decoder)
     shown = (f"{thresholds[0]:.2f}" if mode == ThresholdSearch.GLOBAL
