@@ -160,7 +160,9 @@ def test_python_api_knows_the_task_type_and_thresholds(trained_multilabel, tmp_p
         clf.predict(texts[:1], threshold=1.5)
 
 
-def test_service_answers_label_sets_and_prob_limit_replaces_the_thresholds(trained_multilabel, tmp_path, capsys):
+def test_service_answers_label_sets_and_prob_limit_replaces_the_thresholds(trained_multilabel, tmp_path, capsys,
+                                                                            monkeypatch):
+    import client as client_cli
     from fastapi.testclient import TestClient
 
     from utils import Classifier
@@ -185,6 +187,12 @@ def test_service_answers_label_sets_and_prob_limit_replaces_the_thresholds(train
         assert all(len(p["label"]) == 3 for p in loose)
         bad = client.post("/predict", json={"texts": texts[:1], "threshold": 2})
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "threshold"
+        monkeypatch.setattr(client_cli, "post", lambda url, body, timeout: client.post(url[url.index("/models"):],
+                                                                                       json=body).json())
+        capsys.readouterr()
+        assert run_cli(client_cli.main, ["--url", "http://x/models/cls_default", "--text", texts[0],
+                                         "--prob_limit", "0"]) == 0
+        assert len(json.loads(capsys.readouterr().out)["label"]) == 3  # every label above 0
 
 
 def test_a_checkpoint_is_evaluated_with_its_own_task_type(trained_multilabel, tmp_path, capsys):
