@@ -11,7 +11,7 @@ DEMO_MODEL := checkpoints/demo-tiny-ernie
 DEMO_OUT := checkpoints/demo
 DEMO_PROMPT := 这条新闻的主题是
 
-.PHONY: install install-dev install-ray demo test bench bench-ray clean
+.PHONY: install install-dev install-ray demo demo-label-sets test bench bench-ray clean
 
 $(VENV)/.installed: requirements.txt requirements-cpu.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,25 @@ demo: install
 	$(PY) infer.py --model_path_prefix $(DEMO_OUT)/export/model --data_dir data/example --device cpu \
 	  --output_file $(DEMO_OUT)/infer_predictions.tsv
 
+# The same for label sets: data/multilabel_example (--task_type multi-label) and
+# data/hierarchical_example (--task_type hierarchical), thresholds searched on dev, infer.py on each export.
+LABELS_MODEL := checkpoints/demo-tiny-ernie-labels
+LABELS_PROMPTS := 这条评价提到的方面有 这句话描述的事件是
+LABELS_FLAGS := --max_seq_length 64 --learning_rate 1e-3 --ppt_learning_rate 3e-3 --num_train_epochs 20 \
+  --eval_steps 10 --logging_steps 10 --per_device_train_batch_size 8 --per_device_eval_batch_size 32 \
+  --threshold_search global --do_train --do_eval --do_predict --do_export --seed 1000 --overwrite_output_dir
+demo-label-sets: install
+	$(PY) -m utils.tiny_ernie --output_dir $(LABELS_MODEL) --data_dir data/multilabel_example \
+	  --data_dir data/hierarchical_example --extra_text "$(LABELS_PROMPTS)"
+	$(PY) train.py --task_type multi-label --model_name_or_path $(LABELS_MODEL) --data_dir data/multilabel_example \
+	  --output_dir checkpoints/demo-multilabel --prompt "$(word 1,$(LABELS_PROMPTS))" $(LABELS_FLAGS)
+	$(PY) infer.py --model_path_prefix checkpoints/demo-multilabel/export --data_dir data/multilabel_example \
+	  --device cpu --output_file checkpoints/demo-multilabel/infer_predictions.tsv
+	$(PY) train.py --task_type hierarchical --model_name_or_path $(LABELS_MODEL) --data_dir data/hierarchical_example \
+	  --output_dir checkpoints/demo-hierarchical --prompt "$(word 2,$(LABELS_PROMPTS))" $(LABELS_FLAGS)
+	$(PY) infer.py --model_path_prefix checkpoints/demo-hierarchical/export --data_dir data/hierarchical_example \
+	  --device cpu --output_file checkpoints/demo-hierarchical/infer_predictions.tsv
+
 test: install-dev
 	$(PY) -m pytest -q tests
 
@@ -63,4 +82,4 @@ bench-ray: $(VENV)/.installed-ray
 	$(PY) benchmarks/bench.py --only ray
 
 clean:
-	rm -rf $(DEMO_OUT) $(DEMO_MODEL)
+	rm -rf $(DEMO_OUT) $(DEMO_MODEL) $(LABELS_MODEL) checkpoints/demo-multilabel checkpoints/demo-hierarchical

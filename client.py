@@ -37,6 +37,8 @@ def main(argv):
     parser.add_argument("--batch_size", type=int, default=32, help="Texts per request.")
     parser.add_argument("--max_seq_len", type=int, default=None)
     parser.add_argument("--top_k", type=int, default=1)
+    parser.add_argument("--prob_limit", type=float, default=None,
+                        help="Multi-label/hierarchical models: one threshold for every label instead of the model's.")
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
     if args.batch_size <= 0:
@@ -53,6 +55,8 @@ def main(argv):
         parameters = {"batch_size": args.batch_size, "top_k": args.top_k}
         if args.max_seq_len:
             parameters["max_seq_len"] = args.max_seq_len
+        if args.prob_limit is not None:
+            parameters["prob_limit"] = args.prob_limit
         result = post(args.url, {"data": data, "parameters": parameters}, args.timeout)["result"]
         for fields, answer in zip(chunk, result):
             print(json.dumps({"text": "\t".join(fields), **answer}, ensure_ascii=False))

@@ -36,23 +36,24 @@ def main(argv):
     from utils import compat
     from utils.args import _parser_class
     from utils.data import load_dataset_dir
-    from utils.export import export_checkpoint
+    from utils.export import describe_result, export_checkpoint
+    from utils.spec import peek_task_type
 
     (args,) = _parser_class()(ExportCommandArguments).parse_args_into_dataclasses(args=argv)
     compat.apply()
     examples = None
     if args.data_dir:
-        dataset = load_dataset_dir(args.data_dir, need_train=False, need_dev=False)
+        dataset = load_dataset_dir(args.data_dir, need_train=False, need_dev=False,
+                                   task_type=peek_task_type(args.resume_from_checkpoint) or "multi-class")
         examples = dataset.dev or dataset.test or dataset.train or dataset.data
     manifest = export_checkpoint(args.resume_from_checkpoint, args.output_dir, examples=examples,
                                  export_type=args.export_type, export_fp16=args.export_fp16,
                                  overwrite=args.overwrite_output_dir, opset=args.opset, tolerance=args.tolerance,
                                  quantize=args.quantize)
     for result in manifest["parity"]["results"]:
-        print(f"parity {result['backend']}: max |Δlogits| {result['max_abs_diff']:.2e}, "
-              f"argmax agreement {result['argmax_agreement']:.3f}")
+        print(f"parity {describe_result(result)}")
     if manifest["parity"].get("int8"):
-        print(f"int8 vs fp32 on the sample: argmax agreement {manifest['parity']['int8']['argmax_agreement']:.3f}")
+        print(f"int8 vs fp32 on the sample: {describe_result(manifest['parity']['int8'])}")
     print(f"exported to {args.output_dir}")
     return 0
 

@@ -5,9 +5,11 @@
     python infer.py --model_path_prefix checkpoints/export --input_file big.txt --ray auto   # on a Ray cluster
 
 Input: one text per line (`text_a<TAB>text_b` for pair models); a trailing `<TAB>label` column
-(test.txt layout) is accepted and adds accuracy and macro-F1 to the summary. Output: TSV with a
-header (text, [gold], label, confidence, ...) or JSONL when --output_file ends in .jsonl, written
-as the input streams through and renamed into place only when complete.
+(test.txt layout; `l1,l2` for multi-label models) is accepted and adds accuracy and F1 to the
+summary. Output: TSV with a header (text, [gold], label, confidence, ...; multi-label and
+hierarchical exports: labels, confidences, every label above its threshold) or JSONL when
+--output_file ends in .jsonl, written as the input streams through and renamed into place only
+when complete. The export says which task it was trained for: no flag here.
 Upstream's flags are accepted (--model_name_or_path, --max_length, --cpu_threads, ...).
 The same from Python: `from utils import Classifier` (utils/classifier.py), which this script runs;
 with --ray, utils/ray_infer.py runs it on the cluster's nodes and writes the same file.
@@ -45,7 +47,9 @@ def build_parser():
     parser.add_argument("--use_fp16", action="store_true", help="GPU: use the export's model_fp16.onnx.")
     parser.add_argument("--use_int8", action="store_true",
                         help="Use the export's model_int8.onnx (export with --quantize int8); fastest on CPU.")
-    parser.add_argument("--top_k", type=int, default=1, help="Also write the k best labels with confidences.")
+    parser.add_argument("--top_k", type=int, default=1,
+                        help="Also write the k best labels with confidences (multi-label: the k most probable, "
+                             "besides every label above its threshold).")
     parser.add_argument("--file_order", action="store_true",
                         help="Batch in file order instead of by length (slower; for comparisons).")
     parser.add_argument("--chunk_size", type=int, default=None,

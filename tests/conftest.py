@@ -53,6 +53,25 @@ def trained(tiny_model_dir, tmp_path_factory):
     return data_dir, out
 
 
+@pytest.fixture(scope="session")
+def trained_multilabel(tiny_model_dir, tmp_path_factory):
+    """The keyword task as multi-label (a text's labels are the fruits it names): train -> eval -> predict ->
+    export (fp16 and int8 too), with a global threshold searched on dev."""
+    import train
+    from utils.errors import run_cli
+    from utils.synthetic import MULTI_LABEL_PROMPT, write_multilabel_keyword_dataset
+
+    base = tmp_path_factory.mktemp("multilabel")
+    data_dir = write_multilabel_keyword_dataset(str(base / "data"))
+    out = str(base / "out")
+    argv = ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", out,
+            "--task_type", "multi_label", "--prompt", MULTI_LABEL_PROMPT, "--threshold_search", "global",
+            "--do_train", "--do_eval", "--do_predict", "--do_export", "--export_fp16", "--quantize", "int8",
+            "--max_steps", "160", "--eval_steps", "40", "--logging_steps", "40", *FAST]
+    assert run_cli(train.main, argv) == 0
+    return data_dir, out
+
+
 @pytest.fixture
 def keyword_data(tmp_path):
     from utils.synthetic import write_keyword_dataset

@@ -42,7 +42,7 @@ BAD_FLAGS = [
     (["--verbalizer", "auto"], "--verbalizer", "soft or manual"),
     (["--manual_loss", "kl"], "--manual_loss", "ce or mlm"),
     (["--soft_encoder", "gru"], "--soft_encoder", "lstm, mlp or none"),
-    (["--metric_for_best_model", "f1"], "--metric_for_best_model", "accuracy, macro_f1, loss"),
+    (["--metric_for_best_model", "f1"], "--metric_for_best_model", "accuracy, macro_f1, micro_f1, loss"),
     (["--max_seq_length", "3"], "--max_seq_length", "at least 4"),
     (["--max_seq_length", "100000"], "--max_seq_length", "positions"),
     (["--max_seq_length", "6"], "--max_seq_length", "the prompt alone takes"),
@@ -51,6 +51,18 @@ BAD_FLAGS = [
     (["--prompt", "{'soft': None}{'text': 'text_a'}{'mask'}", "--num_virtual_tokens", "3"], "--prompt",
      "full template"),
     (["--per_device_train_batch_size", "many"], "--per_device_train_batch_size", "invalid int value"),
+    # task types (utils.args.check_task_args): flags that make no sense for the task are refused with the reason
+    (["--task_type", "multi-labels"], "--task_type", "multi-class, multi-label or hierarchical"),
+    (["--threshold", "0.3"], "--threshold", "is for --task_type multi-label or hierarchical"),
+    (["--threshold_search", "global"], "--threshold_search", "is for --task_type multi-label or hierarchical"),
+    (["--hierarchical_decoding", "flat"], "--hierarchical_decoding", "is for --task_type multi-label or hierarchical"),
+    (["--metric_for_best_model", "micro_f1"], "--metric_for_best_model", "equals accuracy"),
+    (["--task_type", "multi-label", "--threshold", "1.5"], "--threshold", "must be in (0, 1)"),
+    (["--task_type", "multi-label", "--threshold_search", "best"], "--threshold_search", "none, global or per-label"),
+    (["--task_type", "multi-label", "--hierarchical_decoding", "flat"], "--hierarchical_decoding",
+     "is for --task_type hierarchical"),
+    (["--task_type", "multi-label", "--use_rgl"], "--use_rgl", "with label sets (--task_type multi-label)"),
+    (["--task_type", "hierarchical", "--verbalizer", "manual"], "--verbalizer", "use --verbalizer soft"),
 ]
 
 
@@ -79,6 +91,35 @@ def test_a_bad_flag_is_one_paragraph_before_any_model_loads(flags, flag, message
     assert err.startswith("error: ") and err.count("\n") <= 2 and "Traceback" not in err, err
     assert flag in err and message in err, err
     assert not out.exists() or not [p for p in out.iterdir() if p.name != ".ptuning.lock"]
+
+
+def test_thresholds_belong_to_a_model_being_trained(tiny_model_dir, keyword_data, tmp_path, capsys, no_model_loads):
+    argv = ["--model_name_or_path", tiny_model_dir, "--data_dir", keyword_data, "--output_dir", str(tmp_path / "o"),
+            "--do_eval", "--resume_from_checkpoint", str(tmp_path), "--task_type", "multi-label"]
+    for flags in (["--threshold_search", "per-label"], ["--threshold", "0.4"]):
+        assert run_cli(train.main, argv + flags) == 2
+        err = capsys.readouterr().err
+        assert f"error: {flags[0]}: is part of a model being trained" in err and "add --do_train" in err
+
+
+def test_task_type_spellings_and_upstream_multi_label_metric(tiny_model_dir, keyword_data, tmp_path):
+    from utils.args import TaskType, check_task_args
+
+    base = ["--model_name_or_path", tiny_model_dir, "--data_dir", keyword_data, "--output_dir", str(tmp_path),
+            "--do_train", "--do_eval"]
+    for spelling, expected in (("multi_label", TaskType.MULTI_LABEL), ("Multi-Class", TaskType.MULTI_CLASS),
+                               ("HIERARCHICAL", TaskType.HIERARCHICAL)):
+        assert parse_args(base + ["--task_type", spelling])[0].task_type is expected
+        assert str(expected) == expected.value  # what the log line `task_type: multi-class` prints
+    model_args, _, training_args = parse_args(base + ["--task_type", "multi-label", "--metric_for_best_model",
+                                                      "macro_f1_score"])
+    assert training_args.metric_for_best_model == "macro_f1"  # upstream's multi-label command line
+    model_args, _, training_args = parse_args(base + ["--task_type", "multi-label"])
+    check_task_args(model_args, training_args, model_args.task_type)
+    assert training_args.metric_for_best_model == "macro_f1"  # exact-match accuracy is no default for label sets
+    model_args, _, training_args = parse_args(base)
+    check_task_args(model_args, training_args, TaskType.MULTI_CLASS)
+    assert training_args.metric_for_best_model == "accuracy"
 
 
 def test_upstream_spellings_are_accepted(tiny_model_dir, keyword_data, tmp_path):

@@ -66,8 +66,22 @@ TRAIN_CASES = [
     # the unreachable-host probe.
     ("missing checkpoint", {}, ["--resume_from_checkpoint", "/nonexistent/checkpoint-10"],
      "checkpoint directory not found", "/nonexistent/checkpoint-10"),
+    ("missing checkpoint, with a label-set flag", {}, ["--resume_from_checkpoint", "/nonexistent/ckpt", "--threshold",
+                                                      "0.3"], "checkpoint directory not found", "/nonexistent/ckpt"),
     ("unknown flag", {}, ["--no_such_flag", "1"], "unknown flag(s) ['--no_such_flag', '1']", "train.py"),
 ]
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Fail the test if a PLM or checkpoint starts loading: data is checked before that."""
+    import utils.training
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the data was checked")
+
+    monkeypatch.setattr(utils.training, "load_plm", refuse)
+    monkeypatch.setattr(utils.training, "rebuild_from_checkpoint", refuse)
 
 
 def run_train(capsys, argv):
@@ -94,6 +108,50 @@ def test_train_bad_input(case, files, extra, message, where, tiny_model_dir, tmp
         assert where in err
     if out.exists():
         assert not (out / "train_results.json").exists() and not list(out.glob("checkpoint-*"))
+
+
+ML_LABELS = "体育\n体育##比赛==比赛\n财经\n财经##股市==股市\n"
+ML_GOOD = "球赛\t体育,体育##比赛\n股市\t财经,财经##股市\n股市和球赛\t体育,财经\n"
+# (case id, task type, files to change, expected text in the message, file name + line expected in it)
+LABEL_SET_CASES = [
+    ("empty label between commas", "multi-label", {"train.txt": ML_GOOD + "球\t体育,,财经\n"},
+     "empty label between commas in '体育,,财经'", "train.txt:4"),
+    ("trailing comma", "hierarchical", {"dev.txt": "球\t体育,\n"}, "empty label between commas", "dev.txt:1"),
+    ("unknown label in a set", "multi-label", {"dev.txt": ML_GOOD + "西瓜\t体育,水果\n"},
+     "label '水果' is not in label.txt", "dev.txt:4"),
+    ("full-width comma", "multi-label", {"train.txt": "球\t体育，财经\n"}, "not `，`", "train.txt:1"),
+    ("label twice on a line", "hierarchical", {"train.txt": ML_GOOD + "球\t体育,体育##比赛,体育\n"},
+     "label '体育' appears twice", "train.txt:4"),
+    ("no label after the tab", "multi-label", {"train.txt": ML_GOOD + "球\t\n"}, "no label after the tab",
+     "train.txt:4"),
+    ("child without its parent in label.txt", "hierarchical", {"label.txt": ML_LABELS + "科技##手机==手机\n"},
+     "the parent path '科技' of '科技##手机' is not in label.txt", "label.txt:5"),
+    ("empty level in a label path", "hierarchical", {"label.txt": ML_LABELS + "科技\n科技####手机\n"},
+     "has an empty level", "label.txt:6"),
+    ("comma in a label name", "multi-label", {"label.txt": ML_LABELS + "科技,数码\n"}, "contains `,`",
+     "label.txt:5"),
+    ("duplicate label", "hierarchical", {"label.txt": ML_LABELS + "体育==运动\n"}, "duplicate label '体育'",
+     "label.txt:5"),
+    ("several labels without --task_type", "multi-class", {"label.txt": "体育\n财经\n", "train.txt": "球\t体育,财经\n"},
+     "several labels on one line need --task_type multi-label", "train.txt:1"),
+    ("missing tab (the existing checks apply)", "multi-label", {"train.txt": ML_GOOD + "没有标签的一行\n"},
+     "found no tab", "train.txt:4"),
+]
+
+
+@pytest.mark.parametrize("case, task_type, files, message, where", LABEL_SET_CASES, ids=[c[0] for c in LABEL_SET_CASES])
+def test_label_set_bad_input(case, task_type, files, message, where, tiny_model_dir, tmp_path, capsys, no_model_loads):
+    contents = {"label.txt": ML_LABELS, "train.txt": ML_GOOD, "dev.txt": ML_GOOD, "test.txt": ML_GOOD, **files}
+    data_dir = dataset(tmp_path, **contents)
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", str(out),
+            "--prompt", PROMPT, "--do_train", "--do_eval", "--do_predict", "--max_steps", "2", "--max_seq_length", "40",
+            "--task_type", task_type]
+    code, err = run_train(capsys, argv)
+    assert code == 2, err
+    assert err.startswith(f"error: {data_dir}/{where}: ") and "Traceback" not in err and err.count("\n") <= 2, err
+    assert message in err, err
+    assert not out.exists() or not [p for p in out.iterdir() if p.name != ".ptuning.lock"]
 
 
 def test_nothing_to_do(tmp_path, capsys):
@@ -219,6 +277,14 @@ MANIFEST_CASES = [
      "manifest.json: `max_seq_length` is 'abc', not a positive integer"),
     ("manifest lacks max_seq_length", edit_json("manifest.json", lambda m: without(m, "max_seq_length")),
      "manifest.json: `max_seq_length` is None"),
+    ("manifest task_type unknown", edit_json("manifest.json", lambda m: replace(m, task_type="multilabel")),
+     "manifest.json: `task_type` is 'multilabel', not one of multi-class, multi-label, hierarchical"),
+    ("manifest thresholds one short", edit_json("manifest.json", lambda m: replace(
+        m, task_type="multi-label", thresholds=[0.5, 0.5])),
+     "manifest.json: `thresholds` must be a list of 3 numbers in [0, 1] (one per label)"),
+    ("manifest hierarchical decoding unknown", edit_json("manifest.json", lambda m: replace(
+        m, task_type="hierarchical", hierarchical_decoding="top-down")),
+     "manifest.json: `hierarchical_decoding` is 'top-down', not consistent or flat"),
     ("manifest does not list vocab.txt", edit_json("manifest.json", lambda m: replace(
         m, files=without(m["files"], "vocab.txt"))), "vocab.txt is not listed in manifest.json"),
     ("model.onnx: one byte flipped, same size", flip_byte("model.onnx"), "model.onnx: " + SHA_DIFFERS),

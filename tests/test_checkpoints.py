@@ -109,6 +109,15 @@ CONFIG_EDITS = [
     ("model class not a model", lambda c: c.update(model_class="os.system"), "model_class"),
     ("unknown method", lambda c: c.update(method="lora"), "method"),
     ("not an object", lambda c: c.clear() or c.update(x=1), "unknown key"),
+    ("unknown task type", lambda c: c.update(task_type="multilabel"), "task_type: 'multilabel' is not one of"),
+    ("thresholds on a multi-class model", lambda c: c.update(thresholds=[0.5, 0.5, 0.5]),
+     "a multi-class model has no thresholds"),
+    ("thresholds one short", lambda c: c.update(task_type="multi-label", thresholds=[0.5]),
+     "thresholds: must be null or a list of 3 numbers"),
+    ("threshold above one", lambda c: c.update(task_type="multi-label", thresholds=[0.5, 2, 0.5]),
+     "thresholds: must be null or a list of 3 numbers in [0, 1]"),
+    ("unknown threshold search", lambda c: c.update(task_type="multi-label", threshold_search="best"),
+     "threshold_search: 'best' is not one of none, global, per-label"),
 ]
 
 

@@ -75,3 +75,29 @@ def test_crlf_bom_and_data_txt_with_tab(tmp_path):
                             "data.txt": "文本\tpos\n"})
     with pytest.raises(UserError, match="one text per line"):
         load_dataset_dir(d)
+
+
+def test_multi_label_and_hierarchical_datasets(tmp_path):
+    d = make_dir(tmp_path, {"label.txt": "体育\n体育##比赛==比赛\n财经\n", "train.txt": "球赛\t体育##比赛\n股市和球赛\t财经,体育\n",
+                            "dev.txt": "好\t体育,体育##比赛\n", "test.txt": "糟糕\t财经\n"})
+    flat = load_dataset_dir(d, need_test=True, task_type="multi-label")
+    assert flat.labels.labels == ["体育", "体育##比赛", "财经"]
+    assert [e["labels"] for e in flat.train] == [[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
+    tree = load_dataset_dir(d, need_test=True, task_type="hierarchical")
+    assert [e["labels"] for e in tree.train] == [[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
+    assert tree.gold_names(tree.train) == ["体育,体育##比赛", "体育,财经"]  # output order, ancestors included
+    assert tree.task_type == "hierarchical"
+
+
+def test_a_bad_label_column_names_its_file_and_line_for_every_split(tmp_path):
+    d = make_dir(tmp_path, {"label.txt": "a\nb\n", "train.txt": "好\ta,b\n", "dev.txt": "好\ta\n坏\ta,,b\n"})
+    with pytest.raises(UserError) as info:
+        load_dataset_dir(d, task_type="multi-label")
+    assert info.value.path.endswith("dev.txt") and info.value.line == 2 and "empty label between commas" in str(info.value)
+
+
+def test_sentence_pairs_with_label_sets(tmp_path):
+    d = make_dir(tmp_path, {"label.txt": "a\nb\n", "train.txt": "甲\t乙\ta,b\n", "dev.txt": "丙\t丁\tb\n",
+                            "data.txt": "戊\t己\n"})
+    ds = load_dataset_dir(d, task_type="multi-label")
+    assert ds.is_pair and ds.train == [{"text_a": "甲", "text_b": "乙", "labels": [1.0, 1.0]}]

@@ -68,3 +68,18 @@ def test_unreadable_inputs_are_reported_before_reading(tmp_path):
         InputFile(str(tmp_path), pair=False, labels=LABELS)
     with pytest.raises(UserError, match="input file not found"):
         InputFile(str(tmp_path / "missing.txt"), pair=False, labels=LABELS)
+
+
+def test_label_sets_in_a_last_column_are_gold_for_multi_label_models(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("苹果香蕉\tbanana, apple\n苹果\tapple\n", encoding="utf-8")
+    inputs = InputFile(str(path), pair=False, labels=LABELS, task_type="multi-label")
+    assert inputs.has_gold
+    assert read_all(inputs) == ([{"text_a": "苹果香蕉"}, {"text_a": "苹果"}], ["apple,banana", "apple"])  # output order
+    path.write_text("苹果香蕉\tapple,banana\n苹果\tapple,,banana\n", encoding="utf-8")
+    with pytest.raises(UserError) as info:
+        read_all(InputFile(str(path), pair=False, labels=LABELS, task_type="multi-label"))
+    assert str(info.value).startswith(f"{path}:2: ") and "empty label between commas" in str(info.value)
+    path.write_text("苹果\tapple,cherry\n", encoding="utf-8")
+    with pytest.raises(UserError, match="lists only the model's labels, separated by commas"):
+        InputFile(str(path), pair=False, labels=LABELS, task_type="multi-label")

@@ -56,3 +56,61 @@ def test_non_utf8_names_line(tmp_path):
     with pytest.raises(UserError) as info:
         read_label_file(path)
     assert info.value.line == 2 and "not valid UTF-8" in str(info.value)
+
+
+@pytest.mark.parametrize("task_type, text, line, message", [
+    ("multi-label", "a==甲\nb,c==乙\n", 2, "label 'b,c' contains `,`, which separates labels"),
+    ("hierarchical", "a==甲\nb,c==乙\n", 2, "contains `,`"),
+    ("hierarchical", "体育\n体育##比赛\n科技##手机\n", 3,
+     "the parent path '科技' of '科技##手机' is not in label.txt: hierarchical labels list every node"),
+    ("hierarchical", "a\na##b\na##b##c\nd##e##f\nd\n", 4, "the parent path 'd##e' of 'd##e##f'"),
+    ("hierarchical", "a\na####b\n", 2, "has an empty level"),
+    ("hierarchical", "a\n##b\n", 2, "has an empty level"),
+])
+def test_label_paths_and_commas_by_task_type(tmp_path, task_type, text, line, message):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError) as info:
+        read_label_file(path, task_type)
+    assert str(info.value).startswith(f"{path}:{line}: ") and message in str(info.value)
+
+
+def test_the_same_files_are_fine_where_the_rules_do_not_apply(tmp_path):
+    assert read_label_file(write(tmp_path, "a==甲\nb,c==乙\n")).labels == ["a", "b,c"]  # multi-class: any name
+    assert read_label_file(write(tmp_path, "体育\n科技##手机\n"), "multi-label").labels == ["体育", "科技##手机"]
+    labels = read_label_file(write(tmp_path, "组织关系==组织\n组织关系##辞/离职==离职\n"), "hierarchical")
+    assert labels.label_words == {"组织关系": "组织", "组织关系##辞/离职": "离职"}
+
+
+IDS = {"A": 0, "A##x": 1, "B": 2}
+
+
+@pytest.mark.parametrize("text, task_type, expected", [
+    ("A", "multi-label", [1.0, 0.0, 0.0]),
+    (" A , B ", "multi-label", [1.0, 0.0, 1.0]),
+    ("A##x", "multi-label", [0.0, 1.0, 0.0]),        # flat multi-label: a path is just a name
+    ("A##x", "hierarchical", [1.0, 1.0, 0.0]),       # its ancestors are implied
+    ("A,A##x", "hierarchical", [1.0, 1.0, 0.0]),     # as upstream lists them
+    ("B", "multi-class", 2),
+])
+def test_label_columns(text, task_type, expected):
+    from utils.labels import parse_label_field
+
+    assert parse_label_field(text, IDS, "train.txt", 3, task_type) == expected
+
+
+@pytest.mark.parametrize("text, task_type, message", [
+    ("A,,B", "multi-label", "empty label between commas in 'A,,B'"),
+    ("A,", "multi-label", "empty label between commas"),
+    (",A", "hierarchical", "empty label between commas"),
+    ("", "multi-label", "no label after the tab"),
+    ("A,C", "multi-label", "label 'C' is not in label.txt (known: A, A##x, B)"),
+    ("A，B", "multi-label", "labels are separated by an ASCII comma `,`, not `，`"),
+    ("A,B,A", "hierarchical", "label 'A' appears twice in 'A,B,A'"),
+    ("A,B", "multi-class", "several labels on one line need --task_type multi-label"),
+])
+def test_bad_label_columns_name_file_and_line(text, task_type, message):
+    from utils.labels import parse_label_field
+
+    with pytest.raises(UserError) as info:
+        parse_label_field(text, IDS, "train.txt", 3, task_type)
+    assert str(info.value).startswith("train.txt:3: ") and message in str(info.value)

@@ -190,3 +190,17 @@ def test_markdown_table_and_single_run_std():
     std = np.std(values, ddof=1)
     assert lines[-1] == f"| mean ± std |  | {100 * np.mean(values):.2f} ± {100 * std:.2f} | 37.50 ± – |"
     assert f"{100 * std:.2f}" == "16.54"
+
+
+def test_multi_label_runs_add_micro_f1_columns():
+    from utils.multirun import Run, markdown_table, summarize
+
+    runs = [Run("seed1", 1, None, "o/runs/seed1"), Run("seed2", 2, None, "o/runs/seed2")]
+    results = [{"eval_accuracy": 0.5, "eval_micro_f1": 0.8, "eval_macro_f1": 0.7},
+               {"eval_accuracy": 0.7, "eval_micro_f1": 0.9, "eval_macro_f1": 0.6}]
+    summary = summarize(runs, results, [1.0, 1.0], ["--task_type", "multi-label"])
+    assert summary["metrics"]["eval_micro_f1"]["mean"] == pytest.approx(0.85)
+    assert summary["metrics"]["eval_micro_f1"]["std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    table = markdown_table(summary)
+    assert table.splitlines()[0] == "| run | seed | dev acc | dev micro-F1 | dev macro-F1 |"
+    assert table.splitlines()[-1].startswith("| mean ± std |  | 60.00 ± 14.14 | 85.00 ± 7.07 | 65.00 ± 7.07 |")

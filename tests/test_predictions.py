@@ -117,3 +117,57 @@ def test_summary_without_gold_has_no_accuracy():
     summary = PredictionSummary(LABELS)
     summary.update(PROBS)
     assert "accuracy" not in summary.as_dict() and "macro_f1" not in summary.as_dict()
+
+
+ML_LABELS = ["A", "A##x", "B"]
+ML_PROBS = np.array([[0.9, 0.6, 0.2], [0.3, 0.8, 0.55], [0.1, 0.2, 0.3]])
+
+
+def test_label_set_rows_list_every_label_above_its_threshold_most_probable_first(tmp_path):
+    from utils.decoding import Decoder
+
+    decoder = Decoder("hierarchical", ML_LABELS, (0.5, 0.5, 0.5))
+    path = str(tmp_path / "o.tsv")
+    summary = write_predictions(path, [{"text_a": "甲"}, {"text_a": "乙"}, {"text_a": "丙"}], ML_PROBS, ML_LABELS,
+                                gold=["A,A##x", "B", "A"], decoder=decoder)
+    header, rows = read_tsv(path)
+    assert header == ["text", "gold", "labels", "confidences"]
+    # row 2: A##x (0.8) is dropped with its parent A (0.3) by consistent decoding; row 3: no label at all
+    assert rows == [["甲", "A,A##x", "A,A##x", "0.900000,0.600000"], ["乙", "B", "B", "0.550000"], ["丙", "A", "", ""]]
+    assert summary["texts_without_label"] == 1 and summary["labels_per_text"] == 1.0
+    assert summary["accuracy"] == round(2 / 3, 4) and summary["predicted_label_counts"] == {"A": 1, "A##x": 1, "B": 1}
+    write_predictions(str(tmp_path / "o.jsonl"), [{"text_a": "甲"}], ML_PROBS[:1], ML_LABELS, top_k=2,
+                      gold=["A,A##x"], decoder=Decoder("multi-label", ML_LABELS, (0.95, 0.5, 0.1)))
+    with open(tmp_path / "o.jsonl", encoding="utf-8") as fp:
+        record = json.loads(fp.readline())
+    assert record == {"text": "甲", "gold": ["A", "A##x"],
+                      "labels": [{"label": "A##x", "confidence": 0.6}, {"label": "B", "confidence": 0.2}],
+                      "top_k": [{"label": "A", "confidence": 0.9}, {"label": "A##x", "confidence": 0.6}]}
+    write_predictions(str(tmp_path / "k.tsv"), [{"text_a": "甲"}], ML_PROBS[:1], ML_LABELS, top_k=2, decoder=decoder)
+    header, _ = read_tsv(str(tmp_path / "k.tsv"))
+    assert header == ["text", "labels", "confidences", "label_1", "confidence_1", "label_2", "confidence_2"]
+
+
+def test_streamed_label_set_metrics_equal_sklearn():
+    from utils.decoding import Decoder
+    from utils.metrics import multilabel_metrics
+    from utils.predictions import prediction_summary
+
+    rng = np.random.default_rng(2)
+    labels = ["A", "A##x", "A##y", "B", "B##z", "C"]
+    decoder = Decoder("hierarchical", labels, (0.5, 0.4, 0.6, 0.5, 0.5, 0.3))
+    gold = rng.random((200, 6)) < 0.3
+    for child, parent in enumerate(decoder.parents):
+        if parent >= 0:
+            gold[:, parent] |= gold[:, child]
+    probs = np.clip(gold * 0.45 + rng.random((200, 6)) * 0.6, 0, 1)
+    names = [",".join(label for label, on in zip(labels, row) if on) or "C" for row in gold]
+    gold[[i for i, n in enumerate(names) if n == "C"], 5] = True
+    summary = prediction_summary(labels, decoder)
+    for start in range(0, 200, 64):
+        summary.update(probs[start:start + 64], names[start:start + 64])
+    result = summary.as_dict()
+    expected = multilabel_metrics(gold, decoder.decide(probs), decoder.levels)
+    for key in ("micro_f1", "macro_f1", "accuracy", "hamming_loss", "level_1_micro_f1", "level_1_macro_f1",
+                "level_2_micro_f1", "level_2_macro_f1"):
+        assert result[key] == round(expected[key], 4), key

@@ -110,6 +110,29 @@ def test_ray_writes_the_local_output_byte_for_byte_with_work_on_both_nodes(gold,
     assert summary["ray"]["workers"] == 2
 
 
+@pytest.mark.slow
+def test_ray_writes_the_local_label_sets_of_a_multi_label_export(ray_cluster, trained_multilabel, tmp_path, capsys):
+    """The workers decode as the export says (sigmoids, its searched thresholds): the same file and metrics."""
+    import random
+
+    from utils.synthetic import make_multilabel_split
+
+    export = os.path.join(trained_multilabel[1], "export")
+    input_path = tmp_path / "in.txt"
+    input_path.write_text("\n".join(make_multilabel_split(random.Random(5), 600)) + "\n", encoding="utf-8")
+    common = ["--model_path_prefix", export, "--input_file", str(input_path), "--chunk_size", "100", "--device", "cpu"]
+    code, stdout, err = run_local(capsys, *common, "--output_file", str(tmp_path / "local.tsv"), "--num_threads", "1")
+    assert code == 0, err
+    local = json.loads(stdout)
+    code, stdout, err = run_ray(ray_cluster, *common, "--output_file", str(tmp_path / "ray.tsv"))
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert (tmp_path / "ray.tsv").read_bytes() == (tmp_path / "local.tsv").read_bytes()
+    assert read_tsv(str(tmp_path / "ray.tsv"))[0] == ["text", "gold", "labels", "confidences"]
+    for key in ("task_type", "micro_f1", "macro_f1", "accuracy", "predicted_label_counts"):
+        assert summary[key] == local[key], key
+
+
 def late_bad_line(export, input_path):
     with open(input_path, "a", encoding="utf-8") as fp:
         fp.write("这一行\t有\t太多\t列\n")

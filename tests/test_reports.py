@@ -233,3 +233,43 @@ def test_nothing_to_plot_writes_nothing(tmp_path, log_history):
 def test_reports_do_not_import_paddle():
     code = "import sys, utils.reports, utils.multirun; sys.exit(int('paddle' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_multi_label_report_against_a_hand_computation(tmp_path):
+    from utils.reports import write_multilabel_report
+
+    labels = ["A", "A##x", "B"]
+    gold = np.array([[1, 1, 0], [0, 0, 1], [1, 0, 1], [1, 1, 0]], dtype=bool)
+    predicted = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1], [1, 1, 0]], dtype=bool)
+    report = write_multilabel_report(str(tmp_path), "eval", gold, predicted, labels, levels=[1, 2, 1])
+    assert report["A##x"]["recall"] == 0.5 and report["B"]["precision"] == pytest.approx(2 / 3)
+    assert report["micro avg"]["f1-score"] == pytest.approx(2 * 6 / (2 * 6 + 1 + 1))
+    assert report["exact_match_accuracy"] == 0.75 and report["hamming_loss"] == pytest.approx(2 / 12)
+    assert report["levels"]["2"] == {"micro_f1": pytest.approx(2 / 3), "macro_f1": pytest.approx(2 / 3), "labels": 1}
+    with open(tmp_path / "eval_confusion_matrix.csv", encoding="utf-8", newline="") as fp:
+        rows = {r["label"]: r for r in csv.DictReader(fp)}
+    assert {k: rows["A##x"][k] for k in ("support", "predicted", "tp", "fp", "fn", "tn")} == \
+        {"support": "2", "predicted": "1", "tp": "1", "fp": "0", "fn": "1", "tn": "2"}
+    with open(tmp_path / "eval_top_confusions.csv", encoding="utf-8", newline="") as fp:
+        assert list(csv.DictReader(fp)) == [{"missed": "A##x", "predicted_instead": "B", "count": "1",
+                                            "share_of_gold": "0.5000"}]
+    assert "level 2 (1 labels): micro-F1 0.6667" in (tmp_path / "eval_report.txt").read_text(encoding="utf-8")
+    assert_png(str(tmp_path / "eval_confusion_matrix.png"))
+
+
+def test_hundreds_of_labels_give_one_row_per_label_and_a_fixed_size_figure(tmp_path):
+    from utils.reports import write_multilabel_report
+
+    rng = np.random.default_rng(0)
+    labels = [f"要素{i:03d}" for i in range(300)]
+    gold = rng.random((600, 300)) < 0.01
+    predicted = gold ^ (rng.random((600, 300)) < 0.004)
+    write_multilabel_report(str(tmp_path), "test", gold, predicted, labels)
+    with open(tmp_path / "test_confusion_matrix.csv", encoding="utf-8", newline="") as fp:
+        rows = list(csv.reader(fp))
+    assert len(rows) == 301 and all(len(r) == 10 for r in rows)  # one row per label, not a 300 x 300 matrix
+    with open(tmp_path / "test_top_confusions.csv", encoding="utf-8", newline="") as fp:
+        assert sum(1 for _ in fp) > 1
+    image = matplotlib.image.imread(str(tmp_path / "test_confusion_matrix.png"))
+    width, height = (round(x * reports.PNG_DPI) for x in reports.MANY_LABELS_FIGSIZE)
+    assert image.shape[:2] == (height, width)

@@ -51,7 +51,8 @@ def test_simpleserving_body_answers_label_names_equal_to_infer(client, export_di
 
 def test_predict_endpoint_and_the_read_only_endpoints(client):
     labels = client.get("/labels").json()
-    assert labels == {"model": "cls_default", "labels": ["apple", "banana", "grape"], "pair": False}
+    assert labels == {"model": "cls_default", "labels": ["apple", "banana", "grape"], "pair": False,
+                      "task_type": "multi-class", "thresholds": None}
     body = client.post("/predict", json={"texts": ["我爱吃苹果", "香蕉"], "top_k": 3}).json()
     assert [len(p["top_k"]) for p in body["predictions"]] == [3, 3]
     for prediction in body["predictions"]:
@@ -110,8 +111,11 @@ class FakeModel:
     """Stands in for ExportedClassifier: a text's row is one-hot at `int(text) % 3`; records batches."""
 
     def __init__(self, delay=0.0, fail_on=None):
+        from utils.decoding import Decoder
+
         self.batches, self.delay, self.fail_on = [], delay, fail_on
         self.labels = ["a", "b", "c"]
+        self.decoder = Decoder("multi-class", self.labels)
 
     def encoder(self, max_seq_length=None):
         return self

@@ -6,7 +6,8 @@ nothing, so each script loads only the modules it uses (infer.py no Paddle, trai
 no onnxruntime).
 """
 
-_LAZY = {"Classifier": "classifier", "Prediction": "classifier", "UserError": "errors"}
+_LAZY = {"Classifier": "classifier", "Prediction": "classifier", "LabelSetPrediction": "classifier",
+         "UserError": "errors"}
 
 __all__ = sorted(_LAZY)
 

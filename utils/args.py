@@ -31,9 +31,9 @@ class Choice(str, enum.Enum):
     def parse(cls, text):
         if isinstance(text, cls):
             return text
-        key = str(text).strip().lower()
+        key = str(text).strip().lower().replace("_", "-")  # multi_label == multi-label
         for member in cls:
-            if key == member.value or (member.value == "none" and key in NONE_SPELLINGS):
+            if key == member.value.replace("_", "-") or (member.value == "none" and key in NONE_SPELLINGS):
                 return member
         raise ValueError(f"must be one of {cls.describe()}, got {text!r}")
 
@@ -76,6 +76,25 @@ class SoftEncoder(Choice):
     NONE = "none"
 
 
+class TaskType(Choice):
+    """What a text gets: one label, a set of labels, or a set of label paths (utils/decoding.py)."""
+
+    MULTI_CLASS = "multi-class"
+    MULTI_LABEL = "multi-label"
+    HIERARCHICAL = "hierarchical"
+
+
+class ThresholdSearch(Choice):
+    NONE = "none"
+    GLOBAL = "global"
+    PER_LABEL = "per-label"
+
+
+class HierarchicalDecoding(Choice):
+    CONSISTENT = "consistent"
+    FLAT = "flat"
+
+
 class ExportType(Choice):
     PADDLE = "paddle"
     ONNX = "onnx"
@@ -112,6 +131,26 @@ class ModelArguments(ExportArguments):
     manual_loss: ManualLoss = field(default=ManualLoss.CE, metadata={
         "help": "With --verbalizer manual: ce (cross-entropy over the labels' word log-probabilities, PET style) "
                 "or mlm (the gold word's token-level MLM loss over the whole vocabulary, transformers_tasks style)."})
+    task_type: Optional[TaskType] = field(default=None, metadata={
+        "help": "multi-class (one label per text; default, or the checkpoint's), multi-label (text<TAB>l1,l2: a "
+                "sigmoid per label, BCE) or hierarchical (multi-label over label paths A##B, decoded consistently)."})
+    threshold: Optional[float] = field(default=None, metadata={
+        "help": "Multi-label/hierarchical: a label is predicted when its probability is above this (default 0.5, "
+                "upstream's prob_limit)."})
+    threshold_search: Optional[ThresholdSearch] = field(default=None, metadata={
+        "help": "Multi-label/hierarchical, with --do_train: none (default), global (one threshold maximising dev "
+                "micro-F1) or per-label (each label's own, maximising its dev F1); saved with the model."})
+    hierarchical_decoding: Optional[HierarchicalDecoding] = field(default=None, metadata={
+        "help": "Hierarchical: consistent (default: a child only with its parent) or flat (every label on its own, "
+                "as upstream)."})
+
+    def __post_init__(self):
+        for name, choice in (("task_type", TaskType), ("threshold_search", ThresholdSearch),
+                             ("hierarchical_decoding", HierarchicalDecoding)):
+            if getattr(self, name) is not None:
+                setattr(self, name, choice.from_flag(getattr(self, name), f"--{name}"))
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise UserError(f"must be in (0, 1), got {self.threshold}", "--threshold")
 
 
 @dataclass
@@ -267,3 +306,42 @@ def check_export_dependencies() -> None:
                         "`pip install onnxruntime` (CPU) or `pip install onnxruntime-gpu` (GPU; not both), and "
                         "`pip install -r requirements.txt` for onnx and paddle2onnx", "--do_export")
 
+
+
+MULTI_LABEL_ONLY_FLAGS = ("threshold", "threshold_search", "hierarchical_decoding")
+
+
+def check_task_args(model_args: ModelArguments, training_args, task_type: TaskType) -> None:
+    """The flags that depend on the task type (from --task_type, or the checkpoint's), checked
+    before any data is read: flags that make no sense for it are refused with the reason."""
+    from .training_args import DEFAULT_MULTI_LABEL_METRIC
+
+    given = [f"--{name}" for name in MULTI_LABEL_ONLY_FLAGS if getattr(model_args, name) is not None
+             and not (name == "threshold_search" and model_args.threshold_search == ThresholdSearch.NONE)]
+    metric = (getattr(training_args, "metric_for_best_model", None) or "").replace("eval_", "", 1)
+    if task_type == TaskType.MULTI_CLASS:
+        if given:
+            raise UserError(f"is for --task_type multi-label or hierarchical (a multi-class model predicts its best "
+                            "label, no threshold); add --task_type or drop the flag", given[0])
+        if metric == "micro_f1":
+            raise UserError("micro_f1 is for multi-label tasks (with one label per text it equals accuracy): use "
+                            "accuracy or macro_f1", "--metric_for_best_model")
+        return
+    if task_type == TaskType.MULTI_LABEL and model_args.hierarchical_decoding is not None:
+        raise UserError("is for --task_type hierarchical (label paths A##B); multi-label labels have no parents",
+                        "--hierarchical_decoding")
+    if model_args.method == Method.PTUNING and model_args.verbalizer == VerbalizerKind.MANUAL:
+        raise UserError(f"--verbalizer manual gives label scores that are only comparable with each other (PET: "
+                        f"a softmax over the labels); --task_type {task_type} needs a score per label on its own "
+                        "(a sigmoid each): use --verbalizer soft (the default) or --method finetune", "--verbalizer")
+    if getattr(training_args, "use_rgl", False):
+        raise UserError(f"RGL's label-consistency loss asks whether two examples have the same label; with label "
+                        f"sets (--task_type {task_type}) that is undefined: drop --use_rgl (--use_rdrop works)",
+                        "--use_rgl")
+    if not training_args.do_train:
+        for flag in given:
+            raise UserError("is part of a model being trained (saved with it); a checkpoint is evaluated, "
+                            "predicted and exported with its own thresholds and decoding: add --do_train or drop "
+                            "the flag", flag)
+    if getattr(training_args, "metric_is_default", False) and training_args.metric_for_best_model:
+        training_args.metric_for_best_model = DEFAULT_MULTI_LABEL_METRIC  # exact-match accuracy is a poor guide

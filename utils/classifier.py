@@ -6,6 +6,11 @@
     clf.predict([("text_a", "text_b"), ...], top_k=3)  # pair models
     clf.predict_proba(texts)                           # softmax [len(texts), len(clf.labels)], clf.labels order
 
+A multi-label or hierarchical export (`clf.task_type`, read from its manifest) gives
+`LabelSetPrediction(labels, top_k)` per text: every label above its threshold (`clf.thresholds`;
+hierarchical: decoded consistently unless trained with `--hierarchical_decoding flat`) with its
+sigmoid probability, and `predict_proba` gives the sigmoid probabilities.
+
 Results equal infer.py's on the same texts: same preprocessing, length-sorted batches within the
 same chunks, same ranking. infer.py is the command line over `Classifier.classify_file`.
 """
@@ -18,12 +23,11 @@ from typing import Iterable, List, Optional, Tuple, Union
 import numpy as np
 
 from .errors import UserError
-from .metrics import softmax
 from .predictions import ranked_labels
 from .predictor import CHUNK_SIZE, ExportedClassifier, classify_file, resolve_export_dir
 from .progress import Progress
 
-__all__ = ["Classifier", "Prediction", "default_device", "default_num_threads"]
+__all__ = ["Classifier", "LabelSetPrediction", "Prediction", "default_device", "default_num_threads"]
 
 Text = Union[str, Tuple[str, str]]
 
@@ -55,6 +59,20 @@ class Prediction:
     label: str
     confidence: float
     top_k: List[Tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class LabelSetPrediction:
+    """One text's prediction by a multi-label or hierarchical model: every label above its
+    threshold with its sigmoid probability, most probable first (`[]` when none is), and the
+    `top_k` most probable `(label, probability)` pairs whatever their thresholds."""
+
+    labels: List[Tuple[str, float]]
+    top_k: List[Tuple[str, float]]
+
+    @property
+    def names(self) -> List[str]:
+        return [label for label, _ in self.labels]
 
 
 class Classifier:
@@ -90,6 +108,17 @@ class Classifier:
         return list(self.model.labels)
 
     @property
+    def task_type(self) -> str:
+        """multi-class, multi-label or hierarchical: what the export was trained for (its manifest)."""
+        return self.model.decoder.task_type
+
+    @property
+    def thresholds(self) -> Optional[List[float]]:
+        """Per label, the probability a label must exceed to be predicted (None for multi-class)."""
+        thresholds = self.model.decoder.thresholds
+        return None if thresholds is None else list(thresholds)
+
+    @property
     def pair(self) -> bool:
         """True for a model trained on text pairs: `predict` then takes `(text_a, text_b)` tuples."""
         return "text_b" in self.model.text_keys
@@ -100,8 +129,9 @@ class Classifier:
         return os.path.join(self.export_dir, self.model.model_file)
 
     def __repr__(self) -> str:
+        task = "" if self.task_type == "multi-class" else f", {self.task_type}"
         return (f"Classifier({self.export_dir!r}, model={self.model.model_file!r}, device={self.device!r}, "
-                f"labels={len(self.model.labels)}{', pair' if self.pair else ''})")
+                f"labels={len(self.model.labels)}{task}{', pair' if self.pair else ''})")
 
     def logits(self, texts: Iterable[Text], progress: bool = False) -> np.ndarray:
         """Raw model outputs, float32 `[len(texts), len(labels)]`, rows in input order. `progress`:
@@ -118,18 +148,34 @@ class Classifier:
         return out
 
     def predict_proba(self, texts: Iterable[Text], progress: bool = False) -> np.ndarray:
-        """Softmax probabilities, `[len(texts), len(labels)]`, columns in `labels` order."""
-        return softmax(self.logits(texts, progress=progress))
+        """Probabilities, `[len(texts), len(labels)]`, columns in `labels` order: softmax, or one
+        sigmoid per label for multi-label and hierarchical models."""
+        return self.model.decoder.probabilities(self.logits(texts, progress=progress))
 
-    def predict(self, texts: Iterable[Text], top_k: int = 1, progress: bool = False) -> List[Prediction]:
-        """One `Prediction` per text, in input order (`[]` for no texts). `texts`: strings, or
-        `(text_a, text_b)` tuples for a pair model. `top_k`: how many labels each `Prediction.top_k`
-        lists (at most all of them)."""
+    def predict(self, texts: Iterable[Text], top_k: int = 1, progress: bool = False,
+                threshold: Optional[float] = None) -> List[Union[Prediction, LabelSetPrediction]]:
+        """One `Prediction` per text (`LabelSetPrediction` for multi-label and hierarchical models),
+        in input order (`[]` for no texts). `texts`: strings, or `(text_a, text_b)` tuples for a pair
+        model. `top_k`: how many labels each `top_k` lists (at most all of them). `threshold`
+        (multi-label only): one threshold for every label instead of the model's."""
         check_positive(top_k, "top_k")
+        decoder = self.model.decoder
+        if threshold is not None:
+            if not decoder.multi_label:
+                raise UserError("is for multi-label and hierarchical models; a multi-class model predicts its best "
+                                "label", "threshold")
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+                raise UserError(f"must be a number in [0, 1], got {threshold!r}", "threshold")
         probs = self.predict_proba(texts, progress=progress)
         labels = self.model.labels
+        ranked = ranked_labels(probs, len(labels) if decoder.multi_label else min(top_k, len(labels)))
+        if decoder.multi_label:
+            decided = decoder.decide(probs, thresholds=threshold)
+            return [LabelSetPrediction([(labels[j], float(row[j])) for j in order if chosen[j]],
+                                       [(labels[j], float(row[j])) for j in order[:top_k]])
+                    for row, order, chosen in zip(probs, ranked, decided)]
         return [Prediction(labels[best[0]], float(row[best[0]]), [(labels[j], float(row[j])) for j in best])
-                for row, best in zip(probs, ranked_labels(probs, min(top_k, len(labels))))]
+                for row, best in zip(probs, ranked)]
 
     def classify_file(self, input_path: str, output_path: str, top_k: int = 1, sort_by_length: bool = True,
                       progress: Optional[bool] = None, chunk_size: Optional[int] = None) -> dict:

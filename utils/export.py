@@ -17,7 +17,8 @@ token_type_ids, position_ids, soft_token_ids (int64, [batch, sequence]).
 
 Before anything is published, a parity gate compares the dynamic-graph model (unfolded), Paddle
 Inference on the static graph and onnxruntime on model.onnx on a sample batch; the export fails
-with the numbers unless max |Δlogits| <= tolerance and every argmax agrees. The directory is
+with the numbers unless max |Δlogits| <= tolerance and every argmax agrees (multi-label and
+hierarchical models: max |Δ| of the sigmoid probabilities, and every predicted label set). The directory is
 built beside the target and renamed into place, so a failed export leaves nothing half-written.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ import paddle
 
 from .args import ExportType, Quantize
 from .console import quiet_native_output
+from .decoding import Decoder
 from .errors import UserError
 from .files import atomic_directory, sha256_file, write_json_atomic
 from .modeling import rebuild_from_checkpoint
@@ -172,15 +174,16 @@ def quantize_int8(directory: str) -> str:
     return path
 
 
-def int8_check(directory: str, feed: Dict[str, np.ndarray], fp32_logits: np.ndarray) -> dict:
+def int8_check(directory: str, feed: Dict[str, np.ndarray], fp32_logits: np.ndarray,
+               decoder: Optional[Decoder] = None) -> dict:
     """int8 vs fp32 ONNX on the sample batch. Reported, not gated: quantization moves logits by
     design, and on an untrained model near-ties flip; measure agreement on real data."""
     int8_logits = onnxruntime_logits(os.path.join(directory, ONNX_INT8_FILE), feed)
-    result = _compare("onnxruntime int8", fp32_logits, int8_logits, float("inf"))
+    result = _compare("onnxruntime int8", fp32_logits, int8_logits, float("inf"), decoder)
     result.pop("tolerance")
     result.pop("passed")
-    if result["argmax_agreement"] < 0.99:
-        logger.warning("int8 model agrees with fp32 on %.1f%% of the sample batch", 100 * result["argmax_agreement"])
+    if result["agreement"] < 0.99:
+        logger.warning("int8 model agrees with fp32 on %.1f%% of the sample batch", 100 * result["agreement"])
     return result
 
 
@@ -215,15 +218,34 @@ def sample_examples(examples: Optional[List[dict]], keys, max_seq_length: int, l
     return [{k: v for k, v in e.items() if k in keys} for e in chosen]
 
 
-def _compare(name: str, reference: np.ndarray, other: np.ndarray, tolerance: float) -> dict:
+def _compare(name: str, reference: np.ndarray, other: np.ndarray, tolerance: float,
+             decoder: Optional[Decoder] = None) -> dict:
+    """Logits and argmax (multi-class), or sigmoid probabilities and predicted label sets (multi-label)."""
+    if decoder is not None and decoder.multi_label:
+        ref_probs, other_probs = decoder.probabilities(reference), decoder.probabilities(other)
+        diff = float(np.abs(ref_probs - other_probs).max())
+        agree = float((decoder.decide(ref_probs) == decoder.decide(other_probs)).all(axis=1).mean())
+        return {"backend": name, "compared": "sigmoid probabilities", "max_abs_diff": diff,
+                "max_abs_logit_diff": float(np.abs(reference - other).max()), "agreement": agree,
+                "label_set_agreement": agree, "tolerance": tolerance,
+                "passed": bool(diff <= tolerance and agree == 1.0)}
     diff = float(np.abs(reference - other).max())
     agree = float((reference.argmax(-1) == other.argmax(-1)).mean())
-    return {"backend": name, "max_abs_diff": diff, "argmax_agreement": agree, "tolerance": tolerance,
-            "passed": bool(diff <= tolerance and agree == 1.0)}
+    return {"backend": name, "compared": "logits", "max_abs_diff": diff, "agreement": agree, "argmax_agreement": agree,
+            "tolerance": tolerance, "passed": bool(diff <= tolerance and agree == 1.0)}
+
+
+def describe_result(result: dict) -> str:
+    """One result of the gate in words, e.g. for its error message and export.py's output."""
+    agreement = "label-set" if "label_set_agreement" in result else "argmax"
+    limit = f", limit {result['tolerance']:g}" if "tolerance" in result else ""
+    return (f"{result['backend']}: max |Δ| {result['max_abs_diff']:.3g} ({result.get('compared', 'logits')}{limit}), "
+            f"{agreement} agreement {result['agreement']:.3f}")
 
 
 def parity_gate(model, directory: str, files: Dict[str, str], examples: List[dict], feed: Dict[str, np.ndarray],
-                onnx_logits: np.ndarray, tolerance: float = DEFAULT_TOLERANCE) -> dict:
+                onnx_logits: np.ndarray, tolerance: float = DEFAULT_TOLERANCE,
+                decoder: Optional[Decoder] = None) -> dict:
     """Dynamic graph vs Paddle Inference vs onnxruntime on one batch; raise `ExportError` on mismatch.
 
     `feed` is infer.py's preprocessing of `examples`, `onnx_logits` model.onnx's output on it.
@@ -240,28 +262,28 @@ def parity_gate(model, directory: str, files: Dict[str, str], examples: List[dic
     dynamic_inputs = {k: paddle.to_tensor(v) for k, v in batch.items() if k != "labels"}
     with paddle.no_grad():
         reference = model(**dynamic_inputs).numpy()
-    results = [_compare("paddle_inference", reference, paddle_inference_logits(directory, files, feed), tolerance),
-               _compare("onnxruntime", reference, onnx_logits, tolerance)]
+    results = [_compare("paddle_inference", reference, paddle_inference_logits(directory, files, feed), tolerance,
+                        decoder),
+               _compare("onnxruntime", reference, onnx_logits, tolerance, decoder)]
     report = {"sample_size": len(examples), "reference": "dynamic graph, unfolded prompt encoder",
               "results": results, "passed": all(r["passed"] for r in results)}
     if not report["passed"]:
-        numbers = "; ".join(f"{r['backend']}: max |Δ| {r['max_abs_diff']:.3g} (limit {tolerance:g}), "
-                            f"argmax agreement {r['argmax_agreement']:.3f}" for r in results)
+        numbers = "; ".join(describe_result(r) for r in results)
         raise ExportError(f"parity gate failed, the export does not reproduce the trained model: {numbers}",
                           directory)
     return report
 
 
-def fp16_check(directory: str, feed: Dict[str, np.ndarray], fp32_logits: np.ndarray) -> dict:
+def fp16_check(directory: str, feed: Dict[str, np.ndarray], fp32_logits: np.ndarray,
+               decoder: Optional[Decoder] = None) -> dict:
     try:
         fp16 = onnxruntime_logits(os.path.join(directory, ONNX_FP16_FILE), feed)
     except Exception as exc:  # some CPU builds lack fp16 kernels; the model targets onnxruntime-gpu
         return {"backend": "onnxruntime fp16 (CPU)", "checked": False, "reason": f"{type(exc).__name__}: {exc}"}
-    result = _compare("onnxruntime fp16 (CPU)", fp32_logits, fp16, FP16_TOLERANCE)
+    result = _compare("onnxruntime fp16 (CPU)", fp32_logits, fp16, FP16_TOLERANCE, decoder)
     result["checked"] = True
     if not result["passed"]:
-        raise ExportError(f"fp16 model disagrees with fp32: max |Δ| {result['max_abs_diff']:.3g}, "
-                          f"argmax agreement {result['argmax_agreement']:.3f}", directory)
+        raise ExportError(f"fp16 model disagrees with fp32: {describe_result(result)}", directory)
     return result
 
 
@@ -314,8 +336,8 @@ def _export(checkpoint_dir, output_dir, examples, export_type, export_fp16, over
         preprocessor = PromptPreprocessor.from_export(directory)
         feed = preprocessor.pad(preprocessor.encode(examples))
         onnx_logits = onnxruntime_logits(os.path.join(directory, ONNX_FILE), feed)
-        parity = parity_gate(model, directory, files, examples, feed, onnx_logits, tolerance)
-        parity.update(write_variants(directory, feed, onnx_logits, export_fp16, quantize))
+        parity = parity_gate(model, directory, files, examples, feed, onnx_logits, tolerance, spec.decoder)
+        parity.update(write_variants(directory, feed, onnx_logits, export_fp16, quantize, spec.decoder))
         if export_type == ExportType.ONNX.value:
             for name in files.values():
                 os.remove(os.path.join(directory, name))
@@ -346,17 +368,18 @@ def write_preprocessing(model, tokenizer, spec, directory: str) -> None:
         {"id": i, "label": label, "word": word} for i, (label, word) in enumerate(zip(spec.labels, spec.label_words))])
 
 
-def write_variants(directory: str, feed, fp32_logits, fp16: bool, int8: bool) -> dict:
+def write_variants(directory: str, feed, fp32_logits, fp16: bool, int8: bool,
+                   decoder: Optional[Decoder] = None) -> dict:
     """model_fp16.onnx / model_int8.onnx, each checked against the fp32 model on the sample batch."""
     checks = {}
     if fp16:
         with quiet_native_output("the fp16 conversion"):
             convert_to_fp16(directory)
-        checks["fp16"] = fp16_check(directory, feed, fp32_logits)
+        checks["fp16"] = fp16_check(directory, feed, fp32_logits, decoder)
     if int8:
         with quiet_native_output("onnxruntime quantization"):
             quantize_int8(directory)
-        checks["int8"] = int8_check(directory, feed, fp32_logits)
+        checks["int8"] = int8_check(directory, feed, fp32_logits, decoder)
     return checks
 
 
@@ -374,8 +397,10 @@ def write_manifest(directory: str, spec, checkpoint_dir: str, export_type: str, 
                  "int8": ONNX_INT8_FILE if int8 else None, "opset": opset},
         "paddle": files or None,
         "method": spec.method.value,
-        "verbalizer": spec.to_dict()["verbalizer"],
+        "verbalizer": spec.verbalizer,
         "head": spec.head,
+        **spec.decoder.describe(),  # task_type, thresholds, hierarchical_decoding: how infer.py decodes
+        "threshold_search": spec.threshold_search if spec.decoder.multi_label else None,
         "prompt_encoder_folded": True,
         "max_seq_length": spec.max_seq_length,
         "template": spec.template,

@@ -76,6 +76,18 @@ def read_manifest(export_dir: str) -> dict:
     return manifest
 
 
+def read_decoder(export_dir: str, manifest: dict, labels: List[str]):
+    """How the export's logits become labels: task type, thresholds, hierarchical decoding as the
+    manifest records them (exports older than task types are multi-class)."""
+    from .decoding import Decoder
+
+    try:
+        return Decoder.from_manifest(manifest, labels)
+    except ValueError as exc:
+        raise UserError(f"{exc} (corrupt, or not written by export.py); {AGAIN}",
+                        os.path.join(export_dir, MANIFEST_FILE)) from None
+
+
 def check_file(export_dir: str, manifest: dict, name: str) -> str:
     """The path of `name`, which must be listed in the manifest, exist and have the recorded size."""
     path = os.path.join(export_dir, name)

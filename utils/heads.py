@@ -3,6 +3,9 @@
     soft     SoftVerbalizer: one [MASK]; a label-word-initialised head on the MLM head's states (WARP).
     manual   label words read token by token at as many [MASK]s by ERNIE's MLM head (PET).
     cls      the fine-tuning baseline: the [CLS] sequence classifier, no mask, no verbalizer.
+    soft-multi-label, cls-multi-label
+             the same scores with one sigmoid per label and BCE loss (upstream's multi_label and
+             hierarchical few-shot apps): --task_type multi-label / hierarchical.
 
 A `Head` knows how many masks the template must hold, which PLM head to load, how to build its
 verbalizer, its loss, and how to score inputs both in training (`forward`) and in the exported
@@ -31,6 +34,8 @@ class Head:
     method = "ptuning"              # the --method this head belongs to
     has_prompt_parameters = True    # False: --freeze_plm would leave nothing to train
     options: Dict[str, tuple] = {}  # option name -> allowed values (first: default), saved in the model spec
+    verbalizer: Optional[str] = None  # the --verbalizer value that selects it (None: --method finetune)
+    multi_label = False             # True: one sigmoid per label, BCE loss, multi-hot float labels
 
     def masks(self, label_set: LabelSet, tokenizer) -> int:
         """[MASK] tokens the template must hold (checked against the template before any model loads)."""
@@ -58,6 +63,7 @@ class Head:
 
 class SoftHead(Head):
     name = "soft"
+    verbalizer = "soft"
 
     def create(self, label_set, tokenizer, plm, options):
         from paddlenlp.prompt import SoftVerbalizer
@@ -98,6 +104,7 @@ def label_word_token_count(label_set: LabelSet, tokenizer) -> int:
 
 class ManualHead(Head):
     name = "manual"
+    verbalizer = "manual"
     options = {"loss": ("ce", "mlm")}
 
     def masks(self, label_set, tokenizer) -> int:
@@ -142,7 +149,39 @@ class ManualHead(Head):
         return model.verbalizer.label_scores(model.plm, plm_inputs, mask_positions())[0]  # as in training
 
 
-HEADS: Dict[str, Head] = {head.name: head for head in (SoftHead(), ManualHead(), ClassifierHead())}
+class BCEWithLogits(paddle.nn.Layer):
+    """Mean binary cross-entropy over every (example, label) with float multi-hot targets."""
+
+    def forward(self, logits, labels):
+        return F.binary_cross_entropy_with_logits(logits, labels.astype(logits.dtype))
+
+
+MULTI_LABEL_SUFFIX = "-multi-label"
+
+
+class MultiLabelSoftHead(SoftHead):
+    """The SoftVerbalizer's label-word-initialised head, read as one sigmoid per label (upstream's
+    multi_label few-shot app: SoftVerbalizer + BCEWithLogitsLoss). Scores and export as `soft`."""
+
+    name = SoftHead.name + MULTI_LABEL_SUFFIX
+    multi_label = True
+
+    def loss(self, model, options):
+        return BCEWithLogits()
+
+
+class MultiLabelClassifierHead(ClassifierHead):
+    """The [CLS] baseline with one sigmoid per label (upstream's multi-label fine-tuning)."""
+
+    name = ClassifierHead.name + MULTI_LABEL_SUFFIX
+    multi_label = True
+
+    def loss(self, model, options):
+        return BCEWithLogits()
+
+
+HEADS: Dict[str, Head] = {head.name: head for head in (SoftHead(), ManualHead(), ClassifierHead(),
+                                                       MultiLabelSoftHead(), MultiLabelClassifierHead())}
 
 
 def get_head(name: Optional[str]) -> Head:
@@ -151,9 +190,10 @@ def get_head(name: Optional[str]) -> Head:
     return HEADS[name]
 
 
-def head_name(method: str, verbalizer: Optional[str]) -> str:
-    """The registry name for the flags `--method` and `--verbalizer`."""
-    return ClassifierHead.name if str(method) == ClassifierHead.method else str(verbalizer)
+def head_name(method: str, verbalizer: Optional[str], task_type: str = "multi-class") -> str:
+    """The registry name for the flags `--method`, `--verbalizer` and `--task_type`."""
+    base = ClassifierHead.name if str(method) == ClassifierHead.method else str(verbalizer)
+    return base if str(task_type) == "multi-class" else base + MULTI_LABEL_SUFFIX
 
 
 class MultiMaskVerbalizer(MaskedLMVerbalizer):

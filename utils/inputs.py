@@ -3,7 +3,8 @@
 Layouts: `text`, or `text_a<TAB>text_b` for pair models; either may carry a trailing gold label
 column (the test.txt layout). The first line decides: a trailing column counts as a gold label
 only when it is one of the model's labels. Every later line must have the same layout; a line that
-does not is a `file:line` error.
+does not is a `file:line` error. For multi-label and hierarchical models the gold column lists
+labels separated by commas (`l1,l2`), each one of the model's.
 """
 from __future__ import annotations
 
@@ -11,12 +12,10 @@ import itertools
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from .data import describe_tabs, parse_line
+from .decoding import LABEL_SEPARATOR, MULTI_CLASS
 from .errors import UserError
 from .files import iter_text_lines
-
-
-def known_labels(labels: Sequence[str], limit: int = 20) -> str:
-    return ", ".join(labels[:limit]) + (" ..." if len(labels) > limit else "")
+from .labels import known_labels, parse_label_field
 
 
 class InputFile:
@@ -26,11 +25,13 @@ class InputFile:
     order; `gold` is the list of gold label names, or None when the file has none.
     """
 
-    def __init__(self, path: str, pair: bool, labels: Sequence[str]):
+    def __init__(self, path: str, pair: bool, labels: Sequence[str], task_type: str = MULTI_CLASS):
         self.path = path
         self.pair = pair
         self.labels = list(labels)
+        self.task_type = task_type
         self._label_set = set(self.labels)
+        self._label_to_id = {label: i for i, label in enumerate(self.labels)}
         self._lines = iter_text_lines(path, what="input file")
         try:
             self._first = next(self._lines, None)
@@ -55,11 +56,18 @@ class InputFile:
                 example = parse_line(line, self.path, number, labelled=True, pair=self.pair)
             except UserError:
                 raise unlabelled_error from None
-            if example["label"] not in self._label_set:
+            if not self._is_gold(example["label"]):
+                what = ("lists only the model's labels, separated by commas" if self.task_type != MULTI_CLASS
+                        else "is one of the model's labels")
                 raise UserError(f"{unlabelled_error.message} (a last column counts as a gold label only if it "
-                                f"is one of the model's labels: {known_labels(self.labels)})",
-                                self.path, number) from None
+                                f"{what}: {known_labels(self.labels)})", self.path, number) from None
             return True
+
+    def _is_gold(self, text: str) -> bool:
+        if self.task_type == MULTI_CLASS:
+            return text in self._label_set
+        parts = [part.strip() for part in text.split(LABEL_SEPARATOR)]
+        return bool(text) and all(part in self._label_set for part in parts)
 
     def parse(self, number: int, line: str) -> Tuple[dict, Optional[str]]:
         """One line in the file's layout -> `(example, gold label or None)`."""
@@ -71,6 +79,10 @@ class InputFile:
         if not self.has_gold:
             return example, None
         gold = example.pop("label")
+        if self.task_type != MULTI_CLASS:
+            # file:line errors; then the labels in output order, ancestors included, as train.py writes them
+            vector = parse_label_field(gold, self._label_to_id, self.path, number, self.task_type)
+            return example, LABEL_SEPARATOR.join(label for label, on in zip(self.labels, vector) if on)
         if gold not in self._label_set:
             raise UserError(f"gold label {gold!r} is not one of the model's labels ({known_labels(self.labels)}); "
                             f"line {self.first_line} has a gold label column, so every line needs one",

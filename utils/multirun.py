@@ -35,11 +35,13 @@ logger = logging.getLogger(__name__)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(ROOT, "train.py")
 DEFAULT_SEED = 42
-# (results file, metric) in table order; headers are the Markdown column names.
-METRICS = (("eval_results.json", "eval_accuracy"), ("eval_results.json", "eval_macro_f1"),
-           ("test_results.json", "test_accuracy"), ("test_results.json", "test_macro_f1"))
-HEADERS = {"eval_accuracy": "dev acc", "eval_macro_f1": "dev macro-F1",
-           "test_accuracy": "test acc", "test_macro_f1": "test macro-F1"}
+# (results file, metric) in table order; headers are the Markdown column names. micro-F1 is written
+# by multi-label and hierarchical runs only (whose accuracy is exact-match accuracy).
+METRICS = (("eval_results.json", "eval_accuracy"), ("eval_results.json", "eval_micro_f1"),
+           ("eval_results.json", "eval_macro_f1"), ("test_results.json", "test_accuracy"),
+           ("test_results.json", "test_micro_f1"), ("test_results.json", "test_macro_f1"))
+HEADERS = {"eval_accuracy": "dev acc", "eval_micro_f1": "dev micro-F1", "eval_macro_f1": "dev macro-F1",
+           "test_accuracy": "test acc", "test_micro_f1": "test micro-F1", "test_macro_f1": "test macro-F1"}
 SET_PER_RUN = ("--output_dir", "--seed")
 SPLIT_FILES = {"train.txt": "train_{}.txt", "dev.txt": "dev_{}.txt"}
 TASK_FILES = {"label.txt": True, "test.txt": False, "data.txt": False}  # name: required

@@ -11,12 +11,13 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import UserError
-from .export_files import BackgroundSha256, check_file, read_labels, read_manifest, resolve_export_dir, verify_file
+from .decoding import Decoder
+from .export_files import (BackgroundSha256, check_file, read_decoder, read_labels, read_manifest, resolve_export_dir,
+                           verify_file)
 from .export_format import INPUT_NAMES, LABELS_FILE, PREPROCESS_FILE
 from .files import count_lines
 from .inputs import InputFile
-from .metrics import softmax
-from .predictions import PredictionSummary, PredictionWriter
+from .predictions import PredictionWriter, prediction_summary
 from .preprocess import PromptPreprocessor, read_config
 from .progress import Progress
 
@@ -100,6 +101,7 @@ class ExportedClassifier:
             config = read_config(export_dir)
             verify_file(export_dir, self.manifest, config["tokenizer"]["vocab_file"])
             self.labels = read_labels(export_dir)
+            self.decoder = read_decoder(export_dir, self.manifest, self.labels)
             self.preprocessor = PromptPreprocessor(config, export_dir, max_seq_length)
             self.session = create_session(model_path, device, device_id, num_threads)
         except UserError:
@@ -172,19 +174,23 @@ class ExportedClassifier:
 def classify_stream(input_path: str, output_path: str, labels: Sequence[str], pair: bool,
                     classify_chunks: Callable[..., Iterator[Tuple[List[dict], Optional[List[str]], np.ndarray]]],
                     top_k: int = 1, chunk_size: Optional[int] = None, progress: Optional[bool] = None,
-                    batch_size: int = 32) -> Dict:
+                    batch_size: int = 32, decoder: Optional[Decoder] = None) -> Dict:
     """The streamed file path, wherever the model runs: read `input_path` in chunks of `chunk_size`
     lines (default CHUNK_SIZE; utils/inputs.py checks every line), let `classify_chunks(chunks,
     on_texts)` yield each chunk back as `(examples, gold, probs)` in input order (calling
     `on_texts(n)` as texts are done), write the prediction file (renamed into place only when
-    complete) and return its summary. Local: `classify_file`; on a Ray cluster: utils/ray_infer.py."""
+    complete) and return its summary. Local: `classify_file`; on a Ray cluster: utils/ray_infer.py.
+    `decoder`: the export's (multi-label exports write label sets; default multi-class), the
+    probabilities are its `probabilities(logits)`."""
     start = time.perf_counter()
-    inputs = InputFile(input_path, pair=pair, labels=labels)
-    summary = PredictionSummary(labels)
+    task_type = decoder.task_type if decoder is not None else "multi-class"
+    inputs = InputFile(input_path, pair=pair, labels=labels, task_type=task_type)
+    summary = prediction_summary(labels, decoder)
     total = count_lines(input_path)  # blank lines included: an estimate the bar corrects at the end
     show = progress if progress is not None else total > batch_size
     with Progress(total, enabled=show) as bar, \
-            PredictionWriter(output_path, labels, top_k=top_k, pair=inputs.pair, with_gold=inputs.has_gold) as writer:
+            PredictionWriter(output_path, labels, top_k=top_k, pair=inputs.pair, with_gold=inputs.has_gold,
+                             decoder=decoder) as writer:
         for examples, gold, probs in classify_chunks(inputs.chunks(chunk_size or CHUNK_SIZE), bar.update):
             writer.write(examples, probs, gold)
             summary.update(probs, gold)
@@ -207,14 +213,14 @@ def classify_file(classifier: ExportedClassifier, input_path: str, output_path: 
     output appears (by rename) only when every line was classified. Returns the summary."""
     def classify_chunks(chunks, on_texts):
         for examples, gold in chunks:
-            probs = softmax(classifier.logits(examples, batch_size=batch_size, sort_by_length=sort_by_length,
-                                              progress=False, on_batch=on_texts))
+            probs = classifier.decoder.probabilities(classifier.logits(
+                examples, batch_size=batch_size, sort_by_length=sort_by_length, progress=False, on_batch=on_texts))
             yield examples, gold, probs
             del examples, gold, probs  # before the next chunk is read
 
     result = classify_stream(input_path, output_path, classifier.labels, "text_b" in classifier.text_keys,
                              classify_chunks, top_k=top_k, chunk_size=chunk_size, progress=progress,
-                             batch_size=batch_size)
+                             batch_size=batch_size, decoder=classifier.decoder)
     if classifier.first_prediction_time is not None:
         result["first_prediction_seconds"] = seconds_since_process_start(classifier.first_prediction_time)
     return result

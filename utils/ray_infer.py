@@ -25,9 +25,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .errors import UserError
-from .export_files import read_manifest, resolve_export_dir, verify_file
+from .export_files import read_decoder, read_manifest, resolve_export_dir, verify_file
 from .export_format import LABELS_FILE, MANIFEST_FILE, PREPROCESS_FILE
-from .metrics import softmax
 from .predictor import classify_stream, pick_model_file, seconds_since_process_start
 from .preprocess import read_config
 
@@ -195,12 +194,13 @@ class BlockWorker:
         return {"worker_rss_mb": round(memory.rss / 2 ** 20), "worker_uss_mb": round(memory.uss / 2 ** 20)}
 
     def classify(self, examples: List[dict]):
-        """`(softmax probabilities, the node that computed them)`, as a local run computes a chunk."""
+        """`(probabilities, the node that computed them)`, as a local run computes a chunk (softmax, or
+        sigmoids for a multi-label export)."""
         import ray
 
         logits = self.classifier.model.logits(examples, batch_size=self.classifier.batch_size,
                                               sort_by_length=self.sort_by_length, progress=False)
-        return softmax(logits), ray.get_runtime_context().get_node_id()
+        return self.classifier.model.decoder.probabilities(logits), ray.get_runtime_context().get_node_id()
 
 
 def plan_workers(ray, device: Optional[str], num_threads: Optional[int]):
@@ -330,7 +330,8 @@ def classify_file_on_ray(address: str, model_path: str, input_path: str, output_
                                                  for info in infos}}
         summary = classify_stream(input_path, output_path, infos[0]["labels"], infos[0]["pair"],
                                   classify_on_workers(ray, workers, infos, stats), top_k=top_k,
-                                  chunk_size=chunk_size, progress=progress, batch_size=batch_size)
+                                  chunk_size=chunk_size, progress=progress, batch_size=batch_size,
+                                  decoder=read_decoder(export_dir, manifest, infos[0]["labels"]))
         try:  # a report, not a result: never worth failing the run for
             for info, memory in zip(infos, ray.get([w.memory_mb.remote() for w in workers], timeout=60)):
                 stats["nodes"][info["node_id"]].update(memory)

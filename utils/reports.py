@@ -65,6 +65,133 @@ def write_classification_report(output_dir: str, prefix: str, gold: Sequence[int
     return report
 
 
+def write_multilabel_report(output_dir: str, prefix: str, gold: np.ndarray, predicted: np.ndarray,
+                            labels: Sequence[str], levels: Optional[Sequence[int]] = None) -> dict:
+    """The multi-label (and hierarchical) counterpart of `write_classification_report`: one row per
+    label everywhere, so the files stay readable at hundreds of labels (no n x n matrix).
+
+    `{prefix}_report.json/.txt`        sklearn's per-label precision/recall/F1/support with micro, macro,
+                                       weighted and samples averages, exact-match accuracy, hamming loss,
+                                       and per level for hierarchical labels (`levels`: each label's depth)
+    `{prefix}_confusion_matrix.csv`    per label: support, predicted, TP, FP, FN, TN, precision, recall, F1
+                                       (sklearn's multilabel_confusion_matrix, one 2 x 2 matrix per label)
+    `{prefix}_top_confusions.csv`      missed gold label -> wrongly predicted label, in the same text, by count
+    `{prefix}_confusion_matrix.png`    fixed size: the labels with the lowest F1, and the top confusions
+    """
+    from sklearn.metrics import classification_report, multilabel_confusion_matrix
+
+    from .metrics import multilabel_metrics
+
+    gold = np.asarray(gold, dtype=bool)
+    predicted = np.asarray(predicted, dtype=bool)
+    if gold.shape != predicted.shape or gold.ndim != 2 or gold.shape[1] != len(labels):
+        raise ValueError(f"gold {gold.shape} and predicted {predicted.shape} must both be [texts, {len(labels)}]")
+    if not len(gold):
+        raise ValueError("no examples to report on")
+    names = list(labels)
+    report = classification_report(gold, predicted, target_names=names, output_dict=True, zero_division=0)
+    text = classification_report(gold, predicted, target_names=names, digits=4, zero_division=0)
+    overall = multilabel_metrics(gold, predicted, levels)
+    report["exact_match_accuracy"] = overall["accuracy"]
+    report["hamming_loss"] = overall["hamming_loss"]
+    text += f"\nexact-match accuracy {overall['accuracy']:.4f}, hamming loss {overall['hamming_loss']:.4f}\n"
+    if levels is not None:
+        report["levels"] = {}
+        for level in sorted(set(levels)):
+            entry = {k: overall[f"level_{level}_{k}"] for k in ("micro_f1", "macro_f1")}
+            entry["labels"] = int(sum(1 for d in levels if d == level))
+            report["levels"][str(level)] = entry
+            text += (f"level {level} ({entry['labels']} labels): micro-F1 {entry['micro_f1']:.4f}, "
+                     f"macro-F1 {entry['macro_f1']:.4f}\n")
+    matrices = multilabel_confusion_matrix(gold, predicted)  # [labels, 2, 2]: [[TN, FP], [FN, TP]]
+    path = os.path.join(output_dir, prefix)
+    write_json_atomic(f"{path}_report.json", report)
+    write_text_atomic(f"{path}_report.txt", text)
+    write_text_atomic(f"{path}_confusion_matrix.csv", label_confusion_csv(matrices, names))
+    pairs = label_set_confusions(gold, predicted)
+    write_text_atomic(f"{path}_top_confusions.csv", label_set_confusions_csv(pairs, gold.sum(axis=0), names))
+    png = f"{path}_confusion_matrix.png"
+    try:
+        plot_label_set_summary(matrices, pairs, gold.sum(axis=0), names, png)
+    except Exception as exc:  # as for the multi-class figure: never end a run over a picture
+        logger.warning("could not draw %s (%s: %s); the CSV, JSON and TXT reports are complete",
+                       png, type(exc).__name__, exc)
+    return report
+
+
+def _prf(tp, fp, fn) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    tp, fp, fn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, fn))
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0)
+    recall = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=tp + fn > 0)
+    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=2 * tp + fp + fn > 0)
+    return precision, recall, f1
+
+
+def label_confusion_csv(matrices: np.ndarray, labels: Sequence[str]) -> str:
+    """CSV text, one row per label: `label,support,predicted,tp,fp,fn,tn,precision,recall,f1`."""
+    tn, fp, fn, tp = (matrices[:, i, j] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    precision, recall, f1 = _prf(tp, fp, fn)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["label", "support", "predicted", "tp", "fp", "fn", "tn", "precision", "recall", "f1"])
+    for i, label in enumerate(labels):
+        writer.writerow([label, int(tp[i] + fn[i]), int(tp[i] + fp[i]), int(tp[i]), int(fp[i]), int(fn[i]),
+                         int(tn[i]), f"{precision[i]:.4f}", f"{recall[i]:.4f}", f"{f1[i]:.4f}"])
+    return buffer.getvalue()
+
+
+def label_set_confusions(gold: np.ndarray, predicted: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(missed ids, wrongly predicted ids, counts)`: how often a text's gold label was missed while
+    another label was predicted that it does not have, most frequent first (ties: ids). Computed
+    as a labels x labels product of two sparse indicator matrices; only non-zero pairs are kept."""
+    missed = (gold & ~predicted).astype(np.int64)
+    wrong = (predicted & ~gold).astype(np.int64)
+    counts = missed.T @ wrong  # [missed label, wrong label]
+    rows, cols = np.nonzero(counts)
+    values = counts[rows, cols]
+    order = np.lexsort((cols, rows, -values))
+    return rows[order], cols[order], values[order]
+
+
+def label_set_confusions_csv(pairs, support: np.ndarray, labels: Sequence[str]) -> str:
+    """CSV text: `missed,predicted_instead,count,share_of_gold`, most frequent first."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["missed", "predicted_instead", "count", "share_of_gold"])
+    for missed, wrong, count in zip(*pairs):
+        writer.writerow([labels[missed], labels[wrong], int(count), f"{count / max(support[missed], 1):.4f}"])
+    return buffer.getvalue()
+
+
+def plot_label_set_summary(matrices: np.ndarray, pairs, support: np.ndarray, labels: Sequence[str],
+                           png_path: str):
+    """A figure of fixed size whatever the label count: per-label F1 (every label up to
+    ANNOTATED_MAX_LABELS, else the TOP_K lowest) and the TOP_K most frequent confusions."""
+    tn, fp, fn, tp = (matrices[:, i, j] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    _, recall, f1 = _prf(tp, fp, fn)
+    n = len(labels)
+    with _plot_context(labels, png_path):
+        fig = _new_figure(MANY_LABELS_FIGSIZE)
+        micro = 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1)
+        fig.suptitle(f"{n} labels, {int(support.sum())} gold labels, micro-F1 {micro:.4f}, macro-F1 {f1.mean():.4f}")
+        grid = fig.add_gridspec(1, 2)
+        present = np.arange(n)
+        shown = present if n <= ANNOTATED_MAX_LABELS else present[np.lexsort((-support, f1))][:TOP_K]
+        if n > ANNOTATED_MAX_LABELS:
+            shown = shown[np.argsort(f1[shown], kind="stable")]
+        _bars(fig.add_subplot(grid[0, 0]), [_shorten(labels[i]) for i in shown], f1[shown],
+              [f"{f1[i]:.2f} (n={int(support[i])}, recall {recall[i]:.2f})" for i in shown],
+              "F1 per label" if n <= ANNOTATED_MAX_LABELS else f"{len(shown)} labels with the lowest F1",
+              "F1", "no labels", limit=1.0)
+        missed, wrong, counts = (x[:TOP_K] for x in pairs)
+        _bars(fig.add_subplot(grid[0, 1]), [f"{_shorten(labels[m])} → {_shorten(labels[w])}"
+                                            for m, w in zip(missed, wrong)], counts,
+              [f"{c} ({c / max(support[m], 1):.0%} of gold)" for m, c in zip(missed, counts)],
+              f"top {len(counts)} confusions (missed → predicted instead)", "texts", "no confusions")
+        _save_png(fig, png_path)
+    return fig
+
+
 def _check_ids(gold: Sequence[int], predicted: Sequence[int], num_labels: int) -> Tuple[np.ndarray, np.ndarray]:
     gold = np.asarray(gold, dtype=np.int64).reshape(-1)
     predicted = np.asarray(predicted, dtype=np.int64).reshape(-1)
@@ -210,13 +337,14 @@ def _bars(ax, names: List[str], values, notes: List[str], title: str, xlabel: st
 
 def curve_series(log_history: Sequence[dict],
                  metric: str = "eval_accuracy") -> Dict[str, Tuple[List[int], List[float]]]:
-    """`{name: (steps, values)}` for `loss`, `eval_loss`, `metric` and `eval_macro_f1`, where logged.
+    """`{name: (steps, values)}` for `loss`, `eval_loss`, `metric`, `eval_macro_f1` and `eval_micro_f1`,
+    where logged.
 
     Training entries carry `loss`; evaluation entries `eval_loss` and the `eval_*` metrics; the
     closing summary entry (`train_loss`) is not a curve point.
     """
     series: Dict[str, Tuple[List[int], List[float]]] = {}
-    names = ["loss", "eval_loss", metric] + (["eval_macro_f1"] if metric != "eval_macro_f1" else [])
+    names = ["loss", "eval_loss", metric, "eval_macro_f1", "eval_micro_f1"]  # micro-F1: label-set runs
     for name in dict.fromkeys(names):
         points = [(int(entry["step"]), float(entry[name])) for entry in log_history
                   if name in entry and "step" in entry and entry[name] is not None]

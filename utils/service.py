@@ -5,6 +5,11 @@ micro-batching. No Paddle, no PLM weights: the same `Classifier` as infer.py and
                           "parameters": {"max_seq_len", "batch_size", "prob_limit", "top_k"}}
                           -> {"result": [{"label", "confidence", "top_k": [{"label", "confidence"}]}]}
     POST /predict         {"texts": [...] (pairs: [[a, b], ...]), "top_k": k} -> {"predictions": [...]}
+
+Multi-label and hierarchical exports (their manifest says so) answer per text `{"label": [names],
+"confidence": [sigmoid probabilities], "top_k": [...]}`: every label above its threshold, most
+probable first, as upstream's multi-label SimpleServing does; `parameters.prob_limit` (or
+`threshold` in /predict) replaces the model's thresholds for that request.
     GET  /health          alive;  GET /ready: the model is loaded and the service is not draining
     GET  /labels          labels in output order;  GET /metrics: Prometheus
     GET  /docs, /openapi.json  (FastAPI's)
@@ -32,7 +37,6 @@ from typing import Any, Deque, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from .errors import UserError
-from .metrics import softmax
 from .predictions import ranked_labels
 
 logger = logging.getLogger(__name__)
@@ -190,7 +194,7 @@ class Batcher:
             features += self.model.encoder(request.max_seq_length).encode(request.examples[start:end])
         if self.metrics:
             self.metrics.batch_size.observe(len(features))
-        return softmax(self.model.run(features, batch_size=max(1, len(features))))
+        return self.model.decoder.probabilities(self.model.run(features, batch_size=max(1, len(features))))
 
     def _deliver(self, request: _Request, start: int, probs: np.ndarray) -> None:
         if request.future.done():  # (cancelled: the client went away)
@@ -286,9 +290,18 @@ def check_top_k(value: Any, field: str, labels: int, default: int) -> int:
     return min(value, labels)
 
 
-def format_predictions(probs: np.ndarray, labels: List[str], top_k: int) -> List[dict]:
-    """Per text: the best label's name and probability, and the `top_k` best (as infer.py ranks them)."""
+def format_predictions(probs: np.ndarray, labels: List[str], top_k: int, decoder=None,
+                       threshold: Optional[float] = None) -> List[dict]:
+    """Per text: the best label's name and probability, and the `top_k` best (as infer.py ranks
+    them); for a multi-label `decoder`, every label above its threshold (or `threshold`)."""
     out = []
+    if decoder is not None and decoder.multi_label:
+        decided = decoder.decide(probs, thresholds=threshold)
+        for row, order, chosen in zip(probs, ranked_labels(probs, len(labels)), decided):
+            picked = [j for j in order if chosen[j]]
+            out.append({"label": [labels[j] for j in picked], "confidence": [round(float(row[j]), 6) for j in picked],
+                        "top_k": [{"label": labels[j], "confidence": round(float(row[j]), 6)} for j in order[:top_k]]})
+        return out
     for row, best in zip(probs, ranked_labels(probs, top_k)):
         item = {"label": labels[best[0]], "confidence": round(float(row[best[0]]), 6)}
         item["top_k"] = [{"label": labels[j], "confidence": round(float(row[j]), 6)} for j in best]
@@ -392,10 +405,17 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
             raise overloaded("the model is still loading; retry shortly")
         return batcher
 
-    async def classify(examples: List[dict], top_k: int, max_seq_length: Optional[int] = None) -> List[dict]:
+    async def classify(examples: List[dict], top_k: int, max_seq_length: Optional[int] = None,
+                       threshold: Optional[float] = None) -> List[dict]:
         probs = await ready_batcher().submit(examples, max_seq_length)
         metrics.texts.inc(len(examples))
-        return format_predictions(probs, state["classifier"].labels, top_k)
+        return format_predictions(probs, state["classifier"].labels, top_k, state["classifier"].model.decoder,
+                                  threshold)
+
+    def check_threshold(value: Any, field: str) -> Optional[float]:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+            raise RequestError(422, field, f"must be a number in [0, 1], got {value!r}")
+        return value
 
     def body_dict(body: Any, field: str = "body") -> dict:
         if isinstance(body, (bytes, str)) and field == "body":  # sent without a JSON content type
@@ -424,7 +444,9 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
     @app.get("/labels")
     async def labels():
         ready_batcher()
-        return {"model": config.name, "labels": state["classifier"].labels, "pair": state["classifier"].pair}
+        classifier = state["classifier"]
+        return {"model": config.name, "labels": classifier.labels, "pair": classifier.pair,
+                "task_type": classifier.task_type, "thresholds": classifier.thresholds}
 
     @app.get("/metrics")
     async def prometheus():
@@ -434,15 +456,19 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
     async def predict(body: Any = Body(..., examples=[{"texts": ["央行宣布降准"], "top_k": 2}])):
         """`{"texts": [...], "top_k": k}` -> `{"predictions": [{label, confidence, top_k}]}`."""
         body = body_dict(body)
-        unknown = sorted(set(body) - {"texts", "top_k"})
+        unknown = sorted(set(body) - {"texts", "top_k", "threshold"})
         if unknown:
-            raise RequestError(422, unknown[0], "unknown field (allowed: texts, top_k)")
+            raise RequestError(422, unknown[0], "unknown field (allowed: texts, top_k, threshold)")
         if "texts" not in body:
             raise RequestError(422, "texts", "is required")
         ready_batcher()
         examples = check_texts(body["texts"], "texts", state["classifier"].pair, config)
         top_k = check_top_k(body.get("top_k"), "top_k", len(state["classifier"].labels), config.default_top_k)
-        return {"model": config.name, "predictions": await classify(examples, top_k)}
+        threshold = check_threshold(body.get("threshold"), "threshold")
+        if threshold is not None and not state["classifier"].model.decoder.multi_label:
+            raise RequestError(422, "threshold", "is for multi-label models; this one is multi-class (it predicts "
+                                                 "its best label)")
+        return {"model": config.name, "predictions": await classify(examples, top_k, threshold=threshold)}
 
     @app.post("/models/{name}")
     async def simple_serving(name: str, body: Any = Body(..., examples=[{
@@ -472,14 +498,11 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size <= 0):
             raise RequestError(422, "parameters.batch_size", f"must be a positive integer, got {batch_size!r}")
-        prob_limit = parameters.get("prob_limit")
-        if prob_limit is not None and (isinstance(prob_limit, bool) or not isinstance(prob_limit, (int, float))
-                                       or not 0 <= prob_limit <= 1):
-            raise RequestError(422, "parameters.prob_limit", f"must be a number in [0, 1], got {prob_limit!r}")
+        prob_limit = check_threshold(parameters.get("prob_limit"), "parameters.prob_limit")
         top_k = check_top_k(parameters.get("top_k"), "parameters.top_k", len(classifier.labels), config.default_top_k)
         # batch_size is the service's business (--max_batch_size); prob_limit is the multi-label
-        # threshold: a multi-class model returns its best label whatever its probability.
-        return {"result": await classify(examples, top_k, max_seq_length)}
+        # threshold: a multi-class model returns its best label whatever its probability (as upstream).
+        return {"result": await classify(examples, top_k, max_seq_length, threshold=prob_limit)}
 
     app.state.service = state
     app.state.metrics = metrics

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from .args import Method, VerbalizerKind
+from .decoding import MULTI_CLASS, SEARCH_MODES, TASK_TYPES, Decoder, parent_path
 from .errors import UserError
 from .files import read_json, write_json_atomic
 from .labels import LabelSet
@@ -27,7 +28,8 @@ logger = logging.getLogger(__name__)
 SPEC_FILE = "ptuning_config.json"
 FORMAT = 1
 KEYS = ("format", "method", "verbalizer", "model_name_or_path", "model_class", "plm_config", "template", "labels",
-        "label_words", "max_seq_length", "head_options")
+        "label_words", "max_seq_length", "head_options", "task_type", "thresholds", "threshold_search",
+        "hierarchical_decoding")
 MODEL_CLASS_SUFFIXES = {"masked_lm": "ForMaskedLM", "sequence_classification": "ForSequenceClassification"}
 PLM_CONFIG_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
 
@@ -45,12 +47,28 @@ class ModelSpec:
     model_class: Optional[str] = None          # the PLM, known once it is loaded (`with_plm`)
     plm_config: Optional[Dict[str, Any]] = None
     head_options: Dict[str, Any] = field(default_factory=dict)
+    task_type: str = MULTI_CLASS
+    thresholds: Optional[List[float]] = None   # multi-label/hierarchical: one per label (None: the default 0.5)
+    threshold_search: str = "none"             # how `thresholds` were found (none: given or default)
+    consistent_decoding: bool = True           # hierarchical: a child only with its parent
 
     @property
     def method(self) -> Method:
         from .heads import get_head
 
         return Method.parse(get_head(self.head).method)
+
+    @property
+    def verbalizer(self) -> Optional[str]:
+        from .heads import get_head
+
+        return None if self.method == Method.FINETUNE else get_head(self.head).verbalizer
+
+    @property
+    def decoder(self) -> Decoder:
+        """How this model's logits become labels (utils/decoding.py)."""
+        return Decoder(self.task_type, tuple(self.labels), tuple(self.thresholds) if self.thresholds else None,
+                       self.consistent_decoding)
 
     @property
     def label_set(self) -> LabelSet:
@@ -60,11 +78,11 @@ class ModelSpec:
 
     @classmethod
     def from_flags(cls, model_args, data_args, max_seq_length: int, label_set: LabelSet, is_pair: bool, tokenizer,
-                   position_limit: Optional[int] = None) -> "ModelSpec":
+                   position_limit: Optional[int] = None, task_type: str = MULTI_CLASS) -> "ModelSpec":
         """The model the flags ask for, checked with the tokenizer alone (no weights loaded)."""
         from .heads import get_head, head_name
 
-        head = get_head(head_name(model_args.method, model_args.verbalizer))
+        head = get_head(head_name(model_args.method, model_args.verbalizer, task_type))
         if head.method == Method.FINETUNE.value:
             if data_args.prompt or data_args.prompt_flags_given:
                 logger.warning("--method finetune classifies [CLS]; --prompt and the prompt encoder flags are not "
@@ -79,14 +97,19 @@ class ModelSpec:
             masks = head.masks(label_set, tokenizer)
             parts = build_template(data_args.prompt, data_args.soft_encoder.value, data_args.encoder_hidden_size,
                                    data_args.num_virtual_tokens, is_pair, mask_length=masks)
-            validate_template(parts, is_pair, required_masks=masks,
-                              verbalizer_name="SoftVerbalizer" if head.name == "soft" else f"--verbalizer {head.name}")
+            validate_template(parts, is_pair, required_masks=masks, verbalizer_name=(
+                "SoftVerbalizer" if head.verbalizer == "soft" else f"--verbalizer {head.name}"))
             if template_kind(parts) != "soft":
                 logger.warning("the template has no soft tokens: this is a hard (PET-style) prompt, not P-tuning")
         options = {"loss": model_args.manual_loss.value} if "loss" in head.options else {}
+        threshold = getattr(model_args, "threshold", None)
+        decoding = getattr(model_args, "hierarchical_decoding", None)
         spec = cls(head=head.name, template=parts, labels=label_set.labels, label_words=label_set.words_in_order(),
                    max_seq_length=max_seq_length, model_name_or_path=model_args.model_name_or_path,
-                   head_options=options)
+                   head_options=options, task_type=task_type,
+                   thresholds=None if task_type == MULTI_CLASS or threshold is None
+                   else [float(threshold)] * len(label_set.labels),
+                   consistent_decoding=decoding is None or str(decoding) == "consistent")
         spec.check_lengths(tokenizer, position_limit)
         return spec
 
@@ -112,12 +135,14 @@ class ModelSpec:
 
     def to_dict(self) -> Dict[str, Any]:
         method = self.method
-        return {"format": FORMAT, "method": method.value,
-                "verbalizer": None if method == Method.FINETUNE else self.head,
+        data = {"format": FORMAT, "method": method.value, "verbalizer": self.verbalizer,
                 "model_name_or_path": self.model_name_or_path, "model_class": self.model_class,
                 "plm_config": self.plm_config, "template": self.template, "labels": list(self.labels),
                 "label_words": list(self.label_words), "max_seq_length": self.max_seq_length,
-                "head_options": dict(self.head_options)}
+                "head_options": dict(self.head_options), "task_type": self.task_type}
+        if self.task_type != MULTI_CLASS:
+            data.update(self.decoder.describe(), threshold_search=self.threshold_search)
+        return data
 
     def save(self, directory: str) -> str:
         path = os.path.join(directory, SPEC_FILE)
@@ -136,7 +161,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data, path: str = SPEC_FILE) -> "ModelSpec":
         """Validate a loaded file (hand edits included): every key known and well typed."""
-        from .heads import HEADS, get_head
+        from .heads import HEADS, get_head, head_name
 
         def bad(key: str, message: str) -> UserError:
             return UserError(f"{key}: {message} (edited or damaged? re-run training to recreate it)", path)
@@ -156,9 +181,13 @@ class ModelSpec:
             verbalizer = None if data.get("verbalizer") is None else VerbalizerKind.parse(data["verbalizer"]).value
         except ValueError as exc:
             raise bad("method/verbalizer", str(exc)) from None
-        name = "cls" if method == Method.FINETUNE else verbalizer
+        task_type = data.get("task_type", MULTI_CLASS)
+        if task_type not in TASK_TYPES:
+            raise bad("task_type", f"{task_type!r} is not one of {', '.join(TASK_TYPES)}")
+        name = head_name(method.value, verbalizer, task_type)
         if name not in HEADS or get_head(name).method != method.value:
-            raise bad("verbalizer", f"{verbalizer!r} does not fit method {method.value!r}")
+            raise bad("verbalizer", f"{verbalizer!r} does not fit method {method.value!r} and task type "
+                                    f"{task_type!r}")
         head = get_head(name)
         labels, words = data["labels"], data["label_words"]
         if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)):
@@ -190,7 +219,7 @@ class ModelSpec:
                                      f"{model_class!r}")
         template = data["template"]
         check_parts(template, f"{path}: template")
-        if method == Method.PTUNING and head.name == "soft" and count_masks(template) != 1:
+        if method == Method.PTUNING and head.verbalizer == "soft" and count_masks(template) != 1:
             raise bad("template", f"the SoftVerbalizer needs exactly one mask, found {count_masks(template)}")
         options = data.get("head_options") or {}
         if not isinstance(options, dict) or any(k not in head.options or v not in head.options[k]
@@ -198,9 +227,28 @@ class ModelSpec:
             raise bad("head_options", f"{options!r} is not valid for the {head.name} head "
                                       f"(allowed: {head.options or 'none'})")
         model_name = data.get("model_name_or_path", "")
+        thresholds = data.get("thresholds")
+        if task_type == MULTI_CLASS and any(data.get(k) is not None for k in ("thresholds", "hierarchical_decoding")):
+            raise bad("thresholds", "a multi-class model has no thresholds or hierarchical decoding")
+        if thresholds is not None and not (
+                isinstance(thresholds, list) and len(thresholds) == len(labels)
+                and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in thresholds)):
+            raise bad("thresholds", f"must be null or a list of {len(labels)} numbers in [0, 1], one per label")
+        search = data.get("threshold_search", "none")
+        if search not in SEARCH_MODES:
+            raise bad("threshold_search", f"{search!r} is not one of {', '.join(SEARCH_MODES)}")
+        decoding = data.get("hierarchical_decoding")
+        if decoding not in (None, "consistent", "flat"):
+            raise bad("hierarchical_decoding", f"{decoding!r} is not consistent or flat")
+        if task_type == "hierarchical":
+            missing = [label for label in labels if parent_path(label) and parent_path(label) not in labels]
+            if missing:
+                raise bad("labels", f"the parent path of {missing[0]!r} is not a label")
         return cls(head=head.name, template=template, labels=labels, label_words=words, max_seq_length=length,
                    model_name_or_path=model_name if isinstance(model_name, str) else "", model_class=model_class,
-                   plm_config=plm_config, head_options=options)
+                   plm_config=plm_config, head_options=options, task_type=task_type,
+                   thresholds=[float(t) for t in thresholds] if thresholds is not None else None,
+                   threshold_search=search, consistent_decoding=decoding != "flat")
 
     # -- the model -------------------------------------------------------------------------------
 
@@ -214,3 +262,26 @@ class ModelSpec:
         return build_prompt_model(plm, tokenizer, self.template, self.label_set, self.max_seq_length,
                                   freeze_plm=freeze_plm, freeze_dropout=freeze_dropout, head=self.head,
                                   head_options=self.head_options)
+
+
+def peek_task_type(checkpoint: Optional[str]) -> Optional[str]:
+    """The task type a checkpoint (or a run directory: its final model, else its newest checkpoint)
+    was trained for, read before anything else so its data can be parsed; None when there is no
+    readable spec (full validation happens when the model is planned)."""
+    import glob
+    import re
+
+    if not checkpoint or not os.path.isdir(checkpoint):
+        return None
+    candidates = [os.path.join(checkpoint, SPEC_FILE)] + sorted(
+        glob.glob(os.path.join(checkpoint, "checkpoint-*", SPEC_FILE)),
+        key=lambda p: -int(re.sub(r"\D", "", os.path.basename(os.path.dirname(p))) or 0))
+    for path in candidates:
+        if os.path.isfile(path):
+            try:
+                data = read_json(path, what="checkpoint config")
+            except UserError:
+                return None
+            task_type = data.get("task_type", MULTI_CLASS) if isinstance(data, dict) else None
+            return task_type if task_type in TASK_TYPES else None
+    return None

@@ -1,8 +1,8 @@
-"""A learnable synthetic task for tests and benchmarks: the label is decided by a keyword.
+"""Learnable synthetic tasks for tests and benchmarks: labels decided by keywords.
 
-Every text is random filler characters with one class keyword somewhere inside, so even a
-randomly initialised ERNIE can learn it; accuracy on it shows the training loop works, not that
-the model understands language.
+Every text is random filler characters with one class keyword somewhere inside (multi-label: one
+to three different keywords, each one's label is on), so even a randomly initialised ERNIE can
+learn it; scores on it show the training loop works, not that the model understands language.
 """
 from __future__ import annotations
 
@@ -44,6 +44,44 @@ def write_keyword_dataset(data_dir: str, train_per_class: int = 32, dev_per_clas
         "dev.txt": make_split(rng, dev_per_class, **text_kwargs),
         "test.txt": make_split(rng, test_per_class, **text_kwargs),
         "data.txt": make_split(rng, max(1, data_lines // len(KEYWORDS)), labelled=False, **text_kwargs),
+    }
+    for name, lines in files.items():
+        with open(os.path.join(data_dir, name), "w", encoding="utf-8") as fp:
+            fp.write("\n".join(lines) + "\n")
+    return data_dir
+
+
+MULTI_LABEL_PROMPT = "这句话提到的水果有"
+
+
+def make_multilabel_split(rng: random.Random, n: int, max_labels: int = 2, min_len: int = 1,
+                          max_len: int = 5) -> List[str]:
+    """`n` lines `text<TAB>l1,l2`: each text carries 1..max_labels distinct keywords between fillers."""
+    names = list(KEYWORDS)
+    lines = []
+    for i in range(n):
+        count = 1 + i % max_labels  # as many texts with one, two and three labels
+        chosen = rng.sample(names, count)
+        parts = ["".join(rng.choice(FILLER) for _ in range(rng.randint(min_len, max_len)))]
+        for name in chosen:
+            parts += [KEYWORDS[name][0], "".join(rng.choice(FILLER) for _ in range(rng.randint(min_len, max_len)))]
+        lines.append("".join(parts) + "\t" + ",".join(sorted(chosen)))
+    rng.shuffle(lines)
+    return lines
+
+
+def write_multilabel_keyword_dataset(data_dir: str, train: int = 96, dev: int = 30, test: int = 30, data_lines: int = 6,
+                                     seed: int = 0) -> str:
+    """The keyword task as --task_type multi-label: a text's labels are the fruits it names (one or
+    two, half each; with three per text the tiny model needs far more steps)."""
+    rng = random.Random(seed)
+    os.makedirs(data_dir, exist_ok=True)
+    files = {
+        "label.txt": [f"{label}=={word}" for label, (_, word) in KEYWORDS.items()],
+        "train.txt": make_multilabel_split(rng, train),
+        "dev.txt": make_multilabel_split(rng, dev),
+        "test.txt": make_multilabel_split(rng, test),
+        "data.txt": [line.split("\t")[0] for line in make_multilabel_split(rng, data_lines)],
     }
     for name, lines in files.items():
         with open(os.path.join(data_dir, name), "w", encoding="utf-8") as fp:

@@ -19,15 +19,17 @@ from .distributed import allreduce_gradients, check_in_sync
 from .errors import ENVIRONMENT_ERRNOS, UserError
 from .files import read_json, write_json_atomic, write_text_atomic
 from .labels import LabelSet
-from .metrics import classification_metrics, metrics_fn, softmax
+from .args import TaskType, ThresholdSearch, check_task_args
+from .decoding import MULTI_CLASS, search_thresholds
+from .metrics import metrics_fn, task_metrics
 from .predictions import write_predictions
 from .heads import get_head
 from .modeling import criterion_for, load_state, rebuild_from_checkpoint, set_state_strictly, unique_state_dict
 from .plm import load_plm, load_tokenizer, position_limit, warn_unknown_tokens
 from .progress import Progress as ProgressBar
-from .reports import plot_training_curves, write_classification_report
+from .reports import plot_training_curves, write_classification_report, write_multilabel_report
 from .rundir import DirLock, apply_plan, plan_output_dir
-from .spec import ModelSpec
+from .spec import ModelSpec, peek_task_type
 from .visualdl import take_visualdl_from_report_to
 
 
@@ -85,6 +87,21 @@ class PTuningTrainer(PromptTrainer):
     def __init__(self, *args, spec: ModelSpec, **kwargs):
         self.spec = spec
         super().__init__(*args, **kwargs)
+
+    def _compute_rdrop_loss(self, model, input_dict, labels, outputs, loss):
+        """R-Drop: upstream's KL between two dropout passes compares softmax distributions; a
+        multi-label head's outputs are independent sigmoids, so there it is the symmetric KL of each
+        label's Bernoulli distribution, averaged over examples and labels."""
+        if not self.spec.decoder.multi_label:
+            return super()._compute_rdrop_loss(model, input_dict, labels, outputs, loss)
+        again = model(**input_dict)
+        again = again[0] if isinstance(again, (tuple, list)) else again
+        bce = (self.criterion(again, labels) + loss) * 0.5
+        p, q = paddle.nn.functional.sigmoid(outputs), paddle.nn.functional.sigmoid(again)
+        eps = 1e-7
+        p, q = p.clip(eps, 1 - eps), q.clip(eps, 1 - eps)
+        kl = (p - q) * (paddle.log(p) - paddle.log(q)) + (q - p) * (paddle.log(1 - p) - paddle.log(1 - q))
+        return bce + self.args.alpha_rdrop * 0.5 * kl.mean()
 
     def _get_train_sampler(self):
         if self.train_dataset is None:
@@ -278,6 +295,9 @@ def plan_model(model_args, data_args, training_args, dataset: DatasetDir, checkp
         if spec.labels != dataset.labels.labels:
             raise UserError(f"the checkpoint was trained on labels {spec.labels}, but label.txt has "
                             f"{dataset.labels.labels}", dataset.labels.path)
+        if spec.task_type != dataset.task_type:
+            raise UserError(f"the checkpoint is a --task_type {spec.task_type} model, and --task_type "
+                            f"{dataset.task_type} was given: drop --task_type (the checkpoint's is used)", checkpoint)
         if (training_args.freeze_plm or training_args.freeze_dropout) and not get_head(spec.head).has_prompt_parameters:
             raise UserError(f"is a --method {spec.method.value} checkpoint: --freeze_plm/--freeze_dropout would leave "
                             "nothing to train", checkpoint)
@@ -285,19 +305,39 @@ def plan_model(model_args, data_args, training_args, dataset: DatasetDir, checkp
         if ignored:
             logger.warning("%s ignored: the model is rebuilt from %s with its own template %s", "/".join(ignored),
                            checkpoint, spec.describe())
+        # Decoding is no weight: training on from a checkpoint takes a new --threshold/--hierarchical_decoding
+        # (check_task_args refuses them without --do_train).
+        if model_args.threshold is not None:
+            spec = dataclasses.replace(spec, thresholds=[float(model_args.threshold)] * len(spec.labels),
+                                       threshold_search="none")
+        if model_args.hierarchical_decoding is not None:
+            spec = dataclasses.replace(spec, consistent_decoding=str(model_args.hierarchical_decoding) == "consistent")
         return spec
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     spec = ModelSpec.from_flags(model_args, data_args, training_args.max_seq_length, dataset.labels, dataset.is_pair,
-                                tokenizer, position_limit(model_args.model_name_or_path))
+                                tokenizer, position_limit(model_args.model_name_or_path), task_type=dataset.task_type)
     warn_unknown_tokens(tokenizer, dataset, model_args.model_name_or_path)
     return spec
+
+
+def resolve_task_type(model_args, training_args) -> TaskType:
+    """--task_type, else the checkpoint's (--resume_from_checkpoint), else multi-class; then the
+    flags that depend on it are checked (utils.args.check_task_args)."""
+    task_type, checkpoint = model_args.task_type, training_args.resume_from_checkpoint
+    if task_type is None:
+        if checkpoint and not os.path.isdir(checkpoint):  # before a flag is judged by a default task type
+            raise UserError("checkpoint directory not found", checkpoint)
+        task_type = TaskType.parse(peek_task_type(checkpoint) or MULTI_CLASS)
+    check_task_args(model_args, training_args, task_type)
+    return task_type
 
 
 def build_model(model_args, training_args, dataset: DatasetDir, spec: ModelSpec, checkpoint: Optional[str]):
     """Return `(model, tokenizer, spec)`: from a checkpoint when given, else around the pretrained PLM."""
     freeze = dict(freeze_plm=training_args.freeze_plm, freeze_dropout=training_args.freeze_dropout)
     if checkpoint:
-        model, tokenizer, spec = rebuild_from_checkpoint(checkpoint, verify=False)
+        # The planned spec is the checkpoint's file, with any new decoding flags (plan_model).
+        model, tokenizer, _ = rebuild_from_checkpoint(checkpoint, verify=False)
         if freeze["freeze_plm"] or freeze["freeze_dropout"]:
             model.freeze_plm = True
             model.freeze_dropout = freeze["freeze_dropout"]
@@ -312,12 +352,26 @@ def build_model(model_args, training_args, dataset: DatasetDir, spec: ModelSpec,
     return model, tokenizer, spec
 
 
-def write_prediction_file(path: str, examples: List[dict], logits: np.ndarray, labels: List[str],
-                          with_gold: bool) -> None:
+def write_prediction_file(path: str, dataset: DatasetDir, examples: List[dict], logits: np.ndarray,
+                          spec: ModelSpec, with_gold: bool) -> None:
     """train.py's prediction files, through infer.py's writer: one vocabulary (text, [gold], label,
-    confidence), one atomic writer."""
-    gold = [labels[e["labels"]] for e in examples] if with_gold else None
-    write_predictions(path, examples, softmax(logits), labels, gold=gold)
+    confidence; labels above their thresholds for label sets), one atomic writer."""
+    decoder = spec.decoder
+    gold = dataset.gold_names(examples) if with_gold else None
+    write_predictions(path, examples, decoder.probabilities(logits), spec.labels, gold=gold, decoder=decoder)
+
+
+def write_report(output_dir: str, prefix: str, dataset: DatasetDir, examples: List[dict], logits: np.ndarray,
+                 spec: ModelSpec) -> None:
+    """Per-label report files of one split, for the model's task type (utils/reports.py)."""
+    decoder = spec.decoder
+    if decoder.multi_label:
+        write_multilabel_report(output_dir, prefix, np.array([e["labels"] for e in examples]) > 0.5,
+                                decoder.decide(decoder.probabilities(logits)), spec.labels,
+                                decoder.levels if decoder.hierarchical else None)
+    else:
+        write_classification_report(output_dir, prefix, [e["labels"] for e in examples], logits.argmax(-1),
+                                    spec.labels)
 
 
 def predict(trainer, examples: List[dict], metric_key_prefix: str = "test"):
@@ -334,9 +388,9 @@ def predict_logits(trainer, examples: List[dict]) -> np.ndarray:
     return predict(trainer, examples)[0]
 
 
-def load_data(data_args, training_args) -> DatasetDir:
+def load_data(data_args, training_args, task_type: str = MULTI_CLASS) -> DatasetDir:
     dataset = load_dataset_dir(data_args.data_dir, need_train=training_args.do_train,
-                               need_dev=training_args.do_train or training_args.do_eval)
+                               need_dev=training_args.do_train or training_args.do_eval, task_type=str(task_type))
     if training_args.do_predict and dataset.test is None and dataset.data is None:
         raise UserError("--do_predict needs test.txt (labelled: metrics + predictions) or data.txt (texts: "
                         "predictions), and the data directory has neither", dataset.path)
@@ -355,7 +409,8 @@ class Run:
     def open(self) -> "Run":
         """Check everything that can be checked before a model loads, then claim the output directory."""
         args = self.args
-        self.dataset = load_data(self.data_args, args)
+        self.task_type = resolve_task_type(self.model_args, args)
+        self.dataset = load_data(self.data_args, args, self.task_type)
         if args.should_save:  # the writing process; under data parallelism the others only read
             self.lock = DirLock(args.output_dir).acquire()
         model_dir = self.model_args.model_name_or_path
@@ -381,6 +436,7 @@ def prepare(run: Run):
     model_args, data_args, training_args = run.model_args, run.data_args, run.args
     paddle.set_device(training_args.device)
     set_seed(training_args.seed)  # model init (soft prompt, encoder) is seeded too
+    logger.info("task_type: %s", run.model_plan.task_type)  # as PaddleNLP's training log prints it
     model, tokenizer, spec = build_model(model_args, training_args, run.dataset, run.model_plan, run.resume)
     training_args.resume_from_checkpoint = None  # the model is already rebuilt from it
     if training_args.do_train and training_args.freeze_plm and training_args.max_steps <= 0:
@@ -396,7 +452,8 @@ def prepare(run: Run):
         model=model, tokenizer=tokenizer, args=training_args, criterion=criterion_for(model, spec.head_options),
         train_dataset=MapDataset(dataset.train) if training_args.do_train else None,
         eval_dataset=MapDataset(dataset.dev) if dataset.dev else None,
-        callbacks=callbacks, compute_metrics=metrics_fn(len(dataset.labels.labels)), spec=spec)
+        callbacks=callbacks, compute_metrics=metrics_fn(len(dataset.labels.labels), spec.decoder,
+                                                         *threshold_search(model_args)), spec=spec)
     trainer.pop_callback(ProgressCallback)
     trainer.add_callback(Progress())
     return trainer
@@ -433,6 +490,7 @@ def _run(current: Run) -> Dict[str, Any]:
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=current.resume)
         check_in_sync(trainer.model, "end of training")
+        tune_thresholds(trainer, model_args, dataset)
         trainer.save_model()
         trainer.log_metrics("train", train_result.metrics)
         trainer.save_metrics("train", train_result.metrics)
@@ -449,14 +507,41 @@ def _run(current: Run) -> Dict[str, Any]:
         trainer.save_metrics("eval", metrics)
         results["eval"] = metrics
         if trainer.is_world_process_zero():
-            write_classification_report(training_args.output_dir, "eval", [e["labels"] for e in dataset.dev],
-                                        logits.argmax(-1), dataset.labels.labels)
+            write_report(training_args.output_dir, "eval", dataset, dataset.dev, logits, trainer.spec)
     if training_args.do_predict:
         results.update(predict_and_write(trainer, dataset, dataset.labels, training_args.output_dir))
     if training_args.do_export and trainer.is_world_process_zero():
         results["export"] = export(model_args, training_args, dataset,
                                    training_args.output_dir if training_args.do_train else current.resume)
     return results
+
+
+def threshold_search(model_args) -> tuple:
+    """`(mode, default)` of --threshold_search: evaluations during training tune their thresholds on
+    dev the same way, so the best checkpoint is the best one at tuned thresholds (at 0.5 an early,
+    sparse-output model can score 0 at every evaluation, and the first would count as best)."""
+    mode = model_args.threshold_search
+    return (None if mode is None else mode.value), model_args.threshold
+
+
+def tune_thresholds(trainer, model_args, dataset: DatasetDir) -> None:
+    """--threshold_search global|per-label: thresholds tuned on dev.txt for the final model (the
+    best one when it was reloaded), saved in its spec, so evaluation, prediction, the export,
+    infer.py and the service use them. Checkpoints keep the thresholds they were trained with."""
+    mode = model_args.threshold_search
+    if mode is None or mode == ThresholdSearch.NONE or not trainer.spec.decoder.multi_label:
+        return
+    decoder = trainer.spec.decoder
+    logits = predict_logits(trainer, dataset.dev)
+    gold = np.array([e["labels"] for e in dataset.dev]) > 0.5
+    thresholds = search_thresholds(decoder, decoder.probabilities(logits), gold, mode.value,
+                                   default=model_args.threshold)
+    trainer.spec = dataclasses.replace(trainer.spec, thresholds=list(thresholds), threshold_search=mode.value)
+    trainer.compute_metrics = metrics_fn(len(trainer.spec.labels), trainer.spec.decoder)
+    shown = (f"{thresholds[0]:.2f}" if mode == ThresholdSearch.GLOBAL
+             else f"{min(thresholds):.2f}..{max(thresholds):.2f} over {len(thresholds)} labels")
+    logger.info("--threshold_search %s on dev.txt: threshold %s (saved in %s)", mode.value, shown,
+                trainer.args.output_dir)
 
 
 def export(model_args, training_args, dataset: DatasetDir, checkpoint: str) -> dict:
@@ -477,24 +562,26 @@ def predict_and_write(trainer, dataset: DatasetDir, label_set: LabelSet, output_
     them); only the first writes files.
     """
     results: Dict[str, Any] = {}
-    labels = label_set.labels
+    spec = trainer.spec
     writer = trainer.is_world_process_zero()
     if dataset.test:
         logits = predict_logits(trainer, dataset.test)
         gold = [e["labels"] for e in dataset.test]
-        metrics = {f"test_{k}": v for k, v in classification_metrics(logits.argmax(-1), gold, len(labels)).items()}
+        metrics = {f"test_{k}": v for k, v in task_metrics(spec.decoder, logits, gold).items()}
         metrics["test_samples"] = len(gold)
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)
         if writer:
-            write_prediction_file(os.path.join(output_dir, TEST_PREDICTIONS_FILE), dataset.test, logits, labels, True)
-            write_classification_report(output_dir, "test", gold, logits.argmax(-1), labels)
+            write_prediction_file(os.path.join(output_dir, TEST_PREDICTIONS_FILE), dataset, dataset.test, logits,
+                                  spec, True)
+            write_report(output_dir, "test", dataset, dataset.test, logits, spec)
         results["test"] = metrics
     else:
         logger.warning("--do_predict: no test.txt in %s, skipping test metrics", dataset.path)
     if dataset.data:
         logits = predict_logits(trainer, dataset.data)
         if writer:
-            write_prediction_file(os.path.join(output_dir, DATA_PREDICTIONS_FILE), dataset.data, logits, labels, False)
+            write_prediction_file(os.path.join(output_dir, DATA_PREDICTIONS_FILE), dataset, dataset.data, logits,
+                                  spec, False)
         results["data_predictions"] = len(dataset.data)
     return results

@@ -27,7 +27,8 @@ from .errors import UserError
 DEFAULT_OUTPUT_DIR = "./checkpoints/"
 DEFAULT_SAVE_STEPS = 500
 DEFAULT_METRIC = "accuracy"
-METRICS_FOR_BEST_MODEL = ("accuracy", "macro_f1", "loss")
+METRICS_FOR_BEST_MODEL = ("accuracy", "macro_f1", "micro_f1", "loss")  # micro_f1: multi-label tasks
+DEFAULT_MULTI_LABEL_METRIC = "macro_f1"  # upstream's multi-label/hierarchical commands select by macro-F1
 
 # (flag, test, what it must be): checked before paddlenlp's __post_init__ sees the values.
 _POSITIVE, _NON_NEGATIVE, _FRACTION = (lambda v: v > 0, "positive"), (lambda v: v >= 0, "zero or more"), (
@@ -88,9 +89,14 @@ class TrainingArguments(PromptTuningArguments):
         if self.max_seq_length < 4:
             raise UserError(f"must be at least 4, got {self.max_seq_length}", "--max_seq_length")
         metric = (self.metric_for_best_model or "").replace("eval_", "", 1)
+        if metric.endswith("_f1_score"):  # upstream's multi-label spelling: macro_f1_score
+            metric = metric[:-len("_score")]
+            self.metric_for_best_model = metric
         if metric and metric not in METRICS_FOR_BEST_MODEL:
             raise UserError(f"must be one of {', '.join(METRICS_FOR_BEST_MODEL)}, got {self.metric_for_best_model!r}",
                             "--metric_for_best_model")
+        # Whether the metric is this tool's default (accuracy), which a multi-label task replaces (check_args).
+        self.metric_is_default = self.metric_for_best_model is None
         self.resolve_defaults()
         # paddlenlp turns an explicit `--evaluation_strategy no` into "steps" whenever --do_eval is
         # on; here it means what it says: no evaluation during training, one at the end.
