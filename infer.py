@@ -50,6 +50,11 @@ def build_parser():
     parser.add_argument("--top_k", type=int, default=1,
                         help="Also write the k best labels with confidences (multi-label: the k most probable, "
                              "besides every label above its threshold).")
+    parser.add_argument("--reject_threshold", type=float, default=None,
+                        help="Multi-class: label a text --other_label when its top probability is below this "
+                             "(default: the export's, from train.py --reject_threshold; see the coverage table "
+                             "eval_coverage.tsv).")
+    parser.add_argument("--other_label", default=None, help="The label of a rejected text (default: other).")
     parser.add_argument("--file_order", action="store_true",
                         help="Batch in file order instead of by length (slower; for comparisons).")
     parser.add_argument("--chunk_size", type=int, default=None,
@@ -86,6 +91,9 @@ def main(argv):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise UserError(f"must be positive, got {value}", f"--{flag}")
+    from utils.calibration import check_reject_options
+
+    check_reject_options(args.reject_threshold, args.other_label, "--")
     if args.prompt is not None:
         raise UserError("the export carries the template it was trained with (template.json, preprocess.json); "
                         "drop --prompt, or train and export a model with the prompt you want", "--prompt")
@@ -103,7 +111,8 @@ def main(argv):
     check_output_file(output_path, not_same_as=input_path)
 
     options = dict(device=args.device, num_threads=args.num_threads, use_fp16=args.use_fp16,
-                   use_int8=args.use_int8, max_seq_length=args.max_seq_length, batch_size=args.batch_size)
+                   use_int8=args.use_int8, max_seq_length=args.max_seq_length, batch_size=args.batch_size,
+                   reject_threshold=args.reject_threshold, other_label=args.other_label)
     # A scheduler's SIGTERM unwinds like Ctrl-C, so the partial output is removed on the way out.
     previous = signal.signal(signal.SIGTERM, terminate)
     try:

@@ -144,7 +144,22 @@ class ModelArguments(ExportArguments):
         "help": "Hierarchical: consistent (default: a child only with its parent) or flat (every label on its own, "
                 "as upstream)."})
 
+    calibrate: bool = field(default=False, metadata={
+        "help": "With --do_train: fit temperature scaling on dev.txt after training (saved with the model and the "
+                "export, so infer.py, the Python API and the service report calibrated confidences); "
+                "eval_results.json shows the expected calibration error before and after."})
+    reject_threshold: Optional[float] = field(default=None, metadata={
+        "help": "Multi-class: a text whose top probability is below this gets --other_label instead of a label "
+                "(saved with the model; eval_coverage.tsv shows coverage and accuracy per threshold on dev)."})
+    other_label: Optional[str] = field(default=None, metadata={
+        "help": "The label of a rejected text (default: other); must not be a label of label.txt."})
+
     def __post_init__(self):
+        from .calibration import check_reject_options
+
+        check_reject_options(self.reject_threshold, self.other_label, "--")
+        if self.other_label is not None and self.reject_threshold is None:
+            raise UserError("names what --reject_threshold outputs; give --reject_threshold too", "--other_label")
         for name, choice in (("task_type", TaskType), ("threshold_search", ThresholdSearch),
                              ("hierarchical_decoding", HierarchicalDecoding)):
             if getattr(self, name) is not None:
@@ -289,6 +304,9 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
                 getattr(training_args, "do_export", False))):
         raise UserError("nothing to do: give at least one of --do_train, --do_eval, --do_predict, --do_export",
                         "train.py")
+    if model_args.calibrate and not training_args.do_train:
+        raise UserError("fits temperature scaling on dev.txt after training and saves it with the model: add "
+                        "--do_train (a trained checkpoint keeps the temperature it was saved with)", "--calibrate")
     if getattr(training_args, "do_export", False):
         check_export_dependencies()
 
@@ -319,6 +337,10 @@ def check_task_args(model_args: ModelArguments, training_args, task_type: TaskTy
     given = [f"--{name}" for name in MULTI_LABEL_ONLY_FLAGS if getattr(model_args, name) is not None
              and not (name == "threshold_search" and model_args.threshold_search == ThresholdSearch.NONE)]
     metric = (getattr(training_args, "metric_for_best_model", None) or "").replace("eval_", "", 1)
+    if task_type != TaskType.MULTI_CLASS and model_args.reject_threshold is not None:
+        raise UserError(f"is for multi-class models; a --task_type {task_type} model already predicts no label when "
+                        "none is above its threshold: raise --threshold or use --threshold_search instead",
+                        "--reject_threshold")
     if task_type == TaskType.MULTI_CLASS:
         if given:
             raise UserError(f"is for --task_type multi-label or hierarchical (a multi-class model predicts its best "

@@ -22,6 +22,7 @@ from typing import Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
+from .calibration import check_reject_options, decoder_with_reject
 from .errors import UserError
 from .predictions import ranked_labels
 from .predictor import CHUNK_SIZE, ExportedClassifier, classify_file, resolve_export_dir
@@ -81,14 +82,18 @@ class Classifier:
     `device`: "cpu" or "gpu" (default: `default_device()`); `num_threads`: CPU threads (default on
     CPU: `default_num_threads()`); `use_fp16` (GPU) / `use_int8` pick the export's fp16 / int8
     model; `max_seq_length` may shorten the exported one; `batch_size`: texts per onnxruntime run.
+    `reject_threshold` / `other_label` (multi-class): replace the export's reject option; a text
+    whose top probability is below the threshold is labelled `other_label` (default "other").
     Every file is checked against the export's manifest (size, sha256) first; problems with the
     export or the arguments raise `utils.errors.UserError`.
     """
 
     def __init__(self, model_path: str, device: Optional[str] = None, device_id: int = 0,
                  num_threads: Optional[int] = None, use_fp16: bool = False, use_int8: bool = False,
-                 max_seq_length: Optional[int] = None, batch_size: int = 32):
+                 max_seq_length: Optional[int] = None, batch_size: int = 32,
+                 reject_threshold: Optional[float] = None, other_label: Optional[str] = None):
         check_positive(batch_size, "batch_size")
+        check_reject_options(reject_threshold, other_label)
         for name, value in (("num_threads", num_threads), ("max_seq_length", max_seq_length)):
             if value is not None:
                 check_positive(value, name)
@@ -101,6 +106,7 @@ class Classifier:
         self.model = ExportedClassifier(self.export_dir, device=self.device, device_id=device_id,
                                         num_threads=num_threads, use_fp16=use_fp16,
                                         max_seq_length=max_seq_length, use_int8=use_int8)
+        self.model.decoder = decoder_with_reject(self.model.decoder, reject_threshold, other_label)
 
     @property
     def labels(self) -> List[str]:
@@ -174,8 +180,9 @@ class Classifier:
             return [LabelSetPrediction([(labels[j], float(row[j])) for j in order if chosen[j]],
                                        [(labels[j], float(row[j])) for j in order[:top_k]])
                     for row, order, chosen in zip(probs, ranked, decided)]
-        return [Prediction(labels[best[0]], float(row[best[0]]), [(labels[j], float(row[j])) for j in best])
-                for row, best in zip(probs, ranked)]
+        names = decoder.names(probs)  # the best label, or the other label below the reject threshold
+        return [Prediction(name, float(row[best[0]]), [(labels[j], float(row[j])) for j in best])
+                for name, row, best in zip(names, probs, ranked)]
 
     def classify_file(self, input_path: str, output_path: str, top_k: int = 1, sort_by_length: bool = True,
                       progress: Optional[bool] = None, chunk_size: Optional[int] = None) -> dict:

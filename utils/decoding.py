@@ -13,7 +13,7 @@ The threshold search (`--threshold_search`) lives here too. numpy only: no Paddl
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -24,6 +24,7 @@ DEFAULT_THRESHOLD = 0.5
 LEVEL_SEPARATOR = "##"   # hierarchical label paths: 组织关系##辞/离职
 LABEL_SEPARATOR = ","    # several labels on one data line: 组织关系,组织关系##辞/离职
 SEARCH_MODES = ("none", "global", "per-label")
+DEFAULT_OTHER_LABEL = "other"  # what a rejected text is labelled (--other_label)
 # Candidate thresholds of the search: 0.01 .. 0.99. Ties go to the candidate nearest the default.
 THRESHOLD_GRID = np.round(np.arange(1, 100) / 100.0, 2)
 
@@ -72,12 +73,19 @@ class Decoder:
 
     `thresholds`: one per label (multi-label and hierarchical), None for multi-class.
     `consistent`: hierarchical only; False decodes the labels independently (upstream).
+    `temperature`: logits are divided by it before softmax/sigmoid (temperature scaling fitted on
+    dev, utils/calibration.py); 1 leaves them as they are.
+    `reject_threshold`: multi-class only; a text whose top probability is below it gets
+    `other_label` instead of a label (`names`). None: every text gets its best label.
     """
 
     task_type: str
     labels: Tuple[str, ...]
     thresholds: Optional[Tuple[float, ...]] = None
     consistent: bool = True
+    temperature: float = 1.0
+    reject_threshold: Optional[float] = None
+    other_label: str = DEFAULT_OTHER_LABEL
 
     def __post_init__(self):
         if self.task_type not in TASK_TYPES:
@@ -95,6 +103,11 @@ class Decoder:
             object.__setattr__(self, "thresholds", thresholds)
         else:
             object.__setattr__(self, "thresholds", None)
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {self.temperature!r}")
+        object.__setattr__(self, "temperature", float(self.temperature))
+        if self.reject_threshold is not None and self.multi_label:
+            raise ValueError("a reject threshold is for multi-class models (a label set may be empty already)")
 
     @property
     def multi_label(self) -> bool:
@@ -117,8 +130,30 @@ class Decoder:
         return [depth(label) for label in self.labels]
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Softmax (multi-class) or one sigmoid per label (multi-label, hierarchical)."""
+        """Softmax (multi-class) or one sigmoid per label (multi-label, hierarchical) of
+        `logits / temperature`."""
+        if self.temperature != 1.0:
+            logits = np.asarray(logits, dtype=np.float64) / self.temperature
         return sigmoid(logits) if self.multi_label else softmax(logits)
+
+    def rejected(self, probs: np.ndarray, reject_threshold: Optional[float] = None) -> np.ndarray:
+        """Bool `[n]`: texts whose top probability is below the reject threshold (`reject_threshold`
+        overrides the model's); all False without one or for label sets."""
+        probs = np.asarray(probs)
+        limit = self.reject_threshold if reject_threshold is None else reject_threshold
+        if limit is None or self.multi_label or not len(probs):
+            return np.zeros(len(probs), dtype=bool)
+        return probs.max(axis=1) < limit
+
+    def names(self, probs: np.ndarray, reject_threshold: Optional[float] = None) -> List[str]:
+        """Multi-class: per text, its best label's name, or `other_label` when it is rejected."""
+        rejected = self.rejected(probs, reject_threshold)
+        return [self.other_label if no else self.labels[j] for j, no in zip(np.asarray(probs).argmax(axis=1),
+                                                                           rejected)]
+
+    def with_reject(self, reject_threshold: Optional[float], other_label: Optional[str] = None) -> "Decoder":
+        return replace(self, reject_threshold=reject_threshold,
+                       other_label=other_label if other_label is not None else self.other_label)
 
     def decide(self, probs: np.ndarray, thresholds=None) -> np.ndarray:
         """Bool `[n, labels]`: the predicted labels. Multi-class: the best one. Multi-label: every
@@ -141,13 +176,15 @@ class Decoder:
         return out
 
     def with_thresholds(self, thresholds) -> "Decoder":
-        return Decoder(self.task_type, self.labels, tuple(thresholds), self.consistent)
+        return replace(self, thresholds=tuple(thresholds))
 
     def describe(self) -> Dict:
         """What the export manifest records (and infer.py reads back with `from_manifest`)."""
         return {"task_type": self.task_type,
                 "thresholds": list(self.thresholds) if self.thresholds is not None else None,
-                "hierarchical_decoding": ("consistent" if self.consistent else "flat") if self.hierarchical else None}
+                "hierarchical_decoding": ("consistent" if self.consistent else "flat") if self.hierarchical else None,
+                "temperature": self.temperature, "reject_threshold": self.reject_threshold,
+                "other_label": self.other_label}
 
     @classmethod
     def from_manifest(cls, manifest: Dict, labels: Sequence[str]) -> "Decoder":
@@ -166,7 +203,19 @@ class Decoder:
         decoding = manifest.get("hierarchical_decoding") or "consistent"
         if decoding not in ("consistent", "flat"):
             raise ValueError(f"`hierarchical_decoding` is {decoding!r}, not consistent or flat")
-        return cls(task_type, tuple(labels), tuple(thresholds) if thresholds else None, decoding == "consistent")
+        temperature = manifest.get("temperature", 1.0)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"`temperature` must be a positive number, got {temperature!r}")
+        reject = manifest.get("reject_threshold")
+        if reject is not None and (isinstance(reject, bool) or not isinstance(reject, (int, float))
+                                   or not 0 < reject <= 1 or task_type != MULTI_CLASS):
+            raise ValueError(f"`reject_threshold` must be null or, for a multi-class model, a number in (0, 1], "
+                             f"got {reject!r}")
+        other = manifest.get("other_label", DEFAULT_OTHER_LABEL)
+        if not isinstance(other, str) or not other.strip() or other in labels:
+            raise ValueError(f"`other_label` must be a non-empty name that is not a label, got {other!r}")
+        return cls(task_type, tuple(labels), tuple(thresholds) if thresholds else None, decoding == "consistent",
+                   float(temperature), None if reject is None else float(reject), other)
 
 
 # -- the threshold search (--threshold_search) -------------------------------------------------------

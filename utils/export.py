@@ -401,6 +401,7 @@ def write_manifest(directory: str, spec, checkpoint_dir: str, export_type: str, 
         "head": spec.head,
         **spec.decoder.describe(),  # task_type, thresholds, hierarchical_decoding: how infer.py decodes
         "threshold_search": spec.threshold_search if spec.decoder.multi_label else None,
+        "zero_shot": spec.zero_shot,
         "prompt_encoder_folded": True,
         "max_seq_length": spec.max_seq_length,
         "template": spec.template,

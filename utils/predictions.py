@@ -54,6 +54,8 @@ class PredictionWriter:
         self.target = os.path.realpath(path)  # replace a symlink's target, not the link
         self.labels = list(labels)
         self.decoder = decoder if decoder is not None and decoder.multi_label else None
+        # multi-class: the decoder's reject option (a rejected text's label is its other_label)
+        self.rejecter = decoder if decoder is not None and not decoder.multi_label else None
         self.top_k = max(1, min(int(top_k), len(self.labels)))
         self.pair = pair
         self.with_gold = with_gold
@@ -93,6 +95,8 @@ class PredictionWriter:
             self._guard(lambda: self.fp.write("\n".join(lines) + "\n") if lines else None)
             return
         ranked = ranked_labels(probs, self.top_k)
+        names = (self.rejecter.names(probs) if self.rejecter is not None
+                 else [self.labels[best[0]] for best in ranked])
         lines = []
         for row, (example, best) in enumerate(zip(examples, ranked)):
             if self.jsonl:
@@ -100,7 +104,7 @@ class PredictionWriter:
                           else {"text": example["text_a"]})
                 if gold is not None:
                     record["gold"] = gold[row]
-                record.update(label=self.labels[best[0]], confidence=round(float(probs[row, best[0]]), 6))
+                record.update(label=names[row], confidence=round(float(probs[row, best[0]]), 6))
                 if self.top_k > 1:
                     record["top_k"] = [{"label": self.labels[j], "confidence": round(float(probs[row, j]), 6)}
                                        for j in best]
@@ -109,8 +113,8 @@ class PredictionWriter:
                 cells = [example["text_a"]] + ([example.get("text_b", "")] if self.pair else [])
                 if gold is not None:
                     cells.append(gold[row])
-                for j in best:
-                    cells += [self.labels[j], f"{probs[row, j]:.6f}"]
+                for k, j in enumerate(best):
+                    cells += [names[row] if k == 0 else self.labels[j], f"{probs[row, j]:.6f}"]
                 lines.append("\t".join(cells))
         self._guard(lambda: self.fp.write("\n".join(lines) + "\n") if lines else None)
 
@@ -184,8 +188,11 @@ class PredictionSummary:
     decoder: texts per predicted label, labels per text and, with gold labels, micro/macro-F1,
     exact-match accuracy and hamming loss (per level too for hierarchical), from per-label counts."""
 
-    def __init__(self, labels: Sequence[str]):
+    def __init__(self, labels: Sequence[str], decoder: Optional[Decoder] = None):
         self.labels = list(labels)
+        self.decoder = decoder
+        self.rejected = 0
+        self.answered_correct = 0
         self.label_to_id = {label: i for i, label in enumerate(self.labels)}
         self.predicted = np.zeros(len(self.labels), dtype=np.int64)
         self.confusion = np.zeros((len(self.labels), len(self.labels)), dtype=np.int64)  # [gold, predicted]
@@ -197,13 +204,17 @@ class PredictionSummary:
         if not len(probs):
             return
         predicted = probs.argmax(axis=1)
-        self.predicted += np.bincount(predicted, minlength=len(self.labels))
+        rejected = (self.decoder.rejected(probs) if self.decoder is not None
+                    else np.zeros(len(probs), dtype=bool))
+        self.rejected += int(rejected.sum())
+        self.predicted += np.bincount(predicted[~rejected], minlength=len(self.labels))
         self.confidence_sum += float(probs.max(axis=1).sum())
         self.texts += len(probs)
         if gold is not None:
             gold_ids = np.array([self.label_to_id[g] for g in gold], dtype=np.int64)
             np.add.at(self.confusion, (gold_ids, predicted), 1)
             self.gold_texts += len(gold_ids)
+            self.answered_correct += int(((gold_ids == predicted) & ~rejected).sum())
 
     def as_dict(self, seconds: Optional[float] = None) -> Dict:
         summary = {"texts": self.texts}
@@ -211,10 +222,20 @@ class PredictionSummary:
             summary.update(seconds=round(seconds, 3),
                            texts_per_second=round(self.texts / seconds, 1) if seconds > 0 else None)
         summary["predicted_label_counts"] = {label: int(n) for label, n in zip(self.labels, self.predicted)}
+        rejecting = self.decoder is not None and self.decoder.reject_threshold is not None
+        if rejecting:
+            summary["predicted_label_counts"][self.decoder.other_label] = self.rejected
         summary["mean_confidence"] = round(self.confidence_sum / self.texts, 4) if self.texts else None
         if self.gold_texts:
+            # accuracy and macro-F1 of the best label (as without a reject option), so they compare
             summary["accuracy"] = round(float(np.trace(self.confusion)) / self.gold_texts, 4)
             summary["macro_f1"] = round(macro_f1_from_confusion(self.confusion), 4)
+        if rejecting and self.texts:
+            answered = self.texts - self.rejected
+            summary["reject_threshold"] = self.decoder.reject_threshold
+            summary["coverage"] = round(answered / self.texts, 4)
+            if self.gold_texts:
+                summary["accuracy_answered"] = round(self.answered_correct / answered, 4) if answered else None
         return summary
 
 
@@ -283,7 +304,7 @@ def prediction_summary(labels: Sequence[str], decoder: Optional[Decoder] = None)
     """The summary that fits the model: per label set with a multi-label decoder, else per label."""
     if decoder is not None and decoder.multi_label:
         return LabelSetSummary(labels, decoder)
-    return PredictionSummary(labels)
+    return PredictionSummary(labels, decoder)
 
 
 def write_predictions(path: str, examples: Sequence[dict], probs: np.ndarray, labels: Sequence[str],

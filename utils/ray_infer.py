@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .errors import UserError
-from .export_files import read_decoder, read_manifest, resolve_export_dir, verify_file
+from .export_files import read_decoder, read_labels, read_manifest, resolve_export_dir, verify_file
 from .export_format import LABELS_FILE, MANIFEST_FILE, PREPROCESS_FILE
 from .predictor import classify_stream, pick_model_file, seconds_since_process_start
 from .preprocess import read_config
@@ -306,7 +306,8 @@ def classify_file_on_ray(address: str, model_path: str, input_path: str, output_
                          progress: Optional[bool] = None, device: Optional[str] = None,
                          num_threads: Optional[int] = None, use_fp16: bool = False, use_int8: bool = False,
                          max_seq_length: Optional[int] = None, batch_size: int = 32,
-                         connect_timeout: float = CONNECT_TIMEOUT, start_timeout: float = START_TIMEOUT) -> dict:
+                         connect_timeout: float = CONNECT_TIMEOUT, start_timeout: float = START_TIMEOUT,
+                         reject_threshold: Optional[float] = None, other_label: Optional[str] = None) -> dict:
     """`Classifier(model_path, ...).classify_file(input_path, output_path, ...)` on the Ray cluster at
     `address` ("auto" or HOST:PORT): the same file and summary, plus `ray` (address, and per node id
     its IP, the chunks and texts it classified, and its worker's memory at the end). Options as
@@ -315,6 +316,10 @@ def classify_file_on_ray(address: str, model_path: str, input_path: str, output_
     ray = import_ray()
     export_dir = resolve_export_dir(model_path)
     manifest = read_manifest(export_dir)  # a broken export is reported before any cluster is involved
+    from .calibration import decoder_with_reject
+
+    decoder = decoder_with_reject(read_decoder(export_dir, manifest, read_labels(export_dir)),
+                                  reject_threshold, other_label)
     # The workers import this package from the driver's copy: the nodes need only the environment.
     package_dir = os.path.dirname(os.path.abspath(__file__))
     address = connect(ray, address, connect_timeout, runtime_env={"py_modules": [package_dir]})
@@ -331,7 +336,7 @@ def classify_file_on_ray(address: str, model_path: str, input_path: str, output_
         summary = classify_stream(input_path, output_path, infos[0]["labels"], infos[0]["pair"],
                                   classify_on_workers(ray, workers, infos, stats), top_k=top_k,
                                   chunk_size=chunk_size, progress=progress, batch_size=batch_size,
-                                  decoder=read_decoder(export_dir, manifest, infos[0]["labels"]))
+                                  decoder=decoder)
         try:  # a report, not a result: never worth failing the run for
             for info, memory in zip(infos, ray.get([w.memory_mb.remote() for w in workers], timeout=60)):
                 stats["nodes"][info["node_id"]].update(memory)

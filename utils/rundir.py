@@ -38,9 +38,11 @@ OUTPUT_KINDS = {
               "template_state.pdparams", "verbalizer_config.json", "verbalizer_state.pdparams", "vocab.txt",
               "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "training_args.bin",
               "trainer_state.json", "train_results.json", "training_curves.png", "checkpoint_complete.json"),
-    "eval": ("eval_results.json", "eval_report.*", "eval_confusion_matrix.*", "eval_top_confusions.*"),
+    "eval": ("eval_results.json", "eval_report.*", "eval_confusion_matrix.*", "eval_top_confusions.*",
+             "eval_reliability.png", "eval_coverage.tsv"),
     "predict": ("test_results.json", "test_predictions.*", "data_predictions.*", "test_report.*",
-                "test_confusion_matrix.*", "test_top_confusions.*"),
+                "test_confusion_matrix.*", "test_top_confusions.*",
+                "test_reliability.png", "test_coverage.tsv"),
     "export": ("export",),
     "summary": ("all_results.json",),
 }

@@ -302,8 +302,9 @@ def format_predictions(probs: np.ndarray, labels: List[str], top_k: int, decoder
             out.append({"label": [labels[j] for j in picked], "confidence": [round(float(row[j]), 6) for j in picked],
                         "top_k": [{"label": labels[j], "confidence": round(float(row[j]), 6)} for j in order[:top_k]]})
         return out
-    for row, best in zip(probs, ranked_labels(probs, top_k)):
-        item = {"label": labels[best[0]], "confidence": round(float(row[best[0]]), 6)}
+    names = decoder.names(probs) if decoder is not None else [labels[j] for j in probs.argmax(axis=1)]
+    for name, row, best in zip(names, probs, ranked_labels(probs, top_k)):
+        item = {"label": name, "confidence": round(float(row[best[0]]), 6)}
         item["top_k"] = [{"label": labels[j], "confidence": round(float(row[j]), 6)} for j in best]
         out.append(item)
     return out

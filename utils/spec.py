@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from .args import Method, VerbalizerKind
-from .decoding import MULTI_CLASS, SEARCH_MODES, TASK_TYPES, Decoder, parent_path
+from .decoding import DEFAULT_OTHER_LABEL, MULTI_CLASS, SEARCH_MODES, TASK_TYPES, Decoder, parent_path
 from .errors import UserError
 from .files import read_json, write_json_atomic
 from .labels import LabelSet
@@ -29,7 +29,7 @@ SPEC_FILE = "ptuning_config.json"
 FORMAT = 1
 KEYS = ("format", "method", "verbalizer", "model_name_or_path", "model_class", "plm_config", "template", "labels",
         "label_words", "max_seq_length", "head_options", "task_type", "thresholds", "threshold_search",
-        "hierarchical_decoding")
+        "hierarchical_decoding", "temperature", "reject_threshold", "other_label", "zero_shot")
 MODEL_CLASS_SUFFIXES = {"masked_lm": "ForMaskedLM", "sequence_classification": "ForSequenceClassification"}
 PLM_CONFIG_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
 
@@ -51,6 +51,10 @@ class ModelSpec:
     thresholds: Optional[List[float]] = None   # multi-label/hierarchical: one per label (None: the default 0.5)
     threshold_search: str = "none"             # how `thresholds` were found (none: given or default)
     consistent_decoding: bool = True           # hierarchical: a child only with its parent
+    temperature: float = 1.0                   # temperature scaling fitted on dev (--calibrate)
+    reject_threshold: Optional[float] = None   # multi-class: below this top probability -> other_label
+    other_label: str = DEFAULT_OTHER_LABEL
+    zero_shot: bool = False                    # the PLM's own MLM head over the label words, never trained
 
     @property
     def method(self) -> Method:
@@ -68,7 +72,7 @@ class ModelSpec:
     def decoder(self) -> Decoder:
         """How this model's logits become labels (utils/decoding.py)."""
         return Decoder(self.task_type, tuple(self.labels), tuple(self.thresholds) if self.thresholds else None,
-                       self.consistent_decoding)
+                       self.consistent_decoding, self.temperature, self.reject_threshold, self.other_label)
 
     @property
     def label_set(self) -> LabelSet:
@@ -142,6 +146,13 @@ class ModelSpec:
                 "head_options": dict(self.head_options), "task_type": self.task_type}
         if self.task_type != MULTI_CLASS:
             data.update(self.decoder.describe(), threshold_search=self.threshold_search)
+        # written only when set, so files of models without them stay as they were
+        for key, default in (("temperature", 1.0), ("reject_threshold", None), ("other_label", DEFAULT_OTHER_LABEL),
+                             ("zero_shot", False)):
+            if getattr(self, key) != default:
+                data[key] = getattr(self, key)
+            else:
+                data.pop(key, None)
         return data
 
     def save(self, directory: str) -> str:
@@ -244,11 +255,27 @@ class ModelSpec:
             missing = [label for label in labels if parent_path(label) and parent_path(label) not in labels]
             if missing:
                 raise bad("labels", f"the parent path of {missing[0]!r} is not a label")
+        temperature = data.get("temperature", 1.0)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise bad("temperature", f"must be a positive number, got {temperature!r}")
+        reject = data.get("reject_threshold")
+        if reject is not None and (task_type != MULTI_CLASS or isinstance(reject, bool)
+                                   or not isinstance(reject, (int, float)) or not 0 < reject <= 1):
+            raise bad("reject_threshold", f"must be null or, for a multi-class model, a number in (0, 1], got "
+                                          f"{reject!r}")
+        other = data.get("other_label", DEFAULT_OTHER_LABEL)
+        if not isinstance(other, str) or not other.strip() or other in labels:
+            raise bad("other_label", f"must be a non-empty name that is not a label, got {other!r}")
+        zero_shot = data.get("zero_shot", False)
+        if not isinstance(zero_shot, bool):
+            raise bad("zero_shot", f"must be true or false, got {zero_shot!r}")
         return cls(head=head.name, template=template, labels=labels, label_words=words, max_seq_length=length,
                    model_name_or_path=model_name if isinstance(model_name, str) else "", model_class=model_class,
                    plm_config=plm_config, head_options=options, task_type=task_type,
                    thresholds=[float(t) for t in thresholds] if thresholds is not None else None,
-                   threshold_search=search, consistent_decoding=decoding != "flat")
+                   threshold_search=search, consistent_decoding=decoding != "flat", temperature=float(temperature),
+                   reject_threshold=None if reject is None else float(reject), other_label=other,
+                   zero_shot=zero_shot)
 
     # -- the model -------------------------------------------------------------------------------
 

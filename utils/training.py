@@ -289,7 +289,17 @@ def default_max_steps(training_args, num_examples: int) -> int:
 
 
 def plan_model(model_args, data_args, training_args, dataset: DatasetDir, checkpoint: Optional[str]) -> ModelSpec:
-    """The model to build, checked with the tokenizer and configs alone (no weights loaded)."""
+    """The model to build, checked with the tokenizer and configs alone (no weights loaded), with
+    the reject option the flags give (decoding, not weights: a checkpoint takes a new one too)."""
+    spec = _plan_model(model_args, data_args, training_args, dataset, checkpoint)
+    other = model_args.other_label
+    if model_args.reject_threshold is not None:
+        spec = dataclasses.replace(spec, reject_threshold=float(model_args.reject_threshold),
+                                   other_label=other or spec.other_label)
+    return spec
+
+
+def _plan_model(model_args, data_args, training_args, dataset: DatasetDir, checkpoint: Optional[str]) -> ModelSpec:
     if checkpoint:
         spec = ModelSpec.load(checkpoint)
         if spec.labels != dataset.labels.labels:
@@ -372,6 +382,26 @@ def write_report(output_dir: str, prefix: str, dataset: DatasetDir, examples: Li
     else:
         write_classification_report(output_dir, prefix, [e["labels"] for e in examples], logits.argmax(-1),
                                     spec.labels)
+    write_calibration_report(output_dir, prefix, examples, logits, spec)
+
+
+def write_calibration_report(output_dir: str, prefix: str, examples: List[dict], logits: np.ndarray,
+                             spec: ModelSpec) -> None:
+    """`{prefix}_reliability.png` (before/after temperature scaling) and, multi-class,
+    `{prefix}_coverage.tsv`: per reject threshold, the share of texts answered and their accuracy,
+    so users can choose --reject_threshold."""
+    from .calibration import coverage_table, format_coverage_table, plot_reliability
+
+    decoder = spec.decoder
+    gold = dev_gold(decoder, examples)
+    plot_reliability(os.path.join(output_dir, f"{prefix}_reliability.png"), logits, gold, decoder.temperature,
+                     decoder.multi_label, title=f"{prefix}: reliability diagram")
+    if not decoder.multi_label:
+        table = format_coverage_table(coverage_table(decoder.probabilities(logits), gold,
+                                                     chosen=decoder.reject_threshold))
+        write_text_atomic(os.path.join(output_dir, f"{prefix}_coverage.tsv"), table)
+        logger.info("%s coverage and accuracy per --reject_threshold (%s_coverage.tsv):\n%s", prefix, prefix,
+                    table.rstrip())
 
 
 def predict(trainer, examples: List[dict], metric_key_prefix: str = "test"):
@@ -411,6 +441,10 @@ class Run:
         args = self.args
         self.task_type = resolve_task_type(self.model_args, args)
         self.dataset = load_data(self.data_args, args, self.task_type)
+        other = self.model_args.other_label
+        if other is not None and other in self.dataset.labels.labels:
+            raise UserError(f"{other!r} is a label of label.txt; a rejected text needs a name of its own",
+                            "--other_label")
         if args.should_save:  # the writing process; under data parallelism the others only read
             self.lock = DirLock(args.output_dir).acquire()
         model_dir = self.model_args.model_name_or_path
@@ -490,6 +524,7 @@ def _run(current: Run) -> Dict[str, Any]:
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=current.resume)
         check_in_sync(trainer.model, "end of training")
+        calibrate(trainer, model_args, dataset)
         tune_thresholds(trainer, model_args, dataset)
         trainer.save_model()
         trainer.log_metrics("train", train_result.metrics)
@@ -503,6 +538,7 @@ def _run(current: Run) -> Dict[str, Any]:
                                  metric=metric if metric.startswith("eval_") else f"eval_{metric}")
     if training_args.do_eval:
         logits, metrics = predict(trainer, dataset.dev, metric_key_prefix="eval")
+        metrics.update(calibration_metrics(trainer.spec, logits, dataset.dev, "eval"))
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         results["eval"] = metrics
@@ -544,6 +580,53 @@ def tune_thresholds(trainer, model_args, dataset: DatasetDir) -> None:
                 trainer.args.output_dir)
 
 
+def calibrate(trainer, model_args, dataset: DatasetDir) -> None:
+    """--calibrate: temperature scaling fitted on dev.txt for the final model (the best one when it
+    was reloaded), saved in its spec, so evaluation, prediction, the export, infer.py and the
+    service report calibrated probabilities. Before the threshold search: thresholds are chosen on
+    the probabilities the model will report."""
+    from .calibration import calibration_report, fit_temperature
+
+    if not model_args.calibrate:
+        return
+    decoder = trainer.spec.decoder
+    logits = predict_logits(trainer, dataset.dev)
+    gold = dev_gold(decoder, dataset.dev)
+    temperature = fit_temperature(logits, gold, decoder.multi_label)
+    trainer.spec = dataclasses.replace(trainer.spec, temperature=temperature)
+    report = calibration_report(logits, gold, temperature, decoder.multi_label)
+    logger.info("--calibrate on dev.txt: temperature %.4g, expected calibration error %.4f -> %.4f (saved in %s)",
+                temperature, report.get("ece_uncalibrated", report["ece"]), report["ece"], trainer.args.output_dir)
+
+
+def dev_gold(decoder, examples: List[dict]) -> np.ndarray:
+    """Gold ids (multi-class) or a bool multi-hot matrix (label sets)."""
+    if decoder.multi_label:
+        return np.array([e["labels"] for e in examples]) > 0.5
+    return np.array([e["labels"] for e in examples]).reshape(-1)
+
+
+def calibration_metrics(spec: ModelSpec, logits: np.ndarray, examples: List[dict], prefix: str) -> Dict[str, Any]:
+    """Expected calibration error (and NLL) at the model's temperature, and before it when it was
+    calibrated; with a reject threshold, the coverage and the accuracy of the answered texts."""
+    from .calibration import calibration_report
+
+    decoder = spec.decoder
+    if not examples:
+        return {}
+    gold = dev_gold(decoder, examples)
+    out = {f"{prefix}_{k}": v for k, v in calibration_report(logits, gold, decoder.temperature,
+                                                              decoder.multi_label).items()}
+    if decoder.reject_threshold is not None:
+        probs = decoder.probabilities(logits)
+        answered = ~decoder.rejected(probs)
+        out[f"{prefix}_reject_threshold"] = decoder.reject_threshold
+        out[f"{prefix}_coverage"] = float(answered.mean())
+        if answered.any():  # (no key when nothing is answered: the Trainer's logger cannot print None)
+            out[f"{prefix}_accuracy_answered"] = float((probs.argmax(1) == gold)[answered].mean())
+    return out
+
+
 def export(model_args, training_args, dataset: DatasetDir, checkpoint: str) -> dict:
     """--do_export: the saved model (or --resume_from_checkpoint) -> output_dir/export."""
     from .export import export_checkpoint
@@ -568,6 +651,7 @@ def predict_and_write(trainer, dataset: DatasetDir, label_set: LabelSet, output_
         logits = predict_logits(trainer, dataset.test)
         gold = [e["labels"] for e in dataset.test]
         metrics = {f"test_{k}": v for k, v in task_metrics(spec.decoder, logits, gold).items()}
+        metrics.update(calibration_metrics(spec, logits, dataset.test, "test"))
         metrics["test_samples"] = len(gold)
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)

@@ -1,0 +1,178 @@
+"""Calibration and the reject option (utils/calibration.py, the Decoder's temperature and reject
+threshold): the numbers on hand-made cases, and one real run through train.py, the export and infer.py."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import FAST, read_tsv
+from utils.calibration import (coverage_table, expected_calibration_error, fit_temperature, format_coverage_table,
+                               nll, probabilities)
+from utils.decoding import Decoder, softmax
+
+
+def overconfident(n=2000, classes=3, seed=0, scale=8.0):
+    """Logits whose softmax is calibrated at T = 1/scale... multiplied by `scale`: over-confident."""
+    rng = np.random.RandomState(seed)
+    gold = rng.randint(0, classes, n)
+    logits = rng.normal(0, 1, (n, classes))
+    logits[np.arange(n), gold] += 1.0  # right about 60% of the time, with modest margins
+    return logits * scale, gold
+
+
+def test_temperature_scaling_lowers_ece_on_an_overconfident_model():
+    logits, gold = overconfident()
+    before = expected_calibration_error(softmax(logits), gold)
+    t = fit_temperature(logits, gold)
+    after = expected_calibration_error(probabilities(logits, t), gold)
+    assert t > 4  # it undoes most of the x8
+    assert before > 0.2 and after < 0.05, (before, after)
+    assert nll(logits, gold, t) < nll(logits, gold, 1.0)
+    # argmax unchanged: temperature never changes a label
+    assert (probabilities(logits, t).argmax(1) == logits.argmax(1)).all()
+
+
+def test_temperature_scaling_of_label_sets_uses_each_sigmoid():
+    rng = np.random.RandomState(1)
+    gold = rng.rand(500, 4) > 0.5
+    logits = (np.where(gold, 1.0, -1.0) + rng.normal(0, 1.5, gold.shape)) * 6
+    t = fit_temperature(logits, gold, multi_label=True)
+    assert t > 2
+    assert (expected_calibration_error(probabilities(logits, t, True), gold, True)
+            < expected_calibration_error(probabilities(logits, 1.0, True), gold, True))
+
+
+def test_expected_calibration_error_by_hand():
+    # two texts at confidence 0.9 (one right), two at 0.6 (both right): |0.5-0.9|*2/4 + |1-0.6|*2/4 = 0.4
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    gold = np.array([0, 1, 0, 1])
+    assert expected_calibration_error(probs, gold) == pytest.approx(0.4)
+
+
+def test_coverage_table_on_a_hand_made_case():
+    probs = np.array([[0.95, 0.05], [0.85, 0.15], [0.3, 0.7], [0.55, 0.45], [0.5, 0.5]])
+    gold = np.array([0, 1, 1, 1, 0])  # right, wrong, right, wrong, right (tie -> first label)
+    rows = {r["threshold"]: r for r in coverage_table(probs, gold, thresholds=(0.0, 0.6, 0.8, 0.9, 0.99),
+                                                      chosen=0.7)}
+    assert rows[0.0] == {"threshold": 0.0, "answered": 5, "coverage": 1.0, "accuracy": 0.6}
+    assert rows[0.6] == {"threshold": 0.6, "answered": 3, "coverage": 0.6, "accuracy": pytest.approx(2 / 3)}
+    assert rows[0.7]["answered"] == 3  # chosen is added; >= P is answered (0.7 itself)
+    assert rows[0.8] == {"threshold": 0.8, "answered": 2, "coverage": 0.4, "accuracy": 0.5}
+    assert rows[0.9] == {"threshold": 0.9, "answered": 1, "coverage": 0.2, "accuracy": 1.0}
+    assert rows[0.99] == {"threshold": 0.99, "answered": 0, "coverage": 0.0, "accuracy": None}
+    text = format_coverage_table(list(rows.values()))
+    assert text.splitlines()[0] == "threshold\tanswered\tcoverage\taccuracy"
+    assert "0.99\t0\t0.0000\t" in text
+
+
+def test_decoder_temperature_and_reject_option_round_trip_through_the_manifest():
+    decoder = Decoder("multi-class", ("a", "b"), temperature=2.0, reject_threshold=0.8, other_label="none of these")
+    again = Decoder.from_manifest(decoder.describe(), ["a", "b"])
+    assert again == decoder
+    probs = decoder.probabilities(np.array([[4.0, 0.0], [0.2, 0.0]]))
+    assert probs[0, 0] == pytest.approx(softmax(np.array([2.0, 0.0]))[0])
+    assert decoder.names(probs) == ["a", "none of these"]
+    for bad, field in (({"temperature": 0}, "temperature"), ({"reject_threshold": 1.5}, "reject_threshold"),
+                       ({"other_label": "a"}, "other_label")):
+        with pytest.raises(ValueError, match=field):
+            Decoder.from_manifest({**decoder.describe(), **bad}, ["a", "b"])
+    with pytest.raises(ValueError, match="multi-class"):
+        Decoder("multi-label", ("a", "b"), reject_threshold=0.5)
+
+
+def test_reject_and_calibrate_flags_are_checked_before_anything_loads(tmp_path, keyword_data, capsys):
+    import infer
+    import train
+    from utils.errors import run_cli
+
+    out = str(tmp_path / "out")
+    cases = [
+        (["--reject_threshold", "0"], "--reject_threshold"),
+        (["--reject_threshold", "1.5"], "--reject_threshold"),
+        (["--other_label", "x"], "--other_label"),  # without --reject_threshold
+        (["--reject_threshold", "0.5", "--other_label", "a,b"], "--other_label"),
+        (["--reject_threshold", "0.5", "--other_label", "apple"], "--other_label"),  # a label of label.txt
+        (["--reject_threshold", "0.5", "--task_type", "multi-label"], "--reject_threshold"),
+        (["--calibrate", "--do_eval", "--resume_from_checkpoint", out], "--calibrate"),
+    ]
+    for extra, flag in cases:
+        argv = ["--model_name_or_path", "nowhere", "--data_dir", keyword_data, "--output_dir", out, *extra]
+        if "--do_eval" not in extra:
+            argv.append("--do_train")
+        assert run_cli(train.main, argv) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and flag in err and "Traceback" not in err, (extra, err)
+    data = os.path.join(keyword_data, "data.txt")
+    for extra, flag in ((["--reject_threshold", "2"], "--reject_threshold"), (["--other_label", ""], "--other_label")):
+        assert run_cli(infer.main, ["--model_path_prefix", "nowhere", "--input_file", data, *extra]) == 2
+        err = capsys.readouterr().err
+        assert flag in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_model_dir, tmp_path_factory):
+    """A short keyword-task run with --calibrate and a reject threshold, exported (onnx only)."""
+    import train
+    from utils.errors import run_cli
+    from utils.synthetic import PROMPT, write_keyword_dataset
+
+    base = tmp_path_factory.mktemp("calibrated")
+    data_dir = write_keyword_dataset(str(base / "data"), train_per_class=16)
+    out = str(base / "out")
+    argv = ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", out, "--prompt", PROMPT,
+            "--do_train", "--do_eval", "--do_predict", "--do_export", "--export_type", "onnx", "--max_steps", "60",
+            "--evaluation_strategy", "no", "--save_strategy", "no", "--calibrate", "--reject_threshold", "0.6",
+            "--other_label", "unknown", *FAST]
+    assert run_cli(train.main, argv) == 0
+    return data_dir, out
+
+
+def test_calibration_is_saved_and_used_everywhere(calibrated, tmp_path):
+    from utils.classifier import Classifier
+
+    data_dir, out = calibrated
+    with open(os.path.join(out, "ptuning_config.json"), encoding="utf-8") as fp:
+        spec = json.load(fp)
+    with open(os.path.join(out, "eval_results.json"), encoding="utf-8") as fp:
+        results = json.load(fp)
+    assert spec["temperature"] == pytest.approx(results["eval_temperature"]) and spec["temperature"] != 1.0
+    assert spec["reject_threshold"] == 0.6 and spec["other_label"] == "unknown"
+    assert results["eval_ece"] <= results["eval_ece_uncalibrated"] + 1e-9
+    assert results["eval_nll"] <= results["eval_nll_uncalibrated"] + 1e-9
+    assert 0 <= results["eval_coverage"] <= 1
+    for name in ("eval_reliability.png", "eval_coverage.tsv", "test_reliability.png", "test_coverage.tsv"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    header, rows = read_tsv(os.path.join(out, "eval_coverage.tsv"))
+    assert header == ["threshold", "answered", "coverage", "accuracy"] and "0.60" in [r[0] for r in rows]
+
+    with open(os.path.join(out, "export", "manifest.json"), encoding="utf-8") as fp:
+        manifest = json.load(fp)
+    assert manifest["temperature"] == spec["temperature"] and manifest["reject_threshold"] == 0.6
+    classifier = Classifier(os.path.join(out, "export"))
+    texts = [line.split("\t")[0] for line in open(os.path.join(data_dir, "dev.txt"), encoding="utf-8") if line.strip()]
+    logits = classifier.logits(texts)
+    probs = classifier.predict_proba(texts)
+    np.testing.assert_allclose(probs, softmax(logits / spec["temperature"]), atol=1e-6)
+    predictions = classifier.predict(texts)
+    for p, row in zip(predictions, probs):
+        assert p.label == ("unknown" if row.max() < 0.6 else classifier.labels[row.argmax()])
+    # train.py's prediction file and infer.py's agree, rejected texts included
+    _, test_rows = read_tsv(os.path.join(out, "test_predictions.tsv"))
+    strict = Classifier(os.path.join(out, "export"), reject_threshold=0.99, other_label="unsure")
+    assert all(p.label == "unsure" for p, row in zip(strict.predict(texts), probs) if row.max() < 0.99)
+    summary = strict.classify_file(os.path.join(data_dir, "test.txt"), str(tmp_path / "p.tsv"))
+    assert summary["reject_threshold"] == 0.99 and "unsure" in summary["predicted_label_counts"]
+    assert 0 <= summary["coverage"] <= 1
+    assert len(test_rows) == len(read_tsv(str(tmp_path / "p.tsv"))[1])
+
+
+def test_the_service_reports_calibrated_confidences_and_the_other_label(calibrated):
+    from utils.classifier import Classifier
+    from utils.service import format_predictions
+
+    _, out = calibrated
+    classifier = Classifier(os.path.join(out, "export"))
+    probs = np.array([[0.5, 0.3, 0.2], [0.9, 0.05, 0.05]])
+    items = format_predictions(probs, classifier.labels, 1, classifier.model.decoder)
+    assert [i["label"] for i in items] == ["unknown", classifier.labels[0]]
