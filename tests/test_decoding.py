@@ -59,7 +59,8 @@ def test_consistent_decoding_predicts_a_child_only_with_its_parent():
 def test_manifest_round_trip_and_exports_before_task_types_are_multi_class():
     decoder = Decoder("hierarchical", TREE, (0.3,) * 6, consistent=False)
     described = decoder.describe()
-    assert described == {"task_type": "hierarchical", "thresholds": [0.3] * 6, "hierarchical_decoding": "flat"}
+    assert described == {"task_type": "hierarchical", "thresholds": [0.3] * 6, "hierarchical_decoding": "flat",
+                         "temperature": 1.0, "reject_threshold": None, "other_label": "other"}
     assert Decoder.from_manifest(described, TREE) == decoder
     assert Decoder.from_manifest({}, ("a", "b")).task_type == "multi-class"
     with pytest.raises(ValueError, match="thresholds"):
