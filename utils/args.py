@@ -144,6 +144,10 @@ class ModelArguments(ExportArguments):
         "help": "Hierarchical: consistent (default: a child only with its parent) or flat (every label on its own, "
                 "as upstream)."})
 
+    zero_shot: bool = field(default=False, metadata={
+        "help": "No training: the PLM's own masked-LM head reads the label words at the masks after the prompt "
+                "(text + --prompt as hard text + [MASK]s), for --do_eval/--do_predict/--do_export; the model is saved "
+                "to --output_dir as a checkpoint. The baseline to beat, and a model without labelled data."})
     calibrate: bool = field(default=False, metadata={
         "help": "With --do_train: fit temperature scaling on dev.txt after training (saved with the model and the "
                 "export, so infer.py, the Python API and the service report calibrated confidences); "
@@ -304,6 +308,19 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
                 getattr(training_args, "do_export", False))):
         raise UserError("nothing to do: give at least one of --do_train, --do_eval, --do_predict, --do_export",
                         "train.py")
+    if model_args.zero_shot:
+        if training_args.do_train:
+            raise UserError("classifies with the pretrained model as it is; --do_train would train it: drop one "
+                            "(train a P-tuning model with --do_train alone)", "--zero_shot")
+        if training_args.resume_from_checkpoint:
+            raise UserError("builds its model from --model_name_or_path; a checkpoint is evaluated without it "
+                            "(a zero-shot checkpoint too)", "--zero_shot")
+        if model_args.method == Method.FINETUNE:
+            raise UserError("reads the label words with the masked-LM head; --method finetune has no such head",
+                            "--zero_shot")
+        if data_args.prompt_flags_given:
+            raise UserError(f"uses the prompt as hard text; --{data_args.prompt_flags_given[0]} shapes soft tokens, "
+                            "which would be random without training", "--zero_shot")
     if model_args.calibrate and not training_args.do_train:
         raise UserError("fits temperature scaling on dev.txt after training and saves it with the model: add "
                         "--do_train (a trained checkpoint keeps the temperature it was saved with)", "--calibrate")
@@ -337,6 +354,9 @@ def check_task_args(model_args: ModelArguments, training_args, task_type: TaskTy
     given = [f"--{name}" for name in MULTI_LABEL_ONLY_FLAGS if getattr(model_args, name) is not None
              and not (name == "threshold_search" and model_args.threshold_search == ThresholdSearch.NONE)]
     metric = (getattr(training_args, "metric_for_best_model", None) or "").replace("eval_", "", 1)
+    if task_type != TaskType.MULTI_CLASS and getattr(model_args, "zero_shot", False):
+        raise UserError(f"compares the label words' scores with each other (a softmax over labels); --task_type "
+                        f"{task_type} needs a score per label on its own, which only training gives", "--zero_shot")
     if task_type != TaskType.MULTI_CLASS and model_args.reject_threshold is not None:
         raise UserError(f"is for multi-class models; a --task_type {task_type} model already predicts no label when "
                         "none is above its threshold: raise --threshold or use --threshold_search instead",

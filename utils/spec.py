@@ -86,8 +86,16 @@ class ModelSpec:
         """The model the flags ask for, checked with the tokenizer alone (no weights loaded)."""
         from .heads import get_head, head_name
 
-        head = get_head(head_name(model_args.method, model_args.verbalizer, task_type))
-        if head.method == Method.FINETUNE.value:
+        zero_shot = bool(getattr(model_args, "zero_shot", False))
+        # zero-shot: the label words read by the PLM's MLM head (the manual head, PET's scores)
+        head = get_head(head_name(model_args.method, "manual" if zero_shot else model_args.verbalizer, task_type))
+        if zero_shot:
+            from .zero_shot import zero_shot_template
+
+            masks = head.masks(label_set, tokenizer)
+            parts = zero_shot_template(data_args.prompt, is_pair, masks)
+            validate_template(parts, is_pair, required_masks=masks, verbalizer_name="--zero_shot")
+        elif head.method == Method.FINETUNE.value:
             if data_args.prompt or data_args.prompt_flags_given:
                 logger.warning("--method finetune classifies [CLS]; --prompt and the prompt encoder flags are not "
                                "used")
@@ -106,6 +114,8 @@ class ModelSpec:
             if template_kind(parts) != "soft":
                 logger.warning("the template has no soft tokens: this is a hard (PET-style) prompt, not P-tuning")
         options = {"loss": model_args.manual_loss.value} if "loss" in head.options else {}
+        if zero_shot:
+            options = {"loss": "ce"}
         threshold = getattr(model_args, "threshold", None)
         decoding = getattr(model_args, "hierarchical_decoding", None)
         spec = cls(head=head.name, template=parts, labels=label_set.labels, label_words=label_set.words_in_order(),
@@ -113,7 +123,7 @@ class ModelSpec:
                    head_options=options, task_type=task_type,
                    thresholds=None if task_type == MULTI_CLASS or threshold is None
                    else [float(threshold)] * len(label_set.labels),
-                   consistent_decoding=decoding is None or str(decoding) == "consistent")
+                   consistent_decoding=decoding is None or str(decoding) == "consistent", zero_shot=zero_shot)
         spec.check_lengths(tokenizer, position_limit)
         return spec
 

@@ -448,7 +448,9 @@ class Run:
         if args.should_save:  # the writing process; under data parallelism the others only read
             self.lock = DirLock(args.output_dir).acquire()
         model_dir = self.model_args.model_name_or_path
-        plan = plan_output_dir(args.output_dir, args.do_train, output_kinds(args), args.overwrite_output_dir,
+        # a zero-shot run writes its model (untrained, from --model_name_or_path) like a training run
+        plan = plan_output_dir(args.output_dir, args.do_train or self.model_args.zero_shot, output_kinds(args),
+                               args.overwrite_output_dir,
                                args.resume_from_checkpoint, model_dir if os.path.isdir(model_dir) else None)
         self.resume = plan.resume
         if self.resume:
@@ -517,10 +519,15 @@ def run(model_args, data_args, training_args) -> Dict[str, Any]:
 def _run(current: Run) -> Dict[str, Any]:
     model_args, training_args, dataset = current.model_args, current.args, current.dataset
     results: Dict[str, Any] = {}
-    if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
+    if not (training_args.do_train or training_args.do_eval or training_args.do_predict or model_args.zero_shot):
         results["export"] = export(model_args, training_args, dataset, current.resume)
         return results
     trainer = prepare(current)
+    if model_args.zero_shot:
+        # saved as a checkpoint (its spec says zero_shot), so --do_export, export.py and infer.py take it
+        trainer.save_model()
+        logger.info("--zero_shot: the pretrained masked-LM head over the label words, no training; saved to %s",
+                    training_args.output_dir)
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=current.resume)
         check_in_sync(trainer.model, "end of training")
@@ -547,8 +554,9 @@ def _run(current: Run) -> Dict[str, Any]:
     if training_args.do_predict:
         results.update(predict_and_write(trainer, dataset, dataset.labels, training_args.output_dir))
     if training_args.do_export and trainer.is_world_process_zero():
+        trained_here = training_args.do_train or model_args.zero_shot
         results["export"] = export(model_args, training_args, dataset,
-                                   training_args.output_dir if training_args.do_train else current.resume)
+                                   training_args.output_dir if trained_here else current.resume)
     return results
 
 

@@ -1,0 +1,90 @@
+"""The zero-shot baseline (utils/zero_shot.py, train.py --zero_shot): a tiny MLM pretrained on a
+generated cloze corpus classifies the keyword task with no training, which also proves the mask
+position and the label-word -> class mapping; and predicting needs a trained or zero-shot model."""
+import json
+import os
+import random
+
+import pytest
+
+from conftest import FAST, read_tsv
+from utils.synthetic import KEYWORDS, PROMPT, make_text, write_keyword_dataset
+
+# short fillers around the keyword: the tiny MLM learns to find it in ~300 steps (15 s on one core)
+SHORT = dict(min_len=1, max_len=4)
+
+
+@pytest.fixture(scope="module")
+def cloze_model(tiny_model_dir, tmp_path_factory):
+    """The tiny ERNIE after a few hundred MLM steps on `text + prompt + label word` sentences."""
+    from utils.zero_shot import pretrain_cloze_mlm
+
+    rng = random.Random(7)
+    corpus = [(make_text(rng, keyword, **SHORT), word) for _ in range(200) for keyword, word in KEYWORDS.values()]
+    return pretrain_cloze_mlm(tiny_model_dir, str(tmp_path_factory.mktemp("cloze") / "mlm"), corpus, PROMPT,
+                              steps=300, learning_rate=2e-3, mask_rate=0.0)
+
+
+def zero_shot(model_dir, data_dir, out, *extra):
+    import train
+    from utils.errors import run_cli
+
+    argv = ["--model_name_or_path", model_dir, "--data_dir", data_dir, "--output_dir", out, "--prompt", PROMPT,
+            "--zero_shot", "--do_eval", "--do_predict", *FAST, *extra]
+    assert run_cli(train.main, argv) == 0
+    with open(os.path.join(out, "eval_results.json"), encoding="utf-8") as fp:
+        return json.load(fp)
+
+
+def test_zero_shot_on_a_cloze_pretrained_mlm_reaches_0_9_without_training(cloze_model, tmp_path):
+    data_dir = write_keyword_dataset(str(tmp_path / "data"), **SHORT)
+    out = str(tmp_path / "out")
+    results = zero_shot(cloze_model, data_dir, out, "--do_export", "--export_type", "onnx")
+    print(f"zero-shot dev accuracy {results['eval_accuracy']:.4f}")
+    assert results["eval_accuracy"] >= 0.9
+    with open(os.path.join(out, "ptuning_config.json"), encoding="utf-8") as fp:
+        spec = json.load(fp)
+    assert spec["zero_shot"] is True and spec["verbalizer"] == "manual"
+    # the text, then the prompt as hard text, then one mask per label-word token
+    assert spec["template"] == [{"text": "text_a"}, {"hard": PROMPT}, {"mask": None, "length": 2}]
+    with open(os.path.join(out, "export", "manifest.json"), encoding="utf-8") as fp:
+        assert json.load(fp)["zero_shot"] is True
+    with open(os.path.join(out, "test_results.json"), encoding="utf-8") as fp:
+        assert json.load(fp)["test_accuracy"] >= 0.9
+
+    # label.txt's lines shuffled: the same predictions (labels are matched by word, not by line)
+    shuffled = str(tmp_path / "shuffled")
+    write_keyword_dataset(shuffled, **SHORT)
+    path = os.path.join(shuffled, "label.txt")
+    lines = open(path, encoding="utf-8").read().splitlines()
+    open(path, "w", encoding="utf-8").write("\n".join(reversed(lines)) + "\n")
+    zero_shot(cloze_model, shuffled, str(tmp_path / "out2"))
+    assert read_tsv(os.path.join(out, "test_predictions.tsv")) == read_tsv(
+        os.path.join(str(tmp_path / "out2"), "test_predictions.tsv"))
+
+    # label words swapped between two labels: the mapping is really read (accuracy collapses)
+    swapped = str(tmp_path / "swapped")
+    write_keyword_dataset(swapped, label_words={"apple": "黄色", "banana": "红色", "grape": "紫色"}, **SHORT)
+    assert zero_shot(cloze_model, swapped, str(tmp_path / "out3"))["eval_accuracy"] <= 0.5
+
+
+def test_zero_shot_flags_are_checked(tiny_model_dir, keyword_data, tmp_path, capsys):
+    import train
+    from utils.errors import run_cli
+
+    out = str(tmp_path / "out")
+    base = ["--model_name_or_path", tiny_model_dir, "--data_dir", keyword_data, "--output_dir", out]
+    cases = [(["--zero_shot", "--do_train"], "--zero_shot"),
+             (["--zero_shot", "--do_eval", "--resume_from_checkpoint", out], "--zero_shot"),
+             (["--zero_shot", "--do_eval", "--method", "finetune"], "--zero_shot"),
+             (["--zero_shot", "--do_eval", "--soft_encoder", "mlp"], "--zero_shot"),
+             (["--zero_shot", "--do_eval", "--task_type", "multi-label"], "--zero_shot"),
+             (["--zero_shot", "--do_eval", "--prompt", "{'soft': '水果'}{'text': 'text_a'}{'mask'}{'mask'}"],
+              "--prompt"),
+             # no trained model and no --zero_shot: refused, never an untrained head's guesses
+             (["--do_predict"], "--resume_from_checkpoint")]
+    for extra, flag in cases:
+        assert run_cli(train.main, base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and flag in err and "Traceback" not in err, (extra, err)
+    assert not os.path.exists(os.path.join(out, "model_state.pdparams"))
