@@ -5,6 +5,8 @@ Accepted lines (blank lines are skipped, a UTF-8 BOM and CRLF are fine):
     news_car==汽车        label `news_car`, label word `汽车`
     体育                  label and label word `体育`
     科技##手机            hierarchical label `科技##手机`, label word `手机` (the last segment)
+    news_car==汽车|轿车   label word `汽车`; `轿车` is an alternative the label-word checker ranks
+                          (`python -m utils.label_words`)
 
 Output order: labels sorted by their names (Unicode code points), which is the order
 paddlenlp's verbalizers give logits in. Every output file and the export use that order.
@@ -35,6 +37,7 @@ class LabelSet:
     label_words: Dict[str, str]
     path: str = ""
     lines: Dict[str, int] = field(default_factory=dict)
+    alternatives: Dict[str, List[str]] = field(default_factory=dict)  # label.txt's `w1|w2|...`, w1 first
 
     @property
     def labels(self) -> List[str]:
@@ -79,8 +82,14 @@ def read_label_file(path: str, task_type: str = MULTI_CLASS) -> LabelSet:
     task type's rules (module docstring)."""
     label_words: Dict[str, str] = {}
     lines: Dict[str, int] = {}
+    alternatives: Dict[str, List[str]] = {}
     for number, line in read_text_lines(path, what="label file"):
         label, word = parse_label_line(line, path, number)
+        if "|" in word:  # `w1|w2|...`: the first is the label word, the others candidates for the checker
+            words = [w.strip() for w in word.split("|")]
+            if not all(words):
+                raise UserError(f"empty alternative in {word!r} (write `{label}==w1|w2`)", path, number)
+            word, alternatives[label] = words[0], words
         if label in label_words:
             raise UserError(f"duplicate label {label!r} (first defined on line {lines[label]})", path, number)
         if task_type != MULTI_CLASS and LABEL_SEPARATOR in label:
@@ -107,7 +116,7 @@ def read_label_file(path: str, task_type: str = MULTI_CLASS) -> LabelSet:
     for word, labels in by_word.items():
         if len(labels) > 1:
             logger.warning("%s: labels %s share the label word %r; their classifier rows start equal", path, labels, word)
-    return LabelSet(label_words=label_words, path=path, lines=lines)
+    return LabelSet(label_words=label_words, path=path, lines=lines, alternatives=alternatives)
 
 
 def known_labels(labels: List[str], limit: int = 20) -> str:

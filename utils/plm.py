@@ -152,4 +152,7 @@ def warn_unknown_tokens(tokenizer, dataset, model_name: str) -> Optional[float]:
         if ids and all(i == tokenizer.unk_token_id for i in ids):
             logger.warning("label word %r (label %r) is [UNK] for this vocabulary: its classifier row starts "
                            "from the unknown token's; choose a word the vocabulary knows", word, label)
+    from .label_words import warn_label_words
+
+    warn_label_words(dataset.labels.label_words, tokenizer, dataset.labels.path or "label.txt")
     return share
