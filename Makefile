@@ -11,7 +11,7 @@ DEMO_MODEL := checkpoints/demo-tiny-ernie
 DEMO_OUT := checkpoints/demo
 DEMO_PROMPT := 这条新闻的主题是
 
-.PHONY: install install-dev install-ray demo demo-label-sets test bench bench-ray clean
+.PHONY: install install-dev install-ray browser demo demo-label-sets test bench bench-ray clean
 
 $(VENV)/.installed: requirements.txt requirements-cpu.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed requirements-bench.txt
 	@touch $@
 
 install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev browser
 install-ray: $(VENV)/.installed-ray
 
 # The main job, offline: tiny random ERNIE -> P-tuning (LSTM soft prompt) -> eval -> predict
@@ -72,6 +72,18 @@ demo-label-sets: install
 
 test: install-dev
 	$(PY) -m pytest -q tests
+
+# A headless browser for tests/test_explain.py (the explanation page is rendered and screenshotted):
+# chromium from the system's packages when none is installed (Debian/Ubuntu; the test skips, saying
+# why, where there is none).
+BROWSERS := chromium chromium-browser google-chrome google-chrome-stable
+browser:
+	@for b in $(BROWSERS); do command -v $$b >/dev/null 2>&1 && exit 0; done; \
+	if command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends chromium || \
+	  { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }; \
+	else echo "note: no headless browser; install chromium for the explanation page's rendering test"; fi
 
 # Speed/memory ratios on this machine (needs ../shared; about 25 minutes on 2 cores). See BENCHMARKS.md.
 bench: $(VENV)/.installed-bench

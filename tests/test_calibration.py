@@ -95,6 +95,7 @@ def test_reject_and_calibrate_flags_are_checked_before_anything_loads(tmp_path, 
         (["--reject_threshold", "0.5", "--other_label", "apple"], "--other_label"),  # a label of label.txt
         (["--reject_threshold", "0.5", "--task_type", "multi-label"], "--reject_threshold"),
         (["--calibrate", "--do_eval", "--resume_from_checkpoint", out], "--calibrate"),
+        (["--explain"], "--explain"),  # without --do_predict
     ]
     for extra, flag in cases:
         argv = ["--model_name_or_path", "nowhere", "--data_dir", keyword_data, "--output_dir", out, *extra]
@@ -123,7 +124,7 @@ def calibrated(tiny_model_dir, tmp_path_factory):
     argv = ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", out, "--prompt", PROMPT,
             "--do_train", "--do_eval", "--do_predict", "--do_export", "--export_type", "onnx", "--max_steps", "60",
             "--evaluation_strategy", "no", "--save_strategy", "no", "--calibrate", "--reject_threshold", "0.6",
-            "--other_label", "unknown", *FAST]
+            "--other_label", "unknown", "--explain", *FAST]
     assert run_cli(train.main, argv) == 0
     return data_dir, out
 
@@ -141,7 +142,10 @@ def test_calibration_is_saved_and_used_everywhere(calibrated, tmp_path):
     assert results["eval_ece"] <= results["eval_ece_uncalibrated"] + 1e-9
     assert results["eval_nll"] <= results["eval_nll_uncalibrated"] + 1e-9
     assert 0 <= results["eval_coverage"] <= 1
-    for name in ("eval_reliability.png", "eval_coverage.tsv", "test_reliability.png", "test_coverage.tsv"):
+    for name in ("eval_reliability.png", "eval_coverage.tsv", "test_reliability.png", "test_coverage.tsv",
+                 # --explain (utils/explain.py): attributions of test/data texts and the bad-case report
+                 "test_explanations.html", "test_explanations.json", "test_bad_cases.html", "test_bad_cases.json",
+                 "data_explanations.html"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     header, rows = read_tsv(os.path.join(out, "eval_coverage.tsv"))
     assert header == ["threshold", "answered", "coverage", "accuracy"] and "0.60" in [r[0] for r in rows]

@@ -148,6 +148,10 @@ class ModelArguments(ExportArguments):
         "help": "No training: the PLM's own masked-LM head reads the label words at the masks after the prompt "
                 "(text + --prompt as hard text + [MASK]s), for --do_eval/--do_predict/--do_export; the model is saved "
                 "to --output_dir as a checkpoint. The baseline to beat, and a model without labelled data."})
+    explain: bool = field(default=False, metadata={
+        "help": "With --do_predict: token attributions (integrated gradients) of the first 50 test/data texts "
+                "(test_explanations.html/.json, data_explanations.*) and the bad-case report (test_bad_cases.*: "
+                "test errors, most confident first). explain.py does it for any text."})
     calibrate: bool = field(default=False, metadata={
         "help": "With --do_train: fit temperature scaling on dev.txt after training (saved with the model and the "
                 "export, so infer.py, the Python API and the service report calibrated confidences); "
@@ -321,6 +325,8 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
         if data_args.prompt_flags_given:
             raise UserError(f"uses the prompt as hard text; --{data_args.prompt_flags_given[0]} shapes soft tokens, "
                             "which would be random without training", "--zero_shot")
+    if model_args.explain and not training_args.do_predict:
+        raise UserError("explains --do_predict's texts: add --do_predict (explain.py explains any text)", "--explain")
     if model_args.calibrate and not training_args.do_train:
         raise UserError("fits temperature scaling on dev.txt after training and saves it with the model: add "
                         "--do_train (a trained checkpoint keeps the temperature it was saved with)", "--calibrate")

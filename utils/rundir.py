@@ -42,7 +42,8 @@ OUTPUT_KINDS = {
              "eval_reliability.png", "eval_coverage.tsv"),
     "predict": ("test_results.json", "test_predictions.*", "data_predictions.*", "test_report.*",
                 "test_confusion_matrix.*", "test_top_confusions.*",
-                "test_reliability.png", "test_coverage.tsv"),
+                "test_reliability.png", "test_coverage.tsv", "test_explanations.*", "test_bad_cases.*",
+                "data_explanations.*"),
     "export": ("export",),
     "summary": ("all_results.json",),
 }

@@ -447,7 +447,11 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
         ready_batcher()
         classifier = state["classifier"]
         return {"model": config.name, "labels": classifier.labels, "pair": classifier.pair,
-                "task_type": classifier.task_type, "thresholds": classifier.thresholds}
+                "task_type": classifier.task_type, "thresholds": classifier.thresholds,
+                # calibration and the reject option the export carries (applied to every prediction)
+                "temperature": classifier.model.decoder.temperature,
+                "reject_threshold": classifier.model.decoder.reject_threshold,
+                "other_label": classifier.model.decoder.other_label}
 
     @app.get("/metrics")
     async def prometheus():

@@ -553,6 +553,8 @@ def _run(current: Run) -> Dict[str, Any]:
             write_report(training_args.output_dir, "eval", dataset, dataset.dev, logits, trainer.spec)
     if training_args.do_predict:
         results.update(predict_and_write(trainer, dataset, dataset.labels, training_args.output_dir))
+        if model_args.explain and trainer.is_world_process_zero():
+            write_explanations_of_predictions(trainer, dataset, training_args.output_dir)
     if training_args.do_export and trainer.is_world_process_zero():
         trained_here = training_args.do_train or model_args.zero_shot
         results["export"] = export(model_args, training_args, dataset,
@@ -644,6 +646,33 @@ def export(model_args, training_args, dataset: DatasetDir, checkpoint: str) -> d
                                  export_type=model_args.export_type, overwrite=True,
                                  export_fp16=model_args.export_fp16, quantize=model_args.quantize, locked=True)
     return manifest["parity"]
+
+
+EXPLAIN_LIMIT = 50      # texts explained per file by --explain (integrated gradients: 32 passes each)
+BAD_CASE_LIMIT = 20
+
+
+def write_explanations_of_predictions(trainer, dataset: DatasetDir, output_dir: str) -> None:
+    """--explain: attributions of the first test/data texts and the test bad-case report (utils/explain.py)."""
+    from .explain import Explainer, bad_cases, write_explanations
+
+    explainer = Explainer(trainer.model, trainer.tokenizer, trainer.spec)
+    if dataset.test:
+        examples = dataset.test[:EXPLAIN_LIMIT]
+        gold = dataset.gold_names(examples)
+        write_explanations(output_dir, "test_explanations", explainer.explain_all(examples, gold),
+                           f"Token attributions: test.txt (first {len(examples)})")
+        if not trainer.spec.decoder.multi_label:
+            split_gold = dataset.gold_names(dataset.test)
+            cases = bad_cases(explainer, dataset.test, split_gold, explainer.probabilities(dataset.test),
+                              BAD_CASE_LIMIT)
+            write_explanations(output_dir, "test_bad_cases", cases,
+                               f"Bad cases on test.txt: errors, most confident first ({len(cases)})")
+    if dataset.data:
+        examples = dataset.data[:EXPLAIN_LIMIT]
+        write_explanations(output_dir, "data_explanations", explainer.explain_all(examples),
+                           f"Token attributions: data.txt (first {len(examples)})")
+    logger.info("--explain: token attributions written to %s (*_explanations.html, test_bad_cases.html)", output_dir)
 
 
 def predict_and_write(trainer, dataset: DatasetDir, label_set: LabelSet, output_dir: str) -> Dict[str, Any]:
