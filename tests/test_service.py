@@ -52,7 +52,8 @@ def test_simpleserving_body_answers_label_names_equal_to_infer(client, export_di
 def test_predict_endpoint_and_the_read_only_endpoints(client):
     labels = client.get("/labels").json()
     assert labels == {"model": "cls_default", "labels": ["apple", "banana", "grape"], "pair": False,
-                      "task_type": "multi-class", "thresholds": None}
+                      "task_type": "multi-class", "thresholds": None, "temperature": 1.0, "reject_threshold": None,
+                      "other_label": "other"}
     body = client.post("/predict", json={"texts": ["我爱吃苹果", "香蕉"], "top_k": 3}).json()
     assert [len(p["top_k"]) for p in body["predictions"]] == [3, 3]
     for prediction in body["predictions"]:
