@@ -180,3 +180,42 @@ def test_the_service_reports_calibrated_confidences_and_the_other_label(calibrat
     probs = np.array([[0.5, 0.3, 0.2], [0.9, 0.05, 0.05]])
     items = format_predictions(probs, classifier.labels, 1, classifier.model.decoder)
     assert [i["label"] for i in items] == ["unknown", classifier.labels[0]]
+
+
+def test_a_checkpoint_takes_a_new_reject_threshold_into_its_export(calibrated, tiny_model_dir, tmp_path):
+    import train
+    from utils.errors import run_cli
+
+    data_dir, out = calibrated
+    target = str(tmp_path / "again")
+    assert run_cli(train.main, ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", target,
+                                "--resume_from_checkpoint", out, "--do_eval", "--do_export", "--export_type", "onnx",
+                                "--reject_threshold", "0.35", "--other_label", "unsure"]) == 0
+    with open(os.path.join(target, "export", "manifest.json"), encoding="utf-8") as fp:
+        manifest = json.load(fp)
+    assert manifest["reject_threshold"] == 0.35 and manifest["other_label"] == "unsure"
+    with open(os.path.join(out, "ptuning_config.json"), encoding="utf-8") as fp:
+        assert json.load(fp)["temperature"] == manifest["temperature"]  # the checkpoint's calibration kept
+    with open(os.path.join(target, "eval_results.json"), encoding="utf-8") as fp:
+        assert json.load(fp)["eval_reject_threshold"] == 0.35
+
+
+def test_label_sets_are_calibrated_per_sigmoid_before_the_threshold_search(tiny_model_dir, tmp_path):
+    import train
+    from utils.errors import run_cli
+    from utils.synthetic import MULTI_LABEL_PROMPT, write_multilabel_keyword_dataset
+
+    data_dir = write_multilabel_keyword_dataset(str(tmp_path / "data"), train=48, dev=24, test=12)
+    out = str(tmp_path / "out")
+    assert run_cli(train.main, ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", out,
+                                "--task_type", "multi_label", "--prompt", MULTI_LABEL_PROMPT, "--threshold_search",
+                                "global", "--calibrate", "--do_train", "--do_eval", "--max_steps", "30",
+                                "--evaluation_strategy", "no", "--save_strategy", "no", *FAST]) == 0
+    with open(os.path.join(out, "ptuning_config.json"), encoding="utf-8") as fp:
+        spec = json.load(fp)
+    with open(os.path.join(out, "eval_results.json"), encoding="utf-8") as fp:
+        results = json.load(fp)
+    assert spec["temperature"] == pytest.approx(results["eval_temperature"]) and spec["threshold_search"] == "global"
+    assert results["eval_nll"] <= results["eval_nll_uncalibrated"] + 1e-9
+    assert os.path.isfile(os.path.join(out, "eval_reliability.png"))
+    assert not os.path.exists(os.path.join(out, "eval_coverage.tsv"))  # no reject option for label sets

@@ -296,10 +296,12 @@ def export_lock(output_dir: str) -> DirLock:
 def export_checkpoint(checkpoint_dir: str, output_dir: str, examples: Optional[List[dict]] = None,
                       export_type: str = "paddle", export_fp16: bool = False, overwrite: bool = False,
                       opset: int = 13, tolerance: float = DEFAULT_TOLERANCE, quantize: Optional[str] = None,
-                      locked: bool = False) -> dict:
+                      locked: bool = False, reject_option: Optional[tuple] = None) -> dict:
     """Export `checkpoint_dir` to `output_dir`; return the manifest.
 
     `locked`: the caller already holds a lock on the directory around `output_dir` (train.py).
+    `reject_option`: `(threshold, other_label)` replacing the checkpoint's (train.py --reject_threshold
+    on a checkpoint: decoding, not weights).
     """
     export_type = ExportType.from_flag(export_type, "--export_type").value
     quantize = Quantize.from_flag(quantize or "none", "--quantize").value
@@ -312,20 +314,24 @@ def export_checkpoint(checkpoint_dir: str, output_dir: str, examples: Optional[L
     lock = None if locked else export_lock(output_dir).acquire()
     try:
         return _export(checkpoint_dir, output_dir, examples, export_type, export_fp16, overwrite, opset, tolerance,
-                       quantize == Quantize.INT8.value)
+                       quantize == Quantize.INT8.value, reject_option)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _export(checkpoint_dir, output_dir, examples, export_type, export_fp16, overwrite, opset, tolerance,
-            quantize: bool) -> dict:
+            quantize: bool, reject_option: Optional[tuple] = None) -> dict:
     if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
         raise UserError("already exists and is not empty; pass --overwrite_output_dir to replace it", output_dir)
     start = time.time()
     paddle.set_device("cpu")
     with paddle.utils.unique_name.guard():
         model, tokenizer, spec = rebuild_from_checkpoint(checkpoint_dir)
+        if reject_option is not None:
+            import dataclasses
+
+            spec = dataclasses.replace(spec, reject_threshold=reject_option[0], other_label=reject_option[1])
         folded = FoldedPromptModel(model)
         folded.eval()
     examples = sample_examples(examples, sorted(model.template.example_keys), spec.max_seq_length)

@@ -20,7 +20,7 @@ from .errors import ENVIRONMENT_ERRNOS, UserError
 from .files import read_json, write_json_atomic, write_text_atomic
 from .labels import LabelSet
 from .args import TaskType, ThresholdSearch, check_task_args
-from .decoding import MULTI_CLASS, search_thresholds
+from .decoding import DEFAULT_OTHER_LABEL, MULTI_CLASS, search_thresholds
 from .metrics import metrics_fn, task_metrics
 from .predictions import write_predictions
 from .heads import get_head
@@ -644,7 +644,9 @@ def export(model_args, training_args, dataset: DatasetDir, checkpoint: str) -> d
     manifest = export_checkpoint(checkpoint, os.path.join(training_args.output_dir, "export"),
                                  examples=dataset.dev or dataset.test or dataset.train or dataset.data,
                                  export_type=model_args.export_type, overwrite=True,
-                                 export_fp16=model_args.export_fp16, quantize=model_args.quantize, locked=True)
+                                 export_fp16=model_args.export_fp16, quantize=model_args.quantize, locked=True,
+                                 reject_option=None if model_args.reject_threshold is None else (
+                                     float(model_args.reject_threshold), model_args.other_label or DEFAULT_OTHER_LABEL))
     return manifest["parity"]
 
 
