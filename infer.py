@@ -116,24 +116,34 @@ def main(argv):
     # A scheduler's SIGTERM unwinds like Ctrl-C, so the partial output is removed on the way out.
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        if args.ray:
-            from utils.ray_infer import classify_file_on_ray
-
-            summary = classify_file_on_ray(args.ray, args.model_path_prefix, input_path, output_path,
-                                           top_k=args.top_k, sort_by_length=not args.file_order,
-                                           chunk_size=args.chunk_size, **options)
-            note_unused_flags(args, os.path.dirname(summary["model"]), summary["device"])
-        else:
-            from utils.classifier import Classifier
-
-            classifier = Classifier(args.model_path_prefix, device_id=args.device_id, **options)
-            note_unused_flags(args, classifier.export_dir, classifier.device)
-            summary = classifier.classify_file(input_path, output_path, top_k=args.top_k,
-                                               sort_by_length=not args.file_order, chunk_size=args.chunk_size)
+        summary = classify(args, input_path, output_path, options)
+    except UserError as exc:
+        if exc.path in ("reject_threshold", "other_label"):  # the API's argument is this script's flag
+            raise UserError(exc.message, "--" + exc.path) from None
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     return 0
+
+
+def classify(args, input_path: str, output_path: str, options: dict) -> dict:
+    """Classify the input file locally or on a Ray cluster; return the summary."""
+    if args.ray:
+        from utils.ray_infer import classify_file_on_ray
+
+        summary = classify_file_on_ray(args.ray, args.model_path_prefix, input_path, output_path,
+                                       top_k=args.top_k, sort_by_length=not args.file_order,
+                                       chunk_size=args.chunk_size, **options)
+        note_unused_flags(args, os.path.dirname(summary["model"]), summary["device"])
+    else:
+        from utils.classifier import Classifier
+
+        classifier = Classifier(args.model_path_prefix, device_id=args.device_id, **options)
+        note_unused_flags(args, classifier.export_dir, classifier.device)
+        summary = classifier.classify_file(input_path, output_path, top_k=args.top_k,
+                                           sort_by_length=not args.file_order, chunk_size=args.chunk_size)
+    return summary
 
 
 if __name__ == "__main__":

@@ -163,6 +163,8 @@ def test_calibration_is_saved_and_used_everywhere(calibrated, tmp_path):
         assert p.label == ("unknown" if row.max() < 0.6 else classifier.labels[row.argmax()])
     # train.py's prediction file and infer.py's agree, rejected texts included
     _, test_rows = read_tsv(os.path.join(out, "test_predictions.tsv"))
+    assert classifier.temperature == spec["temperature"] and classifier.reject_threshold == 0.6
+    assert classifier.other_label == "unknown"
     strict = Classifier(os.path.join(out, "export"), reject_threshold=0.99, other_label="unsure")
     assert all(p.label == "unsure" for p, row in zip(strict.predict(texts), probs) if row.max() < 0.99)
     summary = strict.classify_file(os.path.join(data_dir, "test.txt"), str(tmp_path / "p.tsv"))
@@ -219,3 +221,20 @@ def test_label_sets_are_calibrated_per_sigmoid_before_the_threshold_search(tiny_
     assert results["eval_nll"] <= results["eval_nll_uncalibrated"] + 1e-9
     assert os.path.isfile(os.path.join(out, "eval_reliability.png"))
     assert not os.path.exists(os.path.join(out, "eval_coverage.tsv"))  # no reject option for label sets
+
+
+def test_infer_reject_flags_that_do_not_fit_the_export_are_refused(trained, trained_multilabel, tmp_path, capsys):
+    import infer
+    from utils.errors import run_cli
+
+    data_dir, out = trained
+    target = tmp_path / "p.tsv"
+    base = ["--input_file", os.path.join(data_dir, "data.txt"), "--output_file", str(target)]
+    cases = [(os.path.join(out, "export"), ["--other_label", "x"], "--other_label"),  # no reject threshold anywhere
+             (os.path.join(out, "export"), ["--reject_threshold", "0.5", "--other_label", "apple"], "--other_label"),
+             (os.path.join(trained_multilabel[1], "export"), ["--reject_threshold", "0.5"], "--reject_threshold")]
+    for export, extra, flag in cases:
+        assert run_cli(infer.main, ["--model_path_prefix", export, *base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flag}: ") and "Traceback" not in err, (extra, err)
+        assert not target.exists()

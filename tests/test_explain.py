@@ -140,3 +140,26 @@ def test_the_html_renders_in_a_headless_browser(trained, explainer, tmp_path):
     greenish = ((pixels[:, :, 1] > pixels[:, :, 0] + 20) & (pixels[:, :, 1] > pixels[:, :, 2] + 20)).sum()
     assert greenish > 50
     print(f"screenshot: {shot}")
+
+
+@pytest.mark.parametrize("head_flags", [["--verbalizer", "manual"], ["--method", "finetune"]],
+                         ids=["manual", "finetune"])
+def test_every_head_kind_is_explained_completely(tiny_model_dir, tmp_path, head_flags):
+    """The manual verbalizer (several masks) and the [CLS] baseline (no mask, no soft prompt) go
+    through the same `export_scores` path; a few training steps suffice for the check."""
+    import train
+    from conftest import FAST
+    from utils.errors import run_cli
+    from utils.explain import Explainer
+    from utils.modeling import rebuild_from_checkpoint
+    from utils.synthetic import PROMPT, write_keyword_dataset
+
+    data_dir = write_keyword_dataset(str(tmp_path / "data"), train_per_class=4)
+    out = str(tmp_path / "out")
+    assert run_cli(train.main, ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", out,
+                                "--prompt", PROMPT, "--do_train", "--max_steps", "3", "--evaluation_strategy", "no",
+                                "--save_strategy", "no", *head_flags, *FAST]) == 0
+    model, tokenizer, spec = rebuild_from_checkpoint(out)
+    e = Explainer(model, tokenizer, spec, steps=48).explain({"text_a": "一二葡萄三四"})
+    assert "".join(e.tokens) == "一二葡萄三四"
+    assert e.completeness_gap <= 0.05 * max(1.0, abs(e.logit - e.baseline_logit))

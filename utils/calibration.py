@@ -199,6 +199,9 @@ def decoder_with_reject(decoder, reject_threshold: Optional[float], other_label:
         raise UserError(f"is for multi-class models; this {decoder.task_type} model already predicts no label when "
                         "none is above its threshold (raise the thresholds instead)",
                         flag_prefix + ("reject_threshold" if reject_threshold is not None else "other_label"))
+    if reject_threshold is None and decoder.reject_threshold is None:
+        raise UserError("names what a reject threshold outputs, and neither the export nor this run has one: give "
+                        f"{flag_prefix}reject_threshold too", flag_prefix + "other_label")
     if other_label is not None and other_label in decoder.labels:
         raise UserError(f"{other_label!r} is one of the model's labels; a rejected text needs a name of its own",
                         flag_prefix + "other_label")

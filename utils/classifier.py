@@ -125,6 +125,20 @@ class Classifier:
         return None if thresholds is None else list(thresholds)
 
     @property
+    def temperature(self) -> float:
+        """The temperature logits are divided by before softmax/sigmoid (train.py --calibrate; 1: none)."""
+        return self.model.decoder.temperature
+
+    @property
+    def reject_threshold(self) -> Optional[float]:
+        """Multi-class: below this top probability `predict` labels a text `other_label` (None: never)."""
+        return self.model.decoder.reject_threshold
+
+    @property
+    def other_label(self) -> str:
+        return self.model.decoder.other_label
+
+    @property
     def pair(self) -> bool:
         """True for a model trained on text pairs: `predict` then takes `(text_a, text_b)` tuples."""
         return "text_b" in self.model.text_keys
