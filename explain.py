@@ -66,6 +66,9 @@ def main(argv):
             raise UserError(f"must be positive, got {getattr(args, flag)}", f"--{flag}")
     if os.path.isfile(args.output_dir):
         raise UserError("is a file; give a directory", "--output_dir")
+    from utils.args import check_device_flag
+
+    check_device_flag(args.device)
     spec = ModelSpec.load(args.resume_from_checkpoint)
     pair = sum(1 for part in spec.template if "text" in part) > 1
     if args.label is not None and args.label not in spec.labels:
@@ -92,6 +95,8 @@ def main(argv):
 
     import paddle
 
+    if args.device.startswith("gpu") and not paddle.is_compiled_with_cuda():
+        raise UserError("asks for a GPU but this Paddle is the CPU build", "--device")
     from utils import compat
     from utils.explain import Explainer, bad_cases, write_explanations
     from utils.modeling import rebuild_from_checkpoint

@@ -168,14 +168,33 @@ class Explainer:
             out[:, target].sum().backward()
             total += path.grad.numpy().astype("float64").sum(axis=0)
         attribution = (diff[0].numpy().astype("float64") * total / self.steps).sum(axis=-1)
-        tokens = self.tokenizer.convert_ids_to_tokens([ids[p] for p, _ in positions])
+        tokens = self._shown_tokens(example, positions, [ids[p] for p, _ in positions])
         return Explanation(text={k: example[k] for k in TEXT_KEYS if example.get(k)}, label=label,
                            predicted=predicted, confidence=float(probs.max()),
                            probabilities={lab: float(p) for lab, p in zip(self.spec.labels, probs)},
-                           tokens=[t[2:] if t.startswith("##") else t for t in tokens],
+                           tokens=tokens,
                            fields=[f for _, f in positions], attributions=[float(attribution[p]) for p, _ in positions],
                            logit=float(logits[target]), baseline_logit=float(baseline_logits[target]),
                            steps=self.steps, gold=gold)
+
+    def _shown_tokens(self, example: Dict[str, str], positions: List[tuple], ids: List[int]) -> List[str]:
+        """The text as written for each token (so [UNK] shows its character), else the token."""
+        tokens = self.tokenizer.convert_ids_to_tokens(ids)
+        shown, seen = [], {}
+        offsets = {}
+        for key in {f for _, f in positions}:
+            try:
+                offsets[key] = self.tokenizer(example[key], add_special_tokens=False,
+                                              return_offsets_mapping=True)["offset_mapping"]
+            except (TypeError, KeyError, NotImplementedError):  # a tokenizer without offsets
+                offsets[key] = None
+        for (_, key), token in zip(positions, tokens):
+            k = seen.get(key, 0)
+            seen[key] = k + 1
+            spans = offsets.get(key)
+            piece = example[key][spans[k][0]:spans[k][1]].strip() if spans and k < len(spans) else ""
+            shown.append(piece or (token[2:] if token.startswith("##") else token))
+        return shown
 
     def probabilities(self, examples: Sequence[Dict[str, str]], batch_size: int = 32) -> np.ndarray:
         """The model's probabilities for `examples` (as train.py's evaluation computes them)."""
