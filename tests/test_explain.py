@@ -126,6 +126,8 @@ def test_the_html_renders_in_a_headless_browser(trained, explainer, tmp_path):
     examples, gold = dev_examples(trained[0])
     paths = write_explanations(str(tmp_path), "explanations",
                                [explainer.explain(e) for e in examples[:3]], "Token attributions")
+    page = open(paths["html"], encoding="utf-8").read()
+    assert "@font-face" in page and "base64," in page  # the page's own characters, drawn without a system CJK font
     shot = tmp_path / "explanations.png"
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     f"--screenshot={shot}", "--window-size=1000,600", "file://" + paths["html"]],

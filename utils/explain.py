@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_STEPS = 32
 TEXT_KEYS = ("text_a", "text_b")
@@ -244,11 +247,48 @@ def _shade(value: float, scale: float) -> str:
     return f"rgba({rgb},{alpha * 0.85:.3f})"
 
 
+EMBEDDED_FONT = "TokenAttributionsCJK"
+
+
+def embedded_font_css(text: str) -> str:
+    """An @font-face with the bundled Noto Sans SC (utils/fonts.py) cut down to the page's own
+    non-ASCII characters, as a data URL: the page draws Chinese on machines without a CJK font
+    too and stays one self-contained file (a few KB per hundred characters). "" when the font or
+    fontTools is missing (then the installed fonts draw what they can)."""
+    import base64
+    import io
+
+    chars = sorted({c for c in text if ord(c) > 127 and not c.isspace()})
+    if not chars:
+        return ""
+    try:
+        import pylopdf_fonts_zh_cn
+        from fontTools import subset
+        from fontTools.ttLib import TTFont
+
+        options = subset.Options()
+        options.layout_features, options.hinting, options.desubroutinize = [], False, True
+        font = TTFont(str(pylopdf_fonts_zh_cn.sans_path()))
+        subsetter = subset.Subsetter(options)
+        subsetter.populate(unicodes=[ord(c) for c in chars])
+        subsetter.subset(font)
+        data = io.BytesIO()
+        font.save(data)
+    except Exception as exc:  # an optional nicety: never worth failing the report for
+        logger.debug("no embedded CJK font: %s", exc)
+        return ""
+    encoded = base64.b64encode(data.getvalue()).decode("ascii")
+    return f"@font-face{{font-family:'{EMBEDDED_FONT}';src:url(data:font/otf;base64,{encoded}) format('opentype')}}"
+
+
 def render_html(explanations: Sequence[Explanation], title: str = "Token attributions") -> str:
     """One self-contained page: per text, its tokens shaded by attribution (hover: the number),
     the label explained, the prediction and confidence, the gold label if known."""
+    page_text = title + "".join(e.label + e.predicted + (e.gold or "") + "".join(e.tokens) for e in explanations)
     parts = ["<!DOCTYPE html>", '<html lang="zh"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
-             "<style>body{font-family:'Noto Sans CJK SC','Microsoft YaHei',sans-serif;margin:2em;max-width:60em}"
+             f"<style>{embedded_font_css(page_text)}"
+             f"body{{font-family:'Noto Sans CJK SC','Noto Sans SC','Microsoft YaHei','PingFang SC','{EMBEDDED_FONT}',"
+             "sans-serif;margin:2em;max-width:60em}"
              ".case{border-bottom:1px solid #ddd;padding:0.8em 0}.tok{padding:0.1em 0.05em;border-radius:3px;"
              "font-size:1.3em}.meta{color:#444;font-size:0.9em}.wrong{color:#b00}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
