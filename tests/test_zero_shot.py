@@ -88,3 +88,17 @@ def test_zero_shot_flags_are_checked(tiny_model_dir, keyword_data, tmp_path, cap
         err = capsys.readouterr().err
         assert err.startswith("error: ") and flag in err and "Traceback" not in err, (extra, err)
     assert not os.path.exists(os.path.join(out, "model_state.pdparams"))
+
+
+def test_zero_shot_needs_label_words_of_equal_token_counts(tiny_model_dir, tmp_path, capsys):
+    import train
+    from utils.errors import run_cli
+
+    data_dir = write_keyword_dataset(str(tmp_path / "data"), label_words={"apple": "红", "banana": "黄色",
+                                                                         "grape": "紫色"})
+    out = str(tmp_path / "out")
+    assert run_cli(train.main, ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", out,
+                                "--prompt", PROMPT, "--zero_shot", "--do_eval"]) == 2
+    err = capsys.readouterr().err
+    assert "--zero_shot predicts one token per [MASK]" in err and "label.txt" in err and "Traceback" not in err
+    assert not os.path.exists(out) or not os.listdir(out) or not os.path.exists(os.path.join(out, "model_state.pdparams"))

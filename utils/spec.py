@@ -92,7 +92,11 @@ class ModelSpec:
         if zero_shot:
             from .zero_shot import zero_shot_template
 
-            masks = head.masks(label_set, tokenizer)
+            try:
+                masks = head.masks(label_set, tokenizer)
+            except UserError as exc:  # the manual head's rule, said for the flag the user gave
+                raise UserError(exc.message.replace("--verbalizer manual", "--zero_shot") +
+                                " (python -m utils.label_words lists each word's tokens)", exc.path) from None
             parts = zero_shot_template(data_args.prompt, is_pair, masks)
             validate_template(parts, is_pair, required_masks=masks, verbalizer_name="--zero_shot")
         elif head.method == Method.FINETUNE.value:
