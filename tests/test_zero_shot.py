@@ -58,9 +58,14 @@ def test_zero_shot_on_a_cloze_pretrained_mlm_reaches_0_9_without_training(cloze_
     path = os.path.join(shuffled, "label.txt")
     lines = open(path, encoding="utf-8").read().splitlines()
     open(path, "w", encoding="utf-8").write("\n".join(reversed(lines)) + "\n")
-    zero_shot(cloze_model, shuffled, str(tmp_path / "out2"))
-    assert read_tsv(os.path.join(out, "test_predictions.tsv")) == read_tsv(
-        os.path.join(str(tmp_path / "out2"), "test_predictions.tsv"))
+    # ... and --calibrate fits only a temperature: the same labels, dev NLL no worse
+    calibrated = zero_shot(cloze_model, shuffled, str(tmp_path / "out2"), "--calibrate")
+    assert calibrated["eval_temperature"] != 1.0
+    assert calibrated["eval_nll"] <= calibrated["eval_nll_uncalibrated"] + 1e-9
+    def labels_of(directory):  # text, gold, label (confidences move with the temperature)
+        return [row[:3] for row in read_tsv(os.path.join(directory, "test_predictions.tsv"))[1]]
+
+    assert labels_of(out) == labels_of(str(tmp_path / "out2"))
 
     # label words swapped between two labels: the mapping is really read (accuracy collapses)
     swapped = str(tmp_path / "swapped")

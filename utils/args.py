@@ -153,7 +153,7 @@ class ModelArguments(ExportArguments):
                 "(test_explanations.html/.json, data_explanations.*) and the bad-case report (test_bad_cases.*: "
                 "test errors, most confident first). explain.py does it for any text."})
     calibrate: bool = field(default=False, metadata={
-        "help": "With --do_train: fit temperature scaling on dev.txt after training (saved with the model and the "
+        "help": "With --do_train (or --zero_shot): fit temperature scaling on dev.txt after training (saved with the model and the "
                 "export, so infer.py, the Python API and the service report calibrated confidences); "
                 "eval_results.json shows the expected calibration error before and after."})
     reject_threshold: Optional[float] = field(default=None, metadata={
@@ -327,9 +327,10 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
                             "which would be random without training", "--zero_shot")
     if model_args.explain and not training_args.do_predict:
         raise UserError("explains --do_predict's texts: add --do_predict (explain.py explains any text)", "--explain")
-    if model_args.calibrate and not training_args.do_train:
+    if model_args.calibrate and not (training_args.do_train or model_args.zero_shot):
         raise UserError("fits temperature scaling on dev.txt after training and saves it with the model: add "
-                        "--do_train (a trained checkpoint keeps the temperature it was saved with)", "--calibrate")
+                        "--do_train or --zero_shot (a trained checkpoint keeps the temperature it was saved with)",
+                        "--calibrate")
     if getattr(training_args, "do_export", False):
         check_export_dependencies()
 

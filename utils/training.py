@@ -418,9 +418,10 @@ def predict_logits(trainer, examples: List[dict]) -> np.ndarray:
     return predict(trainer, examples)[0]
 
 
-def load_data(data_args, training_args, task_type: str = MULTI_CLASS) -> DatasetDir:
+def load_data(data_args, training_args, task_type: str = MULTI_CLASS, calibrate: bool = False) -> DatasetDir:
     dataset = load_dataset_dir(data_args.data_dir, need_train=training_args.do_train,
-                               need_dev=training_args.do_train or training_args.do_eval, task_type=str(task_type))
+                               need_dev=training_args.do_train or training_args.do_eval or calibrate,
+                               task_type=str(task_type))
     if training_args.do_predict and dataset.test is None and dataset.data is None:
         raise UserError("--do_predict needs test.txt (labelled: metrics + predictions) or data.txt (texts: "
                         "predictions), and the data directory has neither", dataset.path)
@@ -440,7 +441,7 @@ class Run:
         """Check everything that can be checked before a model loads, then claim the output directory."""
         args = self.args
         self.task_type = resolve_task_type(self.model_args, args)
-        self.dataset = load_data(self.data_args, args, self.task_type)
+        self.dataset = load_data(self.data_args, args, self.task_type, calibrate=self.model_args.calibrate)
         other = self.model_args.other_label
         if other is not None and other in self.dataset.labels.labels:
             raise UserError(f"{other!r} is a label of label.txt; a rejected text needs a name of its own",
@@ -524,6 +525,7 @@ def _run(current: Run) -> Dict[str, Any]:
         return results
     trainer = prepare(current)
     if model_args.zero_shot:
+        calibrate(trainer, model_args, dataset)  # --calibrate: only T is fitted, the MLM stays as it is
         # saved as a checkpoint (its spec says zero_shot), so --do_export, export.py and infer.py take it
         trainer.save_model()
         logger.info("--zero_shot: the pretrained masked-LM head over the label words, no training; saved to %s",
