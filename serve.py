@@ -34,7 +34,8 @@ def build_parser():
                         help="Tokens per input (default and maximum: the exported value).")
     parser.add_argument("--max_batch_size", type=int, default=32, help="Texts per model run (default %(default)s).")
     parser.add_argument("--max_wait_ms", type=float, default=5.0,
-                        help="How long the first queued text waits for others to share its batch (default %(default)s).")
+                        help="How long the first queued text waits for others to share its batch (default %(default)s; "
+                             "not when no other request came since the last batch).")
     parser.add_argument("--max_queue", type=int, default=2048,
                         help="Texts allowed to wait; beyond, requests get 503 + Retry-After (default %(default)s).")
     parser.add_argument("--max_texts_per_request", type=int, default=256)

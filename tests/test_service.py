@@ -111,10 +111,10 @@ def test_a_bad_request_is_a_4xx_naming_the_field(path, body, status, field, clie
 class FakeModel:
     """Stands in for ExportedClassifier: a text's row is one-hot at `int(text) % 3`; records batches."""
 
-    def __init__(self, delay=0.0, fail_on=None):
+    def __init__(self, delay=0.0, fail_on=None, length=lambda text: 1):
         from utils.decoding import Decoder
 
-        self.batches, self.delay, self.fail_on = [], delay, fail_on
+        self.batches, self.delay, self.fail_on, self.length = [], delay, fail_on, length
         self.labels = ["a", "b", "c"]
         self.decoder = Decoder("multi-class", self.labels)
 
@@ -122,7 +122,7 @@ class FakeModel:
         return self
 
     def encode(self, examples):
-        return [{"input_ids": [int(e["text_a"])]} for e in examples]
+        return [{"input_ids": [int(e["text_a"])] * self.length(int(e["text_a"]))} for e in examples]
 
     def run(self, features, batch_size=32):
         time.sleep(self.delay)
@@ -186,7 +186,7 @@ def test_the_event_loop_answers_while_the_model_works(export_dir):
     model = FakeModel(delay=1.0)
 
     class Stub:
-        labels, pair = model.labels, False
+        labels, pair, device = model.labels, False, "cpu"
 
         def __init__(self):
             self.model = model
@@ -278,3 +278,56 @@ def test_client_py_sends_simpleserving_requests(client, monkeypatch, capsys):
     assert run_cli(client_cli.main, ["--text", "我爱吃苹果", "--text", "香蕉", "--top_k", "2", "--batch_size", "1"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["text"] for line in lines] == ["我爱吃苹果", "香蕉"] and all(len(line["top_k"]) == 2 for line in lines)
+
+
+def test_a_lone_request_does_not_wait_for_company():
+    """max_wait_ms is for sharing batches: with no other request in the service, a request runs at
+    once (the wait here is far longer than the check allows; the fake model is instant)."""
+    model = FakeModel()
+
+    async def go():
+        batcher = Batcher(model, max_batch_size=32, max_wait_ms=60_000, max_queue=100)
+        batcher.start()
+        for text in (1, 2):  # one client, one request after the other
+            await asyncio.wait_for(batcher.submit([{"text_a": str(text)}]), timeout=30)
+        await batcher.close()
+
+    asyncio.run(go())
+    assert model.batches == [[1], [2]]
+
+
+def test_length_runs_cut_a_sorted_batch_where_padding_costs_more_than_a_run():
+    import itertools
+    import random
+
+    from utils.service import length_runs
+
+    def cost(lengths, runs, run_cost):
+        return sum((r.stop - r.start) * lengths[r.stop - 1] + run_cost for r in runs)
+
+    assert length_runs([]) == []
+    assert length_runs([30] * 8) == [slice(0, 8)]  # nothing to gain from cutting
+    assert length_runs([10, 10, 50, 50], run_cost=16) == [slice(0, 2), slice(2, 4)]
+    assert length_runs([10, 10, 50, 50], run_cost=1000) == [slice(0, 4)]
+    rng = random.Random(0)
+    for _ in range(200):  # against every way of cutting
+        lengths = sorted(rng.randint(5, 60) for _ in range(rng.randint(1, 9)))
+        run_cost = rng.choice([0, 8, 16, 64])
+        runs = length_runs(lengths, run_cost)
+        assert [r.start for r in runs][0] == 0 and runs[-1].stop == len(lengths)
+        assert all(a.stop == b.start for a, b in zip(runs, runs[1:]))
+        best = min(cost(lengths, [slice(a, b) for a, b in zip((0,) + cuts, cuts + (len(lengths),))], run_cost)
+                   for k in range(len(lengths)) for cuts in itertools.combinations(range(1, len(lengths)), k))
+        assert cost(lengths, runs, run_cost) == best
+
+
+def test_a_batch_split_by_length_still_answers_every_request_in_order():
+    """On CPU a batch runs as length_runs(): several model runs, each request still gets its rows."""
+    model = FakeModel(length=lambda text: 5 if text % 2 else 60)  # odd texts short, even texts long
+    requests = [[1, 2, 3], [4], [5, 6, 7, 8]]
+    results = run_requests(Batcher(model, max_batch_size=32, max_wait_ms=50, max_queue=100, split_by_length=True),
+                           requests)
+    for texts, probs in zip(requests, results):
+        assert list(np.argmax(probs, axis=1)) == [t % 3 for t in texts]
+    assert sorted(len(b) for b in model.batches) == [4, 4]  # the short ones, then the long ones
+    assert all(len({t % 2 for t in batch}) == 1 for batch in model.batches)

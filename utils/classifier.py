@@ -81,7 +81,9 @@ class Classifier:
 
     `device`: "cpu" or "gpu" (default: `default_device()`); `num_threads`: CPU threads (default on
     CPU: `default_num_threads()`); `use_fp16` (GPU) / `use_int8` pick the export's fp16 / int8
-    model; `max_seq_length` may shorten the exported one; `batch_size`: texts per onnxruntime run.
+    model; `max_seq_length` may shorten the exported one; `batch_size`: texts per onnxruntime run;
+    `allow_spinning=False` lets onnxruntime's threads sleep between runs instead of spin-waiting
+    (for a process that needs the cores for other work too, like serve.py).
     `reject_threshold` / `other_label` (multi-class): replace the export's reject option; a text
     whose top probability is below the threshold is labelled `other_label` (default "other").
     Every file is checked against the export's manifest (size, sha256) first; problems with the
@@ -91,7 +93,8 @@ class Classifier:
     def __init__(self, model_path: str, device: Optional[str] = None, device_id: int = 0,
                  num_threads: Optional[int] = None, use_fp16: bool = False, use_int8: bool = False,
                  max_seq_length: Optional[int] = None, batch_size: int = 32,
-                 reject_threshold: Optional[float] = None, other_label: Optional[str] = None):
+                 reject_threshold: Optional[float] = None, other_label: Optional[str] = None,
+                 allow_spinning: bool = True):
         check_positive(batch_size, "batch_size")
         check_reject_options(reject_threshold, other_label)
         for name, value in (("num_threads", num_threads), ("max_seq_length", max_seq_length)):
@@ -105,7 +108,8 @@ class Classifier:
         self.batch_size = batch_size
         self.model = ExportedClassifier(self.export_dir, device=self.device, device_id=device_id,
                                         num_threads=num_threads, use_fp16=use_fp16,
-                                        max_seq_length=max_seq_length, use_int8=use_int8)
+                                        max_seq_length=max_seq_length, use_int8=use_int8,
+                                        allow_spinning=allow_spinning)
         self.model.decoder = decoder_with_reject(self.model.decoder, reject_threshold, other_label)
 
     @property

@@ -30,8 +30,13 @@ _state = {"setup": False, "debug": False}
 
 
 class _DropChatter(logging.Filter):
+    """paddlenlp's DEBUG lines (it sets its own logger to DEBUG when imported: the configuration
+    dump) and its INFO chatter."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not str(record.getMessage()).lstrip().startswith(CHATTER)
+        if record.levelno >= logging.WARNING:
+            return True
+        return record.levelno >= logging.INFO and not str(record.getMessage()).lstrip().startswith(CHATTER)
 
 
 def setup(debug: bool = False) -> None:
@@ -43,14 +48,9 @@ def setup(debug: bool = False) -> None:
     os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ warnings; read when paddle loads
     for message in IMPORT_WARNINGS:
         warnings.filterwarnings("ignore", message=message + ".*")
-    paddlenlp_logger = logging.getLogger("PaddleNLP")
-    paddlenlp_logger.addFilter(_DropChatter())
-    try:  # paddlenlp sets its own logger to DEBUG when imported; take that back once it is
-        from paddlenlp.utils.log import logger as paddlenlp_log
-
-        paddlenlp_log.set_level("INFO")
-    except ImportError:
-        pass
+    # A filter, not paddlenlp's set_level: that would import paddlenlp, and with it Paddle, into
+    # infer.py and serve.py, which need neither (4 s and ~300 MB).
+    logging.getLogger("PaddleNLP").addFilter(_DropChatter())
 
 
 def debug() -> bool:

@@ -29,8 +29,12 @@ __all__ = ["ExportedClassifier", "classify_file", "classify_stream", "create_ses
 CHUNK_SIZE = 8192
 
 
-def create_session(model_path: str, device: str = "cpu", device_id: int = 0, num_threads: Optional[int] = None):
-    """An onnxruntime session on CPU or CUDA, with clear errors for the usual set-up mistakes."""
+def create_session(model_path: str, device: str = "cpu", device_id: int = 0, num_threads: Optional[int] = None,
+                   allow_spinning: bool = True):
+    """An onnxruntime session on CPU or CUDA, with clear errors for the usual set-up mistakes.
+    `allow_spinning=False`: the intra-op threads sleep as soon as they run out of work instead of
+    spin-waiting for more (onnxruntime's default, best when nothing else needs the cores; serve.py
+    turns it off: its event loop shares the cores and the model idles between batches)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -38,6 +42,8 @@ def create_session(model_path: str, device: str = "cpu", device_id: int = 0, num
     if num_threads:
         options.intra_op_num_threads = int(num_threads)
     options.inter_op_num_threads = 1
+    if not allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if device == "gpu":
         available = ort.get_available_providers()
         if "CUDAExecutionProvider" not in available:
@@ -83,7 +89,7 @@ class ExportedClassifier:
 
     def __init__(self, export_dir: str, device: str = "cpu", device_id: int = 0, num_threads: Optional[int] = None,
                  use_fp16: bool = False, max_seq_length: Optional[int] = None, model_file: Optional[str] = None,
-                 use_int8: bool = False):
+                 use_int8: bool = False, allow_spinning: bool = True):
         self.export_dir = export_dir
         self.manifest = read_manifest(export_dir)
         self.model_file = model_file or pick_model_file(self.manifest, export_dir, device, use_fp16, use_int8)
@@ -103,7 +109,7 @@ class ExportedClassifier:
             self.labels = read_labels(export_dir)
             self.decoder = read_decoder(export_dir, self.manifest, self.labels)
             self.preprocessor = PromptPreprocessor(config, export_dir, max_seq_length)
-            self.session = create_session(model_path, device, device_id, num_threads)
+            self.session = create_session(model_path, device, device_id, num_threads, allow_spinning)
         except UserError:
             model_hash.check()  # a model that differs from the manifest explains a failure best
             raise

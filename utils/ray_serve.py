@@ -106,7 +106,8 @@ class ServiceReplica:
         self.config = ServiceConfig(**config)
         options = dict(device=self.config.device, device_id=0, num_threads=self.config.num_threads,
                        use_fp16=self.config.use_fp16, use_int8=self.config.use_int8,
-                       max_seq_length=self.config.max_seq_length, batch_size=self.config.max_batch_size)
+                       max_seq_length=self.config.max_seq_length, batch_size=self.config.max_batch_size,
+                       allow_spinning=False)  # as serve.py's own: the replica's process serves HTTP too
         if "files" in shipped:  # from serve.py --ray: nested in a dict, as Serve passes init args as they are
             files = ray.get(shipped["files"])
             self.classifier, error = load_shipped(files, self.config.model_path_prefix, options)

@@ -16,8 +16,9 @@ probable first, as upstream's multi-label SimpleServing does; `parameters.prob_l
 
 Batching (Triton's dynamic batcher, in small): requests queue their texts; one worker per
 device takes up to `max_batch_size` texts, waiting at most `max_wait_ms` after the first for
-more, runs them as one length-sorted batch in a thread (the event loop never blocks on the
-model) and hands every request its own rows, in order. A batch that fails is re-run request by
+more (unless no other request came since the last batch: a lone client waits for no one), runs
+them as one length-sorted batch in a thread (the event loop never blocks on the model) and hands
+every request its own rows, in order. A batch that fails is re-run request by
 request, so a failing request never fails its neighbours. The queue is bounded: beyond
 `max_queue` waiting texts a request gets 503 with Retry-After. Bad requests get a 4xx JSON
 error naming the field, never a 500 or a stack trace. SIGTERM (uvicorn) stops accepting, lets
@@ -86,6 +87,49 @@ def overloaded(message: str) -> RequestError:
     return RequestError(503, "service", message, {"Retry-After": "1"})
 
 
+# What one more onnxruntime run costs, in tokens of compute: measured on ERNIE-3.0-base (fp32 and
+# int8, 2 CPU threads), one run costs about as much as 8-16 more tokens in a batch.
+RUN_COST_TOKENS = 16
+
+
+def length_runs(lengths: List[int], run_cost: float = RUN_COST_TOKENS) -> List[slice]:
+    """Cut ascending `lengths` (tokens per text) into consecutive runs so that the padded tokens
+    (each run is padded to its longest text) plus `run_cost` per run are fewest. A batch of texts
+    in arrival order is ~1.3-1.4x padding on tnews; cut this way ~1.05x in 4-7 runs (infer.py gets
+    the same by sorting 8192 texts at a time). Cuts fall only between different lengths."""
+    if not lengths:
+        return []
+    bounds = [0] + [i for i in range(1, len(lengths)) if lengths[i] != lengths[i - 1]] + [len(lengths)]
+    # best[j]: least cost of the texts before bounds[j]; a run from bounds[i] to bounds[j] costs
+    # its size times its longest (the last) length, plus run_cost.
+    best, cut = [0.0] + [float("inf")] * (len(bounds) - 1), [0] * len(bounds)
+    for j in range(1, len(bounds)):
+        longest = lengths[bounds[j] - 1]
+        for i in range(j):
+            cost = best[i] + (bounds[j] - bounds[i]) * longest + run_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs, j = [], len(bounds) - 1
+    while j > 0:
+        runs.append(slice(bounds[cut[j]], bounds[j]))
+        j = cut[j]
+    return runs[::-1]
+
+
+def run_by_length(model, features: List[dict]) -> np.ndarray:
+    """`model.run` on `features` (one batch) sorted by length and cut by `length_runs`: the logits,
+    in the order of `features`."""
+    order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
+    logits = None
+    for run in length_runs([len(features[i]["input_ids"]) for i in order]):
+        index = order[run]
+        part = model.run([features[i] for i in index], batch_size=len(index))
+        if logits is None:
+            logits = np.zeros((len(features), part.shape[1]), dtype=part.dtype)
+        logits[index] = part
+    return logits
+
+
 class _Request:
     """One request's texts in the queue; its future gets all its rows at once."""
 
@@ -101,13 +145,17 @@ class _Request:
 class Batcher:
     """Dynamic micro-batching in front of one model worker thread."""
 
-    def __init__(self, model, max_batch_size: int, max_wait_ms: float, max_queue: int, metrics=None):
+    def __init__(self, model, max_batch_size: int, max_wait_ms: float, max_queue: int, metrics=None,
+                 split_by_length: bool = False):
         self.model = model  # a utils.predictor.ExportedClassifier
+        self.split_by_length = split_by_length  # CPU: run a batch as length_runs() (see there)
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.metrics = metrics
         self.pending: Deque[Tuple[_Request, int]] = collections.deque()  # (request, next row to take)
         self.queued = 0  # texts waiting
+        self.in_service = 0  # requests submitted and not yet answered
+        self.peak = 0  # the most requests in the service at once since the last batch was taken
         self.closing = False
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._wakeup: Optional[asyncio.Event] = None
@@ -126,8 +174,13 @@ class Batcher:
         request = _Request(examples, max_seq_length, asyncio.get_running_loop().create_future())
         self.pending.append((request, 0))
         self._queued(len(examples))
+        self.in_service += 1
+        self.peak = max(self.peak, self.in_service)
         self._wakeup.set()
-        return await request.future
+        try:
+            return await request.future
+        finally:
+            self.in_service -= 1
 
     def _queued(self, delta: int) -> None:
         self.queued += delta
@@ -158,9 +211,10 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            # Wait briefly for more texts to share the batch, unless it is full already.
+            # Wait briefly for more texts to share the batch, unless it is full already or no other
+            # request was here since the last batch: a lone client would only wait for itself.
             deadline = self.pending[0][0].arrived + self.max_wait
-            while self.queued < self.max_batch_size and not self.closing:
+            while self.peak > 1 and self.queued < self.max_batch_size and not self.closing:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -170,6 +224,7 @@ class Batcher:
                 except asyncio.TimeoutError:
                     break
             batch = self._take_batch()
+            self.peak = self.in_service
             try:
                 probs = await loop.run_in_executor(self.executor, self._run, batch)
             except Exception:  # isolate: the failing request(s) fail alone
@@ -194,6 +249,8 @@ class Batcher:
             features += self.model.encoder(request.max_seq_length).encode(request.examples[start:end])
         if self.metrics:
             self.metrics.batch_size.observe(len(features))
+        if self.split_by_length:
+            return self.model.decoder.probabilities(run_by_length(self.model, features))
         return self.model.decoder.probabilities(self.model.run(features, batch_size=max(1, len(features))))
 
     def _deliver(self, request: _Request, start: int, probs: np.ndarray) -> None:
@@ -331,14 +388,15 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
         state["classifier"] = Classifier(config.model_path_prefix, device=config.device, device_id=config.device_id,
                                          num_threads=config.num_threads, use_fp16=config.use_fp16,
                                          use_int8=config.use_int8, max_seq_length=config.max_seq_length,
-                                         batch_size=config.max_batch_size)
+                                         batch_size=config.max_batch_size, allow_spinning=False)
 
     async def start() -> None:
         try:
             if state["classifier"] is None:
                 await asyncio.get_running_loop().run_in_executor(None, load)
-            batcher = Batcher(state["classifier"].model, config.max_batch_size, config.max_wait_ms, config.max_queue,
-                              metrics)
+            classifier = state["classifier"]
+            batcher = Batcher(classifier.model, config.max_batch_size, config.max_wait_ms, config.max_queue,
+                              metrics, split_by_length=classifier.device == "cpu")
             batcher.start()
             state["batcher"] = batcher
             metrics.ready.set(1)
