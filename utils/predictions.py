@@ -100,23 +100,31 @@ class PredictionWriter:
         lines = []
         for row, (example, best) in enumerate(zip(examples, ranked)):
             if self.jsonl:
-                record = ({"text_a": example["text_a"], "text_b": example.get("text_b", "")} if self.pair
-                          else {"text": example["text_a"]})
+                record = self._text_record(example)
                 if gold is not None:
                     record["gold"] = gold[row]
                 record.update(label=names[row], confidence=round(float(probs[row, best[0]]), 6))
                 if self.top_k > 1:
-                    record["top_k"] = [{"label": self.labels[j], "confidence": round(float(probs[row, j]), 6)}
-                                       for j in best]
+                    record["top_k"] = self._scored(probs, row, best)
                 lines.append(json.dumps(record, ensure_ascii=False))
             else:
-                cells = [example["text_a"]] + ([example.get("text_b", "")] if self.pair else [])
+                cells = self._text_cells(example)
                 if gold is not None:
                     cells.append(gold[row])
                 for k, j in enumerate(best):
                     cells += [names[row] if k == 0 else self.labels[j], f"{probs[row, j]:.6f}"]
                 lines.append("\t".join(cells))
         self._guard(lambda: self.fp.write("\n".join(lines) + "\n") if lines else None)
+
+    def _text_record(self, example: dict) -> dict:
+        return ({"text_a": example["text_a"], "text_b": example.get("text_b", "")} if self.pair
+                else {"text": example["text_a"]})
+
+    def _text_cells(self, example: dict) -> List[str]:
+        return [example["text_a"]] + ([example.get("text_b", "")] if self.pair else [])
+
+    def _scored(self, probs: np.ndarray, row: int, columns) -> List[dict]:
+        return [{"label": self.labels[j], "confidence": round(float(probs[row, j]), 6)} for j in columns]
 
     def _label_set_lines(self, examples: Sequence[dict], probs: np.ndarray,
                          gold: Optional[Sequence[str]]) -> List[str]:
@@ -128,18 +136,15 @@ class PredictionWriter:
             chosen = [j for j in order[row] if decided[row, j]]
             best = order[row][:self.top_k] if self.top_k > 1 else []
             if self.jsonl:
-                record = ({"text_a": example["text_a"], "text_b": example.get("text_b", "")} if self.pair
-                          else {"text": example["text_a"]})
+                record = self._text_record(example)
                 if gold is not None:
                     record["gold"] = [g.strip() for g in gold[row].split(LABEL_SEPARATOR) if g.strip()]
-                record["labels"] = [{"label": self.labels[j], "confidence": round(float(probs[row, j]), 6)}
-                                    for j in chosen]
+                record["labels"] = self._scored(probs, row, chosen)
                 if self.top_k > 1:
-                    record["top_k"] = [{"label": self.labels[j], "confidence": round(float(probs[row, j]), 6)}
-                                       for j in best]
+                    record["top_k"] = self._scored(probs, row, best)
                 lines.append(json.dumps(record, ensure_ascii=False))
             else:
-                cells = [example["text_a"]] + ([example.get("text_b", "")] if self.pair else [])
+                cells = self._text_cells(example)
                 if gold is not None:
                     cells.append(gold[row])
                 cells += [LABEL_SEPARATOR.join(self.labels[j] for j in chosen),
