@@ -4,6 +4,7 @@
     python benchmarks/bench.py --only reports             # write_classification_report at 15..1000 labels
     python benchmarks/bench.py --only manual_verbalizer   # training step, --verbalizer manual vs soft
     python benchmarks/bench.py --only ray [--repeats 1]   # infer.py --ray on local 1- and 2-node clusters vs local
+    python benchmarks/bench.py --only service             # serve.py under load (benchmarks/load.py), its RSS
     python benchmarks/bench.py --memory [--baseline DIR]   # only infer.py's peak RSS, 20k vs 2M lines
     python benchmarks/bench.py --verification EXPORT_DIR   # only the start-up cost of the sha256 checks
 
@@ -28,6 +29,7 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -567,6 +569,253 @@ def report_memory(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -------------------------------------------------------------------------------------------- service
+
+SERVICE_CLIENTS = (1, 8, 32, 128)
+ARRIVAL_BATCH = 32
+
+
+class Server:
+    """serve.py in a subprocess on a free 127.0.0.1 port: started, /ready awaited, SIGTERM on exit
+    (its exit code is kept: 0 means it drained and stopped cleanly)."""
+
+    def __init__(self, export: str, threads: int, extra: List[str], log_path: str):
+        self.cmd = [PY, "serve.py", "--model_path_prefix", export, "--host", "127.0.0.1", "--num_threads",
+                    str(threads), *extra]
+        self.log_path = log_path
+        self.exit_code = None
+
+    def __enter__(self) -> "Server":
+        import socket
+        import urllib.error
+        import urllib.request
+
+        with socket.socket() as probe:  # a free port (serve.py binds it a moment later)
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(self.log_path, "w")
+        started = time.monotonic()
+        self.proc = subprocess.Popen(self.cmd + ["--port", str(port)], stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=ROOT, env=dict(os.environ, PTUNING_OFFLINE="1"))
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"serve.py exited ({self.proc.returncode}) before it was ready; see {self.log_path}")
+            try:
+                if opener.open(self.url + "/ready", timeout=5).status == 200:
+                    break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() - started > 300:
+                self.proc.kill()
+                raise SystemExit(f"serve.py not ready after 300 s; see {self.log_path}")
+            time.sleep(0.2)
+        self.ready_s = time.monotonic() - started
+        return self
+
+    def rss_mb(self) -> float:
+        import psutil
+
+        return psutil.Process(self.proc.pid).memory_info().rss / 2 ** 20
+
+    def usage(self) -> dict:
+        """CPU seconds of the event loop (the main thread: HTTP, JSON, batching) and of the other
+        threads (model thread: tokenization, onnxruntime and its pool), and the batch-size totals."""
+        import psutil
+        import urllib.request
+
+        threads = psutil.Process(self.proc.pid).threads()
+        loop = sum(t.user_time + t.system_time for t in threads if t.id == self.proc.pid)
+        model = sum(t.user_time + t.system_time for t in threads if t.id != self.proc.pid)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        text = opener.open(self.url + "/metrics", timeout=10).read().decode()
+        values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                  if line.startswith(("ptuning_batch_size_sum", "ptuning_batch_size_count"))}
+        return {"loop_cpu_s": loop, "model_cpu_s": model, "batch_texts": values.get("ptuning_batch_size_sum", 0.0),
+                "batches": values.get("ptuning_batch_size_count", 0.0)}
+
+    def measure(self, test_file: str, clients: int, requests: int, duration: float, warmup: int = 0) -> dict:
+        """One load.py run (after `warmup` requests not counted) with the server's CPU and batches over it."""
+        if warmup:
+            load(self.url, test_file, clients, warmup, duration)
+        before = self.usage()
+        result = load(self.url, test_file, clients, requests, duration)
+        after = self.usage()
+        result["server"] = {key: round(after[key] - before[key], 3) for key in after}
+        return result
+
+    def __exit__(self, *exc) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.exit_code = self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self.exit_code = "killed after 120 s"
+        self.log.close()
+
+
+def load(url: str, test_file: str, clients: int, requests: int, duration: float) -> dict:
+    """benchmarks/load.py in its own process (its event loop and GIL apart from this one's)."""
+    result = run([PY, os.path.join(ROOT, "benchmarks", "load.py"), "--url", url + "/models/cls_default",
+                  "--input_file", test_file, "--clients", str(clients), "--requests", str(requests),
+                  "--duration", str(duration)])
+    return json.loads(result["stdout"].strip().splitlines()[-1])
+
+
+def service_speed(paths: dict, test_file: str, threads: int, repeats: int, requests: int, duration: float,
+                  latency_texts: int = 300, serve_args: List[str] = (), variants=("fp32", "int8")) -> dict:
+    """10: serve.py (ERNIE-base export, fp32 and int8) under 1..128 closed-loop clients, one text per
+    request, against infer.py on the same file and threads; latency at 1 client against
+    ExportedClassifier.logits on one text in this process (session set up as the service's). Each round runs infer.py, the one-text
+    compute and every client count back to back (the server idles while the others run)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from load import read_texts
+    from utils.predictor import ExportedClassifier
+    from utils.service import run_by_length
+
+    everything = [{"text_a": t} for t in read_texts(test_file)]
+    # The 1-client run sends exactly these texts, once each, as the compute timing does.
+    examples = everything[:latency_texts]
+    results = {"threads": threads, "clients": list(SERVICE_CLIENTS), "requests": requests, "duration": duration,
+               "latency_texts": len(examples), "serve_args": list(serve_args), "variants": {}}
+    for variant in variants:
+        extra = ["--use_int8"] if variant == "int8" else []
+        # In-process timings with the service's session settings (threads sleep between runs).
+        classifier = ExportedClassifier(paths["export"], num_threads=threads, use_int8=variant == "int8",
+                                        allow_spinning=False)
+        classifier.logits(examples[:32], progress=False)  # warm-up
+        features = classifier.preprocessor.encode(everything)
+        out = {"infer_texts_per_s": [], "compute_one_ms": [], "arrival_batches_texts_per_s": [],
+               "arrival_split_texts_per_s": [],
+               "load": {str(c): [] for c in SERVICE_CLIENTS}, "loadavg": []}
+        with Server(paths["export"], threads, [*extra, *serve_args],
+                    os.path.join(paths["ckpt"], f"serve-{variant}.log")) as server:
+            load(server.url, test_file, 8, 200, 120)  # warm-up: onnxruntime's first runs at each shape
+            for i in range(repeats):
+                log(f"service {variant}, round {i + 1}/{repeats}: infer.py, one-text compute, "
+                    f"{'/'.join(map(str, SERVICE_CLIENTS))} clients")
+                out["loadavg"].append(os.getloadavg())
+                summary = json.loads(run([PY, "infer.py", "--model_path_prefix", paths["export"], "--input_file",
+                                          test_file, "--output_file", os.path.join(paths["ckpt"], "service-infer.tsv"),
+                                          "--device", "cpu", "--num_threads", str(threads), *extra])["stdout"])
+                out["infer_texts_per_s"].append(summary["texts_per_second"])
+                times = []
+                for example in examples:
+                    start = time.perf_counter()
+                    classifier.logits([example], progress=False)
+                    times.append(time.perf_counter() - start)
+                out["compute_one_ms"].append(1000 * median(times))
+                # What 32 closed-loop clients give the model: batches of ~32 texts in arrival order
+                # (infer.py sorts 8192 texts, then cuts 32s), run as one padded batch or as the
+                # service runs them on CPU (run_by_length).
+                for key, run_batch in (("arrival_batches_texts_per_s", lambda b: classifier.run(b, len(b))),
+                                       ("arrival_split_texts_per_s", lambda b: run_by_length(classifier, b))):
+                    start = time.perf_counter()
+                    for first in range(0, len(features), ARRIVAL_BATCH):
+                        run_batch(features[first:first + ARRIVAL_BATCH])
+                    out[key].append(len(features) / (time.perf_counter() - start))
+                for clients in SERVICE_CLIENTS:
+                    out["load"][str(clients)].append(server.measure(
+                        test_file, clients, len(examples) if clients == 1 else requests, duration, warmup=clients))
+            out["server_rss_mb"] = server.rss_mb()
+            out["ready_s"] = server.ready_s
+        out["exit_code"] = server.exit_code
+        results["variants"][variant] = out
+        classifier = None  # free this session before the next variant loads its own
+    return results
+
+
+def service_memory(work: str, test_file: str, threads: int, total: int, clients: int = 32, samples: int = 10,
+                   serve_args: List[str] = ()) -> dict:
+    """11: the server's RSS from start (ready, no request yet) over `total` requests (one tnews text
+    each) in `samples` steps, tiny model (what grows is the service's, not the model's)."""
+    export = keyword_export(work)
+    points = []
+    with Server(export, threads, list(serve_args), os.path.join(work, "serve-memory.log")) as server:
+        log(f"service memory: {total} requests in {samples} steps, {clients} clients")
+        points.append({"requests": 0, "rss_mb": server.rss_mb()})
+        sent = errors = 0
+        for _ in range(samples):
+            result = load(server.url, test_file, clients, total // samples, 3600)
+            sent, errors = sent + result["requests"], errors + result["errors"]
+            points.append({"requests": sent, "rss_mb": server.rss_mb(), "texts_per_s": result["texts_per_s"],
+                           "latency_ms": result["latency_ms"]})
+            log(f"  {sent} requests: RSS {points[-1]['rss_mb']:.1f} MB, {result['texts_per_s']:.0f} texts/s")
+    return {"model": "tiny ERNIE (2 layers, hidden 64) trained on the keyword task (bench.py --memory's)",
+            "onnx_mb": os.path.getsize(os.path.join(export, "model.onnx")) / 2 ** 20, "threads": threads,
+            "clients": clients, "requests": sent, "errors": errors, "points": points,
+            "serve_args": list(serve_args), "exit_code": server.exit_code, "loadavg_end": os.getloadavg()}
+
+
+def service_table(speed: dict, memory: dict) -> str:
+    variants = speed["variants"]
+    names = list(variants)
+    infer = {v: median(variants[v]["infer_texts_per_s"]) for v in names}
+
+    def at(v: str, clients: int, *keys) -> float:
+        values = []
+        for result in variants[v]["load"][str(clients)]:
+            for key in keys:
+                result = result[key]
+            values.append(result)
+        return median(values)
+
+    lines = [f"| measurement ({speed['threads']} threads) | " + " | ".join(names) + " | target |",
+             "|---" * (len(names) + 2) + "|",
+             "| infer.py, 2010 tnews texts (texts/s from its summary) | "
+             + " | ".join(f"{infer[v]:.1f}" for v in names) + " | |"]
+    for clients in speed["clients"]:
+        target = ">= 0.9x infer.py" if clients == 32 else ""
+        lines.append(f"| service, {clients} client(s): texts/s (/ infer.py) | " + " | ".join(
+            f"{at(v, clients, 'texts_per_s'):.1f} ({at(v, clients, 'texts_per_s') / infer[v]:.2f}x)" for v in names)
+            + f" | {target} |")
+    for key, how in (("arrival_batches_texts_per_s", "one padded run each"),
+                     ("arrival_split_texts_per_s", "cut by length (run_by_length, as served)")):
+        arrival = {v: median(variants[v][key]) for v in names}
+        lines.append(f"| model alone, batches of {ARRIVAL_BATCH} in arrival order, {how}, in process: texts/s "
+                     "(/ infer.py) | " + " | ".join(f"{arrival[v]:.1f} ({arrival[v] / infer[v]:.2f}x)" for v in names)
+                     + " | |")
+    compute = {v: median(variants[v]["compute_one_ms"]) for v in names}
+    lines.append(f"| one text in process (ExportedClassifier.logits, median of {speed['latency_texts']}) | "
+                 + " | ".join(f"{compute[v]:.1f} ms" for v in names) + " | |")
+    lines.append("| 1 client: p50 latency (/ one text in process) | " + " | ".join(
+        f"{at(v, 1, 'latency_ms', 'p50'):.1f} ms ({at(v, 1, 'latency_ms', 'p50') / compute[v]:.2f}x)" for v in names)
+        + " | p50 <= 1.2x |")
+    for clients in (1, 32, 128):
+        if clients in speed["clients"]:
+            lines.append(f"| {clients} client(s): p50 / p99 latency | " + " | ".join(
+                f"{at(v, clients, 'latency_ms', 'p50'):.1f} / {at(v, clients, 'latency_ms', 'p99'):.1f} ms"
+                for v in names) + " | |")
+    for clients in (32, 128):
+        if clients in speed["clients"]:
+            lines.append(f"| {clients} clients: texts per model run (mean) | " + " | ".join(
+                f"{at(v, clients, 'server', 'batch_texts') / at(v, clients, 'server', 'batches'):.1f}" for v in names)
+                + " | |")
+    lines.append("| 32 clients: CPU per text, model thread(s) / event loop / load generator | " + " | ".join(
+        " / ".join(f"{1000 * at(v, 32, *key) / at(v, 32, 'texts'):.1f}" for key in
+                   (("server", "model_cpu_s"), ("server", "loop_cpu_s"), ("client_cpu_s",))) + " ms"
+        for v in names) + " | |")
+    errors = {v: sum(r["errors"] for runs in variants[v]["load"].values() for r in runs) for v in names}
+    lines.append("| errors (all runs) | " + " | ".join(str(errors[v]) for v in names) + " | 0 |")
+    if memory:
+        first, second, last = memory["points"][0], memory["points"][1], memory["points"][-1]
+        peak = max(p["rss_mb"] for p in memory["points"])
+        lines += ["", f"Server RSS, {memory['model']}, {memory['threads']} thread(s), {memory['clients']} clients, "
+                      "one text per request, from start (ready, no request yet):", "",
+                  "| requests | RSS | texts/s (this step) | p99 (this step) |", "|---|---|---|---|"]
+        for p in memory["points"]:
+            lines.append(f"| {p['requests']:,} | {p['rss_mb']:.1f} MB | {p.get('texts_per_s') or ''} | "
+                         f"{(str(p['latency_ms']['p99']) + ' ms') if 'latency_ms' in p else ''} |")
+        lines += ["", f"RSS after {last['requests']:,} requests / at start: {last['rss_mb']:.1f} / "
+                      f"{first['rss_mb']:.1f} MB = **{last['rss_mb'] / first['rss_mb']:.3f}x** (target <= 1.10x); "
+                      f"after {last['requests']:,} / after {second['requests']:,}: "
+                      f"{last['rss_mb'] / second['rss_mb']:.3f}x; highest sample {peak:.1f} MB; "
+                      f"errors {memory['errors']}; exit code after SIGTERM {memory['exit_code']}."]
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------- report
 
 def cpu_peak() -> dict:
@@ -675,7 +924,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train_steps", type=int, default=8)
     parser.add_argument("--manual_steps", type=int, default=12, help="steps per run of part 9 (2 are warm-up)")
-    parser.add_argument("--only", choices=("reports", "manual_verbalizer", "ray"), help="run only this part")
+    parser.add_argument("--only", choices=("reports", "manual_verbalizer", "ray", "service"), help="run only this part")
+    parser.add_argument("--service_requests", type=int, default=1000,
+                        help="part 10: requests per client count (1 client: --latency_texts texts once each)")
+    parser.add_argument("--service_duration", type=float, default=30.0, help="part 10: at most seconds per run")
+    parser.add_argument("--latency_texts", type=int, default=300, help="part 10: texts timed at 1 client, in process")
+    parser.add_argument("--service_memory_requests", type=int, default=100_000, help="part 11: requests")
+    parser.add_argument("--serve_args", default="", help="parts 10, 11: extra serve.py flags, e.g. '--max_wait_ms 0'")
     parser.add_argument("--memory", action="store_true", help="Only the streaming memory check (no ../shared).")
     parser.add_argument("--baseline", help="With --memory: an earlier checkout whose infer.py to compare.")
     parser.add_argument("--verification", metavar="EXPORT_DIR",
@@ -723,10 +978,12 @@ def main() -> int:
     results["sgemm_gflops"] = sgemm_reference(args.threads)
     results["reports"] = report_scaling(args.work_dir)
     results["manual_verbalizer"] = manual_verbalizer_steps(args.work_dir, args.repeats, args.manual_steps)
+    results.update(service(args, paths, test_file))
     results["seconds"] = round(time.time() - started)
     table = (report(results, args.threads) + "\n8. Classification report vs number of labels\n\n"
              + reports_table(results["reports"]) + "\n9. Training step, --verbalizer manual vs soft\n\n"
-             + manual_verbalizer_table(results["manual_verbalizer"]))
+             + manual_verbalizer_table(results["manual_verbalizer"]) + "\n10, 11. HTTP service (serve.py)\n\n"
+             + service_table(results["service"], results["service_memory"]))
     with open(os.path.join(ROOT, "benchmarks", "results.json"), "w", encoding="utf-8") as fp:
         json.dump(results, fp, indent=2, default=float)
     with open(os.path.join(ROOT, "benchmarks", "results.md"), "w", encoding="utf-8") as fp:
@@ -736,20 +993,39 @@ def main() -> int:
     return 0
 
 
+def service(args, paths: dict, test_file: str) -> dict:
+    """Parts 10 and 11 with the command line's settings."""
+    serve_args = args.serve_args.split()
+    return {"service": service_speed(paths, test_file, args.threads, args.repeats, args.service_requests,
+                                     args.service_duration, args.latency_texts, serve_args),
+            "service_memory": service_memory(args.work_dir, test_file, args.threads, args.service_memory_requests,
+                                             serve_args=serve_args)}
+
+
 def run_part(args) -> int:
-    """`--only PART`: that measurement alone; benchmarks/results_PART.json and the table on stdout."""
+    """`--only PART`: that measurement alone; benchmarks/results_PART.json, results_PART.md and the
+    table on stdout."""
+    started = time.time()
     if args.only == "reports":
         results = {"reports": report_scaling(args.work_dir)}
         table = reports_table(results["reports"])
     elif args.only == "ray":
         results = {"ray": ray_vs_local(args.work_dir, args.repeats)}
         table = ray_table(results["ray"])
+    elif args.only == "service":
+        results = service(args, base_export(args.work_dir), os.path.join(TNEWS, "test.txt"))
+        table = service_table(results["service"], results["service_memory"])
     else:
         results = {"manual_verbalizer": manual_verbalizer_steps(args.work_dir, args.repeats, args.manual_steps)}
         table = manual_verbalizer_table(results["manual_verbalizer"])
-    results["machine"] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    results["machine"] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                          "loadavg_end": os.getloadavg()}
+    results["seconds"] = round(time.time() - started)
     with open(os.path.join(ROOT, "benchmarks", f"results_{args.only}.json"), "w", encoding="utf-8") as fp:
         json.dump(results, fp, indent=2, default=float)
+    with open(os.path.join(ROOT, "benchmarks", f"results_{args.only}.md"), "w", encoding="utf-8") as fp:
+        fp.write(f"Command: `python benchmarks/bench.py {' '.join(sys.argv[1:])}`; {results['machine']}; "
+                 f"{results['seconds']} s\n\n" + table)
     print(table)
     return 0
 
