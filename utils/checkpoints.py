@@ -40,12 +40,18 @@ def rng_file(world_size: int) -> str:
     return "rng_state.pth" if world_size <= 1 else f"rng_state_{world_size}.pth"
 
 
+def is_model_file(name: str) -> bool:
+    """Files a marker lists: not the marker, not hidden files (the run directory's lock, which the next
+    process to lock it rewrites) and not logs (multirun.py's train.log keeps growing after the save)."""
+    return name != COMPLETE_MARKER and not name.startswith(".") and not name.endswith(".log")
+
+
 def write_marker(directory: str, global_step: Optional[int], world_size: int) -> dict:
-    """List every file of `directory` with size and sha256 in the marker (written last, atomically)."""
+    """List every model file of `directory` with size and sha256 in the marker (written last, atomically)."""
     files = {}
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
-        if name != COMPLETE_MARKER and os.path.isfile(path):
+        if is_model_file(name) and os.path.isfile(path):
             files[name] = {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
     marker = {"format": MARKER_FORMAT, "global_step": global_step, "world_size": world_size, "files": files}
     write_json_atomic(os.path.join(directory, COMPLETE_MARKER), marker)
@@ -85,6 +91,8 @@ def verify(directory: str, purpose: str = "model", world_size: int = 1) -> Optio
         if name not in listed:
             raise UserError(f"is not a complete checkpoint: {name} is not among its files", directory)
     for name, recorded in listed.items():
+        if not is_model_file(name):  # listed by earlier versions; rewritten by design since
+            continue
         path = os.path.join(directory, name)
         if not os.path.isfile(path):
             raise UserError(f"is missing (listed in {COMPLETE_MARKER}); the checkpoint is damaged, use another one",

@@ -240,7 +240,9 @@ def ensemble_model(models, views: Sequence[int], multi_label: bool):
             mean = total / len(self.members)
             if multi_label:
                 p = paddle.clip(mean, MULTI_LABEL_EPS, 1 - MULTI_LABEL_EPS)
-                combined = paddle.log(p) - paddle.log(1 - p)
+                # one log: with log(p) - log(1 - p), Paddle Inference's inplace pass overwrote p with
+                # log(p) before 1 - p was computed (wrong outputs, caught by the parity gate)
+                combined = paddle.log(p / (1 - p))
             else:
                 combined = paddle.log(paddle.clip(mean, min=MULTI_CLASS_FLOOR))
             return combined, paddle.stack(all_logits)
