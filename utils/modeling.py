@@ -83,9 +83,11 @@ def build_prompt_model(plm, tokenizer, parts: List[Dict[str, Any]], label_set: L
                        freeze_plm=freeze_plm or freeze_dropout, freeze_dropout=freeze_dropout)
 
 
-def criterion_for(model: PromptModel, head_options: Optional[Dict[str, Any]] = None) -> paddle.nn.Layer:
-    """The training loss of the model's head."""
-    return model.head.loss(model, dict(head_options or {}))
+def criterion_for(model: PromptModel, head_options: Optional[Dict[str, Any]] = None,
+                  soft_targets: bool = False) -> paddle.nn.Layer:
+    """The training loss of the model's head (`soft_targets`: trained on a teacher's probabilities)."""
+    options = dict(head_options or {})
+    return model.head.soft_loss(model, options) if soft_targets else model.head.loss(model, options)
 
 
 def plm_from_config(model_class: str, plm_config: Dict[str, Any]):

@@ -37,7 +37,8 @@ OUTPUT_KINDS = {
     "train": ("checkpoint-*", "model_state.pdparams", SPEC_FILE, "template_config.json",
               "template_state.pdparams", "verbalizer_config.json", "verbalizer_state.pdparams", "vocab.txt",
               "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "training_args.bin",
-              "trainer_state.json", "train_results.json", "training_curves.png", "checkpoint_complete.json"),
+              "trainer_state.json", "train_results.json", "training_curves.png", "checkpoint_complete.json",
+              "rounds", "distill.json", "teacher_predictions.tsv"),  # self-training / distillation (utils/distill.py)
     "eval": ("eval_results.json", "eval_report.*", "eval_confusion_matrix.*", "eval_top_confusions.*"),
     "predict": ("test_results.json", "test_predictions.*", "data_predictions.*", "test_report.*",
                 "test_confusion_matrix.*", "test_top_confusions.*"),

@@ -29,7 +29,7 @@ SPEC_FILE = "ptuning_config.json"
 FORMAT = 1
 KEYS = ("format", "method", "verbalizer", "model_name_or_path", "model_class", "plm_config", "template", "labels",
         "label_words", "max_seq_length", "head_options", "task_type", "thresholds", "threshold_search",
-        "hierarchical_decoding")
+        "hierarchical_decoding", "distillation")
 MODEL_CLASS_SUFFIXES = {"masked_lm": "ForMaskedLM", "sequence_classification": "ForSequenceClassification"}
 PLM_CONFIG_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
 
@@ -51,6 +51,13 @@ class ModelSpec:
     thresholds: Optional[List[float]] = None   # multi-label/hierarchical: one per label (None: the default 0.5)
     threshold_search: str = "none"             # how `thresholds` were found (none: given or default)
     consistent_decoding: bool = True           # hierarchical: a child only with its parent
+    # Trained on a teacher's labels (utils/distill.py): its provenance, and the soft-target loss
+    # (`soft_targets`) a resumed run must keep using. None: trained on gold labels only.
+    distillation: Optional[Dict[str, Any]] = None
+
+    @property
+    def soft_targets(self) -> bool:
+        return self.distillation is not None
 
     @property
     def method(self) -> Method:
@@ -142,6 +149,8 @@ class ModelSpec:
                 "head_options": dict(self.head_options), "task_type": self.task_type}
         if self.task_type != MULTI_CLASS:
             data.update(self.decoder.describe(), threshold_search=self.threshold_search)
+        if self.distillation is not None:
+            data["distillation"] = dict(self.distillation)
         return data
 
     def save(self, directory: str) -> str:
@@ -244,11 +253,15 @@ class ModelSpec:
             missing = [label for label in labels if parent_path(label) and parent_path(label) not in labels]
             if missing:
                 raise bad("labels", f"the parent path of {missing[0]!r} is not a label")
+        distillation = data.get("distillation")
+        if distillation is not None and not (isinstance(distillation, dict) and all(isinstance(k, str)
+                                                                                   for k in distillation)):
+            raise bad("distillation", "must be null or an object (the teacher a student was trained from)")
         return cls(head=head.name, template=template, labels=labels, label_words=words, max_seq_length=length,
                    model_name_or_path=model_name if isinstance(model_name, str) else "", model_class=model_class,
                    plm_config=plm_config, head_options=options, task_type=task_type,
                    thresholds=[float(t) for t in thresholds] if thresholds is not None else None,
-                   threshold_search=search, consistent_decoding=decoding != "flat")
+                   threshold_search=search, consistent_decoding=decoding != "flat", distillation=distillation)
 
     # -- the model -------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from .modeling import criterion_for, load_state, rebuild_from_checkpoint, set_st
 from .plm import load_plm, load_tokenizer, position_limit, warn_unknown_tokens
 from .progress import Progress as ProgressBar
 from .reports import plot_training_curves, write_classification_report, write_multilabel_report
-from .rundir import DirLock, apply_plan, plan_output_dir
+from .rundir import DirLock, OutputPlan, apply_plan, plan_output_dir
 from .spec import ModelSpec, peek_task_type
 from .visualdl import take_visualdl_from_report_to
 
@@ -320,16 +320,28 @@ def plan_model(model_args, data_args, training_args, dataset: DatasetDir, checkp
     return spec
 
 
-def resolve_task_type(model_args, training_args) -> TaskType:
-    """--task_type, else the checkpoint's (--resume_from_checkpoint), else multi-class; then the
-    flags that depend on it are checked (utils.args.check_task_args)."""
+def resolve_task_type(model_args, training_args, data_args=None) -> TaskType:
+    """--task_type, else the checkpoint's (--resume_from_checkpoint), else the --teacher's, else
+    multi-class; then the flags that depend on it are checked (utils.args.check_task_args)."""
     task_type, checkpoint = model_args.task_type, training_args.resume_from_checkpoint
     if task_type is None:
         if checkpoint and not os.path.isdir(checkpoint):  # before a flag is judged by a default task type
             raise UserError("checkpoint directory not found", checkpoint)
-        task_type = TaskType.parse(peek_task_type(checkpoint) or MULTI_CLASS)
+        teacher = getattr(data_args, "teacher", None)
+        task_type = TaskType.parse(peek_task_type(checkpoint) or (teacher and peek_teacher_task_type(teacher))
+                                   or MULTI_CLASS)
     check_task_args(model_args, training_args, task_type)
     return task_type
+
+
+def peek_teacher_task_type(teacher: str) -> Optional[str]:
+    """The task type of a --teacher, None when it cannot be read (reported in full by utils.distill)."""
+    from .distill import Teacher
+
+    try:
+        return Teacher.resolve(teacher).task_type
+    except UserError:
+        return None
 
 
 def build_model(model_args, training_args, dataset: DatasetDir, spec: ModelSpec, checkpoint: Optional[str]):
@@ -405,22 +417,38 @@ class Run:
         self.lock: Optional[DirLock] = None
         self.dataset: Optional[DatasetDir] = None
         self.resume: Optional[str] = None
+        self.distill = None              # utils.distill.DistillPlan: a teacher labels unlabeled texts
+        self.continue_rounds = False     # a run of several rounds, resumed as a whole
 
     def open(self) -> "Run":
         """Check everything that can be checked before a model loads, then claim the output directory."""
-        args = self.args
-        self.task_type = resolve_task_type(self.model_args, args)
-        self.dataset = load_data(self.data_args, args, self.task_type)
+        args, data_args = self.args, self.data_args
+        self.task_type = resolve_task_type(self.model_args, args, data_args)
+        self.dataset = load_data(data_args, args, self.task_type)
         if args.should_save:  # the writing process; under data parallelism the others only read
             self.lock = DirLock(args.output_dir).acquire()
         model_dir = self.model_args.model_name_or_path
-        plan = plan_output_dir(args.output_dir, args.do_train, output_kinds(args), args.overwrite_output_dir,
-                               args.resume_from_checkpoint, model_dir if os.path.isdir(model_dir) else None)
+        several_rounds = data_args.distilling and (data_args.rounds > 1 or not data_args.teacher)
+        if several_rounds and args.resume_from_checkpoint:
+            if not os.path.isdir(args.output_dir) or not os.path.samefile(args.resume_from_checkpoint,
+                                                                          args.output_dir):
+                raise UserError("a self-training run of several rounds resumes as a whole: give its --output_dir "
+                                "(finished rounds are reused, the interrupted one continues from its last "
+                                "checkpoint)", "--resume_from_checkpoint")
+            plan = OutputPlan(args.output_dir)  # each round plans its own directory (utils.distill)
+            self.continue_rounds = True
+        else:
+            plan = plan_output_dir(args.output_dir, args.do_train, output_kinds(args), args.overwrite_output_dir,
+                                   args.resume_from_checkpoint, model_dir if os.path.isdir(model_dir) else None)
         self.resume = plan.resume
         if self.resume:
             verify_checkpoint(self.resume, purpose="resume" if args.do_train else "model",
                               world_size=max(1, args.world_size))
-        self.model_plan = plan_model(self.model_args, self.data_args, args, self.dataset, self.resume)
+        self.model_plan = plan_model(self.model_args, data_args, args, self.dataset, self.resume)
+        if data_args.distilling:
+            from . import distill
+
+            self.distill = distill.plan(data_args, self.model_args, self.dataset, self.resume)
         if args.should_save:
             apply_plan(plan)
         return self
@@ -449,7 +477,8 @@ def prepare(run: Run):
                                                early_stopping_threshold=data_args.early_stopping_threshold))
     dataset = run.dataset
     trainer = PTuningTrainer(
-        model=model, tokenizer=tokenizer, args=training_args, criterion=criterion_for(model, spec.head_options),
+        model=model, tokenizer=tokenizer, args=training_args,
+        criterion=criterion_for(model, spec.head_options, spec.soft_targets),
         train_dataset=MapDataset(dataset.train) if training_args.do_train else None,
         eval_dataset=MapDataset(dataset.dev) if dataset.dev else None,
         callbacks=callbacks, compute_metrics=metrics_fn(len(dataset.labels.labels), spec.decoder,
@@ -469,7 +498,12 @@ def run(model_args, data_args, training_args) -> Dict[str, Any]:
         # optimizer state is keyed by those names: a fresh name scope makes them the same in every
         # run, so --resume_from_checkpoint finds its state (also when runs share one process).
         with paddle.utils.unique_name.guard():
-            results = _run(current)
+            if current.distill is not None:
+                from .distill import run_rounds
+
+                results = run_rounds(current, _run)
+            else:
+                results = _run(current)
         failed = False
         return results
     except OSError as exc:
