@@ -72,8 +72,9 @@ def read_marker(directory: str) -> Optional[dict]:
     return {**marker, "files": files}
 
 
-def verify(directory: str, purpose: str = "model", world_size: int = 1) -> Optional[dict]:
+def verify(directory: str, purpose: str = "model", world_size: int = 1, model_files=MODEL_FILES) -> Optional[dict]:
     """Check a checkpoint before use; `purpose` is `model` (weights) or `resume` (continue training).
+    `model_files`: what the marker must list besides the resume files (pretrain.py's differ).
 
     Returns the marker (None for a model directory without one, which only `model` accepts).
     """
@@ -86,7 +87,7 @@ def verify(directory: str, purpose: str = "model", world_size: int = 1) -> Optio
                             "completed (a run killed while saving?); resume from an earlier checkpoint", directory)
         return None
     listed = marker["files"]
-    needed = list(MODEL_FILES) + (list(RESUME_FILES) if purpose == "resume" else [])
+    needed = list(model_files) + (list(RESUME_FILES) if purpose == "resume" else [])
     for name in needed:
         if name not in listed:
             raise UserError(f"is not a complete checkpoint: {name} is not among its files", directory)

@@ -72,36 +72,17 @@ class SeededBatchSampler(DistributedBatchSampler):
 OUTPUT_KIND_FLAGS = (("do_eval", "eval"), ("do_predict", "predict"), ("do_export", "export"))
 
 
-class PTuningTrainer(PromptTrainer):
-    """PromptTrainer whose checkpoints are whole, verified, deduplicated and the same on every process.
+class MarkedCheckpoints:
+    """Trainer mixin: checkpoints that are whole, verified and the same on every process (train.py and
+    pretrain.py). Combine as `class X(MarkedCheckpoints, paddlenlp Trainer)`.
 
     * A checkpoint counts once `checkpoint_complete.json` (every file's size and sha256) is written,
       last; old ones are rotated away crash-safely (utils/checkpoints.py).
-    * Every tensor is stored once: the template's copy of the word embeddings and paddle's duplicate
-      LSTM names are dropped from `model_state.pdparams`, and the template/verbalizer weights (part
-      of it) are not written again beside it.
+    * Each epoch's data order depends on the seed and the epoch alone (`SeededBatchSampler`), so a
+      resumed run sees the batches the uninterrupted one saw.
     * Data parallelism: every gradient is averaged explicitly and all processes' weights are
       compared at every save (utils/distributed.py).
     """
-
-    def __init__(self, *args, spec: ModelSpec, **kwargs):
-        self.spec = spec
-        super().__init__(*args, **kwargs)
-
-    def _compute_rdrop_loss(self, model, input_dict, labels, outputs, loss):
-        """R-Drop: upstream's KL between two dropout passes compares softmax distributions; a
-        multi-label head's outputs are independent sigmoids, so there it is the symmetric KL of each
-        label's Bernoulli distribution, averaged over examples and labels."""
-        if not self.spec.decoder.multi_label:
-            return super()._compute_rdrop_loss(model, input_dict, labels, outputs, loss)
-        again = model(**input_dict)
-        again = again[0] if isinstance(again, (tuple, list)) else again
-        bce = (self.criterion(again, labels) + loss) * 0.5
-        p, q = paddle.nn.functional.sigmoid(outputs), paddle.nn.functional.sigmoid(again)
-        eps = 1e-7
-        p, q = p.clip(eps, 1 - eps), q.clip(eps, 1 - eps)
-        kl = (p - q) * (paddle.log(p) - paddle.log(q)) + (q - p) * (paddle.log(1 - p) - paddle.log(1 - q))
-        return bce + self.args.alpha_rdrop * 0.5 * kl.mean()
 
     def _get_train_sampler(self):
         if self.train_dataset is None:
@@ -120,32 +101,11 @@ class PTuningTrainer(PromptTrainer):
         allreduce_gradients(self.model.parameters())
         return loss
 
-    def _load_from_checkpoint(self, resume_from_checkpoint=None):
-        # The model (template included) is rebuilt from the checkpoint before the Trainer exists;
-        # PromptTrainer would build the template a second time. Load the weights strictly.
-        if resume_from_checkpoint:
-            load_state(self.model, resume_from_checkpoint)
-
-    def _set_state_dict_in_model(self, state_dict):
-        # The best model reloaded at the end of training: strictly, deduplicated names included.
-        set_state_strictly(self.model, state_dict, self.state.best_model_checkpoint or "best checkpoint")
-
     def _load_rng_state(self, checkpoint):
         try:
             super()._load_rng_state(checkpoint)
         except ValueError as exc:  # e.g. saved on a machine with another number of GPUs
             logger.warning("random state of %s not restored (%s): the run continues, not bit-exactly", checkpoint, exc)
-
-    def _save(self, output_dir: Optional[str] = None, state_dict=None, merge_tensor_parallel=True):
-        output_dir = output_dir or self.args.output_dir
-        # Each tensor once; upstream's template/verbalizer configs, without their weights files
-        # (the weights are in model_state.pdparams); the model spec.
-        Trainer._save(self, output_dir, unique_state_dict(self.model), merge_tensor_parallel)
-        if self.args.should_save:
-            save_template_config(self.template, output_dir)
-            if self.verbalizer is not None:
-                write_json_atomic(os.path.join(output_dir, "verbalizer_config.json"), self.verbalizer.label_words)
-            self.spec.save(output_dir)
 
     def save_model(self, output_dir: Optional[str] = None, merge_tensor_parallel: Optional[bool] = False):
         final = output_dir is None or os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir)
@@ -191,6 +151,56 @@ class PTuningTrainer(PromptTrainer):
         if self.is_world_process_zero():
             write_text_atomic(os.path.join(self.args.output_dir, "trainer_state.json"),
                               json.dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True) + "\n")
+
+
+class PTuningTrainer(MarkedCheckpoints, PromptTrainer):
+    """PromptTrainer whose checkpoints are whole, verified, deduplicated and the same on every process.
+
+    * Marked, rotated, seeded and data-parallel as `MarkedCheckpoints` says.
+    * Every tensor is stored once: the template's copy of the word embeddings and paddle's duplicate
+      LSTM names are dropped from `model_state.pdparams`, and the template/verbalizer weights (part
+      of it) are not written again beside it.
+    """
+
+    def __init__(self, *args, spec: ModelSpec, **kwargs):
+        self.spec = spec
+        super().__init__(*args, **kwargs)
+
+    def _compute_rdrop_loss(self, model, input_dict, labels, outputs, loss):
+        """R-Drop: upstream's KL between two dropout passes compares softmax distributions; a
+        multi-label head's outputs are independent sigmoids, so there it is the symmetric KL of each
+        label's Bernoulli distribution, averaged over examples and labels."""
+        if not self.spec.decoder.multi_label:
+            return super()._compute_rdrop_loss(model, input_dict, labels, outputs, loss)
+        again = model(**input_dict)
+        again = again[0] if isinstance(again, (tuple, list)) else again
+        bce = (self.criterion(again, labels) + loss) * 0.5
+        p, q = paddle.nn.functional.sigmoid(outputs), paddle.nn.functional.sigmoid(again)
+        eps = 1e-7
+        p, q = p.clip(eps, 1 - eps), q.clip(eps, 1 - eps)
+        kl = (p - q) * (paddle.log(p) - paddle.log(q)) + (q - p) * (paddle.log(1 - p) - paddle.log(1 - q))
+        return bce + self.args.alpha_rdrop * 0.5 * kl.mean()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint=None):
+        # The model (template included) is rebuilt from the checkpoint before the Trainer exists;
+        # PromptTrainer would build the template a second time. Load the weights strictly.
+        if resume_from_checkpoint:
+            load_state(self.model, resume_from_checkpoint)
+
+    def _set_state_dict_in_model(self, state_dict):
+        # The best model reloaded at the end of training: strictly, deduplicated names included.
+        set_state_strictly(self.model, state_dict, self.state.best_model_checkpoint or "best checkpoint")
+
+    def _save(self, output_dir: Optional[str] = None, state_dict=None, merge_tensor_parallel=True):
+        output_dir = output_dir or self.args.output_dir
+        # Each tensor once; upstream's template/verbalizer configs, without their weights files
+        # (the weights are in model_state.pdparams); the model spec.
+        Trainer._save(self, output_dir, unique_state_dict(self.model), merge_tensor_parallel)
+        if self.args.should_save:
+            save_template_config(self.template, output_dir)
+            if self.verbalizer is not None:
+                write_json_atomic(os.path.join(output_dir, "verbalizer_config.json"), self.verbalizer.label_words)
+            self.spec.save(output_dir)
 
 
 def save_template_config(template, directory: str) -> None:
