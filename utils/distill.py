@@ -293,6 +293,10 @@ def run_rounds(current, single_run) -> Dict[str, Any]:
             decoder = spec.decoder
             chosen = teacher_targets(logits, decoder, data_args)
             kept = chosen["kept"]
+            if not len(kept):
+                raise UserError(f"no teacher-labelled text passes it (round {number}: the teacher's confidence is "
+                                f"at most {chosen['confidence'].max():.3f} on {len(distill.unlabeled)} texts); "
+                                "lower it", "--min_confidence")
             write_predictions(os.path.join(directory, TEACHER_PREDICTIONS_FILE), distill.unlabeled, chosen["probs"],
                               spec.labels, decoder=decoder)
             pseudo = [{**distill.unlabeled[i], "labels": chosen["targets"][i].tolist()} for i in kept]

@@ -107,6 +107,9 @@ def resolve_member(path: str) -> str:
     if latest:
         raise UserError(f"holds no final model (training did not finish?); give one of its checkpoints, e.g. "
                         f"{latest}", path)
+    if os.path.isdir(os.path.join(path, "runs")):
+        raise UserError(f"is a multirun.py directory: give its runs, e.g. --members {os.path.join(path, 'runs', '*')} "
+                        "(or run multirun.py with --ensemble)", path)
     raise UserError(f"is not a trained model of this tool ({SPEC_FILE} and model_state.pdparams missing)", path)
 
 
