@@ -128,9 +128,9 @@ def ensemble_members(trained, tiny_model_dir, tmp_path_factory):
 
     data_dir, first = trained
     base = tmp_path_factory.mktemp("members")
-    second = train_quick(tiny_model_dir, data_dir, str(base / "seed7"), "--prompt", PROMPT, "--seed", "7", steps=80)
+    second = train_quick(tiny_model_dir, data_dir, str(base / "seed7"), "--prompt", PROMPT, "--seed", "7", steps=40)
     finetune = train_quick(tiny_model_dir, data_dir, str(base / "finetune"), "--method", "finetune", "--seed", "3",
-                           steps=60)
+                           steps=30)
     return data_dir, [first, second, finetune]
 
 
