@@ -276,9 +276,9 @@ def run_rounds(current, single_run) -> Dict[str, Any]:
                 teacher = Teacher.resolve(directory)
                 continue
             resume = latest_checkpoint(directory) if os.path.isdir(directory) else None
-        if resume:
+        if resume and resume != current.resume:  # Run.open verified its own
             verify_checkpoint(resume, purpose="resume", world_size=max(1, args.world_size))
-        if not final or (distill.several_rounds and current.continue_rounds):
+        if args.should_save and (not final or (distill.several_rounds and current.continue_rounds)):
             os.makedirs(directory, exist_ok=True)
             plan = plan_output_dir(directory, True, output_kinds(round_args), True, resume)
             plan.remove = [name for name in plan.remove if name != ROUNDS_DIR]  # the earlier rounds stay
@@ -297,8 +297,9 @@ def run_rounds(current, single_run) -> Dict[str, Any]:
                 raise UserError(f"no teacher-labelled text passes it (round {number}: the teacher's confidence is "
                                 f"at most {chosen['confidence'].max():.3f} on {len(distill.unlabeled)} texts); "
                                 "lower it", "--min_confidence")
-            write_predictions(os.path.join(directory, TEACHER_PREDICTIONS_FILE), distill.unlabeled, chosen["probs"],
-                              spec.labels, decoder=decoder)
+            if args.should_save:  # under data parallelism every process labels, the first writes
+                write_predictions(os.path.join(directory, TEACHER_PREDICTIONS_FILE), distill.unlabeled,
+                                  chosen["probs"], spec.labels, decoder=decoder)
             pseudo = [{**distill.unlabeled[i], "labels": chosen["targets"][i].tolist()} for i in kept]
             gold = gold_targets(dataset.train, len(spec.labels), dataset.task_type)
             dataset = dataclasses.replace(dataset, train=gold + pseudo)
@@ -323,5 +324,6 @@ def run_rounds(current, single_run) -> Dict[str, Any]:
         entry["metrics"] = {k: v for k, v in results.get("eval", {}).items() if k.startswith("eval_")}
         history.append(entry)
         teacher = Teacher.resolve(directory)
-    write_json_atomic(os.path.join(args.output_dir, SUMMARY_FILE), {"rounds": history})
+    if args.should_save:
+        write_json_atomic(os.path.join(args.output_dir, SUMMARY_FILE), {"rounds": history})
     return results
