@@ -82,23 +82,28 @@ def main():
     parser.add_argument("--work_dir", default=os.path.join(ROOT, "benchmarks", "work", "proxy"))
     parser.add_argument("--smoke", action="store_true", help="tiny step counts: checks the pipeline, measures nothing")
     parser.add_argument("--min_confidence", type=float, default=0.5)
+    parser.add_argument("--split_ids", type=int, nargs="+", help="default: 0 1 2 3 4 (with --smoke: 0 1)")
     args = parser.parse_args()
+    split_ids = args.split_ids or ([0, 1] if args.smoke else [0, 1, 2, 3, 4])
     cfg = settings(args.smoke)
     work = os.path.join(args.work_dir, "smoke" if args.smoke else "full")
     os.makedirs(work, exist_ok=True)
     seconds = {}
 
     corpus, held_out = os.path.join(work, "corpus.txt"), os.path.join(work, "dev_texts.txt")
+    unlabeled = os.path.join(work, "unlabeled.txt")  # self-training labels these only (no test texts)
     if not os.path.isfile(corpus):
-        texts = texts_of(os.path.join(TNEWS, "unlabeled.txt"))[:cfg["unlabeled"]] + texts_of(
-            os.path.join(TNEWS, "test.txt"))
-        with open(corpus, "w", encoding="utf-8") as fp:
+        texts = texts_of(os.path.join(TNEWS, "unlabeled.txt"))[:cfg["unlabeled"]]
+        with open(unlabeled, "w", encoding="utf-8") as fp:
             fp.write("\n".join(texts) + "\n")
+        with open(corpus, "w", encoding="utf-8") as fp:
+            fp.write("\n".join(texts + texts_of(os.path.join(TNEWS, "test.txt"))) + "\n")
         with open(held_out, "w", encoding="utf-8") as fp:
             fp.write("\n".join(texts_of(os.path.join(TNEWS, "dev.txt"))) + "\n")
     random_model = os.path.join(work, "random")
     if not os.path.isdir(random_model):
-        run([PY, "-m", "utils.tiny_ernie", "--output_dir", random_model, "--preset", args.preset, "--vocab_file", VOCAB],
+        run([PY, "-m", "utils.tiny_ernie", "--output_dir", random_model, "--preset", args.preset, "--vocab_file",
+             VOCAB],
             os.path.join(work, "logs", "random.log"))
     proxy = os.path.join(work, "proxy")
     if not os.path.isfile(os.path.join(proxy, "pretraining.json")) or \
@@ -109,8 +114,9 @@ def main():
             [PY, "pretrain.py", "--model_name_or_path", random_model, "--input_file", corpus, "--eval_file", held_out,
              "--output_dir", proxy, "--max_seq_length", "64", "--masking", "word", "--per_device_train_batch_size",
              "32", "--learning_rate", "5e-4", "--warmup_steps", str(cfg["pretrain_steps"] // 20), "--weight_decay",
-             "0.01", "--max_steps", str(cfg["pretrain_steps"]), "--save_steps", str(max(10, cfg["pretrain_steps"] // 20)),
-             "--logging_steps", "50", "--device", "cpu", "--seed", "42", *resume],
+             "0.01", "--max_steps", str(cfg["pretrain_steps"]), "--save_steps",
+             str(max(10, cfg["pretrain_steps"] // 20)), "--logging_steps", "50", "--device", "cpu", "--seed", "42",
+             *resume],
             os.path.join(work, "logs", "pretrain.log"))
 
     splits = os.path.join(TNEWS, "splits")
@@ -122,19 +128,20 @@ def main():
     for name, (model, extra, ensemble) in variants.items():
         out = os.path.join(work, name)
         if not os.path.isfile(os.path.join(out, "summary.json")):
-            seconds[name] = run([PY, "multirun.py", "--output_dir", out, "--splits_dir", splits,
-                                 "--overwrite_output_dir", *(["--ensemble"] if ensemble else []), "--",
-                                 "--model_name_or_path", model, *flags, *extra], os.path.join(work, "logs", f"{name}.log"))
+            command = [PY, "multirun.py", "--output_dir", out, "--splits_dir", splits, "--split_ids",
+                       *map(str, split_ids), "--overwrite_output_dir", *(["--ensemble"] if ensemble else []), "--",
+                       "--model_name_or_path", model, *flags, *extra]
+            seconds[name] = run(command, os.path.join(work, "logs", f"{name}.log"))
 
     ensemble_dir = os.path.join(work, "ptuning", "ensemble")
     students = []
-    for split in range(5):
+    for split in split_ids:
         out = os.path.join(work, "self_training", f"split{split}")
         if not os.path.isfile(os.path.join(out, "test_results.json")):
             data_dir = os.path.join(work, "ptuning", "data", f"split_{split}")
             seconds[f"student{split}"] = run(
                 [PY, "train.py", "--model_name_or_path", proxy, "--data_dir", data_dir, "--output_dir", out,
-                 "--overwrite_output_dir", "--teacher", ensemble_dir, "--unlabeled_file", corpus,
+                 "--overwrite_output_dir", "--teacher", ensemble_dir, "--unlabeled_file", unlabeled,
                  "--min_confidence", str(args.min_confidence), "--seed", "42",
                  *train_flags(cfg["student_steps"], cfg["eval_steps"] * 2)],
                 os.path.join(work, "logs", f"student{split}.log"))
@@ -146,9 +153,10 @@ def main():
         metrics = summary_of(os.path.join(work, name))["metrics"]
         rows[name] = {k: metrics[f"test_{k}"] for k in ("accuracy", "macro_f1")}
     ensemble = summary_of(os.path.join(work, "ptuning"))["ensemble"]
-    rows["ensemble_of_5_ptuning"] = {k: {"mean": ensemble["metrics"][f"test_{k}"], "std": None, "n": 1}
+    rows[f"ensemble_of_{len(split_ids)}_ptuning"] = {k: {"mean": ensemble["metrics"][f"test_{k}"], "std": None, "n": 1}
                                      for k in ("accuracy", "macro_f1")}
-    rows["self_training_from_ensemble"] = {k: stats([s[f"test_{k}"] for s in students]) for k in ("accuracy", "macro_f1")}
+    rows["self_training_from_ensemble"] = {k: stats([s[f"test_{k}"] for s in students])
+                                           for k in ("accuracy", "macro_f1")}
     with open(os.path.join(proxy, "eval_results.json"), encoding="utf-8") as fp:
         pretraining = json.load(fp)
     result = {"date": time.strftime("%Y-%m-%d"), "smoke": args.smoke, "preset": args.preset, "settings": cfg,

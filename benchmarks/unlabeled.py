@@ -70,7 +70,8 @@ import numpy as np, paddle
 from paddlenlp.transformers import AutoModelForMaskedLM, AutoTokenizer
 from paddlenlp.trainer import set_seed
 from utils.pretraining import CorpusEncoder, MaskedLMCollator, MaskedTextDataset, random_token_ids, read_corpus
-model_dir, corpus_file, steps, batch, length = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+model_dir, corpus_file = sys.argv[2], sys.argv[3]
+steps, batch, length = (int(v) for v in sys.argv[4:7])
 paddle.set_device("cpu")
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 texts, _ = read_corpus([corpus_file])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import train
-import utils.distill
+import utils.distill  # noqa: F401  (its Teacher is monkeypatched in test_bad_inputs)
 from conftest import FAST
 from utils.errors import run_cli
 from utils.synthetic import PROMPT

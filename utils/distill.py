@@ -189,9 +189,10 @@ def plan(data_args, model_args, dataset, checkpoint: Optional[str]) -> DistillPl
         if teacher.labels != dataset.labels.labels:
             missing = sorted(set(dataset.labels.labels) - set(teacher.labels))
             extra = sorted(set(teacher.labels) - set(dataset.labels.labels))
-            raise UserError(f"the teacher predicts labels {teacher.labels}, label.txt has {dataset.labels.labels}"
-                            f" (teacher lacks: {', '.join(missing) or '-'}; label.txt lacks: {', '.join(extra) or '-'}):"
-                            " a student learns the teacher's probabilities label by label", teacher.path)
+            raise UserError(f"the teacher predicts labels {teacher.labels}, label.txt has {dataset.labels.labels} "
+                            f"(teacher lacks: {', '.join(missing) or '-'}; label.txt lacks: "
+                            f"{', '.join(extra) or '-'}): a student learns the teacher's probabilities label by label",
+                            teacher.path)
         if teacher.task_type != dataset.task_type:
             raise UserError(f"the teacher is a --task_type {teacher.task_type} model and the student a "
                             f"{dataset.task_type} one: drop --task_type (the teacher's is used) or give the same",

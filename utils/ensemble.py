@@ -331,7 +331,7 @@ def export_ensemble(plan: EnsemblePlan, output_dir: str, examples: Optional[List
     import paddle
 
     from .args import ExportType
-    from .export import onnxruntime_logits, sample_examples, write_graphs, write_manifest, write_variants
+    from .export import sample_examples, write_graphs, write_manifest, write_variants
     from .export_format import LABELS_FILE, ONNX_FILE, PREPROCESS_FILE, TEMPLATE_FILE
     from .files import atomic_directory
     from .preprocess import PromptPreprocessor
