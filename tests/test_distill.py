@@ -177,3 +177,24 @@ def test_bad_inputs(case, flags, message, where, trained, few_gold, tiny_model_d
     assert err.startswith("error: ") and "Traceback" not in err and message in err and where in err, err
     assert not out.exists() or not list(out.iterdir())
 
+
+
+def test_soft_target_losses_equal_the_usual_losses_on_gold():
+    """Gold labels as one-hot vectors (a student's gold examples) or as ids (dev) give the usual loss."""
+    import paddle
+
+    from utils.heads import LabelWordNLLLoss, SoftTargetCrossEntropy
+
+    paddle.seed(0)
+    logits = paddle.randn([5, 3])
+    ids = paddle.to_tensor([0, 2, 1, 1, 0], dtype="int64")
+    one_hot = paddle.nn.functional.one_hot(ids, 3)
+    usual = paddle.nn.CrossEntropyLoss()(logits, ids)
+    for loss in (SoftTargetCrossEntropy()(logits, one_hot), SoftTargetCrossEntropy()(logits, ids)):
+        np.testing.assert_allclose(loss.numpy(), usual.numpy(), rtol=1e-6)
+    scores = paddle.nn.functional.log_softmax(logits, axis=-1)
+    np.testing.assert_allclose(LabelWordNLLLoss(2)(scores, one_hot).numpy(), LabelWordNLLLoss(2)(scores, ids).numpy(),
+                               rtol=1e-6)
+    soft = paddle.to_tensor([[0.5, 0.5, 0.0]] * 5)
+    expected = -(0.5 * scores[:, 0] + 0.5 * scores[:, 1]).mean()
+    np.testing.assert_allclose(SoftTargetCrossEntropy()(logits, soft).numpy(), expected.numpy(), rtol=1e-6)
