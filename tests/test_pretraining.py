@@ -172,3 +172,20 @@ def test_bad_inputs(case, flags, message, where, tiny_model_dir, trained, tmp_pa
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and where in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_a_pretrained_model_is_not_a_classifier(pretrained, tmp_path, capsys):
+    """Given where a classifier is expected (--resume_from_checkpoint, --teacher, --members), the pretrain.py
+    output is named for what it is, with the flag that takes it."""
+    import ensemble
+    import train
+    from utils.synthetic import write_keyword_dataset
+
+    data_dir = write_keyword_dataset(str(tmp_path / "data"))
+    for main, argv in ((train.main, ["--do_predict", "--data_dir", data_dir, "--resume_from_checkpoint",
+                                     pretrained, "--output_dir", str(tmp_path / "out")]),
+                       (ensemble.main, ["--members", pretrained, pretrained + "/checkpoint-100", "--output_dir",
+                                        str(tmp_path / "ens")])):
+        assert run_cli(main, argv) == 2
+        err = capsys.readouterr().err
+        assert "is a pretrain.py language model" in err and f"--model_name_or_path {pretrained}" in err, err

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 
 from .errors import UserError
 from .files import read_json, sha256_file, write_json_atomic
-from .spec import SPEC_FILE
+from .spec import SPEC_FILE, is_pretrained_language_model, not_a_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ def verify(directory: str, purpose: str = "model", world_size: int = 1, model_fi
                             "completed (a run killed while saving?); resume from an earlier checkpoint", directory)
         return None
     listed = marker["files"]
+    if SPEC_FILE in model_files and SPEC_FILE not in listed and is_pretrained_language_model(directory):
+        raise not_a_classifier(directory)
     needed = list(model_files) + (list(RESUME_FILES) if purpose == "resume" else [])
     for name in needed:
         if name not in listed:

@@ -46,7 +46,7 @@ from .errors import UserError
 from .export_files import read_decoder, read_labels, read_manifest
 from .export_format import MANIFEST_FILE, VOCAB_FILE
 from .files import write_json_atomic
-from .spec import SPEC_FILE, ModelSpec
+from .spec import SPEC_FILE, ModelSpec, is_pretrained_language_model, not_a_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class Teacher:
             decoder = read_decoder(export, manifest, labels)
             vocab = os.path.join(export, read_config(export)["tokenizer"]["vocab_file"])
             return cls(export, "export", labels, decoder.task_type, vocab)
+        if is_pretrained_language_model(path):
+            raise not_a_classifier(path)
         latest = latest_checkpoint(path)
         if latest:
             raise UserError(f"holds no final model (training did not finish?); give one of its checkpoints, e.g. "

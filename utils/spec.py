@@ -163,6 +163,8 @@ class ModelSpec:
         if not os.path.isdir(directory):
             raise UserError("checkpoint directory not found", directory)
         path = os.path.join(directory, SPEC_FILE)
+        if not os.path.isfile(path) and is_pretrained_language_model(directory):
+            raise not_a_classifier(directory)
         if not os.path.isfile(path):
             raise UserError(f"is not a checkpoint of this tool: {SPEC_FILE} is missing", directory)
         return cls.from_dict(read_json(path, what="checkpoint config"), path)
@@ -275,6 +277,17 @@ class ModelSpec:
         return build_prompt_model(plm, tokenizer, self.template, self.label_set, self.max_seq_length,
                                   freeze_plm=freeze_plm, freeze_dropout=freeze_dropout, head=self.head,
                                   head_options=self.head_options)
+
+
+def is_pretrained_language_model(directory: str) -> bool:
+    """pretrain.py's output (utils/pretraining.py): a language model, with no classifier spec."""
+    return os.path.isfile(os.path.join(directory, "pretraining.json")) and not os.path.isfile(
+        os.path.join(directory, SPEC_FILE))
+
+
+def not_a_classifier(directory: str) -> UserError:
+    return UserError("is a pretrain.py language model, not a classifier: train one on it with "
+                     f"--model_name_or_path {directory}", directory)
 
 
 def peek_task_type(checkpoint: Optional[str]) -> Optional[str]:
