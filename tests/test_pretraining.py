@@ -147,6 +147,8 @@ def write(path, text):
     ("missing input file", ["--input_file", "/nonexistent/texts.txt"], "input file not found",
      "/nonexistent/texts.txt"),
     ("no input file", [], "is required", "--input_file"),
+    ("evaluation without held-out texts", ["--input_file", "GOOD", "--eval_steps", "5"], "none was given",
+     "--eval_steps"),
     ("unknown masking", ["--input_file", "GOOD", "--masking", "span"], "must be one of word or char", "--masking"),
     ("masking probability", ["--input_file", "GOOD", "--masked_lm_prob", "0"], "must be in (0, 1)",
      "--masked_lm_prob"),

@@ -278,6 +278,8 @@ def run(model_args: PretrainArguments, args) -> dict:
     from .tiny_ernie import is_not_pretrained
     from .training import Progress
 
+    if args.eval_steps and not model_args.eval_file:
+        raise UserError("evaluates the held-out --eval_file, and none was given", "--eval_steps")
     texts, files = read_corpus(model_args.input_file)
     eval_texts, eval_files = read_corpus([model_args.eval_file], "eval file") if model_args.eval_file else ([], [])
     limit = position_limit(model_args.model_name_or_path)
