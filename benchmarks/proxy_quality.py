@@ -82,10 +82,13 @@ def main():
     parser.add_argument("--preset", default="ernie-3.0-micro-zh")
     parser.add_argument("--work_dir", default=os.path.join(ROOT, "benchmarks", "work", "proxy"))
     parser.add_argument("--smoke", action="store_true", help="tiny step counts: checks the pipeline, measures nothing")
-    parser.add_argument("--min_confidence", type=float, default=0.5)
+    parser.add_argument("--min_confidence", type=float, default=None,
+                        help="self-training's filter (default 0.5; with --smoke 0: an untrained teacher is unsure)")
     parser.add_argument("--split_ids", type=int, nargs="+", help="default: 0 1 2 3 4 (with --smoke: 0 1)")
     args = parser.parse_args()
     split_ids = args.split_ids or ([0, 1] if args.smoke else [0, 1, 2, 3, 4])
+    if args.min_confidence is None:
+        args.min_confidence = 0.0 if args.smoke else 0.5
     cfg = settings(args.smoke)
     work = os.path.join(args.work_dir, "smoke" if args.smoke else "full")
     os.makedirs(work, exist_ok=True)
