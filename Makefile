@@ -11,7 +11,7 @@ DEMO_MODEL := checkpoints/demo-tiny-ernie
 DEMO_OUT := checkpoints/demo
 DEMO_PROMPT := 这条新闻的主题是
 
-.PHONY: install install-dev install-ray browser demo demo-label-sets test bench bench-ray clean
+.PHONY: install install-dev install-ray browser demo demo-label-sets test bench bench-ray bench-unlabeled quality clean
 
 $(VENV)/.installed: requirements.txt requirements-cpu.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -93,6 +93,15 @@ bench: $(VENV)/.installed-bench
 # infer.py --ray on a 2-node local Ray cluster vs local infer.py (no ../shared needed). See BENCHMARKS.md.
 bench-ray: $(VENV)/.installed-ray
 	$(PY) benchmarks/bench.py --only ray
+
+# Pretraining overhead and distilled-student speed (needs ../shared; ~35 min on 2 cores). See BENCHMARKS.md.
+bench-unlabeled: $(VENV)/.installed
+	$(PY) benchmarks/unlabeled.py
+
+# The knowledge-bearing proxy's quality table (needs ../shared; hours on 2 cores; cached, re-run to continue).
+# See QUALITY.md.
+quality: $(VENV)/.installed
+	$(PY) benchmarks/proxy_quality.py
 
 clean:
 	rm -rf $(DEMO_OUT) $(DEMO_MODEL) $(LABELS_MODEL) checkpoints/demo-multilabel checkpoints/demo-hierarchical

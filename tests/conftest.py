@@ -106,3 +106,42 @@ def resign(export_dir, name):
     manifest["files"][name] = {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
     with open(manifest_path, "w", encoding="utf-8") as fp:
         json.dump(manifest, fp)
+
+
+def train_quick(tiny_model_dir, data_dir, out, *flags, steps=60):
+    """A short train.py run on the tiny model (in-process) into `out`; returns `out`."""
+    import train
+    from utils.errors import run_cli
+
+    argv = ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", out, "--do_train",
+            "--do_eval", "--max_steps", str(steps), "--eval_steps", str(steps), "--logging_steps", "20",
+            "--save_total_limit", "1", *FAST, *flags]
+    assert run_cli(train.main, argv) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def ensemble_members(trained, tiny_model_dir, tmp_path_factory):
+    """Three members on the keyword task: the `trained` run, a P-tuning run of another seed and a
+    fine-tuning run (another template: a second input view)."""
+    from utils.synthetic import PROMPT
+
+    data_dir, first = trained
+    base = tmp_path_factory.mktemp("members")
+    second = train_quick(tiny_model_dir, data_dir, str(base / "seed7"), "--prompt", PROMPT, "--seed", "7", steps=40)
+    finetune = train_quick(tiny_model_dir, data_dir, str(base / "finetune"), "--method", "finetune", "--seed", "3",
+                           steps=30)
+    return data_dir, [first, second, finetune]
+
+
+@pytest.fixture(scope="session")
+def ensemble_run(ensemble_members, tmp_path_factory):
+    """ensemble.py over the three members, evaluated on dev and test: `(data_dir, output_dir)`."""
+    import ensemble
+    from utils.errors import run_cli
+
+    data_dir, members = ensemble_members
+    out = str(tmp_path_factory.mktemp("ensemble") / "ens")
+    assert run_cli(ensemble.main, ["--members", *members, "--output_dir", out, "--data_dir", data_dir,
+                                   "--do_eval", "--do_predict"]) == 0
+    return data_dir, out

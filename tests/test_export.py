@@ -175,8 +175,8 @@ def test_parity_gate_catches_a_broken_export(trained, tmp_path, monkeypatch):
 
     real_convert = export_mod.convert_to_onnx
 
-    def broken_convert(directory, files, opset):
-        path = real_convert(directory, files, opset)
+    def broken_convert(directory, files, opset, *output_names):
+        path = real_convert(directory, files, opset, *output_names)
         model = onnx.load(path)
         biggest = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
         array = numpy_helper.to_array(biggest).copy()

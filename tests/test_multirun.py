@@ -35,7 +35,8 @@ def losses(run_dir):
 @pytest.mark.slow
 def test_two_seeds(tiny_model_dir, keyword_data, tmp_path, capsys):
     out = tmp_path / "multi"
-    argv = ["--output_dir", str(out), "--seeds", "1", "2", "--", *train_flags(tiny_model_dir, keyword_data)]
+    argv = ["--output_dir", str(out), "--seeds", "1", "2", "--ensemble", "--",
+            *train_flags(tiny_model_dir, keyword_data)]
     assert run_cli(multirun.main, argv) == 0
     stdout = capsys.readouterr().out
 
@@ -59,9 +60,20 @@ def test_two_seeds(tiny_model_dir, keyword_data, tmp_path, capsys):
     acc = summary["metrics"]["eval_accuracy"]
     mean_cell = f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}"
     table = stdout[stdout.index("| run |"):]
-    assert mean_cell in table.splitlines()[-1] and table.splitlines()[-1].startswith("| mean ± std |")
-    assert len(table.splitlines()) == 2 + 2 + 1  # header, rule, two runs, mean
+    assert mean_cell in table.splitlines()[-2] and table.splitlines()[-2].startswith("| mean ± std |")
+    assert len(table.splitlines()) == 2 + 2 + 1 + 1  # header, rule, two runs, mean, ensemble
     assert table in (out / "summary.md").read_text(encoding="utf-8")
+
+    # --ensemble: one export over both runs, its metrics beside theirs (from ensemble.py's own evaluation)
+    ensemble = summary["ensemble"]
+    ensemble_json = read_json(out / "ensemble" / "ensemble.json")
+    assert ensemble_json["members"] == [str(out / "runs" / name) for name in ("seed1", "seed2")]
+    assert ensemble["metrics"]["test_accuracy"] == ensemble_json["metrics"]["test"]["ensemble"]["accuracy"]
+    assert ensemble["members_mean"]["eval_accuracy"] == pytest.approx(summary["metrics"]["eval_accuracy"]["mean"])
+    assert table.splitlines()[-1] == "| ensemble of 2 |  | " + " | ".join(
+        f"{100 * ensemble['metrics'][k]:.2f}" for k in summary["metrics"]) + " |"
+    assert os.path.isfile(out / "ensemble" / "export" / "model.onnx")
+    assert "against the mean of its members" in (out / "summary.md").read_text(encoding="utf-8")
 
 
 def make_task_with_splits(root, sizes=((30, 12), (27, 9))):
@@ -141,6 +153,7 @@ def splits_without_dev_1(tmp_path):
     ("output_dir_forwarded", "--output_dir: multirun.py sets --output_dir"),
     ("seed_forwarded", "--seed: multirun.py sets --seed"),
     ("no_eval_or_predict", "add --do_eval and/or --do_predict"),
+    ("ensemble_of_one_run", "--ensemble: needs at least two runs"),
     ("non_empty_output_dir", "is not empty; pass --overwrite_output_dir"),
 ])
 def test_user_errors(case, expected, splits_without_dev_1, tmp_path, capsys):
@@ -157,6 +170,7 @@ def test_user_errors(case, expected, splits_without_dev_1, tmp_path, capsys):
         "output_dir_forwarded": ["--output_dir", out, "--seeds", "1", "--", *flags, "--output_dir=x"],
         "seed_forwarded": ["--output_dir", out, "--seeds", "1", "--", *flags, "--seed", "3"],
         "no_eval_or_predict": ["--output_dir", out, "--seeds", "1", "--", "--data_dir", task, "--do_train"],
+        "ensemble_of_one_run": ["--output_dir", out, "--seeds", "1", "--ensemble", "--", *flags],
         "non_empty_output_dir": ["--output_dir", task, "--seeds", "1", "--", *flags],
     }[case]
     if case == "missing_label_file":

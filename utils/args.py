@@ -11,6 +11,7 @@ loaded before all of this passes. Paddle-free at import (multirun.py uses `flag_
 from __future__ import annotations
 
 import enum
+import os
 import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
@@ -93,6 +94,13 @@ class ThresholdSearch(Choice):
 class HierarchicalDecoding(Choice):
     CONSISTENT = "consistent"
     FLAT = "flat"
+
+
+class TeacherLabels(Choice):
+    """What a student learns from the teacher: its probabilities, or its decisions."""
+
+    SOFT = "soft"
+    HARD = "hard"
 
 
 class ExportType(Choice):
@@ -192,9 +200,34 @@ class DataArguments:
         "help": "Stop after this many evaluations without improvement (0: never)."})
     early_stopping_threshold: float = field(default=0.0, metadata={
         "help": "Improvement needed to reset the early-stopping patience."})
+    # Self-training / distillation (utils/distill.py): the teacher's labels on unlabeled texts join the gold ones.
+    teacher: Optional[str] = field(default=None, metadata={
+        "help": "Distillation: the model that labels --unlabeled_file: a train.py --output_dir (or checkpoint-N), "
+                "an export, or an ensemble.py --output_dir (its export). Without it, --unlabeled_file means "
+                "self-training: a model trained on the gold labels first is the teacher."})
+    unlabeled_file: Optional[str] = field(default=None, metadata={
+        "help": "Unlabeled texts, one per line (text_a<TAB>text_b for pairs): FewCLUE's unlabeled.txt, the app's "
+                "data.txt, ... Default with --teacher: DATA_DIR/data.txt."})
+    teacher_labels: TeacherLabels = field(default=TeacherLabels.SOFT, metadata={
+        "help": "soft (default: the teacher's probabilities, PET's distillation) or hard (its predicted labels)."})
+    min_confidence: float = field(default=0.0, metadata={
+        "help": "Keep only texts the teacher is this sure about: its top probability (multi-class), or every "
+                "label's max(p, 1-p) (label sets), at least this. 0 keeps all."})
+    temperature: float = field(default=1.0, metadata={
+        "help": "Soft labels are the teacher's softmax/sigmoid of logits / T (T > 1 softens, T < 1 sharpens)."})
+    max_unlabeled: Optional[int] = field(default=None, metadata={
+        "help": "At most this many teacher-labelled texts per round: the most confident ones."})
+    rounds: int = field(default=1, metadata={
+        "help": "Rounds of self-training: the student of a round is the teacher of the next (iPET). Earlier rounds "
+                "are kept in OUTPUT_DIR/rounds/round-K; the last one is the run in OUTPUT_DIR."})
     # The prompt-encoder flags given on the command line: a full template string sets these
     # itself, so giving them too is refused instead of silently ignored.
     prompt_flags_given: List[str] = field(default_factory=list, init=False)
+    unlabeled_file_defaulted: bool = field(default=False, init=False)  # --teacher without --unlabeled_file
+
+    @property
+    def distilling(self) -> bool:
+        return bool(self.teacher or self.unlabeled_file)
 
     def __post_init__(self):
         for name in ("encoder_hidden_size", "num_virtual_tokens"):
@@ -204,6 +237,22 @@ class DataArguments:
         if self.early_stopping_patience < 0:
             raise UserError(f"must be zero (never stop) or more, got {self.early_stopping_patience}",
                             "--early_stopping_patience")
+        self.teacher_labels = TeacherLabels.from_flag(self.teacher_labels, "--teacher_labels")
+        if not 0 <= self.min_confidence < 1:
+            raise UserError(f"must be in [0, 1), got {self.min_confidence}", "--min_confidence")
+        if not self.temperature > 0:
+            raise UserError(f"must be positive, got {self.temperature}", "--temperature")
+        if self.max_unlabeled is not None and self.max_unlabeled <= 0:
+            raise UserError(f"must be positive, got {self.max_unlabeled}", "--max_unlabeled")
+        if self.rounds < 1:
+            raise UserError(f"must be at least 1, got {self.rounds}", "--rounds")
+        given = [f"--{name}" for name, default in DISTILL_DEFAULTS.items() if getattr(self, name) != default]
+        if given and not self.distilling:
+            raise UserError("is for self-training / distillation: add --teacher (a model that labels texts) and/or "
+                            "--unlabeled_file (the texts)", given[0])
+        if self.unlabeled_file is None and self.teacher is not None:
+            self.unlabeled_file = os.path.join(self.data_dir, "data.txt")
+            self.unlabeled_file_defaulted = True
         self.prompt_flags_given = [name for name in PROMPT_ENCODER_FLAGS if getattr(self, name) is not None]
         self.soft_encoder = SoftEncoder.LSTM if self.soft_encoder is None else SoftEncoder.parse(self.soft_encoder)
         if self.encoder_hidden_size is None:
@@ -211,6 +260,8 @@ class DataArguments:
 
 
 PROMPT_ENCODER_FLAGS = ("soft_encoder", "encoder_hidden_size", "num_virtual_tokens")
+DISTILL_DEFAULTS = {"teacher_labels": TeacherLabels.SOFT, "min_confidence": 0.0, "temperature": 1.0,
+                    "max_unlabeled": None, "rounds": 1}
 DEFAULT_ENCODER_HIDDEN_SIZE = 200
 
 
@@ -333,6 +384,14 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
                         "--calibrate")
     if getattr(training_args, "do_export", False):
         check_export_dependencies()
+    if data_args.distilling:
+        flag = "--teacher" if data_args.teacher else "--unlabeled_file"
+        if not training_args.do_train:
+            raise UserError("labels texts for training a student: add --do_train (a trained student is evaluated, "
+                            "predicted and exported like any run, without it)", flag)
+        if training_args.use_rgl and data_args.teacher_labels == TeacherLabels.SOFT:
+            raise UserError("RGL's loss asks whether two examples have the same label, which soft labels do not say: "
+                            "drop --use_rgl or use --teacher_labels hard", "--use_rgl")
 
 
 EXPORT_MODULES = ("onnx", "paddle2onnx", "onnxruntime")

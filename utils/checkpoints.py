@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 
 from .errors import UserError
 from .files import read_json, sha256_file, write_json_atomic
-from .spec import SPEC_FILE
+from .spec import SPEC_FILE, is_pretrained_language_model, not_a_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +40,18 @@ def rng_file(world_size: int) -> str:
     return "rng_state.pth" if world_size <= 1 else f"rng_state_{world_size}.pth"
 
 
+def is_model_file(name: str) -> bool:
+    """Files a marker lists: not the marker, not hidden files (the run directory's lock, which the next
+    process to lock it rewrites) and not logs (multirun.py's train.log keeps growing after the save)."""
+    return name != COMPLETE_MARKER and not name.startswith(".") and not name.endswith(".log")
+
+
 def write_marker(directory: str, global_step: Optional[int], world_size: int) -> dict:
-    """List every file of `directory` with size and sha256 in the marker (written last, atomically)."""
+    """List every model file of `directory` with size and sha256 in the marker (written last, atomically)."""
     files = {}
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
-        if name != COMPLETE_MARKER and os.path.isfile(path):
+        if is_model_file(name) and os.path.isfile(path):
             files[name] = {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
     marker = {"format": MARKER_FORMAT, "global_step": global_step, "world_size": world_size, "files": files}
     write_json_atomic(os.path.join(directory, COMPLETE_MARKER), marker)
@@ -66,8 +72,9 @@ def read_marker(directory: str) -> Optional[dict]:
     return {**marker, "files": files}
 
 
-def verify(directory: str, purpose: str = "model", world_size: int = 1) -> Optional[dict]:
+def verify(directory: str, purpose: str = "model", world_size: int = 1, model_files=MODEL_FILES) -> Optional[dict]:
     """Check a checkpoint before use; `purpose` is `model` (weights) or `resume` (continue training).
+    `model_files`: what the marker must list besides the resume files (pretrain.py's differ).
 
     Returns the marker (None for a model directory without one, which only `model` accepts).
     """
@@ -80,11 +87,15 @@ def verify(directory: str, purpose: str = "model", world_size: int = 1) -> Optio
                             "completed (a run killed while saving?); resume from an earlier checkpoint", directory)
         return None
     listed = marker["files"]
-    needed = list(MODEL_FILES) + (list(RESUME_FILES) if purpose == "resume" else [])
+    if SPEC_FILE in model_files and SPEC_FILE not in listed and is_pretrained_language_model(directory):
+        raise not_a_classifier(directory)
+    needed = list(model_files) + (list(RESUME_FILES) if purpose == "resume" else [])
     for name in needed:
         if name not in listed:
             raise UserError(f"is not a complete checkpoint: {name} is not among its files", directory)
     for name, recorded in listed.items():
+        if not is_model_file(name):  # listed by earlier versions; rewritten by design since
+            continue
         path = os.path.join(directory, name)
         if not os.path.isfile(path):
             raise UserError(f"is missing (listed in {COMPLETE_MARKER}); the checkpoint is damaged, use another one",

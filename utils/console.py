@@ -106,6 +106,7 @@ def _restore(saved) -> None:
 RESULT_LINES = (  # micro_f1: multi-label and hierarchical runs (their accuracy is exact match)
     ("eval_results.json", "dev metrics", ("eval_accuracy", "eval_micro_f1", "eval_macro_f1")),
     ("test_results.json", "test metrics", ("test_accuracy", "test_micro_f1", "test_macro_f1")),
+    ("train_results.json", "training", ("train_loss",)),
 )
 
 
@@ -117,6 +118,9 @@ def run_summary(output_dir: str) -> str:
         return os.path.exists(os.path.join(output_dir, name))
 
     lines = [f"Results in {output_dir}:"]
+    if exists("pretraining.json") and exists("config.json"):
+        lines.append(f"  model        {output_dir} (a PaddleNLP model directory: python train.py --model_name_or_path "
+                     f"{output_dir} ...)")
     if exists("ptuning_config.json"):
         lines.append(f"  model        {output_dir} (model_state.pdparams + ptuning_config.json; "
                      "--resume_from_checkpoint takes this directory)")

@@ -114,11 +114,11 @@ def _versions() -> Dict[str, str]:
             "paddle2onnx": paddle2onnx.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def save_static_graph(folded: FoldedPromptModel, directory: str) -> Dict[str, str]:
+def save_static_graph(folded: paddle.nn.Layer, directory: str, input_names=INPUT_NAMES) -> Dict[str, str]:
     """paddle.jit.save; returns the model/params file names Paddle wrote (PIR json or legacy pdmodel)."""
     from paddle.static import InputSpec
 
-    spec = [InputSpec([None, None], "int64", name=name) for name in INPUT_NAMES]
+    spec = [InputSpec([None, None], "int64", name=name) for name in input_names]
     static = paddle.jit.to_static(folded, input_spec=spec, full_graph=True)
     paddle.jit.save(static, os.path.join(directory, MODEL_PREFIX))
     for model_file in (MODEL_PREFIX + ".json", MODEL_PREFIX + ".pdmodel"):
@@ -127,8 +127,9 @@ def save_static_graph(folded: FoldedPromptModel, directory: str) -> Dict[str, st
     raise ExportError("paddle.jit.save wrote no model file", directory)
 
 
-def convert_to_onnx(directory: str, files: Dict[str, str], opset: int) -> str:
-    """paddle2onnx, then name the output `logits` and the dynamic axes `batch`/`sequence`."""
+def convert_to_onnx(directory: str, files: Dict[str, str], opset: int, output_names=(OUTPUT_NAME,)) -> str:
+    """paddle2onnx, then name the outputs (`logits`, ...) and the dynamic axes `batch`/`sequence`
+    (`sequence_v1`, ... for the inputs of an ensemble's other views: their lengths differ)."""
     import onnx
     import paddle2onnx
     import polygraphy.config
@@ -142,11 +143,13 @@ def convert_to_onnx(directory: str, files: Dict[str, str], opset: int) -> str:
     model = onnx.load(path)
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
-        dims[0].dim_param, dims[1].dim_param = "batch", "sequence"
-    old_name = model.graph.output[0].name
+        view = value.name.rsplit("_v", 1)[1] if value.name not in INPUT_NAMES and "_v" in value.name else ""
+        dims[0].dim_param, dims[1].dim_param = "batch", "sequence" + (f"_v{view}" if view else "")
+    renames = {output.name: name for output, name in zip(model.graph.output, output_names)}
     for node in model.graph.node:
-        node.output[:] = [OUTPUT_NAME if o == old_name else o for o in node.output]
-    model.graph.output[0].name = OUTPUT_NAME
+        node.output[:] = [renames.get(o, o) for o in node.output]
+    for output, name in zip(model.graph.output, output_names):
+        output.name = name
     model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     onnx.checker.check_model(model)
     onnx.save(model, path)
@@ -175,11 +178,11 @@ def quantize_int8(directory: str) -> str:
 
 
 def int8_check(directory: str, feed: Dict[str, np.ndarray], fp32_logits: np.ndarray,
-               decoder: Optional[Decoder] = None) -> dict:
+               decoder: Optional[Decoder] = None, probabilities: bool = False) -> dict:
     """int8 vs fp32 ONNX on the sample batch. Reported, not gated: quantization moves logits by
     design, and on an untrained model near-ties flip; measure agreement on real data."""
     int8_logits = onnxruntime_logits(os.path.join(directory, ONNX_INT8_FILE), feed)
-    result = _compare("onnxruntime int8", fp32_logits, int8_logits, float("inf"), decoder)
+    result = _compare("onnxruntime int8", fp32_logits, int8_logits, float("inf"), decoder, probabilities)
     result.pop("tolerance")
     result.pop("passed")
     if result["agreement"] < 0.99:
@@ -188,6 +191,10 @@ def int8_check(directory: str, feed: Dict[str, np.ndarray], fp32_logits: np.ndar
 
 
 def paddle_inference_logits(directory: str, files: Dict[str, str], feed: Dict[str, np.ndarray]) -> np.ndarray:
+    return paddle_inference_outputs(directory, files, feed)[0]
+
+
+def paddle_inference_outputs(directory: str, files: Dict[str, str], feed: Dict[str, np.ndarray]) -> List[np.ndarray]:
     from paddle import inference
 
     config = inference.Config(os.path.join(directory, files["model"]), os.path.join(directory, files["params"]))
@@ -197,7 +204,7 @@ def paddle_inference_logits(directory: str, files: Dict[str, str], feed: Dict[st
     for name in predictor.get_input_names():
         predictor.get_input_handle(name).copy_from_cpu(feed[name])
     predictor.run()
-    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    return [predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names()]
 
 
 def onnxruntime_logits(path: str, feed: Dict[str, np.ndarray]) -> np.ndarray:
@@ -219,8 +226,16 @@ def sample_examples(examples: Optional[List[dict]], keys, max_seq_length: int, l
 
 
 def _compare(name: str, reference: np.ndarray, other: np.ndarray, tolerance: float,
-             decoder: Optional[Decoder] = None) -> dict:
-    """Logits and argmax (multi-class), or sigmoid probabilities and predicted label sets (multi-label)."""
+             decoder: Optional[Decoder] = None, probabilities: bool = False) -> dict:
+    """Logits and argmax (multi-class), or sigmoid probabilities and predicted label sets (multi-label).
+    `probabilities`: multi-class outputs are compared as softmax probabilities (an ensemble's outputs
+    are log-probabilities, whose values for near-impossible labels carry no meaning)."""
+    if decoder is not None and probabilities and not decoder.multi_label:
+        ref_probs, other_probs = decoder.probabilities(reference), decoder.probabilities(other)
+        diff = float(np.abs(ref_probs - other_probs).max())
+        agree = float((ref_probs.argmax(-1) == other_probs.argmax(-1)).mean())
+        return {"backend": name, "compared": "softmax probabilities", "max_abs_diff": diff, "agreement": agree,
+                "argmax_agreement": agree, "tolerance": tolerance, "passed": bool(diff <= tolerance and agree == 1.0)}
     if decoder is not None and decoder.multi_label:
         ref_probs, other_probs = decoder.probabilities(reference), decoder.probabilities(other)
         diff = float(np.abs(ref_probs - other_probs).max())
@@ -275,12 +290,12 @@ def parity_gate(model, directory: str, files: Dict[str, str], examples: List[dic
 
 
 def fp16_check(directory: str, feed: Dict[str, np.ndarray], fp32_logits: np.ndarray,
-               decoder: Optional[Decoder] = None) -> dict:
+               decoder: Optional[Decoder] = None, probabilities: bool = False) -> dict:
     try:
         fp16 = onnxruntime_logits(os.path.join(directory, ONNX_FP16_FILE), feed)
     except Exception as exc:  # some CPU builds lack fp16 kernels; the model targets onnxruntime-gpu
         return {"backend": "onnxruntime fp16 (CPU)", "checked": False, "reason": f"{type(exc).__name__}: {exc}"}
-    result = _compare("onnxruntime fp16 (CPU)", fp32_logits, fp16, FP16_TOLERANCE, decoder)
+    result = _compare("onnxruntime fp16 (CPU)", fp32_logits, fp16, FP16_TOLERANCE, decoder, probabilities)
     result["checked"] = True
     if not result["passed"]:
         raise ExportError(f"fp16 model disagrees with fp32: {describe_result(result)}", directory)
@@ -355,12 +370,13 @@ def _export(checkpoint_dir, output_dir, examples, export_type, export_fp16, over
     return manifest
 
 
-def write_graphs(folded: FoldedPromptModel, directory: str, opset: int) -> Dict[str, str]:
+def write_graphs(folded: paddle.nn.Layer, directory: str, opset: int, input_names=INPUT_NAMES,
+                 output_names=(OUTPUT_NAME,)) -> Dict[str, str]:
     """The Paddle static graph and its ONNX conversion; returns the static graph's file names."""
     with quiet_native_output("paddle.jit.save"):
-        files = save_static_graph(folded, directory)
+        files = save_static_graph(folded, directory, input_names)
     with quiet_native_output("paddle2onnx"):
-        convert_to_onnx(directory, files, opset)
+        convert_to_onnx(directory, files, opset, output_names)
     return files
 
 
@@ -375,23 +391,24 @@ def write_preprocessing(model, tokenizer, spec, directory: str) -> None:
 
 
 def write_variants(directory: str, feed, fp32_logits, fp16: bool, int8: bool,
-                   decoder: Optional[Decoder] = None) -> dict:
+                   decoder: Optional[Decoder] = None, probabilities: bool = False) -> dict:
     """model_fp16.onnx / model_int8.onnx, each checked against the fp32 model on the sample batch."""
     checks = {}
     if fp16:
         with quiet_native_output("the fp16 conversion"):
             convert_to_fp16(directory)
-        checks["fp16"] = fp16_check(directory, feed, fp32_logits, decoder)
+        checks["fp16"] = fp16_check(directory, feed, fp32_logits, decoder, probabilities)
     if int8:
         with quiet_native_output("onnxruntime quantization"):
             quantize_int8(directory)
-        checks["int8"] = int8_check(directory, feed, fp32_logits, decoder)
+        checks["int8"] = int8_check(directory, feed, fp32_logits, decoder, probabilities)
     return checks
 
 
 def write_manifest(directory: str, spec, checkpoint_dir: str, export_type: str, files: Dict[str, str], opset: int,
-                   parity: dict, fp16: bool, int8: bool, seconds: float) -> dict:
-    """manifest.json, written last: the export's description and every file's size and sha256."""
+                   parity: dict, fp16: bool, int8: bool, seconds: float, extra: Optional[dict] = None) -> dict:
+    """manifest.json, written last: the export's description and every file's size and sha256.
+    `extra`: fields that replace or add to the description (an ensemble's members)."""
     manifest = {
         "format": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -413,10 +430,12 @@ def write_manifest(directory: str, spec, checkpoint_dir: str, export_type: str, 
         "template": spec.template,
         "labels": spec.labels,
         "model_name_or_path": spec.model_name_or_path,
+        "distillation": spec.distillation,
         "versions": _versions(),
         "parity": parity,
         "export_seconds": round(seconds, 2),
     }
+    manifest.update(extra or {})
     manifest["files"] = {name: {"bytes": os.path.getsize(os.path.join(directory, name)),
                                 "sha256": sha256_file(os.path.join(directory, name))}
                          for name in sorted(os.listdir(directory))}

@@ -21,3 +21,14 @@ ONNX_INT8_FILE = "model_int8.onnx"
 # ONNX graph inputs (int64, [batch, sequence]) in the order of the model's forward(), and its output.
 INPUT_NAMES = ("input_ids", "token_type_ids", "position_ids", "soft_token_ids")
 OUTPUT_NAME = "logits"
+
+# An ensemble whose members read texts through different templates (or lengths) has one set of the
+# four inputs per template: a *view*. View 0 uses INPUT_NAMES, view i the same names + `_v<i>`.
+
+
+def view_suffix(index: int) -> str:
+    return "" if index == 0 else f"_v{index}"
+
+
+def view_input_names(index: int) -> tuple:
+    return tuple(name + view_suffix(index) for name in INPUT_NAMES)

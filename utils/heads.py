@@ -48,6 +48,11 @@ class Head:
     def loss(self, model, options: Dict[str, Any]) -> paddle.nn.Layer:
         return paddle.nn.CrossEntropyLoss()
 
+    def soft_loss(self, model, options: Dict[str, Any]) -> paddle.nn.Layer:
+        """The loss when training targets are probability vectors (a teacher's soft labels, gold as
+        one-hot: utils/distill.py); equal to `loss` on one-hot targets and on class ids (dev)."""
+        return SoftTargetCrossEntropy()
+
     def forward(self, model, inputs: Dict[str, Any], labels, return_dict, kwargs):
         """Training/evaluation forward: paddlenlp's `PromptModelForSequenceClassification.forward`."""
         from paddlenlp.prompt import PromptModelForSequenceClassification
@@ -127,6 +132,11 @@ class ManualHead(Head):
             return LabelWordNLLLoss(int(model.verbalizer.token_ids.shape[-1]))
         return paddle.nn.CrossEntropyLoss()
 
+    def soft_loss(self, model, options):
+        if options.get("loss", "ce") == "mlm":
+            return LabelWordNLLLoss(int(model.verbalizer.token_ids.shape[-1]))  # takes soft targets too
+        return SoftTargetCrossEntropy()
+
     def forward(self, model, inputs, labels, return_dict, kwargs):
         # Upstream's forward withholds `masked_positions` from the PLM, so the MLM head would project
         # every position onto the vocabulary; here the verbalizer runs the PLM on the masks only.
@@ -149,6 +159,22 @@ class ManualHead(Head):
         return model.verbalizer.label_scores(model.plm, plm_inputs, mask_positions())[0]  # as in training
 
 
+def is_soft(labels) -> bool:
+    """Probability vectors `[batch, labels]` (floats), not class ids."""
+    return labels.dtype in (paddle.float32, paddle.float64, paddle.float16, paddle.bfloat16) and \
+        len(labels.shape) == 2 and labels.shape[-1] > 1
+
+
+class SoftTargetCrossEntropy(paddle.nn.Layer):
+    """Cross-entropy against a target distribution: -sum(p * log_softmax(logits)), batch mean (PET's
+    distillation loss at temperature 1). Class ids (dev, gold) give the usual cross-entropy."""
+
+    def forward(self, logits, labels):
+        if not is_soft(labels):
+            return F.cross_entropy(logits, labels.reshape([-1]).astype("int64"))
+        return -(labels.astype(logits.dtype) * F.log_softmax(logits, axis=-1)).sum(axis=-1).mean()
+
+
 class BCEWithLogits(paddle.nn.Layer):
     """Mean binary cross-entropy over every (example, label) with float multi-hot targets."""
 
@@ -169,6 +195,9 @@ class MultiLabelSoftHead(SoftHead):
     def loss(self, model, options):
         return BCEWithLogits()
 
+    def soft_loss(self, model, options):
+        return BCEWithLogits()  # BCE takes probabilities as targets
+
 
 class MultiLabelClassifierHead(ClassifierHead):
     """The [CLS] baseline with one sigmoid per label (upstream's multi-label fine-tuning)."""
@@ -177,6 +206,9 @@ class MultiLabelClassifierHead(ClassifierHead):
     multi_label = True
 
     def loss(self, model, options):
+        return BCEWithLogits()
+
+    def soft_loss(self, model, options):
         return BCEWithLogits()
 
 
@@ -270,5 +302,7 @@ class LabelWordNLLLoss(paddle.nn.Layer):
         self.num_masks = num_masks
 
     def forward(self, scores, labels):
+        if is_soft(labels):  # a teacher's distribution over the label words
+            return -(labels.astype(scores.dtype) * scores).sum(axis=-1).mean() / self.num_masks
         gold = paddle.take_along_axis(scores, labels.reshape([-1, 1]).astype("int64"), axis=1)
         return -gold.mean() / self.num_masks

@@ -83,9 +83,11 @@ def build_prompt_model(plm, tokenizer, parts: List[Dict[str, Any]], label_set: L
                        freeze_plm=freeze_plm or freeze_dropout, freeze_dropout=freeze_dropout)
 
 
-def criterion_for(model: PromptModel, head_options: Optional[Dict[str, Any]] = None) -> paddle.nn.Layer:
-    """The training loss of the model's head."""
-    return model.head.loss(model, dict(head_options or {}))
+def criterion_for(model: PromptModel, head_options: Optional[Dict[str, Any]] = None,
+                  soft_targets: bool = False) -> paddle.nn.Layer:
+    """The training loss of the model's head (`soft_targets`: trained on a teacher's probabilities)."""
+    options = dict(head_options or {})
+    return model.head.soft_loss(model, options) if soft_targets else model.head.loss(model, options)
 
 
 def plm_from_config(model_class: str, plm_config: Dict[str, Any]):
@@ -213,3 +215,20 @@ def rebuild_from_checkpoint(checkpoint_dir: str, tokenizer=None, verify: bool = 
     load_state(model, checkpoint_dir)
     model.eval()
     return model, tokenizer, spec
+
+
+def model_logits(model, examples: List[dict], batch_size: int = 32) -> np.ndarray:
+    """`[len(examples), num_labels]` logits of a prompt model in dynamic graph, batch by batch, with
+    its training template and collator (what evaluation during training computes)."""
+    from paddlenlp.prompt import PromptDataCollatorWithPadding
+
+    collate = PromptDataCollatorWithPadding(model.template.tokenizer, padding=True, return_tensors="pd")
+    model.eval()
+    out = []
+    with paddle.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = collate([model.template({k: v for k, v in e.items() if k in ("text_a", "text_b")})
+                             for e in examples[start:start + batch_size]])
+            batch.pop("labels", None)
+            out.append(model(**batch).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)

@@ -5,7 +5,9 @@ Layout of `--output_dir OUT`:
     OUT/data/split_<i>/      train.txt = splits/train_<i>.txt, dev.txt = splits/dev_<i>.txt, plus the
                              task's label.txt (and test.txt, data.txt when present), copied
     OUT/runs/<name>/         train.py's --output_dir for that run, with its log in train.log
-    OUT/summary.json, .md    per-run dev/test metrics, mean, sample std (ddof=1) and n
+    OUT/ensemble/            with --ensemble: ensemble.py over the runs (OUT/ensemble/export averages
+                             their probabilities; its log in ensemble.log)
+    OUT/summary.json, .md    per-run dev/test metrics, mean, sample std (ddof=1) and n (and the ensemble's)
 
 Each run is a separate `train.py` process, so no state (Paddle's name counters, RNGs, GPU memory)
 leaks from one run into the next. Paddle-free.
@@ -34,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(ROOT, "train.py")
+ENSEMBLE_SCRIPT = os.path.join(ROOT, "ensemble.py")
+ENSEMBLE_DIR = "ensemble"
 DEFAULT_SEED = 42
 # (results file, metric) in table order; headers are the Markdown column names. micro-F1 is written
 # by multi-label and hierarchical runs only (whose accuracy is exact-match accuracy).
@@ -47,7 +51,7 @@ SPLIT_FILES = {"train.txt": "train_{}.txt", "dev.txt": "dev_{}.txt"}
 TASK_FILES = {"label.txt": True, "test.txt": False, "data.txt": False}  # name: required
 LOG_TAIL_LINES = 15
 USAGE = ("python multirun.py --output_dir OUT [--seeds 1 2 3] [--splits_dir DATA/splits [--split_ids 0 1 2]] "
-         "[--overwrite_output_dir] -- <train.py flags>")
+         "[--ensemble] [--overwrite_output_dir] -- <train.py flags>")
 
 
 @dataclass
@@ -72,6 +76,10 @@ def parser() -> argparse.ArgumentParser:
                                         "(the task folder) provides label.txt, test.txt and data.txt.")
     p.add_argument("--split_ids", type=int, nargs="+",
                    help="Splits to run (default: every i with train_<i>.txt in --splits_dir).")
+    p.add_argument("--ensemble", action="store_true",
+                   help="Also combine the runs' final models into one export averaging their probabilities "
+                        "(ensemble.py, into OUTPUT_DIR/ensemble) and report its metrics beside the runs'. With "
+                        "--splits_dir only test metrics: each split has its own dev set.")
     p.add_argument("--overwrite_output_dir", action="store_true",
                    help="Reuse a non-empty --output_dir (replaces this command's runs and summary in it).")
     return p
@@ -104,6 +112,9 @@ def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     if not (flag_given(forwarded, "--do_eval") or flag_given(forwarded, "--do_predict")):
         raise UserError("no metrics to summarise: add --do_eval and/or --do_predict to the flags after `--`",
                         "multirun.py")
+    if args.ensemble and not flag_given(forwarded, "--do_train"):
+        raise UserError("combines the runs' trained models: the flags after `--` must include --do_train",
+                        "--ensemble")
     for values, flag in ((args.seeds, "--seeds"), (args.split_ids, "--split_ids")):
         if values and len(set(values)) != len(values):
             raise UserError(f"repeats a value: {values}", flag)
@@ -185,7 +196,8 @@ def check_output_dir(output_dir: str, overwrite: bool) -> None:
 
 def clear_previous(output_dir: str, runs: Sequence[Run]) -> None:
     """Remove what this command is about to write, so no stale result is summarised as a new one."""
-    for path in ([r.output_dir for r in runs] + [r.data_dir for r in runs if r.data_dir]):
+    for path in ([r.output_dir for r in runs] + [r.data_dir for r in runs if r.data_dir]
+                 + [os.path.join(output_dir, ENSEMBLE_DIR)]):
         if os.path.isdir(path):
             shutil.rmtree(path)
     for name in ("summary.json", "summary.md"):
@@ -221,6 +233,57 @@ def run_training(run: Run, command: Sequence[str]) -> float:
         raise UserError(f"run {run.name} failed (train.py exit code {code}); the end of its log:\n"
                         f"{log_tail(log_path)}", log_path)
     return time.monotonic() - start
+
+
+def ensemble_argv(runs: Sequence[Run], forwarded: Sequence[str], output_dir: str) -> List[str]:
+    """ensemble.py's command line over the runs' final models. Dev metrics only when every run had
+    the same dev.txt (seeds of one --data_dir): with splits, a split's dev set is in others' training."""
+    data_dir = runs[0].data_dir or _flag_value(forwarded, "--data_dir") or "./data/"
+    argv = ["--members", *[r.output_dir for r in runs], "--output_dir", os.path.join(output_dir, ENSEMBLE_DIR),
+            "--data_dir", data_dir]
+    if flag_given(forwarded, "--do_eval") and runs[0].split is None:
+        argv.append("--do_eval")
+    if flag_given(forwarded, "--do_predict"):
+        argv.append("--do_predict")
+    return [sys.executable, ENSEMBLE_SCRIPT, *argv]
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
+    value = None
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def run_ensemble(runs: Sequence[Run], forwarded: Sequence[str], output_dir: str) -> dict:
+    """ensemble.py over the runs, in a subprocess like the runs; returns its summary's metrics."""
+    target = os.path.join(output_dir, ENSEMBLE_DIR)
+    command = ensemble_argv(runs, forwarded, output_dir)
+    os.makedirs(target, exist_ok=True)
+    log_path = os.path.join(target, "ensemble.log")
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + shlex.join(command) + "\n")
+        log.flush()
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1")).returncode
+    if code != 0:
+        raise UserError(f"the ensemble failed (ensemble.py exit code {code}); the end of its log:\n"
+                        f"{log_tail(log_path)}", log_path)
+    summary = read_json(os.path.join(target, "ensemble.json"), "ensemble summary")
+    metrics, members_mean = {}, {}
+    for prefix, result in summary["metrics"].items():
+        for key, value in result["ensemble"].items():
+            if f"{prefix}_{key}" in HEADERS:
+                metrics[f"{prefix}_{key}"] = value
+                members_mean[f"{prefix}_{key}"] = result["members_mean"][key]
+    return {"output_dir": target, "export": summary["export"], "members": len(summary["members"]),
+            "views": summary["views"], "metrics": metrics, "members_mean": members_mean,
+            "dev": "evaluated" if "eval" in summary["metrics"] else
+            ("not evaluated: each split has its own dev set, which other runs trained on" if runs[0].split is not None
+             else "not evaluated (no --do_eval)")}
 
 
 def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
@@ -278,6 +341,10 @@ def markdown_table(summary: dict) -> str:
         std = "–" if stats["std"] is None else f"{100 * stats['std']:.2f}"
         mean_row.append(f"{100 * stats['mean']:.2f} ± {std}")
     rows.append(mean_row)
+    ensemble = summary.get("ensemble")
+    if ensemble:
+        rows.append([f"ensemble of {ensemble['members']}"] + ([""] if with_split else []) + [""]
+                    + [_percent(ensemble["metrics"].get(k)) for k in keys])
     return "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
 
 
@@ -287,8 +354,16 @@ def _percent(value: Optional[float]) -> str:
 
 def summary_markdown(summary: dict, table: str) -> str:
     counts = ", ".join(f"{HEADERS[k]} n={v['n']}" for k, v in summary["metrics"].items())
-    return ("# multirun summary\n\n" + table + "\nValues in %; std is the sample standard deviation (ddof=1) over "
-            f"the runs ({counts}).\n\ntrain.py flags: `{' '.join(summary['train_args'])}`\n")
+    text = ("# multirun summary\n\n" + table + "\nValues in %; std is the sample standard deviation (ddof=1) over "
+            f"the runs ({counts}).\n")
+    ensemble = summary.get("ensemble")
+    if ensemble:
+        gains = ", ".join(f"{HEADERS[k]} {100 * (v - ensemble['members_mean'][k]):+.2f}"
+                          for k, v in ensemble["metrics"].items())
+        text += (f"\nensemble: the {ensemble['members']} runs' probabilities averaged by one export "
+                 f"({ensemble['export']}); against the mean of its members: {gains or 'no metrics'}; dev "
+                 f"{ensemble['dev']}.\n")
+    return text + f"\ntrain.py flags: `{' '.join(summary['train_args'])}`\n"
 
 
 def run_all(args: argparse.Namespace, forwarded: Sequence[str]) -> dict:
@@ -303,6 +378,8 @@ def run_all(args: argparse.Namespace, forwarded: Sequence[str]) -> dict:
         if flag_given(forwarded, "--data_dir"):
             logger.warning("--data_dir after `--` is replaced by each split's data folder in %s/data", output_dir)
     runs = plan_runs(output_dir, seeds, split_ids)
+    if args.ensemble and len(runs) < 2:
+        raise UserError("needs at least two runs to combine (more --seeds or splits)", "--ensemble")
     if args.overwrite_output_dir:
         clear_previous(output_dir, runs)
 
@@ -319,6 +396,10 @@ def run_all(args: argparse.Namespace, forwarded: Sequence[str]) -> dict:
         sys.stderr.write(f"[{index}/{len(runs)}] {run.name}: done in {seconds[-1]:.0f} s: {shown}\n")
 
     summary = summarize(runs, results, seconds, forwarded)
+    if args.ensemble and summary["metrics"]:
+        sys.stderr.write(f"[ensemble] combining the {len(runs)} runs (log: "
+                         f"{os.path.join(output_dir, ENSEMBLE_DIR, 'ensemble.log')})\n")
+        summary["ensemble"] = run_ensemble(runs, forwarded, output_dir)
     if not summary["metrics"]:
         raise UserError("no run wrote eval_results.json or test_results.json; check --do_eval/--do_predict "
                         "(and test.txt) in the train.py flags", os.path.join(output_dir, "runs"))

@@ -101,6 +101,15 @@ def load_plm(name_or_path: str, head: str = "masked_lm", num_labels: int = None)
     except Exception as exc:  # truncated weights, bad config values: paddle raises many types
         raise UserError(f"cannot load the model ({type(exc).__name__}: {exc}); its config.json or weights are "
                         "damaged or do not match", name_or_path) from None
+    pretraining = os.path.join(source, "pretraining.json") if os.path.isdir(source) else ""
+    if pretraining and os.path.isfile(pretraining):
+        from .files import read_json
+
+        info = read_json(pretraining, what="pretraining record")
+        logger.info("%s: masked-LM pretrained by pretrain.py from %s on %d texts (%s steps)%s", source,
+                    info.get("base_model"), sum(f.get("texts", 0) for f in info.get("input_files", [])),
+                    info.get("global_step"), "" if info.get("base_was_pretrained", True) else
+                    ", starting from a random initialisation: it knows only what that corpus taught it")
     if os.path.isdir(source) and is_not_pretrained(source):
         logger.warning("%s is a RANDOMLY INITIALISED ERNIE built by utils.tiny_ernie, NOT pretrained: "
                        "results from it say nothing about ERNIE's accuracy.", source)

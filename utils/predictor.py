@@ -14,7 +14,7 @@ from .errors import UserError
 from .decoding import Decoder
 from .export_files import (BackgroundSha256, check_file, read_decoder, read_labels, read_manifest, resolve_export_dir,
                            verify_file)
-from .export_format import INPUT_NAMES, LABELS_FILE, PREPROCESS_FILE
+from .export_format import LABELS_FILE, PREPROCESS_FILE
 from .files import count_lines
 from .inputs import InputFile
 from .predictions import PredictionWriter, prediction_summary
@@ -116,8 +116,9 @@ class ExportedClassifier:
         model_hash.check()
         self.first_prediction_time: Optional[float] = None  # wall-clock time of the first batch's logits
         self.input_names = [i.name for i in self.session.get_inputs()]
-        if set(self.input_names) - set(INPUT_NAMES):
-            raise UserError(f"the ONNX model expects inputs {self.input_names}; this infer.py feeds {INPUT_NAMES}",
+        fed = self.preprocessor.input_names
+        if set(self.input_names) - set(fed):
+            raise UserError(f"the ONNX model expects inputs {self.input_names}; {PREPROCESS_FILE} gives {fed}",
                             model_path)
         outputs = self.session.get_outputs()[0].shape
         if len(outputs) == 2 and isinstance(outputs[1], int) and outputs[1] != len(self.labels):

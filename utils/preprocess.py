@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import UserError
 from .export_files import is_file_name, is_int, read_export_json
-from .export_format import FORMAT_VERSION, INPUT_NAMES, PREPROCESS_FILE, VOCAB_FILE
+from .export_format import FORMAT_VERSION, INPUT_NAMES, PREPROCESS_FILE, VOCAB_FILE, view_suffix
 
 # paddlenlp.transformers.tokenizer_utils._is_symbol
 SYMBOL_PATTERN = "[\\p{S}\u00AD\u00B2\u00BA\u3007\u00B5\u00D8\u014B\u01B1]"
@@ -59,21 +59,19 @@ def describe_template(template, max_seq_length: int) -> dict:
 def read_config(export_dir: str) -> dict:
     """`preprocess.json` of an export, with every field `PromptPreprocessor` uses checked for type."""
     config, bad = read_export_json(export_dir, PREPROCESS_FILE, "corrupt or hand-edited?")
-    parts = config.get("parts")
-    if not isinstance(parts, list) or not parts:
-        bad("`parts` is missing or not a non-empty list")
-    for index, part in enumerate(parts):
-        where = f"`parts[{index}]`"
-        if not isinstance(part, dict):
-            bad(f"{where} is not an object")
-        if "text" in part:
-            if part["text"] not in ("text_a", "text_b"):
-                bad(f"{where} fills text field {part['text']!r}; infer.py reads text_a and text_b only")
-        elif not (isinstance(part.get("ids"), list) and all(is_int(i) and i >= 0 for i in part["ids"])):
-            bad(f"{where} has neither `text` nor a list of token `ids`")
-        if not (isinstance(part.get("truncate"), bool) and is_int(part.get("token_type"))
-                and is_int(part.get("position"))):
-            bad(f"{where} lacks `truncate` (bool), `token_type` or `position` (int)")
+    check_parts_config(config.get("parts"), "parts", bad)
+    views = config.get("views")
+    if views is not None:
+        if not isinstance(views, list) or not views:
+            bad("`views` is not a non-empty list")
+        for index, view in enumerate(views):
+            if not isinstance(view, dict):
+                bad(f"`views[{index}]` is not an object")
+            check_parts_config(view.get("parts"), f"views[{index}].parts", bad)
+            if not is_int(view.get("max_seq_length")) or view["max_seq_length"] <= 0:
+                bad(f"`views[{index}].max_seq_length` is {view.get('max_seq_length')!r}, not a positive integer")
+        if views[0]["parts"] != config["parts"]:
+            bad("`views[0].parts` differ from `parts`")
     special = config.get("special_ids")
     if not isinstance(special, dict) or not all(is_int(special.get(k)) and special[k] >= 0
                                                 for k in ("cls", "sep", "pad")):
@@ -93,6 +91,24 @@ def read_config(export_dir: str) -> dict:
     if not is_int(config.get("pad_token_type_id", 0)):
         bad("`pad_token_type_id` is not an integer")
     return config
+
+
+def check_parts_config(parts, where: str, bad) -> None:
+    """One template's parts in preprocess.json: text fields or token ids, with their flags."""
+    if not isinstance(parts, list) or not parts:
+        bad(f"`{where}` is missing or not a non-empty list")
+    for index, part in enumerate(parts):
+        at = f"`{where}[{index}]`"
+        if not isinstance(part, dict):
+            bad(f"{at} is not an object")
+        if "text" in part:
+            if part["text"] not in ("text_a", "text_b"):
+                bad(f"{at} fills text field {part['text']!r}; infer.py reads text_a and text_b only")
+        elif not (isinstance(part.get("ids"), list) and all(is_int(i) and i >= 0 for i in part["ids"])):
+            bad(f"{at} has neither `text` nor a list of token `ids`")
+        if not (isinstance(part.get("truncate"), bool) and is_int(part.get("token_type"))
+                and is_int(part.get("position"))):
+            bad(f"{at} lacks `truncate` (bool), `token_type` or `position` (int)")
 
 
 def load_wordpiece_tokenizer(vocab_file: str, do_lower_case: bool = True, unk_token: str = "[UNK]",
@@ -155,7 +171,12 @@ def max_lengths_for_truncation(part_ids: List[List[int]], do_truncate: List[bool
 
 
 class PromptPreprocessor:
-    """Texts -> padded int64 arrays, as the training template and collator make them."""
+    """Texts -> padded int64 arrays, as the training template and collator make them.
+
+    An ensemble export may hold several templates (`views` in preprocess.json, one per distinct
+    template and length among its members); each text is then encoded once per view, the view's
+    arrays named with its suffix (utils/export_format.py `view_input_names`).
+    """
 
     def __init__(self, config: dict, export_dir: str, max_seq_length: Optional[int] = None):
         self.config = config
@@ -163,17 +184,27 @@ class PromptPreprocessor:
         self.ids = config["special_ids"]
         self.max_seq_length = int(max_seq_length or config["max_seq_length"])
         self.truncate_left = config.get("truncation_side", "right") == "left"
-        self.text_keys = [p["text"] for p in self.parts if "text" in p]
-        fixed = sum(len(p["ids"]) for p in self.parts if "ids" in p and not p["truncate"]) + 2
-        if fixed + len(self.text_keys) > self.max_seq_length:
-            raise UserError(f"is {self.max_seq_length}, but the prompt alone takes {fixed} tokens; raise it",
-                            "--max_seq_length")
+        views = config.get("views") or [{"parts": config["parts"], "max_seq_length": config["max_seq_length"]}]
+        # (input-name suffix, parts, length): a shorter --max_seq_length shortens every view it exceeds
+        self.views = [(view_suffix(index), view["parts"], min(self.max_seq_length, int(view["max_seq_length"])))
+                      for index, view in enumerate(views)]
+        self.text_keys = [p["text"] for _, parts, _ in self.views for p in parts if "text" in p]
+        for _, parts, length in self.views:
+            fixed = sum(len(p["ids"]) for p in parts if "ids" in p and not p["truncate"]) + 2
+            if fixed + sum(1 for p in parts if "text" in p) > length:
+                raise UserError(f"is {length}, but the prompt alone takes {fixed} tokens; raise it",
+                                "--max_seq_length")
         tok = config["tokenizer"]
         vocab_file = os.path.join(export_dir, tok["vocab_file"])
         if not os.path.isfile(vocab_file):
             raise UserError(f"{tok['vocab_file']} is missing from the export", export_dir)
         self.tokenizer = load_wordpiece_tokenizer(vocab_file, tok.get("do_lower_case", True),
                                                   tok.get("unk_token", "[UNK]"), tok.get("special_tokens", ()))
+
+    @property
+    def input_names(self) -> List[str]:
+        """Every array `pad` returns: the four inputs of each view."""
+        return [name + suffix for suffix, _, _ in self.views for name in INPUT_NAMES]
 
     @classmethod
     def from_export(cls, export_dir: str, max_seq_length: Optional[int] = None) -> "PromptPreprocessor":
@@ -189,12 +220,22 @@ class PromptPreprocessor:
         return out
 
     def encode_one(self, text_ids: Dict[str, List[int]]) -> Dict[str, List[int]]:
-        """One example (its text fields already tokenized) -> unpadded feature lists."""
-        part_ids = [text_ids[p["text"]] if "text" in p else p["ids"] for p in self.parts]
-        limits = max_lengths_for_truncation(part_ids, [p["truncate"] for p in self.parts], self.max_seq_length - 2)
+        """One example (its text fields already tokenized) -> unpadded feature lists (every view's)."""
+        if len(self.views) == 1:
+            return self._encode_view(self.parts, self.views[0][2], text_ids)
+        features = {}
+        for suffix, parts, length in self.views:
+            features.update({name + suffix: value
+                             for name, value in self._encode_view(parts, length, text_ids).items()})
+        return features
+
+    def _encode_view(self, parts: List[dict], max_seq_length: int,
+                     text_ids: Dict[str, List[int]]) -> Dict[str, List[int]]:
+        part_ids = [text_ids[p["text"]] if "text" in p else p["ids"] for p in parts]
+        limits = max_lengths_for_truncation(part_ids, [p["truncate"] for p in parts], max_seq_length - 2)
         input_ids, token_types, positions, soft = [self.ids["cls"]], [0], [0], [0]
         last_position = 1
-        for part, ids, limit in zip(self.parts, part_ids, limits):
+        for part, ids, limit in zip(parts, part_ids, limits):
             if part.get("soft"):
                 soft_ids = ids
             else:
@@ -220,14 +261,16 @@ class PromptPreprocessor:
         return [self.encode_one({k: v[i] for k, v in tokens.items()}) for i in range(len(examples))]
 
     def pad(self, features: List[Dict[str, List[int]]]) -> Dict[str, np.ndarray]:
-        """Right-pad to the longest in the batch: pad id for input_ids, 0 elsewhere (as the collator)."""
-        length = max(len(f["input_ids"]) for f in features)
+        """Right-pad to the longest in the batch (per view): pad id for input_ids, 0 elsewhere (as the collator)."""
         batch = {}
-        for name in INPUT_NAMES:
-            fill = self.ids["pad"] if name == "input_ids" else (
-                self.config.get("pad_token_type_id", 0) if name == "token_type_ids" else 0)
-            array = np.full((len(features), length), fill, dtype=np.int64)
-            for row, feature in enumerate(features):
-                array[row, :len(feature[name])] = feature[name]
-            batch[name] = array
+        for suffix, _, _ in self.views:
+            length = max(len(f["input_ids" + suffix]) for f in features)
+            for base in INPUT_NAMES:
+                name = base + suffix
+                fill = self.ids["pad"] if base == "input_ids" else (
+                    self.config.get("pad_token_type_id", 0) if base == "token_type_ids" else 0)
+                array = np.full((len(features), length), fill, dtype=np.int64)
+                for row, feature in enumerate(features):
+                    array[row, :len(feature[name])] = feature[name]
+                batch[name] = array
         return batch

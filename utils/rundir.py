@@ -37,7 +37,9 @@ OUTPUT_KINDS = {
     "train": ("checkpoint-*", "model_state.pdparams", SPEC_FILE, "template_config.json",
               "template_state.pdparams", "verbalizer_config.json", "verbalizer_state.pdparams", "vocab.txt",
               "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "training_args.bin",
-              "trainer_state.json", "train_results.json", "training_curves.png", "checkpoint_complete.json"),
+              "trainer_state.json", "train_results.json", "training_curves.png", "checkpoint_complete.json",
+              "rounds", "distill.json", "teacher_predictions.tsv",  # self-training / distillation (utils/distill.py)
+              "config.json", "pretraining.json"),  # pretrain.py's model directory (utils/pretraining.py)
     "eval": ("eval_results.json", "eval_report.*", "eval_confusion_matrix.*", "eval_top_confusions.*",
              "eval_reliability.png", "eval_coverage.tsv"),
     "predict": ("test_results.json", "test_predictions.*", "data_predictions.*", "test_report.*",
@@ -85,7 +87,7 @@ def plan_output_dir(output_dir: str, do_train: bool, kinds: List[str], overwrite
         raise UserError("is the pretrained model's directory (--model_name_or_path); write runs elsewhere",
                         output_dir)
     existing = owned_outputs(output_dir)
-    if "model_state.pdparams" in existing and SPEC_FILE not in existing:
+    if "model_state.pdparams" in existing and SPEC_FILE not in existing and "pretraining.json" not in existing:
         raise UserError(f"holds a model that this tool did not write (model_state.pdparams without {SPEC_FILE}); "
                         "choose another --output_dir so it is never overwritten", output_dir)
     refuse = ("already holds results of an earlier run ({names}); pass --overwrite_output_dir to replace them "

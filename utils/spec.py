@@ -29,7 +29,7 @@ SPEC_FILE = "ptuning_config.json"
 FORMAT = 1
 KEYS = ("format", "method", "verbalizer", "model_name_or_path", "model_class", "plm_config", "template", "labels",
         "label_words", "max_seq_length", "head_options", "task_type", "thresholds", "threshold_search",
-        "hierarchical_decoding", "temperature", "reject_threshold", "other_label", "zero_shot")
+        "hierarchical_decoding", "temperature", "reject_threshold", "other_label", "zero_shot", "distillation")
 MODEL_CLASS_SUFFIXES = {"masked_lm": "ForMaskedLM", "sequence_classification": "ForSequenceClassification"}
 PLM_CONFIG_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
 
@@ -55,6 +55,13 @@ class ModelSpec:
     reject_threshold: Optional[float] = None   # multi-class: below this top probability -> other_label
     other_label: str = DEFAULT_OTHER_LABEL
     zero_shot: bool = False                    # the PLM's own MLM head over the label words, never trained
+    # Trained on a teacher's labels (utils/distill.py): its provenance, and the soft-target loss
+    # (`soft_targets`) a resumed run must keep using. None: trained on gold labels only.
+    distillation: Optional[Dict[str, Any]] = None
+
+    @property
+    def soft_targets(self) -> bool:
+        return self.distillation is not None
 
     @property
     def method(self) -> Method:
@@ -167,6 +174,8 @@ class ModelSpec:
                 data[key] = getattr(self, key)
             else:
                 data.pop(key, None)
+        if self.distillation is not None:
+            data["distillation"] = dict(self.distillation)
         return data
 
     def save(self, directory: str) -> str:
@@ -179,6 +188,8 @@ class ModelSpec:
         if not os.path.isdir(directory):
             raise UserError("checkpoint directory not found", directory)
         path = os.path.join(directory, SPEC_FILE)
+        if not os.path.isfile(path) and is_pretrained_language_model(directory):
+            raise not_a_classifier(directory)
         if not os.path.isfile(path):
             raise UserError(f"is not a checkpoint of this tool: {SPEC_FILE} is missing", directory)
         return cls.from_dict(read_json(path, what="checkpoint config"), path)
@@ -283,13 +294,17 @@ class ModelSpec:
         zero_shot = data.get("zero_shot", False)
         if not isinstance(zero_shot, bool):
             raise bad("zero_shot", f"must be true or false, got {zero_shot!r}")
+        distillation = data.get("distillation")
+        if distillation is not None and not (isinstance(distillation, dict) and all(isinstance(k, str)
+                                                                                   for k in distillation)):
+            raise bad("distillation", "must be null or an object (the teacher a student was trained from)")
         return cls(head=head.name, template=template, labels=labels, label_words=words, max_seq_length=length,
                    model_name_or_path=model_name if isinstance(model_name, str) else "", model_class=model_class,
                    plm_config=plm_config, head_options=options, task_type=task_type,
                    thresholds=[float(t) for t in thresholds] if thresholds is not None else None,
                    threshold_search=search, consistent_decoding=decoding != "flat", temperature=float(temperature),
                    reject_threshold=None if reject is None else float(reject), other_label=other,
-                   zero_shot=zero_shot)
+                   zero_shot=zero_shot, distillation=distillation)
 
     # -- the model -------------------------------------------------------------------------------
 
@@ -303,6 +318,17 @@ class ModelSpec:
         return build_prompt_model(plm, tokenizer, self.template, self.label_set, self.max_seq_length,
                                   freeze_plm=freeze_plm, freeze_dropout=freeze_dropout, head=self.head,
                                   head_options=self.head_options)
+
+
+def is_pretrained_language_model(directory: str) -> bool:
+    """pretrain.py's output (utils/pretraining.py): a language model, with no classifier spec."""
+    return os.path.isfile(os.path.join(directory, "pretraining.json")) and not os.path.isfile(
+        os.path.join(directory, SPEC_FILE))
+
+
+def not_a_classifier(directory: str) -> UserError:
+    return UserError("is a pretrain.py language model, not a classifier: train one on it with "
+                     f"--model_name_or_path {directory}", directory)
 
 
 def peek_task_type(checkpoint: Optional[str]) -> Optional[str]:

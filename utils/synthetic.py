@@ -92,3 +92,16 @@ def write_multilabel_keyword_dataset(data_dir: str, train: int = 96, dev: int = 
 def vocab_texts() -> List[str]:
     """Every character the keyword task can produce (for building a tiny vocab)."""
     return [FILLER, PROMPT] + [k + w for k, w in KEYWORDS.values()]
+
+
+def make_mlm_corpus(n: int, seed: int = 0) -> List[str]:
+    """Texts whose masked characters are predictable from the rest (for pretraining tests): each
+    fruit always comes with its colour word, in a few fixed sentence frames, between fillers."""
+    rng = random.Random(seed)
+    frames = ("{k}是{w}的", "我看见{w}{k}", "{k}的颜色是{w}")
+    texts = []
+    for _ in range(n):
+        keyword, word = rng.choice(list(KEYWORDS.values()))
+        filler = "".join(rng.choice(FILLER[:20]) for _ in range(rng.randint(0, 2)))
+        texts.append(filler + rng.choice(frames).format(k=keyword, w=word))
+    return texts

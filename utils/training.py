@@ -28,7 +28,7 @@ from .modeling import criterion_for, load_state, rebuild_from_checkpoint, set_st
 from .plm import load_plm, load_tokenizer, position_limit, warn_unknown_tokens
 from .progress import Progress as ProgressBar
 from .reports import plot_training_curves, write_classification_report, write_multilabel_report
-from .rundir import DirLock, apply_plan, plan_output_dir
+from .rundir import DirLock, OutputPlan, apply_plan, plan_output_dir
 from .spec import ModelSpec, peek_task_type
 from .visualdl import take_visualdl_from_report_to
 
@@ -72,36 +72,17 @@ class SeededBatchSampler(DistributedBatchSampler):
 OUTPUT_KIND_FLAGS = (("do_eval", "eval"), ("do_predict", "predict"), ("do_export", "export"))
 
 
-class PTuningTrainer(PromptTrainer):
-    """PromptTrainer whose checkpoints are whole, verified, deduplicated and the same on every process.
+class MarkedCheckpoints:
+    """Trainer mixin: checkpoints that are whole, verified and the same on every process (train.py and
+    pretrain.py). Combine as `class X(MarkedCheckpoints, paddlenlp Trainer)`.
 
     * A checkpoint counts once `checkpoint_complete.json` (every file's size and sha256) is written,
       last; old ones are rotated away crash-safely (utils/checkpoints.py).
-    * Every tensor is stored once: the template's copy of the word embeddings and paddle's duplicate
-      LSTM names are dropped from `model_state.pdparams`, and the template/verbalizer weights (part
-      of it) are not written again beside it.
+    * Each epoch's data order depends on the seed and the epoch alone (`SeededBatchSampler`), so a
+      resumed run sees the batches the uninterrupted one saw.
     * Data parallelism: every gradient is averaged explicitly and all processes' weights are
       compared at every save (utils/distributed.py).
     """
-
-    def __init__(self, *args, spec: ModelSpec, **kwargs):
-        self.spec = spec
-        super().__init__(*args, **kwargs)
-
-    def _compute_rdrop_loss(self, model, input_dict, labels, outputs, loss):
-        """R-Drop: upstream's KL between two dropout passes compares softmax distributions; a
-        multi-label head's outputs are independent sigmoids, so there it is the symmetric KL of each
-        label's Bernoulli distribution, averaged over examples and labels."""
-        if not self.spec.decoder.multi_label:
-            return super()._compute_rdrop_loss(model, input_dict, labels, outputs, loss)
-        again = model(**input_dict)
-        again = again[0] if isinstance(again, (tuple, list)) else again
-        bce = (self.criterion(again, labels) + loss) * 0.5
-        p, q = paddle.nn.functional.sigmoid(outputs), paddle.nn.functional.sigmoid(again)
-        eps = 1e-7
-        p, q = p.clip(eps, 1 - eps), q.clip(eps, 1 - eps)
-        kl = (p - q) * (paddle.log(p) - paddle.log(q)) + (q - p) * (paddle.log(1 - p) - paddle.log(1 - q))
-        return bce + self.args.alpha_rdrop * 0.5 * kl.mean()
 
     def _get_train_sampler(self):
         if self.train_dataset is None:
@@ -120,32 +101,11 @@ class PTuningTrainer(PromptTrainer):
         allreduce_gradients(self.model.parameters())
         return loss
 
-    def _load_from_checkpoint(self, resume_from_checkpoint=None):
-        # The model (template included) is rebuilt from the checkpoint before the Trainer exists;
-        # PromptTrainer would build the template a second time. Load the weights strictly.
-        if resume_from_checkpoint:
-            load_state(self.model, resume_from_checkpoint)
-
-    def _set_state_dict_in_model(self, state_dict):
-        # The best model reloaded at the end of training: strictly, deduplicated names included.
-        set_state_strictly(self.model, state_dict, self.state.best_model_checkpoint or "best checkpoint")
-
     def _load_rng_state(self, checkpoint):
         try:
             super()._load_rng_state(checkpoint)
         except ValueError as exc:  # e.g. saved on a machine with another number of GPUs
             logger.warning("random state of %s not restored (%s): the run continues, not bit-exactly", checkpoint, exc)
-
-    def _save(self, output_dir: Optional[str] = None, state_dict=None, merge_tensor_parallel=True):
-        output_dir = output_dir or self.args.output_dir
-        # Each tensor once; upstream's template/verbalizer configs, without their weights files
-        # (the weights are in model_state.pdparams); the model spec.
-        Trainer._save(self, output_dir, unique_state_dict(self.model), merge_tensor_parallel)
-        if self.args.should_save:
-            save_template_config(self.template, output_dir)
-            if self.verbalizer is not None:
-                write_json_atomic(os.path.join(output_dir, "verbalizer_config.json"), self.verbalizer.label_words)
-            self.spec.save(output_dir)
 
     def save_model(self, output_dir: Optional[str] = None, merge_tensor_parallel: Optional[bool] = False):
         final = output_dir is None or os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir)
@@ -191,6 +151,56 @@ class PTuningTrainer(PromptTrainer):
         if self.is_world_process_zero():
             write_text_atomic(os.path.join(self.args.output_dir, "trainer_state.json"),
                               json.dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True) + "\n")
+
+
+class PTuningTrainer(MarkedCheckpoints, PromptTrainer):
+    """PromptTrainer whose checkpoints are whole, verified, deduplicated and the same on every process.
+
+    * Marked, rotated, seeded and data-parallel as `MarkedCheckpoints` says.
+    * Every tensor is stored once: the template's copy of the word embeddings and paddle's duplicate
+      LSTM names are dropped from `model_state.pdparams`, and the template/verbalizer weights (part
+      of it) are not written again beside it.
+    """
+
+    def __init__(self, *args, spec: ModelSpec, **kwargs):
+        self.spec = spec
+        super().__init__(*args, **kwargs)
+
+    def _compute_rdrop_loss(self, model, input_dict, labels, outputs, loss):
+        """R-Drop: upstream's KL between two dropout passes compares softmax distributions; a
+        multi-label head's outputs are independent sigmoids, so there it is the symmetric KL of each
+        label's Bernoulli distribution, averaged over examples and labels."""
+        if not self.spec.decoder.multi_label:
+            return super()._compute_rdrop_loss(model, input_dict, labels, outputs, loss)
+        again = model(**input_dict)
+        again = again[0] if isinstance(again, (tuple, list)) else again
+        bce = (self.criterion(again, labels) + loss) * 0.5
+        p, q = paddle.nn.functional.sigmoid(outputs), paddle.nn.functional.sigmoid(again)
+        eps = 1e-7
+        p, q = p.clip(eps, 1 - eps), q.clip(eps, 1 - eps)
+        kl = (p - q) * (paddle.log(p) - paddle.log(q)) + (q - p) * (paddle.log(1 - p) - paddle.log(1 - q))
+        return bce + self.args.alpha_rdrop * 0.5 * kl.mean()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint=None):
+        # The model (template included) is rebuilt from the checkpoint before the Trainer exists;
+        # PromptTrainer would build the template a second time. Load the weights strictly.
+        if resume_from_checkpoint:
+            load_state(self.model, resume_from_checkpoint)
+
+    def _set_state_dict_in_model(self, state_dict):
+        # The best model reloaded at the end of training: strictly, deduplicated names included.
+        set_state_strictly(self.model, state_dict, self.state.best_model_checkpoint or "best checkpoint")
+
+    def _save(self, output_dir: Optional[str] = None, state_dict=None, merge_tensor_parallel=True):
+        output_dir = output_dir or self.args.output_dir
+        # Each tensor once; upstream's template/verbalizer configs, without their weights files
+        # (the weights are in model_state.pdparams); the model spec.
+        Trainer._save(self, output_dir, unique_state_dict(self.model), merge_tensor_parallel)
+        if self.args.should_save:
+            save_template_config(self.template, output_dir)
+            if self.verbalizer is not None:
+                write_json_atomic(os.path.join(output_dir, "verbalizer_config.json"), self.verbalizer.label_words)
+            self.spec.save(output_dir)
 
 
 def save_template_config(template, directory: str) -> None:
@@ -330,16 +340,28 @@ def _plan_model(model_args, data_args, training_args, dataset: DatasetDir, check
     return spec
 
 
-def resolve_task_type(model_args, training_args) -> TaskType:
-    """--task_type, else the checkpoint's (--resume_from_checkpoint), else multi-class; then the
-    flags that depend on it are checked (utils.args.check_task_args)."""
+def resolve_task_type(model_args, training_args, data_args=None) -> TaskType:
+    """--task_type, else the checkpoint's (--resume_from_checkpoint), else the --teacher's, else
+    multi-class; then the flags that depend on it are checked (utils.args.check_task_args)."""
     task_type, checkpoint = model_args.task_type, training_args.resume_from_checkpoint
     if task_type is None:
         if checkpoint and not os.path.isdir(checkpoint):  # before a flag is judged by a default task type
             raise UserError("checkpoint directory not found", checkpoint)
-        task_type = TaskType.parse(peek_task_type(checkpoint) or MULTI_CLASS)
+        teacher = getattr(data_args, "teacher", None)
+        task_type = TaskType.parse(peek_task_type(checkpoint) or (teacher and peek_teacher_task_type(teacher))
+                                   or MULTI_CLASS)
     check_task_args(model_args, training_args, task_type)
     return task_type
+
+
+def peek_teacher_task_type(teacher: str) -> Optional[str]:
+    """The task type of a --teacher, None when it cannot be read (reported in full by utils.distill)."""
+    from .distill import Teacher
+
+    try:
+        return Teacher.resolve(teacher).task_type
+    except UserError:
+        return None
 
 
 def build_model(model_args, training_args, dataset: DatasetDir, spec: ModelSpec, checkpoint: Optional[str]):
@@ -436,12 +458,14 @@ class Run:
         self.lock: Optional[DirLock] = None
         self.dataset: Optional[DatasetDir] = None
         self.resume: Optional[str] = None
+        self.distill = None              # utils.distill.DistillPlan: a teacher labels unlabeled texts
+        self.continue_rounds = False     # a run of several rounds, resumed as a whole
 
     def open(self) -> "Run":
         """Check everything that can be checked before a model loads, then claim the output directory."""
-        args = self.args
-        self.task_type = resolve_task_type(self.model_args, args)
-        self.dataset = load_data(self.data_args, args, self.task_type, calibrate=self.model_args.calibrate)
+        args, data_args = self.args, self.data_args
+        self.task_type = resolve_task_type(self.model_args, args, data_args)
+        self.dataset = load_data(data_args, args, self.task_type, calibrate=self.model_args.calibrate)
         other = self.model_args.other_label
         if other is not None and other in self.dataset.labels.labels:
             raise UserError(f"{other!r} is a label of label.txt; a rejected text needs a name of its own",
@@ -449,15 +473,29 @@ class Run:
         if args.should_save:  # the writing process; under data parallelism the others only read
             self.lock = DirLock(args.output_dir).acquire()
         model_dir = self.model_args.model_name_or_path
-        # a zero-shot run writes its model (untrained, from --model_name_or_path) like a training run
-        plan = plan_output_dir(args.output_dir, args.do_train or self.model_args.zero_shot, output_kinds(args),
-                               args.overwrite_output_dir,
-                               args.resume_from_checkpoint, model_dir if os.path.isdir(model_dir) else None)
+        several_rounds = data_args.distilling and (data_args.rounds > 1 or not data_args.teacher)
+        if several_rounds and args.resume_from_checkpoint:
+            if not os.path.isdir(args.output_dir) or not os.path.samefile(args.resume_from_checkpoint,
+                                                                          args.output_dir):
+                raise UserError("a self-training run of several rounds resumes as a whole: give its --output_dir "
+                                "(finished rounds are reused, the interrupted one continues from its last "
+                                "checkpoint)", "--resume_from_checkpoint")
+            plan = OutputPlan(args.output_dir)  # each round plans its own directory (utils.distill)
+            self.continue_rounds = True
+        else:
+            # a zero-shot run writes its model (untrained, from --model_name_or_path) like a training run
+            plan = plan_output_dir(args.output_dir, args.do_train or self.model_args.zero_shot, output_kinds(args),
+                                   args.overwrite_output_dir, args.resume_from_checkpoint,
+                                   model_dir if os.path.isdir(model_dir) else None)
         self.resume = plan.resume
         if self.resume:
             verify_checkpoint(self.resume, purpose="resume" if args.do_train else "model",
                               world_size=max(1, args.world_size))
-        self.model_plan = plan_model(self.model_args, self.data_args, args, self.dataset, self.resume)
+        self.model_plan = plan_model(self.model_args, data_args, args, self.dataset, self.resume)
+        if data_args.distilling:
+            from . import distill
+
+            self.distill = distill.plan(data_args, self.model_args, self.dataset, self.resume)
         if args.should_save:
             apply_plan(plan)
         return self
@@ -486,7 +524,8 @@ def prepare(run: Run):
                                                early_stopping_threshold=data_args.early_stopping_threshold))
     dataset = run.dataset
     trainer = PTuningTrainer(
-        model=model, tokenizer=tokenizer, args=training_args, criterion=criterion_for(model, spec.head_options),
+        model=model, tokenizer=tokenizer, args=training_args,
+        criterion=criterion_for(model, spec.head_options, spec.soft_targets),
         train_dataset=MapDataset(dataset.train) if training_args.do_train else None,
         eval_dataset=MapDataset(dataset.dev) if dataset.dev else None,
         callbacks=callbacks, compute_metrics=metrics_fn(len(dataset.labels.labels), spec.decoder,
@@ -506,7 +545,12 @@ def run(model_args, data_args, training_args) -> Dict[str, Any]:
         # optimizer state is keyed by those names: a fresh name scope makes them the same in every
         # run, so --resume_from_checkpoint finds its state (also when runs share one process).
         with paddle.utils.unique_name.guard():
-            results = _run(current)
+            if current.distill is not None:
+                from .distill import run_rounds
+
+                results = run_rounds(current, _run)
+            else:
+                results = _run(current)
         failed = False
         return results
     except OSError as exc:

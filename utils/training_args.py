@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from paddlenlp.prompt import PromptTuningArguments
+from paddlenlp.trainer import TrainingArguments as PaddleNLPTrainingArguments
 from paddlenlp.trainer.trainer_utils import IntervalStrategy
 
 from .errors import UserError
@@ -44,6 +45,15 @@ NUMERIC_CHECKS = (
     ("ppt_adam_beta2", *_FRACTION), ("logging_steps", *_POSITIVE), ("eval_steps", *_POSITIVE),
     ("save_steps", *_POSITIVE), ("save_total_limit", *_POSITIVE),
 )
+
+
+def check_numbers(args) -> None:
+    """Every NUMERIC_CHECKS flag `args` has, before paddlenlp's own __post_init__ acts on it."""
+    for name, ok, what in NUMERIC_CHECKS:
+        value = getattr(args, name, None)
+        if value is not None and (not ok(value) or (isinstance(value, float) and math.isnan(value))):
+            shown = int(value) if isinstance(value, float) and value.is_integer() else value
+            raise UserError(f"must be {what}, got {shown}", f"--{name}")
 
 
 def default_device() -> str:
@@ -76,11 +86,7 @@ class TrainingArguments(PromptTuningArguments):
         "help": f"accuracy, macro_f1 or loss. Default when evaluating during training: {DEFAULT_METRIC}."})
 
     def __post_init__(self):
-        for name, ok, what in NUMERIC_CHECKS:
-            value = getattr(self, name, None)
-            if value is not None and (not ok(value) or (isinstance(value, float) and math.isnan(value))):
-                shown = int(value) if isinstance(value, float) and value.is_integer() else value
-                raise UserError(f"must be {what}, got {shown}", f"--{name}")
+        check_numbers(self)
         if self.do_train and self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise UserError(f"must be positive (or give --max_steps), got {self.num_train_epochs}",
                             "--num_train_epochs")
@@ -131,3 +137,35 @@ class TrainingArguments(PromptTuningArguments):
             self.metric_for_best_model = DEFAULT_METRIC
         if self.load_best_model_at_end is None:
             self.load_best_model_at_end = evaluating
+
+
+@dataclass
+class PretrainingArguments(PaddleNLPTrainingArguments):
+    """pretrain.py's Trainer flags: paddlenlp's TrainingArguments with this tool's defaults (checked
+    the same way; always training; loss-only evaluation on --eval_file every --eval_steps)."""
+
+    output_dir: str = field(default="./checkpoints/pretrain", metadata={
+        "help": "The model directory to write (checkpoints inside)."})
+    device: Optional[str] = field(default=None, metadata={"help": "cpu, gpu or gpu:N (default: gpu if visible)."})
+    report_to: Optional[List[str]] = field(default=None, metadata={"help": "none (default) or visualdl."})
+    save_total_limit: Optional[int] = field(default=1, metadata={"help": "Checkpoints kept (the latest N)."})
+    do_train: bool = field(default=True, metadata={"help": "Always on: pretrain.py trains."})
+
+    def __post_init__(self):
+        from .args import check_device_flag
+
+        check_numbers(self)
+        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+            raise UserError(f"must be positive (or give --max_steps), got {self.num_train_epochs}",
+                            "--num_train_epochs")
+        if not str(self.output_dir or "").strip():
+            raise UserError("must name a directory, got an empty string", "--output_dir")
+        self.device = self.device or default_device()
+        check_device_flag(self.device)
+        self.report_to = self.report_to or ["none"]
+        self.do_train = True
+        self.evaluation_strategy = "steps" if self.eval_steps else "no"
+        self.do_eval = bool(self.eval_steps)
+        self.prediction_loss_only = True
+        self.remove_unused_columns = False
+        super().__post_init__()

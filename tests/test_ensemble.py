@@ -1,0 +1,179 @@
+"""ensemble.py: N runs as one export averaging their probabilities; parity-gated against the members,
+loaded by infer.py / the API / the service like any export, metrics beside the members', bad inputs."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import ensemble
+import infer
+from conftest import read_tsv
+from utils.checkpoints import write_marker
+from utils.errors import run_cli
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as fp:
+        return json.load(fp)
+
+
+def test_ensemble_export_parity(ensemble_run, ensemble_members):
+    """The export's probabilities are the mean of the members' own (dynamic-graph) probabilities, and
+    its member outputs each member's logits: on the parity batch (the gate) and on all of test.txt."""
+    from utils.data import load_dataset_dir
+    from utils.decoding import softmax
+    from utils.ensemble import export_outputs
+    from utils.modeling import model_logits, rebuild_from_checkpoint
+
+    data_dir, out = ensemble_run
+    export_dir = os.path.join(out, "export")
+    manifest = read_json(os.path.join(export_dir, "manifest.json"))
+    assert manifest["method"] == "ensemble" and manifest["parity"]["passed"]
+    backends = [r["backend"] for r in manifest["parity"]["results"]]
+    assert backends == ["paddle_inference", "onnxruntime"] + [f"onnxruntime member {i}" for i in range(3)]
+    assert all(r["max_abs_diff"] <= 1e-4 and r["agreement"] == 1.0 for r in manifest["parity"]["results"])
+    # P-tuning members share one template; the fine-tuning member reads [CLS] text [SEP]: two views.
+    assert manifest["ensemble"]["views"] == 2
+    assert [m["view"] for m in manifest["ensemble"]["members"]] == [0, 0, 1]
+    assert {i["name"] for i in manifest["inputs"]} >= {"input_ids", "input_ids_v1", "soft_token_ids_v1"}
+
+    test = load_dataset_dir(data_dir, need_train=False, need_dev=False, need_test=True).test
+    logits, member_logits = export_outputs(export_dir, test)
+    reference = []
+    for member, exported in zip(ensemble_members[1], member_logits):
+        model, _, _ = rebuild_from_checkpoint(member)
+        own = model_logits(model, test)
+        np.testing.assert_allclose(exported, own, atol=1e-4)
+        reference.append(softmax(own))
+    np.testing.assert_allclose(softmax(logits), np.mean(reference, axis=0), atol=1e-5)
+
+
+def test_ensemble_loads_like_any_export(ensemble_run, tmp_path, capsys):
+    """infer.py, the Python API and the service read the ensemble export with no flag, and agree with
+    ensemble.py's own test predictions."""
+    from fastapi.testclient import TestClient
+
+    from utils import Classifier
+    from utils.service import ServiceConfig, create_app
+
+    data_dir, out = ensemble_run
+    export_dir = os.path.join(out, "export")
+    output = str(tmp_path / "pred.tsv")
+    assert run_cli(infer.main, ["--model_path_prefix", os.path.join(export_dir, "model"), "--input_file",
+                                os.path.join(data_dir, "test.txt"), "--output_file", output]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert read_tsv(output) == read_tsv(os.path.join(out, "test_predictions.tsv"))
+    assert summary["accuracy"] == pytest.approx(read_json(os.path.join(out, "test_results.json"))["test_accuracy"],
+                                                abs=1e-4)
+    _, rows = read_tsv(output)
+    texts = [row[0] for row in rows[:5]]
+    predictions = Classifier(export_dir, num_threads=1).predict(texts)
+    assert [p.label for p in predictions] == [row[2] for row in rows[:5]]
+    with TestClient(create_app(ServiceConfig(export_dir, num_threads=1))) as client:
+        while client.get("/ready").status_code != 200:
+            pass
+        body = client.post("/predict", json={"texts": texts}).json()
+    assert [p["label"] for p in body["predictions"]] == [row[2] for row in rows[:5]]
+
+
+def test_ensemble_metrics_beside_the_members(ensemble_run, ensemble_members):
+    data_dir, out = ensemble_run
+    summary = read_json(os.path.join(out, "ensemble.json"))
+    assert summary["members"] == [os.path.abspath(m) for m in ensemble_members[1]]
+    for prefix in ("eval", "test"):
+        result = summary["metrics"][prefix]
+        assert len(result["members"]) == 3
+        accuracies = [m["accuracy"] for m in result["members"]]
+        assert result["members_mean"]["accuracy"] == pytest.approx(np.mean(accuracies))
+        assert read_json(os.path.join(out, f"{prefix}_results.json"))[f"{prefix}_accuracy"] == \
+            result["ensemble"]["accuracy"]
+    # each member's metrics equal those its own run wrote on the same dev.txt
+    for member, metrics in zip(ensemble_members[1], summary["metrics"]["eval"]["members"]):
+        assert metrics["accuracy"] == pytest.approx(read_json(os.path.join(member, "eval_results.json"))
+                                                    ["eval_accuracy"])
+
+
+def copy_member(source, target, edit_spec=None, edit_vocab=None):
+    """A copy of a trained model directory with its config or vocabulary changed, marker rewritten (so
+    the checkpoint verifies and the ensemble's own checks are what is tested)."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoint-*", "export", "*.png"))
+    if edit_spec:
+        path = os.path.join(target, "ptuning_config.json")
+        spec = read_json(path)
+        edit_spec(spec)
+        with open(path, "w", encoding="utf-8") as fp:
+            json.dump(spec, fp)
+    if edit_vocab:
+        with open(os.path.join(target, "vocab.txt"), "a", encoding="utf-8") as fp:
+            fp.write(edit_vocab + "\n")
+    write_marker(target, None, 1)
+    return target
+
+
+def rename_label(spec):
+    spec["labels"][-1] = "melon"
+
+
+def multi_label(spec):
+    spec["task_type"] = "multi-label"
+    spec["verbalizer"] = "soft"
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("one member", "--members: an ensemble needs at least two members, got 1"),
+    ("same member twice", "is given twice"),
+    ("missing member", "member not found"),
+    ("an export as member", "is an export; an ensemble is built from trained models"),
+    ("mismatched label sets", "ptuning_config.json: labels ['apple', 'banana', 'melon'] differ from those of"),
+    ("another task type", "is a --task_type multi-label model"),
+    ("another vocabulary", "vocab.txt: differs from"),
+    ("label.txt of other labels", "label.txt: lists labels"),
+    ("threshold for multi-class", "--threshold: is for multi-label and hierarchical ensembles"),
+    ("evaluation without data", "--do_eval: needs --data_dir"),
+])
+def test_bad_inputs(case, expected, ensemble_members, tmp_path, capsys, monkeypatch):
+    """One paragraph naming the file or flag, exit 2, nothing written, before any member's weights load."""
+    import utils.ensemble
+
+    data_dir, members = ensemble_members
+    monkeypatch.setattr(utils.ensemble, "load_models", lambda plan: pytest.fail("a model was loaded"))
+    first, second = members[0], members[1]
+    argv = {
+        "one member": [first],
+        "same member twice": [first, first + "/"],
+        "missing member": [first, str(tmp_path / "nope")],
+        "an export as member": [first, os.path.join(first, "export")],
+        "mismatched label sets": [first, lambda: copy_member(second, str(tmp_path / "m"), rename_label)],
+        "another task type": [first, lambda: copy_member(second, str(tmp_path / "m"), multi_label)],
+        "another vocabulary": [first, lambda: copy_member(second, str(tmp_path / "m"), edit_vocab="新词")],
+        "label.txt of other labels": [first, second],
+        "threshold for multi-class": [first, second, "--threshold", "0.3"],
+        "evaluation without data": [first, second, "--do_eval"],
+    }[case]
+    members_argv = [a() if callable(a) else a for a in argv]
+    flags = [a for a in members_argv if a.startswith("--") or a == "0.3"]
+    paths = [a for a in members_argv if a not in flags]
+    data = data_dir
+    if case == "label.txt of other labels":
+        data = tmp_path / "data"
+        data.mkdir()
+        (data / "label.txt").write_text("apple==红色\nbanana==黄色\nmelon==绿色\n", encoding="utf-8")
+        (data / "dev.txt").write_text("苹果\tapple\n", encoding="utf-8")
+        data = str(data)
+    out = tmp_path / "ens"
+    data_flags = [] if case == "evaluation without data" else ["--data_dir", data]
+    assert run_cli(ensemble.main, ["--members", *paths, "--output_dir", str(out), *data_flags, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 2  # the paragraph and the --debug hint
+    assert not out.exists()
+
+
+def test_existing_results_are_not_overwritten(ensemble_run, ensemble_members, capsys):
+    _, out = ensemble_run
+    before = read_json(os.path.join(out, "ensemble.json"))
+    assert run_cli(ensemble.main, ["--members", *ensemble_members[1][:2], "--output_dir", out]) == 2
+    assert "--overwrite_output_dir" in capsys.readouterr().err
+    assert read_json(os.path.join(out, "ensemble.json")) == before

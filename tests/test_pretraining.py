@@ -1,0 +1,193 @@
+"""pretrain.py: masked-LM loss goes down on a learnable corpus, resume is exact, masking is whole-word
+(or per token) and reproducible, the result is a model directory train.py takes, bad inputs."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import pretrain
+from utils.errors import run_cli
+from utils.synthetic import make_mlm_corpus
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as fp:
+        return json.load(fp)
+
+
+def losses(run_dir):
+    return {h["step"]: h["loss"] for h in read_json(os.path.join(run_dir, "trainer_state.json"))["log_history"]
+            if "loss" in h}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlm")
+    texts = make_mlm_corpus(440, seed=1)
+    train, held_out = root / "corpus.txt", root / "held_out.txt"
+    train.write_text("\n".join(texts[:400]) + "\n", encoding="utf-8")
+    held_out.write_text("\n".join(texts[400:]) + "\n", encoding="utf-8")
+    return str(train), str(held_out)
+
+
+def pretrain_argv(model_dir, corpus_file, out, *flags, steps=40):
+    return ["--model_name_or_path", model_dir, "--input_file", corpus_file, "--output_dir", out,
+            "--max_seq_length", "32", "--per_device_train_batch_size", "16", "--learning_rate", "5e-3",
+            "--warmup_steps", "10", "--max_steps", str(steps), "--save_steps", "20", "--logging_steps", "1",
+            "--seed", "7", *flags]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_model_dir, corpus, tmp_path_factory):
+    """100 steps of whole-word-masked MLM on the learnable corpus, with a held-out evaluation."""
+    out = str(tmp_path_factory.mktemp("pretrained") / "tapt")
+    assert run_cli(pretrain.main, pretrain_argv(tiny_model_dir, corpus[0], out, "--eval_file", corpus[1],
+                                                steps=100)) == 0
+    return out
+
+
+def test_loss_goes_down_on_a_learnable_corpus(pretrained):
+    by_step = losses(pretrained)
+    first, last = np.mean([by_step[s] for s in range(1, 6)]), np.mean([by_step[s] for s in range(91, 101)])
+    assert first > 5.0  # ~ln(vocabulary): the random model knows nothing
+    assert last < 0.5 * first, (first, last)
+    evaluation = read_json(os.path.join(pretrained, "eval_results.json"))
+    assert evaluation["eval_loss"] < 0.5 * first
+    assert evaluation["eval_perplexity"] == pytest.approx(np.exp(evaluation["eval_loss"]), rel=1e-6)
+
+
+def test_the_result_is_a_model_directory_train_py_takes(pretrained, corpus):
+    from utils.checkpoints import verify
+    from utils.plm import check_model_dir, load_plm
+    from utils.pretraining import MODEL_FILES
+
+    check_model_dir(pretrained)
+    verify(pretrained, purpose="model", model_files=MODEL_FILES)  # the final model is marked, like train.py's
+    record = read_json(os.path.join(pretrained, "pretraining.json"))
+    assert record["global_step"] == 100 and record["masking"] == "word" and not record["base_was_pretrained"]
+    assert record["input_files"][0]["texts"] == 400
+    model, tokenizer = load_plm(pretrained)
+    assert type(model).__name__ == "ErnieForMaskedLM" and len(tokenizer) > 100
+
+
+def test_resume_is_exact(tiny_model_dir, corpus, tmp_path):
+    """Resumed from checkpoint-20 of a 40-step run, into another directory: the same losses at every
+    later step and byte-identical final weights."""
+    first = str(tmp_path / "first")
+    assert run_cli(pretrain.main, pretrain_argv(tiny_model_dir, corpus[0], first, "--masking", "char",
+                                                "--save_total_limit", "3")) == 0
+    resumed = str(tmp_path / "resumed")
+    assert run_cli(pretrain.main, pretrain_argv(tiny_model_dir, corpus[0], resumed, "--masking", "char",
+                                                "--resume_from_checkpoint",
+                                                os.path.join(first, "checkpoint-20"))) == 0
+    uninterrupted, continued = losses(first), losses(resumed)
+    assert sorted(continued) == list(range(1, 41))  # the history up to step 20 comes with the checkpoint
+    assert all(continued[step] == uninterrupted[step] for step in range(21, 41))
+    with open(os.path.join(first, "model_state.pdparams"), "rb") as a, \
+            open(os.path.join(resumed, "model_state.pdparams"), "rb") as b:
+        assert a.read() == b.read()
+
+
+@pytest.fixture(scope="module")
+def encoder_and_tokenizer(tiny_model_dir):
+    from utils.plm import load_tokenizer
+    from utils.pretraining import CorpusEncoder
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    return tokenizer, {m: CorpusEncoder(tokenizer, 64, m) for m in ("word", "char")}
+
+
+def test_whole_word_masking_masks_words_and_is_reproducible(encoder_and_tokenizer):
+    import jieba
+
+    from utils.pretraining import MaskedTextDataset, random_token_ids
+
+    tokenizer, encoders = encoder_and_tokenizer
+    texts = make_mlm_corpus(200, seed=3)
+    encoded = [encoders["word"].encode((t,)) for t in texts]
+    for text, enc in zip(texts[:20], encoded):
+        words = [w for w in jieba.lcut(text) if w.strip()]
+        assert [tokenizer.convert_ids_to_tokens(enc.input_ids[s:e]) for s, e in enc.spans] == \
+            [tokenizer.convert_ids_to_tokens(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in words]
+    assert all(len(e.spans) == len(e.input_ids) - 2 for e in (encoders["char"].encode((t,)) for t in texts))
+    dataset = MaskedTextDataset(encoded, seed=5, masked_lm_prob=0.15, mask_id=tokenizer.mask_token_id,
+                                random_ids=random_token_ids(tokenizer))
+    n = len(dataset)
+    masked = kept = replaced = total = 0
+    for index, enc in enumerate(encoded):
+        item = dataset[index]
+        assert item == dataset[index]                       # the same key masks the same way
+        positions = set(item["positions"])
+        assert positions and all(any(p in range(s, e) for s, e in enc.spans) for p in positions)
+        for start, end in enc.spans:                         # a word is masked whole or not at all
+            inside = [p in positions for p in range(start, end)]
+            assert all(inside) or not any(inside)
+        assert item["labels"] == [enc.input_ids[p] for p in item["positions"]]
+        for p in item["positions"]:
+            total += 1
+            value = item["input_ids"][p]
+            masked += value == tokenizer.mask_token_id
+            kept += value == enc.input_ids[p]
+            replaced += value not in (tokenizer.mask_token_id, enc.input_ids[p])
+    assert 0.7 < masked / total < 0.9 and 0.03 < kept / total < 0.2 and 0.03 < replaced / total < 0.2
+    assert any(dataset[i]["positions"] != dataset[n + i]["positions"] for i in range(20))  # new masks each epoch
+    share = np.mean([len(dataset[i]["positions"]) / (len(e.input_ids) - 2) for i, e in enumerate(encoded)])
+    assert 0.1 < share < 0.3
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("case, flags, message, where", [
+    ("empty input file", ["--input_file", "EMPTY"], "has no texts", "empty.txt"),
+    ("labelled lines", ["--input_file", "LABELLED"], "found 2 tabs (a labelled line?", "labelled.txt:2"),
+    ("missing input file", ["--input_file", "/nonexistent/texts.txt"], "input file not found",
+     "/nonexistent/texts.txt"),
+    ("no input file", [], "is required", "--input_file"),
+    ("evaluation without held-out texts", ["--input_file", "GOOD", "--eval_steps", "5"], "none was given",
+     "--eval_steps"),
+    ("unknown masking", ["--input_file", "GOOD", "--masking", "span"], "must be one of word or char", "--masking"),
+    ("masking probability", ["--input_file", "GOOD", "--masked_lm_prob", "0"], "must be in (0, 1)",
+     "--masked_lm_prob"),
+    ("longer than the model's positions", ["--input_file", "GOOD", "--max_seq_length", "4096"],
+     "has only 512 positions", "--max_seq_length"),
+    ("resume from a train.py checkpoint", ["--input_file", "GOOD", "--resume_from_checkpoint", "TRAIN_CKPT"],
+     "is a train.py checkpoint (a classifier)", "checkpoint-"),
+])
+def test_bad_inputs(case, flags, message, where, tiny_model_dir, trained, tmp_path, capsys, monkeypatch):
+    import glob
+
+    import utils.plm
+
+    monkeypatch.setattr(utils.plm, "load_plm", lambda *a, **k: pytest.fail("a model was loaded"))
+    files = {"EMPTY": lambda: write(tmp_path / "empty.txt", "\n \n"),
+             "LABELLED": lambda: write(tmp_path / "labelled.txt", "苹果是红色的\n苹果\t红色\tapple\n"),
+             "GOOD": lambda: write(tmp_path / "good.txt", "苹果是红色的\n"),
+             "TRAIN_CKPT": lambda: glob.glob(os.path.join(trained[1], "checkpoint-*"))[0]}
+    flags = [files[f]() if f in files else f for f in flags]
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", tiny_model_dir, "--output_dir", str(out), "--max_steps", "2", *flags]
+    assert run_cli(pretrain.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and where in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_a_pretrained_model_is_not_a_classifier(pretrained, tmp_path, capsys):
+    """Given where a classifier is expected (--resume_from_checkpoint, --teacher, --members), the pretrain.py
+    output is named for what it is, with the flag that takes it."""
+    import ensemble
+    import train
+    from utils.synthetic import write_keyword_dataset
+
+    data_dir = write_keyword_dataset(str(tmp_path / "data"))
+    for main, argv in ((train.main, ["--do_predict", "--data_dir", data_dir, "--resume_from_checkpoint",
+                                     pretrained, "--output_dir", str(tmp_path / "out")]),
+                       (ensemble.main, ["--members", pretrained, pretrained + "/checkpoint-100", "--output_dir",
+                                        str(tmp_path / "ens")])):
+        assert run_cli(main, argv) == 2
+        err = capsys.readouterr().err
+        assert "is a pretrain.py language model" in err and f"--model_name_or_path {pretrained}" in err, err
