@@ -112,6 +112,26 @@ def copy_member(source, target, edit_spec=None, edit_vocab=None):
     return target
 
 
+def test_calibrated_members_are_averaged_calibrated(ensemble_members, tmp_path):
+    """A member with a fitted temperature (train.py --calibrate) enters the mean with its calibrated
+    probabilities, in the graph and in the parity gate's reference."""
+    from utils.data import load_dataset_dir
+    from utils.decoding import softmax
+    from utils.ensemble import export_outputs
+
+    data_dir, members = ensemble_members
+    hot = copy_member(members[0], str(tmp_path / "hot"), edit_spec=lambda spec: spec.update(temperature=3.0))
+    out = str(tmp_path / "ens")
+    assert run_cli(ensemble.main, ["--members", hot, members[1], "--output_dir", out, "--data_dir", data_dir]) == 0
+    assert read_json(os.path.join(out, "export", "manifest.json"))["parity"]["passed"]
+    test = load_dataset_dir(data_dir, need_train=False, need_dev=False, need_test=True).test
+    logits, member_logits = export_outputs(os.path.join(out, "export"), test)
+    expected = np.mean([softmax(member_logits[0] / 3.0), softmax(member_logits[1])], axis=0)
+    np.testing.assert_allclose(softmax(logits), expected, atol=1e-5)
+    uncalibrated = np.mean([softmax(member_logits[0]), softmax(member_logits[1])], axis=0)
+    assert np.abs(softmax(logits) - uncalibrated).max() > 1e-3  # the temperature changed something
+
+
 def rename_label(spec):
     spec["labels"][-1] = "melon"
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from .checkpoints import latest_checkpoint
 from .checkpoints import verify as verify_checkpoint
-from .decoding import MULTI_CLASS, Decoder, sigmoid, softmax
+from .decoding import MULTI_CLASS, Decoder
 from .errors import UserError
 from .export_format import MANIFEST_FILE, OUTPUT_NAME, VOCAB_FILE, view_input_names, view_suffix
 from .files import read_json, sha256_file, write_json_atomic
@@ -202,11 +202,13 @@ def combine(member_probs: Sequence[np.ndarray], multi_label: bool) -> np.ndarray
 
 
 def member_probabilities(decoder: Decoder, logits: np.ndarray) -> np.ndarray:
-    return sigmoid(logits) if decoder.multi_label else softmax(logits)
+    """A member's probabilities, with its own temperature (a calibrated member counts as calibrated)."""
+    return decoder.probabilities(logits)
 
 
-def ensemble_model(models, views: Sequence[int], multi_label: bool):
-    """The inference graph: every member folded (utils/export.py), probabilities averaged."""
+def ensemble_model(models, views: Sequence[int], multi_label: bool, temperatures: Sequence[float] = ()):
+    """The inference graph: every member folded (utils/export.py), each member's logits divided by
+    its temperature (`temperatures`, 1 when not given), probabilities averaged."""
     import paddle
     import paddle.nn.functional as F
 
@@ -217,6 +219,7 @@ def ensemble_model(models, views: Sequence[int], multi_label: bool):
             super().__init__()
             self.members = paddle.nn.LayerList([FoldedPromptModel(model) for model in models])
             self.views = list(views)
+            self.temperatures = [float(t) for t in temperatures] or [1.0] * len(models)
 
         # One parameter per input, spelled out: paddle.jit cannot trace *args, and the graph's inputs
         # are the first 4 x (number of views) of them (the rest stay None). MAX_VIEWS bounds it.
@@ -237,9 +240,11 @@ def ensemble_model(models, views: Sequence[int], multi_label: bool):
                       position_ids_v6, soft_token_ids_v6, input_ids_v7, token_type_ids_v7,
                       position_ids_v7, soft_token_ids_v7]
             all_logits, total = [], None
-            for member, view in zip(self.members, self.views):
+            for member, view, temperature in zip(self.members, self.views, self.temperatures):
                 logits = member(*inputs[4 * view:4 * view + 4])
                 all_logits.append(logits)
+                if temperature != 1.0:
+                    logits = logits / temperature
                 probs = F.sigmoid(logits) if multi_label else F.softmax(logits, axis=-1)
                 total = probs if total is None else total + probs
             mean = total / len(self.members)
@@ -343,7 +348,7 @@ def export_ensemble(plan: EnsemblePlan, output_dir: str, examples: Optional[List
     if models is None:
         models = load_models(plan)
     multi_label = plan.decoder.multi_label
-    graph = ensemble_model(models, plan.views, multi_label)
+    graph = ensemble_model(models, plan.views, multi_label, [m.spec.temperature for m in plan.members])
     graph.eval()
     keys = sorted(models[0].template.example_keys)
     examples = sample_examples(examples, keys, plan.max_seq_length)
