@@ -24,10 +24,11 @@ def test_the_checker_flags_unk_collisions_and_unequal_lengths(tokenizer):
     found = problems(check_label_words({"a": "红色", "b": "龘", "c": "靐", "d": "黄"}, tokenizer))
     assert "[UNK]" in found["b"] and "[UNK]" in found["c"]
     assert "collides with c" in found["b"] and "collides with b" in found["c"]  # two [UNK]s: the same scores
-    assert "split into 2 tokens" in found["a"]
+    assert "split" not in found["a"]  # one token per Chinese character is how ERNIE reads Chinese
     assert "2 tokens while other labels' words have 1" in found["a"] and "1 tokens while" in found["d"]
     assert found.keys() == {"a", "b", "c", "d"}
     assert problems(check_label_words({"a": "红", "b": "黄"}, tokenizer)) == {"a": "", "b": ""}
+    assert problems(check_label_words({"a": "红色", "b": "黄色"}, tokenizer)) == {"a": "", "b": ""}
 
 
 def test_train_time_warnings_name_colliding_and_unknown_words(tokenizer, caplog):
@@ -74,3 +75,15 @@ def test_the_cli_ranks_candidates_and_suggests_a_label_file(tiny_model_dir, tmp_
                              "--no_ranking"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_a_word_cut_into_sub_word_pieces_is_flagged(tmp_path):
+    """`##` pieces mean the vocabulary lacks the word; Chinese characters one token each do not."""
+    from paddlenlp.transformers import ErnieTokenizer
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]", "体", "育", "xyz", "##zy", "sport"])
+                     + "\n", encoding="utf-8")
+    found = problems(check_label_words({"a": "xyzzy", "b": "sport", "c": "体育"}, ErnieTokenizer(str(vocab))))
+    assert found["a"].startswith("split into sub-word pieces (xyz ##zy)")
+    assert "split" not in found["b"] and "split" not in found["c"]

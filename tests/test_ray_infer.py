@@ -111,6 +111,31 @@ def test_ray_writes_the_local_output_byte_for_byte_with_work_on_both_nodes(gold,
 
 
 @pytest.mark.slow
+def test_ray_rejects_the_texts_the_local_run_rejects(ray_cluster, trained, tmp_path, capsys):
+    """--reject_threshold / --other_label reach the Ray workers: the same rows get the other label
+    (threshold at the median top probability, so both kinds of rows are there)."""
+    from utils import Classifier
+
+    export = os.path.join(trained[1], "export")
+    input_path = write_lines(tmp_path / "in.txt", 600, gold=False, seed=5)
+    with open(input_path, encoding="utf-8") as fp:
+        texts = fp.read().splitlines()
+    top = Classifier(export, num_threads=1).predict_proba(texts).max(axis=1)
+    threshold = round(float(sorted(top)[len(top) // 2]), 6)
+    assert 0 < threshold < 1, f"the keyword model's median top probability is {threshold}: no threshold splits them"
+    common = ["--model_path_prefix", export, "--input_file", input_path, "--chunk_size", "100", "--device", "cpu",
+              "--reject_threshold", str(threshold), "--other_label", "不确定"]
+    code, stdout, err = run_local(capsys, *common, "--output_file", str(tmp_path / "local.tsv"), "--num_threads", "1")
+    assert code == 0, err
+    rejected = json.loads(stdout)["predicted_label_counts"]["不确定"]
+    assert 0 < rejected < 600
+    code, stdout, err = run_ray(ray_cluster, *common, "--output_file", str(tmp_path / "ray.tsv"))
+    assert code == 0, err
+    assert json.loads(stdout)["predicted_label_counts"]["不确定"] == rejected
+    assert (tmp_path / "ray.tsv").read_bytes() == (tmp_path / "local.tsv").read_bytes()
+
+
+@pytest.mark.slow
 def test_ray_writes_the_local_label_sets_of_a_multi_label_export(ray_cluster, trained_multilabel, tmp_path, capsys):
     """The workers decode as the export says (sigmoids, its searched thresholds): the same file and metrics."""
     import random

@@ -84,6 +84,8 @@ def test_zero_shot_flags_are_checked(tiny_model_dir, keyword_data, tmp_path, cap
              (["--zero_shot", "--do_eval", "--method", "finetune"], "--zero_shot"),
              (["--zero_shot", "--do_eval", "--soft_encoder", "mlp"], "--zero_shot"),
              (["--zero_shot", "--do_eval", "--task_type", "multi-label"], "--zero_shot"),
+             (["--zero_shot", "--do_eval", "--verbalizer", "soft"], "--verbalizer"),
+             (["--zero_shot", "--do_eval", "--verbalizer=soft"], "--verbalizer"),
              (["--zero_shot", "--do_eval", "--prompt", "{'soft': '水果'}{'text': 'text_a'}{'mask'}{'mask'}"],
               "--prompt"),
              # no trained model and no --zero_shot: refused, never an untrained head's guesses

@@ -321,6 +321,9 @@ def parse_args(argv: Sequence[str], training_args_class=None) -> Tuple[ModelArgu
         if "not used by the PdArgumentParser" in message:
             message = "unknown flag(s) " + message.split(":", 1)[1].strip() + "; `python train.py --help` lists them"
         raise UserError(message, _flag_in(message, parser) or "train.py") from None
+    if model_args.zero_shot and flag_given(argv, "--verbalizer") and model_args.verbalizer == VerbalizerKind.SOFT:
+        raise UserError("a soft verbalizer is learned in training; --zero_shot reads the label words with the PLM's "
+                        "own masked-LM head (a manual verbalizer): drop --verbalizer soft", "--verbalizer")
     check_args(model_args, data_args, training_args)
     return model_args, data_args, training_args
 

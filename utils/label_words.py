@@ -2,7 +2,7 @@
 
     python -m utils.label_words --data_dir ./data --model_name_or_path ernie-3.0-base-zh [--prompt ...]
 
-Per label, how its word tokenizes: `[UNK]` tokens, a word split into several tokens, token counts
+Per label, how its word tokenizes: `[UNK]` tokens, a word cut into sub-word pieces, token counts
 that differ between labels (`--verbalizer manual` and `--zero_shot` need equal counts), and words
 that collide (two labels whose words give the same token ids start from the same classifier row
 and, if both are `[UNK]`, keep identical scores forever). Then a cheap form of LM-BFF's automatic
@@ -58,8 +58,10 @@ def check_label_words(label_words: Dict[str, str], tokenizer) -> List[WordCheck]
             c.problems.append("[UNK]: the vocabulary does not know it")
         elif unknown:
             c.problems.append(f"{len(unknown)} of its {len(c.ids)} tokens are [UNK]")
-        if len(c.ids) > 1:
-            c.problems.append(f"split into {len(c.ids)} tokens ({' '.join(c.tokens)})")
+        # A Chinese word is one token per character in ERNIE's vocabulary: that is how it is read,
+        # not a problem. A word cut into sub-word pieces (`##`) is: the vocabulary lacks it.
+        if any(t.startswith("##") for t in c.tokens):
+            c.problems.append(f"split into sub-word pieces ({' '.join(c.tokens)}): the vocabulary lacks the word")
         if len(counts) > 1:
             c.problems.append(f"{len(c.ids)} tokens while other labels' words have "
                               f"{'/'.join(str(n) for n in sorted(counts - {len(c.ids)}))} "
