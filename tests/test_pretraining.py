@@ -235,3 +235,22 @@ def test_a_pretrained_model_is_not_a_classifier(pretrained, tmp_path, capsys):
         assert run_cli(main, argv) == 2
         err = capsys.readouterr().err
         assert "is a pretrain.py language model" in err and f"--model_name_or_path {pretrained}" in err, err
+
+
+def test_a_large_corpus_is_encoded_as_its_batches_are_drawn(encoder_and_tokenizer):
+    """Nothing is encoded ahead (a million-line corpus took minutes and ~2.8 GB before the first step);
+    an item is what encoding the text gives."""
+    from utils.pretraining import LazyEncoded
+
+    tokenizer, encoders = encoder_and_tokenizer
+    calls = []
+
+    class Counting:
+        def encode(self, text):
+            calls.append(text)
+            return encoders["word"].encode(text)
+
+    texts = [("苹果很甜",), ("香蕉",)] * 500_000
+    lazy = LazyEncoded(texts, Counting())
+    assert len(lazy) == 1_000_000 and calls == []
+    assert lazy[3] == encoders["word"].encode(("香蕉",)) and calls == [("香蕉",)]
