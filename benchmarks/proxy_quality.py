@@ -47,6 +47,15 @@ def run(command, log):
     return round(time.time() - start, 1)
 
 
+def run_all(jobs, workers):
+    """`{name: (command, log)}` run `workers` at a time; `{name: seconds}`. The first failure stops it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        futures = {name: pool.submit(run, command, log) for name, (command, log) in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
 def texts_of(path):
     with open(path, encoding="utf-8") as fp:
         return [line.rstrip("\n").split("\t")[0] for line in fp if line.strip()]
@@ -56,10 +65,10 @@ def settings(smoke):
     if smoke:
         return {"pretrain_steps": 20, "train_steps": 20, "eval_steps": 10, "student_steps": 20, "unlabeled": 300,
                 "student_unlabeled": 300}
-    # ~40 min of pretraining on an idle 2-core machine (ERNIE-3.0-micro, batch 32 x 64 tokens: ~2 s a
-    # step); 300 steps of batch 16 are 20 epochs of a 240-text tnews split; students see 5000 of the
-    # unlabeled texts (the whole table in about 1.5 h)
-    return {"pretrain_steps": 1200, "train_steps": 300, "eval_steps": 50, "student_steps": 600, "unlabeled": 20000,
+    # ~1 h of pretraining on an idle 2-core machine (ERNIE-3.0-micro, batch 32 x 64 tokens: ~3 s a
+    # step); 200 steps of batch 16 are 13 epochs of a 240-text tnews split; students see 5000 of the
+    # unlabeled texts with the gold ones for 300 steps (the runs after pretraining: ~1 h with --jobs 2)
+    return {"pretrain_steps": 1200, "train_steps": 200, "eval_steps": 50, "student_steps": 300, "unlabeled": 20000,
             "student_unlabeled": 5000}
 
 
@@ -90,6 +99,8 @@ def main():
                         help="self-training's filter (default 0: every text, its soft label carries the teacher's "
                              "doubt, as in PET; a 15-class few-shot teacher is rarely above 0.5)")
     parser.add_argument("--split_ids", type=int, nargs="+", help="default: 0 1 2 3 4 (with --smoke: 0 1)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="variants (and students) trained at once; a CPU run of this size keeps one core busy")
     args = parser.parse_args()
     split_ids = args.split_ids or ([0, 1] if args.smoke else [0, 1, 2, 3, 4])
     cfg = settings(args.smoke)
@@ -132,28 +143,32 @@ def main():
                 "ptuning_freeze_plm": (proxy, ["--freeze_plm"], False),
                 "random_init_floor": (random_model, [], False)}
     flags = train_flags(cfg["train_steps"], cfg["eval_steps"])
+    jobs = {}
     for name, (model, extra, ensemble) in variants.items():
         out = os.path.join(work, name)
         if not os.path.isfile(os.path.join(out, "summary.json")):
             command = [PY, "multirun.py", "--output_dir", out, "--splits_dir", splits, "--split_ids",
                        *map(str, split_ids), "--overwrite_output_dir", *(["--ensemble"] if ensemble else []), "--",
                        "--model_name_or_path", model, *flags, *extra]
-            seconds[name] = run(command, os.path.join(work, "logs", f"{name}.log"))
+            jobs[name] = (command, os.path.join(work, "logs", f"{name}.log"))
+    seconds.update(run_all(jobs, args.jobs))
 
     ensemble_dir = os.path.join(work, "ptuning", "ensemble")
-    students = []
+    jobs = {}
     for split in split_ids:
         out = os.path.join(work, "self_training", f"split{split}")
         if not os.path.isfile(os.path.join(out, "test_results.json")):
             data_dir = os.path.join(work, "ptuning", "data", f"split_{split}")
-            seconds[f"student{split}"] = run(
+            jobs[f"student{split}"] = (
                 [PY, "train.py", "--model_name_or_path", proxy, "--data_dir", data_dir, "--output_dir", out,
                  "--overwrite_output_dir", "--teacher", ensemble_dir, "--unlabeled_file", unlabeled,
                  "--min_confidence", str(args.min_confidence), "--max_unlabeled", str(cfg["student_unlabeled"]),
-                 "--seed", "42",
-                 *train_flags(cfg["student_steps"], cfg["eval_steps"] * 2)],
+                 "--seed", "42", *train_flags(cfg["student_steps"], cfg["eval_steps"] * 2)],
                 os.path.join(work, "logs", f"student{split}.log"))
-        with open(os.path.join(out, "test_results.json"), encoding="utf-8") as fp:
+    seconds.update(run_all(jobs, args.jobs))
+    students = []
+    for split in split_ids:
+        with open(os.path.join(work, "self_training", f"split{split}", "test_results.json"), encoding="utf-8") as fp:
             students.append(json.load(fp))
 
     rows = {}
@@ -168,7 +183,7 @@ def main():
     with open(os.path.join(proxy, "eval_results.json"), encoding="utf-8") as fp:
         pretraining = json.load(fp)
     result = {"date": time.strftime("%Y-%m-%d"), "smoke": args.smoke, "preset": args.preset, "settings": cfg,
-              "min_confidence": args.min_confidence,
+              "min_confidence": args.min_confidence, "jobs": args.jobs,
               "pretraining_eval": pretraining, "rows": rows, "seconds": seconds}
     path = os.path.join(ROOT, "benchmarks", "results_proxy_smoke.json" if args.smoke else "results_proxy.json")
     with open(path, "w", encoding="utf-8") as fp:
