@@ -139,6 +139,17 @@ def latest_checkpoint(run_dir: str) -> Optional[str]:
     return checkpoints[-1] if checkpoints else None
 
 
+def refuse_non_final_model(path: str) -> None:
+    """A directory that is no final classifier but looks like something near it: a pretrain.py
+    language model, or a run whose training did not finish. Raises a UserError naming what to give."""
+    if is_pretrained_language_model(path):
+        raise not_a_classifier(path)
+    latest = latest_checkpoint(path)
+    if latest:
+        raise UserError(f"holds no final model (training did not finish?); give one of its checkpoints, e.g. "
+                        f"{latest}", path)
+
+
 def remove_tree(path: str) -> None:
     """Delete a directory crash-safely: rename it to `.deleting-*` first, then remove that."""
     if not os.path.lexists(path):

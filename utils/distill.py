@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .checkpoints import COMPLETE_MARKER, latest_checkpoint
+from .checkpoints import COMPLETE_MARKER, latest_checkpoint, refuse_non_final_model
 from .checkpoints import verify as verify_checkpoint
 from .data import read_examples
 from .decoding import MULTI_CLASS, Decoder
@@ -46,7 +46,7 @@ from .errors import UserError
 from .export_files import read_decoder, read_labels, read_manifest
 from .export_format import MANIFEST_FILE, VOCAB_FILE
 from .files import write_json_atomic
-from .spec import SPEC_FILE, ModelSpec, is_pretrained_language_model, not_a_classifier
+from .spec import SPEC_FILE, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +85,7 @@ class Teacher:
             decoder = read_decoder(export, manifest, labels)
             vocab = os.path.join(export, read_config(export)["tokenizer"]["vocab_file"])
             return cls(export, "export", labels, decoder.task_type, vocab)
-        if is_pretrained_language_model(path):
-            raise not_a_classifier(path)
-        latest = latest_checkpoint(path)
-        if latest:
-            raise UserError(f"holds no final model (training did not finish?); give one of its checkpoints, e.g. "
-                            f"{latest}", path)
+        refuse_non_final_model(path)
         raise UserError(f"is not a model of this tool: no {SPEC_FILE} + model_state.pdparams, no {MANIFEST_FILE}",
                         path)
 

@@ -39,13 +39,13 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .checkpoints import latest_checkpoint
+from .checkpoints import refuse_non_final_model
 from .checkpoints import verify as verify_checkpoint
 from .decoding import MULTI_CLASS, Decoder
 from .errors import UserError
 from .export_format import MANIFEST_FILE, OUTPUT_NAME, VOCAB_FILE, view_input_names, view_suffix
 from .files import read_json, sha256_file, write_json_atomic
-from .spec import SPEC_FILE, ModelSpec, is_pretrained_language_model, not_a_classifier
+from .spec import SPEC_FILE, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +103,7 @@ def resolve_member(path: str) -> str:
     if os.path.isfile(os.path.join(path, MANIFEST_FILE)):
         raise UserError("is an export; an ensemble is built from trained models: give the train.py --output_dir it "
                         "was exported from", path)
-    if is_pretrained_language_model(path):
-        raise not_a_classifier(path)
-    latest = latest_checkpoint(path)
-    if latest:
-        raise UserError(f"holds no final model (training did not finish?); give one of its checkpoints, e.g. "
-                        f"{latest}", path)
+    refuse_non_final_model(path)
     if os.path.isdir(os.path.join(path, "runs")):
         raise UserError(f"is a multirun.py directory: give its runs, e.g. --members {os.path.join(path, 'runs', '*')} "
                         "(or run multirun.py with --ensemble)", path)
