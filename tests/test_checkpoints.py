@@ -193,3 +193,38 @@ def test_killed_at_random_moments_every_visible_checkpoint_verifies(tiny_model_d
         for name in os.listdir(out):  # anything else is either a finished file or a leftover the next start removes
             assert name.startswith(("checkpoint-", ".saving", ".deleting-", ".ptuning.lock")) or name.endswith(
                 ".tmp"), name
+
+
+@pytest.mark.parametrize("cli", ["ensemble", "teacher"])
+def test_an_unfinished_run_or_a_language_model_is_named_where_a_final_model_is_expected(cli, tiny_model_dir, tmp_path,
+                                                                                       capsys):
+    """--members and --teacher: a run directory with checkpoints but no final model points to its
+    newest complete checkpoint; a pretrain.py model says it is no classifier."""
+    import ensemble
+
+    unfinished = tmp_path / "unfinished"
+    for step in (5, 10):
+        checkpoint = unfinished / f"checkpoint-{step}"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "model_state.pdparams").write_bytes(b"weights")
+        checkpoints.write_marker(str(checkpoint), step, 1)
+    language_model = tmp_path / "tapt"
+    language_model.mkdir()
+    (language_model / "pretraining.json").write_text("{}", encoding="utf-8")
+    (language_model / "model_state.pdparams").write_bytes(b"weights")
+    for directory, message in ((unfinished, f"holds no final model (training did not finish?); give one of its "
+                                            f"checkpoints, e.g. {unfinished / 'checkpoint-10'}"),
+                               (language_model, "is a pretrain.py language model, not a classifier")):
+        if cli == "ensemble":
+            code = run_cli(ensemble.main, ["--members", str(directory), str(tmp_path / "other"), "--output_dir",
+                                           str(tmp_path / "ens")])
+        else:
+            from utils.synthetic import write_keyword_dataset
+
+            data_dir = write_keyword_dataset(str(tmp_path / "data"))
+            (tmp_path / "u.txt").write_text("苹果很甜\n", encoding="utf-8")
+            code = run_cli(train.main, ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir,
+                                        "--output_dir", str(tmp_path / "student"), "--do_train",
+                                        "--teacher", str(directory), "--unlabeled_file", str(tmp_path / "u.txt")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, err
