@@ -97,7 +97,7 @@ class Teacher:
 
             model = ExportedClassifier(self.path, device="cpu", num_threads=default_num_threads())
             return model.logits([{k: v for k, v in e.items() if k in ("text_a", "text_b")} for e in examples],
-                                batch_size=batch_size, progress=False)
+                                batch_size=batch_size, progress=len(examples) >= 1000)  # minutes on CPU: say so
         import paddle
 
         from .modeling import model_logits, rebuild_from_checkpoint
