@@ -7,6 +7,7 @@ mirror infer.py's (`--device`, `--device_id`, `--num_threads`, `--use_int8`, `--
 `--max_seq_length`). SIGTERM or Ctrl-C: stop accepting, finish in-flight requests, exit.
 """
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -15,6 +16,11 @@ import sys
 from urllib.parse import urlsplit
 
 from utils.errors import ArgumentParser, UserError, run_cli
+
+
+# uvicorn's choices; each named one needs its module (uvicorn[standard] installs both)
+LOOPS = {"auto": None, "asyncio": None, "uvloop": "uvloop"}
+HTTP_PARSERS = {"auto": None, "h11": "h11", "httptools": "httptools"}
 
 
 def build_parser():
@@ -41,6 +47,10 @@ def build_parser():
     parser.add_argument("--max_texts_per_request", type=int, default=256)
     parser.add_argument("--max_chars_per_text", type=int, default=8192)
     parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--loop", default="auto", choices=list(LOOPS),
+                        help="uvicorn's event loop (default auto: uvloop when installed, as requirements.txt does).")
+    parser.add_argument("--http", default="auto", choices=list(HTTP_PARSERS),
+                        help="uvicorn's HTTP parser (default auto: httptools when installed).")
     ray = parser.add_argument_group("Ray Serve (pip install -r requirements-ray.txt; utils/ray_serve.py)")
     ray.add_argument("--ray", metavar="auto|HOST:PORT", default=None,
                      help="Serve as a Ray Serve deployment on this Ray cluster (`auto`: the one on this node); "
@@ -86,10 +96,16 @@ def main(argv):
                            max_texts_per_request=args.max_texts_per_request,
                            max_chars_per_text=args.max_chars_per_text)
     if args.ray:
+        for flag in ("loop", "http"):
+            if getattr(args, flag) != "auto":
+                raise UserError("is for serve.py's own uvicorn; with --ray, Ray Serve's HTTP proxies serve", f"--{flag}")
         return serve_on_ray(args, config)
     for flag in ("replicas", "autoscaling_config", "max_ongoing_requests"):
         if getattr(args, flag) is not None:
             raise UserError("only with --ray", f"--{flag}")
+    for flag, module in (("loop", LOOPS[args.loop]), ("http", HTTP_PARSERS[args.http])):
+        if module and importlib.util.find_spec(module) is None:
+            raise UserError(f"{module} is not installed (pip install 'uvicorn[standard]')", f"--{flag}")
     check_port(args.host, args.port)
     import uvicorn
 
@@ -98,8 +114,8 @@ def main(argv):
     # uvicorn drains on SIGTERM/Ctrl-C, then re-raises the signal through the handler it found:
     # make that a clean exit, since the drain succeeded.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=30, access_log=args.log_level == "debug")
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level, loop=args.loop,
+                http=args.http, timeout_graceful_shutdown=30, access_log=args.log_level == "debug")
     return 0
 
 

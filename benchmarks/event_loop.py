@@ -3,7 +3,8 @@
     python benchmarks/event_loop.py [--repeats 3] [--requests 3000] [--clients 32]
 
 The tiny keyword model (bench.py's `keyword_export`, so that the HTTP side is a visible share of a
-request), one onnxruntime thread, 32 closed-loop clients of benchmarks/load.py. Per round, both
+request), serve.py --loop/--http with one onnxruntime thread (bench.py's `Server`), 32 closed-loop
+clients of benchmarks/load.py. Per round, both
 configurations side by side: requests per second, and the server process's CPU time per request
 (user + system, psutil: it does not depend on what else runs on the machine as much as wall time).
 Needs uvloop and httptools installed (requirements.txt's uvicorn[standard]). Results:
@@ -12,67 +13,26 @@ benchmarks/results_event_loop.json.
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import PY, ROOT, keyword_export, log  # noqa: E402
+from bench import ROOT, Server, keyword_export, log  # noqa: E402
 
 CONFIGS = (("asyncio", "h11"), ("uvloop", "httptools"))
-SERVER = """
-import sys, uvicorn
-from utils.service import ServiceConfig, create_app
-export, loop, http, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-uvicorn.run(create_app(ServiceConfig(export, num_threads=1)), host="127.0.0.1", port=port, loop=loop, http=http,
-            log_level="warning", access_log=False)
-"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def load(port: int, texts: str, clients: int, requests: int) -> dict:
-    out = subprocess.run([PY, os.path.join(ROOT, "benchmarks", "load.py"), "--url",
-                          f"http://127.0.0.1:{port}/models/cls_default", "--input_file", texts, "--clients",
-                          str(clients), "--requests", str(requests), "--duration", "300"],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def measure(export: str, loop: str, http: str, texts: str, clients: int, requests: int) -> dict:
-    import psutil
-
-    port = free_port()
-    server = subprocess.Popen([PY, "-c", SERVER, export, loop, http, str(port)], cwd=ROOT)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2).status == 200:
-                    break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit(f"the {loop}/{http} server did not become ready")
-                time.sleep(0.2)
-        process = psutil.Process(server.pid)
-        load(port, texts, clients, min(300, requests))  # warm-up, not counted
-        before = sum(process.cpu_times()[:2])
-        summary = load(port, texts, clients, requests)
-        cpu = sum(process.cpu_times()[:2]) - before
-        if summary["errors"]:
-            raise SystemExit(f"{summary['errors']} errors with {loop}/{http}")
-        return {"requests_per_s": summary["requests_per_s"], "server_cpu_ms_per_request": 1000 * cpu / summary["ok"],
-                "latency_ms": summary.get("latency_ms")}
-    finally:
-        server.terminate()
-        server.wait(60)
+def measure(export: str, loop: str, http: str, texts: str, clients: int, requests: int, log_path: str) -> dict:
+    """serve.py --loop/--http with 1 onnxruntime thread: one load.py run after `min(300, requests)`
+    requests not counted; the server's CPU over it (every thread: event loop and model)."""
+    with Server(export, 1, ["--loop", loop, "--http", http, "--log_level", "warning"], log_path) as server:
+        result = server.measure(texts, clients, requests, 300.0, warmup=min(300, requests))
+    if result["errors"]:
+        raise SystemExit(f"{result['errors']} errors with {loop}/{http}")
+    cpu = result["server"]["loop_cpu_s"] + result["server"]["model_cpu_s"]
+    return {"requests_per_s": result["requests_per_s"], "server_cpu_ms_per_request": 1000 * cpu / result["ok"],
+            "latency_ms": result.get("latency_ms")}
 
 
 def main() -> int:
@@ -92,7 +52,8 @@ def main() -> int:
     runs = {f"{loop}+{http}": [] for loop, http in CONFIGS}
     for round_ in range(args.repeats):
         for loop, http in CONFIGS:
-            result = measure(export, loop, http, texts, args.clients, args.requests)
+            result = measure(export, loop, http, texts, args.clients, args.requests,
+                             os.path.join(args.work_dir, f"event-loop-{loop}.log"))
             log(f"round {round_ + 1}, {loop}+{http}: {result}")
             runs[f"{loop}+{http}"].append(result)
     medians = {name: {key: statistics.median(r[key] for r in results)

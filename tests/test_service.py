@@ -265,6 +265,21 @@ def test_serve_refuses_a_missing_export_and_a_busy_port(tmp_path, export_dir, ca
     assert "--max_batch_size" in capsys.readouterr().err
 
 
+def test_serve_refuses_an_http_stack_it_cannot_use(export_dir, monkeypatch, capsys):
+    """--loop/--http: a named module that is not installed, or any choice with --ray (Ray Serve's
+    proxies serve HTTP there), is an error naming the flag, before anything starts."""
+    import importlib.util
+
+    import serve
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a))
+    assert run_cli(serve.main, ["--model_path_prefix", export_dir, "--loop", "uvloop"]) == 2
+    assert "error: --loop: uvloop is not installed" in capsys.readouterr().err
+    assert run_cli(serve.main, ["--model_path_prefix", export_dir, "--http", "h11", "--ray", "auto"]) == 2
+    assert "error: --http: is for serve.py's own uvicorn" in capsys.readouterr().err
+
+
 def test_client_py_sends_simpleserving_requests(client, monkeypatch, capsys):
     """client.py's body through the app (its HTTP call replaced by the test client)."""
     import client as client_cli
