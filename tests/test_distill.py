@@ -24,11 +24,9 @@ def lines(path):
         return [line.rstrip("\n") for line in fp if line.strip()]
 
 
-@pytest.fixture(scope="module")
-def few_gold(trained, tmp_path_factory):
-    """The keyword task with 10% of its gold labels (10 of 96 lines); the other 86 texts unlabeled."""
-    data_dir, _ = trained
-    root = tmp_path_factory.mktemp("few-gold")
+def with_few_gold(data_dir, root):
+    """A copy of `data_dir` under `root` keeping 10% of train.txt's gold lines; the other texts (labels
+    cut) in root/unlabeled.txt. Returns `(data_dir, unlabeled_file, gold kept, unlabeled)`."""
     target = root / "data"
     target.mkdir()
     for name in ("label.txt", "dev.txt", "test.txt"):
@@ -39,6 +37,12 @@ def few_gold(trained, tmp_path_factory):
     unlabeled = root / "unlabeled.txt"
     unlabeled.write_text("\n".join(line.split("\t")[0] for line in gold[keep:]) + "\n", encoding="utf-8")
     return str(target), str(unlabeled), keep, len(gold) - keep
+
+
+@pytest.fixture(scope="module")
+def few_gold(trained, tmp_path_factory):
+    """The keyword task with 10% of its gold labels (10 of 96 lines); the other 86 texts unlabeled."""
+    return with_few_gold(trained[0], tmp_path_factory.mktemp("few-gold"))
 
 
 def student_argv(model_dir, data_dir, out, *flags, steps=160):
@@ -207,23 +211,15 @@ def test_a_multi_label_teacher_teaches_a_multi_label_student(trained_multilabel,
     from utils.synthetic import MULTI_LABEL_PROMPT
 
     data_dir, teacher = trained_multilabel
-    target = tmp_path / "data"
-    target.mkdir()
-    for name in ("label.txt", "dev.txt", "test.txt"):
-        shutil.copy(os.path.join(data_dir, name), target / name)
-    gold = lines(os.path.join(data_dir, "train.txt"))
-    keep = len(gold) // 10
-    (target / "train.txt").write_text("\n".join(gold[:keep]) + "\n", encoding="utf-8")
-    unlabeled = tmp_path / "unlabeled.txt"
-    unlabeled.write_text("\n".join(line.split("\t")[0] for line in gold[keep:]) + "\n", encoding="utf-8")
+    target, unlabeled, _, n_unlabeled = with_few_gold(data_dir, tmp_path)
     out = str(tmp_path / "student")
-    argv = ["--model_name_or_path", tiny_model_dir, "--data_dir", str(target), "--output_dir", out,
-            "--prompt", MULTI_LABEL_PROMPT, "--teacher", teacher, "--unlabeled_file", str(unlabeled),
+    argv = ["--model_name_or_path", tiny_model_dir, "--data_dir", target, "--output_dir", out,
+            "--prompt", MULTI_LABEL_PROMPT, "--teacher", teacher, "--unlabeled_file", unlabeled,
             "--do_train", "--do_eval", "--do_predict", "--max_steps", "160", "--eval_steps", "40",
             "--logging_steps", "40", *FAST]
     assert run_cli(train.main, argv) == 0
     spec = read_json(os.path.join(out, "ptuning_config.json"))
-    assert spec["task_type"] == "multi-label" and spec["distillation"]["used"] == len(gold) - keep
+    assert spec["task_type"] == "multi-label" and spec["distillation"]["used"] == n_unlabeled
     header = lines(os.path.join(out, "teacher_predictions.tsv"))[0].split("\t")
     assert "labels" in header
     student = read_json(os.path.join(out, "test_results.json"))["test_micro_f1"]
