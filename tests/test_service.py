@@ -2,6 +2,7 @@
 share batches yet each gets its own answer, bad requests are 4xx naming the field, overload is 503,
 SIGTERM drains in-flight requests."""
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -108,6 +109,16 @@ def test_a_bad_request_is_a_4xx_naming_the_field(path, body, status, field, clie
     assert client.post("/predict", json={"texts": ["苹果"]}).status_code == 200  # and the service goes on
 
 
+@pytest.mark.parametrize("content_type", ["application/json", None, "text/plain"])
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b'{"texts": ["\xff\xfe"]}', b'{"texts": ["a"'],
+                         ids=["nested too deep", "not UTF-8", "cut short"])
+def test_a_body_that_is_no_json_is_400_with_any_content_type(body, content_type, client):
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post("/predict", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["field"] == "body" and "Traceback" not in response.text
+
+
 class FakeModel:
     """Stands in for ExportedClassifier: a text's row is one-hot at `int(text) % 3`; records batches."""
 
@@ -210,15 +221,15 @@ def free_port():
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_sigterm_lets_in_flight_requests_finish_then_exits(export_dir, tmp_path):
+@contextlib.contextmanager
+def serving(export_dir, cwd, *flags):
+    """serve.py in its own process on a free loopback port, ready; killed if still running after."""
     import httpx
 
     port = free_port()
     server = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--model_path_prefix", export_dir,
-                               "--port", str(port), "--num_threads", "1", "--max_wait_ms", "20",
-                               "--max_batch_size", "4"], cwd=str(tmp_path), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                               "--port", str(port), "--num_threads", "1", *flags], cwd=str(cwd),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -230,7 +241,18 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits(export_dir, tmp_path)
                 pass
             assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
             time.sleep(0.1)
+        yield server, port, url
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
+
+@pytest.mark.slow
+def test_sigterm_lets_in_flight_requests_finish_then_exits(export_dir, tmp_path):
+    import httpx
+
+    with serving(export_dir, tmp_path, "--max_wait_ms", "20", "--max_batch_size", "4") as (server, _, url):
         async def burst():
             async with httpx.AsyncClient(base_url=url, timeout=60) as http:
                 async def one(i):
@@ -245,9 +267,74 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits(export_dir, tmp_path)
         assert [r.status_code for r in responses] == [200] * 12
         assert all(len(r.json()["result"]) == 16 for r in responses)
         assert server.wait(timeout=60) == 0
-    finally:
-        if server.poll() is None:
-            server.kill()
+
+
+def test_a_body_larger_than_any_valid_request_is_413_and_the_largest_valid_one_passes(client):
+    config = ServiceConfig("the client fixture's limits", max_texts_per_request=50, max_chars_per_text=200)
+    headers = {"content-type": "application/json"}
+    largest = json.dumps({"texts": ["😀" * 200] * 50}).encode()  # 12 bytes a character, JSON-escaped
+    assert len(largest) < config.max_body_bytes  # (pairs may be as long again)
+    assert client.post("/predict", content=largest, headers=headers).status_code == 200
+    over = b'{"texts": [' + b'"x",' * (config.max_body_bytes // 4) + b'"x"]}'
+    for content in (over, iter([over])):  # with Content-Length, then chunked (no length)
+        response = client.post("/predict", content=content, headers=headers)
+        assert response.status_code == 413, response.text
+        error = response.json()["error"]
+        assert error["field"] == "body" and "--max_chars_per_text" in error["message"]
+    assert 'ptuning_request_errors_total{endpoint="other",status="413"} 2.0' in client.get("/metrics").text
+    assert client.post("/predict", json={"texts": ["苹果"]}).status_code == 200
+
+
+def test_a_chunked_body_is_read_only_up_to_the_limit():
+    from utils.service import BodyLimit
+
+    def endless(reads):
+        async def receive():
+            reads.append(1)
+            return {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+        return receive
+
+    async def call(limit, receive):
+        seen, sent = [], []
+
+        async def app(scope, receive, send):
+            seen.append(await receive())
+
+        async def send(message):
+            sent.append(message)
+
+        await BodyLimit(app, limit)({"type": "http", "headers": []}, receive, send)
+        return seen, sent
+
+    reads = []
+    seen, sent = asyncio.run(call(10_500, endless(reads)))
+    assert not seen and len(reads) == 11 and sent[0]["status"] == 413  # stopped at the 11th kB
+
+    parts = iter([b'{"texts": ', b'["a"]', b"}"])
+
+    async def chunked():
+        body = next(parts)
+        return {"type": "http.request", "body": body, "more_body": body != b"}"}
+
+    seen, sent = asyncio.run(call(10_500, chunked))
+    assert seen == [{"type": "http.request", "body": b'{"texts": ["a"]}', "more_body": False}] and not sent
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_a_client_announcing_a_huge_body_gets_413_before_sending_it(http, export_dir, tmp_path):
+    import httpx
+
+    with serving(export_dir, tmp_path, "--http", http) as (_, port, url):
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000000000000\r\n\r\n")  # a terabyte announced, none sent
+            answer = b""
+            while chunk := sock.recv(65536):  # the service answers and closes
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413"), answer
+        assert json.loads(body)["error"]["field"] == "body"
+        assert httpx.post(url + "/predict", json={"texts": ["苹果"]}, timeout=20).status_code == 200
 
 
 def test_serve_refuses_a_missing_export_and_a_busy_port(tmp_path, export_dir, capsys):

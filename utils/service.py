@@ -20,7 +20,8 @@ more (unless no other request came since the last batch: a lone client waits for
 them as one length-sorted batch in a thread (the event loop never blocks on the model) and hands
 every request its own rows, in order. A batch that fails is re-run request by
 request, so a failing request never fails its neighbours. The queue is bounded: beyond
-`max_queue` waiting texts a request gets 503 with Retry-After. Bad requests get a 4xx JSON
+`max_queue` waiting texts a request gets 503 with Retry-After; a body larger than any valid request
+(`ServiceConfig.max_body_bytes`) gets 413 unparsed. Bad requests get a 4xx JSON
 error naming the field, never a 500 or a stack trace. SIGTERM (uvicorn) stops accepting, lets
 in-flight requests finish, then drains the queue.
 """
@@ -74,6 +75,13 @@ class ServiceConfig:
         if not self.name or "/" in self.name:
             raise UserError(f"must be a non-empty name without '/', got {self.name!r}", "--name")
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body the service reads: texts and their pairs at the limits, every
+        character JSON-escaped at its longest (an emoji's two \\uXXXX: 12 bytes), plus 64 KiB for
+        the rest. A larger body can hold no valid request, so it is refused unparsed."""
+        return 2 * self.max_texts_per_request * self.max_chars_per_text * 12 + 65536
+
 
 class RequestError(Exception):
     """A request the service refuses: HTTP `status`, the `field` at fault, a message."""
@@ -81,6 +89,57 @@ class RequestError(Exception):
     def __init__(self, status: int, field: str, message: str, headers: Optional[Dict[str, str]] = None):
         super().__init__(message)
         self.status, self.field, self.message, self.headers = status, field, message, headers or {}
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 before it is parsed (the
+    service's JSON error, field "body"): at once from its Content-Length (the body is never read),
+    or, sent chunked, as soon as the bytes read pass the limit. Without it one request could make
+    the service read and parse any amount of JSON."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.datastructures import Headers
+
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.limit:
+                return await self.too_large(int(declared), scope, receive, send)
+            return await self.app(scope, receive, send)  # the server holds the body to its length
+        chunks, size = [], 0
+        while True:  # chunked: read up to the limit, then hand the app the whole body
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return await self.too_large(size, scope, receive, send, exact=False)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def too_large(self, size: int, scope, receive, send, exact: bool = True) -> None:
+        from starlette.responses import JSONResponse
+
+        message = (f"the request body is {'' if exact else 'over '}{size:,} bytes, more than this service reads "
+                   f"({self.limit:,}, set by --max_texts_per_request and --max_chars_per_text)")
+        response = JSONResponse({"error": {"status": 413, "field": "body", "message": message}}, status_code=413,
+                                headers={"Connection": "close"})  # the rest of the body is not read
+        await response(scope, receive, send)
 
 
 def overloaded(message: str) -> RequestError:
@@ -417,6 +476,8 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
     app = FastAPI(title="P-tuning text classification", lifespan=lifespan,
                   description="Serves an export directory (onnxruntime, no Paddle). SimpleServing-compatible.")
 
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)  # inside `measure`: its 413s are counted
+
     def error_response(status: int, field: str, message: str, headers=None) -> JSONResponse:
         return JSONResponse({"error": {"status": status, "field": field, "message": message}}, status_code=status,
                             headers=headers or {})
@@ -435,7 +496,9 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, "path" if exc.status_code == 404 else "request", str(exc.detail))
+        # FastAPI's 400 is a body it could not parse (not UTF-8, nested too deep for Python's parser)
+        field = {404: "path", 400: "body"}.get(exc.status_code, "request")
+        return error_response(exc.status_code, field, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):  # a bug: logged here, no trace to the client
@@ -480,7 +543,7 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
         if isinstance(body, (bytes, str)) and field == "body":  # sent without a JSON content type
             try:
                 body = json.loads(body)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # (also: not UTF-8, nested too deep)
                 raise RequestError(400, "body", f"malformed JSON: {exc}") from None
         if not isinstance(body, dict):
             raise RequestError(422, field, f"must be a JSON object, got {type(body).__name__}")
