@@ -115,10 +115,10 @@ class BodyLimit:
             message = await receive()
             if message["type"] != "http.request":
                 return  # the client left
-            size += len(message.get("body", b""))
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
             if size > self.limit:
                 return await self.too_large(size, scope, receive, send, exact=False)
-            chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
         replayed = False
@@ -133,13 +133,18 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def too_large(self, size: int, scope, receive, send, exact: bool = True) -> None:
-        from starlette.responses import JSONResponse
-
         message = (f"the request body is {'' if exact else 'over '}{size:,} bytes, more than this service reads "
                    f"({self.limit:,}, set by --max_texts_per_request and --max_chars_per_text)")
-        response = JSONResponse({"error": {"status": 413, "field": "body", "message": message}}, status_code=413,
-                                headers={"Connection": "close"})  # the rest of the body is not read
+        response = error_response(413, "body", message, {"Connection": "close"})  # the rest is not read
         await response(scope, receive, send)
+
+
+def error_response(status: int, field: str, message: str, headers: Optional[Dict[str, str]] = None):
+    """The service's one error shape: `{"error": {"status", "field", "message"}}`."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": {"status": status, "field": field, "message": message}}, status_code=status,
+                        headers=headers or {})
 
 
 def overloaded(message: str) -> RequestError:
@@ -434,7 +439,7 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
 
     from fastapi import Body, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -477,10 +482,6 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
                   description="Serves an export directory (onnxruntime, no Paddle). SimpleServing-compatible.")
 
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)  # inside `measure`: its 413s are counted
-
-    def error_response(status: int, field: str, message: str, headers=None) -> JSONResponse:
-        return JSONResponse({"error": {"status": status, "field": field, "message": message}}, status_code=status,
-                            headers=headers or {})
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):
