@@ -40,8 +40,8 @@ def build_parser():
                         help="Tokens per input (default and maximum: the exported value).")
     parser.add_argument("--max_batch_size", type=int, default=32, help="Texts per model run (default %(default)s).")
     parser.add_argument("--max_wait_ms", type=float, default=5.0,
-                        help="How long the first queued text waits for others to share its batch (default %(default)s; "
-                             "not when no other request came since the last batch).")
+                        help="How long a batch waits for more texts, from the oldest one's arrival or the last answers, "
+                             "whichever is later (default %(default)s; no wait once every request of the last round is back).")
     parser.add_argument("--max_queue", type=int, default=2048,
                         help="Texts allowed to wait; beyond, requests get 503 + Retry-After (default %(default)s).")
     parser.add_argument("--max_texts_per_request", type=int, default=256)

@@ -631,8 +631,9 @@ class Server:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         text = opener.open(self.url + "/metrics", timeout=10).read().decode()
         values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-                  if line.startswith(("ptuning_batch_size_sum", "ptuning_batch_size_count"))}
-        return {"loop_cpu_s": loop, "model_cpu_s": model, "batch_texts": values.get("ptuning_batch_size_sum", 0.0),
+                  if line.startswith(("ptuning_batch_size_sum", "ptuning_batch_size_count", "ptuning_model_seconds_total"))}
+        return {"loop_cpu_s": loop, "model_cpu_s": model, "model_busy_s": values.get("ptuning_model_seconds_total", 0.0),
+                "batch_texts": values.get("ptuning_batch_size_sum", 0.0),
                 "batches": values.get("ptuning_batch_size_count", 0.0)}
 
     def measure(self, test_file: str, clients: int, requests: int, duration: float, warmup: int = 0) -> dict:

@@ -15,8 +15,9 @@ probable first, as upstream's multi-label SimpleServing does; `parameters.prob_l
     GET  /docs, /openapi.json  (FastAPI's)
 
 Batching (Triton's dynamic batcher, in small): requests queue their texts; one worker per
-device takes up to `max_batch_size` texts, waiting at most `max_wait_ms` after the first for
-more (unless no other request came since the last batch: a lone client waits for no one), runs
+device takes up to `max_batch_size` texts, waiting at most `max_wait_ms` for more (counted from
+the later of the first text's arrival and the last answers; not once every request of the last
+round is back: a lone client waits for no one), runs
 them as one length-sorted batch in a thread (the event loop never blocks on the model) and hands
 every request its own rows, in order. A batch that fails is re-run request by
 request, so a failing request never fails its neighbours. The queue is bounded: beyond
@@ -220,6 +221,7 @@ class Batcher:
         self.queued = 0  # texts waiting
         self.in_service = 0  # requests submitted and not yet answered
         self.peak = 0  # the most requests in the service at once since the last batch was taken
+        self.answered_at = 0.0  # time.monotonic() when the last batch's answers went out
         self.closing = False
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._wakeup: Optional[asyncio.Event] = None
@@ -275,10 +277,15 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            # Wait briefly for more texts to share the batch, unless it is full already or no other
-            # request was here since the last batch: a lone client would only wait for itself.
-            deadline = self.pending[0][0].arrived + self.max_wait
-            while self.peak > 1 and self.queued < self.max_batch_size and not self.closing:
+            # Wait briefly for more texts to share the batch, unless it is full already or every
+            # request of the last round is back (a lone client would only wait for itself). The wait
+            # counts from the later of the oldest arrival and the model's last answer: counted from
+            # the arrival alone, texts queued during a run would leave at once without the clients
+            # just answered, and closed-loop clients would split into alternating half batches for
+            # good (measured: 32 clients on int8 ERNIE-base ran 16.5 texts a batch, 0.87x infer.py).
+            deadline = max(self.pending[0][0].arrived, self.answered_at) + self.max_wait
+            while (len(self.pending) < self.peak and self.queued < self.max_batch_size
+                   and not self.closing):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -300,14 +307,24 @@ class Batcher:
                         logger.exception("a request failed in the model")
                         if not request.future.done():
                             request.future.set_exception(exc)
+                self.answered_at = time.monotonic()
                 continue
             offset = 0
             for request, start, end in batch:
                 self._deliver(request, start, probs[offset:offset + end - start])
                 offset += end - start
+            self.answered_at = time.monotonic()
 
     def _run(self, batch: List[Tuple[_Request, int, int]]) -> np.ndarray:
         """In the model thread: encode every slice with its request's length, run one batch."""
+        started = time.perf_counter()
+        try:
+            return self._encode_and_run(batch)
+        finally:
+            if self.metrics:
+                self.metrics.model_seconds.inc(time.perf_counter() - started)
+
+    def _encode_and_run(self, batch: List[Tuple[_Request, int, int]]) -> np.ndarray:
         features = []
         for request, start, end in batch:
             features += self.model.encoder(request.max_seq_length).encode(request.examples[start:end])
@@ -354,6 +371,9 @@ class Metrics:
         self.batch_size = Histogram("ptuning_batch_size", "Texts per model run",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=self.registry)
         self.queue_depth = Gauge("ptuning_queue_texts", "Texts waiting for the model", registry=self.registry)
+        # Busy time of the model worker: its rate is the worker's utilisation (1.0 = never idle).
+        self.model_seconds = Counter("ptuning_model_seconds", "Time the model worker spent on batches "
+                                     "(tokenization + inference)", registry=self.registry)
         self.ready = Gauge("ptuning_ready", "1 when the model is loaded and requests are accepted",
                            registry=self.registry)
 
