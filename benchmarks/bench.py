@@ -794,6 +794,11 @@ def service_table(speed: dict, memory: dict) -> str:
             lines.append(f"| {clients} clients: texts per model run (mean) | " + " | ".join(
                 f"{at(v, clients, 'server', 'batch_texts') / at(v, clients, 'server', 'batches'):.1f}" for v in names)
                 + " | |")
+    for clients in (32, 128):
+        if clients in speed["clients"] and all("model_busy_s" in r["server"] for v in names
+                                               for r in variants[v]["load"][str(clients)]):
+            lines.append(f"| {clients} clients: model worker busy (share of the run's wall time) | " + " | ".join(
+                f"{at(v, clients, 'server', 'model_busy_s') / at(v, clients, 'wall_s'):.2f}" for v in names) + " | |")
     lines.append("| 32 clients: CPU per text, model thread(s) / event loop / load generator | " + " | ".join(
         " / ".join(f"{1000 * at(v, 32, *key) / at(v, 32, 'texts'):.1f}" for key in
                    (("server", "model_cpu_s"), ("server", "loop_cpu_s"), ("client_cpu_s",))) + " ms"
