@@ -282,7 +282,7 @@ class Batcher:
             # counts from the later of the oldest arrival and the model's last answer: counted from
             # the arrival alone, texts queued during a run would leave at once without the clients
             # just answered, and closed-loop clients would split into alternating half batches for
-            # good (measured: 32 clients on int8 ERNIE-base ran 16.5 texts a batch, 0.87x infer.py).
+            # good (measured: 32 clients on int8 ERNIE-base ran 16.5 texts a batch; now 26-31).
             deadline = max(self.pending[0][0].arrived, self.answered_at) + self.max_wait
             while (len(self.pending) < self.peak and self.queued < self.max_batch_size
                    and not self.closing):
