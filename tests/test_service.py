@@ -404,7 +404,7 @@ def closed_loop(batcher, clients, rounds, stagger_s=0.0, think_s=0.0):
     """`clients` coroutines, each submitting one text, awaiting its answer, `think_s`, and again."""
     async def client(index):
         await asyncio.sleep(index * stagger_s)
-        for round_ in range(rounds):
+        for _ in range(rounds):
             probs = await asyncio.wait_for(batcher.submit([{"text_a": str(index)}]), timeout=30)
             assert list(probs.argmax(1)) == [index % 3]
             await asyncio.sleep(think_s)
