@@ -71,6 +71,29 @@ def test_predict_endpoint_and_the_read_only_endpoints(client):
     assert "openapi" in client.get("/openapi.json").json()
 
 
+def test_every_response_is_counted_by_route_and_status_and_names_its_replica(export_dir):
+    """The metrics middleware: answers, 4xx and unknown paths are counted under the route's template
+    ("other" when none matched), each with its latency, and every response, error or not, carries
+    X-Served-By when the app serves a replica (Ray Serve)."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(ServiceConfig(export_dir, num_threads=1), served_by="node-a/4242")
+    with TestClient(app) as client:
+        responses = [client.get("/health"), client.get("/nowhere"), client.post("/models/unknown", json={}),
+                     client.post("/predict", content=b"{not json")]
+        assert [r.status_code for r in responses] == [200, 404, 404, 400]
+        assert all(r.headers["x-served-by"] == "node-a/4242" for r in responses)
+        metrics = client.get("/metrics").text
+    for line in ('ptuning_requests_total{endpoint="/health",status="200"} 1.0',
+                 'ptuning_requests_total{endpoint="other",status="404"} 1.0',
+                 'ptuning_request_errors_total{endpoint="/models/{name}",status="404"} 1.0',
+                 'ptuning_request_errors_total{endpoint="/predict",status="400"} 1.0',
+                 'ptuning_request_seconds_count{endpoint="/predict"} 1.0'):
+        assert line in metrics, line
+    assert "x-served-by" not in {k.lower() for k in TestClient(create_app(ServiceConfig(export_dir))).get(
+        "/health").headers}
+
+
 BAD_REQUESTS = [
     ("/predict", b"{not json", 400, "body"),
     ("/predict", [1, 2], 422, "body"),

@@ -140,6 +140,39 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+class Measure:
+    """ASGI middleware: each HTTP request counted and timed in `metrics` by endpoint (the route's
+    path template, "other" when none matched) and status, and `X-Served-By: served_by` added to
+    every response. Plain ASGI: Starlette's BaseHTTPMiddleware (`@app.middleware("http")`) spent
+    ~30% of the event loop's time per request here on its task group and streams."""
+
+    def __init__(self, app, metrics: "Metrics", served_by: Optional[str] = None):
+        self.app, self.metrics = app, metrics
+        self.served_by = [(b"x-served-by", served_by.encode("latin-1"))] if served_by else []
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500  # (500: the app raised before answering)
+
+        async def measured_send(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if self.served_by:
+                    message = {**message, "headers": [*message.get("headers", ()), *self.served_by]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, measured_send)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "other")  # (set in `scope` by the router)
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            if status >= 400:
+                self.metrics.errors.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
 def error_response(status: int, field: str, message: str, headers: Optional[Dict[str, str]] = None):
     """The service's one error shape: `{"error": {"status", "field", "message"}}`."""
     from starlette.responses import JSONResponse
@@ -501,7 +534,8 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
     app = FastAPI(title="P-tuning text classification", lifespan=lifespan,
                   description="Serves an export directory (onnxruntime, no Paddle). SimpleServing-compatible.")
 
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes)  # inside `measure`: its 413s are counted
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(Measure, metrics=metrics, served_by=served_by)  # outside BodyLimit: its 413s count
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):
@@ -525,20 +559,6 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
     async def internal_error(request: Request, exc: Exception):  # a bug: logged here, no trace to the client
         logger.exception("internal error")
         return error_response(500, "service", "internal error (logged by the service)")
-
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "other")
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        if response.status_code >= 400:
-            metrics.errors.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        if served_by:
-            response.headers["X-Served-By"] = served_by
-        return response
 
     def ready_batcher() -> Batcher:
         if state["error"]:
