@@ -38,6 +38,10 @@ def build_parser():
     parser.add_argument("--use_int8", action="store_true", help="The export's model_int8.onnx.")
     parser.add_argument("--max_seq_length", "--max_length", dest="max_seq_length", type=int, default=None,
                         help="Tokens per input (default and maximum: the exported value).")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="Model workers, each running its own batches on the one loaded model (Triton's instance "
+                             "count); on CPU each gets --num_threads / instances threads. Default %(default)s: lowest "
+                             "latency for a lone request; 2 on 2 cores: ~5-10%% more texts/s under load.")
     parser.add_argument("--max_batch_size", type=int, default=32, help="Texts per model run (default %(default)s).")
     parser.add_argument("--max_wait_ms", type=float, default=5.0,
                         help="How long a batch waits for more texts, from the oldest one's arrival or the last answers, "
@@ -91,7 +95,8 @@ def main(argv):
     export_dir = resolve_export_dir(args.model_path_prefix)  # a wrong path fails now, not after start-up
     config = ServiceConfig(model_path_prefix=export_dir, name=args.name, device=args.device, device_id=args.device_id,
                            num_threads=args.num_threads, use_fp16=args.use_fp16, use_int8=args.use_int8,
-                           max_seq_length=args.max_seq_length, max_batch_size=args.max_batch_size,
+                           max_seq_length=args.max_seq_length, instances=args.instances,
+                           max_batch_size=args.max_batch_size,
                            max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                            max_texts_per_request=args.max_texts_per_request,
                            max_chars_per_text=args.max_chars_per_text)

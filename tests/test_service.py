@@ -498,3 +498,54 @@ def test_a_batch_split_by_length_still_answers_every_request_in_order():
         assert list(np.argmax(probs, axis=1)) == [t % 3 for t in texts]
     assert sorted(len(b) for b in model.batches) == [4, 4]  # the short ones, then the long ones
     assert all(len({t % 2 for t in batch}) == 1 for batch in model.batches)
+
+
+class ConcurrencyProbe(FakeModel):
+    """A FakeModel that records the most runs in progress at once."""
+
+    def __init__(self, delay):
+        import threading
+
+        super().__init__(delay=delay)
+        self.lock, self.active, self.most = threading.Lock(), 0, 0
+
+    def run(self, features, batch_size=32):
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        try:
+            return super().run(features, batch_size)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_several_instances_run_batches_side_by_side_and_each_request_gets_its_own_rows():
+    """--instances 2: two workers take their own batches from the one queue and run at once on the
+    one model; every request still gets its own rows, and the queue drains on close."""
+    model = ConcurrencyProbe(delay=0.05)
+    requests = [[i, i + 100] for i in range(0, 40, 2)]
+    results = run_requests(Batcher(model, max_batch_size=4, max_wait_ms=0, max_queue=100, workers=2), requests)
+    for texts, probs in zip(requests, results):
+        assert list(np.argmax(probs, axis=1)) == [t % 3 for t in texts]
+    assert model.most == 2  # side by side, never more than the instances
+    assert sorted(t for batch in model.batches for t in batch) == sorted(t for r in requests for t in r)
+
+
+def test_one_instance_never_runs_two_batches_at_once():
+    model = ConcurrencyProbe(delay=0.02)
+    run_requests(Batcher(model, max_batch_size=2, max_wait_ms=0, max_queue=100), [[i] for i in range(10)])
+    assert model.most == 1
+
+
+def test_instances_split_the_cpu_threads_and_cannot_outnumber_them():
+    from utils.errors import UserError
+
+    assert ServiceConfig("x", num_threads=4, instances=2).model_threads("cpu") == 2
+    assert ServiceConfig("x", num_threads=3, instances=2).model_threads("cpu") == 1
+    assert ServiceConfig("x", num_threads=4).model_threads("cpu") == 4
+    assert ServiceConfig("x", device="gpu", num_threads=None, instances=2).model_threads("gpu") is None
+    with pytest.raises(UserError, match="instances"):
+        ServiceConfig("x", num_threads=1, instances=2)
+    with pytest.raises(UserError, match="instances"):
+        ServiceConfig("x", instances=0)

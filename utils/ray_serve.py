@@ -104,7 +104,10 @@ class ServiceReplica:
         import ray
 
         self.config = ServiceConfig(**config)
-        options = dict(device=self.config.device, device_id=0, num_threads=self.config.num_threads,
+        from .classifier import default_device
+
+        device = self.config.device or default_device()
+        options = dict(device=device, device_id=0, num_threads=self.config.model_threads(device),
                        use_fp16=self.config.use_fp16, use_int8=self.config.use_int8,
                        max_seq_length=self.config.max_seq_length, batch_size=self.config.max_batch_size,
                        allow_spinning=False)  # as serve.py's own: the replica's process serves HTTP too

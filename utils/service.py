@@ -59,6 +59,7 @@ class ServiceConfig:
     use_fp16: bool = False
     use_int8: bool = False
     max_seq_length: Optional[int] = None
+    instances: int = 1               # model workers sharing the one loaded model
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 2048            # texts waiting, over all requests
@@ -67,7 +68,7 @@ class ServiceConfig:
     default_top_k: int = 1
 
     def __post_init__(self):
-        for name in ("max_batch_size", "max_queue", "max_texts_per_request", "max_chars_per_text", "default_top_k"):
+        for name in ("instances", "max_batch_size", "max_queue", "max_texts_per_request", "max_chars_per_text", "default_top_k"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise UserError(f"must be a positive integer, got {value!r}", f"--{name}")
@@ -75,6 +76,18 @@ class ServiceConfig:
             raise UserError(f"must be zero or more, got {self.max_wait_ms}", "--max_wait_ms")
         if not self.name or "/" in self.name:
             raise UserError(f"must be a non-empty name without '/', got {self.name!r}", "--name")
+        if self.num_threads is not None and self.device != "gpu" and self.instances > self.num_threads:
+            raise UserError(f"is {self.instances}, more than --num_threads {self.num_threads}: on CPU each instance "
+                            "runs on its share of the threads, at least one", "--instances")
+
+    def model_threads(self, device: str) -> Optional[int]:
+        """The model's onnxruntime intra-op threads: on CPU each instance gets an equal share of
+        `num_threads` (default: physical cores), as instances run side by side; GPU: as given."""
+        if device != "cpu":
+            return self.num_threads
+        from .classifier import default_num_threads
+
+        return max(1, (self.num_threads or default_num_threads()) // self.instances)
 
     @property
     def max_body_bytes(self) -> int:
@@ -241,11 +254,15 @@ class _Request:
 
 
 class Batcher:
-    """Dynamic micro-batching in front of one model worker thread."""
+    """Dynamic micro-batching in front of `workers` model worker threads (default one).
+
+    Each worker takes its own batches from the one queue, so with several, one runs while the next
+    batch forms; they share the model (onnxruntime sessions are thread-safe; no extra memory)."""
 
     def __init__(self, model, max_batch_size: int, max_wait_ms: float, max_queue: int, metrics=None,
-                 split_by_length: bool = False):
+                 split_by_length: bool = False, workers: int = 1):
         self.model = model  # a utils.predictor.ExportedClassifier
+        self.workers = workers
         self.split_by_length = split_by_length  # CPU: run a batch as length_runs() (see there)
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -254,15 +271,17 @@ class Batcher:
         self.queued = 0  # texts waiting
         self.in_service = 0  # requests submitted and not yet answered
         self.peak = 0  # the most requests in the service at once since the last batch was taken
+        self.running = 0  # requests in the batches the workers are running now
         self.answered_at = 0.0  # time.monotonic() when the last batch's answers went out
         self.closing = False
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
         self._wakeup: Optional[asyncio.Event] = None
-        self._task: Optional[asyncio.Task] = None
+        self._tasks: List[asyncio.Task] = []
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._loop()) for _ in range(self.workers)]
 
     async def submit(self, examples: List[dict], max_seq_length: Optional[int] = None) -> np.ndarray:
         """Probabilities `[len(examples), labels]` for one request, computed in shared batches."""
@@ -316,8 +335,9 @@ class Batcher:
             # the arrival alone, texts queued during a run would leave at once without the clients
             # just answered, and closed-loop clients would split into alternating half batches for
             # good (measured: 32 clients on int8 ERNIE-base ran 16.5 texts a batch; now 26-31).
+            # Requests another worker is running cannot come back before it answers: not waited for.
             deadline = max(self.pending[0][0].arrived, self.answered_at) + self.max_wait
-            while (len(self.pending) < self.peak and self.queued < self.max_batch_size
+            while (len(self.pending) < self.peak - self.running and self.queued < self.max_batch_size
                    and not self.closing):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -327,26 +347,35 @@ class Batcher:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except asyncio.TimeoutError:
                     break
+            if not self.pending:  # another worker took them while this one waited
+                continue
             batch = self._take_batch()
             self.peak = self.in_service
+            self.running += len(batch)
             try:
-                probs = await loop.run_in_executor(self.executor, self._run, batch)
-            except Exception:  # isolate: the failing request(s) fail alone
-                for request, start, end in batch:
-                    try:
-                        self._deliver(request, start, await loop.run_in_executor(
-                            self.executor, self._run, [(request, start, end)]))
-                    except Exception as exc:  # noqa: BLE001 (reported to that request only)
-                        logger.exception("a request failed in the model")
-                        if not request.future.done():
-                            request.future.set_exception(exc)
+                await self._run_batch(loop, batch)
+            finally:
+                self.running -= len(batch)
                 self.answered_at = time.monotonic()
-                continue
-            offset = 0
+
+    async def _run_batch(self, loop, batch: List[Tuple[_Request, int, int]]) -> None:
+        """Run `batch` in a worker thread and answer its requests."""
+        try:
+            probs = await loop.run_in_executor(self.executor, self._run, batch)
+        except Exception:  # isolate: the failing request(s) fail alone
             for request, start, end in batch:
-                self._deliver(request, start, probs[offset:offset + end - start])
-                offset += end - start
-            self.answered_at = time.monotonic()
+                try:
+                    self._deliver(request, start, await loop.run_in_executor(
+                        self.executor, self._run, [(request, start, end)]))
+                except Exception as exc:  # noqa: BLE001 (reported to that request only)
+                    logger.exception("a request failed in the model")
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+            return
+        offset = 0
+        for request, start, end in batch:
+            self._deliver(request, start, probs[offset:offset + end - start])
+            offset += end - start
 
     def _run(self, batch: List[Tuple[_Request, int, int]]) -> np.ndarray:
         """In the model thread: encode every slice with its request's length, run one batch."""
@@ -381,8 +410,7 @@ class Batcher:
         self.closing = True
         if self._wakeup is not None:
             self._wakeup.set()
-        if self._task is not None:
-            await self._task
+        await asyncio.gather(*self._tasks)
         self.executor.shutdown(wait=True)
 
 
@@ -404,9 +432,9 @@ class Metrics:
         self.batch_size = Histogram("ptuning_batch_size", "Texts per model run",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=self.registry)
         self.queue_depth = Gauge("ptuning_queue_texts", "Texts waiting for the model", registry=self.registry)
-        # Busy time of the model worker: its rate is the worker's utilisation (1.0 = never idle).
-        self.model_seconds = Counter("ptuning_model_seconds", "Time the model worker spent on batches "
-                                     "(tokenization + inference)", registry=self.registry)
+        # Busy time of the model workers: its rate is their utilisation (1.0 = one worker never idle).
+        self.model_seconds = Counter("ptuning_model_seconds", "Time the model workers spent on batches "
+                                     "(tokenization + inference), summed over workers", registry=self.registry)
         self.ready = Gauge("ptuning_ready", "1 when the model is loaded and requests are accepted",
                            registry=self.registry)
 
@@ -502,8 +530,11 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
     def load() -> None:
         from .classifier import Classifier
 
-        state["classifier"] = Classifier(config.model_path_prefix, device=config.device, device_id=config.device_id,
-                                         num_threads=config.num_threads, use_fp16=config.use_fp16,
+        from .classifier import default_device
+
+        device = config.device or default_device()
+        state["classifier"] = Classifier(config.model_path_prefix, device=device, device_id=config.device_id,
+                                         num_threads=config.model_threads(device), use_fp16=config.use_fp16,
                                          use_int8=config.use_int8, max_seq_length=config.max_seq_length,
                                          batch_size=config.max_batch_size, allow_spinning=False)
 
@@ -513,7 +544,7 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
                 await asyncio.get_running_loop().run_in_executor(None, load)
             classifier = state["classifier"]
             batcher = Batcher(classifier.model, config.max_batch_size, config.max_wait_ms, config.max_queue,
-                              metrics, split_by_length=classifier.device == "cpu")
+                              metrics, split_by_length=classifier.device == "cpu", workers=config.instances)
             batcher.start()
             state["batcher"] = batcher
             metrics.ready.set(1)
