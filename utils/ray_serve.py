@@ -104,13 +104,7 @@ class ServiceReplica:
         import ray
 
         self.config = ServiceConfig(**config)
-        from .classifier import default_device
-
-        device = self.config.device or default_device()
-        options = dict(device=device, device_id=0, num_threads=self.config.model_threads(device),
-                       use_fp16=self.config.use_fp16, use_int8=self.config.use_int8,
-                       max_seq_length=self.config.max_seq_length, batch_size=self.config.max_batch_size,
-                       allow_spinning=False)  # as serve.py's own: the replica's process serves HTTP too
+        options = self.config.classifier_options(device_id=0)  # Ray gives the replica its GPU as device 0
         if "files" in shipped:  # from serve.py --ray: nested in a dict, as Serve passes init args as they are
             files = ray.get(shipped["files"])
             self.classifier, error = load_shipped(files, self.config.model_path_prefix, options)

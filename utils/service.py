@@ -80,6 +80,17 @@ class ServiceConfig:
             raise UserError(f"is {self.instances}, more than --num_threads {self.num_threads}: on CPU each instance "
                             "runs on its share of the threads, at least one", "--instances")
 
+    def classifier_options(self, device_id: Optional[int] = None) -> Dict[str, Any]:
+        """`utils.Classifier`'s keyword arguments for this service (device resolved, CPU threads
+        shared out by `model_threads`); `device_id` overrides the configured one (Ray's GPU)."""
+        from .classifier import default_device
+
+        device = self.device or default_device()
+        return dict(device=device, device_id=self.device_id if device_id is None else device_id,
+                    num_threads=self.model_threads(device), use_fp16=self.use_fp16, use_int8=self.use_int8,
+                    max_seq_length=self.max_seq_length, batch_size=self.max_batch_size,
+                    allow_spinning=False)  # the process serves HTTP too: its threads sleep between runs
+
     def model_threads(self, device: str) -> Optional[int]:
         """The model's onnxruntime intra-op threads: on CPU each instance gets an equal share of
         `num_threads` (default: physical cores), as instances run side by side; GPU: as given."""
@@ -530,13 +541,7 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
     def load() -> None:
         from .classifier import Classifier
 
-        from .classifier import default_device
-
-        device = config.device or default_device()
-        state["classifier"] = Classifier(config.model_path_prefix, device=device, device_id=config.device_id,
-                                         num_threads=config.model_threads(device), use_fp16=config.use_fp16,
-                                         use_int8=config.use_int8, max_seq_length=config.max_seq_length,
-                                         batch_size=config.max_batch_size, allow_spinning=False)
+        state["classifier"] = Classifier(config.model_path_prefix, **config.classifier_options())
 
     async def start() -> None:
         try:
