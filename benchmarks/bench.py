@@ -25,6 +25,7 @@ on the same export and inputs, for texts/s before/after.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -666,11 +667,13 @@ def load(url: str, test_file: str, clients: int, requests: int, duration: float)
 
 
 def service_speed(paths: dict, test_file: str, threads: int, repeats: int, requests: int, duration: float,
-                  latency_texts: int = 300, serve_args: List[str] = (), variants=("fp32", "int8")) -> dict:
+                  latency_texts: int = 300, serve_args: List[str] = (), variants=("fp32", "int8"),
+                  instances: Sequence[int] = (1, 2)) -> dict:
     """10: serve.py (ERNIE-base export, fp32 and int8) under 1..128 closed-loop clients, one text per
     request, against infer.py on the same file and threads; latency at 1 client against
-    ExportedClassifier.logits on one text in this process (session set up as the service's). Each round runs infer.py, the one-text
-    compute and every client count back to back (the server idles while the others run)."""
+    ExportedClassifier.logits on one text in this process (session set up as the service's). One
+    server per `--instances` count, all up at once; each round runs infer.py, the one-text compute
+    and every client count on every server back to back (the others idle meanwhile)."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from load import read_texts
     from utils.predictor import ExportedClassifier
@@ -680,7 +683,8 @@ def service_speed(paths: dict, test_file: str, threads: int, repeats: int, reque
     # The 1-client run sends exactly these texts, once each, as the compute timing does.
     examples = everything[:latency_texts]
     results = {"threads": threads, "clients": list(SERVICE_CLIENTS), "requests": requests, "duration": duration,
-               "latency_texts": len(examples), "serve_args": list(serve_args), "variants": {}}
+               "latency_texts": len(examples), "serve_args": list(serve_args), "instances": list(instances),
+               "variants": {}}
     for variant in variants:
         extra = ["--use_int8"] if variant == "int8" else []
         # In-process timings with the service's session settings (threads sleep between runs).
@@ -690,10 +694,16 @@ def service_speed(paths: dict, test_file: str, threads: int, repeats: int, reque
         features = classifier.preprocessor.encode(everything)
         out = {"infer_texts_per_s": [], "compute_one_ms": [], "arrival_batches_texts_per_s": [],
                "arrival_split_texts_per_s": [],
-               "load": {str(c): [] for c in SERVICE_CLIENTS}, "loadavg": []}
-        with Server(paths["export"], threads, [*extra, *serve_args],
-                    os.path.join(paths["ckpt"], f"serve-{variant}.log")) as server:
-            load(server.url, test_file, 8, 200, 120)  # warm-up: onnxruntime's first runs at each shape
+               "load": {str(c): [] for c in SERVICE_CLIENTS}, "loadavg": [],
+               # the same for each --instances count after the first ("load" is the first's)
+               "instances_load": {str(n): {str(c): [] for c in SERVICE_CLIENTS} for n in instances[1:]}}
+        with contextlib.ExitStack() as stack:
+            servers = {n: stack.enter_context(Server(
+                paths["export"], threads, [*extra, *serve_args, "--instances", str(n)],
+                os.path.join(paths["ckpt"], f"serve-{variant}-{n}.log"))) for n in instances}
+            for server in servers.values():
+                load(server.url, test_file, 8, 200, 120)  # warm-up: onnxruntime's first runs at each shape
+            server = servers[instances[0]]
             for i in range(repeats):
                 log(f"service {variant}, round {i + 1}/{repeats}: infer.py, one-text compute, "
                     f"{'/'.join(map(str, SERVICE_CLIENTS))} clients")
@@ -717,12 +727,15 @@ def service_speed(paths: dict, test_file: str, threads: int, repeats: int, reque
                     for first in range(0, len(features), ARRIVAL_BATCH):
                         run_batch(features[first:first + ARRIVAL_BATCH])
                     out[key].append(len(features) / (time.perf_counter() - start))
-                for clients in SERVICE_CLIENTS:
-                    out["load"][str(clients)].append(server.measure(
-                        test_file, clients, len(examples) if clients == 1 else requests, duration, warmup=clients))
+                for n, each in servers.items():
+                    runs = out["load"] if n == instances[0] else out["instances_load"][str(n)]
+                    for clients in SERVICE_CLIENTS:
+                        runs[str(clients)].append(each.measure(
+                            test_file, clients, len(examples) if clients == 1 else requests, duration, warmup=clients))
             out["server_rss_mb"] = server.rss_mb()
             out["ready_s"] = server.ready_s
         out["exit_code"] = server.exit_code
+        out["instances_exit_code"] = {str(n): servers[n].exit_code for n in instances[1:]}
         results["variants"][variant] = out
         classifier = None  # free this session before the next variant loads its own
     return results
@@ -755,9 +768,10 @@ def service_table(speed: dict, memory: dict) -> str:
     names = list(variants)
     infer = {v: median(variants[v]["infer_texts_per_s"]) for v in names}
 
-    def at(v: str, clients: int, *keys) -> float:
+    def at(v: str, clients: int, *keys, instances: Optional[int] = None) -> float:
         values = []
-        for result in variants[v]["load"][str(clients)]:
+        runs = variants[v]["load"] if instances is None else variants[v]["instances_load"][str(instances)]
+        for result in runs[str(clients)]:
             for key in keys:
                 result = result[key]
             values.append(result)
@@ -791,7 +805,7 @@ def service_table(speed: dict, memory: dict) -> str:
                 for v in names) + " | |")
     for clients in (32, 128):
         if clients in speed["clients"]:
-            lines.append(f"| {clients} clients: texts per model run (mean) | " + " | ".join(
+            lines.append(f"| {clients} clients: texts per batch (mean) | " + " | ".join(
                 f"{at(v, clients, 'server', 'batch_texts') / at(v, clients, 'server', 'batches'):.1f}" for v in names)
                 + " | |")
     for clients in (32, 128):
@@ -803,7 +817,24 @@ def service_table(speed: dict, memory: dict) -> str:
         " / ".join(f"{1000 * at(v, 32, *key) / at(v, 32, 'texts'):.1f}" for key in
                    (("server", "model_cpu_s"), ("server", "loop_cpu_s"), ("client_cpu_s",))) + " ms"
         for v in names) + " | |")
-    errors = {v: sum(r["errors"] for runs in variants[v]["load"].values() for r in runs) for v in names}
+    for n in speed.get("instances", [1])[1:]:  # the same server with --instances n, measured in the same rounds
+        for clients in speed["clients"]:
+            target = ">= 0.9x infer.py" if clients == 32 else ""
+            lines.append(f"| **--instances {n}**, {clients} client(s): texts/s (/ infer.py) | " + " | ".join(
+                f"{at(v, clients, 'texts_per_s', instances=n):.1f} "
+                f"({at(v, clients, 'texts_per_s', instances=n) / infer[v]:.2f}x)" for v in names) + f" | {target} |")
+        lines.append(f"| --instances {n}, 1 client: p50 latency (/ one text in process) | " + " | ".join(
+            f"{at(v, 1, 'latency_ms', 'p50', instances=n):.1f} ms "
+            f"({at(v, 1, 'latency_ms', 'p50', instances=n) / compute[v]:.2f}x)" for v in names) + " | |")
+        for clients in (32, 128):
+            if clients in speed["clients"]:
+                lines.append(f"| --instances {n}, {clients} clients: p50 / p99 latency; texts per batch (mean) | "
+                             + " | ".join(f"{at(v, clients, 'latency_ms', 'p50', instances=n):.1f} / "
+                                          f"{at(v, clients, 'latency_ms', 'p99', instances=n):.1f} ms; "
+                                          f"{at(v, clients, 'server', 'batch_texts', instances=n) / at(v, clients, 'server', 'batches', instances=n):.1f}"
+                                          for v in names) + " | |")
+    errors = {v: sum(r["errors"] for load in [variants[v]["load"], *variants[v].get("instances_load", {}).values()]
+                     for runs in load.values() for r in runs) for v in names}
     lines.append("| errors (all runs) | " + " | ".join(str(errors[v]) for v in names) + " | 0 |")
     if memory:
         first, second, last = memory["points"][0], memory["points"][1], memory["points"][-1]
@@ -936,6 +967,8 @@ def main() -> int:
     parser.add_argument("--service_duration", type=float, default=30.0, help="part 10: at most seconds per run")
     parser.add_argument("--latency_texts", type=int, default=300, help="part 10: texts timed at 1 client, in process")
     parser.add_argument("--service_memory_requests", type=int, default=100_000, help="part 11: requests")
+    parser.add_argument("--service_instances", default="1,2",
+                        help="part 10: serve.py --instances counts measured side by side (the first is the main rows)")
     parser.add_argument("--serve_args", default="", help="parts 10, 11: extra serve.py flags, e.g. '--max_wait_ms 0'")
     parser.add_argument("--memory", action="store_true", help="Only the streaming memory check (no ../shared).")
     parser.add_argument("--baseline", help="With --memory: an earlier checkout whose infer.py to compare.")
@@ -1003,7 +1036,8 @@ def service(args, paths: dict, test_file: str) -> dict:
     """Parts 10 and 11 with the command line's settings."""
     serve_args = args.serve_args.split()
     return {"service": service_speed(paths, test_file, args.threads, args.repeats, args.service_requests,
-                                     args.service_duration, args.latency_texts, serve_args),
+                                     args.service_duration, args.latency_texts, serve_args,
+                                     instances=[int(n) for n in args.service_instances.split(",")]),
             "service_memory": service_memory(args.work_dir, test_file, args.threads, args.service_memory_requests,
                                              serve_args=serve_args)}
 

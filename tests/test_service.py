@@ -546,6 +546,22 @@ def test_instances_split_the_cpu_threads_and_cannot_outnumber_them():
     assert ServiceConfig("x", num_threads=4).model_threads("cpu") == 4
     assert ServiceConfig("x", device="gpu", num_threads=None, instances=2).model_threads("gpu") is None
     with pytest.raises(UserError, match="instances"):
-        ServiceConfig("x", num_threads=1, instances=2)
+        ServiceConfig("x", device="cpu", num_threads=1, instances=2)
     with pytest.raises(UserError, match="instances"):
         ServiceConfig("x", instances=0)
+
+
+@pytest.mark.parametrize("found,refused", [("cpu", True), ("gpu", False)])
+def test_an_unset_device_is_judged_as_the_one_the_service_will_use(monkeypatch, found, refused):
+    """Without --device the service runs where infer.py would (CUDA if onnxruntime offers it): more
+    instances than CPU threads is refused only when that is the CPU, and the model gets that device."""
+    import utils.classifier
+    from utils.errors import UserError
+
+    monkeypatch.setattr(utils.classifier, "default_device", lambda: found)
+    if refused:
+        with pytest.raises(UserError, match="instances"):
+            ServiceConfig("x", num_threads=1, instances=2)
+    else:
+        options = ServiceConfig("x", num_threads=1, instances=2).classifier_options()
+        assert (options["device"], options["num_threads"]) == ("gpu", 1)

@@ -76,20 +76,24 @@ class ServiceConfig:
             raise UserError(f"must be zero or more, got {self.max_wait_ms}", "--max_wait_ms")
         if not self.name or "/" in self.name:
             raise UserError(f"must be a non-empty name without '/', got {self.name!r}", "--name")
-        if self.num_threads is not None and self.device != "gpu" and self.instances > self.num_threads:
+        if self.num_threads is not None and self.instances > self.num_threads and self._device() == "cpu":
             raise UserError(f"is {self.instances}, more than --num_threads {self.num_threads}: on CPU each instance "
                             "runs on its share of the threads, at least one", "--instances")
 
     def classifier_options(self, device_id: Optional[int] = None) -> Dict[str, Any]:
         """`utils.Classifier`'s keyword arguments for this service (device resolved, CPU threads
         shared out by `model_threads`); `device_id` overrides the configured one (Ray's GPU)."""
-        from .classifier import default_device
-
-        device = self.device or default_device()
+        device = self._device()
         return dict(device=device, device_id=self.device_id if device_id is None else device_id,
                     num_threads=self.model_threads(device), use_fp16=self.use_fp16, use_int8=self.use_int8,
                     max_seq_length=self.max_seq_length, batch_size=self.max_batch_size,
                     allow_spinning=False)  # the process serves HTTP too: its threads sleep between runs
+
+    def _device(self) -> str:
+        """The configured device, else what this machine's onnxruntime offers (as infer.py)."""
+        from .classifier import default_device
+
+        return self.device or default_device()
 
     def model_threads(self, device: str) -> Optional[int]:
         """The model's onnxruntime intra-op threads: on CPU each instance gets an equal share of
