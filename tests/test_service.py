@@ -532,6 +532,35 @@ def test_several_instances_run_batches_side_by_side_and_each_request_gets_its_ow
     assert sorted(t for batch in model.batches for t in batch) == sorted(t for r in requests for t in r)
 
 
+def test_idle_instances_share_the_queue_instead_of_one_taking_it_all():
+    """32 texts queued while both workers are idle: each takes half, and both run at once."""
+    model = ConcurrencyProbe(delay=0.05)
+    run_requests(Batcher(model, max_batch_size=32, max_wait_ms=0, max_queue=100, workers=2), [[i] for i in range(32)])
+    assert sorted(map(len, model.batches)) == [16, 16] and model.most == 2
+
+
+def test_closed_loop_clients_keep_every_instance_busy():
+    """Clients that send again as soon as they are answered: the worker that answered them waits for
+    its share only, so the other keeps its half (before: the first worker to wake took all 8 clients
+    every time and the second never ran)."""
+    model = ConcurrencyProbe(delay=0.02)
+    batcher = Batcher(model, max_batch_size=32, max_wait_ms=50, max_queue=100, workers=2)
+
+    async def go():
+        batcher.start()
+
+        async def client(i):
+            for _ in range(10):
+                await batcher.submit([{"text_a": str(i)}])
+
+        await asyncio.gather(*(client(i) for i in range(8)))
+        await batcher.close()
+
+    asyncio.run(go())
+    assert model.most == 2 and sum(map(len, model.batches)) == 80
+    assert max(map(len, model.batches)) < 8  # never one worker with every client
+
+
 def test_one_instance_never_runs_two_batches_at_once():
     model = ConcurrencyProbe(delay=0.02)
     run_requests(Batcher(model, max_batch_size=2, max_wait_ms=0, max_queue=100), [[i] for i in range(10)])
