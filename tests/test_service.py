@@ -50,6 +50,26 @@ def test_simpleserving_body_answers_label_names_equal_to_infer(client, export_di
     assert [[t["label"] for t in r["top_k"]] for r in result] == [[t["label"] for t in r["top_k"]] for r in records]
 
 
+def test_two_instances_answer_equal_to_infer(export_dir, tmp_path, capsys):
+    """--instances 2: the 40 texts go out in 8-text batches to both workers; the answer is infer.py's."""
+    from fastapi.testclient import TestClient
+
+    texts, path = texts_and_file(tmp_path, n=40)
+    records = infer_jsonl(capsys, export_dir, path, str(tmp_path / "out.jsonl"))
+    app = create_app(ServiceConfig(export_dir, device="cpu", num_threads=2, instances=2, max_batch_size=8))
+    with TestClient(app) as test_client:
+        deadline = time.monotonic() + 60
+        while test_client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        result = test_client.post("/predict", json={"texts": texts}).json()["predictions"]
+        batches = [line for line in test_client.get("/metrics").text.splitlines()
+                   if line.startswith("ptuning_batch_size_count ")]
+    assert [r["label"] for r in result] == [r["label"] for r in records]
+    np.testing.assert_allclose([r["confidence"] for r in result], [r["confidence"] for r in records], atol=2e-6)
+    assert float(batches[0].split()[1]) >= 5  # 40 texts, at most 8 a batch
+
+
 def test_predict_endpoint_and_the_read_only_endpoints(client):
     labels = client.get("/labels").json()
     assert labels == {"model": "cls_default", "labels": ["apple", "banana", "grape"], "pair": False,
@@ -537,6 +557,14 @@ def test_idle_instances_share_the_queue_instead_of_one_taking_it_all():
     model = ConcurrencyProbe(delay=0.05)
     run_requests(Batcher(model, max_batch_size=32, max_wait_ms=0, max_queue=100, workers=2), [[i] for i in range(32)])
     assert sorted(map(len, model.batches)) == [16, 16] and model.most == 2
+
+
+def test_a_large_request_is_shared_by_idle_instances_and_answered_in_order():
+    model = ConcurrencyProbe(delay=0.05)
+    [probs] = run_requests(Batcher(model, max_batch_size=32, max_wait_ms=0, max_queue=100, workers=2),
+                           [list(range(10))])
+    assert sorted(model.batches) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]] and model.most == 2
+    assert list(probs.argmax(1)) == [t % 3 for t in range(10)]
 
 
 def test_closed_loop_clients_keep_every_instance_busy():
