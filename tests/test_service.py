@@ -294,10 +294,12 @@ def serving(export_dir, cwd, *flags):
 
 
 @pytest.mark.slow
-def test_sigterm_lets_in_flight_requests_finish_then_exits(export_dir, tmp_path):
+@pytest.mark.parametrize("instances", ["1", "2"])
+def test_sigterm_lets_in_flight_requests_finish_then_exits(export_dir, tmp_path, instances):
     import httpx
 
-    with serving(export_dir, tmp_path, "--max_wait_ms", "20", "--max_batch_size", "4") as (server, _, url):
+    with serving(export_dir, tmp_path, "--max_wait_ms", "20", "--max_batch_size", "4",
+                 "--num_threads", instances, "--instances", instances) as (server, _, url):
         async def burst():
             async with httpx.AsyncClient(base_url=url, timeout=60) as http:
                 async def one(i):
