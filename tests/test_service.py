@@ -608,6 +608,8 @@ def test_instances_split_the_cpu_threads_and_cannot_outnumber_them():
         ServiceConfig("x", device="cpu", num_threads=1, instances=2)
     with pytest.raises(UserError, match="instances"):
         ServiceConfig("x", instances=0)
+    with pytest.raises(UserError, match="at most 64"):  # not a million threads on a GPU either
+        ServiceConfig("x", device="gpu", instances=10 ** 6)
 
 
 @pytest.mark.parametrize("found,refused", [("cpu", True), ("gpu", False)])

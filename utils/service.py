@@ -45,6 +45,7 @@ from .predictions import ranked_labels
 logger = logging.getLogger(__name__)
 
 DEFAULT_NAME = "cls_default"
+MAX_INSTANCES = 64  # model workers on one device: more is a typo (each a thread and a run in memory)
 
 
 @dataclass
@@ -76,6 +77,8 @@ class ServiceConfig:
             raise UserError(f"must be zero or more, got {self.max_wait_ms}", "--max_wait_ms")
         if not self.name or "/" in self.name:
             raise UserError(f"must be a non-empty name without '/', got {self.name!r}", "--name")
+        if self.instances > MAX_INSTANCES:
+            raise UserError(f"is {self.instances}; at most {MAX_INSTANCES} (model workers on one device)", "--instances")
         if self.num_threads is not None and self.instances > self.num_threads and self._device() == "cpu":
             raise UserError(f"is {self.instances}, more than --num_threads {self.num_threads}: on CPU each instance "
                             "runs on its share of the threads, at least one", "--instances")
