@@ -41,7 +41,8 @@ def build_parser():
     parser.add_argument("--instances", type=int, default=1,
                         help="Model workers, each running its own batches on the one loaded model (Triton's instance "
                              "count); on CPU each gets --num_threads / instances threads. Default %(default)s: lowest "
-                             "latency for a lone request; 2 on 2 cores: 4-11%% more texts/s under sustained load (BENCHMARKS.md).")
+                             "latency for a lone request; 2 on 2 cores: 4-11%% more texts/s under sustained load "
+                             "(BENCHMARKS.md).")
     parser.add_argument("--max_batch_size", type=int, default=32, help="Texts per model run (default %(default)s).")
     parser.add_argument("--max_wait_ms", type=float, default=5.0,
                         help="How long a batch waits for more texts, from the oldest one's arrival or the last answers, "
