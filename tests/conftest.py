@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny random ERNIE and the keyword task, built once per session."""
+import contextlib
 import os
 import sys
+import time
 
 import pytest
 
@@ -84,6 +86,19 @@ def read_tsv(path):
     with open(path, encoding="utf-8") as fp:
         rows = [line.rstrip("\n").split("\t") for line in fp]
     return rows[0], rows[1:]
+
+
+@contextlib.contextmanager
+def ready_client(app, timeout=60.0):
+    """A Starlette TestClient on `app`, yielded once /ready answers 200 (the model loads in a thread)."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as client:
+        deadline = time.monotonic() + timeout
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the service was not ready in time"
+            time.sleep(0.05)
+        yield client
 
 
 def shared_path(*parts):

@@ -9,7 +9,7 @@ import pytest
 
 import ensemble
 import infer
-from conftest import read_tsv
+from conftest import read_tsv, ready_client
 from utils.checkpoints import write_marker
 from utils.errors import run_cli
 
@@ -53,8 +53,6 @@ def test_ensemble_export_parity(ensemble_run, ensemble_members):
 def test_ensemble_loads_like_any_export(ensemble_run, tmp_path, capsys):
     """infer.py, the Python API and the service read the ensemble export with no flag, and agree with
     ensemble.py's own test predictions."""
-    from fastapi.testclient import TestClient
-
     from utils import Classifier
     from utils.service import ServiceConfig, create_app
 
@@ -71,9 +69,7 @@ def test_ensemble_loads_like_any_export(ensemble_run, tmp_path, capsys):
     texts = [row[0] for row in rows[:5]]
     predictions = Classifier(export_dir, num_threads=1).predict(texts)
     assert [p.label for p in predictions] == [row[2] for row in rows[:5]]
-    with TestClient(create_app(ServiceConfig(export_dir, num_threads=1))) as client:
-        while client.get("/ready").status_code != 200:
-            pass
+    with ready_client(create_app(ServiceConfig(export_dir, num_threads=1))) as client:
         body = client.post("/predict", json={"texts": texts}).json()
     assert [p["label"] for p in body["predictions"]] == [row[2] for row in rows[:5]]
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, ready_client
 from test_classifier import infer_jsonl, texts_and_file
 from utils.errors import run_cli
 from utils.service import Batcher, RequestError, ServiceConfig, create_app
@@ -27,14 +27,8 @@ def export_dir(trained):
 
 @pytest.fixture(scope="module")
 def client(export_dir):
-    from fastapi.testclient import TestClient
-
     app = create_app(ServiceConfig(export_dir, num_threads=1, max_texts_per_request=50, max_chars_per_text=200))
-    with TestClient(app) as test_client:
-        deadline = time.monotonic() + 60
-        while test_client.get("/ready").status_code != 200:  # the model loads in a thread
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    with ready_client(app) as test_client:
         yield test_client
 
 
@@ -52,16 +46,10 @@ def test_simpleserving_body_answers_label_names_equal_to_infer(client, export_di
 
 def test_two_instances_answer_equal_to_infer(export_dir, tmp_path, capsys):
     """--instances 2: the 40 texts go out in 8-text batches to both workers; the answer is infer.py's."""
-    from fastapi.testclient import TestClient
-
     texts, path = texts_and_file(tmp_path, n=40)
     records = infer_jsonl(capsys, export_dir, path, str(tmp_path / "out.jsonl"))
     app = create_app(ServiceConfig(export_dir, device="cpu", num_threads=2, instances=2, max_batch_size=8))
-    with TestClient(app) as test_client:
-        deadline = time.monotonic() + 60
-        while test_client.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    with ready_client(app) as test_client:
         result = test_client.post("/predict", json={"texts": texts}).json()["predictions"]
         batches = [line for line in test_client.get("/metrics").text.splitlines()
                    if line.startswith("ptuning_batch_size_count ")]

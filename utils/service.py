@@ -322,6 +322,11 @@ class Batcher:
         finally:
             self.in_service -= 1
 
+    @property
+    def idle(self) -> int:
+        """Workers not running a batch (the one asking included)."""
+        return self.workers - self.busy
+
     def _queued(self, delta: int) -> None:
         self.queued += delta
         if self.metrics:
@@ -360,7 +365,7 @@ class Batcher:
             # Requests another worker is running cannot come back before it answers: not waited for;
             # the rest are shared among the idle workers (this one included).
             deadline = max(self.pending[0][0].arrived, self.answered_at) + self.max_wait
-            while (len(self.pending) * (self.workers - self.busy) < self.peak - self.running
+            while (len(self.pending) * self.idle < self.peak - self.running
                    and self.queued < self.max_batch_size and not self.closing):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -372,7 +377,7 @@ class Batcher:
                     break
             if not self.pending:  # another worker took them while this one waited
                 continue
-            batch = self._take_batch(min(self.max_batch_size, -(-self.queued // (self.workers - self.busy))))
+            batch = self._take_batch(min(self.max_batch_size, -(-self.queued // self.idle)))
             self.peak = self.in_service
             self.running += len(batch)
             self.busy += 1
