@@ -12,7 +12,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from utils.errors import ArgumentParser, UserError, run_cli
+from utils.errors import ArgumentParser, UserError, run_cli, text_flag
 from utils.files import read_text_lines
 
 
@@ -32,7 +32,7 @@ def post(url: str, body: dict, timeout: float) -> dict:
 def main(argv):
     parser = ArgumentParser(prog="client.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8189/models/cls_default")
-    parser.add_argument("--text", action="append", default=[], help="A text to classify (repeatable).")
+    parser.add_argument("--text", action="append", default=[], type=text_flag, help="A text to classify (repeatable).")
     parser.add_argument("--input_file", help="One text per line (text_a<TAB>text_b for pair models).")
     parser.add_argument("--batch_size", type=int, default=32, help="Texts per request.")
     parser.add_argument("--max_seq_len", type=int, default=None)

@@ -12,20 +12,20 @@ import argparse
 import os
 import sys
 
-from utils.errors import ArgumentParser, UserError, run_cli
+from utils.errors import ArgumentParser, UserError, run_cli, text_flag
 
 
 def build_parser():
     parser = ArgumentParser(prog="explain.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resume_from_checkpoint", required=True, help="The trained model (train.py's output_dir "
                                                                           "or a checkpoint).")
-    parser.add_argument("--text", action="append", default=[], help="A text to explain (repeatable).")
+    parser.add_argument("--text", action="append", default=[], type=text_flag, help="A text to explain (repeatable).")
     parser.add_argument("--input_file", help="A file of texts to explain, one per line (a label column is ignored).")
     parser.add_argument("--data_dir", help="With --bad_cases: the dataset folder.")
     parser.add_argument("--bad_cases", choices=["dev", "test"], default=None,
                         help="Explain the split's errors, most confident first (the bad-case report).")
     parser.add_argument("--max_cases", type=int, default=20, help="Bad cases (or input lines) explained at most.")
-    parser.add_argument("--label", default=None, help="Explain this label's logit instead of the predicted one.")
+    parser.add_argument("--label", default=None, type=text_flag, help="Explain this label's logit instead of the predicted one.")
     parser.add_argument("--steps", type=int, default=32, help="Integrated-gradients steps (more: a smaller "
                                                               "completeness gap, slower).")
     parser.add_argument("--output_dir", default="./explanations", help="Where the HTML and JSON go.")

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
 
-from .errors import UserError
+from .errors import UserError, check_text
 
 
 class Choice(str, enum.Enum):
@@ -230,6 +230,8 @@ class DataArguments:
         return bool(self.teacher or self.unlabeled_file)
 
     def __post_init__(self):
+        if self.prompt is not None:
+            check_text(self.prompt, "--prompt")
         for name in ("encoder_hidden_size", "num_virtual_tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:

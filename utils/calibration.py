@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .decoding import sigmoid, softmax
-from .errors import UserError
+from .errors import UserError, check_text
 
 ECE_BINS = 15
 # Temperatures searched (log scale), then refined around the best: wide enough for a model that is
@@ -188,6 +188,8 @@ def check_reject_options(reject_threshold, other_label, flag_prefix: str = "") -
                                     or any(c in other_label for c in "\t\n,")):
         raise UserError(f"must be a non-empty name without tabs, newlines or commas, got {other_label!r}",
                         flag_prefix + "other_label")
+    if other_label is not None:
+        check_text(other_label, flag_prefix + "other_label")
 
 
 def decoder_with_reject(decoder, reject_threshold: Optional[float], other_label: Optional[str],

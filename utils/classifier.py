@@ -23,7 +23,7 @@ from typing import Iterable, List, Optional, Tuple, Union
 import numpy as np
 
 from .calibration import check_reject_options, decoder_with_reject
-from .errors import UserError
+from .errors import UserError, check_text
 from .predictions import ranked_labels
 from .predictor import CHUNK_SIZE, ExportedClassifier, classify_file, resolve_export_dir
 from .progress import Progress
@@ -246,6 +246,7 @@ class Classifier:
                 name = key if pair else "text"
                 if not isinstance(value, str):
                     raise UserError(f"{name} must be a str, got {type(value).__name__}", where)
+                check_text(value, where if not pair else f"{where}[{0 if key == 'text_a' else 1}]")
                 example[key] = value.strip()  # as infer.py reads lines
                 if not example[key]:
                     raise UserError(f"empty {name}", where)

@@ -34,6 +34,31 @@ class UserError(Exception):
         return where + self.message
 
 
+def check_text(text: str, where: str, line: Optional[int] = None) -> str:
+    """`text` if it is valid Unicode, else a `UserError` naming `where` (a flag, a request field,
+    an argument, a file and `line`). Every place a text enters calls this: Python strings can hold
+    lone surrogates that no tokenizer, JSON writer or terminal accepts: `"\\ud800"` in JSON, and on
+    Linux the bytes of a command line that are not UTF-8 (Python's surrogateescape, U+DC80..U+DCFF).
+    Files need no call: they are decoded strictly (utils/files.py), which refuses both."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        what = (f"U+{code:04X}, which stands for the byte 0x{code - 0xDC00:02X} of text that is not UTF-8 (another "
+                "encoding, such as GBK? convert it to UTF-8)" if 0xDC80 <= code <= 0xDCFF
+                else f"a lone surrogate U+{code:04X} (half of a UTF-16 pair without its other half)")
+        raise UserError(f"not valid Unicode: character {exc.start + 1} is {what}", where, line) from None
+    return text
+
+
+def text_flag(value: str) -> str:
+    """argparse `type=` of a flag that takes a text (not a path): `check_text`, the error naming the flag."""
+    try:
+        return check_text(value, "")
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are `UserError`s: one paragraph naming the flag, like every other error."""
 

@@ -191,13 +191,13 @@ def format_report(checks: List[WordCheck], ranked: Optional[Dict[str, List[Candi
 
 
 def main(argv=None) -> int:
-    from .errors import ArgumentParser, run_cli
+    from .errors import ArgumentParser, run_cli, text_flag
 
     parser = ArgumentParser(prog="python -m utils.label_words", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", required=True, help="Dataset folder with label.txt (and train.txt to rank).")
     parser.add_argument("--model_name_or_path", required=True, help="The PLM whose tokenizer and MLM head to ask.")
-    parser.add_argument("--prompt", default="", help="Plain-text prompt between the text and the mask.")
+    parser.add_argument("--prompt", default="", type=text_flag, help="Plain-text prompt between the text and the mask.")
     parser.add_argument("--top_tokens", type=int, default=DEFAULT_TOP_TOKENS,
                         help="MLM-head candidates per label (0: only label.txt's alternatives).")
     parser.add_argument("--max_examples", type=int, default=32, help="Training texts per label used for ranking.")

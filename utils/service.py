@@ -39,7 +39,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, check_text
 from .predictions import ranked_labels
 
 logger = logging.getLogger(__name__)
@@ -503,6 +503,10 @@ def check_texts(texts: Any, field: str, pair: bool, config: ServiceConfig, pairs
         for key, value in fields.items():
             if not isinstance(value, str):
                 raise RequestError(422, where, f"{key} must be a string, got {type(value).__name__}")
+            try:
+                check_text(value, text_field(field, index, key, pair, pairs is not None))
+            except UserError as exc:  # a lone surrogate ("\ud800" in the JSON): no tokenizer takes it
+                raise RequestError(400, exc.path, exc.message) from None
             value = value.strip()
             if not value:
                 raise RequestError(422, where, "is empty")
@@ -512,6 +516,16 @@ def check_texts(texts: Any, field: str, pair: bool, config: ServiceConfig, pairs
             example[key] = value
         examples.append(example)
     return examples
+
+
+def text_field(field: str, index: int, key: str, pair: bool, separate_pairs: bool) -> str:
+    """Where one text of a request is: `texts[3]`, a pair's `texts[3][1]`, or SimpleServing's
+    `data.text_pair[3]`."""
+    if not pair:
+        return f"{field}[{index}]"
+    if separate_pairs:
+        return f"{field}[{index}]" if key == "text_a" else f"data.text_pair[{index}]"
+    return f"{field}[{index}][{0 if key == 'text_a' else 1}]"
 
 
 def check_top_k(value: Any, field: str, labels: int, default: int) -> int:
@@ -680,6 +694,10 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
         body = body_dict(body)
         unknown = sorted(set(body) - {"texts", "top_k", "threshold"})
         if unknown:
+            try:
+                check_text(unknown[0], "body")  # (the error names the field: it must be writable as JSON)
+            except UserError as exc:
+                raise RequestError(400, "body", f"a field name is {exc.message}") from None
             raise RequestError(422, unknown[0], "unknown field (allowed: texts, top_k, threshold)")
         if "texts" not in body:
             raise RequestError(422, "texts", "is required")

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Iterable, List, Optional
 
-from .errors import ArgumentParser, UserError, run_cli
+from .errors import ArgumentParser, UserError, run_cli, text_flag
 from .files import atomic_directory, read_text_lines, write_json_atomic, write_text_atomic
 
 MARKER_FILE = "NOT_PRETRAINED.json"
@@ -152,7 +152,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--data_dir", action="append", default=[],
                         help="dataset folder(s) whose characters make the vocab (repeatable)")
     parser.add_argument("--vocab_file", help="use this vocab (e.g. the real ERNIE 3.0 vocab) instead")
-    parser.add_argument("--extra_text", action="append", default=[], help="more text for the vocab (prompts)")
+    parser.add_argument("--extra_text", action="append", default=[], type=text_flag, help="more text for the vocab (prompts)")
     parser.add_argument("--preset", choices=PRESETS, default="tiny")
     parser.add_argument("--hidden_size", type=int)
     parser.add_argument("--num_hidden_layers", type=int)
