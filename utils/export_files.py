@@ -35,8 +35,15 @@ def resolve_export_dir(model_path_prefix: str) -> str:
     for candidate in (model_path_prefix, os.path.dirname(model_path_prefix)):
         if candidate and os.path.isfile(os.path.join(candidate, MANIFEST_FILE)):
             return candidate
-    if os.path.isdir(model_path_prefix) or os.path.isdir(os.path.dirname(model_path_prefix) or "."):
+    if os.path.isdir(model_path_prefix):
         raise UserError(f"is not an export directory ({MANIFEST_FILE} missing); {EXPORT_HINT}", model_path_prefix)
+    if os.path.exists(model_path_prefix):
+        raise UserError(f"is a file, not an export directory (nor is its directory one: {MANIFEST_FILE} missing); "
+                        f"{EXPORT_HINT}", model_path_prefix)
+    parent = os.path.dirname(model_path_prefix)
+    if parent and os.path.isdir(parent):  # read as upstream's prefix dir/model, it names no export either
+        raise UserError(f"export directory not found, and {parent} is not an export directory either ({MANIFEST_FILE} "
+                        f"missing); {EXPORT_HINT}", model_path_prefix)
     raise UserError(f"export directory not found; {EXPORT_HINT}", model_path_prefix)
 
 
