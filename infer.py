@@ -39,8 +39,9 @@ def build_parser():
     parser.add_argument("--batch_size", type=int, default=32,
                         help="Texts per batch (default %(default)s: with length-sorted batches, larger batches "
                              "only cost memory on CPU; see BENCHMARKS.md).")
-    parser.add_argument("--device", choices=["cpu", "gpu"], default=None,
-                        help="Default: gpu when onnxruntime-gpu's CUDA provider is available, else cpu.")
+    parser.add_argument("--device", default=None,
+                        help="cpu, gpu or gpu:N (GPU N, as --device_id N). Default: gpu when onnxruntime-gpu's CUDA "
+                             "provider is available, else cpu.")
     parser.add_argument("--device_id", type=int, default=0)
     parser.add_argument("--num_threads", "--cpu_threads", dest="num_threads", type=int, default=None,
                         help="CPU threads (default: physical cores).")
@@ -71,12 +72,16 @@ def build_parser():
     return parser
 
 
-def note_unused_flags(args, export_dir: str, device: str) -> None:
+def note_unused_flags(args, export_dir: str, device: str, remote: bool = False) -> None:
     if args.model_name_or_path is not None:
         print("note: --model_name_or_path is not needed: using the export's own tokenizer "
               f"({export_dir}/vocab.txt)", file=sys.stderr)
-    if args.use_fp16 and device != "gpu":
-        print("note: --use_fp16 only applies with --device gpu; running fp32 on CPU", file=sys.stderr)
+    if remote:  # (a local Classifier says it itself)
+        from utils.classifier import fp16_note
+
+        note = fp16_note(args.use_fp16, device)
+        if note:
+            print(note, file=sys.stderr)
 
 
 def terminate(signum, frame):
@@ -94,6 +99,9 @@ def main(argv):
     from utils.calibration import check_reject_options
 
     check_reject_options(args.reject_threshold, args.other_label, "--")
+    from utils.classifier import split_device
+
+    device, device_id = split_device(args.device, args.device_id, "--")
     if args.prompt is not None:
         raise UserError("the export carries the template it was trained with (template.json, preprocess.json); "
                         "drop --prompt, or train and export a model with the prompt you want", "--prompt")
@@ -110,13 +118,13 @@ def main(argv):
     open_for_reading(input_path, "input file").close()
     check_output_file(output_path, not_same_as=input_path)
 
-    options = dict(device=args.device, num_threads=args.num_threads, use_fp16=args.use_fp16,
+    options = dict(device=device, num_threads=args.num_threads, use_fp16=args.use_fp16,
                    use_int8=args.use_int8, max_seq_length=args.max_seq_length, batch_size=args.batch_size,
                    reject_threshold=args.reject_threshold, other_label=args.other_label)
     # A scheduler's SIGTERM unwinds like Ctrl-C, so the partial output is removed on the way out.
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        summary = classify(args, input_path, output_path, options)
+        summary = classify(args, input_path, output_path, options, device_id)
     except UserError as exc:
         if exc.path in ("reject_threshold", "other_label"):  # the API's argument is this script's flag
             raise UserError(exc.message, "--" + exc.path) from None
@@ -127,7 +135,7 @@ def main(argv):
     return 0
 
 
-def classify(args, input_path: str, output_path: str, options: dict) -> dict:
+def classify(args, input_path: str, output_path: str, options: dict, device_id: int = 0) -> dict:
     """Classify the input file locally or on a Ray cluster; return the summary."""
     if args.ray:
         from utils.ray_infer import classify_file_on_ray
@@ -135,11 +143,11 @@ def classify(args, input_path: str, output_path: str, options: dict) -> dict:
         summary = classify_file_on_ray(args.ray, args.model_path_prefix, input_path, output_path,
                                        top_k=args.top_k, sort_by_length=not args.file_order,
                                        chunk_size=args.chunk_size, **options)
-        note_unused_flags(args, os.path.dirname(summary["model"]), summary["device"])
+        note_unused_flags(args, os.path.dirname(summary["model"]), summary["device"], remote=True)
     else:
         from utils.classifier import Classifier
 
-        classifier = Classifier(args.model_path_prefix, device_id=args.device_id, **options)
+        classifier = Classifier(args.model_path_prefix, device_id=device_id, **options)
         note_unused_flags(args, classifier.export_dir, classifier.device)
         summary = classifier.classify_file(input_path, output_path, top_k=args.top_k,
                                            sort_by_length=not args.file_order, chunk_size=args.chunk_size)

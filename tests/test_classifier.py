@@ -143,16 +143,114 @@ def test_a_pair_model_refuses_single_texts_naming_the_index(pair_export, texts, 
     assert str(error.value) == message
 
 
-def test_bad_arguments_are_user_errors_before_the_model_loads(tmp_path):
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, "batch_size: must be a positive integer, got 0"),
+    ({"batch_size": -3}, "batch_size: must be a positive integer, got -3"),
+    ({"batch_size": "8"}, "batch_size: must be a positive integer, got '8'"),
+    ({"num_threads": -1}, "num_threads: must be a positive integer, got -1"),
+    ({"max_seq_length": 1.5}, "max_seq_length: must be a positive integer, got 1.5"),
+    ({"max_seq_length": 0}, "max_seq_length: must be a positive integer, got 0"),
+    ({"device": "tpu"}, "device: must be cpu, gpu or gpu:N, got 'tpu'"),
+    ({"device": "gpu:x"}, "device: must be cpu, gpu or gpu:N, got 'gpu:x'"),
+    ({"device": "GPU"}, "device: must be cpu, gpu or gpu:N, got 'GPU'"),
+    ({"device": 0}, "device: must be cpu, gpu or gpu:N, got 0"),
+    ({"device": "gpu:1", "device_id": 2}, "device: names GPU 1 and device_id 2: give one of them"),
+    ({"device_id": -1}, "device_id: must be a GPU number, 0 or more, got -1"),
+    ({"device_id": "1"}, "device_id: must be a GPU number, 0 or more, got '1'"),
+    ({"use_fp16": "yes"}, "use_fp16: must be True or False, got 'yes'"),
+    ({"use_int8": 1}, "use_int8: must be True or False, got 1"),
+    ({"allow_spinning": None}, "allow_spinning: must be True or False, got None"),
+    ({"reject_threshold": 0}, "reject_threshold: must be a number in (0, 1], got 0"),
+    ({"other_label": "a,b"}, "other_label: must be a non-empty name without tabs, newlines or commas"),
+], ids=lambda v: ",".join(f"{k}={v[k]!r}" for k in v) if isinstance(v, dict) else None)
+def test_bad_arguments_are_user_errors_naming_them_before_the_model_loads(tmp_path, kwargs, message):
     from utils import Classifier
 
-    for kwargs, message in [({"batch_size": 0}, "batch_size: must be a positive integer, got 0"),
-                            ({"num_threads": -1}, "num_threads: must be a positive integer, got -1"),
-                            ({"max_seq_length": 1.5}, "max_seq_length: must be a positive integer, got 1.5")]:
-        with pytest.raises(UserError, match=message):
-            Classifier(str(tmp_path / "no-export"), **kwargs)  # the export does not exist: not reached
-    with pytest.raises(UserError, match="is not an export directory"):
+    with pytest.raises(UserError) as error:
+        Classifier(str(tmp_path / "no-export"), **kwargs)  # the export does not exist: not reached
+    assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize("model_path", [None, 42, b"checkpoints/export", ""])
+def test_a_model_path_that_is_no_path_is_a_user_error_naming_the_argument(model_path):
+    from utils import Classifier
+
+    with pytest.raises(UserError) as error:
+        Classifier(model_path)
+    assert str(error.value).startswith(f"model_path: must be the path of an export directory (a str), got "
+                                       f"{model_path!r}")
+
+
+def test_a_missing_export_is_not_found_and_a_directory_without_a_manifest_is_no_export(tmp_path, trained):
+    from utils import Classifier
+
+    with pytest.raises(UserError) as error:
         Classifier(str(tmp_path / "no-export"))
+    assert str(error.value).startswith(f"{tmp_path / 'no-export'}: export directory not found")
+    with pytest.raises(UserError) as error:
+        Classifier(str(tmp_path / "a" / "b"))
+    assert str(error.value).startswith(f"{tmp_path / 'a' / 'b'}: export directory not found; make one with")
+    with pytest.raises(UserError) as error:
+        Classifier(str(tmp_path))
+    assert str(error.value).startswith(f"{tmp_path}: is not an export directory (manifest.json missing)")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file, not an export directory"):
+        Classifier(str(tmp_path / "file"))
+    import pathlib
+
+    assert Classifier(pathlib.Path(trained[1]) / "export" / "model", num_threads=1).labels  # a Path works too
+
+
+def test_device_gpu_n_selects_gpu_n_in_the_api_and_infer(trained, tmp_path, monkeypatch, capsys):
+    """`gpu:N` reaches onnxruntime's CUDA provider as device N (checked without a GPU: the session
+    factory records what it was asked for and builds a CPU session)."""
+    import utils.predictor
+    from utils import Classifier
+
+    asked = []
+    real = utils.predictor.create_session
+
+    def recording(model_path, device="cpu", device_id=0, *args):
+        asked.append((device, device_id))
+        return real(model_path, "cpu", 0, *args)
+
+    monkeypatch.setattr(utils.predictor, "create_session", recording)
+    export = os.path.join(trained[1], "export")
+    clf = Classifier(export, device="gpu:1", num_threads=1)
+    assert asked == [("gpu", 1)] and clf.device == "gpu"
+    Classifier(export, device="gpu", device_id=3, num_threads=1)
+    Classifier(export, device="gpu:2", device_id=2, num_threads=1)
+    assert asked[1:] == [("gpu", 3), ("gpu", 2)]
+    texts, path = texts_and_file(tmp_path, n=5)
+    assert run_cli(infer.main, ["--model_path_prefix", export, "--input_file", path, "--output_file",
+                                str(tmp_path / "o.tsv"), "--device", "gpu:4", "--num_threads", "1"]) == 0
+    assert asked[3:] == [("gpu", 4)] and json.loads(capsys.readouterr().out)["device"] == "gpu"
+    for flags, message in ((["--device", "gpu:1", "--device_id", "2"], "error: --device: names GPU 1 and --device_id 2"),
+                           (["--device", "tpu"], "error: --device: must be cpu, gpu or gpu:N, got 'tpu'"),
+                           (["--device_id", "-1"], "error: --device_id: must be a GPU number, 0 or more, got -1")):
+        assert run_cli(infer.main, ["--model_path_prefix", export, "--input_file", path, *flags]) == 2
+        assert capsys.readouterr().err.startswith(message)
+    assert len(asked) == 4  # refused before any model loads
+
+
+def test_use_fp16_off_a_gpu_gives_infer_pys_note_in_the_api_too(trained, tmp_path, caplog):
+    from utils import Classifier
+
+    export = os.path.join(trained[1], "export")
+    with caplog.at_level("WARNING", logger="utils.classifier"):
+        clf = Classifier(export, device="cpu", use_fp16=True, num_threads=1)
+    assert clf.model_path.endswith("model.onnx")  # fp32
+    note = "note: use_fp16 (--use_fp16) only applies on a GPU; running the fp32 model on CPU"
+    assert [r.getMessage() for r in caplog.records] == [note]
+    caplog.clear()
+    Classifier(export, device="cpu", num_threads=1)
+    assert not caplog.records
+    texts, path = texts_and_file(tmp_path, n=3)
+    result = subprocess.run([sys.executable, "infer.py", "--model_path_prefix", export, "--input_file", path,
+                             "--output_file", str(tmp_path / "o.tsv"), "--device", "cpu", "--use_fp16",
+                             "--num_threads", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count(note) == 1, result.stderr
 
 
 def test_defaults_gpu_when_cuda_is_available_and_physical_cores(classifier, trained, monkeypatch):

@@ -16,6 +16,7 @@ same chunks, same ranking. infer.py is the command line over `Classifier.classif
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Tuple, Union
@@ -29,6 +30,8 @@ from .predictor import CHUNK_SIZE, ExportedClassifier, classify_file, resolve_ex
 from .progress import Progress
 
 __all__ = ["Classifier", "LabelSetPrediction", "Prediction", "default_device", "default_num_threads"]
+
+logger = logging.getLogger(__name__)
 
 Text = Union[str, Tuple[str, str]]
 
@@ -50,6 +53,31 @@ def default_num_threads() -> int:
 def check_positive(value, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise UserError(f"must be a positive integer, got {value!r}", name)
+
+
+def split_device(device: Optional[str], device_id: int = 0, prefix: str = "") -> Tuple[Optional[str], int]:
+    """`device` ("cpu", "gpu", "gpu:N" as train.py takes it, or None: the default) and `device_id`
+    -> `(cpu|gpu|None, GPU number)`; "gpu:N" sets the number. Errors name the argument (`prefix`
+    "--": infer.py's flags)."""
+    from .args import DEVICE_PATTERN
+
+    if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+        raise UserError(f"must be a GPU number, 0 or more, got {device_id!r}", prefix + "device_id")
+    if device is None:
+        return None, device_id
+    if not isinstance(device, str) or not DEVICE_PATTERN.match(device):
+        raise UserError(f"must be cpu, gpu or gpu:N, got {device!r}", prefix + "device")
+    kind, _, number = device.partition(":")
+    if number and device_id not in (0, int(number)):
+        raise UserError(f"names GPU {number} and {prefix}device_id {device_id}: give one of them", prefix + "device")
+    return kind, int(number) if number else device_id
+
+
+def fp16_note(use_fp16: bool, device: str) -> Optional[str]:
+    """What infer.py, serve.py and the API say when fp16 is asked for where it does not apply."""
+    if use_fp16 and device != "gpu":
+        return f"note: use_fp16 (--use_fp16) only applies on a GPU; running the fp32 model on {device.upper()}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -79,9 +107,9 @@ class LabelSetPrediction:
 class Classifier:
     """An export directory (or its `dir/model` prefix) loaded for classification on onnxruntime.
 
-    `device`: "cpu" or "gpu" (default: `default_device()`); `num_threads`: CPU threads (default on
-    CPU: `default_num_threads()`); `use_fp16` (GPU) / `use_int8` pick the export's fp16 / int8
-    model; `max_seq_length` may shorten the exported one; `batch_size`: texts per onnxruntime run;
+    `device`: "cpu", "gpu" or "gpu:N" (GPU N: `device_id` N; default: `default_device()`);
+    `num_threads`: CPU threads (default on CPU: `default_num_threads()`); `use_fp16` (GPU; off a
+    GPU, infer.py's note is logged) / `use_int8` pick the export's fp16 / int8 model; `max_seq_length` may shorten the exported one; `batch_size`: texts per onnxruntime run;
     `allow_spinning=False` lets onnxruntime's threads sleep between runs instead of spin-waiting
     (for a process that needs the cores for other work too, like serve.py).
     `reject_threshold` / `other_label` (multi-class): replace the export's reject option; a text
@@ -95,13 +123,24 @@ class Classifier:
                  max_seq_length: Optional[int] = None, batch_size: int = 32,
                  reject_threshold: Optional[float] = None, other_label: Optional[str] = None,
                  allow_spinning: bool = True):
+        if isinstance(model_path, os.PathLike):
+            model_path = os.fspath(model_path)
+        if not isinstance(model_path, str) or not model_path:
+            raise UserError(f"must be the path of an export directory (a str), got {model_path!r}", "model_path")
         check_positive(batch_size, "batch_size")
         check_reject_options(reject_threshold, other_label)
         for name, value in (("num_threads", num_threads), ("max_seq_length", max_seq_length)):
             if value is not None:
                 check_positive(value, name)
+        for name, value in (("use_fp16", use_fp16), ("use_int8", use_int8), ("allow_spinning", allow_spinning)):
+            if not isinstance(value, bool):
+                raise UserError(f"must be True or False, got {value!r}", name)
+        device, device_id = split_device(device, device_id)
         self.export_dir = resolve_export_dir(model_path)
         self.device = device or default_device()
+        note = fp16_note(use_fp16, self.device)
+        if note:
+            logger.warning(note)
         if num_threads is None and self.device == "cpu":
             num_threads = default_num_threads()
         self.num_threads = num_threads
