@@ -64,14 +64,41 @@ def test_non_utf8_names_line(tmp_path):
     ("hierarchical", "体育\n体育##比赛\n科技##手机\n", 3,
      "the parent path '科技' of '科技##手机' is not in label.txt: hierarchical labels list every node"),
     ("hierarchical", "a\na##b\na##b##c\nd##e##f\nd\n", 4, "the parent path 'd##e' of 'd##e##f'"),
-    ("hierarchical", "a\na####b\n", 2, "has an empty level"),
-    ("hierarchical", "a\n##b\n", 2, "has an empty level"),
 ])
 def test_label_paths_and_commas_by_task_type(tmp_path, task_type, text, line, message):
     path = write(tmp_path, text)
     with pytest.raises(UserError) as info:
         read_label_file(path, task_type)
     assert str(info.value).startswith(f"{path}:{line}: ") and message in str(info.value)
+
+
+EMPTY_LEVELS = ["体育####比赛", "##体育", "体育##", "体育## ##x", " ## "]
+
+
+@pytest.mark.parametrize("label", EMPTY_LEVELS)
+@pytest.mark.parametrize("word", ["", "==比赛"], ids=["no word", "with a word"])
+def test_a_hierarchical_label_with_an_empty_level_is_named_so_in_label_txt(tmp_path, label, word):
+    path = write(tmp_path, f"体育\n体育##比赛\n{label}{word}\n")
+    with pytest.raises(UserError) as info:
+        read_label_file(path, "hierarchical")
+    assert str(info.value) == (f"{path}:3: label path {label.strip()!r} has an empty level (write `A##B`, each "
+                               "level named)")
+
+
+@pytest.mark.parametrize("label", EMPTY_LEVELS)
+def test_a_hierarchical_data_line_with_an_empty_level_is_named_so(tmp_path, label):
+    """Not "not in label.txt": the README promises the empty level is named, in data lines too."""
+    from utils.data import load_dataset_dir
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write(data, "体育\n体育##比赛\n科技\n")
+    write(data, "比赛新闻\t体育##比赛\n手机新闻\t科技\n", name="dev.txt")
+    write(data, f"比赛新闻\t体育##比赛\n手机新闻\t科技,{label}\n", name="train.txt")
+    with pytest.raises(UserError) as info:
+        load_dataset_dir(str(data), task_type="hierarchical")
+    assert str(info.value) == (f"{data / 'train.txt'}:2: label path {label.strip()!r} has an empty level (write "
+                               "`A##B`, each level named)")
 
 
 def test_the_same_files_are_fine_where_the_rules_do_not_apply(tmp_path):

@@ -55,7 +55,15 @@ class LabelSet:
         return [self.label_words[label] for label in self.labels]
 
 
-def parse_label_line(line: str, path: str, number: int):
+def empty_level_error(label: str, path: str, number: int) -> UserError:
+    return UserError(f"label path {label!r} has an empty level (write `A##B`, each level named)", path, number)
+
+
+def has_empty_level(label: str) -> bool:
+    return any(not part.strip() for part in label.split(LEVEL_SEPARATOR))
+
+
+def parse_label_line(line: str, path: str, number: int, task_type: str = MULTI_CLASS):
     """Return `(label, word)` for one line of label.txt."""
     text = line.strip()
     parts = text.split("==")
@@ -66,6 +74,8 @@ def parse_label_line(line: str, path: str, number: int):
         raise UserError(f"empty label name in {text!r}", path, number)
     if "\t" in label:
         raise UserError(f"a label name cannot contain a tab: {label!r}", path, number)
+    if task_type == HIERARCHICAL and has_empty_level(label):  # (`体育##` too: before its word is looked at)
+        raise empty_level_error(label, path, number)
     if len(parts) == 2:
         word = parts[1].strip()
         if not word:
@@ -84,7 +94,7 @@ def read_label_file(path: str, task_type: str = MULTI_CLASS) -> LabelSet:
     lines: Dict[str, int] = {}
     alternatives: Dict[str, List[str]] = {}
     for number, line in read_text_lines(path, what="label file"):
-        label, word = parse_label_line(line, path, number)
+        label, word = parse_label_line(line, path, number, task_type)
         if "|" in word:  # `w1|w2|...`: the first is the label word, the others candidates for the checker
             words = [w.strip() for w in word.split("|")]
             if not all(words):
@@ -95,9 +105,6 @@ def read_label_file(path: str, task_type: str = MULTI_CLASS) -> LabelSet:
         if task_type != MULTI_CLASS and LABEL_SEPARATOR in label:
             raise UserError(f"label {label!r} contains `{LABEL_SEPARATOR}`, which separates labels on a "
                             f"--task_type {task_type} data line; rename it", path, number)
-        if task_type == HIERARCHICAL and any(not part.strip() for part in label.split(LEVEL_SEPARATOR)):
-            raise UserError(f"label path {label!r} has an empty level (write `A##B`, each level named)", path,
-                            number)
         label_words[label] = word
         lines[label] = number
     if len(label_words) < 2:
@@ -149,6 +156,8 @@ def parse_label_field(text: str, label_to_id: Dict[str, int], path: str, number:
         if not label:
             raise UserError(f"empty label between commas in {text!r}", path, number)
         if label not in label_to_id:
+            if task_type == HIERARCHICAL and has_empty_level(label):
+                raise empty_level_error(label, path, number)
             hint = "; labels are separated by an ASCII comma `,`, not `，`" if "，" in label else ""
             raise UserError(f"label {label!r} is not in {LABEL_FILE} {known()}{hint}", path, number)
         if label in seen:
