@@ -14,12 +14,15 @@ numpy only (the reliability diagram imports matplotlib when drawn).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .decoding import sigmoid, softmax
 from .errors import UserError, check_text
+
+logger = logging.getLogger(__name__)
 
 ECE_BINS = 15
 # Temperatures searched (log scale), then refined around the best: wide enough for a model that is
@@ -46,13 +49,35 @@ def nll(logits: np.ndarray, gold: np.ndarray, temperature: float = 1.0, multi_la
 
 def fit_temperature(logits: np.ndarray, gold, multi_label: bool = False) -> float:
     """The T > 0 minimising dev NLL: a log-spaced grid, then golden-section search around the best
-    (NLL is unimodal in log T for all practical purposes; no optimiser dependency)."""
+    (NLL is unimodal in log T for all practical purposes; no optimiser dependency).
+
+    When the NLL is lowest at an end of [T_MIN, T_MAX], dev.txt does not pin a temperature down
+    (a one-line dev set always does this: right, any smaller T is better; wrong, any larger): the
+    bound would be a fit of nothing, so T = 1 (uncalibrated) is returned, with a warning saying so."""
     logits = np.asarray(logits, dtype=np.float64)
     if not len(logits):
+        logger.warning("--calibrate: dev.txt has no texts to fit a temperature on; the model stays uncalibrated "
+                       "(T = 1)")
         return 1.0
+    fitted, bound = _minimise_nll(logits, gold, multi_label)
+    if bound is not None:
+        what = ("every dev answer is right, so the sharper the better" if bound == T_MIN
+                else "the wrong dev answers outweigh the right ones, so the flatter the better")
+        logger.warning("--calibrate: the temperature that fits dev.txt best is the bound of its search range, T = %g "
+                       "(%s): %d dev text%s cannot pin a temperature down, and T = %g would be a fit of nothing. The "
+                       "model stays uncalibrated (T = 1); calibrate on a larger dev.txt with right and wrong answers",
+                       bound, what, len(logits), "" if len(logits) == 1 else "s", bound)
+        return 1.0
+    return fitted
+
+
+def _minimise_nll(logits: np.ndarray, gold, multi_label: bool) -> Tuple[float, Optional[float]]:
+    """`(T, bound)`: the T of least NLL, and T_MIN or T_MAX when the grid's least NLL is at that end
+    (first of equal values: all right answers reach NLL 0 at every small T), else None."""
     grid = np.exp(np.linspace(np.log(T_MIN), np.log(T_MAX), 81))
     losses = [nll(logits, gold, t, multi_label) for t in grid]
     best = int(np.argmin(losses))
+    bound = T_MIN if best == 0 else T_MAX if best == len(grid) - 1 else None
     lo, hi = np.log(grid[max(best - 1, 0)]), np.log(grid[min(best + 1, len(grid) - 1)])
     ratio = (np.sqrt(5) - 1) / 2
     f = lambda log_t: nll(logits, gold, float(np.exp(log_t)), multi_label)  # noqa: E731
@@ -67,7 +92,7 @@ def fit_temperature(logits: np.ndarray, gold, multi_label: bool = False) -> floa
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
             fb = f(b)
-    return float(np.exp((lo + hi) / 2))
+    return float(np.exp((lo + hi) / 2)), bound
 
 
 def confidences_and_hits(probs: np.ndarray, gold, multi_label: bool = False):
