@@ -58,7 +58,13 @@ def test_zero_shot_on_a_cloze_pretrained_mlm_reaches_0_9_without_training(cloze_
     path = os.path.join(shuffled, "label.txt")
     lines = open(path, encoding="utf-8").read().splitlines()
     open(path, "w", encoding="utf-8").write("\n".join(reversed(lines)) + "\n")
-    # ... and --calibrate fits only a temperature: the same labels, dev NLL no worse
+    # ... and --calibrate fits only a temperature: the same labels, dev NLL no worse. (Four dev
+    # lines mislabelled: with every dev answer right no temperature is fitted, T stays 1.)
+    dev = os.path.join(shuffled, "dev.txt")
+    rows = [line.split("\t") for line in open(dev, encoding="utf-8").read().splitlines()]
+    for row in rows[:4]:
+        row[1] = {"apple": "banana", "banana": "grape", "grape": "apple"}[row[1]]
+    open(dev, "w", encoding="utf-8").write("".join("\t".join(row) + "\n" for row in rows))
     calibrated = zero_shot(cloze_model, shuffled, str(tmp_path / "out2"), "--calibrate")
     assert calibrated["eval_temperature"] != 1.0
     assert calibrated["eval_nll"] <= calibrated["eval_nll_uncalibrated"] + 1e-9
@@ -109,3 +115,44 @@ def test_zero_shot_needs_label_words_of_equal_token_counts(tiny_model_dir, tmp_p
     err = capsys.readouterr().err
     assert "--zero_shot predicts one token per [MASK]" in err and "label.txt" in err and "Traceback" not in err
     assert not os.path.exists(out) or not os.listdir(out) or not os.path.exists(os.path.join(out, "model_state.pdparams"))
+
+
+@pytest.mark.parametrize("saved_as, safetensors", [("ErnieModel", False), ("ErnieForSequenceClassification", False),
+                                                   ("ErnieModel", True)],
+                         ids=["base model", "sequence classifier", "base model, safetensors"])
+def test_zero_shot_refuses_a_model_whose_weights_lack_the_masked_lm_head(tiny_model_dir, keyword_data, tmp_path,
+                                                                         capsys, saved_as, safetensors):
+    """Not paddlenlp's "newly initialized" warning and a run through a random head: exit 2 naming
+    the model directory, decided from the weight file's parameter names."""
+    import paddlenlp.transformers
+    import train
+    from paddlenlp.transformers import ErnieTokenizer
+    from utils.errors import run_cli
+
+    headless = str(tmp_path / "headless")
+    model = getattr(paddlenlp.transformers, saved_as).from_pretrained(tiny_model_dir)
+    model.save_pretrained(headless, safe_serialization=safetensors)
+    ErnieTokenizer.from_pretrained(tiny_model_dir).save_pretrained(headless)
+    out = str(tmp_path / "out")
+    assert run_cli(train.main, ["--model_name_or_path", headless, "--data_dir", keyword_data, "--output_dir", out,
+                                "--prompt", PROMPT, "--zero_shot", "--do_eval", "--do_predict"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {headless}: has no masked-LM head in its weights (cls.predictions."), err
+    assert "randomly initialised" in err and "Traceback" not in err
+    assert not os.path.exists(os.path.join(out, "model_state.pdparams"))
+    assert not os.path.exists(os.path.join(out, "eval_results.json"))
+
+
+def test_the_head_check_counts_tied_and_aliased_weights_once(tiny_model_dir):
+    from paddlenlp.transformers import ErnieForMaskedLM
+
+    from utils.zero_shot import checkpoint_keys, missing_head_weights
+
+    plm = ErnieForMaskedLM.from_pretrained(tiny_model_dir)
+    keys = checkpoint_keys(tiny_model_dir)
+    assert missing_head_weights(plm, keys) == []
+    # the bias saved under its alias only (older checkpoints' `decoder_bias`) still counts
+    assert missing_head_weights(plm, [k for k in keys if k != "cls.predictions.decoder.bias"]) == []
+    without_transform = [k for k in keys if not k.startswith("cls.predictions.transform.")]
+    assert missing_head_weights(plm, without_transform) == ["cls.predictions.transform.bias",
+                                                            "cls.predictions.transform.weight"]

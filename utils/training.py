@@ -378,6 +378,10 @@ def build_model(model_args, training_args, dataset: DatasetDir, spec: ModelSpec,
         return model, tokenizer, spec
     plm, tokenizer = load_plm(model_args.model_name_or_path, head=get_head(spec.head).plm_head,
                               num_labels=len(spec.labels))
+    if spec.zero_shot:  # its MLM head is the classifier: refused when the weights lack it (random)
+        from .zero_shot import check_mlm_head
+
+        check_mlm_head(plm, model_args.model_name_or_path)
     spec = spec.with_plm(plm)
     model = spec.build(tokenizer, plm, **freeze)
     logger.info("Using template: %s", spec.describe())
