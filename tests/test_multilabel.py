@@ -127,8 +127,12 @@ def test_parity_gate_compares_sigmoid_probabilities_and_the_variants_work(traine
     for result in parity["results"]:
         assert result["compared"] == "sigmoid probabilities" and result["max_abs_diff"] <= 1e-4
         assert result["label_set_agreement"] == 1.0
-    assert parity["int8"]["compared"] == "sigmoid probabilities" and 0 <= parity["int8"]["agreement"] <= 1
-    assert parity["fp16"].get("passed", True)
+    # int8 is reported, not gated: export.py warns below 99% label-set agreement, which this model reaches
+    assert parity["int8"]["compared"] == "sigmoid probabilities" and parity["int8"]["agreement"] >= 0.99, parity
+    # fp16 is gated: the check ran on this machine's onnxruntime and passed (an export it failed is refused)
+    assert parity["fp16"]["checked"] is True and parity["fp16"]["passed"] is True, parity["fp16"]
+    assert parity["fp16"]["compared"] == "sigmoid probabilities"
+    assert parity["fp16"]["max_abs_diff"] <= parity["fp16"]["tolerance"] and parity["fp16"]["agreement"] == 1.0
     records = infer_jsonl(capsys, os.path.join(out, "export"), os.path.join(data_dir, "test.txt"),
                           str(tmp_path / "int8.jsonl"), "--use_int8")
     assert len(records) == 30 and all("labels" in r for r in records)
@@ -257,3 +261,69 @@ def test_multilabel_example_with_the_finetune_baseline(example_model_dir, tmp_pa
                                 os.path.join(MULTILABEL_EXAMPLE, "test.txt"), "--output_file", output,
                                 "--device", "cpu"]) == 0
     assert_same_predictions(output, os.path.join(out, "test_predictions.tsv"))
+
+
+# -- R-Drop with label sets ----------------------------------------------------------------------------
+
+
+def test_multi_label_rdrop_loss_is_the_symmetric_bernoulli_kl_by_hand():
+    """PTuningTrainer._compute_rdrop_loss on a label-set head, against the definitions: the mean BCE of
+    the two dropout passes plus alpha/2 times the mean over (text, label) of KL(p||q) + KL(q||p)
+    between each label's Bernoulli distributions."""
+    from types import SimpleNamespace
+
+    import paddle
+
+    from utils.heads import BCEWithLogits
+    from utils.training import PTuningTrainer
+
+    first = np.array([[0.0, 2.0, -1.0], [1.5, -0.5, 0.3]])             # logits of the first pass
+    second = np.array([[np.log(3.0), 1.0, -1.0], [0.0, 0.5, -2.0]])    # and of the second (other dropout)
+    labels = np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    first_loss, alpha = 0.7, 5.0
+    trainer = SimpleNamespace(spec=SimpleNamespace(decoder=SimpleNamespace(multi_label=True)),
+                              criterion=BCEWithLogits(), args=SimpleNamespace(alpha_rdrop=alpha))
+
+    def second_pass(**inputs):
+        return (paddle.to_tensor(second, dtype="float32"),)
+
+    total = PTuningTrainer._compute_rdrop_loss(trainer, second_pass, {}, paddle.to_tensor(labels, dtype="float32"),
+                                               paddle.to_tensor(first, dtype="float32"),
+                                               paddle.to_tensor(first_loss, dtype="float32"))
+
+    def kl(a, b):  # KL(Bernoulli(a) || Bernoulli(b))
+        return a * np.log(a / b) + (1 - a) * np.log((1 - a) / (1 - b))
+
+    p, q = 1 / (1 + np.exp(-first)), 1 / (1 + np.exp(-second))
+    second_bce = -(labels * np.log(q) + (1 - labels) * np.log(1 - q)).mean()
+    expected = (second_bce + first_loss) / 2 + alpha / 2 * (kl(p, q) + kl(q, p)).mean()
+    # e.g. the first label of the first text: p = 1/2, q = 3/4, KL(p||q) + KL(q||p) = (1/4) ln 3
+    assert kl(0.5, 0.75) + kl(0.75, 0.5) == pytest.approx(np.log(3) / 4)
+    assert float(total) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_multi_label_run_with_rdrop_trains_through_the_bernoulli_kl(tiny_model_dir, tmp_path, monkeypatch):
+    from utils.synthetic import MULTI_LABEL_PROMPT, write_multilabel_keyword_dataset
+    from utils.training import PTuningTrainer
+
+    calls = []
+    original = PTuningTrainer._compute_rdrop_loss
+
+    def spied(self, model, input_dict, labels, outputs, loss):
+        total = original(self, model, input_dict, labels, outputs, loss)
+        if model.training:  # (upstream's compute_loss also runs it on evaluation batches, without dropout)
+            calls.append((float(loss), float(total)))
+        return total
+
+    monkeypatch.setattr(PTuningTrainer, "_compute_rdrop_loss", spied)
+    data_dir = write_multilabel_keyword_dataset(str(tmp_path / "data"))
+    out = str(tmp_path / "out")
+    assert run_cli(train.main, ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", out,
+                                "--task_type", "multi_label", "--prompt", MULTI_LABEL_PROMPT, "--use_rdrop",
+                                "--do_train", "--do_eval", "--max_steps", "160", "--logging_steps", "40",
+                                "--evaluation_strategy", "no", "--save_strategy", "no", *FAST]) == 0
+    assert len(calls) == 160  # every step's loss went through the label-set R-Drop
+    assert all(np.isfinite(total) and total != plain for plain, total in calls)
+    losses = [h["loss"] for h in read_json(os.path.join(out, "trainer_state.json"))["log_history"] if "loss" in h]
+    assert len(losses) == 4 and losses == sorted(losses, reverse=True) and losses[-1] < 0.8 * losses[0], losses
+    assert read_json(os.path.join(out, "eval_results.json"))["eval_micro_f1"] >= 0.8  # it learns the task
