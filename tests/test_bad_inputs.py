@@ -338,3 +338,43 @@ def test_argparse_errors_are_one_paragraph_too(script, argv, flag, capsys):
     code = run_cli(main, argv)
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and flag in err and "usage:" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("how", ["--debug", "PTUNING_DEBUG=1"])
+def test_debug_shows_the_traceback_instead_of_the_one_paragraph(how, tmp_path):
+    """utils/errors.py's promise: the one-paragraph error hides the traceback unless --debug or
+    PTUNING_DEBUG=1 asks for it (then the UserError propagates and Python prints it)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    argv = [sys.executable, "infer.py", "--model_path_prefix", str(tmp_path / "nowhere"), "--input_file",
+            str(tmp_path / "none.txt")]
+    env = {k: v for k, v in os.environ.items() if k != "PTUNING_DEBUG"}
+    plain = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env={**env, "PTUNING_DEBUG": "0"})
+    assert plain.returncode == 2 and plain.stderr.startswith("error: ") and "Traceback" not in plain.stderr
+    assert "(run with --debug or PTUNING_DEBUG=1 for a traceback)" in plain.stderr
+    if how == "--debug":
+        debug = subprocess.run(argv + ["--debug"], cwd=ROOT, capture_output=True, text=True, env=env)
+    else:
+        debug = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env={**env, "PTUNING_DEBUG": "1"})
+    assert debug.returncode == 1, debug.stderr
+    assert debug.stderr.startswith("Traceback (most recent call last):"), debug.stderr
+    assert "utils.errors.UserError: " in debug.stderr and "input file not found" in debug.stderr
+    assert "run with --debug" not in debug.stderr
+
+
+def test_train_takes_debug_and_raises_the_user_error(tiny_model_dir, tmp_path, no_model_loads):
+    """--debug is no train.py flag (the dataclass parser would refuse it): run_cli strips it."""
+    from utils import console
+    from utils.errors import UserError
+
+    data_dir = dataset(tmp_path, **{"train.txt": GOOD + "没有标签的一行\n"})
+    try:
+        with pytest.raises(UserError) as error:
+            run_cli(train.main, ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir",
+                                 str(tmp_path / "out"), "--do_train", "--debug"])
+    finally:
+        console.setup(False)  # (the console of the tests that follow is not in debug mode)
+    assert error.value.line == 4 and error.value.path.endswith("train.txt")
