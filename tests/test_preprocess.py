@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import SHARED
+from conftest import shared_path
 from utils.labels import LabelSet
 from utils.modeling import build_prompt_model
 from utils.plm import load_plm
@@ -33,10 +33,8 @@ def fuzz_texts(n, seed=0):
 
 
 def real_texts():
-    path = os.path.join(SHARED, "data", "fewclue", "tnews", "test.txt")
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8") as fp:
+    """FewCLUE tnews's test texts (../shared); the test skips, saying so, where they are absent."""
+    with open(shared_path("data", "fewclue", "tnews", "test.txt"), encoding="utf-8") as fp:
         return [line.split("\t")[0] for line in fp if line.strip()]
 
 
@@ -57,6 +55,17 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_preprocessing_matches_training_template(case, plm_and_tokenizer, tiny_model_dir, tmp_path):
+    texts = fuzz_texts(1200)
+    assert any(len(t) > CASES[case][-1] for t in texts)  # truncation is exercised
+    assert_preprocessing_matches(case, texts, plm_and_tokenizer, tiny_model_dir, tmp_path)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_preprocessing_matches_training_template_on_fewclue_texts(case, plm_and_tokenizer, tiny_model_dir, tmp_path):
+    assert_preprocessing_matches(case, real_texts()[:800], plm_and_tokenizer, tiny_model_dir, tmp_path)
+
+
+def assert_preprocessing_matches(case, texts, plm_and_tokenizer, tiny_model_dir, tmp_path):
     prompt, encoder, virtual, pair, max_len = CASES[case]
     plm, tokenizer = plm_and_tokenizer
     parts = build_template(prompt, encoder, 16, virtual, pair)
@@ -65,8 +74,7 @@ def test_preprocessing_matches_training_template(case, plm_and_tokenizer, tiny_m
     shutil.copy(os.path.join(tiny_model_dir, "vocab.txt"), tmp_path / "vocab.txt")
     pre = PromptPreprocessor(describe_template(template, max_len), str(tmp_path))
 
-    texts = fuzz_texts(1200) + real_texts()[:800]
-    assert len(texts) >= 1000 and any(len(t) > max_len for t in texts)
+    assert len(texts) >= 800
     rng = random.Random(1)
     examples = [{"text_a": t, **({"text_b": rng.choice(texts)} if pair else {})} for t in texts]
     mine = pre.encode(examples)
@@ -92,19 +100,19 @@ def test_truncation_rule_takes_from_the_longest_part_first():
     assert max_lengths_for_truncation([[1] * 3, [1] * 2], [True, True], 10) == [None, None]
 
 
-def test_real_vocab_tokenizer_matches_ernie_tokenizer(tmp_path):
-    """With the real 40k ERNIE vocab (optional), on FewCLUE texts and fuzz."""
-    from conftest import shared_path
+@pytest.mark.parametrize("texts", ["fuzz", "fewclue"])
+def test_real_vocab_tokenizer_matches_ernie_tokenizer(tmp_path, texts):
+    """With the real 40k ERNIE vocab (optional, ../shared), on fuzz and on FewCLUE texts."""
     from paddlenlp.transformers import AutoTokenizer, ErnieTokenizer
 
     from utils.preprocess import load_wordpiece_tokenizer
 
     vocab = shared_path("vocab", "ernie-3.0-base-zh-vocab.txt")
+    texts = fuzz_texts(3000, seed=7) if texts == "fuzz" else real_texts()
     # Loaded the way training loads it (from_pretrained also makes special tokens unsplittable).
     ErnieTokenizer(vocab).save_pretrained(str(tmp_path))
     ernie = AutoTokenizer.from_pretrained(str(tmp_path))
     fast = load_wordpiece_tokenizer(vocab, True, "[UNK]", ernie.all_special_tokens)
-    texts = real_texts() + fuzz_texts(3000, seed=7)
     for text in texts:
         expected = ernie.encode(text, add_special_tokens=False, return_token_type_ids=False)["input_ids"]
         assert fast.encode(text, add_special_tokens=False).ids == expected, text
