@@ -83,3 +83,22 @@ def test_label_sets_in_a_last_column_are_gold_for_multi_label_models(tmp_path):
     path.write_text("苹果\tapple,cherry\n", encoding="utf-8")
     with pytest.raises(UserError, match="lists only the model's labels, separated by commas"):
         InputFile(str(path), pair=False, labels=LABELS, task_type="multi-label")
+
+
+@pytest.mark.parametrize("raw, column", [
+    (b"\xed\xa0\x80", 3),          # U+D800 encoded as if it were a character (CESU-8 / WTF-8): a lone surrogate
+    (b"\xb9\xfb", 3),              # GBK
+    (b"\xff", 3),
+], ids=["encoded surrogate", "GBK", "0xFF"])
+def test_bytes_that_are_not_utf8_are_a_file_line_error_so_no_lone_surrogate_gets_in(tmp_path, raw, column):
+    """Files are decoded strictly: the bytes of a lone surrogate are refused like any other that are
+    not UTF-8, naming the line (input files, data files and label.txt share the reader)."""
+    from utils.data import read_examples
+
+    path = tmp_path / "in.txt"
+    path.write_bytes("苹果\n".encode("utf-8") + b"ab" + raw + b"\n")
+    for read in (lambda: read_all(InputFile(str(path), pair=False, labels=LABELS)),
+                 lambda: read_examples(str(path), labelled=False)):
+        with pytest.raises(UserError) as error:
+            read()
+        assert str(error.value).startswith(f"{path}:2: not valid UTF-8 (byte {raw[:1]!r} at column {column})")
