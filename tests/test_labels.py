@@ -51,8 +51,9 @@ def test_single_label_and_missing_file(tmp_path):
         read_label_file(str(tmp_path / "nope.txt"))
 
 
-def test_non_utf8_names_line(tmp_path):
-    path = write(tmp_path, "a==甲\n".encode("utf-8") + "b==乙\n".encode("gbk"), raw=True)
+@pytest.mark.parametrize("second", ["b==乙\n".encode("gbk"), b"b==\xed\xa0\x80\n"], ids=["GBK", "encoded surrogate"])
+def test_non_utf8_names_line(tmp_path, second):
+    path = write(tmp_path, "a==甲\n".encode("utf-8") + second, raw=True)
     with pytest.raises(UserError) as info:
         read_label_file(path)
     assert info.value.line == 2 and "not valid UTF-8" in str(info.value)
