@@ -25,7 +25,8 @@ def build_parser():
     parser.add_argument("--bad_cases", choices=["dev", "test"], default=None,
                         help="Explain the split's errors, most confident first (the bad-case report).")
     parser.add_argument("--max_cases", type=int, default=20, help="Bad cases (or input lines) explained at most.")
-    parser.add_argument("--label", default=None, type=text_flag, help="Explain this label's logit instead of the predicted one.")
+    parser.add_argument("--label", default=None, type=text_flag,
+                        help="Explain this label's logit instead of the predicted one.")
     parser.add_argument("--steps", type=int, default=32, help="Integrated-gradients steps (more: a smaller "
                                                               "completeness gap, slower).")
     parser.add_argument("--output_dir", default="./explanations", help="Where the HTML and JSON go.")

@@ -55,7 +55,8 @@ def build_parser():
                         help="Multi-class: label a text --other_label when its top probability is below this "
                              "(default: the export's, from train.py --reject_threshold; see the coverage table "
                              "eval_coverage.tsv).")
-    parser.add_argument("--other_label", default=None, type=text_flag, help="The label of a rejected text (default: other).")
+    parser.add_argument("--other_label", default=None, type=text_flag,
+                        help="The label of a rejected text (default: other).")
     parser.add_argument("--file_order", action="store_true",
                         help="Batch in file order instead of by length (slower; for comparisons).")
     parser.add_argument("--chunk_size", type=int, default=None,

@@ -28,7 +28,8 @@ def build_parser():
     parser.add_argument("--model_path_prefix", required=True, help="Export directory (or its prefix dir/model).")
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (default %(default)s; 0.0.0.0: all).")
     parser.add_argument("--port", type=int, default=8189)
-    parser.add_argument("--name", default="cls_default", type=text_flag, help="The model's name in POST /models/<name>.")
+    parser.add_argument("--name", default="cls_default", type=text_flag,
+                        help="The model's name in POST /models/<name>.")
     parser.add_argument("--device", choices=["cpu", "gpu"], default=None,
                         help="Default: gpu when onnxruntime-gpu's CUDA provider is available, else cpu.")
     parser.add_argument("--device_id", type=int, default=0)

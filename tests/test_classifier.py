@@ -225,9 +225,10 @@ def test_device_gpu_n_selects_gpu_n_in_the_api_and_infer(trained, tmp_path, monk
     assert run_cli(infer.main, ["--model_path_prefix", export, "--input_file", path, "--output_file",
                                 str(tmp_path / "o.tsv"), "--device", "gpu:4", "--num_threads", "1"]) == 0
     assert asked[3:] == [("gpu", 4)] and json.loads(capsys.readouterr().out)["device"] == "gpu"
-    for flags, message in ((["--device", "gpu:1", "--device_id", "2"], "error: --device: names GPU 1 and --device_id 2"),
-                           (["--device", "tpu"], "error: --device: must be cpu, gpu or gpu:N, got 'tpu'"),
-                           (["--device_id", "-1"], "error: --device_id: must be a GPU number, 0 or more, got -1")):
+    for flags, message in (
+            (["--device", "gpu:1", "--device_id", "2"], "error: --device: names GPU 1 and --device_id 2"),
+            (["--device", "tpu"], "error: --device: must be cpu, gpu or gpu:N, got 'tpu'"),
+            (["--device_id", "-1"], "error: --device_id: must be a GPU number, 0 or more, got -1")):
         assert run_cli(infer.main, ["--model_path_prefix", export, "--input_file", path, *flags]) == 2
         assert capsys.readouterr().err.startswith(message)
     assert len(asked) == 4  # refused before any model loads

@@ -92,7 +92,8 @@ def test_the_python_api_raises_user_error_naming_the_index(trained, pair_export)
         Classifier(os.path.join(trained[1], "export"), num_threads=1).predict(["苹果", LONE])
     assert str(error.value).startswith("texts[1]: not valid Unicode")
     pair = Classifier(pair_export, num_threads=1)
-    for texts, where in (([("苹果", ESCAPED)], "texts[0][1]"), ([("苹果", "香蕉"), (LONE, "香蕉")], "texts[1][0]")):
+    for texts, where in (([("苹果", ESCAPED)], "texts[0][1]"),
+                         ([("苹果", "香蕉"), (LONE, "香蕉")], "texts[1][0]")):
         with pytest.raises(UserError) as error:
             pair.predict(texts)
         assert str(error.value).startswith(f"{where}: not valid Unicode"), str(error.value)

@@ -109,7 +109,8 @@ class Classifier:
 
     `device`: "cpu", "gpu" or "gpu:N" (GPU N: `device_id` N; default: `default_device()`);
     `num_threads`: CPU threads (default on CPU: `default_num_threads()`); `use_fp16` (GPU; off a
-    GPU, infer.py's note is logged) / `use_int8` pick the export's fp16 / int8 model; `max_seq_length` may shorten the exported one; `batch_size`: texts per onnxruntime run;
+    GPU, infer.py's note is logged) / `use_int8` pick the export's fp16 / int8 model;
+    `max_seq_length` may shorten the exported one; `batch_size`: texts per onnxruntime run;
     `allow_spinning=False` lets onnxruntime's threads sleep between runs instead of spin-waiting
     (for a process that needs the cores for other work too, like serve.py).
     `reject_threshold` / `other_label` (multi-class): replace the export's reject option; a text

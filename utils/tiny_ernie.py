@@ -152,7 +152,8 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--data_dir", action="append", default=[],
                         help="dataset folder(s) whose characters make the vocab (repeatable)")
     parser.add_argument("--vocab_file", help="use this vocab (e.g. the real ERNIE 3.0 vocab) instead")
-    parser.add_argument("--extra_text", action="append", default=[], type=text_flag, help="more text for the vocab (prompts)")
+    parser.add_argument("--extra_text", action="append", default=[], type=text_flag,
+                        help="more text for the vocab (prompts)")
     parser.add_argument("--preset", choices=PRESETS, default="tiny")
     parser.add_argument("--hidden_size", type=int)
     parser.add_argument("--num_hidden_layers", type=int)
