@@ -33,6 +33,9 @@ DELETING_PREFIX = ".deleting-"
 LEFTOVER_PATTERNS = (".saving*", DELETING_PREFIX + "*", "export.tmp-*", "export.old-*", ".*.tmp")
 MODEL_FILES = ("model_state.pdparams", SPEC_FILE)
 RESUME_FILES = ("optimizer.pdopt", "scheduler.pdparams", "trainer_state.json")
+# The training loop's loss bookkeeping at the save (utils/training.py `MarkedCheckpoints.loss_state`), so
+# a resumed run logs the losses of an uninterrupted one; checkpoints of earlier versions lack it.
+LOSS_STATE_FILE = "loss_state.json"
 
 
 def rng_file(world_size: int) -> str:

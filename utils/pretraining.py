@@ -259,11 +259,7 @@ def trainer_class():
             self.provenance = provenance
             super().__init__(*args, **kwargs)
 
-        def _get_train_sampler(self):
-            return EpochKeyedBatchSampler(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
-                                          shuffle=True, num_replicas=self.args.dataset_world_size,
-                                          rank=self.args.dataset_rank, drop_last=self.args.dataloader_drop_last,
-                                          seed=self.args.seed)
+        sampler_class = EpochKeyedBatchSampler
 
         def _save(self, output_dir=None, state_dict=None, merge_tensor_parallel=False):
             output_dir = output_dir or self.args.output_dir
