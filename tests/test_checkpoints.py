@@ -12,7 +12,7 @@ import pytest
 
 import export as export_cli
 import train
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, assert_same_run, interrupted_at
 from utils import checkpoints
 from utils.errors import UserError, run_cli
 from utils.synthetic import PROMPT
@@ -31,7 +31,8 @@ def checkpoint_run(tiny_model_dir, tmp_path_factory):
     data = write_keyword_dataset(str(base / "data"))
     out = base / "run"
     argv = ["--model_name_or_path", tiny_model_dir, "--data_dir", data, "--output_dir", str(out), "--prompt", PROMPT,
-            "--do_train", "--max_steps", "4", "--save_steps", "4", "--logging_steps", "1", *FAST]
+            "--do_train", "--max_steps", "4", "--save_steps", "4", "--logging_steps", "1",
+            "--lr_scheduler_type", "constant", *FAST]
     assert run_cli(train.main, argv) == 0
     return data, out, argv
 
@@ -87,10 +88,116 @@ def test_a_damaged_marker_is_an_error(checkpoint_run, tmp_path):
 
 
 def test_resuming_an_intact_checkpoint_is_exact(checkpoint_run, tmp_path):
-    _, out, _ = checkpoint_run
+    """What the damaged copies above are refused for, the intact copy does: checkpoint-4 (the run's
+    last) resumed in a directory of its own ends exactly as the run it came from."""
+    _, out, argv = checkpoint_run
     marker = checkpoints.verify(str(out / "checkpoint-4"), "resume")
     assert marker["global_step"] == 4 and set(CHECKPOINT_FILES) <= set(marker["files"])
     assert all(len(entry["sha256"]) == 64 for entry in marker["files"].values())
+    run_dir = tmp_path / "run"
+    shutil.copytree(out / "checkpoint-4", run_dir / "checkpoint-4")
+    assert run_cli(train.main, [a if a != str(out) else str(run_dir) for a in argv] +
+                   ["--resume_from_checkpoint", str(run_dir / "checkpoint-4")]) == 0
+    assert_same_run(str(out), str(run_dir))
+
+
+# -- resuming at a boundary: the last checkpoint, an epoch's end, an accumulation group cut by an epoch --
+# A constant learning rate, so that one optimizer step too many cannot hide behind a zero rate.
+
+def boundary_argv(model, data, out, *flags):
+    return ["--model_name_or_path", model, "--data_dir", data, "--output_dir", str(out), "--prompt", PROMPT,
+            "--do_train", "--lr_scheduler_type", "constant", "--save_total_limit", "3", *FAST, *flags]
+
+
+def interrupt_and_resume(argv_for, tmp_path, point, resume="in place"):
+    """Run `argv_for(dir)` until it reaches `point` (stopped there, before the final model), then resume it:
+    in place from its directory, or into another one from the checkpoint named. Returns the resumed run's
+    directory and what it printed."""
+    import io
+    from contextlib import redirect_stderr
+
+    interrupted = tmp_path / "interrupted"
+    with interrupted_at(point):
+        assert run_cli(train.main, argv_for(interrupted)) == 130
+    assert not (interrupted / checkpoints.COMPLETE_MARKER).exists()  # no final model
+    target = interrupted if resume == "in place" else tmp_path / "resumed"
+    source = interrupted if resume == "in place" else interrupted / resume
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = run_cli(train.main, argv_for(target) + ["--resume_from_checkpoint", str(source)])
+    assert code == 0, err.getvalue()[-3000:]
+    return target, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def four_steps(tiny_model_dir, tmp_path_factory):
+    """4 steps of a 12-batch epoch, a checkpoint every 2, the loss logged every 3 (so a checkpoint holds a
+    loss not logged yet); the uninterrupted run."""
+    from utils.synthetic import write_keyword_dataset
+
+    base = tmp_path_factory.mktemp("four")
+    data = write_keyword_dataset(str(base / "data"))
+
+    def argv(out):
+        return boundary_argv(tiny_model_dir, data, out, "--max_steps", "4", "--save_steps", "2",
+                             "--logging_steps", "3")
+
+    reference = base / "uninterrupted"
+    assert run_cli(train.main, argv(reference)) == 0
+    return argv, str(reference)
+
+
+@pytest.mark.parametrize("point, resume", [("checkpoint-4 saved", "in place"), ("checkpoint-4 saved", "checkpoint-4"),
+                                           ("checkpoint-2 saved", "in place")],
+                         ids=["last checkpoint, in place", "last checkpoint, elsewhere", "mid-way"])
+def test_resuming_at_max_steps_takes_no_step_and_ends_as_the_uninterrupted_run(point, resume, four_steps, tmp_path):
+    """Stopped after checkpoint-4 of --max_steps 4 was saved (before the final model): resumed, the run
+    takes no further optimizer step (paddlenlp took a fifth: `train: 5/4 steps`, other weights, another
+    train_loss); resumed mid-way it continues exactly."""
+    argv, reference = four_steps
+    resumed, err = interrupt_and_resume(argv, tmp_path, point, resume)
+    assert "train: 5/4" not in err and "train: 4/4 steps (100%)" in err
+    assert_same_run(reference, str(resumed))
+
+
+def test_resuming_at_an_epoch_end_is_exact(tiny_model_dir, tmp_path):
+    """--num_train_epochs 2 of 3 steps each, evaluated and saved every epoch's end: resumed from the first
+    epoch's end (paddlenlp restored the random state only after skipping batches, so never here: other
+    dropout) and from the last (no step is taken), the run ends as the uninterrupted one, the best
+    checkpoint reloaded at the end included."""
+    from utils.synthetic import write_keyword_dataset
+
+    data = write_keyword_dataset(str(tmp_path / "data"), train_per_class=8)  # 24 texts: 3 batches of 8
+
+    def argv(out):
+        return boundary_argv(tiny_model_dir, data, out, "--num_train_epochs", "2", "--do_eval", "--eval_steps", "3",
+                             "--logging_steps", "2")
+
+    reference = tmp_path / "uninterrupted"
+    assert run_cli(train.main, argv(reference)) == 0
+    for step in (3, 6):
+        resumed, _ = interrupt_and_resume(argv, tmp_path / f"at{step}", f"checkpoint-{step} saved")
+        assert_same_run(str(reference), str(resumed))
+
+
+def test_resuming_after_an_epoch_with_batches_left_over_from_accumulation_is_exact(dropout_free_model, tmp_path):
+    """6 batches an epoch, accumulated 4 at a time: one optimizer step an epoch. paddlenlp added the 2 batches
+    left over to the next epoch's first step, which no checkpoint holds: resumed at an epoch's end (a
+    model without dropout, so only that can differ) the run lost them. Now an epoch ends with its last
+    full group, and resuming there is exact."""
+    from utils.synthetic import write_keyword_dataset
+
+    data = write_keyword_dataset(str(tmp_path / "data"), train_per_class=8)
+
+    def argv(out):
+        return boundary_argv(dropout_free_model, data, out, "--per_device_train_batch_size", "4",
+                             "--gradient_accumulation_steps", "4", "--max_steps", "3", "--save_steps", "1",
+                             "--logging_steps", "1")
+
+    reference = tmp_path / "uninterrupted"
+    assert run_cli(train.main, argv(reference)) == 0
+    resumed, _ = interrupt_and_resume(argv, tmp_path / "at1", "checkpoint-1 saved")
+    assert_same_run(str(reference), str(resumed))
 
 
 CONFIG_EDITS = [

@@ -21,18 +21,6 @@ WORKER = os.path.join(ROOT, "tests", "dp_worker.py")
 pytestmark = pytest.mark.slow  # every test here launches 2 (and 1) training processes
 
 
-@pytest.fixture(scope="module")
-def dropout_free_model(tmp_path_factory):
-    """A tiny ERNIE without dropout: the only randomness left would be a difference between processes."""
-    from utils import synthetic
-    from utils.tiny_ernie import build_ernie, texts_of_data_dirs, vocab_from_texts
-
-    texts = synthetic.vocab_texts() + texts_of_data_dirs([EXAMPLE_DATA]) + [PROMPT]
-    path = str(tmp_path_factory.mktemp("models") / "tiny-no-dropout")
-    return build_ernie(path, vocab_from_texts(texts), seed=0, hidden_dropout_prob=0.0,
-                       attention_probs_dropout_prob=0.0)
-
-
 def launch(tmp_path, name, flags, processes):
     """Run dp_worker.py (train.py + weight dump) in `processes` processes; return (out dir, dump dir)."""
     out, dump, log = tmp_path / name, tmp_path / f"{name}-dump", tmp_path / f"{name}-log"

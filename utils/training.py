@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import paddle
 
+from . import checkpoints
 from .checkpoints import COMPLETE_MARKER, LOSS_STATE_FILE, remove_tree, rotate, write_marker
 from .checkpoints import verify as verify_checkpoint
 from .data import DatasetDir, load_dataset_dir
@@ -228,7 +229,9 @@ class MarkedCheckpoints:
             os.remove(marker)  # the final model is being replaced: it is incomplete until the new marker
         super().save_model(output_dir, merge_tensor_parallel)
         if final and self.args.should_save:
+            checkpoints.reached("final model written", self.args.output_dir)
             write_marker(self.args.output_dir, self.state.global_step, self.args.world_size)
+            checkpoints.reached("final model saved", self.args.output_dir)
 
     def _save_checkpoint(self, model, metrics=None):
         """The Trainer writes `checkpoint-N`; the marker, written last, makes it a checkpoint.
@@ -250,8 +253,12 @@ class MarkedCheckpoints:
             raise
         if writer:
             write_json_atomic(os.path.join(path, LOSS_STATE_FILE), loss_state)
+            name = os.path.basename(path)
+            checkpoints.reached(f"{name} written", self.args.output_dir)
             write_marker(path, self.state.global_step, self.args.world_size)
+            checkpoints.reached(f"{name} marked", self.args.output_dir)
             rotate(self.args.output_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
+            checkpoints.reached(f"{name} saved", self.args.output_dir)
 
     def _rotate_checkpoints(self, use_mtime=False, output_dir=None):
         """Rotation happens after the marker, by step and crash-safely (`_save_checkpoint`)."""
