@@ -189,7 +189,7 @@ def interrupted_at(point, directory=None):
 
     def reached(name, where):
         original(name, where)
-        if name == point and (directory is None or os.path.samefile(where, directory)):
+        if name == point and (directory is None or os.path.realpath(where) == os.path.realpath(directory)):
             raise Interrupted(f"{point} in {where}")
 
     checkpoints.reached = reached

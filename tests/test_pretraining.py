@@ -89,6 +89,27 @@ def test_resume_is_exact(tiny_model_dir, corpus, tmp_path):
         assert a.read() == b.read()
 
 
+def test_pretraining_resumed_at_its_last_step_takes_no_step(tiny_model_dir, corpus, tmp_path):
+    """Stopped after checkpoint-4 of --max_steps 4 was saved (before the final model): resumed in place it takes
+    no further step (paddlenlp took a fifth), and ends with the uninterrupted run's weights, losses and
+    train_loss (a constant learning rate, so an extra step cannot hide)."""
+    from conftest import assert_same_run, interrupted_at
+
+    def argv(out):
+        return pretrain_argv(tiny_model_dir, corpus[0], str(out), "--masking", "char", "--lr_scheduler_type",
+                             "constant", "--save_steps", "2", "--logging_steps", "3", steps=4)
+
+    uninterrupted = tmp_path / "uninterrupted"
+    assert run_cli(pretrain.main, argv(uninterrupted)) == 0
+    resumed = tmp_path / "resumed"
+    with interrupted_at("checkpoint-4 saved"):
+        assert run_cli(pretrain.main, argv(resumed)) == 130
+    assert not (resumed / "pretraining.json").exists()
+    assert run_cli(pretrain.main, argv(resumed) + ["--resume_from_checkpoint", str(resumed)]) == 0
+    assert read_json(resumed / "pretraining.json")["global_step"] == 4
+    assert_same_run(str(uninterrupted), str(resumed))
+
+
 def test_sigkill_then_resume_in_place_continues_exactly(tiny_model_dir, corpus, tmp_path):
     """Kill -9 pretrain.py mid-run: every marked checkpoint is whole, at most the interrupted save is
     unmarked, and resuming in place from the last marked one ends with the losses and weights of a
