@@ -240,3 +240,21 @@ def assert_same_run(reference, resumed, final_results=True):
         return sorted(n for n in os.listdir(run) if not n.startswith(("checkpoint-", ".")) and not n.endswith(".log"))
 
     assert outputs(reference) == outputs(resumed)
+
+
+def paused_at(process, pause_file):
+    """The pid of the process that stopped at a PTUNING_TEST_PAUSE point (it waits there until killed),
+    once `pause_file` exists; `process` (the one launched, or its parent) must still be running. The
+    loop waits for a state this test holds, not for time to pass."""
+    import pathlib
+
+    pause_file = pathlib.Path(pause_file)
+    while not pause_file.exists():
+        assert process.poll() is None, "the run ended before it reached the pause point"
+        time.sleep(0.05)
+    return int(pause_file.read_text(encoding="utf-8"))
+
+
+def pause_env(point, pause_file):
+    """The environment for a subprocess that pauses at `point` (utils.checkpoints.reached)."""
+    return dict(os.environ, PTUNING_OFFLINE="1", PTUNING_TEST_PAUSE=f"{point}={pause_file}")
