@@ -1,12 +1,10 @@
 """Checkpoints are whole or invisible, verified before use, and rotated without ever being half-deleted."""
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -271,35 +269,51 @@ def test_rotation_never_leaves_a_half_deleted_checkpoint(tmp_path):
     assert [os.path.basename(p) for p in deleted] == ["checkpoint-4"] and os.listdir(run_dir) == ["checkpoint-6"]
 
 
+# (where the run is killed, the complete checkpoints it leaves, other names it may leave)
+KILL_POINTS = [("checkpoint-2 written", [1], {"checkpoint-2"}),            # a save without its marker
+               ("checkpoint-3 marked", [2, 3], set()),                      # before rotation
+               ("deleting checkpoint-3", [4], {".deleting-checkpoint-3-"}),  # renamed, not removed yet
+               ("checkpoint-5 saved", [5], set()),
+               ("final model written", [8], {"final model"})]               # its files, no marker yet
+
+
 @pytest.mark.slow
-def test_killed_at_random_moments_every_visible_checkpoint_verifies(tiny_model_dir, keyword_data, tmp_path):
-    """kill -9 while saving and rotating (a checkpoint every step, one kept): what is left always verifies,
-    and the run resumes from it."""
+def test_killed_at_each_moment_of_saving_every_visible_checkpoint_verifies(tiny_model_dir, keyword_data, tmp_path):
+    """kill -9 at each moment of saving and rotating (a checkpoint every step, one kept), each time resumed
+    from the latest checkpoint: what is left always verifies, a checkpoint counts only with its marker,
+    anything else is a leftover the next start removes, and the run ends as one never killed."""
+    from conftest import assert_same_run, pause_env, paused_at
+
+    def argv(out):
+        return ["--model_name_or_path", tiny_model_dir, "--data_dir", keyword_data, "--output_dir", str(out),
+                "--prompt", PROMPT, "--do_train", "--max_steps", "8", "--save_steps", "1", "--save_total_limit", "1",
+                "--logging_steps", "1", *FAST]
+
     out = tmp_path / "run"
-    env = dict(os.environ, PTUNING_OFFLINE="1")
-    argv = [sys.executable, os.path.join(ROOT, "train.py"), "--model_name_or_path", tiny_model_dir, "--data_dir",
-            keyword_data, "--output_dir", str(out), "--prompt", PROMPT, "--do_train", "--max_steps", "400",
-            "--save_steps", "1", "--save_total_limit", "1", "--logging_steps", "1", *FAST]
-    rng = random.Random(0)
-    for attempt in range(4):
+    for attempt, (point, complete, others) in enumerate(KILL_POINTS):
         resume = checkpoints.latest_checkpoint(str(out)) if out.exists() else None
-        command = argv + (["--resume_from_checkpoint", resume] if resume else [])
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while len(checkpoints.complete_checkpoints(str(out))) < 1 or (
-                resume and checkpoints.latest_checkpoint(str(out)) == resume):
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 1.5))
+        pause = tmp_path / f"paused-{attempt}"
+        process = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *argv(out)] +
+                                   (["--resume_from_checkpoint", resume] if resume else []),
+                                   env=pause_env(point, pause), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        paused_at(process, pause)
         process.send_signal(signal.SIGKILL)
-        process.wait()
+        process.communicate()
         visible = checkpoints.complete_checkpoints(str(out))
-        assert visible, "a kill never leaves the run without a checkpoint"
+        assert [checkpoints.checkpoint_step(c) for c in visible] == complete, point
         for path in visible:
             checkpoints.verify(path, "resume")
-        for name in os.listdir(out):  # anything else is either a finished file or a leftover the next start removes
-            assert name.startswith(("checkpoint-", ".saving", ".deleting-", ".ptuning.lock")) or name.endswith(
-                ".tmp"), name
+        left = {name for name in os.listdir(out) if name != ".ptuning.lock"} - {os.path.basename(c) for c in visible}
+        if "final model" in others:  # the final model's files without its marker: not a model
+            assert not (out / checkpoints.COMPLETE_MARKER).exists() and (out / "model_state.pdparams").exists()
+        else:
+            assert {name.rsplit("-", 1)[0] + "-" if name.startswith(".deleting-") else name for name in left} == \
+                others, (point, left)
+    assert run_cli(train.main, argv(out) + ["--resume_from_checkpoint", str(out)]) == 0
+    uninterrupted = tmp_path / "uninterrupted"
+    assert run_cli(train.main, argv(uninterrupted)) == 0
+    assert_same_run(str(uninterrupted), str(out))
+    assert not [n for n in os.listdir(out) if n.startswith(".deleting-")]
 
 
 @pytest.mark.parametrize("cli", ["ensemble", "teacher"])

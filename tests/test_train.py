@@ -8,18 +8,12 @@ import sys
 import time
 
 import numpy as np
-import paddle
 import pytest
 
 import train
 from conftest import EXAMPLE_DATA, FAST, ROOT, read_tsv, shared_path
 from utils.errors import run_cli
 from utils.synthetic import PROMPT
-
-
-def losses(output_dir):
-    with open(os.path.join(output_dir, "trainer_state.json"), encoding="utf-8") as fp:
-        return {h["step"]: h["loss"] for h in json.load(fp)["log_history"] if "loss" in h}
 
 
 def test_keyword_task_is_learned(trained):
@@ -153,55 +147,40 @@ def test_builtin_name_offline_fails_fast_with_a_clear_message(tmp_path, keyword_
     assert not (tmp_path / "o").exists() or not [p for p in (tmp_path / "o").iterdir() if p.name != ".ptuning.lock"]
 
 
-def same_run(reference, resumed, from_step, to_step):
-    """`resumed` logged the same losses as `reference` after `from_step` and ended with the same weights."""
-    a, b = losses(reference), losses(resumed)
-    assert [b[s] for s in range(from_step + 1, to_step + 1)] == [a[s] for s in range(from_step + 1, to_step + 1)]
-    wa = paddle.load(os.path.join(reference, "model_state.pdparams"))
-    wb = paddle.load(os.path.join(resumed, "model_state.pdparams"))
-    assert set(wa) == set(wb) and all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_exactly(tiny_model_dir, keyword_data, tmp_path):
-    """Kill -9 a training process mid-run; resuming from its last checkpoint, into another output directory
-    or in place, gives the same losses and weights as a run that was never interrupted, and no
-    half-written checkpoint is left."""
+    """Kill -9 a training process while it saves checkpoint-30 (checkpoint-20 complete); resuming from its
+    last complete checkpoint, into another output directory or in place, gives the losses and weights of a
+    run that was never interrupted, and the half-written checkpoint is never used and is removed."""
     import signal
 
+    from conftest import assert_same_run, pause_env, paused_at
+
     base = ["--model_name_or_path", tiny_model_dir, "--data_dir", keyword_data, "--prompt", PROMPT,
-            "--do_train", "--max_steps", "120", "--save_steps", "10", "--logging_steps", "1", "--device", "cpu",
+            "--do_train", "--max_steps", "40", "--save_steps", "10", "--logging_steps", "1", "--device", "cpu",
             *FAST]
-    killed = tmp_path / "killed"
-    env = dict(os.environ, PTUNING_OFFLINE="1")
+    killed, pause = tmp_path / "killed", tmp_path / "paused"
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *base, "--output_dir", str(killed)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (killed / "checkpoint-20").is_dir():
-        assert process.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
-        time.sleep(0.02)
+                               env=pause_env("checkpoint-30 written", pause), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    assert paused_at(process, pause) == process.pid
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (killed / "train_results.json").exists()
-
-    checkpoints = sorted((p for p in killed.glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[1]))
-    marked = [c for c in checkpoints if (c / "checkpoint_complete.json").is_file()]
-    for checkpoint in marked:  # every checkpoint with its marker is whole
-        marker = json.loads((checkpoint / "checkpoint_complete.json").read_text(encoding="utf-8"))
-        assert set(marker["files"]) <= {p.name for p in checkpoint.iterdir()}
-        assert {"model_state.pdparams", "optimizer.pdopt", "rng_state.pth"} <= set(marker["files"])
-    assert set(checkpoints) - set(marked) <= {checkpoints[-1]}  # at most the save the kill interrupted
-    last = marked[-1]
-    resumed_from = int(last.name.split("-")[1])
-    assert resumed_from < 120
+    assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-30"]
+    marker = json.loads((killed / "checkpoint-20" / "checkpoint_complete.json").read_text(encoding="utf-8"))
+    assert set(marker["files"]) <= {p.name for p in (killed / "checkpoint-20").iterdir()}
+    assert {"model_state.pdparams", "optimizer.pdopt", "rng_state.pth"} <= set(marker["files"])
+    assert not (killed / "checkpoint-30" / "checkpoint_complete.json").exists()  # the save the kill interrupted
 
     uninterrupted = str(tmp_path / "uninterrupted")
     assert run_cli(train.main, base + ["--output_dir", uninterrupted]) == 0
-    elsewhere = str(tmp_path / "elsewhere")  # first: resuming in place rotates `last` away
-    assert run_cli(train.main, base + ["--output_dir", elsewhere, "--resume_from_checkpoint", str(last)]) == 0
-    same_run(uninterrupted, elsewhere, resumed_from, 120)
-    assert run_cli(train.main, base + ["--output_dir", str(killed), "--resume_from_checkpoint", str(last)]) == 0
-    same_run(uninterrupted, str(killed), resumed_from, 120)
+    elsewhere = str(tmp_path / "elsewhere")  # first: resuming in place rotates checkpoint-20 away
+    assert run_cli(train.main, base + ["--output_dir", elsewhere, "--resume_from_checkpoint",
+                                       str(killed / "checkpoint-20")]) == 0
+    assert_same_run(uninterrupted, elsewhere)
+    assert run_cli(train.main, base + ["--output_dir", str(killed), "--resume_from_checkpoint", str(killed)]) == 0
+    assert_same_run(uninterrupted, str(killed))
     assert all((c / "checkpoint_complete.json").is_file() for c in killed.glob("checkpoint-*"))  # leftovers gone
 
 
