@@ -156,6 +156,38 @@ def encoder_and_tokenizer(tiny_model_dir):
     return tokenizer, {m: CorpusEncoder(tokenizer, 64, m) for m in ("word", "char")}
 
 
+@pytest.mark.parametrize("masking", ["word", "char"])
+def test_a_long_line_is_segmented_only_as_far_as_its_tokens_are_kept(masking, encoder_and_tokenizer, monkeypatch):
+    """A 2-million-character line: jieba (and the tokenizer) see a prefix of a bounded length, not the line,
+    and the encoding is the one segmenting it whole gave; normal lines are encoded exactly as before; a
+    line of spaces first (no tokens) still finds its text."""
+    import jieba
+
+    import utils.pretraining as pretraining
+
+    tokenizer, encoders = encoder_and_tokenizer
+    encoder = encoders[masking]
+    texts = make_mlm_corpus(200, seed=3)
+    seen = []
+    lcut, encode = jieba.lcut, encoder.fast.encode
+    monkeypatch.setattr(jieba, "lcut", lambda text, *a, **k: seen.append(len(text)) or lcut(text, *a, **k))
+    monkeypatch.setattr(encoder.fast, "encode", lambda text, *a, **k: seen.append(
+        sum(map(len, text)) if isinstance(text, list) else len(text)) or encode(text, *a, **k), raising=False)
+    line = "".join(texts)
+    line = line * (2_000_000 // len(line) + 1)
+    encoded = encoder.encode((line,))
+    assert len(line) >= 2_000_000 and seen and max(seen) <= pretraining.CHARS_PER_TOKEN * encoder.max_seq_length
+    spaced = " " * 20_000 + line[:5_000]
+    lines = [(text,) for text in texts + [spaced]] + list(zip(texts, texts[1:]))  # single texts and pairs
+    cut = [encoder.encode(text) for text in lines]
+    seen.clear()
+
+    monkeypatch.setattr(pretraining, "CHARS_PER_TOKEN", 10 ** 9)  # as before: every line segmented whole
+    assert encoder.encode((line[:20_000],)) == encoded
+    assert [encoder.encode(text) for text in lines] == cut
+    assert max(seen) == len(spaced)
+
+
 def test_whole_word_masking_masks_words_and_is_reproducible(encoder_and_tokenizer):
     import jieba
 
