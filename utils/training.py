@@ -15,7 +15,7 @@ import paddle
 from . import checkpoints
 from .checkpoints import COMPLETE_MARKER, LOSS_STATE_FILE, remove_tree, rotate, write_marker
 from .checkpoints import verify as verify_checkpoint
-from .data import DatasetDir, load_dataset_dir
+from .data import DatasetDir, load_dataset_dir, split_path
 from .distributed import allreduce_gradients, check_in_sync
 from .errors import ENVIRONMENT_ERRNOS, UserError
 from .files import read_json, write_json_atomic, write_text_atomic
@@ -586,10 +586,32 @@ def predict_logits(trainer, examples: List[dict]) -> np.ndarray:
     return predict(trainer, examples)[0]
 
 
-def load_data(data_args, training_args, task_type: str = MULTI_CLASS, calibrate: bool = False) -> DatasetDir:
-    dataset = load_dataset_dir(data_args.data_dir, need_train=training_args.do_train,
-                               need_dev=training_args.do_train or training_args.do_eval or calibrate,
+def dev_needed_by(model_args, training_args) -> Optional[str]:
+    """The flag that reads dev.txt, and what for; None when nothing does: dev.txt is optional for training
+    alone (as in upstream's few-shot apps, where --do_eval reads it)."""
+    strategy = str(training_args.evaluation_strategy.value)
+    if training_args.do_train and strategy != "no":  # (paddlenlp turns --do_eval on with a strategy)
+        best = ", --load_best_model_at_end" if training_args.load_best_model_at_end else ""
+        return f"evaluation during training (--do_eval, --evaluation_strategy {strategy}{best}) reads it"
+    if training_args.do_eval:
+        return "--do_eval evaluates on it"
+    if model_args.calibrate:
+        return "--calibrate fits the temperature on it"
+    if model_args.threshold_search not in (None, ThresholdSearch.NONE):
+        return "--threshold_search tunes the thresholds on it"
+    return None
+
+
+def load_data(model_args, data_args, training_args, task_type: str = MULTI_CLASS) -> DatasetDir:
+    """The dataset directory: train.txt for --do_train, dev.txt where a flag reads it (`dev_needed_by`), else
+    when present."""
+    dataset = load_dataset_dir(data_args.data_dir, need_train=training_args.do_train, need_dev=False,
                                task_type=str(task_type))
+    needed_by = dev_needed_by(model_args, training_args)
+    if needed_by and not dataset.dev:
+        path = split_path(data_args.data_dir, "dev")
+        raise UserError(f"dev file {'has no examples' if os.path.exists(path) else 'not found'}: {needed_by}",
+                        path)
     if training_args.do_predict and dataset.test is None and dataset.data is None:
         raise UserError("--do_predict needs test.txt (labelled: metrics + predictions) or data.txt (texts: "
                         "predictions), and the data directory has neither", dataset.path)
@@ -611,7 +633,7 @@ class Run:
         """Check everything that can be checked before a model loads, then claim the output directory."""
         args, data_args = self.args, self.data_args
         self.task_type = resolve_task_type(self.model_args, args, data_args)
-        self.dataset = load_data(data_args, args, self.task_type, calibrate=self.model_args.calibrate)
+        self.dataset = load_data(self.model_args, data_args, args, self.task_type)
         other = self.model_args.other_label
         if other is not None and other in self.dataset.labels.labels:
             raise UserError(f"{other!r} is a label of label.txt; a rejected text needs a name of its own",
