@@ -201,6 +201,39 @@ def test_data_order_depends_only_on_seed_and_epoch():
     assert second == [order(1, 1)[i:i + 4] for i in range(0, 20, 4)]
 
 
+def test_an_epoch_ends_with_its_last_full_accumulation_group():
+    """With accumulation over 4 batches, an epoch of 6 batches yields 4 (the 2 left over differ by epoch);
+    fewer batches than a group are all kept (paddlenlp then accumulates over the epoch)."""
+    from utils.training import SeededBatchSampler
+
+    data = list(range(24))
+    sampler = SeededBatchSampler(data, batch_size=4, shuffle=True, seed=1, accumulation=4)
+    epochs = [list(sampler) for _ in range(3)]
+    assert len(sampler) == 4 and all(len(epoch) == 4 for epoch in epochs)
+    everything = SeededBatchSampler(data, batch_size=4, shuffle=True, seed=1)
+    assert [list(everything)[:4] for _ in range(3)] == epochs  # the same order, cut after the last group
+    assert len({tuple(i for batch in epoch for i in batch) for epoch in epochs}) == 3
+    few = SeededBatchSampler(data, batch_size=8, shuffle=True, seed=1, accumulation=4)
+    assert len(few) == len(list(few)) == 3
+
+
+def test_freeze_plm_trains_the_epochs_asked_for(dropout_free_model, tmp_path):
+    """--freeze_plm sets max_steps from --num_train_epochs: counted as the Trainer counts an epoch's steps
+    (24 texts in batches of 4, accumulated 4 at a time: one step an epoch), 2 epochs are 2 steps (it
+    counted 4, so the run went on for 4 epochs)."""
+    from utils.synthetic import write_keyword_dataset
+
+    data = write_keyword_dataset(str(tmp_path / "data"), train_per_class=8)
+    out = tmp_path / "out"
+    assert run_cli(train.main, ["--model_name_or_path", dropout_free_model, "--data_dir", data, "--output_dir",
+                                str(out), "--prompt", PROMPT, "--do_train", "--freeze_plm", "--num_train_epochs", "2",
+                                "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "4",
+                                "--max_seq_length", "40"]) == 0
+    with open(out / "trainer_state.json", encoding="utf-8") as fp:
+        state = json.load(fp)
+    assert (state["global_step"], state["max_steps"], state["epoch"]) == (2, 2, 2.0)
+
+
 def test_predict_needs_test_txt_only_for_metrics(trained, tmp_path, capsys):
     """test.txt is optional: with data.txt alone --do_predict writes predictions (and no test metrics)."""
     data_dir, out = trained
