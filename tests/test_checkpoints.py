@@ -17,7 +17,7 @@ from utils.synthetic import PROMPT
 
 CHECKPOINT_FILES = ["model_state.pdparams", "optimizer.pdopt", "scheduler.pdparams", "rng_state.pth",
                     "trainer_state.json", "vocab.txt", "ptuning_config.json", "tokenizer_config.json",
-                    "special_tokens_map.json", "training_args.bin", "template_config.json"]
+                    "special_tokens_map.json", "training_args.bin", "template_config.json", "loss_state.json"]
 
 
 @pytest.fixture(scope="module")
