@@ -122,6 +122,7 @@ class MarkedCheckpoints:
       compared at every save (utils/distributed.py).
     """
 
+    sampler_class = SeededBatchSampler        # pretrain.py's hands its dataset epoch-keyed indices
     # the loop's loss bookkeeping: the sum of the losses logged so far, the step of the last log
     _total_loss_scalar = RestoredAtLoopStart()
     _globalstep_last_logged = RestoredAtLoopStart()
@@ -191,8 +192,6 @@ class MarkedCheckpoints:
             values = [float(t.item()) for t in gathered]
         return {"total": self._total_loss_scalar, "last_logged_step": self._globalstep_last_logged,
                 "unlogged": values}
-
-    sampler_class = SeededBatchSampler
 
     def _get_train_sampler(self):
         if self.train_dataset is None:
