@@ -246,12 +246,13 @@ class MarkedCheckpoints:
             remove_tree(path)
         try:
             super()._save_checkpoint(model, metrics)
+            if writer:
+                write_json_atomic(os.path.join(path, LOSS_STATE_FILE), loss_state)
         except BaseException:
             if writer:
                 shutil.rmtree(path, ignore_errors=True)  # never leave a half checkpoint (or a full disk)
             raise
         if writer:
-            write_json_atomic(os.path.join(path, LOSS_STATE_FILE), loss_state)
             name = os.path.basename(path)
             checkpoints.reached(f"{name} written", self.args.output_dir)
             write_marker(path, self.state.global_step, self.args.world_size)
