@@ -31,6 +31,18 @@ def tiny_model_dir(tmp_path_factory):
     return build_ernie(path, vocab_from_texts(texts), seed=0)
 
 
+@pytest.fixture(scope="session")
+def dropout_free_model(tmp_path_factory):
+    """The tiny ERNIE without dropout: no randomness in a training step (the data order aside)."""
+    from utils import synthetic
+    from utils.tiny_ernie import build_ernie, texts_of_data_dirs, vocab_from_texts
+
+    texts = synthetic.vocab_texts() + texts_of_data_dirs([EXAMPLE_DATA]) + [synthetic.PROMPT]
+    path = str(tmp_path_factory.mktemp("models") / "tiny-no-dropout")
+    return build_ernie(path, vocab_from_texts(texts), seed=0, hidden_dropout_prob=0.0,
+                       attention_probs_dropout_prob=0.0)
+
+
 FAST = ["--max_seq_length", "40", "--learning_rate", "1e-3", "--ppt_learning_rate", "3e-3",
         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32", "--seed", "42"]
 
@@ -160,3 +172,89 @@ def ensemble_run(ensemble_members, tmp_path_factory):
     assert run_cli(ensemble.main, ["--members", *members, "--output_dir", out, "--data_dir", data_dir,
                                    "--do_eval", "--do_predict"]) == 0
     return data_dir, out
+
+
+class Interrupted(KeyboardInterrupt):
+    """What `interrupted_at` raises: a Ctrl-C at a known moment (run_cli exits 130)."""
+
+
+@contextlib.contextmanager
+def interrupted_at(point, directory=None):
+    """Runs in this process stop, as if by Ctrl-C, when they reach `point` (utils.checkpoints.reached:
+    `checkpoint-4 saved`, `final model written`, ...), in `directory` when given: "killed after
+    checkpoint-4 was saved but before the final model was written", deterministically."""
+    from utils import checkpoints
+
+    original = checkpoints.reached
+
+    def reached(name, where):
+        original(name, where)
+        if name == point and (directory is None or os.path.realpath(where) == os.path.realpath(directory)):
+            raise Interrupted(f"{point} in {where}")
+
+    checkpoints.reached = reached
+    try:
+        yield
+    finally:
+        checkpoints.reached = original
+
+
+TIMING = ("_runtime", "_per_second")
+
+
+def without_timing(record):
+    return {k: v for k, v in record.items() if not k.endswith(TIMING)}
+
+
+def assert_same_run(reference, resumed, final_results=True):
+    """`resumed` ended as `reference` did: every weight equal (max |Δw| == 0), the same global step, log
+    history (losses, learning rates, evaluations; timings aside) and train results, and the same
+    output files (checkpoint directories aside)."""
+    import json
+
+    import numpy as np
+    import paddle
+
+    def state(run):
+        with open(os.path.join(run, "trainer_state.json"), encoding="utf-8") as fp:
+            return json.load(fp)
+
+    a, b = paddle.load(os.path.join(reference, "model_state.pdparams")), paddle.load(
+        os.path.join(resumed, "model_state.pdparams"))
+    assert set(a) == set(b)
+    deltas = {k: float(np.abs(a[k].numpy().astype("float64") - b[k].numpy().astype("float64")).max()) for k in a
+              if a[k].size}
+    assert max(deltas.values()) == 0.0, sorted(deltas.items(), key=lambda kv: -kv[1])[:5]
+    sa, sb = state(reference), state(resumed)
+    for key in ("global_step", "max_steps", "num_train_epochs", "epoch", "best_metric"):
+        assert sa[key] == sb[key], (key, sa[key], sb[key])
+    assert [without_timing(h) for h in sa["log_history"]] == [without_timing(h) for h in sb["log_history"]]
+    if final_results:
+        with open(os.path.join(reference, "train_results.json"), encoding="utf-8") as fp:
+            ra = json.load(fp)
+        with open(os.path.join(resumed, "train_results.json"), encoding="utf-8") as fp:
+            rb = json.load(fp)
+        assert without_timing(ra) == without_timing(rb)
+
+    def outputs(run):
+        return sorted(n for n in os.listdir(run) if not n.startswith(("checkpoint-", ".")) and not n.endswith(".log"))
+
+    assert outputs(reference) == outputs(resumed)
+
+
+def paused_at(process, pause_file):
+    """The pid of the process that stopped at a PTUNING_TEST_PAUSE point (it waits there until killed),
+    once `pause_file` exists; `process` (the one launched, or its parent) must still be running. The
+    loop waits for a state this test holds, not for time to pass."""
+    import pathlib
+
+    pause_file = pathlib.Path(pause_file)
+    while not pause_file.exists():
+        assert process.poll() is None, "the run ended before it reached the pause point"
+        time.sleep(0.05)
+    return int(pause_file.read_text(encoding="utf-8"))
+
+
+def pause_env(point, pause_file):
+    """The environment for a subprocess that pauses at `point` (utils.checkpoints.reached)."""
+    return dict(os.environ, PTUNING_OFFLINE="1", PTUNING_TEST_PAUSE=f"{point}={pause_file}")

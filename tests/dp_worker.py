@@ -1,7 +1,7 @@
-"""train.py plus a dump of this process's weights when training ends (before any reload).
+"""train.py plus dumps of this process's weights when training starts and when it ends (before any reload).
 
 Used by tests/test_distributed.py: `DUMP_DIR=... python dp_worker.py <train.py flags>`, alone or
-under `paddle.distributed.launch`; writes DUMP_DIR/rank<R>.npz.
+under `paddle.distributed.launch`; writes DUMP_DIR/rank<R>-initial.npz and DUMP_DIR/rank<R>.npz.
 """
 import os
 import sys
@@ -17,12 +17,19 @@ from paddlenlp.trainer import TrainerCallback  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
+def dump(model, suffix=""):
+    layer = model._layers if isinstance(model, paddle.DataParallel) else model
+    rank = paddle.distributed.get_rank() if paddle.distributed.get_world_size() > 1 else 0
+    np.savez(os.path.join(os.environ["DUMP_DIR"], f"rank{rank}{suffix}.npz"),
+             **{name: tensor.numpy() for name, tensor in layer.state_dict().items()})
+
+
 class DumpWeights(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        dump(model, "-initial")
+
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        layer = model._layers if isinstance(model, paddle.DataParallel) else model
-        rank = paddle.distributed.get_rank() if paddle.distributed.get_world_size() > 1 else 0
-        np.savez(os.path.join(os.environ["DUMP_DIR"], f"rank{rank}.npz"),
-                 **{name: tensor.numpy() for name, tensor in layer.state_dict().items()})
+        dump(model)
 
 
 _init = training.PTuningTrainer.__init__

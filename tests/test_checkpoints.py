@@ -1,25 +1,23 @@
 """Checkpoints are whole or invisible, verified before use, and rotated without ever being half-deleted."""
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 import export as export_cli
 import train
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, assert_same_run, interrupted_at
 from utils import checkpoints
 from utils.errors import UserError, run_cli
 from utils.synthetic import PROMPT
 
 CHECKPOINT_FILES = ["model_state.pdparams", "optimizer.pdopt", "scheduler.pdparams", "rng_state.pth",
                     "trainer_state.json", "vocab.txt", "ptuning_config.json", "tokenizer_config.json",
-                    "special_tokens_map.json", "training_args.bin", "template_config.json"]
+                    "special_tokens_map.json", "training_args.bin", "template_config.json", "loss_state.json"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +29,8 @@ def checkpoint_run(tiny_model_dir, tmp_path_factory):
     data = write_keyword_dataset(str(base / "data"))
     out = base / "run"
     argv = ["--model_name_or_path", tiny_model_dir, "--data_dir", data, "--output_dir", str(out), "--prompt", PROMPT,
-            "--do_train", "--max_steps", "4", "--save_steps", "4", "--logging_steps", "1", *FAST]
+            "--do_train", "--max_steps", "4", "--save_steps", "4", "--logging_steps", "1",
+            "--lr_scheduler_type", "constant", *FAST]
     assert run_cli(train.main, argv) == 0
     return data, out, argv
 
@@ -87,10 +86,116 @@ def test_a_damaged_marker_is_an_error(checkpoint_run, tmp_path):
 
 
 def test_resuming_an_intact_checkpoint_is_exact(checkpoint_run, tmp_path):
-    _, out, _ = checkpoint_run
+    """What the damaged copies above are refused for, the intact copy does: checkpoint-4 (the run's
+    last) resumed in a directory of its own ends exactly as the run it came from."""
+    _, out, argv = checkpoint_run
     marker = checkpoints.verify(str(out / "checkpoint-4"), "resume")
     assert marker["global_step"] == 4 and set(CHECKPOINT_FILES) <= set(marker["files"])
     assert all(len(entry["sha256"]) == 64 for entry in marker["files"].values())
+    run_dir = tmp_path / "run"
+    shutil.copytree(out / "checkpoint-4", run_dir / "checkpoint-4")
+    assert run_cli(train.main, [a if a != str(out) else str(run_dir) for a in argv] +
+                   ["--resume_from_checkpoint", str(run_dir / "checkpoint-4")]) == 0
+    assert_same_run(str(out), str(run_dir))
+
+
+# -- resuming at a boundary: the last checkpoint, an epoch's end, an accumulation group cut by an epoch --
+# A constant learning rate, so that one optimizer step too many cannot hide behind a zero rate.
+
+def boundary_argv(model, data, out, *flags):
+    return ["--model_name_or_path", model, "--data_dir", data, "--output_dir", str(out), "--prompt", PROMPT,
+            "--do_train", "--lr_scheduler_type", "constant", "--save_total_limit", "3", *FAST, *flags]
+
+
+def interrupt_and_resume(argv_for, tmp_path, point, resume="in place"):
+    """Run `argv_for(dir)` until it reaches `point` (stopped there, before the final model), then resume it:
+    in place from its directory, or into another one from the checkpoint named. Returns the resumed run's
+    directory and what it printed."""
+    import io
+    from contextlib import redirect_stderr
+
+    interrupted = tmp_path / "interrupted"
+    with interrupted_at(point):
+        assert run_cli(train.main, argv_for(interrupted)) == 130
+    assert not (interrupted / checkpoints.COMPLETE_MARKER).exists()  # no final model
+    target = interrupted if resume == "in place" else tmp_path / "resumed"
+    source = interrupted if resume == "in place" else interrupted / resume
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = run_cli(train.main, argv_for(target) + ["--resume_from_checkpoint", str(source)])
+    assert code == 0, err.getvalue()[-3000:]
+    return target, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def four_steps(tiny_model_dir, tmp_path_factory):
+    """4 steps of a 12-batch epoch, a checkpoint every 2, the loss logged every 3 (so a checkpoint holds a
+    loss not logged yet); the uninterrupted run."""
+    from utils.synthetic import write_keyword_dataset
+
+    base = tmp_path_factory.mktemp("four")
+    data = write_keyword_dataset(str(base / "data"))
+
+    def argv(out):
+        return boundary_argv(tiny_model_dir, data, out, "--max_steps", "4", "--save_steps", "2",
+                             "--logging_steps", "3")
+
+    reference = base / "uninterrupted"
+    assert run_cli(train.main, argv(reference)) == 0
+    return argv, str(reference)
+
+
+@pytest.mark.parametrize("point, resume", [("checkpoint-4 saved", "in place"), ("checkpoint-4 saved", "checkpoint-4"),
+                                           ("checkpoint-2 saved", "in place")],
+                         ids=["last checkpoint, in place", "last checkpoint, elsewhere", "mid-way"])
+def test_resuming_at_max_steps_takes_no_step_and_ends_as_the_uninterrupted_run(point, resume, four_steps, tmp_path):
+    """Stopped after checkpoint-4 of --max_steps 4 was saved (before the final model): resumed, the run
+    takes no further optimizer step (paddlenlp took a fifth: `train: 5/4 steps`, other weights, another
+    train_loss); resumed mid-way it continues exactly."""
+    argv, reference = four_steps
+    resumed, err = interrupt_and_resume(argv, tmp_path, point, resume)
+    assert "train: 5/4" not in err and "train: 4/4 steps (100%)" in err
+    assert_same_run(reference, str(resumed))
+
+
+def test_resuming_at_an_epoch_end_is_exact(tiny_model_dir, tmp_path):
+    """--num_train_epochs 2 of 3 steps each, evaluated and saved every epoch's end: resumed from the first
+    epoch's end (paddlenlp restored the random state only after skipping batches, so never here: other
+    dropout) and from the last (no step is taken), the run ends as the uninterrupted one, the best
+    checkpoint reloaded at the end included."""
+    from utils.synthetic import write_keyword_dataset
+
+    data = write_keyword_dataset(str(tmp_path / "data"), train_per_class=8)  # 24 texts: 3 batches of 8
+
+    def argv(out):
+        return boundary_argv(tiny_model_dir, data, out, "--num_train_epochs", "2", "--do_eval", "--eval_steps", "3",
+                             "--logging_steps", "2")
+
+    reference = tmp_path / "uninterrupted"
+    assert run_cli(train.main, argv(reference)) == 0
+    for step in (3, 6):
+        resumed, _ = interrupt_and_resume(argv, tmp_path / f"at{step}", f"checkpoint-{step} saved")
+        assert_same_run(str(reference), str(resumed))
+
+
+def test_resuming_after_an_epoch_with_batches_left_over_from_accumulation_is_exact(dropout_free_model, tmp_path):
+    """6 batches an epoch, accumulated 4 at a time: one optimizer step an epoch. paddlenlp added the 2 batches
+    left over to the next epoch's first step, which no checkpoint holds: resumed at an epoch's end (a
+    model without dropout, so only that can differ) the run lost them. Now an epoch ends with its last
+    full group, and resuming there is exact."""
+    from utils.synthetic import write_keyword_dataset
+
+    data = write_keyword_dataset(str(tmp_path / "data"), train_per_class=8)
+
+    def argv(out):
+        return boundary_argv(dropout_free_model, data, out, "--per_device_train_batch_size", "4",
+                             "--gradient_accumulation_steps", "4", "--max_steps", "3", "--save_steps", "1",
+                             "--logging_steps", "1")
+
+    reference = tmp_path / "uninterrupted"
+    assert run_cli(train.main, argv(reference)) == 0
+    resumed, _ = interrupt_and_resume(argv, tmp_path / "at1", "checkpoint-1 saved")
+    assert_same_run(str(reference), str(resumed))
 
 
 CONFIG_EDITS = [
@@ -164,35 +269,51 @@ def test_rotation_never_leaves_a_half_deleted_checkpoint(tmp_path):
     assert [os.path.basename(p) for p in deleted] == ["checkpoint-4"] and os.listdir(run_dir) == ["checkpoint-6"]
 
 
+# (where the run is killed, the complete checkpoints it leaves, other names it may leave)
+KILL_POINTS = [("checkpoint-2 written", [1], {"checkpoint-2"}),            # a save without its marker
+               ("checkpoint-3 marked", [2, 3], set()),                      # before rotation
+               ("deleting checkpoint-3", [4], {".deleting-checkpoint-3-"}),  # renamed, not removed yet
+               ("checkpoint-5 saved", [5], set()),
+               ("final model written", [8], {"final model"})]               # its files, no marker yet
+
+
 @pytest.mark.slow
-def test_killed_at_random_moments_every_visible_checkpoint_verifies(tiny_model_dir, keyword_data, tmp_path):
-    """kill -9 while saving and rotating (a checkpoint every step, one kept): what is left always verifies,
-    and the run resumes from it."""
+def test_killed_at_each_moment_of_saving_every_visible_checkpoint_verifies(tiny_model_dir, keyword_data, tmp_path):
+    """kill -9 at each moment of saving and rotating (a checkpoint every step, one kept), each time resumed
+    from the latest checkpoint: what is left always verifies, a checkpoint counts only with its marker,
+    anything else is a leftover the next start removes, and the run ends as one never killed."""
+    from conftest import assert_same_run, pause_env, paused_at
+
+    def argv(out):
+        return ["--model_name_or_path", tiny_model_dir, "--data_dir", keyword_data, "--output_dir", str(out),
+                "--prompt", PROMPT, "--do_train", "--max_steps", "8", "--save_steps", "1", "--save_total_limit", "1",
+                "--logging_steps", "1", *FAST]
+
     out = tmp_path / "run"
-    env = dict(os.environ, PTUNING_OFFLINE="1")
-    argv = [sys.executable, os.path.join(ROOT, "train.py"), "--model_name_or_path", tiny_model_dir, "--data_dir",
-            keyword_data, "--output_dir", str(out), "--prompt", PROMPT, "--do_train", "--max_steps", "400",
-            "--save_steps", "1", "--save_total_limit", "1", "--logging_steps", "1", *FAST]
-    rng = random.Random(0)
-    for attempt in range(4):
+    for attempt, (point, complete, others) in enumerate(KILL_POINTS):
         resume = checkpoints.latest_checkpoint(str(out)) if out.exists() else None
-        command = argv + (["--resume_from_checkpoint", resume] if resume else [])
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while len(checkpoints.complete_checkpoints(str(out))) < 1 or (
-                resume and checkpoints.latest_checkpoint(str(out)) == resume):
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 1.5))
+        pause = tmp_path / f"paused-{attempt}"
+        process = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *argv(out)] +
+                                   (["--resume_from_checkpoint", resume] if resume else []),
+                                   env=pause_env(point, pause), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        paused_at(process, pause)
         process.send_signal(signal.SIGKILL)
-        process.wait()
+        process.communicate()
         visible = checkpoints.complete_checkpoints(str(out))
-        assert visible, "a kill never leaves the run without a checkpoint"
+        assert [checkpoints.checkpoint_step(c) for c in visible] == complete, point
         for path in visible:
             checkpoints.verify(path, "resume")
-        for name in os.listdir(out):  # anything else is either a finished file or a leftover the next start removes
-            assert name.startswith(("checkpoint-", ".saving", ".deleting-", ".ptuning.lock")) or name.endswith(
-                ".tmp"), name
+        left = {name for name in os.listdir(out) if name != ".ptuning.lock"} - {os.path.basename(c) for c in visible}
+        if "final model" in others:  # the final model's files without its marker: not a model
+            assert not (out / checkpoints.COMPLETE_MARKER).exists() and (out / "model_state.pdparams").exists()
+        else:
+            assert {name.rsplit("-", 1)[0] + "-" if name.startswith(".deleting-") else name for name in left} == \
+                others, (point, left)
+    assert run_cli(train.main, argv(out) + ["--resume_from_checkpoint", str(out)]) == 0
+    uninterrupted = tmp_path / "uninterrupted"
+    assert run_cli(train.main, argv(uninterrupted)) == 0
+    assert_same_run(str(uninterrupted), str(out))
+    assert not [n for n in os.listdir(out) if n.startswith(".deleting-")]
 
 
 @pytest.mark.parametrize("cli", ["ensemble", "teacher"])

@@ -101,3 +101,63 @@ def test_sentence_pairs_with_label_sets(tmp_path):
                             "data.txt": "戊\t己\n"})
     ds = load_dataset_dir(d, task_type="multi-label")
     assert ds.is_pair and ds.train == [{"text_a": "甲", "text_b": "乙", "labels": [1.0, 1.0]}]
+
+
+# -- dev.txt: optional for training alone, named where a flag reads it --
+
+def without_dev(data_dir):
+    import os
+
+    os.remove(os.path.join(data_dir, "dev.txt"))
+    return data_dir
+
+
+def test_training_without_dev_txt_works_end_to_end(tiny_model_dir, keyword_data, tmp_path):
+    """--do_train (with --do_predict and --do_export) needs no dev.txt, as upstream reads it for --do_eval:
+    the model is trained, saved, predicts test.txt and is exported (its parity texts from test.txt)."""
+    import os
+
+    import train
+    from conftest import FAST
+    from utils.errors import run_cli
+    from utils.synthetic import PROMPT
+
+    data = without_dev(keyword_data)
+    out = tmp_path / "out"
+    assert run_cli(train.main, ["--model_name_or_path", tiny_model_dir, "--data_dir", data, "--output_dir", str(out),
+                                "--prompt", PROMPT, "--do_train", "--do_predict", "--do_export", "--max_steps", "4",
+                                *FAST]) == 0
+    for name in ("model_state.pdparams", "checkpoint_complete.json", "train_results.json", "test_results.json",
+                 "test_predictions.tsv", os.path.join("export", "manifest.json")):
+        assert (out / name).is_file(), name
+    assert not (out / "eval_results.json").exists()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--do_eval"], "--do_eval"),
+    (["--evaluation_strategy", "steps", "--eval_steps", "2"], "--evaluation_strategy steps"),
+    (["--evaluation_strategy", "steps", "--eval_steps", "2", "--load_best_model_at_end", "true"],
+     "--load_best_model_at_end"),
+    (["--calibrate"], "--calibrate"),
+    (["--task_type", "multi_label", "--threshold_search", "global"], "--threshold_search"),
+])
+def test_a_flag_that_reads_dev_txt_is_refused_without_it_naming_the_flag_and_the_file(flags, named, tiny_model_dir,
+                                                                                       tmp_path, capsys,
+                                                                                       monkeypatch):
+    import os
+
+    import train
+    import utils.plm
+    from utils.errors import run_cli
+    from utils.synthetic import write_keyword_dataset, write_multilabel_keyword_dataset
+
+    monkeypatch.setattr(utils.plm, "load_plm", lambda *a, **k: pytest.fail("a model was loaded"))
+    write = write_multilabel_keyword_dataset if "--task_type" in flags else write_keyword_dataset
+    data = without_dev(write(str(tmp_path / "data")))
+    out = tmp_path / "out"
+    code = run_cli(train.main, ["--model_name_or_path", tiny_model_dir, "--data_dir", data, "--output_dir", str(out),
+                                "--do_train", "--max_steps", "4", *flags])
+    err = capsys.readouterr().err
+    dev = os.path.join(data, "dev.txt")
+    assert code == 2 and err.startswith(f"error: {dev}: dev file not found") and named in err, err
+    assert "Traceback" not in err and not out.exists()

@@ -101,6 +101,33 @@ def test_self_training_rounds_and_resume_as_a_whole(few_gold, tiny_model_dir, tm
     assert read_json(out / "eval_results.json")["eval_accuracy"] == eval_before
 
 
+@pytest.mark.parametrize("stopped_in", ["round 0", "the last round"])
+def test_rounds_resumed_after_a_rounds_last_checkpoint_end_as_the_uninterrupted_rounds(stopped_in, few_gold,
+                                                                                     tiny_model_dir, tmp_path):
+    """Self-training in 2 rounds of 4 steps, stopped after a round's checkpoint-4 was saved (before its final
+    model) and resumed as a whole: that round takes no further step (a constant learning rate, so one
+    cannot hide), the next round trains on what it labels, and both rounds end as in the uninterrupted
+    run: the same weights, losses, evaluations and train_loss."""
+    from conftest import assert_same_run, interrupted_at
+
+    data_dir, unlabeled, _, _ = few_gold
+
+    def argv(out):
+        return student_argv(tiny_model_dir, data_dir, str(out), "--unlabeled_file", unlabeled, "--min_confidence",
+                            "0", "--lr_scheduler_type", "constant", "--logging_steps", "3", steps=4)
+
+    uninterrupted = tmp_path / "uninterrupted"
+    assert run_cli(train.main, argv(uninterrupted)) == 0
+    out = tmp_path / "resumed"
+    stopped = out / "rounds" / "round-0" if stopped_in == "round 0" else out
+    with interrupted_at("checkpoint-4 saved", str(stopped)):
+        assert run_cli(train.main, argv(out)) == 130
+    assert not (out / "distill.json").exists() and not (stopped / "train_results.json").exists()
+    assert run_cli(train.main, argv(out) + ["--resume_from_checkpoint", str(out)]) == 0
+    for directory in ("rounds/round-0", "."):
+        assert_same_run(str(uninterrupted / directory), str(out / directory))
+
+
 def test_an_ensemble_export_is_a_teacher(ensemble_run):
     from utils.classifier import Classifier
     from utils.data import load_dataset_dir

@@ -76,6 +76,43 @@ def test_two_seeds(tiny_model_dir, keyword_data, tmp_path, capsys):
     assert "against the mean of its members" in (out / "summary.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
+def test_a_member_killed_after_its_last_checkpoint_resumes_as_the_uninterrupted_member(tiny_model_dir, keyword_data,
+                                                                                     tmp_path):
+    """multirun's first member killed (-9) after its checkpoint-4 of --max_steps 4 was saved, before its final
+    model: its own command (train.log) with --resume_from_checkpoint takes no further step and ends as the
+    member of an uninterrupted multirun (a constant learning rate, so an extra step cannot hide)."""
+    import shlex
+    import signal
+    import subprocess
+    import sys
+
+    import train
+    from conftest import ROOT, assert_same_run, pause_env, paused_at
+
+    flags = ["--model_name_or_path", tiny_model_dir, "--data_dir", keyword_data, "--prompt", PROMPT, "--do_train",
+             "--do_eval", "--max_steps", "4", "--eval_steps", "2", "--logging_steps", "3", "--lr_scheduler_type",
+             "constant", *FAST_NO_SEED]
+    uninterrupted = tmp_path / "uninterrupted"
+    assert run_cli(multirun.main, ["--output_dir", str(uninterrupted), "--seeds", "1", "2", "--", *flags]) == 0
+
+    out, pause = tmp_path / "killed", tmp_path / "paused"
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "multirun.py"), "--output_dir", str(out),
+                                "--seeds", "1", "2", "--", *flags], env=pause_env("checkpoint-4 saved", pause),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    os.kill(paused_at(process, pause), signal.SIGKILL)
+    _, err = process.communicate()
+    assert process.returncode == 2 and "run seed1 failed" in err, err[-2000:]
+    member = out / "runs" / "seed1"
+    assert (member / "checkpoint-4").is_dir() and not (member / "train_results.json").exists()
+
+    with open(member / "train.log", encoding="utf-8") as fp:
+        command = shlex.split(fp.readline()[len("$ "):])
+    assert command[1] == os.path.join(ROOT, "train.py")
+    assert run_cli(train.main, command[2:] + ["--resume_from_checkpoint", str(member)]) == 0
+    assert_same_run(str(uninterrupted / "runs" / "seed1"), str(member))
+
+
 def make_task_with_splits(root, sizes=((30, 12), (27, 9))):
     """A keyword task folder with splits/train_<i>.txt, dev_<i>.txt of distinct sizes (+ train_few_all.txt)."""
     task = write_keyword_dataset(str(root / "task"))

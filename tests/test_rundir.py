@@ -4,7 +4,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -102,26 +101,28 @@ def test_copied_run_resumes_from_its_own_checkpoints(tiny_model_dir, keyword_dat
     assert not original.exists()
 
 
-@pytest.mark.slow
-def test_a_second_run_into_a_busy_directory_is_refused(tiny_model_dir, keyword_data, tmp_path):
+def test_a_second_run_into_a_busy_directory_is_refused(tiny_model_dir, keyword_data, tmp_path, capsys):
+    """The directory's lock held here, as a running train.py holds it: a second train.py process into it is
+    refused, one paragraph naming the holder, and writes nothing; once the lock is released it runs."""
+    from utils.rundir import DirLock
+
     out = tmp_path / "run"
-    env = dict(os.environ, PTUNING_OFFLINE="1")
-    command = [sys.executable, os.path.join(ROOT, "train.py")]
-    first = subprocess.Popen(command + train_argv(tiny_model_dir, keyword_data, out, "--do_train", "--max_steps", "60",
-                                                  "--save_steps", "5"),
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(out.glob("checkpoint-*")):
-        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-2000:]
-        time.sleep(0.05)
-    second = subprocess.run(command + train_argv(tiny_model_dir, keyword_data, out, "--do_train", "--max_steps", "2",
-                                                 "--overwrite_output_dir"),
-                            env=env, capture_output=True, text=True)
-    assert second.returncode == 2 and "is in use by train.py (pid" in second.stderr, second.stderr[-2000:]
-    assert "Traceback" not in second.stderr
-    _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err[-2000:]
-    assert read(out / "trainer_state.json")["global_step"] == 60
+    lock = DirLock(str(out)).acquire()  # the first run, in the middle of its training
+    try:
+        second = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"),
+                                 *train_argv(tiny_model_dir, keyword_data, out, "--do_train", "--max_steps", "2",
+                                             "--overwrite_output_dir")],
+                                env=dict(os.environ, PTUNING_OFFLINE="1"), capture_output=True, text=True)
+        assert second.returncode == 2 and f"is in use by train.py (pid {os.getpid()})" in second.stderr, \
+            second.stderr[-2000:]
+        assert "Traceback" not in second.stderr and os.listdir(out) == [".ptuning.lock"]
+        code, err = run(capsys, train_argv(tiny_model_dir, keyword_data, out, "--do_train", "--max_steps", "2"))
+        assert code == 2 and "is in use by train.py" in err  # in this process too
+    finally:
+        lock.release()
+    code, err = run(capsys, train_argv(tiny_model_dir, keyword_data, out, "--do_train", "--max_steps", "2"))
+    assert code == 0, err
+    assert read(out / "trainer_state.json")["global_step"] == 2
 
 
 def test_predicting_without_a_trained_model_is_refused(keyword_data, tmp_path, capsys):

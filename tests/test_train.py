@@ -8,18 +8,12 @@ import sys
 import time
 
 import numpy as np
-import paddle
 import pytest
 
 import train
 from conftest import EXAMPLE_DATA, FAST, ROOT, read_tsv, shared_path
 from utils.errors import run_cli
 from utils.synthetic import PROMPT
-
-
-def losses(output_dir):
-    with open(os.path.join(output_dir, "trainer_state.json"), encoding="utf-8") as fp:
-        return {h["step"]: h["loss"] for h in json.load(fp)["log_history"] if "loss" in h}
 
 
 def test_keyword_task_is_learned(trained):
@@ -86,14 +80,10 @@ def test_existing_results_are_not_overwritten(trained, capsys):
     assert os.path.getmtime(os.path.join(out, "eval_results.json")) == before
 
 
-def tiny_tnews_copy(root):
-    """data/tnews for the seed command: a slice of FewCLUE tnews if ../shared has it, else the example data."""
+def tiny_tnews_copy(root, source):
+    """data/tnews for the seed command: the first lines of `source`'s train/dev and its label.txt."""
     target = os.path.join(root, "data", "tnews")
     os.makedirs(target)
-    try:
-        source = shared_path("data", "fewclue", "tnews")
-    except pytest.skip.Exception:
-        source = EXAMPLE_DATA
     for name, n in (("train.txt", 48), ("dev.txt", 16), ("label.txt", None)):
         with open(os.path.join(source, name), encoding="utf-8") as fp:
             lines = fp.readlines()
@@ -109,11 +99,14 @@ SEED_COMMAND = ('python train.py --data_dir ./data/tnews --output_dir ./checkpoi
 
 
 @pytest.mark.slow
-def test_seed_command_runs_unchanged(tmp_path):
+@pytest.mark.parametrize("data", ["FewCLUE tnews", "example data"])
+def test_seed_command_runs_unchanged(data, tmp_path):
     """The seed document's command verbatim, from a fresh working directory, with 20 steps (evaluating every
-    10) instead of 1000 (every 100), plus --model_name_or_path for the offline tiny model. What the defaults
+    10) instead of 1000 (every 100), plus --model_name_or_path for the offline tiny model, on a slice of the
+    real FewCLUE tnews (skipped, saying so, without ../shared) and of the example data. What the defaults
     make of these flags is tested flag by flag in test_args.py."""
-    data_dir = tiny_tnews_copy(str(tmp_path))
+    source = shared_path("data", "fewclue", "tnews") if data == "FewCLUE tnews" else EXAMPLE_DATA
+    data_dir = tiny_tnews_copy(str(tmp_path), source)
     env = dict(os.environ, PTUNING_OFFLINE="1", PYTHONPATH=ROOT)
     subprocess.run([sys.executable, "-m", "utils.tiny_ernie", "--output_dir", str(tmp_path / "tiny"),
                     "--data_dir", data_dir, "--extra_text", "这条新闻标题的主题是"], check=True, env=env,
@@ -153,55 +146,40 @@ def test_builtin_name_offline_fails_fast_with_a_clear_message(tmp_path, keyword_
     assert not (tmp_path / "o").exists() or not [p for p in (tmp_path / "o").iterdir() if p.name != ".ptuning.lock"]
 
 
-def same_run(reference, resumed, from_step, to_step):
-    """`resumed` logged the same losses as `reference` after `from_step` and ended with the same weights."""
-    a, b = losses(reference), losses(resumed)
-    assert [b[s] for s in range(from_step + 1, to_step + 1)] == [a[s] for s in range(from_step + 1, to_step + 1)]
-    wa = paddle.load(os.path.join(reference, "model_state.pdparams"))
-    wb = paddle.load(os.path.join(resumed, "model_state.pdparams"))
-    assert set(wa) == set(wb) and all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_exactly(tiny_model_dir, keyword_data, tmp_path):
-    """Kill -9 a training process mid-run; resuming from its last checkpoint, into another output directory
-    or in place, gives the same losses and weights as a run that was never interrupted, and no
-    half-written checkpoint is left."""
+    """Kill -9 a training process while it saves checkpoint-30 (checkpoint-20 complete); resuming from its
+    last complete checkpoint, into another output directory or in place, gives the losses and weights of a
+    run that was never interrupted, and the half-written checkpoint is never used and is removed."""
     import signal
 
+    from conftest import assert_same_run, pause_env, paused_at
+
     base = ["--model_name_or_path", tiny_model_dir, "--data_dir", keyword_data, "--prompt", PROMPT,
-            "--do_train", "--max_steps", "120", "--save_steps", "10", "--logging_steps", "1", "--device", "cpu",
+            "--do_train", "--max_steps", "40", "--save_steps", "10", "--logging_steps", "1", "--device", "cpu",
             *FAST]
-    killed = tmp_path / "killed"
-    env = dict(os.environ, PTUNING_OFFLINE="1")
+    killed, pause = tmp_path / "killed", tmp_path / "paused"
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *base, "--output_dir", str(killed)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (killed / "checkpoint-20").is_dir():
-        assert process.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
-        time.sleep(0.02)
+                               env=pause_env("checkpoint-30 written", pause), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    assert paused_at(process, pause) == process.pid
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (killed / "train_results.json").exists()
-
-    checkpoints = sorted((p for p in killed.glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[1]))
-    marked = [c for c in checkpoints if (c / "checkpoint_complete.json").is_file()]
-    for checkpoint in marked:  # every checkpoint with its marker is whole
-        marker = json.loads((checkpoint / "checkpoint_complete.json").read_text(encoding="utf-8"))
-        assert set(marker["files"]) <= {p.name for p in checkpoint.iterdir()}
-        assert {"model_state.pdparams", "optimizer.pdopt", "rng_state.pth"} <= set(marker["files"])
-    assert set(checkpoints) - set(marked) <= {checkpoints[-1]}  # at most the save the kill interrupted
-    last = marked[-1]
-    resumed_from = int(last.name.split("-")[1])
-    assert resumed_from < 120
+    assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-30"]
+    marker = json.loads((killed / "checkpoint-20" / "checkpoint_complete.json").read_text(encoding="utf-8"))
+    assert set(marker["files"]) <= {p.name for p in (killed / "checkpoint-20").iterdir()}
+    assert {"model_state.pdparams", "optimizer.pdopt", "rng_state.pth"} <= set(marker["files"])
+    assert not (killed / "checkpoint-30" / "checkpoint_complete.json").exists()  # the save the kill interrupted
 
     uninterrupted = str(tmp_path / "uninterrupted")
     assert run_cli(train.main, base + ["--output_dir", uninterrupted]) == 0
-    elsewhere = str(tmp_path / "elsewhere")  # first: resuming in place rotates `last` away
-    assert run_cli(train.main, base + ["--output_dir", elsewhere, "--resume_from_checkpoint", str(last)]) == 0
-    same_run(uninterrupted, elsewhere, resumed_from, 120)
-    assert run_cli(train.main, base + ["--output_dir", str(killed), "--resume_from_checkpoint", str(last)]) == 0
-    same_run(uninterrupted, str(killed), resumed_from, 120)
+    elsewhere = str(tmp_path / "elsewhere")  # first: resuming in place rotates checkpoint-20 away
+    assert run_cli(train.main, base + ["--output_dir", elsewhere, "--resume_from_checkpoint",
+                                       str(killed / "checkpoint-20")]) == 0
+    assert_same_run(uninterrupted, elsewhere)
+    assert run_cli(train.main, base + ["--output_dir", str(killed), "--resume_from_checkpoint", str(killed)]) == 0
+    assert_same_run(uninterrupted, str(killed))
     assert all((c / "checkpoint_complete.json").is_file() for c in killed.glob("checkpoint-*"))  # leftovers gone
 
 
@@ -221,6 +199,39 @@ def test_data_order_depends_only_on_seed_and_epoch():
     first, second = [list(sampler) for _ in range(2)]  # consecutive epochs without set_epoch
     assert first == [order(1, 0)[i:i + 4] for i in range(0, 20, 4)]
     assert second == [order(1, 1)[i:i + 4] for i in range(0, 20, 4)]
+
+
+def test_an_epoch_ends_with_its_last_full_accumulation_group():
+    """With accumulation over 4 batches, an epoch of 6 batches yields 4 (the 2 left over differ by epoch);
+    fewer batches than a group are all kept (paddlenlp then accumulates over the epoch)."""
+    from utils.training import SeededBatchSampler
+
+    data = list(range(24))
+    sampler = SeededBatchSampler(data, batch_size=4, shuffle=True, seed=1, accumulation=4)
+    epochs = [list(sampler) for _ in range(3)]
+    assert len(sampler) == 4 and all(len(epoch) == 4 for epoch in epochs)
+    everything = SeededBatchSampler(data, batch_size=4, shuffle=True, seed=1)
+    assert [list(everything)[:4] for _ in range(3)] == epochs  # the same order, cut after the last group
+    assert len({tuple(i for batch in epoch for i in batch) for epoch in epochs}) == 3
+    few = SeededBatchSampler(data, batch_size=8, shuffle=True, seed=1, accumulation=4)
+    assert len(few) == len(list(few)) == 3
+
+
+def test_freeze_plm_trains_the_epochs_asked_for(dropout_free_model, tmp_path):
+    """--freeze_plm sets max_steps from --num_train_epochs: counted as the Trainer counts an epoch's steps
+    (24 texts in batches of 4, accumulated 4 at a time: one step an epoch), 2 epochs are 2 steps (it
+    counted 4, so the run went on for 4 epochs)."""
+    from utils.synthetic import write_keyword_dataset
+
+    data = write_keyword_dataset(str(tmp_path / "data"), train_per_class=8)
+    out = tmp_path / "out"
+    assert run_cli(train.main, ["--model_name_or_path", dropout_free_model, "--data_dir", data, "--output_dir",
+                                str(out), "--prompt", PROMPT, "--do_train", "--freeze_plm", "--num_train_epochs", "2",
+                                "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "4",
+                                "--max_seq_length", "40"]) == 0
+    with open(out / "trainer_state.json", encoding="utf-8") as fp:
+        state = json.load(fp)
+    assert (state["global_step"], state["max_steps"], state["epoch"]) == (2, 2, 2.0)
 
 
 def test_predict_needs_test_txt_only_for_metrics(trained, tmp_path, capsys):

@@ -20,7 +20,7 @@ import shutil
 from typing import Dict, List, Optional
 
 from .errors import UserError
-from .files import read_json, sha256_file, write_json_atomic
+from .files import read_json, sha256_file, write_json_atomic, write_text_atomic
 from .spec import SPEC_FILE, is_pretrained_language_model, not_a_classifier
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,28 @@ DELETING_PREFIX = ".deleting-"
 LEFTOVER_PATTERNS = (".saving*", DELETING_PREFIX + "*", "export.tmp-*", "export.old-*", ".*.tmp")
 MODEL_FILES = ("model_state.pdparams", SPEC_FILE)
 RESUME_FILES = ("optimizer.pdopt", "scheduler.pdparams", "trainer_state.json")
+# The training loop's loss bookkeeping at the save (utils/training.py `MarkedCheckpoints.loss_state`), so
+# a resumed run logs the losses of an uninterrupted one; checkpoints of earlier versions lack it.
+LOSS_STATE_FILE = "loss_state.json"
+PAUSE_ENV = "PTUNING_TEST_PAUSE"
+
+
+def reached(point: str, directory: str) -> None:
+    """A named moment of saving, where tests stop a run (kill -9, or an exception in-process):
+    `checkpoint-N written` (its files, no marker yet), `checkpoint-N marked` (before rotation),
+    `deleting checkpoint-M` (renamed to `.deleting-*`, not removed yet), `checkpoint-N saved`
+    (rotation done), `final model written` (no marker yet), `final model saved`; `directory` is
+    the run's. With `PTUNING_TEST_PAUSE="<point>=<file>"` the process writes its pid to `<file>`
+    when it reaches `<point>` and waits there until it is killed."""
+    wanted = os.environ.get(PAUSE_ENV)
+    if not wanted:
+        return
+    name, _, path = wanted.partition("=")
+    if name == point and path:
+        import threading
+
+        write_text_atomic(path, f"{os.getpid()}\n")
+        threading.Event().wait()  # for ever: the test kills the process here
 
 
 def rng_file(world_size: int) -> str:
@@ -159,6 +181,7 @@ def remove_tree(path: str) -> None:
     if os.path.lexists(trash):
         _remove_any(trash)
     os.replace(path, trash)
+    reached(f"deleting {name}", parent)
     _remove_any(trash)
 
 

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 PRETRAINING_FILE = "pretraining.json"
 MODEL_FILES = ("model_state.pdparams", "config.json", PRETRAINING_FILE)
 IGNORE_INDEX = -100
+CHARS_PER_TOKEN = 8      # the first prefix of a line segmented (CorpusEncoder.units): 8 characters a token
 
 
 class Masking(Choice):
@@ -128,19 +129,34 @@ class CorpusEncoder:
             jieba.setLogLevel(logging.WARNING)  # its dictionary-loading chatter
             jieba.initialize()
 
-    def units(self, text: str) -> Tuple[List[int], List[int]]:
-        """`(ids, unit index per token)`."""
+    def units(self, text: str, max_tokens: Optional[int] = None) -> Tuple[List[int], List[int]]:
+        """`(ids, unit index per token)` of `text`, or, with `max_tokens`, of a prefix of it whose first
+        `max_tokens` tokens are the whole text's: jieba and the tokenizer never see the rest of a long line
+        (a 2-million-character line was segmented whole: 4x slower). The prefix is `CHARS_PER_TOKEN`
+        characters a token, doubled until a whole word lies between the tokens kept and the word the cut
+        may have split (whitespace, say, gives no tokens)."""
+        size = len(text) if max_tokens is None else CHARS_PER_TOKEN * (max_tokens + 2)
+        while True:
+            ids, units, words = self._units(text[:size])
+            if size >= len(text) or (len(ids) > max_tokens and words[max_tokens - 1] + 1 < words[-1]):
+                return ids, units
+            size *= 2
+
+    def _units(self, text: str) -> Tuple[List[int], List[int], List[int]]:
+        """`(ids, unit index per token, word index per token)`: a unit is a jieba word (word masking) or a
+        token; a word is jieba's, or the pre-tokenizer's (char masking)."""
         if self.whole_words:
             import jieba
 
             encoding = self.fast.encode(jieba.lcut(text), is_pretokenized=True, add_special_tokens=False)
-            return encoding.ids, [w if w is not None else -1 for w in encoding.word_ids]
-        ids = self.fast.encode(text, add_special_tokens=False).ids
-        return ids, list(range(len(ids)))
+            words = [w if w is not None else -1 for w in encoding.word_ids]
+            return encoding.ids, words, words
+        encoding = self.fast.encode(text, add_special_tokens=False)
+        return encoding.ids, list(range(len(encoding.ids))), [w if w is not None else -1 for w in encoding.word_ids]
 
     def encode(self, text: Tuple[str, ...]) -> EncodedText:
-        pieces = [self.units(part) for part in text]
-        room = self.max_seq_length - 1 - len(pieces)  # [CLS] and a [SEP] after each part
+        room = self.max_seq_length - 1 - len(text)  # [CLS] and a [SEP] after each part
+        pieces = [self.units(part, room) for part in text]  # a part keeps at most `room` tokens
         lengths = [len(ids) for ids, _ in pieces]
         while sum(lengths) > room:  # the longest part gives way, as the tokenizers truncate pairs
             lengths[int(np.argmax(lengths))] -= 1
@@ -259,11 +275,7 @@ def trainer_class():
             self.provenance = provenance
             super().__init__(*args, **kwargs)
 
-        def _get_train_sampler(self):
-            return EpochKeyedBatchSampler(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
-                                          shuffle=True, num_replicas=self.args.dataset_world_size,
-                                          rank=self.args.dataset_rank, drop_last=self.args.dataloader_drop_last,
-                                          seed=self.args.seed)
+        sampler_class = EpochKeyedBatchSampler
 
         def _save(self, output_dir=None, state_dict=None, merge_tensor_parallel=False):
             output_dir = output_dir or self.args.output_dir

@@ -12,9 +12,10 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import paddle
 
-from .checkpoints import COMPLETE_MARKER, remove_tree, rotate, write_marker
+from . import checkpoints
+from .checkpoints import COMPLETE_MARKER, LOSS_STATE_FILE, remove_tree, rotate, write_marker
 from .checkpoints import verify as verify_checkpoint
-from .data import DatasetDir, load_dataset_dir
+from .data import DatasetDir, load_dataset_dir, split_path
 from .distributed import allreduce_gradients, check_in_sync
 from .errors import ENVIRONMENT_ERRNOS, UserError
 from .files import read_json, write_json_atomic, write_text_atomic
@@ -54,22 +55,57 @@ class SeededBatchSampler(DistributedBatchSampler):
     epoch starts; after `--resume_from_checkpoint` that RNG is in another state, so the resumed
     run would see other batches than the uninterrupted one. (The parent class shuffles with
     `RandomState(self.epoch)`, the same for every seed.)
+
+    With gradient accumulation over `accumulation` batches, an epoch ends with its last full
+    accumulation group: paddlenlp's loop added the gradients of the batches left over to the next
+    epoch's first optimizer step, which no checkpoint holds (a run resumed at an epoch's end lost
+    them) and which took more than one step's worth of gradient. The batches skipped differ from
+    epoch to epoch, as the order does.
     """
 
-    def __init__(self, *args, seed: int = 0, **kwargs):
+    def __init__(self, *args, seed: int = 0, accumulation: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
         self.seed = seed
+        self.accumulation = max(1, int(accumulation))
+
+    def __len__(self) -> int:
+        batches = super().__len__()
+        # fewer batches than one group: paddlenlp accumulates over the whole epoch instead
+        return batches - batches % self.accumulation if batches >= self.accumulation else batches
 
     def __iter__(self):
         epoch = self.epoch
         self.epoch = (self.seed * 1_000_003 + epoch) % (1 << 32)  # what the parent seeds its shuffle with
         try:
-            yield from super().__iter__()
+            batches = super().__iter__()
+            for _ in range(len(self)):
+                yield next(batches)
         finally:
             self.epoch = epoch + 1
 
 
 OUTPUT_KIND_FLAGS = (("do_eval", "eval"), ("do_predict", "predict"), ("do_export", "export"))
+
+
+class RestoredAtLoopStart:
+    """A Trainer attribute that paddlenlp's training loop resets when it starts (`_total_loss_scalar = 0.0`,
+    `_globalstep_last_logged = global_step`): in a resumed run, that first assignment stores the value
+    saved with the checkpoint instead (`MarkedCheckpoints._restore_at_loop_start`)."""
+
+    def __set_name__(self, owner, name):
+        self.name, self.slot = name, "_value" + name
+
+    def __get__(self, trainer, owner=None):
+        if trainer is None:
+            return self
+        try:
+            return trainer.__dict__[self.slot]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __set__(self, trainer, value):
+        restore = trainer.__dict__.get("_restore_at_loop_start") or {}
+        trainer.__dict__[self.slot] = restore.pop(self.name, value)
 
 
 class MarkedCheckpoints:
@@ -80,25 +116,103 @@ class MarkedCheckpoints:
       last; old ones are rotated away crash-safely (utils/checkpoints.py).
     * Each epoch's data order depends on the seed and the epoch alone (`SeededBatchSampler`), so a
       resumed run sees the batches the uninterrupted one saw.
+    * A resumed run takes exactly the optimizer steps the uninterrupted run had left (none from its
+      last checkpoint), with its random state and its loss bookkeeping (`_inner_training_loop`).
     * Data parallelism: every gradient is averaged explicitly and all processes' weights are
       compared at every save (utils/distributed.py).
     """
 
+    sampler_class = SeededBatchSampler        # pretrain.py's hands its dataset epoch-keyed indices
+    # the loop's loss bookkeeping: the sum of the losses logged so far, the step of the last log
+    _total_loss_scalar = RestoredAtLoopStart()
+    _globalstep_last_logged = RestoredAtLoopStart()
+    _resumed: Optional[dict] = None           # train(): the checkpoint's global_step and loss state
+    _unlogged_loss = None                     # the loop's sum of losses since the last log (a tensor)
+    _unlogged_loss_to_restore: Optional[float] = None
+
+    def train(self, resume_from_checkpoint=None, ignore_keys_for_eval=None):
+        self._resumed = read_resume_point(resume_from_checkpoint, self.args) if resume_from_checkpoint else None
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint,
+                                 ignore_keys_for_eval=ignore_keys_for_eval)
+        finally:
+            self._resumed = self._unlogged_loss_to_restore = None
+            self.__dict__.pop("_restore_at_loop_start", None)
+
+    def _inner_training_loop(self, args, model, train_dataloader, len_dataloader, max_steps, num_train_epochs,
+                             num_update_steps_per_epoch, num_train_samples, resume_from_checkpoint,
+                             ignore_keys_for_eval):
+        """paddlenlp's loop, with a resumed run's boundaries made exact:
+
+        * Resumed at max_steps (the run's last checkpoint), paddlenlp re-entered the last epoch,
+          skipped the batches already trained and took one more optimizer step before it looked at
+          max_steps: here no epoch is left to run, so no step is taken.
+        * Resumed at an epoch's end, paddlenlp never restored the random state (it does so after
+          skipping the trained batches of a partly trained epoch, and there were none): other dropout
+          masks than the uninterrupted run's.
+        * The loop starts its loss bookkeeping from zero: the checkpoint's (`LOSS_STATE_FILE`) is put
+          back, so every logged loss and train_loss equal the uninterrupted run's.
+        """
+        epochs = num_train_epochs
+        resumed = self._resumed
+        if resumed is not None and not args.ignore_load_lr_and_optim:
+            step = resumed["global_step"]
+            finished = step >= max_steps
+            if finished:
+                epochs = step // num_update_steps_per_epoch  # = the epochs paddlenlp counts as trained: none left
+                logger.info("%s is at step %d of %d: training is complete, no step is taken", resume_from_checkpoint,
+                            step, max_steps)
+            elif args.ignore_data_skip or step % num_update_steps_per_epoch == 0:
+                self._load_rng_state(resume_from_checkpoint)
+            loss = resumed.get("loss")
+            if loss is not None:
+                total, unlogged = loss["total"], loss["unlogged"]
+                if finished:  # the loop ends by adding its unlogged sum to the total: here it is the saved one
+                    total, unlogged = total + unlogged, None
+                self._restore_at_loop_start = {"_total_loss_scalar": total,
+                                               "_globalstep_last_logged": loss["last_logged_step"]}
+                self._unlogged_loss_to_restore = unlogged
+        output = super()._inner_training_loop(args, model, train_dataloader, len_dataloader, max_steps, epochs,
+                                              num_update_steps_per_epoch, num_train_samples, resume_from_checkpoint,
+                                              ignore_keys_for_eval)
+        self.state.num_train_epochs = num_train_epochs
+        return output
+
+    def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
+        self._unlogged_loss = tr_loss  # saved with a checkpoint (`loss_state`)
+        return super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
+
+    def loss_state(self) -> dict:
+        """What a checkpoint keeps of the loop's loss bookkeeping; every process's unlogged sum (collective)."""
+        unlogged = 0.0 if self._unlogged_loss is None else float(self._unlogged_loss.item())
+        values = [unlogged]
+        if self.args.world_size > 1:
+            gathered: List[paddle.Tensor] = []
+            paddle.distributed.all_gather(gathered, paddle.to_tensor([unlogged], dtype="float64"))
+            values = [float(t.item()) for t in gathered]
+        return {"total": self._total_loss_scalar, "last_logged_step": self._globalstep_last_logged,
+                "unlogged": values}
+
     def _get_train_sampler(self):
         if self.train_dataset is None:
             return None
-        return SeededBatchSampler(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
+        return self.sampler_class(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
                                   shuffle=True, num_replicas=self.args.dataset_world_size,
                                   rank=self.args.dataset_rank, drop_last=self.args.dataloader_drop_last,
-                                  seed=self.args.seed)
+                                  seed=self.args.seed, accumulation=self.args.gradient_accumulation_steps)
 
     def training_step(self, model, inputs):
         if not isinstance(model, paddle.DataParallel):
-            return super().training_step(model, inputs)
-        # Paddle's reducer drops strided gradients (see utils/distributed.py): reduce them all here.
-        with model.no_sync():
             loss = super().training_step(model, inputs)
-        allreduce_gradients(self.model.parameters())
+        else:
+            # Paddle's reducer drops strided gradients (see utils/distributed.py): reduce them all here.
+            with model.no_sync():
+                loss = super().training_step(model, inputs)
+            allreduce_gradients(self.model.parameters())
+        if self._unlogged_loss_to_restore is not None:
+            # the loop adds this to its unlogged sum, which it started at zero: it continues the checkpoint's
+            loss = loss + paddle.to_tensor(self._unlogged_loss_to_restore, dtype=loss.dtype)
+            self._unlogged_loss_to_restore = None
         return loss
 
     def _load_rng_state(self, checkpoint):
@@ -114,7 +228,9 @@ class MarkedCheckpoints:
             os.remove(marker)  # the final model is being replaced: it is incomplete until the new marker
         super().save_model(output_dir, merge_tensor_parallel)
         if final and self.args.should_save:
+            checkpoints.reached("final model written", self.args.output_dir)
             write_marker(self.args.output_dir, self.state.global_step, self.args.world_size)
+            checkpoints.reached("final model saved", self.args.output_dir)
 
     def _save_checkpoint(self, model, metrics=None):
         """The Trainer writes `checkpoint-N`; the marker, written last, makes it a checkpoint.
@@ -123,19 +239,26 @@ class MarkedCheckpoints:
         removed at the next start (`clean_leftovers`); a failed save removes its directory at once.
         """
         check_in_sync(self.model, f"checkpoint at step {self.state.global_step}")
+        loss_state = self.loss_state()
         path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
         writer = self.args.should_save  # under data parallelism only the first process writes
         if writer and os.path.lexists(path):  # the same step saved again: the old one goes first
             remove_tree(path)
         try:
             super()._save_checkpoint(model, metrics)
+            if writer:
+                write_json_atomic(os.path.join(path, LOSS_STATE_FILE), loss_state)
         except BaseException:
             if writer:
                 shutil.rmtree(path, ignore_errors=True)  # never leave a half checkpoint (or a full disk)
             raise
         if writer:
+            name = os.path.basename(path)
+            checkpoints.reached(f"{name} written", self.args.output_dir)
             write_marker(path, self.state.global_step, self.args.world_size)
+            checkpoints.reached(f"{name} marked", self.args.output_dir)
             rotate(self.args.output_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
+            checkpoints.reached(f"{name} saved", self.args.output_dir)
 
     def _rotate_checkpoints(self, use_mtime=False, output_dir=None):
         """Rotation happens after the marker, by step and crash-safely (`_save_checkpoint`)."""
@@ -151,6 +274,25 @@ class MarkedCheckpoints:
         if self.is_world_process_zero():
             write_text_atomic(os.path.join(self.args.output_dir, "trainer_state.json"),
                               json.dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True) + "\n")
+
+
+def read_resume_point(checkpoint: str, args) -> dict:
+    """`{"global_step", "loss"}` of a checkpoint to resume from: the step its trainer state reached, and
+    this process's part of its loss state (None when it has none: saved by an earlier version, or by
+    another number of processes)."""
+    state = read_json(os.path.join(checkpoint, "trainer_state.json"), what="trainer state")
+    point = {"global_step": int(state.get("global_step") or 0), "loss": None}
+    path = os.path.join(checkpoint, LOSS_STATE_FILE)
+    if os.path.isfile(path):
+        saved = read_json(path, what="loss state")
+        unlogged = saved.get("unlogged") or []
+        if len(unlogged) == max(1, args.world_size):
+            point["loss"] = {"total": float(saved["total"]), "last_logged_step": int(saved["last_logged_step"]),
+                             "unlogged": float(unlogged[max(0, args.process_index)])}
+    if point["loss"] is None:
+        logger.warning("%s has no loss state for %d process(es): the losses logged after resuming (and train_loss) "
+                       "count the resumed steps only", checkpoint, max(1, args.world_size))
+    return point
 
 
 class PTuningTrainer(MarkedCheckpoints, PromptTrainer):
@@ -292,10 +434,14 @@ def output_kinds(training_args) -> List[str]:
 
 
 def default_max_steps(training_args, num_examples: int) -> int:
-    """Steps for `--num_train_epochs` (the prompt-only optimizer of --freeze_plm needs max_steps)."""
+    """Steps for `--num_train_epochs`, counted as the Trainer counts them (the prompt-only optimizer of
+    --freeze_plm needs max_steps): a process's batches (`SeededBatchSampler`) // accumulation x epochs."""
     world = max(1, training_args.world_size)
-    per_step = training_args.per_device_train_batch_size * world * training_args.gradient_accumulation_steps
-    return max(1, math.ceil(training_args.num_train_epochs * math.ceil(num_examples / per_step)))
+    per_process = math.ceil(num_examples / world)
+    batch = training_args.per_device_train_batch_size
+    batches = per_process // batch if training_args.dataloader_drop_last else math.ceil(per_process / batch)
+    per_epoch = max(1, batches // training_args.gradient_accumulation_steps)
+    return max(1, int(per_epoch * training_args.num_train_epochs))
 
 
 def plan_model(model_args, data_args, training_args, dataset: DatasetDir, checkpoint: Optional[str]) -> ModelSpec:
@@ -444,10 +590,32 @@ def predict_logits(trainer, examples: List[dict]) -> np.ndarray:
     return predict(trainer, examples)[0]
 
 
-def load_data(data_args, training_args, task_type: str = MULTI_CLASS, calibrate: bool = False) -> DatasetDir:
-    dataset = load_dataset_dir(data_args.data_dir, need_train=training_args.do_train,
-                               need_dev=training_args.do_train or training_args.do_eval or calibrate,
+def dev_needed_by(model_args, training_args) -> Optional[str]:
+    """The flag that reads dev.txt, and what for; None when nothing does: dev.txt is optional for training
+    alone (as in upstream's few-shot apps, where --do_eval reads it)."""
+    strategy = str(training_args.evaluation_strategy.value)
+    if training_args.do_train and strategy != "no":  # (paddlenlp turns --do_eval on with a strategy)
+        best = ", --load_best_model_at_end" if training_args.load_best_model_at_end else ""
+        return f"evaluation during training (--do_eval, --evaluation_strategy {strategy}{best}) reads it"
+    if training_args.do_eval:
+        return "--do_eval evaluates on it"
+    if model_args.calibrate:
+        return "--calibrate fits the temperature on it"
+    if model_args.threshold_search not in (None, ThresholdSearch.NONE):
+        return "--threshold_search tunes the thresholds on it"
+    return None
+
+
+def load_data(model_args, data_args, training_args, task_type: str = MULTI_CLASS) -> DatasetDir:
+    """The dataset directory: train.txt for --do_train, dev.txt where a flag reads it (`dev_needed_by`), else
+    when present."""
+    dataset = load_dataset_dir(data_args.data_dir, need_train=training_args.do_train, need_dev=False,
                                task_type=str(task_type))
+    needed_by = dev_needed_by(model_args, training_args)
+    if needed_by and not dataset.dev:
+        path = split_path(data_args.data_dir, "dev")
+        raise UserError(f"dev file {'has no examples' if os.path.exists(path) else 'not found'}: {needed_by}",
+                        path)
     if training_args.do_predict and dataset.test is None and dataset.data is None:
         raise UserError("--do_predict needs test.txt (labelled: metrics + predictions) or data.txt (texts: "
                         "predictions), and the data directory has neither", dataset.path)
@@ -469,7 +637,7 @@ class Run:
         """Check everything that can be checked before a model loads, then claim the output directory."""
         args, data_args = self.args, self.data_args
         self.task_type = resolve_task_type(self.model_args, args, data_args)
-        self.dataset = load_data(data_args, args, self.task_type, calibrate=self.model_args.calibrate)
+        self.dataset = load_data(self.model_args, data_args, args, self.task_type)
         other = self.model_args.other_label
         if other is not None and other in self.dataset.labels.labels:
             raise UserError(f"{other!r} is a label of label.txt; a rejected text needs a name of its own",
