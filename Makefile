@@ -27,7 +27,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed $(VENV)/.installed-ray requirements-d
 	$(PIP) -r requirements-dev.txt
 	@touch $@
 
-# Optional: infer.py --ray and serve.py --ray (Ray core + Serve; README "Beyond one machine: Ray").
+# Optional: infer.py --ray and serve.py --ray (Ray core + Serve; docs/how-to/ray.md).
 $(VENV)/.installed-ray: $(VENV)/.installed requirements-ray.txt
 	$(PIP) -r requirements-ray.txt
 	@touch $@
