@@ -11,7 +11,8 @@ DEMO_MODEL := checkpoints/demo-tiny-ernie
 DEMO_OUT := checkpoints/demo
 DEMO_PROMPT := 这条新闻的主题是
 
-.PHONY: install install-dev install-ray browser demo demo-label-sets test bench bench-ray bench-unlabeled quality clean
+.PHONY: install install-dev install-ray browser demo demo-label-sets test docs-check docs-reference bench bench-ray \
+  bench-unlabeled quality clean
 
 $(VENV)/.installed: requirements.txt requirements-cpu.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +27,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed $(VENV)/.installed-ray requirements-d
 	$(PIP) -r requirements-dev.txt
 	@touch $@
 
-# Optional: infer.py --ray and serve.py --ray (Ray core + Serve; README "Beyond one machine: Ray").
+# Optional: infer.py --ray and serve.py --ray (Ray core + Serve; docs/how-to/ray.md).
 $(VENV)/.installed-ray: $(VENV)/.installed requirements-ray.txt
 	$(PIP) -r requirements-ray.txt
 	@touch $@
@@ -72,6 +73,14 @@ demo-label-sets: install
 
 test: install-dev
 	$(PY) -m pytest -q tests
+
+# Every command in README.md and docs/ run (or parse-checked) by tests/test_docs.py; part of `make test`.
+docs-check: install-dev
+	$(PY) -m pytest -q tests/test_docs.py
+
+# Regenerate docs/reference/cli/*.md from the scripts' parsers (test_docs checks they are current).
+docs-reference: install
+	$(PY) tests/test_docs.py --write-reference
 
 # A headless browser for tests/test_explain.py (the explanation page is rendered and screenshotted):
 # chromium from the system's packages when none is installed (Debian/Ubuntu; the test skips, saying

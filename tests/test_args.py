@@ -162,6 +162,10 @@ DEFAULT_CASES = [
      dict(output_dir="out", report_to=["visualdl"], device="cpu", save_total_limit=5, evaluation_strategy="steps",
           save_strategy="steps", eval_steps=10, save_steps=20, metric_for_best_model="macro_f1",
           load_best_model_at_end=False)),
+    ("upstream's bare --load_best_model_at_end means true (its multi-label command)",
+     ["--do_train", "--do_eval", "--metric_for_best_model", "macro_f1_score", "--load_best_model_at_end",
+      "--evaluation_strategy", "epoch", "--save_strategy", "epoch"],
+     dict(BEST_EVERY_EPOCH, metric_for_best_model="macro_f1")),
     ("an epoch strategy given: saving follows it", ["--do_train", "--do_eval", "--eval_steps", "10",
                                                    "--evaluation_strategy", "epoch"], BEST_EVERY_EPOCH),
 ]

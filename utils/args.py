@@ -293,6 +293,14 @@ def _parser_class():
                                     metavar="{" + ",".join(m.value for m in choice) + "}",
                                     help=dc_field.metadata.get("help"))
                 return
+            if dc_field.type == Optional[bool] and dc_field.default is None:
+                # A flag this tool defaults from the others (--load_best_model_at_end): given bare, as in
+                # upstream's commands, it means true, like paddlenlp's own boolean flags.
+                from paddlenlp.trainer.argparser import strtobool
+
+                parser.add_argument(f"--{dc_field.name}", type=strtobool, nargs="?", const=True, default=None,
+                                    help=dc_field.metadata.get("help"))
+                return
             PdArgumentParser._parse_dataclass_field(parser, dc_field)
 
         def error(self, message):
