@@ -6,7 +6,7 @@
 
 Writes explanations.html / explanations.json (or bad_cases_<split>.html / .json) in --output_dir:
 each text's tokens shaded by how much they pushed the model towards the explained label (the
-predicted one unless --label), and every number (utils/explain.py). Pair models: text_a<TAB>text_b.
+predicted one unless --label), and every number (utils/reporting/explain.py). Pair models: text_a<TAB>text_b.
 """
 import argparse
 import os
@@ -60,14 +60,14 @@ def read_texts(args, pair: bool):
 
 def main(argv):
     args = build_parser().parse_args(argv)
-    from utils.spec import ModelSpec
+    from utils.model.spec import ModelSpec
 
     for flag in ("max_cases", "steps"):
         if getattr(args, flag) <= 0:
             raise UserError(f"must be positive, got {getattr(args, flag)}", f"--{flag}")
     if os.path.isfile(args.output_dir):
         raise UserError("is a file; give a directory", "--output_dir")
-    from utils.args import check_device_flag
+    from utils.flags.train import check_device_flag
 
     check_device_flag(args.device)
     spec = ModelSpec.load(args.resume_from_checkpoint)
@@ -81,7 +81,7 @@ def main(argv):
         if spec.decoder.multi_label:
             raise UserError(f"ranks texts whose one predicted label is wrong; a {spec.task_type} model predicts label "
                             "sets: explain its texts with --text or --input_file", "--bad_cases")
-        from utils.data import load_dataset_dir
+        from utils.dataset.folder import load_dataset_dir
 
         dataset = load_dataset_dir(args.data_dir, need_train=False, need_dev=args.bad_cases == "dev",
                                    task_type=spec.task_type)
@@ -98,9 +98,9 @@ def main(argv):
 
     if args.device.startswith("gpu") and not paddle.is_compiled_with_cuda():
         raise UserError("asks for a GPU but this Paddle is the CPU build", "--device")
-    from utils import compat
-    from utils.explain import Explainer, bad_cases, write_explanations
-    from utils.modeling import rebuild_from_checkpoint
+    from utils.model import compat
+    from utils.reporting.explain import Explainer, bad_cases, write_explanations
+    from utils.model.assembly import rebuild_from_checkpoint
 
     compat.apply()
     paddle.set_device(args.device)

@@ -2,14 +2,14 @@
 
     python export.py --resume_from_checkpoint ./checkpoints/ --output_dir ./checkpoints/export
 
-(`python train.py ... --do_export` writes the same into output_dir/export.) See utils/export.py
+(`python train.py ... --do_export` writes the same into output_dir/export.) See utils/export/pipeline.py
 for the directory layout and the parity gate.
 """
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-from utils.args import ExportArguments
+from utils.flags.train import ExportArguments
 from utils.errors import UserError, run_cli
 
 
@@ -33,11 +33,11 @@ class ExportCommandArguments(ExportArguments):
 
 
 def main(argv):
-    from utils import compat
-    from utils.args import _parser_class
-    from utils.data import load_dataset_dir
-    from utils.export import describe_result, export_checkpoint
-    from utils.spec import peek_task_type
+    from utils.model import compat
+    from utils.flags.train import _parser_class
+    from utils.dataset.folder import load_dataset_dir
+    from utils.export.pipeline import describe_result, export_checkpoint
+    from utils.model.spec import peek_task_type
 
     (args,) = _parser_class()(ExportCommandArguments).parse_args_into_dataclasses(args=argv)
     compat.apply()

@@ -11,8 +11,8 @@ hierarchical exports: labels, confidences, every label above its threshold) or J
 --output_file ends in .jsonl, written as the input streams through and renamed into place only
 when complete. The export says which task it was trained for: no flag here.
 Upstream's flags are accepted (--model_name_or_path, --max_length, --cpu_threads, ...).
-The same from Python: `from utils import Classifier` (utils/classifier.py), which this script runs;
-with --ray, utils/ray_infer.py runs it on the cluster's nodes and writes the same file.
+The same from Python: `from utils import Classifier` (utils/deploy/classifier.py), which this script runs;
+with --ray, utils/serving/ray_infer.py runs it on the cluster's nodes and writes the same file.
 """
 import argparse
 import json
@@ -66,7 +66,7 @@ def build_parser():
     parser.add_argument("--ray", metavar="auto|HOST:PORT", default=None,
                         help="Classify on a Ray cluster (pip install -r requirements-ray.txt): one worker per node, "
                              "the same output file. `auto`: the cluster this machine is part of; else the head's "
-                             "address (utils/ray_infer.py).")
+                             "address (utils/serving/ray_infer.py).")
     parser.add_argument("--model_name_or_path", "--model_name", dest="model_name_or_path", default=None,
                         help="Accepted for upstream compatibility and not needed: the export has its own tokenizer.")
     parser.add_argument("--prompt", default=None, help=argparse.SUPPRESS)  # upstream deploy.py: refused below
@@ -78,7 +78,7 @@ def note_unused_flags(args, export_dir: str, device: str, remote: bool = False) 
         print("note: --model_name_or_path is not needed: using the export's own tokenizer "
               f"({export_dir}/vocab.txt)", file=sys.stderr)
     if remote:  # (a local Classifier says it itself)
-        from utils.classifier import fp16_note
+        from utils.deploy.classifier import fp16_note
 
         note = fp16_note(args.use_fp16, device)
         if note:
@@ -97,10 +97,10 @@ def main(argv):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise UserError(f"must be positive, got {value}", f"--{flag}")
-    from utils.calibration import check_reject_options
+    from utils.task.calibration import check_reject_options
 
     check_reject_options(args.reject_threshold, args.other_label, "--")
-    from utils.classifier import split_device
+    from utils.deploy.classifier import split_device
 
     device, device_id = split_device(args.device, args.device_id, "--")
     if args.prompt is not None:
@@ -139,14 +139,14 @@ def main(argv):
 def classify(args, input_path: str, output_path: str, options: dict, device_id: int = 0) -> dict:
     """Classify the input file locally or on a Ray cluster; return the summary."""
     if args.ray:
-        from utils.ray_infer import classify_file_on_ray
+        from utils.serving.ray_infer import classify_file_on_ray
 
         summary = classify_file_on_ray(args.ray, args.model_path_prefix, input_path, output_path,
                                        top_k=args.top_k, sort_by_length=not args.file_order,
                                        chunk_size=args.chunk_size, **options)
         note_unused_flags(args, os.path.dirname(summary["model"]), summary["device"], remote=True)
     else:
-        from utils.classifier import Classifier
+        from utils.deploy.classifier import Classifier
 
         classifier = Classifier(args.model_path_prefix, device_id=device_id, **options)
         note_unused_flags(args, classifier.export_dir, classifier.device)

@@ -7,7 +7,7 @@
 
 Everything after `--` goes to train.py unchanged (each run gets its own --output_dir OUT/runs/<name>,
 --seed and, with --splits_dir, --data_dir). The table of per-run metrics with mean ± sample std is
-printed and written to OUT/summary.md and OUT/summary.json. See utils/multirun.py.
+printed and written to OUT/summary.md and OUT/summary.json. See utils/training/multirun.py.
 """
 import sys
 
@@ -15,7 +15,7 @@ from utils.errors import run_cli
 
 
 def main(argv):
-    from utils.multirun import parse_args, run_all
+    from utils.training.multirun import parse_args, run_all
 
     args, train_flags = parse_args(argv)
     run_all(args, train_flags)

@@ -5,7 +5,7 @@
         --per_device_train_batch_size 32 --learning_rate 5e-5 --max_steps 2000 --save_steps 200 --logging_steps 20
 
 then `python train.py --model_name_or_path ./checkpoints/tapt ...`. Checkpoints, resume
-(--resume_from_checkpoint) and run-directory rules are train.py's. See utils/pretraining.py.
+(--resume_from_checkpoint) and run-directory rules are train.py's. See utils/training/pretraining.py.
 """
 import sys
 
@@ -13,11 +13,11 @@ from utils.errors import run_cli
 
 
 def main(argv):
-    from utils import compat
-    from utils.args import _parser_class
+    from utils.model import compat
+    from utils.flags.train import _parser_class
     from utils.console import run_summary
-    from utils.pretraining import PretrainArguments, run
-    from utils.training_args import PretrainingArguments
+    from utils.training.pretraining import PretrainArguments, run
+    from utils.flags.trainer import PretrainingArguments
 
     model_args, training_args = _parser_class()((PretrainArguments, PretrainingArguments)) \
         .parse_args_into_dataclasses(args=argv)

@@ -2,7 +2,7 @@
 
     python serve.py --model_path_prefix checkpoints/export --host 127.0.0.1 --port 8189
 
-Endpoints, batching, limits and errors: utils/service.py and README ("Serve over HTTP"). Flags
+Endpoints, batching, limits and errors: utils/serving/app.py and README ("Serve over HTTP"). Flags
 mirror infer.py's (`--device`, `--device_id`, `--num_threads`, `--use_int8`, `--use_fp16`,
 `--max_seq_length`). SIGTERM or Ctrl-C: stop accepting, finish in-flight requests, exit.
 """
@@ -57,7 +57,7 @@ def build_parser():
                         help="uvicorn's event loop (default auto: uvloop when installed, as requirements.txt does).")
     parser.add_argument("--http", default="auto", choices=list(HTTP_PARSERS),
                         help="uvicorn's HTTP parser (default auto: httptools when installed).")
-    ray = parser.add_argument_group("Ray Serve (pip install -r requirements-ray.txt; utils/ray_serve.py)")
+    ray = parser.add_argument_group("Ray Serve (pip install -r requirements-ray.txt; utils/serving/ray_serve.py)")
     ray.add_argument("--ray", metavar="auto|HOST:PORT", default=None,
                      help="Serve as a Ray Serve deployment on this Ray cluster (`auto`: the one on this node); "
                           "--host/--port are then those of Ray Serve's HTTP proxies.")
@@ -91,8 +91,8 @@ def check_port(host: str, port: int) -> None:
 
 def main(argv):
     args = build_parser().parse_args(argv)
-    from utils.export_files import resolve_export_dir
-    from utils.service import ServiceConfig, create_app
+    from utils.deploy.bundle import resolve_export_dir
+    from utils.serving.app import ServiceConfig, create_app
 
     export_dir = resolve_export_dir(args.model_path_prefix)  # a wrong path fails now, not after start-up
     config = ServiceConfig(model_path_prefix=export_dir, name=args.name, device=args.device, device_id=args.device_id,
@@ -127,7 +127,7 @@ def main(argv):
 
 
 def serve_on_ray(args, config) -> int:
-    from utils.ray_serve import RayServeOptions, parse_autoscaling, serve_on_ray as deploy
+    from utils.serving.ray_serve import RayServeOptions, parse_autoscaling, serve_on_ray as deploy
 
     if args.device_id:
         raise UserError("does not apply with --ray: Ray assigns each replica its GPU", "--device_id")

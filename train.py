@@ -15,10 +15,10 @@ from utils.errors import run_cli
 
 
 def main(argv):
-    from utils import compat
-    from utils.args import parse_args
+    from utils.model import compat
+    from utils.flags.train import parse_args
     from utils.console import run_summary
-    from utils.training import run
+    from utils.training.run import run
 
     model_args, data_args, training_args = parse_args(argv)
     compat.apply()

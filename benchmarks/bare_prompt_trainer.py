@@ -22,7 +22,7 @@ from paddlenlp.prompt import (  # noqa: E402
 )
 from paddlenlp.transformers import AutoModelForMaskedLM, AutoTokenizer  # noqa: E402
 
-from utils import compat  # noqa: E402  (the SoftTemplate.process_batch fix only)
+from utils.model import compat  # noqa: E402  (the SoftTemplate.process_batch fix only)
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model_name_or_path", required=True)

@@ -144,8 +144,8 @@ import sys, os
 sys.path.insert(0, os.getcwd())
 import paddle
 from paddlenlp.transformers import export_model
-from utils import compat
-from utils.modeling import rebuild_from_checkpoint
+from utils.model import compat
+from utils.model.assembly import rebuild_from_checkpoint
 compat.apply()
 model, tokenizer, spec = rebuild_from_checkpoint(sys.argv[1])
 # PromptTrainer.export_model, as the upstream train.py --do_export runs it
@@ -194,8 +194,8 @@ def in_process(paths: dict, test_file: str, threads: int, repeats: int) -> dict:
     """3 + 4 + 5 + 6(speed) + ORT transformer optimizer: model compute on the same batches."""
     from paddle import inference
 
-    from utils.data import read_examples
-    from utils.predictor import ExportedClassifier, create_session
+    from utils.dataset.folder import read_examples
+    from utils.deploy.predictor import ExportedClassifier, create_session
 
     examples = read_examples(test_file, labelled=True)
     for example in examples:
@@ -246,7 +246,7 @@ def in_process(paths: dict, test_file: str, threads: int, repeats: int) -> dict:
                                                             progress=False), repeats)
 
     # FLOPs of the work the model must do: real (unpadded) tokens; and of what was computed (padded).
-    from utils.spec import ModelSpec
+    from utils.model.spec import ModelSpec
 
     config = ModelSpec.load(paths["ckpt"]).plm_config
     hidden, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
@@ -282,10 +282,10 @@ def in_process(paths: dict, test_file: str, threads: int, repeats: int) -> dict:
 
 def int8_agreement(work: str, threads: int) -> dict:
     """6 (accuracy): a small ERNIE (nano architecture, real vocab) trained on the keyword task."""
-    from utils.data import read_examples
-    from utils.metrics import softmax
-    from utils.predictor import ExportedClassifier
-    from utils.synthetic import PROMPT as KEYWORD_PROMPT, write_keyword_dataset
+    from utils.dataset.folder import read_examples
+    from utils.task.metrics import softmax
+    from utils.deploy.predictor import ExportedClassifier
+    from utils.testing.synthetic import PROMPT as KEYWORD_PROMPT, write_keyword_dataset
 
     model, data, ckpt = (os.path.join(work, n) for n in ("ernie-nano", "keyword", "ckpt-nano"))
     if not os.path.isfile(os.path.join(ckpt, "export", "manifest.json")):
@@ -386,15 +386,15 @@ def manual_verbalizer_table(result: dict) -> str:
 
 def keyword_export(work: str) -> str:
     """A tiny ERNIE (2 layers, hidden 64) trained on the keyword task and exported. Cached."""
-    from utils.synthetic import PROMPT as KEYWORD_PROMPT, write_keyword_dataset
+    from utils.testing.synthetic import PROMPT as KEYWORD_PROMPT, write_keyword_dataset
 
     model, data, ckpt = (os.path.join(work, n) for n in ("memory-tiny-ernie", "memory-keyword", "memory-ckpt"))
     export = os.path.join(ckpt, "export")
     if not os.path.isfile(os.path.join(export, "manifest.json")):
         log("training and exporting a tiny ERNIE on the keyword task")
         write_keyword_dataset(data)
-        run([PY, "-c", "import sys; from utils.synthetic import vocab_texts; "
-             "from utils.tiny_ernie import build_ernie, vocab_from_texts; "
+        run([PY, "-c", "import sys; from utils.testing.synthetic import vocab_texts; "
+             "from utils.testing.tiny_ernie import build_ernie, vocab_from_texts; "
              "build_ernie(sys.argv[1], vocab_from_texts(vocab_texts()), seed=0)", model])  # paddle stays out of here
         run([PY, "train.py", "--model_name_or_path", model, "--data_dir", data, "--output_dir", ckpt,
              "--overwrite_output_dir", "--prompt", KEYWORD_PROMPT, "--max_seq_length", "64", "--learning_rate", "1e-3",
@@ -407,7 +407,7 @@ def keyword_input(work: str, size: int) -> str:
     """`size` lines (a multiple of 20,000) repeating 20,000 distinct keyword-task lines, test.txt layout. Cached."""
     import random
 
-    from utils.synthetic import make_split
+    from utils.testing.synthetic import make_split
 
     path = os.path.join(work, f"memory-input-{size}.txt")
     if not os.path.isfile(path):
@@ -451,7 +451,7 @@ def ray_vs_local(work: str, repeats: int, tiny_lines: int = 200_000) -> dict:
     same input and chunks; the Ray outputs must equal the local 1-thread output byte for byte.
     Cases: the tiny keyword model on `tiny_lines` lines (little work per text: what distributing
     costs) and, with ../shared, ERNIE-3.0-base on tnews test.txt in chunks of 256 (compute-bound)."""
-    from utils.ray_local import LocalRayCluster
+    from utils.testing.ray_local import LocalRayCluster
 
     cases = [{"name": "tiny", "export": keyword_export(work), "input": keyword_input(work, tiny_lines),
               "chunk_size": 8192}]
@@ -525,7 +525,8 @@ def ray_table(results: dict) -> str:
 def verification_cost(export_dir: str, threads: int, repeats: int) -> dict:
     """Start-up added by checking sha256 of the export's files: ExportedClassifier built with and
     without its background hash of the model file (alternating, page cache warm), and the hash alone."""
-    from utils import export_files, predictor
+    from utils.deploy import bundle as export_files
+    from utils.deploy import predictor
     from utils.files import sha256_file
 
     class NoHash:  # the check as it was before: size only
@@ -676,8 +677,8 @@ def service_speed(paths: dict, test_file: str, threads: int, repeats: int, reque
     and every client count on every server back to back (the others idle meanwhile)."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from load import read_texts
-    from utils.predictor import ExportedClassifier
-    from utils.service import run_by_length
+    from utils.deploy.predictor import ExportedClassifier
+    from utils.serving.app import run_by_length
 
     everything = [{"text_a": t} for t in read_texts(test_file)]
     # The 1-client run sends exactly these texts, once each, as the compute timing does.

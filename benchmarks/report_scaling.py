@@ -5,7 +5,7 @@
 Predictions look like a real many-class task: Zipf-like class sizes (20 examples per class on
 average), 60% correct, 28% confused with one of three fixed "neighbour" classes of the gold class,
 12% anywhere; label names are Chinese. Prints JSON: seconds, the RSS before the call (numpy,
-utils.reports and sklearn.metrics imported, as in train.py, where paddlenlp has imported sklearn;
+utils.reporting.reports and sklearn.metrics imported, as in train.py, where paddlenlp has imported sklearn;
 matplotlib not yet), the process's peak RSS after it, and their difference (`extra_mb`).
 """
 import argparse
@@ -20,7 +20,7 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.reports import write_classification_report  # noqa: E402
+from utils.reporting.reports import write_classification_report  # noqa: E402
 
 NAME_CHARS = "体育财经娱乐科技教育汽车房产游戏旅游军事国际农业股票文化故事社区银行医疗购物鑫龘"
 

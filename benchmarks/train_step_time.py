@@ -2,7 +2,7 @@
 
     python benchmarks/train_step_time.py --skip 2 -- --model_name_or_path DIR --data_dir DIR ... --max_steps 12
 
-The job is the one train.py builds (`utils.training.prepare`); a callback times each optimizer
+The job is the one train.py builds (`utils.training.run.prepare`); a callback times each optimizer
 step (data, forward, backward, optimizer), and the first `--skip` steps (warm-up) are dropped.
 """
 import argparse
@@ -16,9 +16,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from paddlenlp.trainer import TrainerCallback  # noqa: E402
 
-from utils import compat  # noqa: E402
-from utils.args import parse_args  # noqa: E402
-from utils.training import Run, prepare  # noqa: E402
+from utils.model import compat  # noqa: E402
+from utils.flags.train import parse_args  # noqa: E402
+from utils.training.run import Run, prepare  # noqa: E402
 
 
 class StepTimer(TrainerCallback):

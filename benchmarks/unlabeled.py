@@ -10,7 +10,7 @@ Markdown table. The models are random-initialised real architectures (pretrained
 downloaded here): the speed ratios are the architectures', and agreement numbers say how closely
 the student follows its teacher, not how accurate either is.
 
-* pretrain: the same ERNIE-3.0-mini architecture, corpus, masking (utils/pretraining.py's dataset
+* pretrain: the same ERNIE-3.0-mini architecture, corpus, masking (utils/training/pretraining.py's dataset
   and collator), batch, optimizer (AdamW, grad-norm clip 1.0) and number of steps; pretrain.py's
   Trainer-measured samples/s (train_runtime, no checkpoint inside the timed steps) against a bare
   loop (DataLoader -> forward -> backward -> step) timed the same way. Median of --repeats.
@@ -69,7 +69,7 @@ sys.path.insert(0, sys.argv[1])
 import numpy as np, paddle
 from paddlenlp.transformers import AutoModelForMaskedLM, AutoTokenizer
 from paddlenlp.trainer import set_seed
-from utils.pretraining import CorpusEncoder, MaskedLMCollator, MaskedTextDataset, random_token_ids, read_corpus
+from utils.training.pretraining import CorpusEncoder, MaskedLMCollator, MaskedTextDataset, random_token_ids, read_corpus
 model_dir, corpus_file = sys.argv[2], sys.argv[3]
 steps, batch, length = (int(v) for v in sys.argv[4:7])
 paddle.set_device("cpu")

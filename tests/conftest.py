@@ -12,7 +12,7 @@ if ROOT not in sys.path:
 
 os.environ.setdefault("PTUNING_OFFLINE", "1")  # never probe the network from tests
 
-from utils import compat  # noqa: E402
+from utils.model import compat  # noqa: E402
 
 compat.apply()  # what train.py and export.py do first
 
@@ -23,8 +23,8 @@ EXAMPLE_DATA = os.path.join(ROOT, "data", "example")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random ERNIE whose vocab covers the keyword task, the example data and the test prompts."""
-    from utils import synthetic
-    from utils.tiny_ernie import build_ernie, texts_of_data_dirs, vocab_from_texts
+    from utils.testing import synthetic
+    from utils.testing.tiny_ernie import build_ernie, texts_of_data_dirs, vocab_from_texts
 
     texts = synthetic.vocab_texts() + texts_of_data_dirs([EXAMPLE_DATA]) + ["这条新闻标题的主题是这条新闻的主题是"]
     path = str(tmp_path_factory.mktemp("models") / "tiny-ernie")
@@ -34,8 +34,8 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def dropout_free_model(tmp_path_factory):
     """The tiny ERNIE without dropout: no randomness in a training step (the data order aside)."""
-    from utils import synthetic
-    from utils.tiny_ernie import build_ernie, texts_of_data_dirs, vocab_from_texts
+    from utils.testing import synthetic
+    from utils.testing.tiny_ernie import build_ernie, texts_of_data_dirs, vocab_from_texts
 
     texts = synthetic.vocab_texts() + texts_of_data_dirs([EXAMPLE_DATA]) + [synthetic.PROMPT]
     path = str(tmp_path_factory.mktemp("models") / "tiny-no-dropout")
@@ -55,7 +55,7 @@ def trained(tiny_model_dir, tmp_path_factory):
     """
     import train
     from utils.errors import run_cli
-    from utils.synthetic import PROMPT, write_keyword_dataset
+    from utils.testing.synthetic import PROMPT, write_keyword_dataset
 
     base = tmp_path_factory.mktemp("trained")
     data_dir = write_keyword_dataset(str(base / "data"))
@@ -73,7 +73,7 @@ def trained_multilabel(tiny_model_dir, tmp_path_factory):
     export (fp16 and int8 too), with a global threshold searched on dev."""
     import train
     from utils.errors import run_cli
-    from utils.synthetic import MULTI_LABEL_PROMPT, write_multilabel_keyword_dataset
+    from utils.testing.synthetic import MULTI_LABEL_PROMPT, write_multilabel_keyword_dataset
 
     base = tmp_path_factory.mktemp("multilabel")
     data_dir = write_multilabel_keyword_dataset(str(base / "data"))
@@ -88,7 +88,7 @@ def trained_multilabel(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture
 def keyword_data(tmp_path):
-    from utils.synthetic import write_keyword_dataset
+    from utils.testing.synthetic import write_keyword_dataset
 
     return write_keyword_dataset(str(tmp_path / "keyword"))
 
@@ -151,7 +151,7 @@ def train_quick(tiny_model_dir, data_dir, out, *flags, steps=60):
 def ensemble_members(trained, tiny_model_dir, tmp_path_factory):
     """Three members on the keyword task: the `trained` run, a P-tuning run of another seed and a
     fine-tuning run (another template: a second input view)."""
-    from utils.synthetic import PROMPT
+    from utils.testing.synthetic import PROMPT
 
     data_dir, first = trained
     base = tmp_path_factory.mktemp("members")
@@ -180,10 +180,10 @@ class Interrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def interrupted_at(point, directory=None):
-    """Runs in this process stop, as if by Ctrl-C, when they reach `point` (utils.checkpoints.reached:
+    """Runs in this process stop, as if by Ctrl-C, when they reach `point` (utils.rundir.checkpoints.reached:
     `checkpoint-4 saved`, `final model written`, ...), in `directory` when given: "killed after
     checkpoint-4 was saved but before the final model was written", deterministically."""
-    from utils import checkpoints
+    from utils.rundir import checkpoints
 
     original = checkpoints.reached
 
@@ -256,5 +256,5 @@ def paused_at(process, pause_file):
 
 
 def pause_env(point, pause_file):
-    """The environment for a subprocess that pauses at `point` (utils.checkpoints.reached)."""
+    """The environment for a subprocess that pauses at `point` (utils.rundir.checkpoints.reached)."""
     return dict(os.environ, PTUNING_OFFLINE="1", PTUNING_TEST_PAUSE=f"{point}={pause_file}")

@@ -6,10 +6,10 @@ import pytest
 
 import export as export_cli
 import train
-from utils.args import Method, Quantize, SoftEncoder, parse_args
-from utils.training_args import default_device
+from utils.flags.train import Method, Quantize, SoftEncoder, parse_args
+from utils.flags.trainer import default_device
 from utils.errors import run_cli
-from utils.synthetic import PROMPT
+from utils.testing.synthetic import PROMPT
 
 # (flags, the flag named in the message, text expected in the message)
 BAD_FLAGS = [
@@ -51,7 +51,7 @@ BAD_FLAGS = [
     (["--prompt", "{'soft': None}{'text': 'text_a'}{'mask'}", "--num_virtual_tokens", "3"], "--prompt",
      "full template"),
     (["--per_device_train_batch_size", "many"], "--per_device_train_batch_size", "invalid int value"),
-    # task types (utils.args.check_task_args): flags that make no sense for the task are refused with the reason
+    # task types (utils.flags.train.check_task_args): flags that make no sense for the task are refused with the reason
     (["--task_type", "multi-labels"], "--task_type", "multi-class, multi-label or hierarchical"),
     (["--threshold", "0.3"], "--threshold", "is for --task_type multi-label or hierarchical"),
     (["--threshold_search", "global"], "--threshold_search", "is for --task_type multi-label or hierarchical"),
@@ -69,13 +69,13 @@ BAD_FLAGS = [
 @pytest.fixture
 def no_model_loads(monkeypatch):
     """Fail the test if a PLM starts loading: flags are checked before that."""
-    import utils.training
+    import utils.training.run
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the flags were checked")
 
-    monkeypatch.setattr(utils.training, "load_plm", refuse)
-    monkeypatch.setattr(utils.training, "rebuild_from_checkpoint", refuse)
+    monkeypatch.setattr(utils.training.run, "load_plm", refuse)
+    monkeypatch.setattr(utils.training.run, "rebuild_from_checkpoint", refuse)
 
 
 @pytest.mark.parametrize("flags, flag, message", BAD_FLAGS, ids=[" ".join(f[0])[:60] for f in BAD_FLAGS])
@@ -103,7 +103,7 @@ def test_thresholds_belong_to_a_model_being_trained(tiny_model_dir, keyword_data
 
 
 def test_task_type_spellings_and_upstream_multi_label_metric(tiny_model_dir, keyword_data, tmp_path):
-    from utils.args import TaskType, check_task_args
+    from utils.flags.train import TaskType, check_task_args
 
     base = ["--model_name_or_path", tiny_model_dir, "--data_dir", keyword_data, "--output_dir", str(tmp_path),
             "--do_train", "--do_eval"]
@@ -133,7 +133,7 @@ def test_upstream_spellings_are_accepted(tiny_model_dir, keyword_data, tmp_path)
     assert data_args.prompt_flags_given == []
 
 
-# The defaults TrainingArguments.__post_init__ resolves from the flags given (utils/training_args.py):
+# The defaults TrainingArguments.__post_init__ resolves from the flags given (utils/flags/trainer.py):
 # (case, flags, the TrainingArguments fields parse_args gives)
 PLAIN = dict(output_dir="./checkpoints/", report_to=[], device="cpu", save_total_limit=1,  # the latest checkpoint
              evaluation_strategy="no", save_strategy="steps", save_steps=500,  # (and the best, when evaluating)

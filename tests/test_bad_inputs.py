@@ -11,7 +11,7 @@ import infer
 import train
 from conftest import resign
 from utils.errors import run_cli
-from utils.synthetic import PROMPT
+from utils.testing.synthetic import PROMPT
 
 LABELS = "apple==红色\nbanana==黄色\ngrape==紫色\n"
 GOOD = "苹果很好吃\tapple\n香蕉是黄的\tbanana\n葡萄\tgrape\n"
@@ -75,13 +75,13 @@ TRAIN_CASES = [
 @pytest.fixture
 def no_model_loads(monkeypatch):
     """Fail the test if a PLM or checkpoint starts loading: data is checked before that."""
-    import utils.training
+    import utils.training.run
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the data was checked")
 
-    monkeypatch.setattr(utils.training, "load_plm", refuse)
-    monkeypatch.setattr(utils.training, "rebuild_from_checkpoint", refuse)
+    monkeypatch.setattr(utils.training.run, "load_plm", refuse)
+    monkeypatch.setattr(utils.training.run, "rebuild_from_checkpoint", refuse)
 
 
 def run_train(capsys, argv):
@@ -169,8 +169,8 @@ def test_blank_lines_bom_crlf_are_fine_and_long_texts_keep_the_prompt(tiny_model
                                    str(out), "--prompt", PROMPT, "--do_train", "--do_predict", "--max_steps", "2",
                                    "--max_seq_length", "24", "--logging_steps", "1"])
     assert code == 0, err
-    from utils.labels import read_label_file
-    from utils.modeling import rebuild_from_checkpoint
+    from utils.dataset.labels import read_label_file
+    from utils.model.assembly import rebuild_from_checkpoint
 
     model, tokenizer, _ = rebuild_from_checkpoint(str(out))
     encoded = model.template({"text_a": long_text})

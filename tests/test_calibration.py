@@ -1,4 +1,4 @@
-"""Calibration and the reject option (utils/calibration.py, the Decoder's temperature and reject
+"""Calibration and the reject option (utils/task/calibration.py, the Decoder's temperature and reject
 threshold): the numbers on hand-made cases, and one real run through train.py, the export and infer.py."""
 import json
 import os
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import FAST, read_tsv
-from utils.calibration import (coverage_table, expected_calibration_error, fit_temperature, format_coverage_table,
+from utils.task.calibration import (coverage_table, expected_calibration_error, fit_temperature, format_coverage_table,
                                nll, probabilities)
-from utils.decoding import Decoder, softmax
+from utils.task.decoding import Decoder, softmax
 
 
 def overconfident(n=2000, classes=3, seed=0, scale=8.0):
@@ -49,7 +49,7 @@ def test_temperature_scaling_of_label_sets_uses_each_sigmoid():
     ([[3.0, 0.0], [0.0, 1.0], [5.0, 1.0]] * 20, [0, 1, 0] * 20, "T = 0.01"),  # every answer right
 ], ids=["one right text", "one wrong text", "all right"])
 def test_a_dev_set_that_cannot_fit_a_temperature_leaves_t_1_and_says_the_bound_was_hit(logits, gold, bound, caplog):
-    with caplog.at_level("WARNING", logger="utils.calibration"):
+    with caplog.at_level("WARNING", logger="utils.task.calibration"):
         assert fit_temperature(np.array(logits), np.array(gold)) == 1.0
     [record] = caplog.records
     message = record.getMessage()
@@ -59,7 +59,7 @@ def test_a_dev_set_that_cannot_fit_a_temperature_leaves_t_1_and_says_the_bound_w
 
 def test_a_fit_inside_the_range_says_nothing(caplog):
     logits, gold = overconfident(n=200)
-    with caplog.at_level("WARNING", logger="utils.calibration"):
+    with caplog.at_level("WARNING", logger="utils.task.calibration"):
         assert 4 < fit_temperature(logits, gold) < 100
     assert not caplog.records
 
@@ -67,7 +67,7 @@ def test_a_fit_inside_the_range_says_nothing(caplog):
 def test_calibrate_on_a_one_line_dev_set_keeps_t_1_and_warns(tiny_model_dir, tmp_path, caplog):
     import train
     from utils.errors import run_cli
-    from utils.synthetic import PROMPT, write_keyword_dataset
+    from utils.testing.synthetic import PROMPT, write_keyword_dataset
 
     data_dir = write_keyword_dataset(str(tmp_path / "data"), train_per_class=4)
     with open(os.path.join(data_dir, "dev.txt"), encoding="utf-8") as fp:
@@ -75,7 +75,7 @@ def test_calibrate_on_a_one_line_dev_set_keeps_t_1_and_warns(tiny_model_dir, tmp
     with open(os.path.join(data_dir, "dev.txt"), "w", encoding="utf-8") as fp:
         fp.write(first)
     out = str(tmp_path / "out")
-    with caplog.at_level("WARNING", logger="utils.calibration"):
+    with caplog.at_level("WARNING", logger="utils.task.calibration"):
         assert run_cli(train.main, ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir",
                                     out, "--prompt", PROMPT, "--do_train", "--max_steps", "2", "--calibrate",
                                     "--evaluation_strategy", "no", "--save_strategy", "no", *FAST]) == 0
@@ -157,7 +157,7 @@ def calibrated(tiny_model_dir, tmp_path_factory):
     """A short keyword-task run with --calibrate and a reject threshold, exported (onnx only)."""
     import train
     from utils.errors import run_cli
-    from utils.synthetic import PROMPT, write_keyword_dataset
+    from utils.testing.synthetic import PROMPT, write_keyword_dataset
 
     base = tmp_path_factory.mktemp("calibrated")
     data_dir = write_keyword_dataset(str(base / "data"), train_per_class=16)
@@ -171,7 +171,7 @@ def calibrated(tiny_model_dir, tmp_path_factory):
 
 
 def test_calibration_is_saved_and_used_everywhere(calibrated, tmp_path):
-    from utils.classifier import Classifier
+    from utils.deploy.classifier import Classifier
 
     data_dir, out = calibrated
     with open(os.path.join(out, "ptuning_config.json"), encoding="utf-8") as fp:
@@ -184,7 +184,7 @@ def test_calibration_is_saved_and_used_everywhere(calibrated, tmp_path):
     assert results["eval_nll"] <= results["eval_nll_uncalibrated"] + 1e-9
     assert 0 <= results["eval_coverage"] <= 1
     for name in ("eval_reliability.png", "eval_coverage.tsv", "test_reliability.png", "test_coverage.tsv",
-                 # --explain (utils/explain.py): attributions of test/data texts and the bad-case report
+                 # --explain (utils/reporting/explain.py): attributions of test/data texts and the bad-case report
                  "test_explanations.html", "test_explanations.json", "test_bad_cases.html", "test_bad_cases.json",
                  "data_explanations.html"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
@@ -227,8 +227,8 @@ def test_calibration_is_saved_and_used_everywhere(calibrated, tmp_path):
 
 
 def test_the_service_reports_calibrated_confidences_and_the_other_label(calibrated):
-    from utils.classifier import Classifier
-    from utils.service import format_predictions
+    from utils.deploy.classifier import Classifier
+    from utils.serving.app import format_predictions
 
     _, out = calibrated
     classifier = Classifier(os.path.join(out, "export"))
@@ -258,7 +258,7 @@ def test_a_checkpoint_takes_a_new_reject_threshold_into_its_export(calibrated, t
 def test_label_sets_are_calibrated_per_sigmoid_before_the_threshold_search(tiny_model_dir, tmp_path):
     import train
     from utils.errors import run_cli
-    from utils.synthetic import MULTI_LABEL_PROMPT, write_multilabel_keyword_dataset
+    from utils.testing.synthetic import MULTI_LABEL_PROMPT, write_multilabel_keyword_dataset
 
     data_dir = write_multilabel_keyword_dataset(str(tmp_path / "data"), train=48, dev=24, test=12)
     out = str(tmp_path / "out")

@@ -11,9 +11,9 @@ import pytest
 import export as export_cli
 import train
 from conftest import FAST, ROOT, assert_same_run, interrupted_at
-from utils import checkpoints
+from utils.rundir import checkpoints
 from utils.errors import UserError, run_cli
-from utils.synthetic import PROMPT
+from utils.testing.synthetic import PROMPT
 
 CHECKPOINT_FILES = ["model_state.pdparams", "optimizer.pdopt", "scheduler.pdparams", "rng_state.pth",
                     "trainer_state.json", "vocab.txt", "ptuning_config.json", "tokenizer_config.json",
@@ -23,7 +23,7 @@ CHECKPOINT_FILES = ["model_state.pdparams", "optimizer.pdopt", "scheduler.pdpara
 @pytest.fixture(scope="module")
 def checkpoint_run(tiny_model_dir, tmp_path_factory):
     """A short run with one checkpoint (step 4) to damage in copies."""
-    from utils.synthetic import write_keyword_dataset
+    from utils.testing.synthetic import write_keyword_dataset
 
     base = tmp_path_factory.mktemp("ckpt")
     data = write_keyword_dataset(str(base / "data"))
@@ -131,7 +131,7 @@ def interrupt_and_resume(argv_for, tmp_path, point, resume="in place"):
 def four_steps(tiny_model_dir, tmp_path_factory):
     """4 steps of a 12-batch epoch, a checkpoint every 2, the loss logged every 3 (so a checkpoint holds a
     loss not logged yet); the uninterrupted run."""
-    from utils.synthetic import write_keyword_dataset
+    from utils.testing.synthetic import write_keyword_dataset
 
     base = tmp_path_factory.mktemp("four")
     data = write_keyword_dataset(str(base / "data"))
@@ -163,7 +163,7 @@ def test_resuming_at_an_epoch_end_is_exact(tiny_model_dir, tmp_path):
     epoch's end (paddlenlp restored the random state only after skipping batches, so never here: other
     dropout) and from the last (no step is taken), the run ends as the uninterrupted one, the best
     checkpoint reloaded at the end included."""
-    from utils.synthetic import write_keyword_dataset
+    from utils.testing.synthetic import write_keyword_dataset
 
     data = write_keyword_dataset(str(tmp_path / "data"), train_per_class=8)  # 24 texts: 3 batches of 8
 
@@ -183,7 +183,7 @@ def test_resuming_after_an_epoch_with_batches_left_over_from_accumulation_is_exa
     left over to the next epoch's first step, which no checkpoint holds: resumed at an epoch's end (a
     model without dropout, so only that can differ) the run lost them. Now an epoch ends with its last
     full group, and resuming there is exact."""
-    from utils.synthetic import write_keyword_dataset
+    from utils.testing.synthetic import write_keyword_dataset
 
     data = write_keyword_dataset(str(tmp_path / "data"), train_per_class=8)
 
@@ -340,7 +340,7 @@ def test_an_unfinished_run_or_a_language_model_is_named_where_a_final_model_is_e
             code = run_cli(ensemble.main, ["--members", str(directory), str(tmp_path / "other"), "--output_dir",
                                            str(tmp_path / "ens")])
         else:
-            from utils.synthetic import write_keyword_dataset
+            from utils.testing.synthetic import write_keyword_dataset
 
             data_dir = write_keyword_dataset(str(tmp_path / "data"))
             (tmp_path / "u.txt").write_text("苹果很甜\n", encoding="utf-8")

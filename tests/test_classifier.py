@@ -11,7 +11,7 @@ import pytest
 import infer
 from conftest import ROOT, resign
 from utils.errors import UserError, run_cli
-from utils.synthetic import make_split
+from utils.testing.synthetic import make_split
 
 
 def texts_and_file(tmp_path, n=100, pair=False):
@@ -204,17 +204,17 @@ def test_a_missing_export_is_not_found_and_a_directory_without_a_manifest_is_no_
 def test_device_gpu_n_selects_gpu_n_in_the_api_and_infer(trained, tmp_path, monkeypatch, capsys):
     """`gpu:N` reaches onnxruntime's CUDA provider as device N (checked without a GPU: the session
     factory records what it was asked for and builds a CPU session)."""
-    import utils.predictor
+    import utils.deploy.predictor
     from utils import Classifier
 
     asked = []
-    real = utils.predictor.create_session
+    real = utils.deploy.predictor.create_session
 
     def recording(model_path, device="cpu", device_id=0, *args):
         asked.append((device, device_id))
         return real(model_path, "cpu", 0, *args)
 
-    monkeypatch.setattr(utils.predictor, "create_session", recording)
+    monkeypatch.setattr(utils.deploy.predictor, "create_session", recording)
     export = os.path.join(trained[1], "export")
     clf = Classifier(export, device="gpu:1", num_threads=1)
     assert asked == [("gpu", 1)] and clf.device == "gpu"
@@ -238,7 +238,7 @@ def test_use_fp16_off_a_gpu_gives_infer_pys_note_in_the_api_too(trained, tmp_pat
     from utils import Classifier
 
     export = os.path.join(trained[1], "export")
-    with caplog.at_level("WARNING", logger="utils.classifier"):
+    with caplog.at_level("WARNING", logger="utils.deploy.classifier"):
         clf = Classifier(export, device="cpu", use_fp16=True, num_threads=1)
     assert clf.model_path.endswith("model.onnx")  # fp32
     note = "note: use_fp16 (--use_fp16) only applies on a GPU; running the fp32 model on CPU"
@@ -259,7 +259,7 @@ def test_defaults_gpu_when_cuda_is_available_and_physical_cores(classifier, trai
     import psutil
 
     from utils import Classifier
-    from utils.classifier import default_device, default_num_threads
+    from utils.deploy.classifier import default_device, default_num_threads
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider",
                                                                          "CPUExecutionProvider"])
@@ -280,7 +280,7 @@ class BlockPaddle:
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, BlockPaddle())
 import utils
-heavy = [m for m in ('numpy', 'onnxruntime', 'tokenizers', 'utils.classifier', 'utils.errors') if m in sys.modules]
+heavy = [m for m in ('numpy', 'onnxruntime', 'tokenizers', 'utils.deploy.classifier', 'utils.errors') if m in sys.modules]
 assert not heavy, heavy  # `import utils` imports nothing
 assert 'Classifier' in dir(utils)
 try:
@@ -312,6 +312,10 @@ def test_pyproject_installs_the_utils_package_and_every_cli_module():
         setuptools = tomllib.load(fp)["tool"]["setuptools"]
     scripts = sorted(name[:-3] for name in os.listdir(ROOT) if name.endswith(".py"))
     assert sorted(setuptools["py-modules"]) == scripts
-    assert setuptools["packages"] == ["utils"]
-    assert not [d for d in os.listdir(os.path.join(ROOT, "utils"))  # subpackages would need listing
-                if os.path.isfile(os.path.join(ROOT, "utils", d, "__init__.py"))]
+    # setuptools' own finder, as `pip install .` runs it, finds utils and every sub-package
+    from setuptools import find_packages
+
+    found = find_packages(ROOT, **setuptools["packages"]["find"])
+    packages = sorted(os.path.relpath(d, ROOT).replace(os.sep, ".") for d, _, names in os.walk(os.path.join(ROOT, "utils"))
+                      if "__init__.py" in names)
+    assert sorted(found) == packages and "utils.deploy" in packages

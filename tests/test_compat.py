@@ -3,11 +3,11 @@ import numpy as np
 import paddle
 import pytest
 
-from utils import compat
-from utils.labels import LabelSet
-from utils.modeling import build_prompt_model
-from utils.plm import load_plm
-from utils.prompt import build_template
+from utils.model import compat
+from utils.dataset.labels import LabelSet
+from utils.model.assembly import build_prompt_model
+from utils.model.plm import load_plm
+from utils.model.prompt import build_template
 
 LABELS = LabelSet({"a": "红色", "b": "黄色"})
 

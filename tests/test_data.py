@@ -1,6 +1,6 @@
 import pytest
 
-from utils.data import load_dataset_dir, read_examples
+from utils.dataset.folder import load_dataset_dir, read_examples
 from utils.errors import UserError
 
 
@@ -120,7 +120,7 @@ def test_training_without_dev_txt_works_end_to_end(tiny_model_dir, keyword_data,
     import train
     from conftest import FAST
     from utils.errors import run_cli
-    from utils.synthetic import PROMPT
+    from utils.testing.synthetic import PROMPT
 
     data = without_dev(keyword_data)
     out = tmp_path / "out"
@@ -147,11 +147,11 @@ def test_a_flag_that_reads_dev_txt_is_refused_without_it_naming_the_flag_and_the
     import os
 
     import train
-    import utils.plm
+    import utils.model.plm
     from utils.errors import run_cli
-    from utils.synthetic import write_keyword_dataset, write_multilabel_keyword_dataset
+    from utils.testing.synthetic import write_keyword_dataset, write_multilabel_keyword_dataset
 
-    monkeypatch.setattr(utils.plm, "load_plm", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(utils.model.plm, "load_plm", lambda *a, **k: pytest.fail("a model was loaded"))
     write = write_multilabel_keyword_dataset if "--task_type" in flags else write_keyword_dataset
     data = without_dev(write(str(tmp_path / "data")))
     out = tmp_path / "out"

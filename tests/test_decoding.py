@@ -1,8 +1,8 @@
-"""utils/decoding.py: how logits become labels for each task type, the hierarchy, the threshold search."""
+"""utils/task/decoding.py: how logits become labels for each task type, the hierarchy, the threshold search."""
 import numpy as np
 import pytest
 
-from utils.decoding import (DEFAULT_THRESHOLD, Decoder, ancestors, depth, parent_path, search_thresholds, sigmoid,
+from utils.task.decoding import (DEFAULT_THRESHOLD, Decoder, ancestors, depth, parent_path, search_thresholds, sigmoid,
                             softmax)
 
 TREE = ("A", "A##x", "A##x##deep", "A##y", "B", "B##z")
@@ -104,7 +104,7 @@ def test_a_decoder_needs_one_threshold_per_label():
 def test_evaluation_during_training_with_a_search_scores_the_tuned_thresholds():
     """At 0.5 a sparse-output model scores 0 at every evaluation (the first would be kept as the best);
     with --threshold_search each evaluation is scored at thresholds tuned on dev, as the final model is."""
-    from utils.metrics import task_metrics
+    from utils.task.metrics import task_metrics
 
     decoder = Decoder("multi-label", ("a", "b"))
     gold = np.array([[1, 0], [0, 1], [0, 0]])

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import train
-import utils.distill  # noqa: F401  (its Teacher is monkeypatched in test_bad_inputs)
+import utils.training.distill  # noqa: F401  (its Teacher is monkeypatched in test_bad_inputs)
 from conftest import FAST
 from utils.errors import run_cli
-from utils.synthetic import PROMPT
+from utils.testing.synthetic import PROMPT
 
 
 def read_json(path):
@@ -95,7 +95,7 @@ def test_self_training_rounds_and_resume_as_a_whole(few_gold, tiny_model_dir, tm
     assert [(r["round"], r["output_dir"]) for r in rounds] == [(0, str(round0)), (1, str(out))]
     eval_before = read_json(out / "eval_results.json")["eval_accuracy"]
 
-    caplog.set_level(logging.INFO, logger="utils.distill")
+    caplog.set_level(logging.INFO, logger="utils.training.distill")
     assert run_cli(train.main, argv + ["--resume_from_checkpoint", str(out)]) == 0
     assert "round 0: reusing the finished round" in caplog.text
     assert read_json(out / "eval_results.json")["eval_accuracy"] == eval_before
@@ -129,16 +129,16 @@ def test_rounds_resumed_after_a_rounds_last_checkpoint_end_as_the_uninterrupted_
 
 
 def test_an_ensemble_export_is_a_teacher(ensemble_run):
-    from utils.classifier import Classifier
-    from utils.data import load_dataset_dir
-    from utils.distill import Teacher
+    from utils.deploy.classifier import Classifier
+    from utils.dataset.folder import load_dataset_dir
+    from utils.training.distill import Teacher
 
     data_dir, out = ensemble_run
     teacher = Teacher.resolve(out)
     assert (teacher.kind, teacher.path) == ("export", os.path.join(out, "export"))
     test = load_dataset_dir(data_dir, need_train=False, need_dev=False, need_test=True).test
     probs = Classifier(teacher.path, num_threads=1).predict_proba([e["text_a"] for e in test])
-    from utils.decoding import softmax
+    from utils.task.decoding import softmax
 
     np.testing.assert_allclose(softmax(teacher.logits(test)), probs, atol=1e-6)
 
@@ -180,16 +180,16 @@ CASES = [
 @pytest.mark.parametrize("case, flags, message, where", CASES, ids=[c[0] for c in CASES])
 def test_bad_inputs(case, flags, message, where, trained, few_gold, tiny_model_dir, tmp_path, capsys, monkeypatch):
     """One paragraph naming the file or flag, exit 2, no traceback, no model loaded, nothing trained."""
-    import utils.training
+    import utils.training.run
     from test_ensemble import copy_member, rename_label
-    from utils.tiny_ernie import build_ernie, vocab_from_texts
+    from utils.testing.tiny_ernie import build_ernie, vocab_from_texts
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs were checked")
 
-    monkeypatch.setattr(utils.training, "load_plm", refuse)
-    monkeypatch.setattr(utils.training, "rebuild_from_checkpoint", refuse)
-    monkeypatch.setattr(utils.distill.Teacher, "logits", refuse)
+    monkeypatch.setattr(utils.training.run, "load_plm", refuse)
+    monkeypatch.setattr(utils.training.run, "rebuild_from_checkpoint", refuse)
+    monkeypatch.setattr(utils.training.distill.Teacher, "logits", refuse)
     data_dir, unlabeled, _, _ = few_gold
     replacements = {"TEACHER": lambda: trained[1], "UNLABELED": lambda: unlabeled,
                     "EMPTY": lambda: write(tmp_path / "empty.txt", "\n\n"),
@@ -214,7 +214,7 @@ def test_soft_target_losses_equal_the_usual_losses_on_gold():
     """Gold labels as one-hot vectors (a student's gold examples) or as ids (dev) give the usual loss."""
     import paddle
 
-    from utils.heads import LabelWordNLLLoss, SoftTargetCrossEntropy
+    from utils.model.heads import LabelWordNLLLoss, SoftTargetCrossEntropy
 
     paddle.seed(0)
     logits = paddle.randn([5, 3])
@@ -235,7 +235,7 @@ def test_a_multi_label_teacher_teaches_a_multi_label_student(trained_multilabel,
     """Label sets too: the task type comes from the teacher, the teacher's sigmoid probabilities are the
     soft targets (BCE), and the student with 10% of the gold labels gets close to the teacher (measured:
     0.99 against the teacher's 0.98; the same student on its 9 gold lines alone: 0.55)."""
-    from utils.synthetic import MULTI_LABEL_PROMPT
+    from utils.testing.synthetic import MULTI_LABEL_PROMPT
 
     data_dir, teacher = trained_multilabel
     target, unlabeled, _, n_unlabeled = with_few_gold(data_dir, tmp_path)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST, ROOT
-from utils.synthetic import PROMPT
+from utils.testing.synthetic import PROMPT
 
 WORKER = os.path.join(ROOT, "tests", "dp_worker.py")
 

@@ -239,7 +239,7 @@ def make_sandbox(base: str, tiny_model_dir: str, trained=None, setup=()) -> str:
     """A directory laid out like the repository root, with stand-ins for what the pages name:
 
     data/example, data/multilabel_example, data/hierarchical_example   the repository's
-    data/tnews/            the keyword task (utils.synthetic) stands in for TNEWS, plus unlabeled.txt (texts
+    data/tnews/            the keyword task (utils.testing.synthetic) stands in for TNEWS, plus unlabeled.txt (texts
                            without labels) and splits/train_<i>.txt, dev_<i>.txt (i = 0, 1; FewCLUE's layout)
     data/*.txt             the keyword task again (upstream's `--data_dir ./data`)
     texts.txt              texts to classify (the keyword task's data.txt)
@@ -247,7 +247,7 @@ def make_sandbox(base: str, tiny_model_dir: str, trained=None, setup=()) -> str:
                            default checkpoints, without its export/ with no-export)
     ../shared/vocab/ernie-3.0-base-zh-vocab.txt   the tiny model's vocab
     """
-    from utils.synthetic import write_keyword_dataset
+    from utils.testing.synthetic import write_keyword_dataset
 
     root = os.path.join(base, "repo")
     os.makedirs(os.path.join(root, "checkpoints"))
@@ -448,8 +448,8 @@ def stop_after_parsing():
     import paddle
     from paddlenlp.trainer import PdArgumentParser
 
-    import utils.args
-    import utils.multirun
+    import utils.flags.train
+    import utils.training.multirun
 
     depth = [0]
 
@@ -470,7 +470,7 @@ def stop_after_parsing():
     with pytest.MonkeyPatch.context() as mp:
         for owner, name in ((argparse.ArgumentParser, "parse_args"),
                             (PdArgumentParser, "parse_args_into_dataclasses"),
-                            (utils.args, "parse_args"), (utils.multirun, "parse_args")):
+                            (utils.flags.train, "parse_args"), (utils.training.multirun, "parse_args")):
             mp.setattr(owner, name, stopping(getattr(owner, name)))
         mp.setattr(paddle, "is_compiled_with_cuda", lambda: True)
         yield

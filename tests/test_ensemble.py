@@ -10,7 +10,7 @@ import pytest
 import ensemble
 import infer
 from conftest import read_tsv, ready_client
-from utils.checkpoints import write_marker
+from utils.rundir.checkpoints import write_marker
 from utils.errors import run_cli
 
 
@@ -22,10 +22,10 @@ def read_json(path):
 def test_ensemble_export_parity(ensemble_run, ensemble_members):
     """The export's probabilities are the mean of the members' own (dynamic-graph) probabilities, and
     its member outputs each member's logits: on the parity batch (the gate) and on all of test.txt."""
-    from utils.data import load_dataset_dir
-    from utils.decoding import softmax
-    from utils.ensemble import export_outputs
-    from utils.modeling import model_logits, rebuild_from_checkpoint
+    from utils.dataset.folder import load_dataset_dir
+    from utils.task.decoding import softmax
+    from utils.ensembles.ensemble import export_outputs
+    from utils.model.assembly import model_logits, rebuild_from_checkpoint
 
     data_dir, out = ensemble_run
     export_dir = os.path.join(out, "export")
@@ -54,7 +54,7 @@ def test_ensemble_loads_like_any_export(ensemble_run, tmp_path, capsys):
     """infer.py, the Python API and the service read the ensemble export with no flag, and agree with
     ensemble.py's own test predictions."""
     from utils import Classifier
-    from utils.service import ServiceConfig, create_app
+    from utils.serving.app import ServiceConfig, create_app
 
     data_dir, out = ensemble_run
     export_dir = os.path.join(out, "export")
@@ -111,9 +111,9 @@ def copy_member(source, target, edit_spec=None, edit_vocab=None):
 def test_calibrated_members_are_averaged_calibrated(ensemble_members, tmp_path):
     """A member with a fitted temperature (train.py --calibrate) enters the mean with its calibrated
     probabilities, in the graph and in the parity gate's reference."""
-    from utils.data import load_dataset_dir
-    from utils.decoding import softmax
-    from utils.ensemble import export_outputs
+    from utils.dataset.folder import load_dataset_dir
+    from utils.task.decoding import softmax
+    from utils.ensembles.ensemble import export_outputs
 
     data_dir, members = ensemble_members
     hot = copy_member(members[0], str(tmp_path / "hot"), edit_spec=lambda spec: spec.update(temperature=3.0))
@@ -151,10 +151,10 @@ def multi_label(spec):
 ])
 def test_bad_inputs(case, expected, ensemble_members, tmp_path, capsys, monkeypatch):
     """One paragraph naming the file or flag, exit 2, nothing written, before any member's weights load."""
-    import utils.ensemble
+    import utils.ensembles.ensemble
 
     data_dir, members = ensemble_members
-    monkeypatch.setattr(utils.ensemble, "load_models", lambda plan: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(utils.ensembles.ensemble, "load_models", lambda plan: pytest.fail("a model was loaded"))
     first, second = members[0], members[1]
     argv = {
         "one member": [first],

@@ -11,7 +11,7 @@ import pytest
 from conftest import FAST, ROOT
 from utils.errors import UserError
 from utils.files import read_text_lines
-from utils.synthetic import PROMPT
+from utils.testing.synthetic import PROMPT
 
 
 def train_command(model, data, out, *extra):
@@ -114,7 +114,7 @@ def test_an_unreadable_data_file_is_named_even_as_root(keyword_data, monkeypatch
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", deny)
-    from utils.data import load_dataset_dir
+    from utils.dataset.folder import load_dataset_dir
 
     with pytest.raises(UserError, match="dev.txt: dev file cannot be read: Permission denied"):
         load_dataset_dir(keyword_data)

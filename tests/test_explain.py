@@ -1,4 +1,4 @@
-"""Explanations (utils/explain.py, explain.py): integrated gradients are sane (completeness; the
+"""Explanations (utils/reporting/explain.py, explain.py): integrated gradients are sane (completeness; the
 keyword task's keyword is the top-attributed token), the HTML/JSON files and the bad-case report,
 and the HTML renders in a real headless browser."""
 import json
@@ -9,13 +9,13 @@ import subprocess
 import numpy as np
 import pytest
 
-from utils.synthetic import KEYWORDS
+from utils.testing.synthetic import KEYWORDS
 
 
 @pytest.fixture(scope="module")
 def explainer(trained):
-    from utils.explain import Explainer
-    from utils.modeling import rebuild_from_checkpoint
+    from utils.reporting.explain import Explainer
+    from utils.model.assembly import rebuild_from_checkpoint
 
     _, out = trained
     model, tokenizer, spec = rebuild_from_checkpoint(out)
@@ -118,7 +118,7 @@ def find_browser():
 def test_the_html_renders_in_a_headless_browser(trained, explainer, tmp_path):
     """A real browser draws the page (Chinese text as is); the screenshot is left in the test's
     tmp directory (pytest's artifacts), never committed."""
-    from utils.explain import write_explanations
+    from utils.reporting.explain import write_explanations
 
     browser = find_browser()
     if browser is None:
@@ -152,9 +152,9 @@ def test_every_head_kind_is_explained_completely(tiny_model_dir, tmp_path, head_
     import train
     from conftest import FAST
     from utils.errors import run_cli
-    from utils.explain import Explainer
-    from utils.modeling import rebuild_from_checkpoint
-    from utils.synthetic import PROMPT, write_keyword_dataset
+    from utils.reporting.explain import Explainer
+    from utils.model.assembly import rebuild_from_checkpoint
+    from utils.testing.synthetic import PROMPT, write_keyword_dataset
 
     data_dir = write_keyword_dataset(str(tmp_path / "data"), train_per_class=4)
     out = str(tmp_path / "out")

@@ -9,12 +9,12 @@ import pytest
 import export as export_cli
 import infer
 from conftest import read_tsv
-from utils import export as export_mod
+from utils.export import pipeline as export_mod
 from utils.errors import UserError, run_cli
-from utils.labels import LabelSet
-from utils.modeling import build_prompt_model
-from utils.plm import load_plm
-from utils.prompt import build_template
+from utils.dataset.labels import LabelSet
+from utils.model.assembly import build_prompt_model
+from utils.model.plm import load_plm
+from utils.model.prompt import build_template
 
 
 def test_do_export_layout_and_manifest(trained):
@@ -92,7 +92,7 @@ def assert_fp16_model(fp32_path, fp16_path, parity, texts):
     import onnx
     import onnxruntime as ort
 
-    from utils.preprocess import PromptPreprocessor
+    from utils.deploy.preprocess import PromptPreprocessor
 
     fp32, fp16 = onnx.load(fp32_path), onnx.load(fp16_path)
     weights = [t for t in fp16.graph.initializer if t.data_type in (onnx_type("FLOAT"), onnx_type("FLOAT16"))]
@@ -207,7 +207,7 @@ def test_export_errors(tmp_path, trained):
 
 
 def test_two_exports_into_one_directory_at_once_are_refused(trained, tmp_path, capsys):
-    from utils.export import export_lock
+    from utils.export.pipeline import export_lock
 
     target = tmp_path / "export"
     lock = export_lock(str(target)).acquire()  # another export.py holding the directory

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from conftest import shared_path
-from utils.data import load_dataset_dir, read_examples
+from utils.dataset.folder import load_dataset_dir, read_examples
 
 
 @pytest.mark.parametrize("task, n_labels", [("tnews", 15), ("eprstmt", 2)])

@@ -3,7 +3,7 @@
 import pytest
 
 from utils.errors import UserError
-from utils.inputs import InputFile
+from utils.dataset.inputs import InputFile
 
 LABELS = ["apple", "banana"]
 
@@ -93,7 +93,7 @@ def test_label_sets_in_a_last_column_are_gold_for_multi_label_models(tmp_path):
 def test_bytes_that_are_not_utf8_are_a_file_line_error_so_no_lone_surrogate_gets_in(tmp_path, raw, column):
     """Files are decoded strictly: the bytes of a lone surrogate are refused like any other that are
     not UTF-8, naming the line (input files, data files and label.txt share the reader)."""
-    from utils.data import read_examples
+    from utils.dataset.folder import read_examples
 
     path = tmp_path / "in.txt"
     path.write_bytes("苹果\n".encode("utf-8") + b"ab" + raw + b"\n")

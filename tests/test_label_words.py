@@ -1,4 +1,4 @@
-"""The label-word checker (utils/label_words.py): tokenization problems are flagged, candidates are
+"""The label-word checker (utils/model/label_words.py): tokenization problems are flagged, candidates are
 ranked and a label.txt is suggested, train.py warns about [UNK] and colliding words, and label.txt's
 `name==w1|w2` alternatives are read."""
 import logging
@@ -6,12 +6,12 @@ import os
 
 import pytest
 
-from utils.label_words import check_label_words, main as label_words_main, warn_label_words
+from utils.model.label_words import check_label_words, main as label_words_main, warn_label_words
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from utils.plm import load_tokenizer
+    from utils.model.plm import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
 
@@ -40,7 +40,7 @@ def test_train_time_warnings_name_colliding_and_unknown_words(tokenizer, caplog)
 
 def test_label_file_alternatives_keep_the_first_word(tmp_path):
     from utils.errors import UserError
-    from utils.labels import read_label_file
+    from utils.dataset.labels import read_label_file
 
     path = tmp_path / "label.txt"
     path.write_text("apple==红色|红|苹果\nbanana==黄色\n", encoding="utf-8")
@@ -53,7 +53,7 @@ def test_label_file_alternatives_keep_the_first_word(tmp_path):
 
 
 def test_the_cli_ranks_candidates_and_suggests_a_label_file(tiny_model_dir, tmp_path, capsys):
-    from utils.synthetic import PROMPT, write_keyword_dataset
+    from utils.testing.synthetic import PROMPT, write_keyword_dataset
 
     data_dir = write_keyword_dataset(str(tmp_path / "data"),
                                      label_words={"apple": "红色|红", "banana": "黄色|黄", "grape": "龘"})

@@ -1,7 +1,7 @@
 import pytest
 
 from utils.errors import UserError
-from utils.labels import read_label_file
+from utils.dataset.labels import read_label_file
 
 
 def write(tmp_path, text, name="label.txt", raw=False):
@@ -89,7 +89,7 @@ def test_a_hierarchical_label_with_an_empty_level_is_named_so_in_label_txt(tmp_p
 @pytest.mark.parametrize("label", EMPTY_LEVELS)
 def test_a_hierarchical_data_line_with_an_empty_level_is_named_so(tmp_path, label):
     """Not "not in label.txt": the README promises the empty level is named, in data lines too."""
-    from utils.data import load_dataset_dir
+    from utils.dataset.folder import load_dataset_dir
 
     data = tmp_path / "data"
     data.mkdir()
@@ -121,7 +121,7 @@ IDS = {"A": 0, "A##x": 1, "B": 2}
     ("B", "multi-class", 2),
 ])
 def test_label_columns(text, task_type, expected):
-    from utils.labels import parse_label_field
+    from utils.dataset.labels import parse_label_field
 
     assert parse_label_field(text, IDS, "train.txt", 3, task_type) == expected
 
@@ -137,7 +137,7 @@ def test_label_columns(text, task_type, expected):
     ("A,B", "multi-class", "several labels on one line need --task_type multi-label"),
 ])
 def test_bad_label_columns_name_file_and_line(text, task_type, message):
-    from utils.labels import parse_label_field
+    from utils.dataset.labels import parse_label_field
 
     with pytest.raises(UserError) as info:
         parse_label_field(text, IDS, "train.txt", 3, task_type)

@@ -2,13 +2,13 @@
 import numpy as np
 import pytest
 
-from utils.args import parse_args
+from utils.flags.train import parse_args
 from utils.errors import UserError
-from utils.labels import LabelSet
-from utils.modeling import build_prompt_model
-from utils.plm import load_plm
-from utils.prompt import build_template
-from utils.training import Run, prepare
+from utils.dataset.labels import LabelSet
+from utils.model.assembly import build_prompt_model
+from utils.model.plm import load_plm
+from utils.model.prompt import build_template
+from utils.training.run import Run, prepare
 
 
 def make_trainer(tiny_model_dir, data_dir, out_dir, *extra):

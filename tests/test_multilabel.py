@@ -39,7 +39,7 @@ def assert_same_predictions(path, reference):
 @pytest.fixture(scope="module")
 def example_model_dir(tmp_path_factory):
     """A tiny random ERNIE whose vocab covers the repo's multi-label and hierarchical examples."""
-    from utils.tiny_ernie import build_ernie, texts_of_data_dirs, vocab_from_texts
+    from utils.testing.tiny_ernie import build_ernie, texts_of_data_dirs, vocab_from_texts
 
     texts = texts_of_data_dirs([MULTILABEL_EXAMPLE, HIERARCHICAL_EXAMPLE]) + list(EXAMPLE_PROMPTS)
     return build_ernie(str(tmp_path_factory.mktemp("models") / "tiny-examples"), vocab_from_texts(texts), seed=0)
@@ -139,7 +139,8 @@ def test_parity_gate_compares_sigmoid_probabilities_and_the_variants_work(traine
 
 
 def test_python_api_knows_the_task_type_and_thresholds(trained_multilabel, tmp_path, capsys):
-    from utils import Classifier, LabelSetPrediction
+    from utils import Classifier
+    from utils import LabelSetPrediction
 
     data_dir, out = trained_multilabel
     clf = Classifier(os.path.join(out, "export"), num_threads=1)
@@ -170,7 +171,7 @@ def test_service_answers_label_sets_and_prob_limit_replaces_the_thresholds(train
     from fastapi.testclient import TestClient
 
     from utils import Classifier
-    from utils.service import ServiceConfig, create_app
+    from utils.serving.app import ServiceConfig, create_app
 
     data_dir, out = trained_multilabel
     export = os.path.join(out, "export")
@@ -217,7 +218,7 @@ def test_a_checkpoint_is_evaluated_with_its_own_task_type(trained_multilabel, tm
 
 
 def test_hierarchical_example_decodes_consistently_and_reports_each_level(trained_hierarchical, tmp_path, capsys):
-    from utils.decoding import parent_path
+    from utils.task.decoding import parent_path
 
     out = trained_hierarchical
     metrics = read_json(os.path.join(out, "eval_results.json"))
@@ -248,7 +249,7 @@ def test_multilabel_example_with_the_finetune_baseline(example_model_dir, tmp_pa
     argv = ["--model_name_or_path", example_model_dir, "--data_dir", MULTILABEL_EXAMPLE, "--output_dir", out,
             "--task_type", "multi-label", "--method", "finetune", "--do_train", "--do_eval", "--do_predict",
             "--do_export", "--max_steps", "8", "--eval_steps", "4", "--logging_steps", "4", *FAST]
-    with caplog.at_level("INFO", logger="utils.training"):
+    with caplog.at_level("INFO", logger="utils.training.run"):
         assert run_cli(train.main, argv) == 0
     assert "task_type: multi-label" in caplog.messages  # as PaddleNLP's training log prints it
     err = capsys.readouterr().err
@@ -274,8 +275,8 @@ def test_multi_label_rdrop_loss_is_the_symmetric_bernoulli_kl_by_hand():
 
     import paddle
 
-    from utils.heads import BCEWithLogits
-    from utils.training import PTuningTrainer
+    from utils.model.heads import BCEWithLogits
+    from utils.training.run import PTuningTrainer
 
     first = np.array([[0.0, 2.0, -1.0], [1.5, -0.5, 0.3]])             # logits of the first pass
     second = np.array([[np.log(3.0), 1.0, -1.0], [0.0, 0.5, -2.0]])    # and of the second (other dropout)
@@ -303,8 +304,8 @@ def test_multi_label_rdrop_loss_is_the_symmetric_bernoulli_kl_by_hand():
 
 
 def test_a_multi_label_run_with_rdrop_trains_through_the_bernoulli_kl(tiny_model_dir, tmp_path, monkeypatch):
-    from utils.synthetic import MULTI_LABEL_PROMPT, write_multilabel_keyword_dataset
-    from utils.training import PTuningTrainer
+    from utils.testing.synthetic import MULTI_LABEL_PROMPT, write_multilabel_keyword_dataset
+    from utils.training.run import PTuningTrainer
 
     calls = []
     original = PTuningTrainer._compute_rdrop_loss

@@ -8,8 +8,8 @@ import pytest
 import multirun
 from conftest import FAST
 from utils.errors import run_cli
-from utils.multirun import Run, aggregate, markdown_table, train_argv, without_flag
-from utils.synthetic import PROMPT, write_keyword_dataset
+from utils.training.multirun import Run, aggregate, markdown_table, train_argv, without_flag
+from utils.testing.synthetic import PROMPT, write_keyword_dataset
 
 FAST_NO_SEED = without_flag(FAST, "--seed")  # multirun sets --seed per run
 
@@ -244,7 +244,7 @@ def test_markdown_table_and_single_run_std():
 
 
 def test_multi_label_runs_add_micro_f1_columns():
-    from utils.multirun import Run, markdown_table, summarize
+    from utils.training.multirun import Run, markdown_table, summarize
 
     runs = [Run("seed1", 1, None, "o/runs/seed1"), Run("seed2", 2, None, "o/runs/seed2")]
     results = [{"eval_accuracy": 0.5, "eval_micro_f1": 0.8, "eval_macro_f1": 0.7},

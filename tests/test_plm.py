@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from utils import plm
+from utils.model import plm
 from utils.errors import UserError
 
 
@@ -38,7 +38,7 @@ def test_local_directory_checks(tmp_path, tiny_model_dir):
 
 
 def test_tiny_model_loads_and_is_marked_not_pretrained(tiny_model_dir, caplog):
-    from utils.tiny_ernie import MARKER_FILE
+    from utils.testing.tiny_ernie import MARKER_FILE
 
     model, tokenizer = plm.load_plm(tiny_model_dir)
     assert type(model).__name__ == "ErnieForMaskedLM"

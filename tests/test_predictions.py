@@ -9,10 +9,10 @@ import pytest
 from sklearn.metrics import f1_score
 
 from conftest import read_tsv
-from utils import predictions
+from utils.deploy import predictions
 from utils.errors import UserError
-from utils.metrics import macro_f1_from_confusion
-from utils.predictions import PredictionSummary, PredictionWriter, write_predictions
+from utils.task.metrics import macro_f1_from_confusion
+from utils.deploy.predictions import PredictionSummary, PredictionWriter, write_predictions
 
 LABELS = ["x", "y", "z"]
 PROBS = np.array([[0.2, 0.7, 0.1], [0.5, 0.2, 0.3]])
@@ -124,7 +124,7 @@ ML_PROBS = np.array([[0.9, 0.6, 0.2], [0.3, 0.8, 0.55], [0.1, 0.2, 0.3]])
 
 
 def test_label_set_rows_list_every_label_above_its_threshold_most_probable_first(tmp_path):
-    from utils.decoding import Decoder
+    from utils.task.decoding import Decoder
 
     decoder = Decoder("hierarchical", ML_LABELS, (0.5, 0.5, 0.5))
     path = str(tmp_path / "o.tsv")
@@ -149,9 +149,9 @@ def test_label_set_rows_list_every_label_above_its_threshold_most_probable_first
 
 
 def test_streamed_label_set_metrics_equal_sklearn():
-    from utils.decoding import Decoder
-    from utils.metrics import multilabel_metrics
-    from utils.predictions import prediction_summary
+    from utils.task.decoding import Decoder
+    from utils.task.metrics import multilabel_metrics
+    from utils.deploy.predictions import prediction_summary
 
     rng = np.random.default_rng(2)
     labels = ["A", "A##x", "A##y", "B", "B##z", "C"]

@@ -11,7 +11,7 @@ import pytest
 import infer
 from conftest import ROOT, read_tsv, resign
 from utils.errors import UserError, run_cli
-from utils.predictor import ExportedClassifier
+from utils.deploy.predictor import ExportedClassifier
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def keyword_lines(n, seed=5):
     """`n` lines in the test.txt layout, texts of varied lengths."""
     import random
 
-    from utils.synthetic import make_split
+    from utils.testing.synthetic import make_split
 
     return make_split(random.Random(seed), n // 3 + 1, min_len=1, max_len=30)[:n]
 
@@ -176,9 +176,9 @@ def test_streaming_keeps_at_most_one_chunk_alive_and_writes_what_one_pass_writes
     long the file; rows, order and values are those of classifying the whole file at once."""
     import weakref
 
-    from utils.inputs import InputFile
-    from utils.predictor import classify_file
-    from utils.preprocess import PromptPreprocessor
+    from utils.dataset.inputs import InputFile
+    from utils.deploy.predictor import classify_file
+    from utils.deploy.preprocess import PromptPreprocessor
 
     classifier = ExportedClassifier(os.path.join(trained[1], "export"), num_threads=1)
     whole = str(tmp_path / "whole.tsv")
@@ -235,7 +235,7 @@ def late_bad_line(path):
 
 
 def interrupt_third_chunk(monkeypatch):
-    from utils.predictions import PredictionWriter
+    from utils.deploy.predictions import PredictionWriter
 
     write, calls = PredictionWriter.write, []
 
@@ -249,7 +249,7 @@ def interrupt_third_chunk(monkeypatch):
 
 
 def disk_full(monkeypatch):
-    from utils import predictions
+    from utils.deploy import predictions
 
     real_open = open
 
@@ -272,7 +272,7 @@ def disk_full(monkeypatch):
 def terminate_at_third_chunk(monkeypatch):
     import signal
 
-    from utils.predictions import PredictionWriter
+    from utils.deploy.predictions import PredictionWriter
 
     write, calls = PredictionWriter.write, []
 
@@ -294,7 +294,7 @@ def terminate_at_third_chunk(monkeypatch):
 def test_a_failure_late_in_the_file_leaves_no_output_and_the_old_file_untouched(failure, code, message, trained,
                                                                                big_input, tmp_path, capsys,
                                                                                monkeypatch):
-    from utils import predictor
+    from utils.deploy import predictor
 
     monkeypatch.setattr(predictor, "CHUNK_SIZE", 16)  # several chunks are written before the failure
     output = tmp_path / "out.tsv"

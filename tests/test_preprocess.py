@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from utils.labels import LabelSet
-from utils.modeling import build_prompt_model
-from utils.plm import load_plm
-from utils.preprocess import INPUT_NAMES, PromptPreprocessor, describe_template, max_lengths_for_truncation
-from utils.prompt import build_template
-from utils.synthetic import FILLER, KEYWORDS
+from utils.dataset.labels import LabelSet
+from utils.model.assembly import build_prompt_model
+from utils.model.plm import load_plm
+from utils.deploy.preprocess import INPUT_NAMES, PromptPreprocessor, describe_template, max_lengths_for_truncation
+from utils.model.prompt import build_template
+from utils.testing.synthetic import FILLER, KEYWORDS
 
 POOLS = ["abcXYZ hello World", "ÀÉÎõüçñßøØµªºİıǅ", "中文字符测试你好新闻", "，。！？、；：“”‘’（）【】《》…—～·",
          "!@#$%^&*()_+-=[]{}|;':\",./<>?`~", "0123456789０１２３", "😀🎉👍🏽❤️", "°±×÷€£¥©®™§¶",
@@ -105,7 +105,7 @@ def test_real_vocab_tokenizer_matches_ernie_tokenizer(tmp_path, texts):
     """With the real 40k ERNIE vocab (optional, ../shared), on fuzz and on FewCLUE texts."""
     from paddlenlp.transformers import AutoTokenizer, ErnieTokenizer
 
-    from utils.preprocess import load_wordpiece_tokenizer
+    from utils.deploy.preprocess import load_wordpiece_tokenizer
 
     vocab = shared_path("vocab", "ernie-3.0-base-zh-vocab.txt")
     texts = fuzz_texts(3000, seed=7) if texts == "fuzz" else real_texts()

@@ -8,7 +8,7 @@ import pytest
 
 import pretrain
 from utils.errors import run_cli
-from utils.synthetic import make_mlm_corpus
+from utils.testing.synthetic import make_mlm_corpus
 
 
 def read_json(path):
@@ -58,9 +58,9 @@ def test_loss_goes_down_on_a_learnable_corpus(pretrained):
 
 
 def test_the_result_is_a_model_directory_train_py_takes(pretrained, corpus):
-    from utils.checkpoints import verify
-    from utils.plm import check_model_dir, load_plm
-    from utils.pretraining import MODEL_FILES
+    from utils.rundir.checkpoints import verify
+    from utils.model.plm import check_model_dir, load_plm
+    from utils.training.pretraining import MODEL_FILES
 
     check_model_dir(pretrained)
     verify(pretrained, purpose="model", model_files=MODEL_FILES)  # the final model is marked, like train.py's
@@ -149,8 +149,8 @@ def test_sigkill_then_resume_in_place_continues_exactly(tiny_model_dir, corpus, 
 
 @pytest.fixture(scope="module")
 def encoder_and_tokenizer(tiny_model_dir):
-    from utils.plm import load_tokenizer
-    from utils.pretraining import CorpusEncoder
+    from utils.model.plm import load_tokenizer
+    from utils.training.pretraining import CorpusEncoder
 
     tokenizer = load_tokenizer(tiny_model_dir)
     return tokenizer, {m: CorpusEncoder(tokenizer, 64, m) for m in ("word", "char")}
@@ -163,7 +163,7 @@ def test_a_long_line_is_segmented_only_as_far_as_its_tokens_are_kept(masking, en
     line of spaces first (no tokens) still finds its text."""
     import jieba
 
-    import utils.pretraining as pretraining
+    import utils.training.pretraining as pretraining
 
     tokenizer, encoders = encoder_and_tokenizer
     encoder = encoders[masking]
@@ -191,7 +191,7 @@ def test_a_long_line_is_segmented_only_as_far_as_its_tokens_are_kept(masking, en
 def test_whole_word_masking_masks_words_and_is_reproducible(encoder_and_tokenizer):
     import jieba
 
-    from utils.pretraining import MaskedTextDataset, random_token_ids
+    from utils.training.pretraining import MaskedTextDataset, random_token_ids
 
     tokenizer, encoders = encoder_and_tokenizer
     texts = make_mlm_corpus(200, seed=3)
@@ -250,9 +250,9 @@ def write(path, text):
 def test_bad_inputs(case, flags, message, where, tiny_model_dir, trained, tmp_path, capsys, monkeypatch):
     import glob
 
-    import utils.plm
+    import utils.model.plm
 
-    monkeypatch.setattr(utils.plm, "load_plm", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(utils.model.plm, "load_plm", lambda *a, **k: pytest.fail("a model was loaded"))
     files = {"EMPTY": lambda: write(tmp_path / "empty.txt", "\n \n"),
              "LABELLED": lambda: write(tmp_path / "labelled.txt", "苹果是红色的\n苹果\t红色\tapple\n"),
              "GOOD": lambda: write(tmp_path / "good.txt", "苹果是红色的\n"),
@@ -271,7 +271,7 @@ def test_a_pretrained_model_is_not_a_classifier(pretrained, tmp_path, capsys):
     output is named for what it is, with the flag that takes it."""
     import ensemble
     import train
-    from utils.synthetic import write_keyword_dataset
+    from utils.testing.synthetic import write_keyword_dataset
 
     data_dir = write_keyword_dataset(str(tmp_path / "data"))
     for main, argv in ((train.main, ["--do_predict", "--data_dir", data_dir, "--resume_from_checkpoint",
@@ -286,7 +286,7 @@ def test_a_pretrained_model_is_not_a_classifier(pretrained, tmp_path, capsys):
 def test_a_large_corpus_is_encoded_as_its_batches_are_drawn(encoder_and_tokenizer):
     """Nothing is encoded ahead (a million-line corpus took minutes and ~2.8 GB before the first step);
     an item is what encoding the text gives."""
-    from utils.pretraining import LazyEncoded
+    from utils.training.pretraining import LazyEncoded
 
     tokenizer, encoders = encoder_and_tokenizer
     calls = []

@@ -1,7 +1,7 @@
 import pytest
 
 from utils.errors import UserError
-from utils.prompt import build_template, count_masks, parse_template_string, template_kind, validate_template
+from utils.model.prompt import build_template, count_masks, parse_template_string, template_kind, validate_template
 
 VALID = [
     "{'soft': '这条新闻标题的主题是', 'encoder': 'lstm', 'hidden_size': 200}{'text': 'text_a'}{'mask'}",

@@ -14,7 +14,7 @@ import pytest
 import infer
 from conftest import ROOT, read_tsv
 from utils.errors import run_cli
-from utils.synthetic import make_split
+from utils.testing.synthetic import make_split
 
 RUN_TIMEOUT = 300  # seconds for one infer.py --ray run (about 12 s here)
 
@@ -36,7 +36,7 @@ def ray_cluster():
     """Two Ray nodes on this machine, one CPU each, told apart by the custom resources node_a and node_b;
     started and stopped within bounded time, stopped even when a test fails."""
     require_ray()
-    from utils.ray_local import LocalRayCluster
+    from utils.testing.ray_local import LocalRayCluster
 
     cluster = LocalRayCluster(["node_a", "node_b"], cpus=1, start_timeout=180)
     with cluster:
@@ -140,7 +140,7 @@ def test_ray_writes_the_local_label_sets_of_a_multi_label_export(ray_cluster, tr
     """The workers decode as the export says (sigmoids, its searched thresholds): the same file and metrics."""
     import random
 
-    from utils.synthetic import make_multilabel_split
+    from utils.testing.synthetic import make_multilabel_split
 
     export = os.path.join(trained_multilabel[1], "export")
     input_path = tmp_path / "in.txt"
@@ -233,7 +233,7 @@ import sys, time
 sys.path.insert(0, '.')
 import ray
 from utils.errors import UserError
-from utils.ray_infer import connect
+from utils.serving.ray_infer import connect
 start = time.monotonic()
 try:
     connect(ray, sys.argv[1], float(sys.argv[2]), {})
@@ -294,7 +294,7 @@ class FakeWorker:
 
 
 def test_chunks_come_back_in_input_order_with_a_bounded_number_in_flight():
-    from utils.ray_infer import UNWRITTEN_PER_WORKER, classify_on_workers
+    from utils.serving.ray_infer import UNWRITTEN_PER_WORKER, classify_on_workers
 
     fake_ray = FakeRay()
     workers = [FakeWorker(fake_ray, i) for i in range(3)]

@@ -30,7 +30,7 @@ def require_serve():
 def serve_cluster():
     """Two Ray nodes on this machine, one CPU each (resources node_a and node_b)."""
     require_serve()
-    from utils.ray_local import LocalRayCluster
+    from utils.testing.ray_local import LocalRayCluster
 
     cluster = LocalRayCluster(["node_a", "node_b"], cpus=1, start_timeout=180)
     with cluster:
@@ -247,10 +247,10 @@ def serve_http_port(cluster):
 @pytest.mark.slow
 def test_serve_run_with_the_application_builder_serves_an_export_present_on_the_nodes(serve_cluster, trained):
     """Ray Serve's own launcher (`serve run`, as a config file or KubeRay's RayService would):
-    `utils.ray_serve:build_app` with string arguments; the replica loads the export from its path
+    `utils.serving.ray_serve:build_app` with string arguments; the replica loads the export from its path
     on the node and answers like the local Classifier. A wrong argument is a clear ValueError."""
     from utils import Classifier
-    from utils.ray_serve import build_app
+    from utils.serving.ray_serve import build_app
 
     with pytest.raises(ValueError, match="unknown argument 'replica'"):
         build_app({"model_path_prefix": "x", "replica": "2"})
@@ -262,7 +262,7 @@ def test_serve_run_with_the_application_builder_serves_an_export_present_on_the_
     runtime_env = json.dumps({"py_modules": [os.path.join(ROOT, "utils")]})
     proc = subprocess.Popen([sys.executable, "-c", "from ray.serve.scripts import cli; cli()", "run", "--address",
                              serve_cluster.address, "--runtime-env-json", runtime_env, "--app-dir", ROOT,
-                             "utils.ray_serve:build_app", f"model_path_prefix={export}", "num_threads=1",
+                             "utils.serving.ray_serve:build_app", f"model_path_prefix={export}", "num_threads=1",
                              "device=cpu", "replicas=1", "max_batch_size=8", "name=built"],
                             cwd=ROOT, env=serve_cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)

@@ -1,4 +1,4 @@
-"""utils.reports: per-class report and confusion matrix against a hand computation; training curves."""
+"""utils.reporting.reports: per-class report and confusion matrix against a hand computation; training curves."""
 import csv
 import json
 import os
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from utils import fonts, reports
-from utils.metrics import classification_metrics
-from utils.reports import curve_series, plot_confusion_matrix, plot_training_curves, write_classification_report
+from utils.reporting import fonts
+from utils.reporting import reports
+from utils.task.metrics import classification_metrics
+from utils.reporting.reports import curve_series, plot_confusion_matrix, plot_training_curves, write_classification_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LABELS = ["apple", "banana", "grape", "kiwi"]  # kiwi: in label.txt but never gold nor predicted
@@ -168,7 +169,7 @@ def test_a_failing_plot_costs_a_warning_not_the_run(tmp_path, monkeypatch, caplo
 
     monkeypatch.setattr(reports, "_annotated_matrix", no_memory)
     monkeypatch.setattr(reports, "_curves_figure", no_memory)
-    with caplog.at_level("WARNING", logger="utils.reports"):
+    with caplog.at_level("WARNING", logger="utils.reporting.reports"):
         report = write_classification_report(str(tmp_path), "test", GOLD, PRED, LABELS)
         state = write_state(tmp_path / "trainer_state.json", LOG_HISTORY)
         assert plot_training_curves(state, str(tmp_path / "curves.png")) is None
@@ -231,12 +232,12 @@ def test_nothing_to_plot_writes_nothing(tmp_path, log_history):
 
 
 def test_reports_do_not_import_paddle():
-    code = "import sys, utils.reports, utils.multirun; sys.exit(int('paddle' in sys.modules))"
+    code = "import sys, utils.reporting.reports, utils.training.multirun; sys.exit(int('paddle' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
 def test_multi_label_report_against_a_hand_computation(tmp_path):
-    from utils.reports import write_multilabel_report
+    from utils.reporting.reports import write_multilabel_report
 
     labels = ["A", "A##x", "B"]
     gold = np.array([[1, 1, 0], [0, 0, 1], [1, 0, 1], [1, 1, 0]], dtype=bool)
@@ -258,7 +259,7 @@ def test_multi_label_report_against_a_hand_computation(tmp_path):
 
 
 def test_hundreds_of_labels_give_one_row_per_label_and_a_fixed_size_figure(tmp_path):
-    from utils.reports import write_multilabel_report
+    from utils.reporting.reports import write_multilabel_report
 
     rng = np.random.default_rng(0)
     labels = [f"要素{i:03d}" for i in range(300)]

@@ -10,8 +10,8 @@ import pytest
 import train
 from conftest import FAST, ROOT
 from utils.errors import run_cli
-from utils.rundir import owned_outputs
-from utils.synthetic import PROMPT
+from utils.rundir.plan import owned_outputs
+from utils.testing.synthetic import PROMPT
 
 
 def train_argv(model, data, out, *extra):
@@ -104,7 +104,7 @@ def test_copied_run_resumes_from_its_own_checkpoints(tiny_model_dir, keyword_dat
 def test_a_second_run_into_a_busy_directory_is_refused(tiny_model_dir, keyword_data, tmp_path, capsys):
     """The directory's lock held here, as a running train.py holds it: a second train.py process into it is
     refused, one paragraph naming the holder, and writes nothing; once the lock is released it runs."""
-    from utils.rundir import DirLock
+    from utils.rundir.plan import DirLock
 
     out = tmp_path / "run"
     lock = DirLock(str(out)).acquire()  # the first run, in the middle of its training

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, ready_client
 from test_classifier import infer_jsonl, texts_and_file
 from utils.errors import run_cli
-from utils.service import Batcher, RequestError, ServiceConfig, create_app
+from utils.serving.app import Batcher, RequestError, ServiceConfig, create_app
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ class FakeModel:
     """Stands in for ExportedClassifier: a text's row is one-hot at `int(text) % 3`; records batches."""
 
     def __init__(self, delay=0.0, fail_on=None, length=lambda text: 1):
-        from utils.decoding import Decoder
+        from utils.task.decoding import Decoder
 
         self.batches, self.delay, self.fail_on, self.length = [], delay, fail_on, length
         self.labels = ["a", "b", "c"]
@@ -321,7 +321,7 @@ def test_a_body_larger_than_any_valid_request_is_413_and_the_largest_valid_one_p
 
 
 def test_a_chunked_body_is_read_only_up_to_the_limit():
-    from utils.service import BodyLimit
+    from utils.serving.app import BodyLimit
 
     def endless(reads):
         async def receive():
@@ -477,7 +477,7 @@ def test_length_runs_cut_a_sorted_batch_where_padding_costs_more_than_a_run():
     import itertools
     import random
 
-    from utils.service import length_runs
+    from utils.serving.app import length_runs
 
     def cost(lengths, runs, run_cost):
         return sum((r.stop - r.start) * lengths[r.stop - 1] + run_cost for r in runs)
@@ -604,10 +604,10 @@ def test_instances_split_the_cpu_threads_and_cannot_outnumber_them():
 def test_an_unset_device_is_judged_as_the_one_the_service_will_use(monkeypatch, found, refused):
     """Without --device the service runs where infer.py would (CUDA if onnxruntime offers it): more
     instances than CPU threads is refused only when that is the CPU, and the model gets that device."""
-    import utils.classifier
+    import utils.deploy.classifier
     from utils.errors import UserError
 
-    monkeypatch.setattr(utils.classifier, "default_device", lambda: found)
+    monkeypatch.setattr(utils.deploy.classifier, "default_device", lambda: found)
     if refused:
         with pytest.raises(UserError, match="instances"):
             ServiceConfig("x", num_threads=1, instances=2)

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import shared_path
 from utils.errors import UserError
-from utils.tiny_ernie import MARKER_FILE, SPECIAL_TOKENS, build_ernie, main, model_config, vocab_from_texts
+from utils.testing.tiny_ernie import MARKER_FILE, SPECIAL_TOKENS, build_ernie, main, model_config, vocab_from_texts
 
 
 def test_vocab_from_texts():
@@ -64,7 +64,7 @@ def test_full_size_preset_uses_the_real_architecture():
 
 
 def test_real_vocab_file(tmp_path):
-    from utils.tiny_ernie import read_vocab_file
+    from utils.testing.tiny_ernie import read_vocab_file
 
     tokens = read_vocab_file(shared_path("vocab", "ernie-3.0-base-zh-vocab.txt"))
     assert tokens[0] == "[PAD]" and len(tokens) > 39000

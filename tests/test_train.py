@@ -13,7 +13,7 @@ import pytest
 import train
 from conftest import EXAMPLE_DATA, FAST, ROOT, read_tsv, shared_path
 from utils.errors import run_cli
-from utils.synthetic import PROMPT
+from utils.testing.synthetic import PROMPT
 
 
 def test_keyword_task_is_learned(trained):
@@ -184,7 +184,7 @@ def test_sigkill_then_resume_continues_exactly(tiny_model_dir, keyword_data, tmp
 
 
 def test_data_order_depends_only_on_seed_and_epoch():
-    from utils.training import SeededBatchSampler
+    from utils.training.run import SeededBatchSampler
 
     data = list(range(20))
 
@@ -204,7 +204,7 @@ def test_data_order_depends_only_on_seed_and_epoch():
 def test_an_epoch_ends_with_its_last_full_accumulation_group():
     """With accumulation over 4 batches, an epoch of 6 batches yields 4 (the 2 left over differ by epoch);
     fewer batches than a group are all kept (paddlenlp then accumulates over the epoch)."""
-    from utils.training import SeededBatchSampler
+    from utils.training.run import SeededBatchSampler
 
     data = list(range(24))
     sampler = SeededBatchSampler(data, batch_size=4, shuffle=True, seed=1, accumulation=4)
@@ -221,7 +221,7 @@ def test_freeze_plm_trains_the_epochs_asked_for(dropout_free_model, tmp_path):
     """--freeze_plm sets max_steps from --num_train_epochs: counted as the Trainer counts an epoch's steps
     (24 texts in batches of 4, accumulated 4 at a time: one step an epoch), 2 epochs are 2 steps (it
     counted 4, so the run went on for 4 epochs)."""
-    from utils.synthetic import write_keyword_dataset
+    from utils.testing.synthetic import write_keyword_dataset
 
     data = write_keyword_dataset(str(tmp_path / "data"), train_per_class=8)
     out = tmp_path / "out"

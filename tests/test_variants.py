@@ -9,9 +9,9 @@ import infer
 import train
 from conftest import FAST, read_tsv
 from utils.errors import UserError, run_cli
-from utils.labels import LabelSet
-from utils.plm import load_plm
-from utils.synthetic import PROMPT
+from utils.dataset.labels import LabelSet
+from utils.model.plm import load_plm
+from utils.testing.synthetic import PROMPT
 
 
 def run_variant(tiny_model_dir, data_dir, out, *extra, steps="160"):
@@ -70,7 +70,7 @@ def test_manual_multi_mask_verbalizer(tiny_model_dir, keyword_data, tmp_path):
 def test_manual_verbalizer_mlm_loss_option(tiny_model_dir):
     import paddle
 
-    from utils.heads import LabelWordNLLLoss, MultiMaskVerbalizer
+    from utils.model.heads import LabelWordNLLLoss, MultiMaskVerbalizer
 
     _, tokenizer = load_plm(tiny_model_dir)
     verbalizer = MultiMaskVerbalizer({"a": ["红色"], "b": ["黄色"]}, tokenizer)
@@ -114,8 +114,8 @@ def test_mask_only_scores_equal_full_projection(tiny_model_dir, manual_loss):
     import paddle
     from paddlenlp.prompt import PromptDataCollatorWithPadding
 
-    from utils.modeling import build_prompt_model, criterion_for
-    from utils.prompt import build_template
+    from utils.model.assembly import build_prompt_model, criterion_for
+    from utils.model.prompt import build_template
 
     paddle.seed(5)
     plm, tokenizer = load_plm(tiny_model_dir)
@@ -162,7 +162,7 @@ def test_mask_only_scores_equal_full_projection(tiny_model_dir, manual_loss):
 
 
 def test_manual_verbalizer_needs_equal_token_counts(tiny_model_dir, tmp_path):
-    from utils.heads import label_word_token_count
+    from utils.model.heads import label_word_token_count
 
     _, tokenizer = load_plm(tiny_model_dir)
     labels = LabelSet({"apple": "红色", "banana": "黄"}, path="label.txt", lines={"apple": 1, "banana": 2})

@@ -5,7 +5,7 @@ import os
 import train
 from conftest import FAST
 from utils.errors import run_cli
-from utils.synthetic import PROMPT
+from utils.testing.synthetic import PROMPT
 
 
 def test_visualdl_logging_writes_records(tiny_model_dir, keyword_data, tmp_path):
@@ -21,7 +21,7 @@ def test_visualdl_logging_writes_records(tiny_model_dir, keyword_data, tmp_path)
 def test_broken_writer_is_switched_off(caplog):
     from types import SimpleNamespace
 
-    from utils.visualdl import SafeVisualDLCallback
+    from utils.training.visualdl import SafeVisualDLCallback
 
     class BrokenWriter:
         def add_scalar(self, *args, **kwargs):

@@ -1,4 +1,4 @@
-"""The zero-shot baseline (utils/zero_shot.py, train.py --zero_shot): a tiny MLM pretrained on a
+"""The zero-shot baseline (utils/model/zero_shot.py, train.py --zero_shot): a tiny MLM pretrained on a
 generated cloze corpus classifies the keyword task with no training, which also proves the mask
 position and the label-word -> class mapping; and predicting needs a trained or zero-shot model."""
 import json
@@ -8,7 +8,7 @@ import random
 import pytest
 
 from conftest import FAST, read_tsv
-from utils.synthetic import KEYWORDS, PROMPT, make_text, write_keyword_dataset
+from utils.testing.synthetic import KEYWORDS, PROMPT, make_text, write_keyword_dataset
 
 # short fillers around the keyword: the tiny MLM learns to find it in ~300 steps (15 s on one core)
 SHORT = dict(min_len=1, max_len=4)
@@ -17,7 +17,7 @@ SHORT = dict(min_len=1, max_len=4)
 @pytest.fixture(scope="module")
 def cloze_model(tiny_model_dir, tmp_path_factory):
     """The tiny ERNIE after a few hundred MLM steps on `text + prompt + label word` sentences."""
-    from utils.zero_shot import pretrain_cloze_mlm
+    from utils.model.zero_shot import pretrain_cloze_mlm
 
     rng = random.Random(7)
     corpus = [(make_text(rng, keyword, **SHORT), word) for _ in range(200) for keyword, word in KEYWORDS.values()]
@@ -146,7 +146,7 @@ def test_zero_shot_refuses_a_model_whose_weights_lack_the_masked_lm_head(tiny_mo
 def test_the_head_check_counts_tied_and_aliased_weights_once(tiny_model_dir):
     from paddlenlp.transformers import ErnieForMaskedLM
 
-    from utils.zero_shot import checkpoint_keys, missing_head_weights
+    from utils.model.zero_shot import checkpoint_keys, missing_head_weights
 
     plm = ErnieForMaskedLM.from_pretrained(tiny_model_dir)
     keys = checkpoint_keys(tiny_model_dir)

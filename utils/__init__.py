@@ -1,12 +1,12 @@
 """Few-shot text classification with P-tuning: training (Paddle) and the Paddle-free deployment.
 
-`from utils import Classifier` is the Python API (utils/classifier.py). The names here load on
+`from utils import Classifier` is the Python API (utils/deploy/classifier.py). The names here load on
 first use (PEP 562): `import utils`, which every `from utils.x import y` runs first, imports
 nothing, so each script loads only the modules it uses (infer.py no Paddle, train.py's helpers
 no onnxruntime).
 """
 
-_LAZY = {"Classifier": "classifier", "Prediction": "classifier", "LabelSetPrediction": "classifier",
+_LAZY = {"Classifier": "deploy.classifier", "Prediction": "deploy.classifier", "LabelSetPrediction": "deploy.classifier",
          "UserError": "errors"}
 
 __all__ = sorted(_LAZY)

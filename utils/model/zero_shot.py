@@ -1,0 +1,156 @@
+"""The zero-shot baseline: the PLM's own masked-LM head reads the label words at the prompt's masks.
+
+`train.py --zero_shot --do_eval/--do_predict/--do_export` classifies with no training at all
+(PET / LM-BFF's zero-shot row): the template is the text followed by the prompt as hard tokens
+and as many [MASK]s as the label words have tokens, `text_a 这句话说的水果是 [MASK][MASK]`, and a
+label's score is the sum over masks of the MLM head's logit for its word's token there (the
+`manual` head, utils/model/heads.py). Nothing is random: no soft tokens, no new head. The model is
+saved as a checkpoint (`zero_shot: true` in its spec) so export.py, infer.py and the service
+take it like any other.
+
+`pretrain_cloze_mlm` trains a tiny ERNIE's MLM head on a cloze corpus (texts followed by the
+prompt and their label word, the word masked): how the tests get a "pretrained" model offline.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..errors import UserError
+from .prompt import is_template_string, parse_template_string
+
+
+def zero_shot_template(prompt: Optional[str], is_pair: bool, mask_length: int) -> List[Dict[str, Any]]:
+    """Template parts: `text_a [SEP text_b] prompt [MASK]*n` for plain text, else the template
+    string as given, which must hold no soft tokens (they would be random: nothing trains them)."""
+    if is_template_string(prompt):
+        parts = parse_template_string(prompt)
+        if any("soft" in part or "soft_id" in part for part in parts):
+            raise UserError("--zero_shot uses the pretrained model as it is; soft tokens would be random vectors "
+                            "(nothing trains them): write the prompt as hard text", "--prompt")
+        return parts
+    parts: List[Dict[str, Any]] = [{"text": "text_a"}]
+    if is_pair:
+        parts += [{"sep": None}, {"text": "text_b"}]
+    text = (prompt or "").strip()
+    if text:
+        parts.append({"hard": text})
+    mask: Dict[str, Any] = {"mask": None}
+    if mask_length > 1:
+        mask["length"] = mask_length
+    parts.append(mask)
+    return parts
+
+
+def pretrain_cloze_mlm(model_dir: str, output_dir: str, examples: Sequence[Tuple[str, str]], prompt: str,
+                       steps: int = 300, batch_size: int = 32, learning_rate: float = 2e-3, seed: int = 0,
+                       mask_rate: float = 0.0) -> str:
+    """Train `model_dir`'s ErnieForMaskedLM on `text + prompt + word` sentences ((text, word) pairs):
+    the word's tokens are always masked (the cloze), other tokens at `mask_rate` (ordinary MLM).
+    Writes the model and its tokenizer to `output_dir`; for tests and demos, seconds on a CPU."""
+    import numpy as np
+    import paddle
+    from paddlenlp.transformers import ErnieForMaskedLM, ErnieTokenizer
+
+    paddle.seed(seed)
+    rng = random.Random(seed)
+    tokenizer = ErnieTokenizer.from_pretrained(model_dir)
+    model = ErnieForMaskedLM.from_pretrained(model_dir)
+    model.train()
+    encoded = []
+    for text, word in examples:
+        head = tokenizer(text + prompt, add_special_tokens=False)["input_ids"]
+        tail = tokenizer(word, add_special_tokens=False)["input_ids"]
+        ids = [tokenizer.cls_token_id] + head + tail + [tokenizer.sep_token_id]
+        encoded.append((ids, set(range(1 + len(head), 1 + len(head) + len(tail)))))
+    optimizer = paddle.optimizer.AdamW(learning_rate=learning_rate, parameters=model.parameters())
+    loss_fn = paddle.nn.CrossEntropyLoss(ignore_index=-100)
+    for step in range(steps):
+        batch = rng.sample(encoded, min(batch_size, len(encoded)))
+        length = max(len(ids) for ids, _ in batch)
+        inputs = np.full((len(batch), length), tokenizer.pad_token_id, dtype="int64")
+        labels = np.full((len(batch), length), -100, dtype="int64")
+        for row, (ids, cloze) in enumerate(batch):
+            for j, token in enumerate(ids):
+                inputs[row, j] = token
+                special = j == 0 or j == len(ids) - 1
+                if j in cloze or (not special and rng.random() < mask_rate):
+                    labels[row, j] = token
+                    inputs[row, j] = tokenizer.mask_token_id
+        attention = (inputs == tokenizer.pad_token_id).astype("float32")[:, None, None, :] * -1e4
+        flat = np.flatnonzero(labels.reshape(-1) != -100)  # the MLM head runs on the masked positions only
+        logits = model(input_ids=paddle.to_tensor(inputs), attention_mask=paddle.to_tensor(attention),
+                       masked_positions=paddle.to_tensor(flat))
+        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+        loss = loss_fn(logits.reshape([-1, logits.shape[-1]]), paddle.to_tensor(labels.reshape(-1)[flat]))
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        if os.environ.get("PTUNING_CLOZE_DEBUG") and step % 25 == 0:
+            print("cloze step", step, float(loss))
+    model.eval()
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+def checkpoint_keys(model_dir: str) -> Optional[List[str]]:
+    """The parameter names in a model directory's weights (read from safetensors headers and
+    sharded indexes without loading the tensors), or None when it holds no weight file we know."""
+    import json
+
+    from .plm import WEIGHT_FILES
+
+    for name in WEIGHT_FILES:
+        path = os.path.join(model_dir, name)
+        if not os.path.isfile(path):
+            continue
+        if name.endswith(".index.json"):
+            with open(path, encoding="utf-8") as fp:
+                return list(json.load(fp).get("weight_map", {}))
+        if name.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, framework="np") as fp:
+                return list(fp.keys())
+        import paddle
+
+        return list(paddle.load(path, return_numpy=True))
+    return None
+
+
+def missing_head_weights(plm, keys: Sequence[str]) -> List[str]:
+    """The parameters of `plm`'s head (outside its base model) that `keys` does not hold under any
+    of their names: paddlenlp initialises them at random. Parameters shared with the base model
+    (a decoder tied to the word embeddings) load with it, and aliases (`decoder_bias` is
+    `decoder.bias`) count once."""
+    prefix = plm.base_model_prefix + "."
+    state = plm.state_dict()
+    in_base = {id(value) for name, value in state.items() if name.startswith(prefix)}
+    names_of: Dict[int, List[str]] = {}
+    for name, value in state.items():
+        if not name.startswith(prefix) and id(value) not in in_base:
+            names_of.setdefault(id(value), []).append(name)
+    present = set(keys)
+    return sorted(names[0] for names in names_of.values() if not any(name in present for name in names))
+
+
+def check_mlm_head(plm, name_or_path: str) -> None:
+    """--zero_shot reads the label words through the PLM's own masked-LM head: a model whose
+    weights lack it (saved without its head, e.g. from ErnieModel or a sequence classifier) would
+    score them through a randomly initialised one, so it is refused, decided from the weight
+    file's parameter names (paddlenlp only warns "newly initialized")."""
+    from .plm import _cached_dir
+
+    model_dir = name_or_path if os.path.isdir(name_or_path) else _cached_dir(name_or_path)
+    keys = checkpoint_keys(model_dir)
+    if keys is None:
+        return  # (no weight file of a known name: paddlenlp found its weights elsewhere; nothing to compare)
+    missing = missing_head_weights(plm, keys)
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise UserError(f"has no masked-LM head in its weights ({shown} missing): --zero_shot would read the label "
+                        "words through a randomly initialised head. Use a model saved with its masked-LM head (a "
+                        "PaddleNLP built-in name such as ernie-3.0-base-zh, or pretrain.py's output), or train: "
+                        "--do_train without --zero_shot", name_or_path)

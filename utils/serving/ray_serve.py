@@ -1,0 +1,330 @@
+"""serve.py --ray: the same HTTP app (utils/serving/app.py) as a Ray Serve deployment of N replicas.
+
+    python serve.py --model_path_prefix checkpoints/export --ray auto --replicas 4 --port 8000
+    python serve.py ... --ray HEAD:6379 --autoscaling_config '{"min_replicas": 1, "max_replicas": 8}'
+
+Every replica is a `Classifier` behind `create_app` (same endpoints, micro-batching, limits and
+errors as one serve.py), loaded once from the export files this process put in Ray's object
+store: the nodes need the Python environment, not the export or this code (a runtime_env
+py_module), as with `infer.py --ray`. Ray Serve's proxies route HTTP to the replicas. This
+process stays in the foreground like `serve run`: it owns the shipped files (a replica restarted
+by Ray reloads them) and on SIGTERM or Ctrl-C deletes the application, which drains every
+replica (our lifespan: in-flight and queued requests finish), then exits 0.
+
+Needs the optional extra: `pip install -r requirements-ray.txt` (Ray Serve).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from dataclasses import asdict, replace
+from typing import Any, Dict, Optional
+
+
+from ..errors import UserError
+from ..deploy.bundle import read_manifest, resolve_export_dir
+from ..deploy.predictor import pick_model_file
+from .ray_infer import (CONNECT_TIMEOUT, FLAG, START_TIMEOUT, connect, export_files, first_line, load_shipped,
+                        run_bounded)
+from .app import ServiceConfig
+
+__all__ = ["RayServeOptions", "build_app", "parse_autoscaling", "serve_on_ray"]
+
+INSTALL_HINT = "needs Ray Serve: pip install -r requirements-ray.txt"
+# Ray's default max_ongoing_requests (5) would cap a replica's micro-batches at 5 texts: let each
+# replica hold enough requests to fill batches, and queue the rest in Ray (bounded, then 503).
+ONGOING_PER_BATCH = 4
+# Starts the message of a replica that could not load the export, so the driver can find it in
+# Serve's status (which holds the replica's traceback).
+REPLICA_ERROR = "ptuning replica error:"
+
+
+class RayServeOptions:
+    """The Ray side of serve.py --ray: where, how many replicas, how they scale, what they reserve."""
+
+    def __init__(self, address: str, replicas: Any = 1, autoscaling: Optional[dict] = None,
+                 route_prefix: str = "/", max_ongoing_requests: Optional[int] = None,
+                 connect_timeout: float = CONNECT_TIMEOUT, start_timeout: float = START_TIMEOUT):
+        if autoscaling is not None and replicas not in (None, "auto"):
+            raise UserError("give either a number of --replicas or --autoscaling_config, not both", "--replicas")
+        if replicas not in (None, "auto") and (isinstance(replicas, bool) or not isinstance(replicas, int)
+                                               or replicas <= 0):
+            raise UserError(f"must be a positive integer or `auto`, got {replicas!r}", "--replicas")
+        if not route_prefix.startswith("/"):
+            raise UserError(f"must start with '/', got {route_prefix!r}", "--route_prefix")
+        if max_ongoing_requests is not None and max_ongoing_requests <= 0:
+            raise UserError(f"must be a positive integer, got {max_ongoing_requests}", "--max_ongoing_requests")
+        self.address, self.replicas, self.autoscaling = address, replicas, autoscaling
+        self.route_prefix, self.max_ongoing_requests = route_prefix, max_ongoing_requests
+        self.connect_timeout, self.start_timeout = connect_timeout, start_timeout
+
+
+def import_serve():
+    try:
+        from ray import serve
+    except ImportError as exc:  # no Ray, or Ray core without the serve extra
+        raise UserError(f"{INSTALL_HINT} ({exc.name or exc} is missing)", FLAG) from None
+    return serve
+
+
+def parse_autoscaling(text: str) -> dict:
+    """`--autoscaling_config`: a JSON object of Ray Serve's AutoscalingConfig fields, passed
+    through (min_replicas, max_replicas, target_ongoing_requests, upscale_delay_s, ...),
+    checked by Ray's own model so that a typo is refused here, not by the cluster."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"not JSON: {exc}", "--autoscaling_config") from None
+    if not isinstance(value, dict):
+        raise UserError(f"must be a JSON object of Ray Serve AutoscalingConfig fields, got {text!r}",
+                        "--autoscaling_config")
+    import_serve()
+    from ray.serve.config import AutoscalingConfig
+
+    fields = set(getattr(AutoscalingConfig, "model_fields", None) or AutoscalingConfig.__fields__)
+    unknown = sorted(set(value) - fields)
+    if unknown:  # Ray's model ignores them: a typo would silently keep the default
+        raise UserError(f"not a Ray Serve AutoscalingConfig field: {unknown[0]!r} (fields: {', '.join(sorted(fields))})",
+                        "--autoscaling_config")
+    try:
+        AutoscalingConfig(**value)
+    except Exception as exc:  # pydantic's ValidationError
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        message = " ".join(lines)[:300] or type(exc).__name__
+        raise UserError(f"not a valid Ray Serve AutoscalingConfig: {message}", "--autoscaling_config") from None
+    return value
+
+
+class ServiceReplica:
+    """One replica: the export loaded from the shipped files, then `create_app` around it."""
+
+    def __init__(self, shipped: dict, config: dict):
+        import ray
+
+        self.config = ServiceConfig(**config)
+        options = self.config.classifier_options(device_id=0)  # Ray gives the replica its GPU as device 0
+        if "files" in shipped:  # from serve.py --ray: nested in a dict, as Serve passes init args as they are
+            files = ray.get(shipped["files"])
+            self.classifier, error = load_shipped(files, self.config.model_path_prefix, options)
+            del files
+        else:  # from a Serve config file (build_app): the export is on every node, e.g. a volume
+            from ..deploy.classifier import Classifier
+
+            try:
+                self.classifier, error = Classifier(self.config.model_path_prefix, **options), None
+            except UserError as exc:
+                self.classifier, error = None, [exc.message, exc.path, exc.line]
+        if error is not None:  # fails the replica: serve.run reports it, with this message
+            raise RuntimeError(f"{REPLICA_ERROR} {error[1] + ': ' if error[1] else ''}{error[0]}")
+        context = ray.get_runtime_context()
+        self.served_by = f"{context.get_node_id()[:12]}/{os.getpid()}"
+
+    def __serve_build_asgi_app__(self):
+        from .app import create_app
+
+        return create_app(self.config, classifier=self.classifier, served_by=self.served_by)
+
+
+def build_app(args: Dict[str, Any]):
+    """A Ray Serve application builder, for Serve's own launchers where no serve.py runs:
+
+        serve run utils.serving.ray_serve:build_app model_path_prefix=/models/export replicas=2 num_threads=2
+        # or in a Serve config file / KubeRay RayService:
+        #   import_path: utils.serving.ray_serve:build_app
+        #   args: {model_path_prefix: /models/export, autoscaling_config: {min_replicas: 1, max_replicas: 4}}
+
+    `args`: `ServiceConfig`'s fields (model_path_prefix required; strings from `serve run` are
+    converted) plus `replicas`, `autoscaling_config` and `max_ongoing_requests` as serve.py takes
+    them. The export must be at `model_path_prefix` on every node (an image or a volume):
+    each replica verifies and loads it there. Mistakes raise ValueError naming the argument."""
+    import dataclasses
+
+    serve = import_serve()
+    fields = {f.name: f for f in dataclasses.fields(ServiceConfig)}
+    ray_keys = {"replicas", "autoscaling_config", "max_ongoing_requests", "route_prefix"}
+    unknown = sorted(set(args) - set(fields) - ray_keys)
+    if unknown:
+        raise ValueError(f"unknown argument {unknown[0]!r}; allowed: {', '.join(sorted(set(fields) | ray_keys))}")
+    if "model_path_prefix" not in args:
+        raise ValueError("model_path_prefix is required (the export directory, present on every node)")
+
+    def convert(name: str, value: Any) -> Any:
+        if not isinstance(value, str) or name in ("model_path_prefix", "name", "device"):
+            return value
+        if value.lower() in ("none", "null", ""):
+            return None
+        kind = str(fields[name].type)
+        try:
+            if "bool" in kind:
+                return {"true": True, "1": True, "false": False, "0": False}[value.lower()]
+            return float(value) if "float" in kind else int(value)
+        except (KeyError, ValueError):
+            raise ValueError(f"{name}: not a {kind}: {value!r}") from None
+
+    try:
+        config = ServiceConfig(**{k: convert(k, v) for k, v in args.items() if k in fields})
+        autoscaling = args.get("autoscaling_config")
+        if isinstance(autoscaling, str):
+            autoscaling = parse_autoscaling(autoscaling)
+        elif autoscaling is not None:
+            autoscaling = parse_autoscaling(json.dumps(autoscaling))
+        replicas = args.get("replicas")
+        if isinstance(replicas, str) and replicas != "auto":
+            replicas = int(replicas) if replicas.isdigit() else replicas
+        if replicas is None and autoscaling is None:
+            replicas = 1
+        max_ongoing = args.get("max_ongoing_requests")
+        options = RayServeOptions("", replicas, autoscaling, args.get("route_prefix", "/"),
+                                  int(max_ongoing) if max_ongoing is not None else None)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+    device = config.device or "cpu"  # no cluster to ask here: GPU replicas are asked for with device=gpu
+    return deployment_for(serve, replace(config, device=device), options, device).bind(
+        {"path": config.model_path_prefix}, asdict(replace(config, device=device)))
+
+
+def plan_device(ray, device: Optional[str]) -> str:
+    if device is None:
+        return "gpu" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
+    return device
+
+
+def deployment_for(serve, config: ServiceConfig, options: RayServeOptions, device: str):
+    """The Serve deployment: replicas, autoscaling, resources, and request bounds from the flags."""
+    threads = config.num_threads or 1
+    settings: Dict[str, Any] = {
+        "name": "ptuning",
+        "ray_actor_options": {"num_cpus": 1 if device == "gpu" else threads, "num_gpus": 1 if device == "gpu" else 0},
+        "max_ongoing_requests": options.max_ongoing_requests or ONGOING_PER_BATCH * config.max_batch_size,
+        # Requests Ray holds for busy replicas; beyond, Ray answers 503 (our own queue bound per replica
+        # is --max_queue texts): never a queue that grows without limit.
+        "max_queued_requests": config.max_queue,
+        "graceful_shutdown_timeout_s": 30,
+    }
+    if options.autoscaling is not None:
+        settings["autoscaling_config"] = options.autoscaling
+    else:
+        settings["num_replicas"] = options.replicas
+    return serve.deployment(**settings)(serve.ingress()(ServiceReplica))
+
+
+def existing_app(serve, name: str) -> Optional[str]:
+    """The status of the Serve application called `name` on the cluster, if there is one."""
+    try:
+        applications = serve.status().applications
+    except Exception:  # Serve not started on this cluster yet
+        return None
+    app = applications.get(name)
+    return None if app is None else str(getattr(app.status, "value", app.status))
+
+
+def bounded(fn, timeout: float, what: str):
+    """`run_bounded`, a timeout reported as what did not finish."""
+    try:
+        return run_bounded(fn, timeout, "ray-serve")
+    except TimeoutError:
+        raise UserError(f"{what} did not finish within {timeout:.0f} s (`ray status`: are the replicas' CPUs/GPUs "
+                        "taken by other jobs?)", FLAG) from None
+
+
+def deploy_error(serve, name: str, exc: BaseException) -> str:
+    """Why the replicas did not start: a replica's own `error: ...` line (from the application's
+    status, where Serve keeps the replicas' failures), else Ray's first line."""
+    texts = [str(exc)]
+    try:
+        app = serve.status().applications[name]
+        texts += [app.message] + [d.message for d in app.deployments.values()]
+    except Exception:  # the status is a hint, never worth a second failure
+        pass
+    for text in texts:
+        for line in reversed((text or "").splitlines()):  # the exception's line comes after its source line
+            if f"RuntimeError: {REPLICA_ERROR} " in line:
+                return line.split(f"RuntimeError: {REPLICA_ERROR} ", 1)[1].strip().rstrip("'\"")
+    return first_line(exc)
+
+
+def serve_on_ray(config: ServiceConfig, options: RayServeOptions, host: str, port: int,
+                 stop: Optional[threading.Event] = None, on_ready=None) -> dict:
+    """Deploy `config` as the Serve application `config.name` on the cluster at `options.address`,
+    serve until `stop` is set (default: SIGTERM or Ctrl-C), then delete it (draining replicas).
+    Returns what was served: address, url, replicas with their nodes."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError(INSTALL_HINT, FLAG) from None
+    serve = import_serve()
+    import logging
+
+    # Serve's INFO chatter and its warning that a running Serve keeps its HTTP address: serve.py says it.
+    logging.getLogger("ray.serve").setLevel(logging.ERROR)
+    export_dir = resolve_export_dir(config.model_path_prefix)
+    manifest = read_manifest(export_dir)  # a broken export is reported before any cluster is involved
+    config = replace(config, model_path_prefix=export_dir)
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # all of utils/, not serving/
+    address = connect(ray, options.address, options.connect_timeout, runtime_env={"py_modules": [package_dir]})
+    deployed = False
+    try:
+        device = plan_device(ray, config.device)
+        config = replace(config, device=device)
+        files = export_files(export_dir, manifest, pick_model_file(manifest, export_dir, device, config.use_fp16,
+                                                                   config.use_int8))
+        status = existing_app(serve, config.name)
+        if status is not None:
+            raise UserError(f"the cluster already serves an application {config.name!r} ({status}); give another "
+                            f"--name, or stop the serve.py that deployed it (if it was killed: `serve delete "
+                            f"{config.name}` with RAY_ADDRESS set to this cluster)", "--name")
+        bounded(lambda: serve.start(http_options={"host": host, "port": port}), options.connect_timeout,
+                    "starting Ray Serve")
+        shipped = {"files": ray.put(files)}
+        del files
+        app = deployment_for(serve, config, options, device).bind(shipped, asdict(config))
+        try:
+            deployed = True
+            bounded(lambda: serve.run(app, name=config.name, route_prefix=options.route_prefix),
+                        options.start_timeout, f"deploying {config.name!r}")
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"the replicas could not start: {deploy_error(serve, config.name, exc)}", FLAG) from None
+        served = describe(serve, config.name, address, options.route_prefix)
+        if on_ready is not None:
+            on_ready(served)
+        wait(stop)
+        return served
+    finally:
+        if deployed:
+            try:
+                serve.delete(config.name)  # drains: each replica's lifespan finishes its requests
+            except Exception as exc:  # the cluster is gone: nothing left to drain
+                print(f"warning: could not delete {config.name!r} from the cluster: {first_line(exc)}",
+                      file=sys.stderr)
+        ray.shutdown()
+
+
+def describe(serve, name: str, address: str, route_prefix: str) -> dict:
+    """The URL Serve's proxies listen on, and the replicas running."""
+    from ray.serve.context import _get_global_client
+
+    http = _get_global_client().http_config
+    host = "127.0.0.1" if http.host in ("0.0.0.0", "::", "") else http.host
+    replicas = 0
+    try:  # a report, never worth failing for
+        for deployment in serve.status().applications[name].deployments.values():
+            replicas += deployment.replica_states.get("RUNNING", 0)
+    except Exception:
+        pass
+    return {"address": address, "url": f"http://{host}:{http.port}{route_prefix.rstrip('/')}", "application": name,
+            "replicas": replicas}
+
+
+def wait(stop: Optional[threading.Event]) -> None:
+    """Until `stop` is set, or SIGTERM / SIGINT arrive (then this returns, for a clean delete)."""
+    if stop is None:
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
