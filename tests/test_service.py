@@ -217,6 +217,142 @@ def test_the_event_loop_answers_while_the_model_works(export_dir):
     assert answers[0].json()["predictions"][0]["label"] == "b"
 
 
+def test_a_full_queue_is_503_with_retry_after_over_http(export_dir):
+    """Over HTTP: the model held on its first text and --max_queue 2 texts waiting (/metrics' queue
+    depth says so), one more request, on either endpoint, gets 503 + Retry-After: 1 naming the
+    service; the requests already in are answered once the model goes on."""
+    import threading
+    from fastapi.testclient import TestClient
+
+    model = HeldModel()
+    app = create_app(ServiceConfig(export_dir, max_batch_size=1, max_queue=2, max_wait_ms=0),
+                     classifier=FakeClassifier(model))
+    answers, threads = {}, []
+    with TestClient(app) as client:
+        def post(text):
+            answers[text] = client.post("/predict", json={"texts": [text]})
+
+        for text in ("1", "2", "3"):
+            threads.append(threading.Thread(target=post, args=(text,)))
+            threads[-1].start()
+            if text == "1":
+                assert model.started.wait(60)  # "1" runs (held); "2" and "3" then wait in the queue
+        while metric(client, "ptuning_queue_texts") != 2:
+            pass
+        refused = [client.post("/predict", json={"texts": ["4"]}),
+                   client.post("/models/cls_default", json={"data": {"text": ["5"]}})]
+        model.release.set()
+        for thread in threads:
+            thread.join()
+    for response in refused:
+        assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
+        error = response.json()["error"]
+        assert error["field"] == "service" and "the queue is full (2 texts waiting, limit 2)" in error["message"]
+    assert {text: r.status_code for text, r in answers.items()} == {"1": 200, "2": 200, "3": 200}
+    assert [answers[t].json()["predictions"][0]["label"] for t in "123"] == ["b", "c", "a"]
+
+
+def test_ready_is_503_while_the_model_loads_and_health_is_503_once_the_load_failed(export_dir, monkeypatch):
+    """create_app without a loaded classifier (in an ASGI server of one's own) loads it in a thread:
+    while the load is held, /ready and requests get 503 + Retry-After and /health is 200; once
+    loaded, ready. A load that fails: /health, /ready and requests answer 503 with the error
+    (infer.py's paragraph), so no orchestrator keeps a process that can never serve."""
+    import threading
+
+    import utils.classifier
+    from fastapi.testclient import TestClient
+    from utils.errors import UserError
+
+    loading, failure = threading.Event(), []
+
+    def held_load(export, **options):
+        loading.wait()
+        if failure:
+            raise failure[0]
+        return FakeClassifier(FakeModel())
+
+    monkeypatch.setattr(utils.classifier, "Classifier", held_load)
+    with TestClient(create_app(ServiceConfig(export_dir))) as client:
+        ready, predict = client.get("/ready"), client.post("/predict", json={"texts": ["1"]})
+        assert client.get("/health").status_code == 200  # alive while it loads
+        for response in (ready, predict):
+            assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
+        loading.set()
+        while client.get("/ready").status_code != 200:  # the load the test let go of
+            pass
+        assert client.post("/predict", json={"texts": ["1"]}).json()["predictions"][0]["label"] == "b"
+
+    failure.append(UserError("sha256 differs from manifest.json (modified or corrupt); export again", "E/model.onnx"))
+    with TestClient(create_app(ServiceConfig(export_dir))) as client:
+        while "loading" in client.get("/ready").text:  # until the load (let go of already) has ended
+            pass
+        expected = "the model could not be loaded: E/model.onnx: sha256 differs from manifest.json"
+        for response in (client.get("/health"), client.get("/ready"), client.post("/predict", json={"texts": ["1"]})):
+            assert response.status_code == 503 and response.json()["error"]["message"].startswith(expected)
+
+
+def test_draining_answers_503_to_ready_and_new_requests_and_still_answers_the_queued_ones(export_dir):
+    """The app's shutdown (serve.py: after uvicorn has closed the port and in-flight requests are
+    done; Ray: a replica being stopped): /ready and new requests get 503 + Retry-After, while the
+    requests already in the batcher (one held in the model, one queued) are answered."""
+    import httpx
+
+    model = HeldModel()
+    app = create_app(ServiceConfig(export_dir, max_batch_size=1, max_wait_ms=0), classifier=FakeClassifier(model))
+
+    async def go():
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        batcher = app.state.service["batcher"]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
+            running = asyncio.create_task(client.post("/predict", json={"texts": ["1"]}))
+            await asyncio.get_running_loop().run_in_executor(None, model.started.wait)
+            queued = asyncio.create_task(client.post("/predict", json={"texts": ["2"]}))
+            while batcher.queued != 1:
+                await asyncio.sleep(0)
+            draining = asyncio.create_task(lifespan.__aexit__(None, None, None))
+            while not batcher.closing:
+                await asyncio.sleep(0)
+            ready, late = await client.get("/ready"), await client.post("/predict", json={"texts": ["3"]})
+            model.release.set()
+            await draining
+            return ready, late, await running, await queued
+
+    ready, late, running, queued = asyncio.run(go())
+    for response in (ready, late):
+        assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
+    assert "shutting down" in ready.json()["error"]["message"] and "shutting down" in late.json()["error"]["message"]
+    assert [r.status_code for r in (running, queued)] == [200, 200]
+    assert [r.json()["predictions"][0]["label"] for r in (running, queued)] == ["b", "c"]
+
+
+def test_texts_longer_than_max_seq_len_are_cut_as_infer_cuts_them(client, export_dir, tmp_path, capsys):
+    """Texts of 63-123 characters, longer than the export's 40 tokens: /predict answers them as
+    infer.py does (cut to the exported length), SimpleServing's parameters.max_seq_len 24 as
+    infer.py --max_seq_length 24 (whose answers differ: the cut matters)."""
+    import random
+
+    from utils.synthetic import make_split
+
+    texts = [line.split("\t")[0] for line in make_split(random.Random(7), 8, min_len=30, max_len=60)]
+    assert min(map(len, texts)) > 40
+    path = tmp_path / "long.txt"
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    at_40 = infer_jsonl(capsys, export_dir, str(path), str(tmp_path / "40.jsonl"), "--top_k", "3")
+    at_24 = infer_jsonl(capsys, export_dir, str(path), str(tmp_path / "24.jsonl"), "--top_k", "3",
+                        "--max_seq_length", "24")
+    assert not np.allclose([r["confidence"] for r in at_40], [r["confidence"] for r in at_24], atol=1e-3)
+    exported = client.post("/predict", json={"texts": texts, "top_k": 3})
+    shorter = client.post("/models/cls_default", json={"data": {"text": texts},
+                                                       "parameters": {"max_seq_len": 24, "top_k": 3}})
+    for response, records in ((exported.json()["predictions"], at_40), (shorter.json()["result"], at_24)):
+        assert [r["label"] for r in response] == [r["label"] for r in records]
+        for answer, record in zip(response, records):
+            assert [t["label"] for t in answer["top_k"]] == [t["label"] for t in record["top_k"]]
+            np.testing.assert_allclose([t["confidence"] for t in answer["top_k"]],
+                                       [t["confidence"] for t in record["top_k"]], atol=2e-6)
+
+
 def metric(url_or_client, name):
     """The value of an unlabelled metric in /metrics (over HTTP, or through a TestClient)."""
     import httpx
