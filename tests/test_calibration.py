@@ -174,14 +174,32 @@ def test_calibration_is_saved_and_used_everywhere(calibrated, tmp_path):
 
 
 def test_the_service_reports_calibrated_confidences_and_the_other_label(calibrated):
+    """The service over the calibrated export: every confidence is softmax(logits / T) with the
+    export's temperature (not the raw softmax, which differs), and a text whose top probability is
+    under the reject threshold is labelled `unknown`; /labels says so."""
+    from conftest import ready_client
     from utils.classifier import Classifier
-    from utils.service import format_predictions
+    from utils.service import ServiceConfig, create_app
 
-    _, out = calibrated
-    classifier = Classifier(os.path.join(out, "export"))
-    probs = np.array([[0.5, 0.3, 0.2], [0.9, 0.05, 0.05]])
-    items = format_predictions(probs, classifier.labels, 1, classifier.model.decoder)
-    assert [i["label"] for i in items] == ["unknown", classifier.labels[0]]
+    data_dir, out = calibrated
+    export = os.path.join(out, "export")
+    classifier = Classifier(export, num_threads=1)
+    texts = [line.split("\t")[0] for line in open(os.path.join(data_dir, "dev.txt"), encoding="utf-8") if line.strip()]
+    logits = classifier.logits(texts)
+    temperature = classifier.temperature
+    calibrated_probs, raw_probs = softmax(logits / temperature), softmax(logits)
+    assert temperature != 1.0 and not np.allclose(calibrated_probs, raw_probs, atol=1e-3)
+    with ready_client(create_app(ServiceConfig(export, num_threads=1))) as client:
+        labels = client.get("/labels").json()
+        answers = client.post("/predict", json={"texts": texts, "top_k": 3}).json()["predictions"]
+    assert labels["temperature"] == temperature and labels["reject_threshold"] == 0.6
+    for answer, row in zip(answers, calibrated_probs):
+        ranked = [t["label"] for t in answer["top_k"]]
+        np.testing.assert_allclose([t["confidence"] for t in answer["top_k"]],
+                                   [row[classifier.labels.index(name)] for name in ranked], atol=2e-6)
+        assert answer["confidence"] == pytest.approx(row.max(), abs=2e-6)
+        assert answer["label"] == ("unknown" if row.max() < 0.6 else classifier.labels[row.argmax()])
+    assert any(a["label"] == "unknown" for a in answers)  # (the other label is exercised)
 
 
 def test_a_checkpoint_takes_a_new_reject_threshold_into_its_export(calibrated, tiny_model_dir, tmp_path):
