@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, ready_client
+from conftest import ROOT, metric_value, ready_client, until
 from service_fakes import FakeClassifier, FakeModel, HeldModel
 from test_classifier import infer_jsonl, texts_and_file
 from utils.errors import run_cli
@@ -237,8 +237,7 @@ def test_a_full_queue_is_503_with_retry_after_over_http(export_dir):
             threads[-1].start()
             if text == "1":
                 assert model.started.wait(60)  # "1" runs (held); "2" and "3" then wait in the queue
-        while metric(client, "ptuning_queue_texts") != 2:
-            pass
+        until(lambda: metric(client, "ptuning_queue_texts") == 2, "2 texts queued")
         refused = [client.post("/predict", json={"texts": ["4"]}),
                    client.post("/models/cls_default", json={"data": {"text": ["5"]}})]
         model.release.set()
@@ -278,14 +277,12 @@ def test_ready_is_503_while_the_model_loads_and_health_is_503_once_the_load_fail
         for response in (ready, predict):
             assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
         loading.set()
-        while client.get("/ready").status_code != 200:  # the load the test let go of
-            pass
+        until(lambda: client.get("/ready").status_code == 200, "ready once the load is let go of")
         assert client.post("/predict", json={"texts": ["1"]}).json()["predictions"][0]["label"] == "b"
 
     failure.append(UserError("sha256 differs from manifest.json (modified or corrupt); export again", "E/model.onnx"))
     with TestClient(create_app(ServiceConfig(export_dir))) as client:
-        while "loading" in client.get("/ready").text:  # until the load (let go of already) has ended
-            pass
+        until(lambda: "loading" not in client.get("/ready").text, "the load, let go of already, has ended")
         expected = "the model could not be loaded: E/model.onnx: sha256 differs from manifest.json"
         for response in (client.get("/health"), client.get("/ready"), client.post("/predict", json={"texts": ["1"]})):
             assert response.status_code == 503 and response.json()["error"]["message"].startswith(expected)
@@ -357,12 +354,9 @@ def metric(url_or_client, name):
     """The value of an unlabelled metric in /metrics (over HTTP, or through a TestClient)."""
     import httpx
 
-    get = url_or_client.get if not isinstance(url_or_client, str) else (
-        lambda path: httpx.get(url_or_client + path, timeout=60))
-    for line in get("/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
+    if isinstance(url_or_client, str):
+        return metric_value(httpx.get(url_or_client + "/metrics", timeout=60).text, name)
+    return metric_value(url_or_client.get("/metrics").text, name)
 
 
 HANG_GUARD = 300  # seconds after which a test's serve.py is killed: a hang fails the test instead of stalling it
@@ -410,8 +404,8 @@ def test_a_stop_signal_closes_the_port_and_answers_every_request_in_flight_then_
             futures = [pool.submit(httpx.post, url + "/predict", json={"texts": texts}, timeout=HANG_GUARD)
                        for texts in requests]
             running = sum(int(server.stdout.readline().split()[1]) for _ in range(int(instances)))  # held runs
-            while metric(url, "ptuning_queue_texts") != 48 - running:  # the others queue behind the held runs
-                pass
+            until(lambda: metric(url, "ptuning_queue_texts") == 48 - running,  # the others, behind the held runs
+                  "every request in the service")
             server.send_signal(signum)
             for line in server.stderr:  # uvicorn says this once it has closed the port
                 if "Waiting for connections to close" in line:
