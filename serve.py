@@ -4,7 +4,11 @@
 
 Endpoints, batching, limits and errors: utils/serving/app.py and README ("Serve over HTTP"). Flags
 mirror infer.py's (`--device`, `--device_id`, `--num_threads`, `--use_int8`, `--use_fp16`,
-`--max_seq_length`). SIGTERM or Ctrl-C: stop accepting, finish in-flight requests, exit.
+`--max_seq_length`). Start-up: flags checked, the port bound (`--port 0`: any free one), the model
+loaded and checked as infer.py does, then the port listens and one JSON line on stdout says where
+(`{"url", "port", "model"}`): an export or flag infer.py would refuse ends serve.py with infer.py's
+error and exit 2 before it ever listens. SIGTERM or Ctrl-C: stop accepting, finish in-flight
+requests, exit.
 """
 import argparse
 import importlib.util
@@ -15,7 +19,7 @@ import socket
 import sys
 from urllib.parse import urlsplit
 
-from utils.errors import ArgumentParser, UserError, run_cli, text_flag
+from utils.errors import ArgumentParser, UserError, run_cli
 
 
 # uvicorn's choices; each named one needs its module (uvicorn[standard] installs both)
@@ -27,9 +31,9 @@ def build_parser():
     parser = ArgumentParser(prog="serve.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path_prefix", required=True, help="Export directory (or its prefix dir/model).")
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (default %(default)s; 0.0.0.0: all).")
-    parser.add_argument("--port", type=int, default=8189)
-    parser.add_argument("--name", default="cls_default", type=text_flag,
-                        help="The model's name in POST /models/<name>.")
+    parser.add_argument("--port", type=int, default=8189,
+                        help="Default %(default)s; 0: any free port (the JSON line on stdout says which).")
+    parser.add_argument("--name", default="cls_default", help="The model's name in POST /models/<name>.")
     parser.add_argument("--device", choices=["cpu", "gpu"], default=None,
                         help="Default: gpu when onnxruntime-gpu's CUDA provider is available, else cpu.")
     parser.add_argument("--device_id", type=int, default=0)
@@ -72,21 +76,24 @@ def build_parser():
     return parser
 
 
-def check_port(host: str, port: int) -> None:
-    """A taken or impossible address is a clear error before the model loads."""
-    if not 0 < port < 65536:
-        raise UserError(f"must be in 1..65535, got {port}", "--port")
+def bind_port(host: str, port: int) -> socket.socket:
+    """The socket serve.py will listen on, bound (not listening yet): a taken or impossible address
+    is a clear error before the model loads, and the port stays ours while it loads."""
+    if not 0 <= port < 65536:
+        raise UserError(f"must be in 0..65535 (0: any free port), got {port}", "--port")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise UserError(f"cannot resolve {host!r}: {exc.strerror}", "--host") from None
     family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}", "--port") from None
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}", "--port") from None
+    return listener
 
 
 def main(argv):
@@ -113,16 +120,29 @@ def main(argv):
     for flag, module in (("loop", LOOPS[args.loop]), ("http", HTTP_PARSERS[args.http])):
         if module and importlib.util.find_spec(module) is None:
             raise UserError(f"{module} is not installed (pip install 'uvicorn[standard]')", f"--{flag}")
-    check_port(args.host, args.port)
-    import uvicorn
+    with bind_port(args.host, args.port) as listener:
+        from utils.deploy.classifier import Classifier
 
-    print(f"serving {os.path.abspath(export_dir)} as {args.name!r} on http://{args.host}:{args.port} "
-          f"(docs: /docs; ready: /ready)", file=sys.stderr)
-    # uvicorn drains on SIGTERM/Ctrl-C, then re-raises the signal through the handler it found:
-    # make that a clean exit, since the drain succeeded.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level, loop=args.loop,
-                http=args.http, timeout_graceful_shutdown=30, access_log=args.log_level == "debug")
+        # Loaded and checked before the port listens, exactly as infer.py loads it: an export or flag
+        # it refuses is the same one-paragraph error here, and exit 2, never a service answering 503.
+        classifier = Classifier(export_dir, **config.classifier_options())
+        import uvicorn
+
+        server = uvicorn.Server(uvicorn.Config(
+            create_app(config, classifier=classifier), log_level=args.log_level, loop=args.loop, http=args.http,
+            timeout_graceful_shutdown=30, access_log=args.log_level == "debug"))
+        listener.listen(server.config.backlog)  # connections from now on wait for uvicorn, then are served
+        port = listener.getsockname()[1]
+        reach = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(args.host, args.host)  # (a wildcard: this machine)
+        url = f"http://{f'[{reach}]' if ':' in reach else reach}:{port}"
+        print(f"serving {os.path.abspath(export_dir)} as {args.name!r} on {url} (docs: /docs; ready: /ready)",
+              file=sys.stderr)
+        print(json.dumps({"url": url, "port": port, "model": args.name}), flush=True)
+        # uvicorn drains on SIGTERM/Ctrl-C, then re-raises the signal through the handler it found:
+        # make that a clean exit, since the drain succeeded.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda signum, frame: sys.exit(0))
+        server.run(sockets=[listener])
     return 0
 
 

@@ -113,6 +113,22 @@ def ready_client(app, timeout=60.0):
         yield client
 
 
+def until(condition, what, guard=300.0):
+    """Ask `condition()` again until it is true: for a state the test holds, or one the product must
+    reach (never a sleep to let something happen). `guard` seconds only turn a hang into a failure."""
+    deadline = time.monotonic() + guard
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not reached after {guard:.0f} s"
+
+
+def metric_value(metrics_text, name):
+    """The value of the unlabelled metric `name` in a Prometheus /metrics text."""
+    for line in metrics_text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
 def shared_path(*parts):
     path = os.path.join(SHARED, *parts)
     if not os.path.exists(path):

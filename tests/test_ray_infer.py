@@ -1,4 +1,5 @@
 """infer.py --ray: the local output, computed on a real 2-node Ray cluster; clear errors."""
+import contextlib
 import json
 import os
 import random
@@ -110,17 +111,35 @@ def test_ray_writes_the_local_output_byte_for_byte_with_work_on_both_nodes(gold,
     assert summary["ray"]["workers"] == 2
 
 
+def tempered_export(trained, tmp_path, temperature=3.0):
+    """A copy of the trained export calibrated to `temperature` (as train.py --calibrate records it:
+    in manifest.json, which holds the other files' sha256 and is not itself hashed)."""
+    export = str(tmp_path / "tempered-export")
+    shutil.copytree(os.path.join(trained[1], "export"), export)
+    with open(os.path.join(export, "manifest.json"), encoding="utf-8") as fp:
+        manifest = json.load(fp)
+    manifest["temperature"] = temperature
+    with open(os.path.join(export, "manifest.json"), "w", encoding="utf-8") as fp:
+        json.dump(manifest, fp)
+    return export
+
+
 @pytest.mark.slow
-def test_ray_rejects_the_texts_the_local_run_rejects(ray_cluster, trained, tmp_path, capsys):
-    """--reject_threshold / --other_label reach the Ray workers: the same rows get the other label
-    (threshold at the median top probability, so both kinds of rows are there)."""
+def test_ray_applies_the_exports_temperature_and_rejects_the_texts_the_local_run_rejects(ray_cluster, trained,
+                                                                                      tmp_path, capsys):
+    """An export calibrated to T = 3 (its probabilities differ from T = 1's) and --reject_threshold /
+    --other_label: the Ray workers write the local file byte for byte, so they divide the logits
+    by T and reject the same rows (threshold at the median top probability: both kinds of rows)."""
     from utils import Classifier
 
-    export = os.path.join(trained[1], "export")
+    export = tempered_export(trained, tmp_path)
     input_path = write_lines(tmp_path / "in.txt", 600, gold=False, seed=5)
     with open(input_path, encoding="utf-8") as fp:
         texts = fp.read().splitlines()
-    top = Classifier(export, num_threads=1).predict_proba(texts).max(axis=1)
+    probs = Classifier(export, num_threads=1).predict_proba(texts)
+    untempered = Classifier(os.path.join(trained[1], "export"), num_threads=1).predict_proba(texts)
+    assert not np.allclose(probs, untempered, atol=1e-3)
+    top = probs.max(axis=1)
     threshold = round(float(sorted(top)[len(top) // 2]), 6)
     assert 0 < threshold < 1, f"the keyword model's median top probability is {threshold}: no threshold splits them"
     common = ["--model_path_prefix", export, "--input_file", input_path, "--chunk_size", "100", "--device", "cpu",
@@ -206,10 +225,13 @@ def test_ray_flag_without_ray_installed_says_how_to_install(trained, tmp_path, c
     assert not (tmp_path / "o.tsv").exists()
 
 
-def free_port():
+@contextlib.contextmanager
+def closed_port():
+    """A loopback port where nothing listens, for as long as the block runs: bound, not listening,
+    so no other process can take it meanwhile and every connection to it is refused."""
     with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 def test_an_address_without_a_cluster_is_refused_at_once(trained, tmp_path, capsys):
@@ -218,7 +240,8 @@ def test_an_address_without_a_cluster_is_refused_at_once(trained, tmp_path, caps
     common = ["--model_path_prefix", os.path.join(trained[1], "export"), "--input_file", input_path, "--output_file",
               str(tmp_path / "o.tsv")]
     start = time.monotonic()
-    code, _, err = run_local(capsys, *common, "--ray", f"127.0.0.1:{free_port()}")  # nothing listens there
+    with closed_port() as port:
+        code, _, err = run_local(capsys, *common, "--ray", f"127.0.0.1:{port}")  # nothing listens there
     assert code == 2 and time.monotonic() - start < 15
     assert "error: --ray: no Ray cluster answers at " in err and "Connection refused" in err
     assert "ray start --head" in err and len(err.splitlines()) == 2  # the paragraph and the --debug hint

@@ -1,4 +1,5 @@
 """serve.py --ray: the same HTTP app as Ray Serve replicas, on a real 2-node Ray cluster; clear errors."""
+import contextlib
 import json
 import os
 import signal
@@ -11,8 +12,8 @@ import time
 import pytest
 
 import serve
-from conftest import ROOT
-from test_ray_infer import require_ray
+from conftest import ROOT, metric_value, until
+from test_ray_infer import closed_port, require_ray, tempered_export
 from utils.errors import run_cli
 
 START_TIMEOUT = 300  # seconds for serve.py --ray to deploy (about 20 s here)
@@ -38,17 +39,22 @@ def serve_cluster():
     assert cluster.leftover_pids() == []
 
 
-def free_port():
+@pytest.fixture(scope="module")
+def serve_port():
+    """The port of Ray Serve's proxies on this module's cluster (Serve keeps the one it started with),
+    held for the module by a socket bound with SO_REUSEPORT and not listening: no other process can
+    take it, the proxies bind it beside (with SO_REUSEPORT too), and only they get its connections."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
 class RayServe:
     """serve.py --ray in a subprocess; `served` is the JSON line it prints once the replicas are up."""
 
-    def __init__(self, cluster, *argv):
-        self.port = free_port()
+    def __init__(self, cluster, port, *argv):
+        self.port = port
         self.proc = subprocess.Popen([sys.executable, "serve.py", "--ray", cluster.address, "--port", str(self.port),
                                       *argv], cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
@@ -76,28 +82,33 @@ def http():
 
 
 @pytest.mark.slow
-def test_two_replicas_on_two_nodes_answer_like_infer_and_drain_on_sigterm(serve_cluster, trained):
-    """2 replicas (one per node: each reserves its node's only CPU): SimpleServing and /predict
-    answers equal the local Classifier's, both nodes answer (X-Served-By, matched against Ray's
-    node table), health/ready/labels/metrics and 4xx errors as one serve.py; SIGTERM: every
-    in-flight request is answered, the application is deleted, exit 0."""
+def test_two_replicas_on_two_nodes_answer_like_infer_with_the_exports_temperature(serve_cluster, serve_port, trained,
+                                                                                  tmp_path):
+    """2 replicas (one per node: each reserves its node's only CPU) of an export calibrated to T = 3:
+    SimpleServing and /predict answers equal the local Classifier's (whose confidences differ from
+    T = 1's: the replicas apply the temperature), both nodes answer (X-Served-By, matched against
+    Ray's node table), health/ready/labels/metrics and 4xx errors as one serve.py; SIGTERM deletes
+    the application and serve.py exits 0."""
     from concurrent.futures import ThreadPoolExecutor
 
     from utils import Classifier
 
-    export = os.path.join(trained[1], "export")
+    export = tempered_export(trained, tmp_path)
     texts = [f"{word}的消息第{i}条" for i, word in enumerate(["苹果", "香蕉", "足球", "股票", "电影"] * 8)]
     expected = Classifier(export, device="cpu", num_threads=1).predict(texts)
+    untempered = Classifier(os.path.join(trained[1], "export"), device="cpu", num_threads=1).predict(texts)
+    assert max(abs(a.confidence - b.confidence) for a, b in zip(expected, untempered)) > 1e-3
 
-    server = RayServe(serve_cluster, "--model_path_prefix", export, "--replicas", "2", "--num_threads", "1",
-                      "--device", "cpu", "--max_wait_ms", "300")  # requests wait in the batchers: see the end
+    server = RayServe(serve_cluster, serve_port, "--model_path_prefix", export, "--replicas", "2", "--num_threads",
+                      "1", "--device", "cpu")
     try:
         assert server.served["replicas"] == 2 and server.served["application"] == "cls_default"
         with http() as client:
             assert client.get(server.url + "/health").json() == {"status": "ok"}
             assert client.get(server.url + "/ready").status_code == 200
-            labels = client.get(server.url + "/labels").json()["labels"]
-            assert labels == Classifier(export, device="cpu", num_threads=1).labels
+            labels = client.get(server.url + "/labels").json()
+            assert labels["labels"] == Classifier(export, device="cpu", num_threads=1).labels
+            assert labels["temperature"] == 3.0
 
             def one(i):
                 if i % 2:
@@ -123,15 +134,7 @@ def test_two_replicas_on_two_nodes_answer_like_infer_and_drain_on_sigterm(serve_
             assert bad.status_code == 422 and bad.json()["error"]["field"] == "texts"
             assert client.post(server.url + "/models/other", json={"data": {"text": ["x"]}}).status_code == 404
             assert "ptuning_requests_total" in client.get(server.url + "/metrics").text
-
-            # SIGTERM while requests wait in the replicas' batchers (up to 300 ms for company): the
-            # application's deletion drains them, each is answered, then the process exits 0.
-            with ThreadPoolExecutor(8) as pool:
-                futures = [pool.submit(one, i) for i in range(8)]
-                time.sleep(0.15)
-                assert server.stop() == 0
-                for future in futures:
-                    future.result()
+        assert server.stop() == 0
     finally:
         if server.proc.poll() is None:
             server.proc.kill()
@@ -139,16 +142,69 @@ def test_two_replicas_on_two_nodes_answer_like_infer_and_drain_on_sigterm(serve_
         assert client.get(server.url + "/health").status_code in (404, 503)
 
 
+def chunked_post(port, path, body, first):
+    """POST `body` in two chunks: the first `first` bytes now (the request is then in the service,
+    waiting for the rest), the rest when the returned function is called, which returns the
+    response's status and JSON."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=START_TIMEOUT)
+    connection.putrequest("POST", path)
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.endheaders()
+    connection.send(b"%x\r\n%s\r\n" % (first, body[:first]))
+
+    def finish():
+        rest = body[first:]
+        connection.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(rest), rest))
+        response = connection.getresponse()
+        status, answer = response.status, json.loads(response.read())
+        connection.close()
+        return status, answer
+
+    return finish
+
+
 @pytest.mark.slow
-def test_a_second_deployment_of_the_same_name_is_refused_and_a_corrupt_export_is_named(serve_cluster, trained,
-                                                                                       tmp_path):
+def test_sigterm_answers_the_requests_in_flight_in_a_replica_then_exits_0(serve_cluster, serve_port, trained):
+    """Four requests held in the replica by the test (their bodies half sent; /metrics' requests in
+    progress says when all are in) when serve.py gets SIGTERM: the application's route goes at once
+    (Ray's proxy answers new requests 404), yet each held request is answered in full once its body
+    ends, and serve.py exits 0."""
+    from utils import Classifier
+
+    export = os.path.join(trained[1], "export")
+    texts = ["苹果很甜", "香蕉的消息", "葡萄和足球", "今天的股票"]
+    expected = Classifier(export, device="cpu", num_threads=1).predict(texts)
+    server = RayServe(serve_cluster, serve_port, "--model_path_prefix", export, "--replicas", "1", "--num_threads",
+                      "1", "--device", "cpu")
+    try:
+        held = [chunked_post(serve_port, "/predict", json.dumps({"texts": [text]}).encode(), 5) for text in texts]
+        with http() as client:
+            until(lambda: metric_value(client.get(server.url + "/metrics").text, "ptuning_requests_in_progress")
+                  == len(held) + 1, "the held requests in the replica")  # (+ 1: the scrape itself)
+            server.proc.send_signal(signal.SIGTERM)
+            until(lambda: client.get(server.url + "/ready").status_code == 404, "the application's route removed")
+        answers = [finish() for finish in held]
+        assert [status for status, _ in answers] == [200] * len(texts), answers
+        assert [answer["predictions"][0]["label"] for _, answer in answers] == [p.label for p in expected]
+        assert server.proc.wait(START_TIMEOUT) == 0
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+
+
+@pytest.mark.slow
+def test_a_second_deployment_of_the_same_name_is_refused_and_a_corrupt_export_is_named(serve_cluster, serve_port,
+                                                                                       trained, tmp_path):
     """One application name per cluster: the second serve.py is refused (exit 2, --name) and the
     first keeps serving. An export whose model file was altered fails on the replica's sha256
     check, reported in one paragraph naming the driver's file."""
     import shutil
 
     export = os.path.join(trained[1], "export")
-    first = RayServe(serve_cluster, "--model_path_prefix", export, "--num_threads", "1", "--device", "cpu",
+    first = RayServe(serve_cluster, serve_port, "--model_path_prefix", export, "--num_threads", "1", "--device", "cpu",
                      "--name", "first")
     try:
         second = subprocess.run([sys.executable, "serve.py", "--ray", serve_cluster.address, "--port",
@@ -170,7 +226,7 @@ def test_a_second_deployment_of_the_same_name_is_refused_and_a_corrupt_export_is
         byte = fp.read(1)
         fp.seek(100)
         fp.write(bytes([byte[0] ^ 0xFF]))
-    result = subprocess.run([sys.executable, "serve.py", "--ray", serve_cluster.address, "--port", str(free_port()),
+    result = subprocess.run([sys.executable, "serve.py", "--ray", serve_cluster.address, "--port", str(serve_port),
                              "--model_path_prefix", broken, "--device", "cpu", "--num_threads", "1",
                              "--name", "broken"], cwd=ROOT, env=serve_cluster.env, capture_output=True, text=True,
                             timeout=START_TIMEOUT)
@@ -179,7 +235,7 @@ def test_a_second_deployment_of_the_same_name_is_refused_and_a_corrupt_export_is
     assert "Traceback" not in result.stderr
 
     # A replica that cannot load the model (too short for the prompt): its own error, one paragraph.
-    result = subprocess.run([sys.executable, "serve.py", "--ray", serve_cluster.address, "--port", str(free_port()),
+    result = subprocess.run([sys.executable, "serve.py", "--ray", serve_cluster.address, "--port", str(serve_port),
                              "--model_path_prefix", export, "--device", "cpu", "--num_threads", "1",
                              "--max_seq_length", "4", "--name", "short"], cwd=ROOT, env=serve_cluster.env,
                             capture_output=True, text=True, timeout=START_TIMEOUT)
@@ -226,67 +282,127 @@ def test_ray_serve_flags_without_ray_are_refused(flag, value, trained, capsys):
 def test_no_cluster_at_the_address_is_one_paragraph_within_seconds(trained, capsys):
     require_serve()
     start = time.monotonic()
-    code = run_cli(serve.main, ["--model_path_prefix", os.path.join(trained[1], "export"), "--ray",
-                                f"127.0.0.1:{free_port()}"])
+    with closed_port() as port:
+        code = run_cli(serve.main, ["--model_path_prefix", os.path.join(trained[1], "export"), "--ray",
+                                    f"127.0.0.1:{port}"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: --ray: no Ray cluster answers at") and time.monotonic() - start < 30
 
 
-def serve_http_port(cluster):
-    """The port Ray Serve's proxies listen on in `cluster` (starting Serve there if it is not running)."""
+def start_serve(cluster, port):
+    """Ray Serve started on `cluster` with its proxies on `port` (`serve run` would start it on 8000)."""
     code = ("import ray, sys; from ray import serve; from ray.serve.context import _get_global_client; "
             f"ray.init(address={cluster.address!r}, logging_level='ERROR'); "
-            f"serve.start(http_options={{'host': '127.0.0.1', 'port': {free_port()}}}); "
+            f"serve.start(http_options={{'host': '127.0.0.1', 'port': {port}}}); "
             "print(_get_global_client().http_config.port)")
     result = subprocess.run([sys.executable, "-c", code], env=cluster.env, capture_output=True, text=True,
                             timeout=START_TIMEOUT)
     assert result.returncode == 0, result.stderr
-    return int(result.stdout.strip().splitlines()[-1])
+    assert int(result.stdout.strip().splitlines()[-1]) == port  # (a Serve already running keeps its port)
+
+
+# Ray Serve's `serve` command, with Ctrl-C's default handler as in a terminal: a child inherits an
+# ignored SIGINT (a background job's), and Python then leaves it ignored.
+SERVE_CLI = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from ray.serve.scripts import cli; cli()"
+
+
+@contextlib.contextmanager
+def serve_run(cluster, port, export, *args):
+    """`serve run utils.serving.ray_serve:build_app model_path_prefix=EXPORT ARGS` on `cluster` (Serve started
+    on `port` first), its stdout and stderr merged; killed if still running after, or after
+    START_TIMEOUT seconds (a hang guard)."""
+    start_serve(cluster, port)
+    runtime_env = json.dumps({"py_modules": [os.path.join(ROOT, "utils")]})
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_CLI, "run", "--address", cluster.address,
+                             "--runtime-env-json", runtime_env, "--app-dir", ROOT, "utils.serving.ray_serve:build_app",
+                             f"model_path_prefix={export}", "num_threads=1", "device=cpu", "replicas=1", *args],
+                            cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    guard = threading.Timer(START_TIMEOUT, proc.kill)
+    guard.start()
+    try:
+        yield proc
+    finally:
+        guard.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def output_until(proc, text):
+    """The process's output up to the first line holding `text` (all of it if the process ends first)."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if text in line:
+            break
+    return "".join(lines)
+
+
+def test_the_application_builder_refuses_bad_arguments_before_any_replica_starts():
+    """`build_app` (serve run, Serve config files): a wrong argument is a ValueError naming it, as
+    serve.py names the flag, before any replica is asked for."""
+    require_serve()
+    from utils.serving.ray_serve import build_app
+
+    for args, message in (({"replica": "2"}, "unknown argument 'replica'"),
+                          ({"max_batch_size": "many"}, "max_batch_size: not a"),
+                          ({"num_threads": "0"}, "--num_threads: must be positive, got 0"),
+                          ({"max_seq_length": "-5"}, "--max_seq_length: must be positive, got -5")):
+        with pytest.raises(ValueError, match=message):
+            build_app({"model_path_prefix": "x", **args})
 
 
 @pytest.mark.slow
-def test_serve_run_with_the_application_builder_serves_an_export_present_on_the_nodes(serve_cluster, trained):
+def test_serve_run_with_the_application_builder_serves_an_export_present_on_the_nodes_and_stops_on_ctrl_c(
+        serve_cluster, serve_port, trained):
     """Ray Serve's own launcher (`serve run`, as a config file or KubeRay's RayService would):
     `utils.serving.ray_serve:build_app` with string arguments; the replica loads the export from its path
-    on the node and answers like the local Classifier. A wrong argument is a clear ValueError."""
-    from utils import Classifier
-    from utils.serving.ray_serve import build_app
+    on the node and answers like the local Classifier. Ctrl-C stops `serve run` (Ray's handler:
+    it shuts Ray Serve down on the cluster, the application with it) and it exits 0."""
+    import httpx
 
-    with pytest.raises(ValueError, match="unknown argument 'replica'"):
-        build_app({"model_path_prefix": "x", "replica": "2"})
-    with pytest.raises(ValueError, match="max_batch_size: not a"):
-        build_app({"model_path_prefix": "x", "max_batch_size": "many"})
+    from utils import Classifier
 
     export = os.path.join(trained[1], "export")
-    port = serve_http_port(serve_cluster)
-    runtime_env = json.dumps({"py_modules": [os.path.join(ROOT, "utils")]})
-    proc = subprocess.Popen([sys.executable, "-c", "from ray.serve.scripts import cli; cli()", "run", "--address",
-                             serve_cluster.address, "--runtime-env-json", runtime_env, "--app-dir", ROOT,
-                             "utils.serving.ray_serve:build_app", f"model_path_prefix={export}", "num_threads=1",
-                             "device=cpu", "replicas=1", "max_batch_size=8", "name=built"],
-                            cwd=ROOT, env=serve_cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT
+    with serve_run(serve_cluster, serve_port, export, "max_batch_size=8", "name=built") as proc:
+        output = output_until(proc, "is ready at")
+        assert "is ready at" in output, output[-3000:]
+        url = f"http://127.0.0.1:{serve_port}"
         with http() as client:
-            while True:
-                assert proc.poll() is None, proc.stderr.read()[-3000:]
-                try:
-                    if client.get(url + "/ready").status_code == 200:
-                        break
-                except Exception:  # not listening yet
-                    pass
-                assert time.monotonic() < deadline, "serve run did not become ready"
-                time.sleep(0.5)
+            until(lambda: client.get(url + "/ready").status_code == 200,  # both nodes' proxies know the route
+                  "the application ready on the proxies")
             texts = ["苹果很甜", "今天的足球比赛"]
             expected = Classifier(export, device="cpu", num_threads=1).predict(texts)
             response = client.post(url + "/models/built", json={"data": {"text": texts}})
             assert response.status_code == 200, response.text
             assert [row["label"] for row in response.json()["result"]] == [p.label for p in expected]
-    finally:
         proc.send_signal(signal.SIGINT)
+        rest = proc.communicate()[0]
+        assert proc.returncode == 0 and "Got KeyboardInterrupt, shutting down" in rest, rest[-3000:]
+    with http() as client:  # Serve is shut down: no proxy listens, or none routes there
         try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            assert client.get(url + "/ready").status_code in (404, 503)
+        except httpx.ConnectError:
+            pass
+
+
+@pytest.mark.slow
+def test_serve_run_of_an_export_that_cannot_load_never_serves_and_ends_with_its_error(serve_cluster, serve_port,
+                                                                                     trained, tmp_path):
+    """`serve run` of an export whose model file was altered: every replica fails its sha256 check
+    in its constructor, so none is ever healthy; Serve gives the application up and `serve run`
+    ends (Ray's way: a traceback and exit 0), its output naming the file with our error."""
+    import shutil
+
+    broken = str(tmp_path / "export")
+    shutil.copytree(os.path.join(trained[1], "export"), broken)
+    with open(os.path.join(broken, "model.onnx"), "r+b") as fp:  # same size, different bytes
+        fp.seek(100)
+        byte = fp.read(1)
+        fp.seek(100)
+        fp.write(bytes([byte[0] ^ 0xFF]))
+    with serve_run(serve_cluster, serve_port, broken) as proc:
+        output = proc.communicate()[0]
+    assert "is ready at" not in output
+    assert f"ptuning replica error: {os.path.join(broken, 'model.onnx')}: sha256 differs from manifest.json" in output, \
+        output[-3000:]

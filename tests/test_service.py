@@ -14,7 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, ready_client
+from conftest import ROOT, metric_value, ready_client, until
+from service_fakes import FakeClassifier, FakeModel, HeldModel
 from test_classifier import infer_jsonl, texts_and_file
 from utils.errors import run_cli
 from utils.serving.app import Batcher, RequestError, ServiceConfig, create_app
@@ -152,33 +153,6 @@ def test_a_body_that_is_no_json_is_400_with_any_content_type(body, content_type,
     assert response.json()["error"]["field"] == "body" and "Traceback" not in response.text
 
 
-class FakeModel:
-    """Stands in for ExportedClassifier: a text's row is one-hot at `int(text) % 3`; records batches."""
-
-    def __init__(self, delay=0.0, fail_on=None, length=lambda text: 1):
-        from utils.task.decoding import Decoder
-
-        self.batches, self.delay, self.fail_on, self.length = [], delay, fail_on, length
-        self.labels = ["a", "b", "c"]
-        self.decoder = Decoder("multi-class", self.labels)
-
-    def encoder(self, max_seq_length=None):
-        return self
-
-    def encode(self, examples):
-        return [{"input_ids": [int(e["text_a"])] * self.length(int(e["text_a"]))} for e in examples]
-
-    def run(self, features, batch_size=32):
-        time.sleep(self.delay)
-        ids = [f["input_ids"][0] for f in features]
-        if self.fail_on in ids:
-            raise RuntimeError("this text breaks the model")
-        self.batches.append(ids)
-        logits = np.full((len(ids), 3), -10.0, dtype=np.float32)
-        logits[np.arange(len(ids)), np.array(ids) % 3] = 10.0
-        return logits
-
-
 def run_requests(batcher, requests):
     async def go():
         batcher.start()
@@ -224,84 +198,227 @@ def test_a_full_queue_answers_503_with_retry_after_instead_of_growing():
 
 
 def test_the_event_loop_answers_while_the_model_works(export_dir):
-    """/health stays fast while a slow batch runs in the model thread."""
+    """/health is answered while a batch is held in the model: the model runs in a worker thread (a
+    run on the event loop's thread fails the request instead of blocking the loop)."""
+    import threading
     from fastapi.testclient import TestClient
 
-    model = FakeModel(delay=1.0)
-
-    class Stub:
-        labels, pair, device = model.labels, False, "cpu"
-
-        def __init__(self):
-            self.model = model
-
-    app = create_app(ServiceConfig(export_dir, max_wait_ms=0), classifier=Stub())
+    model = HeldModel()
+    app = create_app(ServiceConfig(export_dir, max_wait_ms=0), classifier=FakeClassifier(model))
     with TestClient(app) as client:
-        import threading
-
-        slow = threading.Thread(target=lambda: client.post("/predict", json={"texts": ["1"]}))
+        answers = []
+        slow = threading.Thread(target=lambda: answers.append(client.post("/predict", json={"texts": ["1"]})))
         slow.start()
-        time.sleep(0.2)
-        start = time.monotonic()
-        assert client.get("/health").status_code == 200
-        assert time.monotonic() - start < 0.5
+        assert model.started.wait(60)  # (a guard against a hang, not a time limit)
+        assert client.get("/health").status_code == 200  # while the run waits for the test
+        model.release.set()
         slow.join()
+    assert answers[0].status_code == 200, answers[0].text
+    assert answers[0].json()["predictions"][0]["label"] == "b"
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def test_a_full_queue_is_503_with_retry_after_over_http(export_dir):
+    """Over HTTP: the model held on its first text and --max_queue 2 texts waiting (/metrics' queue
+    depth says so), one more request, on either endpoint, gets 503 + Retry-After: 1 naming the
+    service; the requests already in are answered once the model goes on."""
+    import threading
+    from fastapi.testclient import TestClient
+
+    model = HeldModel()
+    app = create_app(ServiceConfig(export_dir, max_batch_size=1, max_queue=2, max_wait_ms=0),
+                     classifier=FakeClassifier(model))
+    answers, threads = {}, []
+    with TestClient(app) as client:
+        def post(text):
+            answers[text] = client.post("/predict", json={"texts": [text]})
+
+        for text in ("1", "2", "3"):
+            threads.append(threading.Thread(target=post, args=(text,)))
+            threads[-1].start()
+            if text == "1":
+                assert model.started.wait(60)  # "1" runs (held); "2" and "3" then wait in the queue
+        until(lambda: metric(client, "ptuning_queue_texts") == 2, "2 texts queued")
+        refused = [client.post("/predict", json={"texts": ["4"]}),
+                   client.post("/models/cls_default", json={"data": {"text": ["5"]}})]
+        model.release.set()
+        for thread in threads:
+            thread.join()
+    for response in refused:
+        assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
+        error = response.json()["error"]
+        assert error["field"] == "service" and "the queue is full (2 texts waiting, limit 2)" in error["message"]
+    assert {text: r.status_code for text, r in answers.items()} == {"1": 200, "2": 200, "3": 200}
+    assert [answers[t].json()["predictions"][0]["label"] for t in "123"] == ["b", "c", "a"]
+
+
+def test_ready_is_503_while_the_model_loads_and_health_is_503_once_the_load_failed(export_dir, monkeypatch):
+    """create_app without a loaded classifier (in an ASGI server of one's own) loads it in a thread:
+    while the load is held, /ready and requests get 503 + Retry-After and /health is 200; once
+    loaded, ready. A load that fails: /health, /ready and requests answer 503 with the error
+    (infer.py's paragraph), so no orchestrator keeps a process that can never serve."""
+    import threading
+
+    import utils.deploy.classifier
+    from fastapi.testclient import TestClient
+    from utils.errors import UserError
+
+    loading, failure = threading.Event(), []
+
+    def held_load(export, **options):
+        loading.wait()
+        if failure:
+            raise failure[0]
+        return FakeClassifier(FakeModel())
+
+    monkeypatch.setattr(utils.deploy.classifier, "Classifier", held_load)
+    with TestClient(create_app(ServiceConfig(export_dir))) as client:
+        ready, predict = client.get("/ready"), client.post("/predict", json={"texts": ["1"]})
+        assert client.get("/health").status_code == 200  # alive while it loads
+        for response in (ready, predict):
+            assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
+        loading.set()
+        until(lambda: client.get("/ready").status_code == 200, "ready once the load is let go of")
+        assert client.post("/predict", json={"texts": ["1"]}).json()["predictions"][0]["label"] == "b"
+
+    failure.append(UserError("sha256 differs from manifest.json (modified or corrupt); export again", "E/model.onnx"))
+    with TestClient(create_app(ServiceConfig(export_dir))) as client:
+        until(lambda: "loading" not in client.get("/ready").text, "the load, let go of already, has ended")
+        expected = "the model could not be loaded: E/model.onnx: sha256 differs from manifest.json"
+        for response in (client.get("/health"), client.get("/ready"), client.post("/predict", json={"texts": ["1"]})):
+            assert response.status_code == 503 and response.json()["error"]["message"].startswith(expected)
+
+
+def test_draining_answers_503_to_ready_and_new_requests_and_still_answers_the_queued_ones(export_dir):
+    """The app's shutdown (serve.py: after uvicorn has closed the port and in-flight requests are
+    done; Ray: a replica being stopped): /ready and new requests get 503 + Retry-After, while the
+    requests already in the batcher (one held in the model, one queued) are answered."""
+    import httpx
+
+    model = HeldModel()
+    app = create_app(ServiceConfig(export_dir, max_batch_size=1, max_wait_ms=0), classifier=FakeClassifier(model))
+
+    async def go():
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        batcher = app.state.service["batcher"]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
+            running = asyncio.create_task(client.post("/predict", json={"texts": ["1"]}))
+            await asyncio.get_running_loop().run_in_executor(None, model.started.wait)
+            queued = asyncio.create_task(client.post("/predict", json={"texts": ["2"]}))
+            while batcher.queued != 1:
+                await asyncio.sleep(0)
+            draining = asyncio.create_task(lifespan.__aexit__(None, None, None))
+            while not batcher.closing:
+                await asyncio.sleep(0)
+            ready, late = await client.get("/ready"), await client.post("/predict", json={"texts": ["3"]})
+            model.release.set()
+            await draining
+            return ready, late, await running, await queued
+
+    ready, late, running, queued = asyncio.run(go())
+    for response in (ready, late):
+        assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
+    assert "shutting down" in ready.json()["error"]["message"] and "shutting down" in late.json()["error"]["message"]
+    assert [r.status_code for r in (running, queued)] == [200, 200]
+    assert [r.json()["predictions"][0]["label"] for r in (running, queued)] == ["b", "c"]
+
+
+def test_texts_longer_than_max_seq_len_are_cut_as_infer_cuts_them(client, export_dir, tmp_path, capsys):
+    """Texts of 63-123 characters, longer than the export's 40 tokens: /predict answers them as
+    infer.py does (cut to the exported length), SimpleServing's parameters.max_seq_len 24 as
+    infer.py --max_seq_length 24 (whose answers differ: the cut matters)."""
+    import random
+
+    from utils.testing.synthetic import make_split
+
+    texts = [line.split("\t")[0] for line in make_split(random.Random(7), 8, min_len=30, max_len=60)]
+    assert min(map(len, texts)) > 40
+    path = tmp_path / "long.txt"
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    at_40 = infer_jsonl(capsys, export_dir, str(path), str(tmp_path / "40.jsonl"), "--top_k", "3")
+    at_24 = infer_jsonl(capsys, export_dir, str(path), str(tmp_path / "24.jsonl"), "--top_k", "3",
+                        "--max_seq_length", "24")
+    assert not np.allclose([r["confidence"] for r in at_40], [r["confidence"] for r in at_24], atol=1e-3)
+    exported = client.post("/predict", json={"texts": texts, "top_k": 3})
+    shorter = client.post("/models/cls_default", json={"data": {"text": texts},
+                                                       "parameters": {"max_seq_len": 24, "top_k": 3}})
+    for response, records in ((exported.json()["predictions"], at_40), (shorter.json()["result"], at_24)):
+        assert [r["label"] for r in response] == [r["label"] for r in records]
+        for answer, record in zip(response, records):
+            assert [t["label"] for t in answer["top_k"]] == [t["label"] for t in record["top_k"]]
+            np.testing.assert_allclose([t["confidence"] for t in answer["top_k"]],
+                                       [t["confidence"] for t in record["top_k"]], atol=2e-6)
+
+
+def metric(url_or_client, name):
+    """The value of an unlabelled metric in /metrics (over HTTP, or through a TestClient)."""
+    import httpx
+
+    if isinstance(url_or_client, str):
+        return metric_value(httpx.get(url_or_client + "/metrics", timeout=60).text, name)
+    return metric_value(url_or_client.get("/metrics").text, name)
+
+
+HANG_GUARD = 300  # seconds after which a test's serve.py is killed: a hang fails the test instead of stalling it
+HELD = os.path.join(ROOT, "tests", "service_fakes.py")  # serve.py whose model waits for a line on stdin
 
 
 @contextlib.contextmanager
-def serving(export_dir, cwd, *flags):
-    """serve.py in its own process on a free loopback port, ready; killed if still running after."""
-    import httpx
+def serving(export_dir, cwd, *flags, script=os.path.join(ROOT, "serve.py")):
+    """serve.py in its own process on a port it picks (--port 0), yielded once it listens (its JSON
+    line on stdout says where); killed if still running after, or after HANG_GUARD seconds."""
+    import threading
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--model_path_prefix", export_dir,
-                               "--port", str(port), "--num_threads", "1", *flags], cwd=str(cwd),
+    server = subprocess.Popen([sys.executable, script, "--model_path_prefix", export_dir, "--port", "0",
+                               "--num_threads", "1", *flags], cwd=str(cwd), stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    guard = threading.Timer(HANG_GUARD, server.kill)
+    guard.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
-            time.sleep(0.1)
-        yield server, port, url
+        line = server.stdout.readline()
+        assert line, server.stderr.read()  # it ended before listening: its error
+        ready = json.loads(line)
+        yield server, ready["port"], ready["url"]
     finally:
+        guard.cancel()
         if server.poll() is None:
             server.kill()
             server.wait()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("instances", ["1", "2"])
-def test_sigterm_lets_in_flight_requests_finish_then_exits(export_dir, tmp_path, instances):
+@pytest.mark.parametrize("instances, signum", [("1", signal.SIGTERM), ("2", signal.SIGTERM), ("1", signal.SIGINT)],
+                         ids=["SIGTERM", "SIGTERM, 2 instances", "Ctrl-C"])
+def test_a_stop_signal_closes_the_port_and_answers_every_request_in_flight_then_exits_0(export_dir, tmp_path,
+                                                                                        instances, signum):
+    """serve.py with a model the test holds: 12 requests of 4 texts are in the service (one run
+    held per instance, the rest queued: /metrics' queue depth says when all are in). On
+    SIGTERM or Ctrl-C the port refuses new connections at once, yet every request in flight is
+    answered when the model goes on, and serve.py exits 0."""
     import httpx
+    from concurrent.futures import ThreadPoolExecutor
 
-    with serving(export_dir, tmp_path, "--max_wait_ms", "20", "--max_batch_size", "4",
-                 "--num_threads", instances, "--instances", instances) as (server, _, url):
-        async def burst():
-            async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-                async def one(i):
-                    return await http.post("/models/cls_default", json={"data": {"text": ["苹果香蕉葡萄" * 20] * 16}})
-
-                tasks = [asyncio.create_task(one(i)) for i in range(12)]
-                await asyncio.sleep(0.3)
-                server.send_signal(signal.SIGTERM)  # while most of the 192 texts still wait for the model
-                return await asyncio.gather(*tasks)
-
-        responses = asyncio.run(burst())
+    with serving(export_dir, tmp_path, "--num_threads", instances, "--instances", instances, "--max_batch_size", "4",
+                 "--max_wait_ms", "0", script=HELD) as (server, port, url):
+        requests = [[str(4 * i + j) for j in range(4)] for i in range(12)]
+        with ThreadPoolExecutor(len(requests)) as pool:
+            futures = [pool.submit(httpx.post, url + "/predict", json={"texts": texts}, timeout=HANG_GUARD)
+                       for texts in requests]
+            running = sum(int(server.stdout.readline().split()[1]) for _ in range(int(instances)))  # held runs
+            until(lambda: metric(url, "ptuning_queue_texts") == 48 - running,  # the others, behind the held runs
+                  "every request in the service")
+            server.send_signal(signum)
+            for line in server.stderr:  # uvicorn says this once it has closed the port
+                if "Waiting for connections to close" in line:
+                    break
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD).close()
+            server.stdin.write("go on\n")
+            server.stdin.flush()
+            responses = [future.result() for future in futures]
         assert [r.status_code for r in responses] == [200] * 12
-        assert all(len(r.json()["result"]) == 16 for r in responses)
-        assert server.wait(timeout=60) == 0
+        assert [[p["label"] for p in r.json()["predictions"]] for r in responses] == [
+            ["abc"[int(t) % 3] for t in texts] for texts in requests]
+        assert server.wait(timeout=HANG_GUARD) == 0
 
 
 def test_a_body_larger_than_any_valid_request_is_413_and_the_largest_valid_one_passes(client):
@@ -385,6 +502,139 @@ def test_serve_refuses_a_missing_export_and_a_busy_port(tmp_path, export_dir, ca
         assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
     assert run_cli(serve.main, ["--model_path_prefix", export_dir, "--max_batch_size", "0"]) == 2
     assert "--max_batch_size" in capsys.readouterr().err
+
+
+def flip_model_bytes(export, monkeypatch):
+    with open(os.path.join(export, "model.onnx"), "r+b") as fp:  # same size, other bytes
+        fp.seek(100)
+        byte = fp.read(1)
+        fp.seek(100)
+        fp.write(bytes([byte[0] ^ 0xFF]))
+
+
+def truncate_model(export, monkeypatch):
+    with open(os.path.join(export, "model.onnx"), "r+b") as fp:
+        fp.truncate(1000)
+
+
+def edit_labels(export, monkeypatch):  # two label names swapped by hand: valid, same size, not what was exported
+    path = os.path.join(export, "labels.json")
+    with open(path, encoding="utf-8") as fp:
+        text = fp.read()
+    with open(path, "w", encoding="utf-8") as fp:
+        fp.write(text.replace('"apple"', '"@@@@@"').replace('"grape"', '"apple"').replace('"@@@@@"', '"grape"'))
+
+
+def duplicate_labels_resigned(export, monkeypatch):  # edited and re-signed in the manifest: its content is refused
+    from conftest import resign
+
+    path = os.path.join(export, "labels.json")
+    with open(path, encoding="utf-8") as fp:
+        labels = json.load(fp)
+    labels[1]["label"] = labels[0]["label"]
+    with open(path, "w", encoding="utf-8") as fp:
+        json.dump(labels, fp)
+    resign(export, "labels.json")
+
+
+def edit_manifest(key, value):
+    def edit(export, monkeypatch):
+        path = os.path.join(export, "manifest.json")
+        with open(path, encoding="utf-8") as fp:
+            manifest = json.load(fp)
+        manifest[key] = value
+        with open(path, "w", encoding="utf-8") as fp:
+            json.dump(manifest, fp)
+    return edit
+
+
+def remove(name):
+    return lambda export, monkeypatch: os.remove(os.path.join(export, name))
+
+
+def unreadable_model(export, monkeypatch):  # (the tests may run as root, whom chmod does not stop)
+    import errno
+
+    import utils.deploy.bundle
+
+    real = utils.deploy.bundle.sha256_file
+
+    def sha256_file(path):
+        if path.endswith("model.onnx"):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real(path)
+
+    monkeypatch.setattr(utils.deploy.bundle, "sha256_file", sha256_file)
+
+
+def cpu_only_onnxruntime():
+    import onnxruntime
+
+    return "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
+
+
+UNUSABLE = [
+    pytest.param(flip_model_bytes, [], id="damaged model"),
+    pytest.param(truncate_model, [], id="truncated model"),
+    pytest.param(remove("model.onnx"), [], id="missing model"),
+    pytest.param(unreadable_model, [], id="unreadable model"),
+    pytest.param(edit_labels, [], id="edited labels"),
+    pytest.param(duplicate_labels_resigned, [], id="re-signed bad labels"),
+    pytest.param(remove("vocab.txt"), [], id="missing vocab"),
+    pytest.param(remove("preprocess.json"), [], id="missing preprocess.json"),
+    pytest.param(edit_manifest("max_seq_length", "long"), [], id="manifest max_seq_length edited"),
+    pytest.param(edit_manifest("onnx", {"fp32": "../model.onnx"}), [], id="manifest model path edited"),
+    pytest.param(None, ["--use_int8"], id="no int8 model"),
+    pytest.param(None, ["--max_seq_length", "100000"], id="max_seq_length too long"),
+    pytest.param(None, ["--max_seq_length", "-5"], id="max_seq_length negative"),
+    pytest.param(None, ["--max_seq_length", "4"], id="too short for the prompt"),
+    pytest.param(None, ["--num_threads", "0"], id="num_threads 0"),
+    pytest.param(None, ["--device", "gpu"], id="gpu without CUDA", marks=pytest.mark.skipif(
+        not cpu_only_onnxruntime(), reason="this onnxruntime has CUDA: --device gpu is usable")),
+]
+
+
+@pytest.mark.parametrize("damage, flags", UNUSABLE)
+def test_an_export_or_flag_infer_refuses_ends_serve_with_its_error_before_it_listens(
+        damage, flags, export_dir, tmp_path, capsys, monkeypatch):
+    """Every way an export can be unusable (damaged, truncated, missing or unreadable files, edited
+    labels or manifest, a missing variant, impossible flags, a device that is not there): serve.py
+    exits 2 with infer.py's error paragraph for the same export and flags, and uvicorn never starts
+    (the port never listens): no process that answers /health but can never serve."""
+    import shutil
+
+    import uvicorn
+
+    import infer
+    import serve
+
+    export = str(tmp_path / "export")
+    shutil.copytree(export_dir, export)
+    if damage is not None:
+        damage(export, monkeypatch)
+    (tmp_path / "texts.txt").write_text("苹果\n", encoding="utf-8")
+    assert run_cli(infer.main, ["--model_path_prefix", export, "--input_file", str(tmp_path / "texts.txt"),
+                                "--output_file", str(tmp_path / "out.tsv"), *flags]) == 2
+    infer_error = capsys.readouterr().err.splitlines()[0]
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *args, **kwargs: served.append("uvicorn"))
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: served.append("uvicorn"))
+    assert run_cli(serve.main, ["--model_path_prefix", export, "--port", "0", *flags]) == 2
+    err = capsys.readouterr().err
+    assert served == [] and "Traceback" not in err
+    assert err.splitlines()[0] == infer_error and infer_error.startswith("error: ")
+
+
+def test_serve_names_the_flag_that_is_wrong(export_dir, capsys):
+    """--num_threads 0 is --num_threads's mistake (it was reported as --instances'), in infer.py's words."""
+    import serve
+
+    for flags, error in ((["--num_threads", "0"], "error: --num_threads: must be positive, got 0"),
+                         (["--num_threads", "0", "--instances", "2"], "error: --num_threads: must be positive, got 0"),
+                         (["--max_seq_length", "0"], "error: --max_seq_length: must be positive, got 0"),
+                         (["--port", "70000"], "error: --port: must be in 0..65535 (0: any free port), got 70000")):
+        assert run_cli(serve.main, ["--model_path_prefix", export_dir, *flags]) == 2
+        assert capsys.readouterr().err.splitlines()[0] == error
 
 
 def test_serve_refuses_an_http_stack_it_cannot_use(export_dir, monkeypatch, capsys):

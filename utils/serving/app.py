@@ -10,7 +10,8 @@ Multi-label and hierarchical exports (their manifest says so) answer per text `{
 "confidence": [sigmoid probabilities], "top_k": [...]}`: every label above its threshold, most
 probable first, as upstream's multi-label SimpleServing does; `parameters.prob_limit` (or
 `threshold` in /predict) replaces the model's thresholds for that request.
-    GET  /health          alive;  GET /ready: the model is loaded and the service is not draining
+    GET  /health          alive (503 if the model failed to load);  GET /ready: the model is loaded and
+                          the service is not draining (503 while loading or draining)
     GET  /labels          labels in output order;  GET /metrics: Prometheus
     GET  /docs, /openapi.json  (FastAPI's)
 
@@ -77,6 +78,10 @@ class ServiceConfig:
             raise UserError(f"must be zero or more, got {self.max_wait_ms}", "--max_wait_ms")
         if not self.name or "/" in self.name:
             raise UserError(f"must be a non-empty name without '/', got {self.name!r}", "--name")
+        for name in ("num_threads", "max_seq_length"):  # infer.py's checks and words: the same error for the same flag
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise UserError(f"must be positive, got {value}", f"--{name}")
         if self.instances > MAX_INSTANCES:
             raise UserError(f"is {self.instances}; at most {MAX_INSTANCES} (model workers on one device)", "--instances")
         if self.num_threads is not None and self.instances > self.num_threads and self._device() == "cpu":
@@ -194,9 +199,11 @@ class Measure:
                     message = {**message, "headers": [*message.get("headers", ()), *self.served_by]}
             await send(message)
 
+        self.metrics.in_progress.inc()
         try:
             await self.app(scope, receive, measured_send)
         finally:
+            self.metrics.in_progress.dec()
             endpoint = getattr(scope.get("route"), "path", "other")  # (set in `scope` by the router)
             self.metrics.requests.labels(endpoint, str(status)).inc()
             if status >= 400:
@@ -456,6 +463,9 @@ class Metrics:
         self.errors = Counter("ptuning_request_errors", "Requests answered with an error, by endpoint and status",
                               ["endpoint", "status"], registry=self.registry)
         self.texts = Counter("ptuning_texts", "Texts classified", registry=self.registry)
+        self.in_progress = Gauge("ptuning_requests_in_progress", "HTTP requests being served now (body still "
+                                 "arriving, waiting for the model, or being answered; a scrape counts itself)",
+                                 registry=self.registry)
         self.latency = Histogram("ptuning_request_seconds", "Time from request to response", ["endpoint"],
                                  buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30),
                                  registry=self.registry)
@@ -557,9 +567,12 @@ def format_predictions(probs: np.ndarray, labels: List[str], top_k: int, decoder
 
 
 def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] = None):
-    """The FastAPI app. The model loads in a thread at start-up (`/ready` says when), unless a
-    loaded `utils.Classifier` is given. `served_by` (a replica's node/pid under Ray Serve) is sent
-    as the `X-Served-By` header of every response."""
+    """The FastAPI app around a loaded `utils.Classifier` (serve.py and Ray replicas load it first,
+    so that a model that cannot load is an error before anything serves): ready from its start-up.
+    Without one, the model loads in a thread at start-up: `/ready` answers 503 until it is loaded,
+    and if it cannot be, `/health` answers 503 too (with the error), so no orchestrator keeps the
+    process. `served_by` (a replica's node/pid under Ray Serve) is sent as the `X-Served-By` header
+    of every response."""
     from contextlib import asynccontextmanager
 
     from fastapi import Body, FastAPI, Request
@@ -576,27 +589,34 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
 
         state["classifier"] = Classifier(config.model_path_prefix, **config.classifier_options())
 
-    async def start() -> None:
+    def start() -> None:
+        classifier = state["classifier"]
+        batcher = Batcher(classifier.model, config.max_batch_size, config.max_wait_ms, config.max_queue,
+                          metrics, split_by_length=classifier.device == "cpu", workers=config.instances)
+        batcher.start()
+        state["batcher"] = batcher
+        metrics.ready.set(1)
+        logger.info("serving %s as %r", state["classifier"], config.name)
+
+    async def load_and_start() -> None:
         try:
-            if state["classifier"] is None:
-                await asyncio.get_running_loop().run_in_executor(None, load)
-            classifier = state["classifier"]
-            batcher = Batcher(classifier.model, config.max_batch_size, config.max_wait_ms, config.max_queue,
-                              metrics, split_by_length=classifier.device == "cpu", workers=config.instances)
-            batcher.start()
-            state["batcher"] = batcher
-            metrics.ready.set(1)
-            logger.info("serving %s as %r", state["classifier"], config.name)
-        except Exception as exc:  # reported by /ready and to every request; the process stays up
-            state["error"] = f"{type(exc).__name__}: {exc}"
+            await asyncio.get_running_loop().run_in_executor(None, load)
+            start()
+        except Exception as exc:  # reported by /health, /ready and every request: the process is not healthy
+            state["error"] = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
             logger.error("the model could not be loaded: %s", state["error"])
 
     @asynccontextmanager
     async def lifespan(app):
-        loading = asyncio.get_running_loop().create_task(start())
+        loading = None
+        if state["classifier"] is None:
+            loading = asyncio.get_running_loop().create_task(load_and_start())
+        else:
+            start()  # before the server accepts anything: ready from the first request
         yield
         metrics.ready.set(0)
-        await loading
+        if loading is not None:
+            await loading
         if state["batcher"] is not None:
             await state["batcher"].close()  # uvicorn has let in-flight requests finish; drain the rest
 
@@ -661,7 +681,9 @@ def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] 
 
     @app.get("/health")
     async def health():
-        """Liveness: the process answers."""
+        """Liveness: the process answers, and its model did not fail to load (503 with the error then)."""
+        if state["error"]:
+            return error_response(503, "service", f"the model could not be loaded: {state['error']}")
         return {"status": "ok"}
 
     @app.get("/ready")

@@ -1,0 +1,97 @@
+"""Stand-ins for the model behind utils/serving/app.py, so that service tests hold the service in a
+known state instead of sleeping: `FakeModel` answers at once (or after `delay`), `HeldModel`'s runs
+wait until the test sets `release`.
+
+Run as a script it is serve.py (its flags, checks, port, uvicorn and signals) with a `HeldModel`
+for a model: each run prints `run N` (N texts) on stdout, after serve.py's JSON line, and waits for
+a line on stdin (tests/test_service.py holds requests in flight that way)."""
+import asyncio
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class FakeModel:
+    """Stands in for ExportedClassifier: a text's row is one-hot at `int(text) % 3`; records batches."""
+
+    def __init__(self, delay=0.0, fail_on=None, length=lambda text: 1):
+        from utils.task.decoding import Decoder
+
+        self.batches, self.delay, self.fail_on, self.length = [], delay, fail_on, length
+        self.labels = ["a", "b", "c"]
+        self.decoder = Decoder("multi-class", self.labels)
+        self.manifest = {"max_seq_length": 512}
+
+    def encoder(self, max_seq_length=None):
+        return self
+
+    def encode(self, examples):
+        return [{"input_ids": [int(e["text_a"])] * self.length(int(e["text_a"]))} for e in examples]
+
+    def run(self, features, batch_size=32):
+        time.sleep(self.delay)
+        ids = [f["input_ids"][0] for f in features]
+        if self.fail_on in ids:
+            raise RuntimeError("this text breaks the model")
+        self.batches.append(ids)
+        logits = np.full((len(ids), 3), -10.0, dtype=np.float32)
+        logits[np.arange(len(ids)), np.array(ids) % 3] = 10.0
+        return logits
+
+
+class HeldModel(FakeModel):
+    """A FakeModel whose runs wait until `release` is set; `started` is set (and `on_start(texts)`
+    called) as each begins. A run on the event loop's thread fails at once instead of blocking
+    the loop (and the test) for good."""
+
+    def __init__(self, on_start=None, **kwargs):
+        super().__init__(**kwargs)
+        self.started, self.release, self.on_start = threading.Event(), threading.Event(), on_start
+
+    def run(self, features, batch_size=32):
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # a worker thread, as it should be
+            pass
+        else:
+            raise AssertionError("the model ran on the event loop's thread")
+        if self.on_start is not None:
+            self.on_start(len(features))
+        self.started.set()
+        self.release.wait()
+        return super().run(features, batch_size)
+
+
+class FakeClassifier:
+    """What the service uses of a `utils.Classifier`, around a fake model."""
+
+    pair, device, thresholds = False, "cpu", None
+
+    def __init__(self, model):
+        self.model, self.labels = model, model.labels
+
+    @property
+    def task_type(self):
+        return self.model.decoder.task_type
+
+
+def serve_held(argv) -> int:
+    """serve.py's main with every model a HeldModel released by a line on stdin."""
+    import serve
+    import utils.deploy.classifier
+    from utils.errors import run_cli
+
+    model = HeldModel(on_start=lambda texts: print(f"run {texts}", flush=True))
+    threading.Thread(target=lambda: (sys.stdin.readline(), model.release.set()), daemon=True).start()
+    utils.deploy.classifier.Classifier = lambda export_dir, **options: FakeClassifier(model)  # serve.py's only load
+    return run_cli(serve.main, argv)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, ROOT)
+    sys.exit(serve_held(sys.argv[1:]))
