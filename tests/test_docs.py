@@ -33,6 +33,7 @@ import functools
 import glob
 import importlib
 import io
+import json
 import os
 import re
 import shlex
@@ -70,7 +71,8 @@ SUBSTITUTIONS = """\
 | `--num_train_epochs N`                                | 1                                                  |
 | `--seeds a b c ...` (multirun.py)                     | the first one (each seed is a train.py process)    |
 | `--preset ernie-3.0-*` (utils.tiny_ernie)             | `--preset tiny`                                    |
-| `--port P` and `:P` in URLs                           | a free port                                        |
+| serve.py's `--port P` (or none: 8189)                 | `--port 0`: serve.py binds a free port, prints it  |
+| `--port P` and `:P` in URLs of later commands         | the port that serve.py printed                     |
 | `curl ...`                                            | `curl --fail ...`                                  |
 """
 # And the sandbox's files stand in for the real data (`make_sandbox`).
@@ -311,6 +313,8 @@ class Session:
                 word = str(scaled(int(word)))
             elif previous == "--num_train_epochs":
                 word = "1"
+            elif previous == "--port" and name == "serve":
+                word = "0"  # any free port, bound by serve.py itself; start_server records which
             elif previous == "--port":
                 word = self.port(word)
             word = CHECKPOINT.sub(lambda m: f"checkpoint-{scaled(int(m.group(1)))}", word)
@@ -327,10 +331,9 @@ class Session:
         return out
 
     def port(self, written: str) -> str:
+        """The port of the server the page started on `written` (serve.py binds port 0: no race)."""
         if written not in self.ports:
-            from test_service import free_port
-
-            self.ports[written] = str(free_port())
+            raise AssertionError(f"port {written} is used before a serve.py of the page listens on it")
         return self.ports[written]
 
 
@@ -347,27 +350,22 @@ def run_in_process(module_name: str, argv: List[str], env: Dict[str, str]) -> in
             return exc.code or 0
 
 
-def start_server(session: Session, argv: List[str], where: str):
+def start_server(session: Session, argv: List[str], where: str, written_port: str):
     """serve.py in its own process in the sandbox, returned once /ready answers 200."""
     import httpx
 
     server = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), *argv], cwd=session.root,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    args = importlib.import_module("serve").build_parser().parse_args(argv)
-    url = f"http://{args.host}:{args.port}/ready"
-    while True:  # until the model is loaded, or the process has ended
-        try:
-            if httpx.get(url, timeout=None).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        try:
-            server.wait(timeout=0.1)
-        except subprocess.TimeoutExpired:
-            continue
+    line = server.stdout.readline()  # serve.py prints {"url", "port", ...} once it listens, model loaded
+    if not line:
+        server.wait()
         raise AssertionError(f"{where}: serve.py {shlex.join(argv)} ended with {server.returncode} before it was "
                              f"ready:\n{server.stderr.read()}")
+    listening = json.loads(line)
     session.servers.append((server, where))
+    written = written_port
+    session.ports[written] = str(listening["port"])
+    assert httpx.get(listening["url"] + "/ready", timeout=None).status_code == 200, f"{where}: not ready"
 
 
 def stop_servers(session: Session):
@@ -387,10 +385,13 @@ def run_command(session: Session, argv: List[str], line: str, block: Block):
         raise AssertionError(f"{where}: `{line}`: write the whole command (`...` cannot run)")
     if kind == "script":
         assert name in SCRIPTS, f"{where}: unknown script {name}.py"
+        written = args[args.index("--port") + 1] if "--port" in args[:-1] else "8189"  # serve.py's default
         args = session.substitute(args, kind, name)
         if name == "serve" and "--help" not in args:
             assert block.exit_code == 0, f"{where}: serve.py runs in the background; show its errors elsewhere"
-            return start_server(session, args, where)
+            if "--port" not in args:
+                args += ["--port", "0"]
+            return start_server(session, args, where, written)
         code = run_in_process(name, args, env)
     elif kind == "module":
         assert name in MODULES, f"{where}: `python -m {name}` is not a documented module ({MODULES})"

@@ -29,7 +29,7 @@ from ..deploy.bundle import read_manifest, resolve_export_dir
 from ..deploy.predictor import pick_model_file
 from .ray_infer import (CONNECT_TIMEOUT, FLAG, START_TIMEOUT, connect, export_files, first_line, load_shipped,
                         run_bounded)
-from ..app import ServiceConfig
+from .app import ServiceConfig
 
 __all__ = ["RayServeOptions", "build_app", "parse_autoscaling", "serve_on_ray"]
 
@@ -123,7 +123,7 @@ class ServiceReplica:
         self.served_by = f"{context.get_node_id()[:12]}/{os.getpid()}"
 
     def __serve_build_asgi_app__(self):
-        from ..app import create_app
+        from .app import create_app
 
         return create_app(self.config, classifier=self.classifier, served_by=self.served_by)
 
