@@ -19,7 +19,7 @@ import socket
 import sys
 from urllib.parse import urlsplit
 
-from utils.errors import ArgumentParser, UserError, run_cli
+from utils.errors import ArgumentParser, UserError, run_cli, text_flag
 
 
 # uvicorn's choices; each named one needs its module (uvicorn[standard] installs both)
@@ -33,7 +33,7 @@ def build_parser():
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (default %(default)s; 0.0.0.0: all).")
     parser.add_argument("--port", type=int, default=8189,
                         help="Default %(default)s; 0: any free port (the JSON line on stdout says which).")
-    parser.add_argument("--name", default="cls_default", help="The model's name in POST /models/<name>.")
+    parser.add_argument("--name", default="cls_default", type=text_flag, help="The model's name in POST /models/<name>.")
     parser.add_argument("--device", choices=["cpu", "gpu"], default=None,
                         help="Default: gpu when onnxruntime-gpu's CUDA provider is available, else cpu.")
     parser.add_argument("--device_id", type=int, default=0)

@@ -43,6 +43,47 @@ def test_temperature_scaling_of_label_sets_uses_each_sigmoid():
             < expected_calibration_error(probabilities(logits, 1.0, True), gold, True))
 
 
+@pytest.mark.parametrize("logits, gold, bound", [
+    ([[2.0, 0.0, -1.0]], [0], "T = 0.01"),     # one right text: any sharper T is better
+    ([[2.0, 0.0, -1.0]], [1], "T = 100"),      # one wrong text: any flatter T is better
+    ([[3.0, 0.0], [0.0, 1.0], [5.0, 1.0]] * 20, [0, 1, 0] * 20, "T = 0.01"),  # every answer right
+], ids=["one right text", "one wrong text", "all right"])
+def test_a_dev_set_that_cannot_fit_a_temperature_leaves_t_1_and_says_the_bound_was_hit(logits, gold, bound, caplog):
+    with caplog.at_level("WARNING", logger="utils.task.calibration"):
+        assert fit_temperature(np.array(logits), np.array(gold)) == 1.0
+    [record] = caplog.records
+    message = record.getMessage()
+    assert f"is the bound of its search range, {bound} " in message and "stays uncalibrated (T = 1)" in message
+    assert f"{len(gold)} dev text" in message
+
+
+def test_a_fit_inside_the_range_says_nothing(caplog):
+    logits, gold = overconfident(n=200)
+    with caplog.at_level("WARNING", logger="utils.task.calibration"):
+        assert 4 < fit_temperature(logits, gold) < 100
+    assert not caplog.records
+
+
+def test_calibrate_on_a_one_line_dev_set_keeps_t_1_and_warns(tiny_model_dir, tmp_path, caplog):
+    import train
+    from utils.errors import run_cli
+    from utils.testing.synthetic import PROMPT, write_keyword_dataset
+
+    data_dir = write_keyword_dataset(str(tmp_path / "data"), train_per_class=4)
+    with open(os.path.join(data_dir, "dev.txt"), encoding="utf-8") as fp:
+        first = fp.readline()
+    with open(os.path.join(data_dir, "dev.txt"), "w", encoding="utf-8") as fp:
+        fp.write(first)
+    out = str(tmp_path / "out")
+    with caplog.at_level("WARNING", logger="utils.task.calibration"):
+        assert run_cli(train.main, ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir",
+                                    out, "--prompt", PROMPT, "--do_train", "--max_steps", "2", "--calibrate",
+                                    "--evaluation_strategy", "no", "--save_strategy", "no", *FAST]) == 0
+    assert any("1 dev text cannot pin a temperature down" in r.getMessage() for r in caplog.records), caplog.text
+    with open(os.path.join(out, "ptuning_config.json"), encoding="utf-8") as fp:
+        assert json.load(fp).get("temperature", 1.0) == 1.0  # (the spec leaves out T = 1), not 100
+
+
 def test_expected_calibration_error_by_hand():
     # two texts at confidence 0.9 (one right), two at 0.6 (both right): |0.5-0.9|*2/4 + |1-0.6|*2/4 = 0.4
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
@@ -161,16 +202,28 @@ def test_calibration_is_saved_and_used_everywhere(calibrated, tmp_path):
     predictions = classifier.predict(texts)
     for p, row in zip(predictions, probs):
         assert p.label == ("unknown" if row.max() < 0.6 else classifier.labels[row.argmax()])
-    # train.py's prediction file and infer.py's agree, rejected texts included
-    _, test_rows = read_tsv(os.path.join(out, "test_predictions.tsv"))
     assert classifier.temperature == spec["temperature"] and classifier.reject_threshold == 0.6
     assert classifier.other_label == "unknown"
+    # train.py's prediction file and infer.py's (the export's reject option) agree row for row,
+    # rejected texts included: text, gold, label (`unknown` below 0.6), confidence
+    header, test_rows = read_tsv(os.path.join(out, "test_predictions.tsv"))
+    classifier.classify_file(os.path.join(data_dir, "test.txt"), str(tmp_path / "same.tsv"), sort_by_length=False)
+    assert read_tsv(str(tmp_path / "same.tsv")) == (header, test_rows)
+    assert header[:4] == ["text", "gold", "label", "confidence"]
+    # another threshold at inference: exactly the texts below it are `unsure`, the others keep their label
     strict = Classifier(os.path.join(out, "export"), reject_threshold=0.99, other_label="unsure")
     assert all(p.label == "unsure" for p, row in zip(strict.predict(texts), probs) if row.max() < 0.99)
     summary = strict.classify_file(os.path.join(data_dir, "test.txt"), str(tmp_path / "p.tsv"))
     assert summary["reject_threshold"] == 0.99 and "unsure" in summary["predicted_label_counts"]
-    assert 0 <= summary["coverage"] <= 1
-    assert len(test_rows) == len(read_tsv(str(tmp_path / "p.tsv"))[1])
+    _, strict_rows = read_tsv(str(tmp_path / "p.tsv"))
+    assert [r[:2] for r in strict_rows] == [r[:2] for r in test_rows]
+    top = {r[0]: max(classifier.predict_proba([r[0]])[0]) for r in test_rows}
+    for mine, theirs in zip(strict_rows, test_rows):
+        assert mine[3] == theirs[3]  # the same confidence
+        below = top[mine[0]] < 0.99
+        assert mine[2] == ("unsure" if below else theirs[2]), (mine, theirs)
+    answered = sum(r[2] != "unsure" for r in strict_rows)
+    assert summary["coverage"] == pytest.approx(answered / len(strict_rows), abs=1e-4)
 
 
 def test_the_service_reports_calibrated_confidences_and_the_other_label(calibrated):
