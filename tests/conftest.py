@@ -100,6 +100,18 @@ def read_tsv(path):
     return rows[0], rows[1:]
 
 
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Fail the test if a PLM or a checkpoint starts loading: flags and data are checked before that."""
+    import utils.training.run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the flags and data were checked")
+
+    monkeypatch.setattr(utils.training.run, "load_plm", refuse)
+    monkeypatch.setattr(utils.training.run, "rebuild_from_checkpoint", refuse)
+
+
 @contextlib.contextmanager
 def ready_client(app, timeout=60.0):
     """A Starlette TestClient on `app`, yielded once /ready answers 200 (the model loads in a thread)."""
@@ -269,6 +281,18 @@ def paused_at(process, pause_file):
         assert process.poll() is None, "the run ended before it reached the pause point"
         time.sleep(0.05)
     return int(pause_file.read_text(encoding="utf-8"))
+
+
+def killed_at(script, argv, point, pause_file):
+    """Run `python script argv` until it stops at the PTUNING_TEST_PAUSE `point`, then kill -9 it."""
+    import signal
+    import subprocess
+
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *argv], env=pause_env(point, pause_file),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert paused_at(process, pause_file) == process.pid
+    process.send_signal(signal.SIGKILL)
+    process.wait()
 
 
 def pause_env(point, pause_file):

@@ -66,18 +66,6 @@ BAD_FLAGS = [
 ]
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """Fail the test if a PLM starts loading: flags are checked before that."""
-    import utils.training.run
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the flags were checked")
-
-    monkeypatch.setattr(utils.training.run, "load_plm", refuse)
-    monkeypatch.setattr(utils.training.run, "rebuild_from_checkpoint", refuse)
-
-
 @pytest.mark.parametrize("flags, flag, message", BAD_FLAGS, ids=[" ".join(f[0])[:60] for f in BAD_FLAGS])
 def test_a_bad_flag_is_one_paragraph_before_any_model_loads(flags, flag, message, tiny_model_dir, keyword_data,
                                                           tmp_path, capsys, no_model_loads):

@@ -9,6 +9,7 @@ import pytest
 import export as export_cli
 import infer
 import train
+import helpers
 from conftest import resign
 from utils.errors import run_cli
 from utils.testing.synthetic import PROMPT
@@ -70,18 +71,6 @@ TRAIN_CASES = [
                                                       "0.3"], "checkpoint directory not found", "/nonexistent/ckpt"),
     ("unknown flag", {}, ["--no_such_flag", "1"], "unknown flag(s) ['--no_such_flag', '1']", "train.py"),
 ]
-
-
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """Fail the test if a PLM or checkpoint starts loading: data is checked before that."""
-    import utils.training.run
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the data was checked")
-
-    monkeypatch.setattr(utils.training.run, "load_plm", refuse)
-    monkeypatch.setattr(utils.training.run, "rebuild_from_checkpoint", refuse)
 
 
 def run_train(capsys, argv):
@@ -243,12 +232,7 @@ def flip_byte(name, where=0.5):
     """Same size, one byte changed (in model.onnx: a weight; the model still loads)."""
 
     def damage(export_dir):
-        path = os.path.join(export_dir, name)
-        with open(path, "r+b") as fp:
-            fp.seek(int(os.path.getsize(path) * where))
-            byte = fp.read(1)
-            fp.seek(-1, os.SEEK_CUR)
-            fp.write(bytes([byte[0] ^ 0x01]))
+        helpers.flip_byte(os.path.join(export_dir, name), where)
     return damage
 
 

@@ -11,6 +11,7 @@ import pytest
 import export as export_cli
 import train
 from conftest import FAST, ROOT, assert_same_run, interrupted_at
+from helpers import flip_byte
 from utils.rundir import checkpoints
 from utils.errors import UserError, run_cli
 from utils.testing.synthetic import PROMPT
@@ -42,11 +43,7 @@ def damage(path, how):
         with open(path, "r+b") as fp:
             fp.truncate(max(0, os.path.getsize(path) // 2))
     else:  # same size, one byte changed
-        with open(path, "r+b") as fp:
-            fp.seek(os.path.getsize(path) // 2)
-            byte = fp.read(1)
-            fp.seek(-1, 1)
-            fp.write(bytes([byte[0] ^ 0x01]))
+        flip_byte(path)
 
 
 @pytest.mark.parametrize("how", ["missing", "truncated", "one byte changed"])

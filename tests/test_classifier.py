@@ -10,6 +10,7 @@ import pytest
 
 import infer
 from conftest import ROOT, resign
+from helpers import BLOCK_PADDLE
 from utils.errors import UserError, run_cli
 from utils.testing.synthetic import make_split
 
@@ -272,13 +273,8 @@ def test_defaults_gpu_when_cuda_is_available_and_physical_cores(classifier, trai
     assert (clf.device, clf.num_threads) == ("cpu", 3)
 
 
-API_WITHOUT_PADDLE = """
-import json, sys
-class BlockPaddle:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('paddle', 'paddlenlp', 'paddle2onnx'):
-            raise ImportError('blocked: ' + name)
-sys.meta_path.insert(0, BlockPaddle())
+API_WITHOUT_PADDLE = BLOCK_PADDLE + """
+import json
 import utils
 heavy = [m for m in ('numpy', 'onnxruntime', 'tokenizers', 'utils.deploy.classifier', 'utils.errors') if m in sys.modules]
 assert not heavy, heavy  # `import utils` imports nothing

@@ -1,22 +1,17 @@
 """Self-training / distillation: a teacher's soft labels on unlabeled texts teach a student that has
 few gold labels; rounds; the student is a normal run; bad inputs before any model loads."""
-import json
 import os
 import shutil
 
 import numpy as np
 import pytest
+from helpers import read_json
 
 import train
 import utils.training.distill  # noqa: F401  (its Teacher is monkeypatched in test_bad_inputs)
 from conftest import FAST
 from utils.errors import run_cli
 from utils.testing.synthetic import PROMPT
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as fp:
-        return json.load(fp)
 
 
 def lines(path):

@@ -151,16 +151,23 @@ def read_page(path: str) -> Page:
     return page
 
 
-def commands(block: Block) -> List[str]:
-    """The block's commands: continuation lines joined, comments and blank lines dropped, `&&` split."""
-    out, current = [], ""
+def logical_lines(block: Block):
+    """The block's lines with continuation lines (ending in a backslash) joined."""
+    current = ""
     for raw in block.text.split("\n"):
         current += raw
         if current.endswith("\\"):
             current = current[:-1] + " "
             continue
-        words = shlex.split(current, comments=True)
+        yield current
         current = ""
+
+
+def commands(block: Block) -> List[str]:
+    """The block's commands: continuation lines joined, comments and blank lines dropped, `&&` split."""
+    out = []
+    for line in logical_lines(block):
+        words = shlex.split(line, comments=True)
         if not words:
             continue
         command = []
@@ -176,16 +183,7 @@ def commands(block: Block) -> List[str]:
 
 def raw_lines(block: Block) -> List[str]:
     """The block's command lines as written (for the shell tools), continuation lines joined."""
-    out, current = [], ""
-    for raw in block.text.split("\n"):
-        current += raw
-        if current.endswith("\\"):
-            current = current[:-1] + " "
-            continue
-        if current.strip() and not current.strip().startswith("#"):
-            out.append(current.strip())
-        current = ""
-    return out
+    return [line.strip() for line in logical_lines(block) if line.strip() and not line.strip().startswith("#")]
 
 
 def env_prefix(argv: List[str]):

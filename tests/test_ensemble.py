@@ -6,17 +6,13 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import read_json
 
 import ensemble
 import infer
 from conftest import read_tsv, ready_client
 from utils.rundir.checkpoints import write_marker
 from utils.errors import run_cli
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as fp:
-        return json.load(fp)
 
 
 def test_ensemble_export_parity(ensemble_run, ensemble_members):

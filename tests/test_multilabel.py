@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import read_json
 
 import infer
 import train
@@ -16,11 +17,6 @@ from utils.errors import run_cli
 MULTILABEL_EXAMPLE = os.path.join(ROOT, "data", "multilabel_example")
 HIERARCHICAL_EXAMPLE = os.path.join(ROOT, "data", "hierarchical_example")
 EXAMPLE_PROMPTS = ("这条评价提到的方面有", "这句话描述的事件是")
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as fp:
-        return json.load(fp)
 
 
 def assert_same_predictions(path, reference):

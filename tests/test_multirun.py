@@ -1,9 +1,9 @@
 """multirun.py: seeds and splits run train.py in subprocesses; the summary is the runs' own numbers."""
-import json
 import os
 
 import numpy as np
 import pytest
+from helpers import logged_losses, read_json
 
 import multirun
 from conftest import FAST
@@ -23,13 +23,8 @@ def train_flags(model_dir, data_dir=None, steps=20, predict=True):
     return flags + (["--data_dir", data_dir] if data_dir else [])
 
 
-def read_json(path):
-    with open(path, encoding="utf-8") as fp:
-        return json.load(fp)
-
-
 def losses(run_dir):
-    return [h["loss"] for h in read_json(os.path.join(run_dir, "trainer_state.json"))["log_history"] if "loss" in h]
+    return list(logged_losses(run_dir).values())
 
 
 @pytest.mark.slow

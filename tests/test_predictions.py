@@ -1,6 +1,5 @@
 """Prediction files: one format for train.py and infer.py, published whole or not at all; the
 streamed summary equals sklearn's metrics."""
-import errno
 import json
 import os
 
@@ -9,6 +8,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from conftest import read_tsv
+from helpers import FullDisk
 from utils.deploy import predictions
 from utils.errors import UserError
 from utils.task.metrics import macro_f1_from_confusion
@@ -64,22 +64,6 @@ def test_nothing_appears_until_the_writer_finishes_and_a_failure_keeps_the_old_f
             assert path.read_text(encoding="utf-8") == "old\n" and len(temp_files(tmp_path)) == 1
             raise KeyboardInterrupt
     assert path.read_text(encoding="utf-8") == "old\n" and temp_files(tmp_path) == []
-
-
-class FullDisk:
-    """A file object whose writes fail with ENOSPC once `room` bytes were written."""
-
-    def __init__(self, real, room):
-        self.real, self.room = real, room
-
-    def write(self, text):
-        self.room -= len(text.encode("utf-8"))
-        if self.room < 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return self.real.write(text)
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
 
 
 def test_disk_full_is_a_user_error_naming_the_file_and_leaves_no_trace(tmp_path, monkeypatch):

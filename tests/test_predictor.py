@@ -10,6 +10,7 @@ import pytest
 
 import infer
 from conftest import ROOT, read_tsv, resign
+from helpers import BLOCK_PADDLE
 from utils.errors import UserError, run_cli
 from utils.deploy.predictor import ExportedClassifier
 
@@ -67,13 +68,8 @@ def test_data_dir_jsonl_top_k_and_batching_order(trained, tmp_path):
     np.testing.assert_allclose(sorted_logits, file_logits, atol=1e-5)
 
 
-BLOCK_PADDLE = """
-import runpy, sys
-class BlockPaddle:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('paddle', 'paddlenlp', 'paddle2onnx'):
-            raise ImportError('blocked: ' + name)
-sys.meta_path.insert(0, BlockPaddle())
+INFER_WITHOUT_PADDLE = BLOCK_PADDLE + """
+import runpy
 sys.argv = ['infer.py'] + sys.argv[1:]
 runpy.run_path('infer.py', run_name='__main__')
 """
@@ -82,7 +78,7 @@ runpy.run_path('infer.py', run_name='__main__')
 def test_infer_runs_without_paddle(trained, tmp_path):
     data_dir, out = trained
     output = tmp_path / "p.tsv"
-    result = subprocess.run([sys.executable, "-c", BLOCK_PADDLE, "--model_path_prefix",
+    result = subprocess.run([sys.executable, "-c", INFER_WITHOUT_PADDLE, "--model_path_prefix",
                              os.path.join(out, "export"), "--data_dir", data_dir, "--output_file", str(output),
                              "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -251,22 +247,10 @@ def interrupt_third_chunk(monkeypatch):
 def disk_full(monkeypatch):
     from utils.deploy import predictions
 
+    from helpers import FullDisk
+
     real_open = open
-
-    class FullDisk:
-        def __init__(self, *args, **kwargs):
-            self.real, self.written = real_open(*args, **kwargs), 0
-
-        def write(self, text):
-            self.written += len(text)
-            if self.written > 2000:
-                raise OSError(28, "No space left on device")
-            return self.real.write(text)
-
-        def __getattr__(self, name):
-            return getattr(self.real, name)
-
-    monkeypatch.setattr(predictions, "open", FullDisk, raising=False)
+    monkeypatch.setattr(predictions, "open", lambda *a, **k: FullDisk(real_open(*a, **k), room=2000), raising=False)
 
 
 def terminate_at_third_chunk(monkeypatch):

@@ -1,24 +1,14 @@
 """pretrain.py: masked-LM loss goes down on a learnable corpus, resume is exact, masking is whole-word
 (or per token) and reproducible, the result is a model directory train.py takes, bad inputs."""
-import json
 import os
 
 import numpy as np
 import pytest
+from helpers import logged_losses, read_json
 
 import pretrain
 from utils.errors import run_cli
 from utils.testing.synthetic import make_mlm_corpus
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as fp:
-        return json.load(fp)
-
-
-def losses(run_dir):
-    return {h["step"]: h["loss"] for h in read_json(os.path.join(run_dir, "trainer_state.json"))["log_history"]
-            if "loss" in h}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +38,7 @@ def pretrained(tiny_model_dir, corpus, tmp_path_factory):
 
 
 def test_loss_goes_down_on_a_learnable_corpus(pretrained):
-    by_step = losses(pretrained)
+    by_step = logged_losses(pretrained)
     first, last = np.mean([by_step[s] for s in range(1, 6)]), np.mean([by_step[s] for s in range(91, 101)])
     assert first > 5.0  # ~ln(vocabulary): the random model knows nothing
     assert last < 0.5 * first, (first, last)
@@ -81,7 +71,7 @@ def test_resume_is_exact(tiny_model_dir, corpus, tmp_path):
     assert run_cli(pretrain.main, pretrain_argv(tiny_model_dir, corpus[0], resumed, "--masking", "char",
                                                 "--resume_from_checkpoint",
                                                 os.path.join(first, "checkpoint-20"))) == 0
-    uninterrupted, continued = losses(first), losses(resumed)
+    uninterrupted, continued = logged_losses(first), logged_losses(resumed)
     assert sorted(continued) == list(range(1, 41))  # the history up to step 20 comes with the checkpoint
     assert all(continued[step] == uninterrupted[step] for step in range(21, 41))
     with open(os.path.join(first, "model_state.pdparams"), "rb") as a, \
@@ -115,22 +105,12 @@ def test_sigkill_then_resume_in_place_continues_exactly(tiny_model_dir, corpus, 
     """Kill -9 pretrain.py while it saves checkpoint-20 (checkpoint-15 complete): every marked checkpoint is
     whole, the interrupted save is unmarked, and resuming in place from the last marked one ends with the
     losses and weights of a run that was never interrupted."""
-    import signal
-    import subprocess
-    import sys
-
-    from conftest import ROOT, assert_same_run, pause_env, paused_at
+    from conftest import assert_same_run, killed_at
 
     argv = pretrain_argv(tiny_model_dir, corpus[0], "OUT", "--masking", "char", "--save_steps", "5",
                          "--save_total_limit", "3", steps=40)
     killed, pause = tmp_path / "killed", tmp_path / "paused"
-    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "pretrain.py"),
-                                *[str(killed) if a == "OUT" else a for a in argv]],
-                               env=pause_env("checkpoint-20 written", pause), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    assert paused_at(process, pause) == process.pid
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    killed_at("pretrain.py", [str(killed) if a == "OUT" else a for a in argv], "checkpoint-20 written", pause)
     assert not (killed / "pretraining.json").exists()
     checkpoints = sorted(killed.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     marked = [c for c in checkpoints if (c / "checkpoint_complete.json").is_file()]

@@ -13,6 +13,7 @@ import pytest
 
 import serve
 from conftest import ROOT, metric_value, until
+from helpers import flip_byte
 from test_ray_infer import closed_port, require_ray, tempered_export
 from utils.errors import run_cli
 
@@ -221,11 +222,7 @@ def test_a_second_deployment_of_the_same_name_is_refused_and_a_corrupt_export_is
 
     broken = str(tmp_path / "export")
     shutil.copytree(export, broken)
-    with open(os.path.join(broken, "model.onnx"), "r+b") as fp:  # same size, different bytes
-        fp.seek(100)
-        byte = fp.read(1)
-        fp.seek(100)
-        fp.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(os.path.join(broken, "model.onnx"), mask=0xFF)  # same size, different bytes
     result = subprocess.run([sys.executable, "serve.py", "--ray", serve_cluster.address, "--port", str(serve_port),
                              "--model_path_prefix", broken, "--device", "cpu", "--num_threads", "1",
                              "--name", "broken"], cwd=ROOT, env=serve_cluster.env, capture_output=True, text=True,
@@ -396,11 +393,7 @@ def test_serve_run_of_an_export_that_cannot_load_never_serves_and_ends_with_its_
 
     broken = str(tmp_path / "export")
     shutil.copytree(os.path.join(trained[1], "export"), broken)
-    with open(os.path.join(broken, "model.onnx"), "r+b") as fp:  # same size, different bytes
-        fp.seek(100)
-        byte = fp.read(1)
-        fp.seek(100)
-        fp.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(os.path.join(broken, "model.onnx"), mask=0xFF)  # same size, different bytes
     with serve_run(serve_cluster, serve_port, broken) as proc:
         output = proc.communicate()[0]
     assert "is ready at" not in output

@@ -151,20 +151,13 @@ def test_sigkill_then_resume_continues_exactly(tiny_model_dir, keyword_data, tmp
     """Kill -9 a training process while it saves checkpoint-30 (checkpoint-20 complete); resuming from its
     last complete checkpoint, into another output directory or in place, gives the losses and weights of a
     run that was never interrupted, and the half-written checkpoint is never used and is removed."""
-    import signal
-
-    from conftest import assert_same_run, pause_env, paused_at
+    from conftest import assert_same_run, killed_at
 
     base = ["--model_name_or_path", tiny_model_dir, "--data_dir", keyword_data, "--prompt", PROMPT,
             "--do_train", "--max_steps", "40", "--save_steps", "10", "--logging_steps", "1", "--device", "cpu",
             *FAST]
     killed, pause = tmp_path / "killed", tmp_path / "paused"
-    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *base, "--output_dir", str(killed)],
-                               env=pause_env("checkpoint-30 written", pause), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    assert paused_at(process, pause) == process.pid
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    killed_at("train.py", [*base, "--output_dir", str(killed)], "checkpoint-30 written", pause)
     assert not (killed / "train_results.json").exists()
     assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-30"]
     marker = json.loads((killed / "checkpoint-20" / "checkpoint_complete.json").read_text(encoding="utf-8"))

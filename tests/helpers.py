@@ -1,0 +1,53 @@
+"""Helpers shared by the test files: reading what a run wrote, damaging files, failing disks,
+a process without Paddle. (Fixtures live in conftest.py; these are plain functions.)"""
+import errno
+import json
+import os
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as fp:
+        return json.load(fp)
+
+
+def logged_losses(run_dir):
+    """`{step: loss}` of every logged training loss in a run's trainer_state.json."""
+    history = read_json(os.path.join(run_dir, "trainer_state.json"))["log_history"]
+    return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+
+
+def flip_byte(path, where=0.5, mask=0x01):
+    """Same size, one byte changed at `where` (a fraction of the file): only a content check sees it."""
+    with open(path, "r+b") as fp:
+        fp.seek(int(os.path.getsize(path) * where))
+        byte = fp.read(1)
+        fp.seek(-1, os.SEEK_CUR)
+        fp.write(bytes([byte[0] ^ mask]))
+
+
+class FullDisk:
+    """A file object whose writes fail with ENOSPC once `room` bytes were written."""
+
+    def __init__(self, real, room):
+        self.real, self.room = real, room
+
+    def write(self, text):
+        self.room -= len(text.encode("utf-8") if isinstance(text, str) else text)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.real.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+# Python code run first in a subprocess (`python -c BLOCK_PADDLE + ...`): any import of Paddle,
+# paddlenlp or paddle2onnx fails, so the rest of the code proves it needs none of them.
+BLOCK_PADDLE = """
+import sys
+class BlockPaddle:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('paddle', 'paddlenlp', 'paddle2onnx'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, BlockPaddle())
+"""
