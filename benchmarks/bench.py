@@ -678,7 +678,7 @@ def service_speed(paths: dict, test_file: str, threads: int, repeats: int, reque
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from load import read_texts
     from utils.deploy.predictor import ExportedClassifier
-    from utils.serving.app import run_by_length
+    from utils.serving.batcher import run_by_length
 
     everything = [{"text_a": t} for t in read_texts(test_file)]
     # The 1-client run sends exactly these texts, once each, as the compute timing does.

@@ -19,7 +19,9 @@ from helpers import flip_byte
 from service_fakes import FakeClassifier, FakeModel, HeldModel
 from test_classifier import infer_jsonl, texts_and_file
 from utils.errors import run_cli
-from utils.serving.app import Batcher, RequestError, ServiceConfig, create_app
+from utils.serving.app import ServiceConfig, create_app
+from utils.serving.batcher import Batcher
+from utils.serving.requests import RequestError
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +303,7 @@ def test_draining_answers_503_to_ready_and_new_requests_and_still_answers_the_qu
     async def go():
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
-        batcher = app.state.service["batcher"]
+        batcher = app.state.service.batcher
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
             running = asyncio.create_task(client.post("/predict", json={"texts": ["1"]}))
             await asyncio.get_running_loop().run_in_executor(None, model.started.wait)
@@ -439,7 +441,7 @@ def test_a_body_larger_than_any_valid_request_is_413_and_the_largest_valid_one_p
 
 
 def test_a_chunked_body_is_read_only_up_to_the_limit():
-    from utils.serving.app import BodyLimit
+    from utils.serving.middleware import BodyLimit
 
     def endless(reads):
         async def receive():
@@ -724,7 +726,7 @@ def test_length_runs_cut_a_sorted_batch_where_padding_costs_more_than_a_run():
     import itertools
     import random
 
-    from utils.serving.app import length_runs
+    from utils.serving.batcher import length_runs
 
     def cost(lengths, runs, run_cost):
         return sum((r.stop - r.start) * lengths[r.stop - 1] + run_cost for r in runs)

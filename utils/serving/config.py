@@ -1,0 +1,81 @@
+"""What serve.py serves and how (`ServiceConfig`): the export, the device, batching and request limits."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from ..errors import UserError
+
+DEFAULT_NAME = "cls_default"
+MAX_INSTANCES = 64  # model workers on one device: more is a typo (each a thread and a run in memory)
+
+
+@dataclass
+class ServiceConfig:
+    """Everything `serve.py` takes besides host and port (its flags mirror infer.py's)."""
+
+    model_path_prefix: str
+    name: str = DEFAULT_NAME
+    device: Optional[str] = None
+    device_id: int = 0
+    num_threads: Optional[int] = None
+    use_fp16: bool = False
+    use_int8: bool = False
+    max_seq_length: Optional[int] = None
+    instances: int = 1               # model workers sharing the one loaded model
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 2048            # texts waiting, over all requests
+    max_texts_per_request: int = 256
+    max_chars_per_text: int = 8192
+    default_top_k: int = 1
+
+    def __post_init__(self):
+        for name in ("instances", "max_batch_size", "max_queue", "max_texts_per_request", "max_chars_per_text", "default_top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UserError(f"must be a positive integer, got {value!r}", f"--{name}")
+        if not self.max_wait_ms >= 0:
+            raise UserError(f"must be zero or more, got {self.max_wait_ms}", "--max_wait_ms")
+        if not self.name or "/" in self.name:
+            raise UserError(f"must be a non-empty name without '/', got {self.name!r}", "--name")
+        for name in ("num_threads", "max_seq_length"):  # infer.py's checks and words: the same error for the same flag
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise UserError(f"must be positive, got {value}", f"--{name}")
+        if self.instances > MAX_INSTANCES:
+            raise UserError(f"is {self.instances}; at most {MAX_INSTANCES} (model workers on one device)", "--instances")
+        if self.num_threads is not None and self.instances > self.num_threads and self._device() == "cpu":
+            raise UserError(f"is {self.instances}, more than --num_threads {self.num_threads}: on CPU each instance "
+                            "runs on its share of the threads, at least one", "--instances")
+
+    def classifier_options(self, device_id: Optional[int] = None) -> Dict[str, Any]:
+        """`utils.Classifier`'s keyword arguments for this service (device resolved, CPU threads
+        shared out by `model_threads`); `device_id` overrides the configured one (Ray's GPU)."""
+        device = self._device()
+        return dict(device=device, device_id=self.device_id if device_id is None else device_id,
+                    num_threads=self.model_threads(device), use_fp16=self.use_fp16, use_int8=self.use_int8,
+                    max_seq_length=self.max_seq_length, batch_size=self.max_batch_size,
+                    allow_spinning=False)  # the process serves HTTP too: its threads sleep between runs
+
+    def _device(self) -> str:
+        """The configured device, else what this machine's onnxruntime offers (as infer.py)."""
+        from ..deploy.classifier import default_device
+
+        return self.device or default_device()
+
+    def model_threads(self, device: str) -> Optional[int]:
+        """The model's onnxruntime intra-op threads: on CPU each instance gets an equal share of
+        `num_threads` (default: physical cores), as instances run side by side; GPU: as given."""
+        if device != "cpu":
+            return self.num_threads
+        from ..deploy.classifier import default_num_threads
+
+        return max(1, (self.num_threads or default_num_threads()) // self.instances)
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body the service reads: texts and their pairs at the limits, every
+        character JSON-escaped at its longest (an emoji's two \\uXXXX: 12 bytes), plus 64 KiB for
+        the rest. A larger body can hold no valid request, so it is refused unparsed."""
+        return 2 * self.max_texts_per_request * self.max_chars_per_text * 12 + 65536
