@@ -1,9 +1,9 @@
-"""serve.py --ray: the same HTTP app (utils/serving/app.py) as a Ray Serve deployment of N replicas.
+"""serve.py --ray: the same HTTP service (utils/serving/app.py) as a Ray Serve deployment of N replicas.
 
     python serve.py --model_path_prefix checkpoints/export --ray auto --replicas 4 --port 8000
     python serve.py ... --ray HEAD:6379 --autoscaling_config '{"min_replicas": 1, "max_replicas": 8}'
 
-Every replica is a `Classifier` behind `create_app` (same endpoints, micro-batching, limits and
+Every replica is a `Classifier` in a `Service` (same endpoints, micro-batching, limits and
 errors as one serve.py), loaded once from the export files this process put in Ray's object
 store: the nodes need the Python environment, not the export or this code (a runtime_env
 py_module), as with `infer.py --ray`. Ray Serve's proxies route HTTP to the replicas. This
@@ -29,7 +29,8 @@ from ..deploy.bundle import read_manifest, resolve_export_dir
 from ..deploy.predictor import pick_model_file
 from .ray_infer import (CONNECT_TIMEOUT, FLAG, START_TIMEOUT, connect, export_files, first_line, load_shipped,
                         run_bounded)
-from .app import ServiceConfig
+from .app import Service
+from .config import ServiceConfig
 
 __all__ = ["RayServeOptions", "build_app", "parse_autoscaling", "serve_on_ray"]
 
@@ -98,34 +99,33 @@ def parse_autoscaling(text: str) -> dict:
     return value
 
 
-class ServiceReplica:
-    """One replica: the export loaded from the shipped files, then `create_app` around it."""
+class ServiceReplica(Service):
+    """One replica: the export loaded from the shipped files, then the `Service` around it (its
+    routes, batcher, lifespan: what serve.py serves), built by Serve through `__serve_build_asgi_app__`."""
 
     def __init__(self, shipped: dict, config: dict):
         import ray
 
-        self.config = ServiceConfig(**config)
-        options = self.config.classifier_options(device_id=0)  # Ray gives the replica its GPU as device 0
+        config = ServiceConfig(**config)
+        options = config.classifier_options(device_id=0)  # Ray gives the replica its GPU as device 0
         if "files" in shipped:  # from serve.py --ray: nested in a dict, as Serve passes init args as they are
             files = ray.get(shipped["files"])
-            self.classifier, error = load_shipped(files, self.config.model_path_prefix, options)
+            classifier, error = load_shipped(files, config.model_path_prefix, options)
             del files
         else:  # from a Serve config file (build_app): the export is on every node, e.g. a volume
             from ..deploy.classifier import Classifier
 
             try:
-                self.classifier, error = Classifier(self.config.model_path_prefix, **options), None
+                classifier, error = Classifier(config.model_path_prefix, **options), None
             except UserError as exc:
-                self.classifier, error = None, [exc.message, exc.path, exc.line]
+                classifier, error = None, [exc.message, exc.path, exc.line]
         if error is not None:  # fails the replica: serve.run reports it, with this message
             raise RuntimeError(f"{REPLICA_ERROR} {error[1] + ': ' if error[1] else ''}{error[0]}")
         context = ray.get_runtime_context()
-        self.served_by = f"{context.get_node_id()[:12]}/{os.getpid()}"
+        super().__init__(config, classifier, served_by=f"{context.get_node_id()[:12]}/{os.getpid()}")
 
     def __serve_build_asgi_app__(self):
-        from .app import create_app
-
-        return create_app(self.config, classifier=self.classifier, served_by=self.served_by)
+        return self.asgi()
 
 
 def build_app(args: Dict[str, Any]):
