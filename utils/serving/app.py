@@ -34,7 +34,7 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Any, List, Optional
 
-from fastapi import Body
+from fastapi import Body, FastAPI
 
 from ..errors import UserError
 from .batcher import Batcher
@@ -71,18 +71,15 @@ class Service:
 
     def asgi(self):
         """The FastAPI app of this service: its routes, error handlers, middleware and lifespan."""
-        from fastapi import FastAPI
-
         app = FastAPI(title="P-tuning text classification", lifespan=self.lifespan,
                       description="Serves an export directory (onnxruntime, no Paddle). SimpleServing-compatible.")
         app.add_middleware(BodyLimit, limit=self.config.max_body_bytes)
         app.add_middleware(Measure, metrics=self.metrics, served_by=self.served_by)  # outside BodyLimit: its 413s count
         add_error_handlers(app)
-        routes = {}  # in the order the classes define them, a subclass's method replacing its base's
-        for klass in reversed(type(self).__mro__):
-            routes.update((name, member.route) for name, member in vars(klass).items() if hasattr(member, "route"))
-        for name, (method, path) in routes.items():
-            app.add_api_route(path, getattr(self, name), methods=[method])
+        for name, member in vars(Service).items():  # (in the order defined: the order of /openapi.json)
+            if hasattr(member, "route"):
+                method, path = member.route
+                app.add_api_route(path, getattr(self, name), methods=[method])
         app.state.service, app.state.metrics, app.state.config = self, self.metrics, self.config
         return app
 
