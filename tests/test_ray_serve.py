@@ -1,5 +1,6 @@
 """serve.py --ray: the same HTTP app as Ray Serve replicas, on a real 2-node Ray cluster; clear errors."""
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -333,6 +334,39 @@ def output_until(proc, text):
         if text in line:
             break
     return "".join(lines)
+
+
+def test_a_replica_answers_every_route_as_serve_py_does_and_names_its_node_and_pid(monkeypatch):
+    """A Ray Serve replica is the `Service` serve.py runs: the app Serve builds from it (no cluster
+    here: `ray` is a stand-in, the model a fake) answers every route, good requests and bad, exactly
+    as `create_app`'s, and each of its responses names the node and process in X-Served-By."""
+    import types
+
+    from fastapi.testclient import TestClient
+
+    import utils.deploy.classifier
+    from service_fakes import FakeClassifier, FakeModel
+    from utils.serving.app import ServiceConfig, create_app
+    from utils.serving.ray_serve import ServiceReplica
+
+    node = types.SimpleNamespace(get_node_id=lambda: "0123456789abcdef")
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(get_runtime_context=lambda: node))
+    monkeypatch.setattr(utils.deploy.classifier, "Classifier", lambda export, **options: FakeClassifier(FakeModel()))
+    config = ServiceConfig("/models/export", device="cpu", num_threads=1, max_texts_per_request=4)
+    replica = ServiceReplica({"path": config.model_path_prefix}, dataclasses.asdict(config))
+    requests = [("GET", "/health", None), ("GET", "/ready", None), ("GET", "/labels", None),
+                ("POST", "/predict", {"texts": ["1", "2"], "top_k": 2}), ("POST", "/predict", {"texts": ["1"] * 5}),
+                ("POST", "/models/cls_default", {"data": {"text": ["3"]}, "parameters": {"max_seq_len": 0}}),
+                ("POST", "/models/cls_default", {"data": {"text": ["3"]}}), ("GET", "/nowhere", None)]
+    answers = {}
+    for name, app in (("serve.py", create_app(config, classifier=FakeClassifier(FakeModel()))),
+                      ("replica", replica.__serve_build_asgi_app__())):
+        with TestClient(app) as client:
+            answers[name] = [client.request(method, path, json=body) for method, path, body in requests]
+    assert [(r.status_code, r.json()) for r in answers["replica"]] == [(r.status_code, r.json())
+                                                                       for r in answers["serve.py"]]
+    assert [r.status_code for r in answers["replica"]] == [200, 200, 200, 200, 413, 422, 200, 404]
+    assert {r.headers["x-served-by"] for r in answers["replica"]} == {f"0123456789ab/{os.getpid()}"}
 
 
 def test_the_application_builder_refuses_bad_arguments_before_any_replica_starts():
