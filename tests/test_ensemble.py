@@ -20,7 +20,7 @@ def test_ensemble_export_parity(ensemble_run, ensemble_members):
     its member outputs each member's logits: on the parity batch (the gate) and on all of test.txt."""
     from utils.dataset.folder import load_dataset_dir
     from utils.task.decoding import softmax
-    from utils.ensembles.ensemble import export_outputs
+    from utils.ensembles.evaluate import export_outputs
     from utils.model.assembly import model_logits, rebuild_from_checkpoint
 
     data_dir, out = ensemble_run
@@ -109,7 +109,7 @@ def test_calibrated_members_are_averaged_calibrated(ensemble_members, tmp_path):
     probabilities, in the graph and in the parity gate's reference."""
     from utils.dataset.folder import load_dataset_dir
     from utils.task.decoding import softmax
-    from utils.ensembles.ensemble import export_outputs
+    from utils.ensembles.evaluate import export_outputs
 
     data_dir, members = ensemble_members
     hot = copy_member(members[0], str(tmp_path / "hot"), edit_spec=lambda spec: spec.update(temperature=3.0))
@@ -147,10 +147,10 @@ def multi_label(spec):
 ])
 def test_bad_inputs(case, expected, ensemble_members, tmp_path, capsys, monkeypatch):
     """One paragraph naming the file or flag, exit 2, nothing written, before any member's weights load."""
-    import utils.ensembles.ensemble
+    import utils.ensembles.graph
 
     data_dir, members = ensemble_members
-    monkeypatch.setattr(utils.ensembles.ensemble, "load_models", lambda plan: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(utils.ensembles.graph, "load_models", lambda plan: pytest.fail("a model was loaded"))
     first, second = members[0], members[1]
     argv = {
         "one member": [first],
