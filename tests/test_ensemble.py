@@ -124,6 +124,26 @@ def test_calibrated_members_are_averaged_calibrated(ensemble_members, tmp_path):
     assert np.abs(softmax(logits) - uncalibrated).max() > 1e-3  # the temperature changed something
 
 
+def test_the_export_decodes_as_the_ensemble_not_as_its_first_member(ensemble_members, tmp_path, capsys):
+    """The graph holds each member's temperature already: the export decodes its `logits` as
+    ensemble.py did (infer.py predicts what test_predictions.tsv says), without a second pass of
+    its first member's temperature or that member's reject option."""
+    data_dir, members = ensemble_members
+    first = copy_member(members[0], str(tmp_path / "calibrated"),
+                        edit_spec=lambda spec: spec.update(temperature=3.0, reject_threshold=0.9))
+    out = str(tmp_path / "ens")
+    assert run_cli(ensemble.main, ["--members", first, members[1], "--output_dir", out, "--data_dir", data_dir,
+                                   "--do_predict"]) == 0
+    export_dir = os.path.join(out, "export")
+    manifest = read_json(os.path.join(export_dir, "manifest.json"))
+    assert manifest["temperature"] == 1.0 and manifest["reject_threshold"] is None, manifest
+    output = str(tmp_path / "pred.tsv")
+    assert run_cli(infer.main, ["--model_path_prefix", export_dir, "--input_file", os.path.join(data_dir, "test.txt"),
+                                "--output_file", output]) == 0
+    capsys.readouterr()
+    assert read_tsv(output) == read_tsv(os.path.join(out, "test_predictions.tsv"))
+
+
 def rename_label(spec):
     spec["labels"][-1] = "melon"
 

@@ -45,9 +45,8 @@ def ensemble_source(plan: EnsemblePlan, models) -> ExportSource:
         probabilities=True, compared="ensemble probabilities, then each member's logits",
         description="each member's dynamic graph (unfolded prompt encoder) on its training template's batch",
         failure="the ensemble export does not reproduce its members")
-    spec = dataclasses.replace(first.spec, thresholds=list(plan.decoder.thresholds or []) or None,
-                               consistent_decoding=plan.decoder.consistent,
-                               threshold_search=plan.threshold_search, max_seq_length=plan.max_seq_length)
+    # Decoding is the plan's (the reference's decoder): the members' temperatures are in the graph.
+    spec = dataclasses.replace(first.spec, threshold_search=plan.threshold_search, max_seq_length=plan.max_seq_length)
     labels = len(plan.labels)
     return ExportSource(
         name=f"an ensemble of {len(members)} members ({plan.num_views} view(s))", layer=graph, reference=reference,

@@ -80,7 +80,8 @@ class ExportSource:
     name: str                    # in the log line
     layer: Any                   # the inference graph: a paddle.nn.Layer in eval mode, prompt encoders folded
     reference: Reference         # what its outputs must reproduce (the parity gate)
-    spec: ModelSpec              # labels.json and the model's description in manifest.json
+    spec: ModelSpec              # labels.json and the model's description in manifest.json (its decoding: the
+                                 # reference's decoder)
     tokenizer: Any               # saved into the export (vocab.txt, ...)
     preprocess: dict             # preprocess.json
     template: dict               # template.json
@@ -203,7 +204,7 @@ def write_variants(directory: str, feed, fp32_logits, fp16: bool, int8: bool,
 def write_manifest(directory: str, source: ExportSource, options: ExportOptions, files: Dict[str, str],
                    parity: dict, seconds: float) -> dict:
     """manifest.json, written last: the export's description and every file's size and sha256."""
-    spec = source.spec
+    spec, decoder = source.spec, source.reference.decoder
     manifest = {
         "format": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -218,8 +219,9 @@ def write_manifest(directory: str, source: ExportSource, options: ExportOptions,
         "method": spec.method.value,
         "verbalizer": spec.verbalizer,
         "head": spec.head,
-        **spec.decoder.describe(),  # task_type, thresholds, hierarchical_decoding: how infer.py decodes
-        "threshold_search": spec.threshold_search if spec.decoder.multi_label else None,
+        # task_type, thresholds, temperature, ...: how infer.py decodes `logits`, as the parity gate did
+        **decoder.describe(),
+        "threshold_search": spec.threshold_search if decoder.multi_label else None,
         "zero_shot": spec.zero_shot,
         "prompt_encoder_folded": True,
         "max_seq_length": spec.max_seq_length,
