@@ -22,10 +22,12 @@ utils/deploy/preprocess.py), so a PET-style ensemble of several prompts is one g
 Thresholds of label-set ensembles: `--threshold T`, `--threshold_search` on dev (the ensemble's
 probabilities), else each label's mean of the members' thresholds.
 
-The parity gate (the one every export passes, utils/export/parity.py) runs each member's unfolded dynamic graph on its own training template's batch;
-the mean of their probabilities must match Paddle Inference and onnxruntime on the ensemble
-graph (max |Δp| <= tolerance, every argmax / label set equal), and each member's logits in the
-graph its own dynamic graph's. Nothing is published otherwise.
+The parity gate (the one every export passes, utils/export/parity.py) runs each member's unfolded
+dynamic graph on its own training template's batch; the mean of their probabilities must match
+Paddle Inference and onnxruntime on the ensemble graph (max |Δp| <= tolerance, every argmax /
+label set equal), and each member's logits in the graph its own dynamic graph's. Nothing is
+published otherwise. The export decodes as the ensemble does: the members' temperatures are in
+the graph, so its manifest records the plan's thresholds, temperature 1 and no reject option.
 
     plan.py       the members, checked against each other from their files alone; views and decoding
     graph.py      the averaging graph (`EnsembleModel`) and its numpy twin `combine`
