@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import read_json
+from helpers import break_onnx_conversion, read_json
 
 import ensemble
 import infer
@@ -142,6 +142,21 @@ def test_the_export_decodes_as_the_ensemble_not_as_its_first_member(ensemble_mem
                                 "--output_file", output]) == 0
     capsys.readouterr()
     assert read_tsv(output) == read_tsv(os.path.join(out, "test_predictions.tsv"))
+
+
+def test_the_ensemble_passes_the_same_parity_gate_and_a_broken_export_is_not_published(ensemble_members, tmp_path,
+                                                                                        capsys, monkeypatch):
+    """A subtly wrong model.onnx: the gate every export passes refuses it with the numbers of both
+    backends and of each member that disagrees; no export, no results, no half-written directory."""
+    data_dir, members = ensemble_members
+    break_onnx_conversion(monkeypatch)
+    out = tmp_path / "ens"
+    assert run_cli(ensemble.main, ["--members", *members[:2], "--output_dir", str(out), "--data_dir", data_dir,
+                                   "--do_eval"]) == 2
+    err = capsys.readouterr().err
+    assert "parity gate failed, the ensemble export does not reproduce its members" in err, err
+    assert "paddle_inference: max |Δ|" in err and "onnxruntime: max |Δ|" in err and "onnxruntime member" in err
+    assert not out.exists()
 
 
 def rename_label(spec):

@@ -9,6 +9,7 @@ import pytest
 import export as export_cli
 import infer
 from conftest import read_tsv
+from helpers import break_onnx_conversion
 from utils.export import graph as export_graph
 from utils.export import parity as export_parity
 from utils.export import pipeline as export_mod
@@ -172,22 +173,7 @@ def test_export_cli_onnx_type_fp16_and_refusal_to_overwrite(trained, tmp_path, c
 
 def test_parity_gate_catches_a_broken_export(trained, tmp_path, monkeypatch):
     """Break the ONNX graph after conversion: the gate must refuse and publish nothing."""
-    import onnx
-    from onnx import numpy_helper
-
-    real_convert = export_graph.convert_to_onnx
-
-    def broken_convert(directory, files, opset, *output_names):
-        path = real_convert(directory, files, opset, *output_names)
-        model = onnx.load(path)
-        biggest = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
-        array = numpy_helper.to_array(biggest).copy()
-        array += np.random.default_rng(0).normal(0, 0.05, array.shape).astype(array.dtype)  # subtly wrong
-        biggest.CopyFrom(numpy_helper.from_array(array, biggest.name))
-        onnx.save(model, path)
-        return path
-
-    monkeypatch.setattr(export_graph, "convert_to_onnx", broken_convert)
+    break_onnx_conversion(monkeypatch)
     target = tmp_path / "broken"
     with pytest.raises(export_graph.ExportError) as info:
         export_mod.export_checkpoint(trained[1], str(target))
