@@ -6,7 +6,7 @@
 Writes OUTPUT_DIR/export (an export like any other: infer.py, the Python API, serve.py and
 `train.py --teacher` load it), and with --data_dir the ensemble's and each member's metrics on
 dev.txt (--do_eval) and test.txt (--do_predict): OUTPUT_DIR/ensemble.json, eval_results.json,
-test_results.json, test_predictions.tsv. See utils/ensembles/ensemble.py.
+test_results.json, test_predictions.tsv. See utils/ensembles/.
 """
 import sys
 
@@ -50,7 +50,7 @@ def main(argv):
         raise UserError(f"must be at least 13, got {args.opset}", "--opset")
     if not args.tolerance > 0:
         raise UserError(f"must be positive, got {args.tolerance}", "--tolerance")
-    from utils.ensembles.ensemble import describe_summary, run
+    from utils.ensembles.run import describe_summary, run
 
     summary = run(args)
     print(describe_summary(summary), file=sys.stderr)

@@ -3,7 +3,7 @@
     python export.py --resume_from_checkpoint ./checkpoints/ --output_dir ./checkpoints/export
 
 (`python train.py ... --do_export` writes the same into output_dir/export.) See utils/export/pipeline.py
-for the directory layout and the parity gate.
+for the directory layout, utils/export/parity.py for the parity gate.
 """
 import sys
 from dataclasses import dataclass, field
@@ -36,7 +36,8 @@ def main(argv):
     from utils.model import compat
     from utils.flags.train import _parser_class
     from utils.dataset.folder import load_dataset_dir
-    from utils.export.pipeline import describe_result, export_checkpoint
+    from utils.export.parity import describe_result
+    from utils.export.pipeline import export_checkpoint
     from utils.model.spec import peek_task_type
 
     (args,) = _parser_class()(ExportCommandArguments).parse_args_into_dataclasses(args=argv)

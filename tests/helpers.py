@@ -25,6 +25,30 @@ def flip_byte(path, where=0.5, mask=0x01):
         fp.write(bytes([byte[0] ^ mask]))
 
 
+def break_onnx_conversion(monkeypatch):
+    """From now on every export's model.onnx comes out subtly wrong (noise on its biggest weight), as
+    a converter bug would leave it: only the parity gate can tell."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from utils.export import graph
+
+    real_convert = graph.convert_to_onnx
+
+    def broken_convert(directory, files, opset, *output_names):
+        path = real_convert(directory, files, opset, *output_names)
+        model = onnx.load(path)
+        biggest = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+        array = numpy_helper.to_array(biggest).copy()
+        array += np.random.default_rng(0).normal(0, 0.05, array.shape).astype(array.dtype)
+        biggest.CopyFrom(numpy_helper.from_array(array, biggest.name))
+        onnx.save(model, path)
+        return path
+
+    monkeypatch.setattr(graph, "convert_to_onnx", broken_convert)
+
+
 class FullDisk:
     """A file object whose writes fail with ENOSPC once `room` bytes were written."""
 

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import read_json
+from helpers import break_onnx_conversion, read_json
 
 import ensemble
 import infer
@@ -20,7 +20,7 @@ def test_ensemble_export_parity(ensemble_run, ensemble_members):
     its member outputs each member's logits: on the parity batch (the gate) and on all of test.txt."""
     from utils.dataset.folder import load_dataset_dir
     from utils.task.decoding import softmax
-    from utils.ensembles.ensemble import export_outputs
+    from utils.ensembles.evaluate import export_outputs
     from utils.model.assembly import model_logits, rebuild_from_checkpoint
 
     data_dir, out = ensemble_run
@@ -109,7 +109,7 @@ def test_calibrated_members_are_averaged_calibrated(ensemble_members, tmp_path):
     probabilities, in the graph and in the parity gate's reference."""
     from utils.dataset.folder import load_dataset_dir
     from utils.task.decoding import softmax
-    from utils.ensembles.ensemble import export_outputs
+    from utils.ensembles.evaluate import export_outputs
 
     data_dir, members = ensemble_members
     hot = copy_member(members[0], str(tmp_path / "hot"), edit_spec=lambda spec: spec.update(temperature=3.0))
@@ -122,6 +122,41 @@ def test_calibrated_members_are_averaged_calibrated(ensemble_members, tmp_path):
     np.testing.assert_allclose(softmax(logits), expected, atol=1e-5)
     uncalibrated = np.mean([softmax(member_logits[0]), softmax(member_logits[1])], axis=0)
     assert np.abs(softmax(logits) - uncalibrated).max() > 1e-3  # the temperature changed something
+
+
+def test_the_export_decodes_as_the_ensemble_not_as_its_first_member(ensemble_members, tmp_path, capsys):
+    """The graph holds each member's temperature already: the export decodes its `logits` as
+    ensemble.py did (infer.py predicts what test_predictions.tsv says), without a second pass of
+    its first member's temperature or that member's reject option."""
+    data_dir, members = ensemble_members
+    first = copy_member(members[0], str(tmp_path / "calibrated"),
+                        edit_spec=lambda spec: spec.update(temperature=3.0, reject_threshold=0.9))
+    out = str(tmp_path / "ens")
+    assert run_cli(ensemble.main, ["--members", first, members[1], "--output_dir", out, "--data_dir", data_dir,
+                                   "--do_predict"]) == 0
+    export_dir = os.path.join(out, "export")
+    manifest = read_json(os.path.join(export_dir, "manifest.json"))
+    assert manifest["temperature"] == 1.0 and manifest["reject_threshold"] is None, manifest
+    output = str(tmp_path / "pred.tsv")
+    assert run_cli(infer.main, ["--model_path_prefix", export_dir, "--input_file", os.path.join(data_dir, "test.txt"),
+                                "--output_file", output]) == 0
+    capsys.readouterr()
+    assert read_tsv(output) == read_tsv(os.path.join(out, "test_predictions.tsv"))
+
+
+def test_the_ensemble_passes_the_same_parity_gate_and_a_broken_export_is_not_published(ensemble_members, tmp_path,
+                                                                                        capsys, monkeypatch):
+    """A subtly wrong model.onnx: the gate every export passes refuses it with the numbers of both
+    backends and of each member that disagrees; no export, no results, no half-written directory."""
+    data_dir, members = ensemble_members
+    break_onnx_conversion(monkeypatch)
+    out = tmp_path / "ens"
+    assert run_cli(ensemble.main, ["--members", *members[:2], "--output_dir", str(out), "--data_dir", data_dir,
+                                   "--do_eval"]) == 2
+    err = capsys.readouterr().err
+    assert "parity gate failed, the ensemble export does not reproduce its members" in err, err
+    assert "paddle_inference: max |Δ|" in err and "onnxruntime: max |Δ|" in err and "onnxruntime member" in err
+    assert not out.exists()
 
 
 def rename_label(spec):
@@ -147,10 +182,10 @@ def multi_label(spec):
 ])
 def test_bad_inputs(case, expected, ensemble_members, tmp_path, capsys, monkeypatch):
     """One paragraph naming the file or flag, exit 2, nothing written, before any member's weights load."""
-    import utils.ensembles.ensemble
+    import utils.ensembles.graph
 
     data_dir, members = ensemble_members
-    monkeypatch.setattr(utils.ensembles.ensemble, "load_models", lambda plan: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(utils.ensembles.graph, "load_models", lambda plan: pytest.fail("a model was loaded"))
     first, second = members[0], members[1]
     argv = {
         "one member": [first],

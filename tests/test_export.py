@@ -9,6 +9,9 @@ import pytest
 import export as export_cli
 import infer
 from conftest import read_tsv
+from helpers import break_onnx_conversion
+from utils.export import graph as export_graph
+from utils.export import parity as export_parity
 from utils.export import pipeline as export_mod
 from utils.errors import UserError, run_cli
 from utils.dataset.labels import LabelSet
@@ -65,7 +68,7 @@ def test_folded_model_equals_unfolded(tiny_model_dir, encoder):
     texts = ["苹果", "香蕉很好吃", "葡萄" * 30, "一"]
     batch = PromptDataCollatorWithPadding(tokenizer, return_tensors="pd")([model.template({"text_a": t}) for t in texts])
     batch.pop("labels", None)
-    folded = export_mod.FoldedPromptModel(model)
+    folded = export_graph.FoldedPromptModel(model)
     with paddle.no_grad():
         unfolded = model(**batch).numpy()
         result = folded(batch["input_ids"], batch["token_type_ids"], batch["position_ids"],
@@ -120,10 +123,10 @@ def assert_fp16_model(fp32_path, fp16_path, parity, texts):
         assert type(why).__name__ in parity["reason"], (parity, why)
         return
     assert logits.dtype == np.float32
-    np.testing.assert_allclose(logits, reference, atol=export_mod.FP16_TOLERANCE)
+    np.testing.assert_allclose(logits, reference, atol=export_parity.FP16_TOLERANCE)
     assert (logits.argmax(-1) == reference.argmax(-1)).all()
     assert parity["passed"] and parity["argmax_agreement"] == 1.0, parity
-    assert 0 < parity["max_abs_diff"] <= export_mod.FP16_TOLERANCE, parity  # fp16 rounding shows, within limits
+    assert 0 < parity["max_abs_diff"] <= export_parity.FP16_TOLERANCE, parity  # fp16 rounding shows, within limits
 
 
 def test_export_cli_onnx_type_fp16_and_refusal_to_overwrite(trained, tmp_path, capsys):
@@ -170,24 +173,9 @@ def test_export_cli_onnx_type_fp16_and_refusal_to_overwrite(trained, tmp_path, c
 
 def test_parity_gate_catches_a_broken_export(trained, tmp_path, monkeypatch):
     """Break the ONNX graph after conversion: the gate must refuse and publish nothing."""
-    import onnx
-    from onnx import numpy_helper
-
-    real_convert = export_mod.convert_to_onnx
-
-    def broken_convert(directory, files, opset, *output_names):
-        path = real_convert(directory, files, opset, *output_names)
-        model = onnx.load(path)
-        biggest = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
-        array = numpy_helper.to_array(biggest).copy()
-        array += np.random.default_rng(0).normal(0, 0.05, array.shape).astype(array.dtype)  # subtly wrong
-        biggest.CopyFrom(numpy_helper.from_array(array, biggest.name))
-        onnx.save(model, path)
-        return path
-
-    monkeypatch.setattr(export_mod, "convert_to_onnx", broken_convert)
+    break_onnx_conversion(monkeypatch)
     target = tmp_path / "broken"
-    with pytest.raises(export_mod.ExportError) as info:
+    with pytest.raises(export_graph.ExportError) as info:
         export_mod.export_checkpoint(trained[1], str(target))
     message = str(info.value)
     assert "parity gate failed" in message and "onnxruntime: max |Δ|" in message

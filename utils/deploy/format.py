@@ -21,6 +21,7 @@ ONNX_INT8_FILE = "model_int8.onnx"
 # ONNX graph inputs (int64, [batch, sequence]) in the order of the model's forward(), and its output.
 INPUT_NAMES = ("input_ids", "token_type_ids", "position_ids", "soft_token_ids")
 OUTPUT_NAME = "logits"
+MEMBER_OUTPUT = "member_logits"  # an ensemble's second output: [members, batch, labels], each member's logits
 
 # An ensemble whose members read texts through different templates (or lengths) has one set of the
 # four inputs per template: a *view*. View 0 uses INPUT_NAMES, view i the same names + `_v<i>`.
