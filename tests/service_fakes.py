@@ -86,7 +86,13 @@ def serve_held(argv) -> int:
     import utils.deploy.classifier
     from utils.errors import run_cli
 
-    model = HeldModel(on_start=lambda texts: print(f"run {texts}", flush=True))
+    printing = threading.Lock()  # runs start on several instances' threads: one whole line at a time
+
+    def say_run(texts):
+        with printing:
+            print(f"run {texts}", flush=True)
+
+    model = HeldModel(on_start=say_run)
     threading.Thread(target=lambda: (sys.stdin.readline(), model.release.set()), daemon=True).start()
     utils.deploy.classifier.Classifier = lambda export_dir, **options: FakeClassifier(model)  # serve.py's only load
     return run_cli(serve.main, argv)
