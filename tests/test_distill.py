@@ -175,15 +175,15 @@ CASES = [
 @pytest.mark.parametrize("case, flags, message, where", CASES, ids=[c[0] for c in CASES])
 def test_bad_inputs(case, flags, message, where, trained, few_gold, tiny_model_dir, tmp_path, capsys, monkeypatch):
     """One paragraph naming the file or flag, exit 2, no traceback, no model loaded, nothing trained."""
-    import utils.training.run
+    import utils.training.plan
     from test_ensemble import copy_member, rename_label
     from utils.testing.tiny_ernie import build_ernie, vocab_from_texts
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs were checked")
 
-    monkeypatch.setattr(utils.training.run, "load_plm", refuse)
-    monkeypatch.setattr(utils.training.run, "rebuild_from_checkpoint", refuse)
+    monkeypatch.setattr(utils.training.plan, "load_plm", refuse)
+    monkeypatch.setattr(utils.training.plan, "rebuild_from_checkpoint", refuse)
     monkeypatch.setattr(utils.training.distill.Teacher, "logits", refuse)
     data_dir, unlabeled, _, _ = few_gold
     replacements = {"TEACHER": lambda: trained[1], "UNLABELED": lambda: unlabeled,

@@ -8,7 +8,7 @@ The output directory is a PaddleNLP model directory (config.json, model_state.pd
 tokenizer files, plus pretraining.json: what it was trained on) that `--model_name_or_path`
 accepts, and a run directory with this tool's rules: one run per directory, marked checkpoints,
 kill-safe rotation, `--resume_from_checkpoint` that continues with the losses of an
-uninterrupted run (utils/training/run.py `MarkedCheckpoints`).
+uninterrupted run (utils/training/trainer.py `MarkedCheckpoints`).
 
 Masking, as ERNIE does for Chinese: `word` (default) masks whole words (jieba's segmentation; a
 word's every token together, like ERNIE's and Chinese-BERT-wwm's whole-word masking), `char`
@@ -257,7 +257,7 @@ class MaskedLMCollator:
 def trainer_class():
     from paddlenlp.trainer import Trainer
 
-    from .run import MarkedCheckpoints, SeededBatchSampler
+    from .trainer import MarkedCheckpoints, SeededBatchSampler
 
     class EpochKeyedBatchSampler(SeededBatchSampler):
         """The seeded order, with each index `i` handed out as `epoch * N + i` (the dataset's key)."""
@@ -302,7 +302,7 @@ def run(model_args: PretrainArguments, args) -> dict:
     from ..model.plm import load_plm, load_tokenizer, position_limit
     from ..rundir.plan import DirLock, apply_plan, plan_output_dir
     from ..testing.tiny_ernie import is_not_pretrained
-    from .run import Progress
+    from .callbacks import Progress
 
     if args.eval_steps and not model_args.eval_file:
         raise UserError("evaluates the held-out --eval_file, and none was given", "--eval_steps")
