@@ -24,10 +24,21 @@ def main(argv):
     compat.apply()
     training_args.print_config(model_args, "Model")
     training_args.print_config(data_args, "Data")
-    run(model_args, data_args, training_args)
+    run(model_args, data_args, training_args, run_kind(data_args))
     if training_args.should_save:
         print(run_summary(training_args.output_dir), file=sys.stderr)
     return 0
+
+
+def run_kind(data_args) -> type:
+    """The run the flags ask for: with --teacher or --unlabeled_file, distillation (utils/training/distill.py)."""
+    if data_args.distilling:
+        from utils.training.distill import DistillationRun
+
+        return DistillationRun
+    from utils.training.run import Run
+
+    return Run
 
 
 if __name__ == "__main__":

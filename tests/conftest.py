@@ -103,13 +103,13 @@ def read_tsv(path):
 @pytest.fixture
 def no_model_loads(monkeypatch):
     """Fail the test if a PLM or a checkpoint starts loading: flags and data are checked before that."""
-    import utils.training.run
+    import utils.training.plan
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the flags and data were checked")
 
-    monkeypatch.setattr(utils.training.run, "load_plm", refuse)
-    monkeypatch.setattr(utils.training.run, "rebuild_from_checkpoint", refuse)
+    monkeypatch.setattr(utils.training.plan, "load_plm", refuse)
+    monkeypatch.setattr(utils.training.plan, "rebuild_from_checkpoint", refuse)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import paddle  # noqa: E402
 
 import train  # noqa: E402
-import utils.training.run as training  # noqa: E402
+import utils.training.trainer as training  # noqa: E402
 from paddlenlp.trainer import TrainerCallback  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 

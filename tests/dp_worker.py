@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
 import train  # noqa: E402
-import utils.training.run as training  # noqa: E402
+import utils.training.trainer as training  # noqa: E402
 from paddlenlp.trainer import TrainerCallback  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 

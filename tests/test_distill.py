@@ -2,6 +2,7 @@
 few gold labels; rounds; the student is a normal run; bad inputs before any model loads."""
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -175,15 +176,15 @@ CASES = [
 @pytest.mark.parametrize("case, flags, message, where", CASES, ids=[c[0] for c in CASES])
 def test_bad_inputs(case, flags, message, where, trained, few_gold, tiny_model_dir, tmp_path, capsys, monkeypatch):
     """One paragraph naming the file or flag, exit 2, no traceback, no model loaded, nothing trained."""
-    import utils.training.run
+    import utils.training.plan
     from test_ensemble import copy_member, rename_label
     from utils.testing.tiny_ernie import build_ernie, vocab_from_texts
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs were checked")
 
-    monkeypatch.setattr(utils.training.run, "load_plm", refuse)
-    monkeypatch.setattr(utils.training.run, "rebuild_from_checkpoint", refuse)
+    monkeypatch.setattr(utils.training.plan, "load_plm", refuse)
+    monkeypatch.setattr(utils.training.plan, "rebuild_from_checkpoint", refuse)
     monkeypatch.setattr(utils.training.distill.Teacher, "logits", refuse)
     data_dir, unlabeled, _, _ = few_gold
     replacements = {"TEACHER": lambda: trained[1], "UNLABELED": lambda: unlabeled,
@@ -247,3 +248,41 @@ def test_a_multi_label_teacher_teaches_a_multi_label_student(trained_multilabel,
     student = read_json(os.path.join(out, "test_results.json"))["test_micro_f1"]
     teacher_f1 = read_json(os.path.join(teacher, "test_results.json"))["test_micro_f1"]
     assert student >= 0.85 * teacher_f1
+
+
+def imported_modules(path: str, package: str) -> set:
+    """Every module a file imports, at the top or inside a function, as absolute names (`from .x import y`
+    gives `package.x` and `package.x.y`)."""
+    import ast
+
+    with open(path, encoding="utf-8") as fp:
+        tree = ast.parse(fp.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_distillation_is_a_mode_that_no_other_training_module_imports():
+    """`DistillationRun` subclasses the run; the run, its planning and the trainer never import it (not even
+    inside a function): train.py chooses the class from the flags."""
+    import glob
+
+    import utils.training
+    from utils.training.distill import DistillationRun
+    from utils.training.run import Run
+
+    assert issubclass(DistillationRun, Run)
+    folder = os.path.dirname(utils.training.__file__)
+    importers = [os.path.basename(path) for path in sorted(glob.glob(os.path.join(folder, "*.py")))
+                 if os.path.basename(path) != "distill.py"
+                 and "utils.training.distill" in imported_modules(path, "utils.training")]
+    assert importers == []
+    assert train.run_kind(SimpleNamespace(distilling=True)) is DistillationRun
+    assert train.run_kind(SimpleNamespace(distilling=False)) is Run

@@ -272,7 +272,7 @@ def test_multi_label_rdrop_loss_is_the_symmetric_bernoulli_kl_by_hand():
     import paddle
 
     from utils.model.heads import BCEWithLogits
-    from utils.training.run import PTuningTrainer
+    from utils.training.trainer import PTuningTrainer
 
     first = np.array([[0.0, 2.0, -1.0], [1.5, -0.5, 0.3]])             # logits of the first pass
     second = np.array([[np.log(3.0), 1.0, -1.0], [0.0, 0.5, -2.0]])    # and of the second (other dropout)
@@ -301,7 +301,7 @@ def test_multi_label_rdrop_loss_is_the_symmetric_bernoulli_kl_by_hand():
 
 def test_a_multi_label_run_with_rdrop_trains_through_the_bernoulli_kl(tiny_model_dir, tmp_path, monkeypatch):
     from utils.testing.synthetic import MULTI_LABEL_PROMPT, write_multilabel_keyword_dataset
-    from utils.training.run import PTuningTrainer
+    from utils.training.trainer import PTuningTrainer
 
     calls = []
     original = PTuningTrainer._compute_rdrop_loss

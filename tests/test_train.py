@@ -177,7 +177,7 @@ def test_sigkill_then_resume_continues_exactly(tiny_model_dir, keyword_data, tmp
 
 
 def test_data_order_depends_only_on_seed_and_epoch():
-    from utils.training.run import SeededBatchSampler
+    from utils.training.trainer import SeededBatchSampler
 
     data = list(range(20))
 
@@ -197,7 +197,7 @@ def test_data_order_depends_only_on_seed_and_epoch():
 def test_an_epoch_ends_with_its_last_full_accumulation_group():
     """With accumulation over 4 batches, an epoch of 6 batches yields 4 (the 2 left over differ by epoch);
     fewer batches than a group are all kept (paddlenlp then accumulates over the epoch)."""
-    from utils.training.run import SeededBatchSampler
+    from utils.training.trainer import SeededBatchSampler
 
     data = list(range(24))
     sampler = SeededBatchSampler(data, batch_size=4, shuffle=True, seed=1, accumulation=4)

@@ -34,111 +34,29 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+import paddle
 
-from ..rundir.checkpoints import COMPLETE_MARKER, latest_checkpoint, refuse_non_final_model
+from ..rundir.checkpoints import COMPLETE_MARKER, latest_checkpoint
 from ..rundir.checkpoints import verify as verify_checkpoint
-from ..dataset.folder import read_examples
+from ..rundir.plan import OutputPlan, apply_plan, plan_output_dir
+from ..dataset.folder import DatasetDir, read_examples
 from ..task.decoding import MULTI_CLASS, Decoder
 from ..errors import UserError
-from ..deploy.bundle import read_decoder, read_labels, read_manifest
-from ..deploy.format import MANIFEST_FILE, VOCAB_FILE
+from ..deploy.predictions import write_predictions
 from ..files import write_json_atomic
 from ..model.spec import SPEC_FILE, ModelSpec
+from .plan import output_kinds, plan_model
+from .run import Run
+from .teacher import Teacher, check_vocabulary, student_vocab
 
 logger = logging.getLogger(__name__)
 
 ROUNDS_DIR = "rounds"
 SUMMARY_FILE = "distill.json"
 TEACHER_PREDICTIONS_FILE = "teacher_predictions.tsv"
-
-
-@dataclass(frozen=True)
-class Teacher:
-    """A model that labels texts: `kind` is `export` (onnxruntime) or `checkpoint` (Paddle)."""
-
-    path: str
-    kind: str
-    labels: List[str]
-    task_type: str
-    vocab_file: str
-
-    @classmethod
-    def resolve(cls, path: str, flag: str = "--teacher") -> "Teacher":
-        if not os.path.isdir(path):
-            raise UserError("teacher not found (give a train.py --output_dir or checkpoint-N, an export, or an "
-                            "ensemble.py --output_dir)", path)
-        export = path if os.path.isfile(os.path.join(path, MANIFEST_FILE)) else os.path.join(path, "export")
-        has_model = os.path.isfile(os.path.join(path, SPEC_FILE)) and os.path.isfile(
-            os.path.join(path, "model_state.pdparams"))
-        if has_model:
-            verify_checkpoint(path, purpose="model")
-            spec = ModelSpec.load(path)
-            return cls(path, "checkpoint", list(spec.labels), spec.task_type, os.path.join(path, VOCAB_FILE))
-        if os.path.isfile(os.path.join(export, MANIFEST_FILE)):
-            from ..deploy.preprocess import read_config
-
-            manifest = read_manifest(export)
-            labels = read_labels(export)
-            decoder = read_decoder(export, manifest, labels)
-            vocab = os.path.join(export, read_config(export)["tokenizer"]["vocab_file"])
-            return cls(export, "export", labels, decoder.task_type, vocab)
-        refuse_non_final_model(path)
-        raise UserError(f"is not a model of this tool: no {SPEC_FILE} + model_state.pdparams, no {MANIFEST_FILE}",
-                        path)
-
-    def logits(self, examples: List[dict], batch_size: int = 32) -> np.ndarray:
-        """The teacher's logits (an ensemble export's are log mean probabilities) for `examples`."""
-        if self.kind == "export":
-            from ..deploy.classifier import default_num_threads
-            from ..deploy.predictor import ExportedClassifier
-
-            model = ExportedClassifier(self.path, device="cpu", num_threads=default_num_threads())
-            return model.logits([{k: v for k, v in e.items() if k in ("text_a", "text_b")} for e in examples],
-                                batch_size=batch_size, progress=len(examples) >= 1000)  # minutes on CPU: say so
-        import paddle
-
-        from ..model.assembly import model_logits, rebuild_from_checkpoint
-
-        with paddle.utils.unique_name.guard():  # its parameter names never shift the student's
-            model, _, _ = rebuild_from_checkpoint(self.path, verify=False)
-            logits = model_logits(model, examples, batch_size)
-        del model
-        return logits
-
-
-def read_vocab(path: str) -> Dict[str, int]:
-    """token -> id as paddlenlp reads vocab.txt (one token per line; the last duplicate wins)."""
-    vocab: Dict[str, int] = {}
-    with open(path, encoding="utf-8") as fp:
-        for index, line in enumerate(fp):
-            vocab[line.rstrip("\n")] = index
-    return vocab
-
-
-def student_vocab(model_name_or_path: str, checkpoint: Optional[str]) -> Dict[str, int]:
-    source = checkpoint or model_name_or_path
-    path = os.path.join(source, VOCAB_FILE)
-    if os.path.isfile(path):
-        return read_vocab(path)
-    from ..model.plm import load_tokenizer
-
-    return dict(load_tokenizer(model_name_or_path).get_vocab())
-
-
-def check_vocabulary(teacher: Teacher, student: Dict[str, int], student_source: str) -> None:
-    """The student must read the texts with the teacher's vocabulary (ERNIE 3.0's sizes share one)."""
-    theirs = read_vocab(teacher.vocab_file)
-    if theirs == student:
-        return
-    differing = sum(1 for token, index in theirs.items() if student.get(token) != index)
-    raise UserError(f"the student's vocabulary ({len(student)} tokens, {student_source}) is not the teacher's "
-                    f"({len(theirs)} tokens, {teacher.vocab_file}; {differing} of them missing or at other ids): the "
-                    "student would read other tokens than the teacher labelled, and a vocabulary built for other "
-                    "data turns the texts into [UNK]; distil into a model of the teacher's family (every ERNIE 3.0 "
-                    "size, base to nano, shares one vocabulary)", "--model_name_or_path")
 
 
 def read_unlabeled(path: str, pair: bool, exclude: List[dict]) -> List[dict]:
@@ -243,85 +161,131 @@ def is_finished(directory: str) -> bool:
         os.path.join(directory, SPEC_FILE))
 
 
-def run_rounds(current, single_run) -> Dict[str, Any]:
-    """Every round in order: label with the teacher, train the student (`single_run`: training._run on a
-    round's Run), make it the next teacher. Returns the last round's results."""
-    import paddle
+class DistillationRun(Run):
+    """train.py with --teacher or --unlabeled_file: each round a teacher labels the unlabeled texts and
+    a student (an ordinary run in the round's directory) trains on the gold labels plus the teacher's."""
 
-    from ..deploy.predictions import write_predictions
-    from ..rundir.plan import apply_plan, plan_output_dir
-    from .run import output_kinds, plan_model
+    distill: DistillPlan
+    continue_rounds = False         # a run of several rounds, resumed as a whole
 
-    distill: DistillPlan = current.distill
-    args, data_args = current.args, current.data_args
-    numbers = distill.round_numbers
-    last = numbers[-1]
-    teacher = distill.teacher
-    history, results = [], {}
-    for number in numbers:
-        directory = round_dir(args.output_dir, number, last)
-        final = number == last
-        round_args = copy.copy(args)
-        round_args.output_dir = directory
-        if not final:
-            round_args.do_predict = round_args.do_export = False
-        resume = current.resume if final and not distill.several_rounds else None
-        if distill.several_rounds and current.continue_rounds:
-            if not final and is_finished(directory):
-                verify_checkpoint(directory, purpose="model")
-                logger.info("round %d: reusing the finished round in %s", number, directory)
+    def plan_output(self) -> OutputPlan:
+        args, data_args = self.args, self.data_args
+        if not ((data_args.rounds > 1 or not data_args.teacher) and args.resume_from_checkpoint):
+            return super().plan_output()
+        if not os.path.isdir(args.output_dir) or not os.path.samefile(args.resume_from_checkpoint, args.output_dir):
+            raise UserError("a self-training run of several rounds resumes as a whole: give its --output_dir "
+                            "(finished rounds are reused, the interrupted one continues from its last "
+                            "checkpoint)", "--resume_from_checkpoint")
+        self.continue_rounds = True
+        return OutputPlan(args.output_dir)  # each round plans its own directory (`plan_round_dir`)
+
+    def plan_mode(self) -> None:
+        self.distill = plan(self.data_args, self.model_args, self.dataset, self.resume)
+
+    def execute(self) -> Dict[str, Any]:
+        """Every round in order: label with the teacher, train the student, make it the next teacher.
+        Returns the last round's results."""
+        numbers = self.distill.round_numbers
+        teacher, history, results = self.distill.teacher, [], {}
+        for number in numbers:
+            directory = round_dir(self.args.output_dir, number, numbers[-1])
+            if self.reuses(number, directory):
                 history.append({"round": number, "output_dir": directory, "reused": True})
-                teacher = Teacher.resolve(directory)
-                continue
+            else:
+                round_run, entry = self.round_run(number, directory, teacher)
+                with paddle.utils.unique_name.guard():
+                    results = round_run.run_once()
+                entry["metrics"] = {k: v for k, v in results.get("eval", {}).items() if k.startswith("eval_")}
+                history.append(entry)
+            teacher = Teacher.resolve(directory)
+        if self.args.should_save:
+            write_json_atomic(os.path.join(self.args.output_dir, SUMMARY_FILE), {"rounds": history})
+        return results
+
+    def final(self, number: int) -> bool:
+        return number == self.distill.round_numbers[-1]
+
+    def reuses(self, number: int, directory: str) -> bool:
+        """A round before the last, finished, in a run resumed as a whole: verified and kept as it is."""
+        if not (self.distill.several_rounds and self.continue_rounds and not self.final(number)
+                and is_finished(directory)):
+            return False
+        verify_checkpoint(directory, purpose="model")
+        logger.info("round %d: reusing the finished round in %s", number, directory)
+        return True
+
+    def round_run(self, number: int, directory: str, teacher: Optional[Teacher]) -> Tuple[Run, Dict[str, Any]]:
+        """`(run, summary entry)` of a round: its directory planned, the teacher's labels in its training set."""
+        round_args = copy.copy(self.args)
+        round_args.output_dir = directory
+        if not self.final(number):
+            round_args.do_predict = round_args.do_export = False
+        resume = self.round_resume(number, directory)
+        self.plan_round_dir(number, round_args, resume)
+        entry: Dict[str, Any] = {"round": number, "output_dir": directory}
+        dataset = self.dataset
+        spec = self.model_plan if resume == self.resume else plan_model(
+            self.model_args, self.data_args, round_args, dataset, resume)
+        if teacher is not None:
+            dataset, spec = self.with_teacher_labels(number, teacher, directory, spec, resume, entry)
+        else:
+            logger.info("round %d: training the first teacher on the %d gold labels", number, len(dataset.train))
+        round_run = copy.copy(self)
+        round_run.args, round_run.dataset, round_run.resume, round_run.model_plan = round_args, dataset, resume, spec
+        return round_run, entry
+
+    def round_resume(self, number: int, directory: str) -> Optional[str]:
+        """The checkpoint a round continues from: its last one in a run resumed as a whole, else the
+        run's own (--resume_from_checkpoint) for a run of one round."""
+        several_rounds = self.distill.several_rounds
+        if several_rounds and self.continue_rounds:
             resume = latest_checkpoint(directory) if os.path.isdir(directory) else None
-        if resume and resume != current.resume:  # Run.open verified its own
-            verify_checkpoint(resume, purpose="resume", world_size=max(1, args.world_size))
-        if args.should_save and (not final or (distill.several_rounds and current.continue_rounds)):
+        else:
+            resume = self.resume if self.final(number) and not several_rounds else None
+        if resume and resume != self.resume:  # Run.open verified its own
+            verify_checkpoint(resume, purpose="resume", world_size=max(1, self.args.world_size))
+        return resume
+
+    def plan_round_dir(self, number: int, round_args, resume: Optional[str]) -> None:
+        """A round's directory made ready as Run.open makes the output directory (the last round's is
+        the output directory itself: Run.open planned it unless the run resumes as a whole)."""
+        if self.args.should_save and (not self.final(number) or (self.distill.several_rounds and self.continue_rounds)):
+            directory = round_args.output_dir
             os.makedirs(directory, exist_ok=True)
             plan = plan_output_dir(directory, True, output_kinds(round_args), True, resume)
             plan.remove = [name for name in plan.remove if name != ROUNDS_DIR]  # the earlier rounds stay
             apply_plan(plan)
-        entry: Dict[str, Any] = {"round": number, "output_dir": directory}
-        dataset = current.dataset
-        spec = current.model_plan if resume == current.resume else plan_model(
-            current.model_args, data_args, round_args, dataset, resume)
-        if teacher is not None:
-            logger.info("round %d: %s labels %d unlabeled texts", number, teacher.path, len(distill.unlabeled))
-            logits = teacher.logits(distill.unlabeled, args.per_device_eval_batch_size)
-            decoder = spec.decoder
-            chosen = teacher_targets(logits, decoder, data_args)
-            kept = chosen["kept"]
-            if not len(kept):
-                raise UserError(f"no teacher-labelled text passes it (round {number}: the teacher's confidence is "
-                                f"at most {chosen['confidence'].max():.3f} on {len(distill.unlabeled)} texts); "
-                                "lower it", "--min_confidence")
-            if args.should_save:  # under data parallelism every process labels, the first writes
-                write_predictions(os.path.join(directory, TEACHER_PREDICTIONS_FILE), distill.unlabeled,
-                                  chosen["probs"], spec.labels, decoder=decoder)
-            pseudo = [{**distill.unlabeled[i], "labels": chosen["targets"][i].tolist()} for i in kept]
-            gold = gold_targets(dataset.train, len(spec.labels), dataset.task_type)
-            dataset = dataclasses.replace(dataset, train=gold + pseudo)
-            info = {"teacher": os.path.abspath(teacher.path), "teacher_kind": teacher.kind, "round": number,
-                    "rounds": last, "unlabeled_file": os.path.abspath(distill.unlabeled_file),
-                    "unlabeled_texts": len(distill.unlabeled), "used": int(len(kept)),
-                    "teacher_labels": str(data_args.teacher_labels), "min_confidence": data_args.min_confidence,
-                    "temperature": data_args.temperature, "max_unlabeled": data_args.max_unlabeled}
-            if not resume:
-                spec = dataclasses.replace(spec, distillation=info)
-            entry.update(teacher=info["teacher"], used=info["used"], unlabeled_texts=info["unlabeled_texts"],
-                         mean_teacher_confidence=round(float(chosen["confidence"].mean()), 4))
-            logger.info("round %d: %d of %d teacher-labelled texts pass --min_confidence %g; training on %d gold + "
-                        "%d teacher labels", number, len(kept), len(distill.unlabeled), data_args.min_confidence,
-                        len(current.dataset.train), len(kept))
-        else:
-            logger.info("round %d: training the first teacher on the %d gold labels", number, len(dataset.train))
-        round_run = copy.copy(current)
-        round_run.args, round_run.dataset, round_run.resume, round_run.model_plan = round_args, dataset, resume, spec
-        with paddle.utils.unique_name.guard():
-            results = single_run(round_run)
-        entry["metrics"] = {k: v for k, v in results.get("eval", {}).items() if k.startswith("eval_")}
-        history.append(entry)
-        teacher = Teacher.resolve(directory)
-    if args.should_save:
-        write_json_atomic(os.path.join(args.output_dir, SUMMARY_FILE), {"rounds": history})
-    return results
+
+    def with_teacher_labels(self, number: int, teacher: Teacher, directory: str, spec: ModelSpec,
+                            resume: Optional[str], entry: Dict[str, Any]) -> Tuple[DatasetDir, ModelSpec]:
+        """The dataset with the teacher's kept labels added to train, and the spec recording where they came
+        from (a new run's; a resumed one keeps its checkpoint's); `entry` gets the round's figures."""
+        distill, data_args = self.distill, self.data_args
+        logger.info("round %d: %s labels %d unlabeled texts", number, teacher.path, len(distill.unlabeled))
+        logits = teacher.logits(distill.unlabeled, self.args.per_device_eval_batch_size)
+        decoder = spec.decoder
+        chosen = teacher_targets(logits, decoder, data_args)
+        kept = chosen["kept"]
+        if not len(kept):
+            raise UserError(f"no teacher-labelled text passes it (round {number}: the teacher's confidence is "
+                            f"at most {chosen['confidence'].max():.3f} on {len(distill.unlabeled)} texts); "
+                            "lower it", "--min_confidence")
+        if self.args.should_save:  # under data parallelism every process labels, the first writes
+            write_predictions(os.path.join(directory, TEACHER_PREDICTIONS_FILE), distill.unlabeled,
+                              chosen["probs"], spec.labels, decoder=decoder)
+        pseudo = [{**distill.unlabeled[i], "labels": chosen["targets"][i].tolist()} for i in kept]
+        gold = gold_targets(self.dataset.train, len(spec.labels), self.dataset.task_type)
+        dataset = dataclasses.replace(self.dataset, train=gold + pseudo)
+        info = {"teacher": os.path.abspath(teacher.path), "teacher_kind": teacher.kind, "round": number,
+                "rounds": distill.round_numbers[-1], "unlabeled_file": os.path.abspath(distill.unlabeled_file),
+                "unlabeled_texts": len(distill.unlabeled), "used": int(len(kept)),
+                "teacher_labels": str(data_args.teacher_labels), "min_confidence": data_args.min_confidence,
+                "temperature": data_args.temperature, "max_unlabeled": data_args.max_unlabeled}
+        if not resume:
+            spec = dataclasses.replace(spec, distillation=info)
+        entry.update(teacher=info["teacher"], used=info["used"], unlabeled_texts=info["unlabeled_texts"],
+                     mean_teacher_confidence=round(float(chosen["confidence"].mean()), 4))
+        logger.info("round %d: %d of %d teacher-labelled texts pass --min_confidence %g; training on %d gold + "
+                    "%d teacher labels", number, len(kept), len(distill.unlabeled), data_args.min_confidence,
+                    len(self.dataset.train), len(kept))
+        return dataset, spec

@@ -8,7 +8,7 @@ The output directory is a PaddleNLP model directory (config.json, model_state.pd
 tokenizer files, plus pretraining.json: what it was trained on) that `--model_name_or_path`
 accepts, and a run directory with this tool's rules: one run per directory, marked checkpoints,
 kill-safe rotation, `--resume_from_checkpoint` that continues with the losses of an
-uninterrupted run (utils/training/run.py `MarkedCheckpoints`).
+uninterrupted run (utils/training/trainer.py `MarkedCheckpoints`).
 
 Masking, as ERNIE does for Chinese: `word` (default) masks whole words (jieba's segmentation; a
 word's every token together, like ERNIE's and Chinese-BERT-wwm's whole-word masking), `char`
@@ -257,7 +257,7 @@ class MaskedLMCollator:
 def trainer_class():
     from paddlenlp.trainer import Trainer
 
-    from .run import MarkedCheckpoints, SeededBatchSampler
+    from .trainer import MarkedCheckpoints, SeededBatchSampler
 
     class EpochKeyedBatchSampler(SeededBatchSampler):
         """The seeded order, with each index `i` handed out as `epoch * N + i` (the dataset's key)."""
@@ -295,37 +295,16 @@ def random_token_ids(tokenizer) -> np.ndarray:
 def run(model_args: PretrainArguments, args) -> dict:
     """pretrain.py: check the inputs, claim the output directory, train, save; return the metrics."""
     import paddle
-    from paddlenlp.trainer import set_seed
-    from paddlenlp.trainer.trainer_callback import ProgressCallback
 
-    from ..rundir.checkpoints import verify as verify_checkpoint
-    from ..model.plm import load_plm, load_tokenizer, position_limit
-    from ..rundir.plan import DirLock, apply_plan, plan_output_dir
-    from ..testing.tiny_ernie import is_not_pretrained
-    from .run import Progress
+    from ..model.plm import load_tokenizer
+    from ..rundir.plan import DirLock, apply_plan
 
-    if args.eval_steps and not model_args.eval_file:
-        raise UserError("evaluates the held-out --eval_file, and none was given", "--eval_steps")
-    texts, files = read_corpus(model_args.input_file)
-    eval_texts, eval_files = read_corpus([model_args.eval_file], "eval file") if model_args.eval_file else ([], [])
-    limit = position_limit(model_args.model_name_or_path)
-    if limit is not None and model_args.max_seq_length > limit:
-        raise UserError(f"is {model_args.max_seq_length}, but the model has only {limit} positions", "--max_seq_length")
+    texts, files, eval_texts, eval_files = read_inputs(model_args, args)
     lock = DirLock(args.output_dir, what="pretrain.py").acquire() if args.should_save else None
     failed = True
     try:
-        model_dir = model_args.model_name_or_path
-        plan = plan_output_dir(args.output_dir, True, ["eval"] if model_args.eval_file else [],
-                               args.overwrite_output_dir, args.resume_from_checkpoint,
-                               model_dir if os.path.isdir(model_dir) else None)
-        if plan.resume:
-            if os.path.isfile(os.path.join(plan.resume, "ptuning_config.json")):
-                raise UserError("is a train.py checkpoint (a classifier); pretrain.py continues its own checkpoints "
-                                f"(with {PRETRAINING_FILE}): to classify with a pretrained model, give pretrain.py's "
-                                "output to train.py --model_name_or_path", plan.resume)
-            verify_checkpoint(plan.resume, purpose="resume", world_size=max(1, args.world_size),
-                              model_files=MODEL_FILES)
-        tokenizer = load_tokenizer(model_dir)
+        plan = plan_output(model_args, args)
+        tokenizer = load_tokenizer(model_args.model_name_or_path)
         if args.should_save:
             apply_plan(plan)
         encoder = CorpusEncoder(tokenizer, model_args.max_seq_length, model_args.masking.value)
@@ -339,36 +318,90 @@ def run(model_args: PretrainArguments, args) -> dict:
 
         train_dataset = dataset(texts)
         eval_dataset = dataset(eval_texts) if eval_texts else None
-        provenance = {"built_by": "python pretrain.py", "base_model": model_dir,
-                      "base_was_pretrained": not (os.path.isdir(model_dir) and is_not_pretrained(model_dir)),
-                      "input_files": files, "eval_files": eval_files, "masking": model_args.masking.value,
-                      "masked_lm_prob": model_args.masked_lm_prob, "max_seq_length": model_args.max_seq_length,
-                      "seed": args.seed, "max_steps": args.max_steps, "learning_rate": args.learning_rate,
-                      "per_device_train_batch_size": args.per_device_train_batch_size}
+        provenance = provenance_of(model_args, args, files, eval_files)
         paddle.set_device(args.device)
         with paddle.utils.unique_name.guard():  # parameter names (optimizer state keys) equal in every run
-            set_seed(args.seed)
-            model, _ = load_plm(model_dir, head="masked_lm")
-            trainer = trainer_class()(model=model, args=args, train_dataset=train_dataset,
-                                      eval_dataset=eval_dataset, tokenizer=tokenizer,
-                                      data_collator=MaskedLMCollator(tokenizer.pad_token_id), provenance=provenance)
-            trainer.pop_callback(ProgressCallback)
-            trainer.add_callback(Progress())
-            result = trainer.train(resume_from_checkpoint=plan.resume)
-            trainer.save_model()
-            metrics = dict(result.metrics)
-            trainer.log_metrics("train", metrics)
-            trainer.save_metrics("train", metrics)
-            trainer.save_state()
-            results = {"train": metrics}
-            if eval_dataset is not None:
-                evaluation = trainer.evaluate()
-                evaluation["eval_perplexity"] = float(math.exp(min(evaluation["eval_loss"], 50)))
-                trainer.log_metrics("eval", evaluation)
-                trainer.save_metrics("eval", evaluation)
-                results["eval"] = evaluation
+            results = train_and_evaluate(model_args, args, tokenizer, train_dataset, eval_dataset, provenance,
+                                         plan.resume)
         failed = False
         return results
     finally:
         if lock is not None:
             lock.release(failed=failed)
+
+
+def read_inputs(model_args: PretrainArguments, args) -> Tuple[list, List[dict], list, List[dict]]:
+    """`(texts, files, eval_texts, eval_files)`, every line checked, and the flags that need them; no model loads."""
+    from ..model.plm import position_limit
+
+    if args.eval_steps and not model_args.eval_file:
+        raise UserError("evaluates the held-out --eval_file, and none was given", "--eval_steps")
+    texts, files = read_corpus(model_args.input_file)
+    eval_texts, eval_files = read_corpus([model_args.eval_file], "eval file") if model_args.eval_file else ([], [])
+    limit = position_limit(model_args.model_name_or_path)
+    if limit is not None and model_args.max_seq_length > limit:
+        raise UserError(f"is {model_args.max_seq_length}, but the model has only {limit} positions", "--max_seq_length")
+    return texts, files, eval_texts, eval_files
+
+
+def plan_output(model_args: PretrainArguments, args):
+    """The output directory's plan (utils/rundir/plan.py), with the checkpoint it resumes from verified."""
+    from ..rundir.checkpoints import verify as verify_checkpoint
+    from ..rundir.plan import plan_output_dir
+
+    model_dir = model_args.model_name_or_path
+    plan = plan_output_dir(args.output_dir, True, ["eval"] if model_args.eval_file else [],
+                           args.overwrite_output_dir, args.resume_from_checkpoint,
+                           model_dir if os.path.isdir(model_dir) else None)
+    if plan.resume:
+        if os.path.isfile(os.path.join(plan.resume, "ptuning_config.json")):
+            raise UserError("is a train.py checkpoint (a classifier); pretrain.py continues its own checkpoints "
+                            f"(with {PRETRAINING_FILE}): to classify with a pretrained model, give pretrain.py's "
+                            "output to train.py --model_name_or_path", plan.resume)
+        verify_checkpoint(plan.resume, purpose="resume", world_size=max(1, args.world_size), model_files=MODEL_FILES)
+    return plan
+
+
+def provenance_of(model_args: PretrainArguments, args, files: List[dict], eval_files: List[dict]) -> dict:
+    """What `PRETRAINING_FILE` says the model was trained on, and how."""
+    from ..testing.tiny_ernie import is_not_pretrained
+
+    model_dir = model_args.model_name_or_path
+    return {"built_by": "python pretrain.py", "base_model": model_dir,
+            "base_was_pretrained": not (os.path.isdir(model_dir) and is_not_pretrained(model_dir)),
+            "input_files": files, "eval_files": eval_files, "masking": model_args.masking.value,
+            "masked_lm_prob": model_args.masked_lm_prob, "max_seq_length": model_args.max_seq_length,
+            "seed": args.seed, "max_steps": args.max_steps, "learning_rate": args.learning_rate,
+            "per_device_train_batch_size": args.per_device_train_batch_size}
+
+
+def train_and_evaluate(model_args: PretrainArguments, args, tokenizer, train_dataset, eval_dataset,
+                       provenance: dict, resume: Optional[str]) -> dict:
+    """Load the masked LM, train (from `resume` when given), save, evaluate on --eval_file; the metrics."""
+    from paddlenlp.trainer import set_seed
+    from paddlenlp.trainer.trainer_callback import ProgressCallback
+
+    from ..model.plm import load_plm
+    from .callbacks import Progress
+
+    set_seed(args.seed)
+    model, _ = load_plm(model_args.model_name_or_path, head="masked_lm")
+    trainer = trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                              tokenizer=tokenizer, data_collator=MaskedLMCollator(tokenizer.pad_token_id),
+                              provenance=provenance)
+    trainer.pop_callback(ProgressCallback)
+    trainer.add_callback(Progress())
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    metrics = dict(result.metrics)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    results = {"train": metrics}
+    if eval_dataset is not None:
+        evaluation = trainer.evaluate()
+        evaluation["eval_perplexity"] = float(math.exp(min(evaluation["eval_loss"], 50)))
+        trainer.log_metrics("eval", evaluation)
+        trainer.save_metrics("eval", evaluation)
+        results["eval"] = evaluation
+    return results
