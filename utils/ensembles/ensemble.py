@@ -45,7 +45,8 @@ from ..task.decoding import MULTI_CLASS, Decoder
 from ..errors import UserError
 from ..deploy.format import MANIFEST_FILE, OUTPUT_NAME, VOCAB_FILE, view_input_names, view_suffix
 from ..files import read_json, sha256_file, write_json_atomic
-from ..model.spec import SPEC_FILE, ModelSpec
+from ..model.spec import ModelSpec
+from ..rundir.names import MODEL_STATE_FILE, SPEC_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def resolve_member(path: str) -> str:
     """A trained model directory (a train.py --output_dir with its final model, or a checkpoint-N)."""
     if not os.path.isdir(path):
         raise UserError("member not found (give a train.py --output_dir or one of its checkpoint-N)", path)
-    if os.path.isfile(os.path.join(path, SPEC_FILE)) and os.path.isfile(os.path.join(path, "model_state.pdparams")):
+    if os.path.isfile(os.path.join(path, SPEC_FILE)) and os.path.isfile(os.path.join(path, MODEL_STATE_FILE)):
         return path
     if os.path.isfile(os.path.join(path, MANIFEST_FILE)):
         raise UserError("is an export; an ensemble is built from trained models: give the train.py --output_dir it "
@@ -107,7 +108,7 @@ def resolve_member(path: str) -> str:
     if os.path.isdir(os.path.join(path, "runs")):
         raise UserError(f"is a multirun.py directory: give its runs, e.g. --members {os.path.join(path, 'runs', '*')} "
                         "(or run multirun.py with --ensemble)", path)
-    raise UserError(f"is not a trained model of this tool ({SPEC_FILE} and model_state.pdparams missing)", path)
+    raise UserError(f"is not a trained model of this tool ({SPEC_FILE} and {MODEL_STATE_FILE} missing)", path)
 
 
 def load_member(path: str) -> Member:

@@ -18,9 +18,8 @@ from ..errors import UserError
 from .heads import get_head
 from ..dataset.labels import LabelSet
 from .prompt import copy_parts
-from .spec import SPEC_FILE, ModelSpec
-
-MODEL_STATE_FILE = "model_state.pdparams"
+from ..rundir.names import COMPLETE_MARKER, MODEL_STATE_FILE, SPEC_FILE, VOCAB_FILE
+from .spec import ModelSpec
 
 
 class PromptModel(PromptModelForSequenceClassification):
@@ -178,7 +177,7 @@ def private_tokenizer_copy(checkpoint_dir: str) -> str:
     atexit.register(shutil.rmtree, copy, True)
     for name in os.listdir(checkpoint_dir):
         path = os.path.join(checkpoint_dir, name)
-        if os.path.isfile(path) and not name.endswith(WEIGHT_SUFFIXES) and name != "checkpoint_complete.json":
+        if os.path.isfile(path) and not name.endswith(WEIGHT_SUFFIXES) and name != COMPLETE_MARKER:
             shutil.copyfile(path, os.path.join(copy, name))
     return copy
 
@@ -205,7 +204,7 @@ def rebuild_from_checkpoint(checkpoint_dir: str, tokenizer=None, verify: bool = 
         if len(tokenizer) > int(spec.plm_config["vocab_size"]) or len(tokenizer) < 5:
             raise UserError(f"the saved tokenizer has {len(tokenizer)} tokens but the model "
                             f"{spec.plm_config['vocab_size']}: vocab.txt is damaged or from another model",
-                            os.path.join(checkpoint_dir, "vocab.txt"))
+                            os.path.join(checkpoint_dir, VOCAB_FILE))
     try:
         model = spec.build(tokenizer)
     except UserError as exc:

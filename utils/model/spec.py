@@ -20,12 +20,13 @@ from ..task.decoding import DEFAULT_OTHER_LABEL, MULTI_CLASS, SEARCH_MODES, TASK
 from ..errors import UserError
 from ..files import read_json, write_json_atomic
 from ..dataset.labels import LabelSet
+from ..rundir.checkpoints import is_pretrained_language_model, not_a_classifier
+from ..rundir.names import CHECKPOINT_PREFIX, SPEC_FILE
 from .prompt import (build_template, check_parts, classifier_template, count_masks, fixed_token_count,
                      is_template_string, template_kind, template_string, validate_template)
 
 logger = logging.getLogger(__name__)
 
-SPEC_FILE = "ptuning_config.json"
 FORMAT = 1
 KEYS = ("format", "method", "verbalizer", "model_name_or_path", "model_class", "plm_config", "template", "labels",
         "label_words", "max_seq_length", "head_options", "task_type", "thresholds", "threshold_search",
@@ -320,17 +321,6 @@ class ModelSpec:
                                   head_options=self.head_options)
 
 
-def is_pretrained_language_model(directory: str) -> bool:
-    """pretrain.py's output (utils/training/pretraining.py): a language model, with no classifier spec."""
-    return os.path.isfile(os.path.join(directory, "pretraining.json")) and not os.path.isfile(
-        os.path.join(directory, SPEC_FILE))
-
-
-def not_a_classifier(directory: str) -> UserError:
-    return UserError("is a pretrain.py language model, not a classifier: train one on it with "
-                     f"--model_name_or_path {directory}", directory)
-
-
 def peek_task_type(checkpoint: Optional[str]) -> Optional[str]:
     """The task type a checkpoint (or a run directory: its final model, else its newest checkpoint)
     was trained for, read before anything else so its data can be parsed; None when there is no
@@ -341,7 +331,7 @@ def peek_task_type(checkpoint: Optional[str]) -> Optional[str]:
     if not checkpoint or not os.path.isdir(checkpoint):
         return None
     candidates = [os.path.join(checkpoint, SPEC_FILE)] + sorted(
-        glob.glob(os.path.join(checkpoint, "checkpoint-*", SPEC_FILE)),
+        glob.glob(os.path.join(checkpoint, CHECKPOINT_PREFIX + "*", SPEC_FILE)),
         key=lambda p: -int(re.sub(r"\D", "", os.path.basename(os.path.dirname(p))) or 0))
     for path in candidates:
         if os.path.isfile(path):

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..rundir.checkpoints import COMPLETE_MARKER, latest_checkpoint, refuse_non_final_model
+from ..rundir.checkpoints import latest_checkpoint, refuse_non_final_model
 from ..rundir.checkpoints import verify as verify_checkpoint
 from ..dataset.folder import read_examples
 from ..task.decoding import MULTI_CLASS, Decoder
@@ -46,13 +46,11 @@ from ..errors import UserError
 from ..deploy.bundle import read_decoder, read_labels, read_manifest
 from ..deploy.format import MANIFEST_FILE, VOCAB_FILE
 from ..files import write_json_atomic
-from ..model.spec import SPEC_FILE, ModelSpec
+from ..model.spec import ModelSpec
+from ..rundir.names import (COMPLETE_MARKER, DISTILL_SUMMARY_FILE, EXPORT_DIR, MODEL_STATE_FILE, ROUNDS_DIR,
+                           SPEC_FILE, TEACHER_PREDICTIONS_FILE)
 
 logger = logging.getLogger(__name__)
-
-ROUNDS_DIR = "rounds"
-SUMMARY_FILE = "distill.json"
-TEACHER_PREDICTIONS_FILE = "teacher_predictions.tsv"
 
 
 @dataclass(frozen=True)
@@ -70,9 +68,9 @@ class Teacher:
         if not os.path.isdir(path):
             raise UserError("teacher not found (give a train.py --output_dir or checkpoint-N, an export, or an "
                             "ensemble.py --output_dir)", path)
-        export = path if os.path.isfile(os.path.join(path, MANIFEST_FILE)) else os.path.join(path, "export")
+        export = path if os.path.isfile(os.path.join(path, MANIFEST_FILE)) else os.path.join(path, EXPORT_DIR)
         has_model = os.path.isfile(os.path.join(path, SPEC_FILE)) and os.path.isfile(
-            os.path.join(path, "model_state.pdparams"))
+            os.path.join(path, MODEL_STATE_FILE))
         if has_model:
             verify_checkpoint(path, purpose="model")
             spec = ModelSpec.load(path)
@@ -86,7 +84,7 @@ class Teacher:
             vocab = os.path.join(export, read_config(export)["tokenizer"]["vocab_file"])
             return cls(export, "export", labels, decoder.task_type, vocab)
         refuse_non_final_model(path)
-        raise UserError(f"is not a model of this tool: no {SPEC_FILE} + model_state.pdparams, no {MANIFEST_FILE}",
+        raise UserError(f"is not a model of this tool: no {SPEC_FILE} + {MODEL_STATE_FILE}, no {MANIFEST_FILE}",
                         path)
 
     def logits(self, examples: List[dict], batch_size: int = 32) -> np.ndarray:
@@ -323,5 +321,5 @@ def run_rounds(current, single_run) -> Dict[str, Any]:
         history.append(entry)
         teacher = Teacher.resolve(directory)
     if args.should_save:
-        write_json_atomic(os.path.join(args.output_dir, SUMMARY_FILE), {"rounds": history})
+        write_json_atomic(os.path.join(args.output_dir, DISTILL_SUMMARY_FILE), {"rounds": history})
     return results

@@ -13,7 +13,7 @@ import numpy as np
 import paddle
 
 from ..rundir import checkpoints
-from ..rundir.checkpoints import COMPLETE_MARKER, LOSS_STATE_FILE, remove_tree, rotate, write_marker
+from ..rundir.checkpoints import remove_tree, rotate, write_marker
 from ..rundir.checkpoints import verify as verify_checkpoint
 from ..dataset.folder import DatasetDir, load_dataset_dir, split_path
 from .distributed import allreduce_gradients, check_in_sync
@@ -30,6 +30,9 @@ from ..model.plm import load_plm, load_tokenizer, position_limit, warn_unknown_t
 from ..progress import Progress as ProgressBar
 from ..reporting.reports import plot_training_curves, write_classification_report, write_multilabel_report
 from ..rundir.plan import DirLock, OutputPlan, apply_plan, plan_output_dir
+from ..rundir.names import (ALL_RESULTS_FILE, COMPLETE_MARKER, CURVES_FILE, DATA_PREDICTIONS_FILE, EXPORT_DIR,
+                            LOSS_STATE_FILE, TEMPLATE_CONFIG_FILE, TEST_PREDICTIONS_FILE, TRAINER_STATE_FILE,
+                            VERBALIZER_CONFIG_FILE, checkpoint_dir_name, results_file)
 from ..model.spec import ModelSpec, peek_task_type
 from .visualdl import take_visualdl_from_report_to
 
@@ -42,10 +45,6 @@ from paddlenlp.trainer.trainer_callback import ProgressCallback  # noqa: E402
 from paddlenlp.trainer.trainer_utils import has_length  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
-TEST_PREDICTIONS_FILE = "test_predictions.tsv"
-DATA_PREDICTIONS_FILE = "data_predictions.tsv"
-CURVES_FILE = "training_curves.png"
 
 
 class SeededBatchSampler(DistributedBatchSampler):
@@ -240,7 +239,7 @@ class MarkedCheckpoints:
         """
         check_in_sync(self.model, f"checkpoint at step {self.state.global_step}")
         loss_state = self.loss_state()
-        path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+        path = os.path.join(self.args.output_dir, checkpoint_dir_name(self.state.global_step))
         writer = self.args.should_save  # under data parallelism only the first process writes
         if writer and os.path.lexists(path):  # the same step saved again: the old one goes first
             remove_tree(path)
@@ -266,13 +265,13 @@ class MarkedCheckpoints:
     def save_metrics(self, split, metrics, combined=True):
         if not self.is_world_process_zero():
             return
-        write_json_atomic(os.path.join(self.args.output_dir, f"{split}_results.json"), metrics)
+        write_json_atomic(os.path.join(self.args.output_dir, results_file(split)), metrics)
         if combined:
             write_all_results(self.args.output_dir)
 
     def save_state(self):
         if self.is_world_process_zero():
-            write_text_atomic(os.path.join(self.args.output_dir, "trainer_state.json"),
+            write_text_atomic(os.path.join(self.args.output_dir, TRAINER_STATE_FILE),
                               json.dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True) + "\n")
 
 
@@ -280,7 +279,7 @@ def read_resume_point(checkpoint: str, args) -> dict:
     """`{"global_step", "loss"}` of a checkpoint to resume from: the step its trainer state reached, and
     this process's part of its loss state (None when it has none: saved by an earlier version, or by
     another number of processes)."""
-    state = read_json(os.path.join(checkpoint, "trainer_state.json"), what="trainer state")
+    state = read_json(os.path.join(checkpoint, TRAINER_STATE_FILE), what="trainer state")
     point = {"global_step": int(state.get("global_step") or 0), "loss": None}
     path = os.path.join(checkpoint, LOSS_STATE_FILE)
     if os.path.isfile(path):
@@ -341,7 +340,7 @@ class PTuningTrainer(MarkedCheckpoints, PromptTrainer):
         if self.args.should_save:
             save_template_config(self.template, output_dir)
             if self.verbalizer is not None:
-                write_json_atomic(os.path.join(output_dir, "verbalizer_config.json"), self.verbalizer.label_words)
+                write_json_atomic(os.path.join(output_dir, VERBALIZER_CONFIG_FILE), self.verbalizer.label_words)
             self.spec.save(output_dir)
 
 
@@ -350,17 +349,17 @@ def save_template_config(template, directory: str) -> None:
     they are in model_state.pdparams already."""
     text = json.dumps(template._prompt, ensure_ascii=False) + "\n" + json.dumps(
         {"class": type(template).__name__}, ensure_ascii=False) + "\n"
-    write_text_atomic(os.path.join(directory, "template_config.json"), text)
+    write_text_atomic(os.path.join(directory, TEMPLATE_CONFIG_FILE), text)
 
 
 def write_all_results(output_dir: str) -> None:
     """`all_results.json`: the union of this directory's train/eval/test results (all of one run)."""
     combined: Dict[str, Any] = {}
     for split in ("train", "eval", "test"):
-        path = os.path.join(output_dir, f"{split}_results.json")
+        path = os.path.join(output_dir, results_file(split))
         if os.path.isfile(path):
             combined.update(read_json(path))
-    write_json_atomic(os.path.join(output_dir, "all_results.json"), combined)
+    write_json_atomic(os.path.join(output_dir, ALL_RESULTS_FILE), combined)
 
 
 class Progress(TrainerCallback):
@@ -758,7 +757,7 @@ def _run(current: Run) -> Dict[str, Any]:
         results["train"] = train_result.metrics
         if trainer.is_world_process_zero():
             metric = training_args.metric_for_best_model or "accuracy"
-            plot_training_curves(os.path.join(training_args.output_dir, "trainer_state.json"),
+            plot_training_curves(os.path.join(training_args.output_dir, TRAINER_STATE_FILE),
                                  os.path.join(training_args.output_dir, CURVES_FILE),
                                  metric=metric if metric.startswith("eval_") else f"eval_{metric}")
     if training_args.do_eval:
@@ -859,7 +858,7 @@ def export(model_args, training_args, dataset: DatasetDir, checkpoint: str) -> d
     """--do_export: the saved model (or --resume_from_checkpoint) -> output_dir/export."""
     from ..export.pipeline import export_checkpoint
 
-    manifest = export_checkpoint(checkpoint, os.path.join(training_args.output_dir, "export"),
+    manifest = export_checkpoint(checkpoint, os.path.join(training_args.output_dir, EXPORT_DIR),
                                  examples=dataset.dev or dataset.test or dataset.train or dataset.data,
                                  export_type=model_args.export_type, overwrite=True,
                                  export_fp16=model_args.export_fp16, quantize=model_args.quantize, locked=True,
