@@ -21,6 +21,8 @@ DOWNLOAD_HOST = ("bj.bcebos.com", 443)
 PROBE_TIMEOUT_S = 3.0
 WEIGHT_FILES = (MODEL_STATE_FILE, "model.safetensors", "model_state.safetensors",
                 "model_state.pdparams.index.json", "model.safetensors.index.json")
+# Written by `python -m utils.tiny_ernie` into the random ERNIE it builds: loading such a model warns.
+NOT_PRETRAINED_MARKER = "NOT_PRETRAINED.json"
 TINY_HINT = ("For an offline dry run build a small randomly initialised ERNIE and pass its folder: "
              "`python -m utils.tiny_ernie --output_dir checkpoints/tiny-ernie --data_dir DATA_DIR` then "
              "`--model_name_or_path checkpoints/tiny-ernie`.")
@@ -90,8 +92,6 @@ def load_plm(name_or_path: str, head: str = "masked_lm", num_labels: int = None)
     """Return `(model, tokenizer)`: `AutoModelForMaskedLM` (P-tuning) or `...ForSequenceClassification`."""
     from paddlenlp.transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-    from ..testing.tiny_ernie import is_not_pretrained
-
     source = resolve_model(name_or_path)
     tokenizer = load_tokenizer(name_or_path)
     try:
@@ -115,6 +115,11 @@ def load_plm(name_or_path: str, head: str = "masked_lm", num_labels: int = None)
         logger.warning("%s is a RANDOMLY INITIALISED ERNIE built by utils.tiny_ernie, NOT pretrained: "
                        "results from it say nothing about ERNIE's accuracy.", source)
     return model, tokenizer
+
+
+def is_not_pretrained(model_dir: str) -> bool:
+    """A randomly initialised ERNIE built by utils.tiny_ernie (its marker file is there)."""
+    return os.path.isfile(os.path.join(model_dir, NOT_PRETRAINED_MARKER))
 
 
 def position_limit(name_or_path: str) -> Optional[int]:
@@ -149,7 +154,8 @@ def unknown_share(tokenizer, texts) -> float:
 
 
 def warn_unknown_tokens(tokenizer, dataset, model_name: str) -> Optional[float]:
-    """Warn when the vocabulary does not fit the data (most tokens `[UNK]`) or a label word is unknown."""
+    """Warn when the vocabulary does not fit the data (most tokens `[UNK]`) or a label word is unknown
+    (the other label-word problems: utils/model/label_words.py `warn_label_words`)."""
     texts = [e[key] for e in (dataset.train or dataset.dev or dataset.test or dataset.data or [])[:UNKNOWN_SAMPLE]
              for key in ("text_a", "text_b") if key in e]
     share = unknown_share(tokenizer, texts) if texts else None
@@ -162,7 +168,4 @@ def warn_unknown_tokens(tokenizer, dataset, model_name: str) -> Optional[float]:
         if ids and all(i == tokenizer.unk_token_id for i in ids):
             logger.warning("label word %r (label %r) is [UNK] for this vocabulary: its classifier row starts "
                            "from the unknown token's; choose a word the vocabulary knows", word, label)
-    from .label_words import warn_label_words
-
-    warn_label_words(dataset.labels.label_words, tokenizer, dataset.labels.path or "label.txt")
     return share

@@ -298,9 +298,8 @@ def run(model_args: PretrainArguments, args) -> dict:
     from paddlenlp.trainer.trainer_callback import ProgressCallback
 
     from ..rundir.checkpoints import verify as verify_checkpoint
-    from ..model.plm import load_plm, load_tokenizer, position_limit
+    from ..model.plm import is_not_pretrained, load_plm, load_tokenizer, position_limit
     from ..rundir.plan import DirLock, apply_plan, plan_output_dir
-    from ..testing.tiny_ernie import is_not_pretrained
     from .run import Progress
 
     if args.eval_steps and not model_args.eval_file:

@@ -26,6 +26,7 @@ from ..task.metrics import metrics_fn, task_metrics
 from ..deploy.predictions import write_predictions
 from ..model.heads import get_head
 from ..model.assembly import criterion_for, load_state, rebuild_from_checkpoint, set_state_strictly, unique_state_dict
+from ..model.label_words import warn_label_words
 from ..model.plm import load_plm, load_tokenizer, position_limit, warn_unknown_tokens
 from ..progress import Progress as ProgressBar
 from ..reporting.reports import plot_training_curves, write_classification_report, write_multilabel_report
@@ -482,6 +483,7 @@ def _plan_model(model_args, data_args, training_args, dataset: DatasetDir, check
     spec = ModelSpec.from_flags(model_args, data_args, training_args.max_seq_length, dataset.labels, dataset.is_pair,
                                 tokenizer, position_limit(model_args.model_name_or_path), task_type=dataset.task_type)
     warn_unknown_tokens(tokenizer, dataset, model_args.model_name_or_path)
+    warn_label_words(dataset.labels.label_words, tokenizer, dataset.labels.path or "label.txt")
     return spec
 
 
