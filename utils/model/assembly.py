@@ -1,8 +1,9 @@
 """Assembling the prompt model (PLM + template + head) and its weights on disk.
 
-`build_prompt_model` is the one assembly path: `ModelSpec.build` (utils/model/spec.py) calls it for
-training, for a resumed or evaluated checkpoint and for export. What differs between kinds of
-head is in the registry (utils/model/heads.py); here only the template and the state-dict handling.
+`build_from_spec` is the one assembly path from a `ModelSpec` (utils/model/spec.py), for training,
+for a resumed or evaluated checkpoint and for export; `build_prompt_model` puts the parts together.
+What differs between kinds of head is in the registry (utils/model/heads.py); here only the template
+and the state-dict handling.
 """
 from __future__ import annotations
 
@@ -80,6 +81,17 @@ def build_prompt_model(plm, tokenizer, parts: List[Dict[str, Any]], label_set: L
     check_max_seq_length(template, max_seq_length)
     return PromptModel(plm, template, kind.create(label_set, tokenizer, plm, dict(head_options or {})), kind,
                        freeze_plm=freeze_plm or freeze_dropout, freeze_dropout=freeze_dropout)
+
+
+def build_from_spec(spec: ModelSpec, tokenizer, plm=None, freeze_plm: bool = False,
+                    freeze_dropout: bool = False) -> PromptModel:
+    """The prompt model `spec` describes: around `plm`, or a PLM built (randomly initialised) from
+    the spec's `plm_config` to receive a checkpoint's weights."""
+    if plm is None:
+        plm = plm_from_config(spec.model_class, spec.plm_config)
+    return build_prompt_model(plm, tokenizer, spec.template, spec.label_set, spec.max_seq_length,
+                              freeze_plm=freeze_plm, freeze_dropout=freeze_dropout, head=spec.head,
+                              head_options=spec.head_options)
 
 
 def criterion_for(model: PromptModel, head_options: Optional[Dict[str, Any]] = None,
@@ -206,7 +218,7 @@ def rebuild_from_checkpoint(checkpoint_dir: str, tokenizer=None, verify: bool = 
                             f"{spec.plm_config['vocab_size']}: vocab.txt is damaged or from another model",
                             os.path.join(checkpoint_dir, VOCAB_FILE))
     try:
-        model = spec.build(tokenizer)
+        model = build_from_spec(spec, tokenizer)
     except UserError as exc:
         if exc.path == SPEC_FILE:  # name the file that holds the bad value
             exc = UserError(exc.message, os.path.join(checkpoint_dir, SPEC_FILE), exc.line)

@@ -29,6 +29,11 @@ DEFAULT_OTHER_LABEL = "other"  # what a rejected text is labelled (--other_label
 THRESHOLD_GRID = np.round(np.arange(1, 100) / 100.0, 2)
 
 
+def is_multi_label(task_type: str) -> bool:
+    """Multi-label and hierarchical models predict a label set (one sigmoid per label); multi-class one label."""
+    return task_type != MULTI_CLASS
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)
     shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -111,7 +116,7 @@ class Decoder:
 
     @property
     def multi_label(self) -> bool:
-        return self.task_type != MULTI_CLASS
+        return is_multi_label(self.task_type)
 
     @property
     def hierarchical(self) -> bool:
