@@ -41,7 +41,7 @@ import numpy as np
 
 from ..rundir.checkpoints import refuse_non_final_model
 from ..rundir.checkpoints import verify as verify_checkpoint
-from ..task.decoding import MULTI_CLASS, Decoder
+from ..task.decoding import SIGMOID, Decoder
 from ..errors import UserError
 from ..deploy.format import MANIFEST_FILE, OUTPUT_NAME, VOCAB_FILE, view_input_names, view_suffix
 from ..files import read_json, sha256_file, write_json_atomic
@@ -159,14 +159,14 @@ def plan_ensemble(paths: Sequence[str], threshold: Optional[float] = None,
             raise UserError(f"differs from {os.path.join(first.path, VOCAB_FILE)}: the members read text with "
                             "different vocabularies, and an export has one tokenizer; ensemble models built on the "
                             "same vocabulary (every ERNIE 3.0 size shares one)", os.path.join(member.path, VOCAB_FILE))
-    task_type = first.spec.task_type
-    if task_type == MULTI_CLASS and (threshold is not None or hierarchical_decoding is not None):
+    task_type, members_decoder = first.spec.task_type, first.spec.decoder  # every member's task type (checked above)
+    if not members_decoder.multi_label and (threshold is not None or hierarchical_decoding is not None):
         raise UserError("is for multi-label and hierarchical ensembles (these members are multi-class)",
                         "--threshold" if threshold is not None else "--hierarchical_decoding")
-    if hierarchical_decoding is not None and task_type != "hierarchical":
+    if hierarchical_decoding is not None and not members_decoder.hierarchical:
         raise UserError("is for hierarchical ensembles (label paths A##B)", "--hierarchical_decoding")
     consistent = {member.spec.consistent_decoding for member in members}
-    if hierarchical_decoding is None and task_type == "hierarchical" and len(consistent) > 1:
+    if hierarchical_decoding is None and members_decoder.hierarchical and len(consistent) > 1:
         raise UserError("the members decode the hierarchy differently (consistent and flat); choose one for the "
                         "ensemble", "--hierarchical_decoding")
     keys: Dict[str, int] = {}
@@ -176,7 +176,7 @@ def plan_ensemble(paths: Sequence[str], threshold: Optional[float] = None,
         raise UserError(f"the members use {len(keys)} different templates or lengths; an ensemble graph takes at most "
                         f"{MAX_VIEWS}", "--members")
     thresholds = None
-    if task_type != MULTI_CLASS:
+    if members_decoder.multi_label:
         thresholds = ([float(threshold)] * len(first.spec.labels) if threshold is not None else
                       np.mean([m.spec.decoder.thresholds for m in members], axis=0).round(6).tolist())
     decoder = Decoder(task_type, tuple(first.spec.labels), tuple(thresholds) if thresholds else None,
@@ -188,10 +188,10 @@ def plan_ensemble(paths: Sequence[str], threshold: Optional[float] = None,
 # -- the combined graph --------------------------------------------------------------------------
 
 
-def combine(member_probs: Sequence[np.ndarray], multi_label: bool) -> np.ndarray:
+def combine(member_probs: Sequence[np.ndarray], activation: str) -> np.ndarray:
     """numpy twin of `EnsembleModel`'s output: log mean softmax, or logit of the mean sigmoid."""
     mean = np.mean(np.asarray(member_probs, dtype=np.float64), axis=0)
-    if multi_label:
+    if activation == SIGMOID:
         p = np.clip(mean, MULTI_LABEL_EPS, 1 - MULTI_LABEL_EPS)
         return np.log(p) - np.log1p(-p)
     return np.log(np.maximum(mean, MULTI_CLASS_FLOOR))
@@ -202,13 +202,13 @@ def member_probabilities(decoder: Decoder, logits: np.ndarray) -> np.ndarray:
     return decoder.probabilities(logits)
 
 
-def ensemble_model(models, views: Sequence[int], multi_label: bool, temperatures: Sequence[float] = ()):
+def ensemble_model(models, views: Sequence[int], activation: str, temperatures: Sequence[float] = ()):
     """The inference graph: every member folded (utils/export/pipeline.py), each member's logits divided by
     its temperature (`temperatures`, 1 when not given), probabilities averaged."""
     import paddle
-    import paddle.nn.functional as F
 
     from ..export.pipeline import FoldedPromptModel
+    from ..model.activations import activate
 
     class EnsembleModel(paddle.nn.Layer):
         def __init__(self):
@@ -241,10 +241,10 @@ def ensemble_model(models, views: Sequence[int], multi_label: bool, temperatures
                 all_logits.append(logits)
                 if temperature != 1.0:
                     logits = logits / temperature
-                probs = F.sigmoid(logits) if multi_label else F.softmax(logits, axis=-1)
+                probs = activate(logits, activation)
                 total = probs if total is None else total + probs
             mean = total / len(self.members)
-            if multi_label:
+            if activation == SIGMOID:
                 p = paddle.clip(mean, MULTI_LABEL_EPS, 1 - MULTI_LABEL_EPS)
                 # one log: with log(p) - log(1 - p), Paddle Inference's inplace pass overwrote p with
                 # log(p) before 1 - p was computed (wrong outputs, caught by the parity gate)
@@ -300,7 +300,7 @@ def parity_gate(models, plan: EnsemblePlan, directory: str, files: Dict[str, str
             references.append(model(**{k: paddle.to_tensor(v) for k, v in batch.items() if k != "labels"}).numpy())
     member_decoders = [member.spec.decoder for member in plan.members]
     reference = combine([member_probabilities(d, r) for d, r in zip(member_decoders, references)],
-                        plan.decoder.multi_label)
+                        plan.decoder.activation)
     inference = paddle_inference_outputs(directory, files, feed)
     results = [_compare("paddle_inference", reference, inference[0], tolerance, plan.decoder, probabilities=True),
                _compare("onnxruntime", reference, onnx_outputs[0], tolerance, plan.decoder, probabilities=True)]
@@ -343,8 +343,7 @@ def export_ensemble(plan: EnsemblePlan, output_dir: str, examples: Optional[List
     paddle.set_device("cpu")
     if models is None:
         models = load_models(plan)
-    multi_label = plan.decoder.multi_label
-    graph = ensemble_model(models, plan.views, multi_label, [m.spec.temperature for m in plan.members])
+    graph = ensemble_model(models, plan.views, plan.decoder.activation, [m.spec.temperature for m in plan.members])
     graph.eval()
     keys = sorted(models[0].template.example_keys)
     examples = sample_examples(examples, keys, plan.max_seq_length)

@@ -41,7 +41,7 @@ import numpy as np
 from ..rundir.checkpoints import latest_checkpoint, refuse_non_final_model
 from ..rundir.checkpoints import verify as verify_checkpoint
 from ..dataset.folder import read_examples
-from ..task.decoding import MULTI_CLASS, Decoder
+from ..task.decoding import Decoder, is_multi_label
 from ..errors import UserError
 from ..deploy.bundle import read_decoder, read_labels, read_manifest
 from ..deploy.format import MANIFEST_FILE, VOCAB_FILE
@@ -206,12 +206,8 @@ def teacher_targets(logits: np.ndarray, decoder: Decoder, data_args) -> Dict[str
     """`{"targets", "kept", "confidence", "probs"}`: each text's training target (soft or hard), which
     texts pass the confidence filter (indices, in input order) and the teacher's probabilities."""
     probs = decoder.probabilities(logits)
-    if decoder.multi_label:
-        confidence = np.maximum(probs, 1 - probs).min(axis=1)
-        hard = decoder.decide(probs).astype(np.float64)
-    else:
-        confidence = probs.max(axis=1)
-        hard = np.eye(len(decoder.labels))[probs.argmax(axis=1)]
+    confidence = decoder.confidence(probs)
+    hard = decoder.decide(probs).astype(np.float64)  # one-hot of the best label, or the label set
     soft = decoder.probabilities(np.asarray(logits, dtype=np.float64) / data_args.temperature)
     targets = hard if str(data_args.teacher_labels) == "hard" else soft
     kept = np.flatnonzero(confidence >= data_args.min_confidence)
@@ -222,7 +218,7 @@ def teacher_targets(logits: np.ndarray, decoder: Decoder, data_args) -> Dict[str
 
 def gold_targets(examples: List[dict], num_labels: int, task_type: str) -> List[dict]:
     """Gold examples with probability-vector labels (one-hot for multi-class; label sets already are)."""
-    if task_type != MULTI_CLASS:
+    if is_multi_label(task_type):
         return examples
     eye = np.eye(num_labels)
     return [{**e, "labels": eye[e["labels"]].tolist()} for e in examples]

@@ -21,7 +21,7 @@ from ..errors import ENVIRONMENT_ERRNOS, UserError
 from ..files import read_json, write_json_atomic, write_text_atomic
 from ..dataset.labels import LabelSet
 from ..flags.train import TaskType, ThresholdSearch, check_task_args
-from ..task.decoding import DEFAULT_OTHER_LABEL, MULTI_CLASS, search_thresholds
+from ..task.decoding import DEFAULT_OTHER_LABEL, MULTI_CLASS, SIGMOID, search_thresholds
 from ..task.metrics import metrics_fn, task_metrics
 from ..deploy.predictions import write_predictions
 from ..model.assembly import (build_from_spec, criterion_for, load_state, rebuild_from_checkpoint, set_state_strictly,
@@ -312,7 +312,7 @@ class PTuningTrainer(MarkedCheckpoints, PromptTrainer):
         """R-Drop: upstream's KL between two dropout passes compares softmax distributions; a
         multi-label head's outputs are independent sigmoids, so there it is the symmetric KL of each
         label's Bernoulli distribution, averaged over examples and labels."""
-        if not self.spec.decoder.multi_label:
+        if self.spec.decoder.activation != SIGMOID:
             return super()._compute_rdrop_loss(model, input_dict, labels, outputs, loss)
         again = model(**input_dict)
         again = again[0] if isinstance(again, (tuple, list)) else again
@@ -568,7 +568,7 @@ def write_calibration_report(output_dir: str, prefix: str, examples: List[dict],
     decoder = spec.decoder
     gold = dev_gold(decoder, examples)
     plot_reliability(os.path.join(output_dir, f"{prefix}_reliability.png"), logits, gold, decoder.temperature,
-                     decoder.multi_label, title=f"{prefix}: reliability diagram")
+                     decoder.activation, title=f"{prefix}: reliability diagram")
     if not decoder.multi_label:
         table = format_coverage_table(coverage_table(decoder.probabilities(logits), gold,
                                                      chosen=decoder.reject_threshold))
@@ -821,9 +821,9 @@ def calibrate(trainer, model_args, dataset: DatasetDir) -> None:
     decoder = trainer.spec.decoder
     logits = predict_logits(trainer, dataset.dev)
     gold = dev_gold(decoder, dataset.dev)
-    temperature = fit_temperature(logits, gold, decoder.multi_label)
+    temperature = fit_temperature(logits, gold, decoder.activation)
     trainer.spec = dataclasses.replace(trainer.spec, temperature=temperature)
-    report = calibration_report(logits, gold, temperature, decoder.multi_label)
+    report = calibration_report(logits, gold, temperature, decoder.activation)
     logger.info("--calibrate on dev.txt: temperature %.4g, expected calibration error %.4f -> %.4f (saved in %s)",
                 temperature, report.get("ece_uncalibrated", report["ece"]), report["ece"], trainer.args.output_dir)
 
@@ -845,7 +845,7 @@ def calibration_metrics(spec: ModelSpec, logits: np.ndarray, examples: List[dict
         return {}
     gold = dev_gold(decoder, examples)
     out = {f"{prefix}_{k}": v for k, v in calibration_report(logits, gold, decoder.temperature,
-                                                              decoder.multi_label).items()}
+                                                              decoder.activation).items()}
     if decoder.reject_threshold is not None:
         probs = decoder.probabilities(logits)
         answered = ~decoder.rejected(probs)
