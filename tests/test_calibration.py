@@ -9,7 +9,7 @@ import pytest
 from conftest import FAST, read_tsv
 from utils.task.calibration import (coverage_table, expected_calibration_error, fit_temperature, format_coverage_table,
                                nll, probabilities)
-from utils.task.decoding import Decoder, softmax
+from utils.task.decoding import SIGMOID, Decoder, softmax
 
 
 def overconfident(n=2000, classes=3, seed=0, scale=8.0):
@@ -37,10 +37,11 @@ def test_temperature_scaling_of_label_sets_uses_each_sigmoid():
     rng = np.random.RandomState(1)
     gold = rng.rand(500, 4) > 0.5
     logits = (np.where(gold, 1.0, -1.0) + rng.normal(0, 1.5, gold.shape)) * 6
-    t = fit_temperature(logits, gold, multi_label=True)
+    assert Decoder("multi-label", ("a", "b", "c", "d")).activation == SIGMOID
+    t = fit_temperature(logits, gold, SIGMOID)
     assert t > 2
-    assert (expected_calibration_error(probabilities(logits, t, True), gold, True)
-            < expected_calibration_error(probabilities(logits, 1.0, True), gold, True))
+    assert (expected_calibration_error(probabilities(logits, t, SIGMOID), gold, SIGMOID)
+            < expected_calibration_error(probabilities(logits, 1.0, SIGMOID), gold, SIGMOID))
 
 
 @pytest.mark.parametrize("logits, gold, bound", [

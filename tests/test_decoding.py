@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from utils.task.decoding import (DEFAULT_THRESHOLD, Decoder, ancestors, depth, parent_path, search_thresholds, sigmoid,
-                            softmax)
+from utils.task.decoding import (ACTIVATIONS, DEFAULT_THRESHOLD, Decoder, ancestors, depth, parent_path,
+                                 search_thresholds, sigmoid, softmax)
 
 TREE = ("A", "A##x", "A##x##deep", "A##y", "B", "B##z")
 
@@ -15,6 +15,31 @@ def test_probabilities_are_softmax_for_multi_class_and_a_sigmoid_per_label_other
     np.testing.assert_allclose(probs[0], 1 / (1 + np.exp(-logits[0])))
     assert probs[1].tolist() == [1.0, 0.0, 0.5]  # no overflow for large |logits|
     assert np.all(np.isfinite(sigmoid(np.array([-1e4, 1e4]))))
+
+
+@pytest.mark.parametrize("task_type, activation", [("multi-class", "softmax"), ("multi-label", "sigmoid"),
+                                                     ("hierarchical", "sigmoid")])
+def test_the_task_type_decides_the_activation_in_one_place_for_numpy_and_paddle(task_type, activation):
+    """The Decoder names the activation; numpy (`probabilities`, at any temperature) and the Paddle
+    graphs and losses (utils/model/activations.py, what ensembles export) compute the same numbers."""
+    import paddle
+
+    from utils.model.activations import activate
+
+    decoder = Decoder(task_type, ("A", "A##x", "B"), temperature=2.0)
+    assert decoder.activation == activation
+    logits = np.array([[2.0, -1.0, 0.0], [30.0, -30.0, 0.5]])
+    np.testing.assert_allclose(decoder.probabilities(logits), ACTIVATIONS[activation](logits / 2.0))
+    np.testing.assert_allclose(decoder.probabilities(logits, temperature=1.0), ACTIVATIONS[activation](logits))
+    graph = activate(paddle.to_tensor(logits, dtype="float32"), decoder.activation).numpy()
+    np.testing.assert_allclose(graph, decoder.probabilities(logits, temperature=1.0), rtol=1e-5, atol=1e-7)
+
+
+def test_confidence_is_the_top_probability_or_the_least_sure_label():
+    probs = np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]])
+    assert Decoder("multi-class", ("a", "b", "c")).confidence(probs).tolist() == [0.7, 0.4]
+    label_sets = np.array([[0.9, 0.05, 0.6], [0.99, 0.01, 0.02]])
+    assert Decoder("multi-label", ("a", "b", "c")).confidence(label_sets).tolist() == pytest.approx([0.6, 0.98])
 
 
 def test_multi_class_decides_the_best_label_only():

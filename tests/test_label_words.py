@@ -38,6 +38,23 @@ def test_train_time_warnings_name_colliding_and_unknown_words(tokenizer, caplog)
     assert "collides with b" in text and "1 of its 2 tokens are [UNK]" in text
 
 
+def test_train_warns_about_colliding_label_words_before_any_model_loads(tiny_model_dir, tmp_path, caplog,
+                                                                         no_model_loads):
+    """The warning belongs to planning the model (where data meets the tokenizer), not to the PLM loader."""
+    import train
+    from utils.errors import run_cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "label.txt").write_text("a==龘\nb==靐\n", encoding="utf-8")  # both [UNK]: the same token ids
+    for name in ("train.txt", "dev.txt"):
+        (data / name).write_text("红色的苹果\ta\n黄色的香蕉\tb\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING), pytest.raises(AssertionError, match="a model was loaded"):
+        run_cli(train.main, ["--model_name_or_path", tiny_model_dir, "--data_dir", str(data), "--output_dir",
+                             str(tmp_path / "out"), "--do_train", "--max_steps", "1"])
+    assert "label word '龘' of 'a': collides with b" in caplog.text
+
+
 def test_label_file_alternatives_keep_the_first_word(tmp_path):
     from utils.errors import UserError
     from utils.dataset.labels import read_label_file

@@ -272,13 +272,14 @@ def test_multi_label_rdrop_loss_is_the_symmetric_bernoulli_kl_by_hand():
     import paddle
 
     from utils.model.heads import BCEWithLogits
+    from utils.task.decoding import Decoder
     from utils.training.trainer import PTuningTrainer
 
     first = np.array([[0.0, 2.0, -1.0], [1.5, -0.5, 0.3]])             # logits of the first pass
     second = np.array([[np.log(3.0), 1.0, -1.0], [0.0, 0.5, -2.0]])    # and of the second (other dropout)
     labels = np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
     first_loss, alpha = 0.7, 5.0
-    trainer = SimpleNamespace(spec=SimpleNamespace(decoder=SimpleNamespace(multi_label=True)),
+    trainer = SimpleNamespace(spec=SimpleNamespace(decoder=Decoder("multi-label", ("a", "b", "c"))),
                               criterion=BCEWithLogits(), args=SimpleNamespace(alpha_rdrop=alpha))
 
     def second_pass(**inputs):

@@ -17,7 +17,7 @@ SHORT = dict(min_len=1, max_len=4)
 @pytest.fixture(scope="module")
 def cloze_model(tiny_model_dir, tmp_path_factory):
     """The tiny ERNIE after a few hundred MLM steps on `text + prompt + label word` sentences."""
-    from utils.model.zero_shot import pretrain_cloze_mlm
+    from utils.testing.cloze import pretrain_cloze_mlm
 
     rng = random.Random(7)
     corpus = [(make_text(rng, keyword, **SHORT), word) for _ in range(200) for keyword, word in KEYWORDS.values()]

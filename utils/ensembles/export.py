@@ -35,13 +35,13 @@ def export_ensemble(plan: EnsemblePlan, output_dir: str, examples: Optional[List
 def ensemble_source(plan: EnsemblePlan, models) -> ExportSource:
     """What the ensemble's export is made of; `models`: the members' prompt models, in plan order."""
     first, members = plan.members[0], plan.members
-    graph = EnsembleModel(models, plan.views, plan.decoder.multi_label, [m.spec.temperature for m in members])
+    graph = EnsembleModel(models, plan.views, plan.decoder.activation, [m.spec.temperature for m in members])
     graph.eval()
     reference = Reference(
         models=models, decoder=plan.decoder, views=plan.views, decoders=[m.spec.decoder for m in members],
         names=[f"member {index} ({m.path})" for index, m in enumerate(members)],
         combine=lambda logits: combine([m.probabilities(own) for m, own in zip(members, logits)],
-                                       plan.decoder.multi_label),
+                                       plan.decoder.activation),
         probabilities=True, compared="ensemble probabilities, then each member's logits",
         description="each member's dynamic graph (unfolded prompt encoder) on its training template's batch",
         failure="the ensemble export does not reproduce its members")

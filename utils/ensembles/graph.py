@@ -6,9 +6,10 @@ from typing import Sequence
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 
 from ..export.graph import FoldedPromptModel
+from ..model.activations import activate
+from ..task.decoding import SIGMOID
 from .plan import EnsemblePlan
 
 # Probabilities are kept this far from 0 and 1 before the log / logit, so the outputs stay finite.
@@ -16,10 +17,10 @@ MULTI_CLASS_FLOOR = 1e-30
 MULTI_LABEL_EPS = 1e-7
 
 
-def combine(member_probs: Sequence[np.ndarray], multi_label: bool) -> np.ndarray:
+def combine(member_probs: Sequence[np.ndarray], activation: str) -> np.ndarray:
     """numpy twin of `EnsembleModel`'s output: log mean softmax, or logit of the mean sigmoid."""
     mean = np.mean(np.asarray(member_probs, dtype=np.float64), axis=0)
-    if multi_label:
+    if activation == SIGMOID:
         p = np.clip(mean, MULTI_LABEL_EPS, 1 - MULTI_LABEL_EPS)
         return np.log(p) - np.log1p(-p)
     return np.log(np.maximum(mean, MULTI_CLASS_FLOOR))
@@ -37,11 +38,11 @@ class EnsembleModel(paddle.nn.Layer):
     its temperature (`temperatures`, 1 when not given), probabilities averaged. Outputs `logits` (log
     mean softmax, or logit of the mean sigmoid) and each member's logits, stacked."""
 
-    def __init__(self, models, views: Sequence[int], multi_label: bool, temperatures: Sequence[float] = ()):
+    def __init__(self, models, views: Sequence[int], activation: str, temperatures: Sequence[float] = ()):
         super().__init__()
         self.members = paddle.nn.LayerList([FoldedPromptModel(model) for model in models])
         self.views = list(views)
-        self.multi_label = multi_label
+        self.activation = activation  # the Decoder's: softmax over the labels, or a sigmoid each
         self.temperatures = [float(t) for t in temperatures] or [1.0] * len(models)
 
     # One parameter per input, spelled out: paddle.jit cannot trace *args, and the graph's inputs
@@ -62,17 +63,16 @@ class EnsembleModel(paddle.nn.Layer):
                   position_ids_v5, soft_token_ids_v5, input_ids_v6, token_type_ids_v6,
                   position_ids_v6, soft_token_ids_v6, input_ids_v7, token_type_ids_v7,
                   position_ids_v7, soft_token_ids_v7]
-        multi_label = self.multi_label
         all_logits, total = [], None
         for member, view, temperature in zip(self.members, self.views, self.temperatures):
             logits = member(*inputs[4 * view:4 * view + 4])
             all_logits.append(logits)
             if temperature != 1.0:
                 logits = logits / temperature
-            probs = F.sigmoid(logits) if multi_label else F.softmax(logits, axis=-1)
+            probs = activate(logits, self.activation)
             total = probs if total is None else total + probs
         mean = total / len(self.members)
-        if multi_label:
+        if self.activation == SIGMOID:
             p = paddle.clip(mean, MULTI_LABEL_EPS, 1 - MULTI_LABEL_EPS)
             # one log: with log(p) - log(1 - p), Paddle Inference's inplace pass overwrote p with
             # log(p) before 1 - p was computed (wrong outputs, caught by the parity gate)

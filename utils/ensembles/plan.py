@@ -12,10 +12,11 @@ import numpy as np
 from ..deploy.format import MANIFEST_FILE, VOCAB_FILE
 from ..errors import UserError
 from ..files import sha256_file
-from ..model.spec import SPEC_FILE, ModelSpec
+from ..model.spec import ModelSpec
+from ..rundir.names import MODEL_STATE_FILE, SPEC_FILE
 from ..rundir.checkpoints import refuse_non_final_model
 from ..rundir.checkpoints import verify as verify_checkpoint
-from ..task.decoding import MULTI_CLASS, Decoder
+from ..task.decoding import Decoder
 
 MAX_VIEWS = 8  # distinct templates (or lengths) among the members: the graph's forward has 8 x 4 inputs
 
@@ -61,7 +62,7 @@ def resolve_member(path: str) -> str:
     """A trained model directory (a train.py --output_dir with its final model, or a checkpoint-N)."""
     if not os.path.isdir(path):
         raise UserError("member not found (give a train.py --output_dir or one of its checkpoint-N)", path)
-    if os.path.isfile(os.path.join(path, SPEC_FILE)) and os.path.isfile(os.path.join(path, "model_state.pdparams")):
+    if os.path.isfile(os.path.join(path, SPEC_FILE)) and os.path.isfile(os.path.join(path, MODEL_STATE_FILE)):
         return path
     if os.path.isfile(os.path.join(path, MANIFEST_FILE)):
         raise UserError("is an export; an ensemble is built from trained models: give the train.py --output_dir it "
@@ -70,7 +71,7 @@ def resolve_member(path: str) -> str:
     if os.path.isdir(os.path.join(path, "runs")):
         raise UserError(f"is a multirun.py directory: give its runs, e.g. --members {os.path.join(path, 'runs', '*')} "
                         "(or run multirun.py with --ensemble)", path)
-    raise UserError(f"is not a trained model of this tool ({SPEC_FILE} and model_state.pdparams missing)", path)
+    raise UserError(f"is not a trained model of this tool ({SPEC_FILE} and {MODEL_STATE_FILE} missing)", path)
 
 
 def load_member(path: str) -> Member:
@@ -141,18 +142,18 @@ def ensemble_decoder(members: Sequence[Member], threshold: Optional[float],
     """How the ensemble's probabilities become labels: --threshold, else each label's mean of the
     members' thresholds; --hierarchical_decoding, else the members' (they must agree)."""
     first = members[0]
-    task_type = first.spec.task_type
-    if task_type == MULTI_CLASS and (threshold is not None or hierarchical_decoding is not None):
+    task_type, members_decoder = first.spec.task_type, first.spec.decoder  # every member's task type (checked)
+    if not members_decoder.multi_label and (threshold is not None or hierarchical_decoding is not None):
         raise UserError("is for multi-label and hierarchical ensembles (these members are multi-class)",
                         "--threshold" if threshold is not None else "--hierarchical_decoding")
-    if hierarchical_decoding is not None and task_type != "hierarchical":
+    if hierarchical_decoding is not None and not members_decoder.hierarchical:
         raise UserError("is for hierarchical ensembles (label paths A##B)", "--hierarchical_decoding")
     consistent = {member.spec.consistent_decoding for member in members}
-    if hierarchical_decoding is None and task_type == "hierarchical" and len(consistent) > 1:
+    if hierarchical_decoding is None and members_decoder.hierarchical and len(consistent) > 1:
         raise UserError("the members decode the hierarchy differently (consistent and flat); choose one for the "
                         "ensemble", "--hierarchical_decoding")
     thresholds = None
-    if task_type != MULTI_CLASS:
+    if members_decoder.multi_label:
         thresholds = ([float(threshold)] * len(first.spec.labels) if threshold is not None else
                       np.mean([m.spec.decoder.thresholds for m in members], axis=0).round(6).tolist())
     return Decoder(task_type, tuple(first.spec.labels), tuple(thresholds) if thresholds else None,

@@ -360,9 +360,9 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
     """The checks that span several argument groups (each group checks its own flags)."""
     import paddle
 
-    from ..model.heads import get_head, head_name
+    from ..model.head_kinds import get_kind, head_name
 
-    if (training_args.freeze_plm or training_args.freeze_dropout) and not get_head(
+    if (training_args.freeze_plm or training_args.freeze_dropout) and not get_kind(
             head_name(model_args.method, model_args.verbalizer)).has_prompt_parameters:
         raise UserError(f"--freeze_plm/--freeze_dropout with --method {model_args.method} would leave nothing to "
                         "train but the classifier's input; drop them or use --method ptuning", "--method")

@@ -1,8 +1,9 @@
 """Assembling the prompt model (PLM + template + head) and its weights on disk.
 
-`build_prompt_model` is the one assembly path: `ModelSpec.build` (utils/model/spec.py) calls it for
-training, for a resumed or evaluated checkpoint and for export. What differs between kinds of
-head is in the registry (utils/model/heads.py); here only the template and the state-dict handling.
+`build_from_spec` is the one assembly path from a `ModelSpec` (utils/model/spec.py), for training,
+for a resumed or evaluated checkpoint and for export; `build_prompt_model` puts the parts together.
+What differs between kinds of head is in the registry (utils/model/heads.py); here only the template
+and the state-dict handling.
 """
 from __future__ import annotations
 
@@ -18,9 +19,8 @@ from ..errors import UserError
 from .heads import get_head
 from ..dataset.labels import LabelSet
 from .prompt import copy_parts
-from .spec import SPEC_FILE, ModelSpec
-
-MODEL_STATE_FILE = "model_state.pdparams"
+from ..rundir.names import COMPLETE_MARKER, MODEL_STATE_FILE, SPEC_FILE, VOCAB_FILE
+from .spec import ModelSpec
 
 
 class PromptModel(PromptModelForSequenceClassification):
@@ -81,6 +81,17 @@ def build_prompt_model(plm, tokenizer, parts: List[Dict[str, Any]], label_set: L
     check_max_seq_length(template, max_seq_length)
     return PromptModel(plm, template, kind.create(label_set, tokenizer, plm, dict(head_options or {})), kind,
                        freeze_plm=freeze_plm or freeze_dropout, freeze_dropout=freeze_dropout)
+
+
+def build_from_spec(spec: ModelSpec, tokenizer, plm=None, freeze_plm: bool = False,
+                    freeze_dropout: bool = False) -> PromptModel:
+    """The prompt model `spec` describes: around `plm`, or a PLM built (randomly initialised) from
+    the spec's `plm_config` to receive a checkpoint's weights."""
+    if plm is None:
+        plm = plm_from_config(spec.model_class, spec.plm_config)
+    return build_prompt_model(plm, tokenizer, spec.template, spec.label_set, spec.max_seq_length,
+                              freeze_plm=freeze_plm, freeze_dropout=freeze_dropout, head=spec.head,
+                              head_options=spec.head_options)
 
 
 def criterion_for(model: PromptModel, head_options: Optional[Dict[str, Any]] = None,
@@ -178,7 +189,7 @@ def private_tokenizer_copy(checkpoint_dir: str) -> str:
     atexit.register(shutil.rmtree, copy, True)
     for name in os.listdir(checkpoint_dir):
         path = os.path.join(checkpoint_dir, name)
-        if os.path.isfile(path) and not name.endswith(WEIGHT_SUFFIXES) and name != "checkpoint_complete.json":
+        if os.path.isfile(path) and not name.endswith(WEIGHT_SUFFIXES) and name != COMPLETE_MARKER:
             shutil.copyfile(path, os.path.join(copy, name))
     return copy
 
@@ -205,9 +216,9 @@ def rebuild_from_checkpoint(checkpoint_dir: str, tokenizer=None, verify: bool = 
         if len(tokenizer) > int(spec.plm_config["vocab_size"]) or len(tokenizer) < 5:
             raise UserError(f"the saved tokenizer has {len(tokenizer)} tokens but the model "
                             f"{spec.plm_config['vocab_size']}: vocab.txt is damaged or from another model",
-                            os.path.join(checkpoint_dir, "vocab.txt"))
+                            os.path.join(checkpoint_dir, VOCAB_FILE))
     try:
-        model = spec.build(tokenizer)
+        model = build_from_spec(spec, tokenizer)
     except UserError as exc:
         if exc.path == SPEC_FILE:  # name the file that holds the bad value
             exc = UserError(exc.message, os.path.join(checkpoint_dir, SPEC_FILE), exc.line)

@@ -1,17 +1,10 @@
-"""Classification heads: one registry from name to everything a kind of head decides.
+"""The Paddle implementation of each kind of head (utils/model/head_kinds.py): its verbalizer, loss
+and scores, both in training (`forward`) and in the exported graph (`export_scores`).
 
-    soft     SoftVerbalizer: one [MASK]; a label-word-initialised head on the MLM head's states (WARP).
-    manual   label words read token by token at as many [MASK]s by ERNIE's MLM head (PET).
-    cls      the fine-tuning baseline: the [CLS] sequence classifier, no mask, no verbalizer.
-    soft-multi-label, cls-multi-label
-             the same scores with one sigmoid per label and BCE loss (upstream's multi_label and
-             hierarchical few-shot apps): --task_type multi-label / hierarchical.
-
-A `Head` knows how many masks the template must hold, which PLM head to load, how to build its
-verbalizer, its loss, and how to score inputs both in training (`forward`) and in the exported
-graph (`export_scores`). Training, export and argument checking ask `HEADS[name]`; adding a kind
-of head (e.g. multi-label) is a new class here plus its tests. Template, flags and files do not
-change. (OpenPrompt's `VERBALIZER_CLASS` plays the same role.)
+Each class is registered against the kind it implements with one line, `@implements(KIND)`;
+assembly (utils/model/assembly.py) asks `get_head(name)`. Adding a kind of head is a `HeadKind`
+plus a class here and its tests; template, flags and files do not change. (OpenPrompt's
+`VERBALIZER_CLASS` plays the same role.)
 """
 from __future__ import annotations
 
@@ -23,25 +16,31 @@ import paddle.nn.functional as F
 from paddlenlp.prompt import MaskedLMVerbalizer
 
 from ..errors import UserError
-from ..dataset.labels import LabelSet
+from .head_kinds import (CLASSIFIER, CLASSIFIER_MULTI_LABEL, MANUAL, SOFT, SOFT_MULTI_LABEL, HeadKind, get_kind,
+                         label_word_token_count)
+
+HEADS: Dict[str, "Head"] = {}
+
+
+def implements(kind: HeadKind):
+    """Class decorator: register the class as the Paddle implementation of `kind`."""
+    def register(cls):
+        HEADS[kind.name] = cls(kind)
+        return cls
+    return register
+
+
+def get_head(name: Optional[str]) -> "Head":
+    return HEADS[get_kind(name).name]
 
 
 class Head:
-    """The decisions of one kind of head; subclasses override what differs."""
+    """What one kind of head builds and computes; subclasses override what differs."""
 
-    name = ""
-    plm_head = "masked_lm"          # what `utils.model.plm.load_plm` loads: masked_lm | sequence_classification
-    method = "ptuning"              # the --method this head belongs to
-    has_prompt_parameters = True    # False: --freeze_plm would leave nothing to train
-    options: Dict[str, tuple] = {}  # option name -> allowed values (first: default), saved in the model spec
-    verbalizer: Optional[str] = None  # the --verbalizer value that selects it (None: --method finetune)
-    multi_label = False             # True: one sigmoid per label, BCE loss, multi-hot float labels
+    def __init__(self, kind: HeadKind):
+        self.kind = kind
 
-    def masks(self, label_set: LabelSet, tokenizer) -> int:
-        """[MASK] tokens the template must hold (checked against the template before any model loads)."""
-        return 1
-
-    def create(self, label_set: LabelSet, tokenizer, plm, options: Dict[str, Any]):
+    def create(self, label_set, tokenizer, plm, options: Dict[str, Any]):
         """The verbalizer (None: the PLM's own head scores)."""
         raise NotImplementedError
 
@@ -66,25 +65,16 @@ class Head:
         return model.verbalizer.process_outputs(model.plm(**plm_inputs, return_dict=True).logits, mask_positions())
 
 
+@implements(SOFT)
 class SoftHead(Head):
-    name = "soft"
-    verbalizer = "soft"
-
     def create(self, label_set, tokenizer, plm, options):
         from paddlenlp.prompt import SoftVerbalizer
 
         return SoftVerbalizer(label_set.verbalizer_words(), tokenizer, plm)
 
 
+@implements(CLASSIFIER)
 class ClassifierHead(Head):
-    name = "cls"
-    plm_head = "sequence_classification"
-    method = "finetune"
-    has_prompt_parameters = False
-
-    def masks(self, label_set, tokenizer) -> int:
-        return 0
-
     def create(self, label_set, tokenizer, plm, options):
         return None
 
@@ -92,29 +82,8 @@ class ClassifierHead(Head):
         return model.plm(**plm_inputs, return_dict=True).logits
 
 
-def label_word_token_count(label_set: LabelSet, tokenizer) -> int:
-    """Tokens per label word; a manual verbalizer needs the same count for every label."""
-    counts = {label: len(tokenizer(word, add_special_tokens=False)["input_ids"])
-              for label, word in label_set.label_words.items()}
-    if len(set(counts.values())) > 1:
-        detail = ", ".join(f"{label}=={label_set.label_words[label]}: {n} (line {label_set.lines.get(label, '?')})"
-                           for label, n in counts.items())
-        raise UserError(f"--verbalizer manual predicts one token per [MASK], so every label word needs the same "
-                        f"number of tokens; found {detail}", label_set.path or "label.txt")
-    count = next(iter(counts.values()))
-    if count == 0:
-        raise UserError("a label word tokenizes to nothing", label_set.path or "label.txt")
-    return count
-
-
+@implements(MANUAL)
 class ManualHead(Head):
-    name = "manual"
-    verbalizer = "manual"
-    options = {"loss": ("ce", "mlm")}
-
-    def masks(self, label_set, tokenizer) -> int:
-        return label_word_token_count(label_set, tokenizer)
-
     def create(self, label_set, tokenizer, plm, options):
         from paddlenlp.transformers.ernie.modeling import ErnieLMPredictionHead
 
@@ -182,15 +151,10 @@ class BCEWithLogits(paddle.nn.Layer):
         return F.binary_cross_entropy_with_logits(logits, labels.astype(logits.dtype))
 
 
-MULTI_LABEL_SUFFIX = "-multi-label"
-
-
+@implements(SOFT_MULTI_LABEL)
 class MultiLabelSoftHead(SoftHead):
     """The SoftVerbalizer's label-word-initialised head, read as one sigmoid per label (upstream's
     multi_label few-shot app: SoftVerbalizer + BCEWithLogitsLoss). Scores and export as `soft`."""
-
-    name = SoftHead.name + MULTI_LABEL_SUFFIX
-    multi_label = True
 
     def loss(self, model, options):
         return BCEWithLogits()
@@ -199,33 +163,15 @@ class MultiLabelSoftHead(SoftHead):
         return BCEWithLogits()  # BCE takes probabilities as targets
 
 
+@implements(CLASSIFIER_MULTI_LABEL)
 class MultiLabelClassifierHead(ClassifierHead):
     """The [CLS] baseline with one sigmoid per label (upstream's multi-label fine-tuning)."""
-
-    name = ClassifierHead.name + MULTI_LABEL_SUFFIX
-    multi_label = True
 
     def loss(self, model, options):
         return BCEWithLogits()
 
     def soft_loss(self, model, options):
         return BCEWithLogits()
-
-
-HEADS: Dict[str, Head] = {head.name: head for head in (SoftHead(), ManualHead(), ClassifierHead(),
-                                                       MultiLabelSoftHead(), MultiLabelClassifierHead())}
-
-
-def get_head(name: Optional[str]) -> Head:
-    if name not in HEADS:
-        raise UserError(f"unknown head {name!r} (known: {', '.join(HEADS)})", "--verbalizer")
-    return HEADS[name]
-
-
-def head_name(method: str, verbalizer: Optional[str], task_type: str = "multi-class") -> str:
-    """The registry name for the flags `--method`, `--verbalizer` and `--task_type`."""
-    base = ClassifierHead.name if str(method) == ClassifierHead.method else str(verbalizer)
-    return base if str(task_type) == "multi-class" else base + MULTI_LABEL_SUFFIX
 
 
 class MultiMaskVerbalizer(MaskedLMVerbalizer):

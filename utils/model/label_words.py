@@ -24,7 +24,6 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-ALTERNATIVE_SEPARATOR = "|"   # label.txt: name==w1|w2|w3, the first is the label word used
 DEFAULT_TOP_TOKENS = 5
 
 

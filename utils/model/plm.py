@@ -13,13 +13,16 @@ import socket
 from typing import Optional, Tuple
 
 from ..errors import UserError
+from ..rundir.names import MODEL_STATE_FILE, PLM_CONFIG_FILE, PRETRAINING_FILE, VOCAB_FILE
 
 logger = logging.getLogger(__name__)
 
 DOWNLOAD_HOST = ("bj.bcebos.com", 443)
 PROBE_TIMEOUT_S = 3.0
-WEIGHT_FILES = ("model_state.pdparams", "model.safetensors", "model_state.safetensors",
+WEIGHT_FILES = (MODEL_STATE_FILE, "model.safetensors", "model_state.safetensors",
                 "model_state.pdparams.index.json", "model.safetensors.index.json")
+# Written by `python -m utils.tiny_ernie` into the random ERNIE it builds: loading such a model warns.
+NOT_PRETRAINED_MARKER = "NOT_PRETRAINED.json"
 TINY_HINT = ("For an offline dry run build a small randomly initialised ERNIE and pass its folder: "
              "`python -m utils.tiny_ernie --output_dir checkpoints/tiny-ernie --data_dir DATA_DIR` then "
              "`--model_name_or_path checkpoints/tiny-ernie`.")
@@ -43,14 +46,14 @@ def _cached_dir(name: str) -> str:
 
 def check_model_dir(path: str) -> None:
     missing = []
-    if not os.path.isfile(os.path.join(path, "config.json")) and not os.path.isfile(
+    if not os.path.isfile(os.path.join(path, PLM_CONFIG_FILE)) and not os.path.isfile(
             os.path.join(path, "model_config.json")):
-        missing.append("config.json")
+        missing.append(PLM_CONFIG_FILE)
     if not any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES):
-        missing.append("model_state.pdparams (or model.safetensors)")
-    if not os.path.isfile(os.path.join(path, "vocab.txt")) and not os.path.isfile(
+        missing.append(f"{MODEL_STATE_FILE} (or model.safetensors)")
+    if not os.path.isfile(os.path.join(path, VOCAB_FILE)) and not os.path.isfile(
             os.path.join(path, "tokenizer_config.json")):
-        missing.append("vocab.txt")
+        missing.append(VOCAB_FILE)
     if missing:
         raise UserError(f"is not a PaddleNLP model directory: missing {', '.join(missing)}. " + TINY_HINT, path)
 
@@ -89,8 +92,6 @@ def load_plm(name_or_path: str, head: str = "masked_lm", num_labels: int = None)
     """Return `(model, tokenizer)`: `AutoModelForMaskedLM` (P-tuning) or `...ForSequenceClassification`."""
     from paddlenlp.transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-    from ..testing.tiny_ernie import is_not_pretrained
-
     source = resolve_model(name_or_path)
     tokenizer = load_tokenizer(name_or_path)
     try:
@@ -101,7 +102,7 @@ def load_plm(name_or_path: str, head: str = "masked_lm", num_labels: int = None)
     except Exception as exc:  # truncated weights, bad config values: paddle raises many types
         raise UserError(f"cannot load the model ({type(exc).__name__}: {exc}); its config.json or weights are "
                         "damaged or do not match", name_or_path) from None
-    pretraining = os.path.join(source, "pretraining.json") if os.path.isdir(source) else ""
+    pretraining = os.path.join(source, PRETRAINING_FILE) if os.path.isdir(source) else ""
     if pretraining and os.path.isfile(pretraining):
         from ..files import read_json
 
@@ -116,9 +117,14 @@ def load_plm(name_or_path: str, head: str = "masked_lm", num_labels: int = None)
     return model, tokenizer
 
 
+def is_not_pretrained(model_dir: str) -> bool:
+    """A randomly initialised ERNIE built by utils.tiny_ernie (its marker file is there)."""
+    return os.path.isfile(os.path.join(model_dir, NOT_PRETRAINED_MARKER))
+
+
 def position_limit(name_or_path: str) -> Optional[int]:
     """`max_position_embeddings` of a local model directory or a built-in ERNIE, without loading it."""
-    config_path = os.path.join(name_or_path, "config.json")
+    config_path = os.path.join(name_or_path, PLM_CONFIG_FILE)
     if os.path.isfile(config_path):
         from ..files import read_json
 
@@ -148,7 +154,8 @@ def unknown_share(tokenizer, texts) -> float:
 
 
 def warn_unknown_tokens(tokenizer, dataset, model_name: str) -> Optional[float]:
-    """Warn when the vocabulary does not fit the data (most tokens `[UNK]`) or a label word is unknown."""
+    """Warn when the vocabulary does not fit the data (most tokens `[UNK]`) or a label word is unknown
+    (the other label-word problems: utils/model/label_words.py `warn_label_words`)."""
     texts = [e[key] for e in (dataset.train or dataset.dev or dataset.test or dataset.data or [])[:UNKNOWN_SAMPLE]
              for key in ("text_a", "text_b") if key in e]
     share = unknown_share(tokenizer, texts) if texts else None
@@ -161,7 +168,4 @@ def warn_unknown_tokens(tokenizer, dataset, model_name: str) -> Optional[float]:
         if ids and all(i == tokenizer.unk_token_id for i in ids):
             logger.warning("label word %r (label %r) is [UNK] for this vocabulary: its classifier row starts "
                            "from the unknown token's; choose a word the vocabulary knows", word, label)
-    from .label_words import warn_label_words
-
-    warn_label_words(dataset.labels.label_words, tokenizer, dataset.labels.path or "label.txt")
     return share

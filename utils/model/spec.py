@@ -2,10 +2,11 @@
 
 Training builds it from the flags (`from_flags`: the template, the mask count the head needs and
 the length checks live there), every checkpoint and run directory saves it, and a checkpoint,
-export.py and a resumed run read it back with `load` (validated key by key) and assemble the
-model with `build` — one assembly path. Like peft's `PromptEncoderConfig` or SetFit's
-`config_setfit.json`. The file is format 1: keys `method`/`verbalizer` name the head as the
-flags do (`verbalizer` null for `--method finetune`). Paddle-free to read and write.
+export.py and a resumed run read it back with `load` (validated key by key); the model is
+assembled from it by `utils.model.assembly.build_from_spec` — one assembly path. Like peft's
+`PromptEncoderConfig` or SetFit's `config_setfit.json`. The file is format 1: keys
+`method`/`verbalizer` name the head as the flags do (`verbalizer` null for `--method finetune`).
+Paddle-free: the head is read from its description (utils/model/head_kinds.py).
 """
 from __future__ import annotations
 
@@ -16,16 +17,19 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ..flags.train import Method, VerbalizerKind
-from ..task.decoding import DEFAULT_OTHER_LABEL, MULTI_CLASS, SEARCH_MODES, TASK_TYPES, Decoder, parent_path
+from ..task.decoding import (DEFAULT_OTHER_LABEL, HIERARCHICAL, MULTI_CLASS, SEARCH_MODES, TASK_TYPES, Decoder,
+                             is_multi_label, parent_path)
 from ..errors import UserError
 from ..files import read_json, write_json_atomic
 from ..dataset.labels import LabelSet
+from ..rundir.checkpoints import is_pretrained_language_model, not_a_classifier
+from ..rundir.names import CHECKPOINT_PREFIX, SPEC_FILE
+from .head_kinds import KINDS, HeadKind, get_kind, head_name
 from .prompt import (build_template, check_parts, classifier_template, count_masks, fixed_token_count,
                      is_template_string, template_kind, template_string, validate_template)
 
 logger = logging.getLogger(__name__)
 
-SPEC_FILE = "ptuning_config.json"
 FORMAT = 1
 KEYS = ("format", "method", "verbalizer", "model_name_or_path", "model_class", "plm_config", "template", "labels",
         "label_words", "max_seq_length", "head_options", "task_type", "thresholds", "threshold_search",
@@ -64,16 +68,17 @@ class ModelSpec:
         return self.distillation is not None
 
     @property
-    def method(self) -> Method:
-        from .heads import get_head
+    def kind(self) -> HeadKind:
+        """The head's description (utils/model/head_kinds.py)."""
+        return get_kind(self.head)
 
-        return Method.parse(get_head(self.head).method)
+    @property
+    def method(self) -> Method:
+        return Method.parse(self.kind.method)
 
     @property
     def verbalizer(self) -> Optional[str]:
-        from .heads import get_head
-
-        return None if self.method == Method.FINETUNE else get_head(self.head).verbalizer
+        return None if self.method == Method.FINETUNE else self.kind.verbalizer
 
     @property
     def decoder(self) -> Decoder:
@@ -91,11 +96,9 @@ class ModelSpec:
     def from_flags(cls, model_args, data_args, max_seq_length: int, label_set: LabelSet, is_pair: bool, tokenizer,
                    position_limit: Optional[int] = None, task_type: str = MULTI_CLASS) -> "ModelSpec":
         """The model the flags ask for, checked with the tokenizer alone (no weights loaded)."""
-        from .heads import get_head, head_name
-
         zero_shot = bool(getattr(model_args, "zero_shot", False))
         # zero-shot: the label words read by the PLM's MLM head (the manual head, PET's scores)
-        head = get_head(head_name(model_args.method, "manual" if zero_shot else model_args.verbalizer, task_type))
+        head = get_kind(head_name(model_args.method, "manual" if zero_shot else model_args.verbalizer, task_type))
         if zero_shot:
             from .zero_shot import zero_shot_template
 
@@ -132,7 +135,7 @@ class ModelSpec:
         spec = cls(head=head.name, template=parts, labels=label_set.labels, label_words=label_set.words_in_order(),
                    max_seq_length=max_seq_length, model_name_or_path=model_args.model_name_or_path,
                    head_options=options, task_type=task_type,
-                   thresholds=None if task_type == MULTI_CLASS or threshold is None
+                   thresholds=None if not is_multi_label(task_type) or threshold is None
                    else [float(threshold)] * len(label_set.labels),
                    consistent_decoding=decoding is None or str(decoding) == "consistent", zero_shot=zero_shot)
         spec.check_lengths(tokenizer, position_limit)
@@ -165,7 +168,7 @@ class ModelSpec:
                 "plm_config": self.plm_config, "template": self.template, "labels": list(self.labels),
                 "label_words": list(self.label_words), "max_seq_length": self.max_seq_length,
                 "head_options": dict(self.head_options), "task_type": self.task_type}
-        if self.task_type != MULTI_CLASS:
+        if self.decoder.multi_label:
             data.update(self.decoder.describe(), threshold_search=self.threshold_search)
         # written only when set, so files of models without them stay as they were
         for key, default in (("temperature", 1.0), ("reject_threshold", None), ("other_label", DEFAULT_OTHER_LABEL),
@@ -197,100 +200,24 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data, path: str = SPEC_FILE) -> "ModelSpec":
         """Validate a loaded file (hand edits included): every key known and well typed."""
-        from .heads import HEADS, get_head, head_name
-
         def bad(key: str, message: str) -> UserError:
             return UserError(f"{key}: {message} (edited or damaged? re-run training to recreate it)", path)
 
-        if not isinstance(data, dict):
-            raise UserError(f"must be a JSON object, found {type(data).__name__}", path)
-        unknown = sorted(set(data) - set(KEYS))
-        if unknown:
-            raise bad(unknown[0], f"unknown key (known: {', '.join(KEYS)})")
-        for key in ("plm_config", "template", "labels", "label_words", "max_seq_length", "model_class"):
-            if key not in data:
-                raise bad(key, "missing")
-        if data.get("format", FORMAT) != FORMAT:
-            raise bad("format", f"{data.get('format')!r} is not a format this version reads ({FORMAT})")
-        try:
-            method = Method.parse(data.get("method", Method.PTUNING.value))
-            verbalizer = None if data.get("verbalizer") is None else VerbalizerKind.parse(data["verbalizer"]).value
-        except ValueError as exc:
-            raise bad("method/verbalizer", str(exc)) from None
-        task_type = data.get("task_type", MULTI_CLASS)
-        if task_type not in TASK_TYPES:
-            raise bad("task_type", f"{task_type!r} is not one of {', '.join(TASK_TYPES)}")
-        name = head_name(method.value, verbalizer, task_type)
-        if name not in HEADS or get_head(name).method != method.value:
-            raise bad("verbalizer", f"{verbalizer!r} does not fit method {method.value!r} and task type "
-                                    f"{task_type!r}")
-        head = get_head(name)
+        _check_keys(data, path, bad)
+        head, task_type = _head_of(data, bad)
         labels, words = data["labels"], data["label_words"]
-        if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)):
-            raise bad("labels", "must be a list of at least two non-empty label names")
-        if len(set(labels)) != len(labels):
-            raise bad("labels", "has duplicates")
-        if labels != sorted(labels):
-            raise bad("labels", "must be in output order (sorted by name)")
-        if not (isinstance(words, list) and len(words) == len(labels) and all(isinstance(x, str) and x for x in words)):
-            raise bad("label_words", "must be a list of non-empty strings, one per label")
-        length = data["max_seq_length"]
-        if not (isinstance(length, int) and not isinstance(length, bool) and length >= 4):
-            raise bad("max_seq_length", f"must be an integer of at least 4, got {length!r}")
-        plm_config = data["plm_config"]
-        if not isinstance(plm_config, dict):
-            raise bad("plm_config", "must be an object")
-        for key in PLM_CONFIG_INTS:
-            value = plm_config.get(key)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-                raise bad(f"plm_config.{key}", f"must be a positive integer, got {value!r}")
-        if plm_config["hidden_size"] % plm_config["num_attention_heads"]:
-            raise bad("plm_config.hidden_size", "must be a multiple of num_attention_heads")
-        if length > plm_config["max_position_embeddings"]:
-            raise bad("max_seq_length", f"{length} exceeds the model's {plm_config['max_position_embeddings']} "
-                                        "positions")
-        model_class, suffix = data["model_class"], MODEL_CLASS_SUFFIXES[head.plm_head]
-        if not (isinstance(model_class, str) and model_class.isidentifier() and model_class.endswith(suffix)):
-            raise bad("model_class", f"must name a paddlenlp *{suffix} for method {method.value!r}, got "
-                                     f"{model_class!r}")
+        _check_labels(labels, words, bad)
+        _check_plm(data, head, bad)
         template = data["template"]
         check_parts(template, f"{path}: template")
-        if method == Method.PTUNING and head.verbalizer == "soft" and count_masks(template) != 1:
+        if head.verbalizer == "soft" and count_masks(template) != 1:
             raise bad("template", f"the SoftVerbalizer needs exactly one mask, found {count_masks(template)}")
         options = data.get("head_options") or {}
         if not isinstance(options, dict) or any(k not in head.options or v not in head.options[k]
                                                 for k, v in options.items()):
             raise bad("head_options", f"{options!r} is not valid for the {head.name} head "
                                       f"(allowed: {head.options or 'none'})")
-        model_name = data.get("model_name_or_path", "")
-        thresholds = data.get("thresholds")
-        if task_type == MULTI_CLASS and any(data.get(k) is not None for k in ("thresholds", "hierarchical_decoding")):
-            raise bad("thresholds", "a multi-class model has no thresholds or hierarchical decoding")
-        if thresholds is not None and not (
-                isinstance(thresholds, list) and len(thresholds) == len(labels)
-                and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in thresholds)):
-            raise bad("thresholds", f"must be null or a list of {len(labels)} numbers in [0, 1], one per label")
-        search = data.get("threshold_search", "none")
-        if search not in SEARCH_MODES:
-            raise bad("threshold_search", f"{search!r} is not one of {', '.join(SEARCH_MODES)}")
-        decoding = data.get("hierarchical_decoding")
-        if decoding not in (None, "consistent", "flat"):
-            raise bad("hierarchical_decoding", f"{decoding!r} is not consistent or flat")
-        if task_type == "hierarchical":
-            missing = [label for label in labels if parent_path(label) and parent_path(label) not in labels]
-            if missing:
-                raise bad("labels", f"the parent path of {missing[0]!r} is not a label")
-        temperature = data.get("temperature", 1.0)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise bad("temperature", f"must be a positive number, got {temperature!r}")
-        reject = data.get("reject_threshold")
-        if reject is not None and (task_type != MULTI_CLASS or isinstance(reject, bool)
-                                   or not isinstance(reject, (int, float)) or not 0 < reject <= 1):
-            raise bad("reject_threshold", f"must be null or, for a multi-class model, a number in (0, 1], got "
-                                          f"{reject!r}")
-        other = data.get("other_label", DEFAULT_OTHER_LABEL)
-        if not isinstance(other, str) or not other.strip() or other in labels:
-            raise bad("other_label", f"must be a non-empty name that is not a label, got {other!r}")
+        decoding = _decoding_of(data, labels, task_type, bad)
         zero_shot = data.get("zero_shot", False)
         if not isinstance(zero_shot, bool):
             raise bad("zero_shot", f"must be true or false, got {zero_shot!r}")
@@ -298,37 +225,114 @@ class ModelSpec:
         if distillation is not None and not (isinstance(distillation, dict) and all(isinstance(k, str)
                                                                                    for k in distillation)):
             raise bad("distillation", "must be null or an object (the teacher a student was trained from)")
-        return cls(head=head.name, template=template, labels=labels, label_words=words, max_seq_length=length,
-                   model_name_or_path=model_name if isinstance(model_name, str) else "", model_class=model_class,
-                   plm_config=plm_config, head_options=options, task_type=task_type,
-                   thresholds=[float(t) for t in thresholds] if thresholds is not None else None,
-                   threshold_search=search, consistent_decoding=decoding != "flat", temperature=float(temperature),
-                   reject_threshold=None if reject is None else float(reject), other_label=other,
-                   zero_shot=zero_shot, distillation=distillation)
-
-    # -- the model -------------------------------------------------------------------------------
-
-    def build(self, tokenizer, plm=None, freeze_plm: bool = False, freeze_dropout: bool = False):
-        """The prompt model: around `plm`, or a PLM built (randomly initialised) from `plm_config`
-        to receive a checkpoint's weights."""
-        from .assembly import build_prompt_model, plm_from_config
-
-        if plm is None:
-            plm = plm_from_config(self.model_class, self.plm_config)
-        return build_prompt_model(plm, tokenizer, self.template, self.label_set, self.max_seq_length,
-                                  freeze_plm=freeze_plm, freeze_dropout=freeze_dropout, head=self.head,
-                                  head_options=self.head_options)
+        model_name = data.get("model_name_or_path", "")
+        return cls(head=head.name, template=template, labels=labels, label_words=words,
+                   max_seq_length=data["max_seq_length"],
+                   model_name_or_path=model_name if isinstance(model_name, str) else "",
+                   model_class=data["model_class"], plm_config=data["plm_config"], head_options=options,
+                   task_type=task_type, zero_shot=zero_shot, distillation=distillation, **decoding)
 
 
-def is_pretrained_language_model(directory: str) -> bool:
-    """pretrain.py's output (utils/training/pretraining.py): a language model, with no classifier spec."""
-    return os.path.isfile(os.path.join(directory, "pretraining.json")) and not os.path.isfile(
-        os.path.join(directory, SPEC_FILE))
+# -- the checks of `ModelSpec.from_dict`; `bad(key, message)` makes the error naming the file ----------
 
 
-def not_a_classifier(directory: str) -> UserError:
-    return UserError("is a pretrain.py language model, not a classifier: train one on it with "
-                     f"--model_name_or_path {directory}", directory)
+def _check_keys(data, path: str, bad) -> None:
+    if not isinstance(data, dict):
+        raise UserError(f"must be a JSON object, found {type(data).__name__}", path)
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise bad(unknown[0], f"unknown key (known: {', '.join(KEYS)})")
+    for key in ("plm_config", "template", "labels", "label_words", "max_seq_length", "model_class"):
+        if key not in data:
+            raise bad(key, "missing")
+    if data.get("format", FORMAT) != FORMAT:
+        raise bad("format", f"{data.get('format')!r} is not a format this version reads ({FORMAT})")
+
+
+def _head_of(data, bad) -> tuple:
+    """`(head kind, task type)` named by `method`, `verbalizer` and `task_type`."""
+    try:
+        method = Method.parse(data.get("method", Method.PTUNING.value))
+        verbalizer = None if data.get("verbalizer") is None else VerbalizerKind.parse(data["verbalizer"]).value
+    except ValueError as exc:
+        raise bad("method/verbalizer", str(exc)) from None
+    task_type = data.get("task_type", MULTI_CLASS)
+    if task_type not in TASK_TYPES:
+        raise bad("task_type", f"{task_type!r} is not one of {', '.join(TASK_TYPES)}")
+    name = head_name(method.value, verbalizer, task_type)
+    if name not in KINDS or get_kind(name).method != method.value:
+        raise bad("verbalizer", f"{verbalizer!r} does not fit method {method.value!r} and task type "
+                                f"{task_type!r}")
+    return get_kind(name), task_type
+
+
+def _check_labels(labels, words, bad) -> None:
+    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)):
+        raise bad("labels", "must be a list of at least two non-empty label names")
+    if len(set(labels)) != len(labels):
+        raise bad("labels", "has duplicates")
+    if labels != sorted(labels):
+        raise bad("labels", "must be in output order (sorted by name)")
+    if not (isinstance(words, list) and len(words) == len(labels) and all(isinstance(x, str) and x for x in words)):
+        raise bad("label_words", "must be a list of non-empty strings, one per label")
+
+
+def _check_plm(data, head: HeadKind, bad) -> None:
+    """`max_seq_length`, `plm_config` and `model_class`: a PLM of the head's kind that fits the length."""
+    length = data["max_seq_length"]
+    if not (isinstance(length, int) and not isinstance(length, bool) and length >= 4):
+        raise bad("max_seq_length", f"must be an integer of at least 4, got {length!r}")
+    plm_config = data["plm_config"]
+    if not isinstance(plm_config, dict):
+        raise bad("plm_config", "must be an object")
+    for key in PLM_CONFIG_INTS:
+        value = plm_config.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise bad(f"plm_config.{key}", f"must be a positive integer, got {value!r}")
+    if plm_config["hidden_size"] % plm_config["num_attention_heads"]:
+        raise bad("plm_config.hidden_size", "must be a multiple of num_attention_heads")
+    if length > plm_config["max_position_embeddings"]:
+        raise bad("max_seq_length", f"{length} exceeds the model's {plm_config['max_position_embeddings']} "
+                                    "positions")
+    model_class, suffix = data["model_class"], MODEL_CLASS_SUFFIXES[head.plm_head]
+    if not (isinstance(model_class, str) and model_class.isidentifier() and model_class.endswith(suffix)):
+        raise bad("model_class", f"must name a paddlenlp *{suffix} for method {head.method!r}, got "
+                                 f"{model_class!r}")
+
+
+def _decoding_of(data, labels, task_type: str, bad) -> Dict[str, Any]:
+    """The decoding fields (thresholds, hierarchical decoding, temperature, reject option), checked."""
+    thresholds = data.get("thresholds")
+    if not is_multi_label(task_type) and any(data.get(k) is not None for k in ("thresholds", "hierarchical_decoding")):
+        raise bad("thresholds", "a multi-class model has no thresholds or hierarchical decoding")
+    if thresholds is not None and not (
+            isinstance(thresholds, list) and len(thresholds) == len(labels)
+            and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in thresholds)):
+        raise bad("thresholds", f"must be null or a list of {len(labels)} numbers in [0, 1], one per label")
+    search = data.get("threshold_search", "none")
+    if search not in SEARCH_MODES:
+        raise bad("threshold_search", f"{search!r} is not one of {', '.join(SEARCH_MODES)}")
+    decoding = data.get("hierarchical_decoding")
+    if decoding not in (None, "consistent", "flat"):
+        raise bad("hierarchical_decoding", f"{decoding!r} is not consistent or flat")
+    if task_type == HIERARCHICAL:  # (consistent decoding reads each label's parent)
+        missing = [label for label in labels if parent_path(label) and parent_path(label) not in labels]
+        if missing:
+            raise bad("labels", f"the parent path of {missing[0]!r} is not a label")
+    temperature = data.get("temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise bad("temperature", f"must be a positive number, got {temperature!r}")
+    reject = data.get("reject_threshold")
+    if reject is not None and (is_multi_label(task_type) or isinstance(reject, bool)
+                               or not isinstance(reject, (int, float)) or not 0 < reject <= 1):
+        raise bad("reject_threshold", f"must be null or, for a multi-class model, a number in (0, 1], got "
+                                      f"{reject!r}")
+    other = data.get("other_label", DEFAULT_OTHER_LABEL)
+    if not isinstance(other, str) or not other.strip() or other in labels:
+        raise bad("other_label", f"must be a non-empty name that is not a label, got {other!r}")
+    return dict(thresholds=[float(t) for t in thresholds] if thresholds is not None else None,
+                threshold_search=search, consistent_decoding=decoding != "flat", temperature=float(temperature),
+                reject_threshold=None if reject is None else float(reject), other_label=other)
 
 
 def peek_task_type(checkpoint: Optional[str]) -> Optional[str]:
@@ -341,7 +345,7 @@ def peek_task_type(checkpoint: Optional[str]) -> Optional[str]:
     if not checkpoint or not os.path.isdir(checkpoint):
         return None
     candidates = [os.path.join(checkpoint, SPEC_FILE)] + sorted(
-        glob.glob(os.path.join(checkpoint, "checkpoint-*", SPEC_FILE)),
+        glob.glob(os.path.join(checkpoint, CHECKPOINT_PREFIX + "*", SPEC_FILE)),
         key=lambda p: -int(re.sub(r"\D", "", os.path.basename(os.path.dirname(p))) or 0))
     for path in candidates:
         if os.path.isfile(path):

@@ -21,21 +21,18 @@ from typing import Dict, List, Optional
 
 from ..errors import UserError
 from ..files import read_json, sha256_file, write_json_atomic, write_text_atomic
-from ..model.spec import SPEC_FILE, is_pretrained_language_model, not_a_classifier
+from .names import (CHECKPOINT_PREFIX, COMPLETE_MARKER, LOCK_FILE, MODEL_STATE_FILE, OPTIMIZER_FILE, PRETRAINING_FILE,
+                    SCHEDULER_FILE, SPEC_FILE, TRAINER_STATE_FILE, rng_file)
 
 logger = logging.getLogger(__name__)
 
-COMPLETE_MARKER = "checkpoint_complete.json"
 MARKER_FORMAT = 2
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_PATTERN = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 DELETING_PREFIX = ".deleting-"
 # Partial files a killed run can leave behind: checkpoint staging, deletions, export staging.
 LEFTOVER_PATTERNS = (".saving*", DELETING_PREFIX + "*", "export.tmp-*", "export.old-*", ".*.tmp")
-MODEL_FILES = ("model_state.pdparams", SPEC_FILE)
-RESUME_FILES = ("optimizer.pdopt", "scheduler.pdparams", "trainer_state.json")
-# The training loop's loss bookkeeping at the save (utils/training/run.py `MarkedCheckpoints.loss_state`), so
-# a resumed run logs the losses of an uninterrupted one; checkpoints of earlier versions lack it.
-LOSS_STATE_FILE = "loss_state.json"
+MODEL_FILES = (MODEL_STATE_FILE, SPEC_FILE)
+RESUME_FILES = (OPTIMIZER_FILE, SCHEDULER_FILE, TRAINER_STATE_FILE)
 PAUSE_ENV = "PTUNING_TEST_PAUSE"
 
 
@@ -55,11 +52,6 @@ def reached(point: str, directory: str) -> None:
 
         write_text_atomic(path, f"{os.getpid()}\n")
         threading.Event().wait()  # for ever: the test kills the process here
-
-
-def rng_file(world_size: int) -> str:
-    """The Trainer's RNG state file: one per process count."""
-    return "rng_state.pth" if world_size <= 1 else f"rng_state_{world_size}.pth"
 
 
 def is_model_file(name: str) -> bool:
@@ -149,7 +141,7 @@ def checkpoint_step(path: str) -> Optional[int]:
 def complete_checkpoints(run_dir: str) -> List[str]:
     """The run's `checkpoint-N` directories that have a marker, by step."""
     found = []
-    for path in glob.glob(os.path.join(glob.escape(run_dir), "checkpoint-*")):
+    for path in glob.glob(os.path.join(glob.escape(run_dir), CHECKPOINT_PREFIX + "*")):
         step = checkpoint_step(path)
         if step is not None and os.path.isdir(path) and os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
             found.append((step, path))
@@ -159,6 +151,17 @@ def complete_checkpoints(run_dir: str) -> List[str]:
 def latest_checkpoint(run_dir: str) -> Optional[str]:
     checkpoints = complete_checkpoints(run_dir)
     return checkpoints[-1] if checkpoints else None
+
+
+def is_pretrained_language_model(directory: str) -> bool:
+    """pretrain.py's output (utils/training/pretraining.py): a language model, with no classifier spec."""
+    return os.path.isfile(os.path.join(directory, PRETRAINING_FILE)) and not os.path.isfile(
+        os.path.join(directory, SPEC_FILE))
+
+
+def not_a_classifier(directory: str) -> UserError:
+    return UserError("is a pretrain.py language model, not a classifier: train one on it with "
+                     f"--model_name_or_path {directory}", directory)
 
 
 def refuse_non_final_model(path: str) -> None:
@@ -196,14 +199,14 @@ def clean_leftovers(run_dir: str) -> List[str]:
     """Remove what killed runs left in `run_dir`: checkpoints without their marker (a save that
     never finished), half-deleted directories, staging files."""
     removed = []
-    for path in glob.glob(os.path.join(glob.escape(run_dir), "checkpoint-*")):
+    for path in glob.glob(os.path.join(glob.escape(run_dir), CHECKPOINT_PREFIX + "*")):
         if checkpoint_step(path) is not None and os.path.isdir(path) and \
                 not os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
             remove_tree(path)
             removed.append(os.path.basename(path))
     for pattern in LEFTOVER_PATTERNS:
         for path in glob.glob(os.path.join(glob.escape(run_dir), pattern)):
-            if os.path.basename(path) == ".ptuning.lock":
+            if os.path.basename(path) == LOCK_FILE:
                 continue
             _remove_any(path)
             removed.append(os.path.basename(path))

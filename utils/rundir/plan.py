@@ -27,27 +27,29 @@ from typing import List, Optional
 
 from .checkpoints import LEFTOVER_PATTERNS, checkpoint_step, complete_checkpoints, latest_checkpoint, remove_tree
 from ..errors import UserError
-from ..model.spec import SPEC_FILE
+from .names import (ALL_RESULTS_FILE, CHECKPOINT_PREFIX, COMPLETE_MARKER, CURVES_FILE,
+                    DISTILL_SUMMARY_FILE, EVAL_RESULTS_FILE, EXPORT_DIR, LOCK_FILE, MODEL_STATE_FILE, PLM_CONFIG_FILE,
+                    PRETRAINING_FILE, ROUNDS_DIR, SPEC_FILE, TEACHER_PREDICTIONS_FILE, TEMPLATE_CONFIG_FILE,
+                    TEMPLATE_STATE_FILE, TEST_RESULTS_FILE, TOKENIZER_FILES, TRAIN_RESULTS_FILE,
+                    TRAINER_STATE_FILE, TRAINING_ARGS_FILE, VERBALIZER_CONFIG_FILE, VERBALIZER_STATE_FILE)
 
 logger = logging.getLogger(__name__)
 
-LOCK_FILE = ".ptuning.lock"
 # Outputs by kind; every name train.py can write into --output_dir is in exactly one kind.
 OUTPUT_KINDS = {
-    "train": ("checkpoint-*", "model_state.pdparams", SPEC_FILE, "template_config.json",
-              "template_state.pdparams", "verbalizer_config.json", "verbalizer_state.pdparams", "vocab.txt",
-              "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "training_args.bin",
-              "trainer_state.json", "train_results.json", "training_curves.png", "checkpoint_complete.json",
-              "rounds", "distill.json", "teacher_predictions.tsv",  # self-training / distillation (utils/training/distill.py)
-              "config.json", "pretraining.json"),  # pretrain.py's model directory (utils/training/pretraining.py)
-    "eval": ("eval_results.json", "eval_report.*", "eval_confusion_matrix.*", "eval_top_confusions.*",
+    "train": (CHECKPOINT_PREFIX + "*", MODEL_STATE_FILE, SPEC_FILE, TEMPLATE_CONFIG_FILE, TEMPLATE_STATE_FILE,
+              VERBALIZER_CONFIG_FILE, VERBALIZER_STATE_FILE, *TOKENIZER_FILES, TRAINING_ARGS_FILE,
+              TRAINER_STATE_FILE, TRAIN_RESULTS_FILE, CURVES_FILE, COMPLETE_MARKER,
+              ROUNDS_DIR, DISTILL_SUMMARY_FILE, TEACHER_PREDICTIONS_FILE,  # self-training / distillation
+              PLM_CONFIG_FILE, PRETRAINING_FILE),  # pretrain.py's model directory (utils/training/pretraining.py)
+    "eval": (EVAL_RESULTS_FILE, "eval_report.*", "eval_confusion_matrix.*", "eval_top_confusions.*",
              "eval_reliability.png", "eval_coverage.tsv"),
-    "predict": ("test_results.json", "test_predictions.*", "data_predictions.*", "test_report.*",
+    "predict": (TEST_RESULTS_FILE, "test_predictions.*", "data_predictions.*", "test_report.*",
                 "test_confusion_matrix.*", "test_top_confusions.*",
                 "test_reliability.png", "test_coverage.tsv", "test_explanations.*", "test_bad_cases.*",
                 "data_explanations.*"),
-    "export": ("export",),
-    "summary": ("all_results.json",),
+    "export": (EXPORT_DIR,),
+    "summary": (ALL_RESULTS_FILE,),
 }
 
 
@@ -87,8 +89,8 @@ def plan_output_dir(output_dir: str, do_train: bool, kinds: List[str], overwrite
         raise UserError("is the pretrained model's directory (--model_name_or_path); write runs elsewhere",
                         output_dir)
     existing = owned_outputs(output_dir)
-    if "model_state.pdparams" in existing and SPEC_FILE not in existing and "pretraining.json" not in existing:
-        raise UserError(f"holds a model that this tool did not write (model_state.pdparams without {SPEC_FILE}); "
+    if MODEL_STATE_FILE in existing and SPEC_FILE not in existing and PRETRAINING_FILE not in existing:
+        raise UserError(f"holds a model that this tool did not write ({MODEL_STATE_FILE} without {SPEC_FILE}); "
                         "choose another --output_dir so it is never overwritten", output_dir)
     refuse = ("already holds results of an earlier run ({names}); pass --overwrite_output_dir to replace them "
               "(everything this tool wrote there is removed first) or choose another --output_dir")
@@ -124,7 +126,7 @@ def plan_output_dir(output_dir: str, do_train: bool, kinds: List[str], overwrite
             raise UserError(refuse.format(names=", ".join(clash[:6])), output_dir)
         plan.remove = clash
     elif _inside(plan.resume, output_dir):
-        results = [n for n in existing if checkpoint_step(n) is None and n not in ("export",)
+        results = [n for n in existing if checkpoint_step(n) is None and n not in (EXPORT_DIR,)
                    and not any(fnmatch.fnmatchcase(n, p) for p in LEFTOVER_PATTERNS)]
         if results:
             raise UserError(f"is inside a run directory that holds that run's own results ({', '.join(results[:4])}); "

@@ -10,7 +10,8 @@
 
 The fitted temperature and the reject threshold live in the `Decoder` (utils/task/decoding.py), so the
 spec, the export manifest, infer.py, the Python API and the service all apply them without flags.
-numpy only (the reliability diagram imports matplotlib when drawn).
+The functions take the Decoder's `activation` (softmax, or one sigmoid per label for label sets):
+the likelihood and what counts as one prediction follow from it. numpy only (the reliability diagram imports matplotlib when drawn).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .decoding import sigmoid, softmax
+from .decoding import SIGMOID, SOFTMAX, probabilities
 from ..errors import UserError, check_text
 
 logger = logging.getLogger(__name__)
@@ -36,10 +37,10 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def nll(logits: np.ndarray, gold: np.ndarray, temperature: float = 1.0, multi_label: bool = False) -> float:
-    """Mean negative log-likelihood of `gold` (ids, or a multi-hot matrix when `multi_label`)."""
+def nll(logits: np.ndarray, gold: np.ndarray, temperature: float = 1.0, activation: str = SOFTMAX) -> float:
+    """Mean negative log-likelihood of `gold` (ids, or a multi-hot matrix for the sigmoid activation)."""
     z = np.asarray(logits, dtype=np.float64) / temperature
-    if multi_label:
+    if activation == SIGMOID:
         y = np.asarray(gold, dtype=np.float64)
         # log(1 + exp(-|z|)) + max(z, 0) - y z: BCE without overflow
         return float((np.logaddexp(0, -np.abs(z)) + np.maximum(z, 0) - y * z).mean())
@@ -47,7 +48,7 @@ def nll(logits: np.ndarray, gold: np.ndarray, temperature: float = 1.0, multi_la
     return float(-_log_softmax(z)[np.arange(len(gold)), gold].mean())
 
 
-def fit_temperature(logits: np.ndarray, gold, multi_label: bool = False) -> float:
+def fit_temperature(logits: np.ndarray, gold, activation: str = SOFTMAX) -> float:
     """The T > 0 minimising dev NLL: a log-spaced grid, then golden-section search around the best
     (NLL is unimodal in log T for all practical purposes; no optimiser dependency).
 
@@ -59,7 +60,7 @@ def fit_temperature(logits: np.ndarray, gold, multi_label: bool = False) -> floa
         logger.warning("--calibrate: dev.txt has no texts to fit a temperature on; the model stays uncalibrated "
                        "(T = 1)")
         return 1.0
-    fitted, bound = _minimise_nll(logits, gold, multi_label)
+    fitted, bound = _minimise_nll(logits, gold, activation)
     if bound is not None:
         what = ("every dev answer is right, so the sharper the better" if bound == T_MIN
                 else "the wrong dev answers outweigh the right ones, so the flatter the better")
@@ -71,16 +72,16 @@ def fit_temperature(logits: np.ndarray, gold, multi_label: bool = False) -> floa
     return fitted
 
 
-def _minimise_nll(logits: np.ndarray, gold, multi_label: bool) -> Tuple[float, Optional[float]]:
+def _minimise_nll(logits: np.ndarray, gold, activation: str) -> Tuple[float, Optional[float]]:
     """`(T, bound)`: the T of least NLL, and T_MIN or T_MAX when the grid's least NLL is at that end
     (first of equal values: all right answers reach NLL 0 at every small T), else None."""
     grid = np.exp(np.linspace(np.log(T_MIN), np.log(T_MAX), 81))
-    losses = [nll(logits, gold, t, multi_label) for t in grid]
+    losses = [nll(logits, gold, t, activation) for t in grid]
     best = int(np.argmin(losses))
     bound = T_MIN if best == 0 else T_MAX if best == len(grid) - 1 else None
     lo, hi = np.log(grid[max(best - 1, 0)]), np.log(grid[min(best + 1, len(grid) - 1)])
     ratio = (np.sqrt(5) - 1) / 2
-    f = lambda log_t: nll(logits, gold, float(np.exp(log_t)), multi_label)  # noqa: E731
+    f = lambda log_t: nll(logits, gold, float(np.exp(log_t)), activation)  # noqa: E731
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = f(a), f(b)
     for _ in range(40):
@@ -95,11 +96,11 @@ def _minimise_nll(logits: np.ndarray, gold, multi_label: bool) -> Tuple[float, O
     return float(np.exp((lo + hi) / 2)), bound
 
 
-def confidences_and_hits(probs: np.ndarray, gold, multi_label: bool = False):
+def confidences_and_hits(probs: np.ndarray, gold, activation: str = SOFTMAX):
     """`(confidence, correct)` per prediction: the top probability and whether it is the gold label
-    (multi-class), or every (text, label) probability and whether the label is gold (label sets)."""
+    (softmax), or every (text, label) probability and whether the label is gold (one sigmoid each)."""
     probs = np.asarray(probs, dtype=np.float64)
-    if multi_label:
+    if activation == SIGMOID:
         return probs.reshape(-1), (np.asarray(gold) > 0.5).reshape(-1).astype(np.float64)
     gold = np.asarray(gold).reshape(-1)
     return probs.max(axis=1), (probs.argmax(axis=1) == gold).astype(np.float64)
@@ -118,27 +119,22 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = EC
     return out
 
 
-def expected_calibration_error(probs: np.ndarray, gold, multi_label: bool = False, bins: int = ECE_BINS) -> float:
-    confidence, correct = confidences_and_hits(probs, gold, multi_label)
+def expected_calibration_error(probs: np.ndarray, gold, activation: str = SOFTMAX, bins: int = ECE_BINS) -> float:
+    confidence, correct = confidences_and_hits(probs, gold, activation)
     if not len(confidence):
         return 0.0
     return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"])
                      for b in reliability_bins(confidence, correct, bins)) / len(confidence))
 
 
-def probabilities(logits: np.ndarray, temperature: float = 1.0, multi_label: bool = False) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    return sigmoid(z) if multi_label else softmax(z)
-
-
-def calibration_report(logits: np.ndarray, gold, temperature: float, multi_label: bool = False) -> Dict[str, float]:
+def calibration_report(logits: np.ndarray, gold, temperature: float, activation: str = SOFTMAX) -> Dict[str, float]:
     """ECE and NLL at T = 1 and at `temperature` (what eval_results.json records)."""
-    out = {"ece": expected_calibration_error(probabilities(logits, temperature, multi_label), gold, multi_label),
-           "nll": nll(logits, gold, temperature, multi_label), "temperature": float(temperature)}
+    out = {"ece": expected_calibration_error(probabilities(logits, temperature, activation), gold, activation),
+           "nll": nll(logits, gold, temperature, activation), "temperature": float(temperature)}
     if temperature != 1.0:
-        out["ece_uncalibrated"] = expected_calibration_error(probabilities(logits, 1.0, multi_label), gold,
-                                                             multi_label)
-        out["nll_uncalibrated"] = nll(logits, gold, 1.0, multi_label)
+        out["ece_uncalibrated"] = expected_calibration_error(probabilities(logits, 1.0, activation), gold,
+                                                             activation)
+        out["nll_uncalibrated"] = nll(logits, gold, 1.0, activation)
     return out
 
 
@@ -168,7 +164,7 @@ def format_coverage_table(rows: List[Dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_reliability(path: str, logits: np.ndarray, gold, temperature: float, multi_label: bool = False,
+def plot_reliability(path: str, logits: np.ndarray, gold, temperature: float, activation: str = SOFTMAX,
                      title: str = "") -> None:
     """The reliability diagram (accuracy per confidence bin against the diagonal), before and
     after temperature scaling, as one PNG."""
@@ -183,14 +179,14 @@ def plot_reliability(path: str, logits: np.ndarray, gold, temperature: float, mu
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     for name, t in curves:
-        probs = probabilities(logits, t, multi_label)
-        confidence, correct = confidences_and_hits(probs, gold, multi_label)
+        probs = probabilities(logits, t, activation)
+        confidence, correct = confidences_and_hits(probs, gold, activation)
         bins = reliability_bins(confidence, correct)
-        ece = expected_calibration_error(probs, gold, multi_label)
+        ece = expected_calibration_error(probs, gold, activation)
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-",
                 label=f"{name} (ECE {ece:.3f})")
     ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy" if not multi_label else "share of labels that are gold")
+    ax.set_ylabel("share of labels that are gold" if activation == SIGMOID else "accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_title(title or "reliability diagram")

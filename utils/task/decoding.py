@@ -9,6 +9,9 @@
 
 A `Decoder` is part of the model spec (training) and of the export manifest (inference), so
 train.py, infer.py, the Python API and the service turn the same logits into the same labels.
+The task type is decided here and nowhere else: `activation` names what turns logits into
+probabilities (`softmax` over the labels, or one `sigmoid` per label), numpy code calls
+`probabilities`, Paddle code maps the name (utils/model/activations.py).
 The threshold search (`--threshold_search`) lives here too. numpy only: no Paddle, no sklearn.
 """
 from __future__ import annotations
@@ -29,6 +32,19 @@ DEFAULT_OTHER_LABEL = "other"  # what a rejected text is labelled (--other_label
 THRESHOLD_GRID = np.round(np.arange(1, 100) / 100.0, 2)
 
 
+def is_multi_label(task_type: str) -> bool:
+    """Multi-label and hierarchical models predict a label set (one sigmoid per label); multi-class one label."""
+    return task_type != MULTI_CLASS
+
+
+SOFTMAX, SIGMOID = "softmax", "sigmoid"
+
+
+def activation_of(task_type: str) -> str:
+    """`sigmoid` (one per label) for label sets, `softmax` (over the labels) for one label."""
+    return SIGMOID if is_multi_label(task_type) else SOFTMAX
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)
     shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -45,6 +61,16 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     exp = np.exp(logits[~positive])
     out[~positive] = exp / (1.0 + exp)
     return out
+
+
+ACTIVATIONS = {SOFTMAX: softmax, SIGMOID: sigmoid}
+
+
+def probabilities(logits: np.ndarray, temperature: float = 1.0, activation: str = SOFTMAX) -> np.ndarray:
+    """`activation` (a name in ACTIVATIONS) of `logits / temperature`."""
+    if temperature != 1.0:
+        logits = np.asarray(logits, dtype=np.float64) / temperature
+    return ACTIVATIONS[activation](logits)
 
 
 def parent_path(label: str) -> Optional[str]:
@@ -111,7 +137,7 @@ class Decoder:
 
     @property
     def multi_label(self) -> bool:
-        return self.task_type != MULTI_CLASS
+        return is_multi_label(self.task_type)
 
     @property
     def hierarchical(self) -> bool:
@@ -129,12 +155,23 @@ class Decoder:
     def levels(self) -> List[int]:
         return [depth(label) for label in self.labels]
 
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+    @property
+    def activation(self) -> str:
+        """`softmax` (multi-class) or `sigmoid` (multi-label, hierarchical): a name in ACTIVATIONS."""
+        return activation_of(self.task_type)
+
+    def probabilities(self, logits: np.ndarray, temperature: Optional[float] = None) -> np.ndarray:
         """Softmax (multi-class) or one sigmoid per label (multi-label, hierarchical) of
-        `logits / temperature`."""
-        if self.temperature != 1.0:
-            logits = np.asarray(logits, dtype=np.float64) / self.temperature
-        return sigmoid(logits) if self.multi_label else softmax(logits)
+        `logits / temperature` (the model's temperature unless another is given)."""
+        return probabilities(logits, self.temperature if temperature is None else temperature, self.activation)
+
+    def confidence(self, probs: np.ndarray) -> np.ndarray:
+        """`[n]`: how sure each text's decision is: its top probability (multi-class), or for label sets
+        that of its least sure label, max(p, 1 - p) (every label's yes or no counts)."""
+        probs = np.asarray(probs)
+        if self.multi_label:
+            return np.maximum(probs, 1 - probs).min(axis=1)
+        return probs.max(axis=1)
 
     def rejected(self, probs: np.ndarray, reject_threshold: Optional[float] = None) -> np.ndarray:
         """Bool `[n]`: texts whose top probability is below the reject threshold (`reject_threshold`

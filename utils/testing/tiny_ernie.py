@@ -19,8 +19,7 @@ from typing import Iterable, List, Optional
 
 from ..errors import ArgumentParser, UserError, run_cli, text_flag
 from ..files import atomic_directory, read_text_lines, write_json_atomic, write_text_atomic
-
-MARKER_FILE = "NOT_PRETRAINED.json"
+from ..model.plm import NOT_PRETRAINED_MARKER as MARKER_FILE  # the PLM loader warns when it finds it
 SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
 TINY_CONFIG = {
     "hidden_size": 64,
@@ -139,10 +138,6 @@ def build_ernie(output_dir: str, tokens: List[str], preset: str = "tiny", seed: 
         model.save_pretrained(tmp_dir)
         write_json_atomic(os.path.join(tmp_dir, MARKER_FILE), marker)
     return output_dir
-
-
-def is_not_pretrained(model_dir: str) -> bool:
-    return os.path.isfile(os.path.join(model_dir, MARKER_FILE))
 
 
 def main(argv: List[str]) -> int:

@@ -39,25 +39,21 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import paddle
 
-from ..rundir.checkpoints import COMPLETE_MARKER, latest_checkpoint
+from ..rundir.checkpoints import latest_checkpoint
 from ..rundir.checkpoints import verify as verify_checkpoint
 from ..rundir.plan import OutputPlan, apply_plan, plan_output_dir
 from ..dataset.folder import DatasetDir, read_examples
-from ..task.decoding import MULTI_CLASS, Decoder
+from ..task.decoding import Decoder, is_multi_label
 from ..errors import UserError
 from ..deploy.predictions import write_predictions
 from ..files import write_json_atomic
-from ..model.spec import SPEC_FILE, ModelSpec
+from ..model.spec import ModelSpec
+from ..rundir.names import COMPLETE_MARKER, DISTILL_SUMMARY_FILE, ROUNDS_DIR, SPEC_FILE, TEACHER_PREDICTIONS_FILE
 from .plan import output_kinds, plan_model
 from .run import Run
 from .teacher import Teacher, check_vocabulary, student_vocab
 
 logger = logging.getLogger(__name__)
-
-ROUNDS_DIR = "rounds"
-SUMMARY_FILE = "distill.json"
-TEACHER_PREDICTIONS_FILE = "teacher_predictions.tsv"
-
 
 def read_unlabeled(path: str, pair: bool, exclude: List[dict]) -> List[dict]:
     """The unlabeled texts (every line checked), without repeats and without the training texts."""
@@ -126,12 +122,8 @@ def teacher_targets(logits: np.ndarray, decoder: Decoder, data_args) -> Dict[str
     """`{"targets", "kept", "confidence", "probs"}`: each text's training target (soft or hard), which
     texts pass the confidence filter (indices, in input order) and the teacher's probabilities."""
     probs = decoder.probabilities(logits)
-    if decoder.multi_label:
-        confidence = np.maximum(probs, 1 - probs).min(axis=1)
-        hard = decoder.decide(probs).astype(np.float64)
-    else:
-        confidence = probs.max(axis=1)
-        hard = np.eye(len(decoder.labels))[probs.argmax(axis=1)]
+    confidence = decoder.confidence(probs)
+    hard = decoder.decide(probs).astype(np.float64)  # one-hot of the best label, or the label set
     soft = decoder.probabilities(np.asarray(logits, dtype=np.float64) / data_args.temperature)
     targets = hard if str(data_args.teacher_labels) == "hard" else soft
     kept = np.flatnonzero(confidence >= data_args.min_confidence)
@@ -142,7 +134,7 @@ def teacher_targets(logits: np.ndarray, decoder: Decoder, data_args) -> Dict[str
 
 def gold_targets(examples: List[dict], num_labels: int, task_type: str) -> List[dict]:
     """Gold examples with probability-vector labels (one-hot for multi-class; label sets already are)."""
-    if task_type != MULTI_CLASS:
+    if is_multi_label(task_type):
         return examples
     eye = np.eye(num_labels)
     return [{**e, "labels": eye[e["labels"]].tolist()} for e in examples]
@@ -199,7 +191,7 @@ class DistillationRun(Run):
                 history.append(entry)
             teacher = Teacher.resolve(directory)
         if self.args.should_save:
-            write_json_atomic(os.path.join(self.args.output_dir, SUMMARY_FILE), {"rounds": history})
+            write_json_atomic(os.path.join(self.args.output_dir, DISTILL_SUMMARY_FILE), {"rounds": history})
         return results
 
     def final(self, number: int) -> bool:

@@ -31,6 +31,7 @@ import numpy as np
 from ..flags.train import flag_given
 from ..errors import ArgumentParser, UserError, debug_enabled
 from ..files import atomic_path, read_json, write_json_atomic, write_text_atomic
+from ..rundir.names import EVAL_RESULTS_FILE, TEST_RESULTS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,9 @@ ENSEMBLE_DIR = "ensemble"
 DEFAULT_SEED = 42
 # (results file, metric) in table order; headers are the Markdown column names. micro-F1 is written
 # by multi-label and hierarchical runs only (whose accuracy is exact-match accuracy).
-METRICS = (("eval_results.json", "eval_accuracy"), ("eval_results.json", "eval_micro_f1"),
-           ("eval_results.json", "eval_macro_f1"), ("test_results.json", "test_accuracy"),
-           ("test_results.json", "test_micro_f1"), ("test_results.json", "test_macro_f1"))
+METRICS = ((EVAL_RESULTS_FILE, "eval_accuracy"), (EVAL_RESULTS_FILE, "eval_micro_f1"),
+           (EVAL_RESULTS_FILE, "eval_macro_f1"), (TEST_RESULTS_FILE, "test_accuracy"),
+           (TEST_RESULTS_FILE, "test_micro_f1"), (TEST_RESULTS_FILE, "test_macro_f1"))
 HEADERS = {"eval_accuracy": "dev acc", "eval_micro_f1": "dev micro-F1", "eval_macro_f1": "dev macro-F1",
            "test_accuracy": "test acc", "test_micro_f1": "test micro-F1", "test_macro_f1": "test macro-F1"}
 SET_PER_RUN = ("--output_dir", "--seed")

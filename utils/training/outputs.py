@@ -16,21 +16,17 @@ from ..task.metrics import task_metrics
 from ..deploy.predictions import write_predictions
 from ..reporting.reports import plot_training_curves, write_classification_report, write_multilabel_report
 from ..model.spec import ModelSpec
+from ..rundir.names import CURVES_FILE, DATA_PREDICTIONS_FILE, EXPORT_DIR, TEST_PREDICTIONS_FILE, TRAINER_STATE_FILE
 from .trainer import predict_logits
 from .tuning import calibration_metrics, dev_gold
 
 logger = logging.getLogger(__name__)
 
 
-TEST_PREDICTIONS_FILE = "test_predictions.tsv"
-DATA_PREDICTIONS_FILE = "data_predictions.tsv"
-CURVES_FILE = "training_curves.png"
-
-
 def plot_curves(training_args) -> None:
     """`training_curves.png`: losses and the metric that picks the best checkpoint, by step."""
     metric = training_args.metric_for_best_model or "accuracy"
-    plot_training_curves(os.path.join(training_args.output_dir, "trainer_state.json"),
+    plot_training_curves(os.path.join(training_args.output_dir, TRAINER_STATE_FILE),
                          os.path.join(training_args.output_dir, CURVES_FILE),
                          metric=metric if metric.startswith("eval_") else f"eval_{metric}")
 
@@ -68,7 +64,7 @@ def write_calibration_report(output_dir: str, prefix: str, examples: List[dict],
     decoder = spec.decoder
     gold = dev_gold(decoder, examples)
     plot_reliability(os.path.join(output_dir, f"{prefix}_reliability.png"), logits, gold, decoder.temperature,
-                     decoder.multi_label, title=f"{prefix}: reliability diagram")
+                     decoder.activation, title=f"{prefix}: reliability diagram")
     if not decoder.multi_label:
         table = format_coverage_table(coverage_table(decoder.probabilities(logits), gold,
                                                      chosen=decoder.reject_threshold))
@@ -141,7 +137,7 @@ def export(model_args, training_args, dataset: DatasetDir, checkpoint: str) -> d
     """--do_export: the saved model (or --resume_from_checkpoint) -> output_dir/export."""
     from ..export.pipeline import export_checkpoint
 
-    manifest = export_checkpoint(checkpoint, os.path.join(training_args.output_dir, "export"),
+    manifest = export_checkpoint(checkpoint, os.path.join(training_args.output_dir, EXPORT_DIR),
                                  examples=dataset.dev or dataset.test or dataset.train or dataset.data,
                                  export_type=model_args.export_type, overwrite=True,
                                  export_fp16=model_args.export_fp16, quantize=model_args.quantize, locked=True,

@@ -12,8 +12,8 @@ from ..dataset.folder import DatasetDir
 from ..errors import UserError
 from ..flags.train import TaskType, check_task_args
 from ..task.decoding import MULTI_CLASS
-from ..model.heads import get_head
-from ..model.assembly import rebuild_from_checkpoint
+from ..model.assembly import build_from_spec, rebuild_from_checkpoint
+from ..model.label_words import warn_label_words
 from ..model.plm import load_plm, load_tokenizer, position_limit, warn_unknown_tokens
 from ..model.spec import ModelSpec, peek_task_type
 from .teacher import Teacher
@@ -59,7 +59,7 @@ def _plan_model(model_args, data_args, training_args, dataset: DatasetDir, check
         if spec.task_type != dataset.task_type:
             raise UserError(f"the checkpoint is a --task_type {spec.task_type} model, and --task_type "
                             f"{dataset.task_type} was given: drop --task_type (the checkpoint's is used)", checkpoint)
-        if (training_args.freeze_plm or training_args.freeze_dropout) and not get_head(spec.head).has_prompt_parameters:
+        if (training_args.freeze_plm or training_args.freeze_dropout) and not spec.kind.has_prompt_parameters:
             raise UserError(f"is a --method {spec.method.value} checkpoint: --freeze_plm/--freeze_dropout would leave "
                             "nothing to train", checkpoint)
         ignored = [f"--{name}" for name in data_args.prompt_flags_given + (["prompt"] if data_args.prompt else [])]
@@ -78,6 +78,7 @@ def _plan_model(model_args, data_args, training_args, dataset: DatasetDir, check
     spec = ModelSpec.from_flags(model_args, data_args, training_args.max_seq_length, dataset.labels, dataset.is_pair,
                                 tokenizer, position_limit(model_args.model_name_or_path), task_type=dataset.task_type)
     warn_unknown_tokens(tokenizer, dataset, model_args.model_name_or_path)
+    warn_label_words(dataset.labels.label_words, tokenizer, dataset.labels.path or "label.txt")
     return spec
 
 
@@ -115,13 +116,13 @@ def build_model(model_args, training_args, dataset: DatasetDir, spec: ModelSpec,
             for param in model.plm.parameters():
                 param.stop_gradient = True
         return model, tokenizer, spec
-    plm, tokenizer = load_plm(model_args.model_name_or_path, head=get_head(spec.head).plm_head,
+    plm, tokenizer = load_plm(model_args.model_name_or_path, head=spec.kind.plm_head,
                               num_labels=len(spec.labels))
     if spec.zero_shot:  # its MLM head is the classifier: refused when the weights lack it (random)
         from ..model.zero_shot import check_mlm_head
 
         check_mlm_head(plm, model_args.model_name_or_path)
     spec = spec.with_plm(plm)
-    model = spec.build(tokenizer, plm, **freeze)
+    model = build_from_spec(spec, tokenizer, plm, **freeze)
     logger.info("Using template: %s", spec.describe())
     return model, tokenizer, spec

@@ -33,13 +33,12 @@ import numpy as np
 
 from ..flags.train import Choice
 from ..errors import UserError
+from ..rundir.names import MODEL_STATE_FILE, PLM_CONFIG_FILE, PRETRAINING_FILE, SPEC_FILE, VOCAB_FILE
 from ..files import iter_text_lines, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-PRETRAINING_FILE = "pretraining.json"
-MODEL_FILES = ("model_state.pdparams", "config.json", PRETRAINING_FILE)
-IGNORE_INDEX = -100
+MODEL_FILES = (MODEL_STATE_FILE, PLM_CONFIG_FILE, PRETRAINING_FILE)
 CHARS_PER_TOKEN = 8      # the first prefix of a line segmented (CorpusEncoder.units): 8 characters a token
 
 
@@ -120,7 +119,7 @@ class CorpusEncoder:
         self.cls, self.sep = tokenizer.cls_token_id, tokenizer.sep_token_id
         with tempfile.TemporaryDirectory() as directory:
             tokenizer.save_pretrained(directory)
-            self.fast = load_wordpiece_tokenizer(os.path.join(directory, "vocab.txt"),
+            self.fast = load_wordpiece_tokenizer(os.path.join(directory, VOCAB_FILE),
                                                  bool(getattr(tokenizer, "do_lower_case", True)), tokenizer.unk_token,
                                                  list(tokenizer.all_special_tokens))
         if self.whole_words:
@@ -354,7 +353,7 @@ def plan_output(model_args: PretrainArguments, args):
                            args.overwrite_output_dir, args.resume_from_checkpoint,
                            model_dir if os.path.isdir(model_dir) else None)
     if plan.resume:
-        if os.path.isfile(os.path.join(plan.resume, "ptuning_config.json")):
+        if os.path.isfile(os.path.join(plan.resume, SPEC_FILE)):
             raise UserError("is a train.py checkpoint (a classifier); pretrain.py continues its own checkpoints "
                             f"(with {PRETRAINING_FILE}): to classify with a pretrained model, give pretrain.py's "
                             "output to train.py --model_name_or_path", plan.resume)
@@ -364,7 +363,7 @@ def plan_output(model_args: PretrainArguments, args):
 
 def provenance_of(model_args: PretrainArguments, args, files: List[dict], eval_files: List[dict]) -> dict:
     """What `PRETRAINING_FILE` says the model was trained on, and how."""
-    from ..testing.tiny_ernie import is_not_pretrained
+    from ..model.plm import is_not_pretrained
 
     model_dir = model_args.model_name_or_path
     return {"built_by": "python pretrain.py", "base_model": model_dir,

@@ -13,7 +13,8 @@ from ..rundir.checkpoints import verify as verify_checkpoint
 from ..errors import UserError
 from ..deploy.bundle import read_decoder, read_labels, read_manifest
 from ..deploy.format import MANIFEST_FILE, VOCAB_FILE
-from ..model.spec import SPEC_FILE, ModelSpec
+from ..model.spec import ModelSpec
+from ..rundir.names import EXPORT_DIR, MODEL_STATE_FILE, SPEC_FILE
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,9 @@ class Teacher:
         if not os.path.isdir(path):
             raise UserError("teacher not found (give a train.py --output_dir or checkpoint-N, an export, or an "
                             "ensemble.py --output_dir)", path)
-        export = path if os.path.isfile(os.path.join(path, MANIFEST_FILE)) else os.path.join(path, "export")
+        export = path if os.path.isfile(os.path.join(path, MANIFEST_FILE)) else os.path.join(path, EXPORT_DIR)
         has_model = os.path.isfile(os.path.join(path, SPEC_FILE)) and os.path.isfile(
-            os.path.join(path, "model_state.pdparams"))
+            os.path.join(path, MODEL_STATE_FILE))
         if has_model:
             verify_checkpoint(path, purpose="model")
             spec = ModelSpec.load(path)
@@ -47,7 +48,7 @@ class Teacher:
             vocab = os.path.join(export, read_config(export)["tokenizer"]["vocab_file"])
             return cls(export, "export", labels, decoder.task_type, vocab)
         refuse_non_final_model(path)
-        raise UserError(f"is not a model of this tool: no {SPEC_FILE} + model_state.pdparams, no {MANIFEST_FILE}",
+        raise UserError(f"is not a model of this tool: no {SPEC_FILE} + {MODEL_STATE_FILE}, no {MANIFEST_FILE}",
                         path)
 
     def logits(self, examples: List[dict], batch_size: int = 32) -> np.ndarray:

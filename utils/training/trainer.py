@@ -16,11 +16,14 @@ import numpy as np
 import paddle
 
 from ..rundir import checkpoints
-from ..rundir.checkpoints import COMPLETE_MARKER, LOSS_STATE_FILE, remove_tree, rotate, write_marker
+from ..rundir.checkpoints import remove_tree, rotate, write_marker
+from ..rundir.names import (ALL_RESULTS_FILE, COMPLETE_MARKER, LOSS_STATE_FILE, TEMPLATE_CONFIG_FILE, TRAINER_STATE_FILE,
+                            VERBALIZER_CONFIG_FILE, checkpoint_dir_name, results_file)
 from .distributed import allreduce_gradients, check_in_sync
 from ..files import read_json, write_json_atomic, write_text_atomic
 from ..model.assembly import load_state, set_state_strictly, unique_state_dict
 from ..model.spec import ModelSpec
+from ..task.decoding import SIGMOID
 from .callbacks import Progress
 
 from paddlenlp.datasets import MapDataset  # noqa: E402
@@ -220,7 +223,7 @@ class MarkedCheckpoints:
         """
         check_in_sync(self.model, f"checkpoint at step {self.state.global_step}")
         loss_state = self.loss_state()
-        path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+        path = os.path.join(self.args.output_dir, checkpoint_dir_name(self.state.global_step))
         writer = self.args.should_save  # under data parallelism only the first process writes
         if writer and os.path.lexists(path):  # the same step saved again: the old one goes first
             remove_tree(path)
@@ -246,13 +249,13 @@ class MarkedCheckpoints:
     def save_metrics(self, split, metrics, combined=True):
         if not self.is_world_process_zero():
             return
-        write_json_atomic(os.path.join(self.args.output_dir, f"{split}_results.json"), metrics)
+        write_json_atomic(os.path.join(self.args.output_dir, results_file(split)), metrics)
         if combined:
             write_all_results(self.args.output_dir)
 
     def save_state(self):
         if self.is_world_process_zero():
-            write_text_atomic(os.path.join(self.args.output_dir, "trainer_state.json"),
+            write_text_atomic(os.path.join(self.args.output_dir, TRAINER_STATE_FILE),
                               json.dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True) + "\n")
 
 
@@ -260,7 +263,7 @@ def read_resume_point(checkpoint: str, args) -> dict:
     """`{"global_step", "loss"}` of a checkpoint to resume from: the step its trainer state reached, and
     this process's part of its loss state (None when it has none: saved by an earlier version, or by
     another number of processes)."""
-    state = read_json(os.path.join(checkpoint, "trainer_state.json"), what="trainer state")
+    state = read_json(os.path.join(checkpoint, TRAINER_STATE_FILE), what="trainer state")
     point = {"global_step": int(state.get("global_step") or 0), "loss": None}
     path = os.path.join(checkpoint, LOSS_STATE_FILE)
     if os.path.isfile(path):
@@ -292,7 +295,7 @@ class PTuningTrainer(MarkedCheckpoints, PromptTrainer):
         """R-Drop: upstream's KL between two dropout passes compares softmax distributions; a
         multi-label head's outputs are independent sigmoids, so there it is the symmetric KL of each
         label's Bernoulli distribution, averaged over examples and labels."""
-        if not self.spec.decoder.multi_label:
+        if self.spec.decoder.activation != SIGMOID:
             return super()._compute_rdrop_loss(model, input_dict, labels, outputs, loss)
         again = model(**input_dict)
         again = again[0] if isinstance(again, (tuple, list)) else again
@@ -321,7 +324,7 @@ class PTuningTrainer(MarkedCheckpoints, PromptTrainer):
         if self.args.should_save:
             save_template_config(self.template, output_dir)
             if self.verbalizer is not None:
-                write_json_atomic(os.path.join(output_dir, "verbalizer_config.json"), self.verbalizer.label_words)
+                write_json_atomic(os.path.join(output_dir, VERBALIZER_CONFIG_FILE), self.verbalizer.label_words)
             self.spec.save(output_dir)
 
 
@@ -330,17 +333,17 @@ def save_template_config(template, directory: str) -> None:
     they are in model_state.pdparams already."""
     text = json.dumps(template._prompt, ensure_ascii=False) + "\n" + json.dumps(
         {"class": type(template).__name__}, ensure_ascii=False) + "\n"
-    write_text_atomic(os.path.join(directory, "template_config.json"), text)
+    write_text_atomic(os.path.join(directory, TEMPLATE_CONFIG_FILE), text)
 
 
 def write_all_results(output_dir: str) -> None:
     """`all_results.json`: the union of this directory's train/eval/test results (all of one run)."""
     combined: Dict[str, Any] = {}
     for split in ("train", "eval", "test"):
-        path = os.path.join(output_dir, f"{split}_results.json")
+        path = os.path.join(output_dir, results_file(split))
         if os.path.isfile(path):
             combined.update(read_json(path))
-    write_json_atomic(os.path.join(output_dir, "all_results.json"), combined)
+    write_json_atomic(os.path.join(output_dir, ALL_RESULTS_FILE), combined)
 
 
 def predict(trainer, examples: List[dict], metric_key_prefix: str = "test"):

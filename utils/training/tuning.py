@@ -58,9 +58,9 @@ def calibrate(trainer, model_args, dataset: DatasetDir) -> None:
     decoder = trainer.spec.decoder
     logits = predict_logits(trainer, dataset.dev)
     gold = dev_gold(decoder, dataset.dev)
-    temperature = fit_temperature(logits, gold, decoder.multi_label)
+    temperature = fit_temperature(logits, gold, decoder.activation)
     trainer.spec = dataclasses.replace(trainer.spec, temperature=temperature)
-    report = calibration_report(logits, gold, temperature, decoder.multi_label)
+    report = calibration_report(logits, gold, temperature, decoder.activation)
     logger.info("--calibrate on dev.txt: temperature %.4g, expected calibration error %.4f -> %.4f (saved in %s)",
                 temperature, report.get("ece_uncalibrated", report["ece"]), report["ece"], trainer.args.output_dir)
 
@@ -82,7 +82,7 @@ def calibration_metrics(spec: ModelSpec, logits: np.ndarray, examples: List[dict
         return {}
     gold = dev_gold(decoder, examples)
     out = {f"{prefix}_{k}": v for k, v in calibration_report(logits, gold, decoder.temperature,
-                                                              decoder.multi_label).items()}
+                                                              decoder.activation).items()}
     if decoder.reject_threshold is not None:
         probs = decoder.probabilities(logits)
         answered = ~decoder.rejected(probs)
