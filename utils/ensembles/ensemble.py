@@ -332,7 +332,7 @@ def export_ensemble(plan: EnsemblePlan, output_dir: str, examples: Optional[List
     `models`: the members already built (in plan order), else they are loaded here."""
     import paddle
 
-    from ..flags.train import ExportType
+    from ..choices import ExportType
     from ..export.pipeline import sample_examples, write_graphs, write_manifest, write_variants
     from ..deploy.format import LABELS_FILE, ONNX_FILE, PREPROCESS_FILE, TEMPLATE_FILE
     from ..files import atomic_directory
@@ -502,7 +502,7 @@ def load_ensemble_data(args, plan: EnsemblePlan):
 
 def run(args) -> dict:
     """ensemble.py: check everything, lock the output directory, export, evaluate; return the summary."""
-    from ..flags.train import Quantize
+    from ..choices import Quantize
     from ..deploy.predictions import write_predictions
     from ..rundir.plan import DirLock, remove_tree
 

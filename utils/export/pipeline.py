@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import paddle
 
-from ..flags.train import ExportType, Quantize
+from ..choices import ExportType, Quantize
 from ..console import quiet_native_output
 from ..task.decoding import Decoder
 from ..errors import UserError

@@ -4,116 +4,20 @@
 `DataArguments` and `utils.flags.trainer.TrainingArguments` (paddlenlp's PromptTuningArguments:
 every Trainer flag, with this tool's defaults resolved in its `__post_init__`). Each dataclass
 checks its own flags in `__post_init__`; `check_args` adds the checks that span several. Every
-choice flag is a `Choice` enum below: the parser, the checks and the code that acts on a choice
+choice flag is a `Choice` enum (utils/choices.py): the parser, the checks and the code that acts on a choice
 all use that one definition, and a bad value is one `error: --flag: ...` paragraph. Nothing is
 loaded before all of this passes. Paddle-free at import (multirun.py uses `flag_given`).
 """
 from __future__ import annotations
 
-import enum
 import os
 import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
 
+from ..choices import (Choice, ExportType, HierarchicalDecoding, ManualLoss, Method, Quantize, SoftEncoder, TaskType,
+                       TeacherLabels, ThresholdSearch, VerbalizerKind, split_device)
 from ..errors import UserError, check_text
-
-
-class Choice(str, enum.Enum):
-    """A flag's allowed values. Parsing ignores case and knows upstream's spellings (`None`)."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec) -> str:
-        return format(self.value, spec)
-
-    @classmethod
-    def parse(cls, text):
-        if isinstance(text, cls):
-            return text
-        key = str(text).strip().lower().replace("_", "-")  # multi_label == multi-label
-        for member in cls:
-            if key == member.value.replace("_", "-") or (member.value == "none" and key in NONE_SPELLINGS):
-                return member
-        raise ValueError(f"must be one of {cls.describe()}, got {text!r}")
-
-    @classmethod
-    def from_flag(cls, text, flag: str):
-        """`parse`, with a bad value reported as a user error on `flag`."""
-        try:
-            return cls.parse(text)
-        except ValueError as exc:
-            raise UserError(str(exc), flag) from None
-
-    @classmethod
-    def describe(cls) -> str:
-        values = [m.value for m in cls]
-        return ", ".join(values[:-1]) + " or " + values[-1] if len(values) > 1 else values[0]
-
-
-
-NONE_SPELLINGS = ("", "null", "false", "no")  # also mean `none` for choices that have it (upstream's `None`)
-
-
-class Method(Choice):
-    PTUNING = "ptuning"
-    FINETUNE = "finetune"
-
-
-class VerbalizerKind(Choice):
-    SOFT = "soft"
-    MANUAL = "manual"
-
-
-class ManualLoss(Choice):
-    CE = "ce"
-    MLM = "mlm"
-
-
-class SoftEncoder(Choice):
-    LSTM = "lstm"
-    MLP = "mlp"
-    NONE = "none"
-
-
-class TaskType(Choice):
-    """What a text gets: one label, a set of labels, or a set of label paths (utils/task/decoding.py)."""
-
-    MULTI_CLASS = "multi-class"
-    MULTI_LABEL = "multi-label"
-    HIERARCHICAL = "hierarchical"
-
-
-class ThresholdSearch(Choice):
-    NONE = "none"
-    GLOBAL = "global"
-    PER_LABEL = "per-label"
-
-
-class HierarchicalDecoding(Choice):
-    CONSISTENT = "consistent"
-    FLAT = "flat"
-
-
-class TeacherLabels(Choice):
-    """What a student learns from the teacher: its probabilities, or its decisions."""
-
-    SOFT = "soft"
-    HARD = "hard"
-
-
-class ExportType(Choice):
-    PADDLE = "paddle"
-    ONNX = "onnx"
-
-
-class Quantize(Choice):
-    NONE = "none"
-    INT8 = "int8"
-
-
-DEVICE_PATTERN = re.compile(r"^(cpu|gpu(:\d+)?)$")
 
 
 @dataclass
@@ -339,9 +243,7 @@ def parse_args(argv: Sequence[str], training_args_class=None) -> Tuple[ModelArgu
 
 
 def check_device_flag(device: Optional[str]) -> None:
-    if device is not None and not DEVICE_PATTERN.match(device):
-        raise UserError(f"must be cpu, gpu or gpu:N, got {device!r} (this tool trains on CPUs and NVIDIA GPUs)",
-                        "--device")
+    split_device(device, 0, "--")
 
 
 def _flag_in(message: str, parser) -> Optional[str]:

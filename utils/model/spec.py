@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..flags.train import Method, VerbalizerKind
+from ..choices import Method, VerbalizerKind
 from ..task.decoding import DEFAULT_OTHER_LABEL, MULTI_CLASS, SEARCH_MODES, TASK_TYPES, Decoder, parent_path
 from ..errors import UserError
 from ..files import read_json, write_json_atomic

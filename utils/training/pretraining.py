@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..flags.train import Choice
+from ..choices import Masking
 from ..errors import UserError
 from ..files import iter_text_lines, write_json_atomic
 
@@ -41,11 +41,6 @@ PRETRAINING_FILE = "pretraining.json"
 MODEL_FILES = ("model_state.pdparams", "config.json", PRETRAINING_FILE)
 IGNORE_INDEX = -100
 CHARS_PER_TOKEN = 8      # the first prefix of a line segmented (CorpusEncoder.units): 8 characters a token
-
-
-class Masking(Choice):
-    WORD = "word"
-    CHAR = "char"
 
 
 @dataclass
