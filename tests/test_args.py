@@ -6,7 +6,8 @@ import pytest
 
 import export as export_cli
 import train
-from utils.flags.train import Method, Quantize, SoftEncoder, parse_args
+from utils.choices import Method, Quantize, SoftEncoder
+from utils.flags.train import parse_args
 from utils.flags.trainer import default_device
 from utils.errors import run_cli
 from utils.testing.synthetic import PROMPT
@@ -91,7 +92,8 @@ def test_thresholds_belong_to_a_model_being_trained(tiny_model_dir, keyword_data
 
 
 def test_task_type_spellings_and_upstream_multi_label_metric(tiny_model_dir, keyword_data, tmp_path):
-    from utils.flags.train import TaskType, check_task_args
+    from utils.choices import TaskType
+    from utils.flags.train import check_task_args
 
     base = ["--model_name_or_path", tiny_model_dir, "--data_dir", keyword_data, "--output_dir", str(tmp_path),
             "--do_train", "--do_eval"]

@@ -20,7 +20,7 @@ from .distributed import allreduce_gradients, check_in_sync
 from ..errors import ENVIRONMENT_ERRNOS, UserError
 from ..files import read_json, write_json_atomic, write_text_atomic
 from ..dataset.labels import LabelSet
-from ..flags.train import TaskType, ThresholdSearch, check_task_args
+from ..choices import ThresholdSearch
 from ..task.decoding import DEFAULT_OTHER_LABEL, MULTI_CLASS, search_thresholds
 from ..task.metrics import metrics_fn, task_metrics
 from ..deploy.predictions import write_predictions
@@ -30,7 +30,7 @@ from ..model.plm import load_plm, load_tokenizer, position_limit, warn_unknown_t
 from ..progress import Progress as ProgressBar
 from ..reporting.reports import plot_training_curves, write_classification_report, write_multilabel_report
 from ..rundir.plan import DirLock, OutputPlan, apply_plan, plan_output_dir
-from ..model.spec import ModelSpec, peek_task_type
+from ..model.spec import ModelSpec
 from .visualdl import take_visualdl_from_report_to
 
 
@@ -472,7 +472,7 @@ def _plan_model(model_args, data_args, training_args, dataset: DatasetDir, check
             logger.warning("%s ignored: the model is rebuilt from %s with its own template %s", "/".join(ignored),
                            checkpoint, spec.describe())
         # Decoding is no weight: training on from a checkpoint takes a new --threshold/--hierarchical_decoding
-        # (check_task_args refuses them without --do_train).
+        # (utils.flags.train.check_task_args refuses them without --do_train).
         if model_args.threshold is not None:
             spec = dataclasses.replace(spec, thresholds=[float(model_args.threshold)] * len(spec.labels),
                                        threshold_search="none")
@@ -484,30 +484,6 @@ def _plan_model(model_args, data_args, training_args, dataset: DatasetDir, check
                                 tokenizer, position_limit(model_args.model_name_or_path), task_type=dataset.task_type)
     warn_unknown_tokens(tokenizer, dataset, model_args.model_name_or_path)
     return spec
-
-
-def resolve_task_type(model_args, training_args, data_args=None) -> TaskType:
-    """--task_type, else the checkpoint's (--resume_from_checkpoint), else the --teacher's, else
-    multi-class; then the flags that depend on it are checked (utils.flags.train.check_task_args)."""
-    task_type, checkpoint = model_args.task_type, training_args.resume_from_checkpoint
-    if task_type is None:
-        if checkpoint and not os.path.isdir(checkpoint):  # before a flag is judged by a default task type
-            raise UserError("checkpoint directory not found", checkpoint)
-        teacher = getattr(data_args, "teacher", None)
-        task_type = TaskType.parse(peek_task_type(checkpoint) or (teacher and peek_teacher_task_type(teacher))
-                                   or MULTI_CLASS)
-    check_task_args(model_args, training_args, task_type)
-    return task_type
-
-
-def peek_teacher_task_type(teacher: str) -> Optional[str]:
-    """The task type of a --teacher, None when it cannot be read (reported in full by utils.training.distill)."""
-    from .distill import Teacher
-
-    try:
-        return Teacher.resolve(teacher).task_type
-    except UserError:
-        return None
 
 
 def build_model(model_args, training_args, dataset: DatasetDir, spec: ModelSpec, checkpoint: Optional[str]):
@@ -636,7 +612,7 @@ class Run:
     def open(self) -> "Run":
         """Check everything that can be checked before a model loads, then claim the output directory."""
         args, data_args = self.args, self.data_args
-        self.task_type = resolve_task_type(self.model_args, args, data_args)
+        self.task_type = self.model_args.task_type  # resolved with the flags (utils.flags.train.TrainFlags)
         self.dataset = load_data(self.model_args, data_args, args, self.task_type)
         other = self.model_args.other_label
         if other is not None and other in self.dataset.labels.labels:
