@@ -113,6 +113,32 @@ class Masking(Choice):
     CHAR = "char"
 
 
+class LogLevel(Choice):
+    """serve.py: uvicorn's log levels."""
+
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+    DEBUG = "debug"
+
+
+class EventLoop(Choice):
+    """uvicorn's event loops; each named one needs its module (uvicorn[standard] installs both)."""
+
+    AUTO = "auto"
+    ASYNCIO = "asyncio"
+    UVLOOP = "uvloop"
+
+
+class HttpParser(Choice):
+    """uvicorn's HTTP parsers; each named one needs its module."""
+
+    AUTO = "auto"
+    H11 = "h11"
+    HTTPTOOLS = "httptools"
+
+
 DEVICE_PATTERN = re.compile(r"^(cpu|gpu(:\d+)?)$")
 
 

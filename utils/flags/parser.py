@@ -25,7 +25,7 @@ import importlib.util
 import os
 import re
 import types
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Union, get_type_hints
 
 from ..choices import Choice
 from ..errors import UserError, text_flag
@@ -142,15 +142,29 @@ class Parser(_upstream.PdArgumentParser):
             plain.metadata = types.MappingProxyType(meta)
             _upstream.PdArgumentParser._parse_dataclass_field(target, plain)
 
+    def _add_dataclass_arguments(self, dtype):
+        """As upstream's, with the class's own fields first: a script's flags before the groups it shares."""
+        hints = get_type_hints(dtype)
+        own = dtype.__dict__.get("__annotations__", {})
+        for dc_field in sorted(dataclasses.fields(dtype), key=lambda f: f.name not in own):
+            if dc_field.init:
+                dc_field.type = hints[dc_field.name]
+                self._parse_dataclass_field(self, dc_field)
+
     def parse_known_args(self, args=None, namespace=None):
+        """Unknown flags are an error before any dataclass checks its flags."""
+        args = list(args or [])
         if self.remainder is not None:
-            args = list(args or [])
             rest = None  # no `--`: the dataclass says what is missing
             if "--" in args:
                 args, rest = args[:args.index("--")], args[args.index("--") + 1:]
             namespace = namespace or argparse.Namespace()
             setattr(namespace, self.remainder, rest)
-        return super().parse_known_args(args, namespace)
+        namespace, unknown = super().parse_known_args(args, namespace)
+        if unknown:
+            raise UserError(f"unknown flag(s) {unknown}; `{self.command} --help` lists them",
+                            next((a for a in unknown if a.startswith("--")), self.prog))
+        return namespace, unknown
 
     def error(self, message):
         flag = re.match(r"argument (--[\w-]+)", message)
@@ -161,11 +175,8 @@ class Parser(_upstream.PdArgumentParser):
         `args_file`: also read `<script>.args` beside the script, as upstream's scripts do."""
         try:
             return self.parse_args_into_dataclasses(args=list(argv), look_for_args_file=args_file)
-        except ValueError as exc:  # unknown flags, or paddlenlp's own __post_init__ rejecting a combination
+        except ValueError as exc:  # paddlenlp's own __post_init__ rejecting a combination
             message = str(exc).replace("\n", " ")
-            if "not used by the PdArgumentParser" in message:
-                message = (f"unknown flag(s) {message.split(':', 1)[1].strip()}; `{self.command} --help` lists "
-                           "them")
             raise UserError(message, self.flag_in(message) or self.prog) from None
 
     def flag_in(self, message: str) -> Optional[str]:
