@@ -113,6 +113,13 @@ class Masking(Choice):
     CHAR = "char"
 
 
+class Split(Choice):
+    """explain.py --bad_cases: the labelled split whose errors are explained."""
+
+    DEV = "dev"
+    TEST = "test"
+
+
 class LogLevel(Choice):
     """serve.py: uvicorn's log levels."""
 

@@ -161,7 +161,8 @@ class Parser(_upstream.PdArgumentParser):
             namespace = namespace or argparse.Namespace()
             setattr(namespace, self.remainder, rest)
         namespace, unknown = super().parse_known_args(args, namespace)
-        if unknown:
+        if unknown and not (self.remainder is not None and getattr(namespace, self.remainder) is None):
+            # (without `--`, the dataclass says where train.py's flags go)
             raise UserError(f"unknown flag(s) {unknown}; `{self.command} --help` lists them",
                             next((a for a in unknown if a.startswith("--")), self.prog))
         return namespace, unknown
