@@ -43,18 +43,21 @@ def main(argv):
     from utils.flags.runtime import ServeArguments
 
     (args,) = parse_flags(ServeArguments, argv, "serve.py", __doc__)
+    import dataclasses
+
     from utils.deploy.bundle import resolve_export_dir
     from utils.serving.app import ServiceConfig, create_app
 
-    export_dir = resolve_export_dir(args.model_path_prefix)  # a wrong path fails now, not after start-up
     device, device_id = args.placement()
-    config = ServiceConfig(model_path_prefix=export_dir, name=args.name, device=device, device_id=device_id,
-                           num_threads=args.num_threads, use_fp16=args.use_fp16, use_int8=args.use_int8,
-                           max_seq_length=args.max_seq_length, instances=args.instances,
-                           max_batch_size=args.max_batch_size,
-                           max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                           max_texts_per_request=args.max_texts_per_request,
+    # The service's settings are ServiceConfig's, checked there (the same for serve.py and Ray Serve's build_app).
+    config = ServiceConfig(model_path_prefix=args.model_path_prefix, name=args.name, device=device,
+                           device_id=device_id, num_threads=args.num_threads, use_fp16=args.use_fp16,
+                           use_int8=args.use_int8, max_seq_length=args.max_seq_length, instances=args.instances,
+                           max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                           max_queue=args.max_queue, max_texts_per_request=args.max_texts_per_request,
                            max_chars_per_text=args.max_chars_per_text)
+    export_dir = resolve_export_dir(args.model_path_prefix)  # a wrong path fails now, not after start-up
+    config = dataclasses.replace(config, model_path_prefix=export_dir)
     if args.ray:
         return serve_on_ray(args, config)
     with bind_port(args.host, args.port) as listener:

@@ -56,7 +56,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "%(default)" in text or not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS):
+        default = action.default
+        if "%(default)" in text or not action.option_strings or default is None or default is False or \
+                default is argparse.SUPPRESS or default == []:
             return text
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
@@ -145,7 +147,9 @@ class Parser(_upstream.PdArgumentParser):
     def _add_dataclass_arguments(self, dtype):
         """As upstream's, with the class's own fields first: a script's flags before the groups it shares."""
         hints = get_type_hints(dtype)
-        own = dtype.__dict__.get("__annotations__", {})
+        inherited = {f.name for base in dtype.__mro__[1:] if dataclasses.is_dataclass(base)
+                     for f in dataclasses.fields(base)}
+        own = set(dtype.__dict__.get("__annotations__", {})) - inherited
         for dc_field in sorted(dataclasses.fields(dtype), key=lambda f: f.name not in own):
             if dc_field.init:
                 dc_field.type = hints[dc_field.name]

@@ -137,9 +137,9 @@ class ServeArguments(RuntimeArguments):
                 "is later (no wait once every request of the last round is back)."})
     max_queue: int = field(default=2048, metadata={
         "help": "Texts allowed to wait; beyond, requests get 503 + Retry-After."})
-    max_texts_per_request: int = field(default=256)
-    max_chars_per_text: int = field(default=8192)
-    log_level: LogLevel = field(default=LogLevel.INFO)
+    max_texts_per_request: int = field(default=256, metadata={"help": "Texts one request may send."})
+    max_chars_per_text: int = field(default=8192, metadata={"help": "Characters one text may have."})
+    log_level: LogLevel = field(default=LogLevel.INFO, metadata={"help": "uvicorn's (debug: with the access log)."})
     loop: EventLoop = field(default=EventLoop.AUTO, metadata={
         "help": "uvicorn's event loop (auto: uvloop when installed, as requirements.txt does)."})
     http: HttpParser = field(default=HttpParser.AUTO, metadata={
@@ -181,7 +181,8 @@ class ServeArguments(RuntimeArguments):
     def _check_ray(self) -> None:
         for flag in ("loop", "http"):
             if getattr(self, flag) != "auto":
-                raise UserError("is for serve.py's own uvicorn; with --ray, Ray Serve's HTTP proxies serve", f"--{flag}")
+                raise UserError("is for serve.py's own uvicorn; with --ray, Ray Serve's HTTP proxies serve",
+                                f"--{flag}")
         if self.placement()[1]:
             raise UserError("does not apply with --ray: Ray assigns each replica its GPU", "--device_id")
         if self.replicas not in (None, "auto") and not self.replicas.isdigit():
@@ -199,19 +200,21 @@ class ServeArguments(RuntimeArguments):
 class ClientArguments:
     """client.py: texts to serve.py in SimpleServing's format."""
 
-    url: str = field(default="http://127.0.0.1:8189/models/cls_default")
+    url: str = field(default="http://127.0.0.1:8189/models/cls_default", metadata={
+        "help": "The model's endpoint: serve.py's POST /models/<name>."})
     text: List[str] = field(default_factory=list, metadata={
         "repeatable": True, "text": True, "help": "A text to classify (repeatable)."})
     input_file: Optional[str] = field(default=None, metadata={
         "help": "One text per line (text_a<TAB>text_b for pair models)."})
     batch_size: int = field(default=32, metadata={"help": "Texts per request."})
-    max_seq_len: Optional[int] = field(default=None)
-    top_k: int = field(default=1)
+    max_seq_len: Optional[int] = field(default=None, metadata={
+        "help": "Tokens per input (SimpleServing's max_seq_len; default: the export's)."})
+    top_k: int = field(default=1, metadata={"help": "Also the k best labels of each text."})
     prob_limit: Optional[float] = field(default=None, metadata={
         "help": "Multi-label/hierarchical models: one threshold for every label instead of the model's."})
-    timeout: float = field(default=60.0)
+    timeout: float = field(default=60.0, metadata={"help": "Seconds to wait for an answer."})
 
     def __post_init__(self):
-        positive(self, "batch_size")
+        positive(self, "batch_size", "timeout")
         if not self.text and not self.input_file:
             raise UserError("give --text TEXT or --input_file FILE", "client.py")

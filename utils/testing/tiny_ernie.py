@@ -20,6 +20,7 @@ from typing import Iterable, List, Optional
 from ..choices import Choice
 from ..errors import UserError, run_cli
 from ..files import atomic_directory, read_text_lines, write_json_atomic, write_text_atomic
+from ..flags.checks import positive
 
 MARKER_FILE = "NOT_PRETRAINED.json"
 SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
@@ -153,23 +154,25 @@ Preset = Choice("Preset", [(name.upper().replace("-", "_").replace(".", "_"), na
 class TinyErnieArguments:
     """`python -m utils.tiny_ernie`'s flags (utils.flags.parser reads them)."""
 
-    output_dir: Optional[str] = field(default=None, metadata={"required": True})
+    output_dir: Optional[str] = field(default=None, metadata={"required": True, "help": "the model directory to write"})
     data_dir: List[str] = field(default_factory=list, metadata={
         "repeatable": True, "help": "dataset folder(s) whose characters make the vocab (repeatable)"})
     vocab_file: Optional[str] = field(default=None, metadata={
         "help": "use this vocab (e.g. the real ERNIE 3.0 vocab) instead"})
     extra_text: List[str] = field(default_factory=list, metadata={
         "repeatable": True, "text": True, "help": "more text for the vocab (prompts)"})
-    preset: Preset = field(default=Preset("tiny"))
-    hidden_size: Optional[int] = field(default=None)
-    num_hidden_layers: Optional[int] = field(default=None)
-    num_attention_heads: Optional[int] = field(default=None)
-    intermediate_size: Optional[int] = field(default=None)
-    seed: int = field(default=0)
+    preset: Preset = field(default=Preset("tiny"), metadata={
+        "help": "tiny, or an ERNIE 3.0 size: its architecture with random weights"})
+    hidden_size: Optional[int] = field(default=None, metadata={"help": "instead of the preset's"})
+    num_hidden_layers: Optional[int] = field(default=None, metadata={"help": "instead of the preset's"})
+    num_attention_heads: Optional[int] = field(default=None, metadata={"help": "instead of the preset's"})
+    intermediate_size: Optional[int] = field(default=None, metadata={"help": "instead of the preset's"})
+    seed: int = field(default=0, metadata={"help": "of the random weights"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "replace a different model built here earlier by this command (never a foreign one)"})
 
     def __post_init__(self):
+        positive(self, "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
         if not (self.vocab_file or self.data_dir or self.extra_text):
             raise UserError("give --vocab_file or --data_dir to make the vocab from", "utils.tiny_ernie")
 
