@@ -182,8 +182,8 @@ def parse_args(argv: Sequence[str], training_args_class=None) -> Tuple[ModelArgu
     return flags.model, flags.data, flags.training
 
 
-TRAIN_DESCRIPTION = ("P-tuning text classification with ERNIE 3.0: train, evaluate, predict, export. PaddleNLP's "
-                     "few-shot app's flags, and paddlenlp's Trainer flags (TrainingArguments).")
+TRAIN_DESCRIPTION = ("P-tuning text classification with ERNIE 3.0: train, evaluate, predict, export.\n"
+                     "PaddleNLP's few-shot app's flags, then paddlenlp's Trainer flags (TrainingArguments).")
 
 
 @dataclass
