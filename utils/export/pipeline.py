@@ -318,8 +318,8 @@ def export_checkpoint(checkpoint_dir: str, output_dir: str, examples: Optional[L
     `reject_option`: `(threshold, other_label)` replacing the checkpoint's (train.py --reject_threshold
     on a checkpoint: decoding, not weights).
     """
-    export_type = ExportType.parse(export_type).value  # (the flags were checked when parsed: utils/flags/export.py)
-    quantize = Quantize.parse(quantize or "none").value
+    export_type = ExportType.from_flag(export_type, "--export_type").value
+    quantize = Quantize.from_flag(quantize or "none", "--quantize").value
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise UserError("exists and is not a directory", output_dir)
     lock = None if locked else export_lock(output_dir).acquire()
