@@ -6,13 +6,12 @@
 The request body is SimpleServing's: {"data": {"text": [...], "text_pair": [...]}, "parameters":
 {"max_seq_len": ..., "batch_size": ..., "prob_limit": ..., "top_k": ...}}. Standard library only.
 """
-import argparse
 import json
 import sys
 import urllib.error
 import urllib.request
 
-from utils.errors import ArgumentParser, UserError, run_cli, text_flag
+from utils.errors import UserError, run_cli
 from utils.files import read_text_lines
 
 
@@ -30,23 +29,14 @@ def post(url: str, body: dict, timeout: float) -> dict:
 
 
 def main(argv):
-    parser = ArgumentParser(prog="client.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="http://127.0.0.1:8189/models/cls_default")
-    parser.add_argument("--text", action="append", default=[], type=text_flag, help="A text to classify (repeatable).")
-    parser.add_argument("--input_file", help="One text per line (text_a<TAB>text_b for pair models).")
-    parser.add_argument("--batch_size", type=int, default=32, help="Texts per request.")
-    parser.add_argument("--max_seq_len", type=int, default=None)
-    parser.add_argument("--top_k", type=int, default=1)
-    parser.add_argument("--prob_limit", type=float, default=None,
-                        help="Multi-label/hierarchical models: one threshold for every label instead of the model's.")
-    parser.add_argument("--timeout", type=float, default=60.0)
-    args = parser.parse_args(argv)
-    if args.batch_size <= 0:
-        raise UserError(f"must be positive, got {args.batch_size}", "--batch_size")
+    from utils.flags.parser import parse_flags
+    from utils.flags.runtime import ClientArguments
+
+    (args,) = parse_flags(ClientArguments, argv, "client.py", __doc__)
     lines = list(args.text) + ([line for _, line in read_text_lines(args.input_file, "input file")]
                                if args.input_file else [])
     if not lines:
-        raise UserError("give --text TEXT or --input_file FILE", "client.py")
+        raise UserError("has no texts: one text per line", args.input_file)
     for start in range(0, len(lines), args.batch_size):
         chunk = [line.split("\t") for line in lines[start:start + args.batch_size]]
         data = {"text": [fields[0] for fields in chunk]}

@@ -8,30 +8,9 @@ Writes explanations.html / explanations.json (or bad_cases_<split>.html / .json)
 each text's tokens shaded by how much they pushed the model towards the explained label (the
 predicted one unless --label), and every number (utils/reporting/explain.py). Pair models: text_a<TAB>text_b.
 """
-import argparse
-import os
 import sys
 
-from utils.errors import ArgumentParser, UserError, run_cli, text_flag
-
-
-def build_parser():
-    parser = ArgumentParser(prog="explain.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resume_from_checkpoint", required=True, help="The trained model (train.py's output_dir "
-                                                                          "or a checkpoint).")
-    parser.add_argument("--text", action="append", default=[], type=text_flag, help="A text to explain (repeatable).")
-    parser.add_argument("--input_file", help="A file of texts to explain, one per line (a label column is ignored).")
-    parser.add_argument("--data_dir", help="With --bad_cases: the dataset folder.")
-    parser.add_argument("--bad_cases", choices=["dev", "test"], default=None,
-                        help="Explain the split's errors, most confident first (the bad-case report).")
-    parser.add_argument("--max_cases", type=int, default=20, help="Bad cases (or input lines) explained at most.")
-    parser.add_argument("--label", default=None, type=text_flag,
-                        help="Explain this label's logit instead of the predicted one.")
-    parser.add_argument("--steps", type=int, default=32, help="Integrated-gradients steps (more: a smaller "
-                                                              "completeness gap, slower).")
-    parser.add_argument("--output_dir", default="./explanations", help="Where the HTML and JSON go.")
-    parser.add_argument("--device", default="cpu", help="cpu or gpu.")
-    return parser
+from utils.errors import UserError, run_cli
 
 
 def read_texts(args, pair: bool):
@@ -59,25 +38,18 @@ def read_texts(args, pair: bool):
 
 
 def main(argv):
-    args = build_parser().parse_args(argv)
+    from utils.flags.explain import ExplainArguments
+    from utils.flags.parser import parse_flags
+
+    (args,) = parse_flags(ExplainArguments, argv, "explain.py", __doc__)
     from utils.model.spec import ModelSpec
 
-    for flag in ("max_cases", "steps"):
-        if getattr(args, flag) <= 0:
-            raise UserError(f"must be positive, got {getattr(args, flag)}", f"--{flag}")
-    if os.path.isfile(args.output_dir):
-        raise UserError("is a file; give a directory", "--output_dir")
-    from utils.flags.train import check_device_flag
-
-    check_device_flag(args.device)
     spec = ModelSpec.load(args.resume_from_checkpoint)
     pair = sum(1 for part in spec.template if "text" in part) > 1
     if args.label is not None and args.label not in spec.labels:
         raise UserError(f"{args.label!r} is not one of the model's labels ({', '.join(spec.labels)})", "--label")
     dataset = None
     if args.bad_cases:
-        if not args.data_dir:
-            raise UserError("needs --data_dir (the split's gold labels)", "--bad_cases")
         if spec.decoder.multi_label:
             raise UserError(f"ranks texts whose one predicted label is wrong; a {spec.task_type} model predicts label "
                             "sets: explain its texts with --text or --input_file", "--bad_cases")
@@ -92,18 +64,16 @@ def main(argv):
                             dataset.labels.path)
     examples = read_texts(args, pair)
     if not examples and dataset is None:
-        raise UserError("nothing to explain: give --text, --input_file or --data_dir with --bad_cases", "explain.py")
+        raise UserError("has no texts to explain", args.input_file)
 
     import paddle
 
-    if args.device.startswith("gpu") and not paddle.is_compiled_with_cuda():
-        raise UserError("asks for a GPU but this Paddle is the CPU build", "--device")
     from utils.model import compat
     from utils.reporting.explain import Explainer, bad_cases, write_explanations
     from utils.model.assembly import rebuild_from_checkpoint
 
     compat.apply()
-    paddle.set_device(args.device)
+    paddle.set_device(args.paddle_device)
     model, tokenizer, spec = rebuild_from_checkpoint(args.resume_from_checkpoint)
     explainer = Explainer(model, tokenizer, spec, steps=args.steps)
     written = []

@@ -6,41 +6,21 @@
 for the directory layout, utils/export/parity.py for the parity gate.
 """
 import sys
-from dataclasses import dataclass, field
-from typing import Optional
 
-from utils.flags.train import ExportArguments
-from utils.errors import UserError, run_cli
-
-
-@dataclass
-class ExportCommandArguments(ExportArguments):
-    resume_from_checkpoint: Optional[str] = field(default=None, metadata={
-        "help": "Checkpoint (or train.py output_dir) to export. Required."})
-    output_dir: str = field(default="./checkpoints/export", metadata={"help": "Export directory to write."})
-    data_dir: Optional[str] = field(default=None, metadata={
-        "help": "Dataset folder; dev.txt (else test.txt/train.txt/data.txt) texts make the parity-check batch."})
-    opset: int = field(default=13, metadata={"help": "ONNX opset (>= 13)."})
-    tolerance: float = field(default=1e-4, metadata={"help": "Parity gate: max |Δlogits| allowed."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing export directory."})
-
-    def __post_init__(self):
-        if not self.resume_from_checkpoint:
-            raise UserError("is required: the checkpoint (or train.py --output_dir) to export",
-                            "--resume_from_checkpoint")
-        if not str(self.output_dir).strip():
-            raise UserError("must name a directory, got an empty string", "--output_dir")
+from utils.errors import run_cli
 
 
 def main(argv):
+    from utils.flags.export import ExportCommandArguments
+    from utils.flags.parser import parse_flags
+
+    (args,) = parse_flags(ExportCommandArguments, argv, "export.py", __doc__, args_file=True)
     from utils.model import compat
-    from utils.flags.train import _parser_class
     from utils.dataset.folder import load_dataset_dir
     from utils.export.parity import describe_result
     from utils.export.pipeline import export_checkpoint
     from utils.model.spec import peek_task_type
 
-    (args,) = _parser_class()(ExportCommandArguments).parse_args_into_dataclasses(args=argv)
     compat.apply()
     examples = None
     if args.data_dir:

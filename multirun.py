@@ -15,10 +15,13 @@ from utils.errors import run_cli
 
 
 def main(argv):
-    from utils.training.multirun import parse_args, run_all
+    from utils.flags.multirun import DESCRIPTION, USAGE, MultirunArguments
+    from utils.flags.parser import parse_flags
 
-    args, train_flags = parse_args(argv)
-    run_all(args, train_flags)
+    (args,) = parse_flags(MultirunArguments, argv, "multirun.py", DESCRIPTION, usage=USAGE)
+    from utils.training.multirun import run_all
+
+    run_all(args, args.train_flags)
     return 0
 
 

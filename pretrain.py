@@ -13,14 +13,16 @@ from utils.errors import run_cli
 
 
 def main(argv):
-    from utils.model import compat
-    from utils.flags.train import _parser_class
-    from utils.console import run_summary
-    from utils.training.pretraining import PretrainArguments, run
+    from utils.flags.parser import parse_flags
+    from utils.flags.pretrain import PretrainArguments
     from utils.flags.trainer import PretrainingArguments
 
-    model_args, training_args = _parser_class()((PretrainArguments, PretrainingArguments)) \
-        .parse_args_into_dataclasses(args=argv)
+    model_args, training_args = parse_flags((PretrainArguments, PretrainingArguments), argv, "pretrain.py", __doc__,
+                                            args_file=True)
+    from utils.model import compat
+    from utils.console import run_summary
+    from utils.training.pretraining import run
+
     compat.apply()
     run(model_args, training_args)
     if training_args.should_save:

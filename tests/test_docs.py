@@ -10,7 +10,7 @@ How a page is checked (docs/README.md, "Writing these pages", says the same for 
 * `<!-- docs-check: parse-only: REASON -->` right before a block: the block cannot run here (a
   GPU, a cluster, pip, make). Each command still goes through the real parser and checks of what
   it calls, so a renamed flag fails here: train.py's `parse_args` (as on a CUDA build of Paddle),
-  the other scripts' parsers, Paddle's launcher's parser, Ray Serve's `build_app`, `make -n`, the
+  the other scripts' parsers (utils.flags.parser), Paddle's launcher's parser, Ray Serve's `build_app`, `make -n`, the
   requirement files pip is given. A python block is compiled. Nothing runs.
 * `<!-- docs-check: exit 2 -->` right before a block: each command must stop with exit code 2
   (the examples of errors).
@@ -442,13 +442,12 @@ class Parsed(BaseException):
 
 @contextlib.contextmanager
 def stop_after_parsing():
-    """Let the outermost parse (train.py's `parse_args`, multirun's, an argparse or paddlenlp parser) finish with
+    """Let the outermost parse (train.py's `parse_args`, any script's `Parser.parse`, an argparse parser) finish with
     its checks, then stop the command; Paddle counts as a CUDA build, as on the machines these commands are for."""
     import paddle
-    from paddlenlp.trainer import PdArgumentParser
 
     import utils.flags.train
-    import utils.training.multirun
+    from utils.flags.parser import Parser
 
     depth = [0]
 
@@ -467,9 +466,8 @@ def stop_after_parsing():
         return wrapper
 
     with pytest.MonkeyPatch.context() as mp:
-        for owner, name in ((argparse.ArgumentParser, "parse_args"),
-                            (PdArgumentParser, "parse_args_into_dataclasses"),
-                            (utils.flags.train, "parse_args"), (utils.training.multirun, "parse_args")):
+        for owner, name in ((argparse.ArgumentParser, "parse_args"), (Parser, "parse"),
+                            (utils.flags.train, "parse_args")):
             mp.setattr(owner, name, stopping(getattr(owner, name)))
         mp.setattr(paddle, "is_compiled_with_cuda", lambda: True)
         yield

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from utils.model.label_words import check_label_words, main as label_words_main, warn_label_words
+from utils.label_words import main as label_words_main
+from utils.model.label_words import check_label_words, warn_label_words
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,7 @@ def test_the_python_api_raises_user_error_naming_the_index(trained, pair_export)
     ("serve", ["--model_path_prefix", "nowhere", "--name", b"m\xff"], "--name"),
     ("train", ["--do_train", "--prompt", b"\xd5\xe2\xca\xc7"], "--prompt"),  # 这是 in GBK
     ("train", ["--do_train", "--reject_threshold", "0.5", "--other_label", b"\xff"], "--other_label"),
-    ("utils.model.label_words", ["--data_dir", "x", "--model_name_or_path", "y", "--prompt", b"\xff"], "--prompt"),
+    ("utils.label_words", ["--data_dir", "x", "--model_name_or_path", "y", "--prompt", b"\xff"], "--prompt"),
     ("utils.testing.tiny_ernie", ["--output_dir", "x", "--extra_text", b"\xff"], "--extra_text"),
 ], ids=lambda v: v if isinstance(v, str) and not v.startswith("--") else None)
 def test_a_text_flag_with_bytes_that_are_not_utf8_is_one_error_naming_the_flag(script, argv, flag, tmp_path, capsys):
@@ -117,7 +117,7 @@ def test_a_text_flag_with_bytes_that_are_not_utf8_is_one_error_naming_the_flag(s
 
     argv = [os.fsdecode(a) for a in argv]
     main = importlib.import_module(script).main
-    if script == "utils.model.label_words":  # (its main runs run_cli itself)
+    if script == "utils.label_words":  # (its main runs run_cli itself)
         code = main(argv)
     else:
         code = run_cli(main, argv)

@@ -104,7 +104,7 @@ def test_seed_command_runs_unchanged(data, tmp_path):
     """The seed document's command verbatim, from a fresh working directory, with 20 steps (evaluating every
     10) instead of 1000 (every 100), plus --model_name_or_path for the offline tiny model, on a slice of the
     real FewCLUE tnews (skipped, saying so, without ../shared) and of the example data. What the defaults
-    make of these flags is tested flag by flag in test_args.py."""
+    make of these flags is tested flag by flag in test_flags.py."""
     source = shared_path("data", "fewclue", "tnews") if data == "FewCLUE tnews" else EXAMPLE_DATA
     data_dir = tiny_tnews_copy(str(tmp_path), source)
     env = dict(os.environ, PTUNING_OFFLINE="1", PYTHONPATH=ROOT)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import re
 import sys
 from typing import Callable, Optional
 
@@ -57,14 +56,6 @@ def text_flag(value: str) -> str:
         return check_text(value, "")
     except UserError as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are `UserError`s: one paragraph naming the flag, like every other error."""
-
-    def error(self, message):
-        match = re.match(r"argument (--[\w-]+)", message)
-        raise UserError(re.sub(r"^argument [^:]+: ", "", message), match.group(1) if match else self.prog)
 
 
 def debug_enabled(argv=None) -> bool:

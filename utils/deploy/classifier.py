@@ -23,6 +23,7 @@ from typing import Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
+from ..choices import split_device
 from ..task.calibration import check_reject_options, decoder_with_reject
 from ..errors import UserError, check_text
 from .predictions import ranked_labels
@@ -53,24 +54,6 @@ def default_num_threads() -> int:
 def check_positive(value, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise UserError(f"must be a positive integer, got {value!r}", name)
-
-
-def split_device(device: Optional[str], device_id: int = 0, prefix: str = "") -> Tuple[Optional[str], int]:
-    """`device` ("cpu", "gpu", "gpu:N" as train.py takes it, or None: the default) and `device_id`
-    -> `(cpu|gpu|None, GPU number)`; "gpu:N" sets the number. Errors name the argument (`prefix`
-    "--": infer.py's flags)."""
-    from ..flags.train import DEVICE_PATTERN
-
-    if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
-        raise UserError(f"must be a GPU number, 0 or more, got {device_id!r}", prefix + "device_id")
-    if device is None:
-        return None, device_id
-    if not isinstance(device, str) or not DEVICE_PATTERN.match(device):
-        raise UserError(f"must be cpu, gpu or gpu:N, got {device!r}", prefix + "device")
-    kind, _, number = device.partition(":")
-    if number and device_id not in (0, int(number)):
-        raise UserError(f"names GPU {number} and {prefix}device_id {device_id}: give one of them", prefix + "device")
-    return kind, int(number) if number else device_id
 
 
 def fp16_note(use_fp16: bool, device: str) -> Optional[str]:

@@ -87,7 +87,7 @@ def export(args, plan: EnsemblePlan, dataset, threshold_search):
     """Load the members, search thresholds if asked, write OUTPUT_DIR/export; `(plan, manifest)`."""
     import paddle
 
-    from ..flags.train import Quantize
+    from ..choices import Quantize
     from ..model import compat
     from . import graph
     from .evaluate import search_ensemble_thresholds

@@ -35,9 +35,9 @@ from ..console import quiet_native_output
 from ..deploy.format import (FORMAT_VERSION, LABELS_FILE, MANIFEST_FILE, ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE,
                              OUTPUT_NAME, PREPROCESS_FILE, TEMPLATE_FILE, view_input_names, view_suffix)
 from ..deploy.preprocess import PromptPreprocessor, describe_template
+from ..choices import ExportType, Quantize
 from ..errors import UserError
 from ..files import atomic_directory, sha256_file, write_json_atomic
-from ..flags.train import ExportType, Quantize
 from ..model.assembly import rebuild_from_checkpoint
 from ..model.spec import ModelSpec
 from ..rundir.plan import DirLock

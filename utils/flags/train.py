@@ -1,130 +1,25 @@
-"""Command-line arguments of train.py and export.py: the PaddleNLP few-shot app's flags.
+"""train.py's flags: the PaddleNLP few-shot app's.
 
-`PdArgumentParser` over `ModelArguments` (with the `ExportArguments` export.py shares),
-`DataArguments` and `utils.flags.trainer.TrainingArguments` (paddlenlp's PromptTuningArguments:
-every Trainer flag, with this tool's defaults resolved in its `__post_init__`). Each dataclass
-checks its own flags in `__post_init__`; `check_args` adds the checks that span several. Every
-choice flag is a `Choice` enum below: the parser, the checks and the code that acts on a choice
-all use that one definition, and a bad value is one `error: --flag: ...` paragraph. Nothing is
-loaded before all of this passes. Paddle-free at import (multirun.py uses `flag_given`).
+`utils.flags.parser.Parser` (paddlenlp's PdArgumentParser) over `ModelArguments` (with the
+`ExportArguments` export.py shares), `DataArguments` and `utils.flags.trainer.TrainingArguments`
+(paddlenlp's PromptTuningArguments: every Trainer flag, with this tool's defaults resolved in its
+`__post_init__`). Each dataclass checks its own flags in `__post_init__`; `TrainFlags` adds the
+checks that span several and resolves the task type. Every choice flag is a `Choice` enum
+(utils/choices.py): the parser, the checks and the code that acts on a choice all use that one
+definition, and a bad value is one `error: --flag: ...` paragraph. Nothing is loaded before all
+of this passes. Paddle-free at import (multirun.py uses `flag_given`).
 """
 from __future__ import annotations
 
-import enum
 import os
-import re
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
+from ..choices import (HierarchicalDecoding, ManualLoss, Method, SoftEncoder, TaskType, TeacherLabels, ThresholdSearch,
+                       VerbalizerKind)
 from ..errors import UserError, check_text
-
-
-class Choice(str, enum.Enum):
-    """A flag's allowed values. Parsing ignores case and knows upstream's spellings (`None`)."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec) -> str:
-        return format(self.value, spec)
-
-    @classmethod
-    def parse(cls, text):
-        if isinstance(text, cls):
-            return text
-        key = str(text).strip().lower().replace("_", "-")  # multi_label == multi-label
-        for member in cls:
-            if key == member.value.replace("_", "-") or (member.value == "none" and key in NONE_SPELLINGS):
-                return member
-        raise ValueError(f"must be one of {cls.describe()}, got {text!r}")
-
-    @classmethod
-    def from_flag(cls, text, flag: str):
-        """`parse`, with a bad value reported as a user error on `flag`."""
-        try:
-            return cls.parse(text)
-        except ValueError as exc:
-            raise UserError(str(exc), flag) from None
-
-    @classmethod
-    def describe(cls) -> str:
-        values = [m.value for m in cls]
-        return ", ".join(values[:-1]) + " or " + values[-1] if len(values) > 1 else values[0]
-
-
-
-NONE_SPELLINGS = ("", "null", "false", "no")  # also mean `none` for choices that have it (upstream's `None`)
-
-
-class Method(Choice):
-    PTUNING = "ptuning"
-    FINETUNE = "finetune"
-
-
-class VerbalizerKind(Choice):
-    SOFT = "soft"
-    MANUAL = "manual"
-
-
-class ManualLoss(Choice):
-    CE = "ce"
-    MLM = "mlm"
-
-
-class SoftEncoder(Choice):
-    LSTM = "lstm"
-    MLP = "mlp"
-    NONE = "none"
-
-
-class TaskType(Choice):
-    """What a text gets: one label, a set of labels, or a set of label paths (utils/task/decoding.py)."""
-
-    MULTI_CLASS = "multi-class"
-    MULTI_LABEL = "multi-label"
-    HIERARCHICAL = "hierarchical"
-
-
-class ThresholdSearch(Choice):
-    NONE = "none"
-    GLOBAL = "global"
-    PER_LABEL = "per-label"
-
-
-class HierarchicalDecoding(Choice):
-    CONSISTENT = "consistent"
-    FLAT = "flat"
-
-
-class TeacherLabels(Choice):
-    """What a student learns from the teacher: its probabilities, or its decisions."""
-
-    SOFT = "soft"
-    HARD = "hard"
-
-
-class ExportType(Choice):
-    PADDLE = "paddle"
-    ONNX = "onnx"
-
-
-class Quantize(Choice):
-    NONE = "none"
-    INT8 = "int8"
-
-
-DEVICE_PATTERN = re.compile(r"^(cpu|gpu(:\d+)?)$")
-
-
-@dataclass
-class ExportArguments:
-    """What an export contains; shared by `train.py --do_export` and export.py."""
-
-    export_type: ExportType = field(default=ExportType.PADDLE, metadata={
-        "help": "paddle: static graph + ONNX; onnx: ONNX only (static graph removed after the parity check)."})
-    export_fp16: bool = field(default=False, metadata={"help": "Also write model_fp16.onnx for onnxruntime-gpu."})
-    quantize: Quantize = field(default=Quantize.NONE, metadata={
-        "help": "int8: also write model_int8.onnx (onnxruntime dynamic quantization; infer.py --use_int8)."})
+from .checks import fraction
+from .export import ExportArguments
 
 
 @dataclass
@@ -133,8 +28,8 @@ class ModelArguments(ExportArguments):
         "help": "Built-in PaddleNLP model name (needs network or cache) or a local model directory."})
     method: Method = field(default=Method.PTUNING, metadata={
         "help": "ptuning (prompt + verbalizer on the MLM head) or finetune ([CLS] classifier baseline)."})
-    verbalizer: VerbalizerKind = field(default=VerbalizerKind.SOFT, metadata={
-        "help": "P-tuning verbalizer: soft (SoftVerbalizer, one [MASK]) or manual (label words predicted "
+    verbalizer: Optional[VerbalizerKind] = field(default=None, metadata={
+        "help": "P-tuning verbalizer: soft (default: SoftVerbalizer, one [MASK]) or manual (label words predicted "
                 "token by token at as many [MASK]s as they have tokens; equal lengths needed)."})
     manual_loss: ManualLoss = field(default=ManualLoss.CE, metadata={
         "help": "With --verbalizer manual: ce (cross-entropy over the labels' word log-probabilities, PET style) "
@@ -180,8 +75,11 @@ class ModelArguments(ExportArguments):
                              ("hierarchical_decoding", HierarchicalDecoding)):
             if getattr(self, name) is not None:
                 setattr(self, name, choice.from_flag(getattr(self, name), f"--{name}"))
-        if self.threshold is not None and not 0 < self.threshold < 1:
-            raise UserError(f"must be in (0, 1), got {self.threshold}", "--threshold")
+        fraction(self.threshold, "--threshold")
+        if self.zero_shot and self.verbalizer == VerbalizerKind.SOFT:
+            raise UserError("a soft verbalizer is learned in training; --zero_shot reads the label words with the "
+                            "PLM's own masked-LM head (a manual verbalizer): drop --verbalizer soft", "--verbalizer")
+        self.verbalizer = VerbalizerKind.SOFT if self.verbalizer is None else VerbalizerKind.parse(self.verbalizer)
 
 
 @dataclass
@@ -267,93 +165,76 @@ DISTILL_DEFAULTS = {"teacher_labels": TeacherLabels.SOFT, "min_confidence": 0.0,
 DEFAULT_ENCODER_HIDDEN_SIZE = 200
 
 
-def _parser_class():
-    """PdArgumentParser whose errors are `UserError`s and whose `Choice` fields parse leniently."""
-    import dataclasses
-
-    from paddlenlp.trainer import PdArgumentParser
-
-    class Parser(PdArgumentParser):
-        @staticmethod
-        def _parse_dataclass_field(parser, dc_field: dataclasses.Field):
-            choice = dc_field.type
-            if getattr(choice, "__origin__", None) is Union:  # Optional[SomeChoice]
-                choice = next(a for a in choice.__args__ if a is not type(None))
-            if isinstance(choice, type) and issubclass(choice, Choice):
-
-                def parse(text, _choice=choice):
-                    try:
-                        return _choice.parse(text)
-                    except ValueError as exc:
-                        import argparse
-
-                        raise argparse.ArgumentTypeError(str(exc)) from None
-
-                parser.add_argument(f"--{dc_field.name}", type=parse, default=dc_field.default,
-                                    metavar="{" + ",".join(m.value for m in choice) + "}",
-                                    help=dc_field.metadata.get("help"))
-                return
-            if dc_field.type == Optional[bool] and dc_field.default is None:
-                # A flag this tool defaults from the others (--load_best_model_at_end): given bare, as in
-                # upstream's commands, it means true, like paddlenlp's own boolean flags.
-                from paddlenlp.trainer.argparser import strtobool
-
-                parser.add_argument(f"--{dc_field.name}", type=strtobool, nargs="?", const=True, default=None,
-                                    help=dc_field.metadata.get("help"))
-                return
-            PdArgumentParser._parse_dataclass_field(parser, dc_field)
-
-        def error(self, message):
-            flag = re.match(r"argument (--\w+)", message)
-            raise UserError(re.sub(r"^argument --\w+(/--\w+)*: ", "", message), flag.group(1) if flag else "train.py")
-
-    return Parser
-
-
 def flag_given(argv: Sequence[str], flag: str) -> bool:
     """Whether `flag` is on the command line, as `--flag value` or `--flag=value`."""
     return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
 def parse_args(argv: Sequence[str], training_args_class=None) -> Tuple[ModelArguments, DataArguments, object]:
-    """Parse and check train.py's flags into `(model_args, data_args, training_args)`.
-
-    Defaults and per-flag checks live in the dataclasses' `__post_init__`; `check_args` adds the
-    checks that span several of them. Nothing here loads data or a model.
-    """
+    """Parse and check train.py's flags into `(model_args, data_args, training_args)` (`TrainFlags`).
+    Nothing here loads data or a model."""
+    from .parser import Parser
     from .trainer import TrainingArguments
 
-    parser = _parser_class()((ModelArguments, DataArguments, training_args_class or TrainingArguments))
+    parser = Parser((ModelArguments, DataArguments, training_args_class or TrainingArguments), prog="train.py",
+                    description=TRAIN_DESCRIPTION)
+    flags = TrainFlags(*parser.parse(argv, args_file=True))
+    return flags.model, flags.data, flags.training
+
+
+TRAIN_DESCRIPTION = ("P-tuning text classification with ERNIE 3.0: train, evaluate, predict, export.\n"
+                     "PaddleNLP's few-shot app's flags, then paddlenlp's Trainer flags (TrainingArguments).")
+
+
+@dataclass
+class TrainFlags:
+    """train.py's three groups together: the checks that span them (`check_args`), and the values
+    resolved from several, read by the run: the task type (--task_type, else the checkpoint's, else
+    the --teacher's, else multi-class; then `check_task_args`) and its default metric."""
+
+    model: ModelArguments
+    data: DataArguments
+    training: object
+
+    def __post_init__(self):
+        from .trainer import DEFAULT_MULTI_LABEL_METRIC
+
+        check_args(self.model, self.data, self.training)
+        self.model.task_type = task_type = resolve_task_type(self.model, self.training, self.data)
+        check_task_args(self.model, self.training, task_type)
+        if task_type != TaskType.MULTI_CLASS and self.training.metric_is_default and \
+                self.training.metric_for_best_model:
+            self.training.metric_for_best_model = DEFAULT_MULTI_LABEL_METRIC  # exact-match accuracy is a poor guide
+
+
+def resolve_task_type(model_args: ModelArguments, training_args, data_args: DataArguments) -> TaskType:
+    """--task_type, else the checkpoint's (--resume_from_checkpoint), else the --teacher's, else
+    multi-class: JSON reads, no model."""
+    from ..model.spec import peek_task_type
+
+    task_type, checkpoint = model_args.task_type, training_args.resume_from_checkpoint
+    if task_type is not None:
+        return task_type
+    if checkpoint and not os.path.isdir(checkpoint):  # before a flag is judged by a default task type
+        raise UserError("checkpoint directory not found", checkpoint)
+    teacher = data_args.teacher
+    return TaskType.parse(peek_task_type(checkpoint) or (teacher and peek_teacher_task_type(teacher))
+                          or TaskType.MULTI_CLASS)
+
+
+def peek_teacher_task_type(teacher: str) -> Optional[str]:
+    """The task type of a --teacher (its model's spec, or its export's manifest), None when it
+    cannot be read (utils.training.distill reports that in full)."""
+    from ..deploy.bundle import read_manifest
+    from ..deploy.format import MANIFEST_FILE
+    from ..model.spec import peek_task_type
+
+    export = teacher if os.path.isfile(os.path.join(teacher, MANIFEST_FILE)) else os.path.join(teacher, "export")
     try:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=list(argv))
-    except ValueError as exc:  # unknown flags, or TrainingArguments.__post_init__ rejecting a combination
-        message = str(exc).replace("\n", " ")
-        if "not used by the PdArgumentParser" in message:
-            message = "unknown flag(s) " + message.split(":", 1)[1].strip() + "; `python train.py --help` lists them"
-        raise UserError(message, _flag_in(message, parser) or "train.py") from None
-    if model_args.zero_shot and flag_given(argv, "--verbalizer") and model_args.verbalizer == VerbalizerKind.SOFT:
-        raise UserError("a soft verbalizer is learned in training; --zero_shot reads the label words with the PLM's "
-                        "own masked-LM head (a manual verbalizer): drop --verbalizer soft", "--verbalizer")
-    check_args(model_args, data_args, training_args)
-    return model_args, data_args, training_args
-
-
-def check_device_flag(device: Optional[str]) -> None:
-    if device is not None and not DEVICE_PATTERN.match(device):
-        raise UserError(f"must be cpu, gpu or gpu:N, got {device!r} (this tool trains on CPUs and NVIDIA GPUs)",
-                        "--device")
-
-
-def _flag_in(message: str, parser) -> Optional[str]:
-    """The flag a paddlenlp message is about (`--name`, or a bare field name in it)."""
-    named = re.search(r"--\w+", message)
-    if named:
-        return named.group(0)
-    known = {action.dest for action in parser._actions}
-    for word in re.findall(r"[a-z_]+", message):
-        if word in known and "_" in word:
-            return f"--{word}"
-    return None
+        return peek_task_type(teacher) or (read_manifest(export).get("task_type")
+                                           if os.path.isfile(os.path.join(export, MANIFEST_FILE)) else None)
+    except UserError:
+        return None
 
 
 def check_args(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
@@ -428,8 +309,6 @@ MULTI_LABEL_ONLY_FLAGS = ("threshold", "threshold_search", "hierarchical_decodin
 def check_task_args(model_args: ModelArguments, training_args, task_type: TaskType) -> None:
     """The flags that depend on the task type (from --task_type, or the checkpoint's), checked
     before any data is read: flags that make no sense for it are refused with the reason."""
-    from .trainer import DEFAULT_MULTI_LABEL_METRIC
-
     given = [f"--{name}" for name in MULTI_LABEL_ONLY_FLAGS if getattr(model_args, name) is not None
              and not (name == "threshold_search" and model_args.threshold_search == ThresholdSearch.NONE)]
     metric = (getattr(training_args, "metric_for_best_model", None) or "").replace("eval_", "", 1)
@@ -464,5 +343,3 @@ def check_task_args(model_args: ModelArguments, training_args, task_type: TaskTy
             raise UserError("is part of a model being trained (saved with it); a checkpoint is evaluated, "
                             "predicted and exported with its own thresholds and decoding: add --do_train or drop "
                             "the flag", flag)
-    if getattr(training_args, "metric_is_default", False) and training_args.metric_for_best_model:
-        training_args.metric_for_best_model = DEFAULT_MULTI_LABEL_METRIC  # exact-match accuracy is a poor guide

@@ -23,6 +23,7 @@ from paddlenlp.prompt import PromptTuningArguments
 from paddlenlp.trainer import TrainingArguments as PaddleNLPTrainingArguments
 from paddlenlp.trainer.trainer_utils import IntervalStrategy
 
+from ..choices import split_device
 from ..errors import UserError
 
 DEFAULT_OUTPUT_DIR = "./checkpoints/"
@@ -115,11 +116,9 @@ class TrainingArguments(PromptTuningArguments):
 
     def resolve_defaults(self) -> None:
         """This tool's defaults for whatever the user did not give (see the module docstring)."""
-        from .train import check_device_flag
-
         if self.device is None:
             self.device = default_device()
-        check_device_flag(self.device)
+        split_device(self.device, 0, "--")
         if self.report_to is None:
             self.report_to = ["none"]
         strategy = None if self.evaluation_strategy is None else IntervalStrategy(self.evaluation_strategy).value
@@ -152,8 +151,6 @@ class PretrainingArguments(PaddleNLPTrainingArguments):
     do_train: bool = field(default=True, metadata={"help": "Always on: pretrain.py trains."})
 
     def __post_init__(self):
-        from .train import check_device_flag
-
         check_numbers(self)
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise UserError(f"must be positive (or give --max_steps), got {self.num_train_epochs}",
@@ -161,7 +158,7 @@ class PretrainingArguments(PaddleNLPTrainingArguments):
         if not str(self.output_dir or "").strip():
             raise UserError("must name a directory, got an empty string", "--output_dir")
         self.device = self.device or default_device()
-        check_device_flag(self.device)
+        split_device(self.device, 0, "--")
         self.report_to = self.report_to or ["none"]
         self.do_train = True
         self.evaluation_strategy = "steps" if self.eval_steps else "no"

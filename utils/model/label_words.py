@@ -14,9 +14,7 @@ Output: the table and a suggested label.txt. train.py logs the tokenization prob
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -189,41 +187,17 @@ def format_report(checks: List[WordCheck], ranked: Optional[Dict[str, List[Candi
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    from ..errors import ArgumentParser, run_cli, text_flag
-
-    parser = ArgumentParser(prog="python -m utils.label_words", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", required=True, help="Dataset folder with label.txt (and train.txt to rank).")
-    parser.add_argument("--model_name_or_path", required=True, help="The PLM whose tokenizer and MLM head to ask.")
-    parser.add_argument("--prompt", default="", type=text_flag, help="Plain-text prompt between the text and the mask.")
-    parser.add_argument("--top_tokens", type=int, default=DEFAULT_TOP_TOKENS,
-                        help="MLM-head candidates per label (0: only label.txt's alternatives).")
-    parser.add_argument("--max_examples", type=int, default=32, help="Training texts per label used for ranking.")
-    parser.add_argument("--no_ranking", action="store_true", help="Only check the tokenization (no model loaded).")
-    parser.add_argument("--output", default=None, help="Write the suggested label.txt here (never over --data_dir's).")
-    return run_cli(lambda args: _main(parser.parse_args(args)), argv)
-
-
-def _main(args) -> int:
-    import os
-
+def run(args) -> int:
+    """The command (`python -m utils.label_words`, utils/label_words.py): `args` are its checked flags
+    (utils.flags.label_words.LabelWordsArguments). Prints the report, writes --output."""
     from ..dataset.folder import load_dataset_dir
-    from ..errors import UserError
     from ..files import check_output_file, write_text_atomic
-    from ..dataset.labels import LABEL_FILE, read_label_file
+    from ..dataset.labels import read_label_file
     from .plm import load_tokenizer
 
-    for flag in ("top_tokens", "max_examples"):
-        if getattr(args, flag) < (0 if flag == "top_tokens" else 1):
-            raise UserError(f"must be {'0 or more' if flag == 'top_tokens' else 'positive'}, got "
-                            f"{getattr(args, flag)}", f"--{flag}")
-    label_path = os.path.join(args.data_dir, LABEL_FILE)
     if args.output:
-        if os.path.realpath(args.output) == os.path.realpath(label_path):
-            raise UserError("would overwrite the dataset's own label.txt; write the suggestion elsewhere", "--output")
         check_output_file(args.output)
-    raw = read_label_file(label_path)
+    raw = read_label_file(args.label_path)
     alternatives = raw.alternatives or {label: [word] for label, word in raw.label_words.items()}
     first = dict(raw.label_words)
     dataset = None if args.no_ranking else load_dataset_dir(args.data_dir, need_train=True, need_dev=False)
@@ -250,7 +224,3 @@ def _main(args) -> int:
         write_text_atomic(args.output, "".join(f"{label}=={word}\n" for label, word in sorted(suggested.items())))
         print(f"wrote {args.output}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..flags.train import Method, VerbalizerKind
+from ..choices import Method, VerbalizerKind
 from ..task.decoding import (DEFAULT_OTHER_LABEL, HIERARCHICAL, MULTI_CLASS, SEARCH_MODES, TASK_TYPES, Decoder,
                              is_multi_label, parent_path)
 from ..errors import UserError

@@ -11,15 +11,18 @@ architecture (same compute as the real model) with random weights.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from typing import Iterable, List, Optional
 
-from ..errors import ArgumentParser, UserError, run_cli, text_flag
+from ..choices import Choice
+from ..errors import UserError, run_cli
 from ..files import atomic_directory, read_text_lines, write_json_atomic, write_text_atomic
 from ..model.plm import NOT_PRETRAINED_MARKER as MARKER_FILE  # the PLM loader warns when it finds it
+from ..flags.checks import positive
+
 SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
 TINY_CONFIG = {
     "hidden_size": 64,
@@ -140,31 +143,45 @@ def build_ernie(output_dir: str, tokens: List[str], preset: str = "tiny", seed: 
     return output_dir
 
 
+Preset = Choice("Preset", [(name.upper().replace("-", "_").replace(".", "_"), name) for name in PRESETS])
+
+
+@dataclass
+class TinyErnieArguments:
+    """`python -m utils.tiny_ernie`'s flags (utils.flags.parser reads them)."""
+
+    output_dir: Optional[str] = field(default=None, metadata={"required": True, "help": "the model directory to write"})
+    data_dir: List[str] = field(default_factory=list, metadata={
+        "repeatable": True, "help": "dataset folder(s) whose characters make the vocab (repeatable)"})
+    vocab_file: Optional[str] = field(default=None, metadata={
+        "help": "use this vocab (e.g. the real ERNIE 3.0 vocab) instead"})
+    extra_text: List[str] = field(default_factory=list, metadata={
+        "repeatable": True, "text": True, "help": "more text for the vocab (prompts)"})
+    preset: Preset = field(default=Preset("tiny"), metadata={
+        "help": "tiny, or an ERNIE 3.0 size: its architecture with random weights"})
+    hidden_size: Optional[int] = field(default=None, metadata={"help": "instead of the preset's"})
+    num_hidden_layers: Optional[int] = field(default=None, metadata={"help": "instead of the preset's"})
+    num_attention_heads: Optional[int] = field(default=None, metadata={"help": "instead of the preset's"})
+    intermediate_size: Optional[int] = field(default=None, metadata={"help": "instead of the preset's"})
+    seed: int = field(default=0, metadata={"help": "of the random weights"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "replace a different model built here earlier by this command (never a foreign one)"})
+
+    def __post_init__(self):
+        positive(self, "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        if not (self.vocab_file or self.data_dir or self.extra_text):
+            raise UserError("give --vocab_file or --data_dir to make the vocab from", "utils.tiny_ernie")
+
+
 def main(argv: List[str]) -> int:
-    parser = ArgumentParser(prog="python -m utils.tiny_ernie", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--data_dir", action="append", default=[],
-                        help="dataset folder(s) whose characters make the vocab (repeatable)")
-    parser.add_argument("--vocab_file", help="use this vocab (e.g. the real ERNIE 3.0 vocab) instead")
-    parser.add_argument("--extra_text", action="append", default=[], type=text_flag,
-                        help="more text for the vocab (prompts)")
-    parser.add_argument("--preset", choices=PRESETS, default="tiny")
-    parser.add_argument("--hidden_size", type=int)
-    parser.add_argument("--num_hidden_layers", type=int)
-    parser.add_argument("--num_attention_heads", type=int)
-    parser.add_argument("--intermediate_size", type=int)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite_output_dir", action="store_true",
-                        help="replace a different model built here earlier by this command (never a foreign one)")
-    args = parser.parse_args(argv)
+    from ..flags.parser import parse_flags
+
+    (args,) = parse_flags(TinyErnieArguments, argv, "python -m utils.tiny_ernie", __doc__)
     if args.vocab_file:
         tokens = read_vocab_file(args.vocab_file)
-    elif args.data_dir or args.extra_text:
-        tokens = vocab_from_texts(texts_of_data_dirs(args.data_dir) + args.extra_text)
     else:
-        raise UserError("give --vocab_file or --data_dir to make the vocab from", "utils.tiny_ernie")
-    build_ernie(args.output_dir, tokens, preset=args.preset, seed=args.seed, overwrite=args.overwrite_output_dir,
+        tokens = vocab_from_texts(texts_of_data_dirs(args.data_dir) + args.extra_text)
+    build_ernie(args.output_dir, tokens, preset=args.preset.value, seed=args.seed, overwrite=args.overwrite_output_dir,
                 hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
                 num_attention_heads=args.num_attention_heads, intermediate_size=args.intermediate_size)
     print(f"{args.output_dir}: random ERNIE ({args.preset}, vocab {len(tokens)}), NOT pretrained")

@@ -14,7 +14,6 @@ leaks from one run into the next. Paddle-free.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -24,12 +23,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..errors import UserError, debug_enabled
+from ..flags.multirun import DEFAULT_SEED, MultirunArguments
 from ..flags.train import flag_given
-from ..errors import ArgumentParser, UserError, debug_enabled
 from ..files import atomic_path, read_json, write_json_atomic, write_text_atomic
 from ..rundir.names import EVAL_RESULTS_FILE, TEST_RESULTS_FILE
 
@@ -39,7 +39,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TRAIN_SCRIPT = os.path.join(ROOT, "train.py")
 ENSEMBLE_SCRIPT = os.path.join(ROOT, "ensemble.py")
 ENSEMBLE_DIR = "ensemble"
-DEFAULT_SEED = 42
 # (results file, metric) in table order; headers are the Markdown column names. micro-F1 is written
 # by multi-label and hierarchical runs only (whose accuracy is exact-match accuracy).
 METRICS = ((EVAL_RESULTS_FILE, "eval_accuracy"), (EVAL_RESULTS_FILE, "eval_micro_f1"),
@@ -47,12 +46,9 @@ METRICS = ((EVAL_RESULTS_FILE, "eval_accuracy"), (EVAL_RESULTS_FILE, "eval_micro
            (TEST_RESULTS_FILE, "test_micro_f1"), (TEST_RESULTS_FILE, "test_macro_f1"))
 HEADERS = {"eval_accuracy": "dev acc", "eval_micro_f1": "dev micro-F1", "eval_macro_f1": "dev macro-F1",
            "test_accuracy": "test acc", "test_micro_f1": "test micro-F1", "test_macro_f1": "test macro-F1"}
-SET_PER_RUN = ("--output_dir", "--seed")
 SPLIT_FILES = {"train.txt": "train_{}.txt", "dev.txt": "dev_{}.txt"}
 TASK_FILES = {"label.txt": True, "test.txt": False, "data.txt": False}  # name: required
 LOG_TAIL_LINES = 15
-USAGE = ("python multirun.py --output_dir OUT [--seeds 1 2 3] [--splits_dir DATA/splits [--split_ids 0 1 2]] "
-         "[--ensemble] [--overwrite_output_dir] -- <train.py flags>")
 
 
 @dataclass
@@ -64,62 +60,6 @@ class Run:
     split: Optional[int]
     output_dir: str
     data_dir: Optional[str] = None
-
-
-def parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog="multirun.py", usage=USAGE,
-        description="Run one train.py configuration over several seeds and/or data splits and report "
-                    "mean ± sample std of the dev/test metrics. Everything after `--` goes to train.py.")
-    p.add_argument("--output_dir", required=True, help="Folder for the runs, split data and summary.")
-    p.add_argument("--seeds", type=int, nargs="+", help=f"Seeds to run (default with --splits_dir: {DEFAULT_SEED}).")
-    p.add_argument("--splits_dir", help="FewCLUE-style splits folder with train_<i>.txt and dev_<i>.txt; its parent "
-                                        "(the task folder) provides label.txt, test.txt and data.txt.")
-    p.add_argument("--split_ids", type=int, nargs="+",
-                   help="Splits to run (default: every i with train_<i>.txt in --splits_dir).")
-    p.add_argument("--ensemble", action="store_true",
-                   help="Also combine the runs' final models into one export averaging their probabilities "
-                        "(ensemble.py, into OUTPUT_DIR/ensemble) and report its metrics beside the runs'. With "
-                        "--splits_dir only test metrics: each split has its own dev set.")
-    p.add_argument("--overwrite_output_dir", action="store_true",
-                   help="Reuse a non-empty --output_dir (replaces this command's runs and summary in it).")
-    return p
-
-
-def split_argv(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """`(own flags, train.py flags)`, split at the first `--`."""
-    argv = list(argv)
-    if "--" not in argv:
-        raise UserError("put train.py's flags after `--`, e.g. `multirun.py --output_dir OUT --seeds 1 2 -- "
-                        "--data_dir DIR --do_train --do_eval ...`", "multirun.py")
-    index = argv.index("--")
-    return argv[:index], argv[index + 1:]
-
-
-def parse_args(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
-    """Parse and check multirun's flags; return `(args, train.py flags)`."""
-    if "--" not in argv:
-        parser().parse_known_args(argv)  # --help and multirun's own flag errors first; then the missing `--`
-    own, forwarded = split_argv(argv)
-    args = parser().parse_args(own)
-    if not args.seeds and not args.splits_dir:
-        raise UserError("nothing to repeat: give --seeds and/or --splits_dir", "multirun.py")
-    if args.split_ids and not args.splits_dir:
-        raise UserError("needs --splits_dir", "--split_ids")
-    for flag in SET_PER_RUN:
-        if flag_given(forwarded, flag):
-            raise UserError(f"multirun.py sets {flag} for each run; remove it from the flags after `--` "
-                            f"({'use --seeds' if flag == '--seed' else 'runs go to OUTPUT_DIR/runs/<name>'})", flag)
-    if not (flag_given(forwarded, "--do_eval") or flag_given(forwarded, "--do_predict")):
-        raise UserError("no metrics to summarise: add --do_eval and/or --do_predict to the flags after `--`",
-                        "multirun.py")
-    if args.ensemble and not flag_given(forwarded, "--do_train"):
-        raise UserError("combines the runs' trained models: the flags after `--` must include --do_train",
-                        "--ensemble")
-    for values, flag in ((args.seeds, "--seeds"), (args.split_ids, "--split_ids")):
-        if values and len(set(values)) != len(values):
-            raise UserError(f"repeats a value: {values}", flag)
-    return args, forwarded
 
 
 def without_flag(argv: Sequence[str], flag: str) -> List[str]:
@@ -367,7 +307,7 @@ def summary_markdown(summary: dict, table: str) -> str:
     return text + f"\ntrain.py flags: `{' '.join(summary['train_args'])}`\n"
 
 
-def run_all(args: argparse.Namespace, forwarded: Sequence[str]) -> dict:
+def run_all(args: MultirunArguments, forwarded: Sequence[str]) -> dict:
     """Check everything, run every (split, seed), write summary.json/.md; return the summary."""
     output_dir = os.path.abspath(args.output_dir)
     check_output_dir(output_dir, args.overwrite_output_dir)

@@ -5,18 +5,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from typing import List, Optional
 
 from ..dataset.folder import DatasetDir
 from ..errors import UserError
-from ..flags.train import TaskType, check_task_args
-from ..task.decoding import MULTI_CLASS
 from ..model.assembly import build_from_spec, rebuild_from_checkpoint
 from ..model.label_words import warn_label_words
 from ..model.plm import load_plm, load_tokenizer, position_limit, warn_unknown_tokens
-from ..model.spec import ModelSpec, peek_task_type
-from .teacher import Teacher
+from ..model.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +63,7 @@ def _plan_model(model_args, data_args, training_args, dataset: DatasetDir, check
             logger.warning("%s ignored: the model is rebuilt from %s with its own template %s", "/".join(ignored),
                            checkpoint, spec.describe())
         # Decoding is no weight: training on from a checkpoint takes a new --threshold/--hierarchical_decoding
-        # (check_task_args refuses them without --do_train).
+        # (utils.flags.train.check_task_args refuses them without --do_train).
         if model_args.threshold is not None:
             spec = dataclasses.replace(spec, thresholds=[float(model_args.threshold)] * len(spec.labels),
                                        threshold_search="none")
@@ -80,28 +76,6 @@ def _plan_model(model_args, data_args, training_args, dataset: DatasetDir, check
     warn_unknown_tokens(tokenizer, dataset, model_args.model_name_or_path)
     warn_label_words(dataset.labels.label_words, tokenizer, dataset.labels.path or "label.txt")
     return spec
-
-
-def resolve_task_type(model_args, training_args, data_args=None) -> TaskType:
-    """--task_type, else the checkpoint's (--resume_from_checkpoint), else the --teacher's, else
-    multi-class; then the flags that depend on it are checked (utils.flags.train.check_task_args)."""
-    task_type, checkpoint = model_args.task_type, training_args.resume_from_checkpoint
-    if task_type is None:
-        if checkpoint and not os.path.isdir(checkpoint):  # before a flag is judged by a default task type
-            raise UserError("checkpoint directory not found", checkpoint)
-        teacher = getattr(data_args, "teacher", None)
-        task_type = TaskType.parse(peek_task_type(checkpoint) or (teacher and peek_teacher_task_type(teacher))
-                                   or MULTI_CLASS)
-    check_task_args(model_args, training_args, task_type)
-    return task_type
-
-
-def peek_teacher_task_type(teacher: str) -> Optional[str]:
-    """The task type of a --teacher, None when it cannot be read (reported in full by utils.training.distill)."""
-    try:
-        return Teacher.resolve(teacher).task_type
-    except UserError:
-        return None
 
 
 def build_model(model_args, training_args, dataset: DatasetDir, spec: ModelSpec, checkpoint: Optional[str]):

@@ -17,14 +17,14 @@ from ..rundir.checkpoints import verify as verify_checkpoint
 from ..dataset.folder import DatasetDir, load_dataset_dir, split_path
 from .distributed import check_in_sync
 from ..errors import ENVIRONMENT_ERRNOS, UserError
-from ..flags.train import ThresholdSearch
+from ..choices import ThresholdSearch
 from ..task.decoding import MULTI_CLASS
 from ..task.metrics import metrics_fn
 from ..model.assembly import criterion_for
 from ..rundir.plan import DirLock, OutputPlan, apply_plan, plan_output_dir
 from .callbacks import Progress, RebaseBestCheckpoint
 from .outputs import export, plot_curves, predict_and_write, write_explanations_of_predictions, write_report
-from .plan import build_model, default_max_steps, output_kinds, plan_model, resolve_task_type
+from .plan import build_model, default_max_steps, output_kinds, plan_model
 from .trainer import PTuningTrainer, predict
 from .tuning import calibrate, calibration_metrics, threshold_search, tune_thresholds
 from .visualdl import take_visualdl_from_report_to
@@ -80,7 +80,7 @@ class Run:
     def open(self) -> "Run":
         """Check everything that can be checked before a model loads, then claim the output directory."""
         args, data_args = self.args, self.data_args
-        self.task_type = resolve_task_type(self.model_args, args, data_args)
+        self.task_type = self.model_args.task_type  # resolved with the flags (utils.flags.train.TrainFlags)
         self.dataset = load_data(self.model_args, data_args, args, self.task_type)
         other = self.model_args.other_label
         if other is not None and other in self.dataset.labels.labels:

@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from ..dataset.folder import DatasetDir
-from ..flags.train import ThresholdSearch
+from ..choices import ThresholdSearch
 from ..task.decoding import search_thresholds
 from ..task.metrics import metrics_fn
 from ..model.spec import ModelSpec
