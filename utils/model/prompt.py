@@ -187,6 +187,28 @@ def build_template(prompt: Optional[str], soft_encoder: Optional[str] = "lstm", 
     return parts
 
 
+def zero_shot_template(prompt: Optional[str], is_pair: bool, mask_length: int) -> List[Dict[str, Any]]:
+    """Template parts: `text_a [SEP text_b] prompt [MASK]*n` for plain text, else the template
+    string as given, which must hold no soft tokens (they would be random: nothing trains them)."""
+    if is_template_string(prompt):
+        parts = parse_template_string(prompt)
+        if any("soft" in part or "soft_id" in part for part in parts):
+            raise UserError("--zero_shot uses the pretrained model as it is; soft tokens would be random vectors "
+                            "(nothing trains them): write the prompt as hard text", "--prompt")
+        return parts
+    parts: List[Dict[str, Any]] = [{"text": "text_a"}]
+    if is_pair:
+        parts += [{"sep": None}, {"text": "text_b"}]
+    text = (prompt or "").strip()
+    if text:
+        parts.append({"hard": text})
+    mask: Dict[str, Any] = {"mask": None}
+    if mask_length > 1:
+        mask["length"] = mask_length
+    parts.append(mask)
+    return parts
+
+
 def classifier_template(is_pair: bool = False) -> List[Dict[str, Any]]:
     """The fine-tuning baseline's input: `[CLS] text_a [SEP]` (`[CLS] text_a [SEP] text_b [SEP]`)."""
     parts: List[Dict[str, Any]] = [{"text": "text_a"}]

@@ -26,7 +26,7 @@ from ..rundir.checkpoints import is_pretrained_language_model, not_a_classifier
 from ..rundir.names import CHECKPOINT_PREFIX, SPEC_FILE
 from .head_kinds import KINDS, HeadKind, get_kind, head_name
 from .prompt import (build_template, check_parts, classifier_template, count_masks, fixed_token_count,
-                     is_template_string, template_kind, template_string, validate_template)
+                     is_template_string, template_kind, template_string, validate_template, zero_shot_template)
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +100,6 @@ class ModelSpec:
         # zero-shot: the label words read by the PLM's MLM head (the manual head, PET's scores)
         head = get_kind(head_name(model_args.method, "manual" if zero_shot else model_args.verbalizer, task_type))
         if zero_shot:
-            from .zero_shot import zero_shot_template
-
             try:
                 masks = head.masks(label_set, tokenizer)
             except UserError as exc:  # the manual head's rule, said for the flag the user gave

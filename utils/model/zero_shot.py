@@ -1,4 +1,4 @@
-"""The zero-shot baseline: the PLM's own masked-LM head reads the label words at the prompt's masks.
+"""The zero-shot baseline's model check: the PLM's own masked-LM head reads the label words at the prompt's masks.
 
 `train.py --zero_shot --do_eval/--do_predict/--do_export` classifies with no training at all
 (PET / LM-BFF's zero-shot row): the template is the text followed by the prompt as hard tokens
@@ -6,37 +6,15 @@ and as many [MASK]s as the label words have tokens, `text_a 这句话说的水�
 label's score is the sum over masks of the MLM head's logit for its word's token there (the
 `manual` head, utils/model/heads.py). Nothing is random: no soft tokens, no new head. The model is
 saved as a checkpoint (`zero_shot: true` in its spec) so export.py, infer.py and the service
-take it like any other.
+take it like any other. Its template is `utils.model.prompt.zero_shot_template`; this module refuses
+a PLM whose weights lack the masked-LM head.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ..errors import UserError
-from .prompt import is_template_string, parse_template_string
-
-
-def zero_shot_template(prompt: Optional[str], is_pair: bool, mask_length: int) -> List[Dict[str, Any]]:
-    """Template parts: `text_a [SEP text_b] prompt [MASK]*n` for plain text, else the template
-    string as given, which must hold no soft tokens (they would be random: nothing trains them)."""
-    if is_template_string(prompt):
-        parts = parse_template_string(prompt)
-        if any("soft" in part or "soft_id" in part for part in parts):
-            raise UserError("--zero_shot uses the pretrained model as it is; soft tokens would be random vectors "
-                            "(nothing trains them): write the prompt as hard text", "--prompt")
-        return parts
-    parts: List[Dict[str, Any]] = [{"text": "text_a"}]
-    if is_pair:
-        parts += [{"sep": None}, {"text": "text_b"}]
-    text = (prompt or "").strip()
-    if text:
-        parts.append({"hard": text})
-    mask: Dict[str, Any] = {"mask": None}
-    if mask_length > 1:
-        mask["length"] = mask_length
-    parts.append(mask)
-    return parts
 
 
 def checkpoint_keys(model_dir: str) -> Optional[List[str]]:

@@ -1,0 +1,6 @@
+"""What a run reports for people: evaluation reports and figures, explanations, fonts for Chinese labels.
+
+    reports.py   per-class / per-label reports, confusion matrix, training curves
+    explain.py   integrated-gradients token attributions, bad cases, the HTML/JSON writer
+    fonts.py     a CJK font for matplotlib where the system has none
+"""
