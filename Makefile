@@ -82,7 +82,7 @@ docs-check: install-dev
 docs-reference: install
 	$(PY) tests/test_docs.py --write-reference
 
-# A headless browser for tests/test_explain.py (the explanation page is rendered and screenshotted):
+# A headless browser for tests/reporting/test_explain.py (the explanation page is rendered and screenshotted):
 # chromium from the system's packages when none is installed (Debian/Ubuntu; the test skips, saying
 # why, where there is none).
 BROWSERS := chromium chromium-browser google-chrome google-chrome-stable
@@ -92,7 +92,7 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
 	  $$SUDO apt-get install -y --no-install-recommends chromium || \
 	  { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; } || \
-	  echo "note: could not install chromium; tests/test_explain.py's rendering test will skip, saying why"; \
+	  echo "note: could not install chromium; tests/reporting/test_explain.py's rendering test will skip, saying why"; \
 	else echo "note: no headless browser; install chromium for the explanation page's rendering test"; fi
 
 # Speed/memory ratios on this machine (needs ../shared; about 25 minutes on 2 cores). See BENCHMARKS.md.

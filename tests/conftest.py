@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random ERNIE and the keyword task, built once per session."""
 import contextlib
+import json
 import os
 import sys
 import time
@@ -298,3 +299,24 @@ def killed_at(script, argv, point, pause_file):
 def pause_env(point, pause_file):
     """The environment for a subprocess that pauses at `point` (utils.rundir.checkpoints.reached)."""
     return dict(os.environ, PTUNING_OFFLINE="1", PTUNING_TEST_PAUSE=f"{point}={pause_file}")
+
+
+@pytest.fixture
+def pair_export(trained, tmp_path):
+    """The keyword export with a `text_b` part added to its template: a pair model as far as
+    preprocessing goes (the graph finds [MASK] wherever it is), enough to compare API and infer.py."""
+    import shutil
+
+    export = str(tmp_path / "pair-export")
+    shutil.copytree(os.path.join(trained[1], "export"), export)
+    path = os.path.join(export, "preprocess.json")
+    with open(path, encoding="utf-8") as fp:
+        config = json.load(fp)
+    at = next(i for i, part in enumerate(config["parts"]) if part.get("text") == "text_a") + 1
+    sep = config["special_ids"]["sep"]
+    config["parts"][at:at] = [{"truncate": False, "token_type": 0, "position": -1, "ids": [sep], "soft": False},
+                              {"truncate": True, "token_type": 0, "position": -1, "text": "text_b", "add_space": False}]
+    with open(path, "w", encoding="utf-8") as fp:
+        json.dump(config, fp)
+    resign(export, "preprocess.json")
+    return export

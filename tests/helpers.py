@@ -1,8 +1,21 @@
 """Helpers shared by the test files: reading what a run wrote, damaging files, failing disks,
-a process without Paddle. (Fixtures live in conftest.py; these are plain functions.)"""
+a process without Paddle, inference outputs, trained-model copies, Ray. (Fixtures live in conftest.py;
+these are plain functions.)"""
+import contextlib
 import errno
 import json
 import os
+import random
+import shutil
+import socket
+import sys
+from importlib import import_module
+
+import pytest
+
+from utils.errors import run_cli
+from utils.rundir import checkpoints
+from utils.testing import synthetic
 
 
 def read_json(path):
@@ -75,3 +88,87 @@ class BlockPaddle:
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, BlockPaddle())
 """
+
+
+# -- inference: texts, infer.py's output ------------------------------------------------------------
+
+
+def texts_and_file(tmp_path, n=100, pair=False):
+    """`n` texts of varied lengths (pairs: each with the next), and a file of them in infer.py's layout."""
+    lines = synthetic.make_split(random.Random(3), n // 3 + 1, min_len=1, max_len=30)[:n]
+    texts = [line.split("\t")[0] for line in lines]
+    if pair:
+        texts = list(zip(texts, texts[1:] + texts[:1]))
+    path = tmp_path / "texts.txt"
+    path.write_text("".join(("\t".join(t) if pair else t) + "\n" for t in texts), encoding="utf-8")
+    return texts, str(path)
+
+
+def infer_jsonl(capsys, export, input_path, output_path, *flags):
+    argv = ["--model_path_prefix", export, "--input_file", input_path, "--output_file", output_path, "--device", "cpu",
+            *flags]
+    assert run_cli(import_module("infer").main, argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    with open(output_path, encoding="utf-8") as fp:
+        return [json.loads(line) for line in fp]
+
+
+# -- trained model directories and exports ----------------------------------------------------------
+
+
+def copy_member(source, target, edit_spec=None, edit_vocab=None):
+    """A copy of a trained model directory with its config or vocabulary changed, marker rewritten (so
+    the checkpoint verifies and the ensemble's own checks are what is tested)."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoint-*", "export", "*.png"))
+    if edit_spec:
+        path = os.path.join(target, "ptuning_config.json")
+        spec = read_json(path)
+        edit_spec(spec)
+        with open(path, "w", encoding="utf-8") as fp:
+            json.dump(spec, fp)
+    if edit_vocab:
+        with open(os.path.join(target, "vocab.txt"), "a", encoding="utf-8") as fp:
+            fp.write(edit_vocab + "\n")
+    checkpoints.write_marker(target, None, 1)
+    return target
+
+
+def rename_label(spec):
+    spec["labels"][-1] = "melon"
+
+
+def tempered_export(trained, tmp_path, temperature=3.0):
+    """A copy of the trained export calibrated to `temperature` (as train.py --calibrate records it:
+    in manifest.json, which holds the other files' sha256 and is not itself hashed)."""
+    export = str(tmp_path / "tempered-export")
+    shutil.copytree(os.path.join(trained[1], "export"), export)
+    with open(os.path.join(export, "manifest.json"), encoding="utf-8") as fp:
+        manifest = json.load(fp)
+    manifest["temperature"] = temperature
+    with open(os.path.join(export, "manifest.json"), "w", encoding="utf-8") as fp:
+        json.dump(manifest, fp)
+    return export
+
+
+# -- Ray -------------------------------------------------------------------------------------------
+
+
+def require_ray():
+    """Ray is part of the test environment (`make test` installs requirements-ray.txt): missing, the
+    Ray tests fail. Only where requirements-ray.txt installs nothing (Python 3.9: no Ray wheels) do they skip."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        if sys.version_info < (3, 10):
+            pytest.skip("ray 2.60 has no Python 3.9 wheels (requirements-ray.txt installs nothing here)")
+        pytest.fail("Ray is not installed: `make install-ray` (or pip install -r requirements-ray.txt); "
+                    "`make test` installs it")
+
+
+@contextlib.contextmanager
+def closed_port():
+    """A loopback port where nothing listens, for as long as the block runs: bound, not listening,
+    so no other process can take it meanwhile and every connection to it is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]

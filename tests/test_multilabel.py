@@ -6,12 +6,11 @@ import os
 
 import numpy as np
 import pytest
-from helpers import read_json
+from helpers import infer_jsonl, read_json
 
 import infer
 import train
 from conftest import FAST, ROOT, read_tsv
-from test_classifier import infer_jsonl
 from utils.errors import run_cli
 
 MULTILABEL_EXAMPLE = os.path.join(ROOT, "data", "multilabel_example")

@@ -10,7 +10,6 @@ import sys
 import pytest
 
 from conftest import ROOT, ready_client
-from test_classifier import pair_export  # noqa: F401  (a fixture)
 from utils.errors import UserError, check_text, run_cli
 
 LONE = "苹果\ud800很甜"        # a UTF-16 half without its other half, as `"\ud800"` in JSON gives it

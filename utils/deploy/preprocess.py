@@ -6,7 +6,7 @@ text field filled in at run time. `PromptPreprocessor` then reproduces paddlenlp
 `MLMPromptTokenizer` + `PromptDataCollatorWithPadding` output (input_ids, token_type_ids,
 position_ids, soft_token_ids) with the `tokenizers` library's BERT word-piece tokenizer, which
 matches `ErnieTokenizer`. Truncation only ever shortens parts marked truncatable (the texts), by
-paddlenlp's rule: the longest part first. tests/test_preprocess.py checks equality on thousands of texts.
+paddlenlp's rule: the longest part first. tests/deploy/test_preprocess.py checks equality on thousands of texts.
 """
 from __future__ import annotations
 

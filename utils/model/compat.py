@@ -15,7 +15,7 @@ for 2.8.1, and silently patching another version could change what it computes.
 
 (paddlenlp's `Template.parse_template_string` runs `eval()` on prompt text, but this tool never
 hands paddlenlp a prompt string: `utils.model.prompt` parses it without eval and templates are built
-from the parsed parts. tests/test_compat.py checks that, so no patch is needed there.)
+from the parsed parts. tests/model/test_compat.py checks that, so no patch is needed there.)
 """
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """train.py plus dumps of this process's weights when training starts and when it ends (before any reload).
 
-Used by tests/test_distributed.py: `DUMP_DIR=... python dp_worker.py <train.py flags>`, alone or
+Used by tests/training/test_distributed.py: `DUMP_DIR=... python dp_worker.py <train.py flags>`, alone or
 under `paddle.distributed.launch`; writes DUMP_DIR/rank<R>-initial.npz and DUMP_DIR/rank<R>.npz.
 """
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from conftest import shared_path
+from conftest import ROOT, shared_path
 from utils.errors import UserError
 from utils.testing.tiny_ernie import MARKER_FILE, SPECIAL_TOKENS, build_ernie, main, model_config, vocab_from_texts
 
@@ -46,7 +46,7 @@ def test_a_different_earlier_build_is_not_replaced_without_asking(tmp_path):
 
 
 def test_the_demo_builds_its_own_model_directory():
-    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Makefile")) as fp:
+    with open(os.path.join(ROOT, "Makefile")) as fp:
         makefile = fp.read()
     demo_model = [line.split(":=")[1].strip() for line in makefile.splitlines() if line.startswith("DEMO_MODEL")]
     assert demo_model and demo_model[0] != "checkpoints/tiny-ernie"

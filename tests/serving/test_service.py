@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, metric_value, ready_client, until
-from helpers import flip_byte
+from helpers import flip_byte, infer_jsonl, texts_and_file
 from service_fakes import FakeClassifier, FakeModel, HeldModel
-from test_classifier import infer_jsonl, texts_and_file
 from utils.errors import run_cli
 from utils.serving.app import ServiceConfig, create_app
 from utils.serving.batcher import Batcher
@@ -363,7 +362,7 @@ def metric(url_or_client, name):
 
 
 HANG_GUARD = 300  # seconds after which a test's serve.py is killed: a hang fails the test instead of stalling it
-HELD = os.path.join(ROOT, "tests", "service_fakes.py")  # serve.py whose model waits for a line on stdin
+HELD = os.path.join(ROOT, "tests", "serving", "service_fakes.py")  # serve.py whose model waits for a line on stdin
 
 
 @contextlib.contextmanager

@@ -177,7 +177,7 @@ CASES = [
 def test_bad_inputs(case, flags, message, where, trained, few_gold, tiny_model_dir, tmp_path, capsys, monkeypatch):
     """One paragraph naming the file or flag, exit 2, no traceback, no model loaded, nothing trained."""
     import utils.training.plan
-    from test_ensemble import copy_member, rename_label
+    from helpers import copy_member, rename_label
     from utils.testing.tiny_ernie import build_ernie, vocab_from_texts
 
     def refuse(*args, **kwargs):

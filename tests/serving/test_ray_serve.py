@@ -14,8 +14,7 @@ import pytest
 
 import serve
 from conftest import ROOT, metric_value, until
-from helpers import flip_byte
-from test_ray_infer import closed_port, require_ray, tempered_export
+from helpers import closed_port, flip_byte, require_ray, tempered_export
 from utils.errors import run_cli
 
 START_TIMEOUT = 300  # seconds for serve.py --ray to deploy (about 20 s here)

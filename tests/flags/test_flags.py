@@ -292,7 +292,7 @@ CHECKED = {
 # This tool's numeric flags that take any number, and why (the walk below fails on a new one not listed).
 UNCHECKED = {
     ("train", "early_stopping_threshold"): "an improvement: any number",
-    ("serve", "max_ongoing_requests"): "Ray Serve's: checked with --ray (tests/test_ray_serve.py)",
+    ("serve", "max_ongoing_requests"): "Ray Serve's: checked with --ray (tests/serving/test_ray_serve.py)",
     ("client", "max_seq_len"): "the service checks it and answers 400 naming it",
     ("client", "top_k"): "the service checks it and answers 400 naming it",
     ("client", "prob_limit"): "the service checks it and answers 400 naming it",

@@ -1,7 +1,6 @@
 """The Python API (utils.Classifier): infer.py's results in memory, no Paddle, clear errors."""
 import json
 import os
-import random
 import subprocess
 import sys
 
@@ -9,28 +8,9 @@ import numpy as np
 import pytest
 
 import infer
-from conftest import ROOT, resign
-from helpers import BLOCK_PADDLE
+from conftest import ROOT
+from helpers import BLOCK_PADDLE, infer_jsonl, texts_and_file
 from utils.errors import UserError, run_cli
-from utils.testing.synthetic import make_split
-
-
-def texts_and_file(tmp_path, n=100, pair=False):
-    """`n` texts of varied lengths (pairs: each with the next), and a file of them in infer.py's layout."""
-    texts = [line.split("\t")[0] for line in make_split(random.Random(3), n // 3 + 1, min_len=1, max_len=30)[:n]]
-    if pair:
-        texts = list(zip(texts, texts[1:] + texts[:1]))
-    path = tmp_path / "texts.txt"
-    path.write_text("".join(("\t".join(t) if pair else t) + "\n" for t in texts), encoding="utf-8")
-    return texts, str(path)
-
-
-def infer_jsonl(capsys, export, input_path, output_path, *flags):
-    assert run_cli(infer.main, ["--model_path_prefix", export, "--input_file", input_path, "--output_file",
-                                output_path, "--device", "cpu", *flags]) == 0, capsys.readouterr().err
-    capsys.readouterr()
-    with open(output_path, encoding="utf-8") as fp:
-        return [json.loads(line) for line in fp]
 
 
 def assert_same_as_infer(predictions, records):
@@ -48,27 +28,6 @@ def classifier(trained):
     from utils import Classifier
 
     return Classifier(os.path.join(trained[1], "export", "model"), num_threads=1, batch_size=8)
-
-
-@pytest.fixture
-def pair_export(trained, tmp_path):
-    """The keyword export with a `text_b` part added to its template: a pair model as far as
-    preprocessing goes (the graph finds [MASK] wherever it is), enough to compare API and infer.py."""
-    import shutil
-
-    export = str(tmp_path / "pair-export")
-    shutil.copytree(os.path.join(trained[1], "export"), export)
-    path = os.path.join(export, "preprocess.json")
-    with open(path, encoding="utf-8") as fp:
-        config = json.load(fp)
-    at = next(i for i, part in enumerate(config["parts"]) if part.get("text") == "text_a") + 1
-    sep = config["special_ids"]["sep"]
-    config["parts"][at:at] = [{"truncate": False, "token_type": 0, "position": -1, "ids": [sep], "soft": False},
-                              {"truncate": True, "token_type": 0, "position": -1, "text": "text_b", "add_space": False}]
-    with open(path, "w", encoding="utf-8") as fp:
-        json.dump(config, fp)
-    resign(export, "preprocess.json")
-    return export
 
 
 def test_predict_equals_infer_output_file(classifier, trained, tmp_path, capsys):

@@ -4,7 +4,7 @@ wait until the test sets `release`.
 
 Run as a script it is serve.py (its flags, checks, port, uvicorn and signals) with a `HeldModel`
 for a model: each run prints `run N` (N texts) on stdout, after serve.py's JSON line, and waits for
-a line on stdin (tests/test_service.py holds requests in flight that way)."""
+a line on stdin (tests/serving/test_service.py holds requests in flight that way)."""
 import asyncio
 import os
 import sys
@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class FakeModel:

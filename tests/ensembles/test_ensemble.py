@@ -2,16 +2,14 @@
 loaded by infer.py / the API / the service like any export, metrics beside the members', bad inputs."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
-from helpers import break_onnx_conversion, read_json
+from helpers import break_onnx_conversion, copy_member, read_json, rename_label
 
 import ensemble
 import infer
 from conftest import read_tsv, ready_client
-from utils.rundir.checkpoints import write_marker
 from utils.errors import run_cli
 
 
@@ -87,23 +85,6 @@ def test_ensemble_metrics_beside_the_members(ensemble_run, ensemble_members):
                                                     ["eval_accuracy"])
 
 
-def copy_member(source, target, edit_spec=None, edit_vocab=None):
-    """A copy of a trained model directory with its config or vocabulary changed, marker rewritten (so
-    the checkpoint verifies and the ensemble's own checks are what is tested)."""
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoint-*", "export", "*.png"))
-    if edit_spec:
-        path = os.path.join(target, "ptuning_config.json")
-        spec = read_json(path)
-        edit_spec(spec)
-        with open(path, "w", encoding="utf-8") as fp:
-            json.dump(spec, fp)
-    if edit_vocab:
-        with open(os.path.join(target, "vocab.txt"), "a", encoding="utf-8") as fp:
-            fp.write(edit_vocab + "\n")
-    write_marker(target, None, 1)
-    return target
-
-
 def test_calibrated_members_are_averaged_calibrated(ensemble_members, tmp_path):
     """A member with a fitted temperature (train.py --calibrate) enters the mean with its calibrated
     probabilities, in the graph and in the parity gate's reference."""
@@ -157,10 +138,6 @@ def test_the_ensemble_passes_the_same_parity_gate_and_a_broken_export_is_not_pub
     assert "parity gate failed, the ensemble export does not reproduce its members" in err, err
     assert "paddle_inference: max |Δ|" in err and "onnxruntime: max |Δ|" in err and "onnxruntime member" in err
     assert not out.exists()
-
-
-def rename_label(spec):
-    spec["labels"][-1] = "melon"
 
 
 def multi_label(spec):

@@ -16,7 +16,7 @@ import pytest
 from conftest import FAST, ROOT
 from utils.testing.synthetic import PROMPT
 
-WORKER = os.path.join(ROOT, "tests", "dp_worker.py")
+WORKER = os.path.join(ROOT, "tests", "training", "dp_worker.py")
 
 pytestmark = pytest.mark.slow  # every test here launches 2 (and 1) training processes
 
@@ -101,7 +101,7 @@ def test_processes_that_diverge_are_stopped_not_saved(tiny_model_dir, keyword_da
              "--prompt", PROMPT, "--do_train", "--max_steps", "4", "--save_steps", "2", "--logging_steps", "1",
              "--device", "cpu", *FAST]
     result = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-                             "--log_dir", str(log), os.path.join(ROOT, "tests", "dp_diverge_worker.py"), *flags],
+                             "--log_dir", str(log), os.path.join(ROOT, "tests", "training", "dp_diverge_worker.py"), *flags],
                             cwd=str(tmp_path), env=dict(os.environ, PTUNING_OFFLINE="1"), capture_output=True,
                             text=True)
     logs = [(log / f"workerlog.{i}").read_text(errors="replace") for i in range(2)]

@@ -1,9 +1,9 @@
 """train.py whose process 1 drifts from process 0 after the first optimizer step (one bias nudged by 1e-6):
-the run must stop at its next save and save nothing (tests/test_distributed.py). Prints `NUDGED <name>`."""
+the run must stop at its next save and save nothing (tests/training/test_distributed.py). Prints `NUDGED <name>`."""
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import paddle  # noqa: E402
 

@@ -1,5 +1,4 @@
 """infer.py --ray: the local output, computed on a real 2-node Ray cluster; clear errors."""
-import contextlib
 import json
 import os
 import random
@@ -14,22 +13,11 @@ import pytest
 
 import infer
 from conftest import ROOT, read_tsv
+from helpers import closed_port, require_ray, tempered_export
 from utils.errors import run_cli
 from utils.testing.synthetic import make_split
 
 RUN_TIMEOUT = 300  # seconds for one infer.py --ray run (about 12 s here)
-
-
-def require_ray():
-    """Ray is part of the test environment (`make test` installs requirements-ray.txt): missing, the
-    Ray tests fail. Only where requirements-ray.txt installs nothing (Python 3.9: no Ray wheels) do they skip."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        if sys.version_info < (3, 10):
-            pytest.skip("ray 2.60 has no Python 3.9 wheels (requirements-ray.txt installs nothing here)")
-        pytest.fail("Ray is not installed: `make install-ray` (or pip install -r requirements-ray.txt); "
-                    "`make test` installs it")
 
 
 @pytest.fixture(scope="module")
@@ -109,19 +97,6 @@ def test_ray_writes_the_local_output_byte_for_byte_with_work_on_both_nodes(gold,
     assert all(n["blocks"] >= 1 for n in nodes.values())
     assert sum(n["blocks"] for n in nodes.values()) == 6 and sum(n["texts"] for n in nodes.values()) == 3000
     assert summary["ray"]["workers"] == 2
-
-
-def tempered_export(trained, tmp_path, temperature=3.0):
-    """A copy of the trained export calibrated to `temperature` (as train.py --calibrate records it:
-    in manifest.json, which holds the other files' sha256 and is not itself hashed)."""
-    export = str(tmp_path / "tempered-export")
-    shutil.copytree(os.path.join(trained[1], "export"), export)
-    with open(os.path.join(export, "manifest.json"), encoding="utf-8") as fp:
-        manifest = json.load(fp)
-    manifest["temperature"] = temperature
-    with open(os.path.join(export, "manifest.json"), "w", encoding="utf-8") as fp:
-        json.dump(manifest, fp)
-    return export
 
 
 @pytest.mark.slow
@@ -223,15 +198,6 @@ def test_ray_flag_without_ray_installed_says_how_to_install(trained, tmp_path, c
     assert code == 2 and stdout == ""
     assert err.splitlines()[0] == "error: --ray: needs Ray: pip install -r requirements-ray.txt"
     assert not (tmp_path / "o.tsv").exists()
-
-
-@contextlib.contextmanager
-def closed_port():
-    """A loopback port where nothing listens, for as long as the block runs: bound, not listening,
-    so no other process can take it meanwhile and every connection to it is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        yield s.getsockname()[1]
 
 
 def test_an_address_without_a_cluster_is_refused_at_once(trained, tmp_path, capsys):

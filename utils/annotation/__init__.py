@@ -1,0 +1,4 @@
+"""The annotation tools' formats: Label Studio and doccano in and out of the dataset folder. No Paddle.
+
+label_studio.py   Label Studio's JSON: the labelling config, tasks, predictions (pre-annotations)
+"""
