@@ -99,22 +99,27 @@ class PredictionWriter:
                  else [self.labels[best[0]] for best in ranked])
         lines = []
         for row, (example, best) in enumerate(zip(examples, ranked)):
-            if self.jsonl:
-                record = self._text_record(example)
-                if gold is not None:
-                    record["gold"] = gold[row]
-                record.update(label=names[row], confidence=round(float(probs[row, best[0]]), 6))
-                if self.top_k > 1:
-                    record["top_k"] = self._scored(probs, row, best)
-                lines.append(json.dumps(record, ensure_ascii=False))
-            else:
-                cells = self._text_cells(example)
-                if gold is not None:
-                    cells.append(gold[row])
-                for k, j in enumerate(best):
-                    cells += [names[row] if k == 0 else self.labels[j], f"{probs[row, j]:.6f}"]
-                lines.append("\t".join(cells))
+            record = {"label": names[row], "confidence": round(float(probs[row, best[0]]), 6)}
+            cells = []
+            for k, j in enumerate(best):
+                cells += [names[row] if k == 0 else self.labels[j], f"{probs[row, j]:.6f}"]
+            lines.append(self._line(example, None if gold is None else gold[row], record, cells,
+                                    probs, row, best))
         self._guard(lambda: self.fp.write("\n".join(lines) + "\n") if lines else None)
+
+    def _line(self, example: dict, gold, record: dict, cells: List[str], probs: np.ndarray, row: int,
+              best) -> str:
+        """One output line: the text, the gold label(s), then the prediction (`record` as JSON, `cells` as TSV)."""
+        if self.jsonl:
+            out = self._text_record(example)
+            if gold is not None:
+                out["gold"] = ([g.strip() for g in gold.split(LABEL_SEPARATOR) if g.strip()]
+                               if self.decoder is not None else gold)
+            out.update(record)
+            if self.top_k > 1:
+                out["top_k"] = self._scored(probs, row, best)
+            return json.dumps(out, ensure_ascii=False)
+        return "\t".join(self._text_cells(example) + ([gold] if gold is not None else []) + cells)
 
     def _text_record(self, example: dict) -> dict:
         return ({"text_a": example["text_a"], "text_b": example.get("text_b", "")} if self.pair
@@ -135,23 +140,12 @@ class PredictionWriter:
         for row, example in enumerate(examples):
             chosen = [j for j in order[row] if decided[row, j]]
             best = order[row][:self.top_k] if self.top_k > 1 else []
-            if self.jsonl:
-                record = self._text_record(example)
-                if gold is not None:
-                    record["gold"] = [g.strip() for g in gold[row].split(LABEL_SEPARATOR) if g.strip()]
-                record["labels"] = self._scored(probs, row, chosen)
-                if self.top_k > 1:
-                    record["top_k"] = self._scored(probs, row, best)
-                lines.append(json.dumps(record, ensure_ascii=False))
-            else:
-                cells = self._text_cells(example)
-                if gold is not None:
-                    cells.append(gold[row])
-                cells += [LABEL_SEPARATOR.join(self.labels[j] for j in chosen),
-                          LABEL_SEPARATOR.join(f"{probs[row, j]:.6f}" for j in chosen)]
-                for j in best:
-                    cells += [self.labels[j], f"{probs[row, j]:.6f}"]
-                lines.append("\t".join(cells))
+            cells = [LABEL_SEPARATOR.join(self.labels[j] for j in chosen),
+                     LABEL_SEPARATOR.join(f"{probs[row, j]:.6f}" for j in chosen)]
+            for j in best:
+                cells += [self.labels[j], f"{probs[row, j]:.6f}"]
+            lines.append(self._line(example, None if gold is None else gold[row],
+                                    {"labels": self._scored(probs, row, chosen)}, cells, probs, row, best))
         return lines
 
     def __exit__(self, exc_type, exc, tb) -> bool:
