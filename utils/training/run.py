@@ -7,6 +7,7 @@ never imports a mode, train.py chooses the class from the flags.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from typing import Any, Dict, Optional
@@ -164,6 +165,20 @@ class Run:
             self.lock = None
 
 
+def trainer_arguments(run: Run):
+    """The Trainer's arguments, derived from the parsed flags (which stay as the user gave them), and
+    the callbacks they imply: the model is already rebuilt from --resume_from_checkpoint; the
+    prompt-only optimizer of --freeze_plm needs max_steps; VisualDL goes through a callback that
+    cannot end the run."""
+    args = copy.copy(run.args)
+    args.resume_from_checkpoint = None
+    if args.do_train and args.freeze_plm and args.max_steps <= 0:
+        args.max_steps = default_max_steps(args, len(run.dataset.train))
+    args.report_to = list(args.report_to or [])
+    callbacks = take_visualdl_from_report_to(args) + [RebaseBestCheckpoint()]
+    return args, callbacks
+
+
 def prepare(run: Run):
     """Build the model and the trainer; return the trainer."""
     model_args, data_args, training_args = run.model_args, run.data_args, run.args
@@ -171,11 +186,7 @@ def prepare(run: Run):
     set_seed(training_args.seed)  # model init (soft prompt, encoder) is seeded too
     logger.info("task_type: %s", run.model_plan.task_type)  # as PaddleNLP's training log prints it
     model, tokenizer, spec = build_model(model_args, training_args, run.dataset, run.model_plan, run.resume)
-    training_args.resume_from_checkpoint = None  # the model is already rebuilt from it
-    if training_args.do_train and training_args.freeze_plm and training_args.max_steps <= 0:
-        training_args.max_steps = default_max_steps(training_args, len(run.dataset.train))
-
-    callbacks = take_visualdl_from_report_to(training_args) + [RebaseBestCheckpoint()]
+    training_args, callbacks = trainer_arguments(run)
     evaluating_in_training = training_args.do_train and str(training_args.evaluation_strategy.value) != "no"
     if evaluating_in_training and training_args.load_best_model_at_end and data_args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience,
