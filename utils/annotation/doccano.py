@@ -39,7 +39,7 @@ def _parse(line: str, path: str, number: int, last: bool) -> Dict[str, Any]:
         if number == 1 and line.lstrip().startswith("["):
             raise UserError("starts a JSON list: a Label Studio JSON export, not doccano's JSON Lines (one object "
                             "per line): use --format label-studio", path, number) from None
-        truncated = " (the file ends mid-object: truncated?)" if last and exc.pos >= len(line.rstrip()) else ""
+        truncated = " (the file ends mid-object: truncated?)" if last and not line.rstrip().endswith("}") else ""
         raise UserError(f"not a JSON object: {exc.msg} (column {exc.colno}){truncated}", path, number) from None
     if isinstance(item, list):
         raise UserError("a JSON list: a Label Studio JSON export, not doccano's JSON Lines (one object per line): "

@@ -45,7 +45,9 @@ def read_json_text(path: str, fmt_hint: str) -> Any:
         if exc.msg == "Extra data" and _is_json_object(first):
             raise UserError(f"holds one JSON object per line (JSON Lines, as doccano exports), not {fmt_hint}'s "
                             "list of tasks: use --format doccano", path, exc.lineno) from None
-        if exc.pos >= len(text.rstrip()):
+        started = text.lstrip()[:1] in ("[", "{") and exc.pos > len(text) - len(text.lstrip())
+        if started and (exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated")
+                        or not text.rstrip().endswith(("]", "}"))):
             raise UserError(f"ends before its JSON is complete (truncated? {exc.msg}); export it again", path,
                             exc.lineno) from None
         raise UserError(f"is not JSON: {exc.msg} (column {exc.colno}); give the JSON export of {fmt_hint}", path,
