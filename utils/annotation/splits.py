@@ -4,7 +4,7 @@
 fractions summing to 1). The counts are rounded once for the whole set (largest remainders, train
 keeps at least one example). Two cuts, each with scikit-learn's `train_test_split(stratify=...)`:
 train | rest, then dev | test within the rest. A cut is stratified by the label (multi-class) or by
-the whole label set (label sets), else by each example's rarest label, when every stratum has at
+the whole label set (label sets), else by each example's rarest label (of those on 2 examples or more), when every stratum has at
 least 2 examples and each side can hold one of each; otherwise it is a seeded random cut, and the
 description says why. The same examples and seed give the same splits; each split keeps file order.
 """
@@ -66,7 +66,7 @@ def assign_splits(label_sets: Sequence[Tuple[str, ...]], multi_class: bool, rati
         options = [("label", combos)]
     else:
         frequency = Counter(label for labels in label_sets for label in labels)
-        rarest = [min(labels, key=lambda label: (frequency[label], label)) for labels in label_sets]
+        rarest = [min(labels, key=lambda label: (frequency[label] < 2, frequency[label], label)) for labels in label_sets]
         options = [("label set", combos), ("rarest label", rarest)]
     counts = split_counts(n, ratios)
     train, rest, first_how = _cut(list(range(n)), options, counts[1] + counts[2], seed)
