@@ -89,8 +89,7 @@ def run_export(argv):
         check_output_file(args.config_path, "labelling config file", not_same_as=path)
     labels, task_type = export_labels(args)
     classifier = None
-    pair = None
-    opened = open_inputs(inputs, labels, task_type, pair)  # every first line checked before the model loads
+    opened = open_inputs(inputs, labels, task_type, None)  # every first line checked before the model loads
     if args.model_path_prefix:
         classifier = load_classifier(args)
         if classifier.pair != opened[0].pair:
