@@ -51,7 +51,8 @@ from conftest import EXAMPLE_DATA, ROOT  # noqa: E402
 
 PAGES = ["README.md"] + sorted(os.path.relpath(p, ROOT)
                                for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True))
-SCRIPTS = ("train", "export", "infer", "serve", "client", "explain", "ensemble", "pretrain", "multirun")
+SCRIPTS = ("train", "export", "infer", "serve", "client", "explain", "ensemble", "pretrain", "multirun", "annotate")
+SUBCOMMANDS = {"annotate": ("import", "export")}  # scripts whose first word is a command: a flag page per command
 MODULES = ("utils.tiny_ernie", "utils.label_words")
 # Scripts whose run trains or builds a model: a page that runs one is marked slow.
 HEAVY = {"train", "export", "explain", "ensemble", "pretrain", "multirun", "utils.label_words"}
@@ -593,12 +594,16 @@ def test_the_index_links_every_page_and_every_link_resolves():
 
 # --- the generated flag reference ------------------------------------------------------------------------------
 
-CLI = [(f"{name}.py", name) for name in SCRIPTS] + [(f"python -m {name}", name) for name in MODULES]
+CLI = [(f"{name}.py", name) for name in SCRIPTS] + [(f"python -m {name}", name) for name in MODULES] + \
+    [(f"{name}.py {sub}", name) for name, subs in SUBCOMMANDS.items() for sub in subs]
 CLI_DIR = os.path.join(ROOT, "docs", "reference", "cli")
 HELP_COLUMNS = "100"
 
 
-def cli_page_name(module: str) -> str:
+def cli_page_name(module: str, title: str = "") -> str:
+    words = title.split()
+    if len(words) == 2 and not title.startswith("python"):  # a subcommand: annotate.py import
+        return f"{module}-{words[1]}.md"
     return module.replace("utils.", "") + ".md"
 
 
@@ -611,7 +616,8 @@ def help_page(title: str, module: str) -> str:
         mp.setattr(sys, "argv", [title.split()[-1] if title.startswith("python -m") else title])  # paddlenlp's prog
         with contextlib.redirect_stdout(out):
             try:
-                run_cli(importlib.import_module(module).main, ["--help"])
+                run_cli(importlib.import_module(module).main, [*title.split()[1:2], "--help"]
+                        if cli_page_name(module, title) != cli_page_name(module) else ["--help"])
             except SystemExit:
                 pass
     text = out.getvalue().rstrip() + "\n"
@@ -627,7 +633,7 @@ def help_page(title: str, module: str) -> str:
 def test_flag_reference_pages_are_current():
     stale = []
     for title, module in CLI:
-        path = os.path.join(CLI_DIR, cli_page_name(module))
+        path = os.path.join(CLI_DIR, cli_page_name(module, title))
         current = open(path, encoding="utf-8").read() if os.path.exists(path) else None
         if current != help_page(title, module):
             stale.append(os.path.relpath(path, ROOT))
@@ -637,9 +643,9 @@ def test_flag_reference_pages_are_current():
 def write_reference():
     os.makedirs(CLI_DIR, exist_ok=True)
     for title, module in CLI:
-        with open(os.path.join(CLI_DIR, cli_page_name(module)), "w", encoding="utf-8") as fp:
+        with open(os.path.join(CLI_DIR, cli_page_name(module, title)), "w", encoding="utf-8") as fp:
             fp.write(help_page(title, module))
-        print(f"wrote docs/reference/cli/{cli_page_name(module)}")
+        print(f"wrote docs/reference/cli/{cli_page_name(module, title)}")
 
 
 if __name__ == "__main__":

@@ -164,3 +164,34 @@ def split_device(device: Optional[str], device_id: int = 0, prefix: str = "") ->
     if number and device_id not in (0, int(number)):
         raise UserError(f"names GPU {number} and {prefix}device_id {device_id}: give one of them", prefix + "device")
     return kind, int(number) if number else device_id
+
+
+class AnnotationFormat(Choice):
+    """annotate.py: the annotation tool's file format (utils/annotation/)."""
+
+    LABEL_STUDIO = "label-studio"
+    DOCCANO = "doccano"
+
+
+class ConflictPolicy(Choice):
+    """annotate.py import --conflict: what to do when annotations of one text disagree."""
+
+    ERROR = "error"
+    MAJORITY = "majority"
+    LATEST = "latest"
+    DROP = "drop"
+
+
+class UnlabeledPolicy(Choice):
+    """annotate.py import --unlabeled: where a task nobody annotated goes."""
+
+    DATA = "data"
+    DROP = "drop"
+    ERROR = "error"
+
+
+class CancelledPolicy(Choice):
+    """annotate.py import --cancelled: a task annotators skipped (Label Studio's was_cancelled)."""
+
+    SKIP = "skip"
+    ERROR = "error"
