@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +84,12 @@ def test_every_sub_package_says_what_it_is_and_architecture_md_has_its_row():
         with open(os.path.join(ROOT, "utils", name, "__init__.py"), encoding="utf-8") as fp:
             assert ast.get_docstring(ast.parse(fp.read())), f"utils/{name}/__init__.py: no docstring"
         assert f"| `{name}/`" in architecture, f"ARCHITECTURE.md: no row for utils/{name}/"
+
+
+def test_test_files_have_unique_names_so_the_whole_suite_collects():
+    """pytest imports test modules by basename (no __init__.py under tests/): two files of one name
+    each pass alone and break the suite's collection."""
+    seen = {}
+    for path in sorted(Path(ROOT, "tests").rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a name"
+        seen[path.name] = path
