@@ -119,7 +119,9 @@ def config_of(flags, pool: Pool, data_dir: str) -> Dict[str, Any]:
     files = {name: sha256_file(path) for name, path in (
         ("label.txt", os.path.join(data_dir, LABEL_FILE)), ("train.txt", split_path(data_dir, "train")),
         ("dev.txt", split_path(data_dir, "dev"))) if os.path.isfile(path)}
-    return {"train_flags": list(flags.forwarded), "folds": audit.folds, "seed": int(flags.training.seed),
+    from ..flags.audit import canonical_flags
+
+    return {"train_flags": canonical_flags(flags.forwarded), "folds": audit.folds, "seed": int(flags.training.seed),
             "include_dev": audit.include_dev, "selection_fraction": audit.selection_fraction,
             "task_type": str(pool.task_type), "data_files_sha256": files}
 
@@ -135,6 +137,25 @@ def audit_outputs(output_dir: str) -> List[str]:
     return [name for name in (CONFIG_FILE, FOLDS_DIR, *OUTPUT_FILES) if os.path.exists(os.path.join(output_dir, name))]
 
 
+def describe_changes(before: Dict[str, Any], now: Dict[str, Any]) -> str:
+    """What differs between two configs, in words ("" when nothing does)."""
+    changes = []
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) == now.get(key):
+            continue
+        if key == "train_flags":
+            old = {" ".join(group) for group in before.get(key) or []}
+            new = {" ".join(group) for group in now.get(key) or []}
+            changes.append("train.py flags: " + ", ".join([f"was `{g}`" for g in sorted(old - new)]
+                                                          + [f"now `{g}`" for g in sorted(new - old)]))
+        elif key == "data_files_sha256":
+            files = sorted(n for n in set(before[key]) | set(now[key]) if before[key].get(n) != now[key].get(n))
+            changes.append(f"data files changed: {', '.join(files)}")
+        else:
+            changes.append(f"{key}: was {before.get(key)!r}, now {now.get(key)!r}")
+    return "; ".join(changes)
+
+
 def claim_output_dir(output_dir: str, config: Dict[str, Any], overwrite: bool) -> DirLock:
     """Lock the audit's folder and decide what it keeps: the same config reuses its folds; another config is
     refused (or, with `overwrite`, everything audit.py wrote is removed first). Other files are left."""
@@ -147,9 +168,9 @@ def claim_output_dir(output_dir: str, config: Dict[str, Any], overwrite: bool) -
             raise UserError(f"holds audit outputs without {CONFIG_FILE} ({', '.join(existing[:4])}); pass "
                             "--overwrite_output_dir to redo the audit or choose another --output_dir", output_dir)
         before = read_json(config_path, "audit config")
-        changed = sorted(key for key in set(before) | set(config) if before.get(key) != config.get(key))
+        changed = describe_changes(before, config)
         if changed:
-            raise UserError(f"holds an audit made with other settings ({', '.join(changed)} differ), whose folds "
+            raise UserError(f"holds an audit made with other settings ({changed}), whose folds "
                             "cannot be reused; pass --overwrite_output_dir to redo every fold, or choose another "
                             "--output_dir (the same flags and data resume the audit)", output_dir)
     lock = DirLock(output_dir, LOCK_NAME, "audit.py").acquire()

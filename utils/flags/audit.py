@@ -97,6 +97,18 @@ def forwarded_flags(argv: Sequence[str]) -> List[str]:
     return own.parse_known_args(list(argv))[1]
 
 
+def canonical_flags(argv: Sequence[str]) -> List[List[str]]:
+    """`argv` as `[flag, values...]` groups sorted by flag (a repeated flag keeps its order), `--f=v` as
+    `--f v`: equal for two command lines that differ only in the order of their flags."""
+    groups: List[List[str]] = []
+    for arg in argv:
+        if arg.startswith("--") or not groups:
+            groups.append(arg.split("=", 1) if arg.startswith("--") else [arg])
+        else:
+            groups[-1].append(arg)
+    return sorted(groups, key=lambda group: group[0])
+
+
 def parse_audit_args(argv: Sequence[str]) -> AuditFlags:
     """Parse and check audit.py's flags (nothing is read or loaded)."""
     from .parser import Parser
