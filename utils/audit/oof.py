@@ -148,8 +148,9 @@ def describe_changes(before: Dict[str, Any], now: Dict[str, Any]) -> str:
             new = {" ".join(group) for group in now.get(key) or []}
             changes.append("train.py flags: " + ", ".join([f"was `{g}`" for g in sorted(old - new)]
                                                           + [f"now `{g}`" for g in sorted(new - old)]))
-        elif key == "data_files_sha256":
-            files = sorted(n for n in set(before[key]) | set(now[key]) if before[key].get(n) != now[key].get(n))
+        elif key == "data_files_sha256" and isinstance(before.get(key), dict):
+            old, new = before[key], now.get(key) or {}
+            files = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
             changes.append(f"data files changed: {', '.join(files)}")
         else:
             changes.append(f"{key}: was {before.get(key)!r}, now {now.get(key)!r}")
@@ -168,6 +169,7 @@ def claim_output_dir(output_dir: str, config: Dict[str, Any], overwrite: bool) -
             raise UserError(f"holds audit outputs without {CONFIG_FILE} ({', '.join(existing[:4])}); pass "
                             "--overwrite_output_dir to redo the audit or choose another --output_dir", output_dir)
         before = read_json(config_path, "audit config")
+        before = before if isinstance(before, dict) else {"config": before}
         changed = describe_changes(before, config)
         if changed:
             raise UserError(f"holds an audit made with other settings ({changed}), whose folds "
