@@ -164,17 +164,20 @@ def main() -> int:
     keyword_model, tnews_model = tiny_models(args.work)
     keyword = write_keyword_dataset(os.path.join(args.work, "keyword"))
     flags = ["--prompt", PROMPT, "--max_steps", str(args.steps), "--eval_steps", "20", "--logging_steps", "20", *FAST]
-    results = [one_case("keyword", keyword_model, keyword, f, args.work, flags, args.folds) for f in NOISE]
+    cases = [("keyword", keyword_model, keyword, f, flags) for f in NOISE]
     if os.path.isdir(TNEWS) and os.path.isdir(tnews_model) and not args.skip_tnews:
         tnews_flags = ["--prompt", "这条新闻标题的主题是", "--max_steps", str(args.tnews_steps), "--eval_steps",
                        str(max(1, args.tnews_steps // 4)), "--logging_steps", "20", *FAST]
-        results += [one_case("tnews", tnews_model, TNEWS, f, args.work, tnews_flags, args.folds) for f in NOISE]
+        cases += [("tnews", tnews_model, TNEWS, f, tnews_flags) for f in NOISE]
     else:
         print(f"tnews skipped ({TNEWS} or {VOCAB} not present, or --skip_tnews)", file=sys.stderr)
-    with open(os.path.join(ROOT, "benchmarks", "results_label_audit.json"), "w", encoding="utf-8") as fp:
-        json.dump({"folds": args.folds, "steps": args.steps, "tnews_steps": args.tnews_steps, "results": results},
-                  fp, ensure_ascii=False, indent=1)
-    print(table(results))
+    results = []
+    for name, model, source, fraction, case_flags in cases:   # written after each case
+        results.append(one_case(name, model, source, fraction, args.work, case_flags, args.folds))
+        with open(os.path.join(ROOT, "benchmarks", "results_label_audit.json"), "w", encoding="utf-8") as fp:
+            json.dump({"folds": args.folds, "steps": args.steps, "tnews_steps": args.tnews_steps, "results": results},
+                      fp, ensure_ascii=False, indent=1)
+        print(table(results), flush=True)
     return 0
 
 
