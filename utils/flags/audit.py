@@ -115,15 +115,14 @@ def parse_audit_args(argv: Sequence[str]) -> AuditFlags:
     from .trainer import TrainingArguments
 
     argv = list(argv)
-    if "-h" not in argv and "--help" not in argv:
-        for flag, why in SET_BY_AUDIT.items():
-            if flag_given(argv, flag):
-                raise UserError(f"audit.py decides this for every fold ({why}); remove it", flag)
-        for flag in ("--data_dir", "--output_dir"):
-            if not flag_given(argv, flag):
-                raise UserError(f"is required: {USAGE}", flag)
     parser = Parser((AuditArguments, ModelArguments, DataArguments, TrainingArguments), prog="audit.py",
                     description=DESCRIPTION, usage=USAGE)
-    audit, model, data, training = parser.parse([*argv, "--do_train", "--do_eval"])
-    flags = TrainFlags(model, data, training)
+    audit, model, data, training = parser.parse([*argv, "--do_train", "--do_eval"])  # each flag's own checks
+    for flag, why in SET_BY_AUDIT.items():
+        if flag_given(argv, flag):
+            raise UserError(f"audit.py decides this for every fold ({why}); remove it", flag)
+    for flag in ("--data_dir", "--output_dir"):
+        if not flag_given(argv, flag):
+            raise UserError(f"is required: {USAGE}", flag)
+    flags = TrainFlags(model, data, training)  # the checks that span train.py's groups
     return AuditFlags(audit, flags.model, flags.data, flags.training, forwarded_flags(argv))
