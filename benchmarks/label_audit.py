@@ -1,6 +1,6 @@
 """Label audit with planted noise: does audit.py find flipped labels, and does removing them help?
 
-    python benchmarks/label_audit.py [--work bench-work/label_audit] [--folds 5] [--steps 160] [--tnews_steps 100]
+    python benchmarks/label_audit.py [--work benchmarks/work/label_audit] [--folds 5] [--steps 160] [--tnews_steps 100]
 
 For the keyword task (utils/testing/synthetic.py, 96 training texts, 3 labels) and, when
 ../shared/data/fewclue/tnews exists, FewCLUE tnews (240 training texts, 15 labels), at 10% and 20%
@@ -53,7 +53,7 @@ def tiny_models(work):
 
 
 def data_copy(source, target, fraction, seed):
-    """`target`: a copy of the data folder without test.txt's neighbours we do not need, train.txt flipped."""
+    """`target`: label.txt, train.txt, dev.txt and test.txt copied, `fraction` of train.txt's labels flipped."""
     from utils.testing.synthetic import flip_labels
 
     shutil.rmtree(target, ignore_errors=True)
@@ -149,7 +149,7 @@ def table(results):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default=os.path.join(ROOT, "bench-work", "label_audit"))
+    parser.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "work", "label_audit"))
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=160)
     parser.add_argument("--tnews_steps", type=int, default=100)
