@@ -51,11 +51,11 @@ from conftest import EXAMPLE_DATA, ROOT  # noqa: E402
 
 PAGES = ["README.md"] + sorted(os.path.relpath(p, ROOT)
                                for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True))
-SCRIPTS = ("train", "export", "infer", "serve", "client", "explain", "ensemble", "pretrain", "multirun", "annotate")
+SCRIPTS = ("train", "export", "infer", "serve", "client", "explain", "ensemble", "pretrain", "multirun", "annotate", "audit")
 SUBCOMMANDS = {"annotate": ("import", "export")}  # scripts whose first word is a command: a flag page per command
 MODULES = ("utils.tiny_ernie", "utils.label_words")
 # Scripts whose run trains or builds a model: a page that runs one is marked slow.
-HEAVY = {"train", "export", "explain", "ensemble", "pretrain", "multirun", "utils.label_words"}
+HEAVY = {"train", "export", "explain", "ensemble", "pretrain", "multirun", "audit", "utils.label_words"}
 SHELL_TOOLS = ("cut", "head", "cat", "echo", "printf", "wc", "ls", "mkdir", "cp")
 # Run only with a parse-only marker (what they are checked with is in `parse_check`).
 PARSE_ONLY_TOOLS = ("make", "pip", "ray", "serve", "kubectl")

@@ -223,6 +223,7 @@ def script_flags():
     """`{script: (its dataclasses, argv that parses, and whose run stops at a missing file)}`. Every path is
     relative and missing: run in an empty directory, a bad value that slipped through would stop the run
     at that file with an error naming it, not the flag."""
+    from utils.flags.audit import AuditArguments
     from utils.flags.explain import ExplainArguments
     from utils.flags.export import EnsembleArguments, ExportCommandArguments
     from utils.flags.label_words import LabelWordsArguments
@@ -245,13 +246,15 @@ def script_flags():
         "pretrain": ((PretrainArguments, PretrainingArguments),
                      ["--input_file", "none.txt", "--output_dir", "out"]),
         "multirun": ((MultirunArguments,), ["--output_dir", "out", "--splits_dir", "nowhere", "--", "--do_eval"]),
+        "audit": ((AuditArguments, ModelArguments, DataArguments, TrainingArguments),
+                  ["--data_dir", "nowhere", "--output_dir", "out"]),
         "utils.label_words": ((LabelWordsArguments,), ["--data_dir", "nowhere", "--model_name_or_path", "m",
                                                        "--no_ranking"]),
         "utils.tiny_ernie": ((TinyErnieArguments,), ["--output_dir", "out", "--vocab_file", "none.txt"]),
     }
 
 
-SCRIPTS = ("train", "export", "infer", "serve", "client", "explain", "ensemble", "pretrain", "multirun",
+SCRIPTS = ("train", "export", "infer", "serve", "client", "explain", "ensemble", "pretrain", "multirun", "audit",
            "utils.label_words", "utils.tiny_ernie")
 # The checks __post_init__ makes beyond the type: {script: [(flag, a bad value, words of the error)]}.
 CHECKED = {
@@ -289,9 +292,14 @@ CHECKED = {
                          ("num_attention_heads", "0", "must be positive"),
                          ("intermediate_size", "0", "must be positive")],
 }
+# audit.py reads train.py's groups as train.py does, and adds its own.
+CHECKED["audit"] = CHECKED["train"] + [
+    ("folds", "1", "must be at least 2"), ("selection_fraction", "1.5", "must be in (0, 1)"),
+    ("max_issues", "0", "must be positive")]
 # This tool's numeric flags that take any number, and why (the walk below fails on a new one not listed).
 UNCHECKED = {
     ("train", "early_stopping_threshold"): "an improvement: any number",
+    ("audit", "early_stopping_threshold"): "an improvement: any number",
     ("serve", "max_ongoing_requests"): "Ray Serve's: checked with --ray (tests/serving/test_ray_serve.py)",
     ("client", "max_seq_len"): "the service checks it and answers 400 naming it",
     ("client", "top_k"): "the service checks it and answers 400 naming it",
@@ -342,7 +350,7 @@ def bad_values():
     for script in SCRIPTS:
         yield from ((script, *case) for case in type_errors(script))
         yield from ((script, *case) for case in CHECKED[script])
-        if script in ("train", "pretrain"):  # the Trainer's numbers, checked before paddlenlp's __post_init__
+        if script in ("train", "pretrain", "audit"):  # the Trainer's numbers, checked before paddlenlp's __post_init__
             names = {f.name for f, _ in flag_fields(script_flags()[script][0])}
             bad = {"positive": "0", "zero or more": "-1", "in [0, 1)": "1.5"}
             yield from ((script, name, bad[what], f"must be {what}") for name, _, what in NUMERIC_CHECKS
@@ -378,7 +386,7 @@ def test_every_numeric_flag_of_this_tool_has_its_range_checked_or_a_reason_not_t
     from utils.flags.trainer import NUMERIC_CHECKS
 
     checked = {(script, flag) for script in SCRIPTS for flag, _, _ in CHECKED[script]}
-    checked |= {(script, name) for script in ("train", "pretrain") for name, _, _ in NUMERIC_CHECKS}
+    checked |= {(script, name) for script in ("train", "pretrain", "audit") for name, _, _ in NUMERIC_CHECKS}
     numeric = {(script, f.name) for script in SCRIPTS
                for f, kind in flag_fields(script_flags()[script][0], own_only=True) if kind in (int, float)}
     assert sorted(numeric - checked - set(UNCHECKED)) == []

@@ -110,8 +110,10 @@ def prediction(prediction_of_text, task_type: str = MULTI_CLASS, model_version: 
 
 
 def task(text: Text, predictions: Optional[List[Dict[str, Any]]] = None,
-         meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """A Label Studio task for a text (or a pair), with pre-annotations and data fields from `meta`."""
+         meta: Optional[Dict[str, Any]] = None,
+         annotations: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """A Label Studio task for a text (or a pair), with pre-annotations, data fields from `meta`, and
+    `annotations` (each `{"result": result(...)}`: labels already given, e.g. audit.py's tasks to review)."""
     data: Dict[str, Any] = {}
     if isinstance(text, tuple):
         data[TEXT], data[TEXT_B] = text
@@ -122,4 +124,6 @@ def task(text: Text, predictions: Optional[List[Dict[str, Any]]] = None,
     out: Dict[str, Any] = {"data": data}
     if predictions:
         out["predictions"] = predictions
+    if annotations:
+        out["annotations"] = annotations
     return out

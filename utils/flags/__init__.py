@@ -8,4 +8,5 @@ dataclass's `__post_init__` (a bad value: one `error: --flag: ...` paragraph, ex
     train.py        train.py: model, data and the cross-group checks (`TrainFlags`)
     trainer.py      train.py and pretrain.py: paddlenlp's Trainer flags with this tool's defaults
     pretrain.py, multirun.py, explain.py, label_words.py: those commands' own flags
+    audit.py        audit.py's own flags beside train.py's groups, and the flags each fold's train.py gets
 """

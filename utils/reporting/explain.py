@@ -281,17 +281,27 @@ def embedded_font_css(text: str) -> str:
     return f"@font-face{{font-family:'{EMBEDDED_FONT}';src:url(data:font/otf;base64,{encoded}) format('opentype')}}"
 
 
+PAGE_CSS = (".case{border-bottom:1px solid #ddd;padding:0.8em 0}.tok{padding:0.1em 0.05em;border-radius:3px;"
+            "font-size:1.3em}.meta{color:#444;font-size:0.9em}.wrong{color:#b00}")
+
+
+def page_head(title: str, page_text: str, css: str = "") -> str:
+    """The start of a report page in this module's style, up to its <h1>: the embedded CJK font cut to
+    `page_text`'s characters, the page's fonts and widths, PAGE_CSS and `css` (utils/audit/report.py's
+    page shares it)."""
+    return "\n".join(["<!DOCTYPE html>", '<html lang="zh"><head><meta charset="utf-8">',
+                      f"<title>{html.escape(title)}</title>",
+                      f"<style>{embedded_font_css(page_text)}"
+                      f"body{{font-family:'Noto Sans CJK SC','Noto Sans SC','Microsoft YaHei','PingFang SC',"
+                      f"'{EMBEDDED_FONT}',sans-serif;margin:2em;max-width:60em}}{PAGE_CSS}{css}</style></head><body>",
+                      f"<h1>{html.escape(title)}</h1>"])
+
+
 def render_html(explanations: Sequence[Explanation], title: str = "Token attributions") -> str:
     """One self-contained page: per text, its tokens shaded by attribution (hover: the number),
     the label explained, the prediction and confidence, the gold label if known."""
     page_text = title + "".join(e.label + e.predicted + (e.gold or "") + "".join(e.tokens) for e in explanations)
-    parts = ["<!DOCTYPE html>", '<html lang="zh"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
-             f"<style>{embedded_font_css(page_text)}"
-             f"body{{font-family:'Noto Sans CJK SC','Noto Sans SC','Microsoft YaHei','PingFang SC','{EMBEDDED_FONT}',"
-             "sans-serif;margin:2em;max-width:60em}"
-             ".case{border-bottom:1px solid #ddd;padding:0.8em 0}.tok{padding:0.1em 0.05em;border-radius:3px;"
-             "font-size:1.3em}.meta{color:#444;font-size:0.9em}.wrong{color:#b00}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>",
+    parts = [page_head(title, page_text),
              "<p class='meta'>Integrated gradients on the text's token embeddings w.r.t. the explained label's "
              "logit: <span style='background:rgba(0,150,60,0.6)'>green</span> pushes towards it, "
              "<span style='background:rgba(210,40,40,0.6)'>red</span> away; hover a token for its value.</p>"]

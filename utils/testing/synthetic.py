@@ -105,3 +105,21 @@ def make_mlm_corpus(n: int, seed: int = 0) -> List[str]:
         filler = "".join(rng.choice(FILLER[:20]) for _ in range(rng.randint(0, 2)))
         texts.append(filler + rng.choice(frames).format(k=keyword, w=word))
     return texts
+
+
+def flip_labels(path: str, fraction: float, seed: int = 0) -> Dict[int, str]:
+    """Plant label noise in a multi-class data file: `round(fraction * n)` lines chosen at random (seeded) get
+    another label of the file's own, chosen at random; returns `{line number: the true label}` of those lines."""
+    with open(path, encoding="utf-8") as fp:
+        lines = fp.read().splitlines()
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    labels = sorted({line.rsplit("\t", 1)[1] for _, line in numbered})
+    rng = random.Random(seed)
+    planted = {}
+    for number, line in rng.sample(numbered, round(fraction * len(numbered))):
+        text, label = line.rsplit("\t", 1)
+        lines[number - 1] = f"{text}\t{rng.choice([other for other in labels if other != label])}"
+        planted[number] = label
+    with open(path, "w", encoding="utf-8") as fp:
+        fp.write("\n".join(lines) + "\n")
+    return planted

@@ -122,7 +122,7 @@ class Run:
         if not (training_args.do_train or training_args.do_eval or training_args.do_predict or model_args.zero_shot):
             results["export"] = export(model_args, training_args, dataset, self.resume)
             return results
-        trainer = prepare(self)
+        self.trainer = trainer = prepare(self)  # (a mode may use it after run_once: utils/audit/oof.py)
         if model_args.zero_shot:
             calibrate(trainer, model_args, dataset)  # --calibrate: only T is fitted, the MLM stays as it is
             # saved as a checkpoint (its spec says zero_shot), so --do_export, export.py and infer.py take it

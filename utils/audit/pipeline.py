@@ -1,0 +1,72 @@
+"""audit.py: the data read and checked, the folds run (or reused), the issues found and written.
+
+Every check that can fail on the user's input (flags, data lines, label counts against --folds, the
+output folder) runs before the first fold loads a model.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Dict, List
+
+import numpy as np
+
+from ..task.decoding import MULTI_CLASS
+from .folds import Pool, check_label_counts, read_pool
+from .issues import find_issues, settings
+from .oof import claim_output_dir, config_of, fingerprint, out_of_fold, plan_folds
+from .report import ISSUES_HTML, ISSUES_TSV, REVIEW_TASKS, SUMMARY, write_report
+
+
+def oof_accuracy(pool: Pool, probs: np.ndarray, decided: np.ndarray) -> float:
+    """How often the out-of-fold prediction equals the given label (label sets: the whole set)."""
+    if pool.task_type == MULTI_CLASS:
+        return float(np.mean([row.argmax() == given[0] for row, given in zip(probs, pool.given())]))
+    return float(np.mean([set(np.flatnonzero(row)) == set(given) for row, given in zip(decided, pool.given())]))
+
+
+def summarize(flags, pool: Pool, oof: Dict[str, Any], found: int, reported: int) -> Dict[str, Any]:
+    audit = flags.audit
+    files: Dict[str, int] = {}
+    for example in pool.examples:
+        name = os.path.basename(example.path)
+        files[name] = files.get(name, 0) + 1
+    return {
+        "data_dir": os.path.abspath(flags.data.data_dir), "task_type": str(pool.task_type), "folds": audit.folds,
+        "seed": int(flags.training.seed), "examples": len(pool.examples), "audited": files,
+        "model_selection": "dev.txt (not audited)" if pool.dev else
+        f"a stratified slice ({audit.selection_fraction:g}) of each fold's training examples",
+        "issues_found": found, "issues_reported": reported, "max_issues": audit.max_issues,
+        "score": "cleanlab's label quality in [0, 1]: lower is more suspect",
+        "cleanlab": settings(str(pool.task_type)),
+        "oof_accuracy": oof_accuracy(pool, oof["probabilities"], oof["decided"]),
+        "per_fold": [{key: result.get(key) for key in ("fold", "train_examples", "selection", "eval",
+                                                        "resumed_from_checkpoint")}
+                     | {"held_out": len(result["rows"])} for result in oof["folds"]],
+        "train_flags": list(flags.forwarded),
+    }
+
+
+def run_audit(flags) -> Dict[str, Any]:
+    """Audit the data folder's labels; returns audit.json's summary."""
+    audit, training = flags.audit, flags.training
+    output_dir = os.path.abspath(training.output_dir)
+    pool = read_pool(flags.data.data_dir, str(flags.model.task_type), audit.include_dev)
+    check_label_counts(pool, audit.folds)
+    config = config_of(flags, pool, flags.data.data_dir)
+    lock = claim_output_dir(output_dir, config, training.overwrite_output_dir)
+    failed = True
+    try:
+        folds = plan_folds(pool, output_dir, audit.folds, int(training.seed), audit.selection_fraction)
+        oof = out_of_fold(flags, pool, folds, fingerprint(config))
+        issues, _ = find_issues(pool.given(), oof["probabilities"], oof["decided"], str(pool.task_type))
+        reported = issues[:audit.max_issues] if audit.max_issues else issues
+        summary = summarize(flags, pool, oof, len(issues), len(reported))
+        write_report(output_dir, pool, reported, oof["probabilities"], summary)
+        failed = False
+    finally:
+        lock.release(failed=failed)
+    shown: List[str] = [os.path.join(output_dir, name) for name in (ISSUES_TSV, ISSUES_HTML, REVIEW_TASKS, SUMMARY)]
+    sys.stderr.write(f"{len(issues)} suspect label(s) among {len(pool.examples)} examples "
+                     f"(out-of-fold accuracy {100 * summary['oof_accuracy']:.1f}%); wrote {', '.join(shown)}\n")
+    return summary
