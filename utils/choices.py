@@ -164,3 +164,20 @@ def split_device(device: Optional[str], device_id: int = 0, prefix: str = "") ->
     if number and device_id not in (0, int(number)):
         raise UserError(f"names GPU {number} and {prefix}device_id {device_id}: give one of them", prefix + "device")
     return kind, int(number) if number else device_id
+
+
+class Strategy(Choice):
+    """select.py --strategy: how texts are ranked for labelling (utils/selection/scores.py)."""
+
+    ENTROPY = "entropy"
+    MARGIN = "margin"
+    DISAGREEMENT = "disagreement"
+    DIVERSITY = "diversity"
+    HYBRID = "hybrid"
+
+
+class Disagreement(Choice):
+    """select.py --disagreement: how an ensemble's members' disagreement is measured."""
+
+    KL = "kl"
+    VOTE = "vote"
