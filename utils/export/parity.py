@@ -81,15 +81,17 @@ def parity_gate(reference: Reference, directory: str, files: Dict[str, str], exa
     members = [compare(f"onnxruntime member {index}", own, onnx_outputs[names.index(MEMBER_OUTPUT)][index],
                        tolerance, decoder)
                for index, (own, decoder) in enumerate(zip(logits, reference.decoders))] if MEMBER_OUTPUT in names else []
+    vectors = []  # the representation, reported apart (`results` stays the logits' comparisons)
     if REPRESENTATION_OUTPUT in names:
         at = names.index(REPRESENTATION_OUTPUT)
-        results += [compare_vectors(name, eager[at], output[at], tolerance)
-                    for name, output in (("paddle_inference", inference), ("onnxruntime", onnx_outputs))]
+        vectors = [compare_vectors(name, eager[at], output[at], tolerance)
+                   for name, output in (("paddle_inference", inference), ("onnxruntime", onnx_outputs))]
     report = {"sample_size": len(examples), **({"compared": reference.compared} if reference.compared else {}),
               "reference": reference.description, "results": results + members,
-              "passed": all(r["passed"] for r in results + members)}
-    if not report["passed"]:  # both backends' numbers, and those of each model that disagrees
-        numbers = "; ".join(describe_result(r) for r in results + [m for m in members if not m["passed"]])
+              **({REPRESENTATION_OUTPUT: vectors} if vectors else {}),
+              "passed": all(r["passed"] for r in results + members + vectors)}
+    if not report["passed"]:  # both backends' numbers, and those of each model or output that disagrees
+        numbers = "; ".join(describe_result(r) for r in results + [m for m in members + vectors if not m["passed"]])
         raise ExportError(f"parity gate failed, {reference.failure}: {numbers}", directory)
     return report
 
