@@ -31,7 +31,7 @@ def main(argv):
                                  export_type=args.export_type, export_fp16=args.export_fp16,
                                  overwrite=args.overwrite_output_dir, opset=args.opset, tolerance=args.tolerance,
                                  quantize=args.quantize)
-    for result in manifest["parity"]["results"]:
+    for result in manifest["parity"]["results"] + manifest["parity"].get("mask_embedding", []):
         print(f"parity {describe_result(result)}")
     if manifest["parity"].get("int8"):
         print(f"int8 vs fp32 on the sample: {describe_result(manifest['parity']['int8'])}")

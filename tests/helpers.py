@@ -90,6 +90,22 @@ sys.meta_path.insert(0, BlockPaddle())
 """
 
 
+def import_script(name):
+    """A top-level script as a module, by name (`infer`, ...). select.py shares its name with the
+    standard library's `select`, which `import select` gives; it is loaded from its path instead."""
+    if name != "select":
+        return import_module(name)
+    if "select_script" not in sys.modules:
+        import importlib.util
+
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "select.py")
+        spec = importlib.util.spec_from_file_location("select_script", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["select_script"] = module
+    return sys.modules["select_script"]
+
+
 # -- inference: texts, infer.py's output ------------------------------------------------------------
 
 

@@ -48,10 +48,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import EXAMPLE_DATA, ROOT  # noqa: E402
+from helpers import import_script  # noqa: E402
 
 PAGES = ["README.md"] + sorted(os.path.relpath(p, ROOT)
                                for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True))
-SCRIPTS = ("train", "export", "infer", "serve", "client", "explain", "ensemble", "pretrain", "multirun", "annotate", "audit")
+SCRIPTS = ("train", "export", "infer", "serve", "client", "explain", "ensemble", "pretrain", "multirun", "annotate", "audit", "select")
 SUBCOMMANDS = {"annotate": ("import", "export")}  # scripts whose first word is a command: a flag page per command
 MODULES = ("utils.tiny_ernie", "utils.label_words")
 # Scripts whose run trains or builds a model: a page that runs one is marked slow.
@@ -339,7 +340,7 @@ class Session:
 def run_in_process(module_name: str, argv: List[str], env: Dict[str, str]) -> int:
     from utils.errors import run_cli
 
-    module = importlib.import_module(module_name)
+    module = import_script(module_name)
     with pytest.MonkeyPatch.context() as mp:
         for name, value in env.items():
             mp.setenv(name, value)
@@ -477,7 +478,7 @@ def stop_after_parsing():
 def parse_script(name: str, args: List[str], where: str):
     from utils.errors import run_cli
 
-    module = importlib.import_module(name)
+    module = import_script(name)
     err = io.StringIO()
     with stop_after_parsing(), contextlib.redirect_stderr(err):
         try:
@@ -616,7 +617,7 @@ def help_page(title: str, module: str) -> str:
         mp.setattr(sys, "argv", [title.split()[-1] if title.startswith("python -m") else title])  # paddlenlp's prog
         with contextlib.redirect_stdout(out):
             try:
-                run_cli(importlib.import_module(module).main, [*title.split()[1:2], "--help"]
+                run_cli(import_script(module).main, [*title.split()[1:2], "--help"]
                         if cli_page_name(module, title) != cli_page_name(module) else ["--help"])
             except SystemExit:
                 pass

@@ -195,3 +195,18 @@ class CancelledPolicy(Choice):
 
     SKIP = "skip"
     ERROR = "error"
+class Strategy(Choice):
+    """select.py --strategy: how texts are ranked for labelling (utils/selection/scores.py)."""
+
+    ENTROPY = "entropy"
+    MARGIN = "margin"
+    DISAGREEMENT = "disagreement"
+    DIVERSITY = "diversity"
+    HYBRID = "hybrid"
+
+
+class Disagreement(Choice):
+    """select.py --disagreement: how an ensemble's members' disagreement is measured."""
+
+    KL = "kl"
+    VOTE = "vote"

@@ -53,7 +53,7 @@ def test_onnx_graph_has_no_lstm_and_dynamic_axes(trained):
     inputs = {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     assert inputs == {n: ["batch", "sequence"] for n in ("input_ids", "token_type_ids", "position_ids",
                                                          "soft_token_ids")}
-    assert [o.name for o in model.graph.output] == ["logits"]
+    assert [o.name for o in model.graph.output] == ["logits", "mask_embedding"]
 
 
 @pytest.mark.parametrize("encoder", ["lstm", "mlp", "none"])

@@ -19,6 +19,7 @@ from utils.flags.train import parse_args
 from utils.flags.trainer import default_device
 from utils.errors import run_cli
 from utils.testing.synthetic import PROMPT
+from helpers import import_script
 
 # (flags, the flag named in the message, text expected in the message)
 BAD_FLAGS = [
@@ -230,6 +231,7 @@ def script_flags():
     from utils.flags.multirun import MultirunArguments
     from utils.flags.pretrain import PretrainArguments
     from utils.flags.runtime import ClientArguments, InferArguments, ServeArguments
+    from utils.flags.select import SelectArguments
     from utils.flags.train import DataArguments, ModelArguments
     from utils.flags.trainer import PretrainingArguments, TrainingArguments
     from utils.testing.tiny_ernie import TinyErnieArguments
@@ -248,13 +250,15 @@ def script_flags():
         "multirun": ((MultirunArguments,), ["--output_dir", "out", "--splits_dir", "nowhere", "--", "--do_eval"]),
         "audit": ((AuditArguments, ModelArguments, DataArguments, TrainingArguments),
                   ["--data_dir", "nowhere", "--output_dir", "out"]),
+        "select": ((SelectArguments,), ["--model_path_prefix", "nowhere", "--input_file", "none.txt",
+                                        "--output_file", "picks.tsv"]),
         "utils.label_words": ((LabelWordsArguments,), ["--data_dir", "nowhere", "--model_name_or_path", "m",
                                                        "--no_ranking"]),
         "utils.tiny_ernie": ((TinyErnieArguments,), ["--output_dir", "out", "--vocab_file", "none.txt"]),
     }
 
 
-SCRIPTS = ("train", "export", "infer", "serve", "client", "explain", "ensemble", "pretrain", "multirun", "audit",
+SCRIPTS = ("train", "export", "infer", "serve", "client", "explain", "ensemble", "pretrain", "multirun", "audit", "select",
            "utils.label_words", "utils.tiny_ernie")
 # The checks __post_init__ makes beyond the type: {script: [(flag, a bad value, words of the error)]}.
 CHECKED = {
@@ -287,6 +291,11 @@ CHECKED = {
     "pretrain": [("max_seq_length", "3", "must be at least 4"), ("masked_lm_prob", "1", "must be in (0, 1)"),
                  ("device", "tpu", "must be cpu, gpu or gpu:N")],
     "multirun": [],
+    "select": [("k", "0", "must be positive"), ("pool_size", "0", "must be positive"),
+               ("batch_size", "0", "must be positive"), ("chunk_size", "0", "must be positive"),
+               ("seed", "-1", "must be 0 or more"), ("device", "tpu", "must be cpu, gpu or gpu:N"),
+               ("num_threads", "0", "must be positive"), ("max_seq_length", "0", "must be positive"),
+               ("device_id", "-1", "must be a GPU number")],
     "utils.label_words": [("top_tokens", "-1", "must be 0 or more"), ("max_examples", "0", "must be positive")],
     "utils.tiny_ernie": [("hidden_size", "0", "must be positive"), ("num_hidden_layers", "0", "must be positive"),
                          ("num_attention_heads", "0", "must be positive"),
@@ -374,7 +383,7 @@ def test_every_bad_flag_value_is_one_paragraph_naming_the_flag(script, flag, val
     if f"--{flag}" in base:  # the base's value, replaced
         base = base[:base.index(f"--{flag}")] + base[base.index(f"--{flag}") + 2:]
     argv = [f"--{flag}", value] + base  # (before multirun's `--`)
-    code = run_cli(importlib.import_module(script).main, argv)
+    code = run_cli(import_script(script).main, argv)
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith(f"error: --{flag}: ") and message in err, err
@@ -398,7 +407,7 @@ def test_help_lists_every_flag_and_exits_0(script, capsys):
     import importlib
 
     with pytest.raises(SystemExit) as stop:
-        run_cli(importlib.import_module(script).main, ["--help"])
+        run_cli(import_script(script).main, ["--help"])
     assert stop.value.code == 0
     out = capsys.readouterr().out
     for f, _ in flag_fields(script_flags()[script][0]):

@@ -93,19 +93,22 @@ class InputFile:
         """Close the file (also done when `chunks` ends, normally or by an error)."""
         self._lines.close()
 
-    def chunks(self, size: int) -> Iterator[Tuple[List[dict], Optional[List[str]]]]:
+    def chunks(self, size: int, numbered: bool = False) -> Iterator[tuple]:
+        """`(examples, gold)` per chunk; `numbered`: `(examples, gold, line numbers)` (select.py)."""
         examples: List[dict] = []
         gold: List[str] = []
+        numbers: List[int] = []
         try:
             for number, line in itertools.chain([self._first], self._lines):
                 example, label = self.parse(number, line)
                 examples.append(example)
                 gold.append(label)
+                numbers.append(number)
                 if len(examples) == size:
-                    yield examples, (gold if self.has_gold else None)
-                    examples, gold = [], []  # drop this generator's references before reading on
+                    yield (examples, (gold if self.has_gold else None)) + ((numbers,) if numbered else ())
+                    examples, gold, numbers = [], [], []  # drop this generator's references before reading on
             self._first = None
             if examples:
-                yield examples, (gold if self.has_gold else None)
+                yield (examples, (gold if self.has_gold else None)) + ((numbers,) if numbered else ())
         finally:
             self.close()

@@ -22,6 +22,11 @@ ONNX_INT8_FILE = "model_int8.onnx"
 INPUT_NAMES = ("input_ids", "token_type_ids", "position_ids", "soft_token_ids")
 OUTPUT_NAME = "logits"
 MEMBER_OUTPUT = "member_logits"  # an ensemble's second output: [members, batch, labels], each member's logits
+# The text's vector, last output of exports made since it exists (older ones lack it: readers check
+# the manifest's `outputs`): [batch, hidden], the PLM's hidden state at the [MASK]s averaged over
+# them (the `cls` head: its pooled vector); an ensemble's is its members' L2-normalised vectors
+# concatenated and scaled by 1/sqrt(members). Fetched only by name (utils/selection), never by infer.py.
+REPRESENTATION_OUTPUT = "mask_embedding"
 
 # An ensemble whose members read texts through different templates (or lengths) has one set of the
 # four inputs per template: a *view*. View 0 uses INPUT_NAMES, view i the same names + `_v<i>`.

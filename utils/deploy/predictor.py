@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..task.decoding import Decoder
 from .bundle import (BackgroundSha256, check_file, read_decoder, read_labels, read_manifest, resolve_export_dir,
                            verify_file)
-from .format import LABELS_FILE, PREPROCESS_FILE
+from .format import LABELS_FILE, MEMBER_OUTPUT, OUTPUT_NAME, PREPROCESS_FILE
 from ..files import count_lines
 from ..dataset.inputs import InputFile
 from .predictions import PredictionWriter, prediction_summary
@@ -145,14 +145,35 @@ class ExportedClassifier:
     def run(self, features: List[Dict[str, List[int]]], batch_size: int = 32, sort_by_length: bool = True,
             on_batch: Optional[Callable[[int], None]] = None) -> np.ndarray:
         """Logits for encoded `features` (from any `encoder()`), in their order, batch by batch."""
-        out = np.zeros((len(features), len(self.labels)), dtype=np.float32)
+        if not features:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return self.run_outputs(features, (OUTPUT_NAME,), batch_size, sort_by_length, on_batch)[OUTPUT_NAME]
+
+    @property
+    def output_names(self) -> List[str]:
+        """The ONNX model's outputs: `logits` first; an ensemble's `member_logits`; newer exports'
+        `mask_embedding` (utils/deploy/format.py)."""
+        return [output.name for output in self.session.get_outputs()]
+
+    def run_outputs(self, features: List[Dict[str, List[int]]], names: Sequence[str], batch_size: int = 32,
+                    sort_by_length: bool = True, on_batch: Optional[Callable[[int], None]] = None
+                    ) -> Dict[str, np.ndarray]:
+        """The outputs `names` (only those are fetched) for encoded `features`, in their order, each
+        batch-first (`member_logits`: `[texts, members, labels]`)."""
+        out: Dict[str, np.ndarray] = {}
         order = np.arange(len(features))
         if sort_by_length:
             order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
             batch = self.preprocessor.pad([features[i] for i in index])
-            out[index] = self.session.run(None, {name: batch[name] for name in self.input_names})[0]
+            results = self.session.run(list(names), {name: batch[name] for name in self.input_names})
+            for name, result in zip(names, results):
+                if name == MEMBER_OUTPUT:
+                    result = result.transpose(1, 0, 2)
+                if name not in out:
+                    out[name] = np.zeros((len(features), *result.shape[1:]), dtype=np.float32)
+                out[name][index] = result
             if self.first_prediction_time is None:
                 self.first_prediction_time = time.time()
             if on_batch is not None:

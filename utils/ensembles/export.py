@@ -14,7 +14,7 @@ from ..deploy.format import MEMBER_OUTPUT, OUTPUT_NAME
 from ..deploy.preprocess import describe_template
 from ..export.graph import ExportError
 from ..export.parity import DEFAULT_TOLERANCE, Reference
-from ..export.pipeline import ExportOptions, ExportSource, write_export
+from ..export.pipeline import ExportOptions, ExportSource, representation_output, write_export
 from .graph import EnsembleModel, combine, load_models
 from .plan import EnsemblePlan, Member
 
@@ -35,7 +35,8 @@ def export_ensemble(plan: EnsemblePlan, output_dir: str, examples: Optional[List
 def ensemble_source(plan: EnsemblePlan, models) -> ExportSource:
     """What the ensemble's export is made of; `models`: the members' prompt models, in plan order."""
     first, members = plan.members[0], plan.members
-    graph = EnsembleModel(models, plan.views, plan.decoder.activation, [m.spec.temperature for m in members])
+    graph = EnsembleModel(models, plan.views, plan.decoder.activation, [m.spec.temperature for m in members],
+                          representation=True)
     graph.eval()
     reference = Reference(
         models=models, decoder=plan.decoder, views=plan.views, decoders=[m.spec.decoder for m in members],
@@ -57,7 +58,8 @@ def ensemble_source(plan: EnsemblePlan, models) -> ExportSource:
         text_keys=sorted(models[0].template.example_keys),
         outputs=[{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", labels],
                   "meaning": "log of the mean softmax (multi-class) / logit of the mean sigmoid"},
-                 {"name": MEMBER_OUTPUT, "dtype": "float32", "shape": [len(members), "batch", labels]}],
+                 {"name": MEMBER_OUTPUT, "dtype": "float32", "shape": [len(members), "batch", labels]},
+                 representation_output(sum(model.plm.get_input_embeddings().weight.shape[1] for model in models))],
         views=plan.num_views,
         manifest={"method": "ensemble", "verbalizer": None, "head": None, "model_name_or_path": None,
                   "ensemble": {"combine": "mean of the members' probabilities", "views": plan.num_views,

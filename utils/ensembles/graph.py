@@ -36,11 +36,16 @@ def load_models(plan: EnsemblePlan) -> list:
 class EnsembleModel(paddle.nn.Layer):
     """The inference graph: every member folded (utils/export/graph.py), each member's logits divided by
     its temperature (`temperatures`, 1 when not given), probabilities averaged. Outputs `logits` (log
-    mean softmax, or logit of the mean sigmoid) and each member's logits, stacked."""
+    mean softmax, or logit of the mean sigmoid) and each member's logits, stacked; with
+    `representation`, also the text's vector: each member's (utils/model/heads.py `export_outputs`)
+    L2-normalised, concatenated, divided by sqrt(members) (unit length; members may differ in hidden
+    size; squared distances are the mean of the members' squared distances)."""
 
-    def __init__(self, models, views: Sequence[int], activation: str, temperatures: Sequence[float] = ()):
+    def __init__(self, models, views: Sequence[int], activation: str, temperatures: Sequence[float] = (),
+                 representation: bool = False):
         super().__init__()
-        self.members = paddle.nn.LayerList([FoldedPromptModel(model) for model in models])
+        self.representation = representation
+        self.members = paddle.nn.LayerList([FoldedPromptModel(model, representation) for model in models])
         self.views = list(views)
         self.activation = activation  # the Decoder's: softmax over the labels, or a sigmoid each
         self.temperatures = [float(t) for t in temperatures] or [1.0] * len(models)
@@ -63,9 +68,12 @@ class EnsembleModel(paddle.nn.Layer):
                   position_ids_v5, soft_token_ids_v5, input_ids_v6, token_type_ids_v6,
                   position_ids_v6, soft_token_ids_v6, input_ids_v7, token_type_ids_v7,
                   position_ids_v7, soft_token_ids_v7]
-        all_logits, total = [], None
+        all_logits, vectors, total = [], [], None
         for member, view, temperature in zip(self.members, self.views, self.temperatures):
             logits = member(*inputs[4 * view:4 * view + 4])
+            if self.representation:
+                logits, vector = logits
+                vectors.append(normalized(vector) / float(np.sqrt(len(self.members))))
             all_logits.append(logits)
             if temperature != 1.0:
                 logits = logits / temperature
@@ -79,4 +87,11 @@ class EnsembleModel(paddle.nn.Layer):
             combined = paddle.log(p / (1 - p))
         else:
             combined = paddle.log(paddle.clip(mean, min=MULTI_CLASS_FLOOR))
+        if self.representation:
+            return combined, paddle.stack(all_logits), paddle.concat(vectors, axis=-1)
         return combined, paddle.stack(all_logits)
+
+
+def normalized(vector):
+    """Each row of `[batch, hidden]` divided by its L2 norm (written out: plain ops for the ONNX graph)."""
+    return vector / paddle.sqrt((vector * vector).sum(axis=-1, keepdim=True) + 1e-12)

@@ -14,7 +14,8 @@ import numpy as np
 import paddle
 
 from ..console import quiet_native_output
-from ..deploy.format import INPUT_NAMES, MODEL_PREFIX, ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE, OUTPUT_NAME
+from ..deploy.format import INPUT_NAMES, MODEL_PREFIX, ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE, OUTPUT_NAME, \
+    REPRESENTATION_OUTPUT
 from ..errors import UserError
 
 
@@ -25,9 +26,10 @@ class ExportError(UserError):
 class FoldedPromptModel(paddle.nn.Layer):
     """The inference graph: PLM + verbalizer head, the prompt encoder replaced by its output table."""
 
-    def __init__(self, prompt_model):
+    def __init__(self, prompt_model, representation: bool = False):
         super().__init__()
         self.prompt_model = prompt_model
+        self.representation = representation  # also output the text's vector (REPRESENTATION_OUTPUT)
         template = prompt_model.template
         self.mask_id = template.tokenizer.mask_token_id
         self.pad_id = template.tokenizer.pad_token_id
@@ -48,6 +50,8 @@ class FoldedPromptModel(paddle.nn.Layer):
             index = paddle.nonzero(paddle.logical_and(input_ids == self.mask_id, soft_token_ids == 0))
             return index[:, 0] * paddle.shape(input_ids)[1] + index[:, 1]
 
+        if self.representation:
+            return model.head.export_outputs(model, inputs, mask_positions)  # (scores, representation)
         return model.head.export_scores(model, inputs, mask_positions)
 
 
@@ -120,6 +124,9 @@ def convert_to_onnx(directory: str, files: Dict[str, str], opset: int, output_na
     for output, name in zip(model.graph.output, output_names):
         output.name = name
     model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    for output in model.graph.output:
+        if output.name == REPRESENTATION_OUTPUT:
+            output.type.tensor_type.shape.dim[0].dim_param = "batch"
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path

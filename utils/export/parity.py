@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import paddle
 
-from ..deploy.format import INPUT_NAMES, ONNX_FP16_FILE, ONNX_INT8_FILE, OUTPUT_NAME, view_suffix
+from ..deploy.format import (INPUT_NAMES, MEMBER_OUTPUT, ONNX_FP16_FILE, ONNX_INT8_FILE, OUTPUT_NAME,
+                             REPRESENTATION_OUTPUT, view_suffix)
 from ..task.decoding import Decoder
 from .graph import ExportError
 
@@ -63,23 +64,34 @@ def sample_examples(examples: Optional[List[dict]], keys, max_seq_length: int, l
 
 def parity_gate(reference: Reference, directory: str, files: Dict[str, str], examples: List[dict],
                 feed: Dict[str, np.ndarray], onnx_outputs: List[np.ndarray],
-                tolerance: float = DEFAULT_TOLERANCE) -> dict:
+                tolerance: float = DEFAULT_TOLERANCE, output_names: Sequence[str] = (),
+                eager: Optional[List[np.ndarray]] = None) -> dict:
     """Dynamic graph vs Paddle Inference vs onnxruntime on one batch; raise `ExportError` on mismatch.
 
-    `feed` is infer.py's preprocessing of `examples`, `onnx_outputs` model.onnx's outputs on it.
+    `feed` is infer.py's preprocessing of `examples`, `onnx_outputs` model.onnx's outputs on it, named
+    by `output_names` (default: `logits`, then an ensemble's `member_logits`). `eager`: the folded
+    layer's outputs in dynamic mode, the reference of the representation output (REPRESENTATION_OUTPUT).
     """
+    names = list(output_names) or [OUTPUT_NAME, MEMBER_OUTPUT][:len(onnx_outputs)]
     logits = reference_logits(reference, directory, examples, feed)
     expected = logits[0] if reference.combine is None else reference.combine(logits)
+    inference = paddle_inference_outputs(directory, files, feed)
     results = [compare(name, expected, output, tolerance, reference.decoder, reference.probabilities)
-               for name, output in (("paddle_inference", paddle_inference_outputs(directory, files, feed)[0]),
-                                    ("onnxruntime", onnx_outputs[0]))]
-    members = [compare(f"onnxruntime member {index}", own, onnx_outputs[1][index], tolerance, decoder)
-               for index, (own, decoder) in enumerate(zip(logits, reference.decoders))] if len(onnx_outputs) > 1 else []
+               for name, output in (("paddle_inference", inference[0]), ("onnxruntime", onnx_outputs[0]))]
+    members = [compare(f"onnxruntime member {index}", own, onnx_outputs[names.index(MEMBER_OUTPUT)][index],
+                       tolerance, decoder)
+               for index, (own, decoder) in enumerate(zip(logits, reference.decoders))] if MEMBER_OUTPUT in names else []
+    vectors = []  # the representation, reported apart (`results` stays the logits' comparisons)
+    if REPRESENTATION_OUTPUT in names:
+        at = names.index(REPRESENTATION_OUTPUT)
+        vectors = [compare_vectors(name, eager[at], output[at], tolerance)
+                   for name, output in (("paddle_inference", inference), ("onnxruntime", onnx_outputs))]
     report = {"sample_size": len(examples), **({"compared": reference.compared} if reference.compared else {}),
               "reference": reference.description, "results": results + members,
-              "passed": all(r["passed"] for r in results + members)}
-    if not report["passed"]:  # both backends' numbers, and those of each model that disagrees
-        numbers = "; ".join(describe_result(r) for r in results + [m for m in members if not m["passed"]])
+              **({REPRESENTATION_OUTPUT: vectors} if vectors else {}),
+              "passed": all(r["passed"] for r in results + members + vectors)}
+    if not report["passed"]:  # both backends' numbers, and those of each model or output that disagrees
+        numbers = "; ".join(describe_result(r) for r in results + [m for m in members + vectors if not m["passed"]])
         raise ExportError(f"parity gate failed, {reference.failure}: {numbers}", directory)
     return report
 
@@ -127,6 +139,17 @@ def compare(name: str, reference: np.ndarray, other: np.ndarray, tolerance: floa
     agree = float((reference.argmax(-1) == other.argmax(-1)).mean())
     return {"backend": name, "compared": "logits", "max_abs_diff": diff, "agreement": agree, "argmax_agreement": agree,
             "tolerance": tolerance, "passed": bool(diff <= tolerance and agree == 1.0)}
+
+
+def compare_vectors(name: str, reference: np.ndarray, other: np.ndarray, tolerance: float) -> dict:
+    """The representation output: max |Δ| of the L2-normalised vectors (what selection uses)."""
+    def unit(x):
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+    diff = float(np.abs(unit(reference) - unit(other)).max()) if reference.shape == other.shape else float("inf")
+    return {"backend": f"{name} {REPRESENTATION_OUTPUT}", "compared": "L2-normalised vectors vs the folded layer "
+            "in dynamic mode", "max_abs_diff": diff, "agreement": 1.0 if diff <= tolerance else 0.0,
+            "tolerance": tolerance, "passed": bool(diff <= tolerance)}
 
 
 def describe_result(result: dict) -> str:

@@ -33,7 +33,8 @@ import paddle
 
 from ..console import quiet_native_output
 from ..deploy.format import (FORMAT_VERSION, LABELS_FILE, MANIFEST_FILE, ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE,
-                             OUTPUT_NAME, PREPROCESS_FILE, TEMPLATE_FILE, view_input_names, view_suffix)
+                             OUTPUT_NAME, PREPROCESS_FILE, REPRESENTATION_OUTPUT, TEMPLATE_FILE, view_input_names,
+                             view_suffix)
 from ..deploy.preprocess import PromptPreprocessor, describe_template
 from ..choices import ExportType, Quantize
 from ..errors import UserError
@@ -138,15 +139,31 @@ def checkpoint_source(checkpoint_dir: str, reject_option: Optional[tuple] = None
     model, tokenizer, spec = rebuild_from_checkpoint(checkpoint_dir)
     if reject_option is not None:
         spec = dataclasses.replace(spec, reject_threshold=reject_option[0], other_label=reject_option[1])
-    folded = FoldedPromptModel(model)
+    folded = FoldedPromptModel(model, representation=True)
     folded.eval()
     return ExportSource(
         name=checkpoint_dir, layer=folded, reference=Reference(models=[model], decoder=spec.decoder), spec=spec,
         tokenizer=tokenizer, preprocess=describe_template(model.template, spec.max_seq_length),
         template={"template": spec.template, "processed": model.template.prompt},
         text_keys=sorted(model.template.example_keys),
-        outputs=[{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(spec.labels)]}],
+        outputs=[{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(spec.labels)]},
+                 representation_output(model.plm.get_input_embeddings().weight.shape[1])],
         source_checkpoint=os.path.abspath(checkpoint_dir))
+
+
+def representation_output(size: int) -> dict:
+    """The manifest's entry for the text's vector (utils/deploy/format.py REPRESENTATION_OUTPUT)."""
+    return {"name": REPRESENTATION_OUTPUT, "dtype": "float32", "shape": ["batch", int(size)],
+            "meaning": "the PLM's hidden state at the [MASK]s, averaged (cls head: its pooled vector); "
+                       "for selection (select.py)"}
+
+
+def eager_outputs(source: ExportSource, feed) -> List:
+    """The folded layer's outputs on `feed` in dynamic mode, before the static graph is traced."""
+    with paddle.no_grad():
+        outputs = source.layer(*[paddle.to_tensor(feed[name]) for name in source.input_names])
+    outputs = outputs if isinstance(outputs, (tuple, list)) else [outputs]
+    return [output.numpy() for output in outputs]
 
 
 def write_export(source: ExportSource, output_dir: str, examples: Optional[List[dict]], options: ExportOptions,
@@ -157,13 +174,17 @@ def write_export(source: ExportSource, output_dir: str, examples: Optional[List[
     reference = source.reference
     examples = sample_examples(examples, source.text_keys, source.spec.max_seq_length)
     with atomic_directory(output_dir) as directory:
-        files = write_graphs(source.layer, directory, options.opset, source.input_names, source.output_names)
         write_preprocessing(source, directory)
         # One preprocessing and one fp32 onnxruntime pass serve the gate and the fp16/int8 checks.
         preprocessor = PromptPreprocessor.from_export(directory)
         feed = preprocessor.pad(preprocessor.encode(examples))
+        # The representation's reference: the folded layer run eagerly (its logits are held to the
+        # unfolded model by the gate; the vector is the same encoder pass's hidden state).
+        eager = eager_outputs(source, feed) if REPRESENTATION_OUTPUT in source.output_names else None
+        files = write_graphs(source.layer, directory, options.opset, source.input_names, source.output_names)
         outputs = onnxruntime_outputs(os.path.join(directory, ONNX_FILE), feed, source.output_names)
-        parity = parity_gate(reference, directory, files, examples, feed, outputs, options.tolerance)
+        parity = parity_gate(reference, directory, files, examples, feed, outputs, options.tolerance,
+                             output_names=source.output_names, eager=eager)
         parity.update(write_variants(directory, feed, outputs[0], options.fp16, options.int8, reference.decoder,
                                      reference.probabilities))
         if options.export_type == ExportType.ONNX.value:

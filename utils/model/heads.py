@@ -64,6 +64,15 @@ class Head:
         batch*sequence indices (computed in the graph only when a head asks)."""
         return model.verbalizer.process_outputs(model.plm(**plm_inputs, return_dict=True).logits, mask_positions())
 
+    def export_outputs(self, model, plm_inputs: Dict[str, Any], mask_positions):
+        """`(scores, representation)` in one pass: `export_scores`' scores and the text's vector
+        `[batch, hidden]` (the export's `mask_embedding`, read by utils/selection): the PLM's last hidden
+        state at the [MASK] positions, averaged over the masks. Here (soft heads) the SoftVerbalizer made
+        the MLM head an identity, so the PLM's output already is the hidden states."""
+        sequence = model.plm(**plm_inputs, return_dict=True).logits
+        positions = mask_positions()
+        return model.verbalizer.process_outputs(sequence, positions), mask_mean(sequence, positions)
+
 
 @implements(SOFT)
 class SoftHead(Head):
@@ -80,6 +89,13 @@ class ClassifierHead(Head):
 
     def export_scores(self, model, plm_inputs, mask_positions):
         return model.plm(**plm_inputs, return_dict=True).logits
+
+    def export_outputs(self, model, plm_inputs, mask_positions):
+        """No [MASK]: the representation is the pooled [CLS] vector the classifier reads (the same
+        computation as the PLM's forward: base model, dropout (identity in eval), classifier)."""
+        plm = model.plm
+        pooled = getattr(plm, plm.base_model_prefix)(**plm_inputs, return_dict=True)[1]
+        return plm.classifier(plm.dropout(pooled)), pooled
 
 
 @implements(MANUAL)
@@ -126,6 +142,20 @@ class ManualHead(Head):
 
     def export_scores(self, model, plm_inputs, mask_positions):
         return model.verbalizer.label_scores(model.plm, plm_inputs, mask_positions())[0]  # as in training
+
+    def export_outputs(self, model, plm_inputs, mask_positions):
+        sequence = model.plm.ernie(**plm_inputs, return_dict=True)[0]
+        positions = mask_positions()
+        scores = model.verbalizer.label_scores(model.plm, plm_inputs, positions, sequence=sequence)[0]
+        return scores, mask_mean(sequence, positions)
+
+
+def mask_mean(sequence, positions):
+    """`[batch, hidden]`: the mean of `sequence` (`[batch, seq, hidden]`) over each example's masks,
+    `positions` their flat batch*sequence indices (every example has the same number of masks)."""
+    hidden = sequence.shape[-1]
+    states = paddle.gather(sequence.reshape([-1, hidden]), positions)
+    return states.reshape([paddle.shape(sequence)[0], -1, hidden]).mean(axis=1)
 
 
 def is_soft(labels) -> bool:
@@ -211,16 +241,18 @@ class MultiMaskVerbalizer(MaskedLMVerbalizer):
                               [paddle.shape(log_probs)[0], *self.mask_token_index.shape])
         return paddle.take_along_axis(log_probs, index, axis=2).sum(axis=1)
 
-    def label_scores(self, plm, plm_inputs: Dict[str, Any], masked_positions):
+    def label_scores(self, plm, plm_inputs: Dict[str, Any], masked_positions, sequence=None):
         """`(scores [batch, num_labels], head states at the masks [batch, n_masks, hidden])`.
 
         `plm` is an ErnieForMaskedLM, `plm_inputs` its encoder's inputs, `masked_positions` flat
         indices into batch*sequence, every example's masks in order (as the prompt collator and
         the exported graph make them). The head (transform, activation, layer norm, decoder)
-        works per position, so gathering the masks first changes no value.
+        works per position, so gathering the masks first changes no value. `sequence`: the
+        encoder's output when the caller already has it.
         """
         head = plm.cls.predictions
-        sequence = plm.ernie(**plm_inputs, return_dict=True)[0]
+        if sequence is None:
+            sequence = plm.ernie(**plm_inputs, return_dict=True)[0]
         hidden = sequence.shape[-1]
         states = paddle.gather(sequence.reshape([-1, hidden]), masked_positions)
         states = head.layer_norm(head.activation(head.transform(states)))

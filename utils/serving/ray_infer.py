@@ -31,7 +31,7 @@ from ..deploy.format import LABELS_FILE, MANIFEST_FILE, PREPROCESS_FILE
 from ..deploy.predictor import classify_stream, pick_model_file, seconds_since_process_start
 from ..deploy.preprocess import read_config
 
-__all__ = ["classify_file_on_ray", "CONNECT_TIMEOUT", "START_TIMEOUT"]
+__all__ = ["classify_file_on_ray", "RayWorkers", "CONNECT_TIMEOUT", "START_TIMEOUT"]
 
 FLAG = "--ray"
 INSTALL_HINT = "needs Ray: pip install -r requirements-ray.txt"
@@ -203,6 +203,16 @@ class BlockWorker:
                                               sort_by_length=self.sort_by_length, progress=False)
         return self.classifier.model.decoder.probabilities(logits), ray.get_runtime_context().get_node_id()
 
+    def outputs(self, examples: List[dict], names: List[str]):
+        """`({name: array}, the node)`: the export's outputs `names` for a chunk (utils/selection)."""
+        import ray
+
+        model = self.classifier.model
+        features = model.preprocessor.encode(examples)
+        arrays = model.run_outputs(features, names, batch_size=self.classifier.batch_size,
+                                   sort_by_length=self.sort_by_length)
+        return arrays, ray.get_runtime_context().get_node_id()
+
 
 def plan_workers(ray, device: Optional[str], num_threads: Optional[int]):
     """`(device, [(node, cpus, gpus, threads)])`: one worker per alive node that can host it; device
@@ -247,9 +257,13 @@ def start_workers(ray, plan, files_ref, export_dir: str, options: dict, timeout:
     return workers, infos
 
 
-def classify_on_workers(ray, workers, infos, stats: dict):
+def classify_on_workers(ray, workers, infos, stats: dict, call=None):
     """`classify_chunks` for `classify_stream`: each chunk to the least busy worker, results
-    yielded in input order; at most UNWRITTEN_PER_WORKER chunks per worker held at a time."""
+    yielded in input order; at most UNWRITTEN_PER_WORKER chunks per worker held at a time.
+    `call(worker, examples)`: the remote call per chunk (default: `worker.classify.remote`); the
+    second item of each chunk is passed through untouched."""
+    call = call or (lambda worker, examples: worker.classify.remote(examples))
+
     def classify_chunks(chunks, on_texts):
         pending = collections.deque()  # [examples, gold, ref, worker, done], input order
         queued = [0] * len(workers)
@@ -264,7 +278,7 @@ def classify_on_workers(ray, workers, infos, stats: dict):
                 if chunk is None:
                     exhausted = True
                     break
-                ref = workers[w].classify.remote(chunk[0])
+                ref = call(workers[w], chunk[0])
                 queued[w] += 1
                 by_ref[ref] = [chunk[0], chunk[1], ref, w, False]
                 pending.append(by_ref[ref])
@@ -302,6 +316,70 @@ def fetch(ray, ref, info: dict):
                         "nothing was written, run again", FLAG) from None
 
 
+class RayWorkers:
+    """The cluster side of a streamed run, as a context manager: connected, one worker per node
+    holding the export, shut down on exit. `classify_chunks(call=None)` is what `classify_stream`
+    (and select.py's scoring) iterates; `memory()` adds the workers' memory to `stats`."""
+
+    def __init__(self, address: str, model_path: str, device: Optional[str] = None,
+                 num_threads: Optional[int] = None, use_fp16: bool = False, use_int8: bool = False,
+                 max_seq_length: Optional[int] = None, batch_size: int = 32, sort_by_length: bool = True,
+                 connect_timeout: float = CONNECT_TIMEOUT, start_timeout: float = START_TIMEOUT):
+        self.ray = import_ray()
+        self.export_dir = resolve_export_dir(model_path)
+        self.manifest = read_manifest(self.export_dir)  # a broken export is reported before any cluster is involved
+        self.labels = read_labels(self.export_dir)
+        self.settings = dict(address=address, device=device, num_threads=num_threads, use_fp16=use_fp16,
+                             use_int8=use_int8, max_seq_length=max_seq_length, batch_size=batch_size,
+                             sort_by_length=sort_by_length, connect_timeout=connect_timeout,
+                             start_timeout=start_timeout)
+
+    def __enter__(self) -> "RayWorkers":
+        ray, settings = self.ray, self.settings
+        # The workers import this package from the driver's copy: the nodes need only the environment.
+        package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # all of utils/, not serving/
+        self.address = connect(ray, settings["address"], settings["connect_timeout"],
+                               runtime_env={"py_modules": [package_dir]})
+        try:
+            self.device, plan = plan_workers(ray, settings["device"], settings["num_threads"])
+            self.model_file = pick_model_file(self.manifest, self.export_dir, self.device, settings["use_fp16"],
+                                              settings["use_int8"])
+            files_ref = ray.put(export_files(self.export_dir, self.manifest, self.model_file))
+            options = dict(device=self.device, **{k: settings[k] for k in (
+                "use_fp16", "use_int8", "max_seq_length", "batch_size", "sort_by_length")})
+            self.workers, self.infos = start_workers(ray, plan, files_ref, self.export_dir, options,
+                                                     settings["start_timeout"])
+            del files_ref  # the workers have loaded it: let the object store free it
+        except BaseException:
+            ray.shutdown()
+            raise
+        self.stats = {"first_result": None, "nodes": {info["node_id"]: {"ip": info["node_ip"], "blocks": 0,
+                                                                        "texts": 0} for info in self.infos}}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.ray.shutdown()  # the workers end with this driver
+
+    def classify_chunks(self, call=None):
+        return classify_on_workers(self.ray, self.workers, self.infos, self.stats, call)
+
+    def memory(self) -> None:
+        try:  # a report, not a result: never worth failing the run for
+            for info, memory in zip(self.infos, self.ray.get([w.memory_mb.remote() for w in self.workers],
+                                                             timeout=60)):
+                self.stats["nodes"][info["node_id"]].update(memory)
+        except self.ray.exceptions.RayError:
+            pass
+
+    def report(self, summary: dict, **fields) -> dict:
+        """`summary` with the run's model, device, first result, `fields` and `ray` (address, workers, nodes)."""
+        if self.stats["first_result"] is not None:
+            summary["first_prediction_seconds"] = seconds_since_process_start(self.stats["first_result"])
+        summary.update(model=os.path.join(self.export_dir, self.model_file), device=self.device, **fields)
+        summary["ray"] = {"address": self.address, "workers": len(self.workers), "nodes": self.stats["nodes"]}
+        return summary
+
+
 def classify_file_on_ray(address: str, model_path: str, input_path: str, output_path: str, top_k: int = 1,
                          sort_by_length: bool = True, chunk_size: Optional[int] = None,
                          progress: Optional[bool] = None, device: Optional[str] = None,
@@ -314,39 +392,16 @@ def classify_file_on_ray(address: str, model_path: str, input_path: str, output_
     its IP, the chunks and texts it classified, and its worker's memory at the end). Options as
     `Classifier`'s, except: device defaults to gpu when the cluster has GPUs, and num_threads to
     each node's CPUs."""
-    ray = import_ray()
-    export_dir = resolve_export_dir(model_path)
-    manifest = read_manifest(export_dir)  # a broken export is reported before any cluster is involved
+    cluster = RayWorkers(address, model_path, device, num_threads, use_fp16, use_int8, max_seq_length, batch_size,
+                         sort_by_length, connect_timeout, start_timeout)
     from ..task.calibration import decoder_with_reject
 
-    decoder = decoder_with_reject(read_decoder(export_dir, manifest, read_labels(export_dir)),
+    decoder = decoder_with_reject(read_decoder(cluster.export_dir, cluster.manifest, cluster.labels),
                                   reject_threshold, other_label)
-    # The workers import this package from the driver's copy: the nodes need only the environment.
-    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # all of utils/, not serving/
-    address = connect(ray, address, connect_timeout, runtime_env={"py_modules": [package_dir]})
-    try:
-        device, plan = plan_workers(ray, device, num_threads)
-        model_file = pick_model_file(manifest, export_dir, device, use_fp16, use_int8)
-        files_ref = ray.put(export_files(export_dir, manifest, model_file))
-        options = dict(device=device, use_fp16=use_fp16, use_int8=use_int8, max_seq_length=max_seq_length,
-                       batch_size=batch_size, sort_by_length=sort_by_length)
-        workers, infos = start_workers(ray, plan, files_ref, export_dir, options, start_timeout)
-        del files_ref  # the workers have loaded it: let the object store free it
-        stats = {"first_result": None, "nodes": {info["node_id"]: {"ip": info["node_ip"], "blocks": 0, "texts": 0}
-                                                 for info in infos}}
+    with cluster:
+        infos = cluster.infos
         summary = classify_stream(input_path, output_path, infos[0]["labels"], infos[0]["pair"],
-                                  classify_on_workers(ray, workers, infos, stats), top_k=top_k,
-                                  chunk_size=chunk_size, progress=progress, batch_size=batch_size,
-                                  decoder=decoder)
-        try:  # a report, not a result: never worth failing the run for
-            for info, memory in zip(infos, ray.get([w.memory_mb.remote() for w in workers], timeout=60)):
-                stats["nodes"][info["node_id"]].update(memory)
-        except ray.exceptions.RayError:
-            pass
-    finally:
-        ray.shutdown()  # the workers end with this driver
-    if stats["first_result"] is not None:
-        summary["first_prediction_seconds"] = seconds_since_process_start(stats["first_result"])
-    summary.update(model=os.path.join(export_dir, model_file), device=device, output_file=output_path)
-    summary["ray"] = {"address": address, "workers": len(workers), "nodes": stats["nodes"]}
-    return summary
+                                  cluster.classify_chunks(), top_k=top_k, chunk_size=chunk_size, progress=progress,
+                                  batch_size=batch_size, decoder=decoder)
+        cluster.memory()
+    return cluster.report(summary, output_file=output_path)

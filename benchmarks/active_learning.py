@@ -1,0 +1,199 @@
+"""Active-learning simulation on the keyword task: select.py's strategies against random picks.
+
+    python benchmarks/active_learning.py                       # the stated small config (2 CPU cores)
+    python benchmarks/active_learning.py --seeds 0 1 --rounds 3 --strategies random entropy
+
+The oracle is the gold label. Per seed and strategy: start from --start labelled texts per class
+(drawn at random with the seed, the same for every strategy), then --rounds rounds of: train.py on
+the labelled texts (the tiny random ERNIE of utils/testing, --steps steps, a fixed dev set of 8 per
+class that is not counted as labels and is the same for all), export, accuracy on a fixed test set,
+then select.py picks --per_round more texts from the unlabelled pool (--exclude_file = the labels so
+far), whose gold labels are added. `random` draws them uniformly with the seed. Writes
+benchmarks/results_active_learning.json and benchmarks/active_learning.png (mean ± std over seeds)
+and prints the table that QUALITY.md carries.
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("PTUNING_OFFLINE", "1")
+WORK = os.path.join(ROOT, "benchmarks", "work", "active_learning")
+FAST = ["--max_seq_length", "40", "--learning_rate", "1e-3", "--ppt_learning_rate", "3e-3",
+        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "64"]
+
+
+def build_tiny(work: str) -> str:
+    from utils.testing import synthetic
+    from utils.testing.tiny_ernie import build_ernie, texts_of_data_dirs, vocab_from_texts
+
+    path = os.path.join(work, "tiny-ernie")
+    if not os.path.isdir(path):
+        texts = synthetic.vocab_texts() + texts_of_data_dirs([os.path.join(ROOT, "data", "example")])
+        build_ernie(path, vocab_from_texts(texts + [synthetic.PROMPT]), seed=0)
+    return path
+
+
+def train_export(tiny: str, data_dir: str, out: str, steps: int, seed: int) -> str:
+    import train
+    from utils.errors import run_cli
+    from utils.model import compat
+    from utils.testing.synthetic import PROMPT
+
+    compat.apply()
+    shutil.rmtree(out, ignore_errors=True)
+    argv = ["--model_name_or_path", tiny, "--data_dir", data_dir, "--output_dir", out, "--prompt", PROMPT,
+            "--do_train", "--do_export", "--max_steps", str(steps), "--logging_steps", str(steps),
+            "--save_strategy", "no", "--seed", str(seed), *FAST]
+    assert run_cli(train.main, argv) == 0
+    return os.path.join(out, "export")
+
+
+def write_split(path: str, rows) -> None:
+    with open(path, "w", encoding="utf-8") as fp:
+        fp.write("".join(f"{text}\t{label}\n" for text, label in rows))
+
+
+def accuracy(export: str, test) -> float:
+    from utils.deploy.classifier import Classifier
+
+    predictions = Classifier(export, device="cpu").predict([t for t, _ in test])
+    return sum(p.label == gold for p, (_, gold) in zip(predictions, test)) / len(test)
+
+
+def select(export: str, pool_path: str, labelled_path: str, k: int, strategy: str, out: str, seed: int):
+    """select.py in-process: the input line numbers it picked."""
+    import importlib.util
+
+    from utils.errors import run_cli
+
+    spec = importlib.util.spec_from_file_location("select_script", os.path.join(ROOT, "select.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--model_path_prefix", export, "--input_file", pool_path, "--k", str(k), "--strategy", strategy,
+            "--exclude_file", labelled_path, "--output_file", out, "--device", "cpu", "--pool_size", "200",
+            "--seed", str(seed)]
+    assert run_cli(module.main, argv) == 0
+    with open(out, encoding="utf-8") as fp:
+        return [int(line.split("\t")[1]) for line in fp.read().splitlines()[1:]]
+
+
+def simulate(args, tiny: str, seed: int, strategy: str, pool, dev, test) -> list:
+    rng = random.Random(seed)
+    base = os.path.join(WORK, f"{strategy}-seed{seed}")
+    data_dir = os.path.join(base, "data")
+    os.makedirs(data_dir, exist_ok=True)
+    pool_path = os.path.join(base, "pool.txt")
+    with open(pool_path, "w", encoding="utf-8") as fp:
+        fp.write("".join(text + "\n" for text, _ in pool))
+    by_class = {}
+    for index, (_, label) in enumerate(pool):
+        by_class.setdefault(label, []).append(index)
+    labelled = sorted(i for label in sorted(by_class) for i in rng.sample(by_class[label], args.start))
+    write_split(os.path.join(data_dir, "dev.txt"), dev)
+    with open(os.path.join(data_dir, "label.txt"), "w", encoding="utf-8") as fp:
+        fp.write("".join(label + "\n" for label in sorted(by_class)))
+    curve = []
+    for round_ in range(args.rounds + 1):
+        write_split(os.path.join(data_dir, "train.txt"), [pool[i] for i in labelled])
+        export = train_export(tiny, data_dir, os.path.join(base, "run"), args.steps, seed)
+        curve.append({"labels": len(labelled), "accuracy": accuracy(export, test)})
+        print(json.dumps({"strategy": strategy, "seed": seed, **curve[-1]}), flush=True)
+        if round_ == args.rounds:
+            break
+        if strategy == "random":
+            rest = sorted(set(range(len(pool))) - set(labelled))
+            picked = rng.sample(rest, args.per_round)
+        else:
+            lines = select(export, pool_path, os.path.join(data_dir, "train.txt"), args.per_round, strategy,
+                           os.path.join(base, "picks.tsv"), seed)
+            picked = [n - 1 for n in lines]  # the pool file has no blank lines: line n is pool[n - 1]
+        labelled = sorted(set(labelled) | set(picked))
+    return curve
+
+
+def summarise(results: dict, strategies) -> dict:
+    table = {}
+    for strategy in strategies:
+        runs = results[strategy]
+        points = []
+        for i in range(len(runs[0])):
+            accs = [run[i]["accuracy"] for run in runs]
+            points.append({"labels": runs[0][i]["labels"], "mean": statistics.mean(accs),
+                           "std": statistics.pstdev(accs)})
+        table[strategy] = points
+    target = table["random"][-1]
+    for strategy in strategies:
+        reached = next((p["labels"] for p in table[strategy] if p["mean"] >= target["mean"]), None)
+        table[strategy + ":labels_to_random_final"] = {
+            "labels": reached, "fraction_of_random": None if reached is None else round(reached / target["labels"], 3)}
+    return table
+
+
+def plot(table: dict, strategies, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for strategy in strategies:
+        xs = [p["labels"] for p in table[strategy]]
+        means = [p["mean"] for p in table[strategy]]
+        stds = [p["std"] for p in table[strategy]]
+        ax.plot(xs, means, marker="o", label=strategy)
+        ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.15)
+    ax.set_xlabel("labelled texts")
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.set_title("Active learning on the keyword task (tiny ERNIE)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def markdown(table: dict, strategies) -> str:
+    labels = [p["labels"] for p in table["random"]]
+    lines = ["| strategy | " + " | ".join(f"{n} labels" for n in labels) + " | labels to reach random's final |",
+             "|---|" + "---|" * (len(labels) + 1)]
+    for strategy in strategies:
+        cells = [f"{p['mean']:.3f} ± {p['std']:.3f}" for p in table[strategy]]
+        reach = table[strategy + ":labels_to_random_final"]
+        got = "not reached" if reach["labels"] is None else f"{reach['labels']} ({reach['fraction_of_random']:.0%})"
+        lines.append(f"| {strategy} | " + " | ".join(cells) + f" | {got} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--strategies", nargs="+", default=["random", "entropy", "margin", "hybrid"])
+    parser.add_argument("--start", type=int, default=2, help="labelled texts per class at the start")
+    parser.add_argument("--per_round", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=80, help="train.py --max_steps per round")
+    parser.add_argument("--pool_per_class", type=int, default=100)
+    args = parser.parse_args()
+    from utils.testing.synthetic import make_split
+
+    os.makedirs(WORK, exist_ok=True)
+    tiny = build_tiny(WORK)
+    split = lambda seed, n: [tuple(line.split("\t")) for line in make_split(random.Random(seed), n)]  # noqa: E731
+    pool, dev, test = split(100, args.pool_per_class), split(200, 8), split(300, 50)
+    started = time.time()
+    results = {s: [simulate(args, tiny, seed, s, pool, dev, test) for seed in args.seeds] for s in args.strategies}
+    table = summarise(results, args.strategies)
+    out = {"config": vars(args), "seconds": round(time.time() - started), "runs": results, "table": table}
+    with open(os.path.join(ROOT, "benchmarks", "results_active_learning.json"), "w") as fp:
+        json.dump(out, fp, indent=1)
+    plot(table, args.strategies, os.path.join(ROOT, "benchmarks", "active_learning.png"))
+    print(markdown(table, args.strategies))
+
+
+if __name__ == "__main__":
+    main()

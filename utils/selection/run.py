@@ -1,0 +1,301 @@
+"""select.py: stream a file of unlabelled texts through an export, keep bounded pools, pick K, write.
+
+The input streams in infer.py's chunks (utils/dataset/inputs.py, every line checked) through the same
+predictor batches, locally or on a Ray cluster (utils/serving/ray_infer.py `RayWorkers`: the workers
+return the outputs asked for). Only the outputs a strategy needs are fetched: `logits`, an ensemble's
+`member_logits` (disagreement), `mask_embedding` (diversity, hybrid). What is kept:
+
+    entropy, margin, disagreement   the K best texts (with --balance: the K best per predicted class)
+    hybrid                          the --pool_size most uncertain (entropy) texts with their vectors
+    diversity                       a seeded uniform sample of --pool_size texts with their vectors
+
+so memory does not grow with the input. Texts of --exclude_file and repeats of a held text are never
+candidates. Outputs (written only once every line was scored, each atomically): the TSV of picks,
+Label Studio tasks with the model's pre-labels (utils/annotation/label_studio.py) and its labelling config.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..annotation import label_studio
+from ..choices import Strategy
+from ..dataset.inputs import InputFile
+from ..deploy.bundle import read_decoder, read_labels, read_manifest, resolve_export_dir
+from ..deploy.format import MEMBER_OUTPUT, OUTPUT_NAME, REPRESENTATION_OUTPUT
+from ..deploy.predictor import CHUNK_SIZE
+from ..deploy.preprocess import read_config
+from ..errors import UserError
+from ..files import check_output_file, count_lines, write_text_atomic
+from ..progress import Progress
+from ..task.decoding import LABEL_SEPARATOR, probabilities
+from .diversity import k_center, ranked_pick
+from .pools import Reservoir, TopK, read_exclusions, text_key
+from .scores import scorer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SelectOptions", "Selector", "select_file", "side_files"]
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    """What to pick: select.py's flags without the runtime ones."""
+
+    k: int
+    strategy: str = Strategy.ENTROPY.value
+    disagreement: str = "kl"
+    pool_size: int = 10000
+    balance: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Candidate:
+    line: int
+    example: dict
+    probs: np.ndarray              # the export's probabilities (its decoder's), a copy
+    score: float                   # the strategy's uncertainty score (diversity: 0)
+    vector: Optional[np.ndarray] = None
+
+
+def side_files(output_path: str) -> Tuple[str, str]:
+    """`(tasks, config)`: STEM.label-studio.json and STEM.label-studio.xml beside the TSV."""
+    stem = os.path.splitext(output_path)[0]
+    return stem + ".label-studio.json", stem + ".label-studio.xml"
+
+
+def needed_outputs(strategy: str, manifest: dict, export_dir: str) -> List[str]:
+    """The outputs the strategy reads, or a `UserError` when the export has not got them."""
+    have = [o.get("name") for o in manifest.get("outputs") or [] if isinstance(o, dict)] or [OUTPUT_NAME]
+    names = [OUTPUT_NAME]
+    if strategy == Strategy.DISAGREEMENT.value:
+        if MEMBER_OUTPUT not in have:
+            raise UserError("--strategy disagreement needs an ensemble export (ensemble.py), whose members' logits "
+                            f"({MEMBER_OUTPUT}) it compares; this is a single model's export: use entropy, margin, "
+                            "diversity or hybrid", export_dir)
+        names.append(MEMBER_OUTPUT)
+    if strategy in (Strategy.DIVERSITY.value, Strategy.HYBRID.value):
+        if REPRESENTATION_OUTPUT not in have:
+            raise UserError(f"--strategy {strategy} needs the texts' vectors ({REPRESENTATION_OUTPUT}), which exports "
+                            "made before select.py existed lack: export the checkpoint again (export.py, or "
+                            "ensemble.py); entropy, margin and disagreement work on this export", export_dir)
+        names.append(REPRESENTATION_OUTPUT)
+    return names
+
+
+class Selector:
+    """Takes scored chunks (`add`), holds the bounded pools, returns the picks (`picks`)."""
+
+    def __init__(self, options: SelectOptions, decoder, excluded=frozenset()):
+        self.options, self.decoder, self.excluded = options, decoder, excluded
+        self.strategy = options.strategy
+        self.scorer = scorer(self.strategy, decoder.multi_label, decoder.thresholds, options.disagreement)
+        self.scored = self.skipped = 0
+        if self.strategy == Strategy.DIVERSITY.value:
+            self.pools = {None: Reservoir(options.pool_size, options.seed)}
+        elif self.strategy == Strategy.HYBRID.value:
+            self.pools = {None: TopK(options.pool_size)}
+        else:
+            self.pools = {}  # per predicted class with --balance, else one (key None)
+
+    @property
+    def peak(self) -> int:
+        """The most candidates held at once (all pools together, each at its own peak)."""
+        return sum(pool.peak for pool in self.pools.values())
+
+    def _pool(self, label: Optional[int]):
+        key = label if self.options.balance and self.strategy not in (Strategy.DIVERSITY.value,
+                                                                      Strategy.HYBRID.value) else None
+        if key not in self.pools:
+            self.pools[key] = TopK(self.options.k)
+        return self.pools[key]
+
+    def add(self, examples: List[dict], lines: List[int], arrays: Dict[str, np.ndarray]) -> None:
+        """One chunk: its examples, their input line numbers, the export's outputs on them."""
+        probs = self.decoder.probabilities(arrays[OUTPUT_NAME])
+        if self.scorer.members:
+            scores = self.scorer.score(probabilities(arrays[MEMBER_OUTPUT], 1.0, self.decoder.activation))
+        else:
+            scores = self.scorer.score(probs)
+        priority = self.scorer.priority(scores)
+        vectors = arrays.get(REPRESENTATION_OUTPUT)
+        classes = probs.argmax(axis=1)
+        self.scored += len(examples)
+        diversity = self.strategy == Strategy.DIVERSITY.value
+        # Texts below the pool's entry threshold cannot enter (it only rises): skipped without a look
+        # (unless exclusions must be counted, or the pools are per class).
+        single = None if self.pools.get(None) is None or diversity else self.pools[None]
+        order = np.arange(len(examples))
+        if single is not None and not self.excluded:
+            order = np.flatnonzero(priority >= single.threshold())
+        for i in order:
+            key = text_key(examples[i])
+            if key in self.excluded:
+                self.skipped += 1
+                continue
+            pool = self.pools[None] if diversity else self._pool(int(classes[i]))
+            if not diversity and priority[i] < pool.threshold():
+                continue
+            item = Candidate(lines[i], examples[i], probs[i].copy(), float(scores[i]),
+                             None if vectors is None else vectors[i].copy())
+            if diversity:
+                pool.offer(key, item)
+            else:
+                pool.offer(priority[i], lines[i], key, item)
+
+    def picks(self) -> List[Tuple[Candidate, float]]:
+        """`(candidate, score shown)` in rank order: the strategy's score (entropy, margin, disagreement),
+        or for diversity and hybrid the k-center distance at the time of the pick."""
+        k, balance = self.options.k, self.options.balance
+        if self.strategy == Strategy.DIVERSITY.value:
+            items = sorted(self.pools[None].items(), key=lambda c: c.line)  # not the reservoir's slot order
+            if not items:
+                return []
+            first = int(np.random.default_rng(self.options.seed).integers(len(items)))
+            return self._centers(items, first)
+        ranked = sorted(((p, c) for pool in self.pools.values() for p, c in pool.ranked()),
+                        key=lambda pc: (-pc[0], pc[1].line))
+        items = [c for _, c in ranked]
+        if self.strategy == Strategy.HYBRID.value:
+            return self._centers(items, 0) if items else []  # the first center: the most uncertain text
+        classes = [int(c.probs.argmax()) for c in items] if balance else None
+        return [(items[i], items[i].score) for i in ranked_pick(len(items), k, classes)]
+
+    def _centers(self, items: List[Candidate], first: int) -> List[Tuple[Candidate, float]]:
+        classes = [int(c.probs.argmax()) for c in items] if self.options.balance else None
+        vectors = np.stack([c.vector for c in items])
+        return [(items[i], distance) for i, distance in k_center(vectors, self.options.k, first, classes)]
+
+
+def prediction_of(decoder, labels: List[str], probs: np.ndarray):
+    """What infer.py predicts for one text (its label, or label set), as utils.deploy.classifier's types."""
+    from ..deploy.classifier import LabelSetPrediction, Prediction
+
+    order = np.argsort(-probs, kind="stable")
+    top = [(labels[j], float(probs[j])) for j in order]
+    if decoder.multi_label:
+        chosen = decoder.decide(probs[None])[0]
+        return LabelSetPrediction([(labels[j], float(probs[j])) for j in order if chosen[j]], top)
+    return Prediction(decoder.names(probs[None])[0], float(probs[order[0]]), top[:1])
+
+
+def write_outputs(picks, output_path: str, decoder, labels: List[str], pair: bool, strategy: str,
+                  model_version: str) -> None:
+    """The TSV of picks, the Label Studio tasks with pre-labels and the labelling config."""
+    tasks_path, config_path = side_files(output_path)
+    header = ["rank", "line", *(["text_a", "text_b"] if pair else ["text"]), "score", "prediction"]
+    rows, tasks = ["\t".join(header)], []
+    for rank, (candidate, score) in enumerate(picks, start=1):
+        prediction = prediction_of(decoder, labels, candidate.probs)
+        names = (LABEL_SEPARATOR.join(prediction.names) if decoder.multi_label else prediction.label)
+        texts = [candidate.example["text_a"]] + ([candidate.example["text_b"]] if pair else [])
+        rows.append("\t".join([str(rank), str(candidate.line), *texts, f"{score:.6g}", names]))
+        text = tuple(texts) if pair else texts[0]
+        tasks.append(label_studio.task(text, [label_studio.prediction(prediction, decoder.task_type, model_version)],
+                                       meta={"rank": rank, "line": candidate.line, "strategy": strategy,
+                                             "score": round(float(score), 6)}))
+    write_text_atomic(output_path, "\n".join(rows) + "\n")
+    write_text_atomic(tasks_path, json.dumps(tasks, ensure_ascii=False, indent=1) + "\n")
+    write_text_atomic(config_path, label_studio.labeling_config(labels, decoder.task_type, pair))
+
+
+def local_chunks(model, names: List[str], batch_size: int, sort_by_length: bool):
+    """`classify_chunks` running the export here: each chunk's outputs `names`, as infer.py batches them."""
+    def classify_chunks(chunks, on_texts):
+        for examples, lines in chunks:
+            arrays = model.run_outputs(model.preprocessor.encode(examples), names, batch_size, sort_by_length,
+                                       on_texts)
+            yield examples, lines, arrays
+            del examples, lines, arrays  # before the next chunk is read
+
+    return classify_chunks
+
+
+def ray_chunks(cluster, names: List[str]):
+    """The same on a Ray cluster: each chunk to a worker's `outputs` (utils/serving/ray_infer.py)."""
+    return cluster.classify_chunks(call=lambda worker, examples: worker.outputs.remote(examples, names))
+
+
+def select_file(model_path: str, input_path: str, output_path: str, options: SelectOptions,
+                exclude_path: Optional[str] = None, runtime: Optional[dict] = None, ray: Optional[str] = None,
+                chunk_size: Optional[int] = None, sort_by_length: bool = True, progress: Optional[bool] = None,
+                device_id: int = 0) -> dict:
+    """Pick `options.k` texts of `input_path` with the export at `model_path`; write `output_path` and
+    its Label Studio files; return the summary. `runtime`: `Classifier`'s options (device, num_threads,
+    use_fp16, use_int8, max_seq_length, batch_size). Every user mistake is reported before the model loads."""
+    started = time.perf_counter()
+    runtime = dict(runtime or {})
+    export_dir = resolve_export_dir(model_path)
+    manifest = read_manifest(export_dir)
+    labels = read_labels(export_dir)
+    decoder = read_decoder(export_dir, manifest, labels)
+    names = needed_outputs(options.strategy, manifest, export_dir)
+    pair = _pair_from_parts(export_dir)
+    for path in (output_path, *side_files(output_path)):
+        check_output_file(path, not_same_as=input_path)
+    excluded = read_exclusions(exclude_path, pair)
+    inputs = InputFile(input_path, pair, labels, decoder.task_type)  # the first line checked before the model
+    selector = Selector(options, decoder, excluded)
+    chunks = ((examples, lines) for examples, _, lines in inputs.chunks(chunk_size or CHUNK_SIZE, numbered=True))
+    batch_size = runtime.get("batch_size", 32)
+    summary: Dict = {}
+    try:
+        if ray:
+            from ..serving.ray_infer import RayWorkers
+
+            cluster = RayWorkers(ray, model_path, sort_by_length=sort_by_length, **runtime)
+            with cluster:
+                _consume(selector, ray_chunks(cluster, names), chunks, input_path, progress, batch_size)
+                cluster.memory()
+            summary = cluster.report(summary)
+        else:
+            from ..deploy.classifier import Classifier
+
+            classifier = Classifier(model_path, device_id=device_id, **runtime)
+            _consume(selector, local_chunks(classifier.model, names, batch_size, sort_by_length), chunks,
+                     input_path, progress, batch_size)
+            summary.update(model=os.path.join(export_dir, classifier.model.model_file), device=classifier.device)
+    finally:
+        inputs.close()
+    seconds = time.perf_counter() - started
+    picks = selector.picks()
+    write_outputs(picks, output_path, decoder, labels, pair, options.strategy, os.path.basename(
+        os.path.abspath(export_dir)))
+    return _summary(summary, selector, picks, options, output_path, seconds)
+
+
+def _pair_from_parts(export_dir: str) -> bool:
+    config = read_config(export_dir)
+    return any(part.get("text") == "text_b" for view in [config, *config.get("views", [])]
+               for part in view.get("parts", []) if isinstance(part, dict))
+
+
+def _consume(selector: Selector, classify_chunks, chunks, input_path: str, progress: Optional[bool],
+             batch_size: int) -> None:
+    total = count_lines(input_path)
+    with Progress(total, enabled=progress if progress is not None else total > batch_size) as bar:
+        for examples, lines, arrays in classify_chunks(chunks, bar.update):
+            selector.add(examples, lines, arrays)
+            del examples, lines, arrays
+
+
+def _summary(summary: dict, selector: Selector, picks, options: SelectOptions, output_path: str,
+             seconds: float) -> dict:
+    tasks_path, config_path = side_files(output_path)
+    summary.update(strategy=options.strategy, k=options.k, picked=len(picks), texts_scored=selector.scored,
+                   excluded=selector.skipped, candidates_held_peak=selector.peak, seconds=round(seconds, 3),
+                   texts_per_second=round(selector.scored / seconds, 1) if seconds > 0 else None,
+                   output_file=output_path, label_studio_tasks=tasks_path, label_studio_config=config_path)
+    if len(picks) < options.k:
+        note = (f"only {len(picks)} distinct texts were available (after exclusions and repeats); all of them "
+                f"were picked, fewer than --k {options.k}")
+        summary["note"] = note
+        logger.warning(note)
+    return summary
