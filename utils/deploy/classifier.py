@@ -30,7 +30,8 @@ from .predictions import ranked_labels
 from .predictor import CHUNK_SIZE, ExportedClassifier, classify_file, resolve_export_dir
 from ..progress import Progress
 
-__all__ = ["Classifier", "LabelSetPrediction", "Prediction", "decode_predictions", "default_device", "default_num_threads"]
+__all__ = ["Classifier", "LabelSetPrediction", "Prediction", "decode_predictions", "default_device",
+           "default_num_threads"]
 
 logger = logging.getLogger(__name__)
 
