@@ -111,10 +111,10 @@ def expected_prediction(record, task_type):
 
 @pytest.fixture(scope="module")
 def hierarchical_export(tiny_model_dir, tmp_path_factory):
-    """The keyword task as a two-level hierarchy (red: apple; yellow-purple: banana, grape), exported."""
+    """The keyword task as a two-level hierarchy (red: apple; yellow: banana, grape), exported."""
     base = tmp_path_factory.mktemp("hierarchical-keywords")
     data_dir = synthetic.write_keyword_dataset(str(base / "data"))
-    parents = {"apple": "red", "banana": "other", "grape": "other"}
+    parents = {"apple": "red", "banana": "yellow", "grape": "yellow"}
     for name in ("train.txt", "dev.txt", "test.txt"):
         path = os.path.join(data_dir, name)
         with open(path, encoding="utf-8") as fp:
@@ -122,7 +122,7 @@ def hierarchical_export(tiny_model_dir, tmp_path_factory):
         with open(path, "w", encoding="utf-8") as fp:
             fp.writelines(f"{text}\t{parents[label]},{parents[label]}##{label}\n" for text, label in rows)
     with open(os.path.join(data_dir, "label.txt"), "w", encoding="utf-8") as fp:
-        fp.write("red==红色\nred##apple==苹果\nother==紫色\nother##banana==香蕉\nother##grape==葡萄\n")
+        fp.write("red==红色\nred##apple==苹果\nyellow==黄色\nyellow##banana==香蕉\nyellow##grape==葡萄\n")
     out = train_quick(tiny_model_dir, data_dir, str(base / "out"), "--task_type", "hierarchical", "--prompt",
                       synthetic.PROMPT, "--threshold_search", "global", "--do_export", steps=120)
     return os.path.join(out, "export")
