@@ -202,6 +202,9 @@ HOSTILE = [
     ("/label-studio/predict", {"tasks": GOOD["tasks"], "label_config": '<!DOCTYPE v [<!ENTITY x "a">]>' + CONFIG},
      422, "label_config"),
     ("/label-studio/predict", {"tasks": GOOD["tasks"], "label_config": ["<View/>"]}, 422, "label_config"),
+    ("/label-studio/predict", {"tasks": GOOD["tasks"], "label_config": '<View><Text name="t" value="$t"/><Taxonomy '
+                               'name="c" toName="t">' + '<Choice value="x">' * 2000 + "</Choice>" * 2000
+                               + "</Taxonomy></View>"}, 422, "label_config"),
     ("/label-studio/setup", {}, 422, "schema"),
     ("/label-studio/setup", {"schema": OTHER_TEXT}, 422, "schema"),
     ("/label-studio/setup", {"schema": 3}, 422, "schema"),

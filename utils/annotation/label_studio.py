@@ -229,7 +229,10 @@ def read_labeling_config(config: str) -> List[Control]:
     except ET.ParseError as exc:
         raise ConfigError(f"is not well-formed XML: {exc}") from None
     texts = _text_objects(root)
-    controls = [_control(element, texts) for element in root.iter() if _tag(element) in CLASSIFICATION_TAGS]
+    try:
+        controls = [_control(element, texts) for element in root.iter() if _tag(element) in CLASSIFICATION_TAGS]
+    except RecursionError:  # (a Taxonomy's paths are read recursively)
+        raise ConfigError("is nested too deeply to be a labelling config") from None
     if not controls:
         raise ConfigError("has no <Choices> or <Taxonomy> control: this model chooses labels for a <Text>")
     return controls
