@@ -71,8 +71,8 @@ def _mismatch(control: ls.Control, classifier) -> str:
     if not missing and not extra:
         return ""
     what = "paths" if control.kind == "taxonomy" else "choices"
-    parts = ([f"missing {', '.join(map(repr, missing[:10]))}{' ...' if len(missing) > 10 else ''}"] if missing else []) \
-        + ([f"not the model's: {', '.join(map(repr, extra[:10]))}{' ...' if len(extra) > 10 else ''}"] if extra else [])
+    parts = [f"{name}{', '.join(map(repr, labels[:10]))}{' ...' if len(labels) > 10 else ''}"
+             for name, labels in (("missing ", missing), ("not the model's: ", extra)) if labels]
     return (f"the {what} of <{control.name}> are not the model's labels ({'; '.join(parts)}); create the project "
             "with the model's labels (GET /labels)")
 
@@ -81,7 +81,8 @@ def check_config(config: Any, field: str, classifier) -> ls.Control:
     """The control of the labelling config `config` (the body's `field`) that takes this model's
     predictions, or a 422 naming `field` that says why none can."""
     if not isinstance(config, str):
-        raise RequestError(422, field, f"must be the project's labelling config (XML text), got {type(config).__name__}")
+        raise RequestError(422, field, "must be the project's labelling config (XML text), got "
+                                       f"{type(config).__name__}")
     try:
         check_text(config, field)  # (expat, and the error that quotes it, need valid Unicode)
     except UserError as exc:
