@@ -14,7 +14,7 @@ probable first, as upstream's multi-label SimpleServing does; `parameters.prob_l
                           the service is not draining (503 while loading or draining)
     GET  /labels          labels in output order;  GET /metrics: Prometheus
     /label-studio/...     Label Studio's ML backend (health, setup, predict, webhook, train, versions), under
-                          `ServiceConfig.label_studio_prefix`: label_studio.py
+                          `ServiceConfig.label_studio_prefix`: ml_backend.py
     GET  /docs, /openapi.json  (FastAPI's)
 
 Batching (batcher.py; Triton's dynamic batcher, in small): requests queue their texts; one worker per
@@ -40,7 +40,7 @@ import numpy as np
 from fastapi import Body, FastAPI
 
 from ..errors import UserError
-from . import label_studio
+from . import ml_backend
 from .batcher import Batcher
 from .config import ServiceConfig
 from .metrics import Metrics
@@ -222,7 +222,7 @@ class Service:
         return {"result": await self.classify(examples, top_k, max_seq_length, threshold=prob_limit)}
 
 
-    # Label Studio's ML backend (label_studio.py): under --label_studio_prefix, so that its /predict
+    # Label Studio's ML backend (ml_backend.py): under --label_studio_prefix, so that its /predict
     # is not ours. Label Studio sends every task it was asked about in one request: they go to the
     # batcher --max_texts_per_request at a time, so batching, limits and metrics are /predict's.
 
@@ -256,11 +256,11 @@ class Service:
         batcher = self.ready_batcher()
         control = self.label_studio_control(body["label_config"], "label_config")
         classifier, step = self.classifier, min(self.config.max_texts_per_request, self.config.max_queue)
-        examples = label_studio.task_examples(body["tasks"], control, classifier.pair, self.config)
+        examples = ml_backend.task_examples(body["tasks"], control, classifier.pair, self.config)
         probs = [await batcher.submit(examples[start:start + step]) for start in range(0, len(examples), step)]
         self.metrics.texts.inc(len(examples))
         version = self.model_version
-        return {"results": label_studio.predictions(np.concatenate(probs), classifier, control, version),
+        return {"results": ml_backend.predictions(np.concatenate(probs), classifier, control, version),
                 "model_version": version}
 
     @route("POST", "/webhook", prefix="label_studio_prefix")
@@ -268,7 +268,7 @@ class Service:
         """Project events Label Studio sends on its own: acknowledged, nothing to do (the model is
         trained by train.py); its START_TRAINING action is /train's 501."""
         body = body_dict(body)
-        if body.get("action") == label_studio.START_TRAINING:
+        if body.get("action") == ml_backend.START_TRAINING:
             return self.not_trained_here()
         return {"status": "ignored", "reason": "this model is trained by train.py, not from Label Studio's events"}
 
@@ -287,12 +287,12 @@ class Service:
     @property
     def model_version(self) -> str:
         if self._model_version is None:
-            self._model_version = label_studio.model_version(self.config.name, self.classifier.model)
+            self._model_version = ml_backend.model_version(self.config.name, self.classifier.model)
         return self._model_version
 
     def label_studio_control(self, config: Any, field: str):
         try:
-            return label_studio.check_config(config, field, self.classifier)
+            return ml_backend.check_config(config, field, self.classifier)
         except RequestError as exc:  # (Label Studio shows the status only: the reason goes to the log too)
             logger.warning("Label Studio's %s refused: %s", field, exc.message)
             raise

@@ -48,7 +48,7 @@ class ServiceConfig:
     max_texts_per_request: int = 256
     max_chars_per_text: int = 8192
     default_top_k: int = 1
-    label_studio_prefix: str = "/label-studio"  # where Label Studio's ML backend routes are (label_studio.py)
+    label_studio_prefix: str = "/label-studio"  # where Label Studio's ML backend routes are (ml_backend.py)
 
     def __post_init__(self):
         for name in ("instances", "max_batch_size", "max_queue", "max_texts_per_request", "max_chars_per_text", "default_top_k"):

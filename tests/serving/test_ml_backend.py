@@ -1,4 +1,4 @@
-"""The service as Label Studio's ML backend (utils/serving/label_studio.py, routes under
+"""The service as Label Studio's ML backend (utils/serving/ml_backend.py, routes under
 --label_studio_prefix): the protocol's bodies for every task type, names read from the project's
 config, tasks through the batcher, and hostile requests answered 4xx naming the field, never a 500,
 never a stuck batcher. (A real Label Studio drives it in test_label_studio_server.py.)"""
