@@ -11,7 +11,7 @@ DEMO_MODEL := checkpoints/demo-tiny-ernie
 DEMO_OUT := checkpoints/demo
 DEMO_PROMPT := 这条新闻的主题是
 
-.PHONY: install install-dev install-ray browser demo demo-label-sets test docs-check docs-reference bench bench-ray \
+.PHONY: install install-dev install-ray install-labelstudio browser demo demo-label-sets test docs-check docs-reference bench bench-ray \
   bench-unlabeled quality clean
 
 $(VENV)/.installed: requirements.txt requirements-cpu.txt constraints.txt
@@ -32,6 +32,15 @@ $(VENV)/.installed-ray: $(VENV)/.installed requirements-ray.txt
 	$(PIP) -r requirements-ray.txt
 	@touch $@
 
+# A real Label Studio for tests/serving/test_label_studio_server.py, in its own environment: its pins (Django,
+# pydantic, numpy, ...) must not meet paddlenlp's. About 2.5 minutes and 1 GB the first time; then nothing.
+LS_VENV ?= .venv-labelstudio
+$(LS_VENV)/.installed: requirements-labelstudio.txt constraints-labelstudio.txt
+	@test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints-labelstudio.txt \
+	  -r requirements-labelstudio.txt
+	@touch $@
+
 $(VENV)/.installed-bench: $(VENV)/.installed requirements-bench.txt
 	$(PIP) -r requirements-bench.txt
 	@touch $@
@@ -39,6 +48,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed requirements-bench.txt
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev browser
 install-ray: $(VENV)/.installed-ray
+install-labelstudio: $(LS_VENV)/.installed
 
 # The main job, offline: tiny random ERNIE -> P-tuning (LSTM soft prompt) -> eval -> predict
 # -> export (static graph + ONNX, parity-checked) -> infer.py on onnxruntime.
@@ -71,8 +81,8 @@ demo-label-sets: install
 	$(PY) infer.py --model_path_prefix checkpoints/demo-hierarchical/export --data_dir data/hierarchical_example \
 	  --device cpu --output_file checkpoints/demo-hierarchical/infer_predictions.tsv
 
-test: install-dev
-	$(PY) -m pytest -q tests
+test: install-dev install-labelstudio
+	PTUNING_LABEL_STUDIO_VENV=$(LS_VENV) $(PY) -m pytest -q tests
 
 # Every command in README.md and docs/ run (or parse-checked) by tests/test_docs.py; part of `make test`.
 docs-check: install-dev

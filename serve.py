@@ -55,7 +55,7 @@ def main(argv):
                            use_int8=args.use_int8, max_seq_length=args.max_seq_length, instances=args.instances,
                            max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                            max_queue=args.max_queue, max_texts_per_request=args.max_texts_per_request,
-                           max_chars_per_text=args.max_chars_per_text)
+                           max_chars_per_text=args.max_chars_per_text, label_studio_prefix=args.label_studio_prefix)
     export_dir = resolve_export_dir(args.model_path_prefix)  # a wrong path fails now, not after start-up
     config = dataclasses.replace(config, model_path_prefix=export_dir)
     if args.ray:

@@ -520,6 +520,8 @@ def parse_check(argv: List[str], line: str, block: Block):
             if flag in ("-r", "-c"):
                 assert os.path.isfile(os.path.join(ROOT, value)), f"{where}: pip {flag} {value}: no such file"
         return
+    if kind == "tool" and os.path.basename(name) == "label-studio":
+        return parse_label_studio(args, where)
     if kind == "tool" and name == "serve" and args[:1] == ["run"]:
         return parse_serve_run(args[1:], where)
     if kind == "tool" and name == "ray" and "--" in args:  # ray job submit ... -- python infer.py ...
@@ -529,6 +531,20 @@ def parse_check(argv: List[str], line: str, block: Block):
             sys.executable), name)), f"{where}: {name} is not installed with the Ray extra"
         return
     raise AssertionError(f"{where}: `{line}`: no parser to check it with (tests/test_docs.py `parse_check`)")
+
+
+def parse_label_studio(args: List[str], where: str):
+    """`label-studio COMMAND --flag ...` (docs/how-to/label-studio.md): every flag is one that the Label
+    Studio environment's `label-studio COMMAND --help` lists (`make install-labelstudio` builds it)."""
+    venv = os.path.join(ROOT, os.environ.get("PTUNING_LABEL_STUDIO_VENV", ".venv-labelstudio"))
+    program = os.path.join(venv, "bin", "label-studio")
+    assert os.access(program, os.X_OK), f"{where}: no Label Studio at {venv}: `make install-labelstudio` builds it"
+    env = dict(os.environ, LATEST_VERSION_CHECK="false", COLLECT_ANALYTICS="false", SENTRY_DSN="")
+    usage = subprocess.run([program, args[0], "--help"], capture_output=True, text=True, env=env, timeout=300)
+    assert usage.returncode == 0, f"{where}: label-studio {args[0]} --help: {usage.stderr[-2000:]}"
+    for flag in (a.split("=", 1)[0] for a in args[1:] if a.startswith("-")):
+        assert re.search(rf"(^|[\s,]){re.escape(flag)}([\s,=]|$)", usage.stdout, re.M), \
+            f"{where}: label-studio {args[0]} has no {flag}"
 
 
 def parse_serve_run(args: List[str], where: str):

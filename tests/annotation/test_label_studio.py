@@ -48,3 +48,33 @@ def test_a_task_keeps_pairs_apart_and_never_lets_meta_replace_the_text():
     task = ls.task(("甲", "乙"), meta={"text": "other", "line": 3})
     assert task == {"data": {"text": "甲", "text_b": "乙", "line": 3}}
     assert "predictions" not in ls.task("x")
+
+
+def test_a_config_read_back_gives_each_controls_names_labels_and_text_keys():
+    """read_labeling_config: what the ML backend needs from a project's config, for every config this
+    tool writes, and the config's own names (alias over value; a Taxonomy's paths, ancestors included)."""
+    for task_type in ("multi-class", "multi-label", "hierarchical"):
+        labels = ["体育", "科技", "科技##手机"]
+        (control,) = ls.read_labeling_config(ls.labeling_config(labels, task_type, pair=True))
+        assert (control.name, control.to_name, control.text_keys) == (ls.CONTROL, ls.TEXT, (ls.TEXT, ls.TEXT_B))
+        assert sorted(control.labels) == sorted(labels) and control.multiple == (task_type != "multi-class")
+        assert control.kind == ("taxonomy" if task_type == "hierarchical" else "choices")
+    (control,) = ls.read_labeling_config(
+        '<View><Text name="b" value="$second"/><Text name="a" value="$first"/>'
+        '<choices name="c" toName="a" choice="multiple"><Choice value="x" alias="y"/><Choice value="z"/></choices></View>')
+    assert (control.to_name, control.text_keys, control.labels) == ("a", ("first", "second"), ("y", "z"))
+
+
+def test_a_config_the_backend_cannot_use_is_a_config_error_saying_why():
+    bad = {"<View": "not well-formed", '<!DOCTYPE v [<!ENTITY e "x">]><View/>': "DTD",
+           '<View><Text name="t" value="$t"/></View>': "no <Choices> or <Taxonomy>",
+           '<View><Image name="i" value="$i"/><Choices name="c" toName="i"/></View>': "not a <Text>",
+           '<View><Text name="t" value="hello"/><Choices name="c" toName="t"/></View>': "task field",
+           '<View><Text name="t" value="$t"/><Choices name="c" toName="t" value="$opts"/></View>': "from the task"}
+    for config, reason in bad.items():
+        try:
+            ls.read_labeling_config(config)
+        except ls.ConfigError as exc:
+            assert reason in str(exc), (config, str(exc))
+        else:
+            raise AssertionError(f"accepted: {config}")

@@ -1,6 +1,6 @@
 """The annotation tools' formats: Label Studio and doccano in and out of the dataset folder. No Paddle.
 
-label_studio.py          Label Studio's JSON: the labelling config, tasks, predictions (pre-annotations)
+label_studio.py          Label Studio's JSON: the labelling config (written and read back), tasks, predictions (pre-annotations)
 records.py               what every reader yields (`Record`, `Vote`) and the checks of texts and labels
 label_studio_reader.py   Label Studio's JSON and JSON-MIN exports -> records
 doccano.py               doccano's JSONL -> records, and its lines as export writes them

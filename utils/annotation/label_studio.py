@@ -17,12 +17,14 @@ is the best label's probability (multi-class) or the lowest probability among th
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from xml.sax.saxutils import quoteattr
 
 from ..task.decoding import HIERARCHICAL, LEVEL_SEPARATOR, MULTI_CLASS, MULTI_LABEL
 
-__all__ = ["CONTROL", "TEXT", "TEXT_B", "labeling_config", "leaf_paths", "prediction", "result", "task"]
+__all__ = ["CONTROL", "TEXT", "TEXT_B", "ConfigError", "Control", "labeling_config", "leaf_paths", "prediction",
+           "read_labeling_config", "result", "task"]
 
 CONTROL = "label"     # the labelling config's control tag name (from_name)
 TEXT = "text"         # the object tag name (to_name) and the task's data key
@@ -127,3 +129,114 @@ def task(text: Text, predictions: Optional[List[Dict[str, Any]]] = None,
     if annotations:
         out["annotations"] = annotations
     return out
+
+
+# -- reading a project's labelling config (the ML backend's /setup and /predict) ------------------
+
+CLASSIFICATION_TAGS = ("choices", "taxonomy")
+
+
+class ConfigError(ValueError):
+    """A labelling config this tool cannot pre-label: the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Control:
+    """A classification control of a labelling config, as Label Studio's results must name it:
+    `name` (from_name), `to_name` (the Text object it labels), `kind` (`choices` or `taxonomy`),
+    `multiple` (Choices' choice="multiple"; a Taxonomy always takes several paths), `labels` (a
+    Choice's alias or value; a Taxonomy node's path joined with `##`, ancestors included) and
+    `text_keys`: the task data keys of the texts, the control's object first (`$text` -> `text`),
+    then the config's other Text objects in document order (a pair's second text)."""
+
+    name: str
+    to_name: str
+    kind: str
+    multiple: bool
+    labels: Tuple[str, ...]
+    text_keys: Tuple[str, ...]
+
+
+def _tag(element) -> str:
+    return element.tag.lower() if isinstance(element.tag, str) else ""
+
+
+def _choice_name(choice, where: str) -> str:
+    name = choice.get("alias") or choice.get("value")
+    if not name:
+        raise ConfigError(f"{where}: a <Choice> has no value")
+    return name
+
+
+def _taxonomy_labels(element, parent: Tuple[str, ...] = ()) -> List[str]:
+    labels = []
+    for child in element:
+        if _tag(child) == "choice":
+            path = parent + (_choice_name(child, f"<Taxonomy name={element.get('name')!r}>"),)
+            if any(LEVEL_SEPARATOR in part for part in path):
+                raise ConfigError(f"a <Taxonomy> choice contains {LEVEL_SEPARATOR!r}, this tool's level separator")
+            labels.append(LEVEL_SEPARATOR.join(path))
+            labels += _taxonomy_labels(child, path)
+        else:
+            labels += _taxonomy_labels(child, parent)  # (layout tags inside the control)
+    return labels
+
+
+def _text_objects(root) -> Dict[str, str]:
+    """`{Text name: task data key}` of every <Text> tag whose value is a task field (`$key`)."""
+    texts: Dict[str, str] = {}
+    for element in root.iter():
+        if _tag(element) != "text":
+            continue
+        name, value = element.get("name"), element.get("value") or ""
+        if not name:
+            raise ConfigError("a <Text> tag has no name")
+        if not (value.startswith("$") and len(value) > 1):
+            raise ConfigError(f"<Text name={name!r}>: its value must be a task field such as \"$text\", got {value!r}")
+        if (element.get("valueType") or "text").lower() != "text":
+            raise ConfigError(f"<Text name={name!r}>: valueType={element.get('valueType')!r}: the task must hold the "
+                              "text itself, not a URL to it")
+        texts[name] = value[1:]
+    return texts
+
+
+def _control(element, texts: Dict[str, str]) -> Control:
+    name, kind = element.get("name"), _tag(element)
+    to_name = (element.get("toName") or "").split(",")[0].strip()
+    where = f"<{element.tag} name={name!r}>"
+    if not name:
+        raise ConfigError(f"a <{element.tag}> control has no name")
+    if to_name not in texts:
+        raise ConfigError(f"{where}: toName={to_name!r} is not a <Text> of the config (this model classifies texts)")
+    if kind == "taxonomy":
+        labels, multiple = _taxonomy_labels(element), True
+    else:
+        if (element.get("value") or "").startswith("$"):
+            raise ConfigError(f"{where}: its choices come from the task ({element.get('value')}); list them as "
+                              "<Choice> tags")
+        labels = [_choice_name(choice, where) for choice in element.iter() if _tag(choice) == "choice"]
+        multiple = (element.get("choice") or "single").lower() == "multiple"
+    others = [key for text_name, key in texts.items() if text_name != to_name]
+    return Control(name, to_name, kind, multiple, tuple(labels), (texts[to_name], *others))
+
+
+def read_labeling_config(config: str) -> List[Control]:
+    """The classification controls (<Choices>, <Taxonomy>) of a labelling config, each on a <Text>;
+    `ConfigError` if it is not XML, declares a DTD (never in a Label Studio config; refused so no
+    entity can expand) or has none."""
+    import xml.etree.ElementTree as ET
+
+    if "<!doctype" in config.lower() or "<!entity" in config.lower():
+        raise ConfigError("declares a DTD or entities (<!DOCTYPE, <!ENTITY): a labelling config has none")
+    try:
+        root = ET.fromstring(config)
+    except ET.ParseError as exc:
+        raise ConfigError(f"is not well-formed XML: {exc}") from None
+    texts = _text_objects(root)
+    try:
+        controls = [_control(element, texts) for element in root.iter() if _tag(element) in CLASSIFICATION_TAGS]
+    except RecursionError:  # (a Taxonomy's paths are read recursively)
+        raise ConfigError("is nested too deeply to be a labelling config") from None
+    if not controls:
+        raise ConfigError("has no <Choices> or <Taxonomy> control: this model chooses labels for a <Text>")
+    return controls

@@ -30,7 +30,8 @@ from .predictions import ranked_labels
 from .predictor import CHUNK_SIZE, ExportedClassifier, classify_file, resolve_export_dir
 from ..progress import Progress
 
-__all__ = ["Classifier", "LabelSetPrediction", "Prediction", "default_device", "default_num_threads"]
+__all__ = ["Classifier", "LabelSetPrediction", "Prediction", "decode_predictions", "default_device",
+           "default_num_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,21 @@ class LabelSetPrediction:
     @property
     def names(self) -> List[str]:
         return [label for label, _ in self.labels]
+
+
+def decode_predictions(probs: np.ndarray, labels: List[str], decoder, top_k: int = 1,
+                       threshold: Optional[float] = None) -> List[Union[Prediction, LabelSetPrediction]]:
+    """`Classifier.predict`'s answers from its probabilities (`decoder`: the model's `Decoder`), so
+    that whoever holds probabilities (the service's batcher) decides exactly as `predict` does."""
+    ranked = ranked_labels(probs, len(labels) if decoder.multi_label else min(top_k, len(labels)))
+    if decoder.multi_label:
+        decided = decoder.decide(probs, thresholds=threshold)
+        return [LabelSetPrediction([(labels[j], float(row[j])) for j in order if chosen[j]],
+                                   [(labels[j], float(row[j])) for j in order[:top_k]])
+                for row, order, chosen in zip(probs, ranked, decided)]
+    names = decoder.names(probs)  # the best label, or the other label below the reject threshold
+    return [Prediction(name, float(row[best[0]]), [(labels[j], float(row[j])) for j in best])
+            for name, row, best in zip(names, probs, ranked)]
 
 
 class Classifier:
@@ -213,17 +229,8 @@ class Classifier:
                                 "label", "threshold")
             if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
                 raise UserError(f"must be a number in [0, 1], got {threshold!r}", "threshold")
-        probs = self.predict_proba(texts, progress=progress)
-        labels = self.model.labels
-        ranked = ranked_labels(probs, len(labels) if decoder.multi_label else min(top_k, len(labels)))
-        if decoder.multi_label:
-            decided = decoder.decide(probs, thresholds=threshold)
-            return [LabelSetPrediction([(labels[j], float(row[j])) for j in order if chosen[j]],
-                                       [(labels[j], float(row[j])) for j in order[:top_k]])
-                    for row, order, chosen in zip(probs, ranked, decided)]
-        names = decoder.names(probs)  # the best label, or the other label below the reject threshold
-        return [Prediction(name, float(row[best[0]]), [(labels[j], float(row[j])) for j in best])
-                for name, row, best in zip(names, probs, ranked)]
+        return decode_predictions(self.predict_proba(texts, progress=progress), self.model.labels, decoder, top_k,
+                                  threshold)
 
     def classify_file(self, input_path: str, output_path: str, top_k: int = 1, sort_by_length: bool = True,
                       progress: Optional[bool] = None, chunk_size: Optional[int] = None) -> dict:

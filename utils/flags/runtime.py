@@ -139,6 +139,9 @@ class ServeArguments(RuntimeArguments):
         "help": "Texts allowed to wait; beyond, requests get 503 + Retry-After."})
     max_texts_per_request: int = field(default=256, metadata={"help": "Texts one request may send."})
     max_chars_per_text: int = field(default=8192, metadata={"help": "Characters one text may have."})
+    label_studio_prefix: str = field(default="/label-studio", metadata={
+        "help": "Where Label Studio's ML backend routes are ({prefix}/health, /setup, /predict, ...): give Label "
+                "Studio http://HOST:PORT/label-studio as the backend's URL (docs/how-to/label-studio.md)."})
     log_level: LogLevel = field(default=LogLevel.INFO, metadata={"help": "uvicorn's (debug: with the access log)."})
     loop: EventLoop = field(default=EventLoop.AUTO, metadata={
         "help": "uvicorn's event loop (auto: uvloop when installed, as requirements.txt does)."})

@@ -5,6 +5,7 @@
     batcher.py      dynamic micro-batching onto N model instances
     requests.py     request checks (4xx naming the field) and response bodies
     middleware.py   body limit, metrics and X-Served-By, the one error shape
+    ml_backend.py   Label Studio's ML backend protocol (the checks and bodies of the /label-studio routes)
     metrics.py      the Prometheus metrics
     ray_serve.py    the service as Ray Serve replicas (`build_app` for `serve run`)
     ray_infer.py    infer.py's file, classified by one Ray actor per node

@@ -13,6 +13,8 @@ probable first, as upstream's multi-label SimpleServing does; `parameters.prob_l
     GET  /health          alive (503 if the model failed to load);  GET /ready: the model is loaded and
                           the service is not draining (503 while loading or draining)
     GET  /labels          labels in output order;  GET /metrics: Prometheus
+    /label-studio/...     Label Studio's ML backend (health, setup, predict, webhook, train, versions), under
+                          `ServiceConfig.label_studio_prefix`: ml_backend.py
     GET  /docs, /openapi.json  (FastAPI's)
 
 Batching (batcher.py; Triton's dynamic batcher, in small): requests queue their texts; one worker per
@@ -34,9 +36,11 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Any, List, Optional
 
+import numpy as np
 from fastapi import Body, FastAPI
 
 from ..errors import UserError
+from . import ml_backend
 from .batcher import Batcher
 from .config import ServiceConfig
 from .metrics import Metrics
@@ -49,11 +53,12 @@ __all__ = ["Service", "ServiceConfig", "create_app", "route"]
 logger = logging.getLogger(__name__)
 
 
-def route(method: str, path: str):
+def route(method: str, path: str, prefix: Optional[str] = None):
     """Marks a `Service` method as the handler of `method path` (FastAPI's `@app.get(path)`), bound
-    to its instance when `Service.asgi` builds the app."""
+    to its instance when `Service.asgi` builds the app; `prefix` names the `ServiceConfig` field
+    whose value goes before `path` (`label_studio_prefix`: `/label-studio/predict`)."""
     def mark(handler):
-        handler.route = (method, path)
+        handler.route = (method, path, prefix)
         return handler
     return mark
 
@@ -68,6 +73,7 @@ class Service:
         self.metrics = Metrics()
         self.batcher: Optional[Batcher] = None
         self.error: Optional[str] = None  # why the model could not be loaded
+        self._model_version: Optional[str] = None
 
     def asgi(self):
         """The FastAPI app of this service: its routes, error handlers, middleware and lifespan."""
@@ -78,7 +84,8 @@ class Service:
         add_error_handlers(app)
         for name, member in vars(Service).items():  # (in the order defined: the order of /openapi.json)
             if hasattr(member, "route"):
-                method, path = member.route
+                method, path, prefix = member.route
+                path = (getattr(self.config, prefix) if prefix else "") + path
                 app.add_api_route(path, getattr(self, name), methods=[method])
         app.state.service, app.state.metrics, app.state.config = self, self.metrics, self.config
         return app
@@ -213,6 +220,87 @@ class Service:
         prob_limit = check_threshold(parameters.get("prob_limit"), "parameters.prob_limit")
         top_k = check_top_k(parameters.get("top_k"), "parameters.top_k", len(classifier.labels), config.default_top_k)
         return {"result": await self.classify(examples, top_k, max_seq_length, threshold=prob_limit)}
+
+
+    # Label Studio's ML backend (ml_backend.py): under --label_studio_prefix, so that its /predict
+    # is not ours. Label Studio sends every task it was asked about in one request: they go to the
+    # batcher --max_texts_per_request at a time, so batching, limits and metrics are /predict's.
+
+    @route("GET", "/health", prefix="label_studio_prefix")
+    async def label_studio_health(self):
+        """Label Studio's health check: up once the model is loaded (503 before, or if it failed)."""
+        self.ready_batcher()
+        return {"status": "UP", "model_class": "ptuning", "model_version": self.model_version}
+
+    @route("POST", "/setup", prefix="label_studio_prefix")
+    async def label_studio_setup(self, body: Any = Body(..., examples=[{"project": "1.1700000000", "schema": "<View>"
+                                                                        "...</View>"}])):
+        """The project's labelling config (`schema`) checked against the model: `{"model_version"}`,
+        or a 422 naming `schema` when its control cannot hold this model's labels."""
+        body = body_dict(body)
+        field = "schema" if "schema" in body or "label_config" not in body else "label_config"
+        if field not in body:
+            raise RequestError(422, "schema", "is required: the project's labelling config")
+        self.ready_batcher()
+        self.label_studio_control(body[field], field)
+        return {"model_version": self.model_version}
+
+    @route("POST", "/predict", prefix="label_studio_prefix")
+    async def label_studio_predict(self, body: Any = Body(..., examples=[{
+            "tasks": [{"id": 1, "data": {"text": "央行宣布降准"}}], "label_config": "<View>...</View>"}])):
+        """`{"tasks", "label_config", ...}` -> `{"results": [a prediction per task], "model_version"}`."""
+        body = body_dict(body)
+        for name in ("tasks", "label_config"):
+            if name not in body:
+                raise RequestError(422, name, "is required (Label Studio's predict request: tasks and label_config)")
+        batcher = self.ready_batcher()
+        control = self.label_studio_control(body["label_config"], "label_config")
+        classifier, step = self.classifier, min(self.config.max_texts_per_request, self.config.max_queue)
+        examples = ml_backend.task_examples(body["tasks"], control, classifier.pair, self.config)
+        probs = [await batcher.submit(examples[start:start + step]) for start in range(0, len(examples), step)]
+        self.metrics.texts.inc(len(examples))
+        version = self.model_version
+        return {"results": ml_backend.predictions(np.concatenate(probs), classifier, control, version),
+                "model_version": version}
+
+    @route("POST", "/webhook", prefix="label_studio_prefix")
+    async def label_studio_webhook(self, body: Any = Body(..., examples=[{"action": "TASKS_CREATED"}])):
+        """Project events Label Studio sends on its own: acknowledged, nothing to do (the model is
+        trained by train.py); its START_TRAINING action is /train's 501."""
+        body = body_dict(body)
+        if body.get("action") == ml_backend.START_TRAINING:
+            return self.not_trained_here()
+        return {"status": "ignored", "reason": "this model is trained by train.py, not from Label Studio's events"}
+
+    @route("POST", "/train", prefix="label_studio_prefix")
+    async def label_studio_train(self, body: Any = Body(None)):
+        """Label Studio's "Start training": 501, this model is trained by train.py (docs/how-to/label-studio.md)."""
+        return self.not_trained_here()
+
+    @route("GET", "/versions", prefix="label_studio_prefix")
+    async def label_studio_versions(self):
+        self.ready_batcher()
+        return {"versions": [self.model_version]}
+
+    # What the Label Studio routes share
+
+    @property
+    def model_version(self) -> str:
+        if self._model_version is None:
+            self._model_version = ml_backend.model_version(self.config.name, self.classifier.model)
+        return self._model_version
+
+    def label_studio_control(self, config: Any, field: str):
+        try:
+            return ml_backend.check_config(config, field, self.classifier)
+        except RequestError as exc:  # (Label Studio shows the status only: the reason goes to the log too)
+            logger.warning("Label Studio's %s refused: %s", field, exc.message)
+            raise
+
+    @staticmethod
+    def not_trained_here():
+        return error_response(501, "train", "this service does not train: train a model with train.py on the "
+                                            "annotated data, export it and serve the new export")
 
 
 def create_app(config: ServiceConfig, classifier=None, served_by: Optional[str] = None):

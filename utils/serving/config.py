@@ -1,6 +1,7 @@
 """What serve.py serves and how (`ServiceConfig`): the export, the device, batching and request limits."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -8,6 +9,24 @@ from ..errors import UserError
 
 DEFAULT_NAME = "cls_default"
 MAX_INSTANCES = 64  # model workers on one device: more is a typo (each a thread and a run in memory)
+
+
+# The first path segments of the service's other routes (FastAPI's /docs, /redoc, /openapi.json too):
+# a prefix starting with one would hide its routes or be hidden by them (POST /models/{name}).
+TAKEN_SEGMENTS = ("models", "predict", "health", "ready", "labels", "metrics", "docs", "redoc", "openapi.json")
+PREFIX_CHARACTERS = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+
+
+def check_prefix(prefix) -> None:
+    """--label_studio_prefix: a path of one or more segments (`/label-studio`, `/ls/v1`) that no other
+    route of the service starts with."""
+    flag = "--label_studio_prefix"
+    if not isinstance(prefix, str) or not PREFIX_CHARACTERS.fullmatch(prefix):
+        raise UserError(f"must be a URL path such as /label-studio (segments of letters, digits, '.', '_', '~', '-', "
+                        f"no trailing '/'), got {prefix!r}", flag)
+    first = prefix.split("/")[1]
+    if first in TAKEN_SEGMENTS or first in (".", ".."):
+        raise UserError(f"{prefix!r} would clash with the service's /{first} route", flag)
 
 
 @dataclass
@@ -29,6 +48,7 @@ class ServiceConfig:
     max_texts_per_request: int = 256
     max_chars_per_text: int = 8192
     default_top_k: int = 1
+    label_studio_prefix: str = "/label-studio"  # where Label Studio's ML backend routes are (ml_backend.py)
 
     def __post_init__(self):
         for name in ("instances", "max_batch_size", "max_queue", "max_texts_per_request", "max_chars_per_text", "default_top_k"):
@@ -39,6 +59,7 @@ class ServiceConfig:
             raise UserError(f"must be zero or more, got {self.max_wait_ms}", "--max_wait_ms")
         if not self.name or "/" in self.name:
             raise UserError(f"must be a non-empty name without '/', got {self.name!r}", "--name")
+        check_prefix(self.label_studio_prefix)
         for name in ("num_threads", "max_seq_length"):  # infer.py's checks and words: the same error for the same flag
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):

@@ -152,7 +152,7 @@ def build_app(args: Dict[str, Any]):
         raise ValueError("model_path_prefix is required (the export directory, present on every node)")
 
     def convert(name: str, value: Any) -> Any:
-        if not isinstance(value, str) or name in ("model_path_prefix", "name", "device"):
+        if not isinstance(value, str) or name in ("model_path_prefix", "name", "device", "label_studio_prefix"):
             return value
         if value.lower() in ("none", "null", ""):
             return None

@@ -54,19 +54,27 @@ def check_texts(texts: Any, field: str, pair: bool, config: ServiceConfig, pairs
         for key, value in fields.items():
             if not isinstance(value, str):
                 raise RequestError(422, where, f"{key} must be a string, got {type(value).__name__}")
-            try:
-                check_text(value, text_field(field, index, key, pair, pairs is not None))
-            except UserError as exc:  # a lone surrogate ("\ud800" in the JSON): no tokenizer takes it
-                raise RequestError(400, exc.path, exc.message) from None
-            value = value.strip()
-            if not value:
-                raise RequestError(422, where, "is empty")
-            if len(value) > config.max_chars_per_text:
-                raise RequestError(413, where, f"has {len(value)} characters; at most {config.max_chars_per_text} "
-                                               "(--max_chars_per_text)")
-            example[key] = value
+            example[key] = clean_text(value, where, config, text_field(field, index, key, pair, pairs is not None))
         examples.append(example)
     return examples
+
+
+def clean_text(value: Any, where: str, config: ServiceConfig, unicode_field: Optional[str] = None) -> str:
+    """One text of a request, stripped, or a 4xx naming `where` (`unicode_field`, when given, for a
+    text that is not valid Unicode): not a string, a lone surrogate, empty, over --max_chars_per_text."""
+    if not isinstance(value, str):
+        raise RequestError(422, where, f"must be a string, got {type(value).__name__}")
+    try:
+        check_text(value, unicode_field or where)
+    except UserError as exc:  # a lone surrogate ("\ud800" in the JSON): no tokenizer takes it
+        raise RequestError(400, exc.path, exc.message) from None
+    value = value.strip()
+    if not value:
+        raise RequestError(422, where, "is empty")
+    if len(value) > config.max_chars_per_text:
+        raise RequestError(413, where, f"has {len(value)} characters; at most {config.max_chars_per_text} "
+                                       "(--max_chars_per_text)")
+    return value
 
 
 def text_field(field: str, index: int, key: str, pair: bool, separate_pairs: bool) -> str:
