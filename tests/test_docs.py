@@ -240,7 +240,7 @@ def page_params():
 def make_sandbox(base: str, tiny_model_dir: str, trained=None, setup=()) -> str:
     """A directory laid out like the repository root, with stand-ins for what the pages name:
 
-    data/example, data/multilabel_example, data/hierarchical_example   the repository's
+    data/example, data/multilabel_example, data/hierarchical_example, data/label-studio-example   the repository's
     data/tnews/            the keyword task (utils.testing.synthetic) stands in for TNEWS, plus unlabeled.txt (texts
                            without labels) and splits/train_<i>.txt, dev_<i>.txt (i = 0, 1; FewCLUE's layout)
     data/*.txt             the keyword task again (upstream's `--data_dir ./data`)
@@ -253,7 +253,7 @@ def make_sandbox(base: str, tiny_model_dir: str, trained=None, setup=()) -> str:
 
     root = os.path.join(base, "repo")
     os.makedirs(os.path.join(root, "checkpoints"))
-    for name in ("example", "multilabel_example", "hierarchical_example"):
+    for name in ("example", "multilabel_example", "hierarchical_example", "label-studio-example"):
         shutil.copytree(os.path.join(os.path.dirname(EXAMPLE_DATA), name), os.path.join(root, "data", name))
     tnews = write_keyword_dataset(os.path.join(root, "data", "tnews"))
     write_keyword_dataset(os.path.join(root, "data"))

@@ -2,7 +2,7 @@
 
 Silenced unless `--debug`/`PTUNING_DEBUG=1`: import-time warnings ("No ccache found",
 "Setuptools is replacing distutils"), glog warnings from Paddle's C++ core, paddlenlp's DEBUG
-configuration dump and its model-loading/saving chatter, and everything paddle2onnx, Polygraphy
+configuration dump and its model-loading/saving chatter, fontTools' INFO lines, and everything paddle2onnx, Polygraphy
 and onnxruntime's quantizer print while exporting (kept and shown if that step fails).
 """
 from __future__ import annotations
@@ -51,6 +51,8 @@ def setup(debug: bool = False) -> None:
     # A filter, not paddlenlp's set_level: that would import paddlenlp, and with it Paddle, into
     # infer.py and serve.py, which need neither (4 s and ~300 MB).
     logging.getLogger("PaddleNLP").addFilter(_DropChatter())
+    # fontTools logs each table it prunes at INFO while report pages embed a CJK font subset.
+    logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 
 def debug() -> bool:
