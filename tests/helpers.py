@@ -188,3 +188,19 @@ def closed_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield s.getsockname()[1]
+
+
+def post_raw_or_json(client, path: str, body):
+    """POST `body` as it is (bytes, for malformed JSON) or as JSON."""
+    if isinstance(body, bytes):
+        return client.post(path, content=body, headers={"content-type": "application/json"})
+    return client.post(path, json=body)
+
+
+def assert_error_names(response, status: int, field: str) -> dict:
+    """The service's one error shape: the status, the field at fault, a message, no traceback."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and error["status"] == status and error["message"]
+    assert "Traceback" not in response.text
+    return error

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, metric_value, ready_client, until
-from helpers import flip_byte, infer_jsonl, texts_and_file
+from helpers import assert_error_names, flip_byte, infer_jsonl, post_raw_or_json, texts_and_file
 from service_fakes import FakeClassifier, FakeModel, HeldModel
 from utils.errors import run_cli
 from utils.serving.app import ServiceConfig, create_app
@@ -134,14 +134,7 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize("path, body, status, field", BAD_REQUESTS, ids=[f"{b!r}"[:50] for _, b, _, _ in BAD_REQUESTS])
 def test_a_bad_request_is_a_4xx_naming_the_field(path, body, status, field, client):
-    if isinstance(body, bytes):
-        response = client.post(path, content=body, headers={"content-type": "application/json"})
-    else:
-        response = client.post(path, json=body)
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["field"] == field and error["status"] == status and error["message"]
-    assert "Traceback" not in response.text
+    assert_error_names(post_raw_or_json(client, path, body), status, field)
     assert client.post("/predict", json={"texts": ["苹果"]}).status_code == 200  # and the service goes on
 
 
