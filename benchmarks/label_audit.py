@@ -101,9 +101,11 @@ def audit_numbers(out, planted):
     with open(os.path.join(out, "label_issues.tsv"), encoding="utf-8") as fp:
         flagged = {int(line.split("\t")[0].rsplit(":", 1)[1]) for line in list(fp)[1:]}
     hits = len(flagged & set(planted))
+    true = [labels.index(planted.get(line, labels[g[0]])) for line, g in zip(lines, given)]
     return {"k": k, "precision_at_k": len(top & set(planted)) / k, "recall_at_k": len(top & set(planted)) / k,
             "flagged": len(flagged), "flagged_precision": hits / len(flagged) if flagged else None,
-            "flagged_recall": hits / k, "oof_accuracy": float((probs.argmax(1) == [g[0] for g in given]).mean())}, \
+            "flagged_recall": hits / k, "oof_accuracy": float((probs.argmax(1) == [g[0] for g in given]).mean()),
+            "oof_accuracy_true": float((probs.argmax(1) == true).mean())}, \
         flagged
 
 
@@ -134,7 +136,7 @@ def one_case(name, model, source, fraction, work, flags, folds):
 
 
 def table(results):
-    rows = ["| data | noise | k | P@k | R@k | flagged (P / R) | OOF acc | acc noisy | acc − flagged | acc clean "
+    rows = ["| data | noise | k | P@k | R@k | flagged (P / R) | OOF acc (given / true) | acc noisy | acc − flagged | acc clean "
             "| gap recovered |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         a = r["accuracy"]
@@ -142,7 +144,7 @@ def table(results):
         gap = "– (no gap)" if r["gap_recovered"] is None else f"{100 * r['gap_recovered']:.0f}%"
         rows.append(f"| {r['dataset']} | {100 * r['noise']:.0f}% | {r['k']} | {r['precision_at_k']:.2f} | "
                     f"{r['recall_at_k']:.2f} | {r['flagged']} ({flagged_p} / {r['flagged_recall']:.2f}) | "
-                    f"{r['oof_accuracy']:.3f} | {a['noisy']:.3f} | {a['minus_flagged']:.3f} | {a['clean']:.3f} | "
+                    f"{r['oof_accuracy']:.3f} / {r['oof_accuracy_true']:.3f} | {a['noisy']:.3f} | {a['minus_flagged']:.3f} | {a['clean']:.3f} | "
                     f"{gap} |")
     return "\n".join(rows) + "\n"
 
@@ -154,6 +156,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=160)
     parser.add_argument("--tnews_steps", type=int, default=100)
     parser.add_argument("--skip_tnews", action="store_true")
+    parser.add_argument("--keyword_per_class", default="32,64",
+                        help="training texts per label of the keyword task, one audit pair per size (32: 96 texts)")
     args = parser.parse_args()
     os.environ.setdefault("PTUNING_OFFLINE", "1")
     from utils.model import compat
@@ -162,9 +166,12 @@ def main() -> int:
     compat.apply()
     os.makedirs(args.work, exist_ok=True)
     keyword_model, tnews_model = tiny_models(args.work)
-    keyword = write_keyword_dataset(os.path.join(args.work, "keyword"))
     flags = ["--prompt", PROMPT, "--max_steps", str(args.steps), "--eval_steps", "20", "--logging_steps", "20", *FAST]
-    cases = [("keyword", keyword_model, keyword, f, flags) for f in NOISE]
+    cases = []
+    for per_class in (int(n) for n in args.keyword_per_class.split(",")):
+        name = "keyword" if per_class == 32 else f"keyword{3 * per_class}"
+        keyword = write_keyword_dataset(os.path.join(args.work, name), train_per_class=per_class)
+        cases += [(name, keyword_model, keyword, f, flags) for f in NOISE]
     if os.path.isdir(TNEWS) and os.path.isdir(tnews_model) and not args.skip_tnews:
         tnews_flags = ["--prompt", "这条新闻标题的主题是", "--max_steps", str(args.tnews_steps), "--eval_steps",
                        str(max(1, args.tnews_steps // 4)), "--logging_steps", "20", *FAST]
@@ -175,7 +182,8 @@ def main() -> int:
     for name, model, source, fraction, case_flags in cases:   # written after each case
         results.append(one_case(name, model, source, fraction, args.work, case_flags, args.folds))
         with open(os.path.join(ROOT, "benchmarks", "results_label_audit.json"), "w", encoding="utf-8") as fp:
-            json.dump({"folds": args.folds, "steps": args.steps, "tnews_steps": args.tnews_steps, "results": results},
+            json.dump({"folds": args.folds, "steps": args.steps, "tnews_steps": args.tnews_steps,
+                       "keyword_per_class": args.keyword_per_class, "results": results},
                       fp, ensure_ascii=False, indent=1)
         print(table(results), flush=True)
     return 0
