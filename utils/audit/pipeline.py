@@ -25,6 +25,19 @@ def oof_accuracy(pool: Pool, probs: np.ndarray, decided: np.ndarray) -> float:
     return float(np.mean([set(np.flatnonzero(row)) == set(given) for row, given in zip(decided, pool.given())]))
 
 
+def weak_models_warning(accuracy: float, given: List[List[int]]) -> str:
+    """A warning when the fold models are hardly better than always answering the most frequent given
+    label: their disagreement with a label then says little, and the ranking is close to a guess."""
+    counts = np.bincount([labels[0] for labels in given if labels])
+    baseline = float(counts.max() / counts.sum()) if counts.size else 0.0
+    if accuracy >= baseline + 0.5 * (1 - baseline):
+        return ""
+    return (f"warning: the fold models' out-of-fold accuracy ({100 * accuracy:.1f}%) is not much above always "
+            f"answering the most frequent label ({100 * baseline:.1f}%): these suspects are close to guesses. "
+            "More labelled lines, more training steps or a pretrained model make the audit meaningful "
+            "(docs/how-to/label-audit.md).\n")
+
+
 def summarize(flags, pool: Pool, oof: Dict[str, Any], found: int, reported: int) -> Dict[str, Any]:
     audit = flags.audit
     files: Dict[str, int] = {}
@@ -69,4 +82,6 @@ def run_audit(flags) -> Dict[str, Any]:
     shown: List[str] = [os.path.join(output_dir, name) for name in (ISSUES_TSV, ISSUES_HTML, REVIEW_TASKS, SUMMARY)]
     sys.stderr.write(f"{len(issues)} suspect label(s) among {len(pool.examples)} examples "
                      f"(out-of-fold accuracy {100 * summary['oof_accuracy']:.1f}%); wrote {', '.join(shown)}\n")
+    if pool.task_type == MULTI_CLASS:
+        sys.stderr.write(weak_models_warning(summary["oof_accuracy"], pool.given()))
     return summary
