@@ -119,8 +119,9 @@ def convert_to_onnx(directory: str, files: Dict[str, str], opset: int, output_na
         view = value.name.rsplit("_v", 1)[1] if value.name not in INPUT_NAMES and "_v" in value.name else ""
         dims[0].dim_param, dims[1].dim_param = "batch", "sequence" + (f"_v{view}" if view else "")
     renames = {output.name: name for output, name in zip(model.graph.output, output_names)}
-    for node in model.graph.node:
+    for node in model.graph.node:  # consumers too: an output may feed later nodes (cls: the pooled vector)
         node.output[:] = [renames.get(o, o) for o in node.output]
+        node.input[:] = [renames.get(i, i) for i in node.input]
     for output, name in zip(model.graph.output, output_names):
         output.name = name
     model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
