@@ -299,3 +299,31 @@ def test_chunks_come_back_in_input_order_with_a_bounded_number_in_flight():
     assert 3 < fake_ray.peak <= UNWRITTEN_PER_WORKER * 3  # several in flight, never more than the bound
     assert sorted(stats["nodes"]) == ["node-0", "node-1", "node-2"]
     assert sum(n["blocks"] for n in stats["nodes"].values()) == 40
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["entropy", "hybrid"])
+def test_select_on_ray_picks_what_it_picks_locally(strategy, ray_cluster, trained, tmp_path):
+    """select.py --ray scores the chunks on the cluster's workers (hybrid: with their mask_embedding)
+    and picks the same texts, in the same order, with the same scores as on this machine."""
+    export = os.path.join(trained[1], "export")
+    input_path = write_lines(tmp_path / "pool.txt", 1200, gold=False, seed=5)
+    common = ["select.py", "--model_path_prefix", export, "--input_file", input_path, "--k", "20",
+              "--strategy", strategy, "--pool_size", "200", "--chunk_size", "300", "--device", "cpu"]
+    outputs = {}
+    for where, extra in (("local", []), ("ray", ["--ray", ray_cluster.address])):
+        out = str(tmp_path / f"{where}.tsv")
+        result = subprocess.run([sys.executable, *common, "--output_file", out, *extra], cwd=ROOT,
+                                env=ray_cluster.env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        with open(out, encoding="utf-8") as fp:
+            outputs[where] = [line.split("\t") for line in fp.read().splitlines()]
+        summary = json.loads(result.stdout)
+    nodes = summary["ray"]["nodes"]  # the ray run's: each node's worker scored some of the 4 chunks
+    assert len(nodes) == 2 and all(n["blocks"] >= 1 for n in nodes.values())
+    assert sum(n["texts"] for n in nodes.values()) == 1200
+    assert len(outputs["local"]) == 1 + 20
+    for local, ray in zip(outputs["local"], outputs["ray"]):
+        assert local[:3] == ray[:3] and local[4:] == ray[4:]       # rank, line, text, prediction
+        if local[0] != "rank":
+            assert float(local[3]) == pytest.approx(float(ray[3]), abs=1e-5)
