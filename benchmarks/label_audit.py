@@ -152,11 +152,12 @@ def one_case(name, model, source, fraction, work, flags, folds, train_seeds=(42,
 
 def table(results):
     rows = ["| data | test texts | noise | k | P@k | R@k | flagged (P / R) | OOF acc (given / true) | acc noisy | acc − flagged | acc clean "
-            "| gap recovered |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| gap recovered (of the gap) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         a = r["accuracy"]
         flagged_p = "–" if r["flagged_precision"] is None else f"{r['flagged_precision']:.2f}"
-        gap = "– (no gap)" if r["gap_recovered"] is None else f"{100 * r['gap_recovered']:.0f}%"
+        points = 100 * (a["clean"] - a["noisy"])
+        gap = "– (no gap)" if r["gap_recovered"] is None else f"{100 * r['gap_recovered']:.0f}% of {points:.1f} pts"
         true = "–" if r.get("oof_accuracy_true") is None else f"{r['oof_accuracy_true']:.3f}"
         rows.append(f"| {r['dataset']} | {r.get('test_size', '–')} | {100 * r['noise']:.0f}% | {r['k']} | {r['precision_at_k']:.2f} | "
                     f"{r['recall_at_k']:.2f} | {r['flagged']} ({flagged_p} / {r['flagged_recall']:.2f}) | "
