@@ -1,8 +1,10 @@
 """Label audit with planted noise: does audit.py find flipped labels, and does removing them help?
 
     python benchmarks/label_audit.py [--work benchmarks/work/label_audit] [--folds 5] [--steps 160] [--tnews_steps 100]
+        [--keyword_per_class 32,64] [--test_per_class 100] [--noise 0.1,0.2] [--skip_tnews]
 
-For the keyword task (utils/testing/synthetic.py, 96 training texts, 3 labels) and, when
+For the keyword task (utils/testing/synthetic.py, 96 and 192 training texts, 3 labels, a fixed seeded
+test.txt of --test_per_class texts per label, the same for every run of a size) and, when
 ../shared/data/fewclue/tnews exists, FewCLUE tnews (240 training texts, 15 labels), at 10% and 20%
 noise: flip that share of train.txt's labels (seeded, utils.testing.synthetic.flip_labels), run
 audit.py, and report
@@ -11,12 +13,14 @@ audit.py, and report
   (cleanlab's, over every audited example) against the planted lines; and of the flagged set
   (label_issues.tsv: what confident learning flags, any size);
 * test accuracy of train.py trained on the noisy train.txt, on the noisy one minus the flagged lines,
-  and on the clean one (same flags, same seed), and the share of the noisy-to-clean gap that removing
-  the flagged lines recovers.
+  and on the clean one (same flags; the mean over --train_seeds, default 42,43,44, since one run of the tiny
+  model swings by several points with the seed), and the share of the noisy-to-clean gap (of those means)
+  that removing the flagged lines recovers.
 
 The model is the tiny random ERNIE (2 layers, hidden 64; the keyword task's own vocab, tnews: the real
 40k ERNIE 3.0 vocab) on CPU, P-tuning: the keyword task is learnable by it, tnews is not (near chance),
-so tnews only shows that the pipeline runs at a real label count. Writes results_label_audit.json and
+so tnews only shows that the pipeline runs at a real label count. Writes results_label_audit.json (rows
+of an earlier run whose data and noise this run does not cover are kept, with a note saying so) and
 prints a Markdown table for QUALITY.md.
 """
 from __future__ import annotations
@@ -109,7 +113,13 @@ def audit_numbers(out, planted):
         flagged
 
 
-def one_case(name, model, source, fraction, work, flags, folds):
+def with_seed(flags, seed):
+    flags = list(flags)
+    flags[flags.index("--seed") + 1] = str(seed)
+    return flags
+
+
+def one_case(name, model, source, fraction, work, flags, folds, train_seeds=(42,)):
     import audit
     from utils.errors import run_cli
 
@@ -127,24 +137,31 @@ def one_case(name, model, source, fraction, work, flags, folds):
     without_lines(noisy, cleaned, flagged)
     clean = os.path.join(base, "data-clean")
     data_copy(source, clean, 0, 0)
-    accuracy = {kind: train_accuracy(model, data, os.path.join(base, f"train-{kind}"), flags)
+    per_seed = {kind: [train_accuracy(model, data, os.path.join(base, f"train-{kind}-seed{seed}"), with_seed(flags, seed))
+                       for seed in train_seeds]
                 for kind, data in (("noisy", noisy), ("minus_flagged", cleaned), ("clean", clean))}
+    accuracy = {kind: sum(values) / len(values) for kind, values in per_seed.items()}   # the mean over the seeds
     gap = accuracy["clean"] - accuracy["noisy"]
     recovered = (accuracy["minus_flagged"] - accuracy["noisy"]) / gap if gap > 0 else None
-    return {"dataset": name, "noise": fraction, "audit_seconds": round(seconds), **numbers, "accuracy": accuracy,
+    with open(os.path.join(source, "test.txt"), encoding="utf-8") as fp:
+        test_size = sum(1 for line in fp if line.strip())
+    return {"dataset": name, "noise": fraction, "audit_seconds": round(seconds), **numbers, "test_size": test_size,
+            "accuracy": accuracy, "train_seeds": list(train_seeds), "accuracy_per_seed": per_seed,
             "gap_recovered": recovered, "command": "python audit.py " + " ".join(argv)}
 
 
 def table(results):
-    rows = ["| data | noise | k | P@k | R@k | flagged (P / R) | OOF acc (given / true) | acc noisy | acc − flagged | acc clean "
-            "| gap recovered |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| data | test texts | noise | k | P@k | R@k | flagged (P / R) | OOF acc (given / true) | acc noisy | acc − flagged | acc clean "
+            "| gap recovered (of the gap) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         a = r["accuracy"]
         flagged_p = "–" if r["flagged_precision"] is None else f"{r['flagged_precision']:.2f}"
-        gap = "– (no gap)" if r["gap_recovered"] is None else f"{100 * r['gap_recovered']:.0f}%"
-        rows.append(f"| {r['dataset']} | {100 * r['noise']:.0f}% | {r['k']} | {r['precision_at_k']:.2f} | "
+        points = 100 * (a["clean"] - a["noisy"])
+        gap = "– (no gap)" if r["gap_recovered"] is None else f"{100 * r['gap_recovered']:.0f}% of {points:.1f} pts"
+        true = "–" if r.get("oof_accuracy_true") is None else f"{r['oof_accuracy_true']:.3f}"
+        rows.append(f"| {r['dataset']} | {r.get('test_size', '–')} | {100 * r['noise']:.0f}% | {r['k']} | {r['precision_at_k']:.2f} | "
                     f"{r['recall_at_k']:.2f} | {r['flagged']} ({flagged_p} / {r['flagged_recall']:.2f}) | "
-                    f"{r['oof_accuracy']:.3f} / {r['oof_accuracy_true']:.3f} | {a['noisy']:.3f} | {a['minus_flagged']:.3f} | {a['clean']:.3f} | "
+                    f"{r['oof_accuracy']:.3f} / {true} | {a['noisy']:.3f} | {a['minus_flagged']:.3f} | {a['clean']:.3f} | "
                     f"{gap} |")
     return "\n".join(rows) + "\n"
 
@@ -158,34 +175,54 @@ def main() -> int:
     parser.add_argument("--skip_tnews", action="store_true")
     parser.add_argument("--keyword_per_class", default="32,64",
                         help="training texts per label of the keyword task, one audit pair per size (32: 96 texts)")
+    parser.add_argument("--test_per_class", type=int, default=100,
+                        help="test texts per label of the keyword task (fixed and seeded: train.txt and dev.txt do "
+                             "not depend on it; one test.txt per size for the noisy, minus-flagged and clean runs)")
+    parser.add_argument("--train_seeds", default="42,43,44",
+                        help="seeds of the noisy / minus-flagged / clean training runs (accuracies are their mean; "
+                             "the audit itself uses the flags' --seed 42)")
+    parser.add_argument("--noise", default=",".join(str(f) for f in NOISE),
+                        help="shares of train.txt's labels to flip, one audit per share and data set")
     args = parser.parse_args()
     os.environ.setdefault("PTUNING_OFFLINE", "1")
     from utils.model import compat
     from utils.testing.synthetic import PROMPT, write_keyword_dataset
 
     compat.apply()
+    noise = [float(f) for f in args.noise.split(",")]
+    results_path = os.path.join(ROOT, "benchmarks", "results_label_audit.json")
     os.makedirs(args.work, exist_ok=True)
     keyword_model, tnews_model = tiny_models(args.work)
     flags = ["--prompt", PROMPT, "--max_steps", str(args.steps), "--eval_steps", "20", "--logging_steps", "20", *FAST]
     cases = []
     for per_class in (int(n) for n in args.keyword_per_class.split(",")):
         name = "keyword" if per_class == 32 else f"keyword{3 * per_class}"
-        keyword = write_keyword_dataset(os.path.join(args.work, name), train_per_class=per_class)
-        cases += [(name, keyword_model, keyword, f, flags) for f in NOISE]
+        keyword = write_keyword_dataset(os.path.join(args.work, name), train_per_class=per_class,
+                                        test_per_class=args.test_per_class)
+        cases += [(name, keyword_model, keyword, f, flags) for f in noise]
     if os.path.isdir(TNEWS) and os.path.isdir(tnews_model) and not args.skip_tnews:
         tnews_flags = ["--prompt", "这条新闻标题的主题是", "--max_steps", str(args.tnews_steps), "--eval_steps",
                        str(max(1, args.tnews_steps // 4)), "--logging_steps", "20", *FAST]
-        cases += [("tnews", tnews_model, TNEWS, f, tnews_flags) for f in NOISE]
+        cases += [("tnews", tnews_model, TNEWS, f, tnews_flags) for f in noise]
     else:
         print(f"tnews skipped ({TNEWS} or {VOCAB} not present, or --skip_tnews)", file=sys.stderr)
+    covered = {(name, fraction) for name, _, _, fraction, _ in cases}
+    kept = []
+    if os.path.isfile(results_path):
+        with open(results_path, encoding="utf-8") as fp:
+            kept = [r for r in json.load(fp)["results"] if (r["dataset"], r["noise"]) not in covered]
+        for r in kept:
+            r.setdefault("note", "not rerun: from an earlier run")
     results = []
     for name, model, source, fraction, case_flags in cases:   # written after each case
-        results.append(one_case(name, model, source, fraction, args.work, case_flags, args.folds))
-        with open(os.path.join(ROOT, "benchmarks", "results_label_audit.json"), "w", encoding="utf-8") as fp:
+        results.append(one_case(name, model, source, fraction, args.work, case_flags, args.folds,
+                                [int(seed) for seed in args.train_seeds.split(",")]))
+        with open(results_path, "w", encoding="utf-8") as fp:
             json.dump({"folds": args.folds, "steps": args.steps, "tnews_steps": args.tnews_steps,
-                       "keyword_per_class": args.keyword_per_class, "results": results},
-                      fp, ensure_ascii=False, indent=1)
-        print(table(results), flush=True)
+                       "keyword_per_class": args.keyword_per_class, "test_per_class": args.test_per_class,
+                       "train_seeds": args.train_seeds,
+                       "results": results + kept}, fp, ensure_ascii=False, indent=1)
+        print(table(results + kept), flush=True)
     return 0
 
 
