@@ -47,13 +47,14 @@ def run_import(argv):
 
 
 def export_labels(args):
-    """`(labels, task type, label words file or None)` from --label_file/--data_dir or the export, read
-    before any model loads."""
+    """`(labels, task type, pair)` from --label_file/--data_dir or the export, read before any model
+    loads; `pair` is the export's text layout (None without a model: the input's first line decides)."""
     from utils.dataset.labels import read_label_file
 
     task_type = str(args.task_type) if args.task_type else None
     if args.model_path_prefix:
         from utils.deploy.bundle import read_decoder, read_labels, read_manifest, resolve_export_dir
+        from utils.deploy.preprocess import read_config, text_keys_of
 
         export_dir = resolve_export_dir(args.model_path_prefix)
         labels = read_labels(export_dir)
@@ -65,12 +66,12 @@ def export_labels(args):
             own = read_label_file(args.label_path, task_type).labels
             if own != sorted(labels):
                 raise UserError(f"lists other labels than the export ({', '.join(labels[:10])})", args.label_path)
-        return sorted(labels), task_type
+        return sorted(labels), task_type, "text_b" in text_keys_of(read_config(export_dir))
     task_type = task_type or "multi-class"
     if not args.label_path:
         raise UserError("the tasks' labelling config needs the labels: give --label_file, --data_dir or "
                         "--model_path_prefix", "annotate.py export")
-    return read_label_file(args.label_path, task_type).labels, task_type
+    return read_label_file(args.label_path, task_type).labels, task_type, None
 
 
 def run_export(argv):
@@ -87,15 +88,9 @@ def run_export(argv):
         open_for_reading(path, "input file").close()
         check_output_file(args.output, not_same_as=path)
         check_output_file(args.config_path, "labelling config file", not_same_as=path)
-    labels, task_type = export_labels(args)
-    classifier = None
-    opened = open_inputs(inputs, labels, task_type, None)  # every first line checked before the model loads
-    if args.model_path_prefix:
-        classifier = load_classifier(args)
-        if classifier.pair != opened[0].pair:
-            for input_file in opened:
-                input_file.close()
-            opened = open_inputs(inputs, labels, task_type, classifier.pair)
+    labels, task_type, pair = export_labels(args)
+    opened = open_inputs(inputs, labels, task_type, pair)  # every first line checked before the model loads
+    classifier = load_classifier(args) if args.model_path_prefix else None
     fmt = str(args.format)
     version = args.model_version or (os.path.basename(classifier.export_dir.rstrip("/")) if classifier else "")
     counts = export_tasks(opened, args.output, fmt, task_type, labels,

@@ -127,7 +127,7 @@ class ExportedClassifier:
 
     @property
     def text_keys(self) -> List[str]:
-        return list(dict.fromkeys(self.preprocessor.text_keys))
+        return list(self.preprocessor.text_keys)
 
     def encoder(self, max_seq_length: Optional[int] = None) -> PromptPreprocessor:
         """The preprocessor for `max_seq_length` (None: this classifier's; at most the exported length)."""

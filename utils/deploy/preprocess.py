@@ -56,6 +56,13 @@ def describe_template(template, max_seq_length: int) -> dict:
     }
 
 
+def text_keys_of(config: dict) -> List[str]:
+    """The text fields an export's templates read, each once (`text_a`; `text_b` too for a pair model),
+    from its checked preprocess.json alone: no tokenizer, so callers can check inputs before a model loads."""
+    views = config.get("views") or [{"parts": config["parts"]}]
+    return list(dict.fromkeys(part["text"] for view in views for part in view["parts"] if "text" in part))
+
+
 def read_config(export_dir: str) -> dict:
     """`preprocess.json` of an export, with every field `PromptPreprocessor` uses checked for type."""
     config, bad = read_export_json(export_dir, PREPROCESS_FILE, "corrupt or hand-edited?")
@@ -188,7 +195,7 @@ class PromptPreprocessor:
         # (input-name suffix, parts, length): a shorter --max_seq_length shortens every view it exceeds
         self.views = [(view_suffix(index), view["parts"], min(self.max_seq_length, int(view["max_seq_length"])))
                       for index, view in enumerate(views)]
-        self.text_keys = [p["text"] for _, parts, _ in self.views for p in parts if "text" in p]
+        self.text_keys = text_keys_of(config)
         for _, parts, length in self.views:
             fixed = sum(len(p["ids"]) for p in parts if "ids" in p and not p["truncate"]) + 2
             if fixed + sum(1 for p in parts if "text" in p) > length:
@@ -213,7 +220,7 @@ class PromptPreprocessor:
     def tokenize(self, examples: List[dict]) -> Dict[str, List[List[int]]]:
         """Token ids of every text field, batched through the Rust tokenizer."""
         out = {}
-        for key in dict.fromkeys(self.text_keys):
+        for key in self.text_keys:
             texts = [str(example[key]) for example in examples]
             encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
             out[key] = [e.ids for e in encodings]

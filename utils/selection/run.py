@@ -30,7 +30,7 @@ from ..dataset.inputs import InputFile
 from ..deploy.bundle import read_decoder, read_labels, read_manifest, resolve_export_dir
 from ..deploy.format import MEMBER_OUTPUT, OUTPUT_NAME, REPRESENTATION_OUTPUT
 from ..deploy.predictor import CHUNK_SIZE
-from ..deploy.preprocess import read_config
+from ..deploy.preprocess import read_config, text_keys_of
 from ..errors import UserError
 from ..files import check_output_file, count_lines, write_text_atomic
 from ..progress import Progress
@@ -237,7 +237,7 @@ def select_file(model_path: str, input_path: str, output_path: str, options: Sel
     labels = read_labels(export_dir)
     decoder = read_decoder(export_dir, manifest, labels)
     names = needed_outputs(options.strategy, manifest, export_dir)
-    pair = _pair_from_parts(export_dir)
+    pair = "text_b" in text_keys_of(read_config(export_dir))
     for path in (output_path, *side_files(output_path)):
         check_output_file(path, not_same_as=input_path)
     excluded = read_exclusions(exclude_path, pair)
@@ -269,12 +269,6 @@ def select_file(model_path: str, input_path: str, output_path: str, options: Sel
     write_outputs(picks, output_path, decoder, labels, pair, options.strategy, os.path.basename(
         os.path.abspath(export_dir)))
     return _summary(summary, selector, picks, options, output_path, seconds)
-
-
-def _pair_from_parts(export_dir: str) -> bool:
-    config = read_config(export_dir)
-    return any(part.get("text") == "text_b" for view in [config, *config.get("views", [])]
-               for part in view.get("parts", []) if isinstance(part, dict))
 
 
 def _consume(selector: Selector, classify_chunks, chunks, input_path: str, progress: Optional[bool],
