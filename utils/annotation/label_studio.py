@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from xml.sax.saxutils import quoteattr
 
-from ..task.decoding import HIERARCHICAL, LEVEL_SEPARATOR, MULTI_CLASS, MULTI_LABEL
+from ..task.decoding import HIERARCHICAL, LEVEL_SEPARATOR, MULTI_CLASS, MULTI_LABEL, parent_path
 
 __all__ = ["CONTROL", "TEXT", "TEXT_B", "ConfigError", "Control", "labeling_config", "leaf_paths", "prediction",
            "read_labeling_config", "result", "task"]
@@ -41,8 +41,7 @@ def _taxonomy_xml(labels: Sequence[str], indent: str) -> List[str]:
     """Nested <Choice> elements, each label under its parent path (labels sorted, parents first)."""
     children: Dict[Optional[str], List[str]] = {}
     for label in sorted(labels):
-        parent = label.rsplit(LEVEL_SEPARATOR, 1)[0] if LEVEL_SEPARATOR in label else None
-        children.setdefault(parent, []).append(label)
+        children.setdefault(parent_path(label), []).append(label)
 
     def walk(parent: Optional[str], depth: int) -> List[str]:
         lines = []

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import FrozenSet, List, Optional, Sequence, Tuple
 
 from ..errors import UserError, check_text
-from ..task.decoding import LEVEL_SEPARATOR
+from ..task.decoding import LEVEL_SEPARATOR, ancestors
 
 # What splits a line somewhere: the files are read by lines, and other readers split on all of these.
 LINE_BREAKS = re.compile("[\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -155,8 +155,4 @@ def path_label(path, where: Where) -> str:
 
 
 def with_ancestors(labels: Sequence[str]) -> FrozenSet[str]:
-    out = set()
-    for label in labels:
-        parts = label.split(LEVEL_SEPARATOR)
-        out.update(LEVEL_SEPARATOR.join(parts[:i]) for i in range(1, len(parts) + 1))
-    return frozenset(out)
+    return frozenset(name for label in labels for name in (label, *ancestors(label)))

@@ -24,7 +24,7 @@ from typing import Any, Dict, List
 from ..annotation import label_studio as ls
 from ..deploy.classifier import decode_predictions
 from ..errors import UserError, check_text
-from ..task.decoding import HIERARCHICAL, LEVEL_SEPARATOR, MULTI_CLASS, MULTI_LABEL
+from ..task.decoding import HIERARCHICAL, MULTI_CLASS, MULTI_LABEL, ancestors
 from .config import ServiceConfig
 from .requests import RequestError, clean_text
 
@@ -50,9 +50,7 @@ def expected_labels(classifier) -> List[str]:
     decoder = classifier.model.decoder
     labels = set(classifier.labels)
     if classifier.task_type == HIERARCHICAL:
-        for label in list(labels):
-            parts = label.split(LEVEL_SEPARATOR)
-            labels.update(LEVEL_SEPARATOR.join(parts[:depth]) for depth in range(1, len(parts)))
+        labels.update(parent for label in classifier.labels for parent in ancestors(label))
     if getattr(decoder, "reject_threshold", None) is not None:
         labels.add(decoder.other_label)
     return sorted(labels)
