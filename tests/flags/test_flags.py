@@ -62,6 +62,8 @@ BAD_FLAGS = [
      "full template"),
     (["--per_device_train_batch_size", "many"], "--per_device_train_batch_size", "invalid int value"),
     # task types (utils.flags.train.check_task_args): flags that make no sense for the task are refused with the reason
+    (["--alpha_rdrop", "1"], "--alpha_rdrop", "add --use_rdrop"),
+    (["--alpha_rgl", "0.2"], "--alpha_rgl", "add --use_rgl"),
     (["--task_type", "multi-labels"], "--task_type", "multi-class, multi-label or hierarchical"),
     (["--threshold", "0.3"], "--threshold", "is for --task_type multi-label or hierarchical"),
     (["--threshold_search", "global"], "--threshold_search", "is for --task_type multi-label or hierarchical"),

@@ -48,6 +48,20 @@ NUMERIC_CHECKS = (
 )
 
 
+# A loss weight given without the switch that turns its loss on is refused, not silently unused: upstream
+# reads --alpha_rdrop only under --use_rdrop (and --alpha_rgl only under --use_rgl).
+LOSS_WEIGHTS = (("alpha_rdrop", "use_rdrop"), ("alpha_rgl", "use_rgl"))
+
+
+def check_loss_weights(args) -> None:
+    """`--alpha_rdrop`/`--alpha_rgl` away from upstream's default only with `--use_rdrop`/`--use_rgl`."""
+    for weight, switch in LOSS_WEIGHTS:
+        default = PromptTuningArguments.__dataclass_fields__[weight].default
+        if getattr(args, weight) != default and not getattr(args, switch):
+            raise UserError(f"weighs a loss that is off: add --{switch} (without it --{weight} changes nothing)",
+                            f"--{weight}")
+
+
 def check_numbers(args) -> None:
     """Every NUMERIC_CHECKS flag `args` has, before paddlenlp's own __post_init__ acts on it."""
     for name, ok, what in NUMERIC_CHECKS:
@@ -88,6 +102,7 @@ class TrainingArguments(PromptTuningArguments):
 
     def __post_init__(self):
         check_numbers(self)
+        check_loss_weights(self)
         if self.do_train and self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise UserError(f"must be positive (or give --max_steps), got {self.num_train_epochs}",
                             "--num_train_epochs")
