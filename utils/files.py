@@ -165,6 +165,23 @@ def read_json(path: str, what: str = "JSON file"):
 
 
 @contextlib.contextmanager
+def parent_locked(path: str) -> Iterator[None]:
+    """Hold an exclusive flock on the directory that holds `path` (waiting for it): a writer that checks
+    `path` and then replaces it does both while no other such writer can. No lock file is left behind;
+    the kernel releases the lock when the process ends, however it ends."""
+    import fcntl
+
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def atomic_directory(path: str) -> Iterator[str]:
     """Yield an empty directory beside `path`; it replaces `path` (by renames) only if the block
     succeeds, else it is removed. Readers see the old directory or the new one, never a mixture;

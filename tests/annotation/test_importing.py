@@ -233,3 +233,31 @@ def test_a_failed_import_over_an_existing_folder_leaves_it_as_it_was(tmp_path, c
     assert code == 2 and "task 77" in err
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
     assert sorted(os.listdir(tmp_path)) == ["bad.json", "data", "export.json"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_import_that_loses_the_race_for_its_folder_refuses_and_loses_nothing(tmp_path, capsys, monkeypatch,
+                                                                              overwrite):
+    """Two imports into one folder: the other one writes it after this one's flags were checked. Held
+    deterministically: the other import's folder appears while this one splits its tasks."""
+    from utils.annotation import importing
+
+    out = tmp_path / "data"
+    real_splits = importing.assign_splits
+
+    def the_other_import_writes_first(*args, **kwargs):
+        out.mkdir()
+        (out / "train.txt").write_text("the other import's\tapple\n", encoding="utf-8")
+        return real_splits(*args, **kwargs)
+
+    monkeypatch.setattr(importing, "assign_splits", the_other_import_writes_first)
+    code, stdout, err = run_import(capsys, write(tmp_path, fruit_tasks()), out,
+                                   *(["--overwrite_output_dir"] if overwrite else []))
+    if overwrite:  # asked to replace the folder: replaced as a whole
+        assert code == 0, err
+        assert "the other import's" not in (out / "train.txt").read_text(encoding="utf-8")
+    else:
+        assert code == 2 and "another process" in err and "--overwrite_output_dir" in err, err
+        assert os.listdir(out) == ["train.txt"]
+        assert (out / "train.txt").read_text(encoding="utf-8") == "the other import's\tapple\n"
+    assert sorted(os.listdir(tmp_path)) == ["data", "export.json"]  # no temp folder, no lock file left

@@ -29,7 +29,7 @@ from typing import Dict, FrozenSet, List, Optional, Tuple
 from ..dataset.folder import SPLIT_FILES, load_dataset_dir
 from ..dataset.labels import LABEL_FILE, read_label_file
 from ..errors import UserError
-from ..files import atomic_directory
+from ..files import atomic_directory, parent_locked
 from ..task.decoding import HIERARCHICAL, LABEL_SEPARATOR, LEVEL_SEPARATOR, MULTI_CLASS, MULTI_LABEL
 from .doccano import read_doccano
 from .label_studio_reader import read_label_studio
@@ -225,7 +225,7 @@ def import_annotations(args) -> dict:
     files = {split: [labelled[i] for i in part] for split, part in zip(SPLITS, parts)}
     files["data"] = unlabeled if args.unlabeled == "data" else []
     report.counts["unlabeled"] = len(unlabeled)
-    write_folder(args.output_dir, files, labels, copy_from, order, task_type)
+    write_folder(args.output_dir, files, labels, copy_from, order, task_type, args.overwrite_output_dir)
     summary = {"output_dir": args.output_dir, "task_type": task_type, "task_type_from": why,
                "labels": len(labels), **{split: len(files[split]) for split in (*SPLITS, "data")},
                "splits": how, **{k.replace(" ", "_").replace("(", "").replace(")", ""): v
@@ -235,9 +235,15 @@ def import_annotations(args) -> dict:
 
 
 def write_folder(output_dir: str, files: Dict[str, List[Example]], labels: List[str], copy_from: Optional[str],
-                 order: Dict[str, int], task_type: str) -> None:
-    """Every file into a directory beside `output_dir`, read back by the folder reader, then renamed."""
-    with atomic_directory(output_dir) as tmp:
+                 order: Dict[str, int], task_type: str, overwrite: bool = False) -> None:
+    """Every file into a directory beside `output_dir`, read back by the folder reader, then renamed.
+
+    The folder is checked again under a lock on its parent: the flags checked it before the export was
+    read, and another import may have written it since (two at once: one writes, the other refuses)."""
+    with parent_locked(output_dir), atomic_directory(output_dir) as tmp:
+        if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+            raise UserError(f"{output_dir} was written by another process while this import ran; "
+                            "--overwrite_output_dir replaces it", "--output_dir")
         if copy_from:
             shutil.copyfile(copy_from, os.path.join(tmp, LABEL_FILE))
         else:
