@@ -85,7 +85,7 @@ def run_cli(main: Callable[[list], Optional[int]], argv=None) -> int:
     except OSError as exc:
         if debug or exc.errno not in ENVIRONMENT_ERRNOS:
             raise
-        where = exc.filename or "train.py"
+        where = exc.filename or os.path.basename(sys.argv[0] or "") or "ptuning"
         sys.stderr.write(f"error: {where}: {exc.strerror} [{errno.errorcode.get(exc.errno, exc.errno)}]; stopped, "
                          "and the partial files of the step that failed were removed (complete checkpoints and "
                          "results stay)\n")

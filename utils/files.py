@@ -106,6 +106,18 @@ def check_output_file(path: str, what: str = "output file", not_same_as: Optiona
         raise UserError(f"cannot create {what}: {parent} is a file, not a directory", path)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write in {parent} (permission denied or read-only file system)", path)
+    probe_writable(parent, path)
+
+
+def probe_writable(directory: str, path: str) -> None:
+    """Create and remove a file in `directory`: os.access says yes to root everywhere, and nothing
+    short of a write knows about /proc, a full inode table or a mount that refuses new files."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
+    except OSError as exc:
+        raise UserError(f"cannot create a file in {directory}: {exc.strerror or exc}", path) from None
+    os.close(fd)
+    os.remove(probe)
 
 
 def temp_file_beside(path: str) -> str:
