@@ -75,6 +75,19 @@ def test_a_label_with_fewer_examples_than_folds_is_refused_naming_its_label_txt_
     with pytest.raises(UserError) as error:
         check_label_counts(pool, 3)
     assert error.value.path.endswith("label.txt") and error.value.line == 3 and "'c'" in error.value.message
+    assert "lower --folds to 2 or fewer" in error.value.message
+
+
+def test_a_label_with_one_example_is_not_told_to_lower_the_folds(tmp_path):
+    """No number of folds trains a model that sees a label whose only example is held out."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "label.txt").write_text("a\nb\n", encoding="utf-8")
+    (data / "train.txt").write_text("".join(f"x{i}\ta\n" for i in range(6)) + "y\tb\n", encoding="utf-8")
+    with pytest.raises(UserError) as error:
+        check_label_counts(read_pool(str(data), "multi-class", include_dev=False), 2)
+    assert "no --folds can audit a single example" in error.value.message
+    assert "lower --folds" not in error.value.message
 
 
 def test_pool_lines_keep_their_file_and_line(keyword_data):

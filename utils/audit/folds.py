@@ -106,10 +106,12 @@ def check_label_counts(pool: Pool, folds: int) -> None:
     for label_id, count in sorted(counts.items(), key=lambda kv: (kv[1], kv[0])):
         if count < folds:
             name = names[label_id]
+            # One example is held out by whichever fold holds it: no --folds helps, only more examples.
+            remedy = (f"lower --folds to {count} or fewer, add examples of {name!r}" if count >= 2 else
+                      f"no --folds can audit a single example; add examples of {name!r}")
             raise UserError(f"label {name!r} is given to {count} audited example(s), fewer than --folds {folds}: some "
-                            f"fold would hold out every one of them and its model would never see the label; lower "
-                            f"--folds to {max(2, count)} or fewer, add examples of {name!r}, or leave them out of the "
-                            "audit", pool.labels.path, pool.labels.lines.get(name))
+                            f"fold would hold out every one of them and its model would never see the label; {remedy}, "
+                            "or leave them out of the audit", pool.labels.path, pool.labels.lines.get(name))
 
 
 def assign_folds(groups: Sequence[int], k: int, seed: int) -> np.ndarray:
