@@ -9,7 +9,7 @@ import pytest
 
 import train
 from conftest import FAST, ROOT
-from utils.errors import run_cli
+from utils.errors import UserError, run_cli
 from utils.rundir.plan import owned_outputs
 from utils.testing.synthetic import PROMPT
 
@@ -176,3 +176,25 @@ def test_leftovers_of_killed_runs_are_removed_at_the_next_start(finished_run, ti
                                        str(last), "--max_steps", str(int(last.name.split("-")[1]) + 2)))
     assert code == 0, err
     assert not [p for p in os.listdir(out) if p.startswith((".saving", ".deleting-", "export.tmp-"))]
+
+
+def test_a_record_alone_is_no_earlier_run_so_a_retry_after_a_failure_is_not_refused(tmp_path):
+    """run.json is written when a run starts; a run that failed or was killed before writing anything
+    else leaves nothing to protect."""
+    from utils.rundir.plan import plan_output_dir
+
+    (tmp_path / "run.json").write_text("{}", encoding="utf-8")
+    assert plan_output_dir(str(tmp_path), True, [], False, None).remove == []
+    (tmp_path / "all_results.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(UserError, match="already holds results of an earlier run"):
+        plan_output_dir(str(tmp_path), True, [], False, None)
+
+
+def test_the_tools_card_is_an_output_and_the_users_readme_is_not(tmp_path):
+    from utils.rundir.names import CARD_MARKER
+    from utils.rundir.plan import owned_outputs
+
+    (tmp_path / "README.md").write_text("# my project\n", encoding="utf-8")
+    assert owned_outputs(str(tmp_path)) == []
+    (tmp_path / "README.md").write_text(f"---\n---\n{CARD_MARKER} -->\n", encoding="utf-8")
+    assert owned_outputs(str(tmp_path)) == ["README.md"]

@@ -43,6 +43,7 @@ from ..model.assembly import rebuild_from_checkpoint
 from ..model.spec import ModelSpec
 from ..rundir.plan import DirLock
 from ..task.decoding import Decoder
+from .card import card_name, write_export_card
 from .graph import FoldedPromptModel, convert_to_fp16, quantize_int8, write_graphs
 from .parity import (DEFAULT_TOLERANCE, Reference, fp16_check, int8_check, onnxruntime_outputs, parity_gate,
                      sample_examples)
@@ -192,6 +193,8 @@ def write_export(source: ExportSource, output_dir: str, examples: Optional[List[
                 os.remove(os.path.join(directory, name))
             files = {}
         manifest = write_manifest(directory, source, options, files, parity, seconds=time.time() - started)
+        # after the manifest: the card is documentation, not verified, and a user may edit it
+        write_export_card(directory, manifest, name=card_name(output_dir))
     logger.info("exported %s -> %s (parity: %s)", source.name, output_dir,
                 ", ".join(f"{r['backend']} max|Δ| {r['max_abs_diff']:.2g}" for r in parity["results"]))
     return manifest

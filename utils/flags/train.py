@@ -179,6 +179,7 @@ def parse_args(argv: Sequence[str], training_args_class=None) -> Tuple[ModelArgu
     parser = Parser((ModelArguments, DataArguments, training_args_class or TrainingArguments), prog="train.py",
                     description=TRAIN_DESCRIPTION)
     flags = TrainFlags(*parser.parse(argv, args_file=True))
+    flags.training.command_argv = list(argv)  # as given, for the run's record (run.json) and its card
     return flags.model, flags.data, flags.training
 
 

@@ -56,3 +56,17 @@ def results_file(split: str) -> str:
 
 
 TRAIN_RESULTS_FILE, EVAL_RESULTS_FILE, TEST_RESULTS_FILE = (results_file(s) for s in ("train", "eval", "test"))
+
+# -- how the run was made, and its card -----------------------------------------------------------
+RUN_RECORD_FILE = "run.json"  # the command lines that wrote the directory and the data they read (rundir/record.py)
+CARD_FILE = "README.md"  # the model card (utils/reporting/card.py), in run and export directories
+CARD_MARKER = "<!-- model card written by ptuning-fewshot"  # a README.md without it is the user's: never touched
+
+
+def is_tool_card(path: str) -> bool:
+    """Whether `path` is a model card this tool wrote (so it may be replaced or removed)."""
+    try:
+        with open(path, encoding="utf-8") as fp:
+            return CARD_MARKER in fp.read(1 << 16)
+    except (OSError, UnicodeDecodeError):
+        return False

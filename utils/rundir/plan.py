@@ -27,7 +27,7 @@ from typing import List, Optional
 
 from .checkpoints import LEFTOVER_PATTERNS, checkpoint_step, complete_checkpoints, latest_checkpoint, remove_tree
 from ..errors import UserError
-from .names import (ALL_RESULTS_FILE, CHECKPOINT_PREFIX, COMPLETE_MARKER, CURVES_FILE,
+from .names import (CARD_FILE, RUN_RECORD_FILE, is_tool_card, ALL_RESULTS_FILE, CHECKPOINT_PREFIX, COMPLETE_MARKER, CURVES_FILE,
                     DISTILL_SUMMARY_FILE, EVAL_RESULTS_FILE, EXPORT_DIR, LOCK_FILE, MODEL_STATE_FILE, PLM_CONFIG_FILE,
                     PRETRAINING_FILE, ROUNDS_DIR, SPEC_FILE, TEACHER_PREDICTIONS_FILE, TEMPLATE_CONFIG_FILE,
                     TEMPLATE_STATE_FILE, TEST_RESULTS_FILE, TOKENIZER_FILES, TRAIN_RESULTS_FILE,
@@ -41,7 +41,8 @@ OUTPUT_KINDS = {
               VERBALIZER_CONFIG_FILE, VERBALIZER_STATE_FILE, *TOKENIZER_FILES, TRAINING_ARGS_FILE,
               TRAINER_STATE_FILE, TRAIN_RESULTS_FILE, CURVES_FILE, COMPLETE_MARKER,
               ROUNDS_DIR, DISTILL_SUMMARY_FILE, TEACHER_PREDICTIONS_FILE,  # self-training / distillation
-              PLM_CONFIG_FILE, PRETRAINING_FILE),  # pretrain.py's model directory (utils/training/pretraining.py)
+              PLM_CONFIG_FILE, PRETRAINING_FILE,  # pretrain.py's model directory (utils/training/pretraining.py)
+              RUN_RECORD_FILE),  # and README.md when it is this tool's card (owned_outputs)
     "eval": (EVAL_RESULTS_FILE, "eval_report.*", "eval_confusion_matrix.*", "eval_top_confusions.*",
              "eval_reliability.png", "eval_coverage.tsv"),
     "predict": (TEST_RESULTS_FILE, "test_predictions.*", "data_predictions.*", "test_report.*",
@@ -58,8 +59,11 @@ def owned_outputs(output_dir: str, kinds=tuple(OUTPUT_KINDS)) -> List[str]:
     if not os.path.isdir(output_dir):
         return []
     patterns = [p for kind in kinds for p in OUTPUT_KINDS[kind]] + list(LEFTOVER_PATTERNS)
-    return sorted(name for name in os.listdir(output_dir)
-                  if name != LOCK_FILE and any(fnmatch.fnmatchcase(name, p) for p in patterns))
+    owned = [name for name in os.listdir(output_dir)
+             if name != LOCK_FILE and any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+    if "train" in kinds and is_tool_card(os.path.join(output_dir, CARD_FILE)):  # the user's README.md is theirs
+        owned.append(CARD_FILE)
+    return sorted(owned)
 
 
 def _same_path(a: str, b: str) -> bool:
@@ -89,6 +93,8 @@ def plan_output_dir(output_dir: str, do_train: bool, kinds: List[str], overwrite
         raise UserError("is the pretrained model's directory (--model_name_or_path); write runs elsewhere",
                         output_dir)
     existing = owned_outputs(output_dir)
+    if existing == [RUN_RECORD_FILE]:  # a run that failed or was killed before writing anything: nothing to keep
+        existing = []
     if MODEL_STATE_FILE in existing and SPEC_FILE not in existing and PRETRAINING_FILE not in existing:
         raise UserError(f"holds a model that this tool did not write ({MODEL_STATE_FILE} without {SPEC_FILE}); "
                         "choose another --output_dir so it is never overwritten", output_dir)

@@ -31,6 +31,7 @@ from ..errors import UserError, debug_enabled
 from ..flags.multirun import DEFAULT_SEED, MultirunArguments
 from ..flags.train import flag_given
 from ..files import atomic_path, read_json, write_json_atomic, write_text_atomic
+from ..export.card import write_multirun_card
 from ..rundir.names import EVAL_RESULTS_FILE, TEST_RESULTS_FILE
 
 logger = logging.getLogger(__name__)
@@ -347,5 +348,6 @@ def run_all(args: MultirunArguments, forwarded: Sequence[str]) -> dict:
     table = markdown_table(summary)
     write_json_atomic(os.path.join(output_dir, "summary.json"), summary)
     write_text_atomic(os.path.join(output_dir, "summary.md"), summary_markdown(summary, table))
+    write_multirun_card(output_dir, summary)
     sys.stdout.write(table)
     return summary

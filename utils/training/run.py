@@ -23,6 +23,9 @@ from ..task.decoding import MULTI_CLASS
 from ..task.metrics import metrics_fn
 from ..model.assembly import criterion_for
 from ..rundir.plan import DirLock, OutputPlan, apply_plan, plan_output_dir
+from ..rundir.record import run_history, write_run_record
+from ..export.card import write_run_card
+from ..dataset.labels import LABEL_FILE
 from .callbacks import Progress, RebaseBestCheckpoint
 from .outputs import export, plot_curves, predict_and_write, write_explanations_of_predictions, write_report
 from .plan import build_model, default_max_steps, output_kinds, plan_model
@@ -97,8 +100,18 @@ class Run:
         self.model_plan = plan_model(self.model_args, data_args, args, self.dataset, self.resume)
         self.plan_mode()
         if args.should_save:
+            history = run_history(self.resume)  # before the plan may remove the directory's record
             apply_plan(plan)
+            write_run_record(args.output_dir, getattr(args, "command_argv", []), self.data_files(), history)
         return self
+
+    def data_files(self) -> Dict[str, str]:
+        """The files this run reads, for run.json: the dataset folder's and the unlabeled texts."""
+        files = {split: split_path(self.dataset.path, split) for split in ("train", "dev", "test", "data")}
+        files["label"] = os.path.join(self.dataset.path, LABEL_FILE)
+        if getattr(self.data_args, "unlabeled_file", None):
+            files["unlabeled"] = self.data_args.unlabeled_file
+        return files
 
     def plan_output(self) -> OutputPlan:
         """What the output directory keeps, removes and resumes from (applied once every check passed)."""
@@ -215,6 +228,9 @@ def run(model_args, data_args, training_args, kind: type = Run) -> Dict[str, Any
         # run, so --resume_from_checkpoint finds its state (also when runs share one process).
         with paddle.utils.unique_name.guard():
             results = current.execute()
+        if training_args.should_save:
+            trained_here = training_args.do_train or model_args.zero_shot
+            write_run_card(training_args.output_dir, training_args.output_dir if trained_here else current.resume)
         failed = False
         return results
     except OSError as exc:
