@@ -70,6 +70,14 @@ def test_two_seeds(tiny_model_dir, keyword_data, tmp_path, capsys):
     assert os.path.isfile(out / "ensemble" / "export" / "model.onnx")
     assert "against the mean of its members" in (out / "summary.md").read_text(encoding="utf-8")
 
+    # the set's model card: the runs' mean as its results, mean ± std beside; each run has its own card
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert f"eval_accuracy: {acc['mean']:.4f} ± {acc['std']:.4f} (n=2)" in card
+    assert f"value: {round(acc['mean'], 4)}" in card
+    for name in ("seed1", "seed2"):
+        assert "model-index" in (out / "runs" / name / "README.md").read_text(encoding="utf-8")
+    assert os.path.isfile(out / "ensemble" / "export" / "README.md")
+
 
 @pytest.mark.slow
 def test_a_member_killed_after_its_last_checkpoint_resumes_as_the_uninterrupted_member(tiny_model_dir, keyword_data,
