@@ -6,9 +6,10 @@
         --output_file to_label.tsv --exclude_file data/train.txt --balance
 
 Strategies: entropy and margin (uncertainty), disagreement (an ensemble's members), diversity
-(k-center greedy, or --diversity kmeans, on the export's mask_embedding), hybrid (the --pool_size most
-uncertain, then k-center or k-means among them). Writes the TSV (rank, line, text, score, prediction), STEM.label-studio.json
-(Label Studio tasks with the model's pre-labels) and STEM.label-studio.xml (the labelling config).
+(k-center greedy, or --diversity kmeans, on the export's mask_embedding), hybrid (the --pool_size
+most uncertain, then k-center or k-means among them). Writes the TSV (rank, line, text, score,
+prediction), STEM.label-studio.json (Label Studio tasks with the model's pre-labels) and
+STEM.label-studio.xml (the labelling config).
 Streams any number of texts with flat memory; --ray scores on a Ray cluster as infer.py does.
 Needs no Paddle. docs/how-to/active-learning.md explains the choices; utils/selection/ is the code.
 """

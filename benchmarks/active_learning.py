@@ -144,6 +144,8 @@ def curve_of(args, tiny: str, seed: int, strategy: str, pool, dev, test) -> list
     """One strategy's learning curve for one seed, kept in the work folder: a rerun (or another process's
     run of other strategies) reuses it, so strategies can run in parallel and be gathered in one table."""
     path = os.path.join(args.work, f"curve-{strategy}-seed{seed}.json")
+    if args.gather and not os.path.exists(path):
+        return None
     if not os.path.exists(path):
         write_json(path, simulate(args, tiny, seed, strategy, pool, dev, test))
     with open(path) as fp:
@@ -188,7 +190,7 @@ def summarise(results: dict, strategies) -> dict:
         for i in range(len(runs[0])):
             accs = [run[i]["accuracy"] for run in runs]
             points.append({"labels": runs[0][i]["labels"], "mean": statistics.mean(accs),
-                           "std": statistics.pstdev(accs)})
+                           "std": statistics.pstdev(accs), "seeds": len(accs)})
         table[strategy] = points
     target = table["random"][-1]
     for strategy in strategies:
@@ -221,13 +223,14 @@ def plot(table: dict, strategies, path: str, task: str = "uniform") -> None:
 
 def markdown(table: dict, strategies) -> str:
     labels = [p["labels"] for p in table["random"]]
-    lines = ["| strategy | " + " | ".join(f"{n} labels" for n in labels) + " | labels to reach random's final |",
-             "|---|" + "---|" * (len(labels) + 1)]
+    lines = ["| strategy | seeds | " + " | ".join(f"{n} labels" for n in labels) + " | labels to reach random's final |",
+             "|---|---|" + "---|" * (len(labels) + 1)]
     for strategy in strategies:
         cells = [f"{p['mean']:.3f} ± {p['std']:.3f}" for p in table[strategy]]
         reach = table[strategy + ":labels_to_random_final"]
         got = "not reached" if reach["labels"] is None else f"{reach['labels']} ({reach['fraction_of_random']:.0%})"
-        lines.append(f"| {strategy} | " + " | ".join(cells) + f" | {got} |")
+        lines.append(f"| {strategy} | {table[strategy][0]['seeds']} | " + " | ".join(cells)
+                     + f" | {got} |")
     return "\n".join(lines)
 
 
@@ -249,6 +252,7 @@ def main():
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--steps", type=int, help="train.py --max_steps per round")
     parser.add_argument("--pool_per_class", type=int)
+    parser.add_argument("--gather", action="store_true", help="no new runs: tabulate the curves already cached")
     args = parser.parse_args()
     for name, value in DEFAULTS[args.task].items():
         if getattr(args, name) is None:
@@ -261,6 +265,9 @@ def main():
     pool, dev, test = task_splits(args.task, args.pool_per_class)
     started = time.time()
     results = {s: [curve_of(args, tiny, seed, s, pool, dev, test) for seed in args.seeds] for s in args.strategies}
+    if args.gather:  # only the finished curves; a strategy may then have fewer seeds (the table says how many)
+        results = {s: [c for c in curves if c] for s, curves in results.items() if any(curves)}
+        args.strategies = list(results)
     table = summarise(results, args.strategies)
     config = {k: v for k, v in vars(args).items() if k != "work"}
     out = {"config": config, "seconds": round(time.time() - started), "runs": results, "table": table}
