@@ -253,11 +253,12 @@ def main():
     parser.add_argument("--steps", type=int, help="train.py --max_steps per round")
     parser.add_argument("--pool_per_class", type=int)
     parser.add_argument("--gather", action="store_true", help="no new runs: tabulate the curves already cached")
+    parser.add_argument("--tag", default="", help="appended to the names of the JSON and PNG written")
     args = parser.parse_args()
     for name, value in DEFAULTS[args.task].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    suffix = "" if args.task == "uniform" else f"_{args.task}"
+    suffix = ("" if args.task == "uniform" else f"_{args.task}") + (f"_{args.tag}" if args.tag else "")
     # Cached curves and starts belong to one configuration: its own work folder.
     args.work = os.path.join(WORK, args.task, "-".join(f"{n}{getattr(args, n)}" for n in DEFAULTS[args.task]))
     os.makedirs(args.work, exist_ok=True)
@@ -269,7 +270,7 @@ def main():
         results = {s: [c for c in curves if c] for s, curves in results.items() if any(curves)}
         args.strategies = list(results)
     table = summarise(results, args.strategies)
-    config = {k: v for k, v in vars(args).items() if k != "work"}
+    config = {k: v for k, v in vars(args).items() if k not in ("work", "gather", "tag")}
     out = {"config": config, "seconds": round(time.time() - started), "runs": results, "table": table}
     with open(os.path.join(ROOT, "benchmarks", f"results_active_learning{suffix}.json"), "w") as fp:
         json.dump(out, fp, indent=1)
