@@ -6,9 +6,10 @@
         --output_file to_label.tsv --exclude_file data/train.txt --balance
 
 Strategies: entropy and margin (uncertainty), disagreement (an ensemble's members), diversity
-(k-center greedy on the export's mask_embedding), hybrid (the --pool_size most uncertain, then
-k-center among them). Writes the TSV (rank, line, text, score, prediction), STEM.label-studio.json
-(Label Studio tasks with the model's pre-labels) and STEM.label-studio.xml (the labelling config).
+(k-center greedy, or --diversity kmeans, on the export's mask_embedding), hybrid (the --pool_size
+most uncertain, then k-center or k-means among them). Writes the TSV (rank, line, text, score,
+prediction), STEM.label-studio.json (Label Studio tasks with the model's pre-labels) and
+STEM.label-studio.xml (the labelling config).
 Streams any number of texts with flat memory; --ray scores on a Ray cluster as infer.py does.
 Needs no Paddle. docs/how-to/active-learning.md explains the choices; utils/selection/ is the code.
 """
@@ -49,7 +50,8 @@ def main(argv):
 
     device, device_id = args.placement()
     options = SelectOptions(k=args.k, strategy=args.strategy.value, disagreement=args.disagreement.value,
-                            pool_size=args.pool_size, balance=args.balance, seed=args.seed)
+                            pool_size=args.pool_size, balance=args.balance, seed=args.seed,
+                            diversity=args.diversity.value)
     runtime = dict(device=device, num_threads=args.num_threads, use_fp16=args.use_fp16, use_int8=args.use_int8,
                    max_seq_length=args.max_seq_length, batch_size=args.batch_size)
     previous = signal.signal(signal.SIGTERM, terminate)

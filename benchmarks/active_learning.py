@@ -1,16 +1,22 @@
-"""Active-learning simulation on the keyword task: select.py's strategies against random picks.
+"""Active-learning simulation on the keyword tasks: select.py's strategies against random picks.
 
-    python benchmarks/active_learning.py                       # the stated small config (2 CPU cores)
-    python benchmarks/active_learning.py --seeds 0 1 --rounds 3 --strategies random entropy
+    python benchmarks/active_learning.py                       # the uniform task, the stated small config
+    python benchmarks/active_learning.py --task longtail --strategies random entropy margin diversity hybrid
+    python benchmarks/active_learning.py --seeds 0 1 --rounds 3 --strategies random entropy+balance diversity+kmeans
 
+Tasks: `uniform`, one keyword per class (3 classes, utils/testing/synthetic.py make_split); `longtail`, 4
+classes of 6 keywords each, Zipf-distributed in the pool (a few frequent, many rare; synthetic.py
+make_longtail_split), dev and test uniform over the keywords, so a model must see the rare ones labelled.
 The oracle is the gold label. Per seed and strategy: start from --start labelled texts per class
-(drawn at random with the seed, the same for every strategy), then --rounds rounds of: train.py on
-the labelled texts (the tiny random ERNIE of utils/testing, --steps steps, a fixed dev set of 8 per
-class that is not counted as labels and is the same for all), export, accuracy on a fixed test set,
-then select.py picks --per_round more texts from the unlabelled pool (--exclude_file = the labels so
-far), whose gold labels are added. `random` draws them uniformly with the seed. Writes
-benchmarks/results_active_learning.json and benchmarks/active_learning.png (mean ± std over seeds)
-and prints the table that QUALITY.md carries.
+(drawn at random with the seed; round 0 is trained once per seed and shared by every strategy), then
+--rounds rounds of: train.py on the labelled texts (the tiny random ERNIE of utils/testing, --steps
+steps; the fixed dev set is not counted as labels and is the same for all), export, accuracy on a
+fixed test set, then select.py picks --per_round more texts from the unlabelled pool (--exclude_file =
+the labels so far), whose gold labels are added. `random` draws them uniformly with the seed;
+`NAME+balance` adds select.py --balance, `NAME+kmeans` --diversity kmeans. Each curve is cached in the
+work folder (per configuration), so strategies can run in parallel processes and be gathered by one
+last run. Writes benchmarks/results_active_learning[_TASK].json and benchmarks/active_learning[_TASK].png
+(mean ± std over seeds) and prints the table that QUALITY.md carries.
 """
 import argparse
 import json
@@ -25,19 +31,38 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("PTUNING_OFFLINE", "1")
 WORK = os.path.join(ROOT, "benchmarks", "work", "active_learning")
+STEPS_LONGTAIL = 400  # calibrated on a held-out set (not the test set): all 400 pool labels -> 100%
 FAST = ["--max_seq_length", "40", "--learning_rate", "1e-3", "--ppt_learning_rate", "3e-3",
         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "64"]
 
 
-def build_tiny(work: str) -> str:
+def build_tiny(work: str, task: str = "uniform") -> str:
+    """The tiny random ERNIE; for the long-tail task its vocab also holds that task's keyword characters
+    (a separate model, so the uniform task's runs keep their model)."""
     from utils.testing import synthetic
     from utils.testing.tiny_ernie import build_ernie, texts_of_data_dirs, vocab_from_texts
 
-    path = os.path.join(work, "tiny-ernie")
+    path = os.path.join(work, "tiny-ernie" if task == "uniform" else f"tiny-ernie-{task}")
     if not os.path.isdir(path):
         texts = synthetic.vocab_texts() + texts_of_data_dirs([os.path.join(ROOT, "data", "example")])
+        if task == "longtail":
+            texts += synthetic.longtail_vocab_texts()
         build_ernie(path, vocab_from_texts(texts + [synthetic.PROMPT]), seed=0)
     return path
+
+
+def task_splits(task: str, pool_per_class: int):
+    """`(pool, dev, test)` as `(text, label)` lists, each from its own fixed seed (the same for every run).
+    uniform: one keyword per class, everything balanced. longtail: six keywords per class, Zipf-distributed in
+    the pool (utils/testing/synthetic.py `longtail_counts`), dev (1 per keyword) and test (8 per keyword) uniform."""
+    from utils.testing.synthetic import make_longtail_split, make_split
+
+    if task == "longtail":
+        return (make_longtail_split(random.Random(100), pool_per_class),
+                make_longtail_split(random.Random(200), 6, uniform=True),
+                make_longtail_split(random.Random(300), 48, uniform=True))
+    split = lambda seed, n: [tuple(line.split("\t")) for line in make_split(random.Random(seed), n)]  # noqa: E731
+    return split(100, pool_per_class), split(200, 8), split(300, 50)
 
 
 def train_export(tiny: str, data_dir: str, out: str, steps: int, seed: int) -> str:
@@ -67,7 +92,8 @@ def accuracy(export: str, test) -> float:
     return sum(p.label == gold for p, (_, gold) in zip(predictions, test)) / len(test)
 
 
-def select(export: str, pool_path: str, labelled_path: str, k: int, strategy: str, out: str, seed: int):
+def select(export: str, pool_path: str, labelled_path: str, k: int, strategy: str, out: str, seed: int,
+           option: str = ""):
     """select.py in-process: the input line numbers it picked."""
     import importlib.util
 
@@ -78,20 +104,18 @@ def select(export: str, pool_path: str, labelled_path: str, k: int, strategy: st
     spec.loader.exec_module(module)
     argv = ["--model_path_prefix", export, "--input_file", pool_path, "--k", str(k), "--strategy", strategy,
             "--exclude_file", labelled_path, "--output_file", out, "--device", "cpu", "--pool_size", "200",
-            "--seed", str(seed)]
+            "--seed", str(seed)] + (["--balance"] if option == "balance" else [])
+    if option and option != "balance":  # diversity+kmeans: select.py --strategy diversity --diversity kmeans
+        argv += ["--diversity", option]
     assert run_cli(module.main, argv) == 0
     with open(out, encoding="utf-8") as fp:
         return [int(line.split("\t")[1]) for line in fp.read().splitlines()[1:]]
 
 
-def simulate(args, tiny: str, seed: int, strategy: str, pool, dev, test) -> list:
+def start(args, tiny: str, seed: int, pool, dev, test, data_dir: str) -> tuple:
+    """Round 0, the same for every strategy (the labels drawn with the seed, the same training seed): trained
+    once per seed and shared. `(labelled indices, rng after the draw, export, accuracy)`."""
     rng = random.Random(seed)
-    base = os.path.join(WORK, f"{strategy}-seed{seed}")
-    data_dir = os.path.join(base, "data")
-    os.makedirs(data_dir, exist_ok=True)
-    pool_path = os.path.join(base, "pool.txt")
-    with open(pool_path, "w", encoding="utf-8") as fp:
-        fp.write("".join(text + "\n" for text, _ in pool))
     by_class = {}
     for index, (_, label) in enumerate(pool):
         by_class.setdefault(label, []).append(index)
@@ -99,11 +123,50 @@ def simulate(args, tiny: str, seed: int, strategy: str, pool, dev, test) -> list
     write_split(os.path.join(data_dir, "dev.txt"), dev)
     with open(os.path.join(data_dir, "label.txt"), "w", encoding="utf-8") as fp:
         fp.write("".join(label + "\n" for label in sorted(by_class)))
+    write_split(os.path.join(data_dir, "train.txt"), [pool[i] for i in labelled])
+    cached = os.path.join(args.work, f"start-seed{seed}.json")  # shared by processes running other strategies
+    if not os.path.exists(cached):
+        export = train_export(tiny, data_dir, os.path.join(args.work, f"start-seed{seed}-{os.getpid()}"), args.steps,
+                              seed)
+        write_json(cached, {"export": export, "accuracy": accuracy(export, test)})
+    with open(cached) as fp:
+        start = json.load(fp)
+    return labelled, rng, start["export"], start["accuracy"]
+
+
+def write_json(path: str, value) -> None:
+    with open(path + ".tmp", "w") as fp:
+        json.dump(value, fp, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def curve_of(args, tiny: str, seed: int, strategy: str, pool, dev, test) -> list:
+    """One strategy's learning curve for one seed, kept in the work folder: a rerun (or another process's
+    run of other strategies) reuses it, so strategies can run in parallel and be gathered in one table."""
+    path = os.path.join(args.work, f"curve-{strategy}-seed{seed}.json")
+    if args.gather and not os.path.exists(path):
+        return None
+    if not os.path.exists(path):
+        write_json(path, simulate(args, tiny, seed, strategy, pool, dev, test))
+    with open(path) as fp:
+        return json.load(fp)
+
+
+def simulate(args, tiny: str, seed: int, strategy: str, pool, dev, test) -> list:
+    base = os.path.join(args.work, f"{strategy}-seed{seed}")
+    data_dir = os.path.join(base, "data")
+    os.makedirs(data_dir, exist_ok=True)
+    pool_path = os.path.join(base, "pool.txt")
+    with open(pool_path, "w", encoding="utf-8") as fp:
+        fp.write("".join(text + "\n" for text, _ in pool))
+    labelled, rng, export, acc = start(args, tiny, seed, pool, dev, test, data_dir)
     curve = []
     for round_ in range(args.rounds + 1):
-        write_split(os.path.join(data_dir, "train.txt"), [pool[i] for i in labelled])
-        export = train_export(tiny, data_dir, os.path.join(base, "run"), args.steps, seed)
-        curve.append({"labels": len(labelled), "accuracy": accuracy(export, test)})
+        if round_:
+            write_split(os.path.join(data_dir, "train.txt"), [pool[i] for i in labelled])
+            export = train_export(tiny, data_dir, os.path.join(base, "run"), args.steps, seed)
+            acc = accuracy(export, test)
+        curve.append({"labels": len(labelled), "accuracy": acc})
         print(json.dumps({"strategy": strategy, "seed": seed, **curve[-1]}), flush=True)
         if round_ == args.rounds:
             break
@@ -111,8 +174,9 @@ def simulate(args, tiny: str, seed: int, strategy: str, pool, dev, test) -> list
             rest = sorted(set(range(len(pool))) - set(labelled))
             picked = rng.sample(rest, args.per_round)
         else:
-            lines = select(export, pool_path, os.path.join(data_dir, "train.txt"), args.per_round, strategy,
-                           os.path.join(base, "picks.tsv"), seed)
+            name, _, option = strategy.partition("+")  # e.g. entropy+balance
+            lines = select(export, pool_path, os.path.join(data_dir, "train.txt"), args.per_round, name,
+                           os.path.join(base, "picks.tsv"), seed, option)
             picked = [n - 1 for n in lines]  # the pool file has no blank lines: line n is pool[n - 1]
         labelled = sorted(set(labelled) | set(picked))
     return curve
@@ -126,7 +190,7 @@ def summarise(results: dict, strategies) -> dict:
         for i in range(len(runs[0])):
             accs = [run[i]["accuracy"] for run in runs]
             points.append({"labels": runs[0][i]["labels"], "mean": statistics.mean(accs),
-                           "std": statistics.pstdev(accs)})
+                           "std": statistics.pstdev(accs), "seeds": len(accs)})
         table[strategy] = points
     target = table["random"][-1]
     for strategy in strategies:
@@ -136,7 +200,7 @@ def summarise(results: dict, strategies) -> dict:
     return table
 
 
-def plot(table: dict, strategies, path: str) -> None:
+def plot(table: dict, strategies, path: str, task: str = "uniform") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,7 +215,7 @@ def plot(table: dict, strategies, path: str) -> None:
         ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.15)
     ax.set_xlabel("labelled texts")
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
-    ax.set_title("Active learning on the keyword task (tiny ERNIE)")
+    ax.set_title(f"Active learning on the {task} keyword task (tiny ERNIE)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -159,39 +223,58 @@ def plot(table: dict, strategies, path: str) -> None:
 
 def markdown(table: dict, strategies) -> str:
     labels = [p["labels"] for p in table["random"]]
-    lines = ["| strategy | " + " | ".join(f"{n} labels" for n in labels) + " | labels to reach random's final |",
-             "|---|" + "---|" * (len(labels) + 1)]
+    lines = ["| strategy | seeds | " + " | ".join(f"{n} labels" for n in labels) + " | labels to reach random's final |",
+             "|---|---|" + "---|" * (len(labels) + 1)]
     for strategy in strategies:
         cells = [f"{p['mean']:.3f} ± {p['std']:.3f}" for p in table[strategy]]
         reach = table[strategy + ":labels_to_random_final"]
         got = "not reached" if reach["labels"] is None else f"{reach['labels']} ({reach['fraction_of_random']:.0%})"
-        lines.append(f"| {strategy} | " + " | ".join(cells) + f" | {got} |")
+        lines.append(f"| {strategy} | {table[strategy][0]['seeds']} | " + " | ".join(cells)
+                     + f" | {got} |")
     return "\n".join(lines)
+
+
+DEFAULTS = {  # per task: start (per class), per_round, rounds, steps, pool_per_class
+    "uniform": dict(start=2, per_round=9, rounds=5, steps=80, pool_per_class=100),
+    "longtail": dict(start=4, per_round=16, rounds=5, steps=STEPS_LONGTAIL, pool_per_class=100),
+}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=sorted(DEFAULTS), default="uniform")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--strategies", nargs="+", default=["random", "entropy", "margin", "hybrid"])
-    parser.add_argument("--start", type=int, default=2, help="labelled texts per class at the start")
-    parser.add_argument("--per_round", type=int, default=9)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=80, help="train.py --max_steps per round")
-    parser.add_argument("--pool_per_class", type=int, default=100)
+    parser.add_argument("--strategies", nargs="+", default=["random", "entropy", "margin", "hybrid"],
+                        help="random or select.py strategies; NAME+balance adds --balance, diversity+kmeans "
+                             "--diversity kmeans")
+    parser.add_argument("--start", type=int, help="labelled texts per class at the start")
+    parser.add_argument("--per_round", type=int)
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--steps", type=int, help="train.py --max_steps per round")
+    parser.add_argument("--pool_per_class", type=int)
+    parser.add_argument("--gather", action="store_true", help="no new runs: tabulate the curves already cached")
+    parser.add_argument("--tag", default="", help="appended to the names of the JSON and PNG written")
     args = parser.parse_args()
-    from utils.testing.synthetic import make_split
-
-    os.makedirs(WORK, exist_ok=True)
-    tiny = build_tiny(WORK)
-    split = lambda seed, n: [tuple(line.split("\t")) for line in make_split(random.Random(seed), n)]  # noqa: E731
-    pool, dev, test = split(100, args.pool_per_class), split(200, 8), split(300, 50)
+    for name, value in DEFAULTS[args.task].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    suffix = ("" if args.task == "uniform" else f"_{args.task}") + (f"_{args.tag}" if args.tag else "")
+    # Cached curves and starts belong to one configuration: its own work folder.
+    args.work = os.path.join(WORK, args.task, "-".join(f"{n}{getattr(args, n)}" for n in DEFAULTS[args.task]))
+    os.makedirs(args.work, exist_ok=True)
+    tiny = build_tiny(WORK, args.task)
+    pool, dev, test = task_splits(args.task, args.pool_per_class)
     started = time.time()
-    results = {s: [simulate(args, tiny, seed, s, pool, dev, test) for seed in args.seeds] for s in args.strategies}
+    results = {s: [curve_of(args, tiny, seed, s, pool, dev, test) for seed in args.seeds] for s in args.strategies}
+    if args.gather:  # only the finished curves; a strategy may then have fewer seeds (the table says how many)
+        results = {s: [c for c in curves if c] for s, curves in results.items() if any(curves)}
+        args.strategies = list(results)
     table = summarise(results, args.strategies)
-    out = {"config": vars(args), "seconds": round(time.time() - started), "runs": results, "table": table}
-    with open(os.path.join(ROOT, "benchmarks", "results_active_learning.json"), "w") as fp:
+    config = {k: v for k, v in vars(args).items() if k not in ("work", "gather", "tag")}
+    out = {"config": config, "seconds": round(time.time() - started), "runs": results, "table": table}
+    with open(os.path.join(ROOT, "benchmarks", f"results_active_learning{suffix}.json"), "w") as fp:
         json.dump(out, fp, indent=1)
-    plot(table, args.strategies, os.path.join(ROOT, "benchmarks", "active_learning.png"))
+    plot(table, args.strategies, os.path.join(ROOT, "benchmarks", f"active_learning{suffix}.png"), args.task)
     print(markdown(table, args.strategies))
 
 

@@ -205,6 +205,13 @@ class Strategy(Choice):
     HYBRID = "hybrid"
 
 
+class Diversity(Choice):
+    """select.py --diversity: how diversity and hybrid spread their picks over the texts' vectors."""
+
+    KCENTER = "kcenter"
+    KMEANS = "kmeans"
+
+
 class Disagreement(Choice):
     """select.py --disagreement: how an ensemble's members' disagreement is measured."""
 

@@ -53,6 +53,18 @@ def test_streaming_in_chunks_picks_what_one_pass_in_memory_picks(strategy, balan
         assert run(options, lines, chunk)[1] == whole
 
 
+@pytest.mark.parametrize("strategy", ["diversity", "hybrid"])
+@pytest.mark.parametrize("balance", [False, True])
+def test_kmeans_diversity_is_seeded_and_chunking_changes_nothing(strategy, balance):
+    lines = texts(300)
+    options = SelectOptions(k=8, strategy=strategy, pool_size=300 if strategy == "diversity" else 60,
+                            balance=balance, seed=3, diversity="kmeans")
+    whole = run(options, lines, 300)[1]
+    assert len({line for line, _ in whole}) == 8
+    assert run(options, lines, 7)[1] == whole
+    assert whole != run(SelectOptions(**{**options.__dict__, "diversity": "kcenter"}), lines, 300)[1]
+
+
 def test_in_memory_reference_for_entropy():
     lines = texts(300)
     probs = DECODER.probabilities(fake_outputs([{"text_a": t} for t in lines])[OUTPUT_NAME])

@@ -6,7 +6,7 @@ import os
 from dataclasses import field
 from typing import Optional
 
-from ..choices import Disagreement, Strategy
+from ..choices import Disagreement, Diversity, Strategy
 from ..errors import UserError
 from .checks import positive
 from .runtime import InferArguments, RuntimeArguments
@@ -41,6 +41,10 @@ class SelectArguments(RuntimeArguments):
     disagreement: Disagreement = field(default=Disagreement.KL, metadata={
         "help": "With --strategy disagreement: kl (mean KL divergence of each member from the consensus) or vote "
                 "(entropy of the members' votes)."})
+    diversity: Diversity = field(default=Diversity.KCENTER, metadata={
+        "help": "With --strategy diversity or hybrid, how the picks are spread over the vectors: kcenter (k-center "
+                "greedy: each pick the farthest from the earlier ones) or kmeans (K k-means clusters, seeded; per "
+                "cluster the text nearest its centroid, largest cluster first)."})
     pool_size: int = field(default=DEFAULT_POOL, metadata={
         "help": "diversity / hybrid: candidates kept with their vectors (memory is bounded by it): hybrid's most "
                 "uncertain texts, diversity's seeded uniform sample of the input. At least --k."})
@@ -49,7 +53,8 @@ class SelectArguments(RuntimeArguments):
                 "share to the others)."})
     exclude_file: Optional[str] = field(default=None, metadata={
         "help": "Texts already labelled (a split such as train.txt, or data.txt-like lines): never picked."})
-    seed: int = field(default=0, metadata={"help": "diversity / hybrid: the seed of the sample and the first center."})
+    seed: int = field(default=0, metadata={
+        "help": "diversity / hybrid: the seed of the sample, the first center and k-means."})
     batch_size: int = infer_flag("batch_size")
     chunk_size: Optional[int] = infer_flag("chunk_size")
     file_order: bool = infer_flag("file_order")
@@ -63,6 +68,7 @@ class SelectArguments(RuntimeArguments):
             raise UserError(f"must be 0 or more, got {self.seed}", "--seed")
         self.strategy = Strategy.from_flag(self.strategy, "--strategy")
         self.disagreement = Disagreement.from_flag(self.disagreement, "--disagreement")
+        self.diversity = Diversity.from_flag(self.diversity, "--diversity")
         super().__post_init__()
         if self.strategy in (Strategy.DIVERSITY, Strategy.HYBRID) and self.pool_size < self.k:
             raise UserError(f"must be at least --k ({self.k}) for --strategy {self.strategy}, got {self.pool_size}",

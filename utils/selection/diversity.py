@@ -1,13 +1,16 @@
-"""Picking among candidates: k-center greedy on their vectors, and the class balance (numpy).
+"""Picking among candidates: k-center greedy or k-means on their vectors, and the class balance (numpy;
+k-means: sklearn).
 
 k-center greedy (Sener & Savarese's core-set): vectors are L2-normalised; the first center is given
 (diversity: a seeded random candidate; hybrid: the most uncertain one), then each next pick is the
 candidate farthest from every pick so far. Its score is that distance (Euclidean between unit
 vectors, 0..2; the first pick: 2). `--balance` caps each predicted class at ceil(k / classes present)
-picks while another class still has candidates; the cap is lifted when none has.
+picks while another class still has candidates; the cap is lifted when none has. k-means (`--diversity
+kmeans`): K clusters of the normalised vectors (seeded), and per cluster the candidate nearest its centroid.
 """
 from __future__ import annotations
 
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -79,3 +82,33 @@ def k_center(vectors: np.ndarray, k: int, first: int = 0,
         masked = np.where(allowed, nearest, -1.0)
         index = int(np.argmax(masked))
         distance = float(np.sqrt(nearest[index]))
+
+
+def k_means(vectors: np.ndarray, k: int, seed: int = 0,
+            classes: Optional[Sequence[int]] = None) -> List[Tuple[int, float]]:
+    """`(index, distance to its centroid)` of `min(k, n)` picks: k-means (sklearn, seeded) on the normalised
+    vectors, then for each centroid, largest cluster first, the free candidate nearest to it (under the
+    class balance). Ties: the lower index."""
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    units = normalize(vectors)
+    n = len(units)
+    count = min(k, n)
+    if count <= 0:
+        return []
+    with warnings.catch_warnings():  # fewer distinct vectors than k: some clusters coincide, picks stay distinct
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = KMeans(n_clusters=count, n_init=4, random_state=seed).fit(units)
+    sizes = np.bincount(model.labels_, minlength=count)
+    distances = np.linalg.norm(units[:, None, :] - model.cluster_centers_[None], axis=-1)  # [n, clusters]
+    free = np.ones(n, dtype=bool)
+    quota = Quota(classes, k)
+    picks: List[Tuple[int, float]] = []
+    for cluster in sorted(range(count), key=lambda c: (-sizes[c], c)):  # stable: equal sizes by cluster id
+        allowed = quota.allowed(free)
+        index = int(np.argmin(np.where(allowed, distances[:, cluster], np.inf)))
+        picks.append((index, float(distances[index, cluster])))
+        free[index] = False
+        quota.take(index)
+    return picks

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ..annotation import label_studio
-from ..choices import Strategy
+from ..choices import Diversity, Strategy
 from ..dataset.inputs import InputFile
 from ..deploy.bundle import read_decoder, read_labels, read_manifest, resolve_export_dir
 from ..deploy.format import MEMBER_OUTPUT, OUTPUT_NAME, REPRESENTATION_OUTPUT
@@ -35,9 +35,8 @@ from ..errors import UserError
 from ..files import check_output_file, count_lines, write_text_atomic
 from ..progress import Progress
 from ..task.decoding import LABEL_SEPARATOR, probabilities
-from .diversity import k_center, ranked_pick
-from .pools import Reservoir, TopK, read_exclusions, text_key
-from .scores import scorer
+from .pools import read_exclusions, text_key
+from .strategies import registered, strategy_for
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +53,7 @@ class SelectOptions:
     pool_size: int = 10000
     balance: bool = False
     seed: int = 0
+    diversity: str = Diversity.KCENTER.value
 
 
 @dataclass
@@ -74,47 +74,35 @@ def side_files(output_path: str) -> Tuple[str, str]:
 def needed_outputs(strategy: str, manifest: dict, export_dir: str) -> List[str]:
     """The outputs the strategy reads, or a `UserError` when the export has not got them."""
     have = [o.get("name") for o in manifest.get("outputs") or [] if isinstance(o, dict)] or [OUTPUT_NAME]
-    names = [OUTPUT_NAME]
-    if strategy == Strategy.DISAGREEMENT.value:
-        if MEMBER_OUTPUT not in have:
-            raise UserError("--strategy disagreement needs an ensemble export (ensemble.py), whose members' logits "
-                            f"({MEMBER_OUTPUT}) it compares; this is a single model's export: use entropy, margin, "
-                            "diversity or hybrid", export_dir)
-        names.append(MEMBER_OUTPUT)
-    if strategy in (Strategy.DIVERSITY.value, Strategy.HYBRID.value):
-        if REPRESENTATION_OUTPUT not in have:
-            raise UserError(f"--strategy {strategy} needs the texts' vectors ({REPRESENTATION_OUTPUT}), which exports "
-                            "made before select.py existed lack: export the checkpoint again (export.py, or "
-                            "ensemble.py); entropy, margin and disagreement work on this export", export_dir)
-        names.append(REPRESENTATION_OUTPUT)
-    return names
+    chosen = registered(strategy)
+    for output in chosen.outputs:
+        if output not in have:
+            raise chosen.missing(output, export_dir)
+    return [OUTPUT_NAME, *chosen.outputs]
 
 
 class Selector:
-    """Takes scored chunks (`add`), holds the bounded pools, returns the picks (`picks`)."""
+    """Takes scored chunks (`add`), holds the bounded pools, returns the picks (`picks`); what is pooled and
+    picked is the registered strategy's (strategies.py)."""
 
     def __init__(self, options: SelectOptions, decoder, excluded=frozenset()):
         self.options, self.decoder, self.excluded = options, decoder, excluded
-        self.strategy = options.strategy
-        self.scorer = scorer(self.strategy, decoder.multi_label, decoder.thresholds, options.disagreement)
+        self.strategy = strategy_for(options, decoder)
+        self.scorer = self.strategy.scorer
         self.scored = self.skipped = 0
-        if self.strategy == Strategy.DIVERSITY.value:
-            self.pools = {None: Reservoir(options.pool_size, options.seed)}
-        elif self.strategy == Strategy.HYBRID.value:
-            self.pools = {None: TopK(options.pool_size)}
-        else:
-            self.pools = {}  # per predicted class with --balance, else one (key None)
+        self.pools = {}  # per predicted class with --balance (ranked strategies), else one (key None)
+        if self.strategy.pool_key(0) is None:
+            self.pools[None] = self.strategy.new_pool()
 
     @property
     def peak(self) -> int:
         """The most candidates held at once (all pools together, each at its own peak)."""
         return sum(pool.peak for pool in self.pools.values())
 
-    def _pool(self, label: Optional[int]):
-        key = label if self.options.balance and self.strategy not in (Strategy.DIVERSITY.value,
-                                                                      Strategy.HYBRID.value) else None
+    def _pool(self, label: int):
+        key = self.strategy.pool_key(label)
         if key not in self.pools:
-            self.pools[key] = TopK(self.options.k)
+            self.pools[key] = self.strategy.new_pool()
         return self.pools[key]
 
     def add(self, examples: List[dict], lines: List[int], arrays: Dict[str, np.ndarray]) -> None:
@@ -128,10 +116,10 @@ class Selector:
         vectors = arrays.get(REPRESENTATION_OUTPUT)
         classes = probs.argmax(axis=1)
         self.scored += len(examples)
-        diversity = self.strategy == Strategy.DIVERSITY.value
+        sample = self.strategy.keeps_vectors  # a uniform sample: every text is offered, whatever its score
         # Texts below the pool's entry threshold cannot enter (it only rises): skipped without a look
         # (unless exclusions must be counted, or the pools are per class).
-        single = None if self.pools.get(None) is None or diversity else self.pools[None]
+        single = None if sample else self.pools.get(None)
         order = np.arange(len(examples))
         if single is not None and not self.excluded:
             order = np.flatnonzero(priority >= single.threshold())
@@ -140,38 +128,17 @@ class Selector:
             if key in self.excluded:
                 self.skipped += 1
                 continue
-            pool = self.pools[None] if diversity else self._pool(int(classes[i]))
-            if not diversity and priority[i] < pool.threshold():
+            pool = self._pool(int(classes[i]))
+            if not sample and priority[i] < pool.threshold():
                 continue
             item = Candidate(lines[i], examples[i], probs[i].copy(), float(scores[i]),
                              None if vectors is None else vectors[i].copy())
-            if diversity:
-                pool.offer(key, item)
-            else:
-                pool.offer(priority[i], lines[i], key, item)
+            self.strategy.offer(pool, priority[i], lines[i], key, item)
 
     def picks(self) -> List[Tuple[Candidate, float]]:
         """`(candidate, score shown)` in rank order: the strategy's score (entropy, margin, disagreement),
-        or for diversity and hybrid the k-center distance at the time of the pick."""
-        k, balance = self.options.k, self.options.balance
-        if self.strategy == Strategy.DIVERSITY.value:
-            items = sorted(self.pools[None].items(), key=lambda c: c.line)  # not the reservoir's slot order
-            if not items:
-                return []
-            first = int(np.random.default_rng(self.options.seed).integers(len(items)))
-            return self._centers(items, first)
-        ranked = sorted(((p, c) for pool in self.pools.values() for p, c in pool.ranked()),
-                        key=lambda pc: (-pc[0], pc[1].line))
-        items = [c for _, c in ranked]
-        if self.strategy == Strategy.HYBRID.value:
-            return self._centers(items, 0) if items else []  # the first center: the most uncertain text
-        classes = [int(c.probs.argmax()) for c in items] if balance else None
-        return [(items[i], items[i].score) for i in ranked_pick(len(items), k, classes)]
-
-    def _centers(self, items: List[Candidate], first: int) -> List[Tuple[Candidate, float]]:
-        classes = [int(c.probs.argmax()) for c in items] if self.options.balance else None
-        vectors = np.stack([c.vector for c in items])
-        return [(items[i], distance) for i, distance in k_center(vectors, self.options.k, first, classes)]
+        or for diversity and hybrid the k-center distance at the time of the pick (k-means: to the centroid)."""
+        return self.strategy.picks(self.pools)
 
 
 def prediction_of(decoder, labels: List[str], probs: np.ndarray):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 FILLER = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与关各重新线内数正心反你明看原又么利比或但质气第向道命此变条只没结解问意建月公无系军很情者最立代想已通并提直题党程展五果料象员革位入常文总次品式活设及管特件长求老头基资边流路级少图山统接知较将组见计别她手角期根论运农指几九区强放决西被干做必战先回则任取据处理府研质"
 KEYWORDS = {"apple": ("苹果", "红色"), "banana": ("香蕉", "黄色"), "grape": ("葡萄", "紫色")}
@@ -123,3 +123,49 @@ def flip_labels(path: str, fraction: float, seed: int = 0) -> Dict[int, str]:
     with open(path, "w", encoding="utf-8") as fp:
         fp.write("\n".join(lines) + "\n")
     return planted
+
+
+# The long-tail keyword task (benchmarks/active_learning.py --task longtail): four classes, six two-character
+# keywords each, none of whose characters is a filler's or another task's. In a pool, each class's keywords
+# are Zipf-distributed (`longtail_counts`); a test set is uniform over keywords. A model learns a keyword only
+# from labelled texts that carry it, so uniform labelling spends its labels on the frequent keywords.
+LONGTAIL_KEYWORDS = {
+    "animal": ("猫狗", "鸡鸭", "鹅兔", "鹿熊", "狼虎", "豹蛇"),
+    "tree": ("松柏", "杨柳", "桃李", "杏梅", "菊兰", "竹荷"),
+    "tool": ("锤钳", "锯斧", "凿锉", "铲犁", "刨钉", "锥镐"),
+    "weather": ("雨雪", "霜雷", "雹雾", "霞虹", "冰晴", "旱涝"),
+}
+LONGTAIL_EXPONENT = 1.5
+
+
+def longtail_counts(per_class: int, keywords: int = 6, exponent: float = LONGTAIL_EXPONENT) -> List[int]:
+    """How many of a class's `per_class` pool texts carry its r-th keyword: proportional to 1 / r**exponent,
+    rounded by largest remainder (they sum to `per_class`; every keyword at least once when per_class allows)."""
+    weights = [1.0 / (rank ** exponent) for rank in range(1, keywords + 1)]
+    shares = [per_class * w / sum(weights) for w in weights]
+    counts = [int(s) for s in shares]
+    by_remainder = sorted(range(keywords), key=lambda r: (-(shares[r] - int(shares[r])), r))
+    for rank in by_remainder[:per_class - sum(counts)]:
+        counts[rank] += 1
+    while per_class >= keywords and 0 in counts:  # the rarest keyword still occurs: taken from the most frequent
+        counts[counts.index(0)] += 1
+        counts[counts.index(max(counts))] -= 1
+    return counts
+
+
+def make_longtail_split(rng: random.Random, per_class: int, uniform: bool = False, min_len: int = 2,
+                        max_len: int = 6) -> List[Tuple[str, str]]:
+    """`(text, label)` pairs, `per_class` per class: keywords Zipf-distributed (`longtail_counts`), or with
+    `uniform` the same number of texts for every keyword (`per_class` must then be a multiple of 6)."""
+    rows = []
+    for label, keywords in LONGTAIL_KEYWORDS.items():
+        counts = [per_class // len(keywords)] * len(keywords) if uniform else longtail_counts(per_class, len(keywords))
+        for keyword, count in zip(keywords, counts):
+            rows += [(make_text(rng, keyword, min_len, max_len), label) for _ in range(count)]
+    rng.shuffle(rows)
+    return rows
+
+
+def longtail_vocab_texts() -> List[str]:
+    """Every character the long-tail task can produce (build a tiny vocab from these and `vocab_texts()`)."""
+    return ["".join(k for keywords in LONGTAIL_KEYWORDS.values() for k in keywords)]
