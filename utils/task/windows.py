@@ -191,6 +191,9 @@ def aggregate(window_logits: np.ndarray, counts: Sequence[int], multi_label: boo
     return out
 
 
+WINDOW_REPORT_KEYS = ("texts_longer_than_one_window", "windows_read", "texts_cut_by_max_windows")
+
+
 @dataclasses.dataclass
 class WindowCounts:
     """What a report says about long texts: how many were longer than one input, how many inputs were read."""
@@ -211,5 +214,4 @@ class WindowCounts:
             setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
     def as_dict(self) -> Dict[str, int]:
-        return {"texts_longer_than_one_window": self.longer, "windows_read": self.windows,
-                "texts_cut_by_max_windows": self.capped}
+        return dict(zip(WINDOW_REPORT_KEYS, (self.longer, self.windows, self.capped)))
