@@ -130,3 +130,18 @@ def test_a_checkpoint_keeps_its_own_reading_of_long_texts(trained_windows, tmp_p
     assert run_cli(train.main, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --long_text: is part of the model"), err
+
+
+def test_tools_that_read_one_input_per_text_refuse_a_windowed_model(trained_windows, trained, tmp_path, capsys):
+    """select.py and ensemble.py do not aggregate windows (yet): a clear refusal, not truncated scores."""
+    from helpers import import_script
+
+    data_dir, out = trained_windows
+    code = run_cli(import_script("select").main, ["--model_path_prefix", os.path.join(out, "export"), "--input_file",
+                                                  os.path.join(data_dir, "test.txt"), "--output_file",
+                                                  str(tmp_path / "picks.tsv"), "--k", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "select.py scores one input per text" in err, err
+    code = run_cli(import_script("ensemble").main, ["--members", out, trained[1], "--output_dir", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert code == 2 and "an ensemble graph reads one input per text" in err, err
