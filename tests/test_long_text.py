@@ -8,7 +8,7 @@ import pytest
 
 import infer
 import train
-from conftest import FAST, long_keyword_run, ready_client, read_tsv
+from conftest import FAST, long_keyword_run, metric_value, ready_client, read_tsv
 from utils.errors import run_cli
 from utils.testing.synthetic import MULTI_LABEL_PROMPT, PROMPT, write_long_keyword_dataset, \
     write_multilabel_keyword_dataset
@@ -72,6 +72,8 @@ def test_every_path_predicts_what_training_predicted(trained_windows, tmp_path, 
         answer = client.post("/predict", json={"texts": texts}).json()["predictions"]
         short = client.post("/models/cls_default", json={"data": {"text": texts[:4]},
                                                          "parameters": {"max_seq_len": 30}}).json()["result"]
+        metrics = client.get("/metrics").text
+    assert metric_value(metrics, "ptuning_long_texts_total") == len(texts) + 4
     assert [a["label"] for a in answer] == [r[2] for r in trained_rows]
     np.testing.assert_allclose([a["confidence"] for a in answer], confidences, atol=1e-4)
     # SimpleServing's max_seq_len truncates each window (the windows are the model's)
@@ -81,6 +83,7 @@ def test_every_path_predicts_what_training_predicted(trained_windows, tmp_path, 
     expected = cut.decoder.probabilities(cut.logits([{"text_a": t} for t in texts[:4]]))
     np.testing.assert_allclose([r["confidence"] for r in short], expected.max(-1), atol=1e-4)
     assert cut.window_counts.texts == 4 and cut.window_counts.windows > 4
+    assert metric_value(metrics, "ptuning_windows_total") == summary["windows_read"] + cut.window_counts.windows
 
 
 def hostile(tmp_path, tiny_model_dir, *flags, multi_label=False):

@@ -226,6 +226,10 @@ class Batcher:
             pieces += documents
         if self.metrics:
             self.metrics.batch_size.observe(len(features))
+            if getattr(getattr(self.model, "preprocessor", None), "long_text", None) and \
+                    self.model.preprocessor.long_text.active:  # a --long_text model's documents
+                self.metrics.long_texts.inc(sum(1 for p in pieces if p.longer))
+                self.metrics.windows.inc(len(features))
         if self.split_by_length:
             logits = run_by_length(self.model, features)
         else:
