@@ -68,13 +68,18 @@ def tiny_model(work):
 def synthetic_data(work):
     from utils.testing.synthetic import write_long_keyword_dataset
 
-    return write_long_keyword_dataset(os.path.join(work, "hidden-keyword"), hidden=128, tail=40)
+    return write_long_keyword_dataset(os.path.join(work, "hidden-keyword"), hidden=128, tail=40, dev_per_class=16,
+                                      test_per_class=100)
 
 
 def quality(args):
     model = tiny_model(args.work)
     rows = []
+    previous = read(RESULTS).get("quality", {}).get("rows", []) if os.path.isfile(RESULTS) else []
     for name, (data_dir, prompt, flags, metric) in DATASETS.items():
+        if args.only and args.only not in name:
+            rows += [r for r in previous if r["dataset"] == name]  # kept from the last run
+            continue
         data_dir = data_dir or synthetic_data(args.work)
         if not os.path.isdir(data_dir):
             print(f"skipped {name}: {data_dir} missing")
@@ -89,7 +94,7 @@ def quality(args):
                            "--per_device_eval_batch_size", "64", "--do_train", "--do_eval", "--do_predict",
                            "--do_export", "--device", "cpu", "--seed", "42"], os.path.join(out + ".log"))
             test = read(os.path.join(out, "test_results.json"))
-            row = {"dataset": name, "mode": mode, "metric": metric, "test": test.get(f"test_{metric}"),
+            row = {"dataset": name, "mode": mode, "steps": args.steps, "metric": metric, "test": test.get(f"test_{metric}"),
                    "test_accuracy": test.get("test_accuracy"), "texts": test.get("test_samples"),
                    "longer_than_one_window": test.get("test_texts_longer_than_one_window"),
                    "windows_read": test.get("test_windows_read"), "train_eval_predict_export_seconds": round(seconds)}
@@ -154,13 +159,17 @@ def cost(args):
 
 
 def main() -> int:
+    global RESULTS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=("quality", "cost"))
     parser.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "work", "long_text"))
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--texts", type=int, default=128)
+    parser.add_argument("--output", default=RESULTS, help="the results JSON (default benchmarks/results_long_text.json)")
+    parser.add_argument("--only", help="run only the datasets whose name contains this (keep the others' rows)")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
+    RESULTS = args.output
     (quality if args.part == "quality" else cost)(args)
     return 0
 
