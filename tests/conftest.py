@@ -87,6 +87,30 @@ def trained_multilabel(tiny_model_dir, tmp_path_factory):
     return data_dir, out
 
 
+LONG_TEXT_RUN = ["--max_steps", "800", "--eval_steps", "80", "--logging_steps", "80", "--save_total_limit", "1", *FAST]
+
+
+def long_keyword_run(model_dir, base, mode, *flags):
+    """train -> eval -> predict -> export on the keyword task with the keyword after the first 32
+    tokens (a 40-token input holds 29 text tokens beside the prompt): `(data_dir, output_dir)`."""
+    import train
+    from utils.errors import run_cli
+    from utils.testing.synthetic import PROMPT, write_long_keyword_dataset
+
+    data_dir = write_long_keyword_dataset(str(base / "data"), hidden=32, tail=12)
+    out = str(base / f"out-{mode}")
+    argv = ["--model_name_or_path", model_dir, "--data_dir", data_dir, "--output_dir", out, "--prompt", PROMPT,
+            "--do_train", "--do_eval", "--do_predict", "--do_export", "--long_text", mode, *flags, *LONG_TEXT_RUN]
+    assert run_cli(train.main, argv) == 0
+    return data_dir, out
+
+
+@pytest.fixture(scope="session")
+def trained_windows(tiny_model_dir, tmp_path_factory):
+    """A --long_text window model of the long keyword task (about 40 s), exported."""
+    return long_keyword_run(tiny_model_dir, tmp_path_factory.mktemp("long"), "window")
+
+
 @pytest.fixture
 def keyword_data(tmp_path):
     from utils.testing.synthetic import write_keyword_dataset

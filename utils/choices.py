@@ -89,6 +89,20 @@ class HierarchicalDecoding(Choice):
     FLAT = "flat"
 
 
+class LongTextMode(Choice):
+    """How a text longer than one input is read (utils/task/windows.py)."""
+
+    TRUNCATE = "truncate"
+    HEAD_TAIL = "head_tail"
+    WINDOW = "window"
+
+
+class WindowAggregation(Choice):
+    MEAN = "mean"
+    MAX = "max"
+    VOTE = "vote"
+
+
 class TeacherLabels(Choice):
     """What a student learns from the teacher: its probabilities, or its decisions."""
 

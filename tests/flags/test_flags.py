@@ -269,6 +269,7 @@ CHECKED = {
               ("early_stopping_patience", "-1", "must be zero (never stop) or more"),
               ("min_confidence", "1", "must be in [0, 1)"), ("temperature", "0", "must be positive"),
               ("max_unlabeled", "0", "must be positive"), ("rounds", "0", "must be at least 1"),
+              ("window_stride", "0", "must be at least 1"), ("max_windows", "0", "must be at least 1"),
               ("max_seq_length", "3", "must be at least 4"), ("device", "tpu", "must be cpu, gpu or gpu:N"),
               ("output_dir", " ", "must name a directory"), ("metric_for_best_model", "f1", "must be one of")],
     "export": [("opset", "12", "must be at least 13"), ("tolerance", "0", "must be positive"),

@@ -327,3 +327,24 @@ def test_select_on_ray_picks_what_it_picks_locally(strategy, ray_cluster, traine
         assert local[:3] == ray[:3] and local[4:] == ray[4:]       # rank, line, text, prediction
         if local[0] != "rank":
             assert float(local[3]) == pytest.approx(float(ray[3]), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_ray_reads_long_documents_window_by_window_as_the_local_run(ray_cluster, trained_windows, tmp_path, capsys):
+    """A --long_text window export: the workers split and aggregate as infer.py does locally, and the
+    summary counts the same long texts and windows."""
+    data_dir, out = trained_windows
+    common = ["--model_path_prefix", os.path.join(out, "export"), "--input_file", os.path.join(data_dir, "test.txt"),
+              "--chunk_size", "6", "--batch_size", "4", "--device", "cpu"]
+    local_out, ray_out = str(tmp_path / "local.tsv"), str(tmp_path / "ray.tsv")
+    code, stdout, err = run_local(capsys, *common, "--output_file", local_out, "--num_threads", "1")
+    assert code == 0, err
+    local = json.loads(stdout)
+    code, stdout, err = run_ray(ray_cluster, *common, "--output_file", ray_out)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    with open(local_out, "rb") as a, open(ray_out, "rb") as b:
+        assert a.read() == b.read()
+    assert local["windows_read"] > local["texts"] == local["texts_longer_than_one_window"]
+    for key in ("texts_longer_than_one_window", "windows_read", "texts_cut_by_max_windows", "accuracy"):
+        assert summary[key] == local[key], key

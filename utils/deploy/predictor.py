@@ -20,6 +20,7 @@ from ..dataset.inputs import InputFile
 from .predictions import PredictionWriter, prediction_summary
 from .preprocess import PromptPreprocessor, read_config
 from ..progress import Progress
+from ..task.windows import WindowCounts, aggregate
 
 __all__ = ["ExportedClassifier", "classify_file", "classify_stream", "create_session", "pick_model_file",
            "resolve_export_dir"]
@@ -115,6 +116,7 @@ class ExportedClassifier:
             raise
         model_hash.check()
         self.first_prediction_time: Optional[float] = None  # wall-clock time of the first batch's logits
+        self.window_counts = WindowCounts()  # --long_text: texts longer than one input, inputs read (so far)
         self.input_names = [i.name for i in self.session.get_inputs()]
         fed = self.preprocessor.input_names
         if set(self.input_names) - set(fed):
@@ -188,15 +190,31 @@ class ExportedClassifier:
         after each batch of n examples."""
         if not examples:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        features = self.preprocessor.encode(examples)
+        inputs, pieces = self.preprocessor.split(examples)  # --long_text: a document's windows
+        features = self.preprocessor.encode(inputs)
         show = progress if progress is not None else (on_batch is None and len(examples) > batch_size)
+        scale = len(examples) / len(inputs)  # progress and on_batch count texts, not windows
         with Progress(len(examples), enabled=show) as bar:
-            def done(n: int) -> None:
-                bar.update(n)
-                if on_batch is not None:
-                    on_batch(n)
+            done_texts = [0.0, 0]
 
-            return self.run(features, batch_size, sort_by_length, done)
+            def done(n: int) -> None:
+                done_texts[0] += n * scale
+                step = int(round(done_texts[0])) - done_texts[1]
+                done_texts[1] += step
+                bar.update(step)
+                if on_batch is not None and step:
+                    on_batch(step)
+
+            return self.documents(self.run(features, batch_size, sort_by_length, done), pieces)
+
+    def documents(self, window_logits: np.ndarray, pieces) -> np.ndarray:
+        """The documents' logits from their inputs' (`pieces`: `PromptPreprocessor.split`'s), aggregated
+        as the model was trained to (utils/task/windows.py); counted in `window_counts`."""
+        if not self.preprocessor.long_text.active:
+            return window_logits
+        self.window_counts.add(pieces)
+        return aggregate(window_logits, [len(p.texts) for p in pieces], self.decoder.multi_label,
+                         self.preprocessor.long_text.aggregation)
 
 
 def classify_stream(input_path: str, output_path: str, labels: Sequence[str], pair: bool,
@@ -239,6 +257,8 @@ def classify_file(classifier: ExportedClassifier, input_path: str, output_path: 
     """Classify every line of `input_path` into `output_path` (utils/deploy/predictions.py format), chunk by
     chunk: memory is bounded by `chunk_size` (default CHUNK_SIZE), rows keep the input order, and the
     output appears (by rename) only when every line was classified. Returns the summary."""
+    classifier.window_counts = WindowCounts()  # --long_text: this file's
+
     def classify_chunks(chunks, on_texts):
         for examples, gold in chunks:
             probs = classifier.decoder.probabilities(classifier.logits(
@@ -251,4 +271,6 @@ def classify_file(classifier: ExportedClassifier, input_path: str, output_path: 
                              batch_size=batch_size, decoder=classifier.decoder)
     if classifier.first_prediction_time is not None:
         result["first_prediction_seconds"] = seconds_since_process_start(classifier.first_prediction_time)
+    if classifier.preprocessor.long_text.active:
+        result.update(classifier.window_counts.as_dict())
     return result

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..task.windows import LongText, Pieces, pieces_of
 from .bundle import is_file_name, is_int, read_export_json
 from .format import FORMAT_VERSION, INPUT_NAMES, PREPROCESS_FILE, VOCAB_FILE, view_suffix
 
@@ -23,8 +24,9 @@ from .format import FORMAT_VERSION, INPUT_NAMES, PREPROCESS_FILE, VOCAB_FILE, vi
 SYMBOL_PATTERN = "[\\p{S}\u00AD\u00B2\u00BA\u3007\u00B5\u00D8\u014B\u01B1]"
 
 
-def describe_template(template, max_seq_length: int) -> dict:
-    """`preprocess.json` content for a built paddlenlp template (called at export, with paddle)."""
+def describe_template(template, max_seq_length: int, long_text: Optional[LongText] = None) -> dict:
+    """`preprocess.json` content for a built paddlenlp template (called at export, with paddle);
+    `long_text`: how the model reads long texts (utils/task/windows.py), recorded when not truncate."""
     tokenizer = template.tokenizer
     parts = []
     for index, part in enumerate(template.prompt):
@@ -53,6 +55,7 @@ def describe_template(template, max_seq_length: int) -> dict:
                       "special_tokens": list(tokenizer.all_special_tokens)},
         "pad_token_type_id": int(getattr(tokenizer, "pad_token_type_id", 0)),
         "parts": parts,
+        **({"long_text": long_text.describe()} if long_text is not None and long_text.active else {}),
     }
 
 
@@ -97,6 +100,9 @@ def read_config(export_dir: str) -> dict:
         bad(f"`truncation_side` is {config['truncation_side']!r}, not left or right")
     if not is_int(config.get("pad_token_type_id", 0)):
         bad("`pad_token_type_id` is not an integer")
+    long_text = LongText.from_dict(config.get("long_text"), bad)
+    if long_text.active and (views is not None or "text_b" in text_keys_of(config)):
+        bad("`long_text` is set for a text pair or an ensemble's views; it reads one text (text_a)")
     return config
 
 
@@ -139,6 +145,35 @@ def load_wordpiece_tokenizer(vocab_file: str, do_lower_case: bool = True, unk_to
     if special_tokens:
         tokenizer.add_special_tokens(list(special_tokens))
     return tokenizer
+
+
+def window_tokens(parts: List[dict], max_seq_length: int) -> int:
+    """Text tokens one input holds beside the template's fixed tokens and [CLS]/[SEP]: a window's length."""
+    return max_seq_length - 2 - sum(len(p["ids"]) for p in parts if "ids" in p)
+
+
+class DocumentWindows:
+    """Documents -> the texts the model reads (utils/task/windows.py `pieces_of`), tokenized with
+    the export's word-piece tokenizer; training builds one from its tokenizer's vocabulary, so
+    train.py and every inference path cut the same windows."""
+
+    def __init__(self, tokenizer, window: int, long_text: LongText):
+        self.tokenizer, self.window, self.long_text = tokenizer, int(window), long_text
+
+    def split(self, examples: List[dict]) -> tuple:
+        """`(inputs, pieces)`: one example per piece (the document's other fields and labels kept),
+        and each document's `Pieces` (its count of inputs: `len(pieces[i].texts)`)."""
+        if not self.long_text.active:
+            return list(examples), [Pieces([str(e["text_a"])], False, False) for e in examples]
+        texts = [str(example["text_a"]) for example in examples]
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        inputs, pieces = [], []
+        for example, text, encoding in zip(examples, texts, encodings):
+            piece = pieces_of(text, encoding.offsets, encoding.word_ids, self.window, self.long_text)
+            pieces.append(piece)
+            inputs += [example] if len(piece.texts) == 1 and piece.texts[0] == text else [
+                dict(example, text_a=t) for t in piece.texts]
+        return inputs, pieces
 
 
 def max_lengths_for_truncation(part_ids: List[List[int]], do_truncate: List[bool], max_length: int):
@@ -207,6 +242,14 @@ class PromptPreprocessor:
             raise UserError(f"{tok['vocab_file']} is missing from the export", export_dir)
         self.tokenizer = load_wordpiece_tokenizer(vocab_file, tok.get("do_lower_case", True),
                                                   tok.get("unk_token", "[UNK]"), tok.get("special_tokens", ()))
+        # windows are cut for the exported length; a shorter --max_seq_length then truncates each one
+        self.long_text = LongText.from_dict(config.get("long_text"), ValueError)
+        self.windows = DocumentWindows(self.tokenizer, window_tokens(self.parts, int(config["max_seq_length"])),
+                                       self.long_text)
+
+    def split(self, examples: List[dict]) -> tuple:
+        """`(inputs, pieces)`: the texts the model reads for `examples` (DocumentWindows.split)."""
+        return self.windows.split(examples)
 
     @property
     def input_names(self) -> List[str]:

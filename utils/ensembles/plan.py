@@ -78,6 +78,9 @@ def load_member(path: str) -> Member:
     path = resolve_member(path)
     verify_checkpoint(path, purpose="model")
     spec = ModelSpec.load(path)
+    if spec.long_text.active:
+        raise UserError(f"reads long texts as {spec.long_text.mode} (--long_text); an ensemble graph reads one input "
+                        "per text and does not aggregate windows yet: use members trained without --long_text", path)
     vocab = os.path.join(path, VOCAB_FILE)
     if not os.path.isfile(vocab):
         raise UserError(f"{VOCAB_FILE} is missing: the member's tokenizer cannot be checked against the others'", path)

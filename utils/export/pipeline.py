@@ -144,7 +144,7 @@ def checkpoint_source(checkpoint_dir: str, reject_option: Optional[tuple] = None
     folded.eval()
     return ExportSource(
         name=checkpoint_dir, layer=folded, reference=Reference(models=[model], decoder=spec.decoder), spec=spec,
-        tokenizer=tokenizer, preprocess=describe_template(model.template, spec.max_seq_length),
+        tokenizer=tokenizer, preprocess=describe_template(model.template, spec.max_seq_length, spec.long_text),
         template={"template": spec.template, "processed": model.template.prompt},
         text_keys=sorted(model.template.example_keys),
         outputs=[{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(spec.labels)]},
@@ -178,6 +178,8 @@ def write_export(source: ExportSource, output_dir: str, examples: Optional[List[
         write_preprocessing(source, directory)
         # One preprocessing and one fp32 onnxruntime pass serve the gate and the fp16/int8 checks.
         preprocessor = PromptPreprocessor.from_export(directory)
+        # --long_text: the gate holds every window of the sample's long document to the training template
+        examples, pieces = preprocessor.split(examples)
         feed = preprocessor.pad(preprocessor.encode(examples))
         # The representation's reference: the folded layer run eagerly (its logits are held to the
         # unfolded model by the gate; the vector is the same encoder pass's hidden state).
@@ -186,6 +188,9 @@ def write_export(source: ExportSource, output_dir: str, examples: Optional[List[
         outputs = onnxruntime_outputs(os.path.join(directory, ONNX_FILE), feed, source.output_names)
         parity = parity_gate(reference, directory, files, examples, feed, outputs, options.tolerance,
                              output_names=source.output_names, eager=eager)
+        if preprocessor.long_text.active:
+            parity["documents"] = len(pieces)
+            parity["longest_document_inputs"] = max(len(p.texts) for p in pieces)
         parity.update(write_variants(directory, feed, outputs[0], options.fp16, options.int8, reference.decoder,
                                      reference.probabilities))
         if options.export_type == ExportType.ONNX.value:

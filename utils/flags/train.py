@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
-from ..choices import (HierarchicalDecoding, ManualLoss, Method, SoftEncoder, TaskType, TeacherLabels, ThresholdSearch,
-                       VerbalizerKind)
+from ..choices import (HierarchicalDecoding, LongTextMode, ManualLoss, Method, SoftEncoder, TaskType, TeacherLabels,
+                       ThresholdSearch, VerbalizerKind, WindowAggregation)
 from ..errors import UserError, check_text
 from .checks import fraction
 from .export import ExportArguments
@@ -65,10 +65,26 @@ class ModelArguments(ExportArguments):
     other_label: Optional[str] = field(default=None, metadata={
         "help": "The label of a rejected text (default: other); must not be a label of label.txt."})
 
+    long_text: Optional[LongTextMode] = field(default=None, metadata={
+        "help": "Texts longer than one input (--max_seq_length with the prompt): truncate (default: the first "
+                "tokens), head_tail (the first quarter and the last three quarters of an input's tokens) or window "
+                "(overlapping windows, each with the prompt, their probabilities aggregated). Part of the model: "
+                "saved with it and its export, so infer.py, the API, the service and --ray read texts the same way."})
+    window_stride: Optional[int] = field(default=None, metadata={
+        "help": "--long_text window: tokens between the starts of two windows, less than a window's text tokens "
+                "(default: half of them). Cuts fall between words."})
+    window_aggregation: Optional[WindowAggregation] = field(default=None, metadata={
+        "help": "--long_text window: the document's probabilities from its windows': mean (default), max (per "
+                "label; renormalised for multi-class) or vote (multi-class: the label most windows choose)."})
+    max_windows: Optional[int] = field(default=None, metadata={
+        "help": "--long_text window: at most this many windows per text (default 16), a cost bound; the rest of a "
+                "longer text is not read (reports count such texts)."})
+
     def __post_init__(self):
         from ..task.calibration import check_reject_options
 
         check_reject_options(self.reject_threshold, self.other_label, "--")
+        check_long_text_flags(self)
         if self.other_label is not None and self.reject_threshold is None:
             raise UserError("names what --reject_threshold outputs; give --reject_threshold too", "--other_label")
         for name, choice in (("task_type", TaskType), ("threshold_search", ThresholdSearch),
@@ -157,6 +173,31 @@ class DataArguments:
         self.soft_encoder = SoftEncoder.LSTM if self.soft_encoder is None else SoftEncoder.parse(self.soft_encoder)
         if self.encoder_hidden_size is None:
             self.encoder_hidden_size = DEFAULT_ENCODER_HIDDEN_SIZE
+
+
+WINDOW_FLAGS = ("window_stride", "window_aggregation", "max_windows")
+
+
+def check_long_text_flags(args) -> None:
+    """--long_text and the window flags, alone (their fit to the prompt's length: ModelSpec.check_lengths)."""
+    from ..task.windows import DEFAULT_MAX_WINDOWS
+
+    if args.long_text is not None:
+        args.long_text = LongTextMode.from_flag(args.long_text, "--long_text")
+    if args.window_aggregation is not None:
+        args.window_aggregation = WindowAggregation.from_flag(args.window_aggregation, "--window_aggregation")
+    for name in ("window_stride", "max_windows"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"must be at least 1, got {value}" + (" (a window or more is read of every text)"
+                                                                  if name == "max_windows" else ""), f"--{name}")
+    given = [f"--{name}" for name in WINDOW_FLAGS if getattr(args, name) is not None]
+    if given and args.long_text != LongTextMode.WINDOW:
+        raise UserError(f"shapes the windows of --long_text window; --long_text is {args.long_text or 'truncate'}: "
+                        "add --long_text window or drop the flag", given[0])
+    if args.long_text is not None:
+        args.window_aggregation = args.window_aggregation or WindowAggregation.MEAN
+        args.max_windows = args.max_windows or DEFAULT_MAX_WINDOWS
 
 
 PROMPT_ENCODER_FLAGS = ("soft_encoder", "encoder_hidden_size", "num_virtual_tokens")

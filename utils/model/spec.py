@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 from ..choices import Method, VerbalizerKind
 from ..task.decoding import (DEFAULT_OTHER_LABEL, HIERARCHICAL, MULTI_CLASS, SEARCH_MODES, TASK_TYPES, Decoder,
                              is_multi_label, parent_path)
+from ..task.windows import LongText
 from ..errors import UserError
 from ..files import read_json, write_json_atomic
 from ..dataset.labels import LabelSet
@@ -33,7 +34,8 @@ logger = logging.getLogger(__name__)
 FORMAT = 1
 KEYS = ("format", "method", "verbalizer", "model_name_or_path", "model_class", "plm_config", "template", "labels",
         "label_words", "max_seq_length", "head_options", "task_type", "thresholds", "threshold_search",
-        "hierarchical_decoding", "temperature", "reject_threshold", "other_label", "zero_shot", "distillation")
+        "hierarchical_decoding", "temperature", "reject_threshold", "other_label", "zero_shot", "distillation",
+        "long_text")
 MODEL_CLASS_SUFFIXES = {"masked_lm": "ForMaskedLM", "sequence_classification": "ForSequenceClassification"}
 PLM_CONFIG_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
 
@@ -62,6 +64,9 @@ class ModelSpec:
     # Trained on a teacher's labels (utils/training/distill.py): its provenance, and the soft-target loss
     # (`soft_targets`) a resumed run must keep using. None: trained on gold labels only.
     distillation: Optional[Dict[str, Any]] = None
+    # How texts longer than one input are read (utils/task/windows.py): truncated (default), head+tail
+    # or windows whose probabilities are aggregated; in preprocess.json too, so inference does the same.
+    long_text: LongText = field(default_factory=LongText)
 
     @property
     def soft_targets(self) -> bool:
@@ -135,9 +140,18 @@ class ModelSpec:
                    head_options=options, task_type=task_type,
                    thresholds=None if not is_multi_label(task_type) or threshold is None
                    else [float(threshold)] * len(label_set.labels),
-                   consistent_decoding=decoding is None or str(decoding) == "consistent", zero_shot=zero_shot)
+                   consistent_decoding=decoding is None or str(decoding) == "consistent", zero_shot=zero_shot,
+                   long_text=long_text_of(model_args))
+        if spec.long_text.active and is_pair:
+            raise UserError(f"{spec.long_text.mode} reads one long text (text_a); this dataset is text pairs: "
+                            "drop --long_text (pairs are truncated, the longest part first)", "--long_text")
         spec.check_lengths(tokenizer, position_limit)
         return spec
+
+    def window_tokens(self, tokenizer) -> int:
+        """Text tokens one input holds beside the prompt: the length of a window (utils/task/windows.py)."""
+        return self.max_seq_length - fixed_token_count(
+            self.template, lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def check_lengths(self, tokenizer, position_limit: Optional[int]) -> None:
         """max_seq_length within the PLM's positions, and room for the text beside the prompt."""
@@ -150,6 +164,9 @@ class ModelSpec:
             raise UserError(f"is {self.max_seq_length}, but the prompt alone takes {fixed} tokens (with [CLS], [SEP] "
                             "and the mask), leaving no room for the text; raise --max_seq_length or shorten the prompt",
                             "--max_seq_length")
+        problem = self.long_text.problem(self.max_seq_length - fixed, self.decoder.multi_label)
+        if problem is not None:
+            raise UserError(problem[1], problem[0])
 
     def with_plm(self, plm) -> "ModelSpec":
         return dataclasses.replace(self, model_class=type(plm).__name__, plm_config=plm.config.to_dict())
@@ -177,6 +194,8 @@ class ModelSpec:
                 data.pop(key, None)
         if self.distillation is not None:
             data["distillation"] = dict(self.distillation)
+        if self.long_text.active:
+            data["long_text"] = self.long_text.describe()
         return data
 
     def save(self, directory: str) -> str:
@@ -224,11 +243,13 @@ class ModelSpec:
                                                                                    for k in distillation)):
             raise bad("distillation", "must be null or an object (the teacher a student was trained from)")
         model_name = data.get("model_name_or_path", "")
+        long_text = LongText.from_dict(data.get("long_text"), lambda message: bad("long_text", message))
         return cls(head=head.name, template=template, labels=labels, label_words=words,
                    max_seq_length=data["max_seq_length"],
                    model_name_or_path=model_name if isinstance(model_name, str) else "",
                    model_class=data["model_class"], plm_config=data["plm_config"], head_options=options,
-                   task_type=task_type, zero_shot=zero_shot, distillation=distillation, **decoding)
+                   task_type=task_type, zero_shot=zero_shot, distillation=distillation, long_text=long_text,
+                   **decoding)
 
 
 # -- the checks of `ModelSpec.from_dict`; `bad(key, message)` makes the error naming the file ----------
@@ -331,6 +352,15 @@ def _decoding_of(data, labels, task_type: str, bad) -> Dict[str, Any]:
     return dict(thresholds=[float(t) for t in thresholds] if thresholds is not None else None,
                 threshold_search=search, consistent_decoding=decoding != "flat", temperature=float(temperature),
                 reject_threshold=None if reject is None else float(reject), other_label=other)
+
+
+def long_text_of(flags) -> LongText:
+    """The `LongText` the flags ask for (--long_text, --window_stride, --window_aggregation, --max_windows)."""
+    mode = getattr(flags, "long_text", None)
+    if mode is None:
+        return LongText()
+    return LongText(mode=str(mode), stride=flags.window_stride, aggregation=str(flags.window_aggregation),
+                    max_windows=flags.max_windows)
 
 
 def peek_task_type(checkpoint: Optional[str]) -> Optional[str]:

@@ -204,7 +204,12 @@ def select_file(model_path: str, input_path: str, output_path: str, options: Sel
     labels = read_labels(export_dir)
     decoder = read_decoder(export_dir, manifest, labels)
     names = needed_outputs(options.strategy, manifest, export_dir)
-    pair = "text_b" in text_keys_of(read_config(export_dir))
+    config = read_config(export_dir)
+    pair = "text_b" in text_keys_of(config)
+    if (config.get("long_text") or {}).get("mode", "truncate") != "truncate":
+        raise UserError(f"reads long texts as {config['long_text']['mode']} (--long_text); select.py scores one input "
+                        "per text and does not aggregate windows yet: use a model trained without --long_text",
+                        model_path)
     for path in (output_path, *side_files(output_path)):
         check_output_file(path, not_same_as=input_path)
     excluded = read_exclusions(exclude_path, pair)

@@ -218,14 +218,23 @@ class Batcher:
                 self.metrics.model_seconds.inc(time.perf_counter() - started)
 
     def _encode_and_run(self, batch: List[Tuple[_Request, int, int]]) -> np.ndarray:
-        features = []
-        for request, start, end in batch:
-            features += self.model.encoder(request.max_seq_length).encode(request.examples[start:end])
+        features, pieces = [], []
+        for request, start, end in batch:  # --long_text: every window of every document, in one batch
+            encoder = self.model.encoder(request.max_seq_length)
+            inputs, documents = encoder.split(request.examples[start:end])
+            features += encoder.encode(inputs)
+            pieces += documents
         if self.metrics:
             self.metrics.batch_size.observe(len(features))
+            if getattr(getattr(self.model, "preprocessor", None), "long_text", None) and \
+                    self.model.preprocessor.long_text.active:  # a --long_text model's documents
+                self.metrics.long_texts.inc(sum(1 for p in pieces if p.longer))
+                self.metrics.windows.inc(len(features))
         if self.split_by_length:
-            return self.model.decoder.probabilities(run_by_length(self.model, features))
-        return self.model.decoder.probabilities(self.model.run(features, batch_size=max(1, len(features))))
+            logits = run_by_length(self.model, features)
+        else:
+            logits = self.model.run(features, batch_size=max(1, len(features)))
+        return self.model.decoder.probabilities(self.model.documents(logits, pieces))
 
     def _deliver(self, request: _Request, start: int, probs: np.ndarray) -> None:
         if request.future.done():  # (cancelled: the client went away)

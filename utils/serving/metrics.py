@@ -14,6 +14,10 @@ class Metrics:
         self.errors = Counter("ptuning_request_errors", "Requests answered with an error, by endpoint and status",
                               ["endpoint", "status"], registry=self.registry)
         self.texts = Counter("ptuning_texts", "Texts classified", registry=self.registry)
+        self.long_texts = Counter("ptuning_long_texts", "Texts longer than one input (a --long_text model: read as "
+                                  "head+tail or windows)", registry=self.registry)
+        self.windows = Counter("ptuning_windows", "Inputs read for the texts of a --long_text model (its windows)",
+                               registry=self.registry)
         self.in_progress = Gauge("ptuning_requests_in_progress", "HTTP requests being served now (body still "
                                  "arriving, waiting for the model, or being answered; a scrape counts itself)",
                                  registry=self.registry)

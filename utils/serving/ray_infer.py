@@ -203,6 +203,10 @@ class BlockWorker:
                                               sort_by_length=self.sort_by_length, progress=False)
         return self.classifier.model.decoder.probabilities(logits), ray.get_runtime_context().get_node_id()
 
+    def window_counts(self) -> dict:
+        """--long_text: the texts longer than one input and the inputs this worker read."""
+        return self.classifier.model.window_counts.as_dict()
+
     def outputs(self, examples: List[dict], names: List[str]):
         """`({name: array}, the node)`: the export's outputs `names` for a chunk (utils/selection)."""
         import ray
@@ -371,6 +375,17 @@ class RayWorkers:
         except self.ray.exceptions.RayError:
             pass
 
+    def add_window_counts(self, summary: dict) -> None:
+        """--long_text: the workers' counts summed, as a local run reports them (infer.py's summary)."""
+        from ..deploy.preprocess import read_config
+        from ..task.windows import LongText
+
+        if not LongText.from_dict(read_config(self.export_dir).get("long_text"), ValueError).active:
+            return
+        for counts in self.ray.get([w.window_counts.remote() for w in self.workers], timeout=60):
+            for key, value in counts.items():
+                summary[key] = summary.get(key, 0) + value
+
     def report(self, summary: dict, **fields) -> dict:
         """`summary` with the run's model, device, first result, `fields` and `ray` (address, workers, nodes)."""
         if self.stats["first_result"] is not None:
@@ -403,5 +418,6 @@ def classify_file_on_ray(address: str, model_path: str, input_path: str, output_
         summary = classify_stream(input_path, output_path, infos[0]["labels"], infos[0]["pair"],
                                   cluster.classify_chunks(), top_k=top_k, chunk_size=chunk_size, progress=progress,
                                   batch_size=batch_size, decoder=decoder)
+        cluster.add_window_counts(summary)
         cluster.memory()
     return cluster.report(summary, output_file=output_path)

@@ -51,6 +51,32 @@ def write_keyword_dataset(data_dir: str, train_per_class: int = 32, dev_per_clas
     return data_dir
 
 
+def write_long_keyword_dataset(data_dir: str, hidden: int = 128, tail: int = 40, train_per_class: int = 32,
+                               dev_per_class: int = 8, test_per_class: int = 8, seed: int = 0) -> str:
+    """The keyword task with the keyword hidden: at least `hidden` filler characters (one token each)
+    before it and up to `tail` after, so a model that reads only the first `hidden` tokens sees
+    none of it (--long_text: truncation is at chance, windows find it)."""
+    rng = random.Random(seed)
+
+    def split(per_class: int) -> List[str]:
+        lines = []
+        for label, (keyword, _) in KEYWORDS.items():
+            for _ in range(per_class):
+                left = "".join(rng.choice(FILLER) for _ in range(hidden + rng.randint(0, tail)))
+                right = "".join(rng.choice(FILLER) for _ in range(rng.randint(0, tail)))
+                lines.append(f"{left}{keyword}{right}\t{label}")
+        rng.shuffle(lines)
+        return lines
+
+    os.makedirs(data_dir, exist_ok=True)
+    files = {"label.txt": [f"{label}=={word}" for label, (_, word) in KEYWORDS.items()],
+             "train.txt": split(train_per_class), "dev.txt": split(dev_per_class), "test.txt": split(test_per_class)}
+    for name, lines in files.items():
+        with open(os.path.join(data_dir, name), "w", encoding="utf-8") as fp:
+            fp.write("\n".join(lines) + "\n")
+    return data_dir
+
+
 MULTI_LABEL_PROMPT = "这句话提到的水果有"
 
 

@@ -5,6 +5,7 @@
     trainer.py       the Trainer: seeded batches, marked checkpoints, exact resumes, R-Drop for label sets
     callbacks.py     progress lines, the best checkpoint of a resumed run
     tuning.py        what is fitted on dev after training: thresholds, temperature
+    long_text.py     --long_text: documents as window examples, metrics and predictions per document
     outputs.py       prediction files, reports, explanations, the export step
     distill.py       `DistillationRun(Run)`: self-training and distillation (a mode; run.py never imports it)
     teacher.py       the teacher a distillation run labels texts with

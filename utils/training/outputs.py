@@ -17,7 +17,8 @@ from ..deploy.predictions import write_predictions
 from ..reporting.reports import plot_training_curves, write_classification_report, write_multilabel_report
 from ..model.spec import ModelSpec
 from ..rundir.names import CURVES_FILE, DATA_PREDICTIONS_FILE, EXPORT_DIR, TEST_PREDICTIONS_FILE, TRAINER_STATE_FILE
-from .trainer import predict_logits
+from ..task.windows import WINDOW_REPORT_KEYS
+from .trainer import predict, predict_logits
 from .tuning import calibration_metrics, dev_gold
 
 logger = logging.getLogger(__name__)
@@ -83,9 +84,10 @@ def predict_and_write(trainer, dataset: DatasetDir, label_set: LabelSet, output_
     spec = trainer.spec
     writer = trainer.is_world_process_zero()
     if dataset.test:
-        logits = predict_logits(trainer, dataset.test)
+        logits, predicted = predict(trainer, dataset.test)
         gold = [e["labels"] for e in dataset.test]
         metrics = {f"test_{k}": v for k, v in task_metrics(spec.decoder, logits, gold).items()}
+        metrics.update({f"test_{k}": predicted[f"test_{k}"] for k in WINDOW_REPORT_KEYS if f"test_{k}" in predicted})
         metrics.update(calibration_metrics(spec, logits, dataset.test, "test"))
         metrics["test_samples"] = len(gold)
         trainer.log_metrics("test", metrics)

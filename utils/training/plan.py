@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..model.assembly import build_from_spec, rebuild_from_checkpoint
 from ..model.label_words import warn_label_words
 from ..model.plm import load_plm, load_tokenizer, position_limit, warn_unknown_tokens
-from ..model.spec import ModelSpec
+from ..model.spec import ModelSpec, long_text_of
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ def _plan_model(model_args, data_args, training_args, dataset: DatasetDir, check
         if (training_args.freeze_plm or training_args.freeze_dropout) and not spec.kind.has_prompt_parameters:
             raise UserError(f"is a --method {spec.method.value} checkpoint: --freeze_plm/--freeze_dropout would leave "
                             "nothing to train", checkpoint)
+        asked = long_text_of(model_args)
+        if model_args.long_text is not None and asked != spec.long_text:
+            raise UserError(f"is part of the model; the checkpoint reads long texts as {spec.long_text.describe()}: "
+                            "drop --long_text and the window flags (or train a new model with them)", "--long_text")
         ignored = [f"--{name}" for name in data_args.prompt_flags_given + (["prompt"] if data_args.prompt else [])]
         if ignored:
             logger.warning("%s ignored: the model is rebuilt from %s with its own template %s", "/".join(ignored),

@@ -29,6 +29,7 @@ from ..dataset.labels import LABEL_FILE
 from .callbacks import Progress, RebaseBestCheckpoint
 from .outputs import export, plot_curves, predict_and_write, write_explanations_of_predictions, write_report
 from .plan import build_model, default_max_steps, output_kinds, plan_model
+from .long_text import TrainingWindows
 from .trainer import PTuningTrainer, predict
 from .tuning import calibrate, calibration_metrics, threshold_search, tune_thresholds
 from .visualdl import take_visualdl_from_report_to
@@ -205,13 +206,18 @@ def prepare(run: Run):
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience,
                                                early_stopping_threshold=data_args.early_stopping_threshold))
     dataset = run.dataset
+    windows = TrainingWindows.of(spec, tokenizer)  # --long_text: each window an example with its document's labels
+    train, dev = dataset.train, dataset.dev
+    if windows is not None:
+        train = windows.split(train, "train")[0] if training_args.do_train else train
+        dev, windows.counts, _ = windows.split(dev, "dev") if dev else (dev, None, None)
     trainer = PTuningTrainer(
         model=model, tokenizer=tokenizer, args=training_args,
         criterion=criterion_for(model, spec.head_options, spec.soft_targets),
-        train_dataset=MapDataset(dataset.train) if training_args.do_train else None,
-        eval_dataset=MapDataset(dataset.dev) if dataset.dev else None,
+        train_dataset=MapDataset(train) if training_args.do_train else None,
+        eval_dataset=MapDataset(dev) if dev else None,
         callbacks=callbacks, compute_metrics=metrics_fn(len(dataset.labels.labels), spec.decoder,
-                                                         *threshold_search(model_args)), spec=spec)
+                                                         *threshold_search(model_args)), spec=spec, windows=windows)
     trainer.pop_callback(ProgressCallback)
     trainer.add_callback(Progress())
     return trainer

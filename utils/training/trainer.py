@@ -287,9 +287,23 @@ class PTuningTrainer(MarkedCheckpoints, PromptTrainer):
       of it) are not written again beside it.
     """
 
-    def __init__(self, *args, spec: ModelSpec, **kwargs):
+    def __init__(self, *args, spec: ModelSpec, windows=None, **kwargs):
         self.spec = spec
+        self.windows = windows  # utils/training/long_text.py TrainingWindows (--long_text head_tail|window)
         super().__init__(*args, **kwargs)
+
+    @property
+    def compute_metrics(self):
+        """The metrics function given (by __init__ or a later assignment), over documents: with
+        --long_text, the evaluated windows' logits are aggregated per document first."""
+        raw = self.__dict__.get("_raw_compute_metrics")
+        if raw is None or self.windows is None:
+            return raw
+        return lambda eval_preds: raw(self.windows.documents(eval_preds))
+
+    @compute_metrics.setter
+    def compute_metrics(self, function) -> None:
+        self.__dict__["_raw_compute_metrics"] = function
 
     def _compute_rdrop_loss(self, model, input_dict, labels, outputs, loss):
         """R-Drop: upstream's KL between two dropout passes compares softmax distributions; a
@@ -347,13 +361,30 @@ def write_all_results(output_dir: str) -> None:
 
 
 def predict(trainer, examples: List[dict], metric_key_prefix: str = "test"):
-    """`(logits, metrics)` of `examples` (metrics only when they carry labels); one pass."""
-    output = trainer.predict(MapDataset([dict(e) for e in examples]), metric_key_prefix=metric_key_prefix)
+    """`(logits, metrics)` of `examples` (metrics only when they carry labels); one pass. With
+    --long_text the model reads each document's windows and the logits are the documents'; the
+    metrics count the texts longer than one input and the inputs read."""
+    windows = getattr(trainer, "windows", None)
+    if windows is None:
+        inputs, counts = examples, None
+    else:
+        inputs, counts, report = windows.split(examples, metric_key_prefix)
+        saved, windows.counts = windows.counts, counts
+    try:
+        output = trainer.predict(MapDataset([dict(e) for e in inputs]), metric_key_prefix=metric_key_prefix)
+    finally:
+        if windows is not None:
+            windows.counts = saved
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, Progress):
             callback.finish_prediction()
     logits = output.predictions
-    return (logits[0] if isinstance(logits, (tuple, list)) else logits), dict(output.metrics or {})
+    logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+    metrics = dict(output.metrics or {})
+    if windows is not None:
+        logits = windows.aggregate(logits, counts)
+        metrics.update({f"{metric_key_prefix}_{k}": v for k, v in report.as_dict().items()})
+    return logits, metrics
 
 
 def predict_logits(trainer, examples: List[dict]) -> np.ndarray:

@@ -1,0 +1,178 @@
+"""--long_text: quality of truncate / head_tail / window, and the cost of reading every window.
+
+    python benchmarks/long_text.py quality [--work benchmarks/work/long_text] [--steps 600]
+    python benchmarks/long_text.py cost    [--work benchmarks/work/long_text]
+
+quality: train.py (train, eval, predict, export) per dataset and mode with the tiny random ERNIE
+(2 layers, hidden 64) on the real 40k ERNIE 3.0 vocab, --max_seq_length 128:
+  * the hidden-keyword task (utils/testing/synthetic.py write_long_keyword_dataset: the keyword after
+    the first 128 tokens, so truncation cannot see it),
+  * FewCLUE csldcp (long abstracts, 67 labels) and CAIL2019 divorce (multi-label) from ../shared.
+cost: texts/s and peak memory (a fresh process per case) of the synthetic task's window export
+against its truncate export, on documents of 1, 4 and 16 windows.
+Writes benchmarks/results_long_text.json and prints Markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED = os.environ.get("PTUNING_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
+VOCAB = os.path.join(SHARED, "vocab", "ernie-3.0-base-zh-vocab.txt")
+PY = sys.executable
+RESULTS = os.path.join(ROOT, "benchmarks", "results_long_text.json")
+MODES = ("truncate", "head_tail", "window")
+DATASETS = {  # name: (folder or None for the synthetic task, prompt, extra flags, metric)
+    "hidden keyword (synthetic)": (None, "这句话说的水果是", [], "accuracy"),
+    "FewCLUE csldcp": (os.path.join(SHARED, "data", "fewclue", "csldcp"), "这篇论文的学科是", [], "macro_f1"),
+    "CAIL2019 divorce": (os.path.join(SHARED, "data", "multilabel", "cail2019_divorce"), "这句话包含的要素有",
+                         ["--task_type", "multi-label", "--threshold_search", "global"], "micro_f1"),
+}
+
+
+def run(cmd, log_path):
+    start = time.time()
+    with open(log_path, "w", encoding="utf-8") as log:
+        code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code:
+        raise SystemExit(f"failed ({code}): {' '.join(cmd)}; see {log_path}")
+    return time.time() - start
+
+
+def read(path):
+    with open(path, encoding="utf-8") as fp:
+        return json.load(fp)
+
+
+def save(key, value):
+    results = read(RESULTS) if os.path.isfile(RESULTS) else {}
+    results[key] = value
+    with open(RESULTS, "w", encoding="utf-8") as fp:
+        json.dump(results, fp, ensure_ascii=False, indent=1)
+
+
+def tiny_model(work):
+    model = os.path.join(work, "tiny-ernie-40k")
+    if not os.path.isdir(model):
+        run([PY, "-m", "utils.tiny_ernie", "--vocab_file", VOCAB, "--output_dir", model],
+            os.path.join(work, "build.log"))
+    return model
+
+
+def synthetic_data(work):
+    from utils.testing.synthetic import write_long_keyword_dataset
+
+    return write_long_keyword_dataset(os.path.join(work, "hidden-keyword"), hidden=128, tail=40, dev_per_class=16,
+                                      test_per_class=100)
+
+
+def quality(args):
+    model = tiny_model(args.work)
+    rows = []
+    previous = read(RESULTS).get("quality", {}).get("rows", []) if os.path.isfile(RESULTS) else []
+    for name, (data_dir, prompt, flags, metric) in DATASETS.items():
+        if args.only and args.only not in name:
+            rows += [r for r in previous if r["dataset"] == name]  # kept from the last run
+            continue
+        data_dir = data_dir or synthetic_data(args.work)
+        if not os.path.isdir(data_dir):
+            print(f"skipped {name}: {data_dir} missing")
+            continue
+        for mode in MODES:
+            out = os.path.join(args.work, f"{name.split()[0].lower()}-{mode}")
+            seconds = run([PY, "train.py", "--model_name_or_path", model, "--data_dir", data_dir, "--output_dir", out,
+                           "--overwrite_output_dir", "--prompt", prompt, *flags, "--long_text", mode,
+                           "--max_seq_length", "128", "--learning_rate", "1e-3", "--ppt_learning_rate", "3e-3",
+                           "--max_steps", str(args.steps), "--eval_steps", str(max(1, args.steps // 4)),
+                           "--logging_steps", "50", "--per_device_train_batch_size", "8",
+                           "--per_device_eval_batch_size", "64", "--do_train", "--do_eval", "--do_predict",
+                           "--do_export", "--device", "cpu", "--seed", "42"], os.path.join(out + ".log"))
+            test = read(os.path.join(out, "test_results.json"))
+            row = {"dataset": name, "mode": mode, "steps": args.steps, "metric": metric, "test": test.get(f"test_{metric}"),
+                   "test_accuracy": test.get("test_accuracy"), "texts": test.get("test_samples"),
+                   "longer_than_one_window": test.get("test_texts_longer_than_one_window"),
+                   "windows_read": test.get("test_windows_read"), "train_eval_predict_export_seconds": round(seconds)}
+            rows.append(row)
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+            save("quality", {"rows": rows, "partial": True})
+    save("quality", {"steps": args.steps, "max_seq_length": 128, "rows": rows,
+                     "date": time.strftime("%Y-%m-%d")})
+    print("\n| dataset | metric | " + " | ".join(MODES) + " |\n|---|---|---|---|---|")
+    for name in DATASETS:
+        by_mode = {r["mode"]: r for r in rows if r["dataset"] == name}
+        if by_mode:
+            cells = [f"{100 * by_mode[m]['test']:.2f}" if m in by_mode else "" for m in MODES]
+            print(f"| {name} | {by_mode[MODES[0]]['metric']} | " + " | ".join(cells) + " |")
+
+
+COST_CASE = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from utils.deploy.predictor import ExportedClassifier
+model = ExportedClassifier({export!r}, num_threads=1)
+texts = [{{"text_a": t}} for t in json.load(open({texts!r}, encoding="utf-8"))]
+model.logits(texts[:2], batch_size=32, progress=False)
+best = 0.0
+for _ in range(3):
+    start = time.perf_counter()
+    model.logits(texts, batch_size=32, progress=False)
+    best = max(best, len(texts) / (time.perf_counter() - start))
+print(json.dumps({{"texts_per_second": round(best, 1), "peak_rss_mb": round(resource.getrusage(
+    resource.RUSAGE_SELF).ru_maxrss / 1024), "inputs_per_text": model.window_counts.windows / max(1, model.window_counts.texts)}}))
+"""
+
+
+def cost(args):
+    import random
+
+    from utils.testing.synthetic import FILLER
+
+    exports = {mode: os.path.join(args.work, f"hidden-{mode}", "export") for mode in ("truncate", "window")}
+    for path in exports.values():
+        if not os.path.isdir(path):
+            raise SystemExit(f"{path} missing: run `python benchmarks/long_text.py quality` first")
+    window, stride = 128 - 11, (128 - 11) // 2     # text tokens per input beside the prompt; the default stride
+    rng = random.Random(0)
+    rows = []
+    for windows in (1, 4, 16):
+        length = window if windows == 1 else window + (windows - 1) * stride
+        texts_path = os.path.join(args.work, f"cost-{windows}.json")
+        with open(texts_path, "w", encoding="utf-8") as fp:
+            json.dump(["".join(rng.choice(FILLER) for _ in range(length)) for _ in range(args.texts)], fp,
+                      ensure_ascii=False)
+        for mode, export in exports.items():
+            out = subprocess.run([PY, "-c", COST_CASE.format(root=ROOT, export=export, texts=texts_path)],
+                                 capture_output=True, text=True, cwd=ROOT)
+            if out.returncode:
+                raise SystemExit(out.stderr)
+            row = {"document_windows": windows, "tokens": length, "mode": mode, **json.loads(out.stdout.splitlines()[-1])}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    save("cost", {"texts": args.texts, "threads": 1, "max_seq_length": 128, "rows": rows,
+                  "date": time.strftime("%Y-%m-%d")})
+
+
+def main() -> int:
+    global RESULTS
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("quality", "cost"))
+    parser.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "work", "long_text"))
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--texts", type=int, default=128)
+    parser.add_argument("--output", default=RESULTS, help="the results JSON (default benchmarks/results_long_text.json)")
+    parser.add_argument("--only", help="run only the datasets whose name contains this (keep the others' rows)")
+    args = parser.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    RESULTS = args.output
+    (quality if args.part == "quality" else cost)(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

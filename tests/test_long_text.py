@@ -1,0 +1,150 @@
+"""--long_text: the whole document, read the same way by training, the export, infer.py, the Python API
+and the service (Ray: tests/serving/test_ray_infer.py); hostile flags refused before any model loads."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import infer
+import train
+from conftest import FAST, long_keyword_run, metric_value, ready_client, read_tsv
+from utils.errors import run_cli
+from utils.testing.synthetic import MULTI_LABEL_PROMPT, PROMPT, write_long_keyword_dataset, \
+    write_multilabel_keyword_dataset
+
+
+def results(out, split="test"):
+    with open(os.path.join(out, f"{split}_results.json"), encoding="utf-8") as fp:
+        return json.load(fp)
+
+
+def test_windows_find_the_keyword_that_truncation_never_sees(trained_windows, tiny_model_dir, tmp_path):
+    """The deciding keyword sits after the first 32 tokens; an input holds 29 beside the prompt."""
+    windows = results(trained_windows[1])
+    assert windows["test_accuracy"] >= 0.9
+    assert windows["test_texts_longer_than_one_window"] == 24 and windows["test_windows_read"] > 2 * 24
+    truncated = results(long_keyword_run(tiny_model_dir, tmp_path, "truncate")[1])
+    assert truncated["test_accuracy"] <= 0.5  # chance is 1/3
+    assert "test_windows_read" not in truncated
+
+
+def test_the_export_holds_every_window_to_the_training_template(trained_windows):
+    export = os.path.join(trained_windows[1], "export")
+    with open(os.path.join(export, "preprocess.json"), encoding="utf-8") as fp:
+        assert json.load(fp)["long_text"] == {"mode": "window", "stride": None, "aggregation": "mean",
+                                              "max_windows": 16}
+    with open(os.path.join(export, "manifest.json"), encoding="utf-8") as fp:
+        parity = json.load(fp)["parity"]
+    assert parity["passed"] and parity["longest_document_inputs"] > 1
+    assert parity["sample_size"] > parity["documents"]  # the gate compared windows, not documents
+
+
+def test_every_path_predicts_what_training_predicted(trained_windows, tmp_path, capsys):
+    """train.py --do_predict, infer.py, the Python API and the service: same labels, same confidences."""
+    from utils.deploy.classifier import Classifier
+    from utils.serving.app import ServiceConfig, create_app
+
+    data_dir, out = trained_windows
+    export = os.path.join(out, "export")
+    _, trained_rows = read_tsv(os.path.join(out, "test_predictions.tsv"))
+    output = str(tmp_path / "pred.tsv")
+    assert run_cli(infer.main, ["--model_path_prefix", export, "--input_file", os.path.join(data_dir, "test.txt"),
+                                "--output_file", output, "--batch_size", "5", "--num_threads", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    _, rows = read_tsv(output)
+    assert [r[:3] for r in rows] == [r[:3] for r in trained_rows]
+    confidences = [float(r[3]) for r in trained_rows]
+    np.testing.assert_allclose([float(r[3]) for r in rows], confidences, atol=1e-4)
+    trained = results(out)
+    assert summary["texts_longer_than_one_window"] == trained["test_texts_longer_than_one_window"] == len(rows)
+    assert summary["windows_read"] == trained["test_windows_read"]
+    assert summary["accuracy"] == pytest.approx(trained["test_accuracy"], abs=1e-4)
+
+    texts = [r[0] for r in trained_rows]
+    classifier = Classifier(export, num_threads=1)
+    probs = classifier.predict_proba(texts)
+    assert [classifier.labels[i] for i in probs.argmax(-1)] == [r[2] for r in trained_rows]
+    np.testing.assert_allclose(probs.max(-1), confidences, atol=1e-4)
+
+    # the service batches windows of different documents together (8 texts a batch: ~20 windows)
+    with ready_client(create_app(ServiceConfig(export, num_threads=1, max_batch_size=8))) as client:
+        answer = client.post("/predict", json={"texts": texts}).json()["predictions"]
+        short = client.post("/models/cls_default", json={"data": {"text": texts[:4]},
+                                                         "parameters": {"max_seq_len": 30}}).json()["result"]
+        metrics = client.get("/metrics").text
+    assert metric_value(metrics, "ptuning_long_texts_total") == len(texts) + 4
+    assert [a["label"] for a in answer] == [r[2] for r in trained_rows]
+    np.testing.assert_allclose([a["confidence"] for a in answer], confidences, atol=1e-4)
+    # SimpleServing's max_seq_len truncates each window (the windows are the model's)
+    from utils.deploy.predictor import ExportedClassifier
+
+    cut = ExportedClassifier(export, num_threads=1, max_seq_length=30)
+    expected = cut.decoder.probabilities(cut.logits([{"text_a": t} for t in texts[:4]]))
+    np.testing.assert_allclose([r["confidence"] for r in short], expected.max(-1), atol=1e-4)
+    assert cut.window_counts.texts == 4 and cut.window_counts.windows > 4
+    assert metric_value(metrics, "ptuning_windows_total") == summary["windows_read"] + cut.window_counts.windows
+
+
+def hostile(tmp_path, tiny_model_dir, *flags, multi_label=False):
+    if multi_label:
+        data_dir = write_multilabel_keyword_dataset(str(tmp_path / "data"))
+        prompt, task = MULTI_LABEL_PROMPT, ["--task_type", "multi_label"]
+    else:
+        data_dir = write_long_keyword_dataset(str(tmp_path / "data"), train_per_class=2, dev_per_class=1,
+                                              test_per_class=1)
+        prompt, task = PROMPT, []
+    fast = [f for i, f in enumerate(FAST) if "--max_seq_length" not in FAST[max(0, i - 1):i + 1]]
+    return ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", str(tmp_path / "out"),
+            "--prompt", prompt, "--do_train", "--max_steps", "2", *task, *fast, *flags]
+
+
+@pytest.mark.parametrize("flags, flag, message", [
+    (["--long_text", "window", "--window_stride", "29", "--max_seq_length", "40"], "--window_stride",
+     "a window holds only 29 text tokens"),
+    (["--long_text", "window", "--max_windows", "0"], "--max_windows", "must be at least 1"),
+    (["--window_stride", "5"], "--window_stride", "add --long_text window"),
+    (["--long_text", "head_tail", "--window_aggregation", "max"], "--window_aggregation", "add --long_text window"),
+    (["--long_text", "window", "--max_seq_length", "11"], "--max_seq_length", "the prompt alone takes 11 tokens"),
+    (["--long_text", "slide"], "--long_text", "must be one of truncate, head_tail or window"),
+], ids=["stride not below the window", "no windows", "stride without windows", "aggregation without windows",
+        "window shorter than the prompt", "unknown mode"])
+def test_hostile_long_text_flags_are_refused_before_any_model_loads(flags, flag, message, tiny_model_dir, tmp_path,
+                                                                   capsys, no_model_loads):
+    argv = hostile(tmp_path, tiny_model_dir, *flags)
+    code = run_cli(train.main, argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"error: {flag}: ") and message in err and "Traceback" not in err, err
+
+
+def test_vote_is_refused_for_label_sets(tiny_model_dir, tmp_path, capsys, no_model_loads):
+    argv = hostile(tmp_path, tiny_model_dir, "--long_text", "window", "--window_aggregation", "vote",
+                   "--max_seq_length", "40", multi_label=True)
+    assert run_cli(train.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --window_aggregation: vote is for multi-class models"), err
+
+
+def test_a_checkpoint_keeps_its_own_reading_of_long_texts(trained_windows, tmp_path, capsys, no_model_loads):
+    data_dir, out = trained_windows
+    argv = ["--data_dir", data_dir, "--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", out,
+            "--do_predict", "--long_text", "truncate"]
+    assert run_cli(train.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --long_text: is part of the model"), err
+
+
+def test_tools_that_read_one_input_per_text_refuse_a_windowed_model(trained_windows, trained, tmp_path, capsys):
+    """select.py and ensemble.py do not aggregate windows (yet): a clear refusal, not truncated scores."""
+    from helpers import import_script
+
+    data_dir, out = trained_windows
+    code = run_cli(import_script("select").main, ["--model_path_prefix", os.path.join(out, "export"), "--input_file",
+                                                  os.path.join(data_dir, "test.txt"), "--output_file",
+                                                  str(tmp_path / "picks.tsv"), "--k", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "select.py scores one input per text" in err, err
+    code = run_cli(import_script("ensemble").main, ["--members", out, trained[1], "--output_dir", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert code == 2 and "an ensemble graph reads one input per text" in err, err
