@@ -137,6 +137,31 @@ def audit_numbers(out, planted):
         flagged
 
 
+def precision_by_repeats(out, planted, repeats):
+    """P@k (k = len(planted)) of the first r repeats' averaged probabilities, r = 1..repeats: what each
+    further repeat adds (read from the folds' oof.json, whose rows are oof_probabilities.tsv's)."""
+    import glob
+
+    import numpy as np
+
+    from utils.audit.issues import quality_scores
+
+    with open(os.path.join(out, "oof_probabilities.tsv"), encoding="utf-8") as fp:
+        rows = [line.rstrip("\n").split("\t") for line in fp]
+    labels, given = rows[0][2:], [[rows[0][2:].index(r[1])] for r in rows[1:]]
+    lines = [int(r[0].rsplit(":", 1)[1]) for r in rows[1:]]
+    total, precision = np.zeros((len(given), len(labels))), []
+    for repeat in range(1, repeats + 1):
+        folder = os.path.join(out, "folds", *([f"repeat-{repeat}"] if repeat > 1 else []))
+        for path in glob.glob(os.path.join(folder, "fold-*", "oof.json")):
+            with open(path, encoding="utf-8") as fp:
+                done = json.load(fp)
+            total[done["rows"]] += np.asarray(done["probabilities"])
+        top = np.argsort(quality_scores(given, total / repeat, "multi-class"), kind="stable")[:len(planted)]
+        precision.append(len({lines[i] for i in top} & set(planted)) / len(planted))
+    return precision
+
+
 def with_seed(flags, seed):
     flags = list(flags)
     flags[flags.index("--seed") + 1] = str(seed)
@@ -159,7 +184,8 @@ def audited(name, model, source, fraction, work, flags, folds, repeats):
     numbers, flagged = audit_numbers(out, planted)
     with open(os.path.join(out, "audit.json"), encoding="utf-8") as fp:
         numbers["oof_accuracy_per_repeat"] = json.load(fp).get("oof_accuracy_per_repeat")
-    numbers.update(audit_seconds=round(time.time() - start), command="python audit.py " + " ".join(argv))
+    numbers.update(audit_seconds=round(time.time() - start), command="python audit.py " + " ".join(argv),
+                   precision_at_k_by_repeats=precision_by_repeats(out, planted, repeats))
     return base, noisy, out, planted, numbers, flagged
 
 
