@@ -238,7 +238,8 @@ def table(results):
         rows.append(f"| {r['dataset']} | {100 * r['noise']:.0f}% | {r.get('repeats', 1)} | {r['k']} | "
                     f"{r['precision_at_k']:.2f} | {r['flagged']} ({flagged_p} / {r['flagged_recall']:.2f}) | "
                     f"{r['oof_accuracy']:.3f} / {true} | {a['noisy']:.3f} | {a['minus_flagged']:.3f} | {relabelled} | "
-                    f"{a['clean']:.3f} | {recovered(r, 'gap_recovered')} | {recovered(r, 'gap_recovered_relabelled')} |")
+                    f"{a['clean']:.3f} | {recovered(r, 'gap_recovered')} | "
+                    f"{recovered(r, 'gap_recovered_relabelled')} |")
     return "\n".join(rows) + "\n"
 
 

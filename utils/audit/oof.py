@@ -252,7 +252,8 @@ def out_of_fold(flags, pool: Pool, repeats: Sequence[Sequence[Fold]], digest: st
     for folds in repeats:
         probs = np.full((n, width), np.nan)
         for fold in folds:
-            name = f"{fold.number}/{len(folds)}" + (f", repeat {fold.repeat}/{len(repeats)}" if len(repeats) > 1 else "")
+            name = f"{fold.number}/{len(folds)}" + (f", repeat {fold.repeat}/{len(repeats)}" if len(repeats) > 1
+                                                      else "")
             result = fold_result(flags, pool, fold, digest, name)
             probs[fold.held_out] = np.asarray(result["probabilities"], dtype=np.float64)
             votes[fold.held_out] += np.asarray(result["decided"], dtype=bool)

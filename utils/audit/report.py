@@ -89,7 +89,8 @@ def issues_html(pool: Pool, rows: Sequence[Dict[str, Any]], summary: Dict[str, A
     title = f"Label issues: {len(rows)} suspect label(s) of {summary['examples']} audited"
     page_text = title + "".join("".join(r["texts"]) + r["given"] + r["suggested"] for r in rows)
     parts = [page_head(title, page_text, CSS),
-             f"<p class='meta'>Out-of-fold probabilities from {summary['folds']} folds{repeated(summary)}, confident learning "
+             f"<p class='meta'>Out-of-fold probabilities from {summary['folds']} folds{repeated(summary)}, "
+             "confident learning "
              f"(cleanlab {html.escape(summary['cleanlab']['cleanlab'])}). <span class='given'>given</span> is the "
              "label in the data, <span class='suggested'>suggested</span> what the models trained without this "
              "text say; score: cleanlab's label quality (lower is more suspect). Probabilities are out of fold.</p>",

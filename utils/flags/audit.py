@@ -20,7 +20,8 @@ from ..errors import UserError
 from .train import DataArguments, ModelArguments, TrainFlags, flag_given
 
 DEFAULT_FOLDS = 5
-USAGE = ("python audit.py --data_dir DATA_DIR --output_dir DIR [--folds K] [--repeats R] [--include_dev] [--max_issues N] "
+USAGE = ("python audit.py --data_dir DATA_DIR --output_dir DIR [--folds K] [--repeats R] [--include_dev] "
+         "[--max_issues N] "
          "[train.py's model/prompt/training flags]")
 DESCRIPTION = ("Which labels are wrong? Out-of-fold probabilities from K train.py runs (each fold held out "
                "once), then confident learning (cleanlab) ranks the suspect labels with a suggested label. "
