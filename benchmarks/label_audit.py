@@ -1,21 +1,25 @@
 """Label audit with planted noise: does audit.py find flipped labels, and does removing them help?
 
-    python benchmarks/label_audit.py [--work benchmarks/work/label_audit] [--folds 5] [--steps 160] [--tnews_steps 100]
-        [--keyword_per_class 32,64] [--test_per_class 100] [--noise 0.1,0.2] [--skip_tnews]
+    python benchmarks/label_audit.py [--work benchmarks/work/label_audit] [--folds 5] [--repeats 5] [--steps 160]
+        [--tnews_steps 100] [--keyword_per_class 32,64] [--test_per_class 100] [--noise 0.1,0.2]
+        [--relabel_threshold 0.5] [--skip_tnews]
 
 For the keyword task (utils/testing/synthetic.py, 96 and 192 training texts, 3 labels, a fixed seeded
 test.txt of --test_per_class texts per label, the same for every run of a size) and, when
 ../shared/data/fewclue/tnews exists, FewCLUE tnews (240 training texts, 15 labels), at 10% and 20%
 noise: flip that share of train.txt's labels (seeded, utils.testing.synthetic.flip_labels), run
-audit.py, and report
+audit.py (--folds, --repeats: the out-of-fold probabilities averaged over that many fold splits and
+seeds), and report
 
 * precision and recall at k = the number of planted flips: the k lowest label-quality scores
   (cleanlab's, over every audited example) against the planted lines; and of the flagged set
   (label_issues.tsv: what confident learning flags, any size);
 * test accuracy of train.py trained on the noisy train.txt, on the noisy one minus the flagged lines,
-  and on the clean one (same flags; the mean over --train_seeds, default 42,43,44, since one run of the tiny
-  model swings by several points with the seed), and the share of the noisy-to-clean gap (of those means)
-  that removing the flagged lines recovers.
+  on the noisy one "relabelled" (a flagged line whose suggested label has an out-of-fold probability of
+  at least --relabel_threshold takes that label, the other flagged lines are removed), and on the clean
+  one (same flags; the mean over --train_seeds, default 42,43,44, since one run of the tiny model swings
+  by several points with the seed; the clean runs of a size are shared by its noise levels), and the
+  share of the noisy-to-clean gap (of those means) that each remedy recovers.
 
 The model is the tiny random ERNIE (2 layers, hidden 64; the keyword task's own vocab, tnews: the real
 40k ERNIE 3.0 vocab) on CPU, P-tuning: the keyword task is learnable by it, tnews is not (near chance),
@@ -67,18 +71,38 @@ def data_copy(source, target, fraction, seed):
     return flip_labels(os.path.join(target, "train.txt"), fraction, seed) if fraction else {}
 
 
-def without_lines(source, target, lines):
+def without_lines(source, target, lines, relabel=None):
+    """`source` copied to `target` without train.txt's `lines`; `relabel` (line: label) gives those lines
+    that label instead of removing them."""
+    relabel = relabel or {}
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(source, target)
     with open(os.path.join(source, "train.txt"), encoding="utf-8") as fp:
-        kept = [line for number, line in enumerate(fp, 1) if number not in lines]
+        kept = [line.rsplit("\t", 1)[0] + "\t" + relabel[number] + "\n" if number in relabel else line
+                for number, line in enumerate(fp, 1) if number not in lines or number in relabel]
     with open(os.path.join(target, "train.txt"), "w", encoding="utf-8") as fp:
         fp.writelines(kept)
 
 
-def train_accuracy(model, data_dir, out, flags):
+def confident_suggestions(out, threshold):
+    """The flagged lines (label_issues.tsv) whose suggested label has an out-of-fold probability of at least
+    `threshold`: line number -> suggested label."""
+    with open(os.path.join(out, "label_issues.tsv"), encoding="utf-8") as fp:
+        header, *rows = [line.rstrip("\n").split("\t") for line in fp]
+    column = {name: i for i, name in enumerate(header)}
+    return {int(r[0].rsplit(":", 1)[1]): r[column["suggested"]] for r in rows
+            if float(r[column["p_suggested"]]) >= threshold}
+
+
+def train_accuracy(model, data_dir, out, flags, reuse=False):
+    """train.py's test accuracy (`reuse`: the run's earlier result when it finished: the clean runs of a size
+    are the same for every noise level)."""
     import train
     from utils.errors import run_cli
+
+    if reuse and os.path.isfile(os.path.join(out, "test_results.json")):
+        with open(os.path.join(out, "test_results.json"), encoding="utf-8") as fp:
+            return json.load(fp)["test_accuracy"]
 
     argv = ["--model_name_or_path", model, "--data_dir", data_dir, "--output_dir", out, "--do_train", "--do_eval",
             "--do_predict", "--overwrite_output_dir", "--save_total_limit", "1", *flags]
@@ -113,13 +137,39 @@ def audit_numbers(out, planted):
         flagged
 
 
+def precision_by_repeats(out, planted, repeats):
+    """P@k (k = len(planted)) of the first r repeats' averaged probabilities, r = 1..repeats: what each
+    further repeat adds (read from the folds' oof.json, whose rows are oof_probabilities.tsv's)."""
+    import glob
+
+    import numpy as np
+
+    from utils.audit.issues import quality_scores
+
+    with open(os.path.join(out, "oof_probabilities.tsv"), encoding="utf-8") as fp:
+        rows = [line.rstrip("\n").split("\t") for line in fp]
+    labels, given = rows[0][2:], [[rows[0][2:].index(r[1])] for r in rows[1:]]
+    lines = [int(r[0].rsplit(":", 1)[1]) for r in rows[1:]]
+    total, precision = np.zeros((len(given), len(labels))), []
+    for repeat in range(1, repeats + 1):
+        folder = os.path.join(out, "folds", *([f"repeat-{repeat}"] if repeat > 1 else []))
+        for path in glob.glob(os.path.join(folder, "fold-*", "oof.json")):
+            with open(path, encoding="utf-8") as fp:
+                done = json.load(fp)
+            total[done["rows"]] += np.asarray(done["probabilities"])
+        top = np.argsort(quality_scores(given, total / repeat, "multi-class"), kind="stable")[:len(planted)]
+        precision.append(len({lines[i] for i in top} & set(planted)) / len(planted))
+    return precision
+
+
 def with_seed(flags, seed):
     flags = list(flags)
     flags[flags.index("--seed") + 1] = str(seed)
     return flags
 
 
-def one_case(name, model, source, fraction, work, flags, folds, train_seeds=(42,)):
+def audited(name, model, source, fraction, work, flags, folds, repeats):
+    """The noisy data, its audit and the audit's numbers against the planted flips."""
     import audit
     from utils.errors import run_cli
 
@@ -128,41 +178,68 @@ def one_case(name, model, source, fraction, work, flags, folds, train_seeds=(42,
     planted = data_copy(source, noisy, fraction, seed=1)
     out = os.path.join(base, "audit")
     start = time.time()
-    argv = ["--data_dir", noisy, "--output_dir", out, "--folds", str(folds), "--model_name_or_path", model,
-            "--overwrite_output_dir", *flags]
+    argv = ["--data_dir", noisy, "--output_dir", out, "--folds", str(folds), "--repeats", str(repeats),
+            "--model_name_or_path", model, "--overwrite_output_dir", *flags]
     assert run_cli(audit.main, argv) == 0
-    seconds = time.time() - start
     numbers, flagged = audit_numbers(out, planted)
+    with open(os.path.join(out, "audit.json"), encoding="utf-8") as fp:
+        numbers["oof_accuracy_per_repeat"] = json.load(fp).get("oof_accuracy_per_repeat")
+    numbers.update(audit_seconds=round(time.time() - start), command="python audit.py " + " ".join(argv),
+                   precision_at_k_by_repeats=precision_by_repeats(out, planted, repeats))
+    return base, noisy, out, planted, numbers, flagged
+
+
+def one_case(name, model, source, fraction, work, flags, folds, train_seeds=(42,), repeats=1, threshold=0.5):
+    base, noisy, out, planted, numbers, flagged = audited(name, model, source, fraction, work, flags, folds, repeats)
     cleaned = os.path.join(base, "data-minus-flagged")
     without_lines(noisy, cleaned, flagged)
-    clean = os.path.join(base, "data-clean")
+    relabel = confident_suggestions(out, threshold)
+    relabelled = os.path.join(base, "data-relabelled")
+    without_lines(noisy, relabelled, flagged, relabel)
+    clean = os.path.join(work, f"{name}-clean", "data-clean")   # one per data set: the same for every noise level
     data_copy(source, clean, 0, 0)
-    per_seed = {kind: [train_accuracy(model, data, os.path.join(base, f"train-{kind}-seed{seed}"), with_seed(flags, seed))
-                       for seed in train_seeds]
-                for kind, data in (("noisy", noisy), ("minus_flagged", cleaned), ("clean", clean))}
+    runs = (("noisy", noisy, base), ("minus_flagged", cleaned, base), ("relabelled", relabelled, base),
+            ("clean", clean, os.path.dirname(clean)))
+    per_seed = {kind: [train_accuracy(model, data, os.path.join(where, f"train-{kind}-seed{seed}"),
+                                      with_seed(flags, seed), reuse=kind == "clean") for seed in train_seeds]
+                for kind, data, where in runs}
     accuracy = {kind: sum(values) / len(values) for kind, values in per_seed.items()}   # the mean over the seeds
     gap = accuracy["clean"] - accuracy["noisy"]
-    recovered = (accuracy["minus_flagged"] - accuracy["noisy"]) / gap if gap > 0 else None
+    recovered = {kind: (accuracy[kind] - accuracy["noisy"]) / gap if gap > 0 else None
+                 for kind in ("minus_flagged", "relabelled")}
     with open(os.path.join(source, "test.txt"), encoding="utf-8") as fp:
         test_size = sum(1 for line in fp if line.strip())
-    return {"dataset": name, "noise": fraction, "audit_seconds": round(seconds), **numbers, "test_size": test_size,
+    right = sum(planted.get(line) == label for line, label in relabel.items())
+    return {"dataset": name, "noise": fraction, "repeats": repeats, **numbers, "test_size": test_size,
             "accuracy": accuracy, "train_seeds": list(train_seeds), "accuracy_per_seed": per_seed,
-            "gap_recovered": recovered, "command": "python audit.py " + " ".join(argv)}
+            "gap_recovered": recovered["minus_flagged"], "gap_recovered_relabelled": recovered["relabelled"],
+            "relabel_threshold": threshold, "relabelled": len(relabel),
+            "relabelled_right": right, "relabelled_removed": len(flagged) - len(relabel)}
+
+
+def recovered(r, key):
+    a = r["accuracy"]
+    points = 100 * (a["clean"] - a["noisy"])
+    if key not in r:
+        return "–"            # a row of a run before this remedy was measured
+    return "– (no gap)" if r[key] is None else f"{100 * r[key]:.0f}% of {points:.1f} pts"
 
 
 def table(results):
-    rows = ["| data | test texts | noise | k | P@k | R@k | flagged (P / R) | OOF acc (given / true) | acc noisy | acc − flagged | acc clean "
-            "| gap recovered (of the gap) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| data | noise | R | k | P@k | flagged (P / R) | OOF acc (given / true) | acc noisy | acc − flagged "
+            "| acc relabelled (right / relabelled) | acc clean | gap recovered: − flagged | relabelled |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         a = r["accuracy"]
         flagged_p = "–" if r["flagged_precision"] is None else f"{r['flagged_precision']:.2f}"
-        points = 100 * (a["clean"] - a["noisy"])
-        gap = "– (no gap)" if r["gap_recovered"] is None else f"{100 * r['gap_recovered']:.0f}% of {points:.1f} pts"
         true = "–" if r.get("oof_accuracy_true") is None else f"{r['oof_accuracy_true']:.3f}"
-        rows.append(f"| {r['dataset']} | {r.get('test_size', '–')} | {100 * r['noise']:.0f}% | {r['k']} | {r['precision_at_k']:.2f} | "
-                    f"{r['recall_at_k']:.2f} | {r['flagged']} ({flagged_p} / {r['flagged_recall']:.2f}) | "
-                    f"{r['oof_accuracy']:.3f} / {true} | {a['noisy']:.3f} | {a['minus_flagged']:.3f} | {a['clean']:.3f} | "
-                    f"{gap} |")
+        relabelled = "–" if "relabelled" not in a else \
+            f"{a['relabelled']:.3f} ({r['relabelled_right']} / {r['relabelled']})"
+        rows.append(f"| {r['dataset']} | {100 * r['noise']:.0f}% | {r.get('repeats', 1)} | {r['k']} | "
+                    f"{r['precision_at_k']:.2f} | {r['flagged']} ({flagged_p} / {r['flagged_recall']:.2f}) | "
+                    f"{r['oof_accuracy']:.3f} / {true} | {a['noisy']:.3f} | {a['minus_flagged']:.3f} | {relabelled} | "
+                    f"{a['clean']:.3f} | {recovered(r, 'gap_recovered')} | "
+                    f"{recovered(r, 'gap_recovered_relabelled')} |")
     return "\n".join(rows) + "\n"
 
 
@@ -181,6 +258,11 @@ def main() -> int:
     parser.add_argument("--train_seeds", default="42,43,44",
                         help="seeds of the noisy / minus-flagged / clean training runs (accuracies are their mean; "
                              "the audit itself uses the flags' --seed 42)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="audit.py --repeats: fold splits and seeds whose out-of-fold probabilities are averaged")
+    parser.add_argument("--relabel_threshold", type=float, default=0.5,
+                        help="the 'relabelled' remedy: a flagged line takes its suggested label when that label's "
+                             "out-of-fold probability is at least this; the other flagged lines are removed")
     parser.add_argument("--noise", default=",".join(str(f) for f in NOISE),
                         help="shares of train.txt's labels to flip, one audit per share and data set")
     args = parser.parse_args()
@@ -216,11 +298,13 @@ def main() -> int:
     results = []
     for name, model, source, fraction, case_flags in cases:   # written after each case
         results.append(one_case(name, model, source, fraction, args.work, case_flags, args.folds,
-                                [int(seed) for seed in args.train_seeds.split(",")]))
+                                [int(seed) for seed in args.train_seeds.split(",")], args.repeats,
+                                args.relabel_threshold))
         with open(results_path, "w", encoding="utf-8") as fp:
             json.dump({"folds": args.folds, "steps": args.steps, "tnews_steps": args.tnews_steps,
                        "keyword_per_class": args.keyword_per_class, "test_per_class": args.test_per_class,
-                       "train_seeds": args.train_seeds,
+                       "train_seeds": args.train_seeds, "repeats": args.repeats,
+                       "relabel_threshold": args.relabel_threshold,
                        "results": results + kept}, fp, ensure_ascii=False, indent=1)
         print(table(results + kept), flush=True)
     return 0

@@ -131,6 +131,7 @@ def bad_cases(keyword_data, tmp_path):
     return cases + [(base + extra, needle) for extra, needle in [
         (["--folds", "1"], "--folds"),
         (["--max_issues", "0"], "--max_issues"),
+        (["--repeats", "0"], "--repeats"),
         (["--selection_fraction", "1.5"], "--selection_fraction"),
         (["--do_predict"], "--do_predict"),
         (["--resume_from_checkpoint", str(tmp_path)], "--resume_from_checkpoint"),

@@ -3,6 +3,7 @@ only the folds it had not finished (the interrupted one from its checkpoint) and
 audit; the same flags again train nothing; other flags are refused and nothing is overwritten."""
 import os
 
+import numpy as np
 import pytest
 from conftest import FAST, interrupted_at
 from helpers import read_json
@@ -76,3 +77,64 @@ def test_a_killed_audit_resumes_its_remaining_folds_only_and_ends_as_an_uninterr
     assert read_json(out / "audit_config.json")["train_flags"] != read_json(reference / "audit_config.json")[
         "train_flags"]
     assert os.path.isdir(out / "folds" / "fold-2" / "run")
+
+
+def fake_fold_runs(monkeypatch, pool):
+    """`run_fold` replaced: fold F of repeat R gives each held-out example the probabilities
+    `one_hot(example's given label) * R / 10 + (1 - R / 10) / labels` and writes its oof.json; returns the
+    (repeat, fold) pairs run."""
+    from utils.files import write_json_atomic
+
+    ran = []
+
+    def fake(flags, fold, pool_, digest):
+        ran.append((fold.repeat, fold.number))
+        width = len(pool.labels.labels)
+        rows = [[(fold.repeat / 10) * (j == pool.given()[i][0]) + (1 - fold.repeat / 10) / width for j in range(width)]
+                for i in fold.held_out]
+        done = {"fingerprint": digest, "repeat": fold.repeat, "fold": fold.number, "seed": fold.seed,
+                "rows": fold.held_out, "probabilities": rows, "decided": [[p > 0.5 for p in r] for r in rows],
+                "labels": pool.labels.labels}
+        write_json_atomic(fold.oof_path, done)
+        return done
+
+    monkeypatch.setattr(utils.audit.oof, "run_fold", fake)
+    return ran
+
+
+def test_repeats_split_and_seed_differently_and_their_probabilities_are_averaged(keyword_data, tmp_path,
+                                                                                   monkeypatch):
+    from utils.audit.folds import read_pool
+    from utils.audit.oof import out_of_fold, plan_repeats
+
+    pool = read_pool(keyword_data, "multi-class", include_dev=False)
+    ran = fake_fold_runs(monkeypatch, pool)
+    repeats = plan_repeats(pool, str(tmp_path), 3, seed=42, fraction=0.1, repeats=2)
+    first, second = repeats
+    assert [f.directory for f in first] == [str(tmp_path / "folds" / f"fold-{k}") for k in (1, 2, 3)]  # as without
+    assert [f.directory for f in second] == [str(tmp_path / "folds" / "repeat-2" / f"fold-{k}") for k in (1, 2, 3)]
+    assert {f.seed for f in first} == {42} and {f.seed for f in second} == {43}
+    assert [f.held_out for f in first] != [f.held_out for f in second]                 # another split
+    assert sorted(i for f in second for i in f.held_out) == list(range(96))            # each held out once again
+    oof = out_of_fold(None, pool, repeats, "digest")
+    given = np.array([g[0] for g in pool.given()])
+    assert oof["probabilities"][np.arange(96), given] == pytest.approx(0.15 + 0.85 / 3)   # repeats' weights 0.1, 0.2
+    assert np.allclose(oof["probabilities"], np.mean(oof["per_repeat"], axis=0))
+    assert np.allclose(oof["probabilities"].sum(axis=1), 1)
+    assert sorted(ran) == [(r, k) for r in (1, 2) for k in (1, 2, 3)]
+
+    del ran[:]
+    more = plan_repeats(pool, str(tmp_path), 3, seed=42, fraction=0.1, repeats=3)
+    out_of_fold(None, pool, more, "digest")
+    assert sorted(ran) == [(3, 1), (3, 2), (3, 3)]                # raising --repeats reuses the finished repeats
+
+
+def test_each_repeat_trains_with_its_own_seed(keyword_data, tmp_path):
+    from utils.flags.audit import parse_audit_args
+    from utils.flags.train import parse_args
+
+    flags = parse_audit_args(["--data_dir", keyword_data, "--output_dir", str(tmp_path), "--model_name_or_path", "x",
+                              "--seed", "7", "--repeats", "2"])
+    assert flags.audit.repeats == 2
+    training = parse_args(flags.fold_argv(str(tmp_path / "d"), str(tmp_path / "r"), False, 8))[2]
+    assert training.seed == 8

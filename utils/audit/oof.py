@@ -10,12 +10,19 @@ Layout of the audit's `--output_dir DIR`:
                                  fold, never read by training), label.txt; the user's lines as written
     DIR/folds/fold-K/run/        the fold's train.py --output_dir (checkpoints, final model, eval_results.json)
     DIR/folds/fold-K/oof.json    the held-out fold's probabilities, written last: the fold is done
+    DIR/folds/repeat-R/fold-K/   with --repeats: repeat R's folds (R >= 2; repeat 1 is DIR/folds/fold-K)
 
 Each fold is a train.py run (`utils.training.run.run` with `FoldRun`, the training mode that predicts
 the held-out fold after training), so it is resumed like one: a fold with oof.json is reused, a fold
 killed after a complete checkpoint continues from it (`--resume_from_checkpoint`), any other restarts.
 Model selection (early stopping, the best checkpoint) reads the fold's dev.txt only: dev.txt when it
 is not audited, else a slice of the fold's own training examples; the held-out fold is never seen.
+
+With --repeats R the K folds run R times; repeat r splits with seed --seed + r - 1 and trains with that
+seed, so its fold models differ in data and initialisation, and every example's R out-of-fold
+probabilities are averaged (cleanlab's advice for better pred_probs: an ensemble of models).
+Repeat 1 is the audit without --repeats. A repeat's folds depend only on the config and r, so
+--repeats is not part of the config: raising it reuses the repeats already finished.
 """
 from __future__ import annotations
 
@@ -57,6 +64,8 @@ class Fold:
     held_out: List[int]
     train: List[int]
     selection: List[int]    # pool indices kept aside for model selection; [] when dev.txt does it
+    repeat: int = 1         # which run of the K folds (--repeats)
+    seed: int = 42          # the repeat's split and training seed (--seed + repeat - 1)
 
     @property
     def data_dir(self) -> str:
@@ -71,20 +80,27 @@ class Fold:
         return os.path.join(self.directory, OOF_FILE)
 
 
-def plan_folds(pool: Pool, output_dir: str, k: int, seed: int, fraction: float) -> List[Fold]:
-    """The K folds: stratified and seeded (utils/audit/folds.py); a selection slice of each fold's training
-    examples when no dev.txt selects the model (audited, or absent)."""
+def plan_folds(pool: Pool, output_dir: str, k: int, seed: int, fraction: float, repeat: int = 1) -> List[Fold]:
+    """Repeat `repeat`'s K folds: stratified and seeded by `seed + repeat - 1` (utils/audit/folds.py); a
+    selection slice of each fold's training examples when no dev.txt selects the model (audited, or absent)."""
     groups = strata(pool.given())
+    seed += repeat - 1
     assignment = assign_folds(groups, k, seed)
+    base = os.path.join(output_dir, FOLDS_DIR, *([f"repeat-{repeat}"] if repeat > 1 else []))
     folds = []
     for number in range(1, k + 1):
         held_out = [int(i) for i in np.flatnonzero(assignment == number - 1)]
         rest = [int(i) for i in np.flatnonzero(assignment != number - 1)]
         selection = [] if pool.dev else selection_slice(groups, rest, fraction, seed + number)
         chosen = set(selection)
-        folds.append(Fold(number, os.path.join(output_dir, FOLDS_DIR, f"fold-{number}"), held_out,
-                          [i for i in rest if i not in chosen], selection))
+        folds.append(Fold(number, os.path.join(base, f"fold-{number}"), held_out,
+                          [i for i in rest if i not in chosen], selection, repeat, seed))
     return folds
+
+
+def plan_repeats(pool: Pool, output_dir: str, k: int, seed: int, fraction: float, repeats: int) -> List[List[Fold]]:
+    """Every repeat's K folds (--repeats), repeat 1 first."""
+    return [plan_folds(pool, output_dir, k, seed, fraction, repeat) for repeat in range(1, repeats + 1)]
 
 
 def write_fold_data(fold: Fold, pool: Pool) -> None:
@@ -189,7 +205,8 @@ def finished(fold: Fold, digest: str):
     if not os.path.isfile(fold.oof_path):
         return None
     done = read_json(fold.oof_path, "fold result")
-    return done if done.get("fingerprint") == digest and done.get("rows") == fold.held_out else None
+    same = done.get("fingerprint") == digest and done.get("rows") == fold.held_out
+    return done if same and done.get("seed", fold.seed) == fold.seed else None
 
 
 def run_fold(flags, fold: Fold, pool: Pool, digest: str) -> Dict[str, Any]:
@@ -200,10 +217,11 @@ def run_fold(flags, fold: Fold, pool: Pool, digest: str) -> Dict[str, Any]:
 
     write_fold_data(fold, pool)
     resume = os.path.isdir(fold.run_dir) and latest_checkpoint(fold.run_dir) is not None
-    model_args, data_args, training_args = parse_args(flags.fold_argv(fold.data_dir, fold.run_dir, resume))
+    model_args, data_args, training_args = parse_args(flags.fold_argv(fold.data_dir, fold.run_dir, resume,
+                                                                      fold.seed))
     oof = run(model_args, data_args, training_args, FoldRun)["oof"]
     eval_path = os.path.join(fold.run_dir, EVAL_RESULTS_FILE)
-    done = {"fingerprint": digest, "fold": fold.number, "rows": fold.held_out,
+    done = {"fingerprint": digest, "repeat": fold.repeat, "fold": fold.number, "seed": fold.seed, "rows": fold.held_out,
             "lines": [pool.examples[i].where for i in fold.held_out], "train_examples": len(fold.train),
             "selection": "dev.txt" if not fold.selection else f"{len(fold.selection)} training examples",
             "resumed_from_checkpoint": resume,
@@ -212,23 +230,35 @@ def run_fold(flags, fold: Fold, pool: Pool, digest: str) -> Dict[str, Any]:
     return done
 
 
-def out_of_fold(flags, pool: Pool, folds: Sequence[Fold], digest: str) -> Dict[str, Any]:
-    """Every fold's result (reused or computed) and the `[n, labels]` out-of-fold probabilities and decisions
-    in pool order."""
+def fold_result(flags, pool: Pool, fold: Fold, digest: str, name: str) -> Dict[str, Any]:
+    """The fold's result: reused when finished for this config, else trained now (`name`: for the log)."""
+    result = finished(fold, digest)
+    state = "done earlier, reused" if result else f"training on {len(fold.train)} (run: {fold.run_dir})"
+    sys.stderr.write(f"[fold {name}] {len(fold.held_out)} held out: {state}\n")
+    sys.stderr.flush()
+    result = result or run_fold(flags, fold, pool, digest)
+    if result.get("labels") != pool.labels.labels:
+        raise UserError(f"fold {fold.number}'s model has labels {result.get('labels')}, not label.txt's",
+                        fold.oof_path)
+    return result
+
+
+def out_of_fold(flags, pool: Pool, repeats: Sequence[Sequence[Fold]], digest: str) -> Dict[str, Any]:
+    """Every fold's result (reused or computed) and, in pool order, the `[n, labels]` out-of-fold probabilities
+    (the mean over the repeats), decisions (label sets: decided by at least half of the repeats) and each
+    repeat's own probabilities (`per_repeat`)."""
     n, width = len(pool.examples), len(pool.labels.labels)
-    probs, decided = np.full((n, width), np.nan), np.zeros((n, width), dtype=bool)
-    results = []
-    for fold in folds:
-        result = finished(fold, digest)
-        state = "done earlier, reused" if result else f"training on {len(fold.train)} (run: {fold.run_dir})"
-        sys.stderr.write(f"[fold {fold.number}/{len(folds)}] {len(fold.held_out)} held out: {state}\n")
-        sys.stderr.flush()
-        result = result or run_fold(flags, fold, pool, digest)
-        if result.get("labels") != pool.labels.labels:
-            raise UserError(f"fold {fold.number}'s model has labels {result.get('labels')}, not label.txt's",
-                            fold.oof_path)
-        probs[fold.held_out] = np.asarray(result["probabilities"], dtype=np.float64)
-        decided[fold.held_out] = np.asarray(result["decided"], dtype=bool)
-        results.append(result)
-    assert not np.isnan(probs).any(), "an example was held out by no fold"
-    return {"probabilities": probs, "decided": decided, "folds": results}
+    per_repeat, votes, results = [], np.zeros((n, width)), []
+    for folds in repeats:
+        probs = np.full((n, width), np.nan)
+        for fold in folds:
+            name = f"{fold.number}/{len(folds)}" + (f", repeat {fold.repeat}/{len(repeats)}" if len(repeats) > 1
+                                                      else "")
+            result = fold_result(flags, pool, fold, digest, name)
+            probs[fold.held_out] = np.asarray(result["probabilities"], dtype=np.float64)
+            votes[fold.held_out] += np.asarray(result["decided"], dtype=bool)
+            results.append(result)
+        assert not np.isnan(probs).any(), "an example was held out by no fold"
+        per_repeat.append(probs)
+    return {"probabilities": np.mean(per_repeat, axis=0), "decided": votes >= len(repeats) / 2,
+            "per_repeat": per_repeat, "folds": results}

@@ -14,7 +14,7 @@ import numpy as np
 from ..task.decoding import MULTI_CLASS
 from .folds import Pool, check_label_counts, read_pool
 from .issues import find_issues, settings
-from .oof import claim_output_dir, config_of, fingerprint, out_of_fold, plan_folds
+from .oof import claim_output_dir, config_of, fingerprint, out_of_fold, plan_repeats
 from .report import ISSUES_HTML, ISSUES_TSV, REVIEW_TASKS, SUMMARY, write_report
 
 
@@ -46,15 +46,17 @@ def summarize(flags, pool: Pool, oof: Dict[str, Any], found: int, reported: int)
         files[name] = files.get(name, 0) + 1
     return {
         "data_dir": os.path.abspath(flags.data.data_dir), "task_type": str(pool.task_type), "folds": audit.folds,
-        "seed": int(flags.training.seed), "examples": len(pool.examples), "audited": files,
+        "repeats": audit.repeats, "seed": int(flags.training.seed), "examples": len(pool.examples), "audited": files,
         "model_selection": "dev.txt (not audited)" if pool.dev else
         f"a stratified slice ({audit.selection_fraction:g}) of each fold's training examples",
         "issues_found": found, "issues_reported": reported, "max_issues": audit.max_issues,
         "score": "cleanlab's label quality in [0, 1]: lower is more suspect",
         "cleanlab": settings(str(pool.task_type)),
         "oof_accuracy": oof_accuracy(pool, oof["probabilities"], oof["decided"]),
-        "per_fold": [{key: result.get(key) for key in ("fold", "train_examples", "selection", "eval",
-                                                        "resumed_from_checkpoint")}
+        "oof_accuracy_per_repeat": [oof_accuracy(pool, probs, probs >= 0.5) for probs in oof["per_repeat"]]
+        if pool.task_type == MULTI_CLASS else None,
+        "per_fold": [{key: result.get(key, 1 if key == "repeat" else None) for key in (
+            "repeat", "fold", "seed", "train_examples", "selection", "eval", "resumed_from_checkpoint")}
                      | {"held_out": len(result["rows"])} for result in oof["folds"]],
         "train_flags": list(flags.forwarded),
     }
@@ -70,8 +72,9 @@ def run_audit(flags) -> Dict[str, Any]:
     lock = claim_output_dir(output_dir, config, training.overwrite_output_dir)
     failed = True
     try:
-        folds = plan_folds(pool, output_dir, audit.folds, int(training.seed), audit.selection_fraction)
-        oof = out_of_fold(flags, pool, folds, fingerprint(config))
+        repeats = plan_repeats(pool, output_dir, audit.folds, int(training.seed), audit.selection_fraction,
+                               audit.repeats)
+        oof = out_of_fold(flags, pool, repeats, fingerprint(config))
         issues, _ = find_issues(pool.given(), oof["probabilities"], oof["decided"], str(pool.task_type))
         reported = issues[:audit.max_issues] if audit.max_issues else issues
         summary = summarize(flags, pool, oof, len(issues), len(reported))

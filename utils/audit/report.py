@@ -9,7 +9,8 @@
                                      says now), the suggestion as a prediction scored by its probability
     label_issues.label-studio.xml    the labelling config those tasks use (utils/annotation/label_studio.py)
     oof_probabilities.tsv            every audited example: line, given, then each label's out-of-fold probability
-    audit.json                       folds, counts, cleanlab's settings, each fold's model-selection metrics
+    audit.json                       folds, repeats, counts, cleanlab's settings, each fold's model-selection
+                                     metrics, the out-of-fold accuracy (and each repeat's)
 """
 from __future__ import annotations
 
@@ -78,12 +79,18 @@ CSS = ("table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid 
        ".suggested{background:rgba(0,150,60,0.3);border-radius:3px}.num{font-variant-numeric:tabular-nums}")
 
 
+def repeated(summary: Dict[str, Any]) -> str:
+    repeats = summary.get("repeats", 1)
+    return f" run {repeats} times (each example's probabilities averaged)" if repeats > 1 else ""
+
+
 def issues_html(pool: Pool, rows: Sequence[Dict[str, Any]], summary: Dict[str, Any]) -> str:
     """One self-contained page: the suspects in a table, most suspect first."""
     title = f"Label issues: {len(rows)} suspect label(s) of {summary['examples']} audited"
     page_text = title + "".join("".join(r["texts"]) + r["given"] + r["suggested"] for r in rows)
     parts = [page_head(title, page_text, CSS),
-             f"<p class='meta'>Out-of-fold probabilities from {summary['folds']} folds, confident learning "
+             f"<p class='meta'>Out-of-fold probabilities from {summary['folds']} folds{repeated(summary)}, "
+             "confident learning "
              f"(cleanlab {html.escape(summary['cleanlab']['cleanlab'])}). <span class='given'>given</span> is the "
              "label in the data, <span class='suggested'>suggested</span> what the models trained without this "
              "text say; score: cleanlab's label quality (lower is more suspect). Probabilities are out of fold.</p>",

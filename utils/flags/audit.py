@@ -1,7 +1,7 @@
 """audit.py's flags: its own (folds, dev, the report's cap) beside train.py's model, prompt and training flags.
 
-    python audit.py --data_dir DATA_DIR --output_dir DIR [--folds K] [--include_dev] [--max_issues N]
-                    [train.py's model/prompt/training flags]
+    python audit.py --data_dir DATA_DIR --output_dir DIR [--folds K] [--repeats R] [--include_dev]
+                    [--max_issues N] [train.py's model/prompt/training flags]
 
 train.py's dataclasses (`ModelArguments`, `DataArguments`, `TrainingArguments`) are parsed as they
 are, with the checks that span them (`TrainFlags`), so a flag means here what it means to train.py.
@@ -20,7 +20,8 @@ from ..errors import UserError
 from .train import DataArguments, ModelArguments, TrainFlags, flag_given
 
 DEFAULT_FOLDS = 5
-USAGE = ("python audit.py --data_dir DATA_DIR --output_dir DIR [--folds K] [--include_dev] [--max_issues N] "
+USAGE = ("python audit.py --data_dir DATA_DIR --output_dir DIR [--folds K] [--repeats R] [--include_dev] "
+         "[--max_issues N] "
          "[train.py's model/prompt/training flags]")
 DESCRIPTION = ("Which labels are wrong? Out-of-fold probabilities from K train.py runs (each fold held out "
                "once), then confident learning (cleanlab) ranks the suspect labels with a suggested label. "
@@ -44,6 +45,11 @@ class AuditArguments:
     folds: int = field(default=DEFAULT_FOLDS, metadata={
         "help": "K: the audited examples are split into K stratified folds (seeded by --seed); each fold is held "
                 "out once while a model trains on the others. Every label needs at least K examples."})
+    repeats: int = field(default=1, metadata={
+        "help": "R: run the K folds R times, repeat r with its own fold split and training seed (--seed + r - 1), "
+                "and average each example's R out-of-fold probabilities before confident learning (an ensemble: "
+                "steadier probabilities from weak or noisy fold models, at R times the cost). Raising R later "
+                "reuses the finished repeats."})
     include_dev: bool = field(default=False, metadata={
         "help": "Audit dev.txt too (its examples join train.txt's in the folds). Then each fold selects its best "
                 "checkpoint on a slice of its own training folds (--selection_fraction) instead of on dev.txt, "
@@ -59,6 +65,8 @@ class AuditArguments:
         if self.folds < 2:
             raise UserError(f"must be at least 2 (one fold held out, the others to train on), got {self.folds}",
                             "--folds")
+        if self.repeats < 1:
+            raise UserError(f"must be at least 1 (one run of the K folds), got {self.repeats}", "--repeats")
         if not 0 < self.selection_fraction < 1:
             raise UserError(f"must be in (0, 1), got {self.selection_fraction}", "--selection_fraction")
         if self.max_issues is not None and self.max_issues <= 0:
@@ -76,10 +84,12 @@ class AuditFlags:
     training: object
     forwarded: List[str]
 
-    def fold_argv(self, data_dir: str, output_dir: str, resume: bool) -> List[str]:
-        """train.py's flags for one fold: the user's, the fold's folders, train and evaluate (model
-        selection); `resume` continues the fold's run from its latest complete checkpoint."""
-        argv = [*self.forwarded, "--data_dir", data_dir, "--output_dir", output_dir, "--do_train", "--do_eval"]
+    def fold_argv(self, data_dir: str, output_dir: str, resume: bool, seed: int) -> List[str]:
+        """train.py's flags for one fold: the user's with the repeat's `seed` (the last --seed counts), the
+        fold's folders, train and evaluate (model selection); `resume` continues the fold's run from its latest
+        complete checkpoint."""
+        argv = [*self.forwarded, "--seed", str(seed), "--data_dir", data_dir, "--output_dir", output_dir,
+                "--do_train", "--do_eval"]
         return argv + (["--resume_from_checkpoint", output_dir] if resume else ["--overwrite_output_dir"])
 
 
