@@ -82,6 +82,10 @@ def test_the_body_says_labels_words_template_calibration_data_hash_and_command()
     assert "| dev | 0.8750 | 0.8600 | 0.0500 |" in text
     assert "python train.py --data_dir data/fruit --do_train" in text and "ab" * 32 in text
     assert "## Intended use and limits" in text
+    assert "long texts: cut off after max_seq_length tokens" in text
+    windowed = render_card(CardFacts(name="w", model=dict(MODEL, long_text={
+        "mode": "window", "stride": None, "aggregation": "mean", "max_windows": 16})))
+    assert "long texts: window (stride half a window, mean over at most 16 windows)" in windowed
 
 
 def test_label_sets_show_their_thresholds_and_multiruns_their_mean_and_std():

@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Any, Dict, Optional
 
-from ..deploy.format import LABELS_FILE
+from ..deploy.format import LABELS_FILE, PREPROCESS_FILE
 from ..errors import UserError
 from ..files import read_json
 from ..model.spec import ModelSpec
@@ -56,7 +56,8 @@ def write_export_card(directory: str, manifest: Dict[str, Any], name: Optional[s
     `name`: the card's title when `directory` is still the temporary one beside the target."""
     source = manifest.get("source_checkpoint")
     labels = _json_or_none(os.path.join(directory, LABELS_FILE)) or []
-    facts = CardFacts(name=name or card_name(directory), model=manifest,
+    preprocess = _json_or_none(os.path.join(directory, PREPROCESS_FILE)) or {}
+    facts = CardFacts(name=name or card_name(directory), model={**manifest, "long_text": preprocess.get("long_text")},
                       results=(_beside(source, ALL_RESULTS_FILE) or {}) if source else {},
                       record=read_run_record(source) if source else None,
                       search=_beside(source, SEARCH_RECORD_FILE) if source else None,

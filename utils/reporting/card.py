@@ -117,6 +117,13 @@ def model_section(facts: CardFacts) -> List[str]:
         thresholds = model.get("thresholds")
         lines.append(f"* thresholds: {'0.5 for every label' if thresholds is None else thresholds}"
                      + (f" (searched: {model['threshold_search']})" if model.get("threshold_search") else ""))
+    long_text = model.get("long_text")
+    if isinstance(long_text, dict) and long_text.get("mode") not in (None, "truncate"):
+        lines.append(f"* long texts: {long_text['mode']} (stride {long_text.get('stride') or 'half a window'}, "
+                     f"{long_text.get('aggregation')} over at most {long_text.get('max_windows')} windows): a text "
+                     "longer than one input is read in several, and their probabilities combined")
+    else:
+        lines.append("* long texts: cut off after max_seq_length tokens (`--long_text truncate`)")
     temperature = model.get("temperature")
     lines.append(f"* temperature: {_fmt(temperature) if temperature is not None else '1 (not calibrated)'}")
     if model.get("reject_threshold") is not None:
@@ -183,7 +190,8 @@ LIMITS = ("## Intended use and limits", "",
           "(a reject option, if listed above, is the only way to answer \"none\").",
           "* Trained on few examples: expect the metrics above to move by several points with another seed or "
           "another sample of the same size; the dev set is small and also chose the checkpoint.",
-          "* Texts longer than max_seq_length are handled as the model says above (by default cut off).",
+          "* A text longer than one input is read as \"long texts\" above says; with truncate, what lies past "
+          "max_seq_length tokens is never seen.",
           "* Probabilities are as calibrated as the ECE above says; read them as scores unless it is small.", "")
 
 
