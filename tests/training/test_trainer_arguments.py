@@ -22,3 +22,13 @@ def test_the_trainer_gets_derived_arguments_and_the_parsed_flags_are_never_chang
     assert args.max_steps == 2 * 3                     # ceil(10 / 4) batches x 2 epochs: --freeze_plm needs steps
     assert "visualdl" not in args.report_to
     assert any(isinstance(c, SafeVisualDLCallback) for c in callbacks)
+
+
+def test_freeze_plm_epochs_count_the_examples_trained_on_long_text_windows(keyword_data, tmp_path):
+    """--long_text window trains on windows: 10 documents read as 25 windows are 25 examples an epoch."""
+    _, _, flags = parse_args(["--data_dir", keyword_data, "--output_dir", str(tmp_path / "out"), "--do_train",
+                              "--freeze_plm", "--num_train_epochs", "2", "--per_device_train_batch_size", "4",
+                              "--device", "cpu"])
+    run = SimpleNamespace(args=flags, dataset=SimpleNamespace(train=[{}] * 10))
+    args, _ = trainer_arguments(run, num_examples=25)
+    assert args.max_steps == 2 * 7                     # ceil(25 / 4) batches x 2 epochs, not ceil(10 / 4)

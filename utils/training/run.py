@@ -179,15 +179,16 @@ class Run:
             self.lock = None
 
 
-def trainer_arguments(run: Run):
+def trainer_arguments(run: Run, num_examples: Optional[int] = None):
     """The Trainer's arguments, derived from the parsed flags (which stay as the user gave them), and
     the callbacks they imply: the model is already rebuilt from --resume_from_checkpoint; the
     prompt-only optimizer of --freeze_plm needs max_steps; VisualDL goes through a callback that
-    cannot end the run."""
+    cannot end the run. `num_examples`: the training examples (with --long_text, the windows), default
+    the documents of train.txt."""
     args = copy.copy(run.args)
     args.resume_from_checkpoint = None
     if args.do_train and args.freeze_plm and args.max_steps <= 0:
-        args.max_steps = default_max_steps(args, len(run.dataset.train))
+        args.max_steps = default_max_steps(args, len(run.dataset.train) if num_examples is None else num_examples)
     args.report_to = list(args.report_to or [])
     callbacks = take_visualdl_from_report_to(args) + [RebaseBestCheckpoint()]
     return args, callbacks
@@ -200,17 +201,17 @@ def prepare(run: Run):
     set_seed(training_args.seed)  # model init (soft prompt, encoder) is seeded too
     logger.info("task_type: %s", run.model_plan.task_type)  # as PaddleNLP's training log prints it
     model, tokenizer, spec = build_model(model_args, training_args, run.dataset, run.model_plan, run.resume)
-    training_args, callbacks = trainer_arguments(run)
-    evaluating_in_training = training_args.do_train and str(training_args.evaluation_strategy.value) != "no"
-    if evaluating_in_training and training_args.load_best_model_at_end and data_args.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience,
-                                               early_stopping_threshold=data_args.early_stopping_threshold))
     dataset = run.dataset
     windows = TrainingWindows.of(spec, tokenizer)  # --long_text: each window an example with its document's labels
     train, dev = dataset.train, dataset.dev
     if windows is not None:
         train = windows.split(train, "train")[0] if training_args.do_train else train
         dev, windows.counts, _ = windows.split(dev, "dev") if dev else (dev, None, None)
+    training_args, callbacks = trainer_arguments(run, len(train))  # epochs count the examples trained on
+    evaluating_in_training = training_args.do_train and str(training_args.evaluation_strategy.value) != "no"
+    if evaluating_in_training and training_args.load_best_model_at_end and data_args.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience,
+                                               early_stopping_threshold=data_args.early_stopping_threshold))
     trainer = PTuningTrainer(
         model=model, tokenizer=tokenizer, args=training_args,
         criterion=criterion_for(model, spec.head_options, spec.soft_targets),
