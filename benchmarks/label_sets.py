@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
+
+from common import read, run  # benchmarks/common.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("PTUNING_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
@@ -30,20 +30,6 @@ DATASETS = (  # name, folder, task type, upstream's prompt
      "这句话包含的要素有"),
     ("DuEE 1.0 events", os.path.join(SHARED, "data", "hierarchical", "duee"), "hierarchical", "这句话描述的事件是"),
 )
-
-
-def run(cmd, log_path):
-    start = time.time()
-    with open(log_path, "w", encoding="utf-8") as log:
-        code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
-    if code:
-        raise SystemExit(f"failed ({code}): {' '.join(cmd)}; see {log_path}")
-    return time.time() - start
-
-
-def read(path):
-    with open(path, encoding="utf-8") as fp:
-        return json.load(fp)
 
 
 def main() -> int:

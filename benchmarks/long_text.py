@@ -23,6 +23,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from common import read, run  # noqa: E402  (benchmarks/common.py)
 SHARED = os.environ.get("PTUNING_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
 VOCAB = os.path.join(SHARED, "vocab", "ernie-3.0-base-zh-vocab.txt")
 PY = sys.executable
@@ -34,20 +35,6 @@ DATASETS = {  # name: (folder or None for the synthetic task, prompt, extra flag
     "CAIL2019 divorce": (os.path.join(SHARED, "data", "multilabel", "cail2019_divorce"), "这句话包含的要素有",
                          ["--task_type", "multi-label", "--threshold_search", "global"], "micro_f1"),
 }
-
-
-def run(cmd, log_path):
-    start = time.time()
-    with open(log_path, "w", encoding="utf-8") as log:
-        code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
-    if code:
-        raise SystemExit(f"failed ({code}): {' '.join(cmd)}; see {log_path}")
-    return time.time() - start
-
-
-def read(path):
-    with open(path, encoding="utf-8") as fp:
-        return json.load(fp)
 
 
 def save(key, value):
