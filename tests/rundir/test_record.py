@@ -36,3 +36,16 @@ def test_a_model_without_a_record_is_said_to_have_none_and_a_damaged_record_read
     (tmp_path / "run.json").write_text(json.dumps({"commands": "no list"}), encoding="utf-8")
     assert read_run_record(str(tmp_path)) is None
     assert os.listdir(tmp_path) == ["run.json"]
+
+
+def test_a_failed_run_that_wrote_nothing_else_takes_its_record_away(tmp_path):
+    from utils.rundir.record import discard_lone_record
+
+    write_run_record(str(tmp_path), ["--do_train"], {})
+    (tmp_path / ".ptuning.lock").write_text("", encoding="utf-8")
+    discard_lone_record(str(tmp_path))
+    assert os.listdir(tmp_path) == [".ptuning.lock"]
+    write_run_record(str(tmp_path), ["--do_train"], {})
+    (tmp_path / "checkpoint-2").mkdir()
+    discard_lone_record(str(tmp_path))  # a checkpoint is worth its record
+    assert sorted(os.listdir(tmp_path)) == [".ptuning.lock", "checkpoint-2", "run.json"]

@@ -51,6 +51,19 @@ def write_run_record(output_dir: str, argv: Sequence[str], data_files: Dict[str,
     return record
 
 
+def discard_lone_record(output_dir: str) -> None:
+    """Remove run.json when nothing else of a run is in `output_dir` (its lock aside): a run that failed
+    before writing anything leaves the directory as it found it."""
+    from .names import LOCK_FILE
+
+    try:
+        names = set(os.listdir(output_dir)) - {LOCK_FILE}
+    except OSError:
+        return
+    if names == {RUN_RECORD_FILE}:
+        os.remove(os.path.join(output_dir, RUN_RECORD_FILE))
+
+
 def read_run_record(directory: str) -> Optional[dict]:
     """The record of the run that made `directory` (a run directory, or a checkpoint-N inside one);
     None where there is none or it cannot be read (a card then says the command is unknown)."""

@@ -48,7 +48,8 @@ from ..errors import UserError
 from ..deploy.predictions import write_predictions
 from ..files import write_json_atomic
 from ..model.spec import ModelSpec
-from ..rundir.names import COMPLETE_MARKER, DISTILL_SUMMARY_FILE, ROUNDS_DIR, SPEC_FILE, TEACHER_PREDICTIONS_FILE
+from ..rundir.names import (COMPLETE_MARKER, DISTILL_SUMMARY_FILE, ROUNDS_DIR, RUN_RECORD_FILE, SPEC_FILE,
+                            TEACHER_PREDICTIONS_FILE)
 from .plan import output_kinds, plan_model
 from .run import Run
 from .teacher import Teacher, check_vocabulary, student_vocab
@@ -245,7 +246,8 @@ class DistillationRun(Run):
             directory = round_args.output_dir
             os.makedirs(directory, exist_ok=True)
             plan = plan_output_dir(directory, True, output_kinds(round_args), True, resume)
-            plan.remove = [name for name in plan.remove if name != ROUNDS_DIR]  # the earlier rounds stay
+            # the earlier rounds stay, and the run's record (Run.open wrote it for this invocation)
+            plan.remove = [name for name in plan.remove if name not in (ROUNDS_DIR, RUN_RECORD_FILE)]
             apply_plan(plan)
 
     def with_teacher_labels(self, number: int, teacher: Teacher, directory: str, spec: ModelSpec,

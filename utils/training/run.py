@@ -23,7 +23,7 @@ from ..task.decoding import MULTI_CLASS
 from ..task.metrics import metrics_fn
 from ..model.assembly import criterion_for
 from ..rundir.plan import DirLock, OutputPlan, apply_plan, plan_output_dir
-from ..rundir.record import run_history, write_run_record
+from ..rundir.record import discard_lone_record, run_history, write_run_record
 from ..export.card import write_run_card
 from ..dataset.labels import LABEL_FILE
 from .callbacks import Progress, RebaseBestCheckpoint
@@ -175,6 +175,8 @@ class Run:
 
     def close(self, failed: bool) -> None:
         if self.lock is not None:
+            if failed:  # a run that wrote nothing but its record leaves nothing (the lock removes a dir it made)
+                discard_lone_record(self.args.output_dir)
             self.lock.release(failed=failed)
             self.lock = None
 
