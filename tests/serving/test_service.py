@@ -63,6 +63,8 @@ def test_two_instances_answer_equal_to_infer(export_dir, tmp_path, capsys):
 
 def test_predict_endpoint_and_the_read_only_endpoints(client):
     labels = client.get("/labels").json()
+    version = labels.pop("model_version")  # the export's (see test_registry.py)
+    assert version.startswith("cls_default-") and len(version) == len("cls_default-") + 12
     assert labels == {"model": "cls_default", "labels": ["apple", "banana", "grape"], "pair": False,
                       "task_type": "multi-class", "thresholds": None, "temperature": 1.0, "reject_threshold": None,
                       "other_label": "other"}
