@@ -17,15 +17,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class FakeModel:
-    """Stands in for ExportedClassifier: a text's row is one-hot at `int(text) % 3`; records batches."""
+    """Stands in for ExportedClassifier: a text's row is one-hot at `(int(text) + shift) % 3`; records
+    batches. `tag` makes its manifest (so its model_version) its own; `labels` its label set."""
 
-    def __init__(self, delay=0.0, fail_on=None, length=lambda text: 1):
+    def __init__(self, delay=0.0, fail_on=None, length=lambda text: 1, shift=0, tag="v1", labels=("a", "b", "c"),
+                 nan=False):
         from utils.task.decoding import Decoder
 
         self.batches, self.delay, self.fail_on, self.length = [], delay, fail_on, length
-        self.labels = ["a", "b", "c"]
+        self.shift, self.nan = shift, nan
+        self.labels = list(labels)
         self.decoder = Decoder("multi-class", self.labels)
-        self.manifest = {"max_seq_length": 512}
+        self.manifest = {"max_seq_length": 512, "created": tag}
 
     def encoder(self, max_seq_length=None):
         return self
@@ -39,9 +42,9 @@ class FakeModel:
         if self.fail_on in ids:
             raise RuntimeError("this text breaks the model")
         self.batches.append(ids)
-        logits = np.full((len(ids), 3), -10.0, dtype=np.float32)
-        logits[np.arange(len(ids)), np.array(ids) % 3] = 10.0
-        return logits
+        logits = np.full((len(ids), len(self.labels)), -10.0, dtype=np.float32)
+        logits[np.arange(len(ids)), (np.array(ids, dtype=int) + self.shift) % len(self.labels)] = 10.0
+        return logits * np.nan if self.nan else logits
 
 
 class HeldModel(FakeModel):
@@ -72,8 +75,8 @@ class FakeClassifier:
 
     pair, device, thresholds = False, "cpu", None
 
-    def __init__(self, model):
-        self.model, self.labels = model, model.labels
+    def __init__(self, model, export_dir="fake-export"):
+        self.model, self.labels, self.export_dir = model, model.labels, export_dir
 
     @property
     def task_type(self):
