@@ -89,8 +89,8 @@ class Service:
                       description="Serves export directories (onnxruntime, no Paddle). SimpleServing-compatible; "
                                   "Open Inference Protocol v2 under /v2.")
         app.add_middleware(BodyLimit, limit=self.config.max_body_bytes)
-        if self.api_keys or self.admin_keys:  # outside BodyLimit: a request without a key is never read
-            app.add_middleware(ApiKeys, api_keys=self.api_keys, admin_keys=self.admin_keys)
+        # Outside BodyLimit: a request without a key is never read. (Always: without an admin file it refuses /admin.)
+        app.add_middleware(ApiKeys, api_keys=self.api_keys, admin_keys=self.admin_keys)
         app.add_middleware(Measure, metrics=self.metrics, served_by=self.served_by)  # outermost: 401s, 413s count
         add_error_handlers(app)
         for name, member in vars(Service).items():  # (in the order defined: the order of /openapi.json)

@@ -143,6 +143,9 @@ class ApiKeys:
         from .middleware import error_response
 
         status, message = refusal
+        client = scope.get("client") or ("?", 0)
+        logger.warning("refused %s %s from %s (%d): %s", scope.get("method"), path, client[0], status,
+                       message.split(":")[0])  # (the path without its query: never a key)
         headers = {"Connection": "close"}  # the body is never read
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="ptuning"'
