@@ -326,7 +326,9 @@ class Service:
     @route("GET", "/v2/health/ready")
     async def oip_ready(self):
         ready = await self.ready()
-        return ready if not isinstance(ready, dict) else {"ready": True}
+        if not isinstance(ready, dict):  # 503, in the protocol's shape
+            return error_response(ready.status_code, "service", "not ready", {"Retry-After": "1"}, "/v2")
+        return {"ready": True}
 
     @route("GET", "/v2/models/{name}")
     async def oip_model(self, name: str):
@@ -345,17 +347,11 @@ class Service:
         return await self.oip_call(name, None, request, version)
 
     async def oip_call(self, name: str, answer, request: Optional[Request] = None, version: Optional[str] = None):
-        """A /v2 route's answer, its errors in the protocol's shape `{"error": message}`."""
-        from starlette.responses import JSONResponse
-
-        try:
-            with self.slot(name, "name").hold() as slot:
-                if version is not None and version != slot.version:
-                    raise RequestError(404, "version", f"{name!r} serves version {slot.version}, not {version!r}")
-                return answer(slot) if request is None else await self.oip_run(slot, request)
-        except RequestError as exc:
-            return JSONResponse({"error": exc.message if exc.field in ("service", "body") else
-                                 f"{exc.field}: {exc.message}"}, status_code=exc.status, headers=exc.headers)
+        """A /v2 route's answer (its errors in the protocol's shape: middleware.error_response)."""
+        with self.slot(name, "name").hold() as slot:
+            if version is not None and version != slot.version:
+                raise RequestError(404, "version", f"{name!r} serves version {slot.version}, not {version!r}")
+            return answer(slot) if request is None else await self.oip_run(slot, request)
 
     async def oip_run(self, slot: Slot, request: Request) -> dict:
         header, texts = oip.parse_infer_request(await request.body(), request.headers.get(oip.HEADER_LENGTH),

@@ -149,7 +149,7 @@ class ApiKeys:
         headers = {"Connection": "close"}  # the body is never read
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="ptuning"'
-        await error_response(status, "authorization" if status != 400 else "query", message, headers)(
+        await error_response(status, "authorization" if status != 400 else "query", message, headers, path)(
             scope, receive, send)
 
     def refusal(self, path: str, scope) -> Optional[Tuple[int, str]]:
