@@ -4,7 +4,8 @@ wait until the test sets `release`.
 
 Run as a script it is serve.py (its flags, checks, port, uvicorn and signals) with a `HeldModel`
 for a model: each run prints `run N` (N texts) on stdout, after serve.py's JSON line, and waits for
-a line on stdin (tests/serving/test_service.py holds requests in flight that way)."""
+a line on stdin (tests/serving/test_service.py holds requests in flight that way); a swap to an
+export path named `held-load` prints `run load` and never finishes loading."""
 import asyncio
 import os
 import sys
@@ -97,7 +98,14 @@ def serve_held(argv) -> int:
 
     model = HeldModel(on_start=say_run)
     threading.Thread(target=lambda: (sys.stdin.readline(), model.release.set()), daemon=True).start()
-    utils.deploy.classifier.Classifier = lambda export_dir, **options: FakeClassifier(model)  # serve.py's only load
+
+    def load(export_dir, **options):  # serve.py's loads; a swap to a path named held-load never ends
+        if os.path.basename(export_dir) == "held-load":
+            say_run("load")  # ("run load": the swap's load has started)
+            threading.Event().wait()
+        return FakeClassifier(model, export_dir)
+
+    utils.deploy.classifier.Classifier = load
     return run_cli(serve.main, argv)
 
 

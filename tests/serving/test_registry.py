@@ -261,3 +261,49 @@ def test_the_watcher_swaps_in_an_export_that_lands_by_a_rename_and_tries_a_broke
         assert [s["outcome"] for s in swaps] == ["refused"] and "sha256" in swaps[0]["reason"]
         assert client.post("/admin/scan", headers=ADMIN).json() == {"swaps": []}  # not retried
         assert client.post("/predict", json={"texts": ["苹果"]}).status_code == 200
+
+
+def test_sigterm_during_a_swap_abandons_it_and_the_request_in_flight_finishes_on_the_old_version(trained,
+                                                                                                 tmp_path):
+    """serve.py (its model held by the test): a request is held in the model and a swap's load is
+    held too. SIGTERM: the swap is answered 503 at once (the new model is never served), the port
+    closes, the held request is answered by the old version when let go of, and serve.py exits 0
+    although the load never ended (its thread does not hold the exit)."""
+    import socket
+    import signal
+
+    import httpx
+
+    from test_service import HANG_GUARD, HELD, serving
+
+    admin = tmp_path / "admin.txt"
+    admin.write_text(ADMIN_KEY + "\n", encoding="utf-8")
+    export = os.path.join(trained[1], "export")
+    with serving(export, tmp_path, "--admin_key_file", str(admin), "--max_wait_ms", "0",
+                 script=HELD) as (server, port, url):
+        version = httpx.get(url + "/labels", timeout=60).json()["model_version"]
+        answers = {}
+        threads = [threading.Thread(target=lambda: answers.update(predict=httpx.post(
+            url + "/predict", json={"texts": ["1"]}, timeout=HANG_GUARD)))]
+        threads[0].start()
+        assert server.stdout.readline().split() == ["run", "1"]
+        threads.append(threading.Thread(target=lambda: answers.update(swap=httpx.post(
+            url + "/admin/models/cls_default", json={"path": str(tmp_path / "held-load")}, headers=ADMIN,
+            timeout=HANG_GUARD))))
+        threads[1].start()
+        assert server.stdout.readline().split() == ["run", "load"]
+        server.send_signal(signal.SIGTERM)
+        threads[1].join()
+        swap = answers["swap"]
+        assert swap.status_code == 503 and "was not put in service" in swap.json()["error"]["message"]
+        for line in server.stderr:  # uvicorn says this once it has closed the port
+            if "Waiting for connections to close" in line:
+                break
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD).close()
+        server.stdin.write("go on\n")
+        server.stdin.flush()
+        threads[0].join()
+        assert answers["predict"].status_code == 200
+        assert answers["predict"].json()["model_version"] == version
+        assert server.wait(timeout=HANG_GUARD) == 0
