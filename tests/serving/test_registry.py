@@ -307,3 +307,41 @@ def test_sigterm_during_a_swap_abandons_it_and_the_request_in_flight_finishes_on
         assert answers["predict"].status_code == 200
         assert answers["predict"].json()["model_version"] == version
         assert server.wait(timeout=HANG_GUARD) == 0
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--model", "news"], "error: --model: must be NAME=EXPORT_DIR, got 'news'"),
+    (["--model", "a=E", "--model", "a=E"], "error: --model: 'a' is given twice"),
+    (["--model", "a b=E"], "error: --model: must be a non-empty name without '/'"),
+    (["--model", "a=E", "--model_path_prefix", "E"], "error: --model: give --model_path_prefix (one model) or --model"),
+    (["--model", "a=E", "--name", "b"], "error: --name: names the --model_path_prefix model"),
+    ([], "error: --model_path_prefix: give the export directory"),
+    (["--model", "a=E", "--ray", "auto"], "error: --model: is not available with --ray yet"),
+    (["--model_path_prefix", "E", "--api_key_file", "k", "--ray", "auto"], "error: --api_key_file: is not available"),
+    (["--model_path_prefix", "E", "--watch_interval_s", "-1"], "error: --watch_interval_s: must be zero (off) or more"),
+], ids=["no =", "twice", "bad name", "both forms", "--name", "none", "--ray", "keys with --ray", "negative watch"])
+def test_serve_refuses_model_flags_it_cannot_serve(flags, error, trained, capsys):
+    import serve
+    from utils.errors import run_cli
+
+    export = os.path.join(trained[1], "export")
+    flags = [export if word == "E" else word.replace("=E", "=" + export) for word in flags]
+    assert run_cli(serve.main, [*flags, "--port", "8000" if "--ray" in flags else "0"]) == 2
+    assert capsys.readouterr().err.splitlines()[0].startswith(error)
+
+
+def test_serve_py_serves_several_models_named_by_model_flags(trained, tmp_path):
+    """serve.py --model a=E --model b=E: its JSON line names both, each answers at /models/NAME and in
+    /predict by name, each with its own version (the same files: the same digest, another name)."""
+    import httpx
+
+    from test_service import serving
+
+    export = os.path.join(trained[1], "export")
+    with serving(None, tmp_path, "--model", f"fruit={export}", "--model", f"news={export}") as (server, port, url):
+        fruit = httpx.post(url + "/models/fruit", json={"data": {"text": ["苹果"]}}, timeout=60).json()
+        news = httpx.post(url + "/predict", json={"texts": ["苹果"], "model": "news"}, timeout=60).json()
+        assert fruit["result"][0]["label"] == news["predictions"][0]["label"]
+        assert fruit["model_version"].startswith("fruit-") and news["model_version"].startswith("news-")
+        assert httpx.get(url + "/ready", timeout=60).json()["models"].keys() == {"fruit", "news"}
+        assert httpx.post(url + "/predict", json={"texts": ["苹果"]}, timeout=60).status_code == 422  # which?

@@ -363,10 +363,12 @@ HELD = os.path.join(ROOT, "tests", "serving", "service_fakes.py")  # serve.py wh
 @contextlib.contextmanager
 def serving(export_dir, cwd, *flags, script=os.path.join(ROOT, "serve.py")):
     """serve.py in its own process on a port it picks (--port 0), yielded once it listens (its JSON
-    line on stdout says where); killed if still running after, or after HANG_GUARD seconds."""
+    line on stdout says where); killed if still running after, or after HANG_GUARD seconds.
+    `export_dir` None: the models are in `flags` (--model NAME=DIR)."""
     import threading
 
-    server = subprocess.Popen([sys.executable, script, "--model_path_prefix", export_dir, "--port", "0",
+    export = ["--model_path_prefix", export_dir] if export_dir is not None else []
+    server = subprocess.Popen([sys.executable, script, *export, "--port", "0",
                                "--num_threads", "1", *flags], cwd=str(cwd), stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     guard = threading.Timer(HANG_GUARD, server.kill)

@@ -194,6 +194,9 @@ class ServeArguments(RuntimeArguments):
     def __post_init__(self):
         super().__post_init__()
         self.models = parse_models(self.model)
+        if self.models and self.model_path_prefix is not None:
+            raise UserError("give --model_path_prefix (one model) or --model NAME=EXPORT_DIR (one or more), not both",
+                            "--model")
         if self.models and self.name != "cls_default":
             raise UserError("names the --model_path_prefix model; --model NAME=EXPORT_DIR names its own", "--name")
         lowest = 1 if self.ray else 0

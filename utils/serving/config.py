@@ -30,14 +30,11 @@ def check_prefix(prefix) -> None:
         raise UserError(f"{prefix!r} would clash with the service's /{first} route", flag)
 
 
-MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
 def check_model_name(name, flag: str) -> None:
-    """A model's name: a URL path segment (/models/NAME, /v2/models/NAME) of letters, digits, '_', '.', '-'."""
-    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or name in (".", ".."):
-        raise UserError(f"a model's name is letters, digits, '_', '.' and '-' (it is a URL path segment), got "
-                        f"{name!r}", flag)
+    """A model's name: a URL path segment (/models/NAME, /v2/models/NAME): not empty, without '/' or spaces."""
+    if (not isinstance(name, str) or not name or "/" in name or name in (".", "..")
+            or any(c.isspace() for c in name)):
+        raise UserError(f"must be a non-empty name without '/' or spaces (a URL path segment), got {name!r}", flag)
 
 
 @dataclass

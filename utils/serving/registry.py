@@ -9,7 +9,7 @@ a model was loaded from) loads the new export in a thread of its own while the o
 every file against the manifest's sha256 (`Classifier`), the export's parity record (the gate
 export.py passed), the label set against the old one's, then a parity sample (probe texts whose
 probabilities must have the model's shape, be finite and, multi-class, sum to 1) that also warms it
-up (one run of one text, one of a full batch). Only then, in one step on the event loop, the slot is
+up (one run of one text, one of 8). Only then, in one step on the event loop, the slot is
 replaced: new requests go to the new version, and the old one retires once the requests holding it
 are answered (its batcher drains, its memory is freed). A load or check that fails leaves the old
 version serving and says why (422). One swap per name at a time: a second one while one loads is
@@ -109,10 +109,11 @@ def check_new_model(new, old, allow_label_change: bool) -> Optional[dict]:
 
 
 def parity_sample(classifier, batch_size: int) -> None:
-    """Probe texts through the new model (also its warm-up: one text, then a full batch): each row
+    """Probe texts through the new model (also its warm-up: one text, then 8; a full batch would cost
+    the model serving beside it as many texts' compute, measured in p99 under load): each row
     must be the labels' probabilities, finite, in [0, 1] and, multi-class, summing to 1."""
     model = classifier.model
-    for count in (1, max(PROBE_TEXTS, batch_size)):
+    for count in (1, min(PROBE_TEXTS, batch_size)):
         examples = [{"text_a": str(i), **({"text_b": str(i)} if classifier.pair else {})} for i in range(count)]
         features = model.encoder().encode(examples)
         probs = np.asarray(model.decoder.probabilities(model.run(features, batch_size=len(features))))
