@@ -1,5 +1,8 @@
-"""The HTTP service: an export directory behind an ASGI app (FastAPI + uvicorn), with dynamic
+"""The HTTP service: export directories behind an ASGI app (FastAPI + uvicorn), with dynamic
 micro-batching. No Paddle, no PLM weights: the same `Classifier` as infer.py and the Python API.
+One model (`ServiceConfig.model_path_prefix` as `name`) or several (`ServiceConfig.models`), each a
+slot of registry.py, swapped without downtime; API keys: auth.py; the Open Inference Protocol v2
+under /v2: oip.py. Every answer names the `model_version` that computed it.
 
     POST /models/{name}   PaddleNLP SimpleServing's body: {"data": {"text": [...], "text_pair": [...]},
                           "parameters": {"max_seq_len", "batch_size", "prob_limit", "top_k"}}
@@ -12,7 +15,10 @@ probable first, as upstream's multi-label SimpleServing does; `parameters.prob_l
 `threshold` in /predict) replaces the model's thresholds for that request.
     GET  /health          alive (503 if the model failed to load);  GET /ready: the model is loaded and
                           the service is not draining (503 while loading or draining)
-    GET  /labels          labels in output order;  GET /metrics: Prometheus
+    GET  /labels          labels in output order (?model=NAME);  GET /metrics: Prometheus
+    GET  /models/{name}   one model's version, export, labels, swap in progress, last swap
+    POST /admin/models/{name}  {"path": EXPORT_DIR}: swap in a new export (an admin key); POST /admin/scan
+    /v2/...               the Open Inference Protocol v2 (health, metadata, infer with BYTES texts)
     /label-studio/...     Label Studio's ML backend (health, setup, predict, webhook, train, versions), under
                           `ServiceConfig.label_studio_prefix`: ml_backend.py
     GET  /docs, /openapi.json  (FastAPI's)
