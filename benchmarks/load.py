@@ -19,6 +19,7 @@ import asyncio
 import ipaddress
 import json
 import math
+import os
 import sys
 import time
 from typing import Dict, List, Optional, Tuple
@@ -126,13 +127,24 @@ class Connection:
 
 
 async def run_load(url: str, texts: List[str], clients: int, requests: int, duration: float,
-                   texts_per_request: int = 1, timeout: float = 120.0, start_at: int = 0) -> Dict:
-    """Closed-loop load; returns the raw records' summary (see the module docstring)."""
+                   texts_per_request: int = 1, timeout: float = 120.0, start_at: int = 0,
+                   stop_file: Optional[str] = None) -> Dict:
+    """Closed-loop load; returns the raw records' summary (see the module docstring). `stop_file`:
+    stop (as at the deadline) once that file exists (looked for every 50 ms)."""
     next_request = 0
     latencies: List[float] = []  # seconds, successful requests
     statuses: Dict[str, int] = {}
+    versions: Dict[str, int] = {}  # 200 answers by their model_version (a swap under load: old or new)
     ok_texts = 0
     deadline = time.perf_counter() + duration
+
+    async def watch_stop_file() -> None:
+        nonlocal deadline
+        while time.perf_counter() < deadline:
+            if os.path.exists(stop_file):
+                deadline = time.perf_counter()
+                return
+            await asyncio.sleep(0.05)
 
     async def worker(connection: Connection) -> None:
         nonlocal next_request, ok_texts
@@ -148,6 +160,8 @@ async def run_load(url: str, texts: List[str], clients: int, requests: int, dura
                 status = str(code)
                 if code == 200:
                     answers = json.loads(content)
+                    version = str(answers.get("model_version"))
+                    versions[version] = versions.get(version, 0) + 1
                     answers = answers.get("result", answers.get("predictions"))
                     if not isinstance(answers, list) or len(answers) != len(batch):
                         status = "bad_answer"  # a 200 without one answer per text is an error too
@@ -162,7 +176,8 @@ async def run_load(url: str, texts: List[str], clients: int, requests: int, dura
     connections = [Connection(url, timeout) for _ in range(clients)]
     try:
         started, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(worker(c) for c in connections))
+        watcher = [watch_stop_file()] if stop_file else []
+        await asyncio.gather(*(worker(c) for c in connections), *watcher)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         for connection in connections:
@@ -173,7 +188,7 @@ async def run_load(url: str, texts: List[str], clients: int, requests: int, dura
     return {
         "url": url, "clients": clients, "texts_per_request": texts_per_request,
         "requests": sent, "ok": statuses.get("200", 0), "errors": sent - statuses.get("200", 0),
-        "statuses": statuses, "texts": ok_texts, "wall_s": round(wall, 3),
+        "statuses": statuses, "versions": versions, "texts": ok_texts, "wall_s": round(wall, 3),
         "texts_per_s": round(ok_texts / wall, 2) if wall > 0 else None,
         "requests_per_s": round(len(latencies) / wall, 2) if wall > 0 else None,
         "client_cpu_s": round(cpu, 3),  # this process's CPU: on a shared machine it is taken from the server
@@ -194,6 +209,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=0, help="Requests sent first and not counted (default 0).")
     parser.add_argument("--start_at", type=int, default=0, help="Index of the first text used.")
     parser.add_argument("--timeout", type=float, default=120.0, help="Per request, seconds.")
+    parser.add_argument("--stop_file", help="Stop, as at --duration, once this file exists (benchmarks/swap.py).")
     args = parser.parse_args(argv)
     for name in ("clients", "requests", "texts_per_request"):
         if getattr(args, name) <= 0:
@@ -204,7 +220,8 @@ def main(argv=None) -> int:
         asyncio.run(run_load(args.url, texts, args.clients, args.warmup, args.duration, args.texts_per_request,
                              args.timeout, start_at=args.start_at))
     result = asyncio.run(run_load(args.url, texts, args.clients, args.requests, args.duration,
-                                  args.texts_per_request, args.timeout, start_at=args.start_at))
+                                  args.texts_per_request, args.timeout, start_at=args.start_at,
+                                  stop_file=args.stop_file))
     print(json.dumps(result))
     return 0 if result["ok"] else 1
 

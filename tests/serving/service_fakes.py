@@ -4,7 +4,8 @@ wait until the test sets `release`.
 
 Run as a script it is serve.py (its flags, checks, port, uvicorn and signals) with a `HeldModel`
 for a model: each run prints `run N` (N texts) on stdout, after serve.py's JSON line, and waits for
-a line on stdin (tests/serving/test_service.py holds requests in flight that way)."""
+a line on stdin (tests/serving/test_service.py holds requests in flight that way); a swap to an
+export path named `held-load` prints `run load` and never finishes loading."""
 import asyncio
 import os
 import sys
@@ -17,15 +18,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class FakeModel:
-    """Stands in for ExportedClassifier: a text's row is one-hot at `int(text) % 3`; records batches."""
+    """Stands in for ExportedClassifier: a text's row is one-hot at `(int(text) + shift) % 3`; records
+    batches. `tag` makes its manifest (so its model_version) its own; `labels` its label set."""
 
-    def __init__(self, delay=0.0, fail_on=None, length=lambda text: 1):
+    def __init__(self, delay=0.0, fail_on=None, length=lambda text: 1, shift=0, tag="v1", labels=("a", "b", "c"),
+                 nan=False):
         from utils.task.decoding import Decoder
 
         self.batches, self.delay, self.fail_on, self.length = [], delay, fail_on, length
-        self.labels = ["a", "b", "c"]
+        self.shift, self.nan = shift, nan
+        self.labels = list(labels)
         self.decoder = Decoder("multi-class", self.labels)
-        self.manifest = {"max_seq_length": 512}
+        self.manifest = {"max_seq_length": 512, "created": tag}
 
     def encoder(self, max_seq_length=None):
         return self
@@ -45,9 +49,9 @@ class FakeModel:
         if self.fail_on in ids:
             raise RuntimeError("this text breaks the model")
         self.batches.append(ids)
-        logits = np.full((len(ids), 3), -10.0, dtype=np.float32)
-        logits[np.arange(len(ids)), np.array(ids) % 3] = 10.0
-        return logits
+        logits = np.full((len(ids), len(self.labels)), -10.0, dtype=np.float32)
+        logits[np.arange(len(ids)), (np.array(ids, dtype=int) + self.shift) % len(self.labels)] = 10.0
+        return logits * np.nan if self.nan else logits
 
 
 class HeldModel(FakeModel):
@@ -78,8 +82,8 @@ class FakeClassifier:
 
     pair, device, thresholds = False, "cpu", None
 
-    def __init__(self, model):
-        self.model, self.labels = model, model.labels
+    def __init__(self, model, export_dir="fake-export"):
+        self.model, self.labels, self.export_dir = model, model.labels, export_dir
 
     @property
     def task_type(self):
@@ -100,7 +104,14 @@ def serve_held(argv) -> int:
 
     model = HeldModel(on_start=say_run)
     threading.Thread(target=lambda: (sys.stdin.readline(), model.release.set()), daemon=True).start()
-    utils.deploy.classifier.Classifier = lambda export_dir, **options: FakeClassifier(model)  # serve.py's only load
+
+    def load(export_dir, **options):  # serve.py's loads; a swap to a path named held-load never ends
+        if os.path.basename(export_dir) == "held-load":
+            say_run("load")  # ("run load": the swap's load has started)
+            threading.Event().wait()
+        return FakeClassifier(model, export_dir)
+
+    utils.deploy.classifier.Classifier = load
     return run_cli(serve.main, argv)
 
 

@@ -63,6 +63,8 @@ def test_two_instances_answer_equal_to_infer(export_dir, tmp_path, capsys):
 
 def test_predict_endpoint_and_the_read_only_endpoints(client):
     labels = client.get("/labels").json()
+    version = labels.pop("model_version")  # the export's (see test_registry.py)
+    assert version.startswith("cls_default-") and len(version) == len("cls_default-") + 12
     assert labels == {"model": "cls_default", "labels": ["apple", "banana", "grape"], "pair": False,
                       "task_type": "multi-class", "thresholds": None, "temperature": 1.0, "reject_threshold": None,
                       "other_label": "other"}
@@ -361,10 +363,12 @@ HELD = os.path.join(ROOT, "tests", "serving", "service_fakes.py")  # serve.py wh
 @contextlib.contextmanager
 def serving(export_dir, cwd, *flags, script=os.path.join(ROOT, "serve.py")):
     """serve.py in its own process on a port it picks (--port 0), yielded once it listens (its JSON
-    line on stdout says where); killed if still running after, or after HANG_GUARD seconds."""
+    line on stdout says where); killed if still running after, or after HANG_GUARD seconds.
+    `export_dir` None: the models are in `flags` (--model NAME=DIR)."""
     import threading
 
-    server = subprocess.Popen([sys.executable, script, "--model_path_prefix", export_dir, "--port", "0",
+    export = ["--model_path_prefix", export_dir] if export_dir is not None else []
+    server = subprocess.Popen([sys.executable, script, *export, "--port", "0",
                                "--num_threads", "1", *flags], cwd=str(cwd), stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     guard = threading.Timer(HANG_GUARD, server.kill)

@@ -116,13 +116,30 @@ MODULE_NEEDED = {EventLoop.UVLOOP: "uvloop", HttpParser.H11: "h11", HttpParser.H
 RAY_ONLY = ("replicas", "autoscaling_config", "max_ongoing_requests")
 
 
+def parse_models(values: List[str]) -> dict:
+    """--model NAME=EXPORT_DIR values -> {name: export dir}, in order; a name given twice is refused."""
+    models = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"must be NAME=EXPORT_DIR, got {value!r}", "--model")
+        if name in models:
+            raise UserError(f"{name!r} is given twice", "--model")
+        models[name] = path
+    return models
+
+
 @dataclass
 class ServeArguments(RuntimeArguments):
-    """serve.py: an export over HTTP. The service's own settings (`--name` to `--max_chars_per_text`) are
-    `utils.serving.app.ServiceConfig`'s fields, which checks them."""
+    """serve.py: exports over HTTP. The service's own settings (`--name` to `--max_chars_per_text`, the keys,
+    the swaps) are `utils.serving.app.ServiceConfig`'s fields, which checks them."""
 
     model_path_prefix: Optional[str] = field(default=None, metadata={
-        "required": True, "help": "Export directory (or its prefix dir/model)."})
+        "help": "Export directory (or its prefix dir/model), served as --name. Or --model, for one or more."})
+    model: List[str] = field(default_factory=list, metadata={
+        "repeatable": True, "metavar": "NAME=EXPORT_DIR",
+        "help": "A model to serve as NAME (POST /models/NAME; /predict's \"model\" field): repeatable, the first is "
+                "the default of the routes that name none (Label Studio's). Instead of --model_path_prefix."})
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: all)."})
     port: int = field(default=8189, metadata={"help": "0: any free port (the JSON line on stdout says which)."})
     name: str = field(default="cls_default", metadata={
@@ -163,9 +180,25 @@ class ServeArguments(RuntimeArguments):
         "help": "With --ray: requests one replica holds at once (default: 4 x --max_batch_size, so batches fill)."})
     route_prefix: str = field(default="/", metadata={
         "help": "With --ray: where the app's endpoints start on the proxies."})
+    api_key_file: Optional[str] = field(default=None, metadata={
+        "help": "Require an API key: the file's keys (one a line, 16+ characters; re-read when it changes), sent as "
+                "`Authorization: Bearer KEY` (401 without; /health, /ready and /v2/health/* stay open)."})
+    admin_key_file: Optional[str] = field(default=None, metadata={
+        "help": "Enable the admin routes (POST /admin/models/NAME: swap in a new export) for these keys."})
+    allow_label_change: bool = field(default=False, metadata={
+        "help": "Let a swap bring another label set (or task type) under the same name (announced in /labels)."})
+    watch_interval_s: float = field(default=0.0, metadata={
+        "help": "Every this many seconds, look where each model was loaded from for a new complete export (as "
+                "export.py lands one: by a rename) and swap it in with no downtime. 0: never."})
 
     def __post_init__(self):
         super().__post_init__()
+        self.models = parse_models(self.model)
+        if self.models and self.model_path_prefix is not None:
+            raise UserError("give --model_path_prefix (one model) or --model NAME=EXPORT_DIR (one or more), not both",
+                            "--model")
+        if self.models and self.name != "cls_default":
+            raise UserError("names the --model_path_prefix model; --model NAME=EXPORT_DIR names its own", "--name")
         lowest = 1 if self.ray else 0
         if not lowest <= self.port < 65536:
             raise UserError(f"must be in {lowest}..65535{'' if self.ray else ' (0: any free port)'}, got {self.port}",
@@ -182,6 +215,10 @@ class ServeArguments(RuntimeArguments):
                 raise UserError(f"{module} is not installed (pip install 'uvicorn[standard]')", f"--{flag}")
 
     def _check_ray(self) -> None:
+        for flag in ("model", "api_key_file", "admin_key_file", "watch_interval_s", "allow_label_change"):
+            if getattr(self, flag):
+                raise UserError("is not available with --ray yet: run serve.py without --ray (one process), or one "
+                                "serve.py --ray per model", f"--{flag}")
         for flag in ("loop", "http"):
             if getattr(self, flag) != "auto":
                 raise UserError("is for serve.py's own uvicorn; with --ray, Ray Serve's HTTP proxies serve",

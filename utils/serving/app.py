@@ -1,5 +1,8 @@
-"""The HTTP service: an export directory behind an ASGI app (FastAPI + uvicorn), with dynamic
+"""The HTTP service: export directories behind an ASGI app (FastAPI + uvicorn), with dynamic
 micro-batching. No Paddle, no PLM weights: the same `Classifier` as infer.py and the Python API.
+One model (`ServiceConfig.model_path_prefix` as `name`) or several (`ServiceConfig.models`), each a
+slot of registry.py, swapped without downtime; API keys: auth.py; the Open Inference Protocol v2
+under /v2: oip.py. Every answer names the `model_version` that computed it.
 
     POST /models/{name}   PaddleNLP SimpleServing's body: {"data": {"text": [...], "text_pair": [...]},
                           "parameters": {"max_seq_len", "batch_size", "prob_limit", "top_k"}}
@@ -12,7 +15,10 @@ probable first, as upstream's multi-label SimpleServing does; `parameters.prob_l
 `threshold` in /predict) replaces the model's thresholds for that request.
     GET  /health          alive (503 if the model failed to load);  GET /ready: the model is loaded and
                           the service is not draining (503 while loading or draining)
-    GET  /labels          labels in output order;  GET /metrics: Prometheus
+    GET  /labels          labels in output order (?model=NAME);  GET /metrics: Prometheus
+    GET  /models/{name}   one model's version, export, labels, swap in progress, last swap
+    POST /admin/models/{name}  {"path": EXPORT_DIR}: swap in a new export (an admin key); POST /admin/scan
+    /v2/...               the Open Inference Protocol v2 (health, metadata, infer with BYTES texts)
     /label-studio/...     Label Studio's ML backend (health, setup, predict, webhook, train, versions), under
                           `ServiceConfig.label_studio_prefix`: ml_backend.py
     GET  /docs, /openapi.json  (FastAPI's)
@@ -34,17 +40,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 from fastapi import Body, FastAPI
+from starlette.requests import Request
 
 from ..errors import UserError
-from . import ml_backend
+from . import ml_backend, oip
+from .auth import ApiKeys, KeyFile
 from .batcher import Batcher
 from .config import ServiceConfig
 from .metrics import Metrics
 from .middleware import BodyLimit, Measure, add_error_handlers, error_response
+from .registry import ModelRegistry, Slot
 from .requests import (RequestError, body_dict, check_fields, check_max_seq_len, check_positive, check_texts,
                        check_threshold, check_top_k, format_predictions, overloaded)
 
@@ -64,23 +73,31 @@ def route(method: str, path: str, prefix: Optional[str] = None):
 
 
 class Service:
-    """One export behind HTTP: the classifier, its batcher and metrics, and one method per route.
-    serve.py runs `Service(...).asgi()` in uvicorn; a Ray Serve replica is a subclass
-    (utils/serving/ray_serve.py) whose app Serve builds the same way."""
+    """The served models behind HTTP: their registry (a classifier, batcher and version per name),
+    the metrics, and one method per route. serve.py runs `Service(...).asgi()` in uvicorn; a Ray
+    Serve replica is a subclass (utils/serving/ray_serve.py) whose app Serve builds the same way."""
 
-    def __init__(self, config: ServiceConfig, classifier=None, served_by: Optional[str] = None):
-        self.config, self.classifier, self.served_by = config, classifier, served_by
+    def __init__(self, config: ServiceConfig, classifier=None, served_by: Optional[str] = None,
+                 classifiers: Optional[Dict[str, Any]] = None):
+        self.config, self.served_by = config, served_by
         self.metrics = Metrics()
-        self.batcher: Optional[Batcher] = None
-        self.error: Optional[str] = None  # why the model could not be loaded
-        self._model_version: Optional[str] = None
+        self.registry = ModelRegistry(config, self.metrics)
+        # Loaded before the service starts (serve.py, Ray replicas): the rest load in a thread at start-up.
+        self.preloaded = dict(classifiers or ({self.registry.default: classifier} if classifier is not None else {}))
+        self.api_keys = KeyFile(config.api_key_file, "--api_key_file") if config.api_key_file else None
+        self.admin_keys = KeyFile(config.admin_key_file, "--admin_key_file") if config.admin_key_file else None
+        self._tasks: List[asyncio.Task] = []
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
 
     def asgi(self):
         """The FastAPI app of this service: its routes, error handlers, middleware and lifespan."""
         app = FastAPI(title="P-tuning text classification", lifespan=self.lifespan,
-                      description="Serves an export directory (onnxruntime, no Paddle). SimpleServing-compatible.")
+                      description="Serves export directories (onnxruntime, no Paddle). SimpleServing-compatible; "
+                                  "Open Inference Protocol v2 under /v2.")
         app.add_middleware(BodyLimit, limit=self.config.max_body_bytes)
-        app.add_middleware(Measure, metrics=self.metrics, served_by=self.served_by)  # outside BodyLimit: its 413s count
+        # Outside BodyLimit: a request without a key is never read. (Always: without an admin file it refuses /admin.)
+        app.add_middleware(ApiKeys, api_keys=self.api_keys, admin_keys=self.admin_keys)
+        app.add_middleware(Measure, metrics=self.metrics, served_by=self.served_by)  # outermost: 401s, 413s count
         add_error_handlers(app)
         for name, member in vars(Service).items():  # (in the order defined: the order of /openapi.json)
             if hasattr(member, "route"):
@@ -90,89 +107,139 @@ class Service:
         app.state.service, app.state.metrics, app.state.config = self, self.metrics, self.config
         return app
 
+    # The default model (the only one, or the first --model): what the Label Studio routes serve
+
+    @property
+    def classifier(self):
+        slot = self.registry.slots.get(self.registry.default)
+        return slot.classifier if slot is not None else self.preloaded.get(self.registry.default)
+
+    @property
+    def batcher(self) -> Optional[Batcher]:
+        slot = self.registry.slots.get(self.registry.default)
+        return slot.batcher if slot is not None else None
+
+    @property
+    def error(self) -> Optional[str]:
+        """Why a model could not be loaded (the first that failed), None when none failed."""
+        errors = self.registry.errors
+        if not errors:
+            return None
+        name, error = next(iter(errors.items()))
+        return error if len(self.registry.names) == 1 else f"{name}: {error}"
+
     # Start-up and shutdown
 
     def load(self) -> None:
-        from ..deploy.classifier import Classifier
-
-        self.classifier = Classifier(self.config.model_path_prefix, **self.config.classifier_options())
+        """Loads the models not loaded yet, one after the other (in a thread)."""
+        for name, path in self.config.exports.items():
+            if name not in self.preloaded and name not in self.registry.errors:
+                try:
+                    self.preloaded[name] = self.registry.load(path)
+                except Exception as exc:  # reported by /health, /ready and every request of that model
+                    self.registry.errors[name] = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+                    logger.error("the model %r could not be loaded: %s", name, self.registry.errors[name])
 
     def start(self) -> None:
-        config = self.config
-        batcher = Batcher(self.classifier.model, config.max_batch_size, config.max_wait_ms, config.max_queue,
-                          self.metrics, split_by_length=self.classifier.device == "cpu", workers=config.instances)
-        batcher.start()
-        self.batcher = batcher
-        self.metrics.ready.set(1)
-        logger.info("serving %s as %r", self.classifier, config.name)
+        for name in self.registry.names:
+            if name in self.preloaded and name not in self.registry.slots:
+                slot = self.registry.start(name, self.preloaded.pop(name))
+                logger.info("serving %s as %r (%s)", slot.classifier, name, slot.version)
 
     async def load_and_start(self) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, self.load)
-            self.start()
-        except Exception as exc:  # reported by /health, /ready and every request: the process is not healthy
-            self.error = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-            logger.error("the model could not be loaded: %s", self.error)
+        await asyncio.get_running_loop().run_in_executor(None, self.load)
+        self.start()
 
     @asynccontextmanager
     async def lifespan(self, app):
-        """Ready from the first request when the classifier is given (loaded before anything
+        """Ready from the first request when the classifiers are given (loaded before anything
         serves), else loaded in a thread meanwhile; on shutdown the queued requests are answered."""
+        loop = self.loop = asyncio.get_running_loop()
+        self.start()  # before the server accepts anything: the given models serve from the first request
         loading = None
-        if self.classifier is None:
-            loading = asyncio.get_running_loop().create_task(self.load_and_start())
-        else:
-            self.start()  # before the server accepts anything: ready from the first request
+        if len(self.registry.slots) < len(self.registry.names):
+            loading = loop.create_task(self.load_and_start())
+        if self.config.watch_interval_s:
+            self._tasks.append(loop.create_task(self.registry.watch(self.config.watch_interval_s)))
         yield
         self.metrics.ready.set(0)
+        for task in self._tasks:
+            task.cancel()
         if loading is not None:
             await loading
-        if self.batcher is not None:
-            await self.batcher.close()  # uvicorn has let in-flight requests finish; drain the rest
+        await self.registry.close()  # uvicorn has let in-flight requests finish; drain the rest
+
+    def begin_shutdown_threadsafe(self) -> None:
+        """`begin_shutdown` from a signal handler: run on the event loop, once it runs."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.begin_shutdown)
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM has arrived (serve.py calls this from uvicorn's signal handler, on the loop's thread):
+        a swap being loaded is abandoned now rather than put in service while the server drains."""
+        self.registry.begin_shutdown()
 
     # What the routes share
 
-    def ready_batcher(self) -> Batcher:
-        if self.error:
-            raise RequestError(503, "service", f"the model could not be loaded: {self.error}")
-        if self.batcher is None:
-            raise overloaded("the model is still loading; retry shortly")
-        return self.batcher
+    def slot(self, name: Optional[str], field: str = "model") -> Slot:
+        return self.registry.get(name, field)
 
-    async def classify(self, examples: List[dict], top_k: int, max_seq_length: Optional[int] = None,
+    def ready_batcher(self) -> Batcher:
+        return self.slot(self.registry.default).batcher
+
+    async def classify(self, slot: Slot, examples: List[dict], top_k: int, max_seq_length: Optional[int] = None,
                        threshold: Optional[float] = None) -> List[dict]:
-        probs = await self.ready_batcher().submit(examples, max_seq_length)
+        probs = await self.run_model(slot, examples, max_seq_length)
+        return format_predictions(probs, slot.classifier.labels, top_k, slot.classifier.model.decoder, threshold)
+
+    async def run_model(self, slot: Slot, examples: List[dict], max_seq_length: Optional[int] = None):
+        probs = await slot.batcher.submit(examples, max_seq_length)
         self.metrics.texts.inc(len(examples))
-        return format_predictions(probs, self.classifier.labels, top_k, self.classifier.model.decoder, threshold)
+        self.metrics.model_texts.labels(slot.name, slot.version).inc(len(examples))
+        return probs
+
+    def not_ready(self) -> Optional[Any]:
+        """/ready's and /health's 503 when a model failed to load, else None."""
+        if self.error:
+            return error_response(503, "service", f"the model could not be loaded: {self.error}")
+        return None
 
     # The routes
 
     @route("GET", "/health")
     async def health(self):
-        """Liveness: the process answers, and its model did not fail to load (503 with the error then)."""
-        if self.error:
-            return error_response(503, "service", f"the model could not be loaded: {self.error}")
-        return {"status": "ok"}
+        """Liveness: the process answers, and its models did not fail to load (503 with the error then)."""
+        return self.not_ready() or {"status": "ok"}
 
     @route("GET", "/ready")
-    async def ready(self):
-        """Readiness: the model is loaded and requests are accepted (503 while loading or draining)."""
-        if self.error:
-            return error_response(503, "service", f"the model could not be loaded: {self.error}")
-        if self.batcher is None or self.batcher.closing:
+    async def ready(self, model: Optional[str] = None):
+        """Readiness: every model (or `?model=NAME`) is loaded and requests are accepted (503 while
+        loading or draining): `{"status", "model": the default, "models": {name: version}}`."""
+        failed = self.not_ready()
+        if failed is not None:
+            return failed
+        names = self.registry.names if model is None else [self.slot(model).name]
+        slots = [self.registry.slots.get(name) for name in names]
+        if any(slot is None or slot.batcher.closing for slot in slots) or self.registry.closing:
             return error_response(503, "service", "not ready (loading or shutting down)", {"Retry-After": "1"})
-        return {"status": "ready", "model": self.config.name}
+        return {"status": "ready", "model": names[0], "models": {slot.name: slot.version for slot in slots}}
 
     @route("GET", "/labels")
-    async def labels(self):
-        self.ready_batcher()
-        classifier = self.classifier
-        return {"model": self.config.name, "labels": classifier.labels, "pair": classifier.pair,
+    async def labels(self, model: Optional[str] = None):
+        """The labels of the model (`?model=NAME` when there are several), its version, and the
+        announcement of a swap that brought another label set (`labels_changed`)."""
+        return self.describe(self.slot(model))
+
+    @staticmethod
+    def describe(slot: Slot) -> dict:
+        classifier, decoder = slot.classifier, slot.classifier.model.decoder
+        return {"model": slot.name, "labels": classifier.labels, "pair": classifier.pair,
                 "task_type": classifier.task_type, "thresholds": classifier.thresholds,
                 # calibration and the reject option the export carries (applied to every prediction)
-                "temperature": classifier.model.decoder.temperature,
-                "reject_threshold": classifier.model.decoder.reject_threshold,
-                "other_label": classifier.model.decoder.other_label}
+                "temperature": decoder.temperature, "reject_threshold": decoder.reject_threshold,
+                "other_label": decoder.other_label, "model_version": slot.version,
+                **({"labels_changed": slot.labels_changed} if slot.labels_changed else {})}
 
     @route("GET", "/metrics")
     async def prometheus(self):
@@ -183,44 +250,122 @@ class Service:
 
     @route("POST", "/predict")
     async def predict(self, body: Any = Body(..., examples=[{"texts": ["央行宣布降准"], "top_k": 2}])):
-        """`{"texts": [...], "top_k": k}` -> `{"predictions": [{label, confidence, top_k}]}`."""
+        """`{"texts": [...], "top_k": k, "model": NAME}` -> `{"model", "model_version", "predictions": [{label,
+        confidence, top_k}]}`; `model` names one of several models (not needed with one)."""
         body = body_dict(body)
-        check_fields(body, ("texts", "top_k", "threshold"))
+        check_fields(body, ("texts", "top_k", "threshold", "model"))
         if "texts" not in body:
             raise RequestError(422, "texts", "is required")
-        self.ready_batcher()
-        classifier, config = self.classifier, self.config
-        examples = check_texts(body["texts"], "texts", classifier.pair, config)
-        top_k = check_top_k(body.get("top_k"), "top_k", len(classifier.labels), config.default_top_k)
-        threshold = check_threshold(body.get("threshold"), "threshold")
-        if threshold is not None and not classifier.model.decoder.multi_label:
-            raise RequestError(422, "threshold", "is for multi-label models; this one is multi-class (it predicts "
-                                                 "its best label)")
-        return {"model": config.name, "predictions": await self.classify(examples, top_k, threshold=threshold)}
+        with self.slot(body.get("model")).hold() as slot:
+            classifier, config = slot.classifier, self.config
+            examples = check_texts(body["texts"], "texts", classifier.pair, config)
+            top_k = check_top_k(body.get("top_k"), "top_k", len(classifier.labels), config.default_top_k)
+            threshold = check_threshold(body.get("threshold"), "threshold")
+            if threshold is not None and not classifier.model.decoder.multi_label:
+                raise RequestError(422, "threshold", "is for multi-label models; this one is multi-class (it "
+                                                     "predicts its best label)")
+            predictions = await self.classify(slot, examples, top_k, threshold=threshold)
+            return {"model": slot.name, "model_version": slot.version, "predictions": predictions}
 
     @route("POST", "/models/{name}")
     async def simple_serving(self, name: str, body: Any = Body(..., examples=[{
             "data": {"text": ["央行宣布降准"]}, "parameters": {"max_seq_len": 128, "batch_size": 32}}])):
-        """PaddleNLP SimpleServing's request body, unchanged; `{"result": [...]}`."""
-        config = self.config
-        if name != config.name:
-            raise RequestError(404, "name", f"no model {name!r} here; this service serves {config.name!r}")
+        """PaddleNLP SimpleServing's request body, unchanged; `{"result": [...], "model_version"}`."""
+        self.slot(name, "name")  # an unknown name first, whatever the body
         body = body_dict(body)
         data = body_dict(body.get("data"), "data") if "data" in body else None
         if data is None or "text" not in data:
             raise RequestError(422, "data.text", "is required: {\"data\": {\"text\": [...]}}")
         parameters = body_dict(body.get("parameters") or {}, "parameters")
-        self.ready_batcher()
-        classifier = self.classifier
-        examples = check_texts(data["text"], "data.text", classifier.pair, config, data.get("text_pair"))
-        max_seq_length = check_max_seq_len(parameters.get("max_seq_len"), classifier.model)
-        # batch_size is the service's business (--max_batch_size); prob_limit is the multi-label
-        # threshold: a multi-class model returns its best label whatever its probability (as upstream).
-        check_positive(parameters.get("batch_size"), "parameters.batch_size")
-        prob_limit = check_threshold(parameters.get("prob_limit"), "parameters.prob_limit")
-        top_k = check_top_k(parameters.get("top_k"), "parameters.top_k", len(classifier.labels), config.default_top_k)
-        return {"result": await self.classify(examples, top_k, max_seq_length, threshold=prob_limit)}
+        with self.slot(name, "name").hold() as slot:
+            classifier, config = slot.classifier, self.config
+            examples = check_texts(data["text"], "data.text", classifier.pair, config, data.get("text_pair"))
+            max_seq_length = check_max_seq_len(parameters.get("max_seq_len"), classifier.model)
+            # batch_size is the service's business (--max_batch_size); prob_limit is the multi-label
+            # threshold: a multi-class model returns its best label whatever its probability (as upstream).
+            check_positive(parameters.get("batch_size"), "parameters.batch_size")
+            prob_limit = check_threshold(parameters.get("prob_limit"), "parameters.prob_limit")
+            top_k = check_top_k(parameters.get("top_k"), "parameters.top_k", len(classifier.labels),
+                                config.default_top_k)
+            result = await self.classify(slot, examples, top_k, max_seq_length, threshold=prob_limit)
+            return {"result": result, "model_version": slot.version}
 
+    @route("GET", "/models/{name}")
+    async def model_status(self, name: str):
+        """One model: its version, export, labels, whether a new export is loading, the last swap."""
+        slot = self.slot(name, "name")
+        return {**self.describe(slot), "path": slot.export_path, "loaded_at": slot.loaded_at,
+                "loading": self.registry.loading.get(name), "last_swap": self.registry.last_swap.get(name)}
+
+    # Zero-downtime updates (registry.py): needs a key of --admin_key_file (auth.py)
+
+    @route("POST", "/admin/models/{name}")
+    async def admin_swap(self, name: str, body: Any = Body(..., examples=[{"path": "checkpoints/export"}])):
+        """`{"path": EXPORT_DIR, "allow_label_change": false}`: load, verify, sample and warm up that export,
+        then serve it as `name` (requests in flight finish on the old version). 200 with both versions;
+        422 (the old version still serves) with why; 409 while another export for `name` loads."""
+        body = body_dict(body)
+        check_fields(body, ("path", "allow_label_change"))
+        path = body.get("path")
+        if not isinstance(path, str) or not path:
+            raise RequestError(422, "path", "is required: the new export directory, as the server sees it")
+        allow = body.get("allow_label_change", False)
+        if not isinstance(allow, bool):
+            raise RequestError(422, "allow_label_change", f"must be true or false, got {allow!r}")
+        return await self.registry.swap(name, path, allow or self.config.allow_label_change)
+
+    @route("POST", "/admin/scan")
+    async def admin_scan(self):
+        """Look once for new exports where the models were loaded from (what --watch_interval_s does)."""
+        return {"swaps": await self.registry.scan()}
+
+    # The Open Inference Protocol v2 (oip.py)
+
+    @route("GET", "/v2")
+    async def oip_server(self):
+        return oip.SERVER_METADATA
+
+    @route("GET", "/v2/health/live")
+    async def oip_live(self):
+        return {"live": True}
+
+    @route("GET", "/v2/health/ready")
+    async def oip_ready(self):
+        ready = await self.ready()
+        if not isinstance(ready, dict):  # 503, in the protocol's shape
+            return error_response(ready.status_code, "service", "not ready", {"Retry-After": "1"}, "/v2")
+        return {"ready": True}
+
+    @route("GET", "/v2/models/{name}")
+    async def oip_model(self, name: str):
+        return await self.oip_call(name, lambda slot: oip.model_metadata(slot.name, slot.version, slot.classifier))
+
+    @route("GET", "/v2/models/{name}/ready")
+    async def oip_model_ready(self, name: str):
+        return await self.oip_call(name, lambda slot: {"name": slot.name, "ready": True})
+
+    @route("POST", "/v2/models/{name}/infer")
+    async def oip_infer(self, name: str, request: Request):
+        return await self.oip_call(name, None, request)
+
+    @route("POST", "/v2/models/{name}/versions/{version}/infer")
+    async def oip_infer_version(self, name: str, version: str, request: Request):
+        return await self.oip_call(name, None, request, version)
+
+    async def oip_call(self, name: str, answer, request: Optional[Request] = None, version: Optional[str] = None):
+        """A /v2 route's answer (its errors in the protocol's shape: middleware.error_response)."""
+        with self.slot(name, "name").hold() as slot:
+            if version is not None and version != slot.version:
+                raise RequestError(404, "version", f"{name!r} serves version {slot.version}, not {version!r}")
+            return answer(slot) if request is None else await self.oip_run(slot, request)
+
+    async def oip_run(self, slot: Slot, request: Request) -> dict:
+        header, texts = oip.parse_infer_request(await request.body(), request.headers.get(oip.HEADER_LENGTH),
+                                                slot.classifier.pair)
+        examples = check_texts(texts["text"], "inputs.text", slot.classifier.pair, self.config, texts.get("text_pair"))
+        probs = await self.run_model(slot, examples)
+        predictions = format_predictions(probs, slot.classifier.labels, 1, slot.classifier.model.decoder)
+        return oip.infer_response(slot.name, slot.version, header, probs, predictions)
 
     # Label Studio's ML backend (ml_backend.py): under --label_studio_prefix, so that its /predict
     # is not ours. Label Studio sends every task it was asked about in one request: they go to the
@@ -253,15 +398,14 @@ class Service:
         for name in ("tasks", "label_config"):
             if name not in body:
                 raise RequestError(422, name, "is required (Label Studio's predict request: tasks and label_config)")
-        batcher = self.ready_batcher()
-        control = self.label_studio_control(body["label_config"], "label_config")
-        classifier, step = self.classifier, min(self.config.max_texts_per_request, self.config.max_queue)
-        examples = ml_backend.task_examples(body["tasks"], control, classifier.pair, self.config)
-        probs = [await batcher.submit(examples[start:start + step]) for start in range(0, len(examples), step)]
-        self.metrics.texts.inc(len(examples))
-        version = self.model_version
-        return {"results": ml_backend.predictions(np.concatenate(probs), classifier, control, version),
-                "model_version": version}
+        with self.slot(self.registry.default).hold() as slot:
+            control = self.label_studio_control(body["label_config"], "label_config")
+            classifier, step = slot.classifier, min(self.config.max_texts_per_request, self.config.max_queue)
+            examples = ml_backend.task_examples(body["tasks"], control, classifier.pair, self.config)
+            probs = [await self.run_model(slot, examples[start:start + step])
+                     for start in range(0, len(examples), step)]
+            return {"results": ml_backend.predictions(np.concatenate(probs), classifier, control, slot.version),
+                    "model_version": slot.version}
 
     @route("POST", "/webhook", prefix="label_studio_prefix")
     async def label_studio_webhook(self, body: Any = Body(..., examples=[{"action": "TASKS_CREATED"}])):
@@ -286,9 +430,8 @@ class Service:
 
     @property
     def model_version(self) -> str:
-        if self._model_version is None:
-            self._model_version = ml_backend.model_version(self.config.name, self.classifier.model)
-        return self._model_version
+        """The default model's version (what Label Studio records with its predictions)."""
+        return self.slot(self.registry.default).version
 
     def label_studio_control(self, config: Any, field: str):
         try:

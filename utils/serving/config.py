@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from ..errors import UserError
@@ -13,7 +13,8 @@ MAX_INSTANCES = 64  # model workers on one device: more is a typo (each a thread
 
 # The first path segments of the service's other routes (FastAPI's /docs, /redoc, /openapi.json too):
 # a prefix starting with one would hide its routes or be hidden by them (POST /models/{name}).
-TAKEN_SEGMENTS = ("models", "predict", "health", "ready", "labels", "metrics", "docs", "redoc", "openapi.json")
+TAKEN_SEGMENTS = ("models", "predict", "health", "ready", "labels", "metrics", "docs", "redoc", "openapi.json", "admin",
+                  "v2")
 PREFIX_CHARACTERS = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 
 
@@ -29,11 +30,20 @@ def check_prefix(prefix) -> None:
         raise UserError(f"{prefix!r} would clash with the service's /{first} route", flag)
 
 
+def check_model_name(name, flag: str) -> None:
+    """A model's name: a URL path segment (/models/NAME, /v2/models/NAME): not empty, without '/' or spaces."""
+    if (not isinstance(name, str) or not name or "/" in name or name in (".", "..")
+            or any(c.isspace() for c in name)):
+        raise UserError(f"must be a non-empty name without '/' or spaces (a URL path segment), got {name!r}", flag)
+
+
 @dataclass
 class ServiceConfig:
-    """Everything `serve.py` takes besides host and port (its flags mirror infer.py's)."""
+    """Everything `serve.py` takes besides host and port (its flags mirror infer.py's). One model
+    (`model_path_prefix` served as `name`), or several (`models`: name -> export directory, in the
+    order given; the first is the default of the routes that name none)."""
 
-    model_path_prefix: str
+    model_path_prefix: Optional[str] = None
     name: str = DEFAULT_NAME
     device: Optional[str] = None
     device_id: int = 0
@@ -49,6 +59,11 @@ class ServiceConfig:
     max_chars_per_text: int = 8192
     default_top_k: int = 1
     label_studio_prefix: str = "/label-studio"  # where Label Studio's ML backend routes are (ml_backend.py)
+    models: Dict[str, str] = field(default_factory=dict)  # --model NAME=EXPORT_DIR, repeatable
+    api_key_file: Optional[str] = None    # keys (one a line) a request must bring as Authorization: Bearer KEY
+    admin_key_file: Optional[str] = None  # keys of the /admin routes (without it, they are disabled)
+    allow_label_change: bool = False      # a swap may bring another label set under the same name
+    watch_interval_s: float = 0.0         # scan the served export paths for a new export (0: never)
 
     def __post_init__(self):
         for name in ("instances", "max_batch_size", "max_queue", "max_texts_per_request", "max_chars_per_text", "default_top_k"):
@@ -57,8 +72,20 @@ class ServiceConfig:
                 raise UserError(f"must be a positive integer, got {value!r}", f"--{name}")
         if not self.max_wait_ms >= 0:
             raise UserError(f"must be zero or more, got {self.max_wait_ms}", "--max_wait_ms")
-        if not self.name or "/" in self.name:
-            raise UserError(f"must be a non-empty name without '/', got {self.name!r}", "--name")
+        check_model_name(self.name, "--name")
+        if self.models:
+            if self.model_path_prefix is not None:
+                raise UserError("give --model_path_prefix (one model) or --model NAME=EXPORT_DIR (one or more), "
+                                "not both", "--model")
+            for name, path in self.models.items():
+                check_model_name(name, "--model")
+                if not isinstance(path, str) or not path:
+                    raise UserError(f"{name}=: the export directory is missing (--model NAME=EXPORT_DIR)", "--model")
+        elif not isinstance(self.model_path_prefix, str) or not self.model_path_prefix:
+            raise UserError("give the export directory: --model_path_prefix DIR, or --model NAME=DIR (repeatable)",
+                            "--model_path_prefix")
+        if not self.watch_interval_s >= 0:
+            raise UserError(f"must be zero (off) or more seconds, got {self.watch_interval_s}", "--watch_interval_s")
         check_prefix(self.label_studio_prefix)
         for name in ("num_threads", "max_seq_length"):  # infer.py's checks and words: the same error for the same flag
             value = getattr(self, name)
@@ -69,6 +96,11 @@ class ServiceConfig:
         if self.num_threads is not None and self.instances > self.num_threads and self._device() == "cpu":
             raise UserError(f"is {self.instances}, more than --num_threads {self.num_threads}: on CPU each instance "
                             "runs on its share of the threads, at least one", "--instances")
+
+    @property
+    def exports(self) -> Dict[str, str]:
+        """Every served model's name -> its export path (as given), the default model first."""
+        return dict(self.models) if self.models else {self.name: self.model_path_prefix}
 
     def classifier_options(self, device_id: Optional[int] = None) -> Dict[str, Any]:
         """`utils.Classifier`'s keyword arguments for this service (device resolved, CPU threads

@@ -1,5 +1,7 @@
-"""The service's Prometheus metrics."""
+"""The service's Prometheus metrics: the service's own, and per model (labelled by its name and version)."""
 from __future__ import annotations
+
+from typing import Dict, Tuple
 
 
 class Metrics:
@@ -32,3 +34,51 @@ class Metrics:
                                      "(tokenization + inference), summed over workers", registry=self.registry)
         self.ready = Gauge("ptuning_ready", "1 when the model is loaded and requests are accepted",
                            registry=self.registry)
+        # Per model (several models, zero-downtime swaps): series labelled by the model's name and version.
+        self.model_info = Gauge("ptuning_model_info", "1 for the version each model serves now",
+                                ["model", "version"], registry=self.registry)
+        self.model_ready = Gauge("ptuning_model_ready", "1 when the model serves", ["model"], registry=self.registry)
+        self.model_texts = Counter("ptuning_model_texts", "Texts classified, by model and version",
+                                   ["model", "version"], registry=self.registry)
+        self.model_queue = Gauge("ptuning_model_queue_texts", "Texts waiting for the model", ["model"],
+                                 registry=self.registry)
+        self.model_seconds_by_model = Counter("ptuning_model_busy_seconds", "Time the model's workers spent on "
+                                              "batches", ["model", "version"], registry=self.registry)
+        self.swaps = Counter("ptuning_model_swaps", "Exports offered to replace a model, by outcome (swapped, "
+                             "refused: the old one kept serving, conflict: another was loading, abandoned: "
+                             "shutdown)", ["model", "outcome"], registry=self.registry)
+        self._queued: Dict[Tuple[str, int], int] = {}
+
+    def set_queued(self, model: str, batcher: int, texts: int) -> None:
+        """One batcher's queue (a model has two while a swap drains the old one): the model's and the total."""
+        self._queued[(model, batcher)] = texts
+        self.model_queue.labels(model).set(sum(v for (m, _), v in self._queued.items() if m == model))
+        self.queue_depth.set(sum(self._queued.values()))
+
+
+class ModelMetrics:
+    """What a `Batcher` records, for one model version: its queue in the model's and the service's
+    gauges, its batches and busy time in the service's and the model's series."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str):
+        self.metrics, self.model = metrics, model
+        self.batch_size = metrics.batch_size
+        self.model_seconds = _Both(metrics.model_seconds, metrics.model_seconds_by_model.labels(model, version))
+        self.queue_depth = _Queue(metrics, model, id(self))
+
+
+class _Both:
+    def __init__(self, *counters):
+        self.counters = counters
+
+    def inc(self, amount: float = 1) -> None:
+        for counter in self.counters:
+            counter.inc(amount)
+
+
+class _Queue:
+    def __init__(self, metrics: Metrics, model: str, key: int):
+        self.metrics, self.model, self.key = metrics, model, key
+
+    def set(self, texts: int) -> None:
+        self.metrics.set_queued(self.model, self.key, texts)

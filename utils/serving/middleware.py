@@ -55,7 +55,7 @@ class BodyLimit:
     async def too_large(self, size: int, scope, receive, send, exact: bool = True) -> None:
         message = (f"the request body is {'' if exact else 'over '}{size:,} bytes, more than this service reads "
                    f"({self.limit:,}, set by --max_texts_per_request and --max_chars_per_text)")
-        response = error_response(413, "body", message, {"Connection": "close"})  # the rest is not read
+        response = error_response(413, "body", message, {"Connection": "close"}, scope.get("path", ""))
         await response(scope, receive, send)
 
 
@@ -94,35 +94,45 @@ class Measure:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
-def error_response(status: int, field: str, message: str, headers: Optional[Dict[str, str]] = None):
-    """The service's one error shape: `{"error": {"status", "field", "message"}}`."""
+OIP_PREFIX = "/v2"  # the Open Inference Protocol's routes: its own error shape
+
+
+def error_response(status: int, field: str, message: str, headers: Optional[Dict[str, str]] = None,
+                   path: str = ""):
+    """The service's one error shape: `{"error": {"status", "field", "message"}}`; under /v2 (the
+    Open Inference Protocol's routes, `path`) the protocol's: `{"error": "field: message"}`."""
     from starlette.responses import JSONResponse
 
-    return JSONResponse({"error": {"status": status, "field": field, "message": message}}, status_code=status,
-                        headers=headers or {})
+    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+        body = {"error": message if field in ("service", "body", "path") else f"{field}: {message}"}
+    else:
+        body = {"error": {"status": status, "field": field, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers or {})
 
 
 async def request_error(request, exc: RequestError):
-    return error_response(exc.status, exc.field, exc.message, exc.headers)
+    return error_response(exc.status, exc.field, exc.message, exc.headers, request.url.path)
 
 
 async def validation_error(request, exc):
     first = exc.errors()[0] if exc.errors() else {}
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
-        return error_response(400, "body", f"malformed JSON: {first.get('msg', '')}".rstrip(": "))
-    return error_response(422, ".".join(location) or "body", first.get("msg", "invalid request"))
+        return error_response(400, "body", f"malformed JSON: {first.get('msg', '')}".rstrip(": "),
+                              path=request.url.path)
+    return error_response(422, ".".join(location) or "body", first.get("msg", "invalid request"),
+                          path=request.url.path)
 
 
 async def http_error(request, exc):
     # FastAPI's 400 is a body it could not parse (not UTF-8, nested too deep for Python's parser)
     field = {404: "path", 400: "body"}.get(exc.status_code, "request")
-    return error_response(exc.status_code, field, str(exc.detail))
+    return error_response(exc.status_code, field, str(exc.detail), path=request.url.path)
 
 
 async def internal_error(request, exc: Exception):  # a bug: logged here, no trace to the client
     logger.exception("internal error")
-    return error_response(500, "service", "internal error (logged by the service)")
+    return error_response(500, "service", "internal error (logged by the service)", path=request.url.path)
 
 
 def add_error_handlers(app) -> None:

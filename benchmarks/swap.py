@@ -1,0 +1,229 @@
+"""serve.py with several models, and zero-downtime swaps under load (issue 28).
+
+    python benchmarks/swap.py [--export DIR] [--clients 32] [--swaps 10] [--threads 2] [--duration 20]
+
+Without --export: bench.py's tiny keyword export (trained once, cached in benchmarks/work/). Two
+copies of the export, A and B (B's manifest edited so that it is another version), in
+benchmarks/work/swap/exports. Each part runs serve.py in its own process (benchmarks/bench.py's
+`Server`) and benchmarks/load.py's closed-loop clients against it:
+
+* memory: the server's RSS once ready and after one request to each model, with 1, 2 and 4
+  models loaded (`--model m0=A --model m1=A ...`: each its own onnxruntime session);
+* idle neighbour: texts/s of model m0 served alone, and beside a second model that gets no
+  requests (alternated, `--repeats` times each);
+* swaps under load: `--clients` clients on /models/cls_default for `--duration` seconds without
+  swaps (steady state, before and after), then from 2 s before to 1 s after the script swaps the
+  model `--swaps` times back to back (POST /admin/models/cls_default: A, B, A, ...): failed requests, the versions the
+  answers name (every one must be A's or B's), p99 during the swaps against steady state.
+
+Writes benchmarks/results_swap.json and prints the table for BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, ROOT)
+
+from bench import PY, Server, keyword_export, log  # noqa: E402
+
+WORK = os.path.join(ROOT, "benchmarks", "work")
+ADMIN_KEY = "benchmark-admin-key-0123456789abcdef"
+
+
+def prepare(export: str, work: str) -> Dict[str, str]:
+    """Copies A and B of `export`; B's manifest says another creation time, so it is another version."""
+    paths = {name: os.path.join(work, "exports", name) for name in ("a", "b")}
+    for name, path in paths.items():
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        shutil.copytree(export, path)
+    manifest_path = os.path.join(paths["b"], "manifest.json")
+    with open(manifest_path, encoding="utf-8") as fp:
+        manifest = json.load(fp)
+    manifest["created"] = f"{manifest.get('created', '')} (copy B)"
+    with open(manifest_path, "w", encoding="utf-8") as fp:
+        json.dump(manifest, fp, ensure_ascii=False, indent=2)
+    return paths
+
+
+def input_file(work: str) -> str:
+    from utils.testing.synthetic import make_split
+    import random
+
+    path = os.path.join(work, "texts.txt")
+    with open(path, "w", encoding="utf-8") as fp:
+        fp.write("\n".join(make_split(random.Random(7), 700, min_len=5, max_len=40)) + "\n")
+    return path
+
+
+class Models(Server):
+    """serve.py with `models` ({name: export}) and `extra` flags."""
+
+    def __init__(self, models: Dict[str, str], threads: int, extra: List[str], log_path: str):
+        super().__init__("", threads, extra, log_path)
+        flags = [word for name, path in models.items() for word in ("--model", f"{name}={path}")]
+        self.cmd = [PY, "serve.py", *flags, "--host", "127.0.0.1", "--num_threads", str(threads), *extra]
+
+
+def call(url: str, body=None, key: str = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET",
+                                     headers={"content-type": "application/json",
+                                              **({"Authorization": f"Bearer {key}"} if key else {})})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=600) as response:
+        return json.loads(response.read())
+
+
+def load(url: str, texts: str, clients: int, duration: float, stop_file: str = None) -> subprocess.Popen:
+    return subprocess.Popen([PY, os.path.join(ROOT, "benchmarks", "load.py"), "--url", url, "--input_file", texts,
+                             "--clients", str(clients), "--requests", str(10 ** 9), "--duration", str(duration),
+                             *(["--stop_file", stop_file] if stop_file else [])],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def finish(proc: subprocess.Popen) -> dict:
+    out, _ = proc.communicate()
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def memory(paths: Dict[str, str], threads: int, work: str) -> List[dict]:
+    rows = []
+    for count in (1, 2, 4):
+        models = {f"m{i}": paths["a"] for i in range(count)}
+        with Models(models, threads, [], os.path.join(work, f"memory-{count}.log")) as server:
+            ready = server.rss_mb()
+            for name in models:
+                call(server.url + f"/models/{name}", {"data": {"text": ["苹果和香蕉"]}})
+            rows.append({"models": count, "rss_ready_mb": round(ready, 1), "rss_after_requests_mb":
+                         round(server.rss_mb(), 1)})
+        log(f"memory: {rows[-1]}")
+    return rows
+
+
+def idle_neighbour(paths: Dict[str, str], threads: int, texts: str, clients: int, duration: float, repeats: int,
+                   work: str) -> dict:
+    runs = {"alone": [], "beside an idle model": []}
+    for _ in range(repeats):
+        for case, models in (("alone", {"m0": paths["a"]}), ("beside an idle model", {"m0": paths["a"],
+                                                                                     "m1": paths["b"]})):
+            with Models(models, threads, [], os.path.join(work, "idle.log")) as server:
+                result = finish(load(server.url + "/models/m0", texts, clients, duration))
+            runs[case].append(result["texts_per_s"])
+            log(f"idle neighbour, {case}: {result['texts_per_s']} texts/s")
+    return {case: {"texts_per_s": values, "median": statistics.median(values)} for case, values in runs.items()}
+
+
+def swaps_under_load(paths: Dict[str, str], threads: int, texts: str, clients: int, duration: float, swaps: int,
+                     work: str) -> dict:
+    keys = os.path.join(work, "admin_keys.txt")
+    with open(keys, "w", encoding="utf-8") as fp:
+        fp.write(ADMIN_KEY + "\n")
+    with Models({"cls_default": paths["a"]}, threads, ["--admin_key_file", keys],
+                os.path.join(work, "swaps.log")) as server:
+        url, admin = server.url + "/models/cls_default", server.url + "/admin/models/cls_default"
+        versions = {"a": call(server.url + "/labels")["model_version"]}
+        before = finish(load(url, texts, clients, duration))
+        log(f"steady (before): p99 {before['latency_ms']['p99']} ms, {before['texts_per_s']} texts/s")
+        stop = os.path.join(work, "stop-load")
+        if os.path.exists(stop):
+            os.remove(stop)
+        running = load(url, texts, clients, 3600, stop)  # until the swaps are done
+        time.sleep(2)  # the clients are at full speed
+        started, outcomes = time.monotonic(), []
+        for index in range(swaps):
+            name = "b" if index % 2 == 0 else "a"
+            outcome = call(admin, {"path": paths[name]}, ADMIN_KEY)
+            versions[name] = outcome["model_version"]
+            outcomes.append(outcome["seconds"])
+        swapping = time.monotonic() - started
+        time.sleep(1)  # the requests of the last swap's moment are counted
+        open(stop, "w").close()
+        during = finish(running)
+        log(f"during {swaps} swaps ({swapping:.1f} s): p99 {during['latency_ms']['p99']} ms, errors "
+            f"{during['errors']}, versions {during['versions']}")
+        after = finish(load(url, texts, clients, duration))
+        log(f"steady (after): p99 {after['latency_ms']['p99']} ms")
+    steady_p99 = statistics.mean([before["latency_ms"]["p99"], after["latency_ms"]["p99"]])
+    unknown = {v: n for v, n in during["versions"].items() if v not in versions.values()}
+    return {"clients": clients, "swaps": swaps, "swap_seconds": outcomes, "swapping_s": round(swapping, 2),
+            "steady_load_s": duration, "before": before, "during": during, "after": after, "versions": versions,
+            "answers_of_other_versions": unknown, "failed_requests": during["errors"],
+            "p99_ratio": round(during["latency_ms"]["p99"] / steady_p99, 3)}
+
+
+def table(results: dict) -> str:
+    swap = results["swaps"]
+    lines = ["| measurement | value | target |", "|---|---|---|"]
+    for row in results["memory"]:
+        lines.append(f"| RSS, {row['models']} model(s): ready / after one request each | {row['rss_ready_mb']} / "
+                     f"{row['rss_after_requests_mb']} MB | |")
+    idle = results["idle"]
+    alone, beside = idle["alone"]["median"], idle["beside an idle model"]["median"]
+    lines.append(f"| one model's texts/s alone / beside an idle one | {alone} / {beside} ({beside / alone:.2f}×) | "
+                 "unchanged |")
+    lines += [f"| failed requests during {swap['swaps']} swaps ({swap['during']['requests']} requests, "
+              f"{swap['clients']} clients) | {swap['failed_requests']} | 0 |",
+              f"| answers naming neither version | {sum(swap['answers_of_other_versions'].values())} | 0 |",
+              f"| p99 steady (before / after) | {swap['before']['latency_ms']['p99']} / "
+              f"{swap['after']['latency_ms']['p99']} ms | |",
+              f"| p99 during swaps | {swap['during']['latency_ms']['p99']} ms (**{swap['p99_ratio']}×**) | ≤ 1.2× |",
+              f"| one swap (load, sha256, checks, sample, warm-up), median | "
+              f"{statistics.median(swap['swap_seconds']):.2f} s | |"]
+    if "swaps_runs" in results:
+        runs = results["swaps_runs"]
+        lines.append(f"| every run: p99 ratio / failed requests | "
+                     f"{', '.join(str(r['p99_ratio']) for r in runs)} / {sum(r['failed_requests'] for r in runs)} | |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--export", help="An export directory (default: bench.py's tiny keyword export).")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--swaps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=20.0, help="Seconds of each load run.")
+    parser.add_argument("--repeats", type=int, default=3, help="Runs of each idle-neighbour case and of the swaps.")
+    parser.add_argument("--only", choices=("memory", "idle", "swaps"), action="append")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results_swap.json"))
+    args = parser.parse_args(argv)
+    work = os.path.join(WORK, "swap")
+    os.makedirs(work, exist_ok=True)
+    export = args.export or keyword_export(WORK)
+    paths, texts = prepare(export, work), input_file(work)
+    parts = args.only or ["memory", "idle", "swaps"]
+    out = args.out
+    results = json.load(open(out)) if os.path.isfile(out) and args.only else {}
+    results.update({"export": export, "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "load_average": os.getloadavg()})
+    if "memory" in parts:
+        results["memory"] = memory(paths, args.threads, work)
+    if "idle" in parts:
+        results["idle"] = idle_neighbour(paths, args.threads, texts, args.clients, args.duration, args.repeats, work)
+    if "swaps" in parts:  # the median run by its p99 ratio (a shared machine's noise), every run kept
+        runs = [swaps_under_load(paths, args.threads, texts, args.clients, args.duration, args.swaps, work)
+                for _ in range(args.repeats)]
+        results["swaps"] = sorted(runs, key=lambda run: run["p99_ratio"])[len(runs) // 2]
+        results["swaps_runs"] = [{key: run[key] for key in ("p99_ratio", "failed_requests", "swapping_s",
+                                                            "answers_of_other_versions")} for run in runs]
+    with open(out, "w", encoding="utf-8") as fp:
+        json.dump(results, fp, indent=2, ensure_ascii=False)
+    if all(key in results for key in ("memory", "idle", "swaps")):
+        print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
