@@ -63,6 +63,7 @@ class ModelMetrics:
     def __init__(self, metrics: Metrics, model: str, version: str):
         self.metrics, self.model = metrics, model
         self.batch_size = metrics.batch_size
+        self.long_texts, self.windows = metrics.long_texts, metrics.windows  # --long_text: the service's counts
         self.model_seconds = _Both(metrics.model_seconds, metrics.model_seconds_by_model.labels(model, version))
         self.queue_depth = _Queue(metrics, model, id(self))
 
