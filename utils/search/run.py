@@ -106,7 +106,8 @@ def run_search(args) -> dict:
         try:
             return run_trial(setup, number, params, executor, report)
         finally:
-            write_text_atomic(os.path.join(output_dir, TRIALS_FILE), trials_table(study, space))
+            with loop.lock:  # the study is shared by --ray's trial threads
+                write_text_atomic(os.path.join(output_dir, TRIALS_FILE), trials_table(study, space))
 
     loop = TrialLoop(study, space, args.n_trials, one_trial)
     if cluster is None:

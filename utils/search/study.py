@@ -161,7 +161,6 @@ class TrialLoop:
         self.study, self.space, self.n_trials, self.run = study, space, n_trials, run
         self.lock = threading.Lock()
         self.in_flight = 0
-        self.failures: list = []
 
     def next_trial(self):
         with self.lock:
@@ -189,8 +188,9 @@ class TrialLoop:
                 continue
             except UserError as exc:
                 self._tell(trial, optuna.trial.TrialState.FAIL, None, {"note": str(exc)[:2000]})
-                self.failures.append(exc)
-                if not any(t.state.name == "COMPLETE" for t in self.study.get_trials(deepcopy=False)):
+                with self.lock:
+                    completed = any(t.state.name == "COMPLETE" for t in self.study.get_trials(deepcopy=False))
+                if not completed:
                     raise  # no trial ever completed: the same error would end every trial
                 continue
             except BaseException:
