@@ -120,3 +120,25 @@ def test_a_journal_file_is_a_storage(tmp_path):
     study = open_study(storage, "search", IDENTITY, 0, True)
     TrialLoop(study, SPACE, 2, fake_run(lambda p: [0.5, 0.6])).work()
     assert finished_count(open_study(open_storage(str(tmp_path / "study.journal")), "search", IDENTITY, 0, True)) == 2
+
+
+def test_a_configuration_already_run_is_not_run_again(tmp_path):
+    """Two configurations, four trials: the sampler draws repeats; each configuration trains once and a repeat
+    is told its first trial's outcome, its note naming that trial."""
+    choices = Space([parse_param("soft_encoder", {"choices": ["lstm", "mlp"]}, "s.yaml")], "s.yaml")
+    ran = []
+
+    def run(number, params, report):
+        ran.append(params["soft_encoder"])
+        return {"pruned": False, "value": 0.5 if params["soft_encoder"] == "lstm" else 0.7, "mean": 0.6, "std": 0.1,
+                "n": 2}
+
+    study = open_study(open_storage(default_storage(str(tmp_path))), "search",
+                       {"space": choices.fingerprint()}, 0, True)
+    TrialLoop(study, choices, 4, run).work()
+    assert sorted(ran) == sorted(set(ran)) and finished_count(study) == 4
+    repeats = [t for t in study.trials if "not run again" in t.user_attrs.get("note", "")]
+    assert len(repeats) == 4 - len(ran)
+    for t in repeats:
+        first = next(o for o in study.trials if o.params == t.params and o.number < t.number)
+        assert t.value == first.value and f"trial {first.number}" in t.user_attrs["note"]

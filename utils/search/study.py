@@ -181,6 +181,8 @@ class TrialLoop:
             if asked is None:
                 return
             trial, params = asked
+            if self.repeat(trial, params):
+                continue
             try:
                 record = self.run(trial.number, params, lambda value, step: self._report(trial, value, step))
             except InvalidConfiguration as exc:
@@ -199,6 +201,20 @@ class TrialLoop:
                 raise
             state = optuna.trial.TrialState.PRUNED if record["pruned"] else optuna.trial.TrialState.COMPLETE
             self._tell(trial, state, None if record["pruned"] else record["value"], record)
+
+    def repeat(self, trial, params: Dict[str, Any]) -> bool:
+        """A configuration a finished trial already ran is not run again (a run is deterministic: same flags,
+        same seed, same metric): the trial is told that trial's outcome, its note says which."""
+        with self.lock:
+            same = next((t for t in self.study.get_trials(deepcopy=False) if t.state.name in FINISHED
+                         and t.number != trial.number and t.params == params), None)
+        if same is None:
+            return False
+        attrs = {key: value for key, value in same.user_attrs.items() if key not in (WORKER_ATTR, "retry_of")}
+        attrs["note"] = f"the configuration of trial {same.number}: not run again" + (
+            f" ({same.user_attrs['note']})" if same.user_attrs.get("note") else "")
+        self._tell(trial, same.state, same.value if same.state.name == "COMPLETE" else None, attrs)
+        return True
 
     def _report(self, trial, value: float, step: int) -> bool:
         with self.lock:
