@@ -108,11 +108,14 @@ def search_record(study, trial, args, storage_url: str, space: Space) -> Dict[st
 def mark_best_runs(output_dir: str, study, best, record: Dict[str, Any]) -> None:
     """search.json beside each of the best trial's runs (its card rewritten to name the search); removed
     from the runs of every other trial (a resumed search may have found a better one)."""
+    chosen = {run["output_dir"] for run in best.user_attrs.get("runs") or []} if best is not None else set()
     for trial in study.get_trials(deepcopy=False):
         for run in trial.user_attrs.get("runs") or []:
             path = os.path.join(run["output_dir"], SEARCH_RECORD_FILE)
             if best is not None and trial.number == best.number:
                 write_json_atomic(path, {key: record[key] for key in RUN_RECORD_KEYS})
+            elif run["output_dir"] in chosen:
+                continue  # a repeat of the best configuration names the best trial's runs: they stay marked
             elif os.path.isfile(path):
                 os.remove(path)
             else:
