@@ -52,11 +52,12 @@ from helpers import import_script  # noqa: E402
 
 PAGES = ["README.md"] + sorted(os.path.relpath(p, ROOT)
                                for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True))
-SCRIPTS = ("train", "export", "infer", "serve", "client", "explain", "ensemble", "pretrain", "multirun", "annotate", "audit", "select")
+SCRIPTS = ("train", "export", "infer", "serve", "client", "explain", "ensemble", "pretrain", "multirun", "search", "annotate", "audit",
+           "select")
 SUBCOMMANDS = {"annotate": ("import", "export")}  # scripts whose first word is a command: a flag page per command
 MODULES = ("utils.tiny_ernie", "utils.label_words")
 # Scripts whose run trains or builds a model: a page that runs one is marked slow.
-HEAVY = {"train", "export", "explain", "ensemble", "pretrain", "multirun", "audit", "utils.label_words"}
+HEAVY = {"train", "export", "explain", "ensemble", "pretrain", "multirun", "search", "audit", "utils.label_words"}
 SHELL_TOOLS = ("cut", "head", "cat", "echo", "printf", "wc", "ls", "mkdir", "cp")
 # Run only with a parse-only marker (what they are checked with is in `parse_check`).
 PARSE_ONLY_TOOLS = ("make", "pip", "ray", "serve", "kubectl")
@@ -72,6 +73,7 @@ SUBSTITUTIONS = """\
 | `checkpoint-N` in a path                              | `checkpoint-(N / 100)`: the same point of the run  |
 | `--num_train_epochs N`                                | 1                                                  |
 | `--seeds a b c ...` (multirun.py)                     | the first one (each seed is a train.py process)    |
+| `--n_trials N` (search.py)                            | 2 (each trial is a train.py process per seed)      |
 | `--preset ernie-3.0-*` (utils.tiny_ernie)             | `--preset tiny`                                    |
 | serve.py's `--port P` (or none: 8189)                 | `--port 0`: serve.py binds a free port, prints it  |
 | `--port P` and `:P` in URLs of later commands         | the port that serve.py printed                     |
@@ -322,6 +324,8 @@ class Session:
                 word = PORT_IN_URL.sub(lambda m: self.port(m.group(1)), word)
             out.append(word)
             previous = argv[i]
+        if name == "search" and "--n_trials" in out:
+            out[out.index("--n_trials") + 1] = "2"
         if name == "multirun" and "--seeds" in out:
             start = out.index("--seeds") + 1
             end = start

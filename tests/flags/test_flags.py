@@ -233,6 +233,7 @@ def script_flags():
     from utils.flags.multirun import MultirunArguments
     from utils.flags.pretrain import PretrainArguments
     from utils.flags.runtime import ClientArguments, InferArguments, ServeArguments
+    from utils.flags.search import SearchArguments
     from utils.flags.select import SelectArguments
     from utils.flags.train import DataArguments, ModelArguments
     from utils.flags.trainer import PretrainingArguments, TrainingArguments
@@ -250,6 +251,7 @@ def script_flags():
         "pretrain": ((PretrainArguments, PretrainingArguments),
                      ["--input_file", "none.txt", "--output_dir", "out"]),
         "multirun": ((MultirunArguments,), ["--output_dir", "out", "--splits_dir", "nowhere", "--", "--do_eval"]),
+        "search": ((SearchArguments,), ["--output_dir", "out", "--splits_dir", "nowhere", "--", "--do_train"]),
         "audit": ((AuditArguments, ModelArguments, DataArguments, TrainingArguments),
                   ["--data_dir", "nowhere", "--output_dir", "out"]),
         "select": ((SelectArguments,), ["--model_path_prefix", "nowhere", "--input_file", "none.txt",
@@ -260,8 +262,8 @@ def script_flags():
     }
 
 
-SCRIPTS = ("train", "export", "infer", "serve", "client", "explain", "ensemble", "pretrain", "multirun", "audit", "select",
-           "utils.label_words", "utils.tiny_ernie")
+SCRIPTS = ("train", "export", "infer", "serve", "client", "explain", "ensemble", "pretrain", "multirun", "search", "audit",
+           "select", "utils.label_words", "utils.tiny_ernie")
 # The checks __post_init__ makes beyond the type: {script: [(flag, a bad value, words of the error)]}.
 CHECKED = {
     "train": [("threshold", "1.5", "must be in (0, 1)"), ("reject_threshold", "0", "must be a number in (0, 1]"),
@@ -295,6 +297,8 @@ CHECKED = {
     "pretrain": [("max_seq_length", "3", "must be at least 4"), ("masked_lm_prob", "1", "must be in (0, 1)"),
                  ("device", "tpu", "must be cpu, gpu or gpu:N")],
     "multirun": [],
+    "search": [("n_trials", "0", "must be 1 or more"), ("parallel", "-1", "must be 0 or more"),
+               ("metric", "eval_f1", "no such dev metric")],
     "select": [("k", "0", "must be positive"), ("pool_size", "0", "must be positive"),
                ("batch_size", "0", "must be positive"), ("chunk_size", "0", "must be positive"),
                ("seed", "-1", "must be 0 or more"), ("device", "tpu", "must be cpu, gpu or gpu:N"),
@@ -320,6 +324,9 @@ UNCHECKED = {
     ("client", "prob_limit"): "the service checks it and answers 400 naming it",
     ("multirun", "seeds"): "any seed (repeats refused)",
     ("multirun", "split_ids"): "each names a file of --splits_dir, which says whether it exists",
+    ("search", "seeds"): "any seed (repeats refused)",
+    ("search", "split_ids"): "each names a file of --splits_dir, which says whether it exists",
+    ("search", "sampler_seed"): "any seed",
     ("utils.tiny_ernie", "seed"): "any seed",
 }
 
