@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The lock (constraints.txt) was resolved on CPython 3.11; other versions resolve requirements.txt freely.
-LOCK = $(shell $(PY) -c 'import sys; print("-c constraints.txt" if sys.version_info[:2] == (3, 11) else "")' 2>/dev/null)
+# Asked of the interpreter the venv has or will have: a recipe is expanded before its first line makes the venv.
+LOCK = $(shell $$(test -x $(PY) && echo $(PY) || echo $(PYTHON)) -c 'import sys; print("-c constraints.txt" if sys.version_info[:2] == (3, 11) else "")' 2>/dev/null)
 PIP = $(PY) -m pip install -q --disable-pip-version-check $(LOCK)
 # The demo's own model directory: never checkpoints/tiny-ernie, where users keep theirs.
 DEMO_MODEL := checkpoints/demo-tiny-ernie
