@@ -211,6 +211,17 @@ def flag_given(argv: Sequence[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
+def flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
+    """The value of `flag`'s last occurrence (`--flag value` or `--flag=value`), None when absent."""
+    value = None
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
 def parse_args(argv: Sequence[str], training_args_class=None) -> Tuple[ModelArguments, DataArguments, object]:
     """Parse and check train.py's flags into `(model_args, data_args, training_args)` (`TrainFlags`).
     Nothing here loads data or a model."""

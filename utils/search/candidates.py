@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..dataset.folder import load_dataset_dir
 from ..dataset.labels import LABEL_FILE, LabelSet, read_label_file
 from ..errors import UserError
+from ..flags.train import flag_value
 from .space import CHOICE, LABEL_WORDS, Param, Space, apply_params
 
 FORBIDDEN_IN_WORD = ("\t", "\n", "\r", "==", "|")
@@ -154,16 +155,6 @@ def dataset_labels(data_dir: str, train_flags: Sequence[str]) -> LabelSet:
     """label.txt of the data folder the trials train on."""
     from ..choices import TaskType
 
-    given = _flag_value(train_flags, "--task_type")
+    given = flag_value(train_flags, "--task_type")
     task_type = TaskType.parse(given) if given else TaskType.MULTI_CLASS
     return read_label_file(os.path.join(data_dir, LABEL_FILE), str(task_type))
-
-
-def _flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
-    value = None
-    for index, arg in enumerate(argv):
-        if arg == flag and index + 1 < len(argv):
-            value = argv[index + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-    return value

@@ -14,9 +14,9 @@ from typing import List, Sequence
 
 from ..errors import UserError
 from ..files import write_text_atomic
-from ..flags.train import flag_given
+from ..flags.train import flag_given, flag_value
 from ..training import multirun
-from .candidates import (_flag_value, check_candidates, dataset_labels, parse_train, ranked_label_sets,
+from .candidates import (check_candidates, dataset_labels, parse_train, ranked_label_sets,
                          resolve_label_words, train_known_flags)
 from .objective import TrialSetup, local_executor, run_trial
 from .report import TRIALS_FILE, summary_text, trials_table, write_outputs
@@ -39,7 +39,7 @@ def plan_setup(args, output_dir: str, flags: List[str]) -> TrialSetup:
         task_dir = multirun.check_split_files(args.splits_dir, split_ids)
         flags = multirun.without_flag(flags, "--data_dir")
     return TrialSetup(output_dir, flags, list(args.seeds), split_ids, args.splits_dir and os.path.abspath(args.splits_dir),
-                      task_dir, _flag_value(flags, "--data_dir"), args.metric)
+                      task_dir, flag_value(flags, "--data_dir"), args.metric)
 
 
 def checked_space(args, setup: TrialSetup, scratch: str) -> Space:
@@ -61,10 +61,10 @@ def checked_space(args, setup: TrialSetup, scratch: str) -> Space:
     param = space[LABEL_WORDS]
     ranked = None
     if param.ranked:
-        sys.stderr.write(f"ranking label words with {_flag_value(setup.train_flags, '--model_name_or_path')}'s "
+        sys.stderr.write(f"ranking label words with {flag_value(setup.train_flags, '--model_name_or_path')}'s "
                          "MLM head (the label-word checker)\n")
-        ranked = ranked_label_sets(_flag_value(setup.train_flags, "--model_name_or_path"), data_dir,
-                                   _flag_value(setup.train_flags, "--prompt") or "", param.ranked, labels)
+        ranked = ranked_label_sets(flag_value(setup.train_flags, "--model_name_or_path"), data_dir,
+                                   flag_value(setup.train_flags, "--prompt") or "", param.ranked, labels)
     words = resolve_label_words(param, labels, ranked, space.source)
     check_candidates(Space([words], space.source), setup.train_flags, data_dir)
     return Space([words if p.name == LABEL_WORDS else p for p in space.params], space.source)

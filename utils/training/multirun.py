@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import UserError, debug_enabled
 from ..flags.multirun import DEFAULT_SEED, MultirunArguments
-from ..flags.train import flag_given
+from ..flags.train import flag_given, flag_value
 from ..files import atomic_path, read_json, write_json_atomic, write_text_atomic
 from ..export.card import write_multirun_card
 from ..rundir.names import EVAL_RESULTS_FILE, TEST_RESULTS_FILE
@@ -180,7 +180,7 @@ def run_training(run: Run, command: Sequence[str]) -> float:
 def ensemble_argv(runs: Sequence[Run], forwarded: Sequence[str], output_dir: str) -> List[str]:
     """ensemble.py's command line over the runs' final models. Dev metrics only when every run had
     the same dev.txt (seeds of one --data_dir): with splits, a split's dev set is in others' training."""
-    data_dir = runs[0].data_dir or _flag_value(forwarded, "--data_dir") or "./data/"
+    data_dir = runs[0].data_dir or flag_value(forwarded, "--data_dir") or "./data/"
     argv = ["--members", *[r.output_dir for r in runs], "--output_dir", os.path.join(output_dir, ENSEMBLE_DIR),
             "--data_dir", data_dir]
     if flag_given(forwarded, "--do_eval") and runs[0].split is None:
@@ -188,16 +188,6 @@ def ensemble_argv(runs: Sequence[Run], forwarded: Sequence[str], output_dir: str
     if flag_given(forwarded, "--do_predict"):
         argv.append("--do_predict")
     return [sys.executable, ENSEMBLE_SCRIPT, *argv]
-
-
-def _flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
-    value = None
-    for index, arg in enumerate(argv):
-        if arg == flag and index + 1 < len(argv):
-            value = argv[index + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-    return value
 
 
 def run_ensemble(runs: Sequence[Run], forwarded: Sequence[str], output_dir: str) -> dict:
