@@ -143,16 +143,42 @@ def test_a_checkpoint_keeps_its_own_reading_of_long_texts(trained_windows, tmp_p
     assert err.startswith("error: --long_text: is part of the model"), err
 
 
-def test_tools_that_read_one_input_per_text_refuse_a_windowed_model(trained_windows, trained, tmp_path, capsys):
-    """select.py and ensemble.py do not aggregate windows (yet): a clear refusal, not truncated scores."""
+def test_select_scores_each_document_by_its_aggregated_prediction(trained_windows, tmp_path, capsys):
+    """select.py reads a long text as infer.py does: its windows' logits aggregated into the document's
+    (the entropy it ranks by is the aggregated distribution's) and its vector the mean of its windows'."""
     from helpers import import_script
+    from utils.deploy.classifier import Classifier
+    from utils.selection.scores import entropy
 
     data_dir, out = trained_windows
-    code = run_cli(import_script("select").main, ["--model_path_prefix", os.path.join(out, "export"), "--input_file",
-                                                  os.path.join(data_dir, "test.txt"), "--output_file",
-                                                  str(tmp_path / "picks.tsv"), "--k", "2"])
-    err = capsys.readouterr().err
-    assert code == 2 and "select.py scores one input per text" in err, err
+    export, texts = os.path.join(out, "export"), os.path.join(data_dir, "test.txt")
+    with open(texts, encoding="utf-8") as fp:
+        documents = [line.rstrip("\n").split("\t")[0] for line in fp if line.strip()]
+    model = Classifier(export, num_threads=1).model
+    expected = entropy(model.decoder.probabilities(model.logits([{"text_a": t} for t in documents])))
+    picks = str(tmp_path / "picks.tsv")
+    select = import_script("select").main
+    assert run_cli(select, ["--model_path_prefix", export, "--input_file", texts, "--output_file", picks,
+                            "--k", str(len(documents)), "--strategy", "entropy", "--num_threads", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["texts_longer_than_one_window"] == len(documents)
+    assert summary["windows_read"] == model.window_counts.windows  # every window of every document, once
+    _, rows = read_tsv(picks)
+    scores = {int(row[1]): float(row[3]) for row in rows}
+    assert sorted(scores) == list(range(1, len(documents) + 1))
+    np.testing.assert_allclose([scores[i + 1] for i in range(len(documents))], expected, rtol=1e-4, atol=1e-5)
+    assert run_cli(select, ["--model_path_prefix", export, "--input_file", texts, "--output_file",
+                            str(tmp_path / "diverse.tsv"), "--k", "5", "--strategy", "diversity",
+                            "--num_threads", "1"]) == 0, capsys.readouterr().err
+    _, rows = read_tsv(str(tmp_path / "diverse.tsv"))
+    assert len({row[1] for row in rows}) == 5
+
+
+def test_ensembles_refuse_windowed_members(trained_windows, trained, tmp_path, capsys):
+    """ensemble.py's graph reads one input per text: a clear refusal, not truncated scores."""
+    from helpers import import_script
+
+    _, out = trained_windows
     code = run_cli(import_script("ensemble").main, ["--members", out, trained[1], "--output_dir", str(tmp_path / "e")])
     err = capsys.readouterr().err
     assert code == 2 and "an ensemble graph reads one input per text" in err, err

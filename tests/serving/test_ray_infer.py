@@ -348,3 +348,30 @@ def test_ray_reads_long_documents_window_by_window_as_the_local_run(ray_cluster,
     assert local["windows_read"] > local["texts"] == local["texts_longer_than_one_window"]
     for key in ("texts_longer_than_one_window", "windows_read", "texts_cut_by_max_windows", "accuracy"):
         assert summary[key] == local[key], key
+
+
+@pytest.mark.slow
+def test_select_on_ray_aggregates_long_documents_as_the_local_run(ray_cluster, trained_windows, tmp_path):
+    """select.py --ray on a --long_text window export: the workers aggregate each document's windows
+    (logits and vector) as select.py does locally: same picks, same scores, same window counts."""
+    data_dir, out = trained_windows
+    common = ["select.py", "--model_path_prefix", os.path.join(out, "export"), "--input_file",
+              os.path.join(data_dir, "test.txt"), "--k", "10", "--strategy", "hybrid", "--chunk_size", "7",
+              "--device", "cpu"]
+    outputs, summaries = {}, {}
+    for where, extra in (("local", ["--num_threads", "1"]), ("ray", ["--ray", ray_cluster.address])):
+        path = str(tmp_path / f"{where}.tsv")
+        result = subprocess.run([sys.executable, *common, "--output_file", path, *extra], cwd=ROOT,
+                                env=ray_cluster.env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        with open(path, encoding="utf-8") as fp:
+            outputs[where] = [line.split("\t") for line in fp.read().splitlines()]
+        summaries[where] = json.loads(result.stdout)
+    assert len(outputs["local"]) == 1 + 10
+    for local, ray in zip(outputs["local"], outputs["ray"]):
+        assert local[:3] == ray[:3] and local[4:] == ray[4:]
+        if local[0] != "rank":
+            assert float(local[3]) == pytest.approx(float(ray[3]), abs=1e-5)
+    for key in ("texts_longer_than_one_window", "windows_read", "texts_cut_by_max_windows"):
+        assert summaries["ray"][key] == summaries["local"][key], key
+    assert summaries["local"]["windows_read"] > summaries["local"]["texts_longer_than_one_window"] > 0

@@ -20,7 +20,7 @@ from ..dataset.inputs import InputFile
 from .predictions import PredictionWriter, prediction_summary
 from .preprocess import PromptPreprocessor, read_config
 from ..progress import Progress
-from ..task.windows import WindowCounts, aggregate
+from ..task.windows import WindowCounts, aggregate, mean_rows
 
 __all__ = ["ExportedClassifier", "classify_file", "classify_stream", "create_session", "pick_model_file",
            "resolve_export_dir"]
@@ -190,22 +190,33 @@ class ExportedClassifier:
         after each batch of n examples."""
         if not examples:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        inputs, pieces = self.preprocessor.split(examples)  # --long_text: a document's windows
-        features = self.preprocessor.encode(inputs)
         show = progress if progress is not None else (on_batch is None and len(examples) > batch_size)
-        scale = len(examples) / len(inputs)  # progress and on_batch count texts, not windows
         with Progress(len(examples), enabled=show) as bar:
-            done_texts = [0.0, 0]
-
             def done(n: int) -> None:
-                done_texts[0] += n * scale
-                step = int(round(done_texts[0])) - done_texts[1]
-                done_texts[1] += step
-                bar.update(step)
-                if on_batch is not None and step:
-                    on_batch(step)
+                bar.update(n)
+                if on_batch is not None:
+                    on_batch(n)
 
-            return self.documents(self.run(features, batch_size, sort_by_length, done), pieces)
+            return self.document_outputs(examples, (OUTPUT_NAME,), batch_size, sort_by_length, done)[OUTPUT_NAME]
+
+    def document_outputs(self, examples: List[dict], names: Sequence[str], batch_size: int = 32,
+                         sort_by_length: bool = True, on_batch: Optional[Callable[[int], None]] = None
+                         ) -> Dict[str, np.ndarray]:
+        """`run_outputs` for `examples`, one row per document: under --long_text each document's windows
+        are run and aggregated (`logits` as the model was trained to; `mask_embedding`, the text's
+        vector, the mean of its windows'). `on_batch(n)` counts documents, not windows."""
+        inputs, pieces = self.preprocessor.split(examples)  # --long_text: a document's windows
+        counter = _DocumentCounter(len(examples), len(inputs), on_batch)
+        arrays = self.run_outputs(self.preprocessor.encode(inputs), names, batch_size, sort_by_length, counter)
+        if not self.preprocessor.long_text.active:
+            return arrays
+        counts = [len(piece.texts) for piece in pieces]
+        out: Dict[str, np.ndarray] = {}
+        for name, array in arrays.items():
+            if name == MEMBER_OUTPUT:  # ensembles of windowed members are refused (utils/ensembles/plan.py)
+                raise ValueError("an ensemble's member outputs have no window aggregation")
+            out[name] = self.documents(array, pieces) if name == OUTPUT_NAME else mean_rows(array, counts)
+        return out
 
     def documents(self, window_logits: np.ndarray, pieces) -> np.ndarray:
         """The documents' logits from their inputs' (`pieces`: `PromptPreprocessor.split`'s), aggregated
@@ -215,6 +226,22 @@ class ExportedClassifier:
         self.window_counts.add(pieces)
         return aggregate(window_logits, [len(p.texts) for p in pieces], self.decoder.multi_label,
                          self.preprocessor.long_text.aggregation)
+
+
+class _DocumentCounter:
+    """`on_batch` for runs over windows that reports documents: n inputs are n × documents/inputs
+    documents, rounded so that the reported total is exact at the end."""
+
+    def __init__(self, documents: int, inputs: int, on_batch: Optional[Callable[[int], None]]):
+        self.scale = documents / inputs if inputs else 1.0
+        self.on_batch, self.exact, self.reported = on_batch, 0.0, 0
+
+    def __call__(self, n: int) -> None:
+        self.exact += n * self.scale
+        step = int(round(self.exact)) - self.reported
+        self.reported += step
+        if self.on_batch is not None and step:
+            self.on_batch(step)
 
 
 def classify_stream(input_path: str, output_path: str, labels: Sequence[str], pair: bool,

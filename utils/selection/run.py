@@ -31,7 +31,6 @@ from ..deploy.bundle import read_decoder, read_labels, read_manifest, resolve_ex
 from ..deploy.format import MEMBER_OUTPUT, OUTPUT_NAME, REPRESENTATION_OUTPUT
 from ..deploy.predictor import CHUNK_SIZE
 from ..deploy.preprocess import read_config, text_keys_of
-from ..errors import UserError
 from ..files import check_output_file, count_lines, write_text_atomic
 from ..progress import Progress
 from ..task.decoding import LABEL_SEPARATOR, probabilities
@@ -174,11 +173,11 @@ def write_outputs(picks, output_path: str, decoder, labels: List[str], pair: boo
 
 
 def local_chunks(model, names: List[str], batch_size: int, sort_by_length: bool):
-    """`classify_chunks` running the export here: each chunk's outputs `names`, as infer.py batches them."""
+    """`classify_chunks` running the export here: each chunk's outputs `names`, as infer.py batches them
+    (a long text's windows aggregated as infer.py does)."""
     def classify_chunks(chunks, on_texts):
         for examples, lines in chunks:
-            arrays = model.run_outputs(model.preprocessor.encode(examples), names, batch_size, sort_by_length,
-                                       on_texts)
+            arrays = model.document_outputs(examples, names, batch_size, sort_by_length, on_texts)
             yield examples, lines, arrays
             del examples, lines, arrays  # before the next chunk is read
 
@@ -206,10 +205,6 @@ def select_file(model_path: str, input_path: str, output_path: str, options: Sel
     names = needed_outputs(options.strategy, manifest, export_dir)
     config = read_config(export_dir)
     pair = "text_b" in text_keys_of(config)
-    if (config.get("long_text") or {}).get("mode", "truncate") != "truncate":
-        raise UserError(f"reads long texts as {config['long_text']['mode']} (--long_text); select.py scores one input "
-                        "per text and does not aggregate windows yet: use a model trained without --long_text",
-                        model_path)
     for path in (output_path, *side_files(output_path)):
         check_output_file(path, not_same_as=input_path)
     excluded = read_exclusions(exclude_path, pair)
@@ -225,6 +220,7 @@ def select_file(model_path: str, input_path: str, output_path: str, options: Sel
             cluster = RayWorkers(ray, model_path, sort_by_length=sort_by_length, **runtime)
             with cluster:
                 _consume(selector, ray_chunks(cluster, names), chunks, input_path, progress, batch_size)
+                cluster.add_window_counts(summary)
                 cluster.memory()
             summary = cluster.report(summary)
         else:
@@ -234,6 +230,8 @@ def select_file(model_path: str, input_path: str, output_path: str, options: Sel
             _consume(selector, local_chunks(classifier.model, names, batch_size, sort_by_length), chunks,
                      input_path, progress, batch_size)
             summary.update(model=os.path.join(export_dir, classifier.model.model_file), device=classifier.device)
+            if classifier.model.preprocessor.long_text.active:  # as infer.py reports them
+                summary.update(classifier.model.window_counts.as_dict())
     finally:
         inputs.close()
     seconds = time.perf_counter() - started

@@ -211,10 +211,8 @@ class BlockWorker:
         """`({name: array}, the node)`: the export's outputs `names` for a chunk (utils/selection)."""
         import ray
 
-        model = self.classifier.model
-        features = model.preprocessor.encode(examples)
-        arrays = model.run_outputs(features, names, batch_size=self.classifier.batch_size,
-                                   sort_by_length=self.sort_by_length)
+        arrays = self.classifier.model.document_outputs(examples, names, batch_size=self.classifier.batch_size,
+                                                        sort_by_length=self.sort_by_length)
         return arrays, ray.get_runtime_context().get_node_id()
 
 

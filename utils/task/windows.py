@@ -191,6 +191,18 @@ def aggregate(window_logits: np.ndarray, counts: Sequence[int], multi_label: boo
     return out
 
 
+def mean_rows(rows: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+    """Per document, the mean of its `counts[i]` consecutive rows (a document's vector from its
+    windows' vectors: utils/selection's diversity reads it; the mean keeps a window's direction when
+    the others are near the average text)."""
+    rows = np.asarray(rows, dtype=np.float32)
+    ends = np.cumsum(counts)
+    if len(rows) != (ends[-1] if len(ends) else 0):
+        raise ValueError(f"{len(rows)} window rows, but the counts add up to {ends[-1] if len(ends) else 0}")
+    sums = np.add.reduceat(rows, ends - np.asarray(counts), axis=0) if len(rows) else rows[:0]
+    return (sums / np.asarray(counts, dtype=np.float32).reshape(-1, *([1] * (rows.ndim - 1)))).astype(np.float32)
+
+
 WINDOW_REPORT_KEYS = ("texts_longer_than_one_window", "windows_read", "texts_cut_by_max_windows")
 
 
