@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from utils.task.windows import (LongText, aggregate, head_tail_spans, pieces_of, window_spans, word_starts)
+from utils.task.windows import (LongText, aggregate, head_tail_spans, mean_rows, pieces_of, window_spans,
+                                word_starts)
 
 
 def test_windows_cover_the_text_overlap_and_respect_the_bound():
@@ -94,3 +95,11 @@ def test_the_description_round_trips():
     settings = LongText("window", stride=7, aggregation="max", max_windows=3)
     assert LongText.from_dict(settings.describe(), ValueError) == settings
     assert LongText.from_dict(None, ValueError) == LongText()
+
+
+def test_a_documents_vector_is_the_mean_of_its_windows_vectors():
+    rows = np.array([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0], [0.0, 4.0], [2.0, 0.0], [4.0, 2.0]], dtype=np.float32)
+    np.testing.assert_allclose(mean_rows(rows, [2, 1, 3]), [[2.0, 1.0], [5.0, 5.0], [2.0, 2.0]])
+    assert mean_rows(rows[:0], []).shape == (0, 2)
+    with pytest.raises(ValueError):
+        mean_rows(rows, [2, 2])
