@@ -75,7 +75,10 @@ def main(argv):
     compat.apply()
     paddle.set_device(args.paddle_device)
     model, tokenizer, spec = rebuild_from_checkpoint(args.resume_from_checkpoint)
-    explainer = Explainer(model, tokenizer, spec, steps=args.steps)
+    from utils.training.long_text import TrainingWindows
+
+    # --long_text: a long document is read as the model reads it, its windows aggregated
+    explainer = Explainer(model, tokenizer, spec, steps=args.steps, windows=TrainingWindows.of(spec, tokenizer))
     written = []
     if examples:
         explanations = [explainer.explain(e, label=args.label) for e in examples]

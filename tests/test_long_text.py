@@ -182,3 +182,38 @@ def test_ensembles_refuse_windowed_members(trained_windows, trained, tmp_path, c
     code = run_cli(import_script("ensemble").main, ["--members", out, trained[1], "--output_dir", str(tmp_path / "e")])
     err = capsys.readouterr().err
     assert code == 2 and "an ensemble graph reads one input per text" in err, err
+
+
+def test_explain_reads_a_long_document_as_the_model_does(trained_windows, tmp_path, capsys):
+    """explain.py on a --long_text window model: the document's probabilities are the aggregated ones
+    (infer.py's), the tokens explained are its deciding window's (the highest probability of the
+    label), and the bad cases are the documents the model gets wrong."""
+    import explain
+    from utils.deploy.classifier import Classifier
+
+    data_dir, out = trained_windows
+    rows = [line.rstrip("\n").split("\t") for line in open(os.path.join(data_dir, "test.txt"), encoding="utf-8")]
+    documents = [text for text, _ in rows[:3]]
+    model = Classifier(os.path.join(out, "export"), num_threads=1).model
+    expected = model.decoder.probabilities(model.logits([{"text_a": t} for t in documents]))
+    target = str(tmp_path / "explanations")
+    argv = ["--resume_from_checkpoint", out, "--output_dir", target, "--steps", "8"]
+    for text in documents:
+        argv += ["--text", text]
+    assert run_cli(explain.main, argv + ["--data_dir", data_dir, "--bad_cases", "test", "--max_cases", "2"]) == 0
+    with open(os.path.join(target, "explanations.json"), encoding="utf-8") as fp:
+        records = json.load(fp)
+    for record, probs in zip(records, expected):
+        assert record["windows"] > 1 and 1 <= record["window"] <= record["windows"]
+        assert record["text"]["text_a"] in documents and record["window_text"] in record["text"]["text_a"]
+        labels = list(record["probabilities"])
+        np.testing.assert_allclose([record["probabilities"][k] for k in labels], probs, atol=1e-4)
+        assert record["predicted"] == labels[int(np.argmax(probs))]
+        assert "".join(record["tokens"]) in record["window_text"].replace(" ", "")
+    html = open(os.path.join(target, "explanations.html"), encoding="utf-8").read()
+    assert " of " in html and "the logits are the window's" in html
+    with open(os.path.join(target, "bad_cases_test.json"), encoding="utf-8") as fp:
+        cases = json.load(fp)
+    wrong = {text for (text, gold), p in zip(rows, model.decoder.probabilities(
+        model.logits([{"text_a": t} for t, _ in rows]))) if model.labels[int(np.argmax(p))] != gold}
+    assert {c["text"]["text_a"] for c in cases} <= wrong and len(cases) == min(2, len(wrong))

@@ -12,6 +12,11 @@ its LSTM/MLP encoder: its output does not depend on the text), the hard prompt, 
 training. Completeness: the attributions sum to logit(x) - logit(x') up to the Riemann error,
 which `Explanation.completeness_gap` reports (a sanity check, as the issue asks).
 
+A --long_text window model reads a long document as several windows and aggregates their
+predictions: the document's probabilities are the aggregated ones (as infer.py's), and the text
+explained is the window that gives the explained label its highest probability (the one that
+weighs most in a mean or a max), named `window i of n` with the window's own logits.
+
 The bad-case report ranks a labelled split's errors by confidence, most confident first, each
 with its attribution view: the errors most worth reading. Rendering (`render_html`) is plain
 HTML with inline styles: Chinese text is shown as is, each token shaded by its attribution.
@@ -96,9 +101,12 @@ def _text_positions(ids: List[int], soft: List[int], token_ids: Dict[str, List[i
 class Explainer:
     """Integrated gradients for a prompt model (utils/modeling.PromptModel) and its spec."""
 
-    def __init__(self, model, tokenizer, spec, steps: int = DEFAULT_STEPS):
+    def __init__(self, model, tokenizer, spec, steps: int = DEFAULT_STEPS, windows=None):
+        """`windows`: a --long_text model's reading (utils/training/long_text.py `TrainingWindows`:
+        `split(examples, what)` and `aggregate(logits, counts)`), else None."""
         self.model, self.tokenizer, self.spec, self.steps = model, tokenizer, spec, int(steps)
         self.decoder = spec.decoder
+        self.windows = windows
         model.eval()
 
     def _encode(self, example: Dict[str, str]):
@@ -119,7 +127,32 @@ class Explainer:
         return batch, processed
 
     def explain(self, example: Dict[str, str], label: Optional[str] = None, gold: Optional[str] = None) -> Explanation:
-        """Attributions of `example`'s text tokens for `label` (default: the predicted label)."""
+        """Attributions of `example`'s text tokens for `label` (default: the predicted label); a long
+        document of a --long_text model: of its deciding window (module docstring)."""
+        if self.windows is None:
+            return self._explain_input(example, label, gold)
+        inputs, counts, _ = self.windows.split([example], "the text explained")
+        if counts[0] == 1:
+            return self._explain_input(inputs[0], label, gold)
+        window_probs = self._window_probabilities(inputs)
+        probs = self.decoder.probabilities(self.windows.aggregate(self._logits(inputs), counts))[0]
+        label = label or self.spec.labels[int(np.argmax(probs))]
+        window = int(np.argmax(window_probs[:, self.spec.labels.index(label)]))
+        explanation = self._explain_input(inputs[window], label, gold)
+        explanation.text = {k: example[k] for k in TEXT_KEYS if example.get(k)}
+        explanation.predicted = self.spec.labels[int(np.argmax(probs))]
+        explanation.confidence = float(probs.max())
+        explanation.probabilities = {lab: float(p) for lab, p in zip(self.spec.labels, probs)}
+        explanation.extra.update(window=window + 1, windows=len(inputs), window_text=inputs[window]["text_a"],
+                                 window_probabilities={lab: float(p) for lab, p in
+                                                       zip(self.spec.labels, window_probs[window])})
+        return explanation
+
+    def _window_probabilities(self, inputs: Sequence[Dict[str, str]]) -> np.ndarray:
+        return self.decoder.probabilities(self._logits(inputs))
+
+    def _explain_input(self, example: Dict[str, str], label: Optional[str], gold: Optional[str]) -> Explanation:
+        """Integrated gradients on one input the model reads."""
         import paddle
 
         batch, processed = self._encode(example)
@@ -200,7 +233,14 @@ class Explainer:
         return shown
 
     def probabilities(self, examples: Sequence[Dict[str, str]], batch_size: int = 32) -> np.ndarray:
-        """The model's probabilities for `examples` (as train.py's evaluation computes them)."""
+        """The model's probabilities for `examples` (as train.py's evaluation computes them: a long
+        document's windows aggregated)."""
+        if self.windows is None:
+            return self.decoder.probabilities(self._logits(examples, batch_size))
+        inputs, counts, _ = self.windows.split(list(examples), "the texts ranked")
+        return self.decoder.probabilities(self.windows.aggregate(self._logits(inputs, batch_size), counts))
+
+    def _logits(self, examples: Sequence[Dict[str, str]], batch_size: int = 32) -> np.ndarray:
         import paddle
         from paddlenlp.prompt import PromptDataCollatorWithPadding
 
@@ -213,8 +253,7 @@ class Explainer:
                                  for e in examples[start:start + batch_size]])
                 logits = self.model(**{k: paddle.to_tensor(v) for k, v in batch.items() if k != "labels"})
                 out.append(logits.numpy())
-        logits = np.concatenate(out) if out else np.zeros((0, len(self.spec.labels)))
-        return self.decoder.probabilities(logits)
+        return np.concatenate(out) if out else np.zeros((0, len(self.spec.labels)))
 
     def explain_all(self, examples: Sequence[Dict[str, str]], gold: Optional[Sequence[str]] = None
                     ) -> List[Explanation]:
@@ -312,6 +351,8 @@ def render_html(explanations: Sequence[Explanation], title: str = "Token attribu
                 f"({e.confidence:.3f})")
         if e.gold is not None:
             meta += f" · gold: <span class='{'wrong' if wrong else ''}'>{html.escape(e.gold)}</span>"
+        if "window" in e.extra:  # a long document: the tokens shown are its deciding window's
+            meta += f" · window {e.extra['window']} of {e.extra['windows']} (the logits are the window's)"
         meta += f" · logit {e.logit:.3f} vs baseline {e.baseline_logit:.3f}, Σ attributions " \
                 f"{sum(e.attributions):.3f}"
         tokens, previous = [], None

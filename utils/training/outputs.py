@@ -116,7 +116,10 @@ def write_explanations_of_predictions(trainer, dataset: DatasetDir, output_dir: 
     """--explain: attributions of the first test/data texts and the test bad-case report (utils/reporting/explain.py)."""
     from ..reporting.explain import Explainer, bad_cases, write_explanations
 
-    explainer = Explainer(trainer.model, trainer.tokenizer, trainer.spec)
+    from .long_text import TrainingWindows
+
+    explainer = Explainer(trainer.model, trainer.tokenizer, trainer.spec,
+                          windows=TrainingWindows.of(trainer.spec, trainer.tokenizer))
     if dataset.test:
         examples = dataset.test[:EXPLAIN_LIMIT]
         gold = dataset.gold_names(examples)
