@@ -59,16 +59,21 @@ OBJECTIVE, RUN_METRIC, STEP, LAST, OUTCOME, RECORD, NODE = (
 RAN, SAME, INVALID, FAILED = "ran", "same", "invalid", "failed"
 
 
+def trial_result(config: Dict[str, Any], outcome: str, record: Dict[str, Any], last: bool, node: str,
+                 metric: Optional[float] = None, step: Optional[int] = None) -> Dict[str, Any]:
+    """What a trial reports to Tune: how it went (`outcome`), whether it is its `last` report, the run's dev
+    `metric` at `step` (the run's index), the node, and the trial's record as JSON (Tune flattens dicts)."""
+    return {OBJECTIVE: record.get("value"), RUN_METRIC: metric, STEP: step, LAST: last, OUTCOME: outcome,
+            TRIAL: config[TRIAL], SAME_AS: config[SAME_AS], NODE: node, RECORD: json.dumps(record, ensure_ascii=False)}
+
+
 def tune_trial(config: Dict[str, Any], setup: TrialSetup, names: List[str], cwd: str) -> None:
     """A Tune trial's body, on a node: the Optuna trial's runs as a local search runs them, reported after each."""
     os.chdir(cwd)  # Tune starts trials in their own folder; train.py's relative paths are the driver's
-    number = config[TRIAL]
 
     def send(outcome: str, record: Dict[str, Any], last: bool, metric: Optional[float] = None,
              step: Optional[int] = None) -> bool:
-        tune.report({OBJECTIVE: record.get("value"), RUN_METRIC: metric, STEP: step, LAST: last, OUTCOME: outcome,
-                     TRIAL: number, SAME_AS: config[SAME_AS], NODE: ray.get_runtime_context().get_node_id(),
-                     RECORD: json.dumps(record, ensure_ascii=False)})
+        tune.report(trial_result(config, outcome, record, last, ray.get_runtime_context().get_node_id(), metric, step))
         return False  # a pruned trial is stopped by the scheduler: Tune ends it while it waits here
 
     if config[SAME_AS] >= 0:
@@ -76,7 +81,7 @@ def tune_trial(config: Dict[str, Any], setup: TrialSetup, names: List[str], cwd:
         return
     params = {name: config[name] for name in names}
     try:
-        record = run_trial(setup, number, params, local_executor,
+        record = run_trial(setup, config[TRIAL], params, local_executor,
                            lambda metric, step, so_far: send(RAN, so_far, False, metric, step))
     except InvalidConfiguration as exc:
         send(INVALID, {"note": f"not run: {exc}"}, True)
