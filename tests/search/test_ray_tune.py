@@ -106,7 +106,8 @@ def test_a_run_failing_before_any_trial_completed_stops_the_tune_run(tmp_path):
     s.start("a")
     s.start("b")
     assert not stopper.stop_all()
-    s.end("a", s.rt.FAILED, {"note": "x: run seed1 failed", "message": "run seed1 failed (exit 1)", "path": "x/train.log"})
+    s.end("a", s.rt.FAILED, {"note": "x/train.log: run seed1 failed (exit 1)", "message": "run seed1 failed (exit 1)",
+                             "path": "x/train.log"})
     assert stopper.stop_all()
     assert isinstance(s.searcher.fatal, UserError) and s.searcher.fatal.path == "x/train.log"
     assert "run seed1 failed (exit 1)" in str(s.searcher.fatal)

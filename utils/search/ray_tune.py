@@ -17,8 +17,9 @@ search's own Optuna study.
 * When a Tune trial ends, `StudySearch.on_trial_complete` tells the study what the local loop would (complete
   with mean - std, pruned, a repeat of a finished configuration, a configuration train.py refuses, a failed
   run, with the record) and trials.tsv is rewritten. A run that fails before any trial completed stops the
-  search with its error (it would end every trial). Resuming is a new Tuner on the same study: trials a killed
-  search left running are queued again (`study.retry_killed_trials`), and only the missing trials run.
+  search with its error (it would end every trial). Trials Tune stops without an end of their own (that stop,
+  Ctrl-C, a kill) stay running in the study. Resuming is a new Tuner on the same study: trials a stopped or
+  killed search left running are queued again (`study.retry_killed_trials`), and only the missing trials run.
 * Tune imports Ray Data, whose import refuses pyarrow < 17 (paddlenlp 2.8.1 needs < 17) unless
   RAY_DISABLE_PYARROW_VERSION_CHECK=1: set here before `import ray.tune`, and in the trials' runtime_env.
   Tune runs trials without Ray Data (no Dataset is made); what it uses of pyarrow is `pyarrow.fs` for its
@@ -49,7 +50,6 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from ray.tune.stopper import Stopper  # noqa: E402
 
-FLAG = "--ray"
 TUNE_DIR = "ray_tune"  # OUTPUT_DIR/ray_tune/<study name>/: Tune's experiment (its trials' result.json)
 FORWARDED_PREFIX = "PTUNING_"  # the driver's PTUNING_* variables reach train.py as in a local search
 # A trial's config beside its parameters; what it reports to Tune after each run.
@@ -223,6 +223,9 @@ class TuneCluster:
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # these two only: no TensorBoard (not installed)
+        # Ctrl-C stops the search as it stops a local one (KeyboardInterrupt; its running trials are retried by the
+        # next start), not Tune's way (fit() returns, "resume with Tuner.restore"): a search resumes from its study.
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         searcher = StudySearch(study, storage, space, on_told)
         trainable = tune.with_parameters(tune_trial, setup=setup, names=space.names(), cwd=os.getcwd())
         tuner = tune.Tuner(
