@@ -211,11 +211,14 @@ class TuneCluster:
         count = parallel or max(1, int(ray.cluster_resources().get("CPU", 1)))
         sys.stderr.write(f"[ray] {count} trial(s) at once, as Ray Tune trials on the cluster at {self.address}\n")
         nodes: Dict[str, int] = {}
-        while finished_count(study) < n_trials:
-            before = finished_count(study)
-            self.fit(setup, study, storage, space, n_trials - before, count, on_told, nodes)
-            if finished_count(study) == before:
-                break
+        try:
+            while finished_count(study) < n_trials:
+                before = finished_count(study)
+                self.fit(setup, study, storage, space, n_trials - before, count, on_told, nodes)
+                if finished_count(study) == before:
+                    break
+        finally:
+            on_told()  # trials.tsv as the search leaves the study, interrupted or not (as locally)
         sys.stderr.write(f"[ray] trials per node: {nodes}\n")
 
     def fit(self, setup: TrialSetup, study, storage, space: Space, needed: int, count: int,
