@@ -155,7 +155,10 @@ def ray_cluster():
     require_ray()
     from utils.testing.ray_local import LocalRayCluster
 
-    with LocalRayCluster(["node_a", "node_b"], cpus=1, start_timeout=180) as cluster:
+    cluster = LocalRayCluster(["node_a", "node_b"], cpus=1, start_timeout=180)
+    # not inherited from this process (importing utils.search.ray_tune sets it): search.py must pass it on itself
+    cluster.env.pop("RAY_DISABLE_PYARROW_VERSION_CHECK", None)
+    with cluster:
         yield cluster
     assert cluster.leftover_pids() == []
 
