@@ -53,10 +53,10 @@ def test_a_run_below_the_median_stops_the_trial_after_it(tmp_path, tiny_model_di
         executed.append((run.name, command[command.index("--seed") + 1]))
         return 1.0, {"eval_accuracy": 0.5}
 
-    record = run_trial(setup, 0, {}, execute, lambda value, step: reported.append((value, step)) or True)
-    assert executed == [("seed1", "1")] and reported == [(0.5, 0)]
+    record = run_trial(setup, 0, {}, execute, lambda value, step, record: reported.append((value, step, record['n'])) or True)
+    assert executed == [("seed1", "1")] and reported == [(0.5, 0, 1)]
     assert record["pruned"] and record["n"] == 1
-    record = run_trial(setup, 1, {}, execute, lambda value, step: False)
+    record = run_trial(setup, 1, {}, execute, lambda value, step, record: False)
     assert [name for name, _ in executed[1:]] == ["seed1", "seed2", "seed3"]
     assert not record["pruned"] and record["value"] == 0.5 and len(record["runs"]) == 3
     summary = json.load(open(os.path.join(setup.output_dir, "trials", "1", "summary.json"), encoding="utf-8"))

@@ -52,8 +52,9 @@ class SearchArguments:
                 "(Optuna's MedianPruner); --pruning false runs every trial to the end."})
     sampler_seed: int = field(default=0, metadata={"help": "Seed of the TPE sampler."})
     ray: Optional[str] = field(default=None, metadata={
-        "help": "A Ray cluster's address (HOST:PORT, or auto): each run of a trial is a Ray task on the cluster "
-                "(OUTPUT_DIR must be on a file system every node sees). Requires requirements-ray.txt."})
+        "help": "A Ray cluster's address (HOST:PORT, or auto): each trial is a Ray Tune trial on the cluster, "
+                "into the same Optuna study (OUTPUT_DIR must be on a file system every node sees). Requires "
+                "requirements-ray.txt."})
     parallel: int = field(default=0, metadata={
         "help": "With --ray: trials run at once (default: the cluster's CPUs)."})
     train_flags: Optional[List[str]] = field(default=None, metadata={"remainder": True})  # after `--`

@@ -8,7 +8,8 @@
 Runs go one after another (`utils.training.multirun`: plan_runs, train_argv, run_training, collect_metrics,
 aggregate); after each, its dev metric is reported to the study as the trial's intermediate value at step
 i, so a pruner stops a bad trial after its first run. The value is mean - sample std (std of one run: 0).
-How a run is executed is the caller's: a local subprocess, or a Ray task (`utils.search.ray_backend`).
+How a run is executed is the caller's executor (a local subprocess); with --ray the whole trial runs in a Ray
+Tune trial on a node of the cluster (`utils.search.ray_tune`), reporting to Tune after each run.
 """
 from __future__ import annotations
 
@@ -99,11 +100,13 @@ def _copy_files(source: str, target: str) -> None:
 
 
 def run_trial(setup: TrialSetup, number: int, params: Dict[str, Any], execute: Executor,
-              report: Callable[[float, int], bool]) -> Dict[str, Any]:
-    """Run the trial's runs in order; after each, `report(dev metric, step)` returns True to stop (pruned:
-    the result's `pruned` is True). Returns the trial's record (value, mean, std, runs, seconds)."""
+              report: Callable[[float, int, Dict[str, Any]], bool]) -> Dict[str, Any]:
+    """Run the trial's runs in order; after each but the last, `report(dev metric, step, record so far)`
+    returns True to stop (pruned: the result's `pruned` is True). The trial's summary.json/.md and record
+    (value, mean, std, runs, seconds) cover the runs done so far after each run, so a trial stopped from
+    outside (a Tune scheduler) has them too. Returns the record."""
     runs, flags = prepare_trial(setup, number, params)
-    results, seconds, pruned = [], [], False
+    results, seconds = [], []
     for step, run in enumerate(runs):
         command = multirun.train_argv(run, flags, False)
         sys.stderr.write(f"[trial {number}] run {step + 1}/{len(runs)} {run.name} (log: "
@@ -115,16 +118,22 @@ def run_trial(setup: TrialSetup, number: int, params: Dict[str, Any], execute: E
         seconds.append(took)
         results.append(metrics)
         reached(f"trial {number} run {step + 1} done", run.output_dir)  # where tests kill the search
-        if step + 1 < len(runs) and report(metrics[setup.metric], step):
-            pruned = True
+        record = trial_record(setup, number, runs[:len(results)], results, seconds, flags)
+        if step + 1 < len(runs) and report(metrics[setup.metric], step, record):
+            record["pruned"] = True
             break
-    done = runs[:len(results)]
+    return record
+
+
+def trial_record(setup: TrialSetup, number: int, done: List[multirun.Run], results: List[Dict[str, float]],
+                 seconds: List[float], flags: List[str]) -> Dict[str, Any]:
+    """The record of the runs done (multirun's summary.json/.md written beside them), `pruned` False."""
     summary = multirun.summarize(done, results, seconds, flags)
     write_json_atomic(os.path.join(setup.trial_dir(number), "summary.json"), summary)
     write_text_atomic(os.path.join(setup.trial_dir(number), "summary.md"),
                       multirun.summary_markdown(summary, multirun.markdown_table(summary)))
     record = objective_value([m[setup.metric] for m in results])
-    record.update(pruned=pruned, seconds=round(sum(seconds), 1), train_flags=flags,
+    record.update(pruned=False, seconds=round(sum(seconds), 1), train_flags=flags,
                   runs=[{"name": r.name, "seed": r.seed, "split": r.split, "output_dir": r.output_dir,
                          "data_dir": r.data_dir, "argv": multirun.train_argv(r, flags, False)[2:]} for r in done])
     return record

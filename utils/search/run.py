@@ -6,6 +6,7 @@ checks that need no model.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -88,33 +89,37 @@ def run_search(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="search-check-") as scratch:
         space = checked_space(args, setup, scratch)
     url = args.storage or default_storage(output_dir)
-    storage = open_storage(url)
-    os.makedirs(output_dir, exist_ok=True)
-    study = open_study(storage, args.study_name, identity(args, setup, space), args.sampler_seed, args.pruning)
-    retried = retry_killed_trials(study)
-    if retried:
-        sys.stderr.write(f"resuming: {retried} trial(s) killed mid-run are queued again\n")
+    with contextlib.ExitStack() as stack:
+        cluster = None
+        if args.ray:  # connected before the storage is opened: an unreachable cluster leaves nothing behind
+            from .ray_tune import TuneCluster
 
-    executor, cluster = local_executor, None
-    if args.ray:
-        from .ray_backend import RayCluster
+            cluster = stack.enter_context(TuneCluster(args.ray))
+        storage = open_storage(url)
+        os.makedirs(output_dir, exist_ok=True)
+        study = open_study(storage, args.study_name, identity(args, setup, space), args.sampler_seed, args.pruning)
+        retried = retry_killed_trials(study)
+        if retried:
+            sys.stderr.write(f"resuming: {retried} trial(s) killed mid-run are queued again\n")
 
-        cluster = RayCluster(args.ray, output_dir)
-        executor = cluster.execute
+        def write_table():
+            write_text_atomic(os.path.join(output_dir, TRIALS_FILE), trials_table(study, space))
 
-    def one_trial(number, params, report):
-        try:
-            return run_trial(setup, number, params, executor, report)
-        finally:
-            with loop.lock:  # the study is shared by --ray's trial threads
-                write_text_atomic(os.path.join(output_dir, TRIALS_FILE), trials_table(study, space))
-
-    loop = TrialLoop(study, space, args.n_trials, one_trial)
-    if cluster is None:
-        loop.work()
-    else:
-        with cluster:
-            cluster.run_workers(loop.work, args.parallel)
+        if cluster is not None:
+            cluster.run(setup, study, storage, space, args.n_trials, args.parallel, write_table)
+        else:
+            run_locally(setup, study, space, args.n_trials, write_table)
     record = write_outputs(study, space, args, url)
     sys.stdout.write(summary_text(record, output_dir))
     return record
+
+
+def run_locally(setup: TrialSetup, study, space: Space, n_trials: int, write_table) -> None:
+    """The trials one after another in this process (train.py in subprocesses); trials.tsv after each."""
+    def one_trial(number, params, report):
+        try:
+            return run_trial(setup, number, params, local_executor, report)
+        finally:
+            write_table()
+
+    TrialLoop(study, space, n_trials, one_trial).work()

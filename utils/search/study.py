@@ -8,8 +8,9 @@
 * Each trial records the process that runs it (`worker`: host:pid). A trial left RUNNING by a process that no
   longer exists on this host was killed: it is marked FAIL and its parameters are queued again, so the
   search goes on where it stopped (trials of live workers, or of other hosts, are left alone).
-* Trials are asked for and told (`ask`/`tell`) rather than run by `study.optimize`: the same loop drives
-  local trials and Ray tasks; a trial's configuration that train.py refuses is told PRUNED with the reason.
+* Trials are asked for and told (`ask`/`tell`) rather than run by `study.optimize`: `TrialLoop` drives a
+  local search; with --ray, Ray Tune's OptunaSearch asks and `utils.search.ray_tune` tells, through the same
+  `finished_twin`/`twin_outcome`/`tell`. A configuration train.py refuses is told PRUNED with the reason.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import logging
 import os
 import socket
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import UserError
 from ..files import probe_writable
@@ -153,9 +154,33 @@ def suggest(trial, space: Space) -> Dict[str, Any]:
     return params
 
 
+def finished_twin(study, number: int, params: Dict[str, Any]):
+    """A finished trial (not `number`) that ran exactly `params`, or None."""
+    return next((t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED
+                 and t.number != number and t.params == params), None)
+
+
+def twin_outcome(same) -> Tuple[Any, Optional[float], Dict[str, Any]]:
+    """What a trial repeating the finished trial `same` is told: its state, value and record, noted."""
+    attrs = {key: value for key, value in same.user_attrs.items() if key not in (WORKER_ATTR, "retry_of")}
+    attrs["note"] = f"the configuration of trial {same.number}: not run again" + (
+        f" ({same.user_attrs['note']})" if same.user_attrs.get("note") else "")
+    return same.state, same.value if same.state.name == "COMPLETE" else None, attrs
+
+
+def tell(study, trial, state, value: Optional[float], attrs: Dict[str, Any]) -> None:
+    """The trial's record as user attributes, then its state and value; one line on stderr."""
+    for key, item in attrs.items():
+        trial.set_user_attr(key, item)
+    study.tell(trial, value, state=state)
+    sys_write(f"[trial {trial.number}] {state.name.lower()}" + (
+        f": mean - std {value:.4f} (mean {attrs['mean']:.4f}, std {attrs.get('std') or 0:.4f}, n "
+        f"{attrs['n']})" if value is not None else f": {attrs.get('note', 'pruned after run 1')}") + "\n")
+
+
 class TrialLoop:
     """Asks for trials until the study has `n_trials` finished ones, runs each with `run(number, params,
-    report)` (a record, or raises) and tells the study. Thread-safe: with Ray several threads share one loop."""
+    report)` (a record, or raises) and tells the study: the local search. Thread-safe (a lock around the study)."""
 
     def __init__(self, study, space: Space, n_trials: int, run: Callable):
         self.study, self.space, self.n_trials, self.run = study, space, n_trials, run
@@ -184,14 +209,14 @@ class TrialLoop:
             if self.repeat(trial, params):
                 continue
             try:
-                record = self.run(trial.number, params, lambda value, step: self._report(trial, value, step))
+                record = self.run(trial.number, params, lambda value, step, *_: self._report(trial, value, step))
             except InvalidConfiguration as exc:
                 self._tell(trial, optuna.trial.TrialState.PRUNED, None, {"note": f"not run: {exc}"})
                 continue
             except UserError as exc:
                 self._tell(trial, optuna.trial.TrialState.FAIL, None, {"note": str(exc)[:2000]})
                 with self.lock:
-                    completed = any(t.state.name == "COMPLETE" for t in self.study.get_trials(deepcopy=False))
+                    completed = any_completed(self.study)
                 if not completed:
                     raise  # no trial ever completed: the same error would end every trial
                 continue
@@ -206,14 +231,10 @@ class TrialLoop:
         """A configuration a finished trial already ran is not run again (a run is deterministic: same flags,
         same seed, same metric): the trial is told that trial's outcome, its note says which."""
         with self.lock:
-            same = next((t for t in self.study.get_trials(deepcopy=False) if t.state.name in FINISHED
-                         and t.number != trial.number and t.params == params), None)
+            same = finished_twin(self.study, trial.number, params)
         if same is None:
             return False
-        attrs = {key: value for key, value in same.user_attrs.items() if key not in (WORKER_ATTR, "retry_of")}
-        attrs["note"] = f"the configuration of trial {same.number}: not run again" + (
-            f" ({same.user_attrs['note']})" if same.user_attrs.get("note") else "")
-        self._tell(trial, same.state, same.value if same.state.name == "COMPLETE" else None, attrs)
+        self._tell(trial, *twin_outcome(same))
         return True
 
     def _report(self, trial, value: float, step: int) -> bool:
@@ -223,13 +244,12 @@ class TrialLoop:
 
     def _tell(self, trial, state, value, attrs: Dict[str, Any]) -> None:
         with self.lock:
-            for key, item in attrs.items():
-                trial.set_user_attr(key, item)
-            self.study.tell(trial, value, state=state)
+            tell(self.study, trial, state, value, attrs)
             self.in_flight -= 1
-            sys_write(f"[trial {trial.number}] {state.name.lower()}" + (
-                f": mean - std {value:.4f} (mean {attrs['mean']:.4f}, std {attrs.get('std') or 0:.4f}, n "
-                f"{attrs['n']})" if value is not None else f": {attrs.get('note', 'pruned after run 1')}") + "\n")
+
+
+def any_completed(study) -> bool:
+    return any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
 
 
 def sys_write(text: str) -> None:
