@@ -215,10 +215,6 @@ class ServeArguments(RuntimeArguments):
                 raise UserError(f"{module} is not installed (pip install 'uvicorn[standard]')", f"--{flag}")
 
     def _check_ray(self) -> None:
-        for flag in ("model", "api_key_file", "admin_key_file", "watch_interval_s", "allow_label_change"):
-            if getattr(self, flag):
-                raise UserError("is not available with --ray yet: run serve.py without --ray (one process), or one "
-                                "serve.py --ray per model", f"--{flag}")
         for flag in ("loop", "http"):
             if getattr(self, flag) != "auto":
                 raise UserError("is for serve.py's own uvicorn; with --ray, Ray Serve's HTTP proxies serve",
