@@ -190,6 +190,11 @@ class Rollout:
             self.announcements[name] = {**announcement, "previous_version": old["model_version"], "at": time.time()}
         self.generation += 1
         problem = self.start_and_wait()
+        if problem is not None and self.closing:  # the application is being deleted: nothing to restore
+            self.models, self.config, self.announcements, self.generation = previous
+            self.failed(name, path, "abandoned", problem, old["model_version"], "")
+            return refused(503, "service", f"the service is shutting down: the new export for {name!r} was not "
+                                           "put in service")
         if problem is not None:  # back to the exports that served (another rollout of them)
             self.models, self.config, self.announcements, _ = previous
             self.generation += 1
@@ -209,6 +214,8 @@ class Rollout:
         """Deploy the current state and wait until its replicas serve and no older one is routed to:
         None, or why not (new replicas failing, the time limit, shutdown)."""
         generation, deadline = self.generation, time.monotonic() + self.timeout
+        if self.closing:
+            return "the service is shutting down"
         try:
             self.deploy(self.shipped(), self.config)
         except Exception as exc:  # noqa: BLE001 (reported to the caller)
