@@ -3,13 +3,15 @@
     python serve.py --model_path_prefix checkpoints/export --ray auto --replicas 4 --port 8000
     python serve.py ... --ray HEAD:6379 --autoscaling_config '{"min_replicas": 1, "max_replicas": 8}'
 
-Every replica is a `Classifier` in a `Service` (same endpoints, micro-batching, limits and
-errors as one serve.py), loaded once from the export files this process put in Ray's object
-store: the nodes need the Python environment, not the export or this code (a runtime_env
-py_module), as with `infer.py --ray`. Ray Serve's proxies route HTTP to the replicas. This
+Every replica is a `Service` holding every model (`--model NAME=DIR`, repeatable, or one
+`--model_path_prefix`: same endpoints, API keys, micro-batching, limits and errors as one
+serve.py), each loaded once from the export files this process put in Ray's object store: the
+nodes need the Python environment, not the export or this code (a runtime_env py_module), as
+with `infer.py --ray`. Ray Serve's proxies route HTTP to the replicas. This
 process stays in the foreground like `serve run`: it owns the shipped files (a replica restarted
 by Ray reloads them) and on SIGTERM or Ctrl-C deletes the application, which drains every
-replica (our lifespan: in-flight and queued requests finish), then exits 0.
+replica (our lifespan: in-flight and queued requests finish), then exits 0. Swaps (the admin
+routes, `--watch_interval_s`) are rollouts of the application by Ray Serve: ray_rollout.py.
 
 Needs the optional extra: `pip install -r requirements-ray.txt` (Ray Serve).
 """
@@ -386,8 +388,9 @@ def checked_locally(config: ServiceConfig) -> ServiceConfig:
 
 
 def start_rollout_actor(ray, config: ServiceConfig, options: RayServeOptions, device: str):
-    """The `Rollout` actor on this node (it reads export paths as this process does), holding every
-    model's files in the object store (the actor owns them: it lives as long as this process)."""
+    """The `Rollout` actor on this node (it reads export paths as this process does), given every
+    model's files in the object store (this process owns them, the actor those of later rollouts:
+    both live until the application is deleted)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from .ray_rollout import Rollout
