@@ -54,9 +54,7 @@ def main(argv):
         from utils.serving.app import Service
 
         service = Service(config)  # the key files are read (and refused) here, before any model loads
-        if not args.api_key_file and args.host not in LOOPBACK:
-            print(f"warning: serving on {args.host} without --api_key_file: anyone who can reach this port can use "
-                  "the models (docs/how-to/serve-production.md)", file=sys.stderr)
+        warn_without_keys(args)
         # Loaded and checked before the port listens, exactly as infer.py loads them: an export or flag
         # it refuses is the same one-paragraph error here, and exit 2, never a service answering 503.
         for name, export_dir in config.exports.items():
@@ -66,6 +64,12 @@ def main(argv):
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def warn_without_keys(args) -> None:
+    if not args.api_key_file and args.host not in LOOPBACK:
+        print(f"warning: serving on {args.host} without --api_key_file: anyone who can reach this port can use "
+              "the models (docs/how-to/serve-production.md)", file=sys.stderr)
 
 
 def service_config(args):
@@ -128,14 +132,17 @@ def serve_on_ray(args, config) -> int:
 
     autoscaling = parse_autoscaling(args.autoscaling_config) if args.autoscaling_config is not None else None
     options = RayServeOptions(args.ray, args.replica_count, autoscaling, args.route_prefix, args.max_ongoing_requests)
+    warn_without_keys(args)
 
     def ready(served):
         if urlsplit(served["url"]).port != args.port:
             print(f"note: Ray Serve was already running on this cluster: its proxies keep the address they started "
                   f"with, not --host {args.host} --port {args.port} (`serve shutdown` to change it)", file=sys.stderr)
-        print(f"serving {config.model_path_prefix} as {args.name!r} on {served['url']} with Ray Serve "
-              f"({served['replicas']} replica(s), cluster {served['address']}; docs: /docs; ready: /ready); "
-              "SIGTERM or Ctrl-C deletes the application", file=sys.stderr)
+        for name, export_dir in config.exports.items():
+            print(f"serving {os.path.abspath(export_dir)} as {name!r} on {served['url']}", file=sys.stderr)
+        print(f"with Ray Serve ({served['replicas']} replica(s) of application {served['application']!r}, cluster "
+              f"{served['address']}; docs: /docs; ready: /ready); SIGTERM or Ctrl-C deletes the application",
+              file=sys.stderr)
         print(json.dumps(served), flush=True)
 
     deploy(config, options, args.host, args.port, on_ready=ready)

@@ -14,7 +14,9 @@ benchmarks/work/swap/exports. Each part runs serve.py in its own process (benchm
 * swaps under load: `--clients` clients on /models/cls_default for `--duration` seconds without
   swaps (steady state, before and after), then from 2 s before to 1 s after the script swaps the
   model `--swaps` times back to back (POST /admin/models/cls_default: A, B, A, ...): failed requests, the versions the
-  answers name (every one must be A's or B's), p99 during the swaps against steady state.
+  answers name (every one must be A's or B's), p99 during the swaps against steady state;
+* `--only ray_swaps` (not by default: a Ray cluster): the same with serve.py --ray on a local
+  cluster of 2 one-CPU nodes, one replica: each swap a Ray Serve rollout.
 
 Writes benchmarks/results_swap.json and prints the table for BENCHMARKS.md.
 """
@@ -132,35 +134,74 @@ def swaps_under_load(paths: Dict[str, str], threads: int, texts: str, clients: i
         fp.write(ADMIN_KEY + "\n")
     with Models({"cls_default": paths["a"]}, threads, ["--admin_key_file", keys],
                 os.path.join(work, "swaps.log")) as server:
-        url, admin = server.url + "/models/cls_default", server.url + "/admin/models/cls_default"
-        versions = {"a": call(server.url + "/labels")["model_version"]}
-        before = finish(load(url, texts, clients, duration))
-        log(f"steady (before): p99 {before['latency_ms']['p99']} ms, {before['texts_per_s']} texts/s")
-        stop = os.path.join(work, "stop-load")
-        if os.path.exists(stop):
-            os.remove(stop)
-        running = load(url, texts, clients, 3600, stop)  # until the swaps are done
-        time.sleep(2)  # the clients are at full speed
-        started, outcomes = time.monotonic(), []
-        for index in range(swaps):
-            name = "b" if index % 2 == 0 else "a"
-            outcome = call(admin, {"path": paths[name]}, ADMIN_KEY)
-            versions[name] = outcome["model_version"]
-            outcomes.append(outcome["seconds"])
-        swapping = time.monotonic() - started
-        time.sleep(1)  # the requests of the last swap's moment are counted
-        open(stop, "w").close()
-        during = finish(running)
-        log(f"during {swaps} swaps ({swapping:.1f} s): p99 {during['latency_ms']['p99']} ms, errors "
-            f"{during['errors']}, versions {during['versions']}")
-        after = finish(load(url, texts, clients, duration))
-        log(f"steady (after): p99 {after['latency_ms']['p99']} ms")
+        return measure_swaps(server.url, paths, texts, clients, duration, swaps, work)
+
+
+def measure_swaps(base_url: str, paths: Dict[str, str], texts: str, clients: int, duration: float, swaps: int,
+                  work: str) -> dict:
+    """Steady load, then `swaps` swaps A, B, A, ... under the same load, then steady load again."""
+    url, admin = base_url + "/models/cls_default", base_url + "/admin/models/cls_default"
+    versions = {"a": call(base_url + "/labels")["model_version"]}
+    before = finish(load(url, texts, clients, duration))
+    log(f"steady (before): p99 {before['latency_ms']['p99']} ms, {before['texts_per_s']} texts/s")
+    stop = os.path.join(work, "stop-load")
+    if os.path.exists(stop):
+        os.remove(stop)
+    running = load(url, texts, clients, 3600, stop)  # until the swaps are done
+    time.sleep(2)  # the clients are at full speed
+    started, outcomes = time.monotonic(), []
+    for index in range(swaps):
+        name = "b" if index % 2 == 0 else "a"
+        outcome = call(admin, {"path": paths[name]}, ADMIN_KEY)
+        versions[name] = outcome["model_version"]
+        outcomes.append(outcome["seconds"])
+    swapping = time.monotonic() - started
+    time.sleep(1)  # the requests of the last swap's moment are counted
+    open(stop, "w").close()
+    during = finish(running)
+    log(f"during {swaps} swaps ({swapping:.1f} s): p99 {during['latency_ms']['p99']} ms, errors "
+        f"{during['errors']}, versions {during['versions']}")
+    after = finish(load(url, texts, clients, duration))
+    log(f"steady (after): p99 {after['latency_ms']['p99']} ms")
     steady_p99 = statistics.mean([before["latency_ms"]["p99"], after["latency_ms"]["p99"]])
     unknown = {v: n for v, n in during["versions"].items() if v not in versions.values()}
     return {"clients": clients, "swaps": swaps, "swap_seconds": outcomes, "swapping_s": round(swapping, 2),
             "steady_load_s": duration, "before": before, "during": during, "after": after, "versions": versions,
             "answers_of_other_versions": unknown, "failed_requests": during["errors"],
             "p99_ratio": round(during["latency_ms"]["p99"] / steady_p99, 3)}
+
+
+def ray_swaps_under_load(paths: Dict[str, str], texts: str, clients: int, duration: float, swaps: int,
+                         work: str) -> dict:
+    """serve.py --ray on a local cluster of 2 nodes of 1 CPU (one replica of 1 thread; the other
+    node's CPU is the rollout's surge replica), the same measurement: each swap a Ray Serve rollout."""
+    import signal
+    import socket
+
+    from utils.testing.ray_local import LocalRayCluster
+
+    keys = os.path.join(work, "admin_keys.txt")
+    with open(keys, "w", encoding="utf-8") as fp:
+        fp.write(ADMIN_KEY + "\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with LocalRayCluster(["node_a", "node_b"], cpus=1, start_timeout=180) as cluster, \
+            open(os.path.join(work, "ray-swaps.log"), "w") as log_file:
+        proc = subprocess.Popen([PY, "serve.py", "--ray", cluster.address, "--port", str(port), "--model",
+                                 f"cls_default={paths['a']}", "--num_threads", "1", "--device", "cpu",
+                                 "--admin_key_file", keys], cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE,
+                                stderr=log_file, text=True)
+        try:
+            line = proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"serve.py --ray did not start; see {log_file.name}")
+            result = measure_swaps(json.loads(line)["url"], paths, texts, clients, duration, swaps, work)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            result_code = proc.wait(300)
+        log(f"serve.py --ray exited {result_code}")
+    return result
 
 
 def table(results: dict) -> str:
@@ -196,7 +237,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--duration", type=float, default=20.0, help="Seconds of each load run.")
     parser.add_argument("--repeats", type=int, default=3, help="Runs of each idle-neighbour case and of the swaps.")
-    parser.add_argument("--only", choices=("memory", "idle", "swaps"), action="append")
+    parser.add_argument("--only", choices=("memory", "idle", "swaps", "ray_swaps"), action="append",
+                        help="ray_swaps (not run by default): the swaps under load with serve.py --ray.")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results_swap.json"))
     args = parser.parse_args(argv)
     work = os.path.join(WORK, "swap")
@@ -218,6 +260,17 @@ def main(argv=None) -> int:
         results["swaps"] = sorted(runs, key=lambda run: run["p99_ratio"])[len(runs) // 2]
         results["swaps_runs"] = [{key: run[key] for key in ("p99_ratio", "failed_requests", "swapping_s",
                                                             "answers_of_other_versions")} for run in runs]
+    if "ray_swaps" in parts:
+        runs = [ray_swaps_under_load(paths, texts, args.clients, args.duration, args.swaps, work)
+                for _ in range(args.repeats)]
+        results["ray_swaps"] = sorted(runs, key=lambda run: run["p99_ratio"])[len(runs) // 2]
+        results["ray_swaps_runs"] = [{key: run[key] for key in ("p99_ratio", "failed_requests", "swapping_s",
+                                                                "swap_seconds", "answers_of_other_versions")}
+                                     for run in runs]
+        for run in runs:
+            log(f"--ray: {run['failed_requests']} failed of {run['during']['requests']} during {run['swaps']} "
+                f"rollouts ({run['swapping_s']} s), p99 {run['p99_ratio']}x, other versions "
+                f"{run['answers_of_other_versions']}")
     with open(out, "w", encoding="utf-8") as fp:
         json.dump(results, fp, indent=2, ensure_ascii=False)
     if all(key in results for key in ("memory", "idle", "swaps")):

@@ -432,3 +432,146 @@ def test_serve_run_of_an_export_that_cannot_load_never_serves_and_ends_with_its_
     assert "is ready at" not in output
     assert f"ptuning replica error: {os.path.join(broken, 'model.onnx')}: sha256 differs from manifest.json" in output, \
         output[-3000:]
+
+
+# Several models, keys, OIP and swaps under --ray (utils/serving/ray_rollout.py)
+
+USER_KEY, ADMIN_KEY = "ray-user-key-0123456789", "ray-admin-key-0123456789"
+
+
+def key_files(tmp_path):
+    (tmp_path / "keys.txt").write_text(USER_KEY + "\n", encoding="utf-8")
+    (tmp_path / "admin_keys.txt").write_text(ADMIN_KEY + "\n", encoding="utf-8")
+    return ["--api_key_file", str(tmp_path / "keys.txt"), "--admin_key_file", str(tmp_path / "admin_keys.txt")]
+
+
+def rounded(value):
+    """A JSON answer with its floats to 5 decimals (replicas and one process batch alike, not bit for bit)."""
+    if isinstance(value, float):
+        return round(value, 5)
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    return value
+
+
+@pytest.mark.slow
+def test_several_models_under_ray_answer_by_name_as_one_serve_py_does_behind_api_keys(serve_cluster, serve_port,
+                                                                                      trained, tmp_path):
+    """serve.py --ray --model plain=E --model tempered=T with key files: every route answers by model
+    name exactly as serve.py without --ray answers the same requests (the same JSON: labels,
+    confidences, model_version), OIP v2 infer through Triton's client included; without a key 401,
+    the user key on the admin route 401, /health open."""
+    import numpy as np
+    import tritonclient.http as triton
+    from fastapi.testclient import TestClient
+    from tritonclient.utils import InferenceServerException
+
+    from utils import Classifier
+    from utils.serving.app import Service, ServiceConfig
+
+    export, tempered = os.path.join(trained[1], "export"), tempered_export(trained, tmp_path)
+    texts = ["苹果很甜", "今天的足球比赛", "香蕉的消息", "股票"]
+    requests = [("POST", "/models/plain", {"data": {"text": texts}}),
+                ("POST", "/models/tempered", {"data": {"text": texts}, "parameters": {"top_k": 2}}),
+                ("POST", "/predict", {"texts": texts, "model": "tempered"}),
+                ("POST", "/predict", {"texts": texts}),  # 422: which model?
+                ("GET", "/labels?model=tempered", None), ("GET", "/ready", None)]
+    user = {"Authorization": f"Bearer {USER_KEY}"}
+    config = ServiceConfig(models={"plain": export, "tempered": tempered}, device="cpu", num_threads=1)
+    local = Service(config, classifiers={name: Classifier(path, **config.classifier_options())
+                                         for name, path in config.exports.items()})
+    with TestClient(local.asgi()) as client:
+        expected = [(r.status_code, rounded(r.json())) for r in
+                    (client.request(method, path, json=body) for method, path, body in requests)]
+    assert [status for status, _ in expected] == [200, 200, 200, 422, 200, 200]
+
+    server = RayServe(serve_cluster, serve_port, "--model", f"plain={export}", "--model", f"tempered={tempered}",
+                      "--num_threads", "1", "--device", "cpu", *key_files(tmp_path))
+    try:
+        with http() as client:
+            answers = [client.request(method, server.url + path, json=body, headers=user)
+                       for method, path, body in requests]
+            assert [(r.status_code, rounded(r.json())) for r in answers] == expected
+            assert client.get(server.url + "/health").status_code == 200  # open
+            assert client.post(server.url + "/models/plain", json={"data": {"text": texts}}).status_code == 401
+            refused = client.post(server.url + "/admin/models/plain", json={"path": tempered}, headers=user)
+            assert refused.status_code == 401 and "admin key" in refused.json()["error"]["message"]
+
+        triton_client = triton.InferenceServerClient(url=f"127.0.0.1:{serve_port}")
+        assert triton_client.is_server_ready()
+        tensor = triton.InferInput("text", [len(texts)], "BYTES")
+        tensor.set_data_from_numpy(np.array(texts, dtype=object))
+        result = triton_client.infer("tempered", [tensor], headers=dict(user))
+        predictions = expected[2][1]["predictions"]
+        labels = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
+        assert labels == [p["label"] for p in predictions]
+        np.testing.assert_allclose(result.as_numpy("confidence"), [p["confidence"] for p in predictions], atol=1e-5)
+        assert result.get_response()["model_version"] == expected[2][1]["model_version"]
+        with pytest.raises(InferenceServerException, match="API key is missing"):
+            triton_client.infer("tempered", [tensor])
+    finally:
+        assert server.stop() == 0  # (also after a failure: the application is deleted, the next test can deploy)
+
+
+@pytest.mark.slow
+def test_an_admin_swap_under_ray_rolls_out_the_new_version_and_a_damaged_export_never_rolls_out(
+        serve_cluster, serve_port, trained, tmp_path):
+    """--model news=E (a copy of the export), one replica: POST /admin/models/news with the tempered
+    export answers 200 once Ray Serve has rolled the application out (new replica up, the old one
+    drained): its model_version is the new export's and every answer from then on carries it, with
+    the tempered confidences. An export with a flipped byte is refused with 422 (its sha256) before
+    any rollout, and the new version keeps answering. A new export renamed into the served path is
+    found by POST /admin/scan (the watcher's step) and rolled out the same way."""
+    import shutil
+
+    from utils import Classifier
+    from utils.serving.ml_backend import model_version
+
+    export = str(tmp_path / "served")
+    shutil.copytree(os.path.join(trained[1], "export"), export)
+    tempered = tempered_export(trained, tmp_path)
+    old, new = (model_version("news", Classifier(path, device="cpu", num_threads=1).model)
+                for path in (export, tempered))
+    expected = Classifier(tempered, device="cpu", num_threads=1).predict(["苹果很甜"])[0]
+    admin, user = {"Authorization": f"Bearer {ADMIN_KEY}"}, {"Authorization": f"Bearer {USER_KEY}"}
+    server = RayServe(serve_cluster, serve_port, "--model", f"news={export}", "--num_threads", "1", "--device", "cpu",
+                      "--name", "swaps", *key_files(tmp_path))
+
+    def versions(count=4):
+        answers = [client.post(server.url + "/predict", json={"texts": ["苹果很甜"], "model": "news"}, headers=user)
+                   for _ in range(count)]
+        assert {r.status_code for r in answers} == {200}, [r.text for r in answers]
+        return {r.json()["model_version"] for r in answers}, answers[-1].json()["predictions"][0]
+
+    try:
+        with http() as client:
+            assert versions()[0] == {old}
+            swapped = client.post(server.url + "/admin/models/news", json={"path": tempered}, headers=admin)
+            assert swapped.status_code == 200, swapped.text
+            assert swapped.json()["model_version"] == new and swapped.json()["previous_version"] == old
+            seen, prediction = versions()
+            assert seen == {new} and prediction["confidence"] == pytest.approx(expected.confidence, abs=1e-5)
+            status = client.get(server.url + "/models/news", headers=user).json()
+            assert status["model_version"] == new and status["last_swap"]["outcome"] == "swapped"
+
+            broken = str(tmp_path / "broken")
+            shutil.copytree(export, broken)
+            flip_byte(os.path.join(broken, "model.onnx"), mask=0xFF)
+            refused = client.post(server.url + "/admin/models/news", json={"path": broken}, headers=admin)
+            assert refused.status_code == 422, refused.text
+            message = refused.json()["error"]["message"]
+            assert "sha256 differs" in message and f"still serves {new}" in message
+            assert versions()[0] == {new}
+
+            landing = str(tmp_path / "landing")
+            shutil.copytree(export, landing)
+            os.rename(tempered, str(tmp_path / "replaced"))
+            os.rename(landing, tempered)  # as export.py lands an export: one rename
+            scanned = client.post(server.url + "/admin/scan", headers=admin)
+            assert scanned.status_code == 200, scanned.text
+            assert [(s["outcome"], s["model_version"]) for s in scanned.json()["swaps"]] == [("swapped", old)]
+            assert versions()[0] == {old}
+    finally:
+        assert server.stop() == 0

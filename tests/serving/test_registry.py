@@ -316,8 +316,8 @@ def test_sigterm_during_a_swap_abandons_it_and_the_request_in_flight_finishes_on
     (["--model", "a=E", "--model_path_prefix", "E"], "error: --model: give --model_path_prefix (one model) or --model"),
     (["--model", "a=E", "--name", "b"], "error: --name: names the --model_path_prefix model"),
     ([], "error: --model_path_prefix: give the export directory"),
-    (["--model", "a=E", "--ray", "auto"], "error: --model: is not available with --ray yet"),
-    (["--model_path_prefix", "E", "--api_key_file", "k", "--ray", "auto"], "error: --api_key_file: is not available"),
+    (["--model", "a=E", "--ray", "auto", "--loop", "asyncio"], "error: --loop: is for serve.py's own uvicorn"),
+    (["--model_path_prefix", "E", "--api_key_file", "k", "--ray", "auto"], "error: --api_key_file: no such file"),
     (["--model_path_prefix", "E", "--watch_interval_s", "-1"], "error: --watch_interval_s: must be zero (off) or more"),
 ], ids=["no =", "twice", "bad name", "both forms", "--name", "none", "--ray", "keys with --ray", "negative watch"])
 def test_serve_refuses_model_flags_it_cannot_serve(flags, error, trained, capsys):

@@ -143,7 +143,8 @@ class ServeArguments(RuntimeArguments):
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: all)."})
     port: int = field(default=8189, metadata={"help": "0: any free port (the JSON line on stdout says which)."})
     name: str = field(default="cls_default", metadata={
-        "text": True, "help": "The model's name in POST /models/<name>."})
+        "text": True, "help": "The model's name in POST /models/<name> (with --ray: also the Serve application's; "
+                              "with --ray and --model, only that)."})
     instances: int = field(default=1, metadata={
         "help": "Model workers, each running its own batches on the one loaded model (Triton's instance count); on "
                 "CPU each gets --num_threads / instances threads. Default %(default)s: lowest latency for a lone "
@@ -197,7 +198,7 @@ class ServeArguments(RuntimeArguments):
         if self.models and self.model_path_prefix is not None:
             raise UserError("give --model_path_prefix (one model) or --model NAME=EXPORT_DIR (one or more), not both",
                             "--model")
-        if self.models and self.name != "cls_default":
+        if self.models and self.name != "cls_default" and not self.ray:
             raise UserError("names the --model_path_prefix model; --model NAME=EXPORT_DIR names its own", "--name")
         lowest = 1 if self.ray else 0
         if not lowest <= self.port < 65536:
@@ -215,10 +216,6 @@ class ServeArguments(RuntimeArguments):
                 raise UserError(f"{module} is not installed (pip install 'uvicorn[standard]')", f"--{flag}")
 
     def _check_ray(self) -> None:
-        for flag in ("model", "api_key_file", "admin_key_file", "watch_interval_s", "allow_label_change"):
-            if getattr(self, flag):
-                raise UserError("is not available with --ray yet: run serve.py without --ray (one process), or one "
-                                "serve.py --ray per model", f"--{flag}")
         for flag in ("loop", "http"):
             if getattr(self, flag) != "auto":
                 raise UserError("is for serve.py's own uvicorn; with --ray, Ray Serve's HTTP proxies serve",

@@ -295,7 +295,7 @@ class Service:
         """One model: its version, export, labels, whether a new export is loading, the last swap."""
         slot = self.slot(name, "name")
         return {**self.describe(slot), "path": slot.export_path, "loaded_at": slot.loaded_at,
-                "loading": self.registry.loading.get(name), "last_swap": self.registry.last_swap.get(name)}
+                **await self.swap_state(name)}
 
     # Zero-downtime updates (registry.py): needs a key of --admin_key_file (auth.py)
 
@@ -312,12 +312,25 @@ class Service:
         allow = body.get("allow_label_change", False)
         if not isinstance(allow, bool):
             raise RequestError(422, "allow_label_change", f"must be true or false, got {allow!r}")
-        return await self.registry.swap(name, path, allow or self.config.allow_label_change)
+        return await self.swap(name, path, allow or self.config.allow_label_change)
 
     @route("POST", "/admin/scan")
     async def admin_scan(self):
         """Look once for new exports where the models were loaded from (what --watch_interval_s does)."""
-        return {"swaps": await self.registry.scan()}
+        return {"swaps": await self.scan()}
+
+    # How this service swaps a model: in this process (registry.py); a Ray Serve replica rolls the
+    # application out again instead (ray_serve.py, ray_rollout.py)
+
+    async def swap(self, name: str, path: str, allow_label_change: bool) -> dict:
+        return await self.registry.swap(name, path, allow_label_change)
+
+    async def scan(self) -> List[dict]:
+        return await self.registry.scan()
+
+    async def swap_state(self, name: str) -> dict:
+        """`{"loading": the swap in progress, "last_swap": the last one's outcome}` of `name`."""
+        return {"loading": self.registry.loading.get(name), "last_swap": self.registry.last_swap.get(name)}
 
     # The Open Inference Protocol v2 (oip.py)
 

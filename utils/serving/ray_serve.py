@@ -3,18 +3,22 @@
     python serve.py --model_path_prefix checkpoints/export --ray auto --replicas 4 --port 8000
     python serve.py ... --ray HEAD:6379 --autoscaling_config '{"min_replicas": 1, "max_replicas": 8}'
 
-Every replica is a `Classifier` in a `Service` (same endpoints, micro-batching, limits and
-errors as one serve.py), loaded once from the export files this process put in Ray's object
-store: the nodes need the Python environment, not the export or this code (a runtime_env
-py_module), as with `infer.py --ray`. Ray Serve's proxies route HTTP to the replicas. This
+Every replica is a `Service` holding every model (`--model NAME=DIR`, repeatable, or one
+`--model_path_prefix`: same endpoints, API keys, micro-batching, limits and errors as one
+serve.py), each loaded once from the export files this process put in Ray's object store: the
+nodes need the Python environment, not the export or this code (a runtime_env py_module), as
+with `infer.py --ray`. Ray Serve's proxies route HTTP to the replicas. This
 process stays in the foreground like `serve run`: it owns the shipped files (a replica restarted
 by Ray reloads them) and on SIGTERM or Ctrl-C deletes the application, which drains every
-replica (our lifespan: in-flight and queued requests finish), then exits 0.
+replica (our lifespan: in-flight and queued requests finish), then exits 0. Swaps (the admin
+routes, `--watch_interval_s`) are rollouts of the application by Ray Serve: ray_rollout.py.
 
 Needs the optional extra: `pip install -r requirements-ray.txt` (Ray Serve).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import signal
@@ -31,6 +35,7 @@ from .ray_infer import (CONNECT_TIMEOUT, FLAG, START_TIMEOUT, connect, export_fi
                         run_bounded)
 from .app import Service
 from .config import ServiceConfig
+from .requests import RequestError
 
 __all__ = ["RayServeOptions", "build_app", "parse_autoscaling", "serve_on_ray"]
 
@@ -41,6 +46,7 @@ ONGOING_PER_BATCH = 4
 # Starts the message of a replica that could not load the export, so the driver can find it in
 # Serve's status (which holds the replica's traceback).
 REPLICA_ERROR = "ptuning replica error:"
+SURGE_PERCENT = 25  # of the replicas, rounded up: at least one more replica during a rollout
 
 
 class RayServeOptions:
@@ -100,32 +106,86 @@ def parse_autoscaling(text: str) -> dict:
 
 
 class ServiceReplica(Service):
-    """One replica: the export loaded from the shipped files, then the `Service` around it (its
-    routes, batcher, lifespan: what serve.py serves), built by Serve through `__serve_build_asgi_app__`."""
+    """One replica: every model loaded from the shipped files, then the `Service` around them (its
+    routes, batchers, lifespan: what serve.py serves), built by Serve through `__serve_build_asgi_app__`.
+    Its swaps are rollouts of the application (ray_rollout.py), asked of the `Rollout` actor."""
 
     def __init__(self, shipped: dict, config: dict):
         import ray
 
         config = ServiceConfig(**config)
         options = config.classifier_options(device_id=0)  # Ray gives the replica its GPU as device 0
-        if "files" in shipped:  # from serve.py --ray: nested in a dict, as Serve passes init args as they are
-            files = ray.get(shipped["files"])
-            classifier, error = load_shipped(files, config.model_path_prefix, options)
+        classifiers = {name: self.load_model(ray, shipped, name, path, options) for name, path in config.exports.items()}
+        self.rollout, self.generation = shipped.get("rollout"), shipped.get("generation", 0)
+        self.announcements = shipped.get("announcements") or {}
+        context = ray.get_runtime_context()
+        # The replica does not watch: the Rollout actor does, where serve.py --ray runs.
+        super().__init__(replace(config, watch_interval_s=0.0), served_by=f"{context.get_node_id()[:12]}/{os.getpid()}",
+                         classifiers=classifiers)
+        if self.rollout is not None:  # (the rollout waits for every new replica's word)
+            self.rollout.replica_ready.remote(self.generation, self.models_metadata())
+
+    @staticmethod
+    def load_model(ray, shipped: dict, name: str, path: str, options: dict):
+        if "models" in shipped:  # from serve.py --ray: nested in a dict, as Serve passes init args as they are
+            files = ray.get(shipped["models"][name])
+            classifier, error = load_shipped(files, path, options)
             del files
         else:  # from a Serve config file (build_app): the export is on every node, e.g. a volume
             from ..deploy.classifier import Classifier
 
             try:
-                classifier, error = Classifier(config.model_path_prefix, **options), None
+                classifier, error = Classifier(path, **options), None
             except UserError as exc:
                 classifier, error = None, [exc.message, exc.path, exc.line]
         if error is not None:  # fails the replica: serve.run reports it, with this message
             raise RuntimeError(f"{REPLICA_ERROR} {error[1] + ': ' if error[1] else ''}{error[0]}")
-        context = ray.get_runtime_context()
-        super().__init__(config, classifier, served_by=f"{context.get_node_id()[:12]}/{os.getpid()}")
+        return classifier
+
+    def models_metadata(self) -> dict:
+        """What a swap checks a new export against, and the versions this replica serves."""
+        from .ml_backend import model_version
+
+        return {name: {"labels": list(c.labels), "task_type": c.task_type, "pair": c.pair,
+                       "model_version": model_version(name, c.model)} for name, c in self.preloaded.items()}
+
+    def start(self) -> None:
+        super().start()
+        for name, announcement in self.announcements.items():  # a rollout that brought another label set
+            if name in self.registry.slots:
+                self.registry.slots[name].labels_changed = announcement
 
     def __serve_build_asgi_app__(self):
         return self.asgi()
+
+    # Swaps: rollouts of the whole application by the Rollout actor
+
+    async def swap(self, name: str, path: str, allow_label_change: bool) -> dict:
+        self.slot(name, "name")  # an unknown name first
+        return answer(await self.rollout_actor().swap.remote(name, path, allow_label_change))
+
+    async def scan(self):
+        return answer(await self.rollout_actor().scan.remote())
+
+    async def swap_state(self, name: str) -> dict:
+        if self.rollout is None:
+            return {"loading": None, "last_swap": None}
+        return await self.rollout.state.remote(name)
+
+    def rollout_actor(self):
+        if self.rollout is None:
+            raise RequestError(501, "path", "this application was deployed by Serve's own launcher (build_app): "
+                                            "deploy it again with the new export's path (`serve deploy`), which Ray "
+                                            "Serve rolls out replica by replica")
+        return self.rollout
+
+
+def answer(result):
+    """A `Rollout` answer: the result, or its refusal as the route's error."""
+    if isinstance(result, dict) and "error" in result:
+        error = result["error"]
+        raise RequestError(error["status"], error["field"], error["message"])
+    return result
 
 
 def build_app(args: Dict[str, Any]):
@@ -203,6 +263,9 @@ def deployment_for(serve, config: ServiceConfig, options: RayServeOptions, devic
         # is --max_queue texts): never a queue that grows without limit.
         "max_queued_requests": config.max_queue,
         "graceful_shutdown_timeout_s": 30,
+        # Rollouts (a swap deploys the application again): new replicas start beside the old ones, which
+        # serve until their replacements are ready (one replica's worth of extra CPUs/GPUs meanwhile).
+        "max_surge_percent": SURGE_PERCENT,
     }
     if options.autoscaling is not None:
         settings["autoscaling_config"] = options.autoscaling
@@ -248,9 +311,10 @@ def deploy_error(serve, name: str, exc: BaseException) -> str:
 
 def serve_on_ray(config: ServiceConfig, options: RayServeOptions, host: str, port: int,
                  stop: Optional[threading.Event] = None, on_ready=None) -> dict:
-    """Deploy `config` as the Serve application `config.name` on the cluster at `options.address`,
-    serve until `stop` is set (default: SIGTERM or Ctrl-C), then delete it (draining replicas).
-    Returns what was served: address, url, replicas with their nodes."""
+    """Deploy `config` (every model of it) as the Serve application `config.name` on the cluster at
+    `options.address`, with a `Rollout` actor on this node for its swaps and watcher, serve until
+    `stop` is set (default: SIGTERM or Ctrl-C), then delete it (draining replicas). Returns what
+    was served: address, url, replicas with their nodes."""
     try:
         import ray
     except ImportError:
@@ -260,41 +324,43 @@ def serve_on_ray(config: ServiceConfig, options: RayServeOptions, host: str, por
 
     # Serve's INFO chatter and its warning that a running Serve keeps its HTTP address: serve.py says it.
     logging.getLogger("ray.serve").setLevel(logging.ERROR)
-    export_dir = resolve_export_dir(config.model_path_prefix)
-    manifest = read_manifest(export_dir)  # a broken export is reported before any cluster is involved
-    config = replace(config, model_path_prefix=export_dir)
+    config = checked_locally(config)  # a broken export or key file is reported before any cluster is involved
     package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # all of utils/, not serving/
     address = connect(ray, options.address, options.connect_timeout, runtime_env={"py_modules": [package_dir]})
-    deployed = False
+    deployed, rollout = False, None
     try:
         device = plan_device(ray, config.device)
         config = replace(config, device=device)
-        files = export_files(export_dir, manifest, pick_model_file(manifest, export_dir, device, config.use_fp16,
-                                                                   config.use_int8))
         status = existing_app(serve, config.name)
         if status is not None:
             raise UserError(f"the cluster already serves an application {config.name!r} ({status}); give another "
                             f"--name, or stop the serve.py that deployed it (if it was killed: `serve delete "
                             f"{config.name}` with RAY_ADDRESS set to this cluster)", "--name")
         bounded(lambda: serve.start(http_options={"host": host, "port": port}), options.connect_timeout,
-                    "starting Ray Serve")
-        shipped = {"files": ray.put(files)}
-        del files
-        app = deployment_for(serve, config, options, device).bind(shipped, asdict(config))
+                "starting Ray Serve")
+        rollout = start_rollout_actor(ray, config, options, device)
+        shipped = ray.get(rollout.shipped.remote())
         try:
             deployed = True
-            bounded(lambda: serve.run(app, name=config.name, route_prefix=options.route_prefix),
-                        options.start_timeout, f"deploying {config.name!r}")
+            bounded(lambda: serve.run(application(config, options, device, shipped), name=config.name,
+                                      route_prefix=options.route_prefix), options.start_timeout,
+                    f"deploying {config.name!r}")
         except UserError:
             raise
         except Exception as exc:
             raise UserError(f"the replicas could not start: {deploy_error(serve, config.name, exc)}", FLAG) from None
+        del shipped
+        if config.watch_interval_s:
+            rollout.watch.remote(config.watch_interval_s)
         served = describe(serve, config.name, address, options.route_prefix)
         if on_ready is not None:
             on_ready(served)
         wait(stop)
         return served
     finally:
+        if rollout is not None:
+            with contextlib.suppress(Exception):
+                ray.get(rollout.close.remote(), timeout=10)
         if deployed:
             try:
                 serve.delete(config.name)  # drains: each replica's lifespan finishes its requests
@@ -302,6 +368,71 @@ def serve_on_ray(config: ServiceConfig, options: RayServeOptions, host: str, por
                 print(f"warning: could not delete {config.name!r} from the cluster: {first_line(exc)}",
                       file=sys.stderr)
         ray.shutdown()
+
+
+def checked_locally(config: ServiceConfig) -> ServiceConfig:
+    """Every export's manifest read and its path, like the key files', made absolute: the replicas
+    and the Rollout actor see the driver's paths (key files: the same path on every node)."""
+    from .auth import KeyFile
+
+    exports = {name: os.path.abspath(resolve_export_dir(path)) for name, path in config.exports.items()}
+    for path in exports.values():
+        read_manifest(path)
+    for flag in ("api_key_file", "admin_key_file"):
+        if getattr(config, flag):
+            KeyFile(getattr(config, flag), f"--{flag}")  # missing, unreadable or empty: exit 2 now
+            config = replace(config, **{flag: os.path.abspath(getattr(config, flag))})
+    if config.models:
+        return replace(config, models=exports)
+    return replace(config, model_path_prefix=exports[config.name])
+
+
+def start_rollout_actor(ray, config: ServiceConfig, options: RayServeOptions, device: str):
+    """The `Rollout` actor on this node (it reads export paths as this process does), given every
+    model's files in the object store (this process owns them, the actor those of later rollouts:
+    both live until the application is deleted)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .ray_rollout import Rollout
+    from .registry import export_identity
+
+    models = {}
+    for name, path in config.exports.items():
+        manifest = read_manifest(path)
+        identity = export_identity(path)
+        files = export_files(path, manifest, pick_model_file(manifest, path, device, config.use_fp16,
+                                                             config.use_int8))
+        models[name] = {"path": path, "ref": ray.put(files), "identity": identity}
+        del files
+    actor = ray.remote(Rollout).options(
+        num_cpus=0, max_concurrency=8, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False))
+    return actor.remote(config, models, device, os.getcwd(), functools.partial(redeploy, options=options),
+                        functools.partial(application_status, name=config.name), options.start_timeout)
+
+
+def application(config: ServiceConfig, options: RayServeOptions, device: str, shipped: dict):
+    """The Serve application: the deployment, bound to the shipped models and the service's settings."""
+    serve = import_serve()
+    return deployment_for(serve, config, options, device).bind(shipped, asdict(config))
+
+
+def redeploy(shipped: dict, config: ServiceConfig, options: RayServeOptions) -> None:
+    """Deploy the application again with these models (the Rollout actor's step 2): returns once Serve
+    has the new target; Ray Serve rolls the replicas out meanwhile."""
+    from ray.serve.api import _run
+
+    _run(application(config, options, config.device, shipped), name=config.name, route_prefix=options.route_prefix,
+         _blocking=False)
+
+
+def application_status(name: str):
+    """The Serve status of the application `name` (None when Serve cannot say)."""
+    serve = import_serve()
+    try:
+        return serve.status().applications.get(name)
+    except Exception:  # noqa: BLE001 (asked again)
+        return None
 
 
 def describe(serve, name: str, address: str, route_prefix: str) -> dict:
