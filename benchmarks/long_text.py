@@ -2,12 +2,17 @@
 
     python benchmarks/long_text.py quality [--work benchmarks/work/long_text] [--steps 600]
     python benchmarks/long_text.py cost    [--work benchmarks/work/long_text]
+    python benchmarks/long_text.py training [--seeds 42 43 44] [--only 128]
 
 quality: train.py (train, eval, predict, export) per dataset and mode with the tiny random ERNIE
 (2 layers, hidden 64) on the real 40k ERNIE 3.0 vocab, --max_seq_length 128:
   * the hidden-keyword task (utils/testing/synthetic.py write_long_keyword_dataset: the keyword after
     the first 128 tokens, so truncation cannot see it),
   * FewCLUE csldcp (long abstracts, 67 labels) and CAIL2019 divorce (multi-label) from ../shared.
+training: --long_text window trained per window (`--window_training window`) against per document
+(`document`: the loss on each document's aggregated probabilities, end to end), same steps, same
+seed, on the hidden-keyword task at --max_seq_length 128 (600 steps, 300 test documents) and on the
+test suite's 40-token copy (tests/conftest.py long_keyword_run: keyword after 32 tokens, 800 steps).
 cost: texts/s and peak memory (a fresh process per case) of the synthetic task's window export
 against its truncate export, on documents of 1, 4 and 16 windows.
 Writes benchmarks/results_long_text.json and prints Markdown tables.
@@ -38,10 +43,15 @@ DATASETS = {  # name: (folder or None for the synthetic task, prompt, extra flag
 
 
 def save(key, value):
-    results = read(RESULTS) if os.path.isfile(RESULTS) else {}
-    results[key] = value
-    with open(RESULTS, "w", encoding="utf-8") as fp:
-        json.dump(results, fp, ensure_ascii=False, indent=1)
+    """Set `results[key]` (a function: `value(old)` is the new value); several benchmark processes may share the file."""
+    import fcntl
+
+    with open(RESULTS + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = read(RESULTS) if os.path.isfile(RESULTS) else {}
+        results[key] = value(results.get(key)) if callable(value) else value
+        with open(RESULTS, "w", encoding="utf-8") as fp:
+            json.dump(results, fp, ensure_ascii=False, indent=1)
 
 
 def tiny_model(work):
@@ -98,6 +108,45 @@ def quality(args):
             print(f"| {name} | {by_mode[MODES[0]]['metric']} | " + " | ".join(cells) + " |")
 
 
+TRAINING_TASKS = {  # name: (synthetic data arguments, --max_seq_length, steps, eval steps, eval batch)
+    "hidden keyword, 128 tokens": ({"hidden": 128, "tail": 40, "dev_per_class": 16, "test_per_class": 100}, 128, 600,
+                                   150, 64),
+    "hidden keyword, 40 tokens (the suite's)": ({"hidden": 32, "tail": 12, "test_per_class": 100}, 40, 800, 80, 32),
+}
+
+
+def training(args):
+    """window vs document training of --long_text window, per task and seed (rows keyed by all three)."""
+    from utils.testing.synthetic import PROMPT, write_long_keyword_dataset
+
+    model = tiny_model(args.work)
+    for name, (data, length, steps, eval_steps, eval_batch) in TRAINING_TASKS.items():
+        if args.only and args.only not in name:
+            continue
+        data_dir = write_long_keyword_dataset(os.path.join(args.work, f"keyword-{length}"), **data)
+        for seed in args.seeds:
+            for mode in ("window", "document"):
+                out = os.path.join(args.work, f"training-{length}-{mode}-{seed}")
+                seconds = run([PY, "train.py", "--model_name_or_path", model, "--data_dir", data_dir, "--output_dir",
+                               out, "--overwrite_output_dir", "--prompt", PROMPT, "--long_text", "window",
+                               "--window_training", mode, "--max_seq_length", str(length), "--learning_rate", "1e-3",
+                               "--ppt_learning_rate", "3e-3", "--max_steps", str(steps), "--eval_steps",
+                               str(eval_steps), "--logging_steps", "50", "--save_total_limit", "1",
+                               "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", str(eval_batch),
+                               "--do_train", "--do_eval", "--do_predict", "--device", "cpu", "--seed", str(seed)],
+                              out + ".log")
+                test, state = read(os.path.join(out, "test_results.json")), read(os.path.join(out, "trainer_state.json"))
+                row = {"task": name, "training": mode, "seed": seed, "steps": steps, "max_seq_length": length,
+                       "test_accuracy": test["test_accuracy"], "texts": test.get("test_samples"),
+                       "windows_read": test.get("test_windows_read"),
+                       "best_checkpoint": os.path.basename(state.get("best_model_checkpoint") or ""),
+                       "train_eval_predict_seconds": round(seconds)}
+                print(json.dumps(row, ensure_ascii=False), flush=True)
+                save("training", lambda old, row=row: {"rows": [r for r in (old or {}).get("rows", []) if (
+                    r["task"], r["training"], r["seed"]) != (name, mode, seed)] + [row],
+                    "date": time.strftime("%Y-%m-%d")})
+
+
 COST_CASE = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
@@ -148,16 +197,17 @@ def cost(args):
 def main() -> int:
     global RESULTS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("quality", "cost"))
+    parser.add_argument("part", choices=("quality", "cost", "training"))
     parser.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "work", "long_text"))
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--texts", type=int, default=128)
     parser.add_argument("--output", default=RESULTS, help="the results JSON (default benchmarks/results_long_text.json)")
-    parser.add_argument("--only", help="run only the datasets whose name contains this (keep the others' rows)")
+    parser.add_argument("--only", help="run only the datasets (tasks) whose name contains this (keep the others' rows)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="training: the seeds (default 42)")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     RESULTS = args.output
-    (quality if args.part == "quality" else cost)(args)
+    {"quality": quality, "cost": cost, "training": training}[args.part](args)
     return 0
 
 
