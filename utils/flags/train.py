@@ -356,9 +356,9 @@ def check_window_training(model_args: ModelArguments, training_args) -> None:
         raise UserError("shapes the training examples; without --do_train nothing is trained: add --do_train or "
                         "drop the flag", "--window_training")
     if getattr(training_args, "use_rgl", False):
-        raise UserError("document: RGL's loss compares the representations of two examples with their labels, and "
-                        "a document's windows have one representation each: drop --use_rgl (--use_rdrop works) or "
-                        "use --window_training window", "--use_rgl")
+        raise UserError("compares two examples' representations given their labels; under --window_training document "
+                        "an example is a document, whose windows have one representation each: drop --use_rgl "
+                        "(--use_rdrop works) or use --window_training window", "--use_rgl")
     if model_args.manual_loss == ManualLoss.MLM and model_args.verbalizer == VerbalizerKind.MANUAL:
         raise UserError("mlm is the label word's loss at one input's masks; a document's loss is the cross-entropy "
                         "of its windows' aggregated label probabilities: use --manual_loss ce or --window_training "
