@@ -162,6 +162,29 @@ def training(args):
             save("training", lambda old, row=row, key=key: {"rows": [r for r in (old or {}).get("rows", []) if (
                 r["task"], r["training"], r.get("aggregation", "mean"), r["seed"]) != key] + [row],
                 "date": time.strftime("%Y-%m-%d")})
+    print(training_table(read(RESULTS)["training"]["rows"]))
+
+
+def training_table(rows) -> str:
+    """The Markdown table of the training rows: test accuracy per task and seed, a column per training
+    mode and aggregation, and the mean over the seeds every column has."""
+    columns = sorted({(r["training"], r.get("aggregation", "mean")) for r in rows},
+                     key=lambda c: (c[0] != "window", c[1] != "mean", c))
+    lines = ["| task | seed | " + " | ".join(f"{t} ({a})" for t, a in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        cells = {(r["training"], r.get("aggregation", "mean"), r["seed"]): r["test_accuracy"] for r in rows
+                 if r["task"] == task}
+        seeds = sorted({seed for _, _, seed in cells})
+        for seed in seeds:
+            values = [cells.get((*c, seed)) for c in columns]
+            lines.append(f"| {task} | {seed} | " + " | ".join("" if v is None else f"{100 * v:.2f}" for v in values)
+                         + " |")
+        means = [[cells[(*c, seed)] for seed in seeds if (*c, seed) in cells] for c in columns]
+        if len(seeds) > 1:
+            lines.append(f"| {task} | mean of {len(seeds)} | " + " | ".join(
+                f"**{100 * sum(v) / len(v):.2f}**" if len(v) == len(seeds) else "" for v in means) + " |")
+    return "\n".join(lines)
 
 
 COST_CASE = """
