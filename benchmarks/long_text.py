@@ -45,7 +45,8 @@ DATASETS = {  # name: (folder or None for the synthetic task, prompt, extra flag
 
 
 def save(key, value):
-    """Set `results[key]` (a function: `value(old)` is the new value); several benchmark processes may share the file."""
+    """Set `results[key]` (to `value(old)` when `value` is a function); several benchmark processes may share
+    the file, so the read and the write hold a lock."""
     import fcntl
 
     with open(RESULTS + ".lock", "w") as lock:

@@ -82,7 +82,8 @@ class ModelArguments(ExportArguments):
     window_training: Optional[WindowTraining] = field(default=None, metadata={
         "help": "--long_text window: what a training example is: window (default: each window, carrying its "
                 "document's label(s)) or document (a batch of whole documents, the loss taken on each document's "
-                "aggregated probabilities, trained end to end). Training only: inference reads documents the same way."})
+                "aggregated probabilities, trained end to end). Training only: inference reads documents the "
+                "same way."})
 
     def __post_init__(self):
         from ..task.calibration import check_reject_options

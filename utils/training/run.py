@@ -236,8 +236,9 @@ def prepare(run: Run):
         criterion=criterion_for(model, spec.head_options, spec.soft_targets),
         train_dataset=MapDataset(train) if training_args.do_train else None,
         eval_dataset=MapDataset(dev) if dev else None,
-        data_collator=collator, callbacks=callbacks, compute_metrics=metrics_fn(len(dataset.labels.labels), spec.decoder,
-                                                         *threshold_search(model_args)), spec=spec, windows=windows)
+        data_collator=collator, callbacks=callbacks,
+        compute_metrics=metrics_fn(len(dataset.labels.labels), spec.decoder, *threshold_search(model_args)),
+        spec=spec, windows=windows)
     trainer.pop_callback(ProgressCallback)
     trainer.add_callback(Progress())
     return trainer
