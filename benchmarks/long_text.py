@@ -2,12 +2,18 @@
 
     python benchmarks/long_text.py quality [--work benchmarks/work/long_text] [--steps 600]
     python benchmarks/long_text.py cost    [--work benchmarks/work/long_text]
+    python benchmarks/long_text.py training [--seeds 42 43 44] [--only 128]
 
 quality: train.py (train, eval, predict, export) per dataset and mode with the tiny random ERNIE
 (2 layers, hidden 64) on the real 40k ERNIE 3.0 vocab, --max_seq_length 128:
   * the hidden-keyword task (utils/testing/synthetic.py write_long_keyword_dataset: the keyword after
     the first 128 tokens, so truncation cannot see it),
   * FewCLUE csldcp (long abstracts, 67 labels) and CAIL2019 divorce (multi-label) from ../shared.
+training: --long_text window trained per window (`--window_training window`) against per document
+(`document`: the loss on each document's aggregated probabilities, end to end), same steps, same
+seed, on the hidden-keyword task at --max_seq_length 128 (600 steps, 300 test documents) and on the
+test suite's 40-token copy (tests/conftest.py long_keyword_run and its tiny model: keyword after 32
+tokens, 800 steps).
 cost: texts/s and peak memory (a fresh process per case) of the synthetic task's window export
 against its truncate export, on documents of 1, 4 and 16 windows.
 Writes benchmarks/results_long_text.json and prints Markdown tables.
@@ -15,6 +21,7 @@ Writes benchmarks/results_long_text.json and prints Markdown tables.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -38,10 +45,16 @@ DATASETS = {  # name: (folder or None for the synthetic task, prompt, extra flag
 
 
 def save(key, value):
-    results = read(RESULTS) if os.path.isfile(RESULTS) else {}
-    results[key] = value
-    with open(RESULTS, "w", encoding="utf-8") as fp:
-        json.dump(results, fp, ensure_ascii=False, indent=1)
+    """Set `results[key]` (to `value(old)` when `value` is a function); several benchmark processes may share
+    the file, so the read and the write hold a lock."""
+    import fcntl
+
+    with open(RESULTS + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = read(RESULTS) if os.path.isfile(RESULTS) else {}
+        results[key] = value(results.get(key)) if callable(value) else value
+        with open(RESULTS, "w", encoding="utf-8") as fp:
+            json.dump(results, fp, ensure_ascii=False, indent=1)
 
 
 def tiny_model(work):
@@ -98,6 +111,83 @@ def quality(args):
             print(f"| {name} | {by_mode[MODES[0]]['metric']} | " + " | ".join(cells) + " |")
 
 
+TRAINING_TASKS = {  # name: (synthetic data arguments, --max_seq_length, steps, eval steps, eval batch)
+    "hidden keyword, 128 tokens": ({"hidden": 128, "tail": 40, "dev_per_class": 16, "test_per_class": 100}, 128, 600,
+                                   150, 64),
+    "hidden keyword, 40 tokens (the suite's data and model)": ({"hidden": 32, "tail": 12, "test_per_class": 100}, 40,
+                                                               800, 80, 32),
+}
+
+
+def suite_model(work):
+    """tests/conftest.py's tiny_model_dir: the tiny ERNIE on a vocabulary of the test texts, seed 0."""
+    from utils.testing import synthetic
+    from utils.testing.tiny_ernie import build_ernie, texts_of_data_dirs, vocab_from_texts
+
+    path = os.path.join(work, "tiny-ernie-suite")
+    if not os.path.isdir(path):
+        texts = synthetic.vocab_texts() + texts_of_data_dirs([os.path.join(ROOT, "data", "example")]) + [
+            "这条新闻标题的主题是这条新闻的主题是"]
+        build_ernie(path, vocab_from_texts(texts), seed=0)
+    return path
+
+
+def training(args):
+    """window vs document training of --long_text window, per task, seed and aggregation (the rows' key)."""
+    from utils.testing.synthetic import PROMPT, write_long_keyword_dataset
+
+    for name, (data, length, steps, eval_steps, eval_batch) in TRAINING_TASKS.items():
+        if args.only and args.only not in name:
+            continue
+        model = tiny_model(args.work) if length == 128 else suite_model(args.work)
+        data_dir = write_long_keyword_dataset(os.path.join(args.work, f"keyword-{length}"), **data)
+        for seed, mode, aggregation in itertools.product(args.seeds, args.trainings, args.aggregations):
+            suffix = "" if aggregation == "mean" else f"-{aggregation}"
+            out = os.path.join(args.work, f"training-{length}-{mode}-{seed}{suffix}")
+            seconds = run([PY, "train.py", "--model_name_or_path", model, "--data_dir", data_dir, "--output_dir", out,
+                           "--overwrite_output_dir", "--prompt", PROMPT, "--long_text", "window", "--window_training",
+                           mode, "--window_aggregation", aggregation, "--max_seq_length", str(length),
+                           "--learning_rate", "1e-3", "--ppt_learning_rate", "3e-3", "--max_steps", str(steps),
+                           "--eval_steps", str(eval_steps), "--logging_steps", "50", "--save_total_limit", "1",
+                           "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", str(eval_batch),
+                           "--do_train", "--do_eval", "--do_predict", "--device", "cpu", "--seed", str(seed)],
+                          out + ".log")
+            test, state = read(os.path.join(out, "test_results.json")), read(os.path.join(out, "trainer_state.json"))
+            row = {"task": name, "training": mode, "aggregation": aggregation, "seed": seed, "steps": steps,
+                   "max_seq_length": length, "test_accuracy": test["test_accuracy"], "texts": test.get("test_samples"),
+                   "windows_read": test.get("test_windows_read"),
+                   "best_checkpoint": os.path.basename(state.get("best_model_checkpoint") or ""),
+                   "train_eval_predict_seconds": round(seconds)}
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+            key = (name, mode, aggregation, seed)
+            save("training", lambda old, row=row, key=key: {"rows": [r for r in (old or {}).get("rows", []) if (
+                r["task"], r["training"], r.get("aggregation", "mean"), r["seed"]) != key] + [row],
+                "date": time.strftime("%Y-%m-%d")})
+    print(training_table(read(RESULTS)["training"]["rows"]))
+
+
+def training_table(rows) -> str:
+    """The Markdown table of the training rows: test accuracy per task and seed, a column per training
+    mode and aggregation, and the mean over the seeds every column has."""
+    columns = sorted({(r["training"], r.get("aggregation", "mean")) for r in rows},
+                     key=lambda c: (c[0] != "window", c[1] != "mean", c))
+    lines = ["| task | seed | " + " | ".join(f"{t} ({a})" for t, a in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        cells = {(r["training"], r.get("aggregation", "mean"), r["seed"]): r["test_accuracy"] for r in rows
+                 if r["task"] == task}
+        seeds = sorted({seed for _, _, seed in cells})
+        for seed in seeds:
+            values = [cells.get((*c, seed)) for c in columns]
+            lines.append(f"| {task} | {seed} | " + " | ".join("" if v is None else f"{100 * v:.2f}" for v in values)
+                         + " |")
+        means = [[cells[(*c, seed)] for seed in seeds if (*c, seed) in cells] for c in columns]
+        if len(seeds) > 1:
+            lines.append(f"| {task} | mean of {len(seeds)} | " + " | ".join(
+                f"**{100 * sum(v) / len(v):.2f}**" if len(v) == len(seeds) else "" for v in means) + " |")
+    return "\n".join(lines)
+
+
 COST_CASE = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
@@ -148,16 +238,21 @@ def cost(args):
 def main() -> int:
     global RESULTS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("quality", "cost"))
+    parser.add_argument("part", choices=("quality", "cost", "training"))
     parser.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "work", "long_text"))
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--texts", type=int, default=128)
     parser.add_argument("--output", default=RESULTS, help="the results JSON (default benchmarks/results_long_text.json)")
-    parser.add_argument("--only", help="run only the datasets whose name contains this (keep the others' rows)")
+    parser.add_argument("--only", help="run only the datasets (tasks) whose name contains this (keep the others' rows)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="training: the seeds (default 42)")
+    parser.add_argument("--trainings", nargs="+", default=["window", "document"], choices=("window", "document"),
+                        help="training: the --window_training modes (default both)")
+    parser.add_argument("--aggregations", nargs="+", default=["mean"], choices=("mean", "max", "vote"),
+                        help="training: the --window_aggregation of each model (default mean)")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     RESULTS = args.output
-    (quality if args.part == "quality" else cost)(args)
+    {"quality": quality, "cost": cost, "training": training}[args.part](args)
     return 0
 
 

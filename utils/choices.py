@@ -103,6 +103,13 @@ class WindowAggregation(Choice):
     VOTE = "vote"
 
 
+class WindowTraining(Choice):
+    """What one training example is under --long_text window (utils/training/long_text.py)."""
+
+    WINDOW = "window"      # each window, carrying its document's label(s)
+    DOCUMENT = "document"  # each document: its windows' aggregated logits, trained end to end
+
+
 class TeacherLabels(Choice):
     """What a student learns from the teacher: its probabilities, or its decisions."""
 

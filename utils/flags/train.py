@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 from ..choices import (HierarchicalDecoding, LongTextMode, ManualLoss, Method, SoftEncoder, TaskType, TeacherLabels,
-                       ThresholdSearch, VerbalizerKind, WindowAggregation)
+                       ThresholdSearch, VerbalizerKind, WindowAggregation, WindowTraining)
 from ..errors import UserError, check_text
 from .checks import fraction
 from .export import ExportArguments
@@ -79,6 +79,11 @@ class ModelArguments(ExportArguments):
     max_windows: Optional[int] = field(default=None, metadata={
         "help": "--long_text window: at most this many windows per text (default 16), a cost bound; the rest of a "
                 "longer text is not read (reports count such texts)."})
+    window_training: Optional[WindowTraining] = field(default=None, metadata={
+        "help": "--long_text window: what a training example is: window (default: each window, carrying its "
+                "document's label(s)) or document (a batch of whole documents, the loss taken on each document's "
+                "aggregated probabilities, trained end to end). Training only: inference reads documents the "
+                "same way."})
 
     def __post_init__(self):
         from ..task.calibration import check_reject_options
@@ -175,7 +180,7 @@ class DataArguments:
             self.encoder_hidden_size = DEFAULT_ENCODER_HIDDEN_SIZE
 
 
-WINDOW_FLAGS = ("window_stride", "window_aggregation", "max_windows")
+WINDOW_FLAGS = ("window_stride", "window_aggregation", "max_windows", "window_training")
 
 
 def check_long_text_flags(args) -> None:
@@ -186,6 +191,8 @@ def check_long_text_flags(args) -> None:
         args.long_text = LongTextMode.from_flag(args.long_text, "--long_text")
     if args.window_aggregation is not None:
         args.window_aggregation = WindowAggregation.from_flag(args.window_aggregation, "--window_aggregation")
+    if args.window_training is not None:
+        args.window_training = WindowTraining.from_flag(args.window_training, "--window_training")
     for name in ("window_stride", "max_windows"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -331,6 +338,7 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
                         "--calibrate")
     if getattr(training_args, "do_export", False):
         check_export_dependencies()
+    check_window_training(model_args, training_args)
     if data_args.distilling:
         flag = "--teacher" if data_args.teacher else "--unlabeled_file"
         if not training_args.do_train:
@@ -339,6 +347,23 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
         if training_args.use_rgl and data_args.teacher_labels == TeacherLabels.SOFT:
             raise UserError("RGL's loss asks whether two examples have the same label, which soft labels do not say: "
                             "drop --use_rgl or use --teacher_labels hard", "--use_rgl")
+
+
+def check_window_training(model_args: ModelArguments, training_args) -> None:
+    """--window_training document: a loss per document, on its windows' aggregated probabilities."""
+    if model_args.window_training != WindowTraining.DOCUMENT:
+        return
+    if not training_args.do_train:
+        raise UserError("shapes the training examples; without --do_train nothing is trained: add --do_train or "
+                        "drop the flag", "--window_training")
+    if getattr(training_args, "use_rgl", False):
+        raise UserError("compares two examples' representations given their labels; under --window_training document "
+                        "an example is a document, whose windows have one representation each: drop --use_rgl "
+                        "(--use_rdrop works) or use --window_training window", "--use_rgl")
+    if model_args.manual_loss == ManualLoss.MLM and model_args.verbalizer == VerbalizerKind.MANUAL:
+        raise UserError("mlm is the label word's loss at one input's masks; a document's loss is the cross-entropy "
+                        "of its windows' aggregated label probabilities: use --manual_loss ce or --window_training "
+                        "window", "--manual_loss")
 
 
 EXPORT_MODULES = ("onnx", "paddle2onnx", "onnxruntime")

@@ -29,16 +29,19 @@ from ..dataset.labels import LABEL_FILE
 from .callbacks import Progress, RebaseBestCheckpoint
 from .outputs import export, plot_curves, predict_and_write, write_explanations_of_predictions, write_report
 from .plan import build_model, default_max_steps, output_kinds, plan_model
-from .long_text import TrainingWindows
+from .long_text import DocumentCollator, TrainingWindows
 from .trainer import PTuningTrainer, predict
 from .tuning import calibrate, calibration_metrics, threshold_search, tune_thresholds
 from .visualdl import take_visualdl_from_report_to
 
 from paddlenlp.datasets import MapDataset  # noqa: E402
+from paddlenlp.prompt.prompt_utils import PromptDataCollatorWithPadding  # noqa: E402
 from paddlenlp.trainer import EarlyStoppingCallback, set_seed  # noqa: E402
 from paddlenlp.trainer.trainer_callback import ProgressCallback  # noqa: E402
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_WINDOW_TRAINING = "window"  # --window_training (QUALITY.md section 5: what each measured)
 
 
 def dev_needed_by(model_args, training_args) -> Optional[str]:
@@ -196,6 +199,16 @@ def trainer_arguments(run: Run, num_examples: Optional[int] = None):
     return args, callbacks
 
 
+def document_training(model_args, spec) -> bool:
+    """--window_training document (default: window), for a model that reads windows (its spec: the
+    flags' or the checkpoint's)."""
+    from ..choices import WindowTraining
+    from ..task.windows import WINDOW
+
+    chosen = getattr(model_args, "window_training", None) or DEFAULT_WINDOW_TRAINING
+    return spec.long_text.mode == WINDOW and WindowTraining.parse(chosen) == WindowTraining.DOCUMENT
+
+
 def prepare(run: Run):
     """Build the model and the trainer; return the trainer."""
     model_args, data_args, training_args = run.model_args, run.data_args, run.args
@@ -205,9 +218,13 @@ def prepare(run: Run):
     model, tokenizer, spec = build_model(model_args, training_args, run.dataset, run.model_plan, run.resume)
     dataset = run.dataset
     windows = TrainingWindows.of(spec, tokenizer)  # --long_text: each window an example with its document's labels
-    train, dev = dataset.train, dataset.dev
+    train, dev, collator = dataset.train, dataset.dev, None
     if windows is not None:
-        train = windows.split(train, "train")[0] if training_args.do_train else train
+        if training_args.do_train and document_training(model_args, spec):  # each document an example
+            train = windows.training_documents(train, "train")
+            collator = DocumentCollator(PromptDataCollatorWithPadding(tokenizer, padding=True, return_tensors="pd"))
+        elif training_args.do_train:
+            train = windows.split(train, "train")[0]
         dev, windows.counts, _ = windows.split(dev, "dev") if dev else (dev, None, None)
     training_args, callbacks = trainer_arguments(run, len(train))  # epochs count the examples trained on
     evaluating_in_training = training_args.do_train and str(training_args.evaluation_strategy.value) != "no"
@@ -219,8 +236,9 @@ def prepare(run: Run):
         criterion=criterion_for(model, spec.head_options, spec.soft_targets),
         train_dataset=MapDataset(train) if training_args.do_train else None,
         eval_dataset=MapDataset(dev) if dev else None,
-        callbacks=callbacks, compute_metrics=metrics_fn(len(dataset.labels.labels), spec.decoder,
-                                                         *threshold_search(model_args)), spec=spec, windows=windows)
+        data_collator=collator, callbacks=callbacks,
+        compute_metrics=metrics_fn(len(dataset.labels.labels), spec.decoder, *threshold_search(model_args)),
+        spec=spec, windows=windows)
     trainer.pop_callback(ProgressCallback)
     trainer.add_callback(Progress())
     return trainer

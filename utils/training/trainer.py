@@ -25,6 +25,7 @@ from ..model.assembly import load_state, set_state_strictly, unique_state_dict
 from ..model.spec import ModelSpec
 from ..task.decoding import SIGMOID
 from .callbacks import Progress
+from .long_text import WINDOW_COUNTS, WINDOWS_KEY, DocumentScores
 
 from paddlenlp.datasets import MapDataset  # noqa: E402
 from paddlenlp.prompt import PromptTrainer  # noqa: E402
@@ -304,6 +305,29 @@ class PTuningTrainer(MarkedCheckpoints, PromptTrainer):
     @compute_metrics.setter
     def compute_metrics(self, function) -> None:
         self.__dict__["_raw_compute_metrics"] = function
+
+    def _map_dataset(self, dataset):
+        """Examples through the template; a training document (--window_training document) is its windows'."""
+        if dataset is None or not isinstance(dataset, MapDataset):
+            return super()._map_dataset(dataset)
+
+        def encode(example):
+            if WINDOWS_KEY in example:
+                return {WINDOWS_KEY: [self.template(window) for window in example[WINDOWS_KEY]]}
+            return self.template(example)
+
+        return dataset.map(encode)
+
+    def compute_loss(self, model, inputs, return_outputs=False):
+        """A batch of documents (--window_training document: `window_counts` in it) is read as its
+        windows and scored as its documents (utils/training/long_text.py `DocumentScores`): the loss,
+        R-Drop's included, is per document."""
+        if WINDOW_COUNTS not in inputs:
+            return super().compute_loss(model, inputs, return_outputs)
+        inputs = dict(inputs)
+        counts = inputs.pop(WINDOW_COUNTS).tolist()
+        scores = DocumentScores(model, counts, self.spec.decoder.multi_label, self.spec.long_text.aggregation)
+        return super().compute_loss(scores, inputs, return_outputs)
 
     def _compute_rdrop_loss(self, model, input_dict, labels, outputs, loss):
         """R-Drop: upstream's KL between two dropout passes compares softmax distributions; a
