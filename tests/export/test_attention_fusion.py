@@ -74,6 +74,9 @@ def test_the_manifest_records_which_graph_each_file_is(fused_and_unfused):
     assert off["fp32"]["reason"] == "--fuse_attention off"
     files = manifest_of(fused_and_unfused["on"])["files"]
     assert not [name for name in files if name.startswith(".")]  # no candidate left in the export
+    assert sorted(os.listdir(fused_and_unfused["on"])) == sorted(list(files) + ["README.md", "manifest.json"])
+    with open(os.path.join(fused_and_unfused["on"], "README.md"), encoding="utf-8") as fp:
+        assert "`model_int8.onnx` (int8, attention fused)" in fp.read()  # the model card says so too
 
 
 def test_fused_graphs_compute_what_the_unfused_ones_do(fused_and_unfused, trained):
