@@ -139,6 +139,19 @@ def mask_nodes(is_padding: str, fill: float, prefix: str) -> Tuple[list, list, s
     return nodes, constants, f"{prefix}_bias"
 
 
+def attention_scores(index: GraphIndex) -> List[tuple]:
+    """`(softmax, add, scores)` of each Softmax over `Add(MatMul(a, b), mask)` with neither `a` nor `b`
+    a weight (Q·Kᵀ: a head's `MatMul(x, W) + bias` is no attention): the attention layers."""
+    found = []
+    for softmax in [n for n in index.graph.node if n.op_type == "Softmax"]:
+        add = index.parent(softmax.input[0], "Add")
+        scores = next((index.parent(i) for i in add.input if index.parent(i, "MatMul") is not None), None) \
+            if add is not None else None
+        if scores is not None and not any(i in index.constants for i in scores.input):
+            found.append((softmax, add, scores))
+    return found
+
+
 def normalise(model) -> int:
     """Rewrite, in place, each attention subgraph whose scale and mask `query_scale` and
     `padding_mask` recognise into the form onnxruntime's optimizer fuses; return how many."""
@@ -147,12 +160,7 @@ def normalise(model) -> int:
     index, graph = GraphIndex(model), model.graph
     masks: Dict[str, str] = {}  # the graph's mask tensor -> its rewritten form (shared by the layers)
     nodes, count = [], 0
-    for number, softmax in enumerate([n for n in graph.node if n.op_type == "Softmax"]):
-        add = index.parent(softmax.input[0], "Add")
-        scores = next((index.parent(i) for i in add.input if index.parent(i, "MatMul") is not None), None) \
-            if add is not None else None
-        if scores is None:
-            continue
+    for number, (_, add, scores) in enumerate(attention_scores(index)):
         mask = next(i for i in add.input if index.parent(i) is not scores)
         found, padding = query_scale(index, scores), padding_mask(index, mask)
         if found is None or (mask not in masks and padding is None):
@@ -271,7 +279,7 @@ class AttentionFusion:
             return None
         model = onnx.load(self.path(ONNX_FILE))
         fused, layers = fuse_attention(model, multi_head=MULTI_HEAD)
-        self.record.update(attention_subgraphs=count_ops(model, "Softmax"), fused_layers=layers,
+        self.record.update(attention_subgraphs=len(attention_scores(GraphIndex(model))), fused_layers=layers,
                            op=FUSED_OPS[1] if MULTI_HEAD else FUSED_OPS[0])
         if not layers:
             self.record["reason"] = "no attention subgraph of this graph matched: every variant is unfused"
