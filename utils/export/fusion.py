@@ -36,9 +36,14 @@ from ..deploy.format import ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE, OUTPUT_NA
 FUSED_OPS = ("Attention", "MultiHeadAttention")
 BOOLEAN_OPS = ("Equal", "Not", "And", "Or", "Xor", "Less", "Greater", "LessOrEqual", "GreaterOrEqual")
 TIMING_ROUNDS = 5  # interleaved rounds of the export-time comparison (`--fuse_attention auto`)
-MULTI_HEAD = True  # the fused op: MultiHeadAttention (see `fuse_attention`) rather than Attention
+# The fused operator per variant: fp32 and fp16 take `Attention` (Q, K and V in one packed GEMM, the
+# faster one on the benchmark's CPU); int8 takes `MultiHeadAttention`, whose projections stay MatMuls
+# that quantize exactly as the unfused graph's (onnxruntime's quantizer would make `Attention` a
+# QAttention with 7-bit weights, another quantization).
+OPS = {"fp32": "Attention", "fp16": "Attention", "int8": "MultiHeadAttention"}
 # The candidates, written into the export directory while it is built and removed before its manifest.
 FUSED_GRAPH = ".model_fused.onnx"
+FUSED_MULTI_HEAD_GRAPH = ".model_fused_multihead.onnx"
 FUSED_INT8_GRAPH = ".model_int8_fused.onnx"
 FUSED_FP16_GRAPH = ".model_fp16_fused.onnx"
 
@@ -263,14 +268,16 @@ class AttentionFusion:
     mode: str = FuseAttention.AUTO.value
     timing_feed: Optional[Dict[str, np.ndarray]] = None
     record: dict = field(default_factory=dict)
-    source: Optional[str] = None  # the fused fp32 candidate (a file in `directory`) the variants are made from
+    source: Optional[str] = None  # the fused fp32 candidate (a file in `directory`), fp16's source too
+    multi_head_source: Optional[str] = None  # the MultiHeadAttention candidate int8 is quantized from
     timer: Callable[..., dict] = time_graphs
 
     def path(self, name: str) -> str:
         return os.path.join(self.directory, name)
 
-    def build(self) -> Optional[str]:
-        """Write the fused candidate of model.onnx; return its path (None: nothing to fuse)."""
+    def build(self, int8: bool = False) -> Optional[str]:
+        """Write the fused candidates of model.onnx (`Attention`; with `int8` also `MultiHeadAttention`);
+        return the fp32 one's path (None: nothing to fuse)."""
         import onnx
 
         self.record = {"mode": self.mode}
@@ -278,14 +285,19 @@ class AttentionFusion:
             self.record["reason"] = "--fuse_attention off"
             return None
         model = onnx.load(self.path(ONNX_FILE))
-        fused, layers = fuse_attention(model, multi_head=MULTI_HEAD)
-        self.record.update(attention_subgraphs=len(attention_scores(GraphIndex(model))), fused_layers=layers,
-                           op=FUSED_OPS[1] if MULTI_HEAD else FUSED_OPS[0])
+        fused, layers = fuse_attention(model, multi_head=False)
+        self.record.update(attention_subgraphs=len(attention_scores(GraphIndex(model))), fused_layers=layers)
         if not layers:
             self.record["reason"] = "no attention subgraph of this graph matched: every variant is unfused"
             return None
         self.source = FUSED_GRAPH
         onnx.save(fused, self.path(self.source))
+        if int8:
+            del fused
+            multi_head, count = fuse_attention(model, multi_head=True)
+            if count:
+                self.multi_head_source = FUSED_MULTI_HEAD_GRAPH
+                onnx.save(multi_head, self.path(self.multi_head_source))
         return self.path(self.source)
 
     def fp32(self, checks: Optional[List[dict]]) -> None:
@@ -307,10 +319,10 @@ class AttentionFusion:
         from .graph import quantize_int8
         from .parity import compare, onnxruntime_outputs
 
-        if self.source is None:
+        if self.multi_head_source is None:
             return self.unfused("int8")
         with quiet_native_output("onnxruntime quantization"):
-            quantize_int8(self.directory, self.source, FUSED_INT8_GRAPH)
+            quantize_int8(self.directory, self.multi_head_source, FUSED_INT8_GRAPH)
         unfused, fused = (onnxruntime_outputs(self.path(name), feed)[0] for name in (ONNX_INT8_FILE, FUSED_INT8_GRAPH))
         own = compare("unfused int8", fp32_logits, unfused, float("inf"), decoder, probabilities)
         check = compare("onnxruntime int8, attention fused, vs the unfused int8 graph", unfused, fused,
@@ -341,7 +353,7 @@ class AttentionFusion:
         """Keep `candidate` as `shipped` (both files in `directory`) or drop it; record why."""
         from .parity import describe_result
 
-        entry = {"parity": checks}
+        entry = {"op": OPS[variant], "parity": checks}
         failed = [c for c in checks if not c.get("passed", True)]
         if failed or not checks:
             entry.update(graph="unfused", reason="the fused graph fails its parity check: " + (
@@ -365,7 +377,7 @@ class AttentionFusion:
 
     def finish(self) -> dict:
         """Remove the candidates left over; return the record."""
-        for name in (FUSED_GRAPH, FUSED_INT8_GRAPH, FUSED_FP16_GRAPH):
+        for name in (FUSED_GRAPH, FUSED_MULTI_HEAD_GRAPH, FUSED_INT8_GRAPH, FUSED_FP16_GRAPH):
             if os.path.exists(self.path(name)):
                 os.remove(self.path(name))
         return self.record

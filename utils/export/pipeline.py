@@ -195,7 +195,7 @@ def write_export(source: ExportSource, output_dir: str, examples: Optional[List[
         files = write_graphs(source.layer, directory, options.opset, source.input_names, source.output_names)
         outputs = onnxruntime_outputs(os.path.join(directory, ONNX_FILE), feed, source.output_names)
         fusion = AttentionFusion(directory, options.fuse_attention, preprocessor.pad(timing_batch(features)))
-        fused = fusion.build()
+        fused = fusion.build(int8=options.int8)
         parity = parity_gate(reference, directory, files, examples, feed, outputs, options.tolerance,
                              output_names=source.output_names, eager=eager,
                              fused_outputs=onnxruntime_outputs(fused, feed, source.output_names) if fused else None)

@@ -20,7 +20,7 @@ class ExportArguments:
     quantize: Quantize = field(default=Quantize.NONE, metadata={
         "help": "int8: also write model_int8.onnx (onnxruntime dynamic quantization; infer.py --use_int8)."})
     fuse_attention: FuseAttention = field(default=FuseAttention.AUTO, metadata={
-        "help": "Rewrite the attention layers into onnxruntime's fused MultiHeadAttention operator, in each ONNX "
+        "help": "Rewrite the attention layers into onnxruntime's fused Attention operators, in each ONNX "
                 "file whose parity check it passes. auto: only where it is also faster on this machine (timed at "
                 "export; fp16, made for GPUs, stays unfused); on: wherever it passes; off: never. manifest.json "
                 "(onnx.attention_fusion) records which file is fused and why."})
