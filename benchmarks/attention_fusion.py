@@ -4,9 +4,10 @@
 
 Uses bench.py's ERNIE-3.0-base (random weights, real vocab) checkpoint trained 4 steps on tnews
 (benchmarks/work/ckpt-base, built if missing) and exports it twice with export.py --quantize int8:
-`--fuse_attention off` and `--fuse_attention on` (benchmarks/work/fusion_off, fusion_on). A third
-fp32 graph fuses into the packed-weight `Attention` operator instead of `MultiHeadAttention`
-(utils.export.fusion.fuse_attention(multi_head=False) on the unfused model.onnx), for comparison.
+`--fuse_attention off` and `--fuse_attention on` (benchmarks/work/fusion_off, fusion_on: the
+product's parity checks and choices). The fused graphs timed are made from the unfused model.onnx
+by the export's own `utils.export.fusion.fuse_attention`: `Attention` (packed Q/K/V, what fp32
+ships) and `MultiHeadAttention` (fp32 for comparison, and quantized: what int8 ships).
 
 Measures onnxruntime's compute on the first `--texts` texts of tnews test.txt, encoded by infer.py's
 preprocessing, length-sorted into batches of 32 (as infer.py), `--threads` threads: each round
@@ -37,7 +38,14 @@ PY = sys.executable
 
 
 def exports(work: str) -> dict:
-    """The checkpoint exported with --fuse_attention off and on (cached), and a packed-Attention fp32 graph."""
+    """The checkpoint exported with --fuse_attention off and on (cached; `on` shows the product's
+    parity checks and choices), and the fused graphs timed, made from the unfused model.onnx by the
+    export's own function: `Attention` (what fp32 ships) and `MultiHeadAttention` (int8's source)."""
+    import onnx
+
+    from utils.export.fusion import fuse_attention
+    from utils.export.graph import quantize_int8
+
     ckpt = bench.base_export(work)["ckpt"]
     out = {}
     for mode in ("off", "on"):
@@ -48,25 +56,15 @@ def exports(work: str) -> dict:
                  "--data_dir", bench.TNEWS, "--quantize", "int8", "--fuse_attention", mode],
                 os.path.join(work, f"fusion_{mode}.log"))
         out[mode] = target
-    packed = os.path.join(work, "fusion_packed_attention.onnx")
-    if not os.path.isfile(packed):
-        import onnx
-
-        from utils.export.fusion import fuse_attention
-
-        model, layers = fuse_attention(onnx.load(os.path.join(out["off"], "model.onnx")), multi_head=False)
-        assert layers, "no attention fused"
-        onnx.save(model, packed)
-    out["packed"] = packed
-    record = read(os.path.join(out["on"], "manifest.json"))["onnx"]["attention_fusion"]
-    out["int8_fused"] = os.path.join(out["on"], "model_int8.onnx")
-    if record["int8"]["graph"] != "fused":  # the export kept the unfused int8 graph: time the fused one anyway
-        from utils.export.graph import quantize_int8
-
-        bench.log(f"the export kept int8 unfused ({record['int8']['reason']}); quantizing the fused graph to time it")
-        out["int8_fused"] = os.path.join(work, "fusion_int8_fused.onnx")
-        if not os.path.isfile(out["int8_fused"]):
-            quantize_int8(out["on"], "model.onnx", os.path.relpath(out["int8_fused"], out["on"]))
+    for key, multi_head in (("attention", False), ("multihead", True)):
+        out[key] = os.path.join(work, f"fusion_{key}.onnx")
+        if not os.path.isfile(out[key]):
+            model, layers = fuse_attention(onnx.load(os.path.join(out["off"], "model.onnx")), multi_head=multi_head)
+            assert layers, "no attention fused"
+            onnx.save(model, out[key])
+    out["multihead_int8"] = os.path.join(work, "fusion_multihead_int8.onnx")
+    if not os.path.isfile(out["multihead_int8"]):
+        quantize_int8(work, os.path.basename(out["multihead"]), os.path.basename(out["multihead_int8"]))
     return out
 
 
@@ -80,8 +78,8 @@ def batches(export_dir: str, texts: int) -> list:
     return [pre.pad(features[i:i + 32]) for i in range(0, len(features), 32)]
 
 
-def measure(graphs: dict, feeds: list, threads: int, rounds: int) -> dict:
-    """Seconds per pass over `feeds` for each graph, interleaved rounds."""
+def measure(graphs: dict, feeds: list, threads: int, rounds: int, after_round=None) -> dict:
+    """Seconds per pass over `feeds` for each graph, interleaved rounds; `after_round(times)` after each."""
     from utils.deploy.predictor import create_session
 
     sessions = {name: create_session(path, num_threads=threads) for name, path in graphs.items()}
@@ -101,6 +99,8 @@ def measure(graphs: dict, feeds: list, threads: int, rounds: int) -> dict:
         for name in (order if round_ % 2 == 0 else order[::-1]):
             times[name].append(one_pass(sessions[name]))
         bench.log(f"round {round_ + 1}/{rounds}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()))
+        if after_round is not None:
+            after_round(times)
     return times
 
 
@@ -132,43 +132,49 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile_batches", type=int, default=4, help="batches of the profiled pass")
     args = parser.parse_args()
     os.makedirs(WORK, exist_ok=True)
     paths = exports(WORK)
     manifests = {mode: read(os.path.join(paths[mode], "manifest.json")) for mode in ("off", "on")}
     graphs = {"fp32 unfused": os.path.join(paths["off"], "model.onnx"),
-              "fp32 MultiHeadAttention": os.path.join(paths["on"], "model.onnx"),
-              "fp32 Attention (packed QKV)": paths["packed"],
+              "fp32 MultiHeadAttention": paths["multihead"],
+              "fp32 Attention (packed QKV)": paths["attention"],
               "int8 unfused": os.path.join(paths["off"], "model_int8.onnx"),
-              "int8 MultiHeadAttention": paths["int8_fused"]}
+              "int8 MultiHeadAttention": paths["multihead_int8"]}
     feeds = batches(paths["off"], args.texts)
     load_before = os.getloadavg()
-    times = measure(graphs, feeds, args.threads, args.rounds)
-    load_after = os.getloadavg()
-    profiles = {name: profile(path, feeds, args.threads) for name, path in graphs.items()}
 
-    def ratio(base: str, name: str) -> float:
-        return statistics.median(b / t for b, t in zip(times[base], times[name]))
+    def write(times: dict, profiles: dict) -> dict:
+        """The results so far (each round rewrites them: a stopped run leaves its completed rounds)."""
+        def ratio(name: str) -> float:
+            base = times[name.split()[0] + " unfused"]
+            return statistics.median(b / t for b, t in zip(base, times[name]))
 
-    rows = {name: {"median_s": statistics.median(t), "min_s": min(t), "texts_per_s": args.texts / statistics.median(t),
-                   "texts_per_s_best": args.texts / min(t), "rounds_s": [round(x, 3) for x in t],
-                   "speedup_vs_unfused": ratio(name.split()[0] + " unfused", name), "profile": profiles[name]}
-            for name, t in times.items()}
-    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "texts": args.texts, "rounds": args.rounds,
-               "threads": args.threads, "loadavg_before": load_before, "loadavg_after": load_after,
-               "cpus": os.cpu_count(), "graphs": rows,
-               "parity": {mode: {"results": manifests[mode]["parity"]["results"],
-                                 "int8": manifests[mode]["parity"].get("int8"),
-                                 "attention_fusion": manifests[mode]["onnx"].get("attention_fusion")}
-                          for mode in ("off", "on")}}
-    with open(RESULTS, "w", encoding="utf-8") as fp:
-        json.dump(results, fp, indent=1, ensure_ascii=False)
+        rows = {name: {"median_s": statistics.median(t), "min_s": min(t), "texts_per_s": args.texts / statistics.median(t),
+                       "texts_per_s_best": args.texts / min(t), "rounds_s": [round(x, 3) for x in t],
+                       "speedup_vs_unfused": ratio(name), "profile": profiles.get(name)}
+                for name, t in times.items()}
+        results = {"date": time.strftime("%Y-%m-%d %H:%M"), "texts": args.texts, "rounds_done": len(next(iter(
+                   times.values()))), "rounds": args.rounds, "threads": args.threads, "loadavg_before": load_before,
+                   "loadavg_now": os.getloadavg(), "cpus": os.cpu_count(), "graphs": rows,
+                   "parity": {mode: {"results": manifests[mode]["parity"]["results"],
+                                     "int8": manifests[mode]["parity"].get("int8"),
+                                     "attention_fusion": manifests[mode]["onnx"].get("attention_fusion")}
+                              for mode in ("off", "on")}}
+        with open(RESULTS, "w", encoding="utf-8") as fp:
+            json.dump(results, fp, indent=1, ensure_ascii=False)
+        return rows
+
+    times = measure(graphs, feeds, args.threads, args.rounds, after_round=lambda t: write(t, {}))
+    profiles = {name: profile(path, feeds[:args.profile_batches], args.threads) for name, path in graphs.items()}
+    rows = write(times, profiles)
     print("| graph | texts/s (median) | texts/s (best round) | speedup vs unfused (median of rounds) |")
     print("|---|---|---|---|")
     for name, row in rows.items():
         print(f"| {name} | {row['texts_per_s']:.1f} | {row['texts_per_s_best']:.1f} | "
               f"**{row['speedup_vs_unfused']:.3f}×** |")
-    print(f"load average before/after: {load_before} / {load_after}")
+    print(f"load average before/now: {load_before} / {os.getloadavg()}")
 
 
 if __name__ == "__main__":
