@@ -30,9 +30,13 @@ def main(argv):
     manifest = export_checkpoint(args.resume_from_checkpoint, args.output_dir, examples=examples,
                                  export_type=args.export_type, export_fp16=args.export_fp16,
                                  overwrite=args.overwrite_output_dir, opset=args.opset, tolerance=args.tolerance,
-                                 quantize=args.quantize)
+                                 quantize=args.quantize, fuse_attention=args.fuse_attention)
     for result in manifest["parity"]["results"] + manifest["parity"].get("mask_embedding", []):
         print(f"parity {describe_result(result)}")
+    fusion = manifest["onnx"].get("attention_fusion", {})
+    for variant in ("fp32", "int8", "fp16"):
+        if variant in fusion:
+            print(f"attention {variant}: {fusion[variant]['graph']} ({fusion[variant]['reason']})")
     if manifest["parity"].get("int8"):
         print(f"int8 vs fp32 on the sample: {describe_result(manifest['parity']['int8'])}")
     print(f"exported to {args.output_dir}")

@@ -127,6 +127,14 @@ class Quantize(Choice):
     INT8 = "int8"
 
 
+class FuseAttention(Choice):
+    """Export: rewrite the attention subgraphs into onnxruntime's fused operators (utils/export/fusion.py)."""
+
+    AUTO = "auto"  # each variant fused where its parity check passes and it is faster on this machine
+    ON = "on"      # fused where its parity check passes
+    OFF = "off"
+
+
 class Masking(Choice):
     """pretrain.py: whole words (jieba's, as ERNIE) or every token on its own."""
 

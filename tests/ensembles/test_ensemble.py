@@ -68,6 +68,34 @@ def test_ensemble_loads_like_any_export(ensemble_run, tmp_path, capsys):
     assert [p["label"] for p in body["predictions"]] == [row[2] for row in rows[:5]]
 
 
+def test_an_ensemble_fuses_every_members_attention_under_the_members_parity_checks(ensemble_run, ensemble_members,
+                                                                                  tmp_path, capsys):
+    """--fuse_attention on: the members' six attention layers (three tiny ERNIEs, two views) become
+    fused Attention nodes, held to the gate's checks of the ensemble, each member and the vector;
+    infer.py predicts what the ensemble predicted."""
+    import onnx
+
+    data_dir, members = ensemble_members
+    out = str(tmp_path / "fused")
+    assert run_cli(ensemble.main, ["--members", *members, "--output_dir", out, "--data_dir", data_dir,
+                                   "--quantize", "int8", "--fuse_attention", "on"]) == 0
+    export_dir = os.path.join(out, "export")
+    record = read_json(os.path.join(export_dir, "manifest.json"))["onnx"]["attention_fusion"]
+    assert record["attention_subgraphs"] == record["fused_layers"] == 6
+    assert record["fp32"]["graph"] == record["int8"]["graph"] == "fused"
+    checked = [c["backend"] for c in record["fp32"]["parity"]]
+    assert checked == ["onnxruntime, attention fused"] + [f"onnxruntime, attention fused member {i}" for i in range(3)] \
+        + ["onnxruntime, attention fused mask_embedding"]
+    model = onnx.load(os.path.join(export_dir, "model.onnx"))
+    assert [n.op_type for n in model.graph.node].count("Attention") == 6
+    output = str(tmp_path / "pred.tsv")
+    assert run_cli(infer.main, ["--model_path_prefix", export_dir, "--input_file", os.path.join(data_dir, "test.txt"),
+                                "--output_file", output]) == 0
+    capsys.readouterr()
+    predicted = [row[2] for row in read_tsv(output)[1]]
+    assert predicted == [row[2] for row in read_tsv(os.path.join(ensemble_run[1], "test_predictions.tsv"))[1]]
+
+
 def test_ensemble_metrics_beside_the_members(ensemble_run, ensemble_members):
     data_dir, out = ensemble_run
     summary = read_json(os.path.join(out, "ensemble.json"))

@@ -133,7 +133,8 @@ def test_export_cli_onnx_type_fp16_and_refusal_to_overwrite(trained, tmp_path, c
     data_dir, out = trained
     target = str(tmp_path / "exp")
     argv = ["--resume_from_checkpoint", out, "--output_dir", target, "--data_dir", data_dir,
-            "--export_type", "onnx", "--export_fp16", "--quantize", "int8"]
+            "--export_type", "onnx", "--export_fp16", "--quantize", "int8",
+            "--fuse_attention", "off"]  # model.onnx and model_fp16.onnx the same graph (fusion: test_attention_fusion)
     assert run_cli(export_cli.main, argv) == 0
     names = set(os.listdir(target))
     assert {"model.onnx", "model_fp16.onnx", "model_int8.onnx"} <= names and "model.json" not in names

@@ -21,14 +21,14 @@ from .plan import EnsemblePlan, Member
 
 def export_ensemble(plan: EnsemblePlan, output_dir: str, examples: Optional[List[dict]] = None,
                     export_type: str = "paddle", export_fp16: bool = False, quantize: bool = False, opset: int = 13,
-                    tolerance: float = DEFAULT_TOLERANCE, models=None) -> dict:
+                    tolerance: float = DEFAULT_TOLERANCE, models=None, fuse_attention: str = "off") -> dict:
     """Write the ensemble export to `output_dir` (built beside it, renamed into place); return its manifest.
     `models`: the members already built (in plan order), else they are loaded here."""
     started = time.time()
     paddle.set_device("cpu")
     if models is None:
         models = load_models(plan)
-    options = ExportOptions(export_type, export_fp16, quantize, opset, tolerance)
+    options = ExportOptions(export_type, export_fp16, quantize, opset, tolerance, str(fuse_attention))
     return write_export(ensemble_source(plan, models), output_dir, examples, options, started)
 
 

@@ -104,7 +104,7 @@ def export(args, plan: EnsemblePlan, dataset, threshold_search):
         manifest = export_ensemble(plan, os.path.join(args.output_dir, EXPORT_DIR), examples,
                                    export_type=args.export_type, export_fp16=args.export_fp16,
                                    quantize=args.quantize == Quantize.INT8.value, opset=args.opset,
-                                   tolerance=args.tolerance, models=models)
+                                   tolerance=args.tolerance, models=models, fuse_attention=args.fuse_attention)
     return plan, manifest
 
 

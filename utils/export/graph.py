@@ -133,22 +133,23 @@ def convert_to_onnx(directory: str, files: Dict[str, str], opset: int, output_na
     return path
 
 
-def convert_to_fp16(directory: str) -> str:
-    """float16 weights and compute, float32 inputs/outputs (onnxruntime's own converter)."""
+def convert_to_fp16(directory: str, source: str = ONNX_FILE, target: str = ONNX_FP16_FILE) -> str:
+    """float16 weights and compute, float32 inputs/outputs (onnxruntime's own converter); file names
+    relative to `directory`."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(os.path.join(directory, ONNX_FILE)), keep_io_types=True)
-    path = os.path.join(directory, ONNX_FP16_FILE)
+    model = convert_float_to_float16(onnx.load(os.path.join(directory, source)), keep_io_types=True)
+    path = os.path.join(directory, target)
     onnx.save(model, path)
     return path
 
 
-def quantize_int8(directory: str) -> str:
+def quantize_int8(directory: str, source: str = ONNX_FILE, target: str = ONNX_INT8_FILE) -> str:
     """onnxruntime's dynamic quantization: int8 weights, activations quantized per batch at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    path = os.path.join(directory, ONNX_INT8_FILE)
-    quantize_dynamic(os.path.join(directory, ONNX_FILE), path, weight_type=QuantType.QInt8,
+    path = os.path.join(directory, target)
+    quantize_dynamic(os.path.join(directory, source), path, weight_type=QuantType.QInt8,
                      extra_options={"MatMulConstBOnly": True})
     return path

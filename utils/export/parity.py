@@ -65,27 +65,35 @@ def sample_examples(examples: Optional[List[dict]], keys, max_seq_length: int, l
 def parity_gate(reference: Reference, directory: str, files: Dict[str, str], examples: List[dict],
                 feed: Dict[str, np.ndarray], onnx_outputs: List[np.ndarray],
                 tolerance: float = DEFAULT_TOLERANCE, output_names: Sequence[str] = (),
-                eager: Optional[List[np.ndarray]] = None) -> dict:
+                eager: Optional[List[np.ndarray]] = None, fused_outputs: Optional[List[np.ndarray]] = None) -> dict:
     """Dynamic graph vs Paddle Inference vs onnxruntime on one batch; raise `ExportError` on mismatch.
 
     `feed` is infer.py's preprocessing of `examples`, `onnx_outputs` model.onnx's outputs on it, named
     by `output_names` (default: `logits`, then an ensemble's `member_logits`). `eager`: the folded
     layer's outputs in dynamic mode, the reference of the representation output (REPRESENTATION_OUTPUT).
+    `fused_outputs`: those of the attention-fused candidate of model.onnx (utils/export/fusion.py),
+    checked the same way and reported as `attention_fusion`; they do not fail the gate.
     """
     names = list(output_names) or [OUTPUT_NAME, MEMBER_OUTPUT][:len(onnx_outputs)]
     logits = reference_logits(reference, directory, examples, feed)
     expected = logits[0] if reference.combine is None else reference.combine(logits)
     inference = paddle_inference_outputs(directory, files, feed)
-    results = [compare(name, expected, output, tolerance, reference.decoder, reference.probabilities)
-               for name, output in (("paddle_inference", inference[0]), ("onnxruntime", onnx_outputs[0]))]
-    members = [compare(f"onnxruntime member {index}", own, onnx_outputs[names.index(MEMBER_OUTPUT)][index],
-                       tolerance, decoder)
-               for index, (own, decoder) in enumerate(zip(logits, reference.decoders))] if MEMBER_OUTPUT in names else []
-    vectors = []  # the representation, reported apart (`results` stays the logits' comparisons)
-    if REPRESENTATION_OUTPUT in names:
-        at = names.index(REPRESENTATION_OUTPUT)
-        vectors = [compare_vectors(name, eager[at], output[at], tolerance)
-                   for name, output in (("paddle_inference", inference), ("onnxruntime", onnx_outputs))]
+
+    def checks(backend: str, outputs: List[np.ndarray], with_members: bool = True) -> tuple:
+        """(logits, members, representation) comparisons of one backend's outputs."""
+        result = compare(backend, expected, outputs[0], tolerance, reference.decoder, reference.probabilities)
+        members = [compare(f"{backend} member {index}", own, outputs[names.index(MEMBER_OUTPUT)][index],
+                           tolerance, decoder)
+                   for index, (own, decoder) in enumerate(zip(logits, reference.decoders))] \
+            if with_members and MEMBER_OUTPUT in names else []
+        vectors = [compare_vectors(backend, eager[names.index(REPRESENTATION_OUTPUT)],
+                                   outputs[names.index(REPRESENTATION_OUTPUT)], tolerance)] \
+            if REPRESENTATION_OUTPUT in names else []
+        return [result], members, vectors
+
+    paddle_result, _, paddle_vectors = checks("paddle_inference", inference, with_members=False)
+    onnx_result, members, onnx_vectors = checks("onnxruntime", onnx_outputs)
+    results, vectors = paddle_result + onnx_result, paddle_vectors + onnx_vectors
     report = {"sample_size": len(examples), **({"compared": reference.compared} if reference.compared else {}),
               "reference": reference.description, "results": results + members,
               **({REPRESENTATION_OUTPUT: vectors} if vectors else {}),
@@ -93,6 +101,9 @@ def parity_gate(reference: Reference, directory: str, files: Dict[str, str], exa
     if not report["passed"]:  # both backends' numbers, and those of each model or output that disagrees
         numbers = "; ".join(describe_result(r) for r in results + [m for m in members + vectors if not m["passed"]])
         raise ExportError(f"parity gate failed, {reference.failure}: {numbers}", directory)
+    if fused_outputs is not None:
+        report["attention_fusion"] = [r for part in checks("onnxruntime, attention fused", fused_outputs)
+                                      for r in part]
     return report
 
 
@@ -161,15 +172,17 @@ def describe_result(result: dict) -> str:
 
 
 def fp16_check(directory: str, feed: Dict[str, np.ndarray], fp32_logits: np.ndarray,
-               decoder: Optional[Decoder] = None, probabilities: bool = False) -> dict:
-    """model_fp16.onnx vs model.onnx on the sample batch, gated with FP16_TOLERANCE."""
+               decoder: Optional[Decoder] = None, probabilities: bool = False, file: str = ONNX_FP16_FILE,
+               gate: bool = True) -> dict:
+    """model_fp16.onnx (or `file`) vs model.onnx on the sample batch, gated with FP16_TOLERANCE
+    (`gate=False`: reported only)."""
     try:
-        fp16 = onnxruntime_outputs(os.path.join(directory, ONNX_FP16_FILE), feed)[0]
+        fp16 = onnxruntime_outputs(os.path.join(directory, file), feed)[0]
     except Exception as exc:  # some CPU builds lack fp16 kernels; the model targets onnxruntime-gpu
         return {"backend": "onnxruntime fp16 (CPU)", "checked": False, "reason": f"{type(exc).__name__}: {exc}"}
     result = compare("onnxruntime fp16 (CPU)", fp32_logits, fp16, FP16_TOLERANCE, decoder, probabilities)
     result["checked"] = True
-    if not result["passed"]:
+    if gate and not result["passed"]:
         raise ExportError(f"fp16 model disagrees with fp32: {describe_result(result)}", directory)
     return result
 

@@ -3,6 +3,9 @@
 
     model.json + model.pdiparams   Paddle 3 static graph (PIR; `model.pdmodel` where Paddle writes the legacy format)
     model.onnx                     paddle2onnx conversion, dynamic batch and sequence axes, output `logits`
+                                   (its attention fused into onnxruntime's operators where that passed the
+                                   parity check and, with --fuse_attention auto, was faster: utils/export/fusion.py;
+                                   manifest.json onnx.attention_fusion says which graph each file is)
     model_fp16.onnx                with --export_fp16: float16 weights, float32 inputs/outputs (onnxruntime-gpu)
     model_int8.onnx                with --quantize int8: onnxruntime dynamic quantization (int8 weights, VNNI on x86)
     vocab.txt, tokenizer_config.json, special_tokens_map.json
@@ -36,7 +39,7 @@ from ..deploy.format import (FORMAT_VERSION, LABELS_FILE, MANIFEST_FILE, ONNX_FI
                              OUTPUT_NAME, PREPROCESS_FILE, REPRESENTATION_OUTPUT, TEMPLATE_FILE, view_input_names,
                              view_suffix)
 from ..deploy.preprocess import PromptPreprocessor, describe_template
-from ..choices import ExportType, Quantize
+from ..choices import ExportType, FuseAttention, Quantize
 from ..errors import UserError
 from ..files import atomic_directory, sha256_file, write_json_atomic
 from ..model.assembly import rebuild_from_checkpoint
@@ -44,6 +47,7 @@ from ..model.spec import ModelSpec
 from ..rundir.plan import DirLock
 from ..task.decoding import Decoder
 from .card import card_name, write_export_card
+from .fusion import AttentionFusion, timing_batch
 from .graph import FoldedPromptModel, convert_to_fp16, quantize_int8, write_graphs
 from .parity import (DEFAULT_TOLERANCE, Reference, fp16_check, int8_check, onnxruntime_outputs, parity_gate,
                      sample_examples)
@@ -60,18 +64,20 @@ class ExportOptions:
     int8: bool = False
     opset: int = 13
     tolerance: float = DEFAULT_TOLERANCE
+    fuse_attention: str = FuseAttention.OFF.value
 
     @classmethod
     def from_flags(cls, export_type: str, fp16: bool, quantize: Optional[str], opset: int,
-                   tolerance: float) -> "ExportOptions":
+                   tolerance: float, fuse_attention: str = FuseAttention.OFF.value) -> "ExportOptions":
         """The options the flags ask for, or a `UserError` naming the flag."""
         export_type = ExportType.from_flag(export_type, "--export_type").value
         quantize = Quantize.from_flag(quantize or "none", "--quantize").value
+        fuse_attention = FuseAttention.from_flag(fuse_attention, "--fuse_attention").value
         if opset < 13:
             raise UserError(f"must be at least 13, got {opset}", "--opset")
         if not tolerance > 0:
             raise UserError(f"must be positive, got {tolerance}", "--tolerance")
-        return cls(export_type, fp16, quantize == Quantize.INT8.value, opset, tolerance)
+        return cls(export_type, fp16, quantize == Quantize.INT8.value, opset, tolerance, fuse_attention)
 
 
 @dataclass(frozen=True)
@@ -111,14 +117,15 @@ def export_lock(output_dir: str) -> DirLock:
 def export_checkpoint(checkpoint_dir: str, output_dir: str, examples: Optional[List[dict]] = None,
                       export_type: str = "paddle", export_fp16: bool = False, overwrite: bool = False,
                       opset: int = 13, tolerance: float = DEFAULT_TOLERANCE, quantize: Optional[str] = None,
-                      locked: bool = False, reject_option: Optional[tuple] = None) -> dict:
+                      locked: bool = False, reject_option: Optional[tuple] = None,
+                      fuse_attention: str = FuseAttention.OFF.value) -> dict:
     """Export `checkpoint_dir` to `output_dir`; return the manifest.
 
     `locked`: the caller already holds a lock on the directory around `output_dir` (train.py).
     `reject_option`: `(threshold, other_label)` replacing the checkpoint's (train.py --reject_threshold
     on a checkpoint: decoding, not weights).
     """
-    options = ExportOptions.from_flags(export_type, export_fp16, quantize, opset, tolerance)
+    options = ExportOptions.from_flags(export_type, export_fp16, quantize, opset, tolerance, fuse_attention)
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise UserError("exists and is not a directory", output_dir)
     lock = None if locked else export_lock(output_dir).acquire()
@@ -180,24 +187,30 @@ def write_export(source: ExportSource, output_dir: str, examples: Optional[List[
         preprocessor = PromptPreprocessor.from_export(directory)
         # --long_text: the gate holds every window of the sample's long document to the training template
         examples, pieces = preprocessor.split(examples)
-        feed = preprocessor.pad(preprocessor.encode(examples))
+        features = preprocessor.encode(examples)
+        feed = preprocessor.pad(features)
         # The representation's reference: the folded layer run eagerly (its logits are held to the
         # unfolded model by the gate; the vector is the same encoder pass's hidden state).
         eager = eager_outputs(source, feed) if REPRESENTATION_OUTPUT in source.output_names else None
         files = write_graphs(source.layer, directory, options.opset, source.input_names, source.output_names)
         outputs = onnxruntime_outputs(os.path.join(directory, ONNX_FILE), feed, source.output_names)
+        fusion = AttentionFusion(directory, options.fuse_attention, preprocessor.pad(timing_batch(features)))
+        fused = fusion.build(int8=options.int8)
         parity = parity_gate(reference, directory, files, examples, feed, outputs, options.tolerance,
-                             output_names=source.output_names, eager=eager)
+                             output_names=source.output_names, eager=eager,
+                             fused_outputs=onnxruntime_outputs(fused, feed, source.output_names) if fused else None)
         if preprocessor.long_text.active:
             parity["documents"] = len(pieces)
             parity["longest_document_inputs"] = max(len(p.texts) for p in pieces)
         parity.update(write_variants(directory, feed, outputs[0], options.fp16, options.int8, reference.decoder,
-                                     reference.probabilities))
+                                     reference.probabilities, fusion, options.tolerance))
+        fusion.fp32(parity.pop("attention_fusion", None))  # last: the variants were made from the unfused model.onnx
         if options.export_type == ExportType.ONNX.value:
             for name in files.values():
                 os.remove(os.path.join(directory, name))
             files = {}
-        manifest = write_manifest(directory, source, options, files, parity, seconds=time.time() - started)
+        manifest = write_manifest(directory, source, options, files, parity, seconds=time.time() - started,
+                                  fusion=fusion.finish())
         # after the manifest: the card is documentation, not verified, and a user may edit it
         write_export_card(directory, manifest, name=card_name(output_dir))
     logger.info("exported %s -> %s (parity: %s)", source.name, output_dir,
@@ -216,23 +229,30 @@ def write_preprocessing(source: ExportSource, directory: str) -> None:
 
 
 def write_variants(directory: str, feed, fp32_logits, fp16: bool, int8: bool,
-                   decoder: Optional[Decoder] = None, probabilities: bool = False) -> dict:
-    """model_fp16.onnx / model_int8.onnx, each checked against the fp32 model on the sample batch."""
+                   decoder: Optional[Decoder] = None, probabilities: bool = False,
+                   fusion: Optional[AttentionFusion] = None, tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """model_fp16.onnx / model_int8.onnx, each checked against the fp32 model on the sample batch;
+    with `fusion`, each made from the unfused model.onnx and from its fused candidate, one kept."""
     checks = {}
     if fp16:
         with quiet_native_output("the fp16 conversion"):
             convert_to_fp16(directory)
+        if fusion is not None:
+            fusion.fp16(feed, fp32_logits, decoder, probabilities)
         checks["fp16"] = fp16_check(directory, feed, fp32_logits, decoder, probabilities)
     if int8:
         with quiet_native_output("onnxruntime quantization"):
             quantize_int8(directory)
+        if fusion is not None:
+            fusion.int8(feed, fp32_logits, tolerance, decoder, probabilities)
         checks["int8"] = int8_check(directory, feed, fp32_logits, decoder, probabilities)
     return checks
 
 
 def write_manifest(directory: str, source: ExportSource, options: ExportOptions, files: Dict[str, str],
-                   parity: dict, seconds: float) -> dict:
-    """manifest.json, written last: the export's description and every file's size and sha256."""
+                   parity: dict, seconds: float, fusion: Optional[dict] = None) -> dict:
+    """manifest.json, written last: the export's description and every file's size and sha256.
+    `fusion`: which ONNX graphs have their attention fused (`AttentionFusion.record`)."""
     spec, decoder = source.spec, source.reference.decoder
     manifest = {
         "format": FORMAT_VERSION,
@@ -243,7 +263,8 @@ def write_manifest(directory: str, source: ExportSource, options: ExportOptions,
                    for view in range(source.views) for name in view_input_names(view)],
         "outputs": list(source.outputs),
         "onnx": {"fp32": ONNX_FILE, "fp16": ONNX_FP16_FILE if options.fp16 else None,
-                 "int8": ONNX_INT8_FILE if options.int8 else None, "opset": options.opset},
+                 "int8": ONNX_INT8_FILE if options.int8 else None, "opset": options.opset,
+                 **({"attention_fusion": fusion} if fusion else {})},
         "paddle": files or None,
         "method": spec.method.value,
         "verbalizer": spec.verbalizer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ..choices import ExportType, HierarchicalDecoding, Quantize, ThresholdSearch
+from ..choices import ExportType, FuseAttention, HierarchicalDecoding, Quantize, ThresholdSearch
 from ..errors import UserError
 from .checks import fraction, positive
 
@@ -19,6 +19,12 @@ class ExportArguments:
     export_fp16: bool = field(default=False, metadata={"help": "Also write model_fp16.onnx for onnxruntime-gpu."})
     quantize: Quantize = field(default=Quantize.NONE, metadata={
         "help": "int8: also write model_int8.onnx (onnxruntime dynamic quantization; infer.py --use_int8)."})
+    fuse_attention: FuseAttention = field(default=FuseAttention.OFF, metadata={
+        "help": "Rewrite the attention layers into onnxruntime's fused Attention operators, in each ONNX "
+                "file whose parity check it passes. auto: only where it is also faster on this machine (timed at "
+                "export; fp16, made for GPUs, stays unfused); on: wherever it passes; off (default): never, as no "
+                "faster on the machine it was measured on (BENCHMARKS.md). manifest.json (onnx.attention_fusion) "
+                "records which file is fused and why."})
 
 
 @dataclass

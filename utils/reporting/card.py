@@ -176,7 +176,9 @@ def export_section(facts: CardFacts) -> List[str]:
         return []
     export = facts.export
     onnx = export.get("onnx") or {}
-    variants = [f"`{onnx[k]}` ({k})" for k in ("fp32", "fp16", "int8") if onnx.get(k)]
+    fusion = onnx.get("attention_fusion") or {}
+    variants = [f"`{onnx[k]}` ({k}{', attention fused' if (fusion.get(k) or {}).get('graph') == 'fused' else ''})"
+                for k in ("fp32", "fp16", "int8") if onnx.get(k)]
     checks = [f"{r.get('backend')}: max |Δ| {r.get('max_abs_diff'):.2g}"
               for r in (export.get("parity") or {}).get("results", []) if isinstance(r.get("max_abs_diff"), float)]
     return ["## Files", "", f"* ONNX: {', '.join(variants) or '–'}; opset {onnx.get('opset')}",

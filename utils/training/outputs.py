@@ -146,6 +146,7 @@ def export(model_args, training_args, dataset: DatasetDir, checkpoint: str) -> d
                                  examples=dataset.dev or dataset.test or dataset.train or dataset.data,
                                  export_type=model_args.export_type, overwrite=True,
                                  export_fp16=model_args.export_fp16, quantize=model_args.quantize, locked=True,
+                                 fuse_attention=model_args.fuse_attention,
                                  reject_option=None if model_args.reject_threshold is None else (
                                      float(model_args.reject_threshold), model_args.other_label or DEFAULT_OTHER_LABEL))
     return manifest["parity"]
