@@ -747,6 +747,13 @@ def load(url: str, test_file: str, clients: int, requests: int, duration: float)
     return json.loads(result["stdout"].strip().splitlines()[-1])
 
 
+def instances_flags(setting: str) -> List[str]:
+    """serve.py's flags for a --service_instances setting: `N` or `auto`, or `N@T` (--instances N
+    --num_threads T: e.g. 2@4 on 2 threads, two workers running one 2-thread session side by side)."""
+    instances, _, threads = str(setting).partition("@")
+    return ["--instances", instances] + (["--num_threads", threads] if threads else [])
+
+
 def service_speed(paths: dict, test_file: str, threads: int, repeats: int, requests: int, duration: float,
                   latency_texts: int = 300, serve_args: List[str] = (), variants=("fp32", "int8"),
                   instances: Sequence[str] = ("auto", "1", "2")) -> dict:
@@ -765,6 +772,7 @@ def service_speed(paths: dict, test_file: str, threads: int, repeats: int, reque
     examples = everything[:latency_texts]
     results = {"threads": threads, "clients": list(SERVICE_CLIENTS), "requests": requests, "duration": duration,
                "latency_texts": len(examples), "serve_args": list(serve_args), "instances": list(instances),
+               "texts": len(everything), "test_file": test_file,
                "variants": {}}
     for variant in variants:
         extra = ["--use_int8"] if variant == "int8" else []
@@ -780,7 +788,7 @@ def service_speed(paths: dict, test_file: str, threads: int, repeats: int, reque
                "instances_load": {str(n): {str(c): [] for c in SERVICE_CLIENTS} for n in instances[1:]}}
         with contextlib.ExitStack() as stack:
             servers = {n: stack.enter_context(Server(
-                paths["export"], threads, [*extra, *serve_args, "--instances", str(n)],
+                paths["export"], threads, [*extra, *serve_args, *instances_flags(n)],
                 os.path.join(paths["ckpt"], f"serve-{variant}-{n}.log"))) for n in instances}
             for server in servers.values():
                 load(server.url, test_file, 8, 200, 120)  # warm-up: onnxruntime's first runs at each shape
@@ -894,7 +902,7 @@ def service_table(speed: dict, memory: dict) -> str:
 
     lines = [f"| measurement ({speed['threads']} threads) | " + " | ".join(names) + " | target |",
              "|---" * (len(names) + 2) + "|",
-             "| infer.py, 2010 tnews texts (texts/s from its summary) | "
+             f"| infer.py, {speed.get('texts', 2010)} tnews texts (texts/s from its summary) | "
              + " | ".join(f"{infer[v]:.1f}" for v in names) + " | |"]
     for clients in speed["clients"]:
         target = ">= 0.9x infer.py" if clients == 32 else ""
@@ -1073,6 +1081,9 @@ def main() -> int:
     parser.add_argument("--service_requests", type=int, default=1000,
                         help="part 10: requests per client count (1 client: --latency_texts texts once each)")
     parser.add_argument("--service_duration", type=float, default=30.0, help="part 10: at most seconds per run")
+    parser.add_argument("--service_texts", type=int, default=None,
+                        help="part 10: only the first N tnews test texts, for infer.py, the in-process timings and "
+                             "the clients (default all 2010; fewer: shorter rounds on a busy machine)")
     parser.add_argument("--latency_texts", type=int, default=300, help="part 10: texts timed at 1 client, in process")
     parser.add_argument("--service_memory_requests", type=int, default=100_000, help="part 11: requests")
     parser.add_argument("--service_instances", default="auto,1,2",
@@ -1141,8 +1152,21 @@ def main() -> int:
     return 0
 
 
+def first_lines(path: str, n: Optional[int], work: str) -> str:
+    """`path` itself, or (`n`) a copy of its first n lines in `work` (a shorter round on a busy machine)."""
+    if not n:
+        return path
+    with open(path, encoding="utf-8") as fp:
+        lines = [line for _, line in zip(range(n), fp)]
+    short = os.path.join(work, f"{os.path.splitext(os.path.basename(path))[0]}-first{n}.txt")
+    with open(short, "w", encoding="utf-8") as fp:
+        fp.writelines(lines)
+    return short
+
+
 def service(args, paths: dict, test_file: str) -> dict:
     """Parts 10 and 11 with the command line's settings."""
+    test_file = first_lines(test_file, args.service_texts, args.work_dir)
     serve_args = args.serve_args.split()
     return {"service": service_speed(paths, test_file, args.threads, args.repeats, args.service_requests,
                                      args.service_duration, args.latency_texts, serve_args,
