@@ -163,8 +163,7 @@ def test_closing_drains_the_queue_and_the_held_runs_on_both_paths():
 def test_auto_splits_cpu_threads_only_where_there_are_two_to_split():
     """--instances auto: the all-threads session gets every thread, the split one half, two workers;
     with one thread or on a GPU there is nothing to split: one worker, no split session."""
-    config = ServiceConfig("x", device="cpu", num_threads=4)
-    assert config.instances == "auto"  # the default
+    config = ServiceConfig("x", device="cpu", num_threads=4, instances="auto")
     assert (config.model_threads("cpu"), config.split_threads("cpu"), config.workers("cpu")) == (4, 2, 2)
     one = ServiceConfig("x", device="cpu", num_threads=1)
     assert (one.model_threads("cpu"), one.split_threads("cpu"), one.workers("cpu")) == (1, None, 1)

@@ -407,6 +407,11 @@ def test_a_stop_signal_closes_the_port_and_answers_every_request_in_flight_then_
             running = sum(int(server.stdout.readline().split()[1]) for _ in range(workers))  # held runs
             until(lambda: metric(url, "ptuning_queue_texts") == 48 - running,  # the others, behind the held runs
                   "every request in the service")
+            if instances == "auto":  # serve.py gave the batcher its split path: the second held run is on it
+                lines = httpx.get(url + "/metrics", timeout=HANG_GUARD).text.splitlines()
+                paths = [sum(float(line.split()[1]) for line in lines
+                             if line.startswith(f'ptuning_batch_paths_total{{path="{p}"}} ')) for p in ("full", "split")]
+                assert sum(paths) == 2 and paths[1] >= 1, paths
             server.send_signal(signum)
             for line in server.stderr:  # uvicorn says this once it has closed the port
                 if "Waiting for connections to close" in line:

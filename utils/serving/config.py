@@ -52,7 +52,7 @@ class ServiceConfig:
     use_fp16: bool = False
     use_int8: bool = False
     max_seq_length: Optional[int] = None
-    instances: Union[int, str] = AUTO  # model workers; `auto`: a lone batch on every thread, two at once on half each
+    instances: Union[int, str] = 1   # model workers; `auto`: a lone batch on every thread, two at once on half each
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 2048            # texts waiting, over all requests
