@@ -756,7 +756,7 @@ def instances_flags(setting: str) -> List[str]:
 
 def service_speed(paths: dict, test_file: str, threads: int, repeats: int, requests: int, duration: float,
                   latency_texts: int = 300, serve_args: List[str] = (), variants=("fp32", "int8"),
-                  instances: Sequence[str] = ("auto", "1", "2")) -> dict:
+                  instances: Sequence[str] = ("1", "2", "auto")) -> dict:
     """10: serve.py (ERNIE-base export, fp32 and int8) under 1..128 closed-loop clients, one text per
     request, against infer.py on the same file and threads; latency at 1 client against
     ExportedClassifier.logits on one text in this process (session set up as the service's). One
@@ -1086,7 +1086,7 @@ def main() -> int:
                              "the clients (default all 2010; fewer: shorter rounds on a busy machine)")
     parser.add_argument("--latency_texts", type=int, default=300, help="part 10: texts timed at 1 client, in process")
     parser.add_argument("--service_memory_requests", type=int, default=100_000, help="part 11: requests")
-    parser.add_argument("--service_instances", default="auto,1,2",
+    parser.add_argument("--service_instances", default="1,2,auto",
                         help="part 10: serve.py --instances settings measured side by side (the first is the main rows)")
     parser.add_argument("--serve_args", default="", help="parts 10, 11: extra serve.py flags, e.g. '--max_wait_ms 0'")
     parser.add_argument("--memory", action="store_true", help="Only the streaming memory check (no ../shared).")
