@@ -50,7 +50,6 @@ def main(argv):
     if args.ray:
         return serve_on_ray(args, config)
     with bind_port(args.host, args.port) as listener:
-        from utils.deploy.classifier import Classifier
         from utils.serving.app import Service
 
         service = Service(config)  # the key files are read (and refused) here, before any model loads
@@ -58,7 +57,7 @@ def main(argv):
         # Loaded and checked before the port listens, exactly as infer.py loads them: an export or flag
         # it refuses is the same one-paragraph error here, and exit 2, never a service answering 503.
         for name, export_dir in config.exports.items():
-            service.preloaded[name] = Classifier(export_dir, **config.classifier_options())
+            service.preloaded[name] = service.registry.load(export_dir)  # (--instances auto: its split session too)
         run_uvicorn(args, service, listener, config)
     return 0
 

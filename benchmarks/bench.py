@@ -5,6 +5,7 @@
     python benchmarks/bench.py --only manual_verbalizer   # training step, --verbalizer manual vs soft
     python benchmarks/bench.py --only ray [--repeats 1]   # infer.py --ray on local 1- and 2-node clusters vs local
     python benchmarks/bench.py --only service             # serve.py under load (benchmarks/load.py), its RSS
+    python benchmarks/bench.py --only ceiling             # the model's FLOP/s against this machine's measured GEMMs
     python benchmarks/bench.py --memory [--baseline DIR]   # only infer.py's peak RSS, 20k vs 2M lines
     python benchmarks/bench.py --verification EXPORT_DIR   # only the start-up cost of the sha256 checks
 
@@ -245,19 +246,9 @@ def in_process(paths: dict, test_file: str, threads: int, repeats: int) -> dict:
     results["file_order_200_s"] = timed(lambda: fp32.logits(examples, batch_size=200, sort_by_length=False,
                                                             progress=False), repeats)
 
-    # FLOPs of the work the model must do: real (unpadded) tokens; and of what was computed (padded).
-    from utils.model.spec import ModelSpec
-
-    config = ModelSpec.load(paths["ckpt"]).plm_config
-    hidden, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    lengths = np.array([len(f["input_ids"]) for f in features])
-    padded = np.concatenate([np.full(len(b["input_ids"]), b["input_ids"].shape[1]) for b in batches])
-    def flops(seq_lengths):  # per sequence of length L: L * layers * (8H^2 + 4HI + 4LH), + head at the mask
-        return float(sum(L * layers * (8 * hidden ** 2 + 4 * hidden * inter + 4 * L * hidden)
-                         + 2 * hidden * hidden for L in seq_lengths))
-    results["flops_real"] = flops(lengths)
-    results["flops_padded"] = flops(padded)
-    results["mean_tokens"] = float(lengths.mean())
+    results.update(model_flops(paths["ckpt"], features, batches))
+    config = model_config(paths["ckpt"])
+    hidden = config["hidden_size"]
 
     try:
         from onnxruntime.transformers.optimizer import optimize_model
@@ -278,6 +269,97 @@ def in_process(paths: dict, test_file: str, threads: int, repeats: int) -> dict:
     except ImportError as exc:
         results["ort_optimizer"] = {"skipped": str(exc)}
     return results
+
+
+def model_config(ckpt: str) -> dict:
+    from utils.model.spec import ModelSpec
+
+    return ModelSpec.load(ckpt).plm_config
+
+
+def model_flops(ckpt: str, features: List[dict], batches: List[dict]) -> dict:
+    """FLOPs of the work the model must do: real (unpadded) tokens; and of what was computed (padded)."""
+    config = model_config(ckpt)
+    hidden, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    lengths = np.array([len(f["input_ids"]) for f in features])
+    padded = np.concatenate([np.full(len(b["input_ids"]), b["input_ids"].shape[1]) for b in batches])
+
+    def flops(seq_lengths):  # per sequence of length L: L * layers * (8H^2 + 4HI + 4LH), + head at the mask
+        return float(sum(L * layers * (8 * hidden ** 2 + 4 * hidden * inter + 4 * L * hidden)
+                         + 2 * hidden * hidden for L in seq_lengths))
+    return {"flops_real": flops(lengths), "flops_padded": flops(padded), "mean_tokens": float(lengths.mean())}
+
+
+def gemm_ceiling(threads: int, repeats: int = 10) -> dict:
+    """What this machine's GEMMs reach at `threads` threads, measured (benchmarks/ceiling.py, in a child
+    process whose BLAS has `threads` threads): numpy sgemm 2048^3, onnxruntime fp32 MatMul and int8
+    MatMulInteger on ERNIE-base's FFN shape. The ceilings: the best fp32 and the int8 GFLOP/s."""
+    log(f"GEMM ceiling: numpy sgemm, onnxruntime fp32 / int8 FFN GEMMs ({threads} threads)")
+    env = {name: str(threads) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    result = run([PY, os.path.join(ROOT, "benchmarks", "ceiling.py"), "--threads", str(threads),
+                  "--repeats", str(repeats)], env=env)
+    out = json.loads(result["stdout"].strip().splitlines()[-1])
+    out["fp32_ceiling"] = max(out["numpy_sgemm"], out["ort_fp32_ffn"])
+    out["int8_ceiling"] = out["ort_int8_ffn"]
+    return out
+
+
+def ceiling(paths: dict, test_file: str, threads: int, repeats: int, texts: Optional[int] = None) -> dict:
+    """`--only ceiling`: the model's achieved FLOP/s (fp32, int8: onnxruntime compute on length-sorted
+    batches of 32, as row 4 of the main run) against the measured GEMM ceiling, on this machine."""
+    from utils.dataset.folder import read_examples
+    from utils.deploy.predictor import ExportedClassifier
+
+    examples = read_examples(test_file, labelled=True)[:texts]
+    for example in examples:
+        example.pop("label")
+    before = gemm_ceiling(threads)  # and again after the model: on a shared machine each GEMM's best
+    results = {"texts": len(examples), "threads": threads, "loadavg": [os.getloadavg()]}
+    for variant in ("fp32", "int8"):
+        model = ExportedClassifier(paths["export"], num_threads=threads, use_int8=variant == "int8")
+        features = model.preprocessor.encode(examples)
+        order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
+        batches = [model.preprocessor.pad([features[i] for i in order[s:s + 32]]) for s in range(0, len(order), 32)]
+        names = [i.name for i in model.session.get_inputs()]
+        log(f"{variant} compute, {len(examples)} texts, {repeats} repeats")
+        results[f"ort_{variant}_s"] = timed(lambda: [model.session.run(None, {n: b[n] for n in names})
+                                                     for b in batches], repeats)
+        results.update(model_flops(paths["ckpt"], features, batches))
+        model = None
+    results["loadavg"].append(os.getloadavg())
+    after = gemm_ceiling(threads)
+    results["gemm_runs"] = [before, after]
+    results["gemm"] = {**after, **{key: max(before[key], after[key]) for key in
+                                   ("numpy_sgemm", "ort_fp32_ffn", "ort_int8_ffn", "fp32_ceiling", "int8_ceiling")}}
+    return results
+
+
+def ceiling_rows(flops_real: float, fp32_s: float, int8_s: float, gemm: dict) -> List[tuple]:
+    """Row 4: the model's achieved FLOP/s (real tokens) / the measured GEMM ceiling, fp32 and int8."""
+    fp32, int8 = flops_real / fp32_s, flops_real / int8_s
+    return [("4", "achieved fp32 FLOP/s (real tokens) / measured fp32 GEMM ceiling (best of numpy sgemm 2048^3, "
+                  "onnxruntime MatMul at the FFN shape)",
+             f"{fp32 / 1e9:.0f} / {gemm['fp32_ceiling']:.0f} GFLOP/s", fp32 / 1e9 / gemm["fp32_ceiling"], ">= 0.75"),
+            ("4", "achieved int8 FLOP/s (real tokens) / measured int8 GEMM ceiling (onnxruntime MatMulInteger at "
+                  "the FFN shape)",
+             f"{int8 / 1e9:.0f} / {gemm['int8_ceiling']:.0f} GFLOP/s", int8 / 1e9 / gemm["int8_ceiling"], "reported")]
+
+
+def ceiling_table(results: dict) -> str:
+    gemm = results["gemm"]
+    lines = ["| # | measurement | values | ratio | target |", "|---|---|---|---|---|"]
+    for number, what, values, ratio, target in ceiling_rows(results["flops_real"], median(results["ort_fp32_s"]),
+                                                            median(results["ort_int8_s"]), gemm):
+        lines.append(f"| {number} | {what} | {values} | {ratio:.2f} | {target} |")
+    lines += ["", f"* Measured at {results['threads']} threads, {results['texts']} tnews texts in length-sorted "
+                  f"batches of 32 (onnxruntime compute only), medians of the repeats; GEMMs: numpy sgemm "
+                  f"{gemm['numpy_sgemm']:.0f}, onnxruntime fp32 FFN {gemm['ort_fp32_ffn']:.0f}, int8 FFN "
+                  f"{gemm['ort_int8_ffn']:.0f} GFLOP/s ({gemm['rows']} x 768 x 3072; the better of a measurement "
+                  f"before and one after the model's); load average "
+                  f"{results['loadavg'][0][0]:.1f} at the start, {results['loadavg'][-1][0]:.1f} at the end.",
+              f"* With padding the model computed {results['flops_padded'] / median(results['ort_fp32_s']) / 1e9:.0f} "
+              f"(fp32) / {results['flops_padded'] / median(results['ort_int8_s']) / 1e9:.0f} (int8) GFLOP/s."]
+    return "\n".join(lines) + "\n"
 
 
 def int8_agreement(work: str, threads: int) -> dict:
@@ -633,8 +715,11 @@ class Server:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         text = opener.open(self.url + "/metrics", timeout=10).read().decode()
         values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-                  if line.startswith(("ptuning_batch_size_sum", "ptuning_batch_size_count", "ptuning_model_seconds_total"))}
-        return {"loop_cpu_s": loop, "model_cpu_s": model, "model_busy_s": values.get("ptuning_model_seconds_total", 0.0),
+                  if line.startswith(("ptuning_batch_size_sum", "ptuning_batch_size_count", "ptuning_model_seconds_total",
+                                      "ptuning_batch_paths_total"))}
+        return {"split_batches": values.get('ptuning_batch_paths_total{path="split"}', 0.0),
+                "full_batches": values.get('ptuning_batch_paths_total{path="full"}', 0.0),
+                "loop_cpu_s": loop, "model_cpu_s": model, "model_busy_s": values.get("ptuning_model_seconds_total", 0.0),
                 "batch_texts": values.get("ptuning_batch_size_sum", 0.0),
                 "batches": values.get("ptuning_batch_size_count", 0.0)}
 
@@ -667,9 +752,16 @@ def load(url: str, test_file: str, clients: int, requests: int, duration: float)
     return json.loads(result["stdout"].strip().splitlines()[-1])
 
 
+def instances_flags(setting: str) -> List[str]:
+    """serve.py's flags for a --service_instances setting: `N` or `auto`, or `N@T` (--instances N
+    --num_threads T: e.g. 2@4 on 2 threads, two workers running one 2-thread session side by side)."""
+    instances, _, threads = str(setting).partition("@")
+    return ["--instances", instances] + (["--num_threads", threads] if threads else [])
+
+
 def service_speed(paths: dict, test_file: str, threads: int, repeats: int, requests: int, duration: float,
                   latency_texts: int = 300, serve_args: List[str] = (), variants=("fp32", "int8"),
-                  instances: Sequence[int] = (1, 2)) -> dict:
+                  instances: Sequence[str] = ("1", "2", "auto")) -> dict:
     """10: serve.py (ERNIE-base export, fp32 and int8) under 1..128 closed-loop clients, one text per
     request, against infer.py on the same file and threads; latency at 1 client against
     ExportedClassifier.logits on one text in this process (session set up as the service's). One
@@ -685,6 +777,7 @@ def service_speed(paths: dict, test_file: str, threads: int, repeats: int, reque
     examples = everything[:latency_texts]
     results = {"threads": threads, "clients": list(SERVICE_CLIENTS), "requests": requests, "duration": duration,
                "latency_texts": len(examples), "serve_args": list(serve_args), "instances": list(instances),
+               "texts": len(everything), "test_file": test_file,
                "variants": {}}
     for variant in variants:
         extra = ["--use_int8"] if variant == "int8" else []
@@ -700,7 +793,7 @@ def service_speed(paths: dict, test_file: str, threads: int, repeats: int, reque
                "instances_load": {str(n): {str(c): [] for c in SERVICE_CLIENTS} for n in instances[1:]}}
         with contextlib.ExitStack() as stack:
             servers = {n: stack.enter_context(Server(
-                paths["export"], threads, [*extra, *serve_args, "--instances", str(n)],
+                paths["export"], threads, [*extra, *serve_args, *instances_flags(n)],
                 os.path.join(paths["ckpt"], f"serve-{variant}-{n}.log"))) for n in instances}
             for server in servers.values():
                 load(server.url, test_file, 8, 200, 120)  # warm-up: onnxruntime's first runs at each shape
@@ -734,6 +827,7 @@ def service_speed(paths: dict, test_file: str, threads: int, repeats: int, reque
                         runs[str(clients)].append(each.measure(
                             test_file, clients, len(examples) if clients == 1 else requests, duration, warmup=clients))
             out["server_rss_mb"] = server.rss_mb()
+            out["rss_mb_by_instances"] = {str(n): each.rss_mb() for n, each in servers.items()}
             out["ready_s"] = server.ready_s
         out["exit_code"] = server.exit_code
         out["instances_exit_code"] = {str(n): servers[n].exit_code for n in instances[1:]}
@@ -746,6 +840,8 @@ def service_memory(work: str, test_file: str, threads: int, total: int, clients:
                    serve_args: List[str] = ()) -> dict:
     """11: the server's RSS from start (ready, no request yet) over `total` requests (one tnews text
     each) in `samples` steps, tiny model (what grows is the service's, not the model's)."""
+    if not total:  # --service_memory_requests 0: skipped
+        return {}
     export = keyword_export(work)
     points = []
     with Server(export, threads, list(serve_args), os.path.join(work, "serve-memory.log")) as server:
@@ -764,6 +860,37 @@ def service_memory(work: str, test_file: str, threads: int, total: int, clients:
             "serve_args": list(serve_args), "exit_code": server.exit_code, "loadavg_end": os.getloadavg()}
 
 
+def instances_table(speed: dict) -> str:
+    """The --instances settings side by side, each against the same round's infer.py and one-text
+    compute: the two targets (1 client p50 <= 1.2x, 32 clients >= 0.9x) met by one setting or not."""
+    lines = ["| model, `--instances` | 1 client p50 / one text | 8 / 32 / 128 clients: texts/s / infer.py | "
+             "p50 / p99 at 1, 32, 128 clients (ms) | split batches at 32 | server RSS | both targets |",
+             "|---|---|---|---|---|---|---|"]
+    for v, out in speed["variants"].items():
+        infer, compute = median(out["infer_texts_per_s"]), median(out["compute_one_ms"])
+        for n in speed["instances"]:
+            runs = out["load"] if n == speed["instances"][0] else out["instances_load"][str(n)]
+
+            def at(clients, *keys):
+                values = []
+                for result in runs[str(clients)]:
+                    for key in keys:
+                        result = result[key]
+                    values.append(result)
+                return median(values)
+            p50_ratio = at(1, "latency_ms", "p50") / compute
+            ratios = [at(c, "texts_per_s") / infer for c in (8, 32, 128)]
+            split = at(32, "server", "split_batches") / max(1.0, at(32, "server", "batches"))
+            met = p50_ratio <= 1.2 and ratios[1] >= 0.9
+            lines.append(
+                f"| {v}, {n} | {at(1, 'latency_ms', 'p50'):.1f} ms ({p50_ratio:.2f}x) | "
+                + " / ".join(f"{r:.2f}x" for r in ratios) + " | "
+                + "; ".join(f"{at(c, 'latency_ms', 'p50'):.0f} / {at(c, 'latency_ms', 'p99'):.0f}" for c in (1, 32, 128))
+                + f" | {split:.2f} | {out.get('rss_mb_by_instances', {}).get(str(n), float('nan')):.0f} MB | "
+                + ("**met**" if met else "not met") + " |")
+    return "\n".join(lines) + "\n"
+
+
 def service_table(speed: dict, memory: dict) -> str:
     variants = speed["variants"]
     names = list(variants)
@@ -780,7 +907,7 @@ def service_table(speed: dict, memory: dict) -> str:
 
     lines = [f"| measurement ({speed['threads']} threads) | " + " | ".join(names) + " | target |",
              "|---" * (len(names) + 2) + "|",
-             "| infer.py, 2010 tnews texts (texts/s from its summary) | "
+             f"| infer.py, {speed.get('texts', 2010)} tnews texts (texts/s from its summary) | "
              + " | ".join(f"{infer[v]:.1f}" for v in names) + " | |"]
     for clients in speed["clients"]:
         target = ">= 0.9x infer.py" if clients == 32 else ""
@@ -870,16 +997,6 @@ def cpu_peak() -> dict:
             "vnni": "avx512_vnni" in flags, "amx": "amx_int8" in flags}
 
 
-def sgemm_reference(threads: int) -> float:
-    """numpy (OpenBLAS) sgemm GFLOP/s at 2048^3: what a tuned BLAS reaches here."""
-    import numpy
-
-    a = numpy.random.rand(2048, 2048).astype(numpy.float32)
-    b = numpy.random.rand(2048, 2048).astype(numpy.float32)
-    times = timed(lambda: a @ b, 5)
-    return 2 * 2048 ** 3 / median(times) / 1e9
-
-
 def report(results: dict, threads: int) -> str:
     e2e = results["end_to_end"]
     ref_wall = median([r["wall"] for r in e2e["reference"]])
@@ -915,8 +1032,7 @@ def report(results: dict, threads: int) -> str:
          ours_rss / (1.5 * onnx_mb + 300), "<= 1.0"),
         ("3", f"onnxruntime fp32 vs Paddle Inference fp32 ({paddle_best_name}), same export and batches",
          f"{texts / ort32:.1f} / {texts / paddle_best:.1f} samples/s", paddle_best / ort32, ">= 1.1x"),
-        ("4", "achieved fp32 FLOP/s (real tokens) / machine fp32 peak",
-         f"{achieved / 1e9:.0f} / {peak_flops / 1e9:.0f} GFLOP/s", achieved / peak_flops, ">= 0.75"),
+        *ceiling_rows(ip["flops_real"], ort32, ort8, results["gemm"]),
         ("5", "length-sorted vs file-order batching (batch 32, preprocessing included)",
          f"{texts / sorted_s:.1f} / {texts / file_s:.1f} samples/s", file_s / sorted_s, ">= 1.3x"),
         ("6", "int8 vs fp32 onnxruntime (compute, batch 32)", f"{texts / ort8:.1f} / {texts / ort32:.1f} samples/s",
@@ -937,10 +1053,11 @@ def report(results: dict, threads: int) -> str:
         f"(sorted batch 32 is {file200_s / sorted_s:.2f}x that).",
         f"* FLOPs counted per sequence of L tokens: L x layers x (8H^2 + 4HI + 4LH) + 2H^2 at the mask; "
         f"mean {ip['mean_tokens']:.1f} tokens per text; with padding the model computed "
-        f"{achieved_padded / 1e9:.0f} GFLOP/s ({achieved_padded / peak_flops:.2f} of peak). "
-        f"Peak = {peak['formula']} = {threads} x {peak['mhz'] / 1000:.2f} x {peak['fp32_flops_per_cycle']}; "
-        f"numpy/OpenBLAS sgemm 2048^3 reaches {results['sgemm_gflops']:.0f} GFLOP/s here "
-        f"({results['sgemm_gflops'] * 1e9 / peak_flops:.2f} of peak).",
+        f"{achieved_padded / 1e9:.0f} GFLOP/s. Measured GEMMs ({threads} threads): numpy sgemm 2048^3 "
+        f"{results['gemm']['numpy_sgemm']:.0f}, onnxruntime fp32 FFN {results['gemm']['ort_fp32_ffn']:.0f}, int8 FFN "
+        f"{results['gemm']['ort_int8_ffn']:.0f} GFLOP/s. The assumed peak row 4 used before (an Intel core "
+        f"with two 512-bit FMA units: {peak['formula']} = {peak_flops / 1e9:.0f} GFLOP/s) would give "
+        f"{achieved / peak_flops:.2f}; it is wrong on other CPUs (AMD Zen 4: one 512-bit FMA path).",
         "* Paddle Inference compute: " + ", ".join(f"{k} {texts / median(v):.1f} samples/s"
                                                     for k, v in ip["paddle_inference_s"].items()) + ".",
     ]
@@ -962,14 +1079,20 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train_steps", type=int, default=8)
     parser.add_argument("--manual_steps", type=int, default=12, help="steps per run of part 9 (2 are warm-up)")
-    parser.add_argument("--only", choices=("reports", "manual_verbalizer", "ray", "service"), help="run only this part")
+    parser.add_argument("--only", choices=("reports", "manual_verbalizer", "ray", "service", "ceiling"),
+                        help="run only this part")
+    parser.add_argument("--ceiling_texts", type=int, default=None,
+                        help="--only ceiling: the first N tnews test texts (default all 2010)")
     parser.add_argument("--service_requests", type=int, default=1000,
                         help="part 10: requests per client count (1 client: --latency_texts texts once each)")
     parser.add_argument("--service_duration", type=float, default=30.0, help="part 10: at most seconds per run")
+    parser.add_argument("--service_texts", type=int, default=None,
+                        help="part 10: only the first N tnews test texts, for infer.py, the in-process timings and "
+                             "the clients (default all 2010; fewer: shorter rounds on a busy machine)")
     parser.add_argument("--latency_texts", type=int, default=300, help="part 10: texts timed at 1 client, in process")
     parser.add_argument("--service_memory_requests", type=int, default=100_000, help="part 11: requests")
-    parser.add_argument("--service_instances", default="1,2",
-                        help="part 10: serve.py --instances counts measured side by side (the first is the main rows)")
+    parser.add_argument("--service_instances", default="1,2,auto",
+                        help="part 10: serve.py --instances settings measured side by side (the first is the main rows)")
     parser.add_argument("--serve_args", default="", help="parts 10, 11: extra serve.py flags, e.g. '--max_wait_ms 0'")
     parser.add_argument("--memory", action="store_true", help="Only the streaming memory check (no ../shared).")
     parser.add_argument("--baseline", help="With --memory: an earlier checkout whose infer.py to compare.")
@@ -1015,7 +1138,7 @@ def main() -> int:
     results["in_process"] = in_process(paths, test_file, args.threads, args.repeats)
     results["int8_agreement"] = int8_agreement(args.work_dir, args.threads)
     results["train_overhead"] = train_overhead(paths, args.work_dir, args.repeats, args.train_steps)
-    results["sgemm_gflops"] = sgemm_reference(args.threads)
+    results["gemm"] = gemm_ceiling(args.threads)
     results["reports"] = report_scaling(args.work_dir)
     results["manual_verbalizer"] = manual_verbalizer_steps(args.work_dir, args.repeats, args.manual_steps)
     results.update(service(args, paths, test_file))
@@ -1023,7 +1146,8 @@ def main() -> int:
     table = (report(results, args.threads) + "\n8. Classification report vs number of labels\n\n"
              + reports_table(results["reports"]) + "\n9. Training step, --verbalizer manual vs soft\n\n"
              + manual_verbalizer_table(results["manual_verbalizer"]) + "\n10, 11. HTTP service (serve.py)\n\n"
-             + service_table(results["service"], results["service_memory"]))
+             + service_table(results["service"], results["service_memory"]) + "\nThe --instances settings side by side "
+             "(medians of the rounds):\n\n" + instances_table(results["service"]))
     with open(os.path.join(ROOT, "benchmarks", "results.json"), "w", encoding="utf-8") as fp:
         json.dump(results, fp, indent=2, default=float)
     with open(os.path.join(ROOT, "benchmarks", "results.md"), "w", encoding="utf-8") as fp:
@@ -1033,12 +1157,25 @@ def main() -> int:
     return 0
 
 
+def first_lines(path: str, n: Optional[int], work: str) -> str:
+    """`path` itself, or (`n`) a copy of its first n lines in `work` (a shorter round on a busy machine)."""
+    if not n:
+        return path
+    with open(path, encoding="utf-8") as fp:
+        lines = [line for _, line in zip(range(n), fp)]
+    short = os.path.join(work, f"{os.path.splitext(os.path.basename(path))[0]}-first{n}.txt")
+    with open(short, "w", encoding="utf-8") as fp:
+        fp.writelines(lines)
+    return short
+
+
 def service(args, paths: dict, test_file: str) -> dict:
     """Parts 10 and 11 with the command line's settings."""
+    test_file = first_lines(test_file, args.service_texts, args.work_dir)
     serve_args = args.serve_args.split()
     return {"service": service_speed(paths, test_file, args.threads, args.repeats, args.service_requests,
                                      args.service_duration, args.latency_texts, serve_args,
-                                     instances=[int(n) for n in args.service_instances.split(",")]),
+                                     instances=args.service_instances.split(",")),
             "service_memory": service_memory(args.work_dir, test_file, args.threads, args.service_memory_requests,
                                              serve_args=serve_args)}
 
@@ -1053,9 +1190,14 @@ def run_part(args) -> int:
     elif args.only == "ray":
         results = {"ray": ray_vs_local(args.work_dir, args.repeats)}
         table = ray_table(results["ray"])
+    elif args.only == "ceiling":
+        results = {"ceiling": ceiling(base_export(args.work_dir), os.path.join(TNEWS, "test.txt"), args.threads,
+                                      args.repeats, args.ceiling_texts)}
+        table = ceiling_table(results["ceiling"])
     elif args.only == "service":
         results = service(args, base_export(args.work_dir), os.path.join(TNEWS, "test.txt"))
-        table = service_table(results["service"], results["service_memory"])
+        table = (service_table(results["service"], results["service_memory"]) + "\nThe --instances settings side "
+                 "by side (medians of the rounds):\n\n" + instances_table(results["service"]))
     else:
         results = {"manual_verbalizer": manual_verbalizer_steps(args.work_dir, args.repeats, args.manual_steps)}
         table = manual_verbalizer_table(results["manual_verbalizer"])

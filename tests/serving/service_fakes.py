@@ -34,6 +34,9 @@ class FakeModel:
     def encoder(self, max_seq_length=None):
         return self
 
+    def with_threads(self, num_threads):  # --instances auto's split path: the same fake
+        return self
+
     def split(self, examples):  # one input per text (a truncate model's)
         return list(examples), [None] * len(examples)
 

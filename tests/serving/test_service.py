@@ -385,8 +385,9 @@ def serving(export_dir, cwd, *flags, script=os.path.join(ROOT, "serve.py")):
             server.wait()
 
 
-@pytest.mark.parametrize("instances, signum", [("1", signal.SIGTERM), ("2", signal.SIGTERM), ("1", signal.SIGINT)],
-                         ids=["SIGTERM", "SIGTERM, 2 instances", "Ctrl-C"])
+@pytest.mark.parametrize("instances, signum", [("1", signal.SIGTERM), ("2", signal.SIGTERM), ("auto", signal.SIGTERM),
+                                               ("1", signal.SIGINT)],
+                         ids=["SIGTERM", "SIGTERM, 2 instances", "SIGTERM, instances auto", "Ctrl-C"])
 def test_a_stop_signal_closes_the_port_and_answers_every_request_in_flight_then_exits_0(export_dir, tmp_path,
                                                                                         instances, signum):
     """serve.py with a model the test holds: 12 requests of 4 texts are in the service (one run
@@ -396,15 +397,21 @@ def test_a_stop_signal_closes_the_port_and_answers_every_request_in_flight_then_
     import httpx
     from concurrent.futures import ThreadPoolExecutor
 
-    with serving(export_dir, tmp_path, "--num_threads", instances, "--instances", instances, "--max_batch_size", "4",
+    workers = 1 if instances == "1" else 2  # auto on 2 threads: a run on every thread, then one beside it on half
+    with serving(export_dir, tmp_path, "--num_threads", str(workers), "--instances", instances, "--max_batch_size", "4",
                  "--max_wait_ms", "0", script=HELD) as (server, port, url):
         requests = [[str(4 * i + j) for j in range(4)] for i in range(12)]
         with ThreadPoolExecutor(len(requests)) as pool:
             futures = [pool.submit(httpx.post, url + "/predict", json={"texts": texts}, timeout=HANG_GUARD)
                        for texts in requests]
-            running = sum(int(server.stdout.readline().split()[1]) for _ in range(int(instances)))  # held runs
+            running = sum(int(server.stdout.readline().split()[1]) for _ in range(workers))  # held runs
             until(lambda: metric(url, "ptuning_queue_texts") == 48 - running,  # the others, behind the held runs
                   "every request in the service")
+            if instances == "auto":  # serve.py gave the batcher its split path: the second held run is on it
+                lines = httpx.get(url + "/metrics", timeout=HANG_GUARD).text.splitlines()
+                paths = [sum(float(line.split()[1]) for line in lines
+                             if line.startswith(f'ptuning_batch_paths_total{{path="{p}"}} ')) for p in ("full", "split")]
+                assert sum(paths) == 2 and paths[1] >= 1, paths
             server.send_signal(signum)
             for line in server.stderr:  # uvicorn says this once it has closed the port
                 if "Waiting for connections to close" in line:

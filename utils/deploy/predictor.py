@@ -111,6 +111,7 @@ class ExportedClassifier:
             self.decoder = read_decoder(export_dir, self.manifest, self.labels)
             self.preprocessor = PromptPreprocessor(config, export_dir, max_seq_length)
             self.session = create_session(model_path, device, device_id, num_threads, allow_spinning)
+            self._session_args = (model_path, device, device_id, num_threads, allow_spinning)
         except UserError:
             model_hash.check()  # a model that differs from the manifest explains a failure best
             raise
@@ -126,6 +127,17 @@ class ExportedClassifier:
         if len(outputs) == 2 and isinstance(outputs[1], int) and outputs[1] != len(self.labels):
             raise UserError(f"the ONNX model outputs {outputs[1]} logits, {LABELS_FILE} lists {len(self.labels)} "
                             "labels; export again", model_path)
+
+    def with_threads(self, num_threads: int) -> "ExportedClassifier":
+        """This classifier (the same verified files, preprocessor and decoder) on a second onnxruntime
+        session of `num_threads` intra-op threads: serve.py `--instances auto`'s split path. The second
+        session holds its own copy of the weights (BENCHMARKS.md, "--instances auto": its RSS)."""
+        import copy
+
+        model_path, device, device_id, _, allow_spinning = self._session_args
+        sibling = copy.copy(self)
+        sibling.session = create_session(model_path, device, device_id, num_threads, allow_spinning)
+        return sibling
 
     @property
     def text_keys(self) -> List[str]:

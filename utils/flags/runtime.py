@@ -145,10 +145,13 @@ class ServeArguments(RuntimeArguments):
     name: str = field(default="cls_default", metadata={
         "text": True, "help": "The model's name in POST /models/<name> (with --ray: also the Serve application's; "
                               "with --ray and --model, only that)."})
-    instances: int = field(default=1, metadata={
-        "help": "Model workers, each running its own batches on the one loaded model (Triton's instance count); on "
-                "CPU each gets --num_threads / instances threads. Default %(default)s: lowest latency for a lone "
-                "request; 2 on 2 cores: 4-11%% more texts/s under sustained load (BENCHMARKS.md)."})
+    instances: str = field(default="1", metadata={
+        "metavar": "N|auto",
+        "help": "Model workers, each running its own batches on the loaded model (Triton's instance count). N: on "
+                "CPU each gets --num_threads / N threads; 1 (default): lowest latency for a lone request, 2 on 2 "
+                "cores: more texts/s under sustained load. auto (CPU, 2+ threads): a batch that runs alone gets every "
+                "thread, two batches at once get half each (a second onnxruntime session: the weights again in "
+                "memory); not yet the default: not measured on an idle machine (BENCHMARKS.md)."})
     max_batch_size: int = field(default=32, metadata={"help": "Texts per model run."})
     max_wait_ms: float = field(default=5.0, metadata={
         "help": "How long a batch waits for more texts, from the oldest one's arrival or the last answers, whichever "

@@ -79,11 +79,18 @@ class Batcher:
     batch forms; they share the model (onnxruntime sessions are thread-safe; no extra memory). An
     idle worker takes only its share of the queue when others are idle too, and waits only for its
     share of the clients still to come back: otherwise the first to wake takes everything and the
-    rest idle for good (simulated, 2 workers and fast clients: one worker busy, half the texts/s)."""
+    rest idle for good (simulated, 2 workers and fast clients: one worker busy, half the texts/s).
+
+    `split_model` (serve.py `--instances auto`): the same model on a share of the threads. A batch
+    that runs alone (no other worker busy, nothing left in the queue once it is taken) runs on
+    `model`, every thread; a batch that will run beside another runs on `split_model`, so that
+    concurrent batches share the cores instead of each asking for all of them (`_path`)."""
 
     def __init__(self, model, max_batch_size: int, max_wait_ms: float, max_queue: int, metrics=None,
-                 split_by_length: bool = False, workers: int = 1):
+                 split_by_length: bool = False, workers: int = 1, split_model=None):
         self.model = model  # a utils.deploy.predictor.ExportedClassifier
+        self.split_model = split_model  # None: every batch on `model`
+        self.paths = collections.Counter()  # batches run by path: "full" (every thread) or "split"
         self.workers = workers
         self.split_by_length = split_by_length  # CPU: run a batch as length_runs() (see there)
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000.0
@@ -179,25 +186,39 @@ class Batcher:
             if not self.pending:  # another worker took them while this one waited
                 continue
             batch = self._take_batch(min(self.max_batch_size, -(-self.queued // self.idle)))
+            model = self._path()
             self.peak = self.in_service
             self.running += len(batch)
             self.busy += 1
             try:
-                await self._run_batch(loop, batch)
+                await self._run_batch(loop, batch, model)
             finally:
                 self.running -= len(batch)
                 self.busy -= 1
                 self.answered_at = time.monotonic()
 
-    async def _run_batch(self, loop, batch: List[Tuple[_Request, int, int]]) -> None:
-        """Run `batch` in a worker thread and answer its requests."""
+    def _path(self):
+        """The model a batch just taken runs on (see the class): `split_model` when another worker is
+        running a batch or texts are left in the queue for the next one, else `model`. Counted in
+        `paths` and the `ptuning_batch_paths` metric."""
+        if self.split_model is None:
+            return self.model
+        path = "split" if self.busy or self.pending else "full"
+        self.paths[path] += 1
+        if self.metrics and getattr(self.metrics, "batch_paths", None) is not None:
+            self.metrics.batch_paths.labels(path).inc()
+        return self.split_model if path == "split" else self.model
+
+    async def _run_batch(self, loop, batch: List[Tuple[_Request, int, int]], model=None) -> None:
+        """Run `batch` on `model` (default: `self.model`) in a worker thread and answer its requests."""
+        model = model if model is not None else self.model
         try:
-            probs = await loop.run_in_executor(self.executor, self._run, batch)
+            probs = await loop.run_in_executor(self.executor, self._run, batch, model)
         except Exception:  # isolate: the failing request(s) fail alone
             for request, start, end in batch:
                 try:
                     self._deliver(request, start, await loop.run_in_executor(
-                        self.executor, self._run, [(request, start, end)]))
+                        self.executor, self._run, [(request, start, end)], model))
                 except Exception as exc:  # noqa: BLE001 (reported to that request only)
                     logger.exception("a request failed in the model")
                     if not request.future.done():
@@ -208,16 +229,16 @@ class Batcher:
             self._deliver(request, start, probs[offset:offset + end - start])
             offset += end - start
 
-    def _run(self, batch: List[Tuple[_Request, int, int]]) -> np.ndarray:
-        """In the model thread: encode every slice with its request's length, run one batch."""
+    def _run(self, batch: List[Tuple[_Request, int, int]], model) -> np.ndarray:
+        """In the model thread: encode every slice with its request's length, run one batch on `model`."""
         started = time.perf_counter()
         try:
-            return self._encode_and_run(batch)
+            return self._encode_and_run(batch, model)
         finally:
             if self.metrics:
                 self.metrics.model_seconds.inc(time.perf_counter() - started)
 
-    def _encode_and_run(self, batch: List[Tuple[_Request, int, int]]) -> np.ndarray:
+    def _encode_and_run(self, batch: List[Tuple[_Request, int, int]], model) -> np.ndarray:
         features, pieces = [], []
         for request, start, end in batch:  # --long_text: every window of every document, in one batch
             encoder = self.model.encoder(request.max_seq_length)
@@ -231,9 +252,9 @@ class Batcher:
                 self.metrics.long_texts.inc(sum(1 for p in pieces if p.longer))
                 self.metrics.windows.inc(len(features))
         if self.split_by_length:
-            logits = run_by_length(self.model, features)
+            logits = run_by_length(model, features)
         else:
-            logits = self.model.run(features, batch_size=max(1, len(features)))
+            logits = model.run(features, batch_size=max(1, len(features)))
         return self.model.decoder.probabilities(self.model.documents(logits, pieces))
 
     def _deliver(self, request: _Request, start: int, probs: np.ndarray) -> None:

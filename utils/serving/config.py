@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 from ..errors import UserError
 
 DEFAULT_NAME = "cls_default"
 MAX_INSTANCES = 64  # model workers on one device: more is a typo (each a thread and a run in memory)
+AUTO = "auto"  # --instances auto: see ServiceConfig.workers
 
 
 # The first path segments of the service's other routes (FastAPI's /docs, /redoc, /openapi.json too):
@@ -51,7 +52,7 @@ class ServiceConfig:
     use_fp16: bool = False
     use_int8: bool = False
     max_seq_length: Optional[int] = None
-    instances: int = 1               # model workers sharing the one loaded model
+    instances: Union[int, str] = 1   # model workers; `auto`: a lone batch on every thread, two at once on half each
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 2048            # texts waiting, over all requests
@@ -66,10 +67,17 @@ class ServiceConfig:
     watch_interval_s: float = 0.0         # scan the served export paths for a new export (0: never)
 
     def __post_init__(self):
+        if isinstance(self.instances, str) and self.instances.isdigit():  # --instances 2 from the command line
+            self.instances = int(self.instances)
+        if isinstance(self.instances, str) and self.instances != AUTO:
+            raise UserError(f"must be a positive integer or `auto`, got {self.instances!r}", "--instances")
         for name in ("instances", "max_batch_size", "max_queue", "max_texts_per_request", "max_chars_per_text", "default_top_k"):
             value = getattr(self, name)
+            if name == "instances" and value == AUTO:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise UserError(f"must be a positive integer, got {value!r}", f"--{name}")
+                raise UserError(f"must be a positive integer{' or `auto`' if name == 'instances' else ''}, got "
+                                f"{value!r}", f"--{name}")
         if not self.max_wait_ms >= 0:
             raise UserError(f"must be zero or more, got {self.max_wait_ms}", "--max_wait_ms")
         check_model_name(self.name, "--name")
@@ -91,9 +99,11 @@ class ServiceConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise UserError(f"must be positive, got {value}", f"--{name}")
-        if self.instances > MAX_INSTANCES:
+        if self.instances == AUTO:
+            pass
+        elif self.instances > MAX_INSTANCES:
             raise UserError(f"is {self.instances}; at most {MAX_INSTANCES} (model workers on one device)", "--instances")
-        if self.num_threads is not None and self.instances > self.num_threads and self._device() == "cpu":
+        elif self.num_threads is not None and self.instances > self.num_threads and self._device() == "cpu":
             raise UserError(f"is {self.instances}, more than --num_threads {self.num_threads}: on CPU each instance "
                             "runs on its share of the threads, at least one", "--instances")
 
@@ -119,12 +129,30 @@ class ServiceConfig:
 
     def model_threads(self, device: str) -> Optional[int]:
         """The model's onnxruntime intra-op threads: on CPU each instance gets an equal share of
-        `num_threads` (default: physical cores), as instances run side by side; GPU: as given."""
+        `num_threads` (default: physical cores), as instances run side by side (`auto`: all of them,
+        for the batch that runs alone); GPU: as given."""
         if device != "cpu":
             return self.num_threads
+        return max(1, self._cpu_threads() // (1 if self.instances == AUTO else self.instances))
+
+    def _cpu_threads(self) -> int:
         from ..deploy.classifier import default_num_threads
 
-        return max(1, (self.num_threads or default_num_threads()) // self.instances)
+        return self.num_threads or default_num_threads()
+
+    def split_threads(self, device: str) -> Optional[int]:
+        """`--instances auto` on CPU with 2+ threads: the threads of the split path's session (half of
+        them; a batch that runs beside another gets that share), else None (no split path)."""
+        if self.instances != AUTO or device != "cpu" or self._cpu_threads() < 2:
+            return None
+        return self._cpu_threads() // 2
+
+    def workers(self, device: str) -> int:
+        """Model worker threads of a batcher: `--instances N`: N; `auto`: 2 when there is a split path
+        (a lone batch on every thread, two at once on half each), else 1."""
+        if self.instances == AUTO:
+            return 2 if self.split_threads(device) else 1
+        return self.instances
 
     @property
     def max_body_bytes(self) -> int:

@@ -32,6 +32,9 @@ class Metrics:
         # Busy time of the model workers: its rate is their utilisation (1.0 = one worker never idle).
         self.model_seconds = Counter("ptuning_model_seconds", "Time the model workers spent on batches "
                                      "(tokenization + inference), summed over workers", registry=self.registry)
+        self.batch_paths = Counter("ptuning_batch_paths", "Batches run by path (--instances auto): full = alone, "
+                                   "on every thread; split = beside another batch, on a share", ["path"],
+                                   registry=self.registry)
         self.ready = Gauge("ptuning_ready", "1 when the model is loaded and requests are accepted",
                            registry=self.registry)
         # Per model (several models, zero-downtime swaps): series labelled by the model's name and version.
@@ -62,7 +65,7 @@ class ModelMetrics:
 
     def __init__(self, metrics: Metrics, model: str, version: str):
         self.metrics, self.model = metrics, model
-        self.batch_size = metrics.batch_size
+        self.batch_size, self.batch_paths = metrics.batch_size, metrics.batch_paths
         self.long_texts, self.windows = metrics.long_texts, metrics.windows  # --long_text: the service's counts
         self.model_seconds = _Both(metrics.model_seconds, metrics.model_seconds_by_model.labels(model, version))
         self.queue_depth = _Queue(metrics, model, id(self))

@@ -174,10 +174,15 @@ class ModelRegistry:
         return self.names[0]
 
     def load(self, path: str):
-        """A `utils.Classifier` for `path` with the service's options (in a thread: it hashes and loads)."""
+        """A `utils.Classifier` for `path` with the service's options (in a thread: it hashes and loads),
+        and its `split_model`: with `--instances auto` on CPU, the split path's session, else None."""
         from ..deploy.classifier import Classifier
 
-        return Classifier(path, **self.config.classifier_options())
+        classifier = Classifier(path, **self.config.classifier_options())
+        split = self.config.split_threads(classifier.device)
+        # --instances auto: the split path's session (a batch beside another runs on half the threads)
+        classifier.split_model = classifier.model.with_threads(split) if split else None
+        return classifier
 
     def start(self, name: str, classifier, path: Optional[str] = None) -> Slot:
         """Serve `classifier` as `name` from now on (on the event loop: its batcher starts)."""
@@ -186,7 +191,8 @@ class ModelRegistry:
         version = model_version(name, classifier.model)
         batcher = Batcher(classifier.model, config.max_batch_size, config.max_wait_ms, config.max_queue,
                           ModelMetrics(self.metrics, name, version), split_by_length=classifier.device == "cpu",
-                          workers=config.instances)
+                          workers=config.workers(classifier.device),
+                          split_model=getattr(classifier, "split_model", None))
         batcher.start()
         slot = Slot(name, path, classifier, batcher, export_identity(path))
         old = self.slots.get(name)
