@@ -349,7 +349,7 @@ def serve_on_ray(config: ServiceConfig, options: RayServeOptions, host: str, por
             raise
         except Exception as exc:
             raise UserError(f"the replicas could not start: {deploy_error(serve, config.name, exc)}", FLAG) from None
-        del shipped
+        shipped = None  # drop the object refs: the replicas have their own copies
         if config.watch_interval_s:
             rollout.watch.remote(config.watch_interval_s)
         served = describe(serve, config.name, address, options.route_prefix)
