@@ -41,9 +41,9 @@ SPLITS = os.path.join(pq.TNEWS, "splits")
 SEARCHED = ("--learning_rate", "--ppt_learning_rate")
 
 
-def base_flags(proxy):
+def base_flags(proxy, steps=200):
     """Section 1's train.py flags on the proxy, without the searched learning rates and --do_predict."""
-    flags, out = pq.train_flags(200, 50), []
+    flags, out = pq.train_flags(steps, max(1, steps // 4)), []
     skip = False
     for flag in flags:
         if skip:
@@ -65,7 +65,7 @@ def child_cpu_seconds():
 def search(work, proxy, args):
     out = os.path.join(work, "search")
     command = [pq.PY, "search.py", "--output_dir", out, "--n_trials", str(args.n_trials), "--splits_dir", SPLITS,
-               "--split_ids", *map(str, args.search_splits), "--", *base_flags(proxy)]
+               "--split_ids", *map(str, args.search_splits), "--", *base_flags(proxy, args.steps)]
     cpu_log = os.path.join(work, "search_cpu.json")
     log = json.load(open(cpu_log, encoding="utf-8")) if os.path.isfile(cpu_log) else {"invocations": []}
     record = os.path.join(out, "search.json")
@@ -178,13 +178,16 @@ def main():
     parser.add_argument("--search_workers", type=int, default=2,
                         help="search.py processes sharing the study (sqlite), as docs/how-to/search.md allows")
     parser.add_argument("--search_only", action="store_true")
+    parser.add_argument("--model", help="another model than WORK_DIR/proxy (a smoke check of this script: results "
+                                        "into WORK_DIR/search27/results_smoke.json, not benchmarks/)")
+    parser.add_argument("--steps", type=int, default=200, help="train.py --max_steps (section 1: 200)")
     args = parser.parse_args()
-    proxy = os.path.join(args.work_dir, "proxy")
-    if not os.path.isfile(os.path.join(proxy, "checkpoint_complete.json")):
+    proxy = args.model or os.path.join(args.work_dir, "proxy")
+    if not args.model and not os.path.isfile(os.path.join(proxy, "checkpoint_complete.json")):
         raise SystemExit(f"no proxy at {proxy}: run benchmarks/proxy_quality.py --build_only first")
     work = os.path.join(args.work_dir, "search27")
     os.makedirs(work, exist_ok=True)
-    base = base_flags(proxy)
+    base = base_flags(proxy, args.steps)
     configs = {"readme": (base + ["--learning_rate", "3e-5", "--ppt_learning_rate", "3e-4"], SPLITS),
                "section1": (base + ["--learning_rate", "1e-4", "--ppt_learning_rate", "1e-3"], SPLITS)}
     record, cpu_log, command, number = None, {"invocations": []}, [], None
@@ -201,8 +204,10 @@ def main():
     if record is None:
         print(table(results, {name: name for name in results}))
         return 0
+    params = {k: v for k, v in record["params"].items() if k != "label_words"}
+    words = "label.txt's words" if configs["best"][1] == SPLITS else "ranked label words (in the JSON)"
     labels = {"readme": "README default (lr 3e-5, ppt 3e-4, lstm, label.txt's words)",
-              "best": f"search's best (trial {number}: {record['params']})",
+              "best": f"search's best (trial {number}: {params}, {words})",
               "section1": "section 1's P-tuning (lr 1e-4, ppt 1e-3)"}
     result = {"date": time.strftime("%Y-%m-%d"), "proxy": proxy, "search_command": shlex.join(command),
               "search": record, "search_cpu": cpu_log, "search_cpu_hours": round(cpu / 3600, 3),
@@ -212,7 +217,9 @@ def main():
                                     for key in ("test_accuracy", "test_macro_f1", "eval_accuracy")}}
                           for name in configs},
               "eval_seconds": seconds}
-    with open(os.path.join(pq.ROOT, "benchmarks", "results_proxy_search.json"), "w", encoding="utf-8") as fp:
+    path = os.path.join(work, "results_smoke.json") if args.model else \
+        os.path.join(pq.ROOT, "benchmarks", "results_proxy_search.json")
+    with open(path, "w", encoding="utf-8") as fp:
         json.dump(result, fp, indent=1, ensure_ascii=False)
     print(table(results, labels))
     print(f"\nsearch: {record['trials']}, CPU {cpu / 3600:.2f} h (user+sys), trials' wall "
