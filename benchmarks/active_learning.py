@@ -292,6 +292,8 @@ def main():
     suffix = ("" if args.task == "uniform" else f"_{args.task}") + (f"_{args.tag}" if args.tag else "")
     # Cached curves and starts belong to one configuration: its own work folder.
     args.work = os.path.join(WORK, args.task, "-".join(f"{n}{getattr(args, n)}" for n in DEFAULTS[args.task]))
+    if args.task == "tnews":  # and one model: its path in the folder's name
+        args.work += "-" + os.path.abspath(args.model).strip("/").replace("/", "_")
     os.makedirs(args.work, exist_ok=True)
     tiny = args.model if args.task == "tnews" else build_tiny(WORK, args.task)
     pool, dev, test = task_splits(args.task, args.pool_per_class)

@@ -257,6 +257,8 @@ def main() -> int:
     parser.add_argument("--tnews_steps", type=int, default=100)
     parser.add_argument("--skip_tnews", action="store_true")
     parser.add_argument("--skip_keyword", action="store_true", help="only the tnews rows")
+    parser.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results_label_audit.json"),
+                        help="the results JSON (its rows of data and noise this run does not cover are kept)")
     parser.add_argument("--reuse", action="store_true",
                         help="keep finished audits and training runs in --work (continue an interrupted run)")
     parser.add_argument("--tnews_model", help="the tnews rows' model (default: the tiny random ERNIE on the 40k "
@@ -285,7 +287,7 @@ def main() -> int:
 
     compat.apply()
     noise = [float(f) for f in args.noise.split(",")]
-    results_path = os.path.join(ROOT, "benchmarks", "results_label_audit.json")
+    results_path = args.results
     os.makedirs(args.work, exist_ok=True)
     keyword_model, tnews_model = tiny_models(args.work)
     flags = ["--prompt", PROMPT, "--max_steps", str(args.steps), "--eval_steps", "20", "--logging_steps", "20", *FAST]
