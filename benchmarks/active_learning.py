@@ -3,10 +3,16 @@
     python benchmarks/active_learning.py                       # the uniform task, the stated small config
     python benchmarks/active_learning.py --task longtail --strategies random entropy margin diversity hybrid
     python benchmarks/active_learning.py --seeds 0 1 --rounds 3 --strategies random entropy+balance diversity+kmeans
+    nice -n 19 python benchmarks/active_learning.py --task tnews --model benchmarks/work/proxy/full/proxy \
+        --strategies random entropy --seeds 0 1        # FewCLUE tnews on QUALITY.md section 1's proxy
 
 Tasks: `uniform`, one keyword per class (3 classes, utils/testing/synthetic.py make_split); `longtail`, 4
 classes of 6 keywords each, Zipf-distributed in the pool (a few frequent, many rare; synthetic.py
-make_longtail_split), dev and test uniform over the keywords, so a model must see the rare ones labelled.
+make_longtail_split), dev and test uniform over the keywords, so a model must see the rare ones labelled;
+`tnews`: FewCLUE tnews (15 labels) with --model (section 1's proxy: `benchmarks/proxy_quality.py
+--build_only`) and section 1's training flags; tnews' unlabeled.txt has no labels, so the pool is the
+labelled texts of the five few-shot splits (train_0-4 and dev_1-4, deduplicated) with their labels hidden
+from the strategies, dev is dev_0 and test is test.txt (2010 texts).
 The oracle is the gold label. Per seed and strategy: start from --start labelled texts per class
 (drawn at random with the seed; round 0 is trained once per seed and shared by every strategy), then
 --rounds rounds of: train.py on the labelled texts (the tiny random ERNIE of utils/testing, --steps
@@ -34,6 +40,11 @@ WORK = os.path.join(ROOT, "benchmarks", "work", "active_learning")
 STEPS_LONGTAIL = 400  # calibrated on a held-out set (not the test set): all 400 pool labels -> 100%
 FAST = ["--max_seq_length", "40", "--learning_rate", "1e-3", "--ppt_learning_rate", "3e-3",
         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "64"]
+SHARED = os.environ.get("PTUNING_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
+TNEWS = os.path.join(SHARED, "data", "fewclue", "tnews")
+TNEWS_PROMPT = "这条新闻标题的主题是"
+PROXY_FLAGS = ["--max_seq_length", "64", "--learning_rate", "1e-4", "--ppt_learning_rate", "1e-3",  # section 1's
+               "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64"]
 
 
 def build_tiny(work: str, task: str = "uniform") -> str:
@@ -57,6 +68,15 @@ def task_splits(task: str, pool_per_class: int):
     the pool (utils/testing/synthetic.py `longtail_counts`), dev (1 per keyword) and test (8 per keyword) uniform."""
     from utils.testing.synthetic import make_longtail_split, make_split
 
+    if task == "tnews":
+        rows = lambda name: [tuple(line.rstrip("\n").rsplit("\t", 1))  # noqa: E731
+                             for line in open(os.path.join(TNEWS, name), encoding="utf-8") if line.strip()]
+        pool = {}
+        for name in [f"splits/train_{i}.txt" for i in range(5)] + [f"splits/dev_{i}.txt" for i in range(1, 5)]:
+            pool.update((text, label) for text, label in rows(name))
+        dev = rows("splits/dev_0.txt")
+        held = {text for text, _ in dev} | {text for text, _ in rows("test.txt")}
+        return sorted((t, l) for t, l in pool.items() if t not in held), dev, rows("test.txt")
     if task == "longtail":
         return (make_longtail_split(random.Random(100), pool_per_class),
                 make_longtail_split(random.Random(200), 6, uniform=True),
@@ -65,7 +85,7 @@ def task_splits(task: str, pool_per_class: int):
     return split(100, pool_per_class), split(200, 8), split(300, 50)
 
 
-def train_export(tiny: str, data_dir: str, out: str, steps: int, seed: int) -> str:
+def train_export(tiny: str, data_dir: str, out: str, steps: int, seed: int, task: str = "uniform") -> str:
     import train
     from utils.errors import run_cli
     from utils.model import compat
@@ -73,9 +93,10 @@ def train_export(tiny: str, data_dir: str, out: str, steps: int, seed: int) -> s
 
     compat.apply()
     shutil.rmtree(out, ignore_errors=True)
-    argv = ["--model_name_or_path", tiny, "--data_dir", data_dir, "--output_dir", out, "--prompt", PROMPT,
+    argv = ["--model_name_or_path", tiny, "--data_dir", data_dir, "--output_dir", out,
+            "--prompt", TNEWS_PROMPT if task == "tnews" else PROMPT,
             "--do_train", "--do_export", "--max_steps", str(steps), "--logging_steps", str(steps),
-            "--save_strategy", "no", "--seed", str(seed), *FAST]
+            "--save_strategy", "no", "--seed", str(seed), *(PROXY_FLAGS if task == "tnews" else FAST)]
     assert run_cli(train.main, argv) == 0
     return os.path.join(out, "export")
 
@@ -121,13 +142,16 @@ def start(args, tiny: str, seed: int, pool, dev, test, data_dir: str) -> tuple:
         by_class.setdefault(label, []).append(index)
     labelled = sorted(i for label in sorted(by_class) for i in rng.sample(by_class[label], args.start))
     write_split(os.path.join(data_dir, "dev.txt"), dev)
-    with open(os.path.join(data_dir, "label.txt"), "w", encoding="utf-8") as fp:
-        fp.write("".join(label + "\n" for label in sorted(by_class)))
+    if args.task == "tnews":  # its label words (the soft verbalizer starts from them)
+        shutil.copyfile(os.path.join(TNEWS, "label.txt"), os.path.join(data_dir, "label.txt"))
+    else:
+        with open(os.path.join(data_dir, "label.txt"), "w", encoding="utf-8") as fp:
+            fp.write("".join(label + "\n" for label in sorted(by_class)))
     write_split(os.path.join(data_dir, "train.txt"), [pool[i] for i in labelled])
     cached = os.path.join(args.work, f"start-seed{seed}.json")  # shared by processes running other strategies
     if not os.path.exists(cached):
         export = train_export(tiny, data_dir, os.path.join(args.work, f"start-seed{seed}-{os.getpid()}"), args.steps,
-                              seed)
+                              seed, args.task)
         write_json(cached, {"export": export, "accuracy": accuracy(export, test)})
     with open(cached) as fp:
         start = json.load(fp)
@@ -164,7 +188,7 @@ def simulate(args, tiny: str, seed: int, strategy: str, pool, dev, test) -> list
     for round_ in range(args.rounds + 1):
         if round_:
             write_split(os.path.join(data_dir, "train.txt"), [pool[i] for i in labelled])
-            export = train_export(tiny, data_dir, os.path.join(base, "run"), args.steps, seed)
+            export = train_export(tiny, data_dir, os.path.join(base, "run"), args.steps, seed, args.task)
             acc = accuracy(export, test)
         curve.append({"labels": len(labelled), "accuracy": acc})
         print(json.dumps({"strategy": strategy, "seed": seed, **curve[-1]}), flush=True)
@@ -215,7 +239,8 @@ def plot(table: dict, strategies, path: str, task: str = "uniform") -> None:
         ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.15)
     ax.set_xlabel("labelled texts")
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
-    ax.set_title(f"Active learning on the {task} keyword task (tiny ERNIE)")
+    ax.set_title("Active learning on FewCLUE tnews (the section 1 proxy)" if task == "tnews" else
+                 f"Active learning on the {task} keyword task (tiny ERNIE)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -237,6 +262,8 @@ def markdown(table: dict, strategies) -> str:
 DEFAULTS = {  # per task: start (per class), per_round, rounds, steps, pool_per_class
     "uniform": dict(start=2, per_round=9, rounds=5, steps=80, pool_per_class=100),
     "longtail": dict(start=4, per_round=16, rounds=5, steps=STEPS_LONGTAIL, pool_per_class=100),
+    # 2 per class (30), +30 a round; 200 steps of 16 as section 1 (pool_per_class unused: the splits' texts)
+    "tnews": dict(start=2, per_round=30, rounds=4, steps=200, pool_per_class=0),
 }
 
 
@@ -254,15 +281,21 @@ def main():
     parser.add_argument("--pool_per_class", type=int)
     parser.add_argument("--gather", action="store_true", help="no new runs: tabulate the curves already cached")
     parser.add_argument("--tag", default="", help="appended to the names of the JSON and PNG written")
+    parser.add_argument("--model", help="--task tnews: the model (QUALITY.md section 1's proxy, "
+                                        "benchmarks/work/proxy/full/proxy)")
     args = parser.parse_args()
+    if args.task == "tnews" and not args.model:
+        parser.error("--task tnews needs --model (the proxy: benchmarks/proxy_quality.py --build_only)")
     for name, value in DEFAULTS[args.task].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     suffix = ("" if args.task == "uniform" else f"_{args.task}") + (f"_{args.tag}" if args.tag else "")
     # Cached curves and starts belong to one configuration: its own work folder.
     args.work = os.path.join(WORK, args.task, "-".join(f"{n}{getattr(args, n)}" for n in DEFAULTS[args.task]))
+    if args.task == "tnews":  # and one model: its path in the folder's name
+        args.work += "-" + os.path.abspath(args.model).strip("/").replace("/", "_")
     os.makedirs(args.work, exist_ok=True)
-    tiny = build_tiny(WORK, args.task)
+    tiny = args.model if args.task == "tnews" else build_tiny(WORK, args.task)
     pool, dev, test = task_splits(args.task, args.pool_per_class)
     started = time.time()
     results = {s: [curve_of(args, tiny, seed, s, pool, dev, test) for seed in args.seeds] for s in args.strategies}
@@ -271,6 +304,8 @@ def main():
         args.strategies = list(results)
     table = summarise(results, args.strategies)
     config = {k: v for k, v in vars(args).items() if k not in ("work", "gather", "tag")}
+    if args.task == "tnews":
+        config.update(pool=len(pool), dev=len(dev), test=len(test), flags=PROXY_FLAGS, prompt=TNEWS_PROMPT)
     out = {"config": config, "seconds": round(time.time() - started), "runs": results, "table": table}
     with open(os.path.join(ROOT, "benchmarks", f"results_active_learning{suffix}.json"), "w") as fp:
         json.dump(out, fp, indent=1)

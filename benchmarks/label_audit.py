@@ -3,6 +3,8 @@
     python benchmarks/label_audit.py [--work benchmarks/work/label_audit] [--folds 5] [--repeats 5] [--steps 160]
         [--tnews_steps 100] [--keyword_per_class 32,64] [--test_per_class 100] [--noise 0.1,0.2]
         [--relabel_threshold 0.5] [--skip_tnews]
+    nice -n 19 python benchmarks/label_audit.py --tnews_model benchmarks/work/proxy/full/proxy --skip_keyword \
+        --noise 0.1 --repeats 1 --train_seeds 42,43 --tnews_steps 200 --reuse     # tnews on QUALITY.md section 1's proxy (rows "tnews-proxy")
 
 For the keyword task (utils/testing/synthetic.py, 96 and 192 training texts, 3 labels, a fixed seeded
 test.txt of --test_per_class texts per label, the same for every run of a size) and, when
@@ -23,7 +25,9 @@ seeds), and report
 
 The model is the tiny random ERNIE (2 layers, hidden 64; the keyword task's own vocab, tnews: the real
 40k ERNIE 3.0 vocab) on CPU, P-tuning: the keyword task is learnable by it, tnews is not (near chance),
-so tnews only shows that the pipeline runs at a real label count. Writes results_label_audit.json (rows
+so tnews only shows that the pipeline runs at a real label count. With --tnews_model (section 1's proxy,
+built by `benchmarks/proxy_quality.py --build_only`) the tnews rows are named `tnews-proxy` and train with
+section 1's flags (--max_seq_length 64, learning rates 1e-4 / 1e-3, batch 16, --tnews_steps, default 100). Writes results_label_audit.json (rows
 of an earlier run whose data and noise this run does not cover are kept, with a note saying so) and
 prints a Markdown table for QUALITY.md.
 """
@@ -42,6 +46,7 @@ SHARED = os.environ.get("PTUNING_SHARED", os.path.join(os.path.dirname(ROOT), "s
 TNEWS = os.path.join(SHARED, "data", "fewclue", "tnews")
 VOCAB = os.path.join(SHARED, "vocab", "ernie-3.0-base-zh-vocab.txt")
 NOISE = (0.1, 0.2)
+REUSE = False  # --reuse: a finished audit or training run (its audit.json / test_results.json) is kept
 FAST = ["--max_seq_length", "40", "--learning_rate", "1e-3", "--ppt_learning_rate", "3e-3",
         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32", "--seed", "42"]
 
@@ -100,7 +105,7 @@ def train_accuracy(model, data_dir, out, flags, reuse=False):
     import train
     from utils.errors import run_cli
 
-    if reuse and os.path.isfile(os.path.join(out, "test_results.json")):
+    if (reuse or REUSE) and os.path.isfile(os.path.join(out, "test_results.json")):
         with open(os.path.join(out, "test_results.json"), encoding="utf-8") as fp:
             return json.load(fp)["test_accuracy"]
 
@@ -180,7 +185,8 @@ def audited(name, model, source, fraction, work, flags, folds, repeats):
     start = time.time()
     argv = ["--data_dir", noisy, "--output_dir", out, "--folds", str(folds), "--repeats", str(repeats),
             "--model_name_or_path", model, "--overwrite_output_dir", *flags]
-    assert run_cli(audit.main, argv) == 0
+    if not (REUSE and os.path.isfile(os.path.join(out, "audit.json"))):   # the flips are seeded: same data
+        assert run_cli(audit.main, argv) == 0
     numbers, flagged = audit_numbers(out, planted)
     with open(os.path.join(out, "audit.json"), encoding="utf-8") as fp:
         numbers["oof_accuracy_per_repeat"] = json.load(fp).get("oof_accuracy_per_repeat")
@@ -250,6 +256,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=160)
     parser.add_argument("--tnews_steps", type=int, default=100)
     parser.add_argument("--skip_tnews", action="store_true")
+    parser.add_argument("--skip_keyword", action="store_true", help="only the tnews rows")
+    parser.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results_label_audit.json"),
+                        help="the results JSON (its rows of data and noise this run does not cover are kept)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep finished audits and training runs in --work (continue an interrupted run)")
+    parser.add_argument("--tnews_model", help="the tnews rows' model (default: the tiny random ERNIE on the 40k "
+                                              "vocab); e.g. the proxy: rows named tnews-proxy, section 1's flags")
     parser.add_argument("--keyword_per_class", default="32,64",
                         help="training texts per label of the keyword task, one audit pair per size (32: 96 texts)")
     parser.add_argument("--test_per_class", type=int, default=100,
@@ -266,26 +279,33 @@ def main() -> int:
     parser.add_argument("--noise", default=",".join(str(f) for f in NOISE),
                         help="shares of train.txt's labels to flip, one audit per share and data set")
     args = parser.parse_args()
+    global REUSE
+    REUSE = args.reuse
     os.environ.setdefault("PTUNING_OFFLINE", "1")
     from utils.model import compat
     from utils.testing.synthetic import PROMPT, write_keyword_dataset
 
     compat.apply()
     noise = [float(f) for f in args.noise.split(",")]
-    results_path = os.path.join(ROOT, "benchmarks", "results_label_audit.json")
+    results_path = args.results
     os.makedirs(args.work, exist_ok=True)
     keyword_model, tnews_model = tiny_models(args.work)
     flags = ["--prompt", PROMPT, "--max_steps", str(args.steps), "--eval_steps", "20", "--logging_steps", "20", *FAST]
     cases = []
-    for per_class in (int(n) for n in args.keyword_per_class.split(",")):
+    for per_class in ([] if args.skip_keyword else (int(n) for n in args.keyword_per_class.split(","))):
         name = "keyword" if per_class == 32 else f"keyword{3 * per_class}"
         keyword = write_keyword_dataset(os.path.join(args.work, name), train_per_class=per_class,
                                         test_per_class=args.test_per_class)
         cases += [(name, keyword_model, keyword, f, flags) for f in noise]
+    tnews_name, tnews_fast = "tnews", FAST
+    if args.tnews_model:
+        tnews_model, tnews_name = args.tnews_model, "tnews-proxy"
+        tnews_fast = ["--max_seq_length", "64", "--learning_rate", "1e-4", "--ppt_learning_rate", "1e-3",
+                      "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64", "--seed", "42"]
     if os.path.isdir(TNEWS) and os.path.isdir(tnews_model) and not args.skip_tnews:
         tnews_flags = ["--prompt", "这条新闻标题的主题是", "--max_steps", str(args.tnews_steps), "--eval_steps",
-                       str(max(1, args.tnews_steps // 4)), "--logging_steps", "20", *FAST]
-        cases += [("tnews", tnews_model, TNEWS, f, tnews_flags) for f in noise]
+                       str(max(1, args.tnews_steps // 4)), "--logging_steps", "20", *tnews_fast]
+        cases += [(tnews_name, tnews_model, TNEWS, f, tnews_flags) for f in noise]
     else:
         print(f"tnews skipped ({TNEWS} or {VOCAB} not present, or --skip_tnews)", file=sys.stderr)
     covered = {(name, fraction) for name, _, _, fraction, _ in cases}

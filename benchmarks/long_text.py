@@ -3,6 +3,9 @@
     python benchmarks/long_text.py quality [--work benchmarks/work/long_text] [--steps 600]
     python benchmarks/long_text.py cost    [--work benchmarks/work/long_text]
     python benchmarks/long_text.py training [--seeds 42 43 44] [--only 128]
+    nice -n 19 python benchmarks/long_text.py quality --model benchmarks/work/proxy/full/proxy \
+        --learning_rate 1e-4 --ppt_learning_rate 1e-3 --work benchmarks/work/long_text_proxy \
+        --output benchmarks/results_long_text_proxy.json --reuse    # on QUALITY.md section 1's proxy
 
 quality: train.py (train, eval, predict, export) per dataset and mode with the tiny random ERNIE
 (2 layers, hidden 64) on the real 40k ERNIE 3.0 vocab, --max_seq_length 128:
@@ -73,7 +76,7 @@ def synthetic_data(work):
 
 
 def quality(args):
-    model = tiny_model(args.work)
+    model = args.model or tiny_model(args.work)
     rows = []
     previous = read(RESULTS).get("quality", {}).get("rows", []) if os.path.isfile(RESULTS) else []
     for name, (data_dir, prompt, flags, metric) in DATASETS.items():
@@ -86,22 +89,30 @@ def quality(args):
             continue
         for mode in MODES:
             out = os.path.join(args.work, f"{name.split()[0].lower()}-{mode}")
-            seconds = run([PY, "train.py", "--model_name_or_path", model, "--data_dir", data_dir, "--output_dir", out,
-                           "--overwrite_output_dir", "--prompt", prompt, *flags, "--long_text", mode,
-                           "--max_seq_length", "128", "--learning_rate", "1e-3", "--ppt_learning_rate", "3e-3",
-                           "--max_steps", str(args.steps), "--eval_steps", str(max(1, args.steps // 4)),
-                           "--logging_steps", "50", "--per_device_train_batch_size", "8",
-                           "--per_device_eval_batch_size", "64", "--do_train", "--do_eval", "--do_predict",
-                           "--do_export", "--device", "cpu", "--seed", "42"], os.path.join(out + ".log"))
+            if args.reuse and os.path.isfile(os.path.join(out, "test_results.json")):
+                done = os.path.join(out, "benchmark_seconds.json")   # finished before
+                seconds = read(done)["seconds"] if os.path.isfile(done) else 0
+            else:
+                seconds = run([PY, "train.py", "--model_name_or_path", model, "--data_dir", data_dir, "--output_dir", out,
+                               "--overwrite_output_dir", "--prompt", prompt, *flags, "--long_text", mode,
+                               "--max_seq_length", "128", "--learning_rate", args.learning_rate,
+                               "--ppt_learning_rate", args.ppt_learning_rate,
+                               "--max_steps", str(args.steps), "--eval_steps", str(max(1, args.steps // 4)),
+                               "--logging_steps", "50", "--per_device_train_batch_size", "8",
+                               "--per_device_eval_batch_size", "64", "--do_train", "--do_eval", "--do_predict",
+                               "--do_export", "--device", "cpu", "--seed", "42"], os.path.join(out + ".log"))
+                with open(os.path.join(out, "benchmark_seconds.json"), "w", encoding="utf-8") as fp:
+                    json.dump({"seconds": seconds}, fp)
             test = read(os.path.join(out, "test_results.json"))
-            row = {"dataset": name, "mode": mode, "steps": args.steps, "metric": metric, "test": test.get(f"test_{metric}"),
+            row = {"dataset": name, "mode": mode, "steps": args.steps, "model": model,
+                   "learning_rates": [args.learning_rate, args.ppt_learning_rate], "metric": metric, "test": test.get(f"test_{metric}"),
                    "test_accuracy": test.get("test_accuracy"), "texts": test.get("test_samples"),
                    "longer_than_one_window": test.get("test_texts_longer_than_one_window"),
                    "windows_read": test.get("test_windows_read"), "train_eval_predict_export_seconds": round(seconds)}
             rows.append(row)
             print(json.dumps(row, ensure_ascii=False), flush=True)
             save("quality", {"rows": rows, "partial": True})
-    save("quality", {"steps": args.steps, "max_seq_length": 128, "rows": rows,
+    save("quality", {"steps": args.steps, "max_seq_length": 128, "rows": rows, "model": model,
                      "date": time.strftime("%Y-%m-%d")})
     print("\n| dataset | metric | " + " | ".join(MODES) + " |\n|---|---|---|---|---|")
     for name in DATASETS:
@@ -249,6 +260,13 @@ def main() -> int:
                         help="training: the --window_training modes (default both)")
     parser.add_argument("--aggregations", nargs="+", default=["mean"], choices=("mean", "max", "vote"),
                         help="training: the --window_aggregation of each model (default mean)")
+    parser.add_argument("--model", help="quality: the model to train from (default: the tiny random ERNIE on the "
+                                        "40k vocab, built in --work); e.g. section 1's proxy, "
+                                        "benchmarks/work/proxy/full/proxy, with --output and --work of its own")
+    parser.add_argument("--learning_rate", default="1e-3", help="quality: train.py's (default 1e-3: the tiny model's)")
+    parser.add_argument("--ppt_learning_rate", default="3e-3", help="quality: train.py's (default 3e-3)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="quality: keep a run whose test_results.json exists (an interrupted run continues)")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     RESULTS = args.output

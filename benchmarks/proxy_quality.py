@@ -3,6 +3,8 @@ pretrain.py on FewCLUE tnews texts, then every training variant over tnews' five
 
     python benchmarks/proxy_quality.py                 # the full measurement (hours on 2 CPU cores)
     python benchmarks/proxy_quality.py --smoke         # the same pipeline with tiny step counts (minutes)
+    nice -n 19 python benchmarks/proxy_quality.py --build_only   # steps 1-3 only: the proxy model, for the
+                                                                 # other benchmarks' --model flags
 
 Steps (each cached in --work_dir, so an interrupted run continues where it stopped; pretraining
 resumes from its last checkpoint):
@@ -101,6 +103,9 @@ def main():
     parser.add_argument("--split_ids", type=int, nargs="+", help="default: 0 1 2 3 4 (with --smoke: 0 1)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="variants (and students) trained at once; a CPU run of this size keeps one core busy")
+    parser.add_argument("--build_only", action="store_true",
+                        help="stop after step 3 (the proxy at WORK_DIR/full/proxy); other benchmarks take it as "
+                             "their model (run under `nice -n 19` on a shared machine: children inherit it)")
     args = parser.parse_args()
     split_ids = args.split_ids or ([0, 1] if args.smoke else [0, 1, 2, 3, 4])
     cfg = settings(args.smoke)
@@ -136,6 +141,9 @@ def main():
              str(max(10, cfg["pretrain_steps"] // 20)), "--logging_steps", "50", "--device", "cpu", "--seed", "42",
              *resume],
             os.path.join(work, "logs", "pretrain.log"))
+    if args.build_only:
+        print(proxy)
+        return 0
 
     splits = os.path.join(TNEWS, "splits")
     variants = {"finetune": (proxy, ["--method", "finetune"], False),
