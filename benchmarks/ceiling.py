@@ -17,23 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
+from bench import median, timed  # noqa: E402  (benchmarks/ on sys.path: run as a script)
+
 HIDDEN, FFN = 768, 3072  # ERNIE-3.0-base
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def matmul_session(int8: bool, rows: int, threads: int):
@@ -75,11 +65,11 @@ def main() -> int:
     b = np.random.rand(args.size, args.size).astype(np.float32)
     out = {"threads": args.threads, "repeats": args.repeats, "size": args.size, "rows": args.rows,
            "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-           "numpy_sgemm": 2 * args.size ** 3 / timed(lambda: a @ b, args.repeats) / 1e9}
+           "numpy_sgemm": 2 * args.size ** 3 / median(timed(lambda: a @ b, args.repeats)) / 1e9}
     flops = 2 * args.rows * HIDDEN * FFN
     for name, int8 in (("ort_fp32_ffn", False), ("ort_int8_ffn", True)):
         session, feed = matmul_session(int8, args.rows, args.threads)
-        out[name] = flops / timed(lambda: session.run(None, feed), args.repeats) / 1e9
+        out[name] = flops / median(timed(lambda: session.run(None, feed), args.repeats)) / 1e9
     out["loadavg"] = os.getloadavg()
     print(json.dumps(out))
     return 0

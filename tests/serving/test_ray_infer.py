@@ -301,6 +301,29 @@ def test_chunks_come_back_in_input_order_with_a_bounded_number_in_flight():
     assert sum(n["blocks"] for n in stats["nodes"].values()) == 40
 
 
+def select_here_and_on_ray(ray_cluster, tmp_path, common, local_flags=()):
+    """select.py with the flags `common`, here and with --ray: `({where: the TSV's rows}, {where: summary})`."""
+    outputs, summaries = {}, {}
+    for where, extra in (("local", list(local_flags)), ("ray", ["--ray", ray_cluster.address])):
+        path = str(tmp_path / f"{where}.tsv")
+        result = subprocess.run([sys.executable, *common, "--output_file", path, *extra], cwd=ROOT,
+                                env=ray_cluster.env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        with open(path, encoding="utf-8") as fp:
+            outputs[where] = [line.split("\t") for line in fp.read().splitlines()]
+        summaries[where] = json.loads(result.stdout)
+    return outputs, summaries
+
+
+def assert_same_picks(outputs, k):
+    """The header and k picks; the same rank, line, text and prediction, the same score to 1e-5."""
+    assert len(outputs["local"]) == 1 + k
+    for local, ray in zip(outputs["local"], outputs["ray"]):
+        assert local[:3] == ray[:3] and local[4:] == ray[4:]       # rank, line, text, prediction
+        if local[0] != "rank":
+            assert float(local[3]) == pytest.approx(float(ray[3]), abs=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["entropy", "hybrid"])
 def test_select_on_ray_picks_what_it_picks_locally(strategy, ray_cluster, trained, tmp_path):
@@ -310,23 +333,11 @@ def test_select_on_ray_picks_what_it_picks_locally(strategy, ray_cluster, traine
     input_path = write_lines(tmp_path / "pool.txt", 1200, gold=False, seed=5)
     common = ["select.py", "--model_path_prefix", export, "--input_file", input_path, "--k", "20",
               "--strategy", strategy, "--pool_size", "200", "--chunk_size", "300", "--device", "cpu"]
-    outputs = {}
-    for where, extra in (("local", []), ("ray", ["--ray", ray_cluster.address])):
-        out = str(tmp_path / f"{where}.tsv")
-        result = subprocess.run([sys.executable, *common, "--output_file", out, *extra], cwd=ROOT,
-                                env=ray_cluster.env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
-        assert result.returncode == 0, result.stderr[-3000:]
-        with open(out, encoding="utf-8") as fp:
-            outputs[where] = [line.split("\t") for line in fp.read().splitlines()]
-        summary = json.loads(result.stdout)
-    nodes = summary["ray"]["nodes"]  # the ray run's: each node's worker scored some of the 4 chunks
+    outputs, summaries = select_here_and_on_ray(ray_cluster, tmp_path, common)
+    nodes = summaries["ray"]["ray"]["nodes"]  # the ray run's: each node's worker scored some of the 4 chunks
     assert len(nodes) == 2 and all(n["blocks"] >= 1 for n in nodes.values())
     assert sum(n["texts"] for n in nodes.values()) == 1200
-    assert len(outputs["local"]) == 1 + 20
-    for local, ray in zip(outputs["local"], outputs["ray"]):
-        assert local[:3] == ray[:3] and local[4:] == ray[4:]       # rank, line, text, prediction
-        if local[0] != "rank":
-            assert float(local[3]) == pytest.approx(float(ray[3]), abs=1e-5)
+    assert_same_picks(outputs, 20)
 
 
 @pytest.mark.slow
@@ -358,20 +369,8 @@ def test_select_on_ray_aggregates_long_documents_as_the_local_run(ray_cluster, t
     common = ["select.py", "--model_path_prefix", os.path.join(out, "export"), "--input_file",
               os.path.join(data_dir, "test.txt"), "--k", "10", "--strategy", "hybrid", "--chunk_size", "7",
               "--device", "cpu"]
-    outputs, summaries = {}, {}
-    for where, extra in (("local", ["--num_threads", "1"]), ("ray", ["--ray", ray_cluster.address])):
-        path = str(tmp_path / f"{where}.tsv")
-        result = subprocess.run([sys.executable, *common, "--output_file", path, *extra], cwd=ROOT,
-                                env=ray_cluster.env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
-        assert result.returncode == 0, result.stderr[-3000:]
-        with open(path, encoding="utf-8") as fp:
-            outputs[where] = [line.split("\t") for line in fp.read().splitlines()]
-        summaries[where] = json.loads(result.stdout)
-    assert len(outputs["local"]) == 1 + 10
-    for local, ray in zip(outputs["local"], outputs["ray"]):
-        assert local[:3] == ray[:3] and local[4:] == ray[4:]
-        if local[0] != "rank":
-            assert float(local[3]) == pytest.approx(float(ray[3]), abs=1e-5)
+    outputs, summaries = select_here_and_on_ray(ray_cluster, tmp_path, common, ["--num_threads", "1"])
+    assert_same_picks(outputs, 10)
     for key in ("texts_longer_than_one_window", "windows_read", "texts_cut_by_max_windows"):
         assert summaries["ray"][key] == summaries["local"][key], key
     assert summaries["local"]["windows_read"] > summaries["local"]["texts_longer_than_one_window"] > 0
