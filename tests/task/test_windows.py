@@ -1,8 +1,11 @@
 """utils/task/windows.py: where windows are cut and how their logits become a document's."""
+import sys
+import threading
+
 import numpy as np
 import pytest
 
-from utils.task.windows import (LongText, aggregate, head_tail_spans, mean_rows, pieces_of, window_spans,
+from utils.task.windows import (LongText, Pieces, WindowCounts, aggregate, head_tail_spans, mean_rows, pieces_of, window_spans,
                                 word_starts)
 
 
@@ -103,3 +106,31 @@ def test_a_documents_vector_is_the_mean_of_its_windows_vectors():
     assert mean_rows(rows[:0], []).shape == (0, 2)
     with pytest.raises(ValueError):
         mean_rows(rows, [2, 2])
+
+
+def test_window_counts_shared_by_threads_lose_no_count():
+    """serve.py's worker threads (and --instances auto's second session) add to one WindowCounts; with
+    the interpreter switching threads every microsecond, an unlocked `+=` loses updates here."""
+    counts, start = WindowCounts(), threading.Barrier(8)
+    piece = [Pieces(["a", "b", "c"], True, False)]
+
+    def add():
+        start.wait()
+        for _ in range(3000):
+            counts.add(piece)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=add) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert (counts.texts, counts.longer, counts.windows, counts.capped) == (24000, 24000, 72000, 0)
+    other = WindowCounts(texts=1, longer=1, windows=2, capped=1)
+    counts.merge(other)
+    assert counts.as_dict() == {"texts_longer_than_one_window": 24001, "windows_read": 72002,
+                                "texts_cut_by_max_windows": 1}

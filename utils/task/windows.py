@@ -16,6 +16,7 @@ together; a CJK character is a word), unless one word is longer than the window.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -203,6 +204,7 @@ def mean_rows(rows: np.ndarray, counts: Sequence[int]) -> np.ndarray:
     return (sums / np.asarray(counts, dtype=np.float32).reshape(-1, *([1] * (rows.ndim - 1)))).astype(np.float32)
 
 
+_COUNTS_LOCK = threading.Lock()
 WINDOW_REPORT_KEYS = ("texts_longer_than_one_window", "windows_read", "texts_cut_by_max_windows")
 
 
@@ -216,14 +218,19 @@ class WindowCounts:
     capped: int = 0     # texts whose end was not read (--max_windows)
 
     def add(self, pieces: Sequence[Pieces]) -> None:
-        self.texts += len(pieces)
-        self.longer += sum(1 for p in pieces if p.longer)
-        self.windows += sum(len(p.texts) for p in pieces)
-        self.capped += sum(1 for p in pieces if p.capped)
+        counts = (len(pieces), sum(1 for p in pieces if p.longer), sum(len(p.texts) for p in pieces),
+                  sum(1 for p in pieces if p.capped))
+        self._add(counts)
 
     def merge(self, other: "WindowCounts") -> None:
-        for field in dataclasses.fields(self):
-            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+        self._add(tuple(getattr(other, field.name) for field in dataclasses.fields(other)))
+
+    def _add(self, counts: Tuple[int, ...]) -> None:
+        # serve.py's worker threads (and --instances auto's second session, a shallow copy of the
+        # classifier) share one WindowCounts: `+=` on an attribute is not atomic across threads
+        with _COUNTS_LOCK:
+            for field, n in zip(dataclasses.fields(self), counts):
+                setattr(self, field.name, getattr(self, field.name) + n)
 
     def as_dict(self) -> Dict[str, int]:
         return dict(zip(WINDOW_REPORT_KEYS, (self.longer, self.windows, self.capped)))
