@@ -82,8 +82,10 @@ demo-label-sets: install
 	$(PY) infer.py --model_path_prefix checkpoints/demo-hierarchical/export --data_dir data/hierarchical_example \
 	  --device cpu --output_file checkpoints/demo-hierarchical/infer_predictions.tsv
 
+# Two workers (pytest-xdist), each taking whole files: a module's fixtures (its Ray cluster, its
+# trained model) live in one worker. Tests hold no state across files and never depend on timing.
 test: install-dev install-labelstudio
-	PTUNING_LABEL_STUDIO_VENV=$(LS_VENV) $(PY) -m pytest -q tests
+	PTUNING_LABEL_STUDIO_VENV=$(LS_VENV) $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # Every command in README.md and docs/ run (or parse-checked) by tests/test_docs.py; part of `make test`.
 docs-check: install-dev
