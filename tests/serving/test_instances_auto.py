@@ -8,9 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-from service_fakes import FakeModel, HeldModel
+from service_fakes import FakeClassifier, FakeModel, HeldModel
 from utils.errors import UserError
-from utils.serving.app import ServiceConfig
+from utils.serving.app import Service, ServiceConfig
 from utils.serving.batcher import Batcher
 
 HANG_GUARD = 120  # seconds: only turns a hang (a state never reached) into a failure
@@ -189,3 +189,22 @@ def test_without_a_split_model_every_batch_runs_on_the_one_model():
     asyncio.run(go())
     assert sorted(t for b in model.batches for t in b) == list(range(10)) and not batcher.paths
     assert np.sum([len(b) for b in model.batches]) == 10
+
+
+@pytest.mark.parametrize("instances, split, workers", [(None, False, 1), (None, True, 2), ("2", False, 2)],
+                         ids=["auto without a split session", "auto with one", "2"])
+def test_auto_is_the_default_and_a_model_without_a_split_session_gets_one_worker(instances, split, workers):
+    """`auto` is the default; a model loaded without a split session (a Ray Serve replica's: Ray
+    scales by replicas) gets one worker, as two on its one all-threads session would oversubscribe
+    the cores; with a split session two; --instances 2 two either way."""
+    from fastapi.testclient import TestClient
+
+    options = {} if instances is None else {"instances": instances}
+    config = ServiceConfig("fake-export", device="cpu", num_threads=4, **options)
+    assert config.instances == ("auto" if instances is None else 2)
+    classifier = FakeClassifier(FakeModel())
+    classifier.split_model = FakeModel() if split else None
+    service = Service(config, classifiers={"cls_default": classifier})
+    with TestClient(service.asgi()) as client:
+        assert client.post("/predict", json={"texts": ["1"]}).status_code == 200
+        assert service.registry.slots["cls_default"].batcher.workers == workers

@@ -145,13 +145,14 @@ class ServeArguments(RuntimeArguments):
     name: str = field(default="cls_default", metadata={
         "text": True, "help": "The model's name in POST /models/<name> (with --ray: also the Serve application's; "
                               "with --ray and --model, only that)."})
-    instances: str = field(default="1", metadata={
+    instances: str = field(default="auto", metadata={
         "metavar": "N|auto",
-        "help": "Model workers, each running its own batches on the loaded model (Triton's instance count). N: on "
-                "CPU each gets --num_threads / N threads; 1 (default): lowest latency for a lone request, 2 on 2 "
-                "cores: more texts/s under sustained load. auto (CPU, 2+ threads): a batch that runs alone gets every "
-                "thread, two batches at once get half each (a second onnxruntime session: the weights again in "
-                "memory); not yet the default: not measured on an idle machine (BENCHMARKS.md)."})
+        "help": "Model workers, each running its own batches on the loaded model (Triton's instance count). auto "
+                "(default; CPU with 2+ threads): a batch that runs alone gets every thread, two batches at once get "
+                "half each, on a second onnxruntime session (the weights again in memory: --instances 1 when memory "
+                "is short); on an idle 2-core machine the one setting with both a lone request's latency and infer.py's "
+                "throughput at 32 clients (BENCHMARKS.md). N: on CPU each gets --num_threads / N threads. GPU, one "
+                "thread, or a Ray Serve replica: auto is 1."})
     max_batch_size: int = field(default=32, metadata={"help": "Texts per model run."})
     max_wait_ms: float = field(default=5.0, metadata={
         "help": "How long a batch waits for more texts, from the oldest one's arrival or the last answers, whichever "

@@ -52,7 +52,7 @@ class ServiceConfig:
     use_fp16: bool = False
     use_int8: bool = False
     max_seq_length: Optional[int] = None
-    instances: Union[int, str] = 1   # model workers; `auto`: a lone batch on every thread, two at once on half each
+    instances: Union[int, str] = AUTO  # model workers; `auto`: a lone batch on every thread, two at once on half each
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 2048            # texts waiting, over all requests
@@ -147,11 +147,13 @@ class ServiceConfig:
             return None
         return self._cpu_threads() // 2
 
-    def workers(self, device: str) -> int:
+    def workers(self, device: str, split_path: bool = True) -> int:
         """Model worker threads of a batcher: `--instances N`: N; `auto`: 2 when there is a split path
-        (a lone batch on every thread, two at once on half each), else 1."""
+        (a lone batch on every thread, two at once on half each), else 1. `split_path=False`: no split
+        session was made for this model (a Ray Serve replica: Ray scales by replicas), so one worker:
+        two on the one all-threads session would oversubscribe the cores."""
         if self.instances == AUTO:
-            return 2 if self.split_threads(device) else 1
+            return 2 if split_path and self.split_threads(device) else 1
         return self.instances
 
     @property

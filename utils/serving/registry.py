@@ -189,10 +189,11 @@ class ModelRegistry:
         config = self.config
         path = path if path is not None else config.exports[name]
         version = model_version(name, classifier.model)
+        split_model = getattr(classifier, "split_model", None)
         batcher = Batcher(classifier.model, config.max_batch_size, config.max_wait_ms, config.max_queue,
                           ModelMetrics(self.metrics, name, version), split_by_length=classifier.device == "cpu",
-                          workers=config.workers(classifier.device),
-                          split_model=getattr(classifier, "split_model", None))
+                          workers=config.workers(classifier.device, split_path=split_model is not None),
+                          split_model=split_model)
         batcher.start()
         slot = Slot(name, path, classifier, batcher, export_identity(path))
         old = self.slots.get(name)
