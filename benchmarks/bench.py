@@ -1091,8 +1091,8 @@ def main() -> int:
                              "the clients (default all 2010; fewer: shorter rounds on a busy machine)")
     parser.add_argument("--latency_texts", type=int, default=300, help="part 10: texts timed at 1 client, in process")
     parser.add_argument("--service_memory_requests", type=int, default=100_000, help="part 11: requests")
-    parser.add_argument("--service_instances", default="1,2,auto",
-                        help="part 10: serve.py --instances settings measured side by side (the first is the main rows)")
+    parser.add_argument("--service_instances", default="auto,1,2",
+                        help="part 10: serve.py --instances settings measured side by side (the first, the default, is the main rows)")
     parser.add_argument("--serve_args", default="", help="parts 10, 11: extra serve.py flags, e.g. '--max_wait_ms 0'")
     parser.add_argument("--memory", action="store_true", help="Only the streaming memory check (no ../shared).")
     parser.add_argument("--baseline", help="With --memory: an earlier checkout whose infer.py to compare.")
