@@ -368,6 +368,35 @@ def test_a_replica_answers_every_route_as_serve_py_does_and_names_its_node_and_p
     assert {r.headers["x-served-by"] for r in answers["replica"]} == {f"0123456789ab/{os.getpid()}"}
 
 
+@pytest.mark.parametrize("num_threads, threads", [(None, 1), (2, 2)])
+def test_a_replica_runs_onnxruntime_on_the_cpus_it_reserved_with_one_worker(num_threads, threads, monkeypatch):
+    """A CPU replica's model runs on the CPUs the deployment reserves for it (--num_threads, default 1),
+    not on every core of its node; under `--instances auto` (the default) it makes no second session
+    (Ray scales by replicas), so its batcher has one worker."""
+    import types
+
+    from fastapi.testclient import TestClient
+
+    import utils.deploy.classifier
+    from service_fakes import FakeClassifier, FakeModel
+    from utils.serving.app import ServiceConfig
+    from utils.serving.ray_serve import RayServeOptions, ServiceReplica, deployment_for
+
+    loaded = []
+    node = types.SimpleNamespace(get_node_id=lambda: "0123456789abcdef")
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(get_runtime_context=lambda: node))
+    monkeypatch.setattr(utils.deploy.classifier, "Classifier",
+                        lambda export, **options: loaded.append(options) or FakeClassifier(FakeModel()))
+    config = ServiceConfig("/models/export", device="cpu", num_threads=num_threads)
+    replica = ServiceReplica({"path": config.model_path_prefix}, dataclasses.asdict(config))
+    with TestClient(replica.__serve_build_asgi_app__()) as client:
+        assert client.post("/predict", json={"texts": ["1"]}).status_code == 200
+        assert replica.registry.slots["cls_default"].batcher.workers == 1
+    assert [options["num_threads"] for options in loaded] == [threads]
+    serve = types.SimpleNamespace(deployment=lambda **settings: lambda cls: settings, ingress=lambda: lambda cls: cls)
+    assert deployment_for(serve, config, RayServeOptions("auto"), "cpu")["ray_actor_options"]["num_cpus"] == threads
+
+
 def test_the_application_builder_refuses_bad_arguments_before_any_replica_starts():
     """`build_app` (serve run, Serve config files): a wrong argument is a ValueError naming it, as
     serve.py names the flag, before any replica is asked for."""
@@ -377,9 +406,12 @@ def test_the_application_builder_refuses_bad_arguments_before_any_replica_starts
     for args, message in (({"replica": "2"}, "unknown argument 'replica'"),
                           ({"max_batch_size": "many"}, "max_batch_size: not a"),
                           ({"num_threads": "0"}, "--num_threads: must be positive, got 0"),
-                          ({"max_seq_length": "-5"}, "--max_seq_length: must be positive, got -5")):
+                          ({"max_seq_length": "-5"}, "--max_seq_length: must be positive, got -5"),
+                          ({"instances": "many"}, "--instances: must be a positive integer or `auto`")):
         with pytest.raises(ValueError, match=message):
             build_app({"model_path_prefix": "x", **args})
+    for instances in ("auto", "2"):  # serve.py's two forms, as `serve run` passes them: strings
+        assert type(build_app({"model_path_prefix": "x", "instances": instances})).__name__ == "Application"
 
 
 @pytest.mark.slow

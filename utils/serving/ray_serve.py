@@ -114,6 +114,10 @@ class ServiceReplica(Service):
         import ray
 
         config = ServiceConfig(**config)
+        if config.num_threads is None and config._device() == "cpu":
+            # the CPUs Ray reserved for this replica (deployment_for), not every core of its node: N
+            # replicas on a node would otherwise each run onnxruntime on all of its cores
+            config = replace(config, num_threads=replica_cpus(config))
         options = config.classifier_options(device_id=0)  # Ray gives the replica its GPU as device 0
         classifiers = {name: self.load_model(ray, shipped, name, path, options) for name, path in config.exports.items()}
         self.rollout, self.generation = shipped.get("rollout"), shipped.get("generation", 0)
@@ -212,7 +216,8 @@ def build_app(args: Dict[str, Any]):
         raise ValueError("model_path_prefix is required (the export directory, present on every node)")
 
     def convert(name: str, value: Any) -> Any:
-        if not isinstance(value, str) or name in ("model_path_prefix", "name", "device", "label_studio_prefix"):
+        if not isinstance(value, str) or name in ("model_path_prefix", "name", "device", "label_studio_prefix",
+                                                  "instances"):  # instances: N or auto, ServiceConfig reads both
             return value
         if value.lower() in ("none", "null", ""):
             return None
@@ -252,9 +257,14 @@ def plan_device(ray, device: Optional[str]) -> str:
     return device
 
 
+def replica_cpus(config: ServiceConfig) -> int:
+    """The CPUs a replica reserves and, on CPU, the onnxruntime threads it runs: --num_threads, default 1."""
+    return config.num_threads or 1
+
+
 def deployment_for(serve, config: ServiceConfig, options: RayServeOptions, device: str):
     """The Serve deployment: replicas, autoscaling, resources, and request bounds from the flags."""
-    threads = config.num_threads or 1
+    threads = replica_cpus(config)
     settings: Dict[str, Any] = {
         "name": "ptuning",
         "ray_actor_options": {"num_cpus": 1 if device == "gpu" else threads, "num_gpus": 1 if device == "gpu" else 0},
