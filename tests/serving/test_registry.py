@@ -345,3 +345,60 @@ def test_serve_py_serves_several_models_named_by_model_flags(trained, tmp_path):
         assert fruit["model_version"].startswith("fruit-") and news["model_version"].startswith("news-")
         assert httpx.get(url + "/ready", timeout=60).json()["models"].keys() == {"fruit", "news"}
         assert httpx.post(url + "/predict", json={"texts": ["苹果"]}, timeout=60).status_code == 422  # which?
+
+
+def run_in_a_thread(fn):
+    """`fn()`'s result, run in a fresh thread (nice values are per thread on Linux)."""
+    out = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+def nice_of(tid=None):
+    return os.getpriority(os.PRIO_PROCESS, tid or threading.get_native_id())
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread nice values are Linux's")
+def test_a_swap_loads_at_the_lowest_priority_and_its_threads_get_their_priority_back():
+    """A swap's load runs at nice 19 beside the serving model, and so do the threads it starts (the
+    new sessions' pools inherit it); afterwards the loader and those threads are back at its old
+    priority, so the new model does not serve at nice 19."""
+    from utils.serving.registry import SWAP_NICE, low_priority
+
+    def swap():
+        old, seen, started, release = nice_of(), {}, threading.Event(), threading.Event()
+
+        def pool_thread():
+            seen["pool_tid"], seen["pool"] = threading.get_native_id(), nice_of()
+            started.set()
+            release.wait()
+
+        with low_priority():
+            seen["loader"] = nice_of()
+            pool = threading.Thread(target=pool_thread)
+            pool.start()
+            started.wait()
+        after = {"loader": nice_of(), "pool": nice_of(seen["pool_tid"])}
+        release.set()
+        pool.join()
+        return old, seen, after
+
+    old, during, after = run_in_a_thread(swap)
+    assert (during["loader"], during["pool"]) == (SWAP_NICE, SWAP_NICE)
+    assert after == {"loader": old, "pool": old}
+
+
+def test_without_the_right_to_restore_a_priority_the_load_keeps_its_own(monkeypatch):
+    """Where a thread cannot lower its nice value again (no CAP_SYS_NICE), niceness would stick to the
+    new model's threads: the load then runs at its normal priority."""
+    import utils.serving.registry as registry
+
+    monkeypatch.setattr(registry, "_can_renice", lambda: False)
+
+    def load():
+        with registry.low_priority():
+            return nice_of()
+
+    assert run_in_a_thread(load) == run_in_a_thread(nice_of)
