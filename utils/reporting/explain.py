@@ -134,8 +134,9 @@ class Explainer:
         inputs, counts, _ = self.windows.split([example], "the text explained")
         if counts[0] == 1:
             return self._explain_input(inputs[0], label, gold)
-        window_probs = self._window_probabilities(inputs)
-        probs = self.decoder.probabilities(self.windows.aggregate(self._logits(inputs), counts))[0]
+        window_logits = self._logits(inputs)  # one pass over the windows: each one's and the document's
+        window_probs = self.decoder.probabilities(window_logits)
+        probs = self.decoder.probabilities(self.windows.aggregate(window_logits, counts))[0]
         label = label or self.spec.labels[int(np.argmax(probs))]
         window = int(np.argmax(window_probs[:, self.spec.labels.index(label)]))
         explanation = self._explain_input(inputs[window], label, gold)
@@ -147,9 +148,6 @@ class Explainer:
                                  window_probabilities={lab: float(p) for lab, p in
                                                        zip(self.spec.labels, window_probs[window])})
         return explanation
-
-    def _window_probabilities(self, inputs: Sequence[Dict[str, str]]) -> np.ndarray:
-        return self.decoder.probabilities(self._logits(inputs))
 
     def _explain_input(self, example: Dict[str, str], label: Optional[str], gold: Optional[str]) -> Explanation:
         """Integrated gradients on one input the model reads."""
