@@ -209,9 +209,8 @@ class Batcher:
             self.metrics.batch_paths.labels(path).inc()
         return self.split_model if path == "split" else self.model
 
-    async def _run_batch(self, loop, batch: List[Tuple[_Request, int, int]], model=None) -> None:
-        """Run `batch` on `model` (default: `self.model`) in a worker thread and answer its requests."""
-        model = model if model is not None else self.model
+    async def _run_batch(self, loop, batch: List[Tuple[_Request, int, int]], model) -> None:
+        """Run `batch` on `model` (`_path`'s choice) in a worker thread and answer its requests."""
         try:
             probs = await loop.run_in_executor(self.executor, self._run, batch, model)
         except Exception:  # isolate: the failing request(s) fail alone

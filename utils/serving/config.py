@@ -12,6 +12,10 @@ MAX_INSTANCES = 64  # model workers on one device: more is a typo (each a thread
 AUTO = "auto"  # --instances auto: see ServiceConfig.workers
 
 
+def _positive_int(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value > 0
+
+
 # The first path segments of the service's other routes (FastAPI's /docs, /redoc, /openapi.json too):
 # a prefix starting with one would hide its routes or be hidden by them (POST /models/{name}).
 TAKEN_SEGMENTS = ("models", "predict", "health", "ready", "labels", "metrics", "docs", "redoc", "openapi.json", "admin",
@@ -69,15 +73,11 @@ class ServiceConfig:
     def __post_init__(self):
         if isinstance(self.instances, str) and self.instances.isdigit():  # --instances 2 from the command line
             self.instances = int(self.instances)
-        if isinstance(self.instances, str) and self.instances != AUTO:
+        if self.instances != AUTO and not _positive_int(self.instances):
             raise UserError(f"must be a positive integer or `auto`, got {self.instances!r}", "--instances")
-        for name in ("instances", "max_batch_size", "max_queue", "max_texts_per_request", "max_chars_per_text", "default_top_k"):
-            value = getattr(self, name)
-            if name == "instances" and value == AUTO:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise UserError(f"must be a positive integer{' or `auto`' if name == 'instances' else ''}, got "
-                                f"{value!r}", f"--{name}")
+        for name in ("max_batch_size", "max_queue", "max_texts_per_request", "max_chars_per_text", "default_top_k"):
+            if not _positive_int(getattr(self, name)):
+                raise UserError(f"must be a positive integer, got {getattr(self, name)!r}", f"--{name}")
         if not self.max_wait_ms >= 0:
             raise UserError(f"must be zero or more, got {self.max_wait_ms}", "--max_wait_ms")
         check_model_name(self.name, "--name")
@@ -97,13 +97,12 @@ class ServiceConfig:
         check_prefix(self.label_studio_prefix)
         for name in ("num_threads", "max_seq_length"):  # infer.py's checks and words: the same error for the same flag
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            if value is not None and not _positive_int(value):
                 raise UserError(f"must be positive, got {value}", f"--{name}")
-        if self.instances == AUTO:
-            pass
-        elif self.instances > MAX_INSTANCES:
+        if self.instances != AUTO and self.instances > MAX_INSTANCES:
             raise UserError(f"is {self.instances}; at most {MAX_INSTANCES} (model workers on one device)", "--instances")
-        elif self.num_threads is not None and self.instances > self.num_threads and self._device() == "cpu":
+        if self.instances != AUTO and self.num_threads is not None and self.instances > self.num_threads \
+                and self._device() == "cpu":
             raise UserError(f"is {self.instances}, more than --num_threads {self.num_threads}: on CPU each instance "
                             "runs on its share of the threads, at least one", "--instances")
 

@@ -226,8 +226,8 @@ class WindowCounts:
         self._add(tuple(getattr(other, field.name) for field in dataclasses.fields(other)))
 
     def _add(self, counts: Tuple[int, ...]) -> None:
-        # serve.py's worker threads (and --instances auto's second session, a shallow copy of the
-        # classifier) share one WindowCounts: `+=` on an attribute is not atomic across threads
+        # serve.py's model workers (--instances 2 or auto) are threads that add to their model's one
+        # WindowCounts (Batcher calls its `documents`): `+=` on an attribute is not atomic across threads
         with _COUNTS_LOCK:
             for field, n in zip(dataclasses.fields(self), counts):
                 setattr(self, field.name, getattr(self, field.name) + n)
