@@ -230,6 +230,10 @@ class ExportedClassifier:
             out[name] = self.documents(array, pieces) if name == OUTPUT_NAME else mean_rows(array, counts)
         return out
 
+    def window_report(self) -> Dict[str, int]:
+        """What a run's summary says about long texts (`window_counts`): nothing without --long_text."""
+        return self.window_counts.as_dict() if self.preprocessor.long_text.active else {}
+
     def documents(self, window_logits: np.ndarray, pieces) -> np.ndarray:
         """The documents' logits from their inputs' (`pieces`: `PromptPreprocessor.split`'s), aggregated
         as the model was trained to (utils/task/windows.py); counted in `window_counts`."""
@@ -310,6 +314,5 @@ def classify_file(classifier: ExportedClassifier, input_path: str, output_path: 
                              batch_size=batch_size, decoder=classifier.decoder)
     if classifier.first_prediction_time is not None:
         result["first_prediction_seconds"] = seconds_since_process_start(classifier.first_prediction_time)
-    if classifier.preprocessor.long_text.active:
-        result.update(classifier.window_counts.as_dict())
+    result.update(classifier.window_report())
     return result

@@ -230,8 +230,7 @@ def select_file(model_path: str, input_path: str, output_path: str, options: Sel
             _consume(selector, local_chunks(classifier.model, names, batch_size, sort_by_length), chunks,
                      input_path, progress, batch_size)
             summary.update(model=os.path.join(export_dir, classifier.model.model_file), device=classifier.device)
-            if classifier.model.preprocessor.long_text.active:  # as infer.py reports them
-                summary.update(classifier.model.window_counts.as_dict())
+            summary.update(classifier.model.window_report())  # --long_text: as infer.py reports them
     finally:
         inputs.close()
     seconds = time.perf_counter() - started
