@@ -100,3 +100,36 @@ def test_a_swap_answers_once_the_new_replicas_serve_and_no_old_one_runs(tmp_path
     answer = actor.swap("news", "/new", False)
     assert answer["outcome"] == "swapped" and answer["model_version"] == "news-new"
     assert answer["previous_version"] == "news-old" and actor.config.models["news"] == "/new"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread nice values are Linux's")
+def test_a_swaps_verification_loads_the_new_export_at_the_lowest_priority(trained, monkeypatch):
+    """The Rollout actor checks a new export on a node whose replicas are serving: its load and parity
+    sample run at nice 19 (as a one-process swap's), and the actor's thread gets its priority back."""
+    import sys
+
+    import utils.deploy.classifier
+    from utils.serving.registry import SWAP_NICE
+
+    def nice():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    real, seen = utils.deploy.classifier.Classifier, []
+    monkeypatch.setattr(utils.deploy.classifier, "Classifier",
+                        lambda *args, **options: seen.append(nice()) or real(*args, **options))
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(put=lambda files: "ref-1"))
+    export = os.path.join(trained[1], "export")
+    actor = rollout(export, lambda shipped, config: None, lambda: None, monkeypatch)
+
+    def verify():
+        before = nice()
+        model, _ = actor.verify("news", export, OLD, True)
+        return before, nice(), model["ref"]
+
+    out = []
+    thread = threading.Thread(target=lambda: out.append(verify()))
+    thread.start()
+    thread.join()
+    before, after, ref = out[0]
+    assert seen == [SWAP_NICE] and ref == "ref-1"
+    assert after == before != SWAP_NICE

@@ -397,6 +397,48 @@ def test_a_replica_runs_onnxruntime_on_the_cpus_it_reserved_with_one_worker(num_
     assert deployment_for(serve, config, RayServeOptions("auto"), "cpu")["ray_actor_options"]["num_cpus"] == threads
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread nice values are Linux's")
+def test_a_replica_loads_and_warms_up_at_the_lowest_priority_then_serves_at_its_own(monkeypatch):
+    """A rollout's new replica starts beside the replicas serving on the same CPUs: its model load and
+    its warm-up (the parity sample, so its first requests do not meet a cold session) run at nice 19,
+    and the replica's thread is back at its own priority before it serves."""
+    import types
+
+    import utils.deploy.classifier
+    from service_fakes import FakeClassifier, FakeModel
+    from utils.serving.app import ServiceConfig
+    from utils.serving.ray_serve import ServiceReplica
+    from utils.serving.registry import SWAP_NICE
+
+    def nice():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    class Recording(FakeModel):
+        def run(self, features, batch_size=32):
+            seen.append(("run", len(features), nice()))
+            return super().run(features, batch_size)
+
+    seen = []
+    node = types.SimpleNamespace(get_node_id=lambda: "0123456789abcdef")
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(get_runtime_context=lambda: node))
+    monkeypatch.setattr(utils.deploy.classifier, "Classifier",
+                        lambda export, **options: seen.append(("load", 0, nice())) or FakeClassifier(Recording()))
+    config = ServiceConfig("/models/export", device="cpu", num_threads=1)
+
+    def start():
+        before = nice()
+        ServiceReplica({"path": config.model_path_prefix}, dataclasses.asdict(config))
+        return before, nice()
+
+    out = []
+    thread = threading.Thread(target=lambda: out.append(start()))
+    thread.start()
+    thread.join()
+    before, after = out[0]
+    assert seen == [("load", 0, SWAP_NICE), ("run", 1, SWAP_NICE), ("run", 8, SWAP_NICE)]
+    assert after == before != SWAP_NICE
+
+
 def test_the_application_builder_refuses_bad_arguments_before_any_replica_starts():
     """`build_app` (serve run, Serve config files): a wrong argument is a ValueError naming it, as
     serve.py names the flag, before any replica is asked for."""

@@ -35,6 +35,7 @@ from .ray_infer import (CONNECT_TIMEOUT, FLAG, START_TIMEOUT, connect, export_fi
                         run_bounded)
 from .app import Service
 from .config import ServiceConfig
+from .registry import low_priority, parity_sample
 from .requests import RequestError
 
 __all__ = ["RayServeOptions", "build_app", "parse_autoscaling", "serve_on_ray"]
@@ -119,7 +120,13 @@ class ServiceReplica(Service):
             # replicas on a node would otherwise each run onnxruntime on all of its cores
             config = replace(config, num_threads=replica_cpus(config))
         options = config.classifier_options(device_id=0)  # Ray gives the replica its GPU as device 0
-        classifiers = {name: self.load_model(ray, shipped, name, path, options) for name, path in config.exports.items()}
+        # A rollout's new replica starts beside the replicas serving on the same CPUs: its load and warm-up
+        # (the parity sample: its first requests do not meet a cold session) take only what they leave.
+        with low_priority():
+            classifiers = {name: self.load_model(ray, shipped, name, path, options)
+                           for name, path in config.exports.items()}
+            for classifier in classifiers.values():
+                parity_sample(classifier, config.max_batch_size)
         self.rollout, self.generation = shipped.get("rollout"), shipped.get("generation", 0)
         self.announcements = shipped.get("announcements") or {}
         context = ray.get_runtime_context()
