@@ -12,7 +12,7 @@ DEMO_MODEL := checkpoints/demo-tiny-ernie
 DEMO_OUT := checkpoints/demo
 DEMO_PROMPT := 这条新闻的主题是
 
-.PHONY: install install-dev install-ray install-labelstudio browser demo demo-label-sets test docs-check docs-reference bench bench-ray \
+.PHONY: install install-dev install-ray install-labelstudio browser demo demo-label-sets test docs-check docs-reference bench bench-fusion bench-ray \
   bench-unlabeled quality clean
 
 $(VENV)/.installed: requirements.txt requirements-cpu.txt constraints.txt
@@ -108,9 +108,15 @@ browser:
 	  echo "note: could not install chromium; tests/reporting/test_explain.py's rendering test will skip, saying why"; \
 	else echo "note: no headless browser; install chromium for the explanation page's rendering test"; fi
 
-# Speed/memory ratios on this machine (needs ../shared; about 25 minutes on 2 cores). See BENCHMARKS.md.
+# Speed/memory ratios on this machine (needs ../shared; about 50 minutes on 2 cores: bench.py, then
+# attention fusion's fused vs unfused exports, which reuses bench.py's ERNIE-base). See BENCHMARKS.md.
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/attention_fusion.py --texts 256 --rounds 5
+
+# Only the attention-fusion table (issue 29; ~25 minutes: two ERNIE-base exports, then the rounds).
+bench-fusion: $(VENV)/.installed-bench
+	$(PY) benchmarks/attention_fusion.py --texts 256 --rounds 5
 
 # infer.py --ray on a 2-node local Ray cluster vs local infer.py (no ../shared needed). See BENCHMARKS.md.
 bench-ray: $(VENV)/.installed-ray
