@@ -12,6 +12,7 @@ import sys
 from typing import Callable, Optional
 
 EXIT_USER_ERROR = 2
+MESSAGE_CHARS = 2000  # an error that echoes a huge value (a 100k-character label) stays one short paragraph
 # Failures of the machine, not of this tool: full disk, read-only or forbidden places, size limits.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENOTDIR,
                       errno.EISDIR, errno.ENAMETOOLONG, errno.EIO}
@@ -58,6 +59,14 @@ def text_flag(value: str) -> str:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
+def brief(message: str, limit: int = MESSAGE_CHARS) -> str:
+    """`message`, its middle left out when longer than `limit` (the start names the file and line)."""
+    if len(message) <= limit:
+        return message
+    head, tail = message[:limit * 3 // 4], message[-(limit // 4):]
+    return f"{head} […{len(message) - len(head) - len(tail)} characters left out…] {tail}"
+
+
 def debug_enabled(argv=None) -> bool:
     argv = sys.argv if argv is None else argv
     return "--debug" in argv or os.environ.get("PTUNING_DEBUG", "") not in ("", "0")
@@ -80,7 +89,7 @@ def run_cli(main: Callable[[list], Optional[int]], argv=None) -> int:
     except UserError as exc:
         if debug:
             raise
-        sys.stderr.write(f"error: {exc}\n(run with --debug or PTUNING_DEBUG=1 for a traceback)\n")
+        sys.stderr.write(f"error: {brief(str(exc))}\n(run with --debug or PTUNING_DEBUG=1 for a traceback)\n")
         return EXIT_USER_ERROR
     except OSError as exc:
         if debug or exc.errno not in ENVIRONMENT_ERRNOS:

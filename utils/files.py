@@ -169,6 +169,8 @@ def read_json(path: str, what: str = "JSON file"):
             return json.load(fp)
     except json.JSONDecodeError as exc:
         raise UserError(f"{what} is corrupt: {exc.msg} (column {exc.colno})", path, exc.lineno) from None
+    except RecursionError:
+        raise UserError(f"{what} is corrupt: its JSON nests too deeply", path) from None
     except UnicodeDecodeError:
         raise UserError(f"{what} is not UTF-8 text (corrupt?)", path) from None
     except OSError as exc:

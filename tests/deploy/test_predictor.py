@@ -145,6 +145,11 @@ def test_errors(export_copy, trained, tmp_path, capsys, monkeypatch):
         fp.write('{"format": 1, "files": ')
     code, err = run_infer(capsys, "--model_path_prefix", export_copy, *common)
     assert code == 2 and "manifest.json is corrupt" in err
+
+    with open(os.path.join(export_copy, "manifest.json"), "w", encoding="utf-8") as fp:
+        fp.write("[" * 100_000 + "]" * 100_000)
+    code, err = run_infer(capsys, "--model_path_prefix", export_copy, *common)
+    assert code == 2 and "is corrupt: its JSON nests too deeply" in err and "Traceback" not in err
     assert not (tmp_path / "o.tsv").exists() and not os.listdir(cwd)  # nothing written on any error
 
 

@@ -69,6 +69,14 @@ def test_a_bad_space_file_is_named(tmp_path, text, message):
     assert message in str(caught.value) and path in str(caught.value)
 
 
+@pytest.mark.parametrize("name", ["space.json", "space.yaml"])
+def test_a_space_file_nested_too_deeply_is_named_not_a_crash(tmp_path, name):
+    path = write(tmp_path, name, "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="nests too deeply") as caught:
+        load_space(path)
+    assert path in str(caught.value)
+
+
 def test_a_searched_flag_also_given_after_the_dashes_is_refused():
     space = Space([parse_param("learning_rate", {"low": 1e-5, "high": 1e-3}, "s.yaml")], "s.yaml")
     with pytest.raises(UserError, match="both searched"):

@@ -35,6 +35,9 @@ def read_doccano(path: str, options: ReadOptions) -> List[Record]:
 def _parse(line: str, path: str, number: int, last: bool) -> Dict[str, Any]:
     try:
         item = json.loads(line)
+    except RecursionError:
+        raise UserError("nests its JSON too deeply to be a doccano line (brackets opened thousands of times)", path,
+                        number) from None
     except json.JSONDecodeError as exc:
         if number == 1 and line.lstrip().startswith("["):
             raise UserError("starts a JSON list: a Label Studio JSON export, not doccano's JSON Lines (one object "

@@ -40,6 +40,9 @@ def read_json_text(path: str, fmt_hint: str) -> Any:
         raise UserError("is empty: no tasks", path)
     try:
         return json.loads(text)
+    except RecursionError:
+        raise UserError(f"nests its JSON too deeply to be {fmt_hint}'s export (brackets opened thousands of times)",
+                        path) from None
     except json.JSONDecodeError as exc:
         first = text.lstrip().split("\n", 1)[0]
         if exc.msg == "Extra data" and _is_json_object(first):
@@ -57,7 +60,7 @@ def read_json_text(path: str, fmt_hint: str) -> Any:
 def _is_json_object(line: str) -> bool:
     try:
         return isinstance(json.loads(line), dict)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
 

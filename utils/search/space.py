@@ -95,6 +95,8 @@ def read_space_file(path: str) -> Dict[str, Any]:
     if path.endswith(".json"):
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise UserError("nests too deeply to be a search space", path) from None
         except json.JSONDecodeError as exc:
             raise UserError(f"is not valid JSON: {exc.msg} (column {exc.colno})", path, exc.lineno) from None
     else:
@@ -102,6 +104,8 @@ def read_space_file(path: str) -> Dict[str, Any]:
 
         try:
             data = yaml.safe_load(text)
+        except RecursionError:
+            raise UserError("nests too deeply to be a search space", path) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise UserError(f"is not valid YAML: {getattr(exc, 'problem', None) or exc}", path,

@@ -84,7 +84,7 @@ def parse_autoscaling(text: str) -> dict:
     checked by Ray's own model so that a typo is refused here, not by the cluster."""
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise UserError(f"not JSON: {exc}", "--autoscaling_config") from None
     if not isinstance(value, dict):
         raise UserError(f"must be a JSON object of Ray Serve AutoscalingConfig fields, got {text!r}",
