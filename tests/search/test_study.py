@@ -142,3 +142,39 @@ def test_a_configuration_already_run_is_not_run_again(tmp_path):
     for t in repeats:
         first = next(o for o in study.trials if o.params == t.params and o.number < t.number)
         assert t.value == first.value and f"trial {first.number}" in t.user_attrs["note"]
+
+
+def test_workers_sharing_a_study_with_one_seed_draw_different_configurations(tmp_path):
+    """Two search processes on one study, both with --sampler_seed 0 (a resumed search's processes too):
+    each trial's draws are seeded with its own number, so the second worker does not draw (and train)
+    the first one's configuration again; a fresh study with that seed draws the same sequence again."""
+    first, second = study_in(tmp_path), study_in(tmp_path)  # two workers' handles on one storage
+    drawn = []
+    for study in (first, second, first, second):
+        trial = study.ask()
+        drawn.append(tuple(sorted(suggest_all(trial).items())))
+    assert len(set(drawn)) == 4
+    again = study_in(tmp_path / "again")
+    assert [tuple(sorted(suggest_all(again.ask()).items())) for _ in range(4)] == drawn
+
+
+def suggest_all(trial):
+    from utils.search.study import suggest
+
+    return suggest(trial, SPACE)
+
+
+def test_two_killed_trials_with_one_configuration_are_queued_once(tmp_path):
+    """Two workers killed while both ran one configuration (as an older search could draw): it is
+    queued again once, not twice."""
+    study = study_in(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    same = {"learning_rate": 1e-3, "soft_encoder": "lstm"}
+    for _ in range(2):
+        study.enqueue_trial(same)
+        killed = study.ask()
+        suggest_all(killed)
+        killed.set_user_attr(WORKER_ATTR, f"{os.uname().nodename}:{dead.stdout.strip()}")
+    assert retry_killed_trials(study) == 2
+    waiting = [t for t in study.trials if t.state.name == "WAITING"]
+    assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == same

@@ -82,7 +82,7 @@ def open_study(storage, name: str, identity: Dict[str, str], sampler_seed: int, 
 
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if pruning else \
         optuna.pruners.NopPruner()
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=4)
+    sampler = trial_seeded_tpe(sampler_seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
@@ -97,6 +97,40 @@ def open_study(storage, name: str, identity: Dict[str, str], sampler_seed: int, 
                             f"{known.get(key)}\n  given:  {value}\nuse another --study_name (or --output_dir) "
                             "for another search", "--study_name")
     return study
+
+
+def trial_seeded_tpe(seed: int):
+    """TPE whose draws for trial N are seeded with (`seed`, N). Seeded once per process, every worker of a
+    study (each given the same --sampler_seed, as are the processes of a resumed search) would draw the same
+    startup configurations and run them twice; seeded per trial they differ, and one worker's search stays
+    reproducible. Trial numbers come from the storage, so no two workers share one."""
+    import optuna
+
+    class TrialSeededTPE(optuna.samplers.BaseSampler):
+        def __init__(self):
+            self.tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+
+        def before_trial(self, study, trial):  # (called by ask, under TrialLoop's lock)
+            self.tpe = optuna.samplers.TPESampler(seed=(seed * 1_000_003 + trial.number) % 2 ** 32,
+                                                  n_startup_trials=4)
+            self.tpe.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.tpe.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.tpe.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.tpe.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values):
+            self.tpe.after_trial(study, trial, state, values)
+
+        def reseed_rng(self):
+            self.tpe.reseed_rng()
+
+    return TrialSeededTPE()
 
 
 def worker_id() -> str:
@@ -129,12 +163,19 @@ def retry_killed_trials(study) -> int:
             continue
         study._storage.set_trial_user_attr(trial._trial_id, "note", "killed; its parameters were queued again")
         study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-        if trial.params:
+        if trial.params and not _waiting_with(study, trial.params):  # (two killed twins: queued once)
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
         logger.warning("trial %d was left running by a process that no longer exists: marked failed and queued "
                        "again", trial.number)
         count += 1
     return count
+
+
+def _waiting_with(study, params: Dict[str, Any]) -> bool:
+    from optuna.trial import TrialState
+
+    return any(t.system_attrs.get("fixed_params") == params
+               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def finished_count(study) -> int:
