@@ -284,6 +284,8 @@ def main():
     parser.add_argument("--model", help="--task tnews: the model (QUALITY.md section 1's proxy, "
                                         "benchmarks/work/proxy/full/proxy)")
     args = parser.parse_args()
+    if "random" not in args.strategies:  # every table is read against random's curve (cached per seed)
+        args.strategies = ["random", *args.strategies]
     if args.task == "tnews" and not args.model:
         parser.error("--task tnews needs --model (the proxy: benchmarks/proxy_quality.py --build_only)")
     for name, value in DEFAULTS[args.task].items():
