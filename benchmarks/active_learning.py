@@ -164,11 +164,11 @@ def write_json(path: str, value) -> None:
     os.replace(path + ".tmp", path)
 
 
-def curve_of(args, tiny: str, seed: int, strategy: str, pool, dev, test) -> list:
+def curve_of(args, tiny: str, seed: int, strategy: str, pool, dev, test, cached_only: bool = False) -> list:
     """One strategy's learning curve for one seed, kept in the work folder: a rerun (or another process's
     run of other strategies) reuses it, so strategies can run in parallel and be gathered in one table."""
     path = os.path.join(args.work, f"curve-{strategy}-seed{seed}.json")
-    if args.gather and not os.path.exists(path):
+    if (args.gather or cached_only) and not os.path.exists(path):
         return None
     if not os.path.exists(path):
         write_json(path, simulate(args, tiny, seed, strategy, pool, dev, test))
@@ -284,8 +284,6 @@ def main():
     parser.add_argument("--model", help="--task tnews: the model (QUALITY.md section 1's proxy, "
                                         "benchmarks/work/proxy/full/proxy)")
     args = parser.parse_args()
-    if "random" not in args.strategies:  # every table is read against random's curve (cached per seed)
-        args.strategies = ["random", *args.strategies]
     if args.task == "tnews" and not args.model:
         parser.error("--task tnews needs --model (the proxy: benchmarks/proxy_quality.py --build_only)")
     for name, value in DEFAULTS[args.task].items():
@@ -304,6 +302,13 @@ def main():
     if args.gather:  # only the finished curves; a strategy may then have fewer seeds (the table says how many)
         results = {s: [c for c in curves if c] for s, curves in results.items() if any(curves)}
         args.strategies = list(results)
+    if "random" not in results:  # every table reads against random's curve: the ones another process cached
+        randoms = [curve_of(args, tiny, seed, "random", pool, dev, test, cached_only=True) for seed in args.seeds]
+        if not any(randoms):
+            raise SystemExit("curves cached; no table: it reads against random's curve, which no run has cached for "
+                             "these seeds (run --strategies random, then --gather)")
+        results = {"random": [c for c in randoms if c], **results}
+        args.strategies = ["random", *args.strategies]
     table = summarise(results, args.strategies)
     config = {k: v for k, v in vars(args).items() if k not in ("work", "gather", "tag")}
     if args.task == "tnews":
