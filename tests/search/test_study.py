@@ -178,3 +178,16 @@ def test_two_killed_trials_with_one_configuration_are_queued_once(tmp_path):
     assert retry_killed_trials(study) == 2
     waiting = [t for t in study.trials if t.state.name == "WAITING"]
     assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == same
+
+
+def test_the_sampler_survives_pickling_as_ray_tunes_checkpoints_do(tmp_path):
+    """Tune pickles its searcher (the study's sampler with it) into the experiment checkpoint: the
+    per-trial-seeded sampler comes back as one that draws what the original draws."""
+    import pickle
+
+    study = study_in(tmp_path)
+    copy = pickle.loads(pickle.dumps(study.sampler))
+    assert type(copy).__name__ == type(study.sampler).__name__
+    twin = study_in(tmp_path / "twin")
+    twin.sampler = copy
+    assert suggest_all(twin.ask()) == suggest_all(study_in(tmp_path / "third").ask())

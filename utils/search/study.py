@@ -130,6 +130,9 @@ def trial_seeded_tpe(seed: int):
         def reseed_rng(self):
             self.tpe.reseed_rng()
 
+        def __reduce__(self):  # (Tune pickles its searcher, sampler included, into its experiment checkpoint)
+            return trial_seeded_tpe, (seed,)
+
     return TrialSeededTPE()
 
 
