@@ -106,13 +106,15 @@ def trial_seeded_tpe(seed: int):
     reproducible. Trial numbers come from the storage, so no two workers share one."""
     import optuna
 
+    def tpe(trial_seed: int):
+        return optuna.samplers.TPESampler(seed=trial_seed % 2 ** 32, n_startup_trials=4)
+
     class TrialSeededTPE(optuna.samplers.BaseSampler):
         def __init__(self):
-            self.tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+            self.tpe = tpe(seed)
 
         def before_trial(self, study, trial):  # (called by ask, under TrialLoop's lock)
-            self.tpe = optuna.samplers.TPESampler(seed=(seed * 1_000_003 + trial.number) % 2 ** 32,
-                                                  n_startup_trials=4)
+            self.tpe = tpe(seed * 1_000_003 + trial.number)
             self.tpe.before_trial(study, trial)
 
         def infer_relative_search_space(self, study, trial):

@@ -99,10 +99,11 @@ class ServiceConfig:
             value = getattr(self, name)
             if value is not None and not _positive_int(value):
                 raise UserError(f"must be positive, got {value}", f"--{name}")
-        if self.instances != AUTO and self.instances > MAX_INSTANCES:
+        if self.instances == AUTO:
+            return
+        if self.instances > MAX_INSTANCES:
             raise UserError(f"is {self.instances}; at most {MAX_INSTANCES} (model workers on one device)", "--instances")
-        if self.instances != AUTO and self.num_threads is not None and self.instances > self.num_threads \
-                and self._device() == "cpu":
+        if self.num_threads is not None and self.instances > self.num_threads and self._device() == "cpu":
             raise UserError(f"is {self.instances}, more than --num_threads {self.num_threads}: on CPU each instance "
                             "runs on its share of the threads, at least one", "--instances")
 

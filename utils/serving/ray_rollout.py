@@ -164,16 +164,15 @@ class Rollout:
         from ..deploy.classifier import Classifier
         from ..deploy.predictor import pick_model_file
         from .ray_infer import export_files
-        from .registry import check_new_model, export_identity, low_priority, parity_sample
+        from .registry import export_identity, load_checked
 
         identity = export_identity(path)  # before reading: a later rename is another export
         export_dir = resolve_export_dir(path)
         options = replace(self.config, device="cpu", device_id=0, use_fp16=False).classifier_options()
-        with low_priority():  # beside the replicas serving on this node, as registry.py's swaps load
-            classifier = Classifier(export_dir, **options)
-            announcement = check_new_model(classifier, SimpleNamespace(**old), allow_label_change)
-            parity_sample(classifier, self.config.max_batch_size)
-            del classifier
+        # beside the replicas serving on this node, as one process's swaps load; the checked model is
+        # not kept (the replicas load the shipped files)
+        announcement = load_checked(lambda: Classifier(export_dir, **options), SimpleNamespace(**old),
+                                    allow_label_change, self.config.max_batch_size)[1]
         manifest = read_manifest(export_dir)
         files = export_files(export_dir, manifest, pick_model_file(manifest, export_dir, self.device,
                                                                    self.config.use_fp16, self.config.use_int8))

@@ -181,6 +181,17 @@ def low_priority():
                     os.setpriority(os.PRIO_PROCESS, int(task), old)
 
 
+def load_checked(load: Callable, old, allow_label_change: bool, batch_size: int):
+    """A swap's new model, `load()`ed, checked against the served `old` (labels, task type) and through the
+    parity sample (its warm-up too), at low priority beside the model that serves: `(classifier,
+    announcement)`. One process's swaps (ModelRegistry) and the Ray Rollout actor's both call this."""
+    with low_priority():
+        classifier = load()
+        announcement = check_new_model(classifier, old, allow_label_change)
+        parity_sample(classifier, batch_size)
+    return classifier, announcement
+
+
 def in_thread(fn: Callable, name: str) -> asyncio.Future:
     """`fn()` in a daemon thread of its own (never one the process must wait for at exit: a load
     abandoned by shutdown does not hold the exit), its outcome as a future of the running loop."""
@@ -310,14 +321,8 @@ class ModelRegistry:
         return outcome
 
     async def _load_checked(self, name: str, path: str, old: Slot, allow_label_change: bool):
-        def load_and_check():
-            with low_priority():  # beside the model that serves: the swap gets what it leaves
-                classifier = self.load(path)
-                announcement = check_new_model(classifier, old.classifier, allow_label_change)
-                parity_sample(classifier, self.config.max_batch_size)
-            return classifier, announcement
-
-        loading = in_thread(load_and_check, f"load-{name}")
+        loading = in_thread(lambda: load_checked(lambda: self.load(path), old.classifier, allow_label_change,
+                                                 self.config.max_batch_size), f"load-{name}")
         stop = asyncio.ensure_future(self._shutdown_event().wait())
         await asyncio.wait({loading, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
