@@ -408,10 +408,11 @@ def test_a_replica_loads_and_warms_up_at_the_lowest_priority_then_serves_at_its_
     from service_fakes import FakeClassifier, FakeModel
     from utils.serving.app import ServiceConfig
     from utils.serving.ray_serve import ServiceReplica
+    from utils.deploy.priority import background_nice
     from utils.serving.registry import SWAP_NICE
 
-    def nice():
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    def nice():  # the background work's nice (utils/deploy/priority.py: its heavy steps run at it)
+        return background_nice()
 
     class Recording(FakeModel):
         def run(self, features, batch_size=32):
@@ -436,7 +437,7 @@ def test_a_replica_loads_and_warms_up_at_the_lowest_priority_then_serves_at_its_
     thread.join()
     before, after = out[0]
     assert seen == [("load", 0, SWAP_NICE), ("run", 1, SWAP_NICE), ("run", 8, SWAP_NICE)]
-    assert after == before != SWAP_NICE
+    assert before is None and after is None
 
 
 def test_the_application_builder_refuses_bad_arguments_before_any_replica_starts():

@@ -356,49 +356,23 @@ def run_in_a_thread(fn):
     return out[0]
 
 
-def nice_of(tid=None):
-    return os.getpriority(os.PRIO_PROCESS, tid or threading.get_native_id())
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread nice values are Linux's")
-def test_a_swap_loads_at_the_lowest_priority_and_its_threads_get_their_priority_back():
-    """A swap's load runs at nice 19 beside the serving model, and so do the threads it starts (the
-    new sessions' pools inherit it); afterwards the loader and those threads are back at its old
-    priority, so the new model does not serve at nice 19."""
-    from utils.serving.registry import SWAP_NICE, low_priority
-
-    def swap():
-        old, seen, started, release = nice_of(), {}, threading.Event(), threading.Event()
-
-        def pool_thread():
-            seen["pool_tid"], seen["pool"] = threading.get_native_id(), nice_of()
-            started.set()
-            release.wait()
-
-        with low_priority():
-            seen["loader"] = nice_of()
-            pool = threading.Thread(target=pool_thread)
-            pool.start()
-            started.wait()
-        after = {"loader": nice_of(), "pool": nice_of(seen["pool_tid"])}
-        release.set()
-        pool.join()
-        return old, seen, after
-
-    old, during, after = run_in_a_thread(swap)
-    assert (during["loader"], during["pool"]) == (SWAP_NICE, SWAP_NICE)
-    assert after == {"loader": old, "pool": old}
-
-
-def test_without_the_right_to_restore_a_priority_the_load_keeps_its_own(monkeypatch):
-    """Where a thread cannot lower its nice value again (no CAP_SYS_NICE), niceness would stick to the
-    new model's threads: the load then runs at its normal priority."""
+def test_a_swap_loads_and_warms_up_as_background_work_at_the_lowest_priority(admin_file, monkeypatch):
+    """A swap's load and parity sample run as background work at nice SWAP_NICE (utils/deploy/priority.py:
+    its session builds, hashing and runs niced; tests/deploy/test_priority.py), and the thread leaves it."""
     import utils.serving.registry as registry
+    from utils.deploy.priority import background_nice
 
-    monkeypatch.setattr(registry, "_can_renice", lambda: False)
+    seen = []
+
+    class Recording(FakeModel):
+        def run(self, features, batch_size=32):
+            seen.append(("run", len(features), background_nice()))
+            return super().run(features, batch_size)
 
     def load():
-        with registry.low_priority():
-            return nice_of()
+        seen.append(("load", 0, background_nice()))
+        return FakeClassifier(Recording())
 
-    assert run_in_a_thread(load) == run_in_a_thread(nice_of)
+    classifier, _ = run_in_a_thread(lambda: registry.load_checked(load, FakeClassifier(FakeModel()), False, 32))
+    assert seen == [("load", 0, registry.SWAP_NICE), ("run", 1, registry.SWAP_NICE), ("run", 8, registry.SWAP_NICE)]
+    assert run_in_a_thread(background_nice) is None

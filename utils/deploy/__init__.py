@@ -7,4 +7,5 @@
     predictor.py    the onnxruntime session, length-sorted batches, the streamed file classifier
     classifier.py   `utils.Classifier`: the Python API (infer.py runs it)
     predictions.py  the one prediction-file writer and its summary (train.py and infer.py)
+    priority.py     background work beside a serving model (a swap's load): its GIL-free steps niced
 """

@@ -19,6 +19,7 @@ from ..files import count_lines
 from ..dataset.inputs import InputFile
 from .predictions import PredictionWriter, prediction_summary
 from .preprocess import PromptPreprocessor, read_config
+from .priority import heavy
 from ..progress import Progress
 from ..task.windows import WindowCounts, aggregate, mean_rows
 
@@ -59,7 +60,8 @@ def create_session(model_path: str, device: str = "cpu", device_id: int = 0, num
     else:
         raise UserError(f"must be cpu or gpu, got {device!r}", "--device")
     try:
-        session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
+        with heavy():  # a swap's build: niced (it releases the GIL); its pool threads inherit the nice
+            session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
         raise UserError(f"onnxruntime cannot load the model (corrupt file?): {type(exc).__name__}: {exc}",
                         model_path) from None
@@ -181,7 +183,8 @@ class ExportedClassifier:
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
             batch = self.preprocessor.pad([features[i] for i in index])
-            results = self.session.run(list(names), {name: batch[name] for name in self.input_names})
+            with heavy():  # a swap's warm-up runs niced; serving's runs are unchanged
+                results = self.session.run(list(names), {name: batch[name] for name in self.input_names})
             for name, result in zip(names, results):
                 if name == MEMBER_OUTPUT:
                     result = result.transpose(1, 0, 2)

@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from ..deploy.priority import background
 from ..errors import UserError
 from .batcher import Batcher
 from .config import ServiceConfig
@@ -128,57 +129,16 @@ def parity_sample(classifier, batch_size: int) -> None:
             raise UserError(f"the parity sample failed: the model {problem}", classifier.export_dir)
 
 
-SWAP_NICE = 19  # a swap's load runs at the lowest CPU priority beside the model that serves
+SWAP_NICE = 19  # a swap's heavy steps run at the lowest CPU priority beside the model that serves
 
 
-def _thread_ids() -> set:
-    try:
-        return set(os.listdir("/proc/self/task"))
-    except OSError:
-        return set()
-
-
-def _can_renice() -> bool:
-    """Whether a thread may lower its nice value again (root with CAP_SYS_NICE, or RLIMIT_NICE), tried
-    on a throwaway thread: without that right the new model's threads would keep the low priority."""
-    outcome = []
-
-    def probe():
-        tid = threading.get_native_id()
-        try:
-            old = os.getpriority(os.PRIO_PROCESS, tid)
-            os.setpriority(os.PRIO_PROCESS, tid, min(old + 1, 19))
-            os.setpriority(os.PRIO_PROCESS, tid, old)
-            outcome.append(True)
-        except (OSError, AttributeError):
-            pass
-
-    thread = threading.Thread(target=probe)
-    thread.start()
-    thread.join()
-    return bool(outcome)
-
-
-@contextlib.contextmanager
 def low_priority():
-    """Run the calling thread at nice SWAP_NICE (Linux), then set it and every thread it started
-    meanwhile (the new onnxruntime sessions' pools, which inherit it) back to its old priority.
-    A swap's hashing, session builds and warm-up take ~30% of 2 cores for about a second
-    (BENCHMARKS.md, swaps under load): at the lowest priority they get the CPU the serving
-    model leaves. Does nothing where the priority could not be restored."""
-    if not os.path.isdir("/proc/self/task") or not _can_renice():
-        yield
-        return
-    tid = threading.get_native_id()
-    old, before = os.getpriority(os.PRIO_PROCESS, tid), _thread_ids()
-    os.setpriority(os.PRIO_PROCESS, tid, SWAP_NICE)
-    try:
-        yield
-    finally:
-        for task in [str(tid), *sorted(_thread_ids() - before)]:
-            with contextlib.suppress(OSError):  # a thread that has ended meanwhile
-                if os.getpriority(os.PRIO_PROCESS, int(task)) == SWAP_NICE:  # (not another thread's own)
-                    os.setpriority(os.PRIO_PROCESS, int(task), old)
+    """A swap's load and warm-up as background work (utils/deploy/priority.py): its session builds,
+    runs and hashing at nice SWAP_NICE, its Python steps at the thread's own priority (a starved
+    thread holding the GIL would stall the serving threads), the new model's threads back at the
+    thread's priority afterwards. A swap's hashing, session builds and warm-up take ~30% of 2 cores
+    for about a second (BENCHMARKS.md, swaps under load): niced, they get what the serving model leaves."""
+    return background(SWAP_NICE)
 
 
 def load_checked(load: Callable, old, allow_label_change: bool, batch_size: int):
