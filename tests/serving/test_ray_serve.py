@@ -29,12 +29,18 @@ def require_serve():
 
 
 @pytest.fixture(scope="module")
-def serve_cluster():
-    """Two Ray nodes on this machine, one CPU each (resources node_a and node_b)."""
+def serve_cluster(tmp_path_factory):
+    """Two Ray nodes on this machine, one CPU each (resources node_a and node_b). A replica that loads
+    the export at `cluster.held_export` stops there (utils/rundir/checkpoints.py `reached`) after
+    writing its pid to `cluster.held_pid`: a rollout held half-way, for as long as the test wants."""
     require_serve()
+    from utils.rundir.checkpoints import PAUSE_ENV
     from utils.testing.ray_local import LocalRayCluster
 
     cluster = LocalRayCluster(["node_a", "node_b"], cpus=1, start_timeout=180)
+    held = tmp_path_factory.mktemp("held")
+    cluster.held_export, cluster.held_pid = str(held / "export"), str(held / "replica.pid")
+    cluster.env[PAUSE_ENV] = f"replica loading {cluster.held_export}={cluster.held_pid}"
     with cluster:
         yield cluster
     assert cluster.leftover_pids() == []
@@ -650,3 +656,58 @@ def test_an_admin_swap_under_ray_rolls_out_the_new_version_and_a_damaged_export_
             assert versions()[0] == {old}
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_rollout_abandons_it_the_old_version_answers_and_no_replica_is_left(
+        serve_cluster, serve_port, trained, tmp_path):
+    """A swap held half-way on the real cluster: its new replica has started and stopped in its load (the
+    test's pause point), the old replica still answers with the old version. SIGTERM: the admin request
+    is answered 503 (the new export is never put in service), serve.py exits 0, and the held replica's
+    process is gone (the module's cluster then checks no Ray worker is left)."""
+    import shutil
+
+    from utils import Classifier
+    from utils.serving.ml_backend import model_version
+
+    export = str(tmp_path / "served")
+    shutil.copytree(os.path.join(trained[1], "export"), export)
+    shutil.copytree(tempered_export(trained, tmp_path), serve_cluster.held_export)
+    old = model_version("news", Classifier(export, device="cpu", num_threads=1).model)
+    admin, user = {"Authorization": f"Bearer {ADMIN_KEY}"}, {"Authorization": f"Bearer {USER_KEY}"}
+    server = RayServe(serve_cluster, serve_port, "--model", f"news={export}", "--num_threads", "1", "--device", "cpu",
+                      "--name", "held", *key_files(tmp_path))
+    swap = {}
+
+    def post_swap():
+        with http() as client:
+            swap["response"] = client.post(server.url + "/admin/models/news", json={"path": serve_cluster.held_export},
+                                           headers=admin, timeout=START_TIMEOUT)
+
+    poster = threading.Thread(target=post_swap)
+    try:
+        poster.start()
+        until(lambda: os.path.exists(serve_cluster.held_pid), "the new replica held in its load")
+        pid = int(open(serve_cluster.held_pid, encoding="utf-8").read())
+        with http() as client:
+            answer = client.post(server.url + "/predict", json={"texts": ["苹果很甜"], "model": "news"}, headers=user)
+            assert answer.status_code == 200 and answer.json()["model_version"] == old, answer.text
+            assert client.get(server.url + "/models/news", headers=user).json()["loading"]["path"] == \
+                serve_cluster.held_export
+        server.proc.send_signal(signal.SIGTERM)
+        poster.join(START_TIMEOUT)
+        assert swap["response"].status_code == 503, swap["response"].text
+        assert "shutting down" in swap["response"].json()["error"]["message"]
+        assert server.proc.wait(START_TIMEOUT) == 0
+        until(lambda: not pid_alive(pid), "the held replica's process gone")
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -35,6 +35,7 @@ from .ray_infer import (CONNECT_TIMEOUT, FLAG, START_TIMEOUT, connect, export_fi
                         run_bounded)
 from .app import Service
 from .config import ServiceConfig
+from ..rundir.checkpoints import reached
 from .registry import low_priority, parity_sample
 from .requests import RequestError
 
@@ -122,6 +123,8 @@ class ServiceReplica(Service):
         options = config.classifier_options(device_id=0)  # Ray gives the replica its GPU as device 0
         # A rollout's new replica starts beside the replicas serving on the same CPUs: its load and warm-up
         # (the parity sample: its first requests do not meet a cold session) take only what they leave.
+        for path in config.exports.values():  # tests hold a rollout's new replica here (PTUNING_TEST_PAUSE)
+            reached(f"replica loading {path}", path)
         with low_priority():
             classifiers = {name: self.load_model(ray, shipped, name, path, options)
                            for name, path in config.exports.items()}
