@@ -12,7 +12,7 @@ benchmarks/work/swap/exports. Each part runs serve.py in its own process (benchm
 * idle neighbour: texts/s of model m0 served alone, and beside a second model that gets no
   requests (alternated, `--repeats` times each);
 * swaps under load: `--clients` clients on /models/cls_default for `--duration` seconds without
-  swaps (steady state, before and after), then from 2 s before to 1 s after the script swaps the
+  swaps (steady state, before and after; before it, 10 s of the same load not counted), then from 2 s before to 1 s after the script swaps the
   model `--swaps` times back to back (POST /admin/models/cls_default: A, B, A, ...): failed requests, the versions the
   answers name (every one must be A's or B's), p99 during the swaps against steady state;
 * `--only ray_swaps` (not by default: a Ray cluster): the same with serve.py --ray on a local
@@ -41,6 +41,7 @@ from bench import PY, Server, keyword_export, log  # noqa: E402
 
 WORK = os.path.join(ROOT, "benchmarks", "work")
 ADMIN_KEY = "benchmark-admin-key-0123456789abcdef"
+WARM_UP_S = 10  # seconds of load before the steady state is measured (not counted)
 
 
 def prepare(export: str, work: str) -> Dict[str, str]:
@@ -142,6 +143,9 @@ def measure_swaps(base_url: str, paths: Dict[str, str], texts: str, clients: int
     """Steady load, then `swaps` swaps A, B, A, ... under the same load, then steady load again."""
     url, admin = base_url + "/models/cls_default", base_url + "/admin/models/cls_default"
     versions = {"a": call(base_url + "/labels")["model_version"]}
+    # Not counted: a fresh server's first seconds under load (first batches of each length, memory
+    # arenas growing) raised the "before" p99 above the "after" one in every repeat (BENCHMARKS.md).
+    finish(load(url, texts, clients, WARM_UP_S))
     before = finish(load(url, texts, clients, duration))
     log(f"steady (before): p99 {before['latency_ms']['p99']} ms, {before['texts_per_s']} texts/s")
     stop = os.path.join(work, "stop-load")
