@@ -50,6 +50,15 @@ def test_triton_client_infers_texts_with_the_answers_of_predict(export_dir, tmp_
             np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-4)
             response = result.get_response()
             assert response["model_version"] == expected["model_version"] and response["id"] == "r1"
+        version = expected["model_version"]  # the protocol's versioned routes: that version, or 404
+        assert client.is_model_ready("cls_default", model_version=version, headers=headers)
+        assert client.get_model_metadata("cls_default", model_version=version, headers=headers)["name"] == "cls_default"
+        pinned = client.infer("cls_default", [tensor], model_version=version, outputs=outputs, headers=dict(headers))
+        assert pinned.get_response()["model_version"] == version
+        with pytest.raises(InferenceServerException, match="serves version"):
+            client.infer("cls_default", [tensor], model_version="cls_default-000000000000", headers=dict(headers))
+        with pytest.raises(InferenceServerException, match="serves version"):
+            client.get_model_metadata("cls_default", model_version="7", headers=headers)
         with pytest.raises(InferenceServerException, match="API key is missing"):
             client.infer("cls_default", [tensor])
         with pytest.raises(InferenceServerException, match="no model 'sports'"):
@@ -77,6 +86,8 @@ def test_oip_bodies_are_checked_field_by_field():
             (b'{"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a"]}]}', None,
              "inputs[0].shape"),
             (b'{"inputs": [{"name": "txt", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}', None, "inputs"),
+            (b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]},'
+             b' {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["b"]}]}', None, "inputs[1].name"),
             (header + binary[:-1], str(len(header)), "inputs[0].parameters.binary_data_size"),
             (header + binary, "9999", "Inference-Header-Content-Length")):
         with pytest.raises(RequestError) as caught:

@@ -69,6 +69,9 @@ def test_two_models_are_routed_by_name_with_their_versions_labels_and_metrics(ad
         unknown = client.post("/predict", json={"texts": ["1"], "model": "sports"})
         assert unknown.status_code == 404 and "'news', 'intent'" in unknown.json()["error"]["message"]
         assert client.post("/models/sports", json={"data": {"text": ["1"]}}).status_code == 404
+        for wrong in (3, ["news"], {"name": "news"}):  # a name of the wrong type is the caller's error, not a 404
+            typed = client.post("/predict", json={"texts": ["1"], "model": wrong})
+            assert typed.status_code == 422 and "must be a string" in typed.json()["error"]["message"], wrong
         assert client.get("/labels", params={"model": "intent"}).json()["labels"] == ["x", "y", "z"]
         assert client.get("/labels").status_code == 422  # which one?
         ready = client.get("/ready").json()
@@ -81,6 +84,21 @@ def test_two_models_are_routed_by_name_with_their_versions_labels_and_metrics(ad
                  f'ptuning_model_texts_total{{model="intent",version="{by_name["model_version"]}"}} 2.0',
                  'ptuning_model_ready{model="news"} 1.0', 'ptuning_model_queue_texts{model="intent"} 0.0'):
         assert line in metrics, line
+
+
+@pytest.mark.parametrize("body, field, message", [
+    ({}, "path", "is required"), ({"path": ""}, "path", "is required"), ({"path": 5}, "path", "must be a string"),
+    ({"path": ["exports/v2"]}, "path", "must be a string"), ({"path": "exports/v2", "bogus": 1}, "bogus", "unknown field"),
+    ([], "body", "must be a JSON object")], ids=["no path", "empty path", "number", "list", "unknown field", "list body"])
+def test_an_admin_swap_body_is_checked_field_by_field_before_anything_loads(body, field, message, admin_file, loads):
+    """A wrong admin body is a 422 naming its field, and no load starts (the old version serves on)."""
+    with client_for(ServiceConfig("exports/v1", admin_key_file=admin_file),
+                    cls_default=FakeClassifier(FakeModel(tag="v1"))) as client:
+        answer = client.post("/admin/models/cls_default", headers=ADMIN, json=body)
+        assert answer.status_code == 422 and answer.json()["error"]["field"] == field, answer.text
+        assert message in answer.json()["error"]["message"]
+        status = client.get("/models/cls_default").json()
+        assert status["loading"] is None and status["last_swap"] is None  # (a load that failed would be named)
 
 
 def swap_in_thread(client, name, path, answers, **body):

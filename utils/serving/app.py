@@ -307,7 +307,9 @@ class Service:
         body = body_dict(body)
         check_fields(body, ("path", "allow_label_change"))
         path = body.get("path")
-        if not isinstance(path, str) or not path:
+        if path is not None and not isinstance(path, str):
+            raise RequestError(422, "path", f"must be a string: the new export directory, got {type(path).__name__}")
+        if not path:
             raise RequestError(422, "path", "is required: the new export directory, as the server sees it")
         allow = body.get("allow_label_change", False)
         if not isinstance(allow, bool):
@@ -356,6 +358,15 @@ class Service:
     @route("GET", "/v2/models/{name}/ready")
     async def oip_model_ready(self, name: str):
         return await self.oip_call(name, lambda slot: {"name": slot.name, "ready": True})
+
+    @route("GET", "/v2/models/{name}/versions/{version}")
+    async def oip_model_version(self, name: str, version: str):
+        return await self.oip_call(name, lambda slot: oip.model_metadata(slot.name, slot.version, slot.classifier),
+                                   version=version)
+
+    @route("GET", "/v2/models/{name}/versions/{version}/ready")
+    async def oip_model_version_ready(self, name: str, version: str):
+        return await self.oip_call(name, lambda slot: {"name": slot.name, "ready": True}, version=version)
 
     @route("POST", "/v2/models/{name}/infer")
     async def oip_infer(self, name: str, request: Request):

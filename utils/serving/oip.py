@@ -7,7 +7,8 @@ service's `/v2` routes (the routes themselves are `Service` methods):
                                           models), BYTES, shape [-1]; outputs `label` (BYTES),
                                           `confidence` (FP32), `probabilities` (FP32 [-1, labels])
     GET  /v2/models/{name}/ready
-    POST /v2/models/{name}/infer          (also .../versions/{version}/infer: that version only)
+    POST /v2/models/{name}/infer
+         (each also under /v2/models/{name}/versions/{version}/...: that version only, else 404)
 
 Input tensors are JSON (`"data": ["text", ...]`) or binary (the protocol's binary tensor extension:
 a JSON header of `Inference-Header-Content-Length` bytes, then each input's
@@ -122,6 +123,8 @@ def parse_infer_request(body: bytes, header_length: Optional[str], pair: bool) -
     texts, offset = {}, 0
     for index, tensor in enumerate(inputs):
         name, data, offset = tensor_texts(tensor, index, binary, offset)
+        if name in texts:
+            raise RequestError(422, f"inputs[{index}].name", f"input {name!r} is given twice")
         texts[name] = data
     expected = input_names(pair)
     if sorted(texts) != sorted(expected):

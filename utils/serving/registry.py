@@ -240,7 +240,9 @@ class ModelRegistry:
                 raise RequestError(422, field, f"is required: this service serves {len(self.names)} models "
                                                f"({', '.join(self.names)})")
             name = self.default
-        if not isinstance(name, str) or name not in self.config.exports:
+        if not isinstance(name, str):
+            raise RequestError(422, field, f"must be a string (a model's name), got {type(name).__name__}")
+        if name not in self.config.exports:
             raise RequestError(404, field, f"no model {name!r} here; this service serves {', '.join(map(repr, self.names))}")
         if name in self.errors:
             raise RequestError(503, "service", f"the model could not be loaded: {self.errors[name]}")
