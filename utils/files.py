@@ -109,6 +109,20 @@ def check_output_file(path: str, what: str = "output file", not_same_as: Optiona
     probe_writable(parent, path)
 
 
+def check_output_dir(path: str, flag: str = "--output_dir") -> None:
+    """Refuse, before any work and without creating anything, an output directory that cannot be
+    written: a path that is a file, a parent that is a file, a place where no file can be made (a
+    read-only file system, /proc, a full disk's inode table). The directory itself is made later."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{path} exists and is not a directory", flag)
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):  # missing directories are created when writing
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"cannot create {path}: {existing} is a file, not a directory", flag)
+    probe_writable(existing, flag)
+
+
 def probe_writable(directory: str, path: str) -> None:
     """Create and remove a file in `directory`: os.access says yes to root everywhere, and nothing
     short of a write knows about /proc, a full inode table or a mount that refuses new files."""

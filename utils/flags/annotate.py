@@ -8,6 +8,7 @@ from typing import List, Optional
 
 from ..choices import AnnotationFormat, CancelledPolicy, ConflictPolicy, TaskType, UnlabeledPolicy
 from ..errors import UserError
+from ..files import check_output_dir
 from .checks import positive
 from .runtime import RuntimeArguments
 
@@ -71,6 +72,8 @@ class AnnotateImportArguments:
             raise UserError("exists and is not a directory", "--output_dir")
         if os.path.isdir(out) and os.listdir(out) and not self.overwrite_output_dir:
             raise UserError(f"{out} exists and is not empty; --overwrite_output_dir replaces it", "--output_dir")
+        # the folder is written beside it, then renamed: its parent must take new files
+        check_output_dir(os.path.dirname(os.path.abspath(out)))
         inside = os.path.realpath(out) + os.sep
         for flag in ("input", "label_file"):
             path = getattr(self, flag)

@@ -1,12 +1,12 @@
 """explain.py's flags: which model, which texts, how many integrated-gradients steps, where."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from ..choices import Split
 from ..errors import UserError
+from ..files import check_output_dir
 from .checks import positive
 from .runtime import DeviceArguments
 
@@ -34,8 +34,7 @@ class ExplainArguments(DeviceArguments):
 
     def __post_init__(self):
         positive(self, "max_cases", "steps")
-        if os.path.isfile(self.output_dir):
-            raise UserError("is a file; give a directory", "--output_dir")
+        check_output_dir(self.output_dir)  # before the model loads and the attributions are computed
         if self.bad_cases and not self.data_dir:
             raise UserError("needs --data_dir (the split's gold labels)", "--bad_cases")
         if not (self.text or self.input_file or self.bad_cases):

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from ..errors import UserError
+from ..files import check_output_dir
 from .train import flag_given
 
 DEFAULT_SEED = 42
@@ -56,3 +57,5 @@ class MultirunArguments:
         for values, flag in ((self.seeds, "--seeds"), (self.split_ids, "--split_ids")):
             if values and len(set(values)) != len(values):
                 raise UserError(f"repeats a value: {values}", flag)
+        if self.output_dir:
+            check_output_dir(self.output_dir)
