@@ -204,3 +204,14 @@ def assert_error_names(response, status: int, field: str) -> dict:
     assert error["field"] == field and error["status"] == status and error["message"]
     assert "Traceback" not in response.text
     return error
+
+
+def run_in_a_thread(fn):
+    """`fn()`'s result, run in a fresh thread (nice values and background marks are per thread)."""
+    import threading
+
+    out = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    thread.start()
+    thread.join()
+    return out[0]

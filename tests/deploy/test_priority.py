@@ -5,6 +5,7 @@ import threading
 import pytest
 
 import utils.deploy.priority as priority
+from helpers import run_in_a_thread
 from utils.deploy.priority import background, background_nice, heavy
 
 LINUX = pytest.mark.skipif(not os.path.isdir("/proc/self/task") or os.nice(0) >= 19,
@@ -14,15 +15,6 @@ NICE = 19
 
 def nice_of(tid=None):
     return os.getpriority(os.PRIO_PROCESS, tid or threading.get_native_id())
-
-
-def run_in_a_thread(fn):
-    """`fn()`'s result, run in a fresh thread (nice values are per thread on Linux)."""
-    out = []
-    thread = threading.Thread(target=lambda: out.append(fn()))
-    thread.start()
-    thread.join()
-    return out[0]
 
 
 @LINUX

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from helpers import flip_byte
+from helpers import flip_byte, run_in_a_thread
 from utils.serving.config import ServiceConfig
 from utils.serving.ray_rollout import Rollout
 
@@ -127,10 +127,6 @@ def test_a_swaps_verification_loads_the_new_export_at_the_lowest_priority(traine
         model, _ = actor.verify("news", export, OLD, True)
         return before, nice(), model["ref"]
 
-    out = []
-    thread = threading.Thread(target=lambda: out.append(verify()))
-    thread.start()
-    thread.join()
-    before, after, ref = out[0]
+    before, after, ref = run_in_a_thread(verify)
     assert seen == [SWAP_NICE] and ref == "ref-1"
     assert before is None and after is None

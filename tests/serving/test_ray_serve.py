@@ -14,7 +14,7 @@ import pytest
 
 import serve
 from conftest import ROOT, metric_value, until
-from helpers import closed_port, flip_byte, require_ray, tempered_export
+from helpers import closed_port, flip_byte, require_ray, run_in_a_thread, tempered_export
 from utils.errors import run_cli
 
 START_TIMEOUT = 300  # seconds for serve.py --ray to deploy (about 20 s here)
@@ -437,11 +437,7 @@ def test_a_replica_loads_and_warms_up_at_the_lowest_priority_then_serves_at_its_
         ServiceReplica({"path": config.model_path_prefix}, dataclasses.asdict(config))
         return before, nice()
 
-    out = []
-    thread = threading.Thread(target=lambda: out.append(start()))
-    thread.start()
-    thread.join()
-    before, after = out[0]
+    before, after = run_in_a_thread(start)
     assert seen == [("load", 0, SWAP_NICE), ("run", 1, SWAP_NICE), ("run", 8, SWAP_NICE)]
     assert before is None and after is None
 

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from conftest import until
-from helpers import flip_byte
+from helpers import flip_byte, run_in_a_thread
 from service_fakes import FakeClassifier, FakeModel, HeldModel
 from utils.serving.app import Service, ServiceConfig
 
@@ -363,15 +363,6 @@ def test_serve_py_serves_several_models_named_by_model_flags(trained, tmp_path):
         assert fruit["model_version"].startswith("fruit-") and news["model_version"].startswith("news-")
         assert httpx.get(url + "/ready", timeout=60).json()["models"].keys() == {"fruit", "news"}
         assert httpx.post(url + "/predict", json={"texts": ["苹果"]}, timeout=60).status_code == 422  # which?
-
-
-def run_in_a_thread(fn):
-    """`fn()`'s result, run in a fresh thread (nice values are per thread on Linux)."""
-    out = []
-    thread = threading.Thread(target=lambda: out.append(fn()))
-    thread.start()
-    thread.join()
-    return out[0]
 
 
 def test_a_swap_loads_and_warms_up_as_background_work_at_the_lowest_priority(admin_file, monkeypatch):

@@ -353,19 +353,19 @@ class Service:
 
     @route("GET", "/v2/models/{name}")
     async def oip_model(self, name: str):
-        return await self.oip_call(name, lambda slot: oip.model_metadata(slot.name, slot.version, slot.classifier))
+        return await self.oip_model_version(name, None)
 
     @route("GET", "/v2/models/{name}/ready")
     async def oip_model_ready(self, name: str):
-        return await self.oip_call(name, lambda slot: {"name": slot.name, "ready": True})
+        return await self.oip_model_version_ready(name, None)
 
     @route("GET", "/v2/models/{name}/versions/{version}")
-    async def oip_model_version(self, name: str, version: str):
+    async def oip_model_version(self, name: str, version: Optional[str]):
         return await self.oip_call(name, lambda slot: oip.model_metadata(slot.name, slot.version, slot.classifier),
                                    version=version)
 
     @route("GET", "/v2/models/{name}/versions/{version}/ready")
-    async def oip_model_version_ready(self, name: str, version: str):
+    async def oip_model_version_ready(self, name: str, version: Optional[str]):
         return await self.oip_call(name, lambda slot: {"name": slot.name, "ready": True}, version=version)
 
     @route("POST", "/v2/models/{name}/infer")
