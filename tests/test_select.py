@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from helpers import import_script, infer_jsonl, read_json, require_ray, texts_and_file
+from helpers import import_script, infer_jsonl, read_json, texts_and_file
 from utils.errors import run_cli
 from utils.task.decoding import softmax
 

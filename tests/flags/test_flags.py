@@ -385,8 +385,6 @@ BAD_VALUES = list(bad_values())
                          ids=[f"{c[0]} --{c[1]} {c[2]}" for c in BAD_VALUES])
 def test_every_bad_flag_value_is_one_paragraph_naming_the_flag(script, flag, value, message, tmp_path, monkeypatch,
                                                              capsys, no_model_loads):
-    import importlib
-
     import paddle
 
     monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: False)
@@ -416,8 +414,6 @@ def test_every_numeric_flag_of_this_tool_has_its_range_checked_or_a_reason_not_t
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_lists_every_flag_and_exits_0(script, capsys):
-    import importlib
-
     with pytest.raises(SystemExit) as stop:
         run_cli(import_script(script).main, ["--help"])
     assert stop.value.code == 0

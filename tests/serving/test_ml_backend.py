@@ -3,7 +3,6 @@
 config, tasks through the batcher, and hostile requests answered 4xx naming the field, never a 500,
 never a stuck batcher. (A real Label Studio drives it in test_label_studio_server.py.)"""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -399,7 +399,7 @@ def check_task_args(model_args: ModelArguments, training_args, task_type: TaskTy
                         "--reject_threshold")
     if task_type == TaskType.MULTI_CLASS:
         if given:
-            raise UserError(f"is for --task_type multi-label or hierarchical (a multi-class model predicts its best "
+            raise UserError("is for --task_type multi-label or hierarchical (a multi-class model predicts its best "
                             "label, no threshold); add --task_type or drop the flag", given[0])
         if metric == "micro_f1":
             raise UserError("micro_f1 is for multi-label tasks (with one label per text it equals accuracy): use "

@@ -55,7 +55,7 @@ from .metrics import Metrics
 from .middleware import BodyLimit, Measure, add_error_handlers, error_response
 from .registry import ModelRegistry, Slot
 from .requests import (RequestError, body_dict, check_fields, check_max_seq_len, check_positive, check_texts,
-                       check_threshold, check_top_k, format_predictions, overloaded)
+                       check_threshold, check_top_k, format_predictions)
 
 __all__ = ["Service", "ServiceConfig", "create_app", "route"]
 
