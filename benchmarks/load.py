@@ -128,9 +128,10 @@ class Connection:
 
 async def run_load(url: str, texts: List[str], clients: int, requests: int, duration: float,
                    texts_per_request: int = 1, timeout: float = 120.0, start_at: int = 0,
-                   stop_file: Optional[str] = None) -> Dict:
+                   stop_file: Optional[str] = None, timeline: Optional[List[list]] = None) -> Dict:
     """Closed-loop load; returns the raw records' summary (see the module docstring). `stop_file`:
-    stop (as at the deadline) once that file exists (looked for every 50 ms)."""
+    stop (as at the deadline) once that file exists (looked for every 50 ms). `timeline`: a list
+    each request is appended to as [wall-clock start, seconds, status, model_version]."""
     next_request = 0
     latencies: List[float] = []  # seconds, successful requests
     statuses: Dict[str, int] = {}
@@ -154,7 +155,7 @@ async def run_load(url: str, texts: List[str], clients: int, requests: int, dura
             first = (start_at + index * texts_per_request) % len(texts)
             batch = [texts[(first + j) % len(texts)] for j in range(texts_per_request)]
             body = json.dumps(body_for(url, batch), ensure_ascii=False).encode()
-            start = time.perf_counter()
+            start, version = time.perf_counter(), None
             try:
                 code, content = await connection.post(body)
                 status = str(code)
@@ -168,6 +169,8 @@ async def run_load(url: str, texts: List[str], clients: int, requests: int, dura
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
                 status = type(exc).__name__
             elapsed = time.perf_counter() - start
+            if timeline is not None:
+                timeline.append([time.time() - elapsed, round(elapsed, 4), status, version if status == "200" else None])
             statuses[status] = statuses.get(status, 0) + 1
             if status == "200":
                 latencies.append(elapsed)
@@ -210,6 +213,8 @@ def main(argv=None) -> int:
     parser.add_argument("--start_at", type=int, default=0, help="Index of the first text used.")
     parser.add_argument("--timeout", type=float, default=120.0, help="Per request, seconds.")
     parser.add_argument("--stop_file", help="Stop, as at --duration, once this file exists (benchmarks/swap.py).")
+    parser.add_argument("--timeline", help="Write every request to this JSON file: [wall-clock start, seconds, "
+                        "status, model_version] (benchmarks/swap.py: when the swaps' slow requests happen).")
     args = parser.parse_args(argv)
     for name in ("clients", "requests", "texts_per_request"):
         if getattr(args, name) <= 0:
@@ -219,9 +224,13 @@ def main(argv=None) -> int:
     if args.warmup:
         asyncio.run(run_load(args.url, texts, args.clients, args.warmup, args.duration, args.texts_per_request,
                              args.timeout, start_at=args.start_at))
+    timeline = [] if args.timeline else None
     result = asyncio.run(run_load(args.url, texts, args.clients, args.requests, args.duration,
                                   args.texts_per_request, args.timeout, start_at=args.start_at,
-                                  stop_file=args.stop_file))
+                                  stop_file=args.stop_file, timeline=timeline))
+    if args.timeline:
+        with open(args.timeline, "w", encoding="utf-8") as fp:
+            json.dump(timeline, fp)
     print(json.dumps(result))
     return 0 if result["ok"] else 1
 

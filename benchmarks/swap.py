@@ -14,7 +14,9 @@ benchmarks/work/swap/exports. Each part runs serve.py in its own process (benchm
 * swaps under load: `--clients` clients on /models/cls_default for `--duration` seconds without
   swaps (steady state, before and after; before it, 10 s of the same load not counted), then from 2 s before to 1 s after the script swaps the
   model `--swaps` times back to back (POST /admin/models/cls_default: A, B, A, ...): failed requests, the versions the
-  answers name (every one must be A's or B's), p99 during the swaps against steady state;
+  answers name (every one must be A's or B's), p99 during the swaps against steady state; every
+  request of that phase in benchmarks/work/swap/timeline-*.json (load.py --timeline) and each swap's
+  wall-clock start and end in the results (`swap_moments`), to see when the slow requests happen;
 * `--only ray_swaps` (not by default: a Ray cluster): the same with serve.py --ray on a local
   cluster of 2 one-CPU nodes, one replica: each swap a Ray Serve rollout.
 
@@ -89,10 +91,12 @@ def call(url: str, body=None, key: str = None) -> dict:
         return json.loads(response.read())
 
 
-def load(url: str, texts: str, clients: int, duration: float, stop_file: str = None) -> subprocess.Popen:
+def load(url: str, texts: str, clients: int, duration: float, stop_file: str = None,
+         timeline: str = None) -> subprocess.Popen:
     return subprocess.Popen([PY, os.path.join(ROOT, "benchmarks", "load.py"), "--url", url, "--input_file", texts,
                              "--clients", str(clients), "--requests", str(10 ** 9), "--duration", str(duration),
-                             *(["--stop_file", stop_file] if stop_file else [])],
+                             *(["--stop_file", stop_file] if stop_file else []),
+                             *(["--timeline", timeline] if timeline else [])],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
 
@@ -151,12 +155,15 @@ def measure_swaps(base_url: str, paths: Dict[str, str], texts: str, clients: int
     stop = os.path.join(work, "stop-load")
     if os.path.exists(stop):
         os.remove(stop)
-    running = load(url, texts, clients, 3600, stop)  # until the swaps are done
+    timeline = os.path.join(work, f"timeline-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    running = load(url, texts, clients, 3600, stop, timeline)  # until the swaps are done
     time.sleep(2)  # the clients are at full speed
-    started, outcomes = time.monotonic(), []
+    started, outcomes, moments = time.monotonic(), [], []
     for index in range(swaps):
         name = "b" if index % 2 == 0 else "a"
+        sent = time.time()
         outcome = call(admin, {"path": paths[name]}, ADMIN_KEY)
+        moments.append([sent, time.time()])  # wall clock, as the timeline's
         versions[name] = outcome["model_version"]
         outcomes.append(outcome["seconds"])
     swapping = time.monotonic() - started
@@ -170,6 +177,7 @@ def measure_swaps(base_url: str, paths: Dict[str, str], texts: str, clients: int
     steady_p99 = statistics.mean([before["latency_ms"]["p99"], after["latency_ms"]["p99"]])
     unknown = {v: n for v, n in during["versions"].items() if v not in versions.values()}
     return {"clients": clients, "swaps": swaps, "swap_seconds": outcomes, "swapping_s": round(swapping, 2),
+            "swap_moments": moments, "timeline": os.path.relpath(timeline, ROOT),
             "steady_load_s": duration, "before": before, "during": during, "after": after, "versions": versions,
             "answers_of_other_versions": unknown, "failed_requests": during["errors"],
             "p99_ratio": round(during["latency_ms"]["p99"] / steady_p99, 3)}
