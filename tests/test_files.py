@@ -1,4 +1,5 @@
-"""utils/files.py: output paths are proven writable by a write, not by permission bits."""
+"""utils/files.py: output paths are proven writable by a write, not by permission bits; JSON read as
+Windows editors save it."""
 import errno
 import os
 import tempfile
@@ -7,7 +8,7 @@ import pytest
 
 import infer
 from utils.errors import UserError, run_cli
-from utils.files import check_output_dir, check_output_file
+from utils.files import check_output_dir, check_output_file, read_json
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.ENOENT])
@@ -83,3 +84,13 @@ def test_every_output_directory_nobody_can_create_files_in_is_one_paragraph_befo
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: --output_dir: cannot create a file in /proc"), err
     assert "Traceback" not in err
+
+
+def test_a_json_file_saved_with_a_bom_reads_as_without_one_and_a_corrupt_one_names_its_line(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_bytes(b"\xef\xbb\xbf" + '{"labels": ["体育"]}'.encode())
+    assert read_json(str(path)) == {"labels": ["体育"]}
+    path.write_bytes(b"\xef\xbb\xbf{\n  \"labels\": [,]\n}")
+    with pytest.raises(UserError, match="corrupt") as error:
+        read_json(str(path))
+    assert error.value.line == 2 and str(error.value).startswith(f"{path}:2: ")

@@ -179,7 +179,7 @@ def read_json(path: str, what: str = "JSON file"):
     if not os.path.isfile(path):
         raise UserError(f"{what} not found", path)
     try:
-        with open(path, "r", encoding="utf-8") as fp:
+        with open(path, "r", encoding="utf-8-sig") as fp:  # a BOM (Windows editors) is not JSON's
             return json.load(fp)
     except json.JSONDecodeError as exc:
         raise UserError(f"{what} is corrupt: {exc.msg} (column {exc.colno})", path, exc.lineno) from None

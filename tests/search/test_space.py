@@ -37,6 +37,14 @@ label_words: {choices: [{a: 甲, b: 乙}], ranked: 2}
     assert a[LABEL_WORDS].ranked == 2
 
 
+def test_a_space_file_saved_with_a_bom_is_the_same_space(tmp_path):
+    text = '{"max_steps": {"low": 100, "high": 500, "step": 100}}'
+    plain, bom = tmp_path / "plain.json", tmp_path / "bom.json"
+    plain.write_text(text, encoding="utf-8")
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert load_space(str(bom)).fingerprint() == load_space(str(plain)).fingerprint()
+
+
 def test_the_default_space_is_used_without_a_file():
     space = load_space(None)
     assert space.names() == list(DEFAULT_SPACE) and space.source == "the default search space"

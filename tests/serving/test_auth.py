@@ -109,6 +109,16 @@ def test_keys_are_re_read_when_the_file_changes_and_a_missing_or_emptied_file_re
     assert status(KEY) == 200
 
 
+def test_a_keys_file_saved_with_a_bom_and_crlf_line_ends_accepts_its_first_key(client, keys):
+    """Notepad's UTF-8 starts the file with a BOM and ends lines with CRLF: neither is part of a key
+    (the BOM once made the first key never match, silently)."""
+    with open(keys[0], "wb") as fp:
+        fp.write(b"\xef\xbb\xbf" + KEY.encode() + b"\r\n" + OTHER.encode() + b"\r\n")
+    os.utime(keys[0], ns=(10**18, 10**18))
+    codes = [client.post("/predict", json={"texts": ["1"]}, headers=bearer(key)).status_code for key in (KEY, OTHER)]
+    assert codes == [200, 200]
+
+
 @pytest.mark.parametrize("content, problem", [(None, "no such file"), ("", "holds no key"),
                                               ("# only a comment\n\n", "holds no key"),
                                               ("short\n", "at least 16 characters")])

@@ -88,7 +88,7 @@ def read_space_file(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise UserError("search space file not found", path)
     try:
-        with open(path, encoding="utf-8") as fp:
+        with open(path, encoding="utf-8-sig") as fp:  # a BOM (Windows editors) is neither JSON's nor YAML's
             text = fp.read()
     except UnicodeDecodeError:
         raise UserError("is not UTF-8 text", path) from None

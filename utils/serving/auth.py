@@ -71,7 +71,7 @@ class KeyFile:
     def _read(self) -> FrozenSet[bytes]:
         try:
             stat = os.stat(self.path)
-            with open(self.path, encoding="utf-8") as fp:
+            with open(self.path, encoding="utf-8-sig") as fp:  # -sig: a BOM (Notepad's) is not part of the first key
                 text = fp.read()
         except FileNotFoundError:
             raise UserError("no such file (the API keys, one a line)", self.flag) from None
