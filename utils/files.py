@@ -84,6 +84,13 @@ def sha256_file(path: str, chunk_size: int = 4 << 20) -> str:
     return digest.hexdigest()
 
 
+def nearest_existing(path: str) -> str:
+    """`path` or its nearest ancestor that exists: where the writer's missing directories would start."""
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def check_output_file(path: str, what: str = "output file", not_same_as: Optional[str] = None) -> None:
     """Refuse, before any work, an output path that cannot be written by renaming a finished file
     over it: a directory, a device or FIFO, a read-only file, a parent that is a file, a directory
@@ -99,9 +106,7 @@ def check_output_file(path: str, what: str = "output file", not_same_as: Optiona
         if not_same_as and os.path.exists(not_same_as) and os.path.samefile(target, not_same_as):
             raise UserError(f"{what} is the input file; give another name", path)
         path = target
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):  # missing directories are created when writing
-        parent = os.path.dirname(parent)
+    parent = nearest_existing(os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(parent):
         raise UserError(f"cannot create {what}: {parent} is a file, not a directory", path)
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -115,9 +120,7 @@ def check_output_dir(path: str, flag: str = "--output_dir") -> None:
     read-only file system, /proc, a full disk's inode table). The directory itself is made later."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{path} exists and is not a directory", flag)
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):  # missing directories are created when writing
-        existing = os.path.dirname(existing)
+    existing = nearest_existing(os.path.abspath(path))
     if not os.path.isdir(existing):
         raise UserError(f"cannot create {path}: {existing} is a file, not a directory", flag)
     probe_writable(existing, flag)

@@ -21,7 +21,7 @@ import threading
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import UserError
-from ..files import probe_writable
+from ..files import nearest_existing, probe_writable
 from .space import FLOAT, INT, Space
 
 logger = logging.getLogger(__name__)
@@ -66,9 +66,7 @@ def _check_file_place(path: str) -> None:
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise UserError("is read-only: the study cannot record trials in it", path)
     parent = os.path.dirname(os.path.abspath(path))
-    existing = parent
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    existing = nearest_existing(parent)
     if not os.path.isdir(existing):
         raise UserError(f"cannot create the study's folder: {existing} is a file", path)
     probe_writable(existing, path)
