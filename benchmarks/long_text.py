@@ -3,6 +3,7 @@
     python benchmarks/long_text.py quality [--work benchmarks/work/long_text] [--steps 600]
     python benchmarks/long_text.py cost    [--work benchmarks/work/long_text]
     python benchmarks/long_text.py training [--seeds 42 43 44] [--only 128]
+    python benchmarks/long_text.py ensembles     # three window models as one (ensemble.py), two trios of seeds
     nice -n 19 python benchmarks/long_text.py quality --model benchmarks/work/proxy/full/proxy \
         --learning_rate 1e-4 --ppt_learning_rate 1e-3 --work benchmarks/work/long_text_proxy \
         --output benchmarks/results_long_text_proxy.json --reuse    # on QUALITY.md section 1's proxy
@@ -17,6 +18,7 @@ training: --long_text window trained per window (`--window_training window`) aga
 seed, on the hidden-keyword task at --max_seq_length 128 (600 steps, 300 test documents) and on the
 test suite's 40-token copy (tests/conftest.py long_keyword_run and its tiny model: keyword after 32
 tokens, 800 steps).
+ensembles: ensemble.py over three of `training`'s 128-token window models (seeds 42-44, then 45-47).
 cost: texts/s and peak memory (a fresh process per case) of the synthetic task's window export
 against its truncate export, on documents of 1, 4 and 16 windows.
 Writes benchmarks/results_long_text.json and prints Markdown tables.
@@ -199,6 +201,40 @@ def training_table(rows) -> str:
     return "\n".join(lines)
 
 
+# Fixed before the first ensemble ran (QUALITY.md section 5): the table's seeds, then three fresh ones.
+ENSEMBLE_TRIOS = ((42, 43, 44), (45, 46, 47))
+
+
+def ensembles(args):
+    """ensemble.py over three --long_text window models of the 128-token hidden-keyword task (trained per
+    window, mean aggregation, the training table's setting and 600 steps; the members are `training`'s runs,
+    trained here when missing), each trio of ENSEMBLE_TRIOS: the ensemble's test accuracy beside its members'."""
+    name = "hidden keyword, 128 tokens"
+    def member(seed):
+        return os.path.join(args.work, f"training-128-window-{seed}")
+
+    seeds = sorted({seed for trio in ENSEMBLE_TRIOS for seed in trio})
+    missing = [seed for seed in seeds if not os.path.isfile(os.path.join(member(seed), "test_results.json"))]
+    if missing:
+        training(argparse.Namespace(**{**vars(args), "only": "128", "seeds": missing, "trainings": ["window"],
+                                       "aggregations": ["mean"]}))
+    rows = []
+    for trio in ENSEMBLE_TRIOS:
+        out = os.path.join(args.work, "ensemble-128-" + "-".join(map(str, trio)))
+        seconds = run([PY, "ensemble.py", "--members", *[member(seed) for seed in trio], "--output_dir", out,
+                       "--overwrite_output_dir", "--data_dir", os.path.join(args.work, "keyword-128"),
+                       "--do_eval", "--do_predict"], out + ".log")
+        metrics = read(os.path.join(out, "ensemble.json"))["metrics"]
+        row = {"task": name, "seeds": list(trio), "test_accuracy": metrics["test"]["ensemble"]["accuracy"],
+               "members_test_accuracy": [m["accuracy"] for m in metrics["test"]["members"]],
+               "dev_accuracy": metrics["eval"]["ensemble"]["accuracy"],
+               "members_dev_accuracy": [m["accuracy"] for m in metrics["eval"]["members"]],
+               "export_and_evaluate_seconds": round(seconds)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        save("ensembles", {"rows": rows, "date": time.strftime("%Y-%m-%d")})
+
+
 COST_CASE = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
@@ -249,7 +285,7 @@ def cost(args):
 def main() -> int:
     global RESULTS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("quality", "cost", "training"))
+    parser.add_argument("part", choices=("quality", "cost", "training", "ensembles"))
     parser.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "work", "long_text"))
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--texts", type=int, default=128)
@@ -270,7 +306,7 @@ def main() -> int:
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     RESULTS = args.output
-    {"quality": quality, "cost": cost, "training": training}[args.part](args)
+    {"quality": quality, "cost": cost, "training": training, "ensembles": ensembles}[args.part](args)
     return 0
 
 

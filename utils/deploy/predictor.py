@@ -228,9 +228,13 @@ class ExportedClassifier:
         counts = [len(piece.texts) for piece in pieces]
         out: Dict[str, np.ndarray] = {}
         for name, array in arrays.items():
-            if name == MEMBER_OUTPUT:  # ensembles of windowed members are refused (utils/ensembles/plan.py)
-                raise ValueError("an ensemble's member outputs have no window aggregation")
-            out[name] = self.documents(array, pieces) if name == OUTPUT_NAME else mean_rows(array, counts)
+            if name == OUTPUT_NAME:
+                out[name] = self.documents(array, pieces)
+            elif name == MEMBER_OUTPUT:  # each member's windows aggregated as that member alone would
+                out[name] = np.stack([self.aggregate(array[:, member], counts)
+                                      for member in range(array.shape[1])], axis=1)
+            else:
+                out[name] = mean_rows(array, counts)
         return out
 
     def window_report(self) -> Dict[str, int]:
@@ -243,8 +247,11 @@ class ExportedClassifier:
         if not self.preprocessor.long_text.active:
             return window_logits
         self.window_counts.add(pieces)
-        return aggregate(window_logits, [len(p.texts) for p in pieces], self.decoder.multi_label,
-                         self.preprocessor.long_text.aggregation)
+        return self.aggregate(window_logits, [len(p.texts) for p in pieces])
+
+    def aggregate(self, window_logits: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+        """Documents' logits from `counts[i]` consecutive window rows, as the export's preprocess.json says."""
+        return aggregate(window_logits, counts, self.decoder.multi_label, self.preprocessor.long_text.aggregation)
 
 
 class _DocumentCounter:

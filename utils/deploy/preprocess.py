@@ -11,6 +11,7 @@ paddlenlp's rule: the longest part first. tests/deploy/test_preprocess.py checks
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -159,6 +160,17 @@ class DocumentWindows:
 
     def __init__(self, tokenizer, window: int, long_text: LongText):
         self.tokenizer, self.window, self.long_text = tokenizer, int(window), long_text
+
+    @classmethod
+    def of_tokenizer(cls, tokenizer, window: int, long_text: LongText) -> "DocumentWindows":
+        """Windows cut by the word-piece tokenizer an export of a paddlenlp `tokenizer` will use (built
+        from its saved files: training and ensembles cut what the export cuts)."""
+        with tempfile.TemporaryDirectory() as directory:
+            tokenizer.save_pretrained(directory)
+            wordpiece = load_wordpiece_tokenizer(os.path.join(directory, VOCAB_FILE),
+                                                 bool(getattr(tokenizer, "do_lower_case", True)),
+                                                 tokenizer.unk_token, list(tokenizer.all_special_tokens))
+        return cls(wordpiece, window, long_text)
 
     def split(self, examples: List[dict]) -> tuple:
         """`(inputs, pieces)`: one example per piece (the document's other fields and labels kept),

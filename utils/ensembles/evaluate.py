@@ -13,24 +13,13 @@ from .plan import EnsemblePlan
 
 def export_outputs(export_dir: str, examples: List[dict], batch_size: int = 32):
     """`(logits [n, labels], member_logits [members, n, labels])` of an ensemble export on `examples`
-    (onnxruntime, length-sorted batches, as infer.py)."""
+    (onnxruntime, length-sorted batches, as infer.py; under --long_text each document's windows
+    aggregated, the ensemble's and each member's alike)."""
     from ..deploy.predictor import ExportedClassifier
 
     model = ExportedClassifier(export_dir)
-    features = model.preprocessor.encode(examples)
-    order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
-    logits = np.zeros((len(examples), len(model.labels)), dtype=np.float32)
-    members = None
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        batch = model.preprocessor.pad([features[i] for i in index])
-        combined, per_member = model.session.run([OUTPUT_NAME, MEMBER_OUTPUT],
-                                                 {name: batch[name] for name in model.input_names})
-        if members is None:
-            members = np.zeros((per_member.shape[0], len(examples), per_member.shape[2]), dtype=np.float32)
-        logits[index] = combined
-        members[:, index] = per_member
-    return logits, members
+    outputs = model.document_outputs(examples, (OUTPUT_NAME, MEMBER_OUTPUT), batch_size)
+    return outputs[OUTPUT_NAME], outputs[MEMBER_OUTPUT].transpose(1, 0, 2)
 
 
 def evaluate(plan: EnsemblePlan, export_dir: str, examples: List[dict], batch_size: int = 32) -> dict:
@@ -48,10 +37,29 @@ def evaluate(plan: EnsemblePlan, export_dir: str, examples: List[dict], batch_si
 def search_ensemble_thresholds(plan: EnsemblePlan, models, dev: List[dict], mode: str,
                                default: Optional[float]) -> EnsemblePlan:
     """--threshold_search on dev with the ensemble's (dynamic-graph) probabilities."""
-    from ..model.assembly import model_logits
     from ..task.decoding import search_thresholds
 
-    probs = np.mean([m.probabilities(model_logits(model, dev)) for m, model in zip(plan.members, models)], axis=0)
     gold = np.array([e["labels"] for e in dev]) > 0.5
-    thresholds = search_thresholds(plan.decoder, probs, gold, mode, default=default)
+    thresholds = search_thresholds(plan.decoder, dev_probabilities(plan, models, dev), gold, mode, default=default)
     return dataclasses.replace(plan, decoder=plan.decoder.with_thresholds(thresholds), threshold_search=mode)
+
+
+def dev_probabilities(plan: EnsemblePlan, models, documents: List[dict]) -> np.ndarray:
+    """The ensemble's label-set probabilities of `documents` as its export computes them: the members'
+    mean per input, then (--long_text) each document's windows aggregated."""
+    from ..deploy.preprocess import DocumentWindows
+    from ..model.assembly import model_logits
+    from ..task.windows import EPS, aggregate
+
+    spec, tokenizer = plan.members[0].spec, models[0].template.tokenizer
+    inputs, pieces = documents, None
+    if spec.long_text.active:  # every member cuts the same windows (plan.py)
+        windows = DocumentWindows.of_tokenizer(tokenizer, spec.window_tokens(tokenizer), spec.long_text)
+        inputs, pieces = windows.split(documents)
+    probs = np.mean([m.probabilities(model_logits(model, inputs)) for m, model in zip(plan.members, models)], axis=0)
+    if pieces is None:
+        return probs
+    probs = np.clip(probs, EPS, 1 - EPS)  # the graph's output is the logit of the mean sigmoid
+    logits = aggregate(np.log(probs) - np.log1p(-probs), [len(p.texts) for p in pieces], True,
+                       spec.long_text.aggregation)
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))

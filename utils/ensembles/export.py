@@ -72,7 +72,8 @@ def describe_views(models, plan: EnsemblePlan) -> dict:
     configs = []
     for view in range(plan.num_views):
         index = plan.views.index(view)
-        configs.append(describe_template(models[index].template, plan.members[index].spec.max_seq_length))
+        spec = plan.members[index].spec  # long texts: one view, every member's settings alike (plan.py)
+        configs.append(describe_template(models[index].template, spec.max_seq_length, spec.long_text))
     config = dict(configs[0])
     shared = ("special_ids", "tokenizer", "pad_token_type_id", "truncation_side")
     for other in configs[1:]:

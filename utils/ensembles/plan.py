@@ -17,6 +17,7 @@ from ..rundir.names import MODEL_STATE_FILE, SPEC_FILE
 from ..rundir.checkpoints import refuse_non_final_model
 from ..rundir.checkpoints import verify as verify_checkpoint
 from ..task.decoding import Decoder
+from ..task.windows import WINDOW
 
 MAX_VIEWS = 8  # distinct templates (or lengths) among the members: the graph's forward has 8 x 4 inputs
 
@@ -78,9 +79,6 @@ def load_member(path: str) -> Member:
     path = resolve_member(path)
     verify_checkpoint(path, purpose="model")
     spec = ModelSpec.load(path)
-    if spec.long_text.active:
-        raise UserError(f"reads long texts as {spec.long_text.mode} (--long_text); an ensemble graph reads one input "
-                        "per text and does not aggregate windows yet: use members trained without --long_text", path)
     vocab = os.path.join(path, VOCAB_FILE)
     if not os.path.isfile(vocab):
         raise UserError(f"{VOCAB_FILE} is missing: the member's tokenizer cannot be checked against the others'", path)
@@ -116,7 +114,35 @@ def plan_ensemble(paths: Sequence[str], threshold: Optional[float] = None,
     if len(keys) > MAX_VIEWS:
         raise UserError(f"the members use {len(keys)} different templates or lengths; an ensemble graph takes at most "
                         f"{MAX_VIEWS}", "--members")
+    check_same_windows(members, len(keys))
     return EnsemblePlan(members=members, views=views, decoder=decoder)
+
+
+def check_same_windows(members: Sequence[Member], views: int) -> None:
+    """Members that read long texts (--long_text) must cut the same inputs from a document: the graph
+    averages their probabilities input by input (window by window), and the export then aggregates a
+    document's windows as each member would. So the same --long_text settings, template and length."""
+    first = members[0]
+    for member in members[1:]:
+        if member.spec.long_text != first.spec.long_text:
+            raise UserError(f"reads long texts as {describe_long_text(member.spec)}, {first.path} as "
+                            f"{describe_long_text(first.spec)}: an ensemble averages its members window by window, so "
+                            "every member must cut and aggregate documents alike (train them with the same "
+                            "--long_text, --window_stride, --window_aggregation and --max_windows)",
+                            os.path.join(member.path, SPEC_FILE))
+    if first.spec.long_text.active and views > 1:
+        raise UserError(f"the members read long texts ({describe_long_text(first.spec)}) through {views} different "
+                        "templates or lengths; their windows would differ: members that read long texts must share "
+                        "the prompt and --max_seq_length", "--members")
+
+
+def describe_long_text(spec: ModelSpec) -> str:
+    """`--long_text window (stride 58, mean, at most 16 windows)`, for messages."""
+    long_text = spec.long_text
+    if long_text.mode != WINDOW:
+        return f"--long_text {long_text.mode}"
+    stride = f"stride {long_text.stride}" if long_text.stride is not None else "stride half a window"
+    return f"--long_text window ({stride}, {long_text.aggregation}, at most {long_text.max_windows} windows)"
 
 
 def check_alike(member: Member, first: Member) -> None:

@@ -20,15 +20,13 @@ What a training example is (--window_training):
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from typing import List, Optional, Sequence
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from ..deploy.preprocess import DocumentWindows, load_wordpiece_tokenizer
+from ..deploy.preprocess import DocumentWindows
 from ..model.spec import ModelSpec
 from ..task.windows import MAX, WindowCounts, aggregate
 
@@ -38,21 +36,12 @@ WINDOWS_KEY = "windows"            # a training document's windows (--window_tra
 WINDOW_COUNTS = "window_counts"    # a document batch: how many consecutive inputs each document has
 
 
-def wordpiece_of(tokenizer):
-    """The `tokenizers` word-piece tokenizer the export will use, from a paddlenlp tokenizer's files."""
-    with tempfile.TemporaryDirectory() as directory:
-        tokenizer.save_pretrained(directory)
-        return load_wordpiece_tokenizer(os.path.join(directory, "vocab.txt"),
-                                        bool(getattr(tokenizer, "do_lower_case", True)), tokenizer.unk_token,
-                                        list(tokenizer.all_special_tokens))
-
-
 class TrainingWindows:
     """A model's long-text reading on train.py's side: split examples, aggregate their logits."""
 
     def __init__(self, spec: ModelSpec, tokenizer):
         self.spec = spec
-        self.windows = DocumentWindows(wordpiece_of(tokenizer), spec.window_tokens(tokenizer), spec.long_text)
+        self.windows = DocumentWindows.of_tokenizer(tokenizer, spec.window_tokens(tokenizer), spec.long_text)
         self.counts: Optional[List[int]] = None   # the windows per document of the set being evaluated
 
     @classmethod
