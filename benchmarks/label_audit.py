@@ -1,6 +1,9 @@
 """Label audit with planted noise: does audit.py find flipped labels, and does removing them help?
 
     python benchmarks/label_audit.py [--work benchmarks/work/label_audit] [--folds 5] [--repeats 5] [--steps 160]
+    python benchmarks/label_audit.py --audit_rounds 2 --keyword_per_class 32,64 --noise 0.1,0.2 --skip_tnews \
+        --work benchmarks/work/label_audit_rounds --results benchmarks/results_label_audit_rounds.json
+        # the keyword rows again with a second round (fixed before it ran: QUALITY.md section 3)
         [--tnews_steps 100] [--keyword_per_class 32,64] [--test_per_class 100] [--noise 0.1,0.2]
         [--relabel_threshold 0.5] [--skip_tnews]
     nice -n 19 python benchmarks/label_audit.py --tnews_model benchmarks/work/proxy/full/proxy --skip_keyword \
@@ -142,9 +145,9 @@ def audit_numbers(out, planted):
         flagged
 
 
-def precision_by_repeats(out, planted, repeats):
+def precision_by_repeats(out, planted, repeats, round_=1):
     """P@k (k = len(planted)) of the first r repeats' averaged probabilities, r = 1..repeats: what each
-    further repeat adds (read from the folds' oof.json, whose rows are oof_probabilities.tsv's)."""
+    further repeat adds (read from round `round_`'s folds' oof.json, whose rows are oof_probabilities.tsv's)."""
     import glob
 
     import numpy as np
@@ -157,7 +160,8 @@ def precision_by_repeats(out, planted, repeats):
     lines = [int(r[0].rsplit(":", 1)[1]) for r in rows[1:]]
     total, precision = np.zeros((len(given), len(labels))), []
     for repeat in range(1, repeats + 1):
-        folder = os.path.join(out, "folds", *([f"repeat-{repeat}"] if repeat > 1 else []))
+        folder = os.path.join(out, "folds", *([f"round-{round_}"] if round_ > 1 else []),
+                              *([f"repeat-{repeat}"] if repeat > 1 else []))
         for path in glob.glob(os.path.join(folder, "fold-*", "oof.json")):
             with open(path, encoding="utf-8") as fp:
                 done = json.load(fp)
@@ -173,8 +177,9 @@ def with_seed(flags, seed):
     return flags
 
 
-def audited(name, model, source, fraction, work, flags, folds, repeats):
-    """The noisy data, its audit and the audit's numbers against the planted flips."""
+def audited(name, model, source, fraction, work, flags, folds, repeats, rounds=1):
+    """The noisy data, its audit and the audit's numbers against the planted flips (`rounds`: audit.py
+    --audit_rounds; the numbers are the last round's, P@k by repeats each round's)."""
     import audit
     from utils.errors import run_cli
 
@@ -184,19 +189,27 @@ def audited(name, model, source, fraction, work, flags, folds, repeats):
     out = os.path.join(base, "audit")
     start = time.time()
     argv = ["--data_dir", noisy, "--output_dir", out, "--folds", str(folds), "--repeats", str(repeats),
+            *(["--audit_rounds", str(rounds)] if rounds > 1 else []),
             "--model_name_or_path", model, "--overwrite_output_dir", *flags]
     if not (REUSE and os.path.isfile(os.path.join(out, "audit.json"))):   # the flips are seeded: same data
         assert run_cli(audit.main, argv) == 0
     numbers, flagged = audit_numbers(out, planted)
     with open(os.path.join(out, "audit.json"), encoding="utf-8") as fp:
-        numbers["oof_accuracy_per_repeat"] = json.load(fp).get("oof_accuracy_per_repeat")
-    numbers.update(audit_seconds=round(time.time() - start), command="python audit.py " + " ".join(argv),
-                   precision_at_k_by_repeats=precision_by_repeats(out, planted, repeats))
+        summary = json.load(fp)
+    numbers.update(oof_accuracy_per_repeat=summary.get("oof_accuracy_per_repeat"), audit_rounds=rounds,
+                   rounds=summary.get("rounds"), audit_seconds=round(time.time() - start),
+                   command="python audit.py " + " ".join(argv),
+                   precision_at_k_by_repeats=precision_by_repeats(out, planted, repeats, rounds))
+    if rounds > 1:
+        numbers["precision_at_k_by_round"] = [precision_by_repeats(out, planted, repeats, r)[-1]
+                                              for r in range(1, rounds + 1)]
     return base, noisy, out, planted, numbers, flagged
 
 
-def one_case(name, model, source, fraction, work, flags, folds, train_seeds=(42,), repeats=1, threshold=0.5):
-    base, noisy, out, planted, numbers, flagged = audited(name, model, source, fraction, work, flags, folds, repeats)
+def one_case(name, model, source, fraction, work, flags, folds, train_seeds=(42,), repeats=1, threshold=0.5,
+             rounds=1):
+    base, noisy, out, planted, numbers, flagged = audited(name, model, source, fraction, work, flags, folds, repeats,
+                                                          rounds)
     cleaned = os.path.join(base, "data-minus-flagged")
     without_lines(noisy, cleaned, flagged)
     relabel = confident_suggestions(out, threshold)
@@ -273,6 +286,8 @@ def main() -> int:
                              "the audit itself uses the flags' --seed 42)")
     parser.add_argument("--repeats", type=int, default=5,
                         help="audit.py --repeats: fold splits and seeds whose out-of-fold probabilities are averaged")
+    parser.add_argument("--audit_rounds", type=int, default=1,
+                        help="audit.py --audit_rounds: round n trains its folds without round n-1's suspects")
     parser.add_argument("--relabel_threshold", type=float, default=0.5,
                         help="the 'relabelled' remedy: a flagged line takes its suggested label when that label's "
                              "out-of-fold probability is at least this; the other flagged lines are removed")
@@ -319,11 +334,11 @@ def main() -> int:
     for name, model, source, fraction, case_flags in cases:   # written after each case
         results.append(one_case(name, model, source, fraction, args.work, case_flags, args.folds,
                                 [int(seed) for seed in args.train_seeds.split(",")], args.repeats,
-                                args.relabel_threshold))
+                                args.relabel_threshold, args.audit_rounds))
         with open(results_path, "w", encoding="utf-8") as fp:
             json.dump({"folds": args.folds, "steps": args.steps, "tnews_steps": args.tnews_steps,
                        "keyword_per_class": args.keyword_per_class, "test_per_class": args.test_per_class,
-                       "train_seeds": args.train_seeds, "repeats": args.repeats,
+                       "train_seeds": args.train_seeds, "repeats": args.repeats, "audit_rounds": args.audit_rounds,
                        "relabel_threshold": args.relabel_threshold,
                        "results": results + kept}, fp, ensure_ascii=False, indent=1)
         print(table(results + kept), flush=True)

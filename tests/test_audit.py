@@ -82,6 +82,39 @@ def test_the_outputs_describe_the_audit(planted):
 
 
 @pytest.mark.slow
+def test_a_second_round_trains_without_the_first_rounds_suspects_and_judges_every_line_again(planted, tiny_model_dir,
+                                                                                            tmp_path, capsys):
+    """--audit_rounds 2 on a finished audit: round 1's folds are reused; round 2's folds train on train.txt minus
+    round 1's suspects, still predict every line, and the report is round 2's."""
+    import shutil
+
+    _, out = planted
+    first = [int(row[0].split(":")[1]) for row in read_tsv(out / "label_issues.tsv")[1]]
+    again = tmp_path / "audit"
+    shutil.copytree(out, again)
+    argv = common(tiny_model_dir, read_json(out / "audit.json")["data_dir"], again, "--folds", "4", "--prompt", PROMPT,
+                  "--max_steps", "160", "--eval_steps", "20", "--logging_steps", "40", "--audit_rounds", "2")
+    assert run_cli(audit.main, argv) == 0
+    assert capsys.readouterr().err.count("done earlier, reused") == 4          # round 1
+    summary = read_json(again / "audit.json")
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert summary["rounds"][1]["trained_without"] == len(first) > 0
+    assert summary["rounds"][1]["issues_found"] == summary["issues_found"] == len(read_tsv(again / "label_issues.tsv")[1])
+    texts = read_tsv(os.path.join(summary["data_dir"], "train.txt"))
+    suspects = {line.split("\t")[0] for n, line in enumerate(
+        open(os.path.join(summary["data_dir"], "train.txt"), encoding="utf-8").read().splitlines(), 1) if n in first}
+    held = []
+    for fold in range(1, 5):
+        folder = again / "folds" / "round-2" / f"fold-{fold}"
+        assert read_json(folder / "oof.json")["excluded"] == sorted(line - 1 for line in first)
+        trained = {line.split("\t")[0] for line in (folder / "data" / "train.txt").read_text(encoding="utf-8").splitlines()}
+        assert not trained & suspects
+        held += read_json(folder / "oof.json")["rows"]
+    assert sorted(held) == list(range(96)) and texts                            # every line judged again
+    assert "round 2 of 2" in (again / "label_issues.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
 def test_a_label_set_audit_uses_the_multi_label_variant_and_suggests_the_models_sets(tiny_model_dir, tmp_path):
     data = write_multilabel_keyword_dataset(str(tmp_path / "data"), train=48, dev=12)
     train = tmp_path / "data" / "train.txt"
@@ -132,6 +165,7 @@ def bad_cases(keyword_data, tmp_path):
         (["--folds", "1"], "--folds"),
         (["--max_issues", "0"], "--max_issues"),
         (["--repeats", "0"], "--repeats"),
+        (["--audit_rounds", "0"], "--audit_rounds"),
         (["--selection_fraction", "1.5"], "--selection_fraction"),
         (["--do_predict"], "--do_predict"),
         (["--resume_from_checkpoint", str(tmp_path)], "--resume_from_checkpoint"),

@@ -196,14 +196,64 @@ def test_select_scores_each_document_by_its_aggregated_prediction(trained_window
     assert len({row[1] for row in rows}) == 5
 
 
-def test_ensembles_refuse_windowed_members(trained_windows, trained, tmp_path, capsys):
-    """ensemble.py's graph reads one input per text: a clear refusal, not truncated scores."""
+def test_an_ensemble_of_window_models_averages_window_by_window_then_aggregates_as_its_members(
+        trained_windows, tiny_model_dir, tmp_path, capsys):
+    """ensemble.py over two --long_text window models: the export reads each document's windows once, its
+    `logits` are the members' mean probabilities per window aggregated as the members aggregate (mean),
+    each member's metrics are those train.py measured for it alone, and infer.py on the ensemble export
+    predicts what ensemble.py wrote."""
+    from helpers import import_script
+    from utils.deploy.format import MEMBER_OUTPUT, OUTPUT_NAME
+    from utils.deploy.predictor import ExportedClassifier
+
+    data_dir, first = trained_windows
+    second = str(tmp_path / "second")  # a weaker member: another seed, few steps
+    assert run_cli(train.main, ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir", second,
+                                "--prompt", PROMPT, "--long_text", "window", "--do_train", "--do_predict",
+                                "--max_steps", "60", "--logging_steps", "60", *FAST[:-2], "--seed", "7"]) == 0
+    out = str(tmp_path / "ensemble")
+    assert run_cli(import_script("ensemble").main, ["--members", first, second, "--output_dir", out, "--data_dir",
+                                                    data_dir, "--do_predict"]) == 0, capsys.readouterr().err
+    export = os.path.join(out, "export")
+    with open(os.path.join(export, "preprocess.json"), encoding="utf-8") as fp:
+        assert json.load(fp)["long_text"]["mode"] == "window"
+    with open(os.path.join(out, "ensemble.json"), encoding="utf-8") as fp:
+        summary = json.load(fp)
+    assert summary["parity"]["passed"] and summary["parity"]["longest_document_inputs"] > 1
+    members = summary["metrics"]["test"]["members"]
+    assert [m["accuracy"] for m in members] == pytest.approx(
+        [results(first)["test_accuracy"], results(second)["test_accuracy"]], abs=1e-6)
+
+    _, rows = read_tsv(os.path.join(out, "test_predictions.tsv"))
+    documents = [{"text_a": row[0]} for row in rows[:40]]
+    model = ExportedClassifier(export, num_threads=1)
+    inputs, pieces = model.preprocessor.split(documents)
+    windows = model.run_outputs(model.preprocessor.encode(inputs), (OUTPUT_NAME, MEMBER_OUTPUT))[MEMBER_OUTPUT]
+    probs = np.exp(windows - windows.max(-1, keepdims=True))
+    probs = (probs / probs.sum(-1, keepdims=True)).mean(1)           # the members' mean, window by window
+    ends = np.cumsum([len(p.texts) for p in pieces])
+    expected = np.stack([probs[end - len(p.texts):end].mean(0) for p, end in zip(pieces, ends)])
+    assert max(len(p.texts) for p in pieces) > 1
+    np.testing.assert_allclose(model.decoder.probabilities(model.logits(documents)), expected, atol=1e-5)
+    np.testing.assert_allclose([float(r[3]) for r in rows[:40]], expected.max(-1), atol=1e-4)
+
+    predicted = str(tmp_path / "infer.tsv")
+    assert run_cli(infer.main, ["--model_path_prefix", export, "--input_file", os.path.join(data_dir, "test.txt"),
+                                "--output_file", predicted, "--num_threads", "1"]) == 0
+    assert [r[:3] for r in read_tsv(predicted)[1]] == [r[:3] for r in rows]
+
+
+def test_an_ensemble_refuses_members_that_cut_documents_differently(trained_windows, trained, tmp_path, capsys,
+                                                                  no_model_loads):
+    """A window model with a truncating one: their inputs differ, so the graph cannot average them input by
+    input; one paragraph before any weights load."""
     from helpers import import_script
 
-    _, out = trained_windows
-    code = run_cli(import_script("ensemble").main, ["--members", out, trained[1], "--output_dir", str(tmp_path / "e")])
+    code = run_cli(import_script("ensemble").main, ["--members", trained_windows[1], trained[1], "--output_dir",
+                                                    str(tmp_path / "e")])
     err = capsys.readouterr().err
-    assert code == 2 and "an ensemble graph reads one input per text" in err, err
+    assert code == 2 and "must cut and aggregate documents alike" in err and "--long_text truncate" in err, err
+    assert not os.path.exists(tmp_path / "e")
 
 
 def test_explain_reads_a_long_document_as_the_model_does(trained_windows, tmp_path, capsys):
@@ -239,3 +289,48 @@ def test_explain_reads_a_long_document_as_the_model_does(trained_windows, tmp_pa
     wrong = {text for (text, gold), p in zip(rows, model.decoder.probabilities(
         model.logits([{"text_a": t} for t, _ in rows]))) if model.labels[int(np.argmax(p))] != gold}
     assert {c["text"]["text_a"] for c in cases} <= wrong and len(cases) == min(2, len(wrong))
+
+
+def test_a_windowed_label_set_ensemble_searches_thresholds_on_what_its_export_computes(tiny_model_dir, tmp_path,
+                                                                                       capsys):
+    """--threshold_search of an ensemble of multi-label window models: the dev probabilities it tunes on
+    are the export's (members averaged per window, then each label's mean over the document's windows),
+    not those of truncated documents."""
+    import random
+
+    from helpers import import_script
+    from utils.ensembles import graph
+    from utils.ensembles.evaluate import dev_probabilities
+    from utils.ensembles.plan import plan_ensemble
+    from utils.dataset.folder import load_dataset_dir
+    from utils.deploy.predictor import ExportedClassifier
+    from utils.testing.synthetic import FILLER
+
+    data_dir = write_multilabel_keyword_dataset(str(tmp_path / "data"))
+    rng = random.Random(0)
+    for name in ("train.txt", "dev.txt", "test.txt"):  # 30-60 filler characters before each text: 2-3 windows
+        path = os.path.join(data_dir, name)
+        with open(path, encoding="utf-8") as fp:
+            lines = [line for line in fp.read().splitlines() if line]
+        with open(path, "w", encoding="utf-8") as fp:
+            fp.write("".join("".join(rng.choice(FILLER) for _ in range(rng.randint(30, 60))) + line + "\n"
+                             for line in lines))
+    members = []
+    for seed in ("1", "2"):
+        members.append(str(tmp_path / f"member{seed}"))
+        assert run_cli(train.main, ["--model_name_or_path", tiny_model_dir, "--data_dir", data_dir, "--output_dir",
+                                    members[-1], "--prompt", MULTI_LABEL_PROMPT, "--task_type", "multi_label",
+                                    "--long_text", "window", "--do_train", "--max_steps", "30", "--logging_steps",
+                                    "30", *FAST[:-2], "--seed", seed]) == 0
+    out = str(tmp_path / "ensemble")
+    assert run_cli(import_script("ensemble").main, ["--members", *members, "--output_dir", out, "--data_dir", data_dir,
+                                                    "--threshold_search", "global", "--do_eval"]) == 0, \
+        capsys.readouterr().err
+    plan = plan_ensemble(members)
+    dev = load_dataset_dir(data_dir, need_train=False, task_type=plan.decoder.task_type).dev
+    import paddle
+    with paddle.utils.unique_name.guard():
+        tuned_on = dev_probabilities(plan, graph.load_models(plan), dev)
+    export = ExportedClassifier(os.path.join(out, "export"), num_threads=1)
+    np.testing.assert_allclose(tuned_on, export.decoder.probabilities(export.logits(dev)), atol=1e-5)
+    assert export.window_counts.windows > 2 * len(dev)

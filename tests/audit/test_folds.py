@@ -94,3 +94,21 @@ def test_pool_lines_keep_their_file_and_line(keyword_data):
     pool = read_pool(keyword_data, "multi-class", include_dev=True)
     assert pool.examples[0].where == "train.txt:1" and pool.examples[96].where == "dev.txt:1"
     assert np.all([e.text.split("\t")[0] == e.example["text_a"] for e in pool.examples])
+
+
+def test_a_later_round_holds_out_every_line_but_never_trains_or_selects_on_the_last_rounds_suspects(keyword_data,
+                                                                                                     tmp_path):
+    pool = read_pool(keyword_data, "multi-class", include_dev=True)
+    excluded = list(range(0, len(pool.examples), 7))
+    folds = plan_folds(pool, str(tmp_path), 4, seed=42, fraction=0.1, round_=2, excluded=excluded)
+    assert sorted(i for fold in folds for i in fold.held_out) == list(range(len(pool.examples)))
+    for fold in folds:
+        assert not set(excluded) & (set(fold.train) | set(fold.selection))
+        assert fold.excluded == excluded and fold.round == 2
+        assert fold.directory == str(tmp_path / "folds" / "round-2" / f"fold-{fold.number}")
+        assert {pool.given()[i][0] for i in fold.train} == {0, 1, 2}
+    # the excluded form strata of their own: every fold holds out (and trains without) its share of them
+    held = collections.Counter(fold.number for fold in folds for i in fold.held_out if i in excluded)
+    assert max(held.values()) - min(held.values()) <= 1
+    trained = [len(fold.train) + len(fold.selection) for fold in folds]
+    assert max(trained) - min(trained) <= 2

@@ -138,3 +138,45 @@ def test_each_repeat_trains_with_its_own_seed(keyword_data, tmp_path):
     assert flags.audit.repeats == 2
     training = parse_args(flags.fold_argv(str(tmp_path / "d"), str(tmp_path / "r"), False, 8))[2]
     assert training.seed == 8
+
+
+def test_round_two_trains_without_round_ones_suspects_judges_every_example_and_is_reused(keyword_data, tmp_path,
+                                                                                         monkeypatch):
+    """--audit_rounds 2: round 2's folds never train on the examples round 1 flagged, still predict them, and write
+    their own oof.json (which records the exclusions); run again, every fold of both rounds is reused."""
+    from types import SimpleNamespace
+
+    from utils.audit.folds import read_pool
+    from utils.audit.pipeline import audit_rounds
+    from utils.files import write_json_atomic
+
+    pool = read_pool(keyword_data, "multi-class", include_dev=False)
+    width, wrong = len(pool.labels.labels), set(range(0, 96, 12))   # 8 examples whose models answer another label
+    ran = []
+
+    def fake(flags, fold, pool_, digest):
+        ran.append((fold.round, fold.number, tuple(fold.excluded), tuple(fold.train)))
+        rows = [[0.9 * (j == (pool.given()[i][0] + (i in wrong)) % width) + 0.1 / width for j in range(width)]
+                for i in fold.held_out]
+        done = {"fingerprint": digest, "round": fold.round, "excluded": fold.excluded, "repeat": fold.repeat,
+                "fold": fold.number, "seed": fold.seed, "rows": fold.held_out, "probabilities": rows,
+                "decided": [[p > 0.5 for p in r] for r in rows], "labels": pool.labels.labels}
+        write_json_atomic(fold.oof_path, done)
+        return done
+
+    monkeypatch.setattr(utils.audit.oof, "run_fold", fake)
+    flags = SimpleNamespace(audit=SimpleNamespace(audit_rounds=2, folds=3, repeats=1, selection_fraction=0.1),
+                            training=SimpleNamespace(seed=42))
+    oof, issues, rounds = audit_rounds(flags, pool, str(tmp_path), "digest")
+    assert sorted(issue.index for issue in issues) == sorted(wrong)
+    assert [r["trained_without"] for r in rounds] == [0, 8] and [r["issues_found"] for r in rounds] == [8, 8]
+    first, second = ran[:3], ran[3:]
+    assert all(r[0] == 1 and r[2] == () for r in first)
+    assert all(r[0] == 2 and set(r[2]) == wrong and not wrong & set(r[3]) for r in second)
+    assert sorted(i for fold in utils.audit.oof.plan_folds(pool, str(tmp_path), 3, 42, 0.1, 1, 2, sorted(wrong))
+                  for i in fold.held_out) == list(range(96))    # round 2 still judges every example
+    assert (tmp_path / "folds" / "round-2" / "fold-1" / "oof.json").is_file()
+
+    del ran[:]
+    audit_rounds(flags, pool, str(tmp_path), "digest")
+    assert ran == []                                             # both rounds reused

@@ -23,6 +23,10 @@ seed, so its fold models differ in data and initialisation, and every example's 
 probabilities are averaged (cleanlab's advice for better pred_probs: an ensemble of models).
 Repeat 1 is the audit without --repeats. A repeat's folds depend only on the config and r, so
 --repeats is not part of the config: raising it reuses the repeats already finished.
+
+With --audit_rounds N, round n (DIR/folds/round-n/..., n >= 2) runs the folds again without training on the
+examples round n - 1 flagged (`Fold.excluded`, recorded in oof.json: a fold is reused only for the
+same exclusions); they are still held out and predicted, by models that never saw their labels.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ import logging
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
@@ -66,6 +70,8 @@ class Fold:
     selection: List[int]    # pool indices kept aside for model selection; [] when dev.txt does it
     repeat: int = 1         # which run of the K folds (--repeats)
     seed: int = 42          # the repeat's split and training seed (--seed + repeat - 1)
+    round: int = 1          # --audit_rounds: which audit of the examples
+    excluded: List[int] = field(default_factory=list)  # pool indices no fold trains on (the last round's suspects)
 
     @property
     def data_dir(self) -> str:
@@ -80,27 +86,36 @@ class Fold:
         return os.path.join(self.directory, OOF_FILE)
 
 
-def plan_folds(pool: Pool, output_dir: str, k: int, seed: int, fraction: float, repeat: int = 1) -> List[Fold]:
+def plan_folds(pool: Pool, output_dir: str, k: int, seed: int, fraction: float, repeat: int = 1,
+               round_: int = 1, excluded: Sequence[int] = ()) -> List[Fold]:
     """Repeat `repeat`'s K folds: stratified and seeded by `seed + repeat - 1` (utils/audit/folds.py); a
-    selection slice of each fold's training examples when no dev.txt selects the model (audited, or absent)."""
+    selection slice of each fold's training examples when no dev.txt selects the model (audited, or absent).
+    Round 2 on (--audit_rounds): the `excluded` examples are held out and predicted like any other but never
+    trained on; they form strata of their own, so every fold keeps its share of the examples that train."""
     groups = strata(pool.given())
+    out = set(excluded)
+    if out:  # excluded first in the key: they are dealt one after another, so each fold holds its share
+        groups = [(index in out, group) for index, group in enumerate(groups)]
     seed += repeat - 1
     assignment = assign_folds(groups, k, seed)
-    base = os.path.join(output_dir, FOLDS_DIR, *([f"repeat-{repeat}"] if repeat > 1 else []))
+    base = os.path.join(output_dir, FOLDS_DIR, *([f"round-{round_}"] if round_ > 1 else []),
+                        *([f"repeat-{repeat}"] if repeat > 1 else []))
     folds = []
     for number in range(1, k + 1):
         held_out = [int(i) for i in np.flatnonzero(assignment == number - 1)]
-        rest = [int(i) for i in np.flatnonzero(assignment != number - 1)]
+        rest = [int(i) for i in np.flatnonzero(assignment != number - 1) if int(i) not in out]
         selection = [] if pool.dev else selection_slice(groups, rest, fraction, seed + number)
         chosen = set(selection)
         folds.append(Fold(number, os.path.join(base, f"fold-{number}"), held_out,
-                          [i for i in rest if i not in chosen], selection, repeat, seed))
+                          [i for i in rest if i not in chosen], selection, repeat, seed, round_, sorted(out)))
     return folds
 
 
-def plan_repeats(pool: Pool, output_dir: str, k: int, seed: int, fraction: float, repeats: int) -> List[List[Fold]]:
-    """Every repeat's K folds (--repeats), repeat 1 first."""
-    return [plan_folds(pool, output_dir, k, seed, fraction, repeat) for repeat in range(1, repeats + 1)]
+def plan_repeats(pool: Pool, output_dir: str, k: int, seed: int, fraction: float, repeats: int,
+                 round_: int = 1, excluded: Sequence[int] = ()) -> List[List[Fold]]:
+    """Every repeat's K folds (--repeats), repeat 1 first, for round `round_` (--audit_rounds)."""
+    return [plan_folds(pool, output_dir, k, seed, fraction, repeat, round_, excluded)
+            for repeat in range(1, repeats + 1)]
 
 
 def write_fold_data(fold: Fold, pool: Pool) -> None:
@@ -205,7 +220,8 @@ def finished(fold: Fold, digest: str):
     if not os.path.isfile(fold.oof_path):
         return None
     done = read_json(fold.oof_path, "fold result")
-    same = done.get("fingerprint") == digest and done.get("rows") == fold.held_out
+    same = (done.get("fingerprint") == digest and done.get("rows") == fold.held_out
+            and done.get("excluded", []) == fold.excluded)
     return done if same and done.get("seed", fold.seed) == fold.seed else None
 
 
@@ -221,7 +237,8 @@ def run_fold(flags, fold: Fold, pool: Pool, digest: str) -> Dict[str, Any]:
                                                                       fold.seed))
     oof = run(model_args, data_args, training_args, FoldRun)["oof"]
     eval_path = os.path.join(fold.run_dir, EVAL_RESULTS_FILE)
-    done = {"fingerprint": digest, "repeat": fold.repeat, "fold": fold.number, "seed": fold.seed, "rows": fold.held_out,
+    done = {"fingerprint": digest, "round": fold.round, "excluded": fold.excluded, "repeat": fold.repeat,
+            "fold": fold.number, "seed": fold.seed, "rows": fold.held_out,
             "lines": [pool.examples[i].where for i in fold.held_out], "train_examples": len(fold.train),
             "selection": "dev.txt" if not fold.selection else f"{len(fold.selection)} training examples",
             "resumed_from_checkpoint": resume,
@@ -253,7 +270,7 @@ def out_of_fold(flags, pool: Pool, repeats: Sequence[Sequence[Fold]], digest: st
         probs = np.full((n, width), np.nan)
         for fold in folds:
             name = f"{fold.number}/{len(folds)}" + (f", repeat {fold.repeat}/{len(repeats)}" if len(repeats) > 1
-                                                      else "")
+                                                      else "") + (f", round {fold.round}" if fold.round > 1 else "")
             result = fold_result(flags, pool, fold, digest, name)
             probs[fold.held_out] = np.asarray(result["probabilities"], dtype=np.float64)
             votes[fold.held_out] += np.asarray(result["decided"], dtype=bool)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from typing import Any, Dict, List
 
 import numpy as np
@@ -62,6 +63,34 @@ def summarize(flags, pool: Pool, oof: Dict[str, Any], found: int, reported: int)
     }
 
 
+def audit_rounds(flags, pool: Pool, output_dir: str, digest: str):
+    """`(out-of-fold results, issues, each round's summary)` of the last of --audit_rounds audits: round n trains
+    its folds without the examples round n - 1 flagged (`next_exclusions`) and judges every example again."""
+    audit, excluded, rounds = flags.audit, [], []
+    for round_ in range(1, audit.audit_rounds + 1):
+        repeats = plan_repeats(pool, output_dir, audit.folds, int(flags.training.seed), audit.selection_fraction,
+                               audit.repeats, round_, excluded)
+        oof = out_of_fold(flags, pool, repeats, digest)
+        issues, _ = find_issues(pool.given(), oof["probabilities"], oof["decided"], str(pool.task_type))
+        rounds.append({"round": round_, "trained_without": len(excluded), "issues_found": len(issues),
+                       "oof_accuracy": oof_accuracy(pool, oof["probabilities"], oof["decided"])})
+        excluded = next_exclusions(pool, issues, audit.folds)
+    return oof, issues, rounds
+
+
+def next_exclusions(pool: Pool, issues, folds: int) -> List[int]:
+    """The examples the next round trains without: this round's suspects, most suspect first, as long as
+    every label keeps at least K examples that train (the rest of a label's suspects stay in)."""
+    counts = Counter(label for labels in pool.given() for label in labels)
+    excluded = []
+    for issue in issues:
+        if all(counts[label] - 1 >= folds for label in issue.given):
+            excluded.append(issue.index)
+            for label in issue.given:
+                counts[label] -= 1
+    return sorted(excluded)
+
+
 def run_audit(flags) -> Dict[str, Any]:
     """Audit the data folder's labels; returns audit.json's summary."""
     audit, training = flags.audit, flags.training
@@ -72,12 +101,10 @@ def run_audit(flags) -> Dict[str, Any]:
     lock = claim_output_dir(output_dir, config, training.overwrite_output_dir)
     failed = True
     try:
-        repeats = plan_repeats(pool, output_dir, audit.folds, int(training.seed), audit.selection_fraction,
-                               audit.repeats)
-        oof = out_of_fold(flags, pool, repeats, fingerprint(config))
-        issues, _ = find_issues(pool.given(), oof["probabilities"], oof["decided"], str(pool.task_type))
+        oof, issues, rounds = audit_rounds(flags, pool, output_dir, fingerprint(config))
         reported = issues[:audit.max_issues] if audit.max_issues else issues
         summary = summarize(flags, pool, oof, len(issues), len(reported))
+        summary["rounds"] = rounds
         write_report(output_dir, pool, reported, oof["probabilities"], summary)
         failed = False
     finally:

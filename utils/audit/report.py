@@ -80,8 +80,12 @@ CSS = ("table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid 
 
 
 def repeated(summary: Dict[str, Any]) -> str:
-    repeats = summary.get("repeats", 1)
-    return f" run {repeats} times (each example's probabilities averaged)" if repeats > 1 else ""
+    repeats, rounds = summary.get("repeats", 1), len(summary.get("rounds") or [1])
+    text = f" run {repeats} times (each example's probabilities averaged)" if repeats > 1 else ""
+    if rounds > 1:
+        text += (f", round {rounds} of {rounds}: trained without the "
+                 f"{summary['rounds'][-1]['trained_without']} examples round {rounds - 1} flagged")
+    return text
 
 
 def issues_html(pool: Pool, rows: Sequence[Dict[str, Any]], summary: Dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """audit.py's flags: its own (folds, dev, the report's cap) beside train.py's model, prompt and training flags.
 
-    python audit.py --data_dir DATA_DIR --output_dir DIR [--folds K] [--repeats R] [--include_dev]
+    python audit.py --data_dir DATA_DIR --output_dir DIR [--folds K] [--repeats R] [--audit_rounds N] [--include_dev]
                     [--max_issues N] [train.py's model/prompt/training flags]
 
 train.py's dataclasses (`ModelArguments`, `DataArguments`, `TrainingArguments`) are parsed as they
@@ -20,7 +20,7 @@ from ..errors import UserError
 from .train import DataArguments, ModelArguments, TrainFlags, flag_given
 
 DEFAULT_FOLDS = 5
-USAGE = ("python audit.py --data_dir DATA_DIR --output_dir DIR [--folds K] [--repeats R] [--include_dev] "
+USAGE = ("python audit.py --data_dir DATA_DIR --output_dir DIR [--folds K] [--repeats R] [--audit_rounds N] [--include_dev] "
          "[--max_issues N] "
          "[train.py's model/prompt/training flags]")
 DESCRIPTION = ("Which labels are wrong? Out-of-fold probabilities from K train.py runs (each fold held out "
@@ -50,6 +50,11 @@ class AuditArguments:
                 "and average each example's R out-of-fold probabilities before confident learning (an ensemble: "
                 "steadier probabilities from weak or noisy fold models, at R times the cost). Raising R later "
                 "reuses the finished repeats."})
+    audit_rounds: int = field(default=1, metadata={
+        "help": "N: audit N times; round n trains its folds without the examples round n - 1 flagged (each is "
+                "still held out and judged, by models that never saw its label), so a small or noisy set's fold "
+                "models learn from cleaner data; the last round's suspects are reported. N times the cost; "
+                "raising N later reuses the rounds already finished."})
     include_dev: bool = field(default=False, metadata={
         "help": "Audit dev.txt too (its examples join train.txt's in the folds). Then each fold selects its best "
                 "checkpoint on a slice of its own training folds (--selection_fraction) instead of on dev.txt, "
@@ -67,6 +72,8 @@ class AuditArguments:
                             "--folds")
         if self.repeats < 1:
             raise UserError(f"must be at least 1 (one run of the K folds), got {self.repeats}", "--repeats")
+        if self.audit_rounds < 1:
+            raise UserError(f"must be at least 1 (one audit), got {self.audit_rounds}", "--audit_rounds")
         if not 0 < self.selection_fraction < 1:
             raise UserError(f"must be in (0, 1), got {self.selection_fraction}", "--selection_fraction")
         if self.max_issues is not None and self.max_issues <= 0:
