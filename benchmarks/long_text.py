@@ -201,6 +201,33 @@ def training_table(rows) -> str:
     return "\n".join(lines)
 
 
+def window_agreement(export, data_dir):
+    """How the members read the test documents' windows, those with the keyword and those without (filler
+    only): how often all members choose the same label, their mean top probability, the ensemble's."""
+    import numpy as np
+
+    from utils.deploy.format import MEMBER_OUTPUT
+    from utils.deploy.predictor import ExportedClassifier
+    from utils.testing.synthetic import KEYWORDS
+
+    model = ExportedClassifier(export, num_threads=2)
+    with open(os.path.join(data_dir, "test.txt"), encoding="utf-8") as fp:
+        documents = [{"text_a": line.split("\t")[0]} for line in fp.read().splitlines() if line]
+    inputs, _ = model.preprocessor.split(documents)
+    logits = model.run_outputs(model.preprocessor.encode(inputs), (MEMBER_OUTPUT,))[MEMBER_OUTPUT]
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)                                  # [windows, members, labels]
+    keyword = np.array([any(word in x["text_a"] for word, _ in KEYWORDS.values()) for x in inputs])
+    choice = probs.argmax(-1)
+    agree, member_top, ensemble_top = (choice == choice[:, :1]).all(1), probs.max(-1).mean(1), probs.mean(1).max(-1)
+    return {"test_windows": len(inputs), "windows_with_keyword": int(keyword.sum()), "members_agree": {
+        "keyword": float(agree[keyword].mean()), "filler": float(agree[~keyword].mean())},
+        "members_top_probability": {"keyword": float(member_top[keyword].mean()),
+                                    "filler": float(member_top[~keyword].mean())},
+        "ensemble_top_probability": {"keyword": float(ensemble_top[keyword].mean()),
+                                     "filler": float(ensemble_top[~keyword].mean())}}
+
+
 # Fixed before the first ensemble ran (QUALITY.md section 5): the table's seeds, then three fresh ones.
 ENSEMBLE_TRIOS = ((42, 43, 44), (45, 46, 47))
 
@@ -229,7 +256,8 @@ def ensembles(args):
                "members_test_accuracy": [m["accuracy"] for m in metrics["test"]["members"]],
                "dev_accuracy": metrics["eval"]["ensemble"]["accuracy"],
                "members_dev_accuracy": [m["accuracy"] for m in metrics["eval"]["members"]],
-               "export_and_evaluate_seconds": round(seconds)}
+               "export_and_evaluate_seconds": round(seconds), **window_agreement(os.path.join(out, "export"),
+                                                                                 os.path.join(args.work, "keyword-128"))}
         rows.append(row)
         print(json.dumps(row), flush=True)
         save("ensembles", {"rows": rows, "date": time.strftime("%Y-%m-%d")})
