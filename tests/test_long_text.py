@@ -242,6 +242,13 @@ def test_an_ensemble_of_window_models_averages_window_by_window_then_aggregates_
                                 "--output_file", predicted, "--num_threads", "1"]) == 0
     assert [r[:3] for r in read_tsv(predicted)[1]] == [r[:3] for r in rows]
 
+    # select.py's disagreement reads the members' documents (each member's windows aggregated alone)
+    picks = str(tmp_path / "picks.tsv")
+    assert run_cli(import_script("select").main, [
+        "--model_path_prefix", export, "--input_file", os.path.join(data_dir, "test.txt"), "--output_file", picks,
+        "--k", "5", "--strategy", "disagreement", "--num_threads", "1"]) == 0, capsys.readouterr().err
+    assert len(read_tsv(picks)[1]) == 5
+
 
 def test_an_ensemble_refuses_members_that_cut_documents_differently(trained_windows, trained, tmp_path, capsys,
                                                                   no_model_loads):
