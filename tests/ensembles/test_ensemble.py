@@ -229,3 +229,29 @@ def test_existing_results_are_not_overwritten(ensemble_run, ensemble_members, ca
     assert run_cli(ensemble.main, ["--members", *ensemble_members[1][:2], "--output_dir", out]) == 2
     assert "--overwrite_output_dir" in capsys.readouterr().err
     assert read_json(os.path.join(out, "ensemble.json")) == before
+
+
+def test_members_that_read_long_texts_must_cut_documents_alike():
+    """Checked from the specs alone: another stride, aggregation or mode, or another prompt or length (a second
+    view), would give the members different windows of the same document; one reading is accepted."""
+    from types import SimpleNamespace
+
+    from utils.ensembles.plan import check_same_windows
+    from utils.errors import UserError
+    from utils.task.windows import LongText
+
+    def member(path, **long_text):
+        return SimpleNamespace(path=path, spec=SimpleNamespace(long_text=LongText(**long_text)))
+
+    window = member("a", mode="window")
+    check_same_windows([window, member("b", mode="window")], views=1)
+    check_same_windows([member("a"), member("b")], views=2)                   # no long texts: views may differ
+    for other, needle in ((member("b", mode="window", stride=20), "stride 20"),
+                          (member("b", mode="window", aggregation="max"), "max"),
+                          (member("b", mode="head_tail"), "--long_text head_tail"),
+                          (member("b"), "--long_text truncate")):
+        with pytest.raises(UserError, match="must cut and aggregate documents alike") as error:
+            check_same_windows([window, other], views=1)
+        assert needle in str(error.value) and "stride half a window" in str(error.value)
+    with pytest.raises(UserError, match="through 2 different templates or lengths"):
+        check_same_windows([window, member("b", mode="window")], views=2)

@@ -19,6 +19,10 @@ prompts, `--method`, verbalizers, lengths, PLM sizes. Members that read texts th
 template and length share one set of inputs; each other template gets its own (a *view*, see
 utils/deploy/preprocess.py), so a PET-style ensemble of several prompts is one graph too.
 
+Members that read long texts (`--long_text`) must cut a document alike (the same reading, prompt and
+length: one view); the graph then averages them window by window and the export aggregates each
+document's windows as every member does (`member_logits` too, member by member).
+
 Thresholds of label-set ensembles: `--threshold T`, `--threshold_search` on dev (the ensemble's
 probabilities), else each label's mean of the members' thresholds.
 
