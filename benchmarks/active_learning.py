@@ -3,6 +3,8 @@
     python benchmarks/active_learning.py                       # the uniform task, the stated small config
     python benchmarks/active_learning.py --task longtail --strategies random entropy margin diversity hybrid
     python benchmarks/active_learning.py --seeds 0 1 --rounds 3 --strategies random entropy+balance diversity+kmeans
+    python benchmarks/active_learning.py --task longtail --strategies random disagreement --tag committee
+        # query by committee (three seeds a round, ensemble.py), fixed before it ran: QUALITY.md section 4.2
     nice -n 19 python benchmarks/active_learning.py --task tnews --model benchmarks/work/proxy/full/proxy \
         --strategies random entropy --seeds 0 1        # FewCLUE tnews on QUALITY.md section 1's proxy
 
@@ -19,7 +21,8 @@ The oracle is the gold label. Per seed and strategy: start from --start labelled
 steps; the fixed dev set is not counted as labels and is the same for all), export, accuracy on a
 fixed test set, then select.py picks --per_round more texts from the unlabelled pool (--exclude_file =
 the labels so far), whose gold labels are added. `random` draws them uniformly with the seed;
-`NAME+balance` adds select.py --balance, `NAME+kmeans` --diversity kmeans. Each curve is cached in the
+`NAME+balance` adds select.py --balance, `NAME+kmeans` --diversity kmeans; `disagreement` trains two more
+models a round (COMMITTEE seeds) and ranks by the ensemble's disagreement, the curve being the round's own model's. Each curve is cached in the
 work folder (per configuration), so strategies can run in parallel processes and be gathered by one
 last run. Writes benchmarks/results_active_learning[_TASK].json and benchmarks/active_learning[_TASK].png
 (mean ± std over seeds) and prints the table that QUALITY.md carries.
@@ -85,7 +88,8 @@ def task_splits(task: str, pool_per_class: int):
     return split(100, pool_per_class), split(200, 8), split(300, 50)
 
 
-def train_export(tiny: str, data_dir: str, out: str, steps: int, seed: int, task: str = "uniform") -> str:
+def train_export(tiny: str, data_dir: str, out: str, steps: int, seed: int, task: str = "uniform",
+                 export: bool = True) -> str:
     import train
     from utils.errors import run_cli
     from utils.model import compat
@@ -95,7 +99,7 @@ def train_export(tiny: str, data_dir: str, out: str, steps: int, seed: int, task
     shutil.rmtree(out, ignore_errors=True)
     argv = ["--model_name_or_path", tiny, "--data_dir", data_dir, "--output_dir", out,
             "--prompt", TNEWS_PROMPT if task == "tnews" else PROMPT,
-            "--do_train", "--do_export", "--max_steps", str(steps), "--logging_steps", str(steps),
+            "--do_train", *(["--do_export"] if export else []), "--max_steps", str(steps), "--logging_steps", str(steps),
             "--save_strategy", "no", "--seed", str(seed), *(PROXY_FLAGS if task == "tnews" else FAST)]
     assert run_cli(train.main, argv) == 0
     return os.path.join(out, "export")
@@ -131,6 +135,31 @@ def select(export: str, pool_path: str, labelled_path: str, k: int, strategy: st
     assert run_cli(module.main, argv) == 0
     with open(out, encoding="utf-8") as fp:
         return [int(line.split("\t")[1]) for line in fp.read().splitlines()[1:]]
+
+
+# disagreement: the committee's training seeds, as offsets from the run's own seed (the round's model is the
+# first member); fixed before its first run (QUALITY.md section 4.2)
+COMMITTEE = (0, 100, 200)
+
+
+def committee_export(args, tiny: str, data_dir: str, base: str, seed: int, model_dir: str) -> str:
+    """--strategy disagreement: the round's model (`model_dir`) and models of the other COMMITTEE seeds trained
+    on the same labels, as one ensemble export (ensemble.py), whose members' disagreement select.py ranks by.
+    The curve's accuracy stays the round's own model's, as for every other strategy."""
+    import importlib.util
+
+    from utils.errors import run_cli
+
+    members = [model_dir]
+    for offset in COMMITTEE[1:]:
+        members.append(os.path.join(base, f"committee-{offset}"))
+        train_export(tiny, data_dir, members[-1], args.steps, seed + offset, args.task, export=False)
+    spec = importlib.util.spec_from_file_location("ensemble_script", os.path.join(ROOT, "ensemble.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = os.path.join(base, "committee")
+    assert run_cli(module.main, ["--members", *members, "--output_dir", out, "--overwrite_output_dir"]) == 0
+    return os.path.join(out, "export")
 
 
 def start(args, tiny: str, seed: int, pool, dev, test, data_dir: str) -> tuple:
@@ -199,6 +228,8 @@ def simulate(args, tiny: str, seed: int, strategy: str, pool, dev, test) -> list
             picked = rng.sample(rest, args.per_round)
         else:
             name, _, option = strategy.partition("+")  # e.g. entropy+balance
+            if name == "disagreement":
+                export = committee_export(args, tiny, data_dir, base, seed, os.path.dirname(export))
             lines = select(export, pool_path, os.path.join(data_dir, "train.txt"), args.per_round, name,
                            os.path.join(base, "picks.tsv"), seed, option)
             picked = [n - 1 for n in lines]  # the pool file has no blank lines: line n is pool[n - 1]
