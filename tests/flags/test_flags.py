@@ -312,6 +312,7 @@ CHECKED = {
 # audit.py reads train.py's groups as train.py does, and adds its own.
 CHECKED["audit"] = CHECKED["train"] + [
     ("folds", "1", "must be at least 2"), ("repeats", "0", "must be at least 1"),
+    ("audit_rounds", "0", "must be at least 1"),
     ("selection_fraction", "1.5", "must be in (0, 1)"),
     ("max_issues", "0", "must be positive")]
 # This tool's numeric flags that take any number, and why (the walk below fails on a new one not listed).
