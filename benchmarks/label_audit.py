@@ -4,6 +4,9 @@
     python benchmarks/label_audit.py --audit_rounds 2 --keyword_per_class 32,64 --noise 0.1,0.2 --skip_tnews \
         --work benchmarks/work/label_audit_rounds --results benchmarks/results_label_audit_rounds.json
         # the keyword rows again with a second round (fixed before it ran: QUALITY.md section 3)
+    python benchmarks/label_audit.py --audit_rounds 3 --keyword_per_class 32,64 --noise 0.1,0.2 --skip_tnews \
+        --work benchmarks/work/label_audit_rounds --results benchmarks/results_label_audit_rounds3.json
+        # and a third round on the same folders (rounds 1 and 2 reused), fixed before it ran
         [--tnews_steps 100] [--keyword_per_class 32,64] [--test_per_class 100] [--noise 0.1,0.2]
         [--relabel_threshold 0.5] [--skip_tnews]
     nice -n 19 python benchmarks/label_audit.py --tnews_model benchmarks/work/proxy/full/proxy --skip_keyword \
@@ -190,9 +193,12 @@ def audited(name, model, source, fraction, work, flags, folds, repeats, rounds=1
     start = time.time()
     argv = ["--data_dir", noisy, "--output_dir", out, "--folds", str(folds), "--repeats", str(repeats),
             *(["--audit_rounds", str(rounds)] if rounds > 1 else []),
-            "--model_name_or_path", model, "--overwrite_output_dir", *flags]
+            "--model_name_or_path", model, *flags]
     if not (REUSE and os.path.isfile(os.path.join(out, "audit.json"))):   # the flips are seeded: same data
-        assert run_cli(audit.main, argv) == 0
+        # the same settings reuse the finished folds (more rounds or repeats train only what is new); other
+        # settings are refused by audit.py, and then everything is redone
+        if run_cli(audit.main, argv) != 0:
+            assert run_cli(audit.main, argv + ["--overwrite_output_dir"]) == 0
     numbers, flagged = audit_numbers(out, planted)
     with open(os.path.join(out, "audit.json"), encoding="utf-8") as fp:
         summary = json.load(fp)
