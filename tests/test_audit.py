@@ -166,6 +166,8 @@ def bad_cases(keyword_data, tmp_path):
         (["--max_issues", "0"], "--max_issues"),
         (["--repeats", "0"], "--repeats"),
         (["--audit_rounds", "0"], "--audit_rounds"),
+        (["--rounds", "2"], "use --audit_rounds N"),  # train.py's self-training rounds, not the audit's
+        (["--temperature", "2"], "which audit.py's folds never do"),  # (train.py would say: add --teacher)
         (["--selection_fraction", "1.5"], "--selection_fraction"),
         (["--do_predict"], "--do_predict"),
         (["--resume_from_checkpoint", str(tmp_path)], "--resume_from_checkpoint"),

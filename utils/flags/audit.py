@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import List, Optional, Sequence
 
 from ..errors import UserError
-from .train import DataArguments, ModelArguments, TrainFlags, flag_given
+from .train import DISTILL_DEFAULTS, DataArguments, ModelArguments, TrainFlags, flag_given
 
 DEFAULT_FOLDS = 5
 USAGE = ("python audit.py --data_dir DATA_DIR --output_dir DIR [--folds K] [--repeats R] [--audit_rounds N] [--include_dev] "
@@ -134,7 +134,15 @@ def parse_audit_args(argv: Sequence[str]) -> AuditFlags:
     argv = list(argv)
     parser = Parser((AuditArguments, ModelArguments, DataArguments, TrainingArguments), prog="audit.py",
                     description=DESCRIPTION, usage=USAGE)
-    audit, model, data, training = parser.parse([*argv, "--do_train", "--do_eval"])  # each flag's own checks
+    try:
+        audit, model, data, training = parser.parse([*argv, "--do_train", "--do_eval"])  # each flag's own checks
+    except UserError as error:  # train.py's hint (add --teacher / --unlabeled_file) is wrong here: folds refuse both
+        if error.path not in {f"--{name}" for name in DISTILL_DEFAULTS} or "self-training" not in error.message:
+            raise
+        hint = ("; to audit again without the last round's suspects, use --audit_rounds N" if error.path == "--rounds"
+                else "")
+        raise UserError("is for self-training / distillation, which audit.py's folds never do (they train on the "
+                        f"gold labels only){hint}; remove it", error.path) from None
     for flag, why in SET_BY_AUDIT.items():
         if flag_given(argv, flag):
             raise UserError(f"audit.py decides this for every fold ({why}); remove it", flag)
