@@ -146,19 +146,15 @@ def committee_export(args, tiny: str, data_dir: str, base: str, seed: int, model
     """--strategy disagreement: the round's model (`model_dir`) and models of the other COMMITTEE seeds trained
     on the same labels, as one ensemble export (ensemble.py), whose members' disagreement select.py ranks by.
     The curve's accuracy stays the round's own model's, as for every other strategy."""
-    import importlib.util
-
+    import ensemble
     from utils.errors import run_cli
 
     members = [model_dir]
     for offset in COMMITTEE[1:]:
         members.append(os.path.join(base, f"committee-{offset}"))
         train_export(tiny, data_dir, members[-1], args.steps, seed + offset, args.task, export=False)
-    spec = importlib.util.spec_from_file_location("ensemble_script", os.path.join(ROOT, "ensemble.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = os.path.join(base, "committee")
-    assert run_cli(module.main, ["--members", *members, "--output_dir", out, "--overwrite_output_dir"]) == 0
+    assert run_cli(ensemble.main, ["--members", *members, "--output_dir", out, "--overwrite_output_dir"]) == 0
     return os.path.join(out, "export")
 
 

@@ -93,7 +93,7 @@ def plan_folds(pool: Pool, output_dir: str, k: int, seed: int, fraction: float, 
     Round 2 on (--audit_rounds): the `excluded` examples are held out and predicted like any other but never
     trained on; they form strata of their own, so every fold keeps its share of the examples that train."""
     groups = strata(pool.given())
-    out = set(excluded)
+    out, excluded = set(excluded), sorted(set(excluded))
     if out:  # excluded first in the key: they are dealt one after another, so each fold holds its share
         groups = [(index in out, group) for index, group in enumerate(groups)]
     seed += repeat - 1
@@ -107,7 +107,7 @@ def plan_folds(pool: Pool, output_dir: str, k: int, seed: int, fraction: float, 
         selection = [] if pool.dev else selection_slice(groups, rest, fraction, seed + number)
         chosen = set(selection)
         folds.append(Fold(number, os.path.join(base, f"fold-{number}"), held_out,
-                          [i for i in rest if i not in chosen], selection, repeat, seed, round_, sorted(out)))
+                          [i for i in rest if i not in chosen], selection, repeat, seed, round_, excluded))
     return folds
 
 
