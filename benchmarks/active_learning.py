@@ -5,6 +5,8 @@
     python benchmarks/active_learning.py --seeds 0 1 --rounds 3 --strategies random entropy+balance diversity+kmeans
     python benchmarks/active_learning.py --task longtail --strategies random disagreement --tag committee
         # query by committee (three seeds a round, ensemble.py), fixed before it ran: QUALITY.md section 4.2
+    python benchmarks/active_learning.py --task longtail --per_round 8 --rounds 10 --strategies random margin --tag rounds8
+        # the same 96 labels in rounds of 8 (select.py --k 8), fixed before it ran: QUALITY.md section 4.2
     nice -n 19 python benchmarks/active_learning.py --task tnews --model benchmarks/work/proxy/full/proxy \
         --strategies random entropy --seeds 0 1        # FewCLUE tnews on QUALITY.md section 1's proxy
 
