@@ -54,7 +54,7 @@ def labels_of(response):
     return [p["label"] for p in response.json()["predictions"]]
 
 
-def test_two_models_are_routed_by_name_with_their_versions_labels_and_metrics(admin_file):
+def test_two_models_are_routed_by_name_with_their_versions_labels_readiness_and_metrics(admin_file):
     config = ServiceConfig(models={"news": "exports/news", "intent": "exports/intent"}, admin_key_file=admin_file)
     news = FakeClassifier(FakeModel(tag="news-1"))
     intent = FakeClassifier(FakeModel(tag="intent-1", shift=1, labels=("x", "y", "z")))
@@ -77,6 +77,11 @@ def test_two_models_are_routed_by_name_with_their_versions_labels_and_metrics(ad
         ready = client.get("/ready").json()
         assert ready["model"] == "news" and set(ready["models"]) == {"news", "intent"}
         assert client.get("/ready", params={"model": "intent"}).json()["models"] == {"intent": by_name["model_version"]}
+        assert client.get("/models/intent/labels").json() == client.get("/labels", params={"model": "intent"}).json()
+        assert client.get("/models/intent/ready").json() == client.get("/ready", params={"model": "intent"}).json()
+        for route in ("/models/sports/labels", "/models/sports/ready"):  # by path as by field: a name it lacks
+            missing_name = client.get(route)
+            assert missing_name.status_code == 404 and missing_name.json()["error"]["field"] == "name", route
         status = client.get("/models/intent").json()
         assert status["path"] == "exports/intent" and status["loading"] is None
         metrics = client.get("/metrics").text

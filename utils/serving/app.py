@@ -297,6 +297,17 @@ class Service:
         return {**self.describe(slot), "path": slot.export_path, "loaded_at": slot.loaded_at,
                 **await self.swap_state(name)}
 
+    @route("GET", "/models/{name}/labels")
+    async def model_labels(self, name: str):
+        """`/labels?model=NAME` at the model's own path (as `/v2/models/NAME/ready` is the protocol's)."""
+        return self.describe(self.slot(name, "name"))
+
+    @route("GET", "/models/{name}/ready")
+    async def model_ready(self, name: str):
+        """`/ready?model=NAME` at the model's own path (with --api_key_file it needs a key, as the
+        per-model /v2 routes do; `/ready` stays open for orchestrators)."""
+        return await self.ready(self.slot(name, "name").name)
+
     # Zero-downtime updates (registry.py): needs a key of --admin_key_file (auth.py)
 
     @route("POST", "/admin/models/{name}")
