@@ -17,6 +17,9 @@ benchmarks/work/swap/exports. Each part runs serve.py in its own process (benchm
   answers name (every one must be A's or B's), p99 during the swaps against steady state; every
   request of that phase in benchmarks/work/swap/timeline-*.json (load.py --timeline) and each swap's
   wall-clock start and end in the results (`swap_moments`), to see when the slow requests happen;
+* `--only neighbours` (not by default): no swap; the steady load beside a process at nice 19 doing one
+  kind of a swap's work over and over (a pure-CPU loop, copying 108 MB, hashing the model file, building its
+  onnxruntime session), to see which of it raises p99 though it only gets the CPU the model leaves;
 * `--only ray_swaps` (not by default: a Ray cluster): the same with serve.py --ray on a local
   cluster of 2 one-CPU nodes, one replica: each swap a Ray Serve rollout.
 
@@ -183,6 +186,65 @@ def measure_swaps(base_url: str, paths: Dict[str, str], texts: str, clients: int
             "p99_ratio": round(during["latency_ms"]["p99"] / steady_p99, 3)}
 
 
+NEIGHBOUR = r"""
+import hashlib, sys, time
+kind, model, until = sys.argv[1], sys.argv[2], time.monotonic() + float(sys.argv[3])
+if kind == "memory":
+    import numpy as np
+    source = np.ones(108 * 2 ** 20, np.uint8)
+    target = np.empty_like(source)
+while time.monotonic() < until:
+    if kind == "cpu":        # the interpreter's own loop: a core's worth of work, next to no memory traffic
+        sum(range(100000))
+    elif kind == "memory":   # the model's size copied: memory traffic, little else
+        np.copyto(target, source)
+    elif kind == "sha256":   # what a swap's check does to the model file
+        digest = hashlib.sha256()
+        with open(model, "rb") as fp:
+            for block in iter(lambda: fp.read(1 << 20), b""):
+                digest.update(block)
+    elif kind == "session":  # what a swap's load does: an onnxruntime session of the model, built and dropped
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+"""
+NEIGHBOURS = ("none", "cpu", "memory", "sha256", "session")
+
+
+def neighbours(paths: Dict[str, str], threads: int, texts: str, clients: int, duration: float, repeats: int,
+               work: str) -> dict:
+    """Steady load with a process at nice 19 beside the server doing one kind of a swap's work
+    (`NEIGHBOUR`), without any swap: which of that work raises the serving model's p99 although
+    it gets only the CPU the model leaves. The kinds alternate within a repeat (a drifting
+    machine touches all alike); ratios are against "none" of the same repeat."""
+    runs = {kind: [] for kind in NEIGHBOURS}
+    model = os.path.join(paths["a"], "model.onnx")
+    with Models({"cls_default": paths["a"]}, threads, [], os.path.join(work, "neighbours.log")) as server:
+        url = server.url + "/models/cls_default"
+        finish(load(url, texts, clients, WARM_UP_S))
+        for repeat in range(repeats):
+            order = NEIGHBOURS if repeat % 2 == 0 else NEIGHBOURS[:1] + NEIGHBOURS[:0:-1]
+            for kind in order:
+                beside = None if kind == "none" else subprocess.Popen(
+                    ["nice", "-n", "19", PY, "-c", NEIGHBOUR, kind, model, str(duration + 5)], cwd=ROOT)
+                time.sleep(0 if beside is None else 2)  # the neighbour is at work when the load starts
+                result = finish(load(url, texts, clients, duration))
+                if beside is not None:
+                    beside.kill()
+                    beside.wait()
+                runs[kind].append({"p99_ms": result["latency_ms"]["p99"], "p50_ms": result["latency_ms"]["p50"],
+                                   "texts_per_s": result["texts_per_s"]})
+                log(f"neighbour {kind} (repeat {repeat + 1}): p99 {result['latency_ms']['p99']} ms, "
+                    f"{result['texts_per_s']} texts/s")
+    summary = {}
+    for kind, values in runs.items():
+        ratios = [v["p99_ms"] / none["p99_ms"] for v, none in zip(values, runs["none"])]
+        summary[kind] = {"runs": values, "p99_ratio_to_none": [round(r, 3) for r in ratios],
+                         "median_p99_ratio": round(statistics.median(ratios), 3)}
+    return summary
+
+
 def ray_swaps_under_load(paths: Dict[str, str], texts: str, clients: int, duration: float, swaps: int,
                          work: str) -> dict:
     """serve.py --ray on a local cluster of 2 nodes of 1 CPU (one replica of 1 thread; the other
@@ -249,8 +311,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--duration", type=float, default=20.0, help="Seconds of each load run.")
     parser.add_argument("--repeats", type=int, default=3, help="Runs of each idle-neighbour case and of the swaps.")
-    parser.add_argument("--only", choices=("memory", "idle", "swaps", "ray_swaps"), action="append",
-                        help="ray_swaps (not run by default): the swaps under load with serve.py --ray.")
+    parser.add_argument("--only", choices=("memory", "idle", "swaps", "ray_swaps", "neighbours"), action="append",
+                        help="ray_swaps (not run by default): the swaps under load with serve.py --ray; "
+                             "neighbours (not by default): steady load beside a nice-19 process doing one kind of "
+                             "a swap's work (which of it costs the serving model's p99).")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results_swap.json"))
     args = parser.parse_args(argv)
     work = os.path.join(WORK, "swap")
@@ -272,6 +336,10 @@ def main(argv=None) -> int:
         results["swaps"] = sorted(runs, key=lambda run: run["p99_ratio"])[len(runs) // 2]
         results["swaps_runs"] = [{key: run[key] for key in ("p99_ratio", "failed_requests", "swapping_s",
                                                             "answers_of_other_versions")} for run in runs]
+    if "neighbours" in parts:
+        results["neighbours"] = neighbours(paths, args.threads, texts, args.clients, args.duration, args.repeats, work)
+        for kind, row in results["neighbours"].items():
+            log(f"beside {kind}: p99 {row['median_p99_ratio']}x of none (runs {row['p99_ratio_to_none']})")
     if "ray_swaps" in parts:
         runs = [ray_swaps_under_load(paths, texts, args.clients, args.duration, args.swaps, work)
                 for _ in range(args.repeats)]
