@@ -19,7 +19,8 @@ benchmarks/work/swap/exports. Each part runs serve.py in its own process (benchm
   wall-clock start and end in the results (`swap_moments`), to see when the slow requests happen;
 * `--only neighbours` (not by default): no swap; the steady load beside a process at nice 19 doing one
   kind of a swap's work over and over (a pure-CPU loop, copying 108 MB, hashing the model file, building its
-  onnxruntime session), to see which of it raises p99 though it only gets the CPU the model leaves;
+  onnxruntime session; `KIND/idle`: the same under the SCHED_IDLE policy), to see which of it raises p99
+  though it only gets the CPU the model leaves;
 * `--only ray_swaps` (not by default: a Ray cluster): the same with serve.py --ray on a local
   cluster of 2 one-CPU nodes, one replica: each swap a Ray Serve rollout.
 
@@ -187,8 +188,10 @@ def measure_swaps(base_url: str, paths: Dict[str, str], texts: str, clients: int
 
 
 NEIGHBOUR = r"""
-import hashlib, sys, time
-kind, model, until = sys.argv[1], sys.argv[2], time.monotonic() + float(sys.argv[3])
+import hashlib, os, sys, time
+(kind, _, policy), model, until = sys.argv[1].partition("/"), sys.argv[2], time.monotonic() + float(sys.argv[3])
+if policy == "idle":  # SCHED_IDLE instead of nice 19 alone: a waking normal thread preempts it at once
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 if kind == "memory":
     import numpy as np
     source = np.ones(108 * 2 ** 20, np.uint8)
@@ -209,7 +212,7 @@ while time.monotonic() < until:
         options.intra_op_num_threads = 2
         ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 """
-NEIGHBOURS = ("none", "cpu", "memory", "sha256", "session")
+NEIGHBOURS = ("none", "cpu", "cpu/idle", "memory", "sha256", "session", "session/idle")  # KIND/idle: SCHED_IDLE
 
 
 def neighbours(paths: Dict[str, str], threads: int, texts: str, clients: int, duration: float, repeats: int,
