@@ -1,4 +1,5 @@
-"""Background work beside a serving model: its GIL-free heavy steps niced, its Python steps not."""
+"""Background work beside a serving model: its GIL-free heavy steps niced (and idle-class), its Python
+steps not."""
 import os
 import threading
 
@@ -11,10 +12,16 @@ from utils.deploy.priority import background, background_nice, heavy
 LINUX = pytest.mark.skipif(not os.path.isdir("/proc/self/task") or os.nice(0) >= 19,
                            reason="per-thread nice values are Linux's (and the suite must not run at nice 19)")
 NICE = 19
+IDLE = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE") or not priority._can_leave_idle(),
+                          reason="SCHED_IDLE, and the right to leave it again, are Linux's (root or RLIMIT_NICE)")
 
 
 def nice_of(tid=None):
     return os.getpriority(os.PRIO_PROCESS, tid or threading.get_native_id())
+
+
+def policy_of(tid=None):
+    return os.sched_getscheduler(tid or threading.get_native_id())
 
 
 @LINUX
@@ -48,6 +55,55 @@ def test_background_work_runs_only_its_heavy_steps_niced_and_its_threads_get_the
     assert old != NICE
     assert (seen["python"], seen["heavy"], seen["after_heavy"], seen["pool"]) == (old, NICE, old, NICE)
     assert after == {"caller": old, "pool": old, "marked": None}
+
+
+@LINUX
+@IDLE
+def test_idle_background_work_runs_its_heavy_steps_under_sched_idle_and_its_threads_leave_it_after():
+    """With `idle`, a heavy step also runs under SCHED_IDLE (a serving thread that wakes takes its core at
+    once; at nice 19 alone it waits out the step's time slice), a thread it starts inherits the policy,
+    and on leaving the block every such thread and the caller are back at the caller's policy and nice."""
+    def work():
+        old, seen, started, release = (nice_of(), policy_of()), {}, threading.Event(), threading.Event()
+
+        def pool_thread():
+            seen["pool_tid"] = threading.get_native_id()
+            started.set()
+            release.wait()
+
+        with background(NICE, idle=True):
+            seen["python"] = (nice_of(), policy_of())
+            with heavy():
+                seen["heavy"] = (nice_of(), policy_of())
+                pool = threading.Thread(target=pool_thread)
+                pool.start()
+                started.wait()
+            seen["after_heavy"] = (nice_of(), policy_of())
+            seen["pool"] = (nice_of(seen["pool_tid"]), policy_of(seen["pool_tid"]))
+        after = {"caller": (nice_of(), policy_of()), "pool": (nice_of(seen["pool_tid"]), policy_of(seen["pool_tid"]))}
+        release.set()
+        pool.join()
+        return old, seen, after
+
+    old, seen, after = run_in_a_thread(work)
+    assert old[1] != os.SCHED_IDLE
+    assert (seen["python"], seen["after_heavy"]) == (old, old)
+    assert seen["heavy"] == seen["pool"] == (NICE, os.SCHED_IDLE)
+    assert after == {"caller": old, "pool": old}
+
+
+@LINUX
+def test_without_the_right_to_leave_sched_idle_the_heavy_steps_are_only_reniced(monkeypatch):
+    """Where a thread could not return from SCHED_IDLE (no CAP_SYS_NICE, RLIMIT_NICE too low), the new
+    model's threads would stay idle-class: the steps then run at nice 19 under the thread's own policy."""
+    monkeypatch.setattr(priority, "_can_leave_idle", lambda: False)
+
+    def work():
+        with background(NICE, idle=True):
+            with heavy():
+                return nice_of(), policy_of()
+
+    assert run_in_a_thread(work) == (NICE, run_in_a_thread(policy_of))
 
 
 @LINUX
@@ -90,29 +146,33 @@ def test_a_background_load_builds_hashes_and_warms_up_niced_and_reads_its_files_
 
     class Session(real_session):
         def run(self, *args, **kwargs):
-            seen.append(("run", nice_of()))
+            seen.append(("run", nice_of(), policy_of()))
             return super().run(*args, **kwargs)
 
     def session(*args, **kwargs):
-        seen.append(("build", nice_of()))
+        seen.append(("build", nice_of(), policy_of()))
         return Session(*args, **kwargs)
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", session)
     monkeypatch.setattr(bundle, "sha256_file",  # the model file's hash (the small files' are Python work)
-                        lambda path: seen.append((os.path.basename(path), nice_of())) or real_sha(path))
+                        lambda path: seen.append((os.path.basename(path), nice_of(), policy_of())) or real_sha(path))
     monkeypatch.setattr(predictor, "PromptPreprocessor",
-                        lambda *args: seen.append(("tokenizer", nice_of())) or real_preprocessor(*args))
+                        lambda *args: seen.append(("tokenizer", nice_of(), policy_of())) or real_preprocessor(*args))
     export = os.path.join(trained[1], "export")
 
+    def priorities():
+        return {tid: (nice_of(int(tid)), policy_of(int(tid))) for tid in os.listdir("/proc/self/task")}
+
     def load():
-        before = {tid: nice_of(int(tid)) for tid in os.listdir("/proc/self/task")}
-        with background(NICE):
+        before = priorities()
+        with background(NICE, idle=idle):
             model = ExportedClassifier(export, device="cpu", num_threads=2)
             model.logits([{"text_a": "苹果"}])
-        after = {tid: nice_of(int(tid)) for tid in os.listdir("/proc/self/task")}
-        return nice_of(), before, after
+        return (nice_of(), policy_of()), before, priorities()
 
+    idle = hasattr(os, "SCHED_IDLE") and priority._can_leave_idle()  # else only niced (the test above)
+    low = (NICE, os.SCHED_IDLE if idle else run_in_a_thread(policy_of))
     old, before, after = run_in_a_thread(load)
-    assert ("model.onnx", NICE) in seen and ("tokenizer", old) in seen
-    assert {step: nice for step, nice in seen if step in ("build", "run")} == {"build": NICE, "run": NICE}
-    assert [tid for tid, nice in after.items() if nice == NICE and before.get(tid) != NICE] == []
+    assert ("model.onnx", *low) in seen and ("tokenizer", *old) in seen
+    assert {step: rest for step, *rest in seen if step in ("build", "run")} == {"build": list(low), "run": list(low)}
+    assert [tid for tid, level in after.items() if level != before.get(tid, old)] == []

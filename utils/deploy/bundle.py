@@ -14,7 +14,7 @@ from typing import List, Optional
 from ..errors import UserError
 from .format import LABELS_FILE, MANIFEST_FILE
 from ..files import read_json, sha256_file
-from .priority import background_nice, heavy
+from .priority import background_level, heavy
 
 EXPORT_HINT = "make one with `python export.py --resume_from_checkpoint CKPT --output_dir DIR`"
 AGAIN = "export again"
@@ -131,14 +131,14 @@ class BackgroundSha256:
         self.expected = manifest["files"][name]["sha256"]
         self.digest: Optional[str] = None
         self.error: Optional[OSError] = None
-        self.nice = background_nice()  # a swap's hashing is niced too (hashlib releases the GIL)
+        self.level = background_level()  # a swap's hashing is niced too (hashlib releases the GIL)
         # daemon: Ctrl-C during start-up must not wait for the hash
         self.thread = threading.Thread(target=self._run, name="sha256", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         try:
-            with heavy(self.nice):
+            with heavy(self.level):
                 self.digest = sha256_file(self.path)
         except OSError as exc:
             self.error = exc

@@ -130,6 +130,7 @@ def parity_sample(classifier, batch_size: int) -> None:
 
 
 SWAP_NICE = 19  # a swap's heavy steps run at the lowest CPU priority beside the model that serves
+SWAP_IDLE = True  # and under SCHED_IDLE: a serving thread that wakes up takes their core at once
 
 
 def low_priority():
@@ -137,8 +138,9 @@ def low_priority():
     runs and hashing at nice SWAP_NICE, its Python steps at the thread's own priority (a starved
     thread holding the GIL would stall the serving threads), the new model's threads back at the
     thread's priority afterwards. A swap's hashing, session builds and warm-up take ~30% of 2 cores
-    for about a second (BENCHMARKS.md, swaps under load): niced, they get what the serving model leaves."""
-    return background(SWAP_NICE)
+    for about a second (BENCHMARKS.md, swaps under load): niced and idle-class, they get what the serving
+    model leaves, and give a core back the moment a serving thread wakes."""
+    return background(SWAP_NICE, idle=SWAP_IDLE)
 
 
 def load_checked(load: Callable, old, allow_label_change: bool, batch_size: int):
