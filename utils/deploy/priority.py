@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 __all__ = ["background", "background_level", "background_nice", "heavy"]
 
@@ -37,17 +37,14 @@ def _thread_ids() -> set:
         return set()
 
 
-def _can_renice() -> bool:
-    """Whether a thread may lower its nice value again (root with CAP_SYS_NICE, or RLIMIT_NICE), tried
-    on a throwaway thread: without that right the new model's threads would keep the low priority."""
+def _allowed(attempt: Callable[[], None]) -> bool:
+    """Whether `attempt` (a change of the calling thread's priority and back) succeeds, tried on a
+    throwaway thread so that no thread that stays is touched."""
     outcome = []
 
     def probe():
-        tid = threading.get_native_id()
         try:
-            old = os.getpriority(os.PRIO_PROCESS, tid)
-            os.setpriority(os.PRIO_PROCESS, tid, min(old + 1, 19))
-            os.setpriority(os.PRIO_PROCESS, tid, old)
+            attempt()
             outcome.append(True)
         except (OSError, AttributeError):
             pass
@@ -56,28 +53,31 @@ def _can_renice() -> bool:
     thread.start()
     thread.join()
     return bool(outcome)
+
+
+def _renice_and_back() -> None:
+    tid = threading.get_native_id()
+    old = os.getpriority(os.PRIO_PROCESS, tid)
+    os.setpriority(os.PRIO_PROCESS, tid, min(old + 1, 19))
+    os.setpriority(os.PRIO_PROCESS, tid, old)
+
+
+def _idle_and_back() -> None:
+    policy = os.sched_getscheduler(0)
+    os.sched_setscheduler(0, _IDLE, os.sched_param(0))
+    os.sched_setscheduler(0, policy, os.sched_param(0))
+
+
+def _can_renice() -> bool:
+    """Whether a thread may lower its nice value again (root with CAP_SYS_NICE, or RLIMIT_NICE): without
+    that right the new model's threads would keep the low priority."""
+    return _allowed(_renice_and_back)
 
 
 def _can_leave_idle() -> bool:
     """Whether a thread may go from SCHED_IDLE back to its own policy (root, or RLIMIT_NICE allowing its
-    nice value), tried on a throwaway thread: without that the new model's threads would stay idle-class."""
-    if _IDLE is None:
-        return False
-    outcome = []
-
-    def probe():
-        try:
-            policy = os.sched_getscheduler(0)
-            os.sched_setscheduler(0, _IDLE, os.sched_param(0))
-            os.sched_setscheduler(0, policy, os.sched_param(0))
-            outcome.append(True)
-        except (OSError, AttributeError):
-            pass
-
-    thread = threading.Thread(target=probe)
-    thread.start()
-    thread.join()
-    return bool(outcome)
+    nice value): without that the new model's threads would stay idle-class."""
+    return _IDLE is not None and _allowed(_idle_and_back)
 
 
 def background_level() -> Optional[Tuple[int, bool]]:
@@ -118,7 +118,8 @@ def background(nice: int, idle: bool = False) -> Iterator[None]:
     tid = threading.get_native_id()
     old, before = os.getpriority(os.PRIO_PROCESS, tid), _thread_ids()
     policy = os.sched_getscheduler(tid) if idle and _IDLE is not None else None
-    idle = policy is not None and policy != _IDLE and _can_leave_idle()
+    # only from the ordinary policies: a real-time thread's own could not be set back with priority 0
+    idle = policy in (os.SCHED_OTHER, getattr(os, "SCHED_BATCH", os.SCHED_OTHER)) and _can_leave_idle()
     _local.level = (nice, idle)
     try:
         yield
