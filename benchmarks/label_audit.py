@@ -32,8 +32,9 @@ seeds), and report
   (label_issues.tsv: what confident learning flags, any size);
 * test accuracy of train.py trained on the noisy train.txt, on the noisy one minus the flagged lines,
   on the noisy one minus exactly the planted lines ("minus planted": what a perfect audit's removal
-  would give, the ceiling of removal, which no audit reaches), on the noisy one "relabelled" (a flagged line whose suggested label has an out-of-fold probability of
-  at least --relabel_threshold takes that label, the other flagged lines are removed), and on the clean
+  would give, the ceiling of removal, which no audit reaches), on the noisy one "relabelled" (a flagged
+  line whose suggested label has an out-of-fold probability of at least --relabel_threshold takes that
+  label, the other flagged lines are removed), and on the clean
   one (same flags; the mean over --train_seeds, default 42,43,44, since one run of the tiny model swings
   by several points with the seed; the clean runs of a size are shared by its noise levels), and the
   share of the noisy-to-clean gap (of those means) that each remedy recovers.

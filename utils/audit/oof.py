@@ -93,7 +93,8 @@ def plan_folds(pool: Pool, output_dir: str, k: int, seed: int, fraction: float, 
     Round 2 on (--audit_rounds): the `excluded` examples are held out and predicted like any other but never
     trained on; they form strata of their own, so every fold keeps its share of the examples that train."""
     groups = strata(pool.given())
-    out, excluded = set(excluded), sorted(set(excluded))
+    out = set(excluded)
+    excluded = sorted(out)
     if out:  # excluded first in the key: they are dealt one after another, so each fold holds its share
         groups = [(index in out, group) for index, group in enumerate(groups)]
     seed += repeat - 1
