@@ -22,7 +22,8 @@ benchmarks/work/swap/exports. Each part runs serve.py in its own process (benchm
   onnxruntime session; `KIND/idle`: the same under the SCHED_IDLE policy), to see which of it raises p99
   though it only gets the CPU the model leaves;
 * `--only ray_swaps` (not by default: a Ray cluster): the same with serve.py --ray on a local
-  cluster of 2 one-CPU nodes, one replica: each swap a Ray Serve rollout.
+  cluster of 2 one-CPU nodes, one replica: each swap a Ray Serve rollout; the clients come in through
+  the head node's Serve proxy only (node_b's listens on a port of its own).
 
 Writes benchmarks/results_swap.json and prints the table for BENCHMARKS.md.
 """
@@ -253,18 +254,21 @@ def ray_swaps_under_load(paths: Dict[str, str], texts: str, clients: int, durati
     """serve.py --ray on a local cluster of 2 nodes of 1 CPU (one replica of 1 thread; the other
     node's CPU is the rollout's surge replica), the same measurement: each swap a Ray Serve rollout."""
     import signal
-    import socket
 
-    from utils.testing.ray_local import LocalRayCluster
+    from utils.testing.ray_local import LocalRayCluster, free_ports
 
     keys = os.path.join(work, "admin_keys.txt")
     with open(keys, "w", encoding="utf-8") as fp:
         fp.write(ADMIN_KEY + "\n")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with LocalRayCluster(["node_a", "node_b"], cpus=1, start_timeout=180) as cluster, \
-            open(os.path.join(work, "ray-swaps.log"), "w") as log_file:
+    port, worker_proxy_port = free_ports(2)
+    cluster = LocalRayCluster(["node_a", "node_b"], cpus=1, start_timeout=180)
+    # Both "nodes" are this machine: Serve's proxy on node_b would share the head's port (SO_REUSEPORT) and the
+    # kernel would split the clients' connections between the two proxies whenever a replica runs on node_b,
+    # a second proxy's work on the same 2 cores that a cluster of two machines does not have (BENCHMARKS.md).
+    # node_b's proxy listens on a port of its own: the clients come in through the head node's, as through
+    # one machine's entry point.
+    cluster.env["RAY_SERVE_WORKER_PROXY_HTTP_PORT"] = str(worker_proxy_port)
+    with cluster, open(os.path.join(work, "ray-swaps.log"), "w") as log_file:
         proc = subprocess.Popen([PY, "serve.py", "--ray", cluster.address, "--port", str(port), "--model",
                                  f"cls_default={paths['a']}", "--num_threads", "1", "--device", "cpu",
                                  "--admin_key_file", keys], cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE,
@@ -273,7 +277,9 @@ def ray_swaps_under_load(paths: Dict[str, str], texts: str, clients: int, durati
             line = proc.stdout.readline()
             if not line:
                 raise SystemExit(f"serve.py --ray did not start; see {log_file.name}")
-            result = measure_swaps(json.loads(line)["url"], paths, texts, clients, duration, swaps, work)
+            served = json.loads(line)
+            result = measure_swaps(served["url"], paths, texts, clients, duration, swaps, work)
+            result["served"] = served
         finally:
             proc.send_signal(signal.SIGTERM)
             result_code = proc.wait(300)
