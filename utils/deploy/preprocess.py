@@ -10,8 +10,12 @@ paddlenlp's rule: the longest part first. tests/deploy/test_preprocess.py checks
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -128,10 +132,18 @@ def check_parts_config(parts, where: str, bad) -> None:
 def load_wordpiece_tokenizer(vocab_file: str, do_lower_case: bool = True, unk_token: str = "[UNK]",
                              special_tokens: Sequence[str] = ()):
     """A `tokenizers` BERT word-piece tokenizer equivalent to paddlenlp's ErnieTokenizer."""
+    with open(vocab_file, "rb") as fp:
+        return wordpiece_tokenizer(fp.read(), do_lower_case, unk_token, special_tokens)
+
+
+def wordpiece_tokenizer(vocab_bytes: bytes, do_lower_case: bool = True, unk_token: str = "[UNK]",
+                        special_tokens: Sequence[str] = ()):
+    """`load_wordpiece_tokenizer` of a vocab.txt's bytes."""
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
     vocab: Dict[str, int] = {}
-    with open(vocab_file, "r", encoding="utf-8") as fp:
+    # read as open(path, "r") reads: UTF-8, universal newlines
+    with io.TextIOWrapper(io.BytesIO(vocab_bytes), encoding="utf-8") as fp:
         for index, line in enumerate(fp):
             vocab[line.rstrip("\n")] = index  # as paddlenlp's Vocab: the last duplicate wins
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=unk_token, max_input_chars_per_word=100))
@@ -145,6 +157,33 @@ def load_wordpiece_tokenizer(vocab_file: str, do_lower_case: bool = True, unk_to
     ])
     if special_tokens:
         tokenizer.add_special_tokens(list(special_tokens))
+    return tokenizer
+
+
+SHARED_TOKENIZERS = 8  # distinct vocabularies (and options) whose tokenizers a process keeps
+_shared: "OrderedDict[tuple, object]" = OrderedDict()
+_shared_lock = threading.Lock()
+
+
+def shared_wordpiece_tokenizer(vocab_file: str, do_lower_case: bool = True, unk_token: str = "[UNK]",
+                               special_tokens: Sequence[str] = ()):
+    """`load_wordpiece_tokenizer`'s tokenizer, one per distinct vocabulary content and options in the
+    process (the last SHARED_TOKENIZERS used): a service's models and each swap's new version of one
+    (a retrained model keeps its vocabulary) share it. Why: building it holds the GIL for ~20-30 ms
+    (a 40k-word dict handed to Rust) beside the serving threads, and each copy costs memory. Sharing
+    is safe: once built, a tokenizer is only read (`encode_batch`)."""
+    with open(vocab_file, "rb") as fp:
+        data = fp.read()
+    key = (hashlib.sha256(data).hexdigest(), bool(do_lower_case), str(unk_token), tuple(special_tokens))
+    with _shared_lock:
+        if key in _shared:
+            _shared.move_to_end(key)
+            return _shared[key]
+    tokenizer = wordpiece_tokenizer(data, do_lower_case, unk_token, special_tokens)
+    with _shared_lock:
+        tokenizer = _shared.setdefault(key, tokenizer)  # two threads built it at once: both keep the first
+        while len(_shared) > SHARED_TOKENIZERS:
+            _shared.popitem(last=False)
     return tokenizer
 
 
@@ -252,7 +291,7 @@ class PromptPreprocessor:
         vocab_file = os.path.join(export_dir, tok["vocab_file"])
         if not os.path.isfile(vocab_file):
             raise UserError(f"{tok['vocab_file']} is missing from the export", export_dir)
-        self.tokenizer = load_wordpiece_tokenizer(vocab_file, tok.get("do_lower_case", True),
+        self.tokenizer = shared_wordpiece_tokenizer(vocab_file, tok.get("do_lower_case", True),
                                                   tok.get("unk_token", "[UNK]"), tok.get("special_tokens", ()))
         # windows are cut for the exported length; a shorter --max_seq_length then truncates each one
         self.long_text = LongText.from_dict(config.get("long_text"), ValueError)
