@@ -116,3 +116,82 @@ def test_real_vocab_tokenizer_matches_ernie_tokenizer(tmp_path, texts):
     for text in texts:
         expected = ernie.encode(text, add_special_tokens=False, return_token_type_ids=False)["input_ids"]
         assert fast.encode(text, add_special_tokens=False).ids == expected, text
+
+
+def write_vocab(path, words, newline="\n"):
+    path.write_bytes(newline.join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]).encode("utf-8") + b"\n")
+    return str(path)
+
+
+def test_one_tokenizer_serves_every_copy_of_a_vocabulary_with_the_same_options(tmp_path):
+    """A swap's new version and a service's other models reuse the tokenizer of a vocabulary already
+    loaded (building one holds the GIL beside the serving threads); another content or option builds its own."""
+    from utils.deploy.preprocess import shared_wordpiece_tokenizer
+
+    first = shared_wordpiece_tokenizer(write_vocab(tmp_path / "a.txt", ["苹", "果", "##果"]))
+    assert shared_wordpiece_tokenizer(write_vocab(tmp_path / "copy.txt", ["苹", "果", "##果"])) is first
+    assert shared_wordpiece_tokenizer(str(tmp_path / "a.txt"), False) is not first  # do_lower_case differs
+    assert shared_wordpiece_tokenizer(str(tmp_path / "a.txt"), special_tokens=["[MASK]"]) is not first
+    other = shared_wordpiece_tokenizer(write_vocab(tmp_path / "b.txt", ["果", "苹"]))
+    assert other is not first
+    assert first.encode("苹果", add_special_tokens=False).ids == [5, 6]
+    assert other.encode("苹果", add_special_tokens=False).ids == [6, 5]
+
+
+def test_a_vocabulary_rewritten_in_place_gets_a_tokenizer_of_its_new_content(tmp_path):
+    from utils.deploy.preprocess import shared_wordpiece_tokenizer
+
+    path = write_vocab(tmp_path / "vocab.txt", ["苹", "果"])
+    before = shared_wordpiece_tokenizer(path)
+    write_vocab(tmp_path / "vocab.txt", ["果", "苹"])
+    after = shared_wordpiece_tokenizer(path)
+    assert after is not before and after.encode("苹", add_special_tokens=False).ids == [6]
+
+
+def test_the_process_keeps_the_tokenizers_of_the_last_few_vocabularies_only(tmp_path, monkeypatch):
+    import utils.deploy.preprocess as preprocess
+
+    monkeypatch.setattr(preprocess, "SHARED_TOKENIZERS", 2)
+    monkeypatch.setattr(preprocess, "_shared", preprocess.OrderedDict())
+    paths = [write_vocab(tmp_path / f"{i}.txt", [str(i)]) for i in range(3)]
+    first = preprocess.shared_wordpiece_tokenizer(paths[0])
+    for path in paths[1:]:
+        preprocess.shared_wordpiece_tokenizer(path)
+    assert len(preprocess._shared) == 2
+    assert preprocess.shared_wordpiece_tokenizer(paths[0]) is not first  # evicted, built again
+
+
+def test_two_threads_asking_at_once_for_a_new_vocabulary_get_one_tokenizer(tmp_path, monkeypatch):
+    """Both build (neither holds the lock while building); both are handed the first one stored."""
+    import threading
+
+    import utils.deploy.preprocess as preprocess
+
+    monkeypatch.setattr(preprocess, "_shared", preprocess.OrderedDict())
+    path = write_vocab(tmp_path / "vocab.txt", ["苹", "果"])
+    both_built, built = threading.Barrier(2), []
+    build = preprocess.wordpiece_tokenizer
+
+    def held_build(*args):
+        built.append(build(*args))
+        both_built.wait(timeout=60)
+        return built[-1]
+
+    monkeypatch.setattr(preprocess, "wordpiece_tokenizer", held_build)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(preprocess.shared_wordpiece_tokenizer(path)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 2 and built[0] is not built[1]
+    assert len(got) == 2 and got[0] is got[1] is preprocess._shared.popitem()[1]
+
+
+def test_a_vocabulary_with_windows_line_ends_reads_as_a_text_file_reads(tmp_path):
+    from utils.deploy.preprocess import load_wordpiece_tokenizer
+
+    crlf = load_wordpiece_tokenizer(write_vocab(tmp_path / "crlf.txt", ["苹", "果"], newline="\r\n"))
+    assert crlf.encode("果", add_special_tokens=False).ids == [6]
+    assert crlf.get_vocab()["苹"] == 5 and "苹\r" not in crlf.get_vocab()

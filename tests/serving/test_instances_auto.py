@@ -111,6 +111,39 @@ def test_a_batch_taken_while_another_runs_goes_to_the_split_model_and_a_lone_one
     assert batcher.paths == {"full": 2, "split": 1}
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["sharing RunningBatches", "each its own"])
+def test_a_lone_batch_runs_on_the_split_model_while_a_batcher_sharing_the_cores_runs_one(shared):
+    """Two batchers (a swap's old and new version, or two models of one service) given one
+    `RunningBatches`: while the old one's batch is held on its all-threads model, a lone batch of the
+    new one goes to its split model, as a second batch of one batcher would; the next lone batch, after,
+    gets every thread. Batchers that do not share it each count only their own batches (full twice)."""
+    from utils.serving.batcher import RunningBatches
+
+    old_full, new_full, new_split = HeldModel(), FakeModel(), FakeModel()
+    running = RunningBatches() if shared else None
+
+    async def go():
+        old = auto_batcher(old_full, FakeModel(), running=running)
+        new = auto_batcher(new_full, new_split, running=running if shared else RunningBatches())
+        old.start()
+        new.start()
+        held = asyncio.ensure_future(old.submit(texts([1])))
+        await asyncio.get_running_loop().run_in_executor(None, old_full.started.wait, HANG_GUARD)
+        during = await asyncio.wait_for(new.submit(texts([2])), HANG_GUARD)  # while the old batch is held
+        old_full.release.set()
+        await asyncio.wait_for(held, HANG_GUARD)
+        after = await asyncio.wait_for(new.submit(texts([3])), HANG_GUARD)
+        await asyncio.gather(old.close(), new.close())
+        return new, during, after
+
+    new, during, after = asyncio.run(go())
+    assert list(during.argmax(1)) == [2] and list(after.argmax(1)) == [0]
+    if shared:
+        assert new_split.batches == [[2]] and new_full.batches == [[3]] and running.count == 0
+    else:
+        assert new_split.batches == [] and new_full.batches == [[2], [3]]
+
+
 def test_closed_loop_clients_get_every_text_answered_once_on_either_path():
     """8 closed-loop clients, 10 rounds: batches go to both models; every text is run exactly once
     over the two, and each client gets its own answer every time."""

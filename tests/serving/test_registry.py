@@ -146,6 +146,35 @@ def test_a_swap_serves_new_requests_on_the_new_version_while_a_held_request_fini
     assert 'ptuning_model_swaps_total{model="cls_default",outcome="swapped"} 1.0' in metrics
 
 
+def test_a_new_version_runs_on_the_split_path_while_the_old_one_still_runs_a_batch(admin_file, loads):
+    """--instances auto: the swap's new version counts the old version's batches as its own. Its first
+    batch, taken while the old version's is held, goes to the split path (half the threads: both
+    versions on every thread would oversubscribe the cores); once the old one retired, a lone batch
+    gets every thread again."""
+    old_model = HeldModel(tag="v1")
+    loads["exports/v2"] = fake("exports/v2", tag="v2", shift=1)
+    config = ServiceConfig("exports/v1", admin_key_file=admin_file, max_wait_ms=0, device="cpu", num_threads=2)
+    with client_for(config, cls_default=FakeClassifier(old_model)) as client:
+        service = client.app.state.service
+        held = []
+        thread = threading.Thread(target=lambda: held.append(client.post("/predict", json={"texts": ["1"]})))
+        thread.start()
+        try:
+            assert old_model.started.wait(60)
+            swapped = client.post("/admin/models/cls_default", headers=ADMIN, json={"path": "exports/v2"})
+            assert swapped.status_code == 200, swapped.text
+            new = service.registry.slots["cls_default"].batcher
+            assert labels_of_json(client.post("/predict", json={"texts": ["1"]}).json()) == ["c"]
+            assert new.paths == {"split": 1}
+        finally:
+            old_model.release.set()  # (a failure above must not leave the service draining a held request)
+        thread.join()
+        assert held[0].status_code == 200 and labels_of(held[0]) == ["b"]
+        until(lambda: not service.registry._retiring, "the old version retired")
+        assert labels_of_json(client.post("/predict", json={"texts": ["1"]}).json()) == ["c"]
+        assert new.paths == {"split": 1, "full": 1} and service.registry.running_batches.count == 0
+
+
 def labels_of_json(body):
     return [p["label"] for p in body["predictions"]]
 
@@ -236,9 +265,10 @@ def test_a_tampered_or_damaged_real_export_is_refused_by_its_sha256_and_a_good_o
     shutil.copytree(export, tampered)
     shutil.copytree(export, intact)
     flip_byte(os.path.join(tampered, "model.onnx"))
-    app = Service(ServiceConfig(export, num_threads=1, admin_key_file=admin_file)).asgi()
-    with TestClient(app) as client:
+    service = Service(ServiceConfig(export, num_threads=1, admin_key_file=admin_file))
+    with TestClient(service.asgi()) as client:
         until(lambda: client.get("/ready").status_code == 200, "loaded")
+        tokenizer = service.registry.slots["cls_default"].classifier.model.preprocessor.tokenizer
         expected = client.post("/predict", json={"texts": ["我爱吃苹果"]}).json()
         refused = client.post("/admin/models/cls_default", headers=ADMIN, json={"path": tampered})
         assert refused.status_code == 422 and "sha256" in refused.json()["error"]["message"]
@@ -248,6 +278,8 @@ def test_a_tampered_or_damaged_real_export_is_refused_by_its_sha256_and_a_good_o
         answer = client.post("/predict", json={"texts": ["我爱吃苹果"]}).json()
         assert answer["predictions"] == expected["predictions"]  # the same model, now from the copy
         assert client.get("/models/cls_default").json()["path"] == intact
+        # the same vocabulary: the swap took the served tokenizer instead of building one beside the model
+        assert service.registry.slots["cls_default"].classifier.model.preprocessor.tokenizer is tokenizer
 
 
 def test_the_watcher_swaps_in_an_export_that_lands_by_a_rename_and_tries_a_broken_one_once(

@@ -72,6 +72,20 @@ class _Request:
         self.arrived = time.monotonic()
 
 
+class RunningBatches:
+    """How many batches the model workers of several batchers run now: a service's models and, during a
+    swap, the old and the new version of one share it (ModelRegistry), so that `--instances auto`
+    sends a batch to the split path whenever any other batch runs on the same cores, not only one of
+    its own batcher's. Without it, a swap's new version took every thread for its first batches while
+    the old one still ran its last on every thread (4 threads on 2 cores; steady state runs at most
+    a full and a split batch at once)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self):
+        self.count = 0
+
+
 class Batcher:
     """Dynamic micro-batching in front of `workers` model worker threads (default one).
 
@@ -84,10 +98,12 @@ class Batcher:
     `split_model` (serve.py `--instances auto`): the same model on a share of the threads. A batch
     that runs alone (no other worker busy, nothing left in the queue once it is taken) runs on
     `model`, every thread; a batch that will run beside another runs on `split_model`, so that
-    concurrent batches share the cores instead of each asking for all of them (`_path`)."""
+    concurrent batches share the cores instead of each asking for all of them (`_path`). "Another
+    worker" is any of `running`'s: batchers given the same `RunningBatches` see each other's batches."""
 
     def __init__(self, model, max_batch_size: int, max_wait_ms: float, max_queue: int, metrics=None,
-                 split_by_length: bool = False, workers: int = 1, split_model=None):
+                 split_by_length: bool = False, workers: int = 1, split_model=None,
+                 running: Optional[RunningBatches] = None):
         self.model = model  # a utils.deploy.predictor.ExportedClassifier
         self.split_model = split_model  # None: every batch on `model`
         self.paths = collections.Counter()  # batches run by path: "full" (every thread) or "split"
@@ -102,6 +118,7 @@ class Batcher:
         self.peak = 0  # the most requests in the service at once since the last batch was taken
         self.running = 0  # requests in the batches the workers are running now
         self.busy = 0  # workers running a batch now
+        self.running_batches = running if running is not None else RunningBatches()  # of every batcher sharing it
         self.answered_at = 0.0  # time.monotonic() when the last batch's answers went out
         self.closing = False
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
@@ -190,20 +207,22 @@ class Batcher:
             self.peak = self.in_service
             self.running += len(batch)
             self.busy += 1
+            self.running_batches.count += 1
             try:
                 await self._run_batch(loop, batch, model)
             finally:
                 self.running -= len(batch)
                 self.busy -= 1
+                self.running_batches.count -= 1
                 self.answered_at = time.monotonic()
 
     def _path(self):
-        """The model a batch just taken runs on (see the class): `split_model` when another worker is
-        running a batch or texts are left in the queue for the next one, else `model`. Counted in
-        `paths` and the `ptuning_batch_paths` metric."""
+        """The model a batch just taken runs on (see the class): `split_model` when another worker (of
+        any batcher sharing `running_batches`) is running a batch or texts are left in the queue for
+        the next one, else `model`. Counted in `paths` and the `ptuning_batch_paths` metric."""
         if self.split_model is None:
             return self.model
-        path = "split" if self.busy or self.pending else "full"
+        path = "split" if self.running_batches.count or self.pending else "full"
         self.paths[path] += 1
         if self.metrics and getattr(self.metrics, "batch_paths", None) is not None:
             self.metrics.batch_paths.labels(path).inc()

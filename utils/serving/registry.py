@@ -30,7 +30,7 @@ import numpy as np
 
 from ..deploy.priority import background
 from ..errors import UserError
-from .batcher import Batcher
+from .batcher import Batcher, RunningBatches
 from .config import ServiceConfig
 from .metrics import Metrics, ModelMetrics
 from .ml_backend import model_version
@@ -190,6 +190,9 @@ class ModelRegistry:
         self.closing = False
         self._shutdown: Optional[asyncio.Event] = None
         self._retiring: set = set()
+        # every version of every model runs on the same cores: a batch goes to the split path whenever
+        # any other one runs (utils/serving/batcher.py RunningBatches), a swap's two versions included
+        self.running_batches = RunningBatches()
 
     @property
     def names(self) -> List[str]:
@@ -219,7 +222,7 @@ class ModelRegistry:
         batcher = Batcher(classifier.model, config.max_batch_size, config.max_wait_ms, config.max_queue,
                           ModelMetrics(self.metrics, name, version), split_by_length=classifier.device == "cpu",
                           workers=config.workers(classifier.device, split_path=split_model is not None),
-                          split_model=split_model)
+                          split_model=split_model, running=self.running_batches)
         batcher.start()
         slot = Slot(name, path, classifier, batcher, export_identity(path))
         old = self.slots.get(name)
