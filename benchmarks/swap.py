@@ -17,6 +17,8 @@ benchmarks/work/swap/exports. Each part runs serve.py in its own process (benchm
   answers name (every one must be A's or B's), p99 during the swaps against steady state; every
   request of that phase in benchmarks/work/swap/timeline-*.json (load.py --timeline) and each swap's
   wall-clock start and end in the results (`swap_moments`), to see when the slow requests happen;
+* `--only busy_pair` (not by default): two models, each with half the clients at once: each one's
+  texts/s and p99 (how `--instances auto` shares the cores between busy models);
 * `--only neighbours` (not by default): no swap; the steady load beside a process at nice 19 doing one
   kind of a swap's work over and over (a pure-CPU loop, copying 108 MB, hashing the model file, building its
   onnxruntime session; `KIND/idle`: the same under the SCHED_IDLE policy), to see which of it raises p99
@@ -137,6 +139,24 @@ def idle_neighbour(paths: Dict[str, str], threads: int, texts: str, clients: int
     return {case: {"texts_per_s": values, "median": statistics.median(values)} for case, values in runs.items()}
 
 
+def busy_pair(paths: Dict[str, str], threads: int, texts: str, clients: int, duration: float, repeats: int,
+              work: str) -> List[dict]:
+    """Two models busy at once (`clients` / 2 closed-loop clients on each, `duration` s after 10 s not
+    counted): each one's texts/s and p99, every repeat."""
+    runs = []
+    for _ in range(repeats):
+        with Models({"m0": paths["a"], "m1": paths["b"]}, threads, [], os.path.join(work, "busy.log")) as server:
+            urls = [server.url + f"/models/{name}" for name in ("m0", "m1")]
+            for proc in [load(url, texts, clients // 2, WARM_UP_S) for url in urls]:
+                finish(proc)
+            results = [finish(proc) for proc in [load(url, texts, clients // 2, duration) for url in urls]]
+        runs.append({"texts_per_s": [r["texts_per_s"] for r in results],
+                     "p99_ms": [r["latency_ms"]["p99"] for r in results],
+                     "p50_ms": [r["latency_ms"]["p50"] for r in results]})
+        log(f"two busy models: {runs[-1]}")
+    return runs
+
+
 def swaps_under_load(paths: Dict[str, str], threads: int, texts: str, clients: int, duration: float, swaps: int,
                      work: str) -> dict:
     keys = os.path.join(work, "admin_keys.txt")
@@ -180,12 +200,33 @@ def measure_swaps(base_url: str, paths: Dict[str, str], texts: str, clients: int
     after = finish(load(url, texts, clients, duration))
     log(f"steady (after): p99 {after['latency_ms']['p99']} ms")
     steady_p99 = statistics.mean([before["latency_ms"]["p99"], after["latency_ms"]["p99"]])
+    slow_by_tenth = slow_share_by_tenth(timeline, moments, steady_p99 / 1000)
+    log(f"requests slower than steady p99, % by tenth of a swap: {slow_by_tenth}")
     unknown = {v: n for v, n in during["versions"].items() if v not in versions.values()}
     return {"clients": clients, "swaps": swaps, "swap_seconds": outcomes, "swapping_s": round(swapping, 2),
             "swap_moments": moments, "timeline": os.path.relpath(timeline, ROOT),
             "steady_load_s": duration, "before": before, "during": during, "after": after, "versions": versions,
             "answers_of_other_versions": unknown, "failed_requests": during["errors"],
+            "slow_percent_by_tenth": slow_by_tenth,
             "p99_ratio": round(during["latency_ms"]["p99"] / steady_p99, 3)}
+
+
+def slow_share_by_tenth(timeline: str, moments: List[List[float]], slow_s: float) -> List[float]:
+    """Of the requests that end inside a swap, the % slower than `slow_s` (steady p99) in each tenth
+    of the swap they end in: where in a swap (its start: the previous one's switch and this one's
+    manifest, hashing and session build; its end: warm-up and the switch) the slow requests are."""
+    with open(timeline, encoding="utf-8") as fp:
+        requests = json.load(fp)  # [start, seconds, status, version], wall clock
+    counts = [[0, 0] for _ in range(10)]
+    for start, seconds, _status, _version in requests:
+        end = start + seconds
+        for began, ended in moments:
+            if began <= end < ended:
+                tenth = min(int(10 * (end - began) / (ended - began)), 9)
+                counts[tenth][0] += 1
+                counts[tenth][1] += seconds > slow_s
+                break
+    return [round(100 * slow / max(1, total), 1) for total, slow in counts]
 
 
 NEIGHBOUR = r"""
@@ -320,10 +361,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--duration", type=float, default=20.0, help="Seconds of each load run.")
     parser.add_argument("--repeats", type=int, default=3, help="Runs of each idle-neighbour case and of the swaps.")
-    parser.add_argument("--only", choices=("memory", "idle", "swaps", "ray_swaps", "neighbours"), action="append",
+    parser.add_argument("--only", choices=("memory", "idle", "busy_pair", "swaps", "ray_swaps", "neighbours"),
+                        action="append",
                         help="ray_swaps (not run by default): the swaps under load with serve.py --ray; "
                              "neighbours (not by default): steady load beside a nice-19 process doing one kind of "
-                             "a swap's work (which of it costs the serving model's p99).")
+                             "a swap's work (which of it costs the serving model's p99); busy_pair (not by "
+                             "default): two models, each with half the clients.")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results_swap.json"))
     args = parser.parse_args(argv)
     work = os.path.join(WORK, "swap")
@@ -339,12 +382,15 @@ def main(argv=None) -> int:
         results["memory"] = memory(paths, args.threads, work)
     if "idle" in parts:
         results["idle"] = idle_neighbour(paths, args.threads, texts, args.clients, args.duration, args.repeats, work)
+    if "busy_pair" in parts:
+        results["busy_pair"] = busy_pair(paths, args.threads, texts, args.clients, args.duration, args.repeats, work)
     if "swaps" in parts:  # the median run by its p99 ratio (a shared machine's noise), every run kept
         runs = [swaps_under_load(paths, args.threads, texts, args.clients, args.duration, args.swaps, work)
                 for _ in range(args.repeats)]
         results["swaps"] = sorted(runs, key=lambda run: run["p99_ratio"])[len(runs) // 2]
         results["swaps_runs"] = [{key: run[key] for key in ("p99_ratio", "failed_requests", "swapping_s",
-                                                            "answers_of_other_versions")} for run in runs]
+                                                            "answers_of_other_versions", "slow_percent_by_tenth")}
+                                 for run in runs]
     if "neighbours" in parts:
         results["neighbours"] = neighbours(paths, args.threads, texts, args.clients, args.duration, args.repeats, work)
         for kind, row in results["neighbours"].items():
