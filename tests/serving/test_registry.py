@@ -115,16 +115,17 @@ def swap_in_thread(client, name, path, answers, **body):
 
 def test_a_swap_serves_new_requests_on_the_new_version_while_a_held_request_finishes_on_the_old(admin_file, loads):
     """A request is held inside the old model; the swap loads, checks and warms up the new export
-    and puts it in service: new requests get the new version's answers; the held request, released,
-    gets the old version's (its rows and its model_version), and then the old version retires."""
+    and puts it in service: new requests get the new version's answers (on the second worker); the
+    held request, released, gets the old version's (its rows and its model_version), and then the old
+    version retires."""
     old_model = HeldModel(tag="v1")
     loads["exports/v2"] = fake("exports/v2", tag="v2", shift=1)
-    config = ServiceConfig("exports/v1", admin_key_file=admin_file, max_wait_ms=0)
+    config = ServiceConfig("exports/v1", admin_key_file=admin_file, max_wait_ms=0, instances="2")
     with client_for(config, cls_default=FakeClassifier(old_model)) as client:
         service = client.app.state.service
         old_version = client.get("/labels").json()["model_version"]
         held = []
-        thread = threading.Thread(target=lambda: held.append(client.post("/predict", json={"texts": ["1", "2"]})))
+        thread = threading.Thread(target=lambda: held.append(client.post("/predict", json={"texts": ["1"]})))
         thread.start()
         assert old_model.started.wait(60)
         swapped = client.post("/admin/models/cls_default", headers=ADMIN, json={"path": "exports/v2"})
@@ -138,7 +139,7 @@ def test_a_swap_serves_new_requests_on_the_new_version_while_a_held_request_fini
         old_model.release.set()
         thread.join()
         assert held[0].status_code == 200
-        assert held[0].json()["model_version"] == old_version and labels_of(held[0]) == ["b", "c"]
+        assert held[0].json()["model_version"] == old_version and labels_of(held[0]) == ["b"]
         until(lambda: not service.registry._retiring, "the old version retired")
         metrics = client.get("/metrics").text
     assert f'ptuning_model_info{{model="cls_default",version="{outcome["model_version"]}"}} 1.0' in metrics
@@ -146,15 +147,53 @@ def test_a_swap_serves_new_requests_on_the_new_version_while_a_held_request_fini
     assert 'ptuning_model_swaps_total{model="cls_default",outcome="swapped"} 1.0' in metrics
 
 
+def test_both_versions_share_one_queue_so_with_one_worker_a_new_request_waits_as_between_requests(
+        admin_file, loads):
+    """One worker, a request held in the old version, a swap: the new version's first request queues
+    behind the held batch in the name's one queue (as any request waits for a busy worker), runs once
+    it is released, and is answered by the new version; the held one by the old."""
+    old_model = HeldModel(tag="v1")
+    ran_after_release = []
+
+    class Recording(FakeModel):
+        def run(self, features, batch_size=32):
+            ran_after_release.append(old_model.release.is_set())
+            return super().run(features, batch_size)
+
+    loads["exports/v2"] = lambda: FakeClassifier(Recording(tag="v2", shift=1), export_dir="exports/v2")
+    config = ServiceConfig("exports/v1", admin_key_file=admin_file, max_wait_ms=0, instances="1")
+    with client_for(config, cls_default=FakeClassifier(old_model)) as client:
+        service = client.app.state.service
+        answers = {}
+        held = threading.Thread(target=lambda: answers.update(old=client.post("/predict", json={"texts": ["1"]})))
+        held.start()
+        try:
+            assert old_model.started.wait(60)
+            swapped = client.post("/admin/models/cls_default", headers=ADMIN, json={"path": "exports/v2"})
+            assert swapped.status_code == 200, swapped.text
+            new = threading.Thread(target=lambda: answers.update(new=client.post("/predict", json={"texts": ["1"]})))
+            new.start()
+            until(lambda: service.registry.slots["cls_default"].batcher.queued == 1, "the new request queued")
+        finally:
+            old_model.release.set()
+        held.join()
+        new.join()
+    assert ran_after_release == [False, False, True]  # the parity sample's two runs in the swap, then the request
+    assert labels_of(answers["old"]) == ["b"] and labels_of(answers["new"]) == ["c"]
+    assert answers["new"].json()["model_version"] == swapped.json()["model_version"] != answers["old"].json()["model_version"]
+
+
 def test_a_new_version_runs_on_the_split_path_while_the_old_one_still_runs_a_batch(admin_file, loads):
-    """--instances auto: the swap's new version counts the old version's batches as its own. Its first
-    batch, taken while the old version's is held, goes to the split path (half the threads: both
+    """--instances auto: the swap's new version's first batch, taken while the old version's is held on
+    the other worker, goes to the split path (half the threads: both
     versions on every thread would oversubscribe the cores); once the old one retired, a lone batch
     gets every thread again."""
     old_model = HeldModel(tag="v1")
+    old = FakeClassifier(old_model)
+    old.split_model = old_model  # --instances auto: two workers, a split path
     loads["exports/v2"] = fake("exports/v2", tag="v2", shift=1)
     config = ServiceConfig("exports/v1", admin_key_file=admin_file, max_wait_ms=0, device="cpu", num_threads=2)
-    with client_for(config, cls_default=FakeClassifier(old_model)) as client:
+    with client_for(config, cls_default=old) as client:
         service = client.app.state.service
         held = []
         thread = threading.Thread(target=lambda: held.append(client.post("/predict", json={"texts": ["1"]})))
@@ -165,14 +204,14 @@ def test_a_new_version_runs_on_the_split_path_while_the_old_one_still_runs_a_bat
             assert swapped.status_code == 200, swapped.text
             new = service.registry.slots["cls_default"].batcher
             assert labels_of_json(client.post("/predict", json={"texts": ["1"]}).json()) == ["c"]
-            assert new.paths == {"split": 1}
+            assert new.paths == {"full": 1, "split": 1}  # the old version's held batch, the new one's
         finally:
             old_model.release.set()  # (a failure above must not leave the service draining a held request)
         thread.join()
         assert held[0].status_code == 200 and labels_of(held[0]) == ["b"]
         until(lambda: not service.registry._retiring, "the old version retired")
         assert labels_of_json(client.post("/predict", json={"texts": ["1"]}).json()) == ["c"]
-        assert new.paths == {"split": 1, "full": 1} and service.registry.running_batches.count == 0
+        assert new.paths == {"full": 2, "split": 1} and service.registry.running_batches.count == 0
 
 
 def labels_of_json(body):

@@ -194,7 +194,7 @@ class Service:
         return format_predictions(probs, slot.classifier.labels, top_k, slot.classifier.model.decoder, threshold)
 
     async def run_model(self, slot: Slot, examples: List[dict], max_seq_length: Optional[int] = None):
-        probs = await slot.batcher.submit(examples, max_seq_length)
+        probs = await slot.submit(examples, max_seq_length)
         self.metrics.texts.inc(len(examples))
         self.metrics.model_texts.labels(slot.name, slot.version).inc(len(examples))
         return probs

@@ -60,13 +60,24 @@ def run_by_length(model, features: List[dict]) -> np.ndarray:
     return logits
 
 
+class Engine:
+    """What a request is computed by: one model version's all-threads model, its split one (None: every
+    batch on `model`) and the metrics its batches count in. A batch runs on one engine only."""
+
+    __slots__ = ("model", "split_model", "metrics")
+
+    def __init__(self, model, split_model=None, metrics=None):
+        self.model, self.split_model, self.metrics = model, split_model, metrics
+
+
 class _Request:
-    """One request's texts in the queue; its future gets all its rows at once."""
+    """One request's texts in the queue and the engine they are computed by; its future gets all its
+    rows at once."""
 
-    __slots__ = ("examples", "max_seq_length", "future", "rows", "done", "arrived")
+    __slots__ = ("examples", "max_seq_length", "future", "rows", "done", "arrived", "engine")
 
-    def __init__(self, examples: List[dict], max_seq_length: Optional[int], future: asyncio.Future):
-        self.examples, self.max_seq_length, self.future = examples, max_seq_length, future
+    def __init__(self, examples: List[dict], max_seq_length: Optional[int], future: asyncio.Future, engine: Engine):
+        self.examples, self.max_seq_length, self.future, self.engine = examples, max_seq_length, future, engine
         self.rows: List[Optional[np.ndarray]] = [None] * len(examples)
         self.done = 0
         self.arrived = time.monotonic()
@@ -99,19 +110,25 @@ class Batcher:
     that runs alone (no other worker busy, nothing left in the queue once it is taken) runs on
     `model`, every thread; a batch that will run beside another runs on `split_model`, so that
     concurrent batches share the cores instead of each asking for all of them (`_path`). "Another
-    worker" is any of `running`'s: batchers given the same `RunningBatches` see each other's batches."""
+    worker" is any of `running`'s: batchers given the same `RunningBatches` see each other's batches.
+
+    Each request is computed by the `Engine` it was submitted with (default: `model`'s): a swap's old
+    and new version share one batcher, so requests keep one queue, in order, and its workers, and a
+    batch never mixes versions. With a batcher for each version, the closed-loop clients split between
+    two queues at the switch and, for about a second, ran in one slow large batch beside small quick
+    ones (BENCHMARKS.md, "Where in a swap the slow requests are": 16-24% of the requests in a swap's
+    first tenth slower than steady p99, 2-6% with one queue)."""
 
     def __init__(self, model, max_batch_size: int, max_wait_ms: float, max_queue: int, metrics=None,
                  split_by_length: bool = False, workers: int = 1, split_model=None,
                  running: Optional[RunningBatches] = None):
-        self.model = model  # a utils.deploy.predictor.ExportedClassifier
-        self.split_model = split_model  # None: every batch on `model`
+        self.engine = Engine(model, split_model, metrics)  # what a request submitted without one runs on
         self.paths = collections.Counter()  # batches run by path: "full" (every thread) or "split"
         self.workers = workers
         self.split_by_length = split_by_length  # CPU: run a batch as length_runs() (see there)
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000.0
         self.max_queue = max_queue
-        self.metrics = metrics
+        self.queue_metric = metrics.queue_depth if metrics else None
         self.pending: Deque[Tuple[_Request, int]] = collections.deque()  # (request, next row to take)
         self.queued = 0  # texts waiting
         self.in_service = 0  # requests submitted and not yet answered
@@ -130,13 +147,20 @@ class Batcher:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._loop()) for _ in range(self.workers)]
 
-    async def submit(self, examples: List[dict], max_seq_length: Optional[int] = None) -> np.ndarray:
-        """Probabilities `[len(examples), labels]` for one request, computed in shared batches."""
+    @property
+    def model(self):
+        """The default engine's all-threads model (a utils.deploy.predictor.ExportedClassifier)."""
+        return self.engine.model
+
+    async def submit(self, examples: List[dict], max_seq_length: Optional[int] = None,
+                     engine: Optional[Engine] = None) -> np.ndarray:
+        """Probabilities `[len(examples), labels]` for one request, computed by `engine` (default: the
+        batcher's) in shared batches."""
         if self.closing:
             raise overloaded("the service is shutting down")
         if self.queued + len(examples) > self.max_queue:
             raise overloaded(f"the queue is full ({self.queued} texts waiting, limit {self.max_queue}); retry shortly")
-        request = _Request(examples, max_seq_length, asyncio.get_running_loop().create_future())
+        request = _Request(examples, max_seq_length, asyncio.get_running_loop().create_future(), engine or self.engine)
         self.pending.append((request, 0))
         self._queued(len(examples))
         self.in_service += 1
@@ -154,13 +178,15 @@ class Batcher:
 
     def _queued(self, delta: int) -> None:
         self.queued += delta
-        if self.metrics:
-            self.metrics.queue_depth.set(self.queued)
+        if self.queue_metric is not None:
+            self.queue_metric.set(self.queued)
 
     def _take_batch(self, limit: int) -> List[Tuple[_Request, int, int]]:
-        """Up to `limit` texts from the front of the queue: (request, start, end) slices."""
+        """Up to `limit` texts from the front of the queue, all of the first one's engine: (request,
+        start, end) slices."""
         batch, size = [], 0
-        while self.pending and size < limit:
+        engine = self.pending[0][0].engine
+        while self.pending and size < limit and self.pending[0][0].engine is engine:
             request, start = self.pending[0]
             end = min(len(request.examples), start + limit - size)
             batch.append((request, start, end))
@@ -203,7 +229,7 @@ class Batcher:
             if not self.pending:  # another worker took them while this one waited
                 continue
             batch = self._take_batch(min(self.max_batch_size, -(-self.queued // self.idle)))
-            model = self._path()
+            model = self._path(batch[0][0].engine)
             self.peak = self.in_service
             self.running += len(batch)
             self.busy += 1
@@ -216,17 +242,18 @@ class Batcher:
                 self.running_batches.count -= 1
                 self.answered_at = time.monotonic()
 
-    def _path(self):
-        """The model a batch just taken runs on (see the class): `split_model` when another worker (of
-        any batcher sharing `running_batches`) is running a batch or texts are left in the queue for
-        the next one, else `model`. Counted in `paths` and the `ptuning_batch_paths` metric."""
-        if self.split_model is None:
-            return self.model
+    def _path(self, engine: Engine):
+        """The model a batch just taken runs on (see the class): `engine`'s split model when another
+        worker (of any batcher sharing `running_batches`) is running a batch or texts are left in the
+        queue for the next one, else its all-threads one. Counted in `paths` and the
+        `ptuning_batch_paths` metric."""
+        if engine.split_model is None:
+            return engine.model
         path = "split" if self.running_batches.count or self.pending else "full"
         self.paths[path] += 1
-        if self.metrics and getattr(self.metrics, "batch_paths", None) is not None:
-            self.metrics.batch_paths.labels(path).inc()
-        return self.split_model if path == "split" else self.model
+        if engine.metrics and getattr(engine.metrics, "batch_paths", None) is not None:
+            engine.metrics.batch_paths.labels(path).inc()
+        return engine.split_model if path == "split" else engine.model
 
     async def _run_batch(self, loop, batch: List[Tuple[_Request, int, int]], model) -> None:
         """Run `batch` on `model` (`_path`'s choice) in a worker thread and answer its requests."""
@@ -248,32 +275,36 @@ class Batcher:
             offset += end - start
 
     def _run(self, batch: List[Tuple[_Request, int, int]], model) -> np.ndarray:
-        """In the model thread: encode every slice with its request's length, run one batch on `model`."""
+        """In the model thread: encode every slice with its request's length, run one batch on `model`
+        (its engine's all-threads or split model)."""
         started = time.perf_counter()
+        metrics = batch[0][0].engine.metrics
         try:
             return self._encode_and_run(batch, model)
         finally:
-            if self.metrics:
-                self.metrics.model_seconds.inc(time.perf_counter() - started)
+            if metrics:
+                metrics.model_seconds.inc(time.perf_counter() - started)
 
     def _encode_and_run(self, batch: List[Tuple[_Request, int, int]], model) -> np.ndarray:
+        engine = batch[0][0].engine
+        full, metrics = engine.model, engine.metrics
         features, pieces = [], []
         for request, start, end in batch:  # --long_text: every window of every document, in one batch
-            encoder = self.model.encoder(request.max_seq_length)
+            encoder = full.encoder(request.max_seq_length)
             inputs, documents = encoder.split(request.examples[start:end])
             features += encoder.encode(inputs)
             pieces += documents
-        if self.metrics:
-            self.metrics.batch_size.observe(len(features))
-            if getattr(getattr(self.model, "preprocessor", None), "long_text", None) and \
-                    self.model.preprocessor.long_text.active:  # a --long_text model's documents
-                self.metrics.long_texts.inc(sum(1 for p in pieces if p.longer))
-                self.metrics.windows.inc(len(features))
+        if metrics:
+            metrics.batch_size.observe(len(features))
+            if getattr(getattr(full, "preprocessor", None), "long_text", None) and \
+                    full.preprocessor.long_text.active:  # a --long_text model's documents
+                metrics.long_texts.inc(sum(1 for p in pieces if p.longer))
+                metrics.windows.inc(len(features))
         if self.split_by_length:
             logits = run_by_length(model, features)
         else:
             logits = model.run(features, batch_size=max(1, len(features)))
-        return self.model.decoder.probabilities(self.model.documents(logits, pieces))
+        return full.decoder.probabilities(full.documents(logits, pieces))
 
     def _deliver(self, request: _Request, start: int, probs: np.ndarray) -> None:
         if request.future.done():  # (cancelled: the client went away)

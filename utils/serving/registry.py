@@ -1,7 +1,7 @@
 """The models a service serves, by name, and their zero-downtime replacement.
 
-Each name is a `Slot`: one loaded model (a `utils.Classifier`), its own micro-batcher and its
-version. A request takes the slot of its model once (`ModelRegistry.get`) and holds it (`Slot.hold`)
+Each name is a `Slot`: one loaded model (a `utils.Classifier`), the `Engine` its requests are
+computed by in the name's micro-batcher, and its version. A request takes the slot of its model once (`ModelRegistry.get`) and holds it (`Slot.hold`)
 until it is answered, so it is answered by one version whatever happens meanwhile.
 
 A swap (`ModelRegistry.swap`: `POST /admin/models/NAME`, or the watcher finding a new export where
@@ -11,7 +11,8 @@ export.py passed), the label set against the old one's, then a parity sample (pr
 probabilities must have the model's shape, be finite and, multi-class, sum to 1) that also warms it
 up (one run of one text, one of 8). Only then, in one step on the event loop, the slot is
 replaced: new requests go to the new version, and the old one retires once the requests holding it
-are answered (its batcher drains, its memory is freed). A load or check that fails leaves the old
+are answered (its memory is freed). Both versions' requests share the name's batcher, its queue and
+workers, so a switch changes nothing else for the clients in flight (batcher.py `Engine`). A load or check that fails leaves the old
 version serving and says why (422). One swap per name at a time: a second one while one loads is
 refused with 409 (not queued: its caller learns at once, and a queued export could be stale by the
 time it ran). Shutdown during a swap abandons it: the new model is never served.
@@ -30,7 +31,7 @@ import numpy as np
 
 from ..deploy.priority import background
 from ..errors import UserError
-from .batcher import Batcher, RunningBatches
+from .batcher import Batcher, Engine, RunningBatches
 from .config import ServiceConfig
 from .metrics import Metrics, ModelMetrics
 from .ml_backend import model_version
@@ -44,11 +45,13 @@ PROBE_TEXTS = 8  # texts of the parity sample
 
 
 class Slot:
-    """One version of a named model in service: its classifier, batcher and version. `users` counts
-    the requests holding it; once replaced, it retires when the last one lets go."""
+    """One version of a named model in service: its classifier, the name's batcher, the engine its
+    requests run on there, and its version. `users` counts the requests holding it; once replaced, it
+    retires when the last one lets go."""
 
-    def __init__(self, name: str, export_path: str, classifier, batcher: Batcher, identity=None):
+    def __init__(self, name: str, export_path: str, classifier, batcher: Batcher, engine: Engine, identity=None):
         self.name, self.export_path, self.classifier, self.batcher = name, export_path, classifier, batcher
+        self.engine = engine
         self.version = model_version(name, classifier.model)
         self.identity = identity  # what export_identity() said of export_path when it was loaded
         self.loaded_at = time.time()
@@ -68,10 +71,13 @@ class Slot:
             if not self.users:
                 self._idle.set()
 
+    async def submit(self, examples: List[dict], max_seq_length: Optional[int] = None) -> np.ndarray:
+        """`examples`' probabilities, computed by this version (hold the slot meanwhile)."""
+        return await self.batcher.submit(examples, max_seq_length, self.engine)
+
     async def retire(self) -> None:
-        """After the requests holding this version are answered: its batcher drains and stops."""
+        """Once the requests holding this version are answered (the batcher serves the next version on)."""
         await self._idle.wait()
-        await self.batcher.close()
 
 
 def export_identity(path: str):
@@ -214,18 +220,24 @@ class ModelRegistry:
         return classifier
 
     def start(self, name: str, classifier, path: Optional[str] = None) -> Slot:
-        """Serve `classifier` as `name` from now on (on the event loop: its batcher starts)."""
+        """Serve `classifier` as `name` from now on (on the event loop: the name's batcher starts with
+        its first version; later versions join it)."""
         config = self.config
         path = path if path is not None else config.exports[name]
         version = model_version(name, classifier.model)
         split_model = getattr(classifier, "split_model", None)
-        batcher = Batcher(classifier.model, config.max_batch_size, config.max_wait_ms, config.max_queue,
-                          ModelMetrics(self.metrics, name, version), split_by_length=classifier.device == "cpu",
-                          workers=config.workers(classifier.device, split_path=split_model is not None),
-                          split_model=split_model, running=self.running_batches)
-        batcher.start()
-        slot = Slot(name, path, classifier, batcher, export_identity(path))
+        metrics = ModelMetrics(self.metrics, name, version)
         old = self.slots.get(name)
+        if old is not None:  # one queue for every version of a name (batcher.py `Engine`)
+            batcher, engine = old.batcher, Engine(classifier.model, split_model, metrics)
+        else:
+            batcher = Batcher(classifier.model, config.max_batch_size, config.max_wait_ms, config.max_queue, metrics,
+                              split_by_length=classifier.device == "cpu",
+                              workers=config.workers(classifier.device, split_path=split_model is not None),
+                              split_model=split_model, running=self.running_batches)
+            batcher.start()
+            engine = batcher.engine
+        slot = Slot(name, path, classifier, batcher, engine, export_identity(path))
         self.slots[name] = slot  # the swap itself: one assignment on the event loop
         self.metrics.model_info.labels(name, slot.version).set(1)
         self.metrics.model_ready.labels(name).set(1)
