@@ -180,7 +180,8 @@ def test_both_versions_share_one_queue_so_with_one_worker_a_new_request_waits_as
         new.join()
     assert ran_after_release == [False, False, True]  # the parity sample's two runs in the swap, then the request
     assert labels_of(answers["old"]) == ["b"] and labels_of(answers["new"]) == ["c"]
-    assert answers["new"].json()["model_version"] == swapped.json()["model_version"] != answers["old"].json()["model_version"]
+    versions = {which: answer.json()["model_version"] for which, answer in answers.items()}
+    assert versions["new"] == swapped.json()["model_version"] != versions["old"]
 
 
 def test_a_new_version_runs_on_the_split_path_while_the_old_one_still_runs_a_batch(admin_file, loads):

@@ -84,12 +84,10 @@ class _Request:
 
 
 class RunningBatches:
-    """How many batches the model workers of several batchers run now: a service's models and, during a
-    swap, the old and the new version of one share it (ModelRegistry), so that `--instances auto`
-    sends a batch to the split path whenever any other batch runs on the same cores, not only one of
-    its own batcher's. Without it, a swap's new version took every thread for its first batches while
-    the old one still ran its last on every thread (4 threads on 2 cores; steady state runs at most
-    a full and a split batch at once)."""
+    """How many batches the model workers of several batchers run now: the batchers of a service's
+    models share one (ModelRegistry), so that `--instances auto` sends a batch to the split path
+    whenever any other batch runs on the same cores, not only one of its own batcher's (two busy
+    models on 2 cores: no change measured in texts/s or p99; BENCHMARKS.md, "Where in a swap...")."""
 
     __slots__ = ("count",)
 

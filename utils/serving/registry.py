@@ -1,8 +1,9 @@
 """The models a service serves, by name, and their zero-downtime replacement.
 
 Each name is a `Slot`: one loaded model (a `utils.Classifier`), the `Engine` its requests are
-computed by in the name's micro-batcher, and its version. A request takes the slot of its model once (`ModelRegistry.get`) and holds it (`Slot.hold`)
-until it is answered, so it is answered by one version whatever happens meanwhile.
+computed by in the name's micro-batcher, and its version. A request takes the slot of its model once
+(`ModelRegistry.get`) and holds it (`Slot.hold`) until it is answered, so it is answered by one
+version whatever happens meanwhile.
 
 A swap (`ModelRegistry.swap`: `POST /admin/models/NAME`, or the watcher finding a new export where
 a model was loaded from) loads the new export in a thread of its own while the old one serves:
@@ -12,10 +13,10 @@ probabilities must have the model's shape, be finite and, multi-class, sum to 1)
 up (one run of one text, one of 8). Only then, in one step on the event loop, the slot is
 replaced: new requests go to the new version, and the old one retires once the requests holding it
 are answered (its memory is freed). Both versions' requests share the name's batcher, its queue and
-workers, so a switch changes nothing else for the clients in flight (batcher.py `Engine`). A load or check that fails leaves the old
-version serving and says why (422). One swap per name at a time: a second one while one loads is
-refused with 409 (not queued: its caller learns at once, and a queued export could be stale by the
-time it ran). Shutdown during a swap abandons it: the new model is never served.
+workers, so a switch changes nothing else for the clients in flight (batcher.py `Engine`). A load or
+check that fails leaves the old version serving and says why (422). One swap per name at a time: a
+second one while one loads is refused with 409 (not queued: its caller learns at once, and a queued
+export could be stale by the time it ran). Shutdown during a swap abandons it: the new model is never served.
 """
 from __future__ import annotations
 
@@ -196,8 +197,8 @@ class ModelRegistry:
         self.closing = False
         self._shutdown: Optional[asyncio.Event] = None
         self._retiring: set = set()
-        # every version of every model runs on the same cores: a batch goes to the split path whenever
-        # any other one runs (utils/serving/batcher.py RunningBatches), a swap's two versions included
+        # every model runs on the same cores: a batch goes to the split path whenever any other one runs
+        # (utils/serving/batcher.py RunningBatches)
         self.running_batches = RunningBatches()
 
     @property
