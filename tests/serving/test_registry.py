@@ -184,6 +184,38 @@ def test_both_versions_share_one_queue_so_with_one_worker_a_new_request_waits_as
     assert versions["new"] == swapped.json()["model_version"] != versions["old"]
 
 
+def test_a_replaced_version_is_freed_once_its_requests_are_answered(admin_file, loads):
+    """Versions share the name's batcher, which must not keep any of them alive: after v2 replaced v1
+    and v3 replaced v2 (each answering a request), no reference to v1's or v2's model is left."""
+    import gc
+    import weakref
+
+    models = {}
+
+    def load(tag, shift):
+        def make():
+            models[tag] = weakref.ref(model := FakeModel(tag=tag, shift=shift))
+            return FakeClassifier(model, export_dir=f"exports/{tag}")
+        return make
+
+    for tag, shift in (("v2", 1), ("v3", 2)):
+        loads[f"exports/{tag}"] = load(tag, shift)
+    config = ServiceConfig("exports/v1", admin_key_file=admin_file, max_wait_ms=0)
+    first = FakeModel(tag="v1")
+    models["v1"] = weakref.ref(first)
+    with client_for(config, cls_default=FakeClassifier(first)) as client:
+        service = client.app.state.service
+        del first
+        for tag, label in (("v1", "b"), ("v2", "c"), ("v3", "a")):
+            if tag != "v1":
+                swapped = client.post("/admin/models/cls_default", headers=ADMIN, json={"path": f"exports/{tag}"})
+                assert swapped.status_code == 200, swapped.text
+            assert labels_of_json(client.post("/predict", json={"texts": ["1"]}).json()) == [label]
+        until(lambda: not service.registry._retiring, "the old versions retired")
+        gc.collect()
+        assert models["v1"]() is None and models["v2"]() is None and models["v3"]() is not None
+
+
 def test_a_new_version_runs_on_the_split_path_while_the_old_one_still_runs_a_batch(admin_file, loads):
     """--instances auto: the swap's new version's first batch, taken while the old version's is held on
     the other worker, goes to the split path (half the threads: both

@@ -144,7 +144,8 @@ class Service:
         for name in self.registry.names:
             if name in self.preloaded and name not in self.registry.slots:
                 slot = self.registry.start(name, self.preloaded.pop(name))
-                logger.info("serving %s as %r (%s)", slot.classifier, name, slot.version)
+                # (its text, not the object: a handler that keeps records would keep the model alive)
+                logger.info("serving %s as %r (%s)", str(slot.classifier), name, slot.version)
 
     async def load_and_start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.load)

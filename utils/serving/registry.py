@@ -231,6 +231,7 @@ class ModelRegistry:
         old = self.slots.get(name)
         if old is not None:  # one queue for every version of a name (batcher.py `Engine`)
             batcher, engine = old.batcher, Engine(classifier.model, split_model, metrics)
+            batcher.engine = engine  # (so the batcher holds no version it no longer serves)
         else:
             batcher = Batcher(classifier.model, config.max_batch_size, config.max_wait_ms, config.max_queue, metrics,
                               split_by_length=classifier.device == "cpu",
