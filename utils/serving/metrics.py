@@ -53,7 +53,7 @@ class Metrics:
         self._queued: Dict[Tuple[str, int], int] = {}
 
     def set_queued(self, model: str, batcher: int, texts: int) -> None:
-        """One batcher's queue (a model has two while a swap drains the old one): the model's and the total."""
+        """One batcher's queue (one a model: its versions share it): the model's and the total."""
         self._queued[(model, batcher)] = texts
         self.model_queue.labels(model).set(sum(v for (m, _), v in self._queued.items() if m == model))
         self.queue_depth.set(sum(self._queued.values()))
