@@ -145,11 +145,6 @@ class Batcher:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._loop()) for _ in range(self.workers)]
 
-    @property
-    def model(self):
-        """The default engine's all-threads model (a utils.deploy.predictor.ExportedClassifier)."""
-        return self.engine.model
-
     async def submit(self, examples: List[dict], max_seq_length: Optional[int] = None,
                      engine: Optional[Engine] = None) -> np.ndarray:
         """Probabilities `[len(examples), labels]` for one request, computed by `engine` (default: the
