@@ -19,6 +19,10 @@ benchmarks/work/swap/exports. Each part runs serve.py in its own process (benchm
   wall-clock start and end in the results (`swap_moments`), to see when the slow requests happen;
 * `--only busy_pair` (not by default): two models, each with half the clients at once: each one's
   texts/s and p99 (how `--instances auto` shares the cores between busy models);
+* `--only swaps_interleaved` (not by default): the same swaps with `--gap` s of steady load before each
+  and after the last, in one load run; steady state is the requests that end between the swaps (a
+  request counts for a swap from its POST to 1 s after its answer); `--sham_s S`: after each run a sham
+  one (no swap, S s of load in each swap's place), the ratio a free swap would read;
 * `--only neighbours` (not by default): no swap; the steady load beside a process at nice 19 doing one
   kind of a swap's work over and over (a pure-CPU loop, copying 108 MB, hashing the model file, building its
   onnxruntime session; `KIND/idle`: the same under the SCHED_IDLE policy), to see which of it raises p99
@@ -229,6 +233,83 @@ def slow_share_by_tenth(timeline: str, moments: List[List[float]], slow_s: float
     return [round(100 * slow / max(1, total), 1) for total, slow in counts]
 
 
+def swaps_interleaved(paths: Dict[str, str], threads: int, texts: str, clients: int, swaps: int, gap: float,
+                      work: str, sham_s: float = 0.0) -> dict:
+    """The swaps with the steady state measured between them, in one load run: `gap` s of steady load,
+    a swap, `gap` s, a swap, ..., `gap` s. A request counts for the swaps if it ends from a swap's
+    POST to 1 s after its answer (as the back-to-back protocol's 1 s after), for steady state if it
+    ends anywhere else after the first 2 s: a machine that drifts over minutes touches both alike.
+    `sham_s` > 0: no swap, `sham_s` s of the same load in its place (the protocol's own noise: the
+    ratio a swap that cost nothing would read)."""
+    keys = os.path.join(work, "admin_keys.txt")
+    with open(keys, "w", encoding="utf-8") as fp:
+        fp.write(ADMIN_KEY + "\n")
+    with Models({"cls_default": paths["a"]}, threads, ["--admin_key_file", keys],
+                os.path.join(work, "swaps.log")) as server:
+        url, admin = server.url + "/models/cls_default", server.url + "/admin/models/cls_default"
+        versions = {"a": call(server.url + "/labels")["model_version"]}
+        finish(load(url, texts, clients, WARM_UP_S))  # not counted, as in measure_swaps
+        stop = os.path.join(work, "stop-load")
+        if os.path.exists(stop):
+            os.remove(stop)
+        timeline = os.path.join(work, f"timeline-interleaved-{time.strftime('%Y%m%d-%H%M%S')}.json")
+        running = load(url, texts, clients, 3600, stop, timeline)
+        time.sleep(2)
+        counted_from, moments, seconds = time.time(), [], []
+        for index in range(swaps):
+            time.sleep(gap)
+            name = "b" if index % 2 == 0 else "a"
+            sent = time.time()
+            if sham_s:
+                time.sleep(sham_s)
+            else:
+                outcome = call(admin, {"path": paths[name]}, ADMIN_KEY)
+                versions[name], seconds = outcome["model_version"], seconds + [outcome["seconds"]]
+            moments.append([sent, time.time()])
+        time.sleep(gap)
+        open(stop, "w").close()
+        whole = finish(running)
+    with open(timeline, encoding="utf-8") as fp:
+        windows = split_by_windows(json.load(fp), moments, counted_from, after_s=1.0)
+    unknown = {v: n for v, n in whole["versions"].items() if v not in versions.values()}
+    result = {"clients": clients, "swaps": swaps, "gap_s": gap, "sham_s": sham_s, "swap_seconds": seconds,
+              "swap_moments": moments,
+              "timeline": os.path.relpath(timeline, ROOT), "whole_run": whole, "versions": versions,
+              "answers_of_other_versions": unknown, "failed_requests": whole["errors"], **windows,
+              "p99_ratio": round(windows["swaps_window"]["p99_ms"] / windows["steady_window"]["p99_ms"], 3)}
+    log(f"interleaved{' (sham)' if sham_s else ''}: steady p99 {windows['steady_window']['p99_ms']} ms ({windows['steady_window']['requests']} "
+        f"requests), during swaps {windows['swaps_window']['p99_ms']} ms ({windows['swaps_window']['requests']}): "
+        f"{result['p99_ratio']}x; failed {whole['errors']}, other versions {unknown}")
+    return result
+
+
+def split_by_windows(requests: List[list], moments: List[List[float]], counted_from: float,
+                     after_s: float) -> dict:
+    """Successful requests (load.py's timeline: [start, seconds, status, version]) ending at or after
+    `counted_from`, split by when they end: in [swap POST, its answer + `after_s`) of some swap, or not;
+    each side's count and nearest-rank p50 / p99 (load.py's), and each steady gap's p99 (its spread)."""
+    from load import percentile
+
+    swapping, steady, gaps = [], [], [[] for _ in range(len(moments) + 1)]
+    for start, seconds, status, _version in requests:
+        end = start + seconds
+        if status != "200" or end < counted_from:
+            continue
+        if any(began <= end < ended + after_s for began, ended in moments):
+            swapping.append(seconds)
+            continue
+        steady.append(seconds)
+        gaps[sum(end >= began for began, _ in moments)].append(seconds)
+
+    def summary(values: List[float]) -> dict:
+        values = sorted(values)
+        ms = lambda q: None if not values else round(1000 * percentile(values, q), 2)  # noqa: E731
+        return {"requests": len(values), "p50_ms": ms(50), "p99_ms": ms(99)}
+
+    return {"swaps_window": summary(swapping), "steady_window": summary(steady),
+            "steady_gaps_p99_ms": [summary(gap)["p99_ms"] for gap in gaps]}
+
+
 NEIGHBOUR = r"""
 import hashlib, os, sys, time
 (kind, _, policy), model, until = sys.argv[1].partition("/"), sys.argv[2], time.monotonic() + float(sys.argv[3])
@@ -361,12 +442,20 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--duration", type=float, default=20.0, help="Seconds of each load run.")
     parser.add_argument("--repeats", type=int, default=3, help="Runs of each idle-neighbour case and of the swaps.")
-    parser.add_argument("--only", choices=("memory", "idle", "busy_pair", "swaps", "ray_swaps", "neighbours"),
+    parser.add_argument("--gap", type=float, default=10.0,
+                        help="swaps_interleaved: seconds of steady load before each swap and after the last.")
+    parser.add_argument("--sham_s", type=float, default=0.0,
+                        help="swaps_interleaved: after each run, a sham run: no swap, this many seconds of load "
+                             "in each swap's place (the protocol's own noise).")
+    parser.add_argument("--only", choices=("memory", "idle", "busy_pair", "swaps", "swaps_interleaved", "ray_swaps",
+                                           "neighbours"),
                         action="append",
                         help="ray_swaps (not run by default): the swaps under load with serve.py --ray; "
                              "neighbours (not by default): steady load beside a nice-19 process doing one kind of "
                              "a swap's work (which of it costs the serving model's p99); busy_pair (not by "
-                             "default): two models, each with half the clients.")
+                             "default): two models, each with half the clients; swaps_interleaved (not by "
+                             "default): the swaps with `--gap` s of steady load before each, steady state measured "
+                             "in those gaps of the same load run.")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results_swap.json"))
     args = parser.parse_args(argv)
     work = os.path.join(WORK, "swap")
@@ -391,6 +480,16 @@ def main(argv=None) -> int:
         results["swaps_runs"] = [{key: run[key] for key in ("p99_ratio", "failed_requests", "swapping_s",
                                                             "answers_of_other_versions", "slow_percent_by_tenth")}
                                  for run in runs]
+    if "swaps_interleaved" in parts:
+        runs, shams = [], []  # with --sham_s, a sham run after each real one: the same drift touches both
+        for _ in range(args.repeats):
+            runs.append(swaps_interleaved(paths, args.threads, texts, args.clients, args.swaps, args.gap, work))
+            if args.sham_s:
+                shams.append(swaps_interleaved(paths, args.threads, texts, args.clients, args.swaps, args.gap, work,
+                                               args.sham_s))
+        results["swaps_interleaved_runs"], results["swaps_interleaved_sham_runs"] = runs, shams
+        log(f"interleaved, every repeat's p99 ratio: {[run['p99_ratio'] for run in runs]}; sham: "
+            f"{[run['p99_ratio'] for run in shams]}")
     if "neighbours" in parts:
         results["neighbours"] = neighbours(paths, args.threads, texts, args.clients, args.duration, args.repeats, work)
         for kind, row in results["neighbours"].items():
