@@ -23,6 +23,7 @@ benchmarks/work/swap/exports. Each part runs serve.py in its own process (benchm
   and after the last, in one load run; steady state is the requests that end between the swaps (a
   request counts for a swap from its POST to 1 s after its answer); `--sham_s S`: after each run a sham
   one (no swap, S s of load in each swap's place), the ratio a free swap would read;
+  `--only ray_swaps_interleaved`: the same with serve.py --ray (as `ray_swaps` below);
 * `--only neighbours` (not by default): no swap; the steady load beside a process at nice 19 doing one
   kind of a swap's work over and over (a pure-CPU loop, copying 108 MB, hashing the model file, building its
   onnxruntime session; `KIND/idle`: the same under the SCHED_IDLE policy), to see which of it raises p99
@@ -246,29 +247,35 @@ def swaps_interleaved(paths: Dict[str, str], threads: int, texts: str, clients: 
         fp.write(ADMIN_KEY + "\n")
     with Models({"cls_default": paths["a"]}, threads, ["--admin_key_file", keys],
                 os.path.join(work, "swaps.log")) as server:
-        url, admin = server.url + "/models/cls_default", server.url + "/admin/models/cls_default"
-        versions = {"a": call(server.url + "/labels")["model_version"]}
-        finish(load(url, texts, clients, WARM_UP_S))  # not counted, as in measure_swaps
-        stop = os.path.join(work, "stop-load")
-        if os.path.exists(stop):
-            os.remove(stop)
-        timeline = os.path.join(work, f"timeline-interleaved-{time.strftime('%Y%m%d-%H%M%S')}.json")
-        running = load(url, texts, clients, 3600, stop, timeline)
-        time.sleep(2)
-        counted_from, moments, seconds = time.time(), [], []
-        for index in range(swaps):
-            time.sleep(gap)
-            name = "b" if index % 2 == 0 else "a"
-            sent = time.time()
-            if sham_s:
-                time.sleep(sham_s)
-            else:
-                outcome = call(admin, {"path": paths[name]}, ADMIN_KEY)
-                versions[name], seconds = outcome["model_version"], seconds + [outcome["seconds"]]
-            moments.append([sent, time.time()])
+        return measure_interleaved(server.url, paths, texts, clients, swaps, gap, work, sham_s)
+
+
+def measure_interleaved(base_url: str, paths: Dict[str, str], texts: str, clients: int, swaps: int, gap: float,
+                        work: str, sham_s: float = 0.0) -> dict:
+    """swaps_interleaved's measurement against the service at `base_url` (one process's or serve.py --ray's)."""
+    url, admin = base_url + "/models/cls_default", base_url + "/admin/models/cls_default"
+    versions = {"a": call(base_url + "/labels")["model_version"]}
+    finish(load(url, texts, clients, WARM_UP_S))  # not counted, as in measure_swaps
+    stop = os.path.join(work, "stop-load")
+    if os.path.exists(stop):
+        os.remove(stop)
+    timeline = os.path.join(work, f"timeline-interleaved-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    running = load(url, texts, clients, 3600, stop, timeline)
+    time.sleep(2)
+    counted_from, moments, seconds = time.time(), [], []
+    for index in range(swaps):
         time.sleep(gap)
-        open(stop, "w").close()
-        whole = finish(running)
+        name = "b" if index % 2 == 0 else "a"
+        sent = time.time()
+        if sham_s:
+            time.sleep(sham_s)
+        else:
+            outcome = call(admin, {"path": paths[name]}, ADMIN_KEY)
+            versions[name], seconds = outcome["model_version"], seconds + [outcome["seconds"]]
+        moments.append([sent, time.time()])
+    time.sleep(gap)
+    open(stop, "w").close()
+    whole = finish(running)
     with open(timeline, encoding="utf-8") as fp:
         windows = split_by_windows(json.load(fp), moments, counted_from, after_s=1.0)
     unknown = {v: n for v, n in whole["versions"].items() if v not in versions.values()}
@@ -372,9 +379,10 @@ def neighbours(paths: Dict[str, str], threads: int, texts: str, clients: int, du
 
 
 def ray_swaps_under_load(paths: Dict[str, str], texts: str, clients: int, duration: float, swaps: int,
-                         work: str) -> dict:
+                         work: str, measure=None) -> dict:
     """serve.py --ray on a local cluster of 2 nodes of 1 CPU (one replica of 1 thread; the other
-    node's CPU is the rollout's surge replica), the same measurement: each swap a Ray Serve rollout."""
+    node's CPU is the rollout's surge replica), the same measurement: each swap a Ray Serve rollout.
+    `measure(url, paths, texts, clients, duration, swaps, work)`: measure_swaps by default."""
     import signal
 
     from utils.testing.ray_local import LocalRayCluster, free_ports
@@ -400,7 +408,7 @@ def ray_swaps_under_load(paths: Dict[str, str], texts: str, clients: int, durati
             if not line:
                 raise SystemExit(f"serve.py --ray did not start; see {log_file.name}")
             served = json.loads(line)
-            result = measure_swaps(served["url"], paths, texts, clients, duration, swaps, work)
+            result = (measure or measure_swaps)(served["url"], paths, texts, clients, duration, swaps, work)
             result["served"] = served
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -448,7 +456,7 @@ def main(argv=None) -> int:
                         help="swaps_interleaved: after each run, a sham run: no swap, this many seconds of load "
                              "in each swap's place (the protocol's own noise).")
     parser.add_argument("--only", choices=("memory", "idle", "busy_pair", "swaps", "swaps_interleaved", "ray_swaps",
-                                           "neighbours"),
+                                           "ray_swaps_interleaved", "neighbours"),
                         action="append",
                         help="ray_swaps (not run by default): the swaps under load with serve.py --ray; "
                              "neighbours (not by default): steady load beside a nice-19 process doing one kind of "
@@ -489,6 +497,16 @@ def main(argv=None) -> int:
                                                args.sham_s))
         results["swaps_interleaved_runs"], results["swaps_interleaved_sham_runs"] = runs, shams
         log(f"interleaved, every repeat's p99 ratio: {[run['p99_ratio'] for run in runs]}; sham: "
+            f"{[run['p99_ratio'] for run in shams]}")
+    if "ray_swaps_interleaved" in parts:  # as swaps_interleaved, with serve.py --ray (a cluster a run)
+        runs, shams = [], []
+        for _ in range(args.repeats):
+            for sham_s, into in ((0.0, runs), *(((args.sham_s, shams),) if args.sham_s else ())):
+                def measure(url, paths, texts, clients, _duration, swaps, work, sham_s=sham_s):
+                    return measure_interleaved(url, paths, texts, clients, swaps, args.gap, work, sham_s)
+                into.append(ray_swaps_under_load(paths, texts, args.clients, args.duration, args.swaps, work, measure))
+        results["ray_swaps_interleaved_runs"], results["ray_swaps_interleaved_sham_runs"] = runs, shams
+        log(f"--ray interleaved, every repeat's p99 ratio: {[run['p99_ratio'] for run in runs]}; sham: "
             f"{[run['p99_ratio'] for run in shams]}")
     if "neighbours" in parts:
         results["neighbours"] = neighbours(paths, args.threads, texts, args.clients, args.duration, args.repeats, work)
