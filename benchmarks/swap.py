@@ -378,11 +378,36 @@ def neighbours(paths: Dict[str, str], threads: int, texts: str, clients: int, du
     return summary
 
 
+def pin_nodes(processes: List[subprocess.Popen]) -> None:
+    """Node i's processes, every thread of each, on CPU i (so every worker its raylet starts later too):
+    the local cluster as machines of one core each, where a rollout's surge replica starting on one node
+    does not run on the other node's core."""
+    children: Dict[int, List[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as fp:
+                ppid = int(fp.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    for index, process in enumerate(processes):
+        stack = [process.pid]
+        while stack:
+            pid = stack.pop()
+            try:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    os.sched_setaffinity(int(tid), {index})
+            except OSError:
+                pass  # gone meanwhile
+            stack += children.get(pid, [])
+
+
 def ray_swaps_under_load(paths: Dict[str, str], texts: str, clients: int, duration: float, swaps: int,
-                         work: str, measure=None) -> dict:
+                         work: str, measure=None, pin: bool = False) -> dict:
     """serve.py --ray on a local cluster of 2 nodes of 1 CPU (one replica of 1 thread; the other
     node's CPU is the rollout's surge replica), the same measurement: each swap a Ray Serve rollout.
-    `measure(url, paths, texts, clients, duration, swaps, work)`: measure_swaps by default."""
+    `measure(url, paths, texts, clients, duration, swaps, work)`: measure_swaps by default. `pin`: node i
+    on CPU i (`pin_nodes`)."""
     import signal
 
     from utils.testing.ray_local import LocalRayCluster, free_ports
@@ -399,6 +424,8 @@ def ray_swaps_under_load(paths: Dict[str, str], texts: str, clients: int, durati
     # one machine's entry point.
     cluster.env["RAY_SERVE_WORKER_PROXY_HTTP_PORT"] = str(worker_proxy_port)
     with cluster, open(os.path.join(work, "ray-swaps.log"), "w") as log_file:
+        if pin:
+            pin_nodes(cluster.processes)
         proc = subprocess.Popen([PY, "serve.py", "--ray", cluster.address, "--port", str(port), "--model",
                                  f"cls_default={paths['a']}", "--num_threads", "1", "--device", "cpu",
                                  "--admin_key_file", keys], cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE,
@@ -455,6 +482,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sham_s", type=float, default=0.0,
                         help="swaps_interleaved: after each run, a sham run: no swap, this many seconds of load "
                              "in each swap's place (the protocol's own noise).")
+    parser.add_argument("--pin_nodes", action="store_true",
+                        help="ray_swaps_interleaved: node i of the local cluster on CPU i (machines of one core each).")
     parser.add_argument("--only", choices=("memory", "idle", "busy_pair", "swaps", "swaps_interleaved", "ray_swaps",
                                            "ray_swaps_interleaved", "neighbours"),
                         action="append",
@@ -504,7 +533,8 @@ def main(argv=None) -> int:
             for sham_s, into in ((0.0, runs), *(((args.sham_s, shams),) if args.sham_s else ())):
                 def measure(url, paths, texts, clients, _duration, swaps, work, sham_s=sham_s):
                     return measure_interleaved(url, paths, texts, clients, swaps, args.gap, work, sham_s)
-                into.append(ray_swaps_under_load(paths, texts, args.clients, args.duration, args.swaps, work, measure))
+                into.append(ray_swaps_under_load(paths, texts, args.clients, args.duration, args.swaps, work, measure,
+                                                 args.pin_nodes))
         results["ray_swaps_interleaved_runs"], results["ray_swaps_interleaved_sham_runs"] = runs, shams
         log(f"--ray interleaved, every repeat's p99 ratio: {[run['p99_ratio'] for run in runs]}; sham: "
             f"{[run['p99_ratio'] for run in shams]}")
