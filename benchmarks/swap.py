@@ -284,9 +284,10 @@ def measure_interleaved(base_url: str, paths: Dict[str, str], texts: str, client
               "timeline": os.path.relpath(timeline, ROOT), "whole_run": whole, "versions": versions,
               "answers_of_other_versions": unknown, "failed_requests": whole["errors"], **windows,
               "p99_ratio": round(windows["swaps_window"]["p99_ms"] / windows["steady_window"]["p99_ms"], 3)}
-    log(f"interleaved{' (sham)' if sham_s else ''}: steady p99 {windows['steady_window']['p99_ms']} ms ({windows['steady_window']['requests']} "
-        f"requests), during swaps {windows['swaps_window']['p99_ms']} ms ({windows['swaps_window']['requests']}): "
-        f"{result['p99_ratio']}x; failed {whole['errors']}, other versions {unknown}")
+    steady, during = windows["steady_window"], windows["swaps_window"]
+    log(f"interleaved{' (sham)' if sham_s else ''}: steady p99 {steady['p99_ms']} ms ({steady['requests']} requests), "
+        f"during swaps {during['p99_ms']} ms ({during['requests']}): {result['p99_ratio']}x; failed {whole['errors']}, "
+        f"other versions {unknown}")
     return result
 
 
