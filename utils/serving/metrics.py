@@ -1,7 +1,7 @@
 """The service's Prometheus metrics: the service's own, and per model (labelled by its name and version)."""
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict
 
 
 class Metrics:
@@ -50,12 +50,12 @@ class Metrics:
         self.swaps = Counter("ptuning_model_swaps", "Exports offered to replace a model, by outcome (swapped, "
                              "refused: the old one kept serving, conflict: another was loading, abandoned: "
                              "shutdown)", ["model", "outcome"], registry=self.registry)
-        self._queued: Dict[Tuple[str, int], int] = {}
+        self._queued: Dict[str, int] = {}
 
-    def set_queued(self, model: str, batcher: int, texts: int) -> None:
-        """One batcher's queue (one a model: its versions share it): the model's and the total."""
-        self._queued[(model, batcher)] = texts
-        self.model_queue.labels(model).set(sum(v for (m, _), v in self._queued.items() if m == model))
+    def set_queued(self, model: str, texts: int) -> None:
+        """A model's queue (its batcher's: the model's versions share it): the model's gauge and the total."""
+        self._queued[model] = texts
+        self.model_queue.labels(model).set(texts)
         self.queue_depth.set(sum(self._queued.values()))
 
 
@@ -68,7 +68,7 @@ class ModelMetrics:
         self.batch_size, self.batch_paths = metrics.batch_size, metrics.batch_paths
         self.long_texts, self.windows = metrics.long_texts, metrics.windows  # --long_text: the service's counts
         self.model_seconds = _Both(metrics.model_seconds, metrics.model_seconds_by_model.labels(model, version))
-        self.queue_depth = _Queue(metrics, model, id(self))
+        self.queue_depth = _Queue(metrics, model)
 
 
 class _Both:
@@ -81,8 +81,8 @@ class _Both:
 
 
 class _Queue:
-    def __init__(self, metrics: Metrics, model: str, key: int):
-        self.metrics, self.model, self.key = metrics, model, key
+    def __init__(self, metrics: Metrics, model: str):
+        self.metrics, self.model = metrics, model
 
     def set(self, texts: int) -> None:
-        self.metrics.set_queued(self.model, self.key, texts)
+        self.metrics.set_queued(self.model, texts)
