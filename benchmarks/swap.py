@@ -112,6 +112,16 @@ def load(url: str, texts: str, clients: int, duration: float, stop_file: str = N
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
 
+def load_until_stopped(url: str, texts: str, clients: int, work: str, prefix: str):
+    """`load` that runs until its stop file exists, every request in a timeline file:
+    `(process, stop file, timeline path)`."""
+    stop = os.path.join(work, "stop-load")
+    if os.path.exists(stop):
+        os.remove(stop)
+    timeline = os.path.join(work, f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    return load(url, texts, clients, 3600, stop, timeline), stop, timeline
+
+
 def finish(proc: subprocess.Popen) -> dict:
     out, _ = proc.communicate()
     return json.loads(out.strip().splitlines()[-1])
@@ -162,14 +172,21 @@ def busy_pair(paths: Dict[str, str], threads: int, texts: str, clients: int, dur
     return runs
 
 
-def swaps_under_load(paths: Dict[str, str], threads: int, texts: str, clients: int, duration: float, swaps: int,
-                     work: str) -> dict:
+def admin_key_file(work: str) -> str:
+    """The admin key file every swapping server here is started with (holds ADMIN_KEY)."""
     keys = os.path.join(work, "admin_keys.txt")
     with open(keys, "w", encoding="utf-8") as fp:
         fp.write(ADMIN_KEY + "\n")
-    with Models({"cls_default": paths["a"]}, threads, ["--admin_key_file", keys],
+    return keys
+
+
+def swaps_under_load(paths: Dict[str, str], threads: int, texts: str, clients: int, duration: float, swaps: int,
+                     work: str, measure=None) -> dict:
+    """serve.py serving A as cls_default, `measure(url, paths, texts, clients, duration, swaps, work)`
+    against it (measure_swaps by default)."""
+    with Models({"cls_default": paths["a"]}, threads, ["--admin_key_file", admin_key_file(work)],
                 os.path.join(work, "swaps.log")) as server:
-        return measure_swaps(server.url, paths, texts, clients, duration, swaps, work)
+        return (measure or measure_swaps)(server.url, paths, texts, clients, duration, swaps, work)
 
 
 def measure_swaps(base_url: str, paths: Dict[str, str], texts: str, clients: int, duration: float, swaps: int,
@@ -182,11 +199,7 @@ def measure_swaps(base_url: str, paths: Dict[str, str], texts: str, clients: int
     finish(load(url, texts, clients, WARM_UP_S))
     before = finish(load(url, texts, clients, duration))
     log(f"steady (before): p99 {before['latency_ms']['p99']} ms, {before['texts_per_s']} texts/s")
-    stop = os.path.join(work, "stop-load")
-    if os.path.exists(stop):
-        os.remove(stop)
-    timeline = os.path.join(work, f"timeline-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    running = load(url, texts, clients, 3600, stop, timeline)  # until the swaps are done
+    running, stop, timeline = load_until_stopped(url, texts, clients, work, "timeline")  # until the swaps are done
     time.sleep(2)  # the clients are at full speed
     started, outcomes, moments = time.monotonic(), [], []
     for index in range(swaps):
@@ -234,33 +247,19 @@ def slow_share_by_tenth(timeline: str, moments: List[List[float]], slow_s: float
     return [round(100 * slow / max(1, total), 1) for total, slow in counts]
 
 
-def swaps_interleaved(paths: Dict[str, str], threads: int, texts: str, clients: int, swaps: int, gap: float,
-                      work: str, sham_s: float = 0.0) -> dict:
-    """The swaps with the steady state measured between them, in one load run: `gap` s of steady load,
+def measure_interleaved(base_url: str, paths: Dict[str, str], texts: str, clients: int, swaps: int, gap: float,
+                        work: str, sham_s: float = 0.0) -> dict:
+    """The swaps of the service at `base_url` (one process's or serve.py --ray's) with the steady
+    state measured between them, in one load run: `gap` s of steady load,
     a swap, `gap` s, a swap, ..., `gap` s. A request counts for the swaps if it ends from a swap's
     POST to 1 s after its answer (as the back-to-back protocol's 1 s after), for steady state if it
     ends anywhere else after the first 2 s: a machine that drifts over minutes touches both alike.
     `sham_s` > 0: no swap, `sham_s` s of the same load in its place (the protocol's own noise: the
     ratio a swap that cost nothing would read)."""
-    keys = os.path.join(work, "admin_keys.txt")
-    with open(keys, "w", encoding="utf-8") as fp:
-        fp.write(ADMIN_KEY + "\n")
-    with Models({"cls_default": paths["a"]}, threads, ["--admin_key_file", keys],
-                os.path.join(work, "swaps.log")) as server:
-        return measure_interleaved(server.url, paths, texts, clients, swaps, gap, work, sham_s)
-
-
-def measure_interleaved(base_url: str, paths: Dict[str, str], texts: str, clients: int, swaps: int, gap: float,
-                        work: str, sham_s: float = 0.0) -> dict:
-    """swaps_interleaved's measurement against the service at `base_url` (one process's or serve.py --ray's)."""
     url, admin = base_url + "/models/cls_default", base_url + "/admin/models/cls_default"
     versions = {"a": call(base_url + "/labels")["model_version"]}
     finish(load(url, texts, clients, WARM_UP_S))  # not counted, as in measure_swaps
-    stop = os.path.join(work, "stop-load")
-    if os.path.exists(stop):
-        os.remove(stop)
-    timeline = os.path.join(work, f"timeline-interleaved-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    running = load(url, texts, clients, 3600, stop, timeline)
+    running, stop, timeline = load_until_stopped(url, texts, clients, work, "timeline-interleaved")
     time.sleep(2)
     counted_from, moments, seconds = time.time(), [], []
     for index in range(swaps):
@@ -413,9 +412,7 @@ def ray_swaps_under_load(paths: Dict[str, str], texts: str, clients: int, durati
 
     from utils.testing.ray_local import LocalRayCluster, free_ports
 
-    keys = os.path.join(work, "admin_keys.txt")
-    with open(keys, "w", encoding="utf-8") as fp:
-        fp.write(ADMIN_KEY + "\n")
+    keys = admin_key_file(work)
     port, worker_proxy_port = free_ports(2)
     cluster = LocalRayCluster(["node_a", "node_b"], cpus=1, start_timeout=180)
     # Both "nodes" are this machine: Serve's proxy on node_b would share the head's port (SO_REUSEPORT) and the
@@ -470,6 +467,21 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def interleaved_runs(args, serve_and_measure) -> tuple:
+    """`args.repeats` runs of measure_interleaved, `serve_and_measure(measure)` starting the service
+    for each; with --sham_s, a sham run after each real one (the same drift touches both): (real runs,
+    sham runs)."""
+    runs, shams = [], []
+    for _ in range(args.repeats):
+        for sham_s, into in ((0.0, runs), *(((args.sham_s, shams),) if args.sham_s else ())):
+            def measure(url, paths, texts, clients, _duration, swaps, work, sham_s=sham_s):
+                return measure_interleaved(url, paths, texts, clients, swaps, args.gap, work, sham_s)
+            into.append(serve_and_measure(measure))
+    log(f"interleaved, every repeat's p99 ratio: {[run['p99_ratio'] for run in runs]}; sham: "
+        f"{[run['p99_ratio'] for run in shams]}")
+    return runs, shams
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", help="An export directory (default: bench.py's tiny keyword export).")
@@ -519,26 +531,13 @@ def main(argv=None) -> int:
                                                             "answers_of_other_versions", "slow_percent_by_tenth")}
                                  for run in runs]
     if "swaps_interleaved" in parts:
-        runs, shams = [], []  # with --sham_s, a sham run after each real one: the same drift touches both
-        for _ in range(args.repeats):
-            runs.append(swaps_interleaved(paths, args.threads, texts, args.clients, args.swaps, args.gap, work))
-            if args.sham_s:
-                shams.append(swaps_interleaved(paths, args.threads, texts, args.clients, args.swaps, args.gap, work,
-                                               args.sham_s))
+        runs, shams = interleaved_runs(args, lambda measure: swaps_under_load(
+            paths, args.threads, texts, args.clients, args.duration, args.swaps, work, measure))
         results["swaps_interleaved_runs"], results["swaps_interleaved_sham_runs"] = runs, shams
-        log(f"interleaved, every repeat's p99 ratio: {[run['p99_ratio'] for run in runs]}; sham: "
-            f"{[run['p99_ratio'] for run in shams]}")
-    if "ray_swaps_interleaved" in parts:  # as swaps_interleaved, with serve.py --ray (a cluster a run)
-        runs, shams = [], []
-        for _ in range(args.repeats):
-            for sham_s, into in ((0.0, runs), *(((args.sham_s, shams),) if args.sham_s else ())):
-                def measure(url, paths, texts, clients, _duration, swaps, work, sham_s=sham_s):
-                    return measure_interleaved(url, paths, texts, clients, swaps, args.gap, work, sham_s)
-                into.append(ray_swaps_under_load(paths, texts, args.clients, args.duration, args.swaps, work, measure,
-                                                 args.pin_nodes))
+    if "ray_swaps_interleaved" in parts:  # (a cluster a run)
+        runs, shams = interleaved_runs(args, lambda measure: ray_swaps_under_load(
+            paths, texts, args.clients, args.duration, args.swaps, work, measure, args.pin_nodes))
         results["ray_swaps_interleaved_runs"], results["ray_swaps_interleaved_sham_runs"] = runs, shams
-        log(f"--ray interleaved, every repeat's p99 ratio: {[run['p99_ratio'] for run in runs]}; sham: "
-            f"{[run['p99_ratio'] for run in shams]}")
     if "neighbours" in parts:
         results["neighbours"] = neighbours(paths, args.threads, texts, args.clients, args.duration, args.repeats, work)
         for kind, row in results["neighbours"].items():
